@@ -1,0 +1,564 @@
+//! Every Redis command the engine issues, and the Lua scripts behind each state change.
+//!
+//! Each state move is one script (`scripts/*.lua`, headed by its KEYS/ARGV/Returns contract) on
+//! one shard, so it is atomic and touches a single Cluster slot. Everything else in the crate
+//! calls these functions and never builds a command itself.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::keys::{GROUP, QUEUES_KEY, Queue, ShardKeys};
+
+static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
+static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));
+
+/// Opens a connection that reconnects by itself after Redis restarts or the link drops.
+///
+/// `response_timeout` must exceed any `BLOCK` issued on the connection: redis-rs would
+/// otherwise time a blocking read out (its default is 500 ms).
+pub async fn connect(client: &redis::Client, response_timeout: Option<Duration>) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(response_timeout)
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2))
+        // Workers and bulk producers keep many requests in flight on one connection.
+        .set_pipeline_buffer_size(4096);
+    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+}
+
+/// One entry read from a stream.
+#[derive(Debug)]
+pub struct StreamEntry {
+    /// The stream entry id (`ms-seq`).
+    pub id: String,
+    /// The entry's fields in order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// Decodes the entry as a task.
+    pub fn envelope(self) -> Result<Envelope, crate::envelope::Malformed> {
+        Envelope::from_fields(self.fields)
+    }
+}
+
+/// Parses a stream id `ms-seq` into numbers, for ordering.
+pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues and groups
+
+/// Records a queue's layout in [`QUEUES_KEY`]; a queue already recorded with another layout
+/// is an error, since producers and workers would disagree about shards.
+pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Result<()> {
+    let wanted = queue.layout_json();
+    let (_, stored): (i64, String) = redis::pipe()
+        .hset_nx(QUEUES_KEY, queue.name().as_str(), &wanted)
+        .hget(QUEUES_KEY, queue.name().as_str())
+        .query_async(conn)
+        .await?;
+    let stored_layout: crate::keys::Layout = serde_json::from_str(&stored)
+        .map_err(|e| Error::protocol(format!("layout of queue {} is not valid JSON: {e}", queue.name())))?;
+    if &stored_layout != queue.layout() {
+        return Err(Error::LayoutMismatch { queue: queue.name().to_string(), stored, wanted });
+    }
+    Ok(())
+}
+
+/// The layout recorded for a queue, if any.
+pub async fn load_queue(conn: &mut ConnectionManager, name: &str) -> Result<Option<Queue>> {
+    let stored: Option<String> = redis::cmd("HGET").arg(QUEUES_KEY).arg(name).query_async(conn).await?;
+    stored.map(|json| parse_layout(name, &json)).transpose()
+}
+
+/// Every recorded queue, by name.
+pub async fn load_queues(conn: &mut ConnectionManager) -> Result<Vec<Queue>> {
+    let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(QUEUES_KEY).query_async(conn).await?;
+    let mut queues = all
+        .iter()
+        .map(|(name, json)| parse_layout(name, json))
+        .collect::<Result<Vec<_>>>()?;
+    queues.sort_by(|a, b| a.name().cmp(b.name()));
+    Ok(queues)
+}
+
+fn parse_layout(name: &str, json: &str) -> Result<Queue> {
+    let layout = serde_json::from_str(json)
+        .map_err(|e| Error::protocol(format!("layout of queue {name} is not valid JSON: {e}")))?;
+    Queue::with_layout(name, layout)
+}
+
+/// Creates the consumer group on a stream (and the stream), unless it exists.
+pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> Result<()> {
+    let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error means a stream or its group is gone (e.g. Redis restarted empty).
+pub fn is_nogroup(e: &Error) -> bool {
+    matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producing
+
+/// Adds ready tasks to their streams and counts them, in one pipelined round trip.
+pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for (keys, env) in batch {
+        let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
+        for (name, value) in env.fields() {
+            xadd.arg(name).arg(value.as_ref());
+        }
+        xadd.ignore();
+    }
+    // One counter update per shard, not per task.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    for (keys, _) in batch {
+        match counts.iter_mut().find(|(k, _)| *k == keys.stats) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&keys.stats, 1)),
+        }
+    }
+    for (stats, n) in counts {
+        pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Parks a task in its shard's `scheduled` set until `due_ms`.
+pub async fn add_scheduled(conn: &mut ConnectionManager, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
+    let mut inv = SCHEDULE.key(&keys.scheduled);
+    inv.key(&keys.stats).arg(due_ms);
+    for (name, value) in env.fields() {
+        inv.arg(name).arg(value.as_ref());
+    }
+    inv.invoke_async::<()>(conn).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consuming
+
+/// `XREADGROUP ... COUNT count [BLOCK ms] STREAMS keys... > ...`: new entries for `consumer`.
+/// Returns (index into `streams`, entry) pairs; nothing when the block timed out.
+pub async fn read_group(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+    streams: &[&str],
+) -> Result<Vec<(usize, StreamEntry)>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+    if let Some(b) = block {
+        cmd.arg("BLOCK").arg(crate::envelope::millis(b).max(1));
+    }
+    cmd.arg("STREAMS").arg(streams);
+    for _ in streams {
+        cmd.arg(">");
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    let mut out = Vec::new();
+    for (key, entries) in stream_map(reply)? {
+        let idx = streams
+            .iter()
+            .position(|s| s.as_bytes() == key.as_slice())
+            .ok_or_else(|| Error::protocol("XREADGROUP answered for a stream not asked for"))?;
+        for e in entries {
+            out.push((idx, e));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits an XREAD/XREADGROUP reply (RESP2 array or RESP3 map) into (key, entries).
+fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(m) => m,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let v = kv.pop().expect("length checked: 2");
+                    let k = kv.pop().expect("length checked: 2");
+                    Ok((k, v))
+                }
+                other => Err(Error::protocol(format!("stream reply item {other:?}"))),
+            })
+            .collect::<Result<_>>()?,
+        other => return Err(Error::protocol(format!("stream reply {other:?}"))),
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| Ok((bulk(k)?, entries(v)?)))
+        .collect()
+}
+
+/// Parses a list of `[id, [field, value, ...]]` entries.
+pub(crate) fn entries(v: Value) -> Result<Vec<StreamEntry>> {
+    let Value::Array(items) = v else {
+        return Err(Error::protocol(format!("entry list {v:?}")));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut parts) = item else {
+            return Err(Error::protocol("stream entry is not an array"));
+        };
+        if parts.len() != 2 {
+            return Err(Error::protocol("stream entry is not [id, fields]"));
+        }
+        let fields = parts.pop().expect("length checked: 2");
+        let id = string(parts.pop().expect("length checked: 2"))?;
+        let flat = match fields {
+            Value::Array(f) => f,
+            // A deleted entry still in a PEL reads as nil fields.
+            Value::Nil => Vec::new(),
+            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => return Err(Error::protocol(format!("entry fields {other:?}"))),
+        };
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            pairs.push((bulk(k)?, bulk(v)?));
+        }
+        out.push(StreamEntry { id, fields: pairs });
+    }
+    Ok(out)
+}
+
+/// One outcome for [`settle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Done: acknowledge and delete.
+    Ack,
+    /// Failed, attempts left: park in the retry set until `due_ms` with the new attempt count.
+    Retry {
+        /// When to run again, ms since the epoch.
+        due_ms: u64,
+        /// The attempt number the next run will have.
+        attempt: u32,
+        /// Why this run failed.
+        error: String,
+    },
+    /// Move to the dead-letter stream.
+    Bury {
+        /// `exhausted`, `fatal`, `malformed` or `unknown_kind`.
+        reason: &'static str,
+        /// What went wrong.
+        error: String,
+    },
+    /// Put back at the end of the stream, unchanged, to run again at once.
+    Requeue,
+}
+
+/// Parameters of a [`settle`] call that do not change per outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleCtx<'a> {
+    /// The shard.
+    pub keys: &'a ShardKeys,
+    /// The consumer that holds the entries.
+    pub consumer: &'a str,
+    /// Approximate cap of the dead-letter stream.
+    pub dlq_maxlen: usize,
+}
+
+/// Applies outcomes for entries of one shard in one script call. Returns the ids this
+/// consumer no longer owned (fenced off: another worker reclaimed them).
+pub async fn settle(conn: &mut ConnectionManager, ctx: SettleCtx<'_>, batch: &[(&str, &Settle)]) -> Result<Vec<String>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut lo, mut hi) = (batch[0].0, batch[0].0);
+    for (id, _) in batch {
+        let key = parse_stream_id(id);
+        if key < parse_stream_id(lo) {
+            lo = id;
+        }
+        if key > parse_stream_id(hi) {
+            hi = id;
+        }
+    }
+    let mut inv = SETTLE.key(&ctx.keys.stream);
+    inv.key(&ctx.keys.retry)
+        .key(&ctx.keys.dlq)
+        .key(&ctx.keys.stats)
+        .arg(GROUP)
+        .arg(ctx.consumer)
+        .arg(crate::envelope::now_ms())
+        .arg(ctx.dlq_maxlen)
+        .arg(lo)
+        .arg(hi);
+    for (id, op) in batch {
+        inv.arg(*id);
+        match op {
+            Settle::Ack => inv.arg("a").arg("").arg("").arg(""),
+            Settle::Retry { due_ms, attempt, error } => inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()),
+            Settle::Bury { reason, error } => inv.arg("b").arg(*reason).arg(error.as_str()).arg(""),
+            Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
+        };
+    }
+    Ok(inv.invoke_async(conn).await?)
+}
+
+/// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
+/// moved and the earliest due time still waiting.
+pub async fn promote(conn: &mut ConnectionManager, keys: &ShardKeys, now_ms: u64, limit: usize) -> Result<(u64, Option<u64>)> {
+    let (moved, next): (u64, i64) = PROMOTE
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .arg(now_ms)
+        .arg(limit)
+        .invoke_async(conn)
+        .await?;
+    Ok((moved, u64::try_from(next).ok()))
+}
+
+/// What one [`reclaim`] call took over.
+#[derive(Debug)]
+pub struct Reclaimed {
+    /// Cursor for the next call; `0-0` when the scan is complete.
+    pub next: String,
+    /// Entries now owned by the caller, to run.
+    pub entries: Vec<StreamEntry>,
+    /// Pending ids whose entries were deleted (counted as `lost`).
+    pub lost: u64,
+    /// Entries buried as `poison`.
+    pub poisoned: u64,
+}
+
+/// Parameters of a [`reclaim`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct ReclaimArgs<'a> {
+    /// The shard.
+    pub keys: &'a ShardKeys,
+    /// The consumer taking the entries.
+    pub consumer: &'a str,
+    /// Entries idle at least this long are taken.
+    pub lease: Duration,
+    /// Scan cursor (`0-0` to start).
+    pub cursor: &'a str,
+    /// The most entries to take.
+    pub count: usize,
+    /// An entry delivered more often than this goes to the DLQ as poison.
+    pub max_deliveries: u32,
+    /// Approximate cap of the dead-letter stream.
+    pub dlq_maxlen: usize,
+}
+
+/// `XAUTOCLAIM` past-lease entries of one shard for `consumer`, burying poison.
+pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result<Reclaimed> {
+    let reply: Value = RECLAIM
+        .key(&a.keys.stream)
+        .key(&a.keys.dlq)
+        .key(&a.keys.stats)
+        .arg(GROUP)
+        .arg(a.consumer)
+        .arg(crate::envelope::millis(a.lease))
+        .arg(a.cursor)
+        .arg(a.count)
+        .arg(a.max_deliveries)
+        .arg(a.dlq_maxlen)
+        .arg(crate::envelope::now_ms())
+        .invoke_async(conn)
+        .await?;
+    let Value::Array(mut parts) = reply else {
+        return Err(Error::protocol("reclaim.lua did not return an array"));
+    };
+    if parts.len() != 4 {
+        return Err(Error::protocol("reclaim.lua returned the wrong number of values"));
+    }
+    let poisoned = int(parts.pop().expect("length checked: 4"))?;
+    let lost = int(parts.pop().expect("length checked: 4"))?;
+    let entries = entries(parts.pop().expect("length checked: 4"))?;
+    let next = string(parts.pop().expect("length checked: 4"))?;
+    Ok(Reclaimed { next, entries, lost: lost as u64, poisoned: poisoned as u64 })
+}
+
+/// Renews the lease of every entry `consumer` holds in a shard. Returns how many.
+pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, max: usize) -> Result<u64> {
+    Ok(EXTEND.key(&keys.stream).arg(GROUP).arg(consumer).arg(max).invoke_async(conn).await?)
+}
+
+/// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
+pub async fn owned_ids(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, max: usize) -> Result<Vec<String>> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(max)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Removes a consumer from a shard's group. Only call it once the consumer holds nothing:
+/// deleting a consumer drops its pending entries.
+pub async fn delete_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<()> {
+    redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .arg(consumer)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inspecting and dead letters
+
+/// One shard's numbers, raw from inspect.lua.
+#[derive(Debug, Clone, Default)]
+pub struct ShardNumbers {
+    /// Entries in the stream (waiting plus in flight).
+    pub length: u64,
+    /// Entries not yet delivered to the group; `None` when Redis cannot tell.
+    pub lag: Option<u64>,
+    /// Delivered, not yet settled.
+    pub pending: u64,
+    /// Id of the oldest entry not yet delivered.
+    pub oldest_waiting: Option<String>,
+    /// Delayed tasks.
+    pub scheduled: u64,
+    /// Tasks waiting for a retry.
+    pub retry: u64,
+    /// Dead letters.
+    pub dlq: u64,
+    /// Counters.
+    pub stats: Vec<(String, u64)>,
+}
+
+/// Reads one shard's numbers in one round trip.
+pub async fn inspect(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<ShardNumbers> {
+    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): (
+        u64,
+        i64,
+        u64,
+        String,
+        u64,
+        u64,
+        u64,
+        Vec<(String, u64)>,
+    ) = INSPECT
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .key(&keys.dlq)
+        .key(&keys.stats)
+        .arg(GROUP)
+        .invoke_async(conn)
+        .await?;
+    Ok(ShardNumbers {
+        length,
+        lag: u64::try_from(lag).ok(),
+        pending,
+        oldest_waiting: (!oldest.is_empty()).then_some(oldest),
+        scheduled,
+        retry,
+        dlq,
+        stats,
+    })
+}
+
+/// Entries of a stream from `start` (inclusive; `(id` for exclusive) to `+`, at most `count`.
+pub async fn range(conn: &mut ConnectionManager, stream: &str, start: &str, count: usize) -> Result<Vec<StreamEntry>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    entries(reply)
+}
+
+/// Replays dead letters of one shard into its stream. Returns how many.
+pub async fn replay(conn: &mut ConnectionManager, keys: &ShardKeys, ids: &[&str]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut inv = REPLAY.key(&keys.dlq);
+    inv.key(&keys.stream).key(&keys.stats);
+    for id in ids {
+        inv.arg(*id);
+    }
+    Ok(inv.invoke_async(conn).await?)
+}
+
+/// Deletes entries of a stream. Returns how many existed.
+pub async fn delete_entries(conn: &mut ConnectionManager, stream: &str, ids: &[&str]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(redis::cmd("XDEL").arg(stream).arg(ids).query_async(conn).await?)
+}
+
+/// Pending entries of a shard: (entry id, consumer, idle ms, deliveries), oldest first.
+pub async fn pending(conn: &mut ConnectionManager, stream: &str, count: usize) -> Result<Vec<(String, String, u64, u64)>> {
+    let r: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(count)
+        .query_async(conn)
+        .await;
+    match r {
+        Ok(rows) => Ok(rows),
+        // No stream or no group yet: nothing is pending.
+        Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn bulk(v: Value) -> Result<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        other => Err(Error::protocol(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn string(v: Value) -> Result<String> {
+    String::from_utf8(bulk(v)?).map_err(|_| Error::protocol("id is not UTF-8"))
+}
+
+fn int(v: Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(i),
+        other => Err(Error::protocol(format!("expected an integer, got {other:?}"))),
+    }
+}

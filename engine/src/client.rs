@@ -1,0 +1,169 @@
+//! The producer: `Client` enqueues tasks, one at a time or pipelined in batches.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use crate::broker;
+use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
+use crate::error::Result;
+use crate::keys::{Queue, QueueName, shard_for};
+
+/// How long a producer waits for Redis before a call fails with a timeout.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A task to enqueue: kind, encoded payload and options.
+///
+/// ```
+/// use std::time::Duration;
+/// use rivulet::Task;
+///
+/// let task = Task::json("send_email", &serde_json::json!({"to": "a@example.com"}))?
+///     .priority("high")
+///     .delay(Duration::from_secs(30))
+///     .max_attempts(3);
+/// # Ok::<(), rivulet::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Task {
+    envelope: Envelope,
+    priority: Option<String>,
+    run_at_ms: Option<u64>,
+}
+
+impl Task {
+    /// A task whose payload is `value` as JSON.
+    pub fn json<T: Serialize + ?Sized>(kind: &str, value: &T) -> Result<Self> {
+        Ok(Self::encoded(kind, Codec::Json.encode(value)?, Codec::Json))
+    }
+
+    /// A task whose payload is `value` as MessagePack.
+    pub fn msgpack<T: Serialize + ?Sized>(kind: &str, value: &T) -> Result<Self> {
+        Ok(Self::encoded(kind, Codec::MsgPack.encode(value)?, Codec::MsgPack))
+    }
+
+    /// A task with opaque payload bytes (`codec` = `bytes`).
+    pub fn bytes(kind: &str, payload: impl Into<Bytes>) -> Self {
+        Self::encoded(kind, payload.into(), Codec::Bytes)
+    }
+
+    /// A task with a payload already encoded with `codec`.
+    pub fn encoded(kind: &str, payload: Bytes, codec: Codec) -> Self {
+        Task { envelope: Envelope::new(kind, payload, codec), priority: None, run_at_ms: None }
+    }
+
+    /// Runs at this priority (the queue's default priority otherwise).
+    pub fn priority(mut self, priority: impl Into<String>) -> Self {
+        self.priority = Some(priority.into());
+        self
+    }
+
+    /// Runs no sooner than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at_ms = Some(now_ms().saturating_add(crate::envelope::millis(delay)));
+        self
+    }
+
+    /// Runs no sooner than `at`.
+    pub fn run_at(mut self, at: SystemTime) -> Self {
+        self.run_at_ms = Some(ms_since_epoch(at));
+        self
+    }
+
+    /// Overrides the worker's attempt limit for this task.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.envelope.max_attempts = Some(n);
+        self
+    }
+
+    /// Overrides the worker's handler timeout for this task.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.envelope.timeout_ms = Some(crate::envelope::millis(timeout));
+        self
+    }
+
+    /// Uses this id instead of a generated one (it must be unique).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.envelope.id = TaskId::from_string(id);
+        self
+    }
+
+    /// The task's id.
+    pub fn task_id(&self) -> &TaskId {
+        &self.envelope.id
+    }
+}
+
+/// Enqueues tasks. Cheap to clone: clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct Client {
+    conn: ConnectionManager,
+    declared: Arc<Mutex<HashSet<QueueName>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::new(&redis::Client::open(url)?).await
+    }
+
+    /// Connects with an existing `redis::Client`.
+    pub async fn new(client: &redis::Client) -> Result<Self> {
+        let conn = broker::connect(client, Some(DEFAULT_RESPONSE_TIMEOUT)).await?;
+        Ok(Client { conn, declared: Arc::default() })
+    }
+
+    /// Records the queue's layout in Redis (done once per queue and client, automatically,
+    /// by the first enqueue). Fails with `LayoutMismatch` if Redis knows another layout.
+    pub async fn declare(&self, queue: &Queue) -> Result<()> {
+        if self.declared.lock().expect("the set is never left half-updated").contains(queue.name()) {
+            return Ok(());
+        }
+        broker::declare_queue(&mut self.conn.clone(), queue).await?;
+        self.declared.lock().expect("the set is never left half-updated").insert(queue.name().clone());
+        Ok(())
+    }
+
+    /// Enqueues one task and returns its id.
+    pub async fn enqueue(&self, queue: &Queue, task: Task) -> Result<TaskId> {
+        let mut ids = self.enqueue_many(queue, [task]).await?;
+        Ok(ids.pop().expect("one task in, one id out"))
+    }
+
+    /// Enqueues many tasks in one pipelined round trip (delayed ones one script call each).
+    /// Validates every task's priority before sending anything.
+    pub async fn enqueue_many(&self, queue: &Queue, tasks: impl IntoIterator<Item = Task>) -> Result<Vec<TaskId>> {
+        let tasks: Vec<Task> = tasks.into_iter().collect();
+        let mut placed = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let priority = task.priority.as_deref().unwrap_or_else(|| queue.default_priority());
+            queue.rank(priority)?;
+            let keys = queue.shard(priority, shard_for(task.envelope.id.as_str(), queue.layout().shards));
+            placed.push(keys);
+        }
+        self.declare(queue).await?;
+        let mut conn = self.conn.clone();
+        let now = now_ms();
+        let mut ready = Vec::with_capacity(tasks.len());
+        for (task, keys) in tasks.iter().zip(&placed) {
+            match task.run_at_ms {
+                Some(due) if due > now => broker::add_scheduled(&mut conn, keys, &task.envelope, due).await?,
+                _ => ready.push((keys, &task.envelope)),
+            }
+        }
+        if !ready.is_empty() {
+            broker::add_ready(&mut conn, &ready).await?;
+        }
+        Ok(tasks.into_iter().map(|t| t.envelope.id).collect())
+    }
+}

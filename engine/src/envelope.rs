@@ -1,0 +1,333 @@
+//! Wire format v1: a task is one stream entry of flat string fields (see `docs/wire-format.md`).
+//!
+//! `Envelope::fields` writes an entry, `Envelope::from_fields` reads one back and says exactly
+//! which field is missing or malformed, so a bad entry can be buried with a useful reason.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A task's unique id: stable across retries, replays and requeues.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// A new id: 12 hex digits of milliseconds then 16 random hex digits, so ids sort by
+    /// creation time and collide with negligible probability.
+    pub fn generate() -> Self {
+        TaskId(format!("{:012x}{:016x}", now_ms(), fastrand::u64(..)))
+    }
+
+    /// Wraps an id chosen by the caller (for example an idempotency key).
+    pub fn from_string(id: impl Into<String>) -> Self {
+        TaskId(id.into())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a payload's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Codec {
+    /// JSON (the default: readable and produced by any language).
+    #[default]
+    Json,
+    /// MessagePack via `rmp-serde` (compact, binary).
+    MsgPack,
+    /// Opaque bytes handed to the handler as they are.
+    Bytes,
+}
+
+impl Codec {
+    /// The name used in the `codec` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
+            Codec::Bytes => "bytes",
+        }
+    }
+
+    /// Parses a `codec` field.
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        match s {
+            b"json" => Some(Codec::Json),
+            b"msgpack" => Some(Codec::MsgPack),
+            b"bytes" => Some(Codec::Bytes),
+            _ => None,
+        }
+    }
+
+    /// Encodes a value with this codec (`Bytes` takes JSON's place for typed values).
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes> {
+        match self {
+            Codec::Json | Codec::Bytes => serde_json::to_vec(value)
+                .map(Bytes::from)
+                .map_err(|e| Error::Codec { codec: "json", reason: e.to_string() }),
+            Codec::MsgPack => rmp_serde::to_vec_named(value)
+                .map(Bytes::from)
+                .map_err(|e| Error::Codec { codec: "msgpack", reason: e.to_string() }),
+        }
+    }
+
+    /// Decodes a payload with this codec. `Bytes` payloads are read as JSON when a typed
+    /// value is asked for.
+    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+        match self {
+            Codec::Json | Codec::Bytes => serde_json::from_slice(payload)
+                .map_err(|e| Error::Codec { codec: self.as_str(), reason: e.to_string() }),
+            Codec::MsgPack => rmp_serde::from_slice(payload)
+                .map_err(|e| Error::Codec { codec: "msgpack", reason: e.to_string() }),
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One task as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id, stable across retries.
+    pub id: TaskId,
+    /// Handler name.
+    pub kind: String,
+    /// Encoded payload.
+    pub payload: Bytes,
+    /// How `payload` is encoded.
+    pub codec: Codec,
+    /// When the task was first enqueued, ms since the epoch.
+    pub enqueued_at: u64,
+    /// Failed attempts so far (0 on the first run).
+    pub attempt: u32,
+    /// Overrides the worker's attempt limit for this task.
+    pub max_attempts: Option<u32>,
+    /// Overrides the worker's handler timeout for this task, in ms.
+    pub timeout_ms: Option<u64>,
+    /// The last failure, when `attempt > 0`.
+    pub error: Option<String>,
+}
+
+/// Why an entry is not a valid task. The text goes into the dead letter's `error` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Envelope {
+    /// A fresh envelope (attempt 0, enqueued now, a generated id).
+    pub fn new(kind: impl Into<String>, payload: Bytes, codec: Codec) -> Self {
+        Envelope {
+            id: TaskId::generate(),
+            kind: kind.into(),
+            payload,
+            codec,
+            enqueued_at: now_ms(),
+            attempt: 0,
+            max_attempts: None,
+            timeout_ms: None,
+            error: None,
+        }
+    }
+
+    /// The entry's fields, in wire order, ready for `XADD`.
+    pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
+        let mut f = Vec::with_capacity(9);
+        f.push(("id", Bytes::copy_from_slice(self.id.as_str().as_bytes())));
+        f.push(("kind", Bytes::copy_from_slice(self.kind.as_bytes())));
+        f.push(("payload", self.payload.clone()));
+        f.push(("codec", Bytes::from_static(self.codec.as_str().as_bytes())));
+        f.push(("enqueued_at", Bytes::from(self.enqueued_at.to_string())));
+        f.push(("attempt", Bytes::from(self.attempt.to_string())));
+        if let Some(n) = self.max_attempts {
+            f.push(("max_attempts", Bytes::from(n.to_string())));
+        }
+        if let Some(ms) = self.timeout_ms {
+            f.push(("timeout_ms", Bytes::from(ms.to_string())));
+        }
+        if let Some(e) = &self.error {
+            f.push(("error", Bytes::copy_from_slice(e.as_bytes())));
+        }
+        f
+    }
+
+    /// Reads an entry's fields (name, value pairs). Unknown fields are ignored, so newer
+    /// producers can add fields without breaking older workers.
+    pub fn from_fields<K, V, I>(fields: I) -> Result<Self, Malformed>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]> + Into<Bytes>,
+        I: IntoIterator<Item = (K, V)>,
+    {
+        let (mut id, mut kind, mut payload, mut codec) = (None, None, None, None);
+        let (mut enqueued_at, mut attempt, mut max_attempts, mut timeout_ms, mut error) =
+            (None, None, None, None, None);
+        for (name, value) in fields {
+            match name.as_ref() {
+                b"id" => id = Some(value),
+                b"kind" => kind = Some(value),
+                b"payload" => payload = Some(value),
+                b"codec" => codec = Some(value),
+                b"enqueued_at" => enqueued_at = Some(value),
+                b"attempt" => attempt = Some(value),
+                b"max_attempts" => max_attempts = Some(value),
+                b"timeout_ms" => timeout_ms = Some(value),
+                b"error" => error = Some(value),
+                _ => {}
+            }
+        }
+        fn text<V: AsRef<[u8]>>(field: &str, v: V) -> Result<String, Malformed> {
+            String::from_utf8(v.as_ref().to_vec())
+                .map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
+        }
+        fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
+            v.ok_or_else(|| Malformed(format!("missing field {field:?}")))
+        }
+        let id = text("id", required("id", id)?)?;
+        if id.is_empty() {
+            return Err(Malformed("field \"id\" is empty".into()));
+        }
+        let kind = text("kind", required("kind", kind)?)?;
+        if kind.is_empty() {
+            return Err(Malformed("field \"kind\" is empty".into()));
+        }
+        // Moving the reply's buffer into `Bytes` avoids copying large payloads.
+        let payload: Bytes = required("payload", payload)?.into();
+        let codec = match codec {
+            None => Codec::Json,
+            Some(c) => Codec::parse(c.as_ref()).ok_or_else(|| {
+                Malformed(format!(
+                    "unknown codec {:?} (expected json, msgpack or bytes)",
+                    String::from_utf8_lossy(c.as_ref())
+                ))
+            })?,
+        };
+        Ok(Envelope {
+            id: TaskId(id),
+            kind,
+            payload,
+            codec,
+            enqueued_at: parse_num("enqueued_at", enqueued_at)?.unwrap_or(0),
+            attempt: parse_num("attempt", attempt)?.unwrap_or(0),
+            max_attempts: parse_num("max_attempts", max_attempts)?,
+            timeout_ms: parse_num("timeout_ms", timeout_ms)?,
+            error: error.map(|e| String::from_utf8_lossy(e.as_ref()).into_owned()),
+        })
+    }
+}
+
+fn parse_num<T: std::str::FromStr, V: AsRef<[u8]>>(
+    field: &str,
+    v: Option<V>,
+) -> Result<Option<T>, Malformed> {
+    match v {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v.as_ref())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Malformed(format!(
+                    "field {field:?} is not a non-negative integer: {:?}",
+                    String::from_utf8_lossy(v.as_ref())
+                ))
+            }),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    ms_since_epoch(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch of a point in time (0 before the epoch).
+pub fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(e: &Envelope) -> Envelope {
+        let fields = e.fields();
+        Envelope::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))).unwrap()
+    }
+
+    #[test]
+    fn envelope_roundtrips_through_fields() {
+        let mut e = Envelope::new("resize", Bytes::from_static(b"{\"w\":3}"), Codec::Json);
+        assert_eq!(roundtrip(&e), e);
+        e.max_attempts = Some(7);
+        e.timeout_ms = Some(1500);
+        e.error = Some("boom".into());
+        e.attempt = 2;
+        e.codec = Codec::MsgPack;
+        assert_eq!(roundtrip(&e), e);
+    }
+
+    #[test]
+    fn malformed_entries_say_which_field() {
+        let case = |fields: &[(&str, &str)]| {
+            Envelope::from_fields(fields.iter().map(|(k, v)| (*k, Bytes::copy_from_slice(v.as_bytes()))))
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(case(&[("kind", "k"), ("payload", "1")]), "missing field \"id\"");
+        assert_eq!(case(&[("id", "1"), ("payload", "1")]), "missing field \"kind\"");
+        assert_eq!(case(&[("id", "1"), ("kind", "k")]), "missing field \"payload\"");
+        assert!(case(&[("id", "1"), ("kind", "k"), ("payload", "1"), ("codec", "xml")]).contains("unknown codec"));
+        assert!(case(&[("id", "1"), ("kind", "k"), ("payload", "1"), ("attempt", "-1")]).contains("attempt"));
+        assert_eq!(case(&[("id", ""), ("kind", "k"), ("payload", "1")]), "field \"id\" is empty");
+    }
+
+    #[test]
+    fn codecs_roundtrip_typed_values() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct P {
+            a: u32,
+            b: String,
+        }
+        let p = P { a: 1, b: "x".into() };
+        for c in [Codec::Json, Codec::MsgPack] {
+            let bytes = c.encode(&p).unwrap();
+            assert_eq!(c.decode::<P>(&bytes).unwrap(), p);
+        }
+        assert!(Codec::Json.decode::<P>(b"garbage").is_err());
+        assert!(Codec::MsgPack.decode::<P>(b"\xc1").is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_unique_and_sortable() {
+        let a = TaskId::generate();
+        let b = TaskId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 28);
+    }
+}

@@ -1,0 +1,99 @@
+//! The engine's one error type.
+//!
+//! Callers branch on the variant: configuration and input mistakes are theirs to fix, a
+//! `Redis` error is usually worth retrying, `NotFound` names what was missing.
+
+use std::fmt;
+
+/// Everything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A queue name outside `[A-Za-z0-9._-]{1,64}`.
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidQueueName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A priority name the queue's layout does not have, or an invalid one in a layout.
+    #[error("unknown priority {priority:?} for queue {queue:?} (the queue has {known})")]
+    UnknownPriority {
+        /// The queue.
+        queue: String,
+        /// The priority asked for.
+        priority: String,
+        /// The priorities the queue has, comma separated.
+        known: String,
+    },
+    /// A configuration value out of range.
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The field, as it is named in the config struct.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A queue is already registered in Redis with another layout.
+    #[error("queue {queue:?} is registered with layout {stored}, not {wanted}")]
+    LayoutMismatch {
+        /// The queue.
+        queue: String,
+        /// The layout Redis has, as JSON.
+        stored: String,
+        /// The layout this caller uses, as JSON.
+        wanted: String,
+    },
+    /// A payload could not be encoded or decoded with its codec.
+    #[error("{codec} payload: {reason}")]
+    Codec {
+        /// The codec's wire name.
+        codec: &'static str,
+        /// The codec's own message.
+        reason: String,
+    },
+    /// The thing asked for does not exist (a queue, a dead letter, ...).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Redis answered with something the engine does not understand.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn config(field: &'static str, reason: impl fmt::Display) -> Self {
+        Error::InvalidConfig {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn protocol(what: impl fmt::Display) -> Self {
+        Error::Protocol(what.to_string())
+    }
+
+    /// Whether trying the same call again later may succeed (Redis was unreachable or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                    )
+            }
+            _ => false,
+        }
+    }
+}

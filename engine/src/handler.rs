@@ -1,0 +1,249 @@
+//! Handlers and the `Router` that maps a task's `kind` to one.
+//!
+//! A handler is an async function of a [`TaskContext`] and its decoded payload. It steers what
+//! happens after a failure through [`HandlerError`]: `Retry` (the default for any error),
+//! `RetryAfter(delay)`, or `Fatal` (straight to the dead-letter stream).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::backoff::RetryPolicy;
+use crate::envelope::{Codec, Malformed, TaskId};
+use crate::keys::QueueName;
+
+/// How a handler failed, and so what the worker does next.
+///
+/// Any `std::error::Error` converts into `Retry` through `?`, so handlers can propagate
+/// ordinary errors and still get retries; say `Fatal` for failures that retrying cannot fix.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// Try again after the retry policy's backoff (until attempts run out).
+    Retry(String),
+    /// Try again after this delay (until attempts run out).
+    RetryAfter(Duration, String),
+    /// Do not retry: bury the task in the dead-letter stream with reason `fatal`.
+    Fatal(String),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        HandlerError::Retry(message.to_string())
+    }
+
+    /// A retryable failure with its own delay.
+    pub fn retry_after(delay: Duration, message: impl fmt::Display) -> Self {
+        HandlerError::RetryAfter(delay, message.to_string())
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        HandlerError::Fatal(message.to_string())
+    }
+
+    /// The failure's message.
+    pub fn message(&self) -> &str {
+        match self {
+            HandlerError::Retry(m) | HandlerError::RetryAfter(_, m) | HandlerError::Fatal(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandlerError::Retry(m) => write!(f, "{m}"),
+            HandlerError::RetryAfter(d, m) => write!(f, "{m} (retry after {d:?})"),
+            HandlerError::Fatal(m) => write!(f, "fatal: {m}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        // Keep the whole cause chain: the message ends up in the task's `error` field.
+        let mut msg = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        HandlerError::Retry(msg)
+    }
+}
+
+/// What a handler knows about the task it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The task's id, stable across retries: use it as an idempotency key.
+    pub id: TaskId,
+    /// The handler name.
+    pub kind: String,
+    /// The queue the task came from.
+    pub queue: QueueName,
+    /// The task's priority.
+    pub priority: Arc<str>,
+    /// Failed attempts before this one (0 on the first run).
+    pub attempt: u32,
+    /// When the task was first enqueued, ms since the epoch.
+    pub enqueued_at: u64,
+    /// The previous attempt's error, if any.
+    pub last_error: Option<String>,
+    /// The payload's codec.
+    pub codec: Codec,
+}
+
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A type-erased handler: decodes the payload and starts the handler's future.
+trait Erased: Send + Sync {
+    fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed>;
+}
+
+struct Typed<T, F> {
+    f: F,
+    _payload: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, F, Fut> Erased for Typed<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
+        let value: T = ctx
+            .codec
+            .decode(&payload)
+            .map_err(|e| Malformed(format!("payload does not decode: {e}")))?;
+        Ok(Box::pin((self.f)(ctx, value)))
+    }
+}
+
+struct Raw<F>(F);
+
+impl<F, Fut> Erased for Raw<F>
+where
+    F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
+        Ok(Box::pin((self.0)(ctx, payload)))
+    }
+}
+
+/// Per-kind overrides of the worker's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteOptions {
+    /// Attempts and backoff for this kind.
+    pub retry: Option<RetryPolicy>,
+    /// Handler timeout for this kind.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Route {
+    handler: Arc<dyn Erased>,
+    pub(crate) options: RouteOptions,
+}
+
+impl Route {
+    pub(crate) fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
+        self.handler.start(ctx, payload)
+    }
+}
+
+/// Maps task kinds to handlers.
+///
+/// ```
+/// use rivulet::{HandlerError, Router, TaskContext};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Resize { width: u32 }
+///
+/// let router = Router::new()
+///     .route("resize", |_ctx: TaskContext, job: Resize| async move {
+///         if job.width == 0 {
+///             return Err(HandlerError::fatal("width must be positive"));
+///         }
+///         Ok(())
+///     })
+///     .route_bytes("echo", |_ctx, bytes| async move {
+///         let _ = bytes;
+///         Ok(())
+///     });
+/// assert_eq!(router.kinds().count(), 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: HashMap<String, Route>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router").field("kinds", &self.kinds().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `kind` with a handler of a typed payload, decoded with the task's codec.
+    /// A payload that does not decode goes to the dead-letter stream as `malformed`.
+    pub fn route<T, F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.insert(kind, Arc::new(Typed { f, _payload: std::marker::PhantomData }))
+    }
+
+    /// Serves `kind` with a handler of the raw payload bytes.
+    pub fn route_bytes<F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.insert(kind, Arc::new(Raw(f)))
+    }
+
+    /// Sets retry and timeout overrides for a kind already routed.
+    pub fn options(mut self, kind: &str, options: RouteOptions) -> Self {
+        if let Some(r) = self.routes.get_mut(kind) {
+            r.options = options;
+        }
+        self
+    }
+
+    fn insert(mut self, kind: &str, handler: Arc<dyn Erased>) -> Self {
+        self.routes.insert(kind.to_owned(), Route { handler, options: RouteOptions::default() });
+        self
+    }
+
+    /// The kinds this router serves.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// Whether `kind` is served.
+    pub fn serves(&self, kind: &str) -> bool {
+        self.routes.contains_key(kind)
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Route> {
+        self.routes.get(kind)
+    }
+}

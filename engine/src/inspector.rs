@@ -1,0 +1,560 @@
+//! The inspector: read-only views of queues, shards, pending entries and workers, plus the
+//! dead-letter operations (list, show, replay, purge) and pause flags.
+//!
+//! Everything here is safe to run against a live system; replay and purge are atomic per
+//! entry.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use crate::broker::{self, StreamEntry};
+use crate::envelope::now_ms;
+use crate::error::{Error, Result};
+use crate::keys::{PAUSED_KEY, Queue, Shard, ShardKeys, WORKERS_KEY, autoscaler_key, worker_key};
+
+/// Counters of one shard (see `docs/architecture.md` for when each moves).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Tasks enqueued (ready or delayed).
+    pub enqueued: u64,
+    /// Tasks whose handler succeeded.
+    pub done: u64,
+    /// Failed runs (handler error, panic or timeout).
+    pub failed: u64,
+    /// Failed runs scheduled for another attempt.
+    pub retried: u64,
+    /// Tasks moved to the dead-letter stream.
+    pub dead: u64,
+    /// Entries taken over from dead workers.
+    pub reclaimed: u64,
+    /// Pending entries that pointed at deleted stream entries.
+    pub lost: u64,
+    /// Dead letters replayed.
+    pub replayed: u64,
+    /// Unfinished tasks put back at a worker's shutdown.
+    pub requeued: u64,
+}
+
+impl Counters {
+    fn from_pairs(pairs: &[(String, u64)]) -> Self {
+        let mut c = Counters::default();
+        for (k, v) in pairs {
+            let slot = match k.as_str() {
+                "enqueued" => &mut c.enqueued,
+                "done" => &mut c.done,
+                "failed" => &mut c.failed,
+                "retried" => &mut c.retried,
+                "dead" => &mut c.dead,
+                "reclaimed" => &mut c.reclaimed,
+                "lost" => &mut c.lost,
+                "replayed" => &mut c.replayed,
+                "requeued" => &mut c.requeued,
+                _ => continue,
+            };
+            *slot = *v;
+        }
+        c
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.enqueued += o.enqueued;
+        self.done += o.done;
+        self.failed += o.failed;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.reclaimed += o.reclaimed;
+        self.lost += o.lost;
+        self.replayed += o.replayed;
+        self.requeued += o.requeued;
+    }
+}
+
+/// One shard's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStats {
+    /// Shard number.
+    pub shard: u16,
+    /// Entries in the stream (waiting plus in flight).
+    pub length: u64,
+    /// Entries not yet delivered, as Redis reports it; `None` when Redis cannot tell.
+    pub lag: Option<u64>,
+    /// Entries waiting to be delivered: `lag` when known, else `length - pending` (exact
+    /// while nothing but Rivulet deletes entries), flagged by `waiting_estimated`.
+    pub waiting: u64,
+    /// Whether `waiting` is the estimate rather than Redis's lag.
+    pub waiting_estimated: bool,
+    /// Delivered and not yet settled (in flight).
+    pub pending: u64,
+    /// Delayed tasks not yet due.
+    pub scheduled: u64,
+    /// Failed tasks waiting for their backoff.
+    pub retry: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Age of the oldest task waiting to be delivered.
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub oldest_waiting_age: Option<Duration>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// One priority's shards and their sums.
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorityStats {
+    /// Priority name.
+    pub priority: String,
+    /// Sum of the shards' `waiting`.
+    pub waiting: u64,
+    /// Whether any shard's `waiting` is an estimate.
+    pub waiting_estimated: bool,
+    /// Sum of the shards' `pending`.
+    pub pending: u64,
+    /// Sum of the shards' `scheduled`.
+    pub scheduled: u64,
+    /// Sum of the shards' `retry`.
+    pub retry: u64,
+    /// Sum of the shards' dead letters.
+    pub dead_letters: u64,
+    /// The oldest waiting task over all shards.
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub oldest_waiting_age: Option<Duration>,
+    /// Summed counters.
+    pub counters: Counters,
+    /// Per shard.
+    pub shards: Vec<ShardStats>,
+}
+
+/// A queue's state, highest priority first.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Whether workers are told to stop fetching from it.
+    pub paused: bool,
+    /// Per priority.
+    pub priorities: Vec<PriorityStats>,
+    /// Summed counters.
+    pub counters: Counters,
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1000.0)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where a dead letter lives: priority, shard and entry id, written `priority/shard/entry`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeadLetterId {
+    /// Priority of the shard.
+    pub priority: String,
+    /// Shard number.
+    pub shard: u16,
+    /// Entry id in the shard's dlq stream.
+    pub entry: String,
+}
+
+impl fmt::Display for DeadLetterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.priority, self.shard, self.entry)
+    }
+}
+
+impl Serialize for DeadLetterId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl FromStr for DeadLetterId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::NotFound(format!("dead letter {s:?}: ids look like normal/0/1700000000000-0"));
+        let mut parts = s.splitn(3, '/');
+        let (Some(p), Some(n), Some(e)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        if broker::parse_stream_id(e).is_none() {
+            return Err(bad());
+        }
+        Ok(DeadLetterId { priority: p.to_owned(), shard: n.parse().map_err(|_| bad())?, entry: e.to_owned() })
+    }
+}
+
+/// A task in the dead-letter stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Where it is.
+    pub id: DeadLetterId,
+    /// The task's id.
+    pub task_id: String,
+    /// Handler name.
+    pub kind: String,
+    /// `exhausted`, `fatal`, `poison`, `malformed` or `unknown_kind`.
+    pub reason: String,
+    /// The last error.
+    pub error: String,
+    /// Failed attempts.
+    pub attempt: u64,
+    /// Deliveries of the last entry (reads plus reclaims).
+    pub deliveries: u64,
+    /// When it died, ms since the epoch.
+    pub dead_at: u64,
+    /// Stream and entry id it came from.
+    pub origin: String,
+    /// Payload codec.
+    pub codec: String,
+    /// Payload, as text (lossy for binary payloads).
+    pub payload: String,
+    /// Every field as stored, for fields this version does not know.
+    #[serde(skip)]
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    fn from_entry(priority: &str, shard: u16, e: StreamEntry) -> Self {
+        let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let text = |k: &str| map.get(k.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let num = |k: &str| text(k).parse().unwrap_or(0);
+        DeadLetter {
+            id: DeadLetterId { priority: priority.to_owned(), shard, entry: e.id.clone() },
+            task_id: text("id"),
+            kind: text("kind"),
+            reason: text("reason"),
+            error: text("error"),
+            attempt: num("attempt"),
+            deliveries: num("deliveries"),
+            dead_at: num("dead_at"),
+            origin: text("origin"),
+            codec: text("codec"),
+            payload: text("payload"),
+            fields: e.fields.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone())).collect(),
+        }
+    }
+}
+
+/// Which dead letters a replay or purge applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DlqSelect {
+    /// One dead letter.
+    Id(DeadLetterId),
+    /// Every dead letter of this kind.
+    Kind(String),
+    /// Every dead letter of the queue.
+    All,
+}
+
+/// A pending (delivered, unsettled) entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingEntry {
+    /// Priority of the shard.
+    pub priority: String,
+    /// Shard number.
+    pub shard: u16,
+    /// Stream entry id.
+    pub entry: String,
+    /// Worker holding it.
+    pub consumer: String,
+    /// Ms since it was delivered or its lease was renewed.
+    pub idle_ms: u64,
+    /// Deliveries (first read plus reclaims).
+    pub deliveries: u64,
+}
+
+/// A live worker, from its heartbeat.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    /// Worker id (consumer name).
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+    /// Handler slots.
+    pub concurrency: u64,
+    /// Handlers running at the last beat.
+    pub in_flight: u64,
+    /// Handlers started.
+    pub started: u64,
+    /// Handlers that succeeded.
+    pub succeeded: u64,
+    /// Handlers that failed.
+    pub failed: u64,
+    /// Last heartbeat, ms since the epoch.
+    pub last_beat: u64,
+}
+
+/// Read-only views and dead-letter operations.
+#[derive(Clone)]
+pub struct Inspector {
+    conn: ConnectionManager,
+}
+
+impl fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inspector").finish_non_exhaustive()
+    }
+}
+
+const PAGE: usize = 500;
+
+impl Inspector {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::new(&redis::Client::open(url)?).await
+    }
+
+    /// Connects with an existing `redis::Client`.
+    pub async fn new(client: &redis::Client) -> Result<Self> {
+        Ok(Inspector { conn: broker::connect(client, Some(crate::client::DEFAULT_RESPONSE_TIMEOUT)).await? })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Every queue recorded in Redis.
+    pub async fn queues(&self) -> Result<Vec<Queue>> {
+        broker::load_queues(&mut self.conn()).await
+    }
+
+    /// A recorded queue, or `NotFound` naming the known ones.
+    pub async fn queue(&self, name: &str) -> Result<Queue> {
+        crate::keys::QueueName::new(name)?;
+        match broker::load_queue(&mut self.conn(), name).await? {
+            Some(q) => Ok(q),
+            None => {
+                let known: Vec<String> = self.queues().await?.iter().map(|q| q.name().to_string()).collect();
+                Err(Error::NotFound(format!(
+                    "queue {name:?} (known queues: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )))
+            }
+        }
+    }
+
+    /// A queue's state per priority and shard.
+    pub async fn stats(&self, queue: &Queue) -> Result<QueueStats> {
+        let mut conn = self.conn();
+        let now = now_ms();
+        let mut priorities = Vec::new();
+        let mut total = Counters::default();
+        for p in &queue.layout().priorities {
+            let mut shards = Vec::new();
+            for n in 0..queue.layout().shards {
+                let raw = broker::inspect(&mut conn, &queue.shard(p, n)).await?;
+                let age = raw
+                    .oldest_waiting
+                    .as_deref()
+                    .and_then(broker::parse_stream_id)
+                    .map(|(ms, _)| Duration::from_millis(now.saturating_sub(ms)));
+                let (waiting, waiting_estimated) = match raw.lag {
+                    Some(lag) => (lag, false),
+                    None => (raw.length.saturating_sub(raw.pending), true),
+                };
+                shards.push(ShardStats {
+                    shard: n,
+                    length: raw.length,
+                    lag: raw.lag,
+                    waiting,
+                    waiting_estimated,
+                    pending: raw.pending,
+                    scheduled: raw.scheduled,
+                    retry: raw.retry,
+                    dead_letters: raw.dlq,
+                    oldest_waiting_age: age,
+                    counters: Counters::from_pairs(&raw.stats),
+                });
+            }
+            let mut counters = Counters::default();
+            shards.iter().for_each(|s| counters.add(&s.counters));
+            total.add(&counters);
+            priorities.push(PriorityStats {
+                priority: p.clone(),
+                waiting: shards.iter().map(|s| s.waiting).sum(),
+                waiting_estimated: shards.iter().any(|s| s.waiting_estimated),
+                pending: shards.iter().map(|s| s.pending).sum(),
+                scheduled: shards.iter().map(|s| s.scheduled).sum(),
+                retry: shards.iter().map(|s| s.retry).sum(),
+                dead_letters: shards.iter().map(|s| s.dead_letters).sum(),
+                oldest_waiting_age: shards.iter().filter_map(|s| s.oldest_waiting_age).max(),
+                counters,
+                shards,
+            });
+        }
+        let paused: bool = redis::cmd("SISMEMBER").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async(&mut conn).await?;
+        Ok(QueueStats { queue: queue.name().to_string(), paused, priorities, counters: total })
+    }
+
+    /// Pending entries of a queue, oldest first per shard, at most `limit` per shard.
+    pub async fn pending(&self, queue: &Queue, limit: usize) -> Result<Vec<PendingEntry>> {
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        for s in queue.all_shards() {
+            for (entry, consumer, idle_ms, deliveries) in broker::pending(&mut conn, &s.keys.stream, limit).await? {
+                out.push(PendingEntry { priority: s.priority.to_owned(), shard: s.number, entry, consumer, idle_ms, deliveries });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live workers (those whose heartbeat has not expired), by id. Stale registry rows are
+    /// pruned on the way.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let mut conn = self.conn();
+        let ids: Vec<String> = redis::cmd("ZRANGE").arg(WORKERS_KEY).arg(0).arg(-1).query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let h: HashMap<String, String> = redis::cmd("HGETALL").arg(worker_key(&id)).query_async(&mut conn).await?;
+            if h.is_empty() {
+                redis::cmd("ZREM").arg(WORKERS_KEY).arg(&id).query_async::<()>(&mut conn).await?;
+                continue;
+            }
+            let num = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+            out.push(WorkerInfo {
+                id: id.clone(),
+                host: h.get("host").cloned().unwrap_or_default(),
+                pid: num("pid") as u32,
+                queues: h.get("queues").map(|q| q.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                concurrency: num("concurrency"),
+                in_flight: num("in_flight"),
+                started: num("started"),
+                succeeded: num("succeeded"),
+                failed: num("failed"),
+                last_beat: num("last_beat"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Dead letters of a queue in time order, after entry id `after` (exclusive), at most
+    /// `limit`. Page by passing the last id's `entry` as `after`.
+    pub async fn dlq_list(&self, queue: &Queue, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut conn = self.conn();
+        let start = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_owned(),
+        };
+        let mut out = Vec::new();
+        for s in queue.all_shards() {
+            for e in broker::range(&mut conn, &s.keys.dlq, &start, limit).await? {
+                out.push(DeadLetter::from_entry(s.priority, s.number, e));
+            }
+        }
+        out.sort_by_key(|d| broker::parse_stream_id(&d.id.entry));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// One dead letter.
+    pub async fn dlq_get(&self, queue: &Queue, id: &DeadLetterId) -> Result<DeadLetter> {
+        let keys = self.dlq_keys(queue, id)?;
+        let mut found = broker::range(&mut self.conn(), &keys.dlq, &id.entry, 1).await?;
+        match found.pop() {
+            Some(e) if e.id == id.entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e)),
+            _ => Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name()))),
+        }
+    }
+
+    /// Moves the selected dead letters back into their streams with attempts reset. Returns
+    /// how many.
+    pub async fn dlq_replay(&self, queue: &Queue, select: &DlqSelect) -> Result<u64> {
+        self.dlq_apply(queue, select, true).await
+    }
+
+    /// Deletes the selected dead letters. Returns how many.
+    pub async fn dlq_purge(&self, queue: &Queue, select: &DlqSelect) -> Result<u64> {
+        self.dlq_apply(queue, select, false).await
+    }
+
+    async fn dlq_apply(&self, queue: &Queue, select: &DlqSelect, replay: bool) -> Result<u64> {
+        let mut conn = self.conn();
+        let apply = |conn: &mut ConnectionManager, keys: ShardKeys, ids: Vec<String>| {
+            let mut conn = conn.clone();
+            async move {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                if replay {
+                    broker::replay(&mut conn, &keys, &ids).await
+                } else {
+                    broker::delete_entries(&mut conn, &keys.dlq, &ids).await
+                }
+            }
+        };
+        if let DlqSelect::Id(id) = select {
+            let keys = self.dlq_keys(queue, id)?;
+            let n = apply(&mut conn, keys, vec![id.entry.clone()]).await?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name())));
+            }
+            return Ok(n);
+        }
+        let mut total = 0;
+        for Shard { keys, .. } in queue.all_shards() {
+            let mut start = "-".to_owned();
+            loop {
+                let page = broker::range(&mut conn, &keys.dlq, &start, PAGE).await?;
+                let Some(last) = page.last() else { break };
+                start = format!("({}", last.id);
+                let full = page.len() == PAGE;
+                let ids: Vec<String> = page
+                    .into_iter()
+                    .filter(|e| match select {
+                        DlqSelect::Kind(k) => e.fields.iter().any(|(n, v)| n == b"kind" && v == k.as_bytes()),
+                        _ => true,
+                    })
+                    .map(|e| e.id)
+                    .collect();
+                total += apply(&mut conn, keys.clone(), ids).await?;
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn dlq_keys(&self, queue: &Queue, id: &DeadLetterId) -> Result<ShardKeys> {
+        queue.rank(&id.priority)?;
+        if id.shard >= queue.layout().shards {
+            return Err(Error::NotFound(format!(
+                "shard {} of queue {} (it has {})",
+                id.shard,
+                queue.name(),
+                queue.layout().shards
+            )));
+        }
+        Ok(queue.shard(&id.priority, id.shard))
+    }
+
+    /// Tells workers to stop fetching from a queue (in-flight tasks finish; delayed tasks are
+    /// still promoted). Takes effect within a worker's promote interval.
+    pub async fn pause(&self, queue: &Queue) -> Result<()> {
+        redis::cmd("SADD").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Lets workers fetch from a paused queue again.
+    pub async fn resume(&self, queue: &Queue) -> Result<()> {
+        redis::cmd("SREM").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Stores the autoscaler's latest decision (JSON) for a queue.
+    pub async fn record_decision(&self, queue: &Queue, json: &str) -> Result<()> {
+        redis::cmd("SET").arg(autoscaler_key(queue.name())).arg(json).query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// The autoscaler's latest decision for a queue (JSON), if any.
+    pub async fn decision(&self, queue: &Queue) -> Result<Option<String>> {
+        Ok(redis::cmd("GET").arg(autoscaler_key(queue.name())).query_async(&mut self.conn()).await?)
+    }
+}

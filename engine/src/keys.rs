@@ -1,0 +1,330 @@
+//! Names: validated queue names, queue layouts, and every Redis key the engine uses.
+//!
+//! This is the only file that builds key strings. A shard's keys share one hash tag
+//! `{queue:priority:shard}`, so every script touches a single Cluster slot; names are validated
+//! so they can never contain `{` or `}` and break that tag.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of every key.
+pub const PREFIX: &str = "rivulet";
+/// The consumer group every worker joins on every shard stream.
+pub const GROUP: &str = "rivulet";
+/// HASH of queue name -> layout JSON, for discovery.
+pub const QUEUES_KEY: &str = "rivulet:queues";
+/// ZSET of worker id -> last heartbeat (ms since the epoch).
+pub const WORKERS_KEY: &str = "rivulet:workers";
+/// SET of paused queue names.
+pub const PAUSED_KEY: &str = "rivulet:paused";
+/// Default priorities, highest first.
+pub const DEFAULT_PRIORITIES: [&str; 3] = ["high", "normal", "low"];
+/// The priority a task gets when it names none (the middle one of the defaults).
+pub const DEFAULT_PRIORITY: &str = "normal";
+/// Most shards a priority may have.
+pub const MAX_SHARDS: u16 = 1024;
+
+const MAX_NAME_LEN: usize = 64;
+
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("must be at most 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// A validated queue name: `[A-Za-z0-9._-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueName(Arc<str>);
+
+impl Serialize for QueueName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl QueueName {
+    /// Validates `name`.
+    pub fn new(name: &str) -> Result<Self> {
+        check_name(name).map_err(|reason| Error::InvalidQueueName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        Ok(QueueName(name.into()))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for QueueName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        QueueName::new(s)
+    }
+}
+
+/// How a queue is laid out in Redis: its priorities (highest first) and shards per priority.
+///
+/// Stored as JSON in [`QUEUES_KEY`] so the CLI, the inspector and the autoscaler can find it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Priority names, highest first.
+    pub priorities: Vec<String>,
+    /// Shards per priority (each shard is one stream and its companion keys).
+    pub shards: u16,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            priorities: DEFAULT_PRIORITIES.iter().map(|p| p.to_string()).collect(),
+            shards: 1,
+        }
+    }
+}
+
+/// A queue: its name and layout, validated together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    name: QueueName,
+    layout: Layout,
+}
+
+impl Queue {
+    /// A queue with the default layout (`high`, `normal`, `low`; one shard each).
+    pub fn new(name: &str) -> Result<Self> {
+        Self::with_layout(name, Layout::default())
+    }
+
+    /// A queue with its own layout.
+    pub fn with_layout(name: &str, layout: Layout) -> Result<Self> {
+        let name = QueueName::new(name)?;
+        if layout.priorities.is_empty() {
+            return Err(Error::config("layout.priorities", "must name at least one priority"));
+        }
+        for (i, p) in layout.priorities.iter().enumerate() {
+            check_name(p).map_err(|reason| Error::UnknownPriority {
+                queue: name.to_string(),
+                priority: p.clone(),
+                known: format!("an invalid name: it {reason}"),
+            })?;
+            if layout.priorities[..i].contains(p) {
+                return Err(Error::config("layout.priorities", format!("{p:?} is listed twice")));
+            }
+        }
+        if layout.shards == 0 || layout.shards > MAX_SHARDS {
+            return Err(Error::config("layout.shards", format!("must be 1..={MAX_SHARDS}")));
+        }
+        Ok(Queue { name, layout })
+    }
+
+    /// Same queue, `shards` shards per priority.
+    pub fn shards(self, shards: u16) -> Result<Self> {
+        let layout = Layout { shards, ..self.layout };
+        Self::with_layout(self.name.as_str(), layout)
+    }
+
+    /// Same queue with these priorities, highest first.
+    pub fn priorities<S: AsRef<str>>(self, priorities: &[S]) -> Result<Self> {
+        let layout = Layout {
+            priorities: priorities.iter().map(|p| p.as_ref().to_owned()).collect(),
+            ..self.layout
+        };
+        Self::with_layout(self.name.as_str(), layout)
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// The queue's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The rank (0 = highest) of a priority, or a typed error naming the known ones.
+    pub fn rank(&self, priority: &str) -> Result<usize> {
+        self.layout
+            .priorities
+            .iter()
+            .position(|p| p == priority)
+            .ok_or_else(|| Error::UnknownPriority {
+                queue: self.name.to_string(),
+                priority: priority.to_owned(),
+                known: self.layout.priorities.join(", "),
+            })
+    }
+
+    /// The priority tasks get when they name none: `normal` when the queue has it, else the
+    /// middle one.
+    pub fn default_priority(&self) -> &str {
+        let ps = &self.layout.priorities;
+        if ps.iter().any(|p| p == DEFAULT_PRIORITY) {
+            DEFAULT_PRIORITY
+        } else {
+            &ps[ps.len() / 2]
+        }
+    }
+
+    /// Keys of one shard.
+    pub fn shard(&self, priority: &str, shard: u16) -> ShardKeys {
+        ShardKeys::new(&self.name, priority, shard)
+    }
+
+    /// Every shard of the queue, highest priority first.
+    pub fn all_shards(&self) -> impl Iterator<Item = Shard<'_>> + '_ {
+        self.layout.priorities.iter().enumerate().flat_map(move |(rank, p)| {
+            (0..self.layout.shards).map(move |number| Shard { rank, priority: p, number, keys: self.shard(p, number) })
+        })
+    }
+
+    /// The layout as the JSON stored in [`QUEUES_KEY`].
+    pub fn layout_json(&self) -> String {
+        serde_json::to_string(&self.layout).expect("a Layout of strings and an integer always serialises")
+    }
+}
+
+/// One shard of a queue, as [`Queue::all_shards`] lists them.
+#[derive(Debug, Clone)]
+pub struct Shard<'a> {
+    /// Rank of its priority (0 = highest).
+    pub rank: usize,
+    /// Its priority.
+    pub priority: &'a str,
+    /// Its number within the priority.
+    pub number: u16,
+    /// Its keys.
+    pub keys: ShardKeys,
+}
+
+/// The keys of one shard (queue, priority, shard number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardKeys {
+    /// Ready and in-flight tasks, with the consumer group.
+    pub stream: String,
+    /// Delayed tasks (ZSET, score = due ms).
+    pub scheduled: String,
+    /// Failed tasks waiting for their backoff (ZSET, score = due ms).
+    pub retry: String,
+    /// Dead letters.
+    pub dlq: String,
+    /// Counters.
+    pub stats: String,
+}
+
+impl ShardKeys {
+    fn new(queue: &QueueName, priority: &str, shard: u16) -> Self {
+        let base = format!("{PREFIX}:{{{queue}:{priority}:{shard}}}");
+        ShardKeys {
+            stream: format!("{base}:stream"),
+            scheduled: format!("{base}:scheduled"),
+            retry: format!("{base}:retry"),
+            dlq: format!("{base}:dlq"),
+            stats: format!("{base}:stats"),
+        }
+    }
+}
+
+/// The HASH describing one live worker.
+pub fn worker_key(worker_id: &str) -> String {
+    format!("{PREFIX}:worker:{worker_id}")
+}
+
+/// The key holding the autoscaler's latest decision for a queue.
+pub fn autoscaler_key(queue: &QueueName) -> String {
+    format!("{PREFIX}:autoscaler:{queue}")
+}
+
+/// The shard a task id maps to: FNV-1a (64 bit) of the id, modulo the shard count.
+///
+/// Stable and documented in `docs/wire-format.md`, so producers in other languages can pick the
+/// same shard.
+pub fn shard_for(task_id: &str, shards: u16) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in task_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_keys_share_one_hash_tag() {
+        let q = Queue::new("emails").unwrap();
+        let k = q.shard("high", 3);
+        assert_eq!(k.stream, "rivulet:{emails:high:3}:stream");
+        assert_eq!(k.scheduled, "rivulet:{emails:high:3}:scheduled");
+        assert_eq!(k.retry, "rivulet:{emails:high:3}:retry");
+        assert_eq!(k.dlq, "rivulet:{emails:high:3}:dlq");
+        assert_eq!(k.stats, "rivulet:{emails:high:3}:stats");
+    }
+
+    #[test]
+    fn queue_names_are_validated() {
+        assert!(QueueName::new("a.b_c-D9").is_ok());
+        for bad in ["", "a{b", "a}b", "a b", "ü", &"x".repeat(65)] {
+            let err = QueueName::new(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidQueueName { .. }), "{bad:?}: {err}");
+        }
+        assert!(QueueName::new(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn layouts_are_validated() {
+        assert!(Queue::new("q").unwrap().shards(0).is_err());
+        assert!(Queue::new("q").unwrap().priorities::<&str>(&[]).is_err());
+        assert!(Queue::new("q").unwrap().priorities(&["a", "a"]).is_err());
+        assert!(Queue::new("q").unwrap().priorities(&["a{"]).is_err());
+        let q = Queue::new("q").unwrap().priorities(&["x", "y"]).unwrap();
+        assert_eq!(q.default_priority(), "y");
+        assert_eq!(Queue::new("q").unwrap().default_priority(), "normal");
+    }
+
+    #[test]
+    fn unknown_priority_names_the_known_ones() {
+        let q = Queue::new("q").unwrap();
+        assert_eq!(q.rank("high").unwrap(), 0);
+        let err = q.rank("urgent").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown priority \"urgent\" for queue \"q\" (the queue has high, normal, low)"
+        );
+    }
+
+    #[test]
+    fn shard_for_is_stable_and_in_range() {
+        assert_eq!(shard_for("anything", 1), 0);
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(shard_for("a", 7), (0xaf63_dc4c_8601_ec8c_u64 % 7) as u16);
+        for i in 0..1000 {
+            assert!(shard_for(&i.to_string(), 4) < 4);
+        }
+    }
+}

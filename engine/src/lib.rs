@@ -1,0 +1,63 @@
+//! Rivulet: a task engine on Redis Streams.
+//!
+//! Producers enqueue tasks into priority-sharded streams; workers read them through consumer
+//! groups, run typed handlers, retry failures with backoff, take over the tasks of dead
+//! workers, and move what cannot succeed to a dead-letter stream. Delivery is at least once:
+//! nothing is silently lost.
+//!
+//! ```no_run
+//! use rivulet::{Client, Queue, Router, Task, TaskContext, Worker, WorkerConfig};
+//!
+//! # async fn demo() -> Result<(), rivulet::Error> {
+//! let queue = Queue::new("emails")?;
+//! let client = Client::connect("redis://127.0.0.1:6379").await?;
+//! client.enqueue(&queue, Task::json("send", &"hello")?.priority("high")).await?;
+//!
+//! let router = Router::new().route("send", |_ctx: TaskContext, body: String| async move {
+//!     println!("sending {body}");
+//!     Ok(())
+//! });
+//! let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+//! Worker::new(redis, router, WorkerConfig::default())
+//!     .queue(queue)
+//!     .run(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`keys`]: validated names ([`QueueName`], [`Queue`] and its [`Layout`]) and every key name.
+//! - [`envelope`]: wire format v1 ([`Envelope`], [`Codec`], [`TaskId`]).
+//! - `broker`: every Redis command and Lua script (`broker/scripts/*.lua`).
+//! - [`client`]: the producer ([`Client`], [`Task`]).
+//! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
+//! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
+//! - [`worker`]: [`Worker`] and its loops (fetcher, executor, acker, promoter, reclaimer,
+//!   heartbeat).
+//! - [`inspector`]: queue statistics, pending entries, workers, dead-letter operations.
+//! - `testing` (feature `test-util`): a private `redis-server` per test.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+mod broker;
+pub mod client;
+pub mod envelope;
+mod error;
+pub mod handler;
+pub mod inspector;
+pub mod keys;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod worker;
+
+pub use backoff::RetryPolicy;
+pub use broker::{StreamEntry, parse_stream_id};
+pub use client::{Client, Task};
+pub use envelope::{Codec, Envelope, TaskId};
+pub use error::{Error, Result};
+pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
+pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueStats};
+pub use keys::{Layout, Queue, QueueName};
+pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};

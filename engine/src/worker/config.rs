@@ -1,0 +1,210 @@
+//! Worker configuration: data with documented defaults, checked by `validate`.
+
+use std::time::Duration;
+
+use crate::backoff::RetryPolicy;
+use crate::error::{Error, Result};
+
+/// Default handlers running at once per worker.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Default lease (visibility timeout): how long an entry may sit without a heartbeat before
+/// another worker may take it over.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default longest blocking read. It bounds how long a quiet worker takes to notice shutdown;
+/// new tasks wake it at once.
+pub const DEFAULT_BLOCK: Duration = Duration::from_millis(500);
+/// Default time in-flight tasks get to finish on shutdown before they are requeued.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest wait between promotion passes over `scheduled` and `retry` sets.
+pub const DEFAULT_PROMOTE_INTERVAL: Duration = Duration::from_millis(250);
+/// Default deliveries (first read plus reclaims) after which a task that never reported an
+/// outcome is poison.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+/// Default approximate cap of each dead-letter stream.
+pub const DEFAULT_DLQ_MAXLEN: usize = 100_000;
+
+/// The order in which a worker reads priorities.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PriorityMode {
+    /// Always the highest priority that has work; block on all only when all are empty.
+    #[default]
+    Strict,
+    /// Each read starts at a priority drawn with these weights (highest priority first;
+    /// missing weights count as 1), so lower priorities are never starved.
+    Weighted(Vec<u32>),
+}
+
+/// Per-queue overrides of the worker's retry policy and timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueOptions {
+    /// Attempts and backoff for this queue.
+    pub retry: Option<RetryPolicy>,
+    /// Handler timeout for this queue.
+    pub timeout: Option<Duration>,
+}
+
+/// How a worker runs. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Handlers running at once ([`DEFAULT_CONCURRENCY`]).
+    pub concurrency: usize,
+    /// Lease of an in-flight task ([`DEFAULT_LEASE`]); renewed every `lease / 3` while the
+    /// worker lives.
+    pub lease: Duration,
+    /// Longest blocking read ([`DEFAULT_BLOCK`]).
+    pub block: Duration,
+    /// Priority order ([`PriorityMode::Strict`]).
+    pub priority: PriorityMode,
+    /// Attempts and backoff, unless a queue, kind or task overrides them.
+    pub retry: RetryPolicy,
+    /// Handler timeout, unless a queue, kind or task overrides it (none by default).
+    pub timeout: Option<Duration>,
+    /// Deliveries after which a task is poison ([`DEFAULT_MAX_DELIVERIES`]).
+    pub max_deliveries: u32,
+    /// Approximate cap of each dead-letter stream ([`DEFAULT_DLQ_MAXLEN`]).
+    pub dlq_maxlen: usize,
+    /// Time in-flight tasks get on shutdown ([`DEFAULT_DRAIN_TIMEOUT`]).
+    pub drain_timeout: Duration,
+    /// Longest wait between promotion passes ([`DEFAULT_PROMOTE_INTERVAL`]).
+    pub promote_interval: Duration,
+    /// This worker's id (also its consumer name). Generated from host, pid and a random
+    /// suffix when `None`; must be unique among live workers.
+    pub worker_id: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: DEFAULT_CONCURRENCY,
+            lease: DEFAULT_LEASE,
+            block: DEFAULT_BLOCK,
+            priority: PriorityMode::Strict,
+            retry: RetryPolicy::default(),
+            timeout: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            dlq_maxlen: DEFAULT_DLQ_MAXLEN,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            promote_interval: DEFAULT_PROMOTE_INTERVAL,
+            worker_id: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks every field; never repairs one silently.
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 || self.concurrency > 100_000 {
+            return Err(Error::config("concurrency", "must be 1..=100000"));
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::config("lease", "must be at least 100ms"));
+        }
+        if self.block < Duration::from_millis(1) || self.block > Duration::from_secs(60) {
+            return Err(Error::config("block", "must be 1ms..=60s"));
+        }
+        if self.max_deliveries == 0 {
+            return Err(Error::config("max_deliveries", "must be at least 1"));
+        }
+        if self.dlq_maxlen == 0 {
+            return Err(Error::config("dlq_maxlen", "must be at least 1"));
+        }
+        if self.promote_interval < Duration::from_millis(1) {
+            return Err(Error::config("promote_interval", "must be at least 1ms"));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::config("timeout", "must be positive"));
+        }
+        if let PriorityMode::Weighted(w) = &self.priority
+            && (w.is_empty() || w.iter().all(|&x| x == 0))
+        {
+            return Err(Error::config("priority", "weights must include a positive one"));
+        }
+        if let Some(id) = &self.worker_id
+            && (id.is_empty() || id.len() > 200 || id.contains(char::is_whitespace))
+        {
+            return Err(Error::config("worker_id", "must be 1..=200 characters without spaces"));
+        }
+        self.retry.validate()
+    }
+
+    /// How often a worker renews its leases and heartbeat.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// How often a worker looks for entries whose lease ran out.
+    pub fn reclaim_interval(&self) -> Duration {
+        (self.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+    }
+}
+
+/// The order of ranks for one read: strict is 0, 1, 2...; weighted draws the first rank by
+/// weight, then the rest in the same way. `draw` yields uniform numbers in `[0, 1)`.
+pub(crate) fn rank_order(mode: &PriorityMode, ranks: usize, mut draw: impl FnMut() -> f64) -> Vec<usize> {
+    match mode {
+        PriorityMode::Strict => (0..ranks).collect(),
+        PriorityMode::Weighted(weights) => {
+            let mut left: Vec<(usize, f64)> =
+                (0..ranks).map(|r| (r, f64::from(weights.get(r).copied().unwrap_or(1)))).collect();
+            let mut order = Vec::with_capacity(ranks);
+            while !left.is_empty() {
+                let total: f64 = left.iter().map(|(_, w)| w).sum();
+                let pick = if total <= 0.0 {
+                    0
+                } else {
+                    let mut x = draw() * total;
+                    left.iter()
+                        .position(|(_, w)| {
+                            x -= w;
+                            x < 0.0
+                        })
+                        .unwrap_or(left.len() - 1)
+                };
+                order.push(left.remove(pick).0);
+            }
+            order
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_rejected() {
+        let c = WorkerConfig::default();
+        assert!(c.validate().is_ok());
+        for bad in [
+            WorkerConfig { concurrency: 0, ..c.clone() },
+            WorkerConfig { lease: Duration::from_millis(10), ..c.clone() },
+            WorkerConfig { max_deliveries: 0, ..c.clone() },
+            WorkerConfig { priority: PriorityMode::Weighted(vec![0, 0]), ..c.clone() },
+            WorkerConfig { worker_id: Some("a b".into()), ..c.clone() },
+            WorkerConfig { timeout: Some(Duration::ZERO), ..c.clone() },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn strict_order_is_rank_order() {
+        assert_eq!(rank_order(&PriorityMode::Strict, 3, || 0.9), [0, 1, 2]);
+    }
+
+    #[test]
+    fn weighted_order_follows_the_draw() {
+        let w = PriorityMode::Weighted(vec![6, 3, 1]);
+        assert_eq!(rank_order(&w, 3, || 0.0), [0, 1, 2]);
+        // 0.95 * 10 = 9.5 falls in the last tenth: rank 2 first.
+        let mut draws = [0.95, 0.0].into_iter();
+        assert_eq!(rank_order(&w, 3, || draws.next().unwrap_or(0.0)), [2, 0, 1]);
+        // Over many draws rank 0 leads about 60 % of reads.
+        let mut firsts = [0u32; 3];
+        for _ in 0..10_000 {
+            firsts[rank_order(&w, 3, fastrand::f64)[0]] += 1;
+        }
+        assert!((5_500..6_500).contains(&firsts[0]), "{firsts:?}");
+        assert!(firsts[2] > 500, "{firsts:?}");
+    }
+}

@@ -1,0 +1,224 @@
+//! The executor: turns one entry into a running handler and its result into an outcome.
+//!
+//! Entries that cannot run (malformed fields, a payload that does not decode, a kind nothing
+//! serves) are buried at once with the reason; nothing is left in the PEL. A handler's panic
+//! or timeout is a failure like an error, and the worker carries on.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Shared, WorkerCounters};
+use crate::backoff::RetryPolicy;
+use crate::broker::{Settle, StreamEntry};
+use crate::envelope::now_ms;
+use crate::handler::{HandlerError, HandlerFuture, TaskContext};
+
+/// Why one run of a handler failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Handler(HandlerError),
+    Panic(String),
+    Timeout(Duration),
+}
+
+pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
+    let lane = &shared.lanes[lane_idx];
+    let entry_id = entry.id.clone();
+    let env = match entry.envelope() {
+        Ok(env) => env,
+        Err(m) => {
+            tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
+            WorkerCounters::add(&shared.counters.buried, 1);
+            shared.settle(lane_idx, entry_id, Settle::Bury { reason: "malformed", error: m.0 });
+            return;
+        }
+    };
+    let Some(route) = shared.router.get(&env.kind) else {
+        let mut kinds: Vec<&str> = shared.router.kinds().collect();
+        kinds.sort_unstable();
+        let error = format!("no handler for kind {:?} (this worker serves: {})", env.kind, kinds.join(", "));
+        tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind; burying");
+        WorkerCounters::add(&shared.counters.buried, 1);
+        shared.settle(lane_idx, entry_id, Settle::Bury { reason: "unknown_kind", error });
+        return;
+    };
+    let ctx = TaskContext {
+        id: env.id,
+        kind: env.kind,
+        queue: lane.queue.clone(),
+        priority: lane.priority.clone(),
+        attempt: env.attempt,
+        enqueued_at: env.enqueued_at,
+        last_error: env.error,
+        codec: env.codec,
+    };
+    let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
+    let fut = match route.start(ctx, env.payload) {
+        Ok(fut) => fut,
+        Err(m) => {
+            tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
+            WorkerCounters::add(&shared.counters.buried, 1);
+            shared.settle(lane_idx, entry_id, Settle::Bury { reason: "malformed", error: m.0 });
+            return;
+        }
+    };
+    let policy = route.options.retry.or(lane.options.retry).unwrap_or(shared.config.retry);
+    let timeout = env
+        .timeout_ms
+        .map(Duration::from_millis)
+        .or(route.options.timeout)
+        .or(lane.options.timeout)
+        .or(shared.config.timeout);
+    let max_attempts = env.max_attempts;
+    WorkerCounters::add(&shared.counters.started, 1);
+    let shared2 = shared.clone();
+    shared.tracker.spawn(async move {
+        let result = tokio::select! {
+            biased;
+            // Past the drain deadline: drop the handler; the entry stays held and is requeued.
+            () = shared2.abort.cancelled() => return,
+            r = guarded(fut, timeout) => r,
+        };
+        drop(permit);
+        let settle = match result {
+            Ok(()) => {
+                WorkerCounters::add(&shared2.counters.succeeded, 1);
+                Settle::Ack
+            }
+            Err(failure) => {
+                WorkerCounters::add(&shared2.counters.failed, 1);
+                let settle = failure_outcome(&failure, attempt, max_attempts, &policy, now_ms(), fastrand::f64());
+                tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
+                if matches!(settle, Settle::Bury { .. }) {
+                    WorkerCounters::add(&shared2.counters.buried, 1);
+                }
+                settle
+            }
+        };
+        shared2.settle(lane_idx, entry_id, settle);
+    });
+}
+
+async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Failure> {
+    let caught = AssertUnwindSafe(fut).catch_unwind();
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, caught).await {
+            Ok(r) => r,
+            Err(_) => return Err(Failure::Timeout(t)),
+        },
+        None => caught.await,
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Handler(e)),
+        Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
+    }
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+pub(crate) fn describe(f: &Failure) -> String {
+    match f {
+        Failure::Handler(e) => e.to_string(),
+        Failure::Panic(m) => format!("handler panicked: {m}"),
+        Failure::Timeout(t) => format!("handler timed out after {t:?}"),
+    }
+}
+
+fn settle_name(s: &Settle) -> &'static str {
+    match s {
+        Settle::Ack => "done",
+        Settle::Retry { .. } => "retry",
+        Settle::Bury { reason, .. } => reason,
+        Settle::Requeue => "requeue",
+    }
+}
+
+/// What happens after a failed run (pure): `Fatal` buries at once; otherwise retry after the
+/// handler's own delay or the policy's backoff while attempts remain, else bury as exhausted.
+pub(crate) fn failure_outcome(
+    failure: &Failure,
+    attempt: u32,
+    max_attempts: Option<u32>,
+    policy: &RetryPolicy,
+    now_ms: u64,
+    unit: f64,
+) -> Settle {
+    let error = describe(failure);
+    if let Failure::Handler(HandlerError::Fatal(_)) = failure {
+        return Settle::Bury { reason: "fatal", error };
+    }
+    if !policy.may_retry(attempt, max_attempts) {
+        return Settle::Bury { reason: "exhausted", error };
+    }
+    let delay = match failure {
+        Failure::Handler(HandlerError::RetryAfter(d, _)) => *d,
+        _ => policy.delay_with(attempt, unit),
+    };
+    Settle::Retry { due_ms: now_ms + crate::envelope::millis(delay), attempt: attempt + 1, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy { max_attempts: 3, jitter: false, ..Default::default() }
+    }
+
+    #[test]
+    fn errors_retry_with_backoff_until_attempts_run_out() {
+        let f = Failure::Handler(HandlerError::retry("boom"));
+        assert_eq!(
+            failure_outcome(&f, 0, None, &policy(), 1000, 0.5),
+            Settle::Retry { due_ms: 2000, attempt: 1, error: "boom".into() }
+        );
+        assert_eq!(
+            failure_outcome(&f, 1, None, &policy(), 1000, 0.5),
+            Settle::Retry { due_ms: 3000, attempt: 2, error: "boom".into() }
+        );
+        assert_eq!(
+            failure_outcome(&f, 2, None, &policy(), 1000, 0.5),
+            Settle::Bury { reason: "exhausted", error: "boom".into() }
+        );
+        // The task's own limit wins.
+        assert!(matches!(failure_outcome(&f, 2, Some(10), &policy(), 0, 0.5), Settle::Retry { .. }));
+    }
+
+    #[test]
+    fn fatal_buries_at_once_and_retry_after_sets_the_delay() {
+        let fatal = Failure::Handler(HandlerError::fatal("bad input"));
+        assert_eq!(
+            failure_outcome(&fatal, 0, None, &policy(), 0, 0.5),
+            Settle::Bury { reason: "fatal", error: "fatal: bad input".into() }
+        );
+        let after = Failure::Handler(HandlerError::retry_after(Duration::from_millis(250), "busy"));
+        assert!(matches!(failure_outcome(&after, 0, None, &policy(), 100, 0.5), Settle::Retry { due_ms: 350, attempt: 1, .. }));
+    }
+
+    #[test]
+    fn panics_and_timeouts_are_failures() {
+        let p = failure_outcome(&Failure::Panic("oops".into()), 0, None, &policy(), 0, 0.5);
+        assert!(matches!(&p, Settle::Retry { error, .. } if error == "handler panicked: oops"), "{p:?}");
+        let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, None, &policy(), 0, 0.5);
+        assert!(matches!(&t, Settle::Bury { reason: "exhausted", error } if error.contains("timed out")), "{t:?}");
+    }
+
+    #[test]
+    fn any_std_error_converts_to_retry() {
+        fn parse(s: &str) -> Result<u32, HandlerError> {
+            Ok(s.parse::<u32>()?)
+        }
+        assert!(matches!(parse("x"), Err(HandlerError::Retry(m)) if m.contains("invalid digit")));
+    }
+}

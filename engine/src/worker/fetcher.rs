@@ -1,0 +1,115 @@
+//! The fetcher: reads new entries in priority order and hands them to the executor.
+//!
+//! It owns a dedicated connection: a blocking `XREADGROUP` would stall every other command on
+//! a shared multiplexed connection. It reads at most as many entries as there are free handler
+//! slots, so tasks wait in the stream (where any worker can take them), not in this process.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use super::config::rank_order;
+use super::{Outage, Shared, executor};
+use crate::broker::{self, StreamEntry};
+use crate::error::Result;
+
+pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet: CancellationToken) {
+    let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
+    let mut outage = Outage::default();
+    loop {
+        // Wait for a free slot first: reading without one would park tasks in this process.
+        let first = tokio::select! {
+            () = quiet.cancelled() => return,
+            p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        if quiet.is_cancelled() {
+            return;
+        }
+        let want = 1 + shared.permits.available_permits();
+        // Not raced against `quiet`: dropping a read in flight would leave entries delivered
+        // to this consumer that nothing runs. The read returns within `block`.
+        match read(&shared, &mut conn, ranks, want).await {
+            Ok(mut batch) => {
+                if outage.recovered() {
+                    tracing::info!("redis reachable again; fetching");
+                }
+                // A blocking read may return several priorities: run the higher ones first.
+                batch.sort_by_key(|(lane, _)| shared.lanes[*lane].rank);
+                let mut first = Some(first);
+                for (lane, entry) in batch {
+                    let permit = match first.take() {
+                        Some(p) => p,
+                        // More entries than free slots (several shards answered): wait for a
+                        // slot. They stay leased to this worker meanwhile.
+                        None => shared.permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
+                    };
+                    executor::dispatch(&shared, lane, entry, permit);
+                }
+            }
+            Err(e) => {
+                drop(first);
+                if broker::is_nogroup(&e) {
+                    // The stream or group vanished (e.g. Redis restarted without data).
+                    tracing::warn!(error = %e, "consumer group missing; recreating");
+                    recreate_groups(&shared).await;
+                    continue;
+                }
+                let delay = outage.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "fetch failed; retrying");
+                tokio::select! {
+                    () = quiet.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One fetch: a non-blocking read per priority in order, then one blocking read over all.
+async fn read(shared: &Shared, conn: &mut ConnectionManager, ranks: usize, want: usize) -> Result<Vec<(usize, StreamEntry)>> {
+    let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
+    let mut all: Vec<usize> = Vec::new();
+    for rank in order {
+        let lanes: Vec<usize> = (0..shared.lanes.len())
+            .filter(|&i| shared.lanes[i].rank == rank && !shared.lanes[i].paused.load(Ordering::Relaxed))
+            .collect();
+        if lanes.is_empty() {
+            continue;
+        }
+        let got = read_lanes(shared, conn, &lanes, want, false).await?;
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        all.extend(lanes);
+    }
+    if all.is_empty() {
+        // Everything is paused: wait, then look at the flags again.
+        tokio::time::sleep(shared.config.block).await;
+        return Ok(Vec::new());
+    }
+    read_lanes(shared, conn, &all, want, true).await
+}
+
+async fn read_lanes(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    lanes: &[usize],
+    want: usize,
+    block: bool,
+) -> Result<Vec<(usize, StreamEntry)>> {
+    let streams: Vec<&str> = lanes.iter().map(|&i| shared.lanes[i].keys.stream.as_str()).collect();
+    let block = block.then_some(shared.config.block);
+    let got = broker::read_group(conn, &shared.id, want, block, &streams).await?;
+    Ok(got.into_iter().map(|(idx, e)| (lanes[idx], e)).collect())
+}
+
+pub(super) async fn recreate_groups(shared: &Shared) {
+    let mut conn = shared.conn.clone();
+    for lane in &shared.lanes {
+        if let Err(e) = broker::ensure_group(&mut conn, &lane.keys.stream).await {
+            tracing::warn!(error = %e, stream = %lane.keys.stream, "could not create consumer group");
+        }
+    }
+}

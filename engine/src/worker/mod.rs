@@ -1,0 +1,373 @@
+//! The worker: reads tasks through consumer groups, runs their handlers, settles outcomes.
+//!
+//! One worker is a set of owned loops (see `run` for the order they stop in):
+//! - `fetcher`: strict or weighted priority reads on a dedicated connection, `COUNT` up to the
+//!   free handler slots, dispatching to the `executor`;
+//! - `executor`: decodes each entry, runs its handler with a timeout and panic guard, and turns
+//!   the result into an outcome;
+//! - `acker`: batches outcomes per shard into one `settle.lua` call each;
+//! - `promoter`: moves due delayed and retry tasks into their streams, and reads pause flags;
+//! - `reclaimer`: takes over entries whose lease ran out (their worker died);
+//! - `heartbeat`: renews the leases of held entries and the worker's registry entry.
+
+mod acker;
+mod config;
+mod executor;
+mod fetcher;
+mod heartbeat;
+mod promoter;
+mod reclaimer;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{
+    DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
+};
+
+use crate::broker::{self, Settle};
+use crate::error::Result;
+use crate::handler::Router;
+use crate::keys::{Queue, QueueName, ShardKeys};
+
+/// Counters a running worker keeps; read them through [`Worker::counters`].
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Handlers started.
+    pub started: AtomicU64,
+    /// Handlers that succeeded.
+    pub succeeded: AtomicU64,
+    /// Handlers that failed (error, panic or timeout).
+    pub failed: AtomicU64,
+    /// Entries sent to the dead-letter stream by this worker (any reason).
+    pub buried: AtomicU64,
+    /// Outcomes dropped because another worker had reclaimed the entry (fencing).
+    pub fenced: AtomicU64,
+    /// Entries taken over from dead workers.
+    pub reclaimed: AtomicU64,
+}
+
+impl WorkerCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A counter's current value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Handlers started.
+    pub started: u64,
+    /// Handlers that succeeded.
+    pub succeeded: u64,
+    /// Handlers that failed.
+    pub failed: u64,
+    /// Unfinished tasks put back at shutdown, to run again at once.
+    pub requeued: u64,
+}
+
+/// One shard this worker reads, with what it needs to settle its tasks.
+#[derive(Debug)]
+struct Lane {
+    queue: QueueName,
+    priority: Arc<str>,
+    rank: usize,
+    keys: ShardKeys,
+    options: QueueOptions,
+    paused: AtomicBool,
+}
+
+/// One settled task on its way to the acker.
+#[derive(Debug)]
+struct Outcome {
+    lane: usize,
+    entry_id: String,
+    settle: Settle,
+}
+
+/// State every loop of a running worker shares.
+struct Shared {
+    id: String,
+    lanes: Vec<Lane>,
+    router: Router,
+    config: WorkerConfig,
+    /// Multiplexed connection for everything but the blocking read.
+    conn: ConnectionManager,
+    /// One permit per handler slot.
+    permits: Arc<Semaphore>,
+    /// Owns every running handler task.
+    tracker: TaskTracker,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    /// Cancels handlers still running when the drain deadline passes.
+    abort: CancellationToken,
+    counters: Arc<WorkerCounters>,
+}
+
+impl Shared {
+    fn settle(&self, lane: usize, entry_id: String, settle: Settle) {
+        // The acker only stops after every handler has finished, so the receiver is alive
+        // whenever a handler sends; an error here would mean a bug in the shutdown order.
+        if self.outcomes.send(Outcome { lane, entry_id, settle }).is_err() {
+            tracing::error!(worker = %self.id, "outcome after the acker stopped; the task stays pending and will be reclaimed");
+        }
+    }
+}
+
+/// A worker for one or more queues.
+///
+/// ```no_run
+/// use rivulet::{Queue, Router, TaskContext, Worker, WorkerConfig};
+///
+/// # async fn demo() -> Result<(), rivulet::Error> {
+/// let router = Router::new().route("hello", |ctx: TaskContext, name: String| async move {
+///     tracing::info!(task_id = %ctx.id, %name, "hello");
+///     Ok(())
+/// });
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let worker = Worker::new(client, router, WorkerConfig::default()).queue(Queue::new("default")?);
+/// worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    client: redis::Client,
+    router: Router,
+    config: WorkerConfig,
+    queues: Vec<(Queue, QueueOptions)>,
+    id: String,
+    counters: Arc<WorkerCounters>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker with no queues yet; add them with [`queue`](Self::queue).
+    pub fn new(client: redis::Client, router: Router, config: WorkerConfig) -> Self {
+        let id = config.worker_id.clone().unwrap_or_else(generate_worker_id);
+        Worker { client, router, config, queues: Vec::new(), id, counters: Arc::default() }
+    }
+
+    /// Serves `queue` with the worker's defaults.
+    pub fn queue(self, queue: Queue) -> Self {
+        self.queue_with(queue, QueueOptions::default())
+    }
+
+    /// Serves `queue` with its own retry policy and timeout.
+    pub fn queue_with(mut self, queue: Queue, options: QueueOptions) -> Self {
+        self.queues.push((queue, options));
+        self
+    }
+
+    /// The worker's id (its consumer name in every group).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Live counters, readable while the worker runs.
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.counters.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then drains: stops fetching, gives in-flight handlers
+    /// up to `drain_timeout`, requeues what is still unfinished so it runs again at once,
+    /// settles everything, and deregisters.
+    ///
+    /// Fails only at start (bad configuration, Redis unreachable); once running, Redis errors
+    /// are logged and retried with backoff.
+    #[tracing::instrument(name = "worker", skip_all, fields(worker = %self.id))]
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerReport> {
+        self.config.validate()?;
+        if self.queues.is_empty() {
+            return Err(crate::Error::config("queues", "a worker needs at least one queue"));
+        }
+        let Worker { client, router, config, queues, id, counters } = self;
+        let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
+        // The blocking read gets its own connection, with a response timeout longer than BLOCK.
+        let fetch_conn = broker::connect(&client, Some(config.block + Duration::from_secs(10))).await?;
+
+        let mut lanes = Vec::new();
+        for (queue, options) in &queues {
+            broker::declare_queue(&mut conn, queue).await?;
+            for shard in queue.all_shards() {
+                broker::ensure_group(&mut conn, &shard.keys.stream).await?;
+                lanes.push(Lane {
+                    queue: queue.name().clone(),
+                    priority: shard.priority.into(),
+                    rank: shard.rank,
+                    keys: shard.keys,
+                    options: *options,
+                    paused: AtomicBool::new(false),
+                });
+            }
+        }
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            id,
+            lanes,
+            router,
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            config,
+            conn,
+            tracker: TaskTracker::new(),
+            outcomes: tx,
+            abort: CancellationToken::new(),
+            counters,
+        });
+        heartbeat::beat(&shared).await;
+        tracing::info!(
+            queues = ?queues.iter().map(|(q, _)| q.name().to_string()).collect::<Vec<_>>(),
+            concurrency = shared.config.concurrency,
+            kinds = ?shared.router.kinds().collect::<Vec<_>>(),
+            "worker started"
+        );
+
+        // quiet: stop taking new work. stop: end the maintenance loops and the acker.
+        let quiet = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let mut intake = JoinSet::new();
+        intake.spawn(fetcher::run(shared.clone(), fetch_conn, quiet.clone()));
+        intake.spawn(reclaimer::run(shared.clone(), quiet.clone()));
+        let mut upkeep = JoinSet::new();
+        upkeep.spawn(promoter::run(shared.clone(), stop.clone()));
+        upkeep.spawn(heartbeat::run(shared.clone(), stop.clone()));
+        let mut acker = JoinSet::new();
+        acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
+
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(res) = intake.join_next() => {
+                tracing::error!(?res, "an intake loop ended on its own; shutting down");
+            }
+        }
+
+        // Shutdown order: 1. quiet (no new reads or reclaims; the loops finish the call they
+        // are in, so no entry arrives after this); 2. drain handlers up to the deadline, then
+        // abort the rest; 3. stop the acker once it has settled everything; 4. requeue what
+        // this worker still holds; 5. stop promoter and heartbeat; 6. deregister.
+        tracing::info!(in_flight = in_flight(&shared), "draining");
+        quiet.cancel();
+        while intake.join_next().await.is_some() {}
+        shared.tracker.close();
+        if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = in_flight(&shared),
+                drain_timeout = ?shared.config.drain_timeout,
+                "drain deadline passed; requeueing unfinished tasks"
+            );
+            shared.abort.cancel();
+            shared.tracker.wait().await;
+        }
+        stop.cancel();
+        while acker.join_next().await.is_some() {}
+        let requeued = requeue_held(&shared).await;
+        while upkeep.join_next().await.is_some() {}
+        heartbeat::deregister(&shared).await;
+
+        let c = &shared.counters;
+        let report = WorkerReport {
+            started: WorkerCounters::get(&c.started),
+            succeeded: WorkerCounters::get(&c.succeeded),
+            failed: WorkerCounters::get(&c.failed),
+            requeued,
+        };
+        tracing::info!(?report, "worker stopped");
+        Ok(report)
+    }
+}
+
+fn in_flight(shared: &Shared) -> usize {
+    shared.config.concurrency - shared.permits.available_permits()
+}
+
+/// Puts back every entry this worker still holds (unfinished at the drain deadline, or read
+/// but never started) at the end of its stream, so another worker runs it at once instead of
+/// a lease later.
+async fn requeue_held(shared: &Shared) -> u64 {
+    let mut conn = shared.conn.clone();
+    let mut requeued = 0;
+    for lane in &shared.lanes {
+        loop {
+            let ids = match broker::owned_ids(&mut conn, &lane.keys, &shared.id, 500).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::error!(error = %e, stream = %lane.keys.stream, "could not list held tasks; they will be reclaimed after the lease");
+                    break;
+                }
+            };
+            if ids.is_empty() {
+                break;
+            }
+            let batch: Vec<(&str, &Settle)> = ids.iter().map(|id| (id.as_str(), &Settle::Requeue)).collect();
+            let ctx = broker::SettleCtx { keys: &lane.keys, consumer: &shared.id, dlq_maxlen: shared.config.dlq_maxlen };
+            match broker::settle(&mut conn, ctx, &batch).await {
+                Ok(stale) => requeued += (ids.len() - stale.len()) as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, stream = %lane.keys.stream, "could not requeue held tasks; they will be reclaimed after the lease");
+                    break;
+                }
+            }
+        }
+    }
+    if requeued > 0 {
+        tracing::info!(requeued, "requeued unfinished tasks");
+    }
+    requeued
+}
+
+fn generate_worker_id() -> String {
+    format!("{}-{}-{:06x}", hostname(), std::process::id(), fastrand::u32(..0x100_0000))
+}
+
+/// The machine's host name (for the workers list), without a dependency.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+        .replace(char::is_whitespace, "_")
+}
+
+/// Exponential backoff for loops that wait out a Redis outage: 50 ms doubling to 5 s, jittered.
+#[derive(Debug, Default)]
+struct Outage {
+    failures: u32,
+}
+
+impl Outage {
+    fn next_delay(&mut self) -> Duration {
+        let policy = crate::backoff::RetryPolicy {
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let d = policy.ceiling(self.failures).mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.failures = self.failures.saturating_add(1);
+        d
+    }
+
+    fn recovered(&mut self) -> bool {
+        std::mem::take(&mut self.failures) > 0
+    }
+}

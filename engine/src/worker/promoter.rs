@@ -1,0 +1,72 @@
+//! The promoter: moves due delayed and retry tasks into their streams, and refreshes the
+//! queues' pause flags.
+//!
+//! It sleeps until the earliest due time it saw or `promote_interval`, whichever is sooner,
+//! with jitter so many workers do not all call at the same instant. Promotion is one script per
+//! shard and safe to run from every worker at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::broker;
+use crate::envelope::now_ms;
+use crate::keys::PAUSED_KEY;
+
+/// Most members moved per set per call; a larger backlog is moved by calling again at once.
+const PROMOTE_LIMIT: usize = 1000;
+
+pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut conn = shared.conn.clone();
+    loop {
+        let now = now_ms();
+        let calls = shared.lanes.iter().map(|lane| {
+            let mut conn = shared.conn.clone();
+            async move { broker::promote(&mut conn, &lane.keys, now, PROMOTE_LIMIT).await }
+        });
+        let mut next_due: Option<u64> = None;
+        let mut more = false;
+        for (lane, r) in shared.lanes.iter().zip(futures_util::future::join_all(calls).await) {
+            match r {
+                Ok((moved, due)) => {
+                    if moved > 0 {
+                        tracing::debug!(stream = %lane.keys.stream, moved, "promoted due tasks");
+                    }
+                    more |= moved >= PROMOTE_LIMIT as u64;
+                    next_due = match (next_due, due) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Err(e) => tracing::warn!(error = %e, stream = %lane.keys.stream, "promotion failed; retrying"),
+            }
+        }
+        match redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async::<HashSet<String>>(&mut conn).await {
+            Ok(paused) => {
+                for lane in &shared.lanes {
+                    let now_paused = paused.contains(lane.queue.as_str());
+                    if lane.paused.swap(now_paused, Ordering::Relaxed) != now_paused {
+                        tracing::info!(queue = %lane.queue, paused = now_paused, "pause flag changed");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read pause flags"),
+        }
+        let interval = shared.config.promote_interval;
+        let mut wait = interval.mul_f64(0.8 + 0.4 * fastrand::f64());
+        if let Some(due) = next_due {
+            wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
+        }
+        if more {
+            wait = Duration::ZERO;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

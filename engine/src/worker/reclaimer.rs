@@ -1,0 +1,76 @@
+//! The reclaimer: takes over entries whose lease ran out because their worker died.
+//!
+//! `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` over successive rounds,
+//! taking at most as many entries as there are free handler slots. Live workers renew their
+//! leases every `lease / 3`, so only orphans are ever idle that long. Entries delivered more
+//! than `max_deliveries` times are poison and go to the DLQ inside the same script.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, WorkerCounters, executor};
+use crate::broker::{self, ReclaimArgs};
+
+/// Most entries taken per call.
+const RECLAIM_BATCH: usize = 100;
+
+pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
+    let mut cursors: Vec<String> = vec!["0-0".to_owned(); shared.lanes.len()];
+    let mut conn = shared.conn.clone();
+    loop {
+        let interval = shared.config.reclaim_interval().mul_f64(0.8 + 0.4 * fastrand::f64());
+        tokio::select! {
+            () = quiet.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        for (i, lane) in shared.lanes.iter().enumerate() {
+            loop {
+                let free = shared.permits.available_permits();
+                if free == 0 || quiet.is_cancelled() {
+                    break;
+                }
+                let args = ReclaimArgs {
+                    keys: &lane.keys,
+                    consumer: &shared.id,
+                    lease: shared.config.lease,
+                    cursor: &cursors[i],
+                    count: free.min(RECLAIM_BATCH),
+                    max_deliveries: shared.config.max_deliveries,
+                    dlq_maxlen: shared.config.dlq_maxlen,
+                };
+                let got = match broker::reclaim(&mut conn, args).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        if broker::is_nogroup(&e) {
+                            super::fetcher::recreate_groups(&shared).await;
+                        } else {
+                            tracing::warn!(error = %e, stream = %lane.keys.stream, "reclaim failed; retrying next round");
+                        }
+                        break;
+                    }
+                };
+                if got.lost > 0 {
+                    tracing::error!(stream = %lane.keys.stream, lost = got.lost, "pending entries pointed at deleted stream entries (counted as lost)");
+                }
+                if got.poisoned > 0 {
+                    tracing::warn!(stream = %lane.keys.stream, poisoned = got.poisoned, "poison tasks moved to the dead-letter stream");
+                    WorkerCounters::add(&shared.counters.buried, got.poisoned);
+                }
+                if !got.entries.is_empty() {
+                    tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");
+                    WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
+                }
+                for entry in got.entries {
+                    let permit = shared.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    executor::dispatch(&shared, i, entry, permit);
+                }
+                let done = got.next == "0-0";
+                cursors[i] = got.next;
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+}

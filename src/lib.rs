@@ -1,0 +1,1 @@
+//! Test, bench and example host for Rivulet; no code of its own.

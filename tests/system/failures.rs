@@ -1,0 +1,1 @@
+//! Failure path tests (see issue 3).
