@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn attempts_are_counted_from_zero() {
-        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
         assert!(p.may_retry(0, None));
         assert!(p.may_retry(1, None));
         assert!(!p.may_retry(2, None));
@@ -135,6 +138,13 @@ mod tests {
         assert!(RetryPolicy { max_attempts: 0, ..p }.validate().is_err());
         assert!(RetryPolicy { factor: 0.5, ..p }.validate().is_err());
         assert!(RetryPolicy { factor: f64::NAN, ..p }.validate().is_err());
-        assert!(RetryPolicy { cap: Duration::ZERO, ..p }.validate().is_err());
+        assert!(
+            RetryPolicy {
+                cap: Duration::ZERO,
+                ..p
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

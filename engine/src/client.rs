@@ -53,7 +53,11 @@ impl Task {
 
     /// A task with a payload already encoded with `codec`.
     pub fn encoded(kind: &str, payload: Bytes, codec: Codec) -> Self {
-        Task { envelope: Envelope::new(kind, payload, codec), priority: None, run_at_ms: None }
+        Task {
+            envelope: Envelope::new(kind, payload, codec),
+            priority: None,
+            run_at_ms: None,
+        }
     }
 
     /// Runs at this priority (the queue's default priority otherwise).
@@ -120,17 +124,28 @@ impl Client {
     /// Connects with an existing `redis::Client`.
     pub async fn new(client: &redis::Client) -> Result<Self> {
         let conn = broker::connect(client, Some(DEFAULT_RESPONSE_TIMEOUT)).await?;
-        Ok(Client { conn, declared: Arc::default() })
+        Ok(Client {
+            conn,
+            declared: Arc::default(),
+        })
     }
 
     /// Records the queue's layout in Redis (done once per queue and client, automatically,
     /// by the first enqueue). Fails with `LayoutMismatch` if Redis knows another layout.
     pub async fn declare(&self, queue: &Queue) -> Result<()> {
-        if self.declared.lock().expect("the set is never left half-updated").contains(queue.name()) {
+        if self
+            .declared
+            .lock()
+            .expect("the set is never left half-updated")
+            .contains(queue.name())
+        {
             return Ok(());
         }
         broker::declare_queue(&mut self.conn.clone(), queue).await?;
-        self.declared.lock().expect("the set is never left half-updated").insert(queue.name().clone());
+        self.declared
+            .lock()
+            .expect("the set is never left half-updated")
+            .insert(queue.name().clone());
         Ok(())
     }
 

@@ -75,12 +75,16 @@ impl Codec {
     /// Encodes a value with this codec (`Bytes` takes JSON's place for typed values).
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes> {
         match self {
-            Codec::Json | Codec::Bytes => serde_json::to_vec(value)
-                .map(Bytes::from)
-                .map_err(|e| Error::Codec { codec: "json", reason: e.to_string() }),
+            Codec::Json | Codec::Bytes => serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Codec {
+                codec: "json",
+                reason: e.to_string(),
+            }),
             Codec::MsgPack => rmp_serde::to_vec_named(value)
                 .map(Bytes::from)
-                .map_err(|e| Error::Codec { codec: "msgpack", reason: e.to_string() }),
+                .map_err(|e| Error::Codec {
+                    codec: "msgpack",
+                    reason: e.to_string(),
+                }),
         }
     }
 
@@ -88,10 +92,14 @@ impl Codec {
     /// value is asked for.
     pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
         match self {
-            Codec::Json | Codec::Bytes => serde_json::from_slice(payload)
-                .map_err(|e| Error::Codec { codec: self.as_str(), reason: e.to_string() }),
-            Codec::MsgPack => rmp_serde::from_slice(payload)
-                .map_err(|e| Error::Codec { codec: "msgpack", reason: e.to_string() }),
+            Codec::Json | Codec::Bytes => serde_json::from_slice(payload).map_err(|e| Error::Codec {
+                codec: self.as_str(),
+                reason: e.to_string(),
+            }),
+            Codec::MsgPack => rmp_serde::from_slice(payload).map_err(|e| Error::Codec {
+                codec: "msgpack",
+                reason: e.to_string(),
+            }),
         }
     }
 }
@@ -198,8 +206,7 @@ impl Envelope {
             }
         }
         fn text<V: AsRef<[u8]>>(field: &str, v: V) -> Result<String, Malformed> {
-            String::from_utf8(v.as_ref().to_vec())
-                .map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
+            String::from_utf8(v.as_ref().to_vec()).map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
         }
         fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
             v.ok_or_else(|| Malformed(format!("missing field {field:?}")))
@@ -237,10 +244,7 @@ impl Envelope {
     }
 }
 
-fn parse_num<T: std::str::FromStr, V: AsRef<[u8]>>(
-    field: &str,
-    v: Option<V>,
-) -> Result<Option<T>, Malformed> {
+fn parse_num<T: std::str::FromStr, V: AsRef<[u8]>>(field: &str, v: Option<V>) -> Result<Option<T>, Malformed> {
     match v {
         None => Ok(None),
         Some(v) => std::str::from_utf8(v.as_ref())
@@ -304,7 +308,10 @@ mod tests {
         assert_eq!(case(&[("id", "1"), ("kind", "k")]), "missing field \"payload\"");
         assert!(case(&[("id", "1"), ("kind", "k"), ("payload", "1"), ("codec", "xml")]).contains("unknown codec"));
         assert!(case(&[("id", "1"), ("kind", "k"), ("payload", "1"), ("attempt", "-1")]).contains("attempt"));
-        assert_eq!(case(&[("id", ""), ("kind", "k"), ("payload", "1")]), "field \"id\" is empty");
+        assert_eq!(
+            case(&[("id", ""), ("kind", "k"), ("payload", "1")]),
+            "field \"id\" is empty"
+        );
     }
 
     #[test]

@@ -190,7 +190,9 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router").field("kinds", &self.kinds().collect::<Vec<_>>()).finish()
+        f.debug_struct("Router")
+            .field("kinds", &self.kinds().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -208,7 +210,13 @@ impl Router {
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.insert(kind, Arc::new(Typed { f, _payload: std::marker::PhantomData }))
+        self.insert(
+            kind,
+            Arc::new(Typed {
+                f,
+                _payload: std::marker::PhantomData,
+            }),
+        )
     }
 
     /// Serves `kind` with a handler of the raw payload bytes.
@@ -229,7 +237,13 @@ impl Router {
     }
 
     fn insert(mut self, kind: &str, handler: Arc<dyn Erased>) -> Self {
-        self.routes.insert(kind.to_owned(), Route { handler, options: RouteOptions::default() });
+        self.routes.insert(
+            kind.to_owned(),
+            Route {
+                handler,
+                options: RouteOptions::default(),
+            },
+        );
         self
     }
 

@@ -183,7 +183,11 @@ impl FromStr for DeadLetterId {
         if broker::parse_stream_id(e).is_none() {
             return Err(bad());
         }
-        Ok(DeadLetterId { priority: p.to_owned(), shard: n.parse().map_err(|_| bad())?, entry: e.to_owned() })
+        Ok(DeadLetterId {
+            priority: p.to_owned(),
+            shard: n.parse().map_err(|_| bad())?,
+            entry: e.to_owned(),
+        })
     }
 }
 
@@ -220,10 +224,18 @@ pub struct DeadLetter {
 impl DeadLetter {
     fn from_entry(priority: &str, shard: u16, e: StreamEntry) -> Self {
         let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        let text = |k: &str| map.get(k.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let text = |k: &str| {
+            map.get(k.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
         let num = |k: &str| text(k).parse().unwrap_or(0);
         DeadLetter {
-            id: DeadLetterId { priority: priority.to_owned(), shard, entry: e.id.clone() },
+            id: DeadLetterId {
+                priority: priority.to_owned(),
+                shard,
+                entry: e.id.clone(),
+            },
             task_id: text("id"),
             kind: text("kind"),
             reason: text("reason"),
@@ -234,7 +246,11 @@ impl DeadLetter {
             origin: text("origin"),
             codec: text("codec"),
             payload: text("payload"),
-            fields: e.fields.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone())).collect(),
+            fields: e
+                .fields
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -314,7 +330,9 @@ impl Inspector {
 
     /// Connects with an existing `redis::Client`.
     pub async fn new(client: &redis::Client) -> Result<Self> {
-        Ok(Inspector { conn: broker::connect(client, Some(crate::client::DEFAULT_RESPONSE_TIMEOUT)).await? })
+        Ok(Inspector {
+            conn: broker::connect(client, Some(crate::client::DEFAULT_RESPONSE_TIMEOUT)).await?,
+        })
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -335,7 +353,11 @@ impl Inspector {
                 let known: Vec<String> = self.queues().await?.iter().map(|q| q.name().to_string()).collect();
                 Err(Error::NotFound(format!(
                     "queue {name:?} (known queues: {})",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 )))
             }
         }
@@ -390,8 +412,17 @@ impl Inspector {
                 shards,
             });
         }
-        let paused: bool = redis::cmd("SISMEMBER").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async(&mut conn).await?;
-        Ok(QueueStats { queue: queue.name().to_string(), paused, priorities, counters: total })
+        let paused: bool = redis::cmd("SISMEMBER")
+            .arg(PAUSED_KEY)
+            .arg(queue.name().as_str())
+            .query_async(&mut conn)
+            .await?;
+        Ok(QueueStats {
+            queue: queue.name().to_string(),
+            paused,
+            priorities,
+            counters: total,
+        })
     }
 
     /// Pending entries of a queue, oldest first per shard, at most `limit` per shard.
@@ -400,7 +431,14 @@ impl Inspector {
         let mut out = Vec::new();
         for s in queue.all_shards() {
             for (entry, consumer, idle_ms, deliveries) in broker::pending(&mut conn, &s.keys.stream, limit).await? {
-                out.push(PendingEntry { priority: s.priority.to_owned(), shard: s.number, entry, consumer, idle_ms, deliveries });
+                out.push(PendingEntry {
+                    priority: s.priority.to_owned(),
+                    shard: s.number,
+                    entry,
+                    consumer,
+                    idle_ms,
+                    deliveries,
+                });
             }
         }
         Ok(out)
@@ -410,12 +448,24 @@ impl Inspector {
     /// pruned on the way.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         let mut conn = self.conn();
-        let ids: Vec<String> = redis::cmd("ZRANGE").arg(WORKERS_KEY).arg(0).arg(-1).query_async(&mut conn).await?;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(WORKERS_KEY)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
         let mut out = Vec::new();
         for id in ids {
-            let h: HashMap<String, String> = redis::cmd("HGETALL").arg(worker_key(&id)).query_async(&mut conn).await?;
+            let h: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(worker_key(&id))
+                .query_async(&mut conn)
+                .await?;
             if h.is_empty() {
-                redis::cmd("ZREM").arg(WORKERS_KEY).arg(&id).query_async::<()>(&mut conn).await?;
+                redis::cmd("ZREM")
+                    .arg(WORKERS_KEY)
+                    .arg(&id)
+                    .query_async::<()>(&mut conn)
+                    .await?;
                 continue;
             }
             let num = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
@@ -423,7 +473,10 @@ impl Inspector {
                 id: id.clone(),
                 host: h.get("host").cloned().unwrap_or_default(),
                 pid: num("pid") as u32,
-                queues: h.get("queues").map(|q| q.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                queues: h
+                    .get("queues")
+                    .map(|q| q.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
                 concurrency: num("concurrency"),
                 in_flight: num("in_flight"),
                 started: num("started"),
@@ -537,24 +590,39 @@ impl Inspector {
     /// Tells workers to stop fetching from a queue (in-flight tasks finish; delayed tasks are
     /// still promoted). Takes effect within a worker's promote interval.
     pub async fn pause(&self, queue: &Queue) -> Result<()> {
-        redis::cmd("SADD").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async::<()>(&mut self.conn()).await?;
+        redis::cmd("SADD")
+            .arg(PAUSED_KEY)
+            .arg(queue.name().as_str())
+            .query_async::<()>(&mut self.conn())
+            .await?;
         Ok(())
     }
 
     /// Lets workers fetch from a paused queue again.
     pub async fn resume(&self, queue: &Queue) -> Result<()> {
-        redis::cmd("SREM").arg(PAUSED_KEY).arg(queue.name().as_str()).query_async::<()>(&mut self.conn()).await?;
+        redis::cmd("SREM")
+            .arg(PAUSED_KEY)
+            .arg(queue.name().as_str())
+            .query_async::<()>(&mut self.conn())
+            .await?;
         Ok(())
     }
 
     /// Stores the autoscaler's latest decision (JSON) for a queue.
     pub async fn record_decision(&self, queue: &Queue, json: &str) -> Result<()> {
-        redis::cmd("SET").arg(autoscaler_key(queue.name())).arg(json).query_async::<()>(&mut self.conn()).await?;
+        redis::cmd("SET")
+            .arg(autoscaler_key(queue.name()))
+            .arg(json)
+            .query_async::<()>(&mut self.conn())
+            .await?;
         Ok(())
     }
 
     /// The autoscaler's latest decision for a queue (JSON), if any.
     pub async fn decision(&self, queue: &Queue) -> Result<Option<String>> {
-        Ok(redis::cmd("GET").arg(autoscaler_key(queue.name())).query_async(&mut self.conn()).await?)
+        Ok(redis::cmd("GET")
+            .arg(autoscaler_key(queue.name()))
+            .query_async(&mut self.conn())
+            .await?)
     }
 }

@@ -197,7 +197,12 @@ impl Queue {
     /// Every shard of the queue, highest priority first.
     pub fn all_shards(&self) -> impl Iterator<Item = Shard<'_>> + '_ {
         self.layout.priorities.iter().enumerate().flat_map(move |(rank, p)| {
-            (0..self.layout.shards).map(move |number| Shard { rank, priority: p, number, keys: self.shard(p, number) })
+            (0..self.layout.shards).map(move |number| Shard {
+                rank,
+                priority: p,
+                number,
+                keys: self.shard(p, number),
+            })
         })
     }
 

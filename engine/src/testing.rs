@@ -82,14 +82,20 @@ impl RedisServer {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                return Err(format!("redis-server exited with {status}; log:\n{}", self.log_tail(20)));
+                return Err(format!(
+                    "redis-server exited with {status}; log:\n{}",
+                    self.log_tail(20)
+                ));
             }
             if ping(self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("redis-server did not answer within 10 s; log:\n{}", self.log_tail(20)))
+        Err(format!(
+            "redis-server did not answer within 10 s; log:\n{}",
+            self.log_tail(20)
+        ))
     }
 
     /// `redis://127.0.0.1:PORT`.

@@ -9,6 +9,9 @@ use rivulet::{Client, Error, Inspector, Queue, Router, Task, TaskContext, Worker
 
 use crate::support::{RunningWorker, fast_config, outstanding, raw, wait_for};
 
+/// XPENDING's summary form: count, lowest id, highest id, per-consumer counts.
+type PendingSummary = (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks_over_three_priorities_and_four_shards_run_exactly_once() {
     let server = RedisServer::start();
@@ -43,19 +46,37 @@ async fn ten_thousand_tasks_over_three_priorities_and_four_shards_run_exactly_on
     let r1 = w1.stop().await;
     let r2 = w2.stop().await;
 
-    let seen = seen.lock().unwrap();
-    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    let dupes: Vec<(u32, u32)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, n)| **n != 1)
+        .map(|(k, v)| (*k, *v))
+        .collect();
     assert!(dupes.is_empty(), "tasks run more than once: {dupes:?}");
     assert_eq!(r1.succeeded + r2.succeeded, 10_000, "{r1:?} {r2:?}");
 
     let mut conn = raw(&server).await;
     for shard in queue.all_shards() {
-        let len: u64 = redis::cmd("XLEN").arg(&shard.keys.stream).query_async(&mut conn).await.unwrap();
-        let pending: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
-            redis::cmd("XPENDING").arg(&shard.keys.stream).arg("rivulet").query_async(&mut conn).await.unwrap();
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&shard.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let pending: PendingSummary = redis::cmd("XPENDING")
+            .arg(&shard.keys.stream)
+            .arg("rivulet")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!((len, pending.0), (0, 0), "stream {} not empty", shard.keys.stream);
     }
-    let stats = Inspector::new(&server.client()).await.unwrap().stats(&queue).await.unwrap();
+    let stats = Inspector::new(&server.client())
+        .await
+        .unwrap()
+        .stats(&queue)
+        .await
+        .unwrap();
     assert_eq!(stats.counters.enqueued, 10_000);
     assert_eq!(stats.counters.done, 10_000);
     // Every shard got some of the work.
@@ -73,7 +94,9 @@ async fn strict_priority_runs_every_high_task_before_any_low() {
     let client = Client::new(&server.client()).await.unwrap();
     // Low first, so arrival order alone would favour low.
     for p in ["low", "normal", "high"] {
-        let tasks: Vec<Task> = (0..100).map(|i| Task::json("t", &(p, i)).unwrap().priority(p)).collect();
+        let tasks: Vec<Task> = (0..100)
+            .map(|i| Task::json("t", &(p, i)).unwrap().priority(p))
+            .collect();
         client.enqueue_many(&queue, tasks).await.unwrap();
     }
     let order: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -85,7 +108,15 @@ async fn strict_priority_runs_every_high_task_before_any_low() {
             Ok(())
         }
     });
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, WorkerConfig { concurrency: 1, ..fast_config() });
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router,
+        WorkerConfig {
+            concurrency: 1,
+            ..fast_config()
+        },
+    );
     wait_for("300 tasks", Duration::from_secs(60), || {
         let n = order.lock().unwrap().len();
         async move { n == 300 }
@@ -97,7 +128,10 @@ async fn strict_priority_runs_every_high_task_before_any_low() {
     let first_low = order.iter().position(|p| p == "low").unwrap();
     let first_normal = order.iter().position(|p| p == "normal").unwrap();
     let last_normal = order.iter().rposition(|p| p == "normal").unwrap();
-    assert!(last_high < first_normal && last_high < first_low, "a lower priority started before the last high: {order:?}");
+    assert!(
+        last_high < first_normal && last_high < first_low,
+        "a lower priority started before the last high: {order:?}"
+    );
     assert!(last_normal < first_low, "low started before the last normal: {order:?}");
 }
 
@@ -119,7 +153,11 @@ async fn weighted_priority_still_serves_low_while_high_has_a_backlog() {
             Ok(())
         }
     });
-    let config = WorkerConfig { concurrency: 1, priority: rivulet::PriorityMode::Weighted(vec![3, 1, 1]), ..fast_config() };
+    let config = WorkerConfig {
+        concurrency: 1,
+        priority: rivulet::PriorityMode::Weighted(vec![3, 1, 1]),
+        ..fast_config()
+    };
     let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
     wait_for("400 tasks", Duration::from_secs(60), || {
         let n = order.lock().unwrap().len();
@@ -129,8 +167,14 @@ async fn weighted_priority_still_serves_low_while_high_has_a_backlog() {
     w.stop().await;
     let order = order.lock().unwrap();
     let first_half_low = order[..200].iter().filter(|p| *p == "low").count();
-    assert!(first_half_low > 10, "low starved under weighted mode: {first_half_low} of the first 200");
-    assert!(first_half_low < 100, "high not favoured: {first_half_low} low of the first 200");
+    assert!(
+        first_half_low > 10,
+        "low starved under weighted mode: {first_half_low} of the first 200"
+    );
+    assert!(
+        first_half_low < 100,
+        "high not favoured: {first_half_low} low of the first 200"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +227,19 @@ async fn shutdown_finishes_and_acks_in_flight_tasks() {
             Ok(())
         }
     });
-    client.enqueue_many(&queue, (0..8).map(|i| Task::json("slow", &i).unwrap())).await.unwrap();
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, WorkerConfig { concurrency: 8, ..fast_config() });
+    client
+        .enqueue_many(&queue, (0..8).map(|i| Task::json("slow", &i).unwrap()))
+        .await
+        .unwrap();
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router,
+        WorkerConfig {
+            concurrency: 8,
+            ..fast_config()
+        },
+    );
     wait_for("8 tasks in flight", Duration::from_secs(10), || {
         let n = started.load(std::sync::atomic::Ordering::SeqCst);
         async move { n == 8 }
@@ -197,7 +252,10 @@ async fn shutdown_finishes_and_acks_in_flight_tasks() {
     assert_eq!(outstanding(&inspector, &queue).await, 0);
     let stats = inspector.stats(&queue).await.unwrap();
     assert_eq!(stats.counters.done, 8);
-    assert!(inspector.workers().await.unwrap().is_empty(), "worker still registered after shutdown");
+    assert!(
+        inspector.workers().await.unwrap().is_empty(),
+        "worker still registered after shutdown"
+    );
 }
 
 #[tokio::test]
@@ -208,20 +266,45 @@ async fn bad_api_input_gets_typed_errors() {
     let server = RedisServer::start();
     let client = Client::new(&server.client()).await.unwrap();
     let queue = Queue::new("typed").unwrap();
-    let err = client.enqueue(&queue, Task::json("k", &1).unwrap().priority("urgent")).await.unwrap_err();
-    assert!(matches!(&err, Error::UnknownPriority { priority, .. } if priority == "urgent"), "{err}");
+    let err = client
+        .enqueue(&queue, Task::json("k", &1).unwrap().priority("urgent"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownPriority { priority, .. } if priority == "urgent"),
+        "{err}"
+    );
     // Nothing was written for the rejected task.
     let inspector = Inspector::new(&server.client()).await.unwrap();
     assert!(inspector.queues().await.unwrap().is_empty());
     // A queue registered with one layout cannot be used with another.
     client.enqueue(&queue, Task::json("k", &1).unwrap()).await.unwrap();
     let other = Client::new(&server.client()).await.unwrap();
-    let err = other.enqueue(&queue.clone().shards(2).unwrap(), Task::json("k", &1).unwrap()).await.unwrap_err();
+    let err = other
+        .enqueue(&queue.clone().shards(2).unwrap(), Task::json("k", &1).unwrap())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::LayoutMismatch { .. }), "{err}");
     // Invalid worker configuration is reported, not repaired.
-    let bad = WorkerConfig { concurrency: 0, ..WorkerConfig::default() };
-    let err = rivulet::Worker::new(server.client(), Router::new(), bad).queue(queue).run(async {}).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig { field: "concurrency", .. }), "{err}");
+    let bad = WorkerConfig {
+        concurrency: 0,
+        ..WorkerConfig::default()
+    };
+    let err = rivulet::Worker::new(server.client(), Router::new(), bad)
+        .queue(queue)
+        .run(async {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "concurrency",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(inspector.queue("nope").await, Err(Error::NotFound(_))));
 }
 
@@ -230,8 +313,14 @@ async fn inspector_reports_backlog_lag_and_age() {
     let server = RedisServer::start();
     let queue = Queue::new("seen").unwrap();
     let client = Client::new(&server.client()).await.unwrap();
-    client.enqueue_many(&queue, (0..5).map(|i| Task::json("k", &i).unwrap().priority("high"))).await.unwrap();
-    client.enqueue(&queue, Task::json("k", &0).unwrap().delay(Duration::from_secs(60))).await.unwrap();
+    client
+        .enqueue_many(&queue, (0..5).map(|i| Task::json("k", &i).unwrap().priority("high")))
+        .await
+        .unwrap();
+    client
+        .enqueue(&queue, Task::json("k", &0).unwrap().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
     let inspector = Inspector::new(&server.client()).await.unwrap();
     let start = Instant::now();
     // Lag needs the group, which a worker creates; without one waiting is the estimate.
@@ -244,7 +333,13 @@ async fn inspector_reports_backlog_lag_and_age() {
     assert_eq!((normal.waiting, normal.scheduled), (0, 1));
     assert_eq!(stats.counters.enqueued, 6);
     assert!(start.elapsed() < Duration::from_secs(5));
-    let names: Vec<String> = inspector.queues().await.unwrap().iter().map(|q| q.name().to_string()).collect();
+    let names: Vec<String> = inspector
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.name().to_string())
+        .collect();
     assert_eq!(names, ["seen"]);
 }
 
@@ -276,9 +371,18 @@ async fn msgpack_and_raw_bytes_payloads_reach_their_handlers() {
             }
         });
     let job = Job { n: 7, name: "x".into() };
-    client.enqueue(&queue, Task::msgpack("typed", &job).unwrap()).await.unwrap();
-    client.enqueue(&queue, Task::json("typed", &job).unwrap()).await.unwrap();
-    client.enqueue(&queue, Task::bytes("raw", vec![0u8, 255, 1])).await.unwrap();
+    client
+        .enqueue(&queue, Task::msgpack("typed", &job).unwrap())
+        .await
+        .unwrap();
+    client
+        .enqueue(&queue, Task::json("typed", &job).unwrap())
+        .await
+        .unwrap();
+    client
+        .enqueue(&queue, Task::bytes("raw", vec![0u8, 255, 1]))
+        .await
+        .unwrap();
     let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
     wait_for("3 tasks", Duration::from_secs(10), || {
         let n = got.lock().unwrap().len();

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A worker running in the background, stopped by `stop`.
+#[allow(dead_code)] // Not every test reads every field.
 pub struct RunningWorker {
     pub stop: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<rivulet::Result<WorkerReport>>,
@@ -29,7 +30,12 @@ impl RunningWorker {
         let handle = tokio::spawn(worker.run(async move {
             let _ = rx.await;
         }));
-        RunningWorker { stop: Some(tx), handle, counters, id }
+        RunningWorker {
+            stop: Some(tx),
+            handle,
+            counters,
+            id,
+        }
     }
 
     /// Signals shutdown and waits for the report.
@@ -59,16 +65,26 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    assert!(rivulet::testing::wait_until(timeout, check).await, "timed out after {timeout:?} waiting for: {what}");
+    assert!(
+        rivulet::testing::wait_until(timeout, check).await,
+        "timed out after {timeout:?} waiting for: {what}"
+    );
 }
 
 /// Sum of waiting + pending + scheduled + retry over every shard of a queue.
 pub async fn outstanding(inspector: &Inspector, queue: &Queue) -> u64 {
     let s = inspector.stats(queue).await.expect("stats");
-    s.priorities.iter().map(|p| p.waiting + p.pending + p.scheduled + p.retry).sum()
+    s.priorities
+        .iter()
+        .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+        .sum()
 }
 
 /// Raw redis connection for assertions.
 pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    server.client().get_multiplexed_async_connection().await.expect("connect")
+    server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
 }

@@ -74,7 +74,11 @@ pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Resul
     let stored_layout: crate::keys::Layout = serde_json::from_str(&stored)
         .map_err(|e| Error::protocol(format!("layout of queue {} is not valid JSON: {e}", queue.name())))?;
     if &stored_layout != queue.layout() {
-        return Err(Error::LayoutMismatch { queue: queue.name().to_string(), stored, wanted });
+        return Err(Error::LayoutMismatch {
+            queue: queue.name().to_string(),
+            stored,
+            wanted,
+        });
     }
     Ok(())
 }
@@ -216,10 +220,7 @@ fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
             .collect::<Result<_>>()?,
         other => return Err(Error::protocol(format!("stream reply {other:?}"))),
     };
-    pairs
-        .into_iter()
-        .map(|(k, v)| Ok((bulk(k)?, entries(v)?)))
-        .collect()
+    pairs.into_iter().map(|(k, v)| Ok((bulk(k)?, entries(v)?))).collect()
 }
 
 /// Parses a list of `[id, [field, value, ...]]` entries.
@@ -292,7 +293,11 @@ pub struct SettleCtx<'a> {
 
 /// Applies outcomes for entries of one shard in one script call. Returns the ids this
 /// consumer no longer owned (fenced off: another worker reclaimed them).
-pub async fn settle(conn: &mut ConnectionManager, ctx: SettleCtx<'_>, batch: &[(&str, &Settle)]) -> Result<Vec<String>> {
+pub async fn settle(
+    conn: &mut ConnectionManager,
+    ctx: SettleCtx<'_>,
+    batch: &[(&str, &Settle)],
+) -> Result<Vec<String>> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,7 +335,12 @@ pub async fn settle(conn: &mut ConnectionManager, ctx: SettleCtx<'_>, batch: &[(
 
 /// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
 /// moved and the earliest due time still waiting.
-pub async fn promote(conn: &mut ConnectionManager, keys: &ShardKeys, now_ms: u64, limit: usize) -> Result<(u64, Option<u64>)> {
+pub async fn promote(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(u64, Option<u64>)> {
     let (moved, next): (u64, i64) = PROMOTE
         .key(&keys.stream)
         .key(&keys.scheduled)
@@ -400,16 +410,32 @@ pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result
     let lost = int(parts.pop().expect("length checked: 4"))?;
     let entries = entries(parts.pop().expect("length checked: 4"))?;
     let next = string(parts.pop().expect("length checked: 4"))?;
-    Ok(Reclaimed { next, entries, lost: lost as u64, poisoned: poisoned as u64 })
+    Ok(Reclaimed {
+        next,
+        entries,
+        lost: lost as u64,
+        poisoned: poisoned as u64,
+    })
 }
 
 /// Renews the lease of every entry `consumer` holds in a shard. Returns how many.
 pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, max: usize) -> Result<u64> {
-    Ok(EXTEND.key(&keys.stream).arg(GROUP).arg(consumer).arg(max).invoke_async(conn).await?)
+    Ok(EXTEND
+        .key(&keys.stream)
+        .arg(GROUP)
+        .arg(consumer)
+        .arg(max)
+        .invoke_async(conn)
+        .await?)
 }
 
 /// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
-pub async fn owned_ids(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, max: usize) -> Result<Vec<String>> {
+pub async fn owned_ids(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    consumer: &str,
+    max: usize,
+) -> Result<Vec<String>> {
     let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(&keys.stream)
         .arg(GROUP)
@@ -459,18 +485,12 @@ pub struct ShardNumbers {
     pub stats: Vec<(String, u64)>,
 }
 
+/// inspect.lua's reply, in its order.
+type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>);
+
 /// Reads one shard's numbers in one round trip.
 pub async fn inspect(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<ShardNumbers> {
-    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): (
-        u64,
-        i64,
-        u64,
-        String,
-        u64,
-        u64,
-        u64,
-        Vec<(String, u64)>,
-    ) = INSPECT
+    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply = INSPECT
         .key(&keys.stream)
         .key(&keys.scheduled)
         .key(&keys.retry)
@@ -526,7 +546,11 @@ pub async fn delete_entries(conn: &mut ConnectionManager, stream: &str, ids: &[&
 }
 
 /// Pending entries of a shard: (entry id, consumer, idle ms, deliveries), oldest first.
-pub async fn pending(conn: &mut ConnectionManager, stream: &str, count: usize) -> Result<Vec<(String, String, u64, u64)>> {
+pub async fn pending(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    count: usize,
+) -> Result<Vec<(String, String, u64, u64)>> {
     let r: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(GROUP)

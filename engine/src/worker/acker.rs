@@ -62,7 +62,11 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
             let mut conn = shared.conn.clone();
             async move {
                 let items: Vec<(&str, &Settle)> = group.iter().map(|o| (o.entry_id.as_str(), &o.settle)).collect();
-                let ctx = SettleCtx { keys: &lane.keys, consumer: &shared.id, dlq_maxlen: shared.config.dlq_maxlen };
+                let ctx = SettleCtx {
+                    keys: &lane.keys,
+                    consumer: &shared.id,
+                    dlq_maxlen: shared.config.dlq_maxlen,
+                };
                 broker::settle(&mut conn, ctx, &items).await
             }
         });

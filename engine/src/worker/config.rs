@@ -144,8 +144,9 @@ pub(crate) fn rank_order(mode: &PriorityMode, ranks: usize, mut draw: impl FnMut
     match mode {
         PriorityMode::Strict => (0..ranks).collect(),
         PriorityMode::Weighted(weights) => {
-            let mut left: Vec<(usize, f64)> =
-                (0..ranks).map(|r| (r, f64::from(weights.get(r).copied().unwrap_or(1)))).collect();
+            let mut left: Vec<(usize, f64)> = (0..ranks)
+                .map(|r| (r, f64::from(weights.get(r).copied().unwrap_or(1))))
+                .collect();
             let mut order = Vec::with_capacity(ranks);
             while !left.is_empty() {
                 let total: f64 = left.iter().map(|(_, w)| w).sum();
@@ -176,12 +177,30 @@ mod tests {
         let c = WorkerConfig::default();
         assert!(c.validate().is_ok());
         for bad in [
-            WorkerConfig { concurrency: 0, ..c.clone() },
-            WorkerConfig { lease: Duration::from_millis(10), ..c.clone() },
-            WorkerConfig { max_deliveries: 0, ..c.clone() },
-            WorkerConfig { priority: PriorityMode::Weighted(vec![0, 0]), ..c.clone() },
-            WorkerConfig { worker_id: Some("a b".into()), ..c.clone() },
-            WorkerConfig { timeout: Some(Duration::ZERO), ..c.clone() },
+            WorkerConfig {
+                concurrency: 0,
+                ..c.clone()
+            },
+            WorkerConfig {
+                lease: Duration::from_millis(10),
+                ..c.clone()
+            },
+            WorkerConfig {
+                max_deliveries: 0,
+                ..c.clone()
+            },
+            WorkerConfig {
+                priority: PriorityMode::Weighted(vec![0, 0]),
+                ..c.clone()
+            },
+            WorkerConfig {
+                worker_id: Some("a b".into()),
+                ..c.clone()
+            },
+            WorkerConfig {
+                timeout: Some(Duration::ZERO),
+                ..c.clone()
+            },
         ] {
             assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })), "{bad:?}");
         }

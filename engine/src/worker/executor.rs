@@ -34,17 +34,35 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         Err(m) => {
             tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
             WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(lane_idx, entry_id, Settle::Bury { reason: "malformed", error: m.0 });
+            shared.settle(
+                lane_idx,
+                entry_id,
+                Settle::Bury {
+                    reason: "malformed",
+                    error: m.0,
+                },
+            );
             return;
         }
     };
     let Some(route) = shared.router.get(&env.kind) else {
         let mut kinds: Vec<&str> = shared.router.kinds().collect();
         kinds.sort_unstable();
-        let error = format!("no handler for kind {:?} (this worker serves: {})", env.kind, kinds.join(", "));
+        let error = format!(
+            "no handler for kind {:?} (this worker serves: {})",
+            env.kind,
+            kinds.join(", ")
+        );
         tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind; burying");
         WorkerCounters::add(&shared.counters.buried, 1);
-        shared.settle(lane_idx, entry_id, Settle::Bury { reason: "unknown_kind", error });
+        shared.settle(
+            lane_idx,
+            entry_id,
+            Settle::Bury {
+                reason: "unknown_kind",
+                error,
+            },
+        );
         return;
     };
     let ctx = TaskContext {
@@ -63,11 +81,22 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         Err(m) => {
             tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
             WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(lane_idx, entry_id, Settle::Bury { reason: "malformed", error: m.0 });
+            shared.settle(
+                lane_idx,
+                entry_id,
+                Settle::Bury {
+                    reason: "malformed",
+                    error: m.0,
+                },
+            );
             return;
         }
     };
-    let policy = route.options.retry.or(lane.options.retry).unwrap_or(shared.config.retry);
+    let policy = route
+        .options
+        .retry
+        .or(lane.options.retry)
+        .unwrap_or(shared.config.retry);
     let timeout = env
         .timeout_ms
         .map(Duration::from_millis)
@@ -159,13 +188,20 @@ pub(crate) fn failure_outcome(
         return Settle::Bury { reason: "fatal", error };
     }
     if !policy.may_retry(attempt, max_attempts) {
-        return Settle::Bury { reason: "exhausted", error };
+        return Settle::Bury {
+            reason: "exhausted",
+            error,
+        };
     }
     let delay = match failure {
         Failure::Handler(HandlerError::RetryAfter(d, _)) => *d,
         _ => policy.delay_with(attempt, unit),
     };
-    Settle::Retry { due_ms: now_ms + crate::envelope::millis(delay), attempt: attempt + 1, error }
+    Settle::Retry {
+        due_ms: now_ms + crate::envelope::millis(delay),
+        attempt: attempt + 1,
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +209,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { max_attempts: 3, jitter: false, ..Default::default() }
+        RetryPolicy {
+            max_attempts: 3,
+            jitter: false,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -181,18 +221,32 @@ mod tests {
         let f = Failure::Handler(HandlerError::retry("boom"));
         assert_eq!(
             failure_outcome(&f, 0, None, &policy(), 1000, 0.5),
-            Settle::Retry { due_ms: 2000, attempt: 1, error: "boom".into() }
+            Settle::Retry {
+                due_ms: 2000,
+                attempt: 1,
+                error: "boom".into()
+            }
         );
         assert_eq!(
             failure_outcome(&f, 1, None, &policy(), 1000, 0.5),
-            Settle::Retry { due_ms: 3000, attempt: 2, error: "boom".into() }
+            Settle::Retry {
+                due_ms: 3000,
+                attempt: 2,
+                error: "boom".into()
+            }
         );
         assert_eq!(
             failure_outcome(&f, 2, None, &policy(), 1000, 0.5),
-            Settle::Bury { reason: "exhausted", error: "boom".into() }
+            Settle::Bury {
+                reason: "exhausted",
+                error: "boom".into()
+            }
         );
         // The task's own limit wins.
-        assert!(matches!(failure_outcome(&f, 2, Some(10), &policy(), 0, 0.5), Settle::Retry { .. }));
+        assert!(matches!(
+            failure_outcome(&f, 2, Some(10), &policy(), 0, 0.5),
+            Settle::Retry { .. }
+        ));
     }
 
     #[test]
@@ -200,18 +254,34 @@ mod tests {
         let fatal = Failure::Handler(HandlerError::fatal("bad input"));
         assert_eq!(
             failure_outcome(&fatal, 0, None, &policy(), 0, 0.5),
-            Settle::Bury { reason: "fatal", error: "fatal: bad input".into() }
+            Settle::Bury {
+                reason: "fatal",
+                error: "fatal: bad input".into()
+            }
         );
         let after = Failure::Handler(HandlerError::retry_after(Duration::from_millis(250), "busy"));
-        assert!(matches!(failure_outcome(&after, 0, None, &policy(), 100, 0.5), Settle::Retry { due_ms: 350, attempt: 1, .. }));
+        assert!(matches!(
+            failure_outcome(&after, 0, None, &policy(), 100, 0.5),
+            Settle::Retry {
+                due_ms: 350,
+                attempt: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn panics_and_timeouts_are_failures() {
         let p = failure_outcome(&Failure::Panic("oops".into()), 0, None, &policy(), 0, 0.5);
-        assert!(matches!(&p, Settle::Retry { error, .. } if error == "handler panicked: oops"), "{p:?}");
+        assert!(
+            matches!(&p, Settle::Retry { error, .. } if error == "handler panicked: oops"),
+            "{p:?}"
+        );
         let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, None, &policy(), 0, 0.5);
-        assert!(matches!(&t, Settle::Bury { reason: "exhausted", error } if error.contains("timed out")), "{t:?}");
+        assert!(
+            matches!(&t, Settle::Bury { reason: "exhausted", error } if error.contains("timed out")),
+            "{t:?}"
+        );
     }
 
     #[test]

@@ -43,7 +43,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                         Some(p) => p,
                         // More entries than free slots (several shards answered): wait for a
                         // slot. They stay leased to this worker meanwhile.
-                        None => shared.permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
+                        None => shared
+                            .permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed"),
                     };
                     executor::dispatch(&shared, lane, entry, permit);
                 }
@@ -68,7 +73,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
 }
 
 /// One fetch: a non-blocking read per priority in order, then one blocking read over all.
-async fn read(shared: &Shared, conn: &mut ConnectionManager, ranks: usize, want: usize) -> Result<Vec<(usize, StreamEntry)>> {
+async fn read(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    ranks: usize,
+    want: usize,
+) -> Result<Vec<(usize, StreamEntry)>> {
     let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
     let mut all: Vec<usize> = Vec::new();
     for rank in order {

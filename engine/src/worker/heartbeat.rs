@@ -83,7 +83,9 @@ pub(super) async fn deregister(shared: &Shared) {
                     tracing::debug!(error = %e, "could not delete consumer");
                 }
             }
-            Ok(_) => tracing::warn!(stream = %lane.keys.stream, "consumer still holds entries; keeping it so they are reclaimed"),
+            Ok(_) => {
+                tracing::warn!(stream = %lane.keys.stream, "consumer still holds entries; keeping it so they are reclaimed")
+            }
             Err(e) => tracing::debug!(error = %e, "could not check held entries"),
         }
     }

@@ -153,7 +153,10 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.id).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +164,14 @@ impl Worker {
     /// A worker with no queues yet; add them with [`queue`](Self::queue).
     pub fn new(client: redis::Client, router: Router, config: WorkerConfig) -> Self {
         let id = config.worker_id.clone().unwrap_or_else(generate_worker_id);
-        Worker { client, router, config, queues: Vec::new(), id, counters: Arc::default() }
+        Worker {
+            client,
+            router,
+            config,
+            queues: Vec::new(),
+            id,
+            counters: Arc::default(),
+        }
     }
 
     /// Serves `queue` with the worker's defaults.
@@ -197,7 +207,14 @@ impl Worker {
         if self.queues.is_empty() {
             return Err(crate::Error::config("queues", "a worker needs at least one queue"));
         }
-        let Worker { client, router, config, queues, id, counters } = self;
+        let Worker {
+            client,
+            router,
+            config,
+            queues,
+            id,
+            counters,
+        } = self;
         let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
         // The blocking read gets its own connection, with a response timeout longer than BLOCK.
         let fetch_conn = broker::connect(&client, Some(config.block + Duration::from_secs(10))).await?;
@@ -267,7 +284,10 @@ impl Worker {
         quiet.cancel();
         while intake.join_next().await.is_some() {}
         shared.tracker.close();
-        if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = in_flight(&shared),
                 drain_timeout = ?shared.config.drain_timeout,
@@ -317,7 +337,11 @@ async fn requeue_held(shared: &Shared) -> u64 {
                 break;
             }
             let batch: Vec<(&str, &Settle)> = ids.iter().map(|id| (id.as_str(), &Settle::Requeue)).collect();
-            let ctx = broker::SettleCtx { keys: &lane.keys, consumer: &shared.id, dlq_maxlen: shared.config.dlq_maxlen };
+            let ctx = broker::SettleCtx {
+                keys: &lane.keys,
+                consumer: &shared.id,
+                dlq_maxlen: shared.config.dlq_maxlen,
+            };
             match broker::settle(&mut conn, ctx, &batch).await {
                 Ok(stale) => requeued += (ids.len() - stale.len()) as u64,
                 Err(e) => {
@@ -334,7 +358,12 @@ async fn requeue_held(shared: &Shared) -> u64 {
 }
 
 fn generate_worker_id() -> String {
-    format!("{}-{}-{:06x}", hostname(), std::process::id(), fastrand::u32(..0x100_0000))
+    format!(
+        "{}-{}-{:06x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    )
 }
 
 /// The machine's host name (for the workers list), without a dependency.

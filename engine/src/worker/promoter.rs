@@ -45,7 +45,11 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, stream = %lane.keys.stream, "promotion failed; retrying"),
             }
         }
-        match redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async::<HashSet<String>>(&mut conn).await {
+        match redis::cmd("SMEMBERS")
+            .arg(PAUSED_KEY)
+            .query_async::<HashSet<String>>(&mut conn)
+            .await
+        {
             Ok(paused) => {
                 for lane in &shared.lanes {
                     let now_paused = paused.contains(lane.queue.as_str());

@@ -62,7 +62,12 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                     WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
                 }
                 for entry in got.entries {
-                    let permit = shared.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    let permit = shared
+                        .permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed");
                     executor::dispatch(&shared, i, entry, permit);
                 }
                 let done = got.next == "0-0";
