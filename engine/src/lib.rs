@@ -48,7 +48,7 @@ mod error;
 pub mod handler;
 pub mod inspector;
 pub mod keys;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod worker;
 

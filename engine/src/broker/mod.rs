@@ -586,3 +586,159 @@ fn int(v: Value) -> Result<i64> {
         other => Err(Error::protocol(format!("expected an integer, got {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Codec, Envelope};
+    use crate::keys::Queue;
+    use crate::testing::RedisServer;
+    use bytes::Bytes;
+
+    async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, String) {
+        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let keys = Queue::new("fence").unwrap().shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+        let got = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        let id = got.into_iter().next().unwrap().1.id;
+        (conn, keys, id)
+    }
+
+    fn reclaim_args<'a>(keys: &'a ShardKeys, consumer: &'a str) -> ReclaimArgs<'a> {
+        ReclaimArgs {
+            keys,
+            consumer,
+            lease: Duration::ZERO,
+            cursor: "0-0",
+            count: 10,
+            max_deliveries: 5,
+            dlq_maxlen: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_worker_ack_after_reclaim_is_rejected() {
+        let server = RedisServer::start();
+        let (mut conn, keys, id) = setup(&server).await;
+        // Another worker takes the entry over (its lease ran out).
+        let taken = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+        assert_eq!(taken.entries.len(), 1);
+        // The stale worker's outcomes are fenced off: ack, retry and bury alike.
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "stale",
+            dlq_maxlen: 100,
+        };
+        for op in [
+            Settle::Ack,
+            Settle::Retry {
+                due_ms: 0,
+                attempt: 1,
+                error: "x".into(),
+            },
+            Settle::Bury {
+                reason: "fatal",
+                error: "x".into(),
+            },
+        ] {
+            let stale = settle(&mut conn, ctx, &[(id.as_str(), &op)]).await.unwrap();
+            assert_eq!(stale, [id.clone()], "{op:?} by a stale worker was applied");
+        }
+        // The entry is untouched: still in the stream, still pending for the new owner.
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 1);
+        assert_eq!(owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(), [id.clone()]);
+        let dlq: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(&mut conn).await.unwrap();
+        assert_eq!(dlq, 0);
+        // The owner's ack goes through and removes it.
+        let ctx = SettleCtx {
+            consumer: "fresh",
+            ..ctx
+        };
+        assert!(
+            settle(&mut conn, ctx, &[(id.as_str(), &Settle::Ack)])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 0);
+        // Settling twice is a no-op reported as stale, never a double count.
+        assert_eq!(
+            settle(&mut conn, ctx, &[(id.as_str(), &Settle::Ack)]).await.unwrap(),
+            [id]
+        );
+        let done: u64 = redis::cmd("HGET")
+            .arg(&keys.stats)
+            .arg("done")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(done, 1);
+    }
+
+    #[tokio::test]
+    async fn lease_renewal_never_steals_a_reclaimed_entry() {
+        let server = RedisServer::start();
+        let (mut conn, keys, id) = setup(&server).await;
+        reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+        // The stale worker's heartbeat renews only what it still owns: nothing.
+        assert_eq!(extend(&mut conn, &keys, "stale", 100).await.unwrap(), 0);
+        assert_eq!(owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(), [id]);
+        // Renewal does not raise the delivery count (JUSTID).
+        assert_eq!(extend(&mut conn, &keys, "fresh", 100).await.unwrap(), 1);
+        let rows = pending(&mut conn, &keys.stream, 10).await.unwrap();
+        assert_eq!(rows[0].3, 2, "deliveries: one read plus one reclaim");
+    }
+
+    #[tokio::test]
+    async fn entries_delivered_past_the_limit_are_buried_as_poison() {
+        let server = RedisServer::start();
+        let (mut conn, keys, _id) = setup(&server).await;
+        let args = ReclaimArgs {
+            max_deliveries: 1,
+            ..reclaim_args(&keys, "fresh")
+        };
+        let got = reclaim(&mut conn, args).await.unwrap();
+        assert_eq!((got.entries.len(), got.poisoned), (0, 1));
+        let dlq = range(&mut conn, &keys.dlq, "-", 10).await.unwrap();
+        let fields: std::collections::HashMap<String, String> = dlq[0]
+            .fields
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into()))
+            .collect();
+        assert_eq!(fields["reason"], "poison");
+        assert_eq!(fields["deliveries"], "2");
+        assert!(pending(&mut conn, &keys.stream, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reclaim_counts_deleted_entries_as_lost() {
+        let server = RedisServer::start();
+        let (mut conn, keys, id) = setup(&server).await;
+        // Someone deletes the entry behind the engine's back while it is pending.
+        delete_entries(&mut conn, &keys.stream, &[id.as_str()]).await.unwrap();
+        let got = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+        assert_eq!((got.entries.len(), got.lost), (0, 1));
+        let lost: u64 = redis::cmd("HGET")
+            .arg(&keys.stats)
+            .arg("lost")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(lost, 1);
+    }
+}
