@@ -1,0 +1,71 @@
+//! Cross-language: tasks produced by the Python example are processed by Rust handlers.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rivulet::testing::RedisServer;
+use rivulet::{Inspector, Queue, Router, TaskContext};
+
+use crate::support::{RunningWorker, fast_config, outstanding, wait_for};
+
+fn python_with_redis() -> Result<(), String> {
+    match Command::new("python3").args(["-c", "import redis"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("redis-py is not installed ({})", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("python3 is not runnable: {e}")),
+    }
+}
+
+#[derive(serde::Deserialize, Debug, PartialEq, Clone)]
+struct Resize {
+    width: u32,
+    n: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_producer_tasks_are_processed_by_a_rust_handler() {
+    if let Err(why) = python_with_redis() {
+        eprintln!("SKIPPED python_producer_tasks_are_processed_by_a_rust_handler: {why}");
+        return;
+    }
+    let server = RedisServer::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_producer.py");
+    for (priority, shards) in [("high", "2"), ("low", "2")] {
+        let out = Command::new("python3")
+            .args([script, "--url", &server.url(), "--queue", "py", "--kind", "resize"])
+            .args(["--payload", r#"{"width": 640, "n": $i}"#, "--count", "3", "--priority", priority, "--shards", shards])
+            .output()
+            .expect("run the python producer");
+        assert!(out.status.success(), "python producer failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    }
+    // The worker finds the layout the Python producer registered.
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    let queue = inspector.queue("py").await.unwrap();
+    assert_eq!(queue, Queue::new("py").unwrap().shards(2).unwrap());
+    let got: Arc<Mutex<Vec<(String, Resize)>>> = Arc::default();
+    let got2 = got.clone();
+    let router = Router::new().route("resize", move |ctx: TaskContext, r: Resize| {
+        let got = got2.clone();
+        async move {
+            got.lock().unwrap().push((ctx.priority.to_string(), r));
+            Ok(())
+        }
+    });
+    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
+    wait_for("6 python tasks", Duration::from_secs(10), || {
+        let n = got.lock().unwrap().len();
+        async move { n == 6 }
+    })
+    .await;
+    w.stop().await;
+    let got = got.lock().unwrap().clone();
+    // Strict priority holds across languages too: all high before any low.
+    assert!(got[..3].iter().all(|(p, _)| p == "high"), "{got:?}");
+    let mut ns: Vec<u32> = got.iter().map(|(_, r)| r.n).collect();
+    ns.sort();
+    assert_eq!(ns, [0, 0, 1, 1, 2, 2]);
+    assert!(got.iter().all(|(_, r)| r.width == 640));
+    assert_eq!(outstanding(&inspector, &queue).await, 0);
+}
