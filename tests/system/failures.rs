@@ -308,7 +308,7 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
     })
     .await;
     w.stop().await;
-    let runs = runs.lock().unwrap();
+    let runs = runs.lock().unwrap().clone();
     let last_attempt_of = |id: &str| runs.iter().rfind(|r| r.0 == id).unwrap().1;
     assert_eq!(
         (last_attempt_of(exhausted.as_str()), last_attempt_of(fatal.as_str())),
@@ -490,7 +490,8 @@ async fn panics_and_timeouts_are_retried_and_the_worker_survives() {
     let server = RedisServer::start();
     let queue = Queue::new("unruly").unwrap();
     let client = Client::new(&server.client()).await.unwrap();
-    let errors: Arc<Mutex<Vec<(String, u32, Option<String>)>>> = Arc::default();
+    type Seen = Vec<(String, u32, Option<String>)>;
+    let errors: Arc<Mutex<Seen>> = Arc::default();
     let errors2 = errors.clone();
     let router = Router::new().route("unruly", move |ctx: TaskContext, mode: String| {
         let errors = errors2.clone();
@@ -667,8 +668,10 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
     .await;
     let retries = producer.await.unwrap();
     w.stop().await;
-    let seen = seen.lock().unwrap();
-    let missing: Vec<u64> = (0..N).filter(|n| !seen.contains(n)).take(10).collect();
+    let missing: Vec<u64> = {
+        let seen = seen.lock().unwrap();
+        (0..N).filter(|n| !seen.contains(n)).take(10).collect()
+    };
     assert!(missing.is_empty(), "lost tasks, e.g. {missing:?}");
     eprintln!("producer retried {retries} batches across two Redis restarts");
     let inspector = Inspector::new(&server.client()).await.unwrap();

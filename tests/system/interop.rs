@@ -12,7 +12,10 @@ use crate::support::{RunningWorker, fast_config, outstanding, wait_for};
 fn python_with_redis() -> Result<(), String> {
     match Command::new("python3").args(["-c", "import redis"]).output() {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("redis-py is not installed ({})", String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) => Err(format!(
+            "redis-py is not installed ({})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
         Err(e) => Err(format!("python3 is not runnable: {e}")),
     }
 }
@@ -34,10 +37,23 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     for (priority, shards) in [("high", "2"), ("low", "2")] {
         let out = Command::new("python3")
             .args([script, "--url", &server.url(), "--queue", "py", "--kind", "resize"])
-            .args(["--payload", r#"{"width": 640, "n": $i}"#, "--count", "3", "--priority", priority, "--shards", shards])
+            .args([
+                "--payload",
+                r#"{"width": 640, "n": $i}"#,
+                "--count",
+                "3",
+                "--priority",
+                priority,
+                "--shards",
+                shards,
+            ])
             .output()
             .expect("run the python producer");
-        assert!(out.status.success(), "python producer failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python producer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
     }
     // The worker finds the layout the Python producer registered.

@@ -1,1 +1,214 @@
-//! worker-cli
+//! worker-cli: supervised Rivulet worker processes, handlers without writing Rust, and admin
+//! commands.
+//!
+//! The `worker-cli` binary is [`main_with`] and an empty router. A program with handlers of its
+//! own offers the same CLI with them added to the built-ins:
+//!
+//! ```no_run
+//! use rivulet::{Router, TaskContext};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let router = Router::new().route("greet", |_ctx: TaskContext, name: String| async move {
+//!         tracing::info!(%name, "hello");
+//!         Ok(())
+//!     });
+//!     worker_cli::main_with(router)
+//! }
+//! ```
+//!
+//! # Layout
+//! - `cli`: the clap definitions (every flag, its help and default) and nothing else.
+//! - `settings`: flags resolved into checked settings (`WorkerSettings`,
+//!   `SupervisorSettings`), the per-flag parsers, and the flags a supervisor passes on.
+//! - `supervisor`: keeps N `work` children running: restart with backoff, crash-loop guard,
+//!   recycling after `--max-tasks` / above `--max-memory`, drain and fast stop.
+//! - `work`: one worker process (the hidden `work` subcommand): dies with its supervisor,
+//!   drains on SIGTERM, recycles after `--max-tasks`.
+//! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`, `demo`) and `--exec`.
+//! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
+//! - `demo`: the `demo` command and the latency samples behind it.
+//! - `store`: the few Redis commands the CLI issues itself (reachability check, demo keys).
+//! - `output`: stdout as JSON or tables; `logging`: tracing to stderr.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (Redis unreachable, unknown queue, a drain that
+//! missed its deadline...); 2 bad flags (with a usage line).
+
+#![forbid(unsafe_code)]
+
+// First: its `note!` macro is used by the modules below.
+#[macro_use]
+mod output;
+mod admin;
+mod cli;
+mod demo;
+mod handlers;
+mod logging;
+mod settings;
+mod store;
+mod supervisor;
+mod work;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, CommandFactory, FromArgMatches};
+use rivulet::Router;
+
+pub use handlers::with_builtins;
+
+use crate::cli::{Cli, Command};
+use crate::settings::{SupervisorSettings, UsageError, WorkerSettings};
+use crate::supervisor::{Stop, Supervisor};
+
+/// Runs the worker-cli command line with `router`'s handlers added to the built-in kinds
+/// (a kind in `router` replaces a built-in of the same name; `--exec` replaces both).
+///
+/// Parses `std::env::args_os()`, runs the command, prints an error to stderr if it fails, and
+/// returns the exit code: 0 success, 1 runtime failure, 2 bad flags. Call it from a plain
+/// `fn main`, not from inside a Tokio runtime: it builds the runtime each command needs.
+pub fn main_with(router: Router) -> ExitCode {
+    main_with_args(std::env::args_os(), router)
+}
+
+/// [`main_with`] with explicit arguments (the first is the program name).
+pub fn main_with_args<I, T>(args: I, router: Router) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match parse(args.clone()) {
+        Ok(cli) => cli,
+        // Help and version print to stdout and exit 0.
+        Err(e) if e.exit_code() == 0 => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return usage_error(&e.render().to_string(), &args),
+    };
+    // The one place a result becomes an exit code.
+    match run(cli, router) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<UsageError>() {
+            Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
+            None => {
+                note!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Prints a flag error with the usage line of the command it concerns, and returns exit code 2.
+fn usage_error(message: &str, args: &[OsString]) -> ExitCode {
+    let message = message.trim_end();
+    let hint = "For more information, try '--help'.";
+    let body = message.strip_suffix(hint).unwrap_or(message).trim_end();
+    if body.contains("Usage:") {
+        note!("{body}\n\n{hint}");
+    } else {
+        note!("{body}\n\n{}\n\n{hint}", usage_for(args).trim_end());
+    }
+    ExitCode::from(2)
+}
+
+/// The usage line of the deepest subcommand named in `args`.
+fn usage_for(args: &[OsString]) -> String {
+    let mut root = Cli::command();
+    // Building fills in the full names ("worker-cli dlq replay") that usage lines show.
+    root.build();
+    let mut cmd = &mut root;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if cmd.find_subcommand(arg).is_some() {
+            cmd = cmd.find_subcommand_mut(arg).expect("just found");
+        }
+    }
+    cmd.render_usage().to_string()
+}
+
+/// Parses the command line. Supervisor flags (`--workers`, `--queue`, ...) given together with
+/// a subcommand are an error rather than silently ignored.
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let supervisor_only = cli::RunArgs::augment_args(clap::Command::new("run"));
+        let given: Vec<String> = supervisor_only
+            .get_arguments()
+            .filter(|a| matches.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
+            .collect();
+        if !given.is_empty() {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{} cannot be used with `{name}`: supervisor flags apply only when worker-cli runs workers \
+                     (without a command)",
+                    given.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(cli)
+}
+
+fn run(cli: Cli, router: Router) -> Result<()> {
+    let Cli { global, run, command } = cli;
+    match command {
+        None => {
+            logging::init(global.log_format, "info");
+            // Validate what the children will run with before starting any.
+            WorkerSettings::resolve(&global, &run.worker)?;
+            let settings = SupervisorSettings::resolve(&global, &run)?;
+            // One thread: see `supervisor` on why children must be spawned from it.
+            current_thread()?.block_on(async {
+                // Fail here, naming the URL, rather than in N crash-looping children.
+                store::connect_checked(&global.redis_url).await?;
+                let stop = Stop::new();
+                let mut signals = tokio::task::JoinSet::new();
+                stop.on_signals(&mut signals)?;
+                Supervisor::new(settings).run(stop).await.map(|_| ())
+            })
+        }
+        Some(Command::Work(args)) => {
+            logging::init(global.log_format, "info");
+            let settings = WorkerSettings::resolve(&global, &args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(work::run(settings, with_builtins(router)))
+        }
+        Some(Command::Demo(args)) => {
+            logging::init(global.log_format, "warn");
+            // One thread: the demo supervises worker processes too.
+            current_thread()?.block_on(demo::run(&global, &args))
+        }
+        Some(admin) => {
+            logging::init(global.log_format, "warn");
+            current_thread()?.block_on(admin::run(&global, admin))
+        }
+    }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

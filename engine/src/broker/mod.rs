@@ -647,7 +647,7 @@ mod tests {
             },
         ] {
             let stale = settle(&mut conn, ctx, &[(id.as_str(), &op)]).await.unwrap();
-            assert_eq!(stale, [id.clone()], "{op:?} by a stale worker was applied");
+            assert_eq!(stale, std::slice::from_ref(&id), "{op:?} by a stale worker was applied");
         }
         // The entry is untouched: still in the stream, still pending for the new owner.
         let len: u64 = redis::cmd("XLEN")
@@ -656,7 +656,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(len, 1);
-        assert_eq!(owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(), [id.clone()]);
+        assert_eq!(
+            owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(),
+            std::slice::from_ref(&id)
+        );
         let dlq: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(&mut conn).await.unwrap();
         assert_eq!(dlq, 0);
         // The owner's ack goes through and removes it.

@@ -48,7 +48,7 @@ pub struct QueueOptions {
 pub struct WorkerConfig {
     /// Handlers running at once ([`DEFAULT_CONCURRENCY`]).
     pub concurrency: usize,
-    /// Lease of an in-flight task ([`DEFAULT_LEASE`]); renewed every `lease / 3` while the
+    /// Lease of an in-flight task ([`DEFAULT_LEASE`]); renewed every `min(lease / 3, 2 s)` while the
     /// worker lives.
     pub lease: Duration,
     /// Longest blocking read ([`DEFAULT_BLOCK`]).
@@ -127,9 +127,10 @@ impl WorkerConfig {
         self.retry.validate()
     }
 
-    /// How often a worker renews its leases and heartbeat.
+    /// How often a worker renews its leases and heartbeat: a third of the lease, and at
+    /// least every 2 s so the registry (in-flight count, read by the autoscaler) stays fresh.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.lease / 3
+        (self.lease / 3).min(Duration::from_secs(2))
     }
 
     /// How often a worker looks for entries whose lease ran out.

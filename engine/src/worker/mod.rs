@@ -314,8 +314,10 @@ impl Worker {
     }
 }
 
+/// Handlers running now. Not `concurrency - free permits`: the fetcher holds a permit while
+/// it waits for entries, and an idle worker would then look busy.
 fn in_flight(shared: &Shared) -> usize {
-    shared.config.concurrency - shared.permits.available_permits()
+    shared.tracker.len()
 }
 
 /// Puts back every entry this worker still holds (unfinished at the drain deadline, or read

@@ -2,7 +2,7 @@
 //!
 //! `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` over successive rounds,
 //! taking at most as many entries as there are free handler slots. Live workers renew their
-//! leases every `lease / 3`, so only orphans are ever idle that long. Entries delivered more
+//! leases every `min(lease / 3, 2 s)`, so only orphans are ever idle that long. Entries delivered more
 //! than `max_deliveries` times are poison and go to the DLQ inside the same script.
 
 use std::sync::Arc;

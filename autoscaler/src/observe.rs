@@ -1,0 +1,116 @@
+//! Observe: one snapshot per tick of a queue's priorities and its live workers.
+//!
+//! Backlog is the consumer group's lag when Redis knows it, else `length - pending`, flagged
+//! as an estimate (never a silent zero). Arrival and completion rates are counter deltas
+//! smoothed with an exponential moving average whose time constant is `smoothing`.
+
+use std::time::Duration;
+
+use rivulet::{Inspector, Queue};
+use tokio::time::Instant;
+
+use crate::policy::{Observation, PriorityObservation};
+
+/// Default time constant of the rate smoothing.
+pub const DEFAULT_SMOOTHING: Duration = Duration::from_secs(10);
+
+/// Reads observations for one queue.
+#[derive(Debug)]
+pub struct Observer {
+    inspector: Inspector,
+    queue: Queue,
+    slas: Vec<Duration>,
+    smoothing: Duration,
+    last: Option<(Instant, Vec<(u64, u64)>)>,
+    rates: Vec<(f64, f64)>,
+}
+
+impl Observer {
+    /// `slas` holds one SLA per priority of the queue, highest first.
+    pub fn new(inspector: Inspector, queue: Queue, slas: Vec<Duration>, smoothing: Duration) -> Self {
+        let n = slas.len();
+        Observer {
+            inspector,
+            queue,
+            slas,
+            smoothing,
+            last: None,
+            rates: vec![(0.0, 0.0); n],
+        }
+    }
+
+    /// The queue observed.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The inspector used (for storing decisions).
+    pub fn inspector(&self) -> &Inspector {
+        &self.inspector
+    }
+
+    /// One observation: per priority numbers, live and busy workers of this queue.
+    pub async fn observe(&mut self) -> rivulet::Result<Observation> {
+        let stats = self.inspector.stats(&self.queue).await?;
+        let workers = self.inspector.workers().await?;
+        let now = Instant::now();
+        // Completions count every settled outcome that frees a worker: done and dead alike.
+        let counts: Vec<(u64, u64)> = stats
+            .priorities
+            .iter()
+            .map(|p| (p.counters.enqueued, p.counters.done + p.counters.dead))
+            .collect();
+        if let Some((then, before)) = &self.last {
+            let dt = now.duration_since(*then).as_secs_f64();
+            if dt > 0.0 {
+                // EWMA weight for an irregular interval: 1 - e^(-dt/tau).
+                let alpha = 1.0 - (-dt / self.smoothing.as_secs_f64().max(1e-3)).exp();
+                for ((rate, (enq, done)), (enq0, done0)) in self.rates.iter_mut().zip(&counts).zip(before) {
+                    // Counters only grow; a drop means Redis lost them (restart): count nothing.
+                    let arrivals = enq.saturating_sub(*enq0) as f64 / dt;
+                    let completions = done.saturating_sub(*done0) as f64 / dt;
+                    rate.0 += alpha * (arrivals - rate.0);
+                    rate.1 += alpha * (completions - rate.1);
+                }
+            }
+        }
+        self.last = Some((now, counts));
+        let priorities = stats
+            .priorities
+            .iter()
+            .zip(&self.slas)
+            .zip(&self.rates)
+            .map(|((p, sla), (arrival, completion))| PriorityObservation {
+                priority: p.priority.clone(),
+                sla: *sla,
+                backlog: p.waiting,
+                backlog_estimated: p.waiting_estimated,
+                in_flight: p.pending,
+                oldest_age: p.oldest_waiting_age,
+                arrival_rate: *arrival,
+                completion_rate: *completion,
+            })
+            .collect();
+        let ours: Vec<_> = workers
+            .iter()
+            .filter(|w| w.queues.iter().any(|q| q == self.queue.name().as_str()))
+            .collect();
+        Ok(Observation {
+            priorities,
+            live_workers: ours.len() as u32,
+            busy_workers: ours.iter().filter(|w| w.in_flight > 0).count() as u32,
+        })
+    }
+
+    /// Pids of this queue's workers that had nothing in flight at their last heartbeat.
+    pub async fn idle_pids(&self) -> rivulet::Result<Vec<u32>> {
+        Ok(self
+            .inspector
+            .workers()
+            .await?
+            .into_iter()
+            .filter(|w| w.in_flight == 0 && w.queues.iter().any(|q| q == self.queue.name().as_str()))
+            .map(|w| w.pid)
+            .collect())
+    }
+}

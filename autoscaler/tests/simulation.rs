@@ -1,0 +1,133 @@
+//! Whole-loop guarantees of the policy, measured by the simulator on the
+//! standard scenarios (`sim::scenarios`, fixed seed) through the public API.
+//! The bounds were written down before the policy constants were tuned.
+
+use autoscaler::sim::{Arrivals, Scenario, SimReport, scenarios, simulate, timeline_svg};
+
+/// Step x10 with a 2 s startup delay and a 10 s SLA: at most 15 s in breach.
+const STEP_BREACH_BOUND_S: f64 = 15.0;
+/// Worker-seconds at most this multiple of the (constrained) oracle.
+const COST_BOUND: f64 = 1.3;
+
+fn scenario(name: &str) -> Scenario {
+    scenarios()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+fn run(name: &str) -> SimReport {
+    simulate(&scenario(name).config)
+}
+
+#[test]
+fn no_task_is_ever_lost() {
+    for s in scenarios() {
+        assert_eq!(simulate(&s.config).lost, 0, "{}", s.name);
+        let mut deterministic = s.config.clone();
+        deterministic.arrivals = Arrivals::Deterministic;
+        assert_eq!(simulate(&deterministic).lost, 0, "{} (deterministic)", s.name);
+    }
+}
+
+#[test]
+fn step_x10_breach_is_bounded() {
+    let r = run("step_x10");
+    assert!(r.breach_seconds <= STEP_BREACH_BOUND_S, "breach {} s", r.breach_seconds);
+}
+
+#[test]
+fn no_shape_breaches_its_sla_for_long() {
+    for s in scenarios() {
+        let r = simulate(&s.config);
+        assert!(
+            r.breach_seconds <= STEP_BREACH_BOUND_S,
+            "{}: breach {} s",
+            s.name,
+            r.breach_seconds
+        );
+    }
+}
+
+#[test]
+fn smooth_shapes_cost_within_1_3x_of_the_oracle() {
+    for name in ["step_x10", "ramp", "sine"] {
+        let r = run(name);
+        assert!(r.oracle_ratio() <= COST_BOUND, "{name}: {:.3}", r.oracle_ratio());
+    }
+}
+
+/// One worker per `cooldown` down means a burst of `n` workers costs at least
+/// `cooldown · n(n+1)/2` worker-seconds after it ends, which the plain oracle
+/// does not pay. Even that rule-bound oracle, run at the policy's target
+/// utilisation, exceeds 1.3x the plain oracle here, so for bursts the bound
+/// is held against the rule-constrained oracle instead.
+#[test]
+fn bursts_cannot_meet_1_3x_of_the_plain_oracle_under_the_one_step_rule() {
+    for name in ["spike", "idle_burst_idle"] {
+        let s = scenario(name);
+        let r = simulate(&s.config);
+        let floor = r.constrained_oracle_worker_seconds * s.config.params.headroom;
+        assert!(floor > COST_BOUND * r.oracle_worker_seconds, "{name}");
+    }
+}
+
+#[test]
+fn bursts_cost_within_1_3x_of_the_rule_constrained_oracle() {
+    for name in ["spike", "idle_burst_idle"] {
+        let r = run(name);
+        let ratio = r.constrained_oracle_ratio();
+        assert!(ratio <= COST_BOUND, "{name}: {ratio:.3}");
+    }
+}
+
+#[test]
+fn sine_does_not_flap() {
+    let s = scenario("sine");
+    let r = simulate(&s.config);
+    let period = 1200.0;
+    let half_periods = (s.config.duration.as_secs_f64() / (period / 2.0)).ceil() as u32;
+    assert!(
+        r.direction_changes <= half_periods,
+        "{} direction changes in {half_periods} half periods",
+        r.direction_changes
+    );
+}
+
+#[test]
+fn never_exceeds_the_worker_budget() {
+    for s in scenarios() {
+        let r = simulate(&s.config);
+        assert!(r.max_workers <= s.config.params.max, "{}", s.name);
+        let min = s.config.params.min;
+        assert!(r.timeline.iter().all(|x| x.workers >= min), "{}", s.name);
+    }
+}
+
+#[test]
+fn same_seed_gives_an_identical_report() {
+    let cfg = scenario("sine").config;
+    assert_eq!(simulate(&cfg), simulate(&cfg));
+    let mut other = cfg.clone();
+    other.seed ^= 1;
+    assert_ne!(simulate(&cfg).timeline, simulate(&other).timeline);
+}
+
+#[test]
+fn estimated_per_worker_rate_still_meets_the_sla() {
+    let mut cfg = scenario("step_x10").config;
+    cfg.params.per_worker_rate = None;
+    let r = simulate(&cfg);
+    assert_eq!(r.lost, 0);
+    assert!(r.breach_seconds <= STEP_BREACH_BOUND_S, "breach {} s", r.breach_seconds);
+    assert!(r.max_workers <= cfg.params.max);
+}
+
+#[test]
+fn step_timeline_renders_as_svg() {
+    let svg = timeline_svg(&run("step_x10"), "step x10");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let lines = svg.matches("<polyline").count();
+    assert_eq!(lines, 7, "workers, oracle, backlog, 2 ages, 2 SLAs");
+    assert!(svg.contains("SLA high") && svg.contains("time (s)"));
+}

@@ -1,0 +1,117 @@
+//! Drain: a backlog of no-op tasks, filled first, then emptied by W worker processes at
+//! concurrency C. Throughput is counted from the first handler start to the last, over all
+//! processes; Redis CPU and commands are read over the whole drain window.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use rivulet::{Client, Queue, Task};
+use serde::Serialize;
+
+use crate::fleet::{Fleet, Spec};
+use crate::payload::{self, KIND_NOOP};
+use crate::target::{Target, Usage, Window};
+
+/// Tasks per `enqueue_many` call when filling.
+pub const FILL_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainResult {
+    pub workers: usize,
+    pub concurrency: usize,
+    pub payload_bytes: usize,
+    pub tasks: u64,
+    /// Tasks / (last handler start - first handler start).
+    pub tasks_per_s: f64,
+    pub span_s: f64,
+    /// From starting the worker processes to seeing every task settled.
+    pub wall_s: f64,
+    /// Filling the backlog with `enqueue_many` batches of [`FILL_BATCH`].
+    pub fill_tasks_per_s: f64,
+    pub fill_redis: Usage,
+    pub drain_redis: Usage,
+    /// CPU (user + system) of the worker processes per task, start-up and shutdown included.
+    pub worker_cpu_us_per_task: f64,
+}
+
+pub struct DrainSpec {
+    pub workers: usize,
+    pub concurrency: usize,
+    pub payload_bytes: usize,
+    pub tasks: u64,
+}
+
+pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
+    let queue = Queue::new(&format!("drain-w{}-c{}-p{}", s.workers, s.concurrency, s.payload_bytes))?;
+    target.drop_queue(&queue).await?;
+    let client = Client::new(&target.client).await?;
+    client.declare(&queue).await?;
+
+    // Fill. One payload shared by every task (a refcount, not a copy).
+    let body = payload::make(s.payload_bytes, payload::now_us(), false);
+    let before = target.snapshot().await?;
+    let t0 = Instant::now();
+    let mut left = s.tasks;
+    while left > 0 {
+        let n = left.min(FILL_BATCH as u64);
+        client
+            .enqueue_many(&queue, (0..n).map(|_| Task::bytes(KIND_NOOP, body.clone())))
+            .await?;
+        left -= n;
+    }
+    let fill_s = t0.elapsed().as_secs_f64();
+    let after_fill = target.snapshot().await?;
+
+    // Drain.
+    let spec = Spec {
+        redis_url: target.url.clone(),
+        queue: queue.name().to_string(),
+        concurrency: s.concurrency,
+        done_probe: false,
+        max_seconds: 600,
+    };
+    let t1 = Instant::now();
+    let fleet = Fleet::spawn(&spec, s.workers)?;
+    // Bounded: even 2,000 tasks/s would finish well within this.
+    let limit = Duration::from_secs(30) + Duration::from_secs_f64(s.tasks as f64 / 2_000.0);
+    loop {
+        if target.done(&queue).await? >= s.tasks {
+            break;
+        }
+        if t1.elapsed() > limit {
+            drop(fleet);
+            bail!("drain of {} tasks did not finish within {limit:?}", s.tasks);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall_s = t1.elapsed().as_secs_f64();
+    let after = target.snapshot().await?;
+    let outputs = fleet.stop(Duration::from_secs(60)).await?;
+    target.drop_queue(&queue).await?;
+
+    let started: u64 = outputs.iter().map(|o| o.started).sum();
+    if started < s.tasks {
+        bail!("workers started {started} handlers for {} tasks", s.tasks);
+    }
+    let first = outputs
+        .iter()
+        .filter(|o| o.started > 0)
+        .map(|o| o.first_start_us)
+        .min()
+        .unwrap_or(0);
+    let last = outputs.iter().map(|o| o.last_start_us).max().unwrap_or(0);
+    let span_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-6);
+    Ok(DrainResult {
+        workers: s.workers,
+        concurrency: s.concurrency,
+        payload_bytes: s.payload_bytes,
+        tasks: s.tasks,
+        tasks_per_s: s.tasks as f64 / span_s,
+        span_s,
+        wall_s,
+        fill_tasks_per_s: s.tasks as f64 / fill_s.max(1e-6),
+        fill_redis: before.usage(&after_fill, s.tasks, Window::Produce, false),
+        drain_redis: after_fill.usage(&after, s.tasks, Window::Consume, false),
+        worker_cpu_us_per_task: outputs.iter().map(|o| o.cpu_s).sum::<f64>() * 1e6 / s.tasks as f64,
+    })
+}

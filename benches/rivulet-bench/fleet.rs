@@ -1,0 +1,89 @@
+//! The parent's side of the worker processes: spawns them (this binary, hidden `worker`
+//! subcommand), tells them to stop by closing their stdin, and collects their reports.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use crate::worker::WorkerOutput;
+
+/// How each worker process of a fleet runs.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub redis_url: String,
+    pub queue: String,
+    pub concurrency: usize,
+    pub done_probe: bool,
+    /// A worker stops by itself after this long.
+    pub max_seconds: u64,
+}
+
+/// Running worker processes; killed on drop if not stopped.
+pub struct Fleet {
+    children: Vec<Child>,
+}
+
+impl Fleet {
+    pub fn spawn(spec: &Spec, processes: usize) -> Result<Fleet> {
+        let exe = std::env::current_exe().context("locating this binary to start worker processes")?;
+        let mut children = Vec::with_capacity(processes);
+        for _ in 0..processes {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("worker")
+                .arg("--redis-url")
+                .arg(&spec.redis_url)
+                .arg("--queue")
+                .arg(&spec.queue)
+                .arg("--concurrency")
+                .arg(spec.concurrency.to_string())
+                .arg("--max-seconds")
+                .arg(spec.max_seconds.to_string());
+            if spec.done_probe {
+                cmd.arg("--done-probe");
+            }
+            let child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a worker process")?;
+            children.push(child);
+        }
+        Ok(Fleet { children })
+    }
+
+    /// Closes every worker's stdin (they drain and stop), then reads their reports. A worker
+    /// that has not exited within `timeout` is killed and the run fails.
+    pub async fn stop(mut self, timeout: Duration) -> Result<Vec<WorkerOutput>> {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        let mut outputs = Vec::with_capacity(self.children.len());
+        for child in &mut self.children {
+            let mut stdout = child.stdout.take().context("worker stdout is piped")?;
+            let collect = async {
+                let mut text = String::new();
+                stdout.read_to_string(&mut text).await?;
+                let status = child.wait().await?;
+                anyhow::Ok((status, text))
+            };
+            let (status, text) = match tokio::time::timeout(timeout, collect).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    let _ = child.start_kill();
+                    bail!("a worker process did not stop within {timeout:?}");
+                }
+            };
+            if !status.success() {
+                bail!("a worker process failed ({status})");
+            }
+            let line = text.lines().last().unwrap_or_default();
+            outputs.push(serde_json::from_str(line).with_context(|| format!("worker report {line:?}"))?);
+        }
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,576 @@
+//! The admin commands: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`,
+//! `resume`. Each reads or changes state through rivulet's `Client` and `Inspector` and prints
+//! it as a table (people) or JSON (`--json`, machines); the JSON uses the engine's field names.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use rivulet::envelope::now_ms;
+use rivulet::inspector::{PendingEntry, WorkerInfo};
+use rivulet::{Client, Codec, DeadLetter, DeadLetterId, DlqSelect, Inspector, Queue, QueueName, QueueStats, Task};
+use serde_json::{Value, json};
+
+use crate::cli::{
+    Command, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs, PayloadCodec, PendingArgs,
+    QueueArgs, StatsArgs,
+};
+use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
+use crate::settings::UsageError;
+use crate::store;
+
+/// Tasks per pipelined enqueue call.
+const ENQUEUE_BATCH: usize = 1000;
+/// Dead letters read per page when filtering by kind.
+const DLQ_PAGE: usize = 500;
+
+/// What every admin command works with.
+struct Admin {
+    url: String,
+    client: redis::Client,
+    inspector: Inspector,
+}
+
+/// Runs one admin command.
+pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
+    let url = global.redis_url.clone();
+    let (client, _) = store::connect_checked(&url).await?;
+    let inspector = Inspector::new(&client)
+        .await
+        .map_err(|e| store::engine_error(&url, e))?;
+    let admin = Admin { url, client, inspector };
+    match command {
+        Command::Enqueue(a) => admin.enqueue(a).await,
+        Command::Queues(o) => admin.queues(o.json).await,
+        Command::Stats(a) => admin.stats(a).await,
+        Command::Pending(a) => admin.pending(a).await,
+        Command::Workers(o) => admin.workers(o.json).await,
+        Command::Dlq(DlqCommand::List(a)) => admin.dlq_list(a).await,
+        Command::Dlq(DlqCommand::Show(a)) => admin.dlq_show(a).await,
+        Command::Dlq(DlqCommand::Replay(a)) => admin.dlq_apply(a, true).await,
+        Command::Dlq(DlqCommand::Purge(a)) => admin.dlq_apply(a, false).await,
+        Command::Pause(a) => admin.pause(a, true).await,
+        Command::Resume(a) => admin.pause(a, false).await,
+        Command::Work(_) | Command::Demo(_) => unreachable!("dispatched in lib.rs; not admin commands"),
+    }
+}
+
+/// A `--queue` value checked against the naming rules (a usage error otherwise).
+fn queue_name(name: &str) -> Result<QueueName> {
+    QueueName::new(name).map_err(|e| UsageError(format!("--queue: {e}")).into())
+}
+
+impl Admin {
+    fn engine(&self, e: rivulet::Error) -> anyhow::Error {
+        store::engine_error(&self.url, e)
+    }
+
+    /// A queue Redis knows, or an error naming the known ones.
+    async fn known_queue(&self, name: &str) -> Result<Queue> {
+        queue_name(name)?;
+        self.inspector.queue(name).await.map_err(|e| self.engine(e))
+    }
+
+    async fn enqueue(&self, a: EnqueueArgs) -> Result<()> {
+        let name = queue_name(&a.queue)?;
+        let payload = read_payload(&a)?;
+        let codec = match a.codec {
+            PayloadCodec::Json => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
+                    UsageError(format!(
+                        "the payload is not valid JSON ({e}); quote it for the shell, or pass --codec bytes to send it as is"
+                    ))
+                })?;
+                Codec::Json
+            }
+            PayloadCodec::Bytes => Codec::Bytes,
+        };
+        let queue = crate::work::resolve_queue(&self.inspector, &name)
+            .await
+            .map_err(|e| self.engine(e))?;
+        if let Some(p) = &a.priority {
+            queue.rank(p).map_err(|e| UsageError(format!("--priority: {e}")))?;
+        }
+        let producer = Client::new(&self.client).await.map_err(|e| self.engine(e))?;
+        let mut ids = Vec::with_capacity(a.count.min(1_000_000) as usize);
+        let mut left = a.count;
+        while left > 0 {
+            let n = left.min(ENQUEUE_BATCH as u64);
+            let batch = (0..n).map(|_| {
+                let mut t = Task::encoded(&a.kind, payload.clone(), codec);
+                if let Some(p) = &a.priority {
+                    t = t.priority(p.clone());
+                }
+                if let Some(d) = a.delay {
+                    t = t.delay(d);
+                }
+                if let Some(m) = a.max_attempts {
+                    t = t.max_attempts(m);
+                }
+                if let Some(d) = a.timeout {
+                    t = t.timeout(d);
+                }
+                t
+            });
+            ids.extend(producer.enqueue_many(&queue, batch).await.map_err(|e| self.engine(e))?);
+            left -= n;
+        }
+        let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        if a.output.json {
+            return output::json(&json!({
+                "queue": queue.name().as_str(),
+                "kind": a.kind,
+                "priority": a.priority.as_deref().unwrap_or(queue.default_priority()),
+                "delay_ms": a.delay.map(|d| d.as_millis() as u64),
+                "count": ids.len(),
+                "ids": ids,
+            }));
+        }
+        note!(
+            "enqueued {} task(s) of kind {} to queue {} ({}{})",
+            ids.len(),
+            a.kind,
+            queue.name(),
+            a.priority.as_deref().unwrap_or(queue.default_priority()),
+            a.delay
+                .map(|d| format!(", runs in {}", fmt_duration(d)))
+                .unwrap_or_default()
+        );
+        output::text(&(ids.join("\n") + "\n"))
+    }
+
+    async fn all_queues(&self) -> Result<Vec<Queue>> {
+        let mut queues = self.inspector.queues().await.map_err(|e| self.engine(e))?;
+        queues.sort_by(|a, b| a.name().as_str().cmp(b.name().as_str()));
+        Ok(queues)
+    }
+
+    async fn queues(&self, json: bool) -> Result<()> {
+        let queues = self.all_queues().await?;
+        let mut rows = Vec::new();
+        for q in &queues {
+            let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
+            let sum = |f: fn(&rivulet::inspector::PriorityStats) -> u64| s.priorities.iter().map(f).sum::<u64>();
+            rows.push(json!({
+                "queue": s.queue,
+                "priorities": q.layout().priorities,
+                "shards": q.layout().shards,
+                "paused": s.paused,
+                "waiting": sum(|p| p.waiting),
+                "pending": sum(|p| p.pending),
+                "scheduled": sum(|p| p.scheduled),
+                "retry": sum(|p| p.retry),
+                "dead_letters": sum(|p| p.dead_letters),
+                "counters": s.counters,
+            }));
+        }
+        if json {
+            return output::json(&rows);
+        }
+        let mut t = Table::new(&[
+            "QUEUE",
+            "PRIORITIES",
+            "SHARDS",
+            "PAUSED",
+            "WAITING",
+            "PENDING",
+            "SCHEDULED",
+            "RETRY",
+            "DEAD",
+            "DONE",
+        ]);
+        for r in &rows {
+            let n = |k: &str| r[k].to_string();
+            let prios: Vec<&str> = r["priorities"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            t.row(vec![
+                r["queue"].as_str().unwrap_or_default().to_owned(),
+                prios.join(","),
+                n("shards"),
+                if r["paused"] == true { "yes" } else { "no" }.into(),
+                n("waiting"),
+                n("pending"),
+                n("scheduled"),
+                n("retry"),
+                n("dead_letters"),
+                r["counters"]["done"].to_string(),
+            ]);
+        }
+        if t.is_empty() {
+            note!("no queues yet (a queue appears when a task is enqueued or a worker serves it)");
+            return Ok(());
+        }
+        output::text(&t.render())
+    }
+
+    async fn stats(&self, a: StatsArgs) -> Result<()> {
+        let single = a.queue.is_some();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        loop {
+            // Listed again on every refresh of --watch: queues come and go.
+            let queues = match &a.queue {
+                Some(name) => vec![self.known_queue(name).await?],
+                None => self.all_queues().await?,
+            };
+            let mut docs = Vec::with_capacity(queues.len());
+            for q in &queues {
+                let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
+                let decision = self.inspector.decision(q).await.map_err(|e| self.engine(e))?;
+                let mut doc = serde_json::to_value(&s)?;
+                doc["autoscaler"] = match decision {
+                    Some(d) => serde_json::from_str(&d).unwrap_or(Value::String(d)),
+                    None => Value::Null,
+                };
+                docs.push((s, doc));
+            }
+            match (a.output.json, a.watch) {
+                (true, false) if single => output::json(&docs[0].1)?,
+                (true, false) => output::json(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+                (true, true) if single => output::json_line(&docs[0].1)?,
+                (true, true) => output::json_line(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+                (false, watch) => {
+                    let mut text = String::new();
+                    if watch && tty {
+                        // Clear the screen and go home, like `watch`.
+                        text.push_str("\x1b[2J\x1b[H");
+                    }
+                    if watch {
+                        text.push_str(&format!(
+                            "every {}; Ctrl-C to stop\n\n",
+                            humantime::format_duration(a.interval)
+                        ));
+                    }
+                    for (s, doc) in &docs {
+                        text.push_str(&stats_table(s, &doc["autoscaler"]));
+                        text.push('\n');
+                    }
+                    if docs.is_empty() {
+                        text.push_str("no queues yet\n");
+                    }
+                    output::text(&text)?;
+                }
+            }
+            if !a.watch {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(a.interval) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+
+    async fn pending(&self, a: PendingArgs) -> Result<()> {
+        let queue = self.known_queue(&a.queue).await?;
+        let entries: Vec<PendingEntry> = self
+            .inspector
+            .pending(&queue, a.limit)
+            .await
+            .map_err(|e| self.engine(e))?;
+        if a.output.json {
+            return output::json(&entries);
+        }
+        let mut t = Table::new(&["PRIORITY", "SHARD", "ENTRY", "WORKER", "IDLE", "DELIVERIES"]);
+        for e in &entries {
+            t.row(vec![
+                e.priority.clone(),
+                e.shard.to_string(),
+                e.entry.clone(),
+                e.consumer.clone(),
+                fmt_duration(Duration::from_millis(e.idle_ms)),
+                e.deliveries.to_string(),
+            ]);
+        }
+        if t.is_empty() {
+            note!("no tasks in flight in queue {}", queue.name());
+            return Ok(());
+        }
+        output::text(&t.render())
+    }
+
+    async fn workers(&self, json: bool) -> Result<()> {
+        let mut workers: Vec<WorkerInfo> = self.inspector.workers().await.map_err(|e| self.engine(e))?;
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        if json {
+            return output::json(&workers);
+        }
+        let now = now_ms();
+        let mut t = Table::new(&[
+            "ID",
+            "HOST",
+            "PID",
+            "QUEUES",
+            "CONCURRENCY",
+            "IN_FLIGHT",
+            "STARTED",
+            "SUCCEEDED",
+            "FAILED",
+            "LAST_BEAT",
+        ]);
+        for w in &workers {
+            t.row(vec![
+                w.id.clone(),
+                w.host.clone(),
+                w.pid.to_string(),
+                w.queues.join(","),
+                w.concurrency.to_string(),
+                w.in_flight.to_string(),
+                w.started.to_string(),
+                w.succeeded.to_string(),
+                w.failed.to_string(),
+                fmt_ago(w.last_beat, now),
+            ]);
+        }
+        if t.is_empty() {
+            note!("no live workers");
+            return Ok(());
+        }
+        output::text(&t.render())
+    }
+
+    async fn dlq_list(&self, a: DlqListArgs) -> Result<()> {
+        let queue = self.known_queue(&a.queue).await?;
+        let mut found: Vec<DeadLetter> = Vec::new();
+        let mut after: Option<String> = None;
+        // Page through when filtering by kind; one page of `limit` otherwise.
+        let page = if a.kind.is_some() { DLQ_PAGE } else { a.limit.max(1) };
+        while found.len() < a.limit {
+            let batch = self
+                .inspector
+                .dlq_list(&queue, after.as_deref(), page)
+                .await
+                .map_err(|e| self.engine(e))?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id.entry.clone());
+            let full = batch.len() == page;
+            found.extend(
+                batch
+                    .into_iter()
+                    .filter(|d| a.kind.as_ref().is_none_or(|k| &d.kind == k)),
+            );
+            if !full {
+                break;
+            }
+        }
+        found.truncate(a.limit);
+        if a.output.json {
+            return output::json(&found);
+        }
+        let now = now_ms();
+        let mut t = Table::new(&["ID", "TASK", "KIND", "REASON", "ATTEMPT", "DIED", "ERROR"]);
+        for d in &found {
+            t.row(vec![
+                d.id.to_string(),
+                d.task_id.clone(),
+                d.kind.clone(),
+                d.reason.clone(),
+                d.attempt.to_string(),
+                fmt_ago(d.dead_at, now),
+                clip(&d.error, 60),
+            ]);
+        }
+        if t.is_empty() {
+            note!("no dead letters in queue {}", queue.name());
+            return Ok(());
+        }
+        output::text(&t.render())
+    }
+
+    async fn dlq_show(&self, a: DlqShowArgs) -> Result<()> {
+        let id = dead_letter_id(&a.id)?;
+        let queue = self.known_queue(&a.queue).await?;
+        let d = self.inspector.dlq_get(&queue, &id).await.map_err(|e| self.engine(e))?;
+        if a.output.json {
+            return output::json(&d);
+        }
+        let now = now_ms();
+        let mut t = Table::new(&["FIELD", "VALUE"]);
+        let known = [
+            ("id", d.id.to_string()),
+            ("task_id", d.task_id.clone()),
+            ("kind", d.kind.clone()),
+            ("reason", d.reason.clone()),
+            ("attempt", d.attempt.to_string()),
+            ("deliveries", d.deliveries.to_string()),
+            ("dead_at", format!("{} ({})", d.dead_at, fmt_ago(d.dead_at, now))),
+            ("origin", d.origin.clone()),
+            ("codec", d.codec.clone()),
+        ];
+        let shown: HashSet<&str> = [
+            "id",
+            "kind",
+            "reason",
+            "attempt",
+            "deliveries",
+            "dead_at",
+            "origin",
+            "codec",
+        ]
+        .into_iter()
+        .chain(["error", "payload"])
+        .collect();
+        for (k, v) in known {
+            t.row(vec![k.into(), v]);
+        }
+        for (k, v) in &d.fields {
+            if !shown.contains(k.as_str()) {
+                t.row(vec![k.clone(), clip(&String::from_utf8_lossy(v), 200)]);
+            }
+        }
+        let text = format!(
+            "{}error:\n  {}\npayload:\n  {}\n",
+            t.render(),
+            d.error.replace('\n', "\n  "),
+            d.payload.replace('\n', "\n  ")
+        );
+        output::text(&text)
+    }
+
+    async fn dlq_apply(&self, a: DlqSelectArgs, replay: bool) -> Result<()> {
+        let select = match (&a.id, &a.kind, a.all) {
+            (Some(id), _, _) => DlqSelect::Id(dead_letter_id(id)?),
+            (None, Some(kind), _) => DlqSelect::Kind(kind.clone()),
+            _ => DlqSelect::All,
+        };
+        let queue = self.known_queue(&a.queue).await?;
+        let n = if replay {
+            self.inspector.dlq_replay(&queue, &select).await
+        } else {
+            self.inspector.dlq_purge(&queue, &select).await
+        }
+        .map_err(|e| self.engine(e))?;
+        let verb = if replay { "replayed" } else { "purged" };
+        if a.output.json {
+            return output::json(&json!({ "queue": queue.name().as_str(), verb: n }));
+        }
+        output::text(&format!("{verb} {n} dead letter(s) of queue {}\n", queue.name()))
+    }
+
+    async fn pause(&self, a: QueueArgs, pause: bool) -> Result<()> {
+        let queue = self.known_queue(&a.queue).await?;
+        if pause {
+            self.inspector.pause(&queue).await
+        } else {
+            self.inspector.resume(&queue).await
+        }
+        .map_err(|e| self.engine(e))?;
+        if a.output.json {
+            return output::json(&json!({ "queue": queue.name().as_str(), "paused": pause }));
+        }
+        let what = if pause {
+            "paused (workers stop fetching within a moment; running tasks finish)"
+        } else {
+            "resumed"
+        };
+        output::text(&format!("queue {} {what}\n", queue.name()))
+    }
+}
+
+fn dead_letter_id(s: &str) -> Result<DeadLetterId> {
+    DeadLetterId::from_str(s).map_err(|_| {
+        UsageError(format!(
+            "--id {s:?}: dead-letter ids look like normal/0/1700000000000-0 (see `dlq list`)"
+        ))
+        .into()
+    })
+}
+
+fn read_payload(a: &EnqueueArgs) -> Result<Bytes> {
+    if let Some(p) = &a.payload {
+        return Ok(Bytes::from(p.clone().into_bytes()));
+    }
+    let Some(path) = &a.payload_file else {
+        return Ok(Bytes::from_static(b"null"));
+    };
+    let mut buf = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the payload from stdin")?;
+    } else {
+        buf = std::fs::read(path).with_context(|| format!("reading the payload file {}", path.display()))?;
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// One queue's stats as a table per priority, with totals and the autoscaler's decision.
+fn stats_table(s: &QueueStats, decision: &Value) -> String {
+    let mut t = Table::new(&[
+        "PRIORITY",
+        "WAITING",
+        "PENDING",
+        "SCHEDULED",
+        "RETRY",
+        "DEAD",
+        "OLDEST",
+        "ENQUEUED",
+        "DONE",
+        "FAILED",
+        "RETRIED",
+        "REPLAYED",
+        "REQUEUED",
+    ]);
+    let age = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), fmt_duration);
+    for p in &s.priorities {
+        let c = &p.counters;
+        t.row(vec![
+            p.priority.clone(),
+            format!("{}{}", p.waiting, if p.waiting_estimated { "~" } else { "" }),
+            p.pending.to_string(),
+            p.scheduled.to_string(),
+            p.retry.to_string(),
+            p.dead_letters.to_string(),
+            age(p.oldest_waiting_age),
+            c.enqueued.to_string(),
+            c.done.to_string(),
+            c.failed.to_string(),
+            c.retried.to_string(),
+            c.replayed.to_string(),
+            c.requeued.to_string(),
+        ]);
+    }
+    let sum = |f: fn(&rivulet::inspector::PriorityStats) -> u64| s.priorities.iter().map(f).sum::<u64>().to_string();
+    let c = &s.counters;
+    t.row(vec![
+        "total".into(),
+        sum(|p| p.waiting),
+        sum(|p| p.pending),
+        sum(|p| p.scheduled),
+        sum(|p| p.retry),
+        sum(|p| p.dead_letters),
+        age(s.priorities.iter().filter_map(|p| p.oldest_waiting_age).max()),
+        c.enqueued.to_string(),
+        c.done.to_string(),
+        c.failed.to_string(),
+        c.retried.to_string(),
+        c.replayed.to_string(),
+        c.requeued.to_string(),
+    ]);
+    let mut out = format!(
+        "queue {}{}\n{}",
+        s.queue,
+        if s.paused { " (paused)" } else { "" },
+        t.render()
+    );
+    if s.priorities.iter().any(|p| p.waiting_estimated) {
+        out.push_str("~ estimated: Redis could not report the lag\n");
+    }
+    match decision {
+        Value::Null => {}
+        Value::Object(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect();
+            out.push_str(&format!("autoscaler: {}\n", parts.join(" ")));
+        }
+        other => out.push_str(&format!("autoscaler: {}\n", clip(&other.to_string(), 200))),
+    }
+    out
+}

@@ -1,0 +1,363 @@
+//! The command line as clap sees it: every flag, its help text and its default, and nothing
+//! else. Turning flags into engine configuration is `settings`' job, so this file reads as the
+//! CLI's reference.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser as _;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use rivulet::PriorityMode;
+
+use crate::settings::{
+    ExecSpec, parse_duration, parse_exec, parse_lease, parse_positive_duration, parse_priority_mode, parse_size,
+};
+
+/// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Supervised Rivulet worker processes and admin commands.
+///
+/// Without a subcommand, worker-cli supervises `--workers` worker processes that serve
+/// `--queue` (restarting crashed ones, recycling them after `--max-tasks` or above
+/// `--max-memory`). SIGTERM or Ctrl-C drains them; a second signal stops at once.
+///
+/// Task kinds served out of the box: `noop`, `sleep` (payload {"ms": N}), `fail` (always fails),
+/// `demo` (used by `worker-cli demo`), plus one per `--exec KIND=COMMAND`.
+#[derive(Debug, Parser)]
+#[command(name = "worker-cli", version)]
+#[command(after_help = "Examples:\n  \
+    worker-cli --workers 4 --queue emails --exec send=./send_email.sh\n  \
+    worker-cli enqueue --queue emails --kind send --payload '{\"to\": \"a@example.com\"}'\n  \
+    worker-cli stats --queue emails --watch\n  \
+    worker-cli demo")]
+pub struct Cli {
+    // Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    // The supervisor's options (when no subcommand is given).
+    #[command(flatten)]
+    pub run: RunArgs,
+    // An admin command; none runs the supervisor.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every command takes (before or after the subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Redis to use, e.g. redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true, help_heading = "Global")]
+    pub redis_url: String,
+    /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=rivulet=debug); the
+    /// default is `info` for workers and the supervisor, `warn` for admin commands.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Supervisor options: how many worker processes and when to replace them.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    // What each worker process serves and how.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Worker processes to run (each runs up to --concurrency tasks at once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Supervisor")]
+    pub workers: u32,
+    /// Recycle (drain and restart) a worker process whose resident memory exceeds SIZE, e.g.
+    /// 512MiB, 2G, 300000000. Checked every second. No limit by default.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Supervisor")]
+    pub max_memory: Option<u64>,
+    /// Crash-loop guard: give up (drain the rest, exit 1) when worker processes crash more
+    /// than this many times within --crash-window.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Supervisor")]
+    pub crash_limit: u32,
+    /// Crash-loop guard window (see --crash-limit).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Supervisor")]
+    pub crash_window: Duration,
+}
+
+/// What a worker process serves and how; the supervisor passes these to its children.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(next_help_heading = "Worker")]
+pub struct WorkerArgs {
+    /// Queue to serve; repeat the flag or separate names with commas. An existing queue keeps
+    /// its recorded layout; a new one gets the default (high, normal, low; 1 shard).
+    #[arg(
+        long = "queue",
+        short = 'q',
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+    /// Tasks each worker process runs at once.
+    #[arg(long, short = 'c', default_value_t = rivulet::worker::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    pub concurrency: usize,
+    /// Lease of a running task: a worker that stops heartbeating for this long (it died) has
+    /// its tasks taken over by another. At least 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
+    pub lease: Duration,
+    /// Runs a task gets before it goes to the dead-letter stream as `exhausted` (1 = never
+    /// retried). A task's own max_attempts wins.
+    #[arg(long, default_value_t = rivulet::backoff::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Longest wait before the first retry; later retries wait up to twice as long each
+    /// (capped at 10m), drawn at random below that ceiling.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Handler timeout: a task still running after this is failed (and retried); an --exec
+    /// command is killed. None by default; a task's own timeout wins.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
+    /// Priority order: `strict` (always the highest priority with work) or `weighted:6,3,1`
+    /// (reads start at a priority drawn with these weights, highest first, so low priorities
+    /// are never starved).
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = parse_priority_mode)]
+    pub priority_mode: PriorityMode,
+    /// Serve KIND by running COMMAND with `sh -c` per task: payload on stdin; env
+    /// RIVULET_TASK_ID, RIVULET_KIND, RIVULET_ATTEMPT, RIVULET_QUEUE, RIVULET_PRIORITY. Exit 0 =
+    /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay); anything
+    /// else = failed (retried, then dead-lettered as `exhausted`). The stderr tail becomes the
+    /// task's error; stdout goes to this process's stderr. Repeatable.
+    #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
+    pub exec: Vec<ExecSpec>,
+    /// On shutdown, time running tasks get to finish; unfinished ones are put back to run
+    /// again at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Recycle a worker process after it has started about this many tasks (it stops
+    /// fetching, drains and is replaced). No limit by default.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks: Option<u64>,
+}
+
+/// Admin commands, plus the hidden worker process.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One worker process (what the supervisor runs; also usable alone).
+    #[command(hide = true)]
+    Work(WorkerArgs),
+    /// Add tasks to a queue.
+    Enqueue(EnqueueArgs),
+    /// List queues with their backlog.
+    Queues(OutputArgs),
+    /// Show a queue's backlog and counters per priority, and the autoscaler's last decision.
+    Stats(StatsArgs),
+    /// List tasks in flight (delivered, not yet settled) and who holds them.
+    Pending(PendingArgs),
+    /// List live worker processes.
+    Workers(OutputArgs),
+    /// Inspect, replay or purge dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Tell workers to stop fetching from a queue (running tasks finish).
+    Pause(QueueArgs),
+    /// Let workers fetch from a paused queue again.
+    Resume(QueueArgs),
+    /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
+    ///
+    /// Enqueues --tasks tasks of the built-in `demo` kind into a throwaway queue
+    /// (demo-<pid>-<random>), runs them with --workers supervised worker processes, shows
+    /// progress on stderr and prints a summary: throughput, and enqueue-to-start latency
+    /// (p50/p90/p99/max). Uses --redis-url (or REDIS_URL); when nothing answers there, it starts
+    /// a private redis-server from PATH and says so. The queue's keys are deleted afterwards
+    /// unless --keep.
+    Demo(DemoArgs),
+}
+
+/// `--json`.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print JSON for machines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A queue and `--json`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Payload codecs the CLI can enqueue with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PayloadCodec {
+    /// The payload must be valid JSON.
+    Json,
+    /// The payload is opaque bytes.
+    Bytes,
+}
+
+/// `enqueue`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("body").args(["payload", "payload_file"])))]
+pub struct EnqueueArgs {
+    /// The queue (created with the default layout if Redis does not know it yet).
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// The task kind (handler name).
+    #[arg(long, short = 'k')]
+    pub kind: String,
+    /// The payload, e.g. '{"ms": 100}'. Default: null.
+    #[arg(long, value_name = "DATA")]
+    pub payload: Option<String>,
+    /// Read the payload from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
+    /// How the payload is encoded.
+    #[arg(long, value_enum, default_value_t = PayloadCodec::Json)]
+    pub codec: PayloadCodec,
+    /// Priority (one of the queue's; the queue's default when absent, usually `normal`).
+    #[arg(long, short = 'p')]
+    pub priority: Option<String>,
+    /// Run no sooner than this from now, e.g. 5s, 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Runs this task gets (overrides the worker's --max-attempts).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// Handler timeout for this task (overrides the worker's --timeout).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
+    /// Enqueue this many copies (each with its own id).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// Only this queue (all queues by default).
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Repeat every --interval until Ctrl-C (with --json: one JSON document per line).
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh interval of --watch.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `pending`.
+#[derive(Debug, Clone, Args)]
+pub struct PendingArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// Most entries listed per shard, oldest first.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List(DlqListArgs),
+    /// Show one dead letter in full, payload included.
+    Show(DlqShowArgs),
+    /// Put dead letters back in their streams with attempts reset.
+    Replay(DlqSelectArgs),
+    /// Delete dead letters.
+    Purge(DlqSelectArgs),
+}
+
+/// `dlq list`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqListArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// Only dead letters of this kind.
+    #[arg(long, short = 'k')]
+    pub kind: Option<String>,
+    /// Most dead letters listed.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `dlq show`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqShowArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// The dead letter's id as `dlq list` prints it, e.g. normal/0/1700000000000-0.
+    #[arg(long)]
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Which dead letters `replay` or `purge` touch: exactly one of `--id`, `--kind`, `--all`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("select").required(true).args(["id", "kind", "all"])))]
+pub struct DlqSelectArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// One dead letter, e.g. normal/0/1700000000000-0.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Every dead letter of this kind.
+    #[arg(long, short = 'k')]
+    pub kind: Option<String>,
+    /// Every dead letter of the queue.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Tasks to enqueue.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub tasks: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+    /// Tasks each worker process runs at once.
+    #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    pub concurrency: usize,
+    /// Time each task spends "working" (0 = none).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub task_time: Duration,
+    /// Tasks per pipelined enqueue call.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    pub batch: usize,
+    /// Give up when the tasks have not all finished after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+    /// Fail instead of starting a private redis-server when nothing answers at --redis-url.
+    #[arg(long)]
+    pub no_private_redis: bool,
+    /// Keep the demo queue's keys in Redis afterwards (they are deleted by default).
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

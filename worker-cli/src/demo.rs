@@ -1,0 +1,520 @@
+//! `worker-cli demo`, and the built-in `demo` kind behind it.
+//!
+//! The demo enqueues `--tasks` tasks of kind `demo` into a throwaway queue
+//! (`demo-<pid>-<random>`), runs them with `--workers` supervised worker processes, and prints
+//! throughput and enqueue-to-start latency. Each task's payload carries its enqueue time in
+//! microseconds; the worker process that runs it records `now - t_us` in an in-process
+//! histogram and saves it (every [`SAVE_EVERY`] and at exit) into a HASH field of its own
+//! (`rivulet:demo:<queue>:latency`), which the demo merges once the workers have drained.
+//! Afterwards every key of the demo queue is deleted (unless `--keep`).
+//!
+//! When nothing answers at the Redis URL it starts a private `redis-server` from PATH (in a
+//! temp dir, removed at the end) and says so.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+use rivulet::testing::RedisServer;
+use rivulet::{Client, HandlerError, Inspector, Queue, QueueName, Task, TaskContext};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DemoArgs, GlobalArgs};
+use crate::output::{self, fmt_micros};
+use crate::settings::{SupervisorSettings, child_args, redact_url, worker_args};
+use crate::store;
+use crate::supervisor::{Stop, Supervisor};
+
+/// The built-in kind the demo enqueues.
+pub const KIND: &str = "demo";
+/// How often a worker process saves new latency samples.
+pub const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// How often the demo polls the queue's counters.
+const POLL: Duration = Duration::from_millis(50);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Longest wait for the worker processes to register.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Payload of a `demo` task.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DemoPayload {
+    /// When it was enqueued, microseconds since the epoch.
+    pub t_us: u64,
+    /// Milliseconds of simulated work.
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// The `demo` handler: records enqueue-to-start latency, then "works" for `ms`.
+pub async fn handle(ctx: TaskContext, p: DemoPayload) -> Result<(), HandlerError> {
+    record(&ctx.queue, now_us().saturating_sub(p.t_us));
+    if p.ms > 0 {
+        tokio::time::sleep(Duration::from_millis(p.ms)).await;
+    }
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A histogram of microseconds from 1 µs to 1 h at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds 1..1h with 3 digits are valid")
+}
+
+#[derive(Debug)]
+struct Samples {
+    hist: Histogram<u64>,
+    /// Recorded since the last save.
+    dirty: bool,
+}
+
+/// Start latencies recorded in this process, per queue.
+static SAMPLES: LazyLock<Mutex<HashMap<QueueName, Samples>>> = LazyLock::new(Mutex::default);
+
+fn record(queue: &QueueName, micros: u64) {
+    let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
+    let s = all.entry(queue.clone()).or_insert_with(|| Samples {
+        hist: new_histogram(),
+        dirty: false,
+    });
+    s.hist.saturating_record(micros.max(1));
+    s.dirty = true;
+}
+
+/// A histogram as JSON `[[value, count], ...]` (the `serialization` feature of hdrhistogram
+/// would pull in compression crates for a few kilobytes).
+pub fn encode(h: &Histogram<u64>) -> String {
+    let pairs: Vec<(u64, u64)> = h
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    serde_json::to_string(&pairs).expect("a list of integer pairs always serialises")
+}
+
+/// Adds an [`encode`]d histogram into `into`.
+pub fn decode_into(into: &mut Histogram<u64>, encoded: &str) -> Result<()> {
+    let pairs: Vec<(u64, u64)> = serde_json::from_str(encoded).context("a latency histogram does not parse")?;
+    for (v, n) in pairs {
+        into.saturating_record_n(v, n);
+    }
+    Ok(())
+}
+
+/// Saves this process's new samples (no-op when there are none).
+pub async fn save_samples(conn: &mut MultiplexedConnection, worker_id: &str) {
+    let dirty: Vec<(QueueName, String)> = {
+        let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
+        all.iter_mut()
+            .filter(|(_, s)| s.dirty)
+            .map(|(q, s)| {
+                s.dirty = false;
+                (q.clone(), encode(&s.hist))
+            })
+            .collect()
+    };
+    for (queue, encoded) in dirty {
+        if let Err(e) = store::save_latency(conn, &queue, worker_id, &encoded).await {
+            tracing::warn!(queue = %queue, error = %e, "could not save demo latency samples");
+            if let Some(s) = SAMPLES.lock().expect("never poisoned").get_mut(&queue) {
+                s.dirty = true;
+            }
+        }
+    }
+}
+
+/// Saves new samples every [`SAVE_EVERY`] until `stop`.
+pub async fn save_samples_until(mut conn: MultiplexedConnection, worker_id: String, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SAVE_EVERY) => save_samples(&mut conn, &worker_id).await,
+        }
+    }
+}
+
+/// The demo's result.
+#[derive(Debug, Serialize)]
+struct Summary {
+    queue: String,
+    redis: String,
+    private_redis: bool,
+    tasks: u64,
+    done: u64,
+    dead: u64,
+    workers: u32,
+    concurrency: usize,
+    enqueue_ms: f64,
+    enqueue_per_s: f64,
+    elapsed_ms: f64,
+    throughput_per_s: f64,
+    start_latency_us: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    samples: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+    mean: f64,
+}
+
+/// `worker-cli demo`.
+pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
+    let (url, private) = reach_or_start(&global.redis_url, args.no_private_redis).await?;
+    let (client, mut conn) = store::connect_checked(&url).await?;
+    let name = format!("demo-{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000));
+    let queue = Queue::new(&name)?;
+    let producer = Client::new(&client).await.map_err(|e| store::engine_error(&url, e))?;
+    producer
+        .declare(&queue)
+        .await
+        .map_err(|e| store::engine_error(&url, e))?;
+    let inspector = Inspector::new(&client)
+        .await
+        .map_err(|e| store::engine_error(&url, e))?;
+    note!(
+        "demo: {} tasks on queue {name}, {} worker process(es) x {} concurrency, Redis at {}",
+        args.tasks,
+        args.workers,
+        args.concurrency,
+        redact_url(&url)
+    );
+
+    let result = drive(global, args, &url, &queue, &producer, &inspector, &mut conn).await;
+
+    if args.keep {
+        note!(
+            "demo: kept the keys of queue {name} (rivulet:{{{name}:*}}, its entry in rivulet:queues) and {}",
+            store::demo_latency_key(queue.name())
+        );
+    } else if let Err(e) = store::delete_queue(&mut conn, &queue).await {
+        note!("demo: could not delete the demo's keys: {e:#}");
+    }
+    let mut summary = result?;
+    summary.redis = redact_url(&url);
+    summary.private_redis = private.is_some();
+    print_summary(&summary, args.output.json)?;
+    // `private` (the redis-server) stops here, after the workers are gone.
+    drop(private);
+    Ok(())
+}
+
+/// Starts the workers, enqueues, waits for the last task, drains the workers, and reads the
+/// samples. The workers are always drained before this returns, error or not.
+async fn drive(
+    global: &GlobalArgs,
+    args: &DemoArgs,
+    url: &str,
+    queue: &Queue,
+    producer: &Client,
+    inspector: &Inspector,
+    conn: &mut MultiplexedConnection,
+) -> Result<Summary> {
+    let name = queue.name().to_string();
+    let worker = worker_args(&[
+        "--queue",
+        &name,
+        "--concurrency",
+        &args.concurrency.to_string(),
+        "--max-attempts",
+        "1",
+        "--drain-timeout",
+        "10s",
+    ])
+    .map_err(|e| anyhow!("demo worker flags: {e}"))?;
+    let mut env = vec![("REDIS_URL".to_owned(), url.to_owned())];
+    if std::env::var_os("RUST_LOG").is_none() {
+        // Keep the progress line readable: workers log warnings only.
+        env.push(("RUST_LOG".into(), "warn".into()));
+    }
+    let settings = SupervisorSettings {
+        workers: args.workers,
+        max_memory: None,
+        drain_timeout: worker.drain_timeout,
+        crash_limit: 3,
+        crash_window: Duration::from_secs(60),
+        program: std::env::current_exe().context("finding this program to start workers")?,
+        args: child_args(global.log_format, &worker),
+        env,
+    };
+
+    // Ctrl-C: the first one ends the demo (workers drain, keys are deleted); a second one
+    // kills the workers.
+    let mut background = JoinSet::new();
+    let signals = Stop::new();
+    signals.on_signals(&mut background)?;
+    let stop = Stop {
+        drain: CancellationToken::new(),
+        now: signals.now.clone(),
+    };
+    let mut supervisor = JoinSet::new();
+    supervisor.spawn(Supervisor::new(settings).run(stop.clone()));
+
+    let outcome = tokio::select! {
+        r = run_tasks(args, queue, producer, inspector) => r,
+        () = signals.drain.cancelled() => Err(anyhow!("interrupted")),
+        Some(r) = supervisor.join_next() => Err(match r {
+            Ok(Ok(_)) => anyhow!("the worker processes stopped early"),
+            Ok(Err(e)) => e.context("the worker processes failed"),
+            Err(e) => anyhow!("the supervisor task failed: {e}"),
+        }),
+    };
+    stop.drain.cancel();
+    if let Some(r) = supervisor.join_next().await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => note!("demo: stopping the workers: {e:#}"),
+            Err(e) => note!("demo: the supervisor task failed: {e}"),
+        }
+    }
+    background.shutdown().await;
+    let (enqueue, elapsed, done, dead) = outcome?;
+
+    let mut hist = new_histogram();
+    for encoded in store::load_latency(conn, queue.name()).await? {
+        decode_into(&mut hist, &encoded)?;
+    }
+    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
+    Ok(Summary {
+        queue: name,
+        redis: String::new(),
+        private_redis: false,
+        tasks: args.tasks,
+        done,
+        dead,
+        workers: args.workers,
+        concurrency: args.concurrency,
+        enqueue_ms: enqueue.as_secs_f64() * 1000.0,
+        enqueue_per_s: args.tasks as f64 / secs(enqueue),
+        elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        throughput_per_s: (done + dead) as f64 / secs(elapsed),
+        start_latency_us: Latency {
+            samples: hist.len(),
+            p50: hist.value_at_quantile(0.50),
+            p90: hist.value_at_quantile(0.90),
+            p99: hist.value_at_quantile(0.99),
+            max: hist.max(),
+            mean: hist.mean(),
+        },
+    })
+}
+
+/// Waits for the workers, enqueues every task, and waits until all are settled. Returns the
+/// enqueue time, the time from the first enqueue to the last settle, and done/dead counts.
+async fn run_tasks(
+    args: &DemoArgs,
+    queue: &Queue,
+    producer: &Client,
+    inspector: &Inspector,
+) -> Result<(Duration, Duration, u64, u64)> {
+    let name = queue.name().as_str();
+    let started = Instant::now();
+    loop {
+        let live = inspector
+            .workers()
+            .await?
+            .iter()
+            .filter(|w| w.queues.iter().any(|q| q == name))
+            .count();
+        if live >= args.workers as usize {
+            break;
+        }
+        if started.elapsed() > STARTUP_TIMEOUT {
+            bail!(
+                "only {live} of {} worker processes registered within {STARTUP_TIMEOUT:?}; their logs above say why",
+                args.workers
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    let mut progress = Progress::new(args.tasks);
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.tasks {
+        let n = (args.tasks - sent).min(args.batch as u64);
+        let ms = args.task_time.as_millis() as u64;
+        let tasks = (0..n)
+            .map(|_| Task::json(KIND, &DemoPayload { t_us: now_us(), ms }))
+            .collect::<rivulet::Result<Vec<Task>>>()?;
+        producer.enqueue_many(queue, tasks).await?;
+        sent += n;
+        if progress.due() {
+            let (done, dead) = settled(inspector, queue).await?;
+            progress.show(sent, done + dead, t0.elapsed());
+        }
+    }
+    let enqueue = t0.elapsed();
+
+    loop {
+        let (done, dead) = settled(inspector, queue).await?;
+        let elapsed = t0.elapsed();
+        if done + dead >= args.tasks {
+            progress.show(sent, done + dead, elapsed);
+            progress.finish();
+            return Ok((enqueue, elapsed, done, dead));
+        }
+        if elapsed > args.timeout {
+            progress.finish();
+            bail!(
+                "only {} of {} tasks finished within --timeout {}",
+                done + dead,
+                args.tasks,
+                humantime::format_duration(args.timeout)
+            );
+        }
+        if progress.due() {
+            progress.show(sent, done + dead, elapsed);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn settled(inspector: &Inspector, queue: &Queue) -> Result<(u64, u64)> {
+    let stats = inspector.stats(queue).await?;
+    Ok((stats.counters.done, stats.counters.dead))
+}
+
+/// The progress line on stderr: redrawn in place on a terminal, a line every few seconds
+/// otherwise (logs, CI).
+#[derive(Debug)]
+struct Progress {
+    total: u64,
+    tty: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Progress {
+            total,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            last: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        let every = if self.tty {
+            PROGRESS_EVERY
+        } else {
+            Duration::from_secs(2)
+        };
+        self.last.is_none_or(|t| t.elapsed() >= every)
+    }
+
+    fn show(&mut self, sent: u64, finished: u64, elapsed: Duration) {
+        self.last = Some(Instant::now());
+        let rate = finished as f64 / elapsed.as_secs_f64().max(1e-9);
+        let line = format!(
+            "enqueued {sent}/{total}  finished {finished}/{total}  ({rate:.0} tasks/s)",
+            total = self.total
+        );
+        if self.tty {
+            output::note_raw(&format!("\r{line}   "));
+        } else {
+            note!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty && self.last.is_some() {
+            note!("");
+        }
+    }
+}
+
+/// The URL to use, and the private server when one had to be started.
+async fn reach_or_start(url: &str, no_private: bool) -> Result<(String, Option<RedisServer>)> {
+    match store::connect_checked(url).await {
+        Ok(_) => Ok((url.to_owned(), None)),
+        Err(e) if e.nothing_answered() && !no_private => {
+            if !on_path("redis-server") {
+                return Err(anyhow!(e).context(
+                    "no Redis answers and redis-server is not on PATH to start a private one; \
+                     install it (e.g. apt-get install redis-server) or set --redis-url / REDIS_URL",
+                ));
+            }
+            note!(
+                "demo: nothing answers at {}; starting a private redis-server from PATH (stopped and removed when the demo ends)",
+                redact_url(url)
+            );
+            let server = RedisServer::start();
+            note!("demo: private redis-server at {}", server.url());
+            Ok((server.url(), Some(server)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn print_summary(s: &Summary, json: bool) -> Result<()> {
+    if json {
+        return output::json(s);
+    }
+    let l = &s.start_latency_us;
+    let private = if s.private_redis { " (private)" } else { "" };
+    let text = format!(
+        "redis          {redis}{private}\n\
+         queue          {queue} (deleted unless --keep)\n\
+         tasks          {tasks} ({done} done, {dead} dead)\n\
+         workers        {workers} process(es) x {conc} concurrency\n\
+         enqueue        {enq:.0} ms ({enq_rate:.0} tasks/s)\n\
+         processing     {el:.0} ms from the first enqueue to the last task ({rate:.0} tasks/s)\n\
+         start latency  enqueue -> handler start, {n} samples\n  \
+           p50  {p50}\n  p90  {p90}\n  p99  {p99}\n  max  {max}\n",
+        redis = s.redis,
+        queue = s.queue,
+        tasks = s.tasks,
+        done = s.done,
+        dead = s.dead,
+        workers = s.workers,
+        conc = s.concurrency,
+        enq = s.enqueue_ms,
+        enq_rate = s.enqueue_per_s,
+        el = s.elapsed_ms,
+        rate = s.throughput_per_s,
+        n = l.samples,
+        p50 = fmt_micros(l.p50),
+        p90 = fmt_micros(l.p90),
+        p99 = fmt_micros(l.p99),
+        max = fmt_micros(l.max),
+    );
+    output::text(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_survive_encoding_and_merge() {
+        let mut a = new_histogram();
+        for v in [10, 20, 30, 1_000, 250_000] {
+            a.record(v).unwrap();
+        }
+        let mut b = new_histogram();
+        b.record_n(40, 5).unwrap();
+        let mut merged = new_histogram();
+        decode_into(&mut merged, &encode(&a)).unwrap();
+        decode_into(&mut merged, &encode(&b)).unwrap();
+        assert_eq!(merged.len(), 10);
+        assert_eq!(merged.value_at_quantile(0.5), 40);
+        assert!(merged.max() >= 250_000 && merged.max() < 250_500, "{}", merged.max());
+        assert!(decode_into(&mut merged, "nope").is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! Task kinds served without writing Rust: the built-ins (`noop`, `sleep`, `fail`, `demo`) and
+//! `--exec KIND=COMMAND`, which runs a shell command per task.
+//!
+//! The exec contract: `sh -c COMMAND` gets the payload on stdin and the task in
+//! `RIVULET_TASK_ID`, `RIVULET_KIND`, `RIVULET_ATTEMPT`, `RIVULET_QUEUE`, `RIVULET_PRIORITY`.
+//! Exit 0 = done; exit 75 (`EX_TEMPFAIL`) = retry later, after the delay named by a last stderr
+//! line `retry-after=DURATION` if there is one; any other exit = failed (retried until attempts
+//! run out, then dead-lettered as `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
+//! the task's error. The command runs in its own process group, killed as a whole when the task
+//! is cancelled (timeout, drain deadline).
+
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use rivulet::{HandlerError, Router, TaskContext};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::demo;
+use crate::settings::ExecSpec;
+
+/// Exit code meaning "temporary failure, retry later" (`EX_TEMPFAIL` from sysexits.h).
+pub const EXIT_RETRY_LATER: i32 = 75;
+/// Bytes of a command's stderr kept as the task's error.
+pub const STDERR_TAIL: usize = 2048;
+/// After the command exits, how long to keep reading stderr that a leftover background
+/// process may still hold open.
+const STDERR_LINGER: Duration = Duration::from_millis(200);
+
+/// The built-in kinds, each added unless `router` already serves that kind (a user's compiled
+/// handler wins).
+pub fn with_builtins(router: Router) -> Router {
+    let mut router = router;
+    if !router.serves("noop") {
+        router = router.route_bytes("noop", |_ctx: TaskContext, _payload: Bytes| async { Ok(()) });
+    }
+    if !router.serves("sleep") {
+        router = router.route("sleep", |_ctx: TaskContext, p: SleepPayload| async move {
+            tokio::time::sleep(Duration::from_millis(p.ms)).await;
+            Ok(())
+        });
+    }
+    if !router.serves("fail") {
+        router = router.route_bytes("fail", |ctx: TaskContext, _payload: Bytes| async move {
+            Err(HandlerError::retry(format!(
+                "the built-in `fail` kind always fails (attempt {})",
+                ctx.attempt + 1
+            )))
+        });
+    }
+    if !router.serves(demo::KIND) {
+        router = router.route(demo::KIND, demo::handle);
+    }
+    router
+}
+
+/// Serves each `--exec` kind with its command (replacing a built-in or compiled handler of the
+/// same kind: the flag is the more explicit choice).
+pub fn with_exec(router: Router, specs: &[ExecSpec]) -> Router {
+    let mut router = router;
+    for spec in specs {
+        if router.serves(&spec.kind) {
+            tracing::info!(kind = %spec.kind, "--exec replaces the handler this binary has for the kind");
+        }
+        let command: Arc<str> = spec.command.as_str().into();
+        router = router.route_bytes(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
+            let command = command.clone();
+            async move { run_command(&command, &ctx, payload).await }
+        });
+    }
+    router
+}
+
+/// Payload of the built-in `sleep` kind.
+#[derive(Debug, Deserialize)]
+pub struct SleepPayload {
+    /// How long to sleep, in milliseconds.
+    pub ms: u64,
+}
+
+/// Kills a command's whole process group if the task ends before the command does (the future
+/// was dropped: timeout or drain deadline). `kill_on_drop` alone would reach only `sh`, not
+/// what it started.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH (the group is already gone) is the expected race; nothing else to do.
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs one task through `sh -c command`.
+async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<(), HandlerError> {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("RIVULET_TASK_ID", ctx.id.as_str())
+        .env("RIVULET_KIND", &ctx.kind)
+        .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
+        .env("RIVULET_QUEUE", ctx.queue.as_str())
+        .env("RIVULET_PRIORITY", &*ctx.priority)
+        // Supervisor bookkeeping is not the command's business (and must not make a nested
+        // worker-cli think it is supervised).
+        .env_remove(crate::work::SUPERVISOR_PID_ENV)
+        .env_remove(crate::work::SLOT_ENV)
+        .stdin(Stdio::piped())
+        .stdout(stdout_to_stderr())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
+    let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    let stdin = child.stdin.take();
+    let mut stderr = child.stderr.take();
+
+    // Feed stdin while reading stderr and waiting, so neither pipe can fill up and stall the
+    // command. A command that never reads stdin makes the write fail (EPIPE): that is fine.
+    let write = async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(&payload).await;
+        }
+    };
+    tokio::pin!(write);
+    let mut write_done = false;
+    let mut tail = Tail::default();
+    let mut buf = [0u8; 4096];
+    let mut stderr_open = stderr.is_some();
+    let status = loop {
+        tokio::select! {
+            () = &mut write, if !write_done => write_done = true,
+            n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
+                Some(n) => tail.push(&buf[..n]),
+                None => stderr_open = false,
+            },
+            status = child.wait() => break status,
+        }
+    };
+    // The command is done: do not kill what it deliberately left running.
+    guard.0 = None;
+    if stderr_open {
+        let _ = tokio::time::timeout(STDERR_LINGER, async {
+            while let Some(n) = read_some(&mut stderr, &mut buf).await {
+                tail.push(&buf[..n]);
+            }
+        })
+        .await;
+    }
+    let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
+    outcome(status, &tail.text())
+}
+
+async fn read_some(stderr: &mut Option<tokio::process::ChildStderr>, buf: &mut [u8]) -> Option<usize> {
+    match stderr.as_mut()?.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}
+
+/// The command's stdout goes to this process's stderr: stdout carries only a command's data.
+fn stdout_to_stderr() -> Stdio {
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => Stdio::from(fd),
+        Err(_) => Stdio::null(),
+    }
+}
+
+/// What an exit status means for the task (pure).
+pub fn outcome(status: ExitStatus, stderr_tail: &str) -> Result<(), HandlerError> {
+    let detail = |what: String| {
+        if stderr_tail.is_empty() {
+            what
+        } else {
+            format!("{what}: {stderr_tail}")
+        }
+    };
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(EXIT_RETRY_LATER) => match retry_after(stderr_tail) {
+            Some(delay) => Err(HandlerError::retry_after(
+                delay,
+                detail(format!("exit {EXIT_RETRY_LATER} (retry later)")),
+            )),
+            None => Err(HandlerError::retry(detail(format!(
+                "exit {EXIT_RETRY_LATER} (retry later)"
+            )))),
+        },
+        Some(code) => Err(HandlerError::retry(detail(format!("exit {code}")))),
+        None => {
+            let signal = status.signal().map_or_else(|| "?".to_owned(), |s| s.to_string());
+            Err(HandlerError::retry(detail(format!("killed by signal {signal}"))))
+        }
+    }
+}
+
+/// The delay in a last stderr line `retry-after=30s` (or `retry-after: 30s`), if any.
+pub fn retry_after(stderr_tail: &str) -> Option<Duration> {
+    let last = stderr_tail.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+    let rest = last
+        .strip_prefix("retry-after=")
+        .or_else(|| last.strip_prefix("retry-after:"))?;
+    humantime::parse_duration(rest.trim()).ok()
+}
+
+/// The last [`STDERR_TAIL`] bytes written to a pipe.
+#[derive(Debug, Default)]
+struct Tail {
+    bytes: std::collections::VecDeque<u8>,
+    dropped: bool,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend(data);
+        if self.bytes.len() > STDERR_TAIL {
+            let excess = self.bytes.len() - STDERR_TAIL;
+            self.bytes.drain(..excess);
+            self.dropped = true;
+        }
+    }
+
+    fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        let text = String::from_utf8_lossy(&v);
+        let text = text.trim();
+        if self.dropped {
+            format!("...{text}")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn exit_codes_map_to_done_retry_and_failure() {
+        assert!(outcome(exit(0), "noise").is_ok());
+        match outcome(exit(75), "busy") {
+            Err(HandlerError::Retry(m)) => assert_eq!(m, "exit 75 (retry later): busy"),
+            other => panic!("{other:?}"),
+        }
+        match outcome(exit(75), "busy\nretry-after=250ms\n") {
+            Err(HandlerError::RetryAfter(d, _)) => assert_eq!(d, Duration::from_millis(250)),
+            other => panic!("{other:?}"),
+        }
+        match outcome(exit(1), "") {
+            Err(HandlerError::Retry(m)) => assert_eq!(m, "exit 1"),
+            other => panic!("{other:?}"),
+        }
+        match outcome(ExitStatus::from_raw(9), "") {
+            Err(HandlerError::Retry(m)) => assert_eq!(m, "killed by signal 9"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_only_the_last_line() {
+        assert_eq!(retry_after("retry-after: 2s"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("retry-after=2s\nlater words"), None);
+        assert_eq!(retry_after("retry-after=soon"), None);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::default();
+        t.push(&vec![b'a'; STDERR_TAIL]);
+        t.push(b"the end\n");
+        let text = t.text();
+        assert!(text.starts_with("...") && text.ends_with("the end"), "{text}");
+        assert_eq!(text.len(), STDERR_TAIL - 1 + 3);
+    }
+
+    #[tokio::test]
+    async fn exec_passes_payload_and_environment_and_kills_on_cancel() {
+        let ctx = TaskContext {
+            id: rivulet::TaskId::from_string("t-1"),
+            kind: "k".into(),
+            queue: rivulet::QueueName::new("q").unwrap(),
+            priority: "high".into(),
+            attempt: 2,
+            enqueued_at: 0,
+            last_error: None,
+            codec: rivulet::Codec::Json,
+        };
+        let cmd = r#"read -r body; echo "$body|$RIVULET_TASK_ID|$RIVULET_KIND|$RIVULET_ATTEMPT|$RIVULET_QUEUE|$RIVULET_PRIORITY" >&2; exit 3"#;
+        match run_command(cmd, &ctx, Bytes::from_static(b"{\"a\": 1}\n")).await {
+            Err(HandlerError::Retry(m)) => assert_eq!(m, "exit 3: {\"a\": 1}|t-1|k|2|q|high"),
+            other => panic!("{other:?}"),
+        }
+        // A cancelled task kills the command and what it started.
+        let dir = std::env::temp_dir().join(format!("wcli-exec-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let cmd = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let run = run_command(&cmd, &ctx, Bytes::new());
+        let r = tokio::time::timeout(Duration::from_secs(1), run).await;
+        assert!(r.is_err(), "the command should still be running");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let gone = rivulet::testing::wait_until(Duration::from_secs(10), || async move {
+            nix::sys::signal::kill(Pid::from_raw(pid), None).is_err() || is_zombie(pid)
+        })
+        .await;
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(gone, "the command's child {pid} survived the cancel");
+    }
+
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    }
+}

@@ -1,0 +1,484 @@
+//! Settings resolution: parsed flags (clap has already folded `REDIS_URL` in) become the typed
+//! settings each part runs with, checked once here. Also the per-flag parsers clap calls, and
+//! the reverse: the flags a supervisor passes to its worker processes.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rivulet::{PriorityMode, QueueName, RetryPolicy, WorkerConfig};
+
+use crate::cli::{GlobalArgs, LogFormat, RunArgs, WorkerArgs};
+
+/// Bad input found after parsing (a combination of flags, or a value the engine rejects).
+/// Reported like a clap error: usage line, exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// One `--exec KIND=COMMAND`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The task kind it serves.
+    pub kind: String,
+    /// The command, run with `sh -c`.
+    pub command: String,
+}
+
+impl fmt::Display for ExecSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.kind, self.command)
+    }
+}
+
+/// Parses `KIND=COMMAND` (the first `=` separates them).
+pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
+    let Some((kind, command)) = s.split_once('=') else {
+        return Err("expected KIND=COMMAND, e.g. resize=./resize.sh".into());
+    };
+    if kind.is_empty() || kind.contains(char::is_whitespace) {
+        return Err(format!("kind {kind:?} must be non-empty and without spaces"));
+    }
+    if command.trim().is_empty() {
+        return Err(format!("the command for kind {kind:?} is empty"));
+    }
+    Ok(ExecSpec {
+        kind: kind.to_owned(),
+        command: command.to_owned(),
+    })
+}
+
+/// Parses a duration like `30s`, `1m 30s`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (durations look like 500ms, 30s, 5m, 1h)"))
+}
+
+/// A duration above zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// A lease: at least 100 ms (the engine's minimum).
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
+}
+
+/// Parses `strict` or `weighted:W1,W2,...` (weights highest priority first).
+pub fn parse_priority_mode(s: &str) -> Result<PriorityMode, String> {
+    let s = s.trim();
+    if s == "strict" {
+        return Ok(PriorityMode::Strict);
+    }
+    let Some(list) = s.strip_prefix("weighted:") else {
+        return Err("expected `strict` or `weighted:W1,W2,...` (e.g. weighted:6,3,1)".into());
+    };
+    let weights = list
+        .split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("weight {w:?} is not a whole number"))
+        })
+        .collect::<Result<Vec<u32>, String>>()?;
+    if weights.iter().all(|&w| w == 0) {
+        return Err("at least one weight must be positive".into());
+    }
+    Ok(PriorityMode::Weighted(weights))
+}
+
+/// The flag form of a priority mode (inverse of [`parse_priority_mode`]).
+pub fn format_priority_mode(mode: &PriorityMode) -> String {
+    match mode {
+        PriorityMode::Strict => "strict".into(),
+        PriorityMode::Weighted(w) => {
+            let list: Vec<String> = w.iter().map(u32::to_string).collect();
+            format!("weighted:{}", list.join(","))
+        }
+    }
+}
+
+/// Parses a byte size: a number with an optional unit. `K`, `M`, `G`, `T` and `KiB`, `MiB`,
+/// `GiB`, `TiB` are powers of 1024; `KB`, `MB`, `GB`, `TB` powers of 1000; `B` or none are bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 2G, 300000000)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use K, M, G, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 {
+        return Err("must be above zero".into());
+    }
+    Ok(bytes)
+}
+
+/// A byte count for people: `1.5 GiB`, `300 MiB`, `12 KiB`, `100 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Everything one worker process needs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Redis to use.
+    pub redis_url: String,
+    /// Queues to serve, validated and without duplicates.
+    pub queues: Vec<QueueName>,
+    /// The engine's worker configuration, validated.
+    pub config: WorkerConfig,
+    /// Kinds served by external commands.
+    pub exec: Vec<ExecSpec>,
+    /// Stop (to be recycled) after this many started tasks.
+    pub max_tasks: Option<u64>,
+}
+
+impl WorkerSettings {
+    /// Resolves and checks a worker's flags.
+    pub fn resolve(global: &GlobalArgs, args: &WorkerArgs) -> Result<Self, UsageError> {
+        let mut queues: Vec<QueueName> = Vec::new();
+        for name in &args.queues {
+            let q = QueueName::new(name.trim()).map_err(|e| UsageError(format!("--queue: {e}")))?;
+            if queues.contains(&q) {
+                return Err(UsageError(format!("--queue: {q:?} is listed twice")));
+            }
+            queues.push(q);
+        }
+        if queues.is_empty() {
+            return Err(UsageError("--queue: name at least one queue".into()));
+        }
+        for (i, e) in args.exec.iter().enumerate() {
+            if args.exec[..i].iter().any(|p| p.kind == e.kind) {
+                return Err(UsageError(format!("--exec: kind {:?} is given twice", e.kind)));
+            }
+        }
+        let config = worker_config(args);
+        config
+            .validate()
+            .map_err(|e| UsageError(format!("worker settings: {e}")))?;
+        Ok(WorkerSettings {
+            redis_url: global.redis_url.clone(),
+            queues,
+            config,
+            exec: args.exec.clone(),
+            max_tasks: args.max_tasks,
+        })
+    }
+}
+
+/// The engine configuration a worker's flags describe.
+pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
+    let default_retry = RetryPolicy::default();
+    WorkerConfig {
+        concurrency: args.concurrency,
+        lease: args.lease,
+        priority: args.priority_mode.clone(),
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts,
+            base: args.retry_base,
+            // A base above the default cap raises the cap with it rather than being rejected.
+            cap: default_retry.cap.max(args.retry_base),
+            ..default_retry
+        },
+        timeout: args.timeout,
+        drain_timeout: args.drain_timeout,
+        ..WorkerConfig::default()
+    }
+}
+
+impl WorkerArgs {
+    /// The flags that reproduce these arguments (what a supervisor passes to `work`).
+    pub fn to_args(&self) -> Vec<String> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let mut a = Vec::new();
+        for q in &self.queues {
+            a.extend(["--queue".to_owned(), q.clone()]);
+        }
+        a.extend(["--concurrency".to_owned(), self.concurrency.to_string()]);
+        a.extend(["--lease".to_owned(), fmt(self.lease)]);
+        a.extend(["--max-attempts".to_owned(), self.max_attempts.to_string()]);
+        a.extend(["--retry-base".to_owned(), fmt(self.retry_base)]);
+        if let Some(t) = self.timeout {
+            a.extend(["--timeout".to_owned(), fmt(t)]);
+        }
+        a.extend(["--priority-mode".to_owned(), format_priority_mode(&self.priority_mode)]);
+        for e in &self.exec {
+            // `--exec=...` keeps a command starting with `-` from reading as a flag.
+            a.push(format!("--exec={e}"));
+        }
+        a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
+        if let Some(m) = self.max_tasks {
+            a.extend(["--max-tasks".to_owned(), m.to_string()]);
+        }
+        a
+    }
+}
+
+/// Worker arguments from flags alone, with every other flag at its default (for commands that
+/// start workers of their own, like `demo`).
+pub fn worker_args(flags: &[&str]) -> Result<WorkerArgs, clap::Error> {
+    #[derive(Debug, clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct WorkOnly {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+    <WorkOnly as clap::Parser>::try_parse_from(flags).map(|w| w.worker)
+}
+
+/// Everything the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// Worker processes to keep running.
+    pub workers: u32,
+    /// Recycle a worker process above this resident memory, in bytes.
+    pub max_memory: Option<u64>,
+    /// The workers' drain timeout (the supervisor allows a grace period on top).
+    pub drain_timeout: Duration,
+    /// Crash-loop guard: most crashes within `crash_window`.
+    pub crash_limit: u32,
+    /// Crash-loop guard window.
+    pub crash_window: Duration,
+    /// The program each worker process runs (this binary).
+    pub program: PathBuf,
+    /// Its arguments (`work [global flags] [worker flags]`).
+    pub args: Vec<OsString>,
+    /// Environment set for each worker process (the Redis URL travels here, not in argv,
+    /// so a password in it does not show in `ps`).
+    pub env: Vec<(String, String)>,
+}
+
+impl SupervisorSettings {
+    /// Resolves the supervisor's flags; `worker` has already been resolved from the same
+    /// flags, so it is known to be valid.
+    pub fn resolve(global: &GlobalArgs, run: &RunArgs) -> Result<Self, UsageError> {
+        let program = std::env::current_exe()
+            .map_err(|e| UsageError(format!("cannot find this program's path to start workers: {e}")))?;
+        Ok(SupervisorSettings {
+            workers: run.workers,
+            max_memory: run.max_memory,
+            drain_timeout: run.worker.drain_timeout,
+            crash_limit: run.crash_limit,
+            crash_window: run.crash_window,
+            program,
+            args: child_args(global.log_format, &run.worker),
+            env: vec![("REDIS_URL".into(), global.redis_url.clone())],
+        })
+    }
+}
+
+/// `work --log-format F [worker flags]`.
+pub fn child_args(log_format: LogFormat, worker: &WorkerArgs) -> Vec<OsString> {
+    let format = match log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let mut args: Vec<OsString> = vec!["work".into(), "--log-format".into(), format.into()];
+    args.extend(worker.to_args().into_iter().map(OsString::from));
+    args
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    // scheme://[user[:password]@]host...
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else if user.is_empty() {
+                format!("{scheme}://{host}{tail}")
+            } else {
+                // `redis://password@host` is the password alone.
+                format!("{scheme}://***@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn work_args(argv: &[&str]) -> (GlobalArgs, WorkerArgs) {
+        let cli = Cli::try_parse_from(std::iter::once("worker-cli").chain(argv.iter().copied())).unwrap();
+        match cli.command {
+            Some(Command::Work(w)) => (cli.global, w),
+            other => panic!("not a work command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn worker_flags_survive_the_trip_to_a_child() {
+        let (_, args) = work_args(&[
+            "work",
+            "--queue",
+            "a,b",
+            "-q",
+            "c",
+            "--concurrency",
+            "7",
+            "--lease",
+            "1m 30s",
+            "--max-attempts",
+            "3",
+            "--retry-base",
+            "250ms",
+            "--timeout",
+            "2s",
+            "--priority-mode",
+            "weighted:6,3,1",
+            "--exec",
+            "x=echo a=b; exit 1",
+            "--exec",
+            "y=-dash",
+            "--drain-timeout",
+            "5s",
+            "--max-tasks",
+            "100",
+        ]);
+        let mut argv = vec!["work".to_owned()];
+        argv.extend(args.to_args());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (_, again) = work_args(&argv);
+        assert_eq!(again, args);
+        assert_eq!(args.queues, ["a", "b", "c"]);
+        assert_eq!(args.exec[0].command, "echo a=b; exit 1");
+    }
+
+    #[test]
+    fn defaults_resolve_to_the_engine_defaults() {
+        let (global, args) = work_args(&["work"]);
+        let s = WorkerSettings::resolve(&global, &args).unwrap();
+        assert_eq!(
+            s.redis_url,
+            std::env::var("REDIS_URL").unwrap_or(crate::cli::DEFAULT_REDIS_URL.into())
+        );
+        assert_eq!(s.queues, [QueueName::new("default").unwrap()]);
+        assert_eq!(s.config, WorkerConfig::default());
+        assert!(s.exec.is_empty() && s.max_tasks.is_none());
+    }
+
+    #[test]
+    fn bad_combinations_are_usage_errors() {
+        let (g, a) = work_args(&["work", "-q", "a,a"]);
+        assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("twice"));
+        let (g, a) = work_args(&["work", "-q", "a{b}"]);
+        assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("--queue"));
+        let (g, a) = work_args(&["work", "--exec", "k=true", "--exec", "k=false"]);
+        assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("given twice"));
+    }
+
+    #[test]
+    fn exec_specs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_exec("resize=./r.sh --w=3").unwrap(),
+            ExecSpec {
+                kind: "resize".into(),
+                command: "./r.sh --w=3".into()
+            }
+        );
+        assert!(parse_exec("nocommand").is_err());
+        assert!(parse_exec("=cmd").is_err());
+        assert!(parse_exec("a b=cmd").is_err());
+        assert!(parse_exec("k=  ").is_err());
+    }
+
+    #[test]
+    fn priority_modes_parse_and_print_back() {
+        assert_eq!(parse_priority_mode("strict").unwrap(), PriorityMode::Strict);
+        let w = parse_priority_mode("weighted:6,3,1").unwrap();
+        assert_eq!(w, PriorityMode::Weighted(vec![6, 3, 1]));
+        assert_eq!(format_priority_mode(&w), "weighted:6,3,1");
+        for bad in ["", "fair", "weighted:", "weighted:0,0", "weighted:a,1", "weighted:-1"] {
+            assert!(parse_priority_mode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("300").unwrap(), 300);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("10 KiB").unwrap(), 10 << 10);
+        for bad in ["", "0", "MiB", "1.5G", "12XB", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_size(100), "100 B");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn durations_reject_zero_and_short_leases() {
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_lease("99ms").is_err());
+        assert!(parse_lease("100ms").is_ok());
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(redact_url("redis://@h"), "redis://h");
+    }
+}

@@ -1,0 +1,139 @@
+//! The few Redis commands the CLI issues itself: the reachability check behind every command's
+//! first error message, and the demo's bookkeeping (latency samples, cleanup). Everything else
+//! goes through rivulet's `Client`, `Worker` and `Inspector`.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use rivulet::keys::{PAUSED_KEY, PREFIX, QUEUES_KEY, autoscaler_key};
+use rivulet::{Queue, QueueName};
+
+use crate::settings::redact_url;
+
+/// How long the reachability check waits for a connection and for PONG.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why Redis could not be used, in words a person can act on.
+#[derive(Debug)]
+pub enum Unreachable {
+    /// The URL does not parse.
+    BadUrl(String),
+    /// Nothing answered (refused, timed out, unresolvable host).
+    NoAnswer(String),
+    /// Something answered, but refused us (authentication, protocol).
+    Refused(String),
+}
+
+impl Unreachable {
+    /// Whether nothing answered at all (the demo may start a private server then).
+    pub fn nothing_answered(&self) -> bool {
+        matches!(self, Unreachable::NoAnswer(_))
+    }
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreachable::BadUrl(m) | Unreachable::NoAnswer(m) | Unreachable::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Opens `url` and checks that Redis answers PING, within a few seconds.
+pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedConnection), Unreachable> {
+    let shown = redact_url(url);
+    let client = redis::Client::open(url).map_err(|e| {
+        Unreachable::BadUrl(format!(
+            "invalid Redis URL {shown:?}: {e}\nhint: URLs look like redis://127.0.0.1:6379, \
+             redis://user:password@host:6379/0 or rediss://host:6380 (TLS)"
+        ))
+    })?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CHECK_TIMEOUT))
+        .set_response_timeout(Some(CHECK_TIMEOUT));
+    let answer = async {
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT * 2, answer).await {
+        Ok(Ok(conn)) => Ok((client, conn)),
+        Ok(Err(e)) if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
+            Err(no_answer(&shown, &e.to_string()))
+        }
+        Ok(Err(e)) => Err(Unreachable::Refused(format!(
+            "Redis at {shown} refused the connection: {e}\nhint: check the user name and password in \
+             --redis-url (or REDIS_URL), and that the ACL user may run the commands Rivulet needs \
+             (see docs/operations.md)"
+        ))),
+        Err(_) => Err(no_answer(&shown, &format!("no answer within {:?}", CHECK_TIMEOUT * 2))),
+    }
+}
+
+fn no_answer(shown: &str, cause: &str) -> Unreachable {
+    Unreachable::NoAnswer(format!(
+        "cannot reach Redis at {shown}: {cause}\nhint: start redis-server there, or point --redis-url \
+         (or REDIS_URL) at a running Redis; `redis-cli -u <url> ping` should print PONG"
+    ))
+}
+
+/// Adds which Redis a failed engine call was talking to.
+pub fn engine_error(url: &str, e: rivulet::Error) -> anyhow::Error {
+    if e.is_transient() {
+        anyhow!(e).context(format!("Redis at {} stopped answering", redact_url(url)))
+    } else {
+        anyhow!(e)
+    }
+}
+
+/// The HASH of demo start-latency histograms of a queue, one field per worker process.
+pub fn demo_latency_key(queue: &QueueName) -> String {
+    format!("{PREFIX}:demo:{queue}:latency")
+}
+
+/// Stores one worker's latency histogram (encoded) for the demo.
+pub async fn save_latency(
+    conn: &mut MultiplexedConnection,
+    queue: &QueueName,
+    worker: &str,
+    encoded: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("HSET")
+        .arg(demo_latency_key(queue))
+        .arg(worker)
+        .arg(encoded)
+        .query_async(conn)
+        .await
+}
+
+/// Every worker's latency histogram (encoded) for the demo queue.
+pub async fn load_latency(conn: &mut MultiplexedConnection, queue: &QueueName) -> anyhow::Result<Vec<String>> {
+    redis::cmd("HVALS")
+        .arg(demo_latency_key(queue))
+        .query_async(conn)
+        .await
+        .context("reading the demo's latency samples")
+}
+
+/// Deletes every key of a queue (all shards), its registry entry, pause flag, autoscaler
+/// decision and demo samples. Only for the demo's own throwaway queue.
+pub async fn delete_queue(conn: &mut MultiplexedConnection, queue: &Queue) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for shard in queue.all_shards() {
+        let k = &shard.keys;
+        // One DEL per shard: every key of a shard shares a hash tag (one Cluster slot).
+        pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats])
+            .ignore();
+    }
+    pipe.hdel(QUEUES_KEY, queue.name().as_str()).ignore();
+    pipe.srem(PAUSED_KEY, queue.name().as_str()).ignore();
+    pipe.del(autoscaler_key(queue.name())).ignore();
+    pipe.del(demo_latency_key(queue.name())).ignore();
+    pipe.query_async::<()>(conn)
+        .await
+        .with_context(|| format!("deleting the keys of queue {}", queue.name()))
+}
