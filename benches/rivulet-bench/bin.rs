@@ -109,9 +109,14 @@ struct RunArgs {
     /// Bare-loop batch (XREADGROUP COUNT and XADD pipeline size).
     #[arg(long, default_value_t = 1000)]
     bare_batch: usize,
-    /// Bare-loop consumers in parallel.
-    #[arg(long, default_value_t = 2)]
+    /// Consumers of the bare loop that one worker process is compared with (the target's
+    /// ceiling): one worker process is one consumer.
+    #[arg(long, default_value_t = 1)]
     bare_consumers: usize,
+    /// Consumers of the second bare loop, run in parallel: what Redis allows on this machine
+    /// with several consumers, reported beside the first (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload.
     #[arg(long, value_delimiter = ',', default_value = "drain,ceiling,enqueue,latency,payload")]
     only: Vec<String>,
@@ -298,7 +303,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     let mut ceiling_done = !args.wants("ceiling");
     for (i, (workers, concurrency)) in configs.into_iter().enumerate() {
         if i == 1 && !ceiling_done {
-            r.ceiling = Some(run_ceiling(target, args, plan).await?);
+            (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
             ceiling_done = true;
         }
         if late("drain") {
@@ -319,7 +324,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         r.drain.push(d);
     }
     if !ceiling_done && !late("ceiling") {
-        r.ceiling = Some(run_ceiling(target, args, plan).await?);
+        (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
     }
 
     if args.wants("enqueue") {
@@ -403,16 +408,31 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     Ok(r)
 }
 
-async fn run_ceiling(target: &Target, args: &RunArgs, plan: &Plan) -> Result<ceiling::CeilingResult> {
+/// The bare loop with `--bare-consumers` (the target's ceiling), then with
+/// `--bare-consumers-wide` unless that is 0.
+async fn run_ceilings(
+    target: &Target,
+    args: &RunArgs,
+    plan: &Plan,
+) -> Result<(Option<ceiling::CeilingResult>, Option<ceiling::CeilingResult>)> {
+    let one = run_ceiling(target, args, plan, args.bare_consumers).await?;
+    let wide = match args.bare_consumers_wide {
+        0 => None,
+        n => Some(run_ceiling(target, args, plan, n).await?),
+    };
+    Ok((Some(one), wide))
+}
+
+async fn run_ceiling(target: &Target, args: &RunArgs, plan: &Plan, consumers: usize) -> Result<ceiling::CeilingResult> {
     let spec = ceiling::CeilingSpec {
         tasks: plan.tasks,
         batch: args.bare_batch,
-        consumers: args.bare_consumers,
+        consumers,
         payload_bytes: BASE_PAYLOAD,
     };
     let c = ceiling::run(target, &spec).await?;
     progress(format_args!(
-        "ceiling bare loop: {:>9.0} entries/s drained, {:.0}/s added (redis {:.2} µs/entry)",
+        "ceiling bare loop, {consumers} consumer(s): {:>9.0} entries/s drained, {:.0}/s added (redis {:.2} µs/entry)",
         c.drain_per_s,
         c.xadd_per_s,
         c.fill_redis.cpu_us_per_task + c.drain_redis.cpu_us_per_task
@@ -479,7 +499,15 @@ fn targets(summary: &BTreeMap<String, Spread>, reference: &str) -> Vec<Check> {
         ),
         report::check(
             summary,
-            "drain ≥ 70 % of the bare-loop ceiling",
+            "drain ≥ 70 % of the bare loop, --bare-consumers-wide (2) consumers",
+            "drain.reference.vs_ceiling_wide",
+            0.70,
+            true,
+            Unit::Pct,
+        ),
+        report::check(
+            summary,
+            "drain ≥ 70 % of the bare loop, --bare-consumers (1) consumer",
             "drain.reference.vs_ceiling",
             0.70,
             true,
@@ -592,12 +620,27 @@ fn tables(plan: &Plan, s: &BTreeMap<String, Spread>, checks: &[Check], reference
     );
     if s.contains_key("ceiling.drain_per_s") {
         t.row(vec![
-            "XREADGROUP + XACK + XDEL".into(),
+            format!(
+                "XREADGROUP + XACK + XDEL, {} consumer(s)",
+                g("ceiling.consumers".into(), Unit::Rate)
+            ),
             g("ceiling.drain_per_s".into(), Unit::Rate),
             g("ceiling.drain_cpu_us".into(), Unit::Us),
             g("ceiling.client_cpu_us".into(), Unit::Us),
             g("drain.reference.vs_ceiling".into(), Unit::Pct),
         ]);
+        if s.contains_key("ceiling_wide.drain_per_s") {
+            t.row(vec![
+                format!(
+                    "XREADGROUP + XACK + XDEL, {} consumers",
+                    g("ceiling_wide.consumers".into(), Unit::Rate)
+                ),
+                g("ceiling_wide.drain_per_s".into(), Unit::Rate),
+                g("ceiling_wide.drain_cpu_us".into(), Unit::Us),
+                g("ceiling_wide.client_cpu_us".into(), Unit::Us),
+                g("drain.reference.vs_ceiling_wide".into(), Unit::Pct),
+            ]);
+        }
         t.row(vec![
             "XADD (pipelined)".into(),
             g("ceiling.xadd_per_s".into(), Unit::Rate),
@@ -801,7 +844,11 @@ fn draw(
         files.extend(plot::throughput(
             dir,
             &points,
-            summary.get("ceiling.drain_per_s").copied(),
+            // The machine's ceiling (several consumers) when it was measured.
+            summary
+                .get("ceiling_wide.drain_per_s")
+                .or(summary.get("ceiling.drain_per_s"))
+                .copied(),
             DRAIN_TARGET,
         )?);
     }

@@ -17,7 +17,10 @@ use crate::stats::Spread;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
     pub drain: Vec<DrainResult>,
+    /// The bare loop with one consumer: what one worker process is compared with.
     pub ceiling: Option<CeilingResult>,
+    /// The bare loop with several consumers in parallel: what Redis allows on this machine.
+    pub ceiling_wide: Option<CeilingResult>,
     pub enqueue: Vec<EnqueueResult>,
     pub latency: Vec<LatencyResult>,
     /// `/proc/loadavg` before and after the pass: how busy the machine was.
@@ -62,6 +65,7 @@ impl RunResult {
             put(format!("{k}.life_top"), life.top_level_per_task);
         }
         if let Some(c) = &self.ceiling {
+            put("ceiling.consumers".into(), c.consumers as f64);
             put("ceiling.drain_per_s".into(), c.drain_per_s);
             put("ceiling.xadd_per_s".into(), c.xadd_per_s);
             put("ceiling.drain_cpu_us".into(), c.drain_redis.cpu_us_per_task);
@@ -86,6 +90,19 @@ impl RunResult {
                     d.fill_redis.plus(&d.drain_redis).cpu_us_per_task
                         / (c.fill_redis.cpu_us_per_task + c.drain_redis.cpu_us_per_task),
                 );
+            }
+        }
+        if let Some(c) = &self.ceiling_wide {
+            put("ceiling_wide.consumers".into(), c.consumers as f64);
+            put("ceiling_wide.drain_per_s".into(), c.drain_per_s);
+            put("ceiling_wide.drain_cpu_us".into(), c.drain_redis.cpu_us_per_task);
+            put("ceiling_wide.client_cpu_us".into(), c.client_cpu_us_per_entry);
+            if let Some(d) = self
+                .drain
+                .iter()
+                .find(|d| drain_key(d.workers, d.concurrency, d.payload_bytes) == reference)
+            {
+                put("drain.reference.vs_ceiling_wide".into(), d.tasks_per_s / c.drain_per_s);
             }
         }
         for e in &self.enqueue {

@@ -394,3 +394,51 @@ async fn msgpack_and_raw_bytes_payloads_reach_their_handlers() {
     got.sort();
     assert_eq!(got, ["7:x", "7:x", "[0, 255, 1]"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_fetchers_never_read_more_tasks_than_free_slots() {
+    let server = RedisServer::start();
+    let queue = Queue::new("slots").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    let tasks: Vec<Task> = (0..300u32).map(|i| Task::json("gated", &i).unwrap()).collect();
+    client.enqueue_many(&queue, tasks).await.unwrap();
+
+    // Handlers wait at a gate the test opens, so nothing finishes and no slot frees up.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate2 = gate.clone();
+    let router = Router::new().route("gated", move |_ctx: TaskContext, _i: u32| {
+        let gate = gate2.clone();
+        async move {
+            gate.acquire().await.expect("the gate stays open").forget();
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        concurrency: 6,
+        fetchers: 3,
+        ..fast_config()
+    };
+    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    wait_for("6 handlers to start", Duration::from_secs(10), || {
+        let counters = w.counters.clone();
+        async move { counters.started.load(std::sync::atomic::Ordering::Relaxed) == 6 }
+    })
+    .await;
+    // Three fetchers share 6 slots; each reserves its slots before reading, so the worker
+    // holds exactly 6 entries however their reads interleave (polled over many round trips).
+    for _ in 0..200 {
+        let held = inspector.pending(&queue, 1000).await.unwrap().len();
+        assert_eq!(held, 6, "the worker holds {held} entries with 6 slots");
+    }
+    gate.add_permits(300);
+    wait_for("300 tasks done", Duration::from_secs(30), || {
+        let inspector = inspector.clone();
+        let queue = queue.clone();
+        async move { inspector.stats(&queue).await.unwrap().counters.done == 300 }
+    })
+    .await;
+    let report = w.stop().await;
+    assert_eq!(report.succeeded, 300, "{report:?}");
+    assert_eq!(outstanding(&inspector, &queue).await, 0);
+}

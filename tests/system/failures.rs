@@ -628,6 +628,8 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
         router,
         WorkerConfig {
             concurrency: 128,
+            // Reads whose reply died with Redis stay pending for a lease, then are reclaimed.
+            lease: Duration::from_secs(3),
             ..fast_config()
         },
     );
@@ -681,4 +683,67 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
         async move { outstanding(&inspector, &queue).await == 0 }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
+    // Redis can die after a read is applied (and persisted) but before its reply reaches the
+    // worker: the entries are pending under the worker's consumer name, yet it never had them.
+    // Here a raw XREADGROUP under the worker's name plays that lost read.
+    let server = RedisServer::start();
+    let queue = Queue::new("orphans").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    client.declare(&queue).await.unwrap();
+    let stream = queue.shard("normal", 0).stream;
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("rivulet")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let tasks: Vec<Task> = (0..5u32).map(|i| Task::json("orphan", &i).unwrap()).collect();
+    client.enqueue_many(&queue, tasks).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("rivulet")
+        .arg("w-orphans")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let runs2 = runs.clone();
+    let router = Router::new().route("orphan", move |_ctx: TaskContext, _i: u32| {
+        let runs = runs2.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        worker_id: Some("w-orphans".into()),
+        lease: Duration::from_millis(600),
+        ..fast_config()
+    };
+    // The worker's heartbeat renews only what it holds in process, so the orphans age past
+    // the lease and its own reclaimer runs them.
+    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
+    wait_for("the orphaned entries to run", Duration::from_secs(20), || {
+        let runs = runs.clone();
+        async move { runs.load(Ordering::SeqCst) == 5 }
+    })
+    .await;
+    w.stop().await;
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    assert_eq!(outstanding(&inspector, &queue).await, 0);
+    assert_eq!(inspector.stats(&queue).await.unwrap().counters.done, 5);
 }

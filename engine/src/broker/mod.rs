@@ -53,6 +53,22 @@ impl StreamEntry {
     }
 }
 
+/// The lowest and highest of some stream ids (`("-", "+")`, everything, for none).
+fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (&'a str, &'a str) {
+    let mut range: Option<(&str, &str)> = None;
+    for id in ids {
+        let key = parse_stream_id(id);
+        range = Some(match range {
+            None => (id, id),
+            Some((lo, hi)) => (
+                if key < parse_stream_id(lo) { id } else { lo },
+                if key > parse_stream_id(hi) { id } else { hi },
+            ),
+        });
+    }
+    range.unwrap_or(("-", "+"))
+}
+
 /// Parses a stream id `ms-seq` into numbers, for ordering.
 pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -301,16 +317,7 @@ pub async fn settle(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut lo, mut hi) = (batch[0].0, batch[0].0);
-    for (id, _) in batch {
-        let key = parse_stream_id(id);
-        if key < parse_stream_id(lo) {
-            lo = id;
-        }
-        if key > parse_stream_id(hi) {
-            hi = id;
-        }
-    }
+    let (lo, hi) = id_range(batch.iter().map(|(id, _)| *id));
     let mut inv = SETTLE.key(&ctx.keys.stream);
     inv.key(&ctx.keys.retry)
         .key(&ctx.keys.dlq)
@@ -321,10 +328,16 @@ pub async fn settle(
         .arg(ctx.dlq_maxlen)
         .arg(lo)
         .arg(hi);
-    for (id, op) in batch {
+    // Plain acks first, one id each; then the other outcomes, five values each.
+    let is_ack = |op: &Settle| matches!(op, Settle::Ack);
+    inv.arg(batch.iter().filter(|(_, op)| is_ack(op)).count());
+    for (id, _) in batch.iter().filter(|(_, op)| is_ack(op)) {
+        inv.arg(*id);
+    }
+    for (id, op) in batch.iter().filter(|(_, op)| !is_ack(op)) {
         inv.arg(*id);
         match op {
-            Settle::Ack => inv.arg("a").arg("").arg("").arg(""),
+            Settle::Ack => unreachable!("acks were sent above"),
             Settle::Retry { due_ms, attempt, error } => inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()),
             Settle::Bury { reason, error } => inv.arg("b").arg(*reason).arg(error.as_str()).arg(""),
             Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
@@ -418,15 +431,25 @@ pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result
     })
 }
 
-/// Renews the lease of every entry `consumer` holds in a shard. Returns how many.
-pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, max: usize) -> Result<u64> {
-    Ok(EXTEND
-        .key(&keys.stream)
-        .arg(GROUP)
-        .arg(consumer)
-        .arg(max)
-        .invoke_async(conn)
-        .await?)
+/// Renews the lease of the entries among `ids` that `consumer` still owns in a shard. Returns
+/// how many were renewed.
+pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, ids: &[&str]) -> Result<u64> {
+    let mut renewed = 0;
+    // Lua's unpack takes a few thousand values at most.
+    for chunk in ids.chunks(1000) {
+        let (lo, hi) = id_range(chunk.iter().copied());
+        let n: u64 = EXTEND
+            .key(&keys.stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(lo)
+            .arg(hi)
+            .arg(chunk)
+            .invoke_async(conn)
+            .await?;
+        renewed += n;
+    }
+    Ok(renewed)
 }
 
 /// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
@@ -699,10 +722,15 @@ mod tests {
         let (mut conn, keys, id) = setup(&server).await;
         reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
         // The stale worker's heartbeat renews only what it still owns: nothing.
-        assert_eq!(extend(&mut conn, &keys, "stale", 100).await.unwrap(), 0);
-        assert_eq!(owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(), [id]);
+        assert_eq!(extend(&mut conn, &keys, "stale", &[id.as_str()]).await.unwrap(), 0);
+        assert_eq!(
+            owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(),
+            std::slice::from_ref(&id)
+        );
+        // Only ids the worker says it holds are renewed.
+        assert_eq!(extend(&mut conn, &keys, "fresh", &["1-1"]).await.unwrap(), 0);
         // Renewal does not raise the delivery count (JUSTID).
-        assert_eq!(extend(&mut conn, &keys, "fresh", 100).await.unwrap(), 1);
+        assert_eq!(extend(&mut conn, &keys, "fresh", &[id.as_str()]).await.unwrap(), 1);
         let rows = pending(&mut conn, &keys.stream, 10).await.unwrap();
         assert_eq!(rows[0].3, 2, "deliveries: one read plus one reclaim");
     }

@@ -72,13 +72,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
         });
         let results = futures_util::future::join_all(calls).await;
         let mut failed = None;
-        for r in results {
+        for (group, r) in batch.chunk_by(|a, b| a.lane == b.lane).zip(results) {
             match r {
-                Ok(stale) if !stale.is_empty() => {
-                    WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
-                    tracing::warn!(entries = ?stale, "outcomes dropped: another worker reclaimed these tasks (fencing)");
+                Ok(stale) => {
+                    shared.release(group[0].lane, group.iter().map(|o| o.entry_id.as_str()));
+                    if !stale.is_empty() {
+                        WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
+                        tracing::warn!(entries = ?stale, "outcomes dropped: these tasks are no longer this worker's (reclaimed by another, or settled by an earlier try of this batch)");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => failed = Some(e),
             }
         }

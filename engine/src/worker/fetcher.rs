@@ -1,13 +1,17 @@
 //! The fetcher: reads new entries in priority order and hands them to the executor.
 //!
-//! It owns a dedicated connection: a blocking `XREADGROUP` would stall every other command on
-//! a shared multiplexed connection. It reads at most as many entries as there are free handler
-//! slots, so tasks wait in the stream (where any worker can take them), not in this process.
+//! Each fetcher owns a dedicated connection: a blocking `XREADGROUP` would stall every other
+//! command on a shared multiplexed connection. A worker runs `fetchers` of them (two by
+//! default), so one read is on its way to Redis while the other batch is decoded and
+//! dispatched. A fetcher reserves the free handler slots before it reads and reads no more
+//! entries than it reserved, so tasks wait in the stream (where any worker can take them), not
+//! in this process.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use redis::aio::ConnectionManager;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
@@ -18,31 +22,43 @@ use crate::error::Result;
 pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet: CancellationToken) {
     let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
     let mut outage = Outage::default();
+    let fetchers = shared.config.fetchers.min(shared.config.concurrency);
+    let share = shared.config.concurrency.div_ceil(fetchers);
     loop {
         // Wait for a free slot first: reading without one would park tasks in this process.
-        let first = tokio::select! {
+        let mut held = tokio::select! {
             () = quiet.cancelled() => return,
             p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         if quiet.is_cancelled() {
             return;
         }
-        let want = 1 + shared.permits.available_permits();
+        // Reserve more free slots, up to this fetcher's share of them: fetchers side by side
+        // then never read more between them than there are free slots, and each leaves the
+        // others slots to read for while its own batch is decoded and dispatched.
+        let free = shared.permits.available_permits().min(share - 1);
+        if free > 0
+            && let Ok(more) = shared.permits.clone().try_acquire_many_owned(free as u32)
+        {
+            held.merge(more);
+        }
         // Not raced against `quiet`: dropping a read in flight would leave entries delivered
         // to this consumer that nothing runs. The read returns within `block`.
-        match read(&shared, &mut conn, ranks, want).await {
+        match read(&shared, &mut conn, ranks, &mut held).await {
             Ok(mut batch) => {
                 if outage.recovered() {
                     tracing::info!("redis reachable again; fetching");
                 }
                 // A blocking read may return several priorities: run the higher ones first.
                 batch.sort_by_key(|(lane, _)| shared.lanes[*lane].rank);
-                let mut first = Some(first);
+                for (lane, entry) in &batch {
+                    shared.hold(*lane, std::iter::once(entry.id.as_str()));
+                }
                 for (lane, entry) in batch {
-                    let permit = match first.take() {
+                    let permit = match held.split(1) {
                         Some(p) => p,
-                        // More entries than free slots (several shards answered): wait for a
-                        // slot. They stay leased to this worker meanwhile.
+                        // More entries than reserved slots (several shards answered): wait
+                        // for a slot. They stay leased to this worker meanwhile.
                         None => shared
                             .permits
                             .clone()
@@ -52,9 +68,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                     };
                     executor::dispatch(&shared, lane, entry, permit);
                 }
+                // Slots reserved but not filled go back as `held` drops here.
             }
             Err(e) => {
-                drop(first);
+                drop(held);
                 if broker::is_nogroup(&e) {
                     // The stream or group vanished (e.g. Redis restarted without data).
                     tracing::warn!(error = %e, "consumer group missing; recreating");
@@ -73,11 +90,15 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
 }
 
 /// One fetch: a non-blocking read per priority in order, then one blocking read over all.
+///
+/// The non-blocking reads take as many entries as `held` has slots. Before blocking, `held`
+/// gives back all but one slot, so while this worker waits for work its other slots stay free
+/// for the reclaimer and the other fetchers; the blocking read still asks for every free slot.
 async fn read(
     shared: &Shared,
     conn: &mut ConnectionManager,
     ranks: usize,
-    want: usize,
+    held: &mut OwnedSemaphorePermit,
 ) -> Result<Vec<(usize, StreamEntry)>> {
     let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
     let mut all: Vec<usize> = Vec::new();
@@ -88,17 +109,19 @@ async fn read(
         if lanes.is_empty() {
             continue;
         }
-        let got = read_lanes(shared, conn, &lanes, want, false).await?;
+        let got = read_lanes(shared, conn, &lanes, held.num_permits(), false).await?;
         if !got.is_empty() {
             return Ok(got);
         }
         all.extend(lanes);
     }
+    drop(held.split(held.num_permits() - 1));
     if all.is_empty() {
         // Everything is paused: wait, then look at the flags again.
         tokio::time::sleep(shared.config.block).await;
         return Ok(Vec::new());
     }
+    let want = held.num_permits() + shared.permits.available_permits();
     read_lanes(shared, conn, &all, want, true).await
 }
 

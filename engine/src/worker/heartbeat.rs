@@ -1,7 +1,10 @@
 //! The heartbeat: renews the lease of every entry this worker holds and its registry entry.
 //!
-//! Leases are renewed for all entries the consumer owns in the PEL (`extend.lua`), so no
-//! in-process bookkeeping of ids is needed and nothing owned by another worker is touched.
+//! Leases are renewed for the entries the worker holds in process (read, running, or waiting
+//! to be settled), and only while this consumer still owns them (`extend.lua`), so nothing
+//! another worker reclaimed is touched. An entry the consumer owns in Redis without holding it
+//! (Redis died after a read but before its reply arrived) is not renewed: it ages past the
+//! lease and the reclaimer brings it back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +15,6 @@ use super::{Shared, WorkerCounters, in_flight};
 use crate::broker;
 use crate::envelope::now_ms;
 use crate::keys::{WORKERS_KEY, worker_key};
-
-/// Most entries renewed per shard per beat.
-const EXTEND_MAX: usize = 5000;
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
@@ -29,8 +29,13 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// Renews leases and the registry entry once.
 pub(super) async fn beat(shared: &Shared) {
     let mut conn = shared.conn.clone();
-    for lane in &shared.lanes {
-        if let Err(e) = broker::extend(&mut conn, &lane.keys, &shared.id, EXTEND_MAX).await {
+    for (i, lane) in shared.lanes.iter().enumerate() {
+        let ids = shared.held_ids(i);
+        if ids.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Err(e) = broker::extend(&mut conn, &lane.keys, &shared.id, &ids).await {
             tracing::warn!(error = %e, stream = %lane.keys.stream, "could not renew leases");
         }
     }

@@ -18,9 +18,10 @@ mod heartbeat;
 mod promoter;
 mod reclaimer;
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -89,6 +90,10 @@ struct Lane {
     keys: ShardKeys,
     options: QueueOptions,
     paused: AtomicBool,
+    /// Entries of this shard the worker has in process, from the read until their outcome is
+    /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
+    /// but not here (a read whose reply was lost) age out and are reclaimed.
+    held: Mutex<HashSet<(u64, u64)>>,
 }
 
 /// One settled task on its way to the acker.
@@ -118,6 +123,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records entries read from a lane as held in process (see [`Lane::held`]).
+    fn hold<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+        let mut held = self.lanes[lane].held.lock().expect("never poisoned");
+        held.extend(ids.filter_map(broker::parse_stream_id));
+    }
+
+    /// Forgets entries whose outcome is settled (or fenced off).
+    fn release<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+        let mut held = self.lanes[lane].held.lock().expect("never poisoned");
+        for id in ids.filter_map(broker::parse_stream_id) {
+            held.remove(&id);
+        }
+    }
+
+    /// The ids held in a lane now, for renewing their leases.
+    fn held_ids(&self, lane: usize) -> Vec<String> {
+        let held = self.lanes[lane].held.lock().expect("never poisoned");
+        held.iter().map(|(ms, seq)| format!("{ms}-{seq}")).collect()
+    }
+
     fn settle(&self, lane: usize, entry_id: String, settle: Settle) {
         // The acker only stops after every handler has finished, so the receiver is alive
         // whenever a handler sends; an error here would mean a bug in the shutdown order.
@@ -217,7 +242,12 @@ impl Worker {
         } = self;
         let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
         // The blocking read gets its own connection, with a response timeout longer than BLOCK.
-        let fetch_conn = broker::connect(&client, Some(config.block + Duration::from_secs(10))).await?;
+        // Each fetcher blocks on its own connection: a blocking read would stall every other
+        // command on the shared multiplexed one.
+        let mut fetch_conns = Vec::new();
+        for _ in 0..config.fetchers.min(config.concurrency) {
+            fetch_conns.push(broker::connect(&client, Some(config.block + Duration::from_secs(10))).await?);
+        }
 
         let mut lanes = Vec::new();
         for (queue, options) in &queues {
@@ -231,6 +261,7 @@ impl Worker {
                     keys: shard.keys,
                     options: *options,
                     paused: AtomicBool::new(false),
+                    held: Mutex::default(),
                 });
             }
         }
@@ -260,7 +291,9 @@ impl Worker {
         let quiet = CancellationToken::new();
         let stop = CancellationToken::new();
         let mut intake = JoinSet::new();
-        intake.spawn(fetcher::run(shared.clone(), fetch_conn, quiet.clone()));
+        for conn in fetch_conns {
+            intake.spawn(fetcher::run(shared.clone(), conn, quiet.clone()));
+        }
         intake.spawn(reclaimer::run(shared.clone(), quiet.clone()));
         let mut upkeep = JoinSet::new();
         upkeep.spawn(promoter::run(shared.clone(), stop.clone()));

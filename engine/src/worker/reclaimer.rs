@@ -61,6 +61,7 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                     tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");
                     WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
                 }
+                shared.hold(i, got.entries.iter().map(|e| e.id.as_str()));
                 for entry in got.entries {
                     let permit = shared
                         .permits

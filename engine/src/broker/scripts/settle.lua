@@ -10,8 +10,9 @@
 -- ARGV[4]  dlq approximate MAXLEN
 -- ARGV[5]  lowest entry id in the batch
 -- ARGV[6]  highest entry id in the batch
--- ARGV[7..] outcomes, five values each: entry id, op, a, b, c
---          op 'a' ack (done)                                  a, b, c unused
+-- ARGV[7]  n, the number of plain acks (done) that follow
+-- ARGV[8..7+n] entry ids of the plain acks: one value each, the common case under load
+-- ARGV[8+n..] the other outcomes, five values each: entry id, op, a, b, c
 --          op 'r' retry at due ms a with attempt b, error c
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
@@ -52,42 +53,49 @@ end
 local stale = {}
 local acked = {}
 local done, retried, dead, requeued, failed = 0, 0, 0, 0, 0
-for i = 7, #ARGV, 5 do
+local n_acks = tonumber(ARGV[7])
+for i = 8, 7 + n_acks do
+  local id = ARGV[i]
+  if owned[id] then
+    owned[id] = nil
+    done = done + 1
+    acked[#acked + 1] = id
+  else
+    stale[#stale + 1] = id
+  end
+end
+for i = 8 + n_acks, #ARGV, 5 do
   local id, op, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local deliveries = owned[id]
   if not deliveries then
     stale[#stale + 1] = id
   else
     owned[id] = nil
-    if op == 'a' then
-      done = done + 1
-    else
-      local fields = entry_fields(id)
-      if fields then
-        if op == 'r' then
-          set_field(fields, 'attempt', b)
-          set_field(fields, 'error', c)
-          redis.call('ZADD', retry, a, cmsgpack.pack(fields))
-          retried = retried + 1
-          failed = failed + 1
-        elseif op == 'b' then
-          if c ~= '' then
-            set_field(fields, 'attempt', c)
-          end
-          set_field(fields, 'reason', a)
-          set_field(fields, 'error', b)
-          set_field(fields, 'dead_at', now)
-          set_field(fields, 'origin', stream .. '/' .. id)
-          set_field(fields, 'deliveries', tostring(deliveries))
-          redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-          dead = dead + 1
-          if a ~= 'malformed' and a ~= 'unknown_kind' then
-            failed = failed + 1
-          end
-        elseif op == 'q' then
-          redis.call('XADD', stream, '*', unpack(fields))
-          requeued = requeued + 1
+    local fields = entry_fields(id)
+    if fields then
+      if op == 'r' then
+        set_field(fields, 'attempt', b)
+        set_field(fields, 'error', c)
+        redis.call('ZADD', retry, a, cmsgpack.pack(fields))
+        retried = retried + 1
+        failed = failed + 1
+      elseif op == 'b' then
+        if c ~= '' then
+          set_field(fields, 'attempt', c)
         end
+        set_field(fields, 'reason', a)
+        set_field(fields, 'error', b)
+        set_field(fields, 'dead_at', now)
+        set_field(fields, 'origin', stream .. '/' .. id)
+        set_field(fields, 'deliveries', tostring(deliveries))
+        redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+        dead = dead + 1
+        if a ~= 'malformed' and a ~= 'unknown_kind' then
+          failed = failed + 1
+        end
+      elseif op == 'q' then
+        redis.call('XADD', stream, '*', unpack(fields))
+        requeued = requeued + 1
       end
     end
     acked[#acked + 1] = id
