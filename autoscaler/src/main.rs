@@ -63,6 +63,11 @@ struct Cli {
     /// Most workers added by one decision.
     #[arg(long, default_value_t = policy::DEFAULT_MAX_STEP_UP)]
     max_step_up: u32,
+    /// Share of a large surplus (fleet at least 1.5x the target, as after a burst) one
+    /// scale-down step removes, at least one worker; smaller surpluses go one worker per step.
+    /// 0 always steps down one worker at a time.
+    #[arg(long, default_value_t = policy::DEFAULT_DOWN_FRACTION)]
+    down_fraction: f64,
     /// Tasks per second one worker completes; measured from completions when not given.
     #[arg(long)]
     per_worker_rate: Option<f64>,
@@ -126,6 +131,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         cooldown: cli.cooldown,
         reversal_cooldown: cli.reversal_cooldown,
         max_step_up: cli.max_step_up,
+        down_fraction: cli.down_fraction,
         headroom: cli.headroom,
         ..PolicyParams::default()
     };

@@ -38,7 +38,10 @@
 //!    `low_watermark · sla`: scale up to `target`, at most `max_step_up`.
 //!    Triggering on overload but aiming at `target` leaves a dead band
 //!    (`headroom - 1` wide) in which noise in the smoothed rates moves nothing.
-//! 3. **Scale down** by one worker when `target < current`, every waiting task
+//! 3. **Scale down** one step when `target < current`: when the fleet is at
+//!    least `LARGE_SURPLUS` (1.5) times the target, as a burst leaves it,
+//!    `down_fraction` (3/4) of the surplus `current - target`; otherwise one
+//!    worker. Only when every waiting task
 //!    is younger than `low_watermark · sla`, that has been so at every
 //!    decision for a whole `cooldown`, `cooldown` has passed since the last
 //!    change in either direction, `reversal_cooldown` since the last scale-up,
@@ -75,6 +78,13 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 pub const DEFAULT_REVERSAL_COOLDOWN: Duration = Duration::from_secs(90);
 /// Largest scale-up of one decision; bounds the cost of a bad observation.
 pub const DEFAULT_MAX_STEP_UP: u32 = 4;
+/// Share of a large surplus (`current - target`) one scale-down step removes, at least one
+/// worker.
+pub const DEFAULT_DOWN_FRACTION: f64 = 0.75;
+/// A surplus is large when the fleet is at least this multiple of the target; smaller ones
+/// are stepped down one worker at a time. Over 100 simulator seeds, 1.25 let the sine flap
+/// (8 direction changes in 6 half periods on the worst seed) where 1.5 keeps it at 6.
+pub const LARGE_SURPLUS: f64 = 1.5;
 /// Capacity margin over the arrival rate (1.2 = aim at ~83 % utilisation).
 pub const DEFAULT_HEADROOM: f64 = 1.2;
 /// Scale down only while every oldest wait is below this fraction of its SLA.
@@ -125,6 +135,8 @@ pub struct PolicyParams {
     pub cooldown: Duration,
     pub reversal_cooldown: Duration,
     pub max_step_up: u32,
+    /// Share of the surplus one scale-down step removes (at least one worker; 0 = one worker).
+    pub down_fraction: f64,
     pub headroom: f64,
     pub low_watermark: f64,
     /// Drain window as a fraction of each priority's SLA.
@@ -141,6 +153,7 @@ impl Default for PolicyParams {
             cooldown: DEFAULT_COOLDOWN,
             reversal_cooldown: DEFAULT_REVERSAL_COOLDOWN,
             max_step_up: DEFAULT_MAX_STEP_UP,
+            down_fraction: DEFAULT_DOWN_FRACTION,
             headroom: DEFAULT_HEADROOM,
             low_watermark: DEFAULT_LOW_WATERMARK,
             drain_fraction: DEFAULT_DRAIN_FRACTION,
@@ -175,7 +188,9 @@ impl PolicyParams {
         let w = self.low_watermark;
         check("low_watermark", w, w > 0.0 && w <= 1.0, "in (0, 1]")?;
         let f = self.drain_fraction;
-        check("drain_fraction", f, f > 0.0 && f <= 1.0, "in (0, 1]")
+        check("drain_fraction", f, f > 0.0 && f <= 1.0, "in (0, 1]")?;
+        let d = self.down_fraction;
+        check("down_fraction", d, (0.0..=1.0).contains(&d), "in [0, 1]")
     }
 }
 
@@ -239,7 +254,7 @@ pub enum Reason {
     Demand,
     /// Capacity is inside the dead band; nothing to do.
     Steady,
-    /// Stepped down by one worker.
+    /// Stepped down by one step (part of the surplus, at least one worker).
     ScaleDown,
     /// Would scale down, but a recent change or a too-short calm forbids it.
     Cooldown,
@@ -447,7 +462,17 @@ pub fn decide(
         } else if current - 1 < busy_floor {
             (current, Reason::InFlightFloor)
         } else {
-            (current - 1, Reason::ScaleDown)
+            // A large surplus (what a burst leaves) goes most of the way (3/4 by default) to
+            // the target at once; a small one (a load falling slowly) a worker at a time,
+            // which keeps the trough of a wave from over-shooting. Never below the target or
+            // the busy workers.
+            let surplus = current - target;
+            let step = if f64::from(current) >= LARGE_SURPLUS * f64::from(target.max(1)) {
+                ((f64::from(surplus) * params.down_fraction).floor() as u32).clamp(1, surplus)
+            } else {
+                1
+            };
+            ((current - step).max(busy_floor), Reason::ScaleDown)
         }
     } else if a.idle && current <= params.min {
         (current, at_min)
@@ -550,6 +575,14 @@ mod tests {
         PolicyParams {
             per_worker_rate: Some(1.0),
             ..PolicyParams::default()
+        }
+    }
+
+    /// Scale-down one worker per step: the timing tests below count single steps.
+    fn one_at_a_time() -> PolicyParams {
+        PolicyParams {
+            down_fraction: 0.0,
+            ..params()
         }
     }
 
@@ -805,7 +838,7 @@ mod tests {
 
     #[test]
     fn scale_down_waits_for_a_full_calm_cooldown_then_steps_one_at_a_time() {
-        let p = params();
+        let p = one_at_a_time();
         let mut st = PolicyState::default();
         let d = run(&calm(10), 10, 100, &p, &mut st);
         assert_eq!((d.desired, d.reason), (10, Reason::Cooldown), "calm just started");
@@ -822,7 +855,7 @@ mod tests {
 
     #[test]
     fn a_single_busy_moment_restarts_the_calm_period() {
-        let p = params();
+        let p = one_at_a_time();
         let mut st = PolicyState::default();
         run(&calm(10), 10, 100, &p, &mut st);
         let busy = obs(vec![prio("high", 10, 9.0, 0, None)], 10, 9);
@@ -838,22 +871,28 @@ mod tests {
             last_scale_down: Some(s(80)),
             ..calm_state()
         };
-        assert_eq!(run(&calm(10), 10, 100, &params(), &mut st).reason, Reason::Cooldown);
-        assert_eq!(run(&calm(10), 10, 110, &params(), &mut st).desired, 9);
+        assert_eq!(
+            run(&calm(10), 10, 100, &one_at_a_time(), &mut st).reason,
+            Reason::Cooldown
+        );
+        assert_eq!(run(&calm(10), 10, 110, &one_at_a_time(), &mut st).desired, 9);
         // After a scale-up the wait is the longer reversal cooldown.
         let mut st = PolicyState {
             last_scale_up: Some(s(50)),
             ..calm_state()
         };
-        assert_eq!(run(&calm(10), 10, 139, &params(), &mut st).reason, Reason::Cooldown);
-        assert_eq!(run(&calm(10), 10, 140, &params(), &mut st).desired, 9);
+        assert_eq!(
+            run(&calm(10), 10, 139, &one_at_a_time(), &mut st).reason,
+            Reason::Cooldown
+        );
+        assert_eq!(run(&calm(10), 10, 140, &one_at_a_time(), &mut st).desired, 9);
     }
 
     #[test]
     fn scale_down_waits_until_under_the_low_watermark() {
         // 3 s wait on a 10 s SLA is above 0.25 * SLA even though demand is low.
         let o = obs(vec![prio("high", 10, 1.0, 1, Some(3.0))], 10, 0);
-        let d = run(&o, 10, 100, &params(), &mut calm_state());
+        let d = run(&o, 10, 100, &one_at_a_time(), &mut calm_state());
         assert_eq!(
             (d.desired, d.reason),
             (
@@ -864,7 +903,31 @@ mod tests {
             )
         );
         let o = obs(vec![prio("high", 10, 1.0, 1, Some(2.0))], 10, 0);
-        assert_eq!(run(&o, 10, 100, &params(), &mut calm_state()).desired, 9);
+        assert_eq!(run(&o, 10, 100, &one_at_a_time(), &mut calm_state()).desired, 9);
+    }
+
+    #[test]
+    fn scale_down_removes_most_of_a_large_surplus_then_single_workers() {
+        // 1/s needs 2 workers (1.2 with headroom, rounded up); 10 are running.
+        let p = params();
+        let mut st = calm_state();
+        let d = run(&calm(10), 10, 100, &p, &mut st);
+        assert_eq!((d.desired, d.reason), (4, Reason::ScaleDown), "3/4 of a surplus of 8");
+        assert_eq!(run(&calm(4), 4, 129, &p, &mut st).reason, Reason::Cooldown);
+        assert_eq!(run(&calm(4), 4, 130, &p, &mut st).desired, 3, "3/4 of 2, at least one");
+        assert_eq!(run(&calm(3), 3, 160, &p, &mut st).desired, 2);
+        assert_eq!(run(&calm(2), 2, 190, &p, &mut st).reason, Reason::Steady);
+        // A small surplus (8 running, 6 needed for 5/s) goes one worker at a time.
+        let falling = obs(vec![prio("high", 10, 5.0, 0, None)], 8, 0);
+        assert_eq!(run(&falling, 8, 100, &p, &mut calm_state()).desired, 7);
+        // Never below the busy workers, whatever the fraction.
+        let busy = obs(vec![prio("high", 10, 1.0, 0, None)], 10, 7);
+        assert_eq!(run(&busy, 10, 100, &p, &mut calm_state()).desired, 7);
+        let all = PolicyParams {
+            down_fraction: 1.0,
+            ..params()
+        };
+        assert_eq!(run(&calm(10), 10, 100, &all, &mut calm_state()).desired, 2);
     }
 
     #[test]

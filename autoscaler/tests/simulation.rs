@@ -50,20 +50,32 @@ fn no_shape_breaches_its_sla_for_long() {
 }
 
 #[test]
-fn smooth_shapes_cost_within_1_3x_of_the_oracle() {
-    for name in ["step_x10", "ramp", "sine"] {
+fn shapes_cost_within_1_3x_of_the_oracle() {
+    for name in ["step_x10", "ramp", "sine", "idle_burst_idle"] {
         let r = run(name);
         assert!(r.oracle_ratio() <= COST_BOUND, "{name}: {:.3}", r.oracle_ratio());
     }
 }
 
-/// One worker per `cooldown` down means a burst of `n` workers costs at least
-/// `cooldown · n(n+1)/2` worker-seconds after it ends, which the plain oracle
-/// does not pay. Even that rule-bound oracle, run at the policy's target
-/// utilisation, exceeds 1.3x the plain oracle here, so for bursts the bound
-/// is held against the rule-constrained oracle instead.
+/// The spike is the one shape over 1.3x of the plain oracle, by about 2 %: at its base rate
+/// (8/s, one task/s per worker) the policy's target is ceil(8 x 1.2) = 10 workers against the
+/// oracle's 8, so the quiet 95 % of the run already costs 1.25x, and the one-minute spike
+/// itself leaves the margin to the scale-up and the calm cooldown after it. Bounded here at
+/// 1.35x of the plain oracle (and, below, 1.3x of the rule-constrained one).
+const SPIKE_COST_BOUND: f64 = 1.35;
+
 #[test]
-fn bursts_cannot_meet_1_3x_of_the_plain_oracle_under_the_one_step_rule() {
+fn spike_costs_within_1_35x_of_the_oracle() {
+    let r = run("spike");
+    assert!(r.oracle_ratio() <= SPIKE_COST_BOUND, "{:.3}", r.oracle_ratio());
+}
+
+/// Why a scale-down step removes part of the surplus rather than one worker: one worker per
+/// `cooldown` means a burst of `n` workers costs at least `cooldown · n(n+1)/2` worker-seconds
+/// after it ends, which the plain oracle does not pay. Even that rule-bound oracle, run at the
+/// policy's target utilisation, exceeds 1.3x the plain oracle on the burst shapes.
+#[test]
+fn one_worker_per_cooldown_could_not_meet_1_3x_on_bursts() {
     for name in ["spike", "idle_burst_idle"] {
         let s = scenario(name);
         let r = simulate(&s.config);
@@ -73,7 +85,7 @@ fn bursts_cannot_meet_1_3x_of_the_plain_oracle_under_the_one_step_rule() {
 }
 
 #[test]
-fn bursts_cost_within_1_3x_of_the_rule_constrained_oracle() {
+fn bursts_cost_within_1_3x_of_the_one_worker_per_cooldown_oracle() {
     for name in ["spike", "idle_burst_idle"] {
         let r = run(name);
         let ratio = r.constrained_oracle_ratio();
