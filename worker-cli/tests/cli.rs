@@ -187,6 +187,25 @@ async fn cli_json_at(redis_url: &str, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("worker-cli {args:?} printed no JSON ({e}):\n{stdout}"))
 }
 
+/// `worker-cli enqueue` of `count` built-in `sleep` tasks of `ms` each; returns its JSON.
+async fn enqueue_sleeps(server: &RedisServer, queue: &str, ms: u64, count: u32) -> Value {
+    let payload = format!(r#"{{"ms": {ms}}}"#);
+    let count = count.to_string();
+    let args = [
+        "enqueue",
+        "--queue",
+        queue,
+        "--kind",
+        "sleep",
+        "--payload",
+        &payload,
+        "--count",
+        &count,
+        "--json",
+    ];
+    cli_json(server, &args).await
+}
+
 async fn inspector(server: &RedisServer) -> Inspector {
     Inspector::new(&server.client()).await.expect("inspector connects")
 }
@@ -273,22 +292,7 @@ async fn four_workers_run_as_children_and_list_themselves() {
 async fn a_child_killed_with_sigkill_is_restarted_and_every_task_completes() {
     let server = RedisServer::start();
     let queue = "crashy";
-    let first = cli_json(
-        &server,
-        &[
-            "enqueue",
-            "--queue",
-            queue,
-            "--kind",
-            "sleep",
-            "--payload",
-            r#"{"ms": 300}"#,
-            "--count",
-            "20",
-            "--json",
-        ],
-    )
-    .await;
+    let first = enqueue_sleeps(&server, queue, 300, 20).await;
     assert_eq!(first["count"], 20);
     let mut sup = Supervisor::start(
         &server,
@@ -322,22 +326,7 @@ async fn a_child_killed_with_sigkill_is_restarted_and_every_task_completes() {
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
 
     // More work arrives while the child is down.
-    let during = cli_json(
-        &server,
-        &[
-            "enqueue",
-            "--queue",
-            queue,
-            "--kind",
-            "sleep",
-            "--payload",
-            r#"{"ms": 50}"#,
-            "--count",
-            "20",
-            "--json",
-        ],
-    )
-    .await;
+    let during = enqueue_sleeps(&server, queue, 50, 20).await;
     assert_eq!(during["count"], 20);
 
     wait_for("a replacement child", Duration::from_secs(30), || {
@@ -366,38 +355,8 @@ async fn a_child_killed_with_sigkill_is_restarted_and_every_task_completes() {
 async fn sigterm_drains_every_child_within_the_drain_timeout_and_exits_zero() {
     let server = RedisServer::start();
     let queue = "draining";
-    cli_json(
-        &server,
-        &[
-            "enqueue",
-            "--queue",
-            queue,
-            "--kind",
-            "sleep",
-            "--payload",
-            r#"{"ms": 1500}"#,
-            "--count",
-            "4",
-            "--json",
-        ],
-    )
-    .await;
-    cli_json(
-        &server,
-        &[
-            "enqueue",
-            "--queue",
-            queue,
-            "--kind",
-            "sleep",
-            "--payload",
-            r#"{"ms": 60000}"#,
-            "--count",
-            "2",
-            "--json",
-        ],
-    )
-    .await;
+    enqueue_sleeps(&server, queue, 1500, 4).await;
+    enqueue_sleeps(&server, queue, 60000, 2).await;
     let drain = Duration::from_secs(3);
     let mut sup = Supervisor::start(
         &server,
@@ -804,22 +763,7 @@ async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
 async fn max_tasks_and_max_memory_recycle_children() {
     let server = RedisServer::start();
     // Tasks long enough that the task count is checked between them.
-    cli_json(
-        &server,
-        &[
-            "enqueue",
-            "--queue",
-            "recycle",
-            "--kind",
-            "sleep",
-            "--payload",
-            r#"{"ms": 100}"#,
-            "--count",
-            "12",
-            "--json",
-        ],
-    )
-    .await;
+    enqueue_sleeps(&server, "recycle", 100, 12).await;
     let mut sup = Supervisor::start(
         &server,
         &[
