@@ -57,20 +57,19 @@ fn shapes_cost_within_1_3x_of_the_oracle() {
     }
 }
 
-/// The spike is the one shape over 1.3x of the plain oracle, by about 2 %: at its base rate
-/// (8/s, one task/s per worker) the policy's target is ceil(8 x 1.2) = 10 workers against the
-/// oracle's 8, so the quiet 95 % of the run already costs 1.25x, and the one-minute spike
-/// itself leaves the margin to the scale-up and the calm cooldown after it. Bounded here at
-/// 1.35x of the plain oracle (and, below, 1.3x of the rule-constrained one).
-const SPIKE_COST_BOUND: f64 = 1.35;
+/// The spike is the one shape over 1.3x of the plain oracle, by 0.03 % (1.3003): at its base
+/// rate (8/s, one task/s per worker) the policy's target is ceil(8 x 1.2) = 10 workers against
+/// the oracle's 8, so the quiet 95 % of the run already costs about 1.25x, and the one-minute
+/// spike leaves the rest to the scale-up and the calm cooldown after it. Bounded at 1.31x.
+const SPIKE_COST_BOUND: f64 = 1.31;
 
 #[test]
-fn spike_costs_within_1_35x_of_the_oracle() {
+fn spike_costs_within_1_31x_of_the_oracle() {
     let r = run("spike");
     assert!(r.oracle_ratio() <= SPIKE_COST_BOUND, "{:.3}", r.oracle_ratio());
 }
 
-/// Why a scale-down step removes part of the surplus rather than one worker: one worker per
+/// Why a scale-down step after a burst removes the surplus rather than one worker: one worker per
 /// `cooldown` means a burst of `n` workers costs at least `cooldown · n(n+1)/2` worker-seconds
 /// after it ends, which the plain oracle does not pay. Even that rule-bound oracle, run at the
 /// policy's target utilisation, exceeds 1.3x the plain oracle on the burst shapes.
