@@ -58,7 +58,7 @@ pub struct WorkerConfig {
     /// Longest blocking read ([`DEFAULT_BLOCK`]).
     pub block: Duration,
     /// Fetch loops, each with its own connection ([`DEFAULT_FETCHERS`]; at most `concurrency`
-    /// run). Each reads only as many entries as the free slots it has reserved.
+    /// run). Each reserves its share of the free slots before a read (see `worker/fetcher.rs`).
     pub fetchers: usize,
     /// Priority order ([`PriorityMode::Strict`]).
     pub priority: PriorityMode,

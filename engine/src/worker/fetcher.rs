@@ -3,9 +3,12 @@
 //! Each fetcher owns a dedicated connection: a blocking `XREADGROUP` would stall every other
 //! command on a shared multiplexed connection. A worker runs `fetchers` of them (two by
 //! default), so one read is on its way to Redis while the other batch is decoded and
-//! dispatched. A fetcher reserves the free handler slots before it reads and reads no more
-//! entries than it reserved, so tasks wait in the stream (where any worker can take them), not
-//! in this process.
+//! dispatched. A fetcher reserves its share of the free handler slots before it reads and its
+//! non-blocking reads take no more entries than it reserved, so under load tasks wait in the
+//! stream (where any worker can take them), not in this process. Only when every stream was
+//! empty does a fetcher block, asking for every free slot; if two blocked fetchers (or several
+//! shards) answer at once with more than the free slots, the extra entries wait here for a
+//! slot, leased to this worker and renewed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
