@@ -55,18 +55,18 @@ impl StreamEntry {
 
 /// The lowest and highest of some stream ids (`("-", "+")`, everything, for none).
 fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (&'a str, &'a str) {
-    let mut range: Option<(&str, &str)> = None;
-    for id in ids {
-        let key = parse_stream_id(id);
-        range = Some(match range {
-            None => (id, id),
-            Some((lo, hi)) => (
-                if key < parse_stream_id(lo) { id } else { lo },
-                if key > parse_stream_id(hi) { id } else { hi },
-            ),
-        });
-    }
-    range.unwrap_or(("-", "+"))
+    // Numeric order ("10-0" > "9-9"), each id parsed once.
+    let mut keyed = ids.map(|id| (parse_stream_id(id), id));
+    let Some(first) = keyed.next() else {
+        return ("-", "+");
+    };
+    let (lo, hi) = keyed.fold((first, first), |(lo, hi), this| {
+        (
+            if this.0 < lo.0 { this } else { lo },
+            if this.0 > hi.0 { this } else { hi },
+        )
+    });
+    (lo.1, hi.1)
 }
 
 /// Parses a stream id `ms-seq` into numbers, for ordering.
@@ -642,6 +642,13 @@ mod tests {
             max_deliveries: 5,
             dlq_maxlen: 100,
         }
+    }
+
+    #[test]
+    fn id_range_orders_ids_by_number_not_text() {
+        assert_eq!(id_range(["9-9", "10-0", "5-1", "10-2"].into_iter()), ("5-1", "10-2"));
+        assert_eq!(id_range(["7-0"].into_iter()), ("7-0", "7-0"));
+        assert_eq!(id_range(std::iter::empty()), ("-", "+"));
     }
 
     #[tokio::test]
