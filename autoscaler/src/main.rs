@@ -75,7 +75,7 @@ struct Cli {
     #[arg(long, default_value_t = policy::DEFAULT_HEADROOM)]
     headroom: f64,
     /// Time constant of the arrival and completion rate smoothing.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     smoothing: Duration,
     /// How workers are started and stopped.
     #[arg(long, value_enum, default_value = "process")]
@@ -185,5 +185,19 @@ fn main() -> ExitCode {
             eprintln!("autoscaler: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_ones_the_simulator_proves() {
+        let cli = Cli::try_parse_from(["autoscaler", "--queue", "q"]).unwrap();
+        assert_eq!(cli.smoothing, autoscaler::observe::DEFAULT_SMOOTHING);
+        assert_eq!(cli.smoothing, autoscaler::sim::DEFAULT_RATE_WINDOW);
+        assert_eq!(cli.down_fraction, policy::DEFAULT_DOWN_FRACTION);
+        assert_eq!(cli.headroom, policy::DEFAULT_HEADROOM);
     }
 }

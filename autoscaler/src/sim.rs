@@ -25,8 +25,8 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 pub const DEFAULT_SUB_STEP: Duration = Duration::from_millis(100);
 /// Default time from "spawn a worker" to "it takes tasks".
 pub const DEFAULT_STARTUP_DELAY: Duration = Duration::from_secs(2);
-/// Default time constant of the collector's rate EWMA.
-pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(15);
+/// Default time constant of the collector's rate EWMA: the daemon's default.
+pub const DEFAULT_RATE_WINDOW: Duration = crate::observe::DEFAULT_SMOOTHING;
 
 /// Arrival rate of one priority over time (tasks/s; times in seconds).
 #[derive(Debug, Clone, PartialEq)]
