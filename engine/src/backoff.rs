@@ -18,7 +18,7 @@ pub const DEFAULT_FACTOR: f64 = 2.0;
 pub const DEFAULT_CAP: Duration = Duration::from_secs(600);
 
 /// Attempts and backoff. Overridable per queue and per kind in the worker, per task in the
-/// envelope (`max_attempts`).
+/// envelope (`max_attempts`, `backoff_base_ms`, `backoff_factor`, `backoff_cap_ms`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Runs a task gets in all (1 = never retried).
@@ -88,8 +88,8 @@ impl RetryPolicy {
     }
 
     /// Whether a task that has just failed attempt `attempt` (0-based) may run again.
-    pub fn may_retry(&self, attempt: u32, max_attempts: Option<u32>) -> bool {
-        attempt.saturating_add(1) < max_attempts.unwrap_or(self.max_attempts)
+    pub fn may_retry(&self, attempt: u32) -> bool {
+        attempt.saturating_add(1) < self.max_attempts
     }
 }
 
@@ -124,11 +124,11 @@ mod tests {
             max_attempts: 3,
             ..Default::default()
         };
-        assert!(p.may_retry(0, None));
-        assert!(p.may_retry(1, None));
-        assert!(!p.may_retry(2, None));
-        assert!(!p.may_retry(0, Some(1)));
-        assert!(p.may_retry(5, Some(10)));
+        assert!(p.may_retry(0));
+        assert!(p.may_retry(1));
+        assert!(!p.may_retry(2));
+        let once = RetryPolicy { max_attempts: 1, ..p };
+        assert!(!once.may_retry(0));
     }
 
     #[test]

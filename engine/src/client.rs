@@ -8,6 +8,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+use crate::backoff::RetryPolicy;
 use crate::broker;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::Result;
@@ -82,6 +83,23 @@ impl Task {
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.envelope.max_attempts = Some(n);
         self
+    }
+
+    /// Overrides the worker's retry backoff for this task: the delay ceiling of the first
+    /// retry, its growth per attempt and the largest delay (full jitter stays the worker's
+    /// choice). Fails on a factor below 1 or a cap below the base.
+    pub fn backoff(mut self, base: Duration, factor: f64, cap: Duration) -> Result<Self> {
+        RetryPolicy {
+            base,
+            factor,
+            cap,
+            ..RetryPolicy::default()
+        }
+        .validate()?;
+        self.envelope.backoff_base_ms = Some(crate::envelope::millis(base));
+        self.envelope.backoff_factor = Some(factor);
+        self.envelope.backoff_cap_ms = Some(crate::envelope::millis(cap));
+        Ok(self)
     }
 
     /// Overrides the worker's handler timeout for this task.
@@ -161,6 +179,9 @@ impl Client {
         let tasks: Vec<Task> = tasks.into_iter().collect();
         let mut placed = Vec::with_capacity(tasks.len());
         for task in &tasks {
+            if task.envelope.max_attempts == Some(0) {
+                return Err(crate::Error::config("max_attempts", "a task needs at least 1 attempt"));
+            }
             let priority = task.priority.as_deref().unwrap_or_else(|| queue.default_priority());
             queue.rank(priority)?;
             let keys = queue.shard(priority, shard_for(task.envelope.id.as_str(), queue.layout().shards));

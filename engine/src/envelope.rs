@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backoff::RetryPolicy;
 use crate::error::{Error, Result};
 
 /// A task's unique id: stable across retries, replays and requeues.
@@ -111,7 +112,7 @@ impl fmt::Display for Codec {
 }
 
 /// One task as it travels on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// Unique id, stable across retries.
     pub id: TaskId,
@@ -129,6 +130,12 @@ pub struct Envelope {
     pub max_attempts: Option<u32>,
     /// Overrides the worker's handler timeout for this task, in ms.
     pub timeout_ms: Option<u64>,
+    /// Overrides the retry delay ceiling of the first retry, in ms.
+    pub backoff_base_ms: Option<u64>,
+    /// Overrides the growth of the retry delay ceiling per attempt (>= 1).
+    pub backoff_factor: Option<f64>,
+    /// Overrides the largest retry delay, in ms.
+    pub backoff_cap_ms: Option<u64>,
     /// The last failure, when `attempt > 0`.
     pub error: Option<String>,
 }
@@ -155,13 +162,33 @@ impl Envelope {
             attempt: 0,
             max_attempts: None,
             timeout_ms: None,
+            backoff_base_ms: None,
+            backoff_factor: None,
+            backoff_cap_ms: None,
             error: None,
         }
     }
 
+    /// The retry policy for this task: `policy` (the worker's, queue's or kind's) with the
+    /// task's own limits and backoff in place of it where the envelope carries them. A
+    /// combination that makes no sense (a cap below the base) is an error, not a repair.
+    pub fn retry_policy(&self, policy: RetryPolicy) -> Result<RetryPolicy, Malformed> {
+        let ms = Duration::from_millis;
+        let p = RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(policy.max_attempts),
+            base: self.backoff_base_ms.map_or(policy.base, ms),
+            factor: self.backoff_factor.unwrap_or(policy.factor),
+            cap: self.backoff_cap_ms.map_or(policy.cap, ms),
+            jitter: policy.jitter,
+        };
+        p.validate()
+            .map_err(|e| Malformed(format!("the task's retry settings: {e}")))?;
+        Ok(p)
+    }
+
     /// The entry's fields, in wire order, ready for `XADD`.
     pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
-        let mut f = Vec::with_capacity(9);
+        let mut f = Vec::with_capacity(12);
         f.push(("id", Bytes::copy_from_slice(self.id.as_str().as_bytes())));
         f.push(("kind", Bytes::copy_from_slice(self.kind.as_bytes())));
         f.push(("payload", self.payload.clone()));
@@ -173,6 +200,15 @@ impl Envelope {
         }
         if let Some(ms) = self.timeout_ms {
             f.push(("timeout_ms", Bytes::from(ms.to_string())));
+        }
+        if let Some(ms) = self.backoff_base_ms {
+            f.push(("backoff_base_ms", Bytes::from(ms.to_string())));
+        }
+        if let Some(x) = self.backoff_factor {
+            f.push(("backoff_factor", Bytes::from(x.to_string())));
+        }
+        if let Some(ms) = self.backoff_cap_ms {
+            f.push(("backoff_cap_ms", Bytes::from(ms.to_string())));
         }
         if let Some(e) = &self.error {
             f.push(("error", Bytes::copy_from_slice(e.as_bytes())));
@@ -191,6 +227,7 @@ impl Envelope {
         let (mut id, mut kind, mut payload, mut codec) = (None, None, None, None);
         let (mut enqueued_at, mut attempt, mut max_attempts, mut timeout_ms, mut error) =
             (None, None, None, None, None);
+        let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
         for (name, value) in fields {
             match name.as_ref() {
                 b"id" => id = Some(value),
@@ -201,6 +238,9 @@ impl Envelope {
                 b"attempt" => attempt = Some(value),
                 b"max_attempts" => max_attempts = Some(value),
                 b"timeout_ms" => timeout_ms = Some(value),
+                b"backoff_base_ms" => backoff_base_ms = Some(value),
+                b"backoff_factor" => backoff_factor = Some(value),
+                b"backoff_cap_ms" => backoff_cap_ms = Some(value),
                 b"error" => error = Some(value),
                 _ => {}
             }
@@ -239,8 +279,24 @@ impl Envelope {
             attempt: parse_num("attempt", attempt)?.unwrap_or(0),
             max_attempts: parse_num("max_attempts", max_attempts)?,
             timeout_ms: parse_num("timeout_ms", timeout_ms)?,
+            backoff_base_ms: parse_num("backoff_base_ms", backoff_base_ms)?,
+            backoff_factor: parse_factor(backoff_factor)?,
+            backoff_cap_ms: parse_num("backoff_cap_ms", backoff_cap_ms)?,
             error: error.map(|e| String::from_utf8_lossy(e.as_ref()).into_owned()),
         })
+    }
+}
+
+fn parse_factor<V: AsRef<[u8]>>(v: Option<V>) -> Result<Option<f64>, Malformed> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    match std::str::from_utf8(v.as_ref()).ok().and_then(|s| s.parse::<f64>().ok()) {
+        Some(x) if x.is_finite() && x >= 1.0 => Ok(Some(x)),
+        _ => Err(Malformed(format!(
+            "field \"backoff_factor\" is not a number >= 1: {:?}",
+            String::from_utf8_lossy(v.as_ref())
+        ))),
     }
 }
 
@@ -290,10 +346,37 @@ mod tests {
         assert_eq!(roundtrip(&e), e);
         e.max_attempts = Some(7);
         e.timeout_ms = Some(1500);
+        e.backoff_base_ms = Some(250);
+        e.backoff_factor = Some(1.5);
+        e.backoff_cap_ms = Some(4000);
         e.error = Some("boom".into());
         e.attempt = 2;
         e.codec = Codec::MsgPack;
         assert_eq!(roundtrip(&e), e);
+    }
+
+    #[test]
+    fn the_task_overrides_the_retry_policy_where_it_says_so() {
+        let worker = RetryPolicy::default();
+        let mut e = Envelope::new("k", Bytes::new(), Codec::Json);
+        assert_eq!(e.retry_policy(worker).unwrap(), worker);
+        e.max_attempts = Some(2);
+        e.backoff_base_ms = Some(50);
+        e.backoff_cap_ms = Some(200);
+        let p = e.retry_policy(worker).unwrap();
+        assert_eq!(
+            (p.max_attempts, p.base, p.factor, p.cap),
+            (2, Duration::from_millis(50), worker.factor, Duration::from_millis(200))
+        );
+        // A cap below the base is the task's mistake, reported, not repaired.
+        e.backoff_cap_ms = Some(10);
+        let err = e.retry_policy(worker).unwrap_err();
+        assert!(err.0.contains("retry.cap"), "{err}");
+        // A factor below 1 does not even decode.
+        let mut fields = Envelope::new("k", Bytes::new(), Codec::Json).fields();
+        fields.push(("backoff_factor", Bytes::from_static(b"0.5")));
+        let err = Envelope::from_fields(fields).unwrap_err();
+        assert!(err.0.contains("backoff_factor"), "{err}");
     }
 
     #[test]

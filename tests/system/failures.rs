@@ -747,3 +747,102 @@ async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
     assert_eq!(outstanding(&inspector, &queue).await, 0);
     assert_eq!(inspector.stats(&queue).await.unwrap().counters.done, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_brings_its_own_attempts_and_backoff() {
+    let server = RedisServer::start();
+    let queue = Queue::new("own-retry").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    let runs: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let runs2 = runs.clone();
+    let router = Router::new().route("always-fails", move |ctx: TaskContext, _: ()| {
+        let runs = runs2.clone();
+        async move {
+            runs.lock().unwrap().push((ctx.id.to_string(), Instant::now()));
+            Err::<(), _>(HandlerError::retry("no"))
+        }
+    });
+    // The worker's own policy would wait a minute between attempts and allow ten.
+    let config = WorkerConfig {
+        retry: RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_secs(60),
+            cap: Duration::from_secs(600),
+            jitter: false,
+            ..RetryPolicy::default()
+        },
+        ..fast_config()
+    };
+    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
+    let own = Task::json("always-fails", &())
+        .unwrap()
+        .max_attempts(3)
+        .backoff(Duration::from_millis(200), 3.0, Duration::from_millis(500))
+        .unwrap();
+    let own_id = own.task_id().to_string();
+    client.enqueue(&queue, own).await.unwrap();
+    // Settings that make no sense are refused at enqueue, and buried if written raw.
+    assert!(
+        Task::json("k", &())
+            .unwrap()
+            .backoff(Duration::from_secs(2), 2.0, Duration::from_secs(1))
+            .is_err()
+    );
+    assert!(
+        client
+            .enqueue(&queue, Task::json("k", &()).unwrap().max_attempts(0))
+            .await
+            .is_err()
+    );
+    let mut conn = raw(&server).await;
+    let _: String = redis::cmd("XADD")
+        .arg(queue.shard("normal", 0).stream)
+        .arg("*")
+        .arg(&[
+            "id",
+            "raw-1",
+            "kind",
+            "always-fails",
+            "payload",
+            "null",
+            "backoff_factor",
+            "0.5",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    wait_for("both tasks in the dead-letter stream", Duration::from_secs(10), || {
+        let inspector = inspector.clone();
+        let queue = queue.clone();
+        async move { inspector.dlq_list(&queue, None, 10).await.unwrap().len() == 2 }
+    })
+    .await;
+    w.stop().await;
+    let dead = inspector.dlq_list(&queue, None, 10).await.unwrap();
+    let reason_of = |id: &str| dead.iter().find(|d| d.task_id == id).map(|d| d.reason.clone());
+    assert_eq!(reason_of(&own_id).as_deref(), Some("exhausted"));
+    assert_eq!(reason_of("raw-1").as_deref(), Some("malformed"));
+    // Three runs (the task's limit), 200 ms then 500 ms (3 x 200 capped) apart (the task's
+    // backoff, no jitter by the worker's choice), not a minute.
+    let runs: Vec<Instant> = runs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == own_id)
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(runs.len(), 3);
+    let slack = Duration::from_millis(400);
+    for (gap, ceiling) in runs
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .zip([200, 500].map(Duration::from_millis))
+    {
+        assert!(
+            gap + Duration::from_millis(5) >= ceiling && gap <= ceiling + slack,
+            "{gap:?} vs {ceiling:?}"
+        );
+    }
+}

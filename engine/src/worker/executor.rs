@@ -65,6 +65,27 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         );
         return;
     };
+    let policy = route
+        .options
+        .retry
+        .or(lane.options.retry)
+        .unwrap_or(shared.config.retry);
+    let policy = match env.retry_policy(policy) {
+        Ok(p) => p,
+        Err(m) => {
+            tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
+            WorkerCounters::add(&shared.counters.buried, 1);
+            shared.settle(
+                lane_idx,
+                entry_id,
+                Settle::Bury {
+                    reason: "malformed",
+                    error: m.0,
+                },
+            );
+            return;
+        }
+    };
     let ctx = TaskContext {
         id: env.id,
         kind: env.kind,
@@ -92,18 +113,12 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             return;
         }
     };
-    let policy = route
-        .options
-        .retry
-        .or(lane.options.retry)
-        .unwrap_or(shared.config.retry);
     let timeout = env
         .timeout_ms
         .map(Duration::from_millis)
         .or(route.options.timeout)
         .or(lane.options.timeout)
         .or(shared.config.timeout);
-    let max_attempts = env.max_attempts;
     WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
@@ -121,7 +136,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             }
             Err(failure) => {
                 WorkerCounters::add(&shared2.counters.failed, 1);
-                let settle = failure_outcome(&failure, attempt, max_attempts, &policy, now_ms(), fastrand::f64());
+                let settle = failure_outcome(&failure, attempt, &policy, now_ms(), fastrand::f64());
                 tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
@@ -175,19 +190,12 @@ fn settle_name(s: &Settle) -> &'static str {
 
 /// What happens after a failed run (pure): `Fatal` buries at once; otherwise retry after the
 /// handler's own delay or the policy's backoff while attempts remain, else bury as exhausted.
-pub(crate) fn failure_outcome(
-    failure: &Failure,
-    attempt: u32,
-    max_attempts: Option<u32>,
-    policy: &RetryPolicy,
-    now_ms: u64,
-    unit: f64,
-) -> Settle {
+pub(crate) fn failure_outcome(failure: &Failure, attempt: u32, policy: &RetryPolicy, now_ms: u64, unit: f64) -> Settle {
     let error = describe(failure);
     if let Failure::Handler(HandlerError::Fatal(_)) = failure {
         return Settle::Bury { reason: "fatal", error };
     }
-    if !policy.may_retry(attempt, max_attempts) {
+    if !policy.may_retry(attempt) {
         return Settle::Bury {
             reason: "exhausted",
             error,
@@ -220,7 +228,7 @@ mod tests {
     fn errors_retry_with_backoff_until_attempts_run_out() {
         let f = Failure::Handler(HandlerError::retry("boom"));
         assert_eq!(
-            failure_outcome(&f, 0, None, &policy(), 1000, 0.5),
+            failure_outcome(&f, 0, &policy(), 1000, 0.5),
             Settle::Retry {
                 due_ms: 2000,
                 attempt: 1,
@@ -228,7 +236,7 @@ mod tests {
             }
         );
         assert_eq!(
-            failure_outcome(&f, 1, None, &policy(), 1000, 0.5),
+            failure_outcome(&f, 1, &policy(), 1000, 0.5),
             Settle::Retry {
                 due_ms: 3000,
                 attempt: 2,
@@ -236,7 +244,7 @@ mod tests {
             }
         );
         assert_eq!(
-            failure_outcome(&f, 2, None, &policy(), 1000, 0.5),
+            failure_outcome(&f, 2, &policy(), 1000, 0.5),
             Settle::Bury {
                 reason: "exhausted",
                 error: "boom".into()
@@ -244,7 +252,16 @@ mod tests {
         );
         // The task's own limit wins.
         assert!(matches!(
-            failure_outcome(&f, 2, Some(10), &policy(), 0, 0.5),
+            failure_outcome(
+                &f,
+                2,
+                &RetryPolicy {
+                    max_attempts: 10,
+                    ..policy()
+                },
+                0,
+                0.5
+            ),
             Settle::Retry { .. }
         ));
     }
@@ -253,7 +270,7 @@ mod tests {
     fn fatal_buries_at_once_and_retry_after_sets_the_delay() {
         let fatal = Failure::Handler(HandlerError::fatal("bad input"));
         assert_eq!(
-            failure_outcome(&fatal, 0, None, &policy(), 0, 0.5),
+            failure_outcome(&fatal, 0, &policy(), 0, 0.5),
             Settle::Bury {
                 reason: "fatal",
                 error: "fatal: bad input".into()
@@ -261,7 +278,7 @@ mod tests {
         );
         let after = Failure::Handler(HandlerError::retry_after(Duration::from_millis(250), "busy"));
         assert!(matches!(
-            failure_outcome(&after, 0, None, &policy(), 100, 0.5),
+            failure_outcome(&after, 0, &policy(), 100, 0.5),
             Settle::Retry {
                 due_ms: 350,
                 attempt: 1,
@@ -272,12 +289,12 @@ mod tests {
 
     #[test]
     fn panics_and_timeouts_are_failures() {
-        let p = failure_outcome(&Failure::Panic("oops".into()), 0, None, &policy(), 0, 0.5);
+        let p = failure_outcome(&Failure::Panic("oops".into()), 0, &policy(), 0, 0.5);
         assert!(
             matches!(&p, Settle::Retry { error, .. } if error == "handler panicked: oops"),
             "{p:?}"
         );
-        let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, None, &policy(), 0, 0.5);
+        let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, &policy(), 0, 0.5);
         assert!(
             matches!(&t, Settle::Bury { reason: "exhausted", error } if error.contains("timed out")),
             "{t:?}"
