@@ -28,8 +28,9 @@ enum LogFormat {
 ///
 /// Every INTERVAL it reads the queue's backlog, in-flight tasks, the age of the oldest waiting
 /// task and smoothed arrival and completion rates per priority, decides a worker count with a
-/// pure policy (scale up at once on a breach or projected breach, down one step at a time after
-/// the cooldown), and acts. Each decision is logged with its inputs, exported as metrics and
+/// pure policy (scale up at once on a breach or projected breach; down one step after a calm
+/// cooldown: straight to the target after a burst, one worker otherwise; never below the busy
+/// workers), and acts. Each decision is logged with its inputs, exported as metrics and
 /// stored in Redis so `worker-cli stats` shows it.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
