@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{Shared, WorkerCounters};
 use crate::backoff::RetryPolicy;
 use crate::broker::{Settle, StreamEntry};
-use crate::envelope::now_ms;
+use crate::envelope::{TaskId, now_ms};
 use crate::handler::{HandlerError, HandlerFuture, TaskContext};
 
 /// Why one run of a handler failed.
@@ -27,98 +27,22 @@ pub(crate) enum Failure {
 }
 
 pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
-    let lane = &shared.lanes[lane_idx];
     let entry_id = entry.id.clone();
-    let env = match entry.envelope() {
-        Ok(env) => env,
-        Err(m) => {
-            tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
+    let run = match prepare(shared, lane_idx, &entry_id, entry) {
+        Ok(run) => run,
+        Err((reason, error)) => {
             WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(
-                lane_idx,
-                entry_id,
-                Settle::Bury {
-                    reason: "malformed",
-                    error: m.0,
-                },
-            );
+            shared.settle(lane_idx, entry_id, Settle::Bury { reason, error });
             return;
         }
     };
-    let Some(route) = shared.router.get(&env.kind) else {
-        let mut kinds: Vec<&str> = shared.router.kinds().collect();
-        kinds.sort_unstable();
-        let error = format!(
-            "no handler for kind {:?} (this worker serves: {})",
-            env.kind,
-            kinds.join(", ")
-        );
-        tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind; burying");
-        WorkerCounters::add(&shared.counters.buried, 1);
-        shared.settle(
-            lane_idx,
-            entry_id,
-            Settle::Bury {
-                reason: "unknown_kind",
-                error,
-            },
-        );
-        return;
-    };
-    let policy = route
-        .options
-        .retry
-        .or(lane.options.retry)
-        .unwrap_or(shared.config.retry);
-    let policy = match env.retry_policy(policy) {
-        Ok(p) => p,
-        Err(m) => {
-            tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
-            WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(
-                lane_idx,
-                entry_id,
-                Settle::Bury {
-                    reason: "malformed",
-                    error: m.0,
-                },
-            );
-            return;
-        }
-    };
-    let ctx = TaskContext {
-        id: env.id,
-        kind: env.kind,
-        queue: lane.queue.clone(),
-        priority: lane.priority.clone(),
-        attempt: env.attempt,
-        enqueued_at: env.enqueued_at,
-        last_error: env.error,
-        codec: env.codec,
-    };
-    let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
-    let fut = match route.start(ctx, env.payload) {
-        Ok(fut) => fut,
-        Err(m) => {
-            tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-            WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(
-                lane_idx,
-                entry_id,
-                Settle::Bury {
-                    reason: "malformed",
-                    error: m.0,
-                },
-            );
-            return;
-        }
-    };
-    let timeout = env
-        .timeout_ms
-        .map(Duration::from_millis)
-        .or(route.options.timeout)
-        .or(lane.options.timeout)
-        .or(shared.config.timeout);
+    let Run {
+        fut,
+        policy,
+        timeout,
+        task_id,
+        attempt,
+    } = run;
     WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
@@ -146,6 +70,78 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         };
         shared2.settle(lane_idx, entry_id, settle);
     });
+}
+
+/// A task ready to run: its handler future and how to treat its failure.
+struct Run {
+    fut: HandlerFuture,
+    policy: RetryPolicy,
+    timeout: Option<Duration>,
+    task_id: TaskId,
+    attempt: u32,
+}
+
+/// Decodes an entry and starts its handler's future, or says why it cannot run: the dead
+/// letter's reason (`malformed`, `unknown_kind`) and error.
+fn prepare(
+    shared: &Shared,
+    lane_idx: usize,
+    entry_id: &str,
+    entry: StreamEntry,
+) -> Result<Run, (&'static str, String)> {
+    let lane = &shared.lanes[lane_idx];
+    let env = entry.envelope().map_err(|m| {
+        tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
+        ("malformed", m.0)
+    })?;
+    let Some(route) = shared.router.get(&env.kind) else {
+        let mut kinds: Vec<&str> = shared.router.kinds().collect();
+        kinds.sort_unstable();
+        tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind; burying");
+        let error = format!(
+            "no handler for kind {:?} (this worker serves: {})",
+            env.kind,
+            kinds.join(", ")
+        );
+        return Err(("unknown_kind", error));
+    };
+    let policy = route
+        .options
+        .retry
+        .or(lane.options.retry)
+        .unwrap_or(shared.config.retry);
+    let policy = env.retry_policy(policy).map_err(|m| {
+        tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
+        ("malformed", m.0)
+    })?;
+    let timeout = env
+        .timeout_ms
+        .map(Duration::from_millis)
+        .or(route.options.timeout)
+        .or(lane.options.timeout)
+        .or(shared.config.timeout);
+    let ctx = TaskContext {
+        id: env.id,
+        kind: env.kind,
+        queue: lane.queue.clone(),
+        priority: lane.priority.clone(),
+        attempt: env.attempt,
+        enqueued_at: env.enqueued_at,
+        last_error: env.error,
+        codec: env.codec,
+    };
+    let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
+    let fut = route.start(ctx, env.payload).map_err(|m| {
+        tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
+        ("malformed", m.0)
+    })?;
+    Ok(Run {
+        fut,
+        policy,
+        timeout,
+        task_id,
+        attempt,
+    })
 }
 
 async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Failure> {
