@@ -74,19 +74,19 @@ async fn workers_rise_on_a_backlog_then_fall_to_min_without_losing_or_cutting_ta
             .expect("start the autoscaler"),
     );
     let inspector = Inspector::new(&server.client()).await.unwrap();
-    let mut max_live = 0;
-    let mut drained = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while tokio::time::Instant::now() < deadline {
-        let live = inspector.workers().await.unwrap().len();
-        max_live = max_live.max(live);
-        let stats = inspector.stats(&queue).await.unwrap();
-        if stats.counters.done + stats.counters.dead == 60 {
-            drained = true;
-            break;
+    // While waiting for the backlog to drain, note the most workers seen at once.
+    let most_live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drained = wait_until(Duration::from_secs(90), || {
+        let (inspector, queue, most_live) = (inspector.clone(), queue.clone(), most_live.clone());
+        async move {
+            let live = inspector.workers().await.unwrap().len();
+            most_live.fetch_max(live, std::sync::atomic::Ordering::Relaxed);
+            let c = inspector.stats(&queue).await.unwrap().counters;
+            c.done + c.dead == 60
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    let max_live = most_live.load(std::sync::atomic::Ordering::Relaxed);
     assert!(drained, "the backlog did not drain within 90 s");
     assert!(max_live >= 2, "workers never rose above {max_live}");
     let decision = inspector

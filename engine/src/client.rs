@@ -179,9 +179,11 @@ impl Client {
         let tasks: Vec<Task> = tasks.into_iter().collect();
         let mut placed = Vec::with_capacity(tasks.len());
         for task in &tasks {
-            if task.envelope.max_attempts == Some(0) {
-                return Err(crate::Error::config("max_attempts", "a task needs at least 1 attempt"));
-            }
+            // The same check a worker makes before it runs the task (0 attempts, a cap below
+            // the base): refused here rather than dead-lettered there.
+            task.envelope
+                .retry_policy(RetryPolicy::default())
+                .map_err(|m| crate::Error::config("task", m.0))?;
             let priority = task.priority.as_deref().unwrap_or_else(|| queue.default_priority());
             queue.rank(priority)?;
             let keys = queue.shard(priority, shard_for(task.envelope.id.as_str(), queue.layout().shards));

@@ -433,11 +433,16 @@ pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result
 
 /// Renews the lease of the entries among `ids` that `consumer` still owns in a shard. Returns
 /// how many were renewed.
-pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, ids: &[&str]) -> Result<u64> {
+pub async fn extend<S: AsRef<str> + redis::ToRedisArgs>(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    consumer: &str,
+    ids: &[S],
+) -> Result<u64> {
     let mut renewed = 0;
     // Lua's unpack takes a few thousand values at most.
     for chunk in ids.chunks(1000) {
-        let (lo, hi) = id_range(chunk.iter().copied());
+        let (lo, hi) = id_range(chunk.iter().map(AsRef::as_ref));
         let n: u64 = EXTEND
             .key(&keys.stream)
             .arg(GROUP)

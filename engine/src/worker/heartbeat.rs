@@ -34,7 +34,6 @@ pub(super) async fn beat(shared: &Shared) {
         if ids.is_empty() {
             continue;
         }
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         if let Err(e) = broker::extend(&mut conn, &lane.keys, &shared.id, &ids).await {
             tracing::warn!(error = %e, stream = %lane.keys.stream, "could not renew leases");
         }
