@@ -65,7 +65,8 @@ struct Cli {
     #[arg(long, default_value_t = policy::DEFAULT_MAX_STEP_UP)]
     max_step_up: u32,
     /// Share of a large surplus (fleet at least 1.5x the target, as after a burst) one
-    /// scale-down step removes, at least one worker; 1 goes straight to the target. Smaller
+    /// scale-down step removes, at least one worker; 1 goes straight to the target. Later
+    /// steps do the same until the next scale-up, following the decaying rates down. Other
     /// surpluses go one worker per step; 0 always steps down one worker at a time.
     #[arg(long, default_value_t = policy::DEFAULT_DOWN_FRACTION)]
     down_fraction: f64,

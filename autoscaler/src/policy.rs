@@ -40,7 +40,10 @@
 //!    (`headroom - 1` wide) in which noise in the smoothed rates moves nothing.
 //! 3. **Scale down** one step when `target < current`: when the fleet is at
 //!    least `LARGE_SURPLUS` (1.5) times the target, as a burst leaves it,
-//!    `down_fraction` (all) of the surplus `current - target`; otherwise one
+//!    `down_fraction` (all) of the surplus `current - target`, and so again
+//!    at every later step until something scales up: the smoothed rates are
+//!    still decaying after the burst, and the fleet follows them down instead
+//!    of shedding the rest of the burst a worker per cooldown. Otherwise one
 //!    worker. Only when every waiting task is younger than
 //!    `low_watermark · sla`, that has been so at every decision for a whole
 //!    `cooldown`, `cooldown` has passed since the last change in either
@@ -79,8 +82,9 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 pub const DEFAULT_REVERSAL_COOLDOWN: Duration = Duration::from_secs(90);
 /// Largest scale-up of one decision; bounds the cost of a bad observation.
 pub const DEFAULT_MAX_STEP_UP: u32 = 4;
-/// Share of a large surplus (`current - target`) one scale-down step removes, at least one
-/// worker: by default all of it, straight to the target.
+/// Share of a large surplus (`current - target`) one scale-down step removes (and every later
+/// step until the next scale-up), at least one worker: by default all of it, straight to the
+/// target.
 pub const DEFAULT_DOWN_FRACTION: f64 = 1.0;
 /// A surplus is large when the fleet is at least this multiple of the target; smaller ones
 /// are stepped down one worker at a time. Over 100 simulator seeds, 1.25 let the sine flap
@@ -242,6 +246,9 @@ pub struct PolicyState {
     pub down_since: Option<Duration>,
     /// Smoothed `busy_workers`, for estimating the per-worker rate.
     pub busy_avg: Option<f64>,
+    /// A large surplus was stepped down (a burst ended) and nothing has
+    /// scaled up since: scale-down steps go to the target, not one worker.
+    pub after_burst: bool,
 }
 
 /// Why the desired count is what it is; `as_str` gives the metric label.
@@ -465,11 +472,13 @@ pub fn decide(
         } else if current - 1 < busy_floor {
             (current, Reason::InFlightFloor)
         } else {
-            // A large surplus (what a burst leaves) goes to the target at once (by default);
-            // a small one (a load falling slowly) a worker at a time, which keeps the trough
-            // of a wave from over-shooting. Never below the target or the busy workers.
+            // A large surplus (what a burst leaves) goes to the target at once (by default),
+            // and so does the rest of it while the smoothed rates decay after the burst; a
+            // small one (a load falling slowly) a worker at a time, which keeps the trough of
+            // a wave from over-shooting. Never below the target or the busy workers.
             let surplus = current - target;
-            let step = if large {
+            state.after_burst |= large;
+            let step = if state.after_burst {
                 ((f64::from(surplus) * params.down_fraction).floor() as u32).clamp(1, surplus)
             } else {
                 1
@@ -499,6 +508,7 @@ pub fn decide(
     }
 
     if desired > current {
+        state.after_burst = false;
         state.last_scale_up = Some(now);
     } else if desired < current {
         state.last_scale_down = Some(now);
@@ -932,6 +942,25 @@ mod tests {
             ..params()
         };
         assert_eq!(run(&calm(10), 10, 100, &part, &mut calm_state()).desired, 4);
+    }
+
+    #[test]
+    fn after_a_burst_the_fleet_follows_the_target_down_until_something_scales_up() {
+        let p = params();
+        let load = |rate: f64| obs(vec![prio("high", 10, rate, 0, None)], 0, 0);
+        let mut st = calm_state();
+        // 16 running where 8/s needs 10: a large surplus, straight to the target.
+        assert_eq!(run(&load(8.0), 16, 100, &p, &mut st).desired, 10);
+        assert!(st.after_burst);
+        // The rates keep decaying: 6/s needs 8. A small surplus, but the burst's rest goes
+        // at once rather than a worker per cooldown.
+        assert_eq!(run(&load(6.0), 10, 129, &p, &mut st).reason, Reason::Cooldown);
+        assert_eq!(run(&load(6.0), 10, 130, &p, &mut st).desired, 8);
+        // A scale-up ends it: the same small surplus later goes one worker at a time.
+        assert_eq!(run(&load(9.0), 8, 131, &p, &mut st).desired, 11);
+        assert!(!st.after_burst);
+        assert_eq!(run(&load(6.0), 11, 221, &p, &mut st).reason, Reason::Cooldown);
+        assert_eq!(run(&load(6.0), 11, 251, &p, &mut st).desired, 10);
     }
 
     #[test]

@@ -51,22 +51,10 @@ fn no_shape_breaches_its_sla_for_long() {
 
 #[test]
 fn shapes_cost_within_1_3x_of_the_oracle() {
-    for name in ["step_x10", "ramp", "sine", "idle_burst_idle"] {
-        let r = run(name);
-        assert!(r.oracle_ratio() <= COST_BOUND, "{name}: {:.3}", r.oracle_ratio());
+    for s in scenarios() {
+        let r = simulate(&s.config);
+        assert!(r.oracle_ratio() <= COST_BOUND, "{}: {:.3}", s.name, r.oracle_ratio());
     }
-}
-
-/// The spike is the one shape over 1.3x of the plain oracle, by 0.03 % (1.3003): at its base
-/// rate (8/s, one task/s per worker) the policy's target is ceil(8 x 1.2) = 10 workers against
-/// the oracle's 8, so the quiet 95 % of the run already costs about 1.25x, and the one-minute
-/// spike leaves the rest to the scale-up and the calm cooldown after it. Bounded at 1.31x.
-const SPIKE_COST_BOUND: f64 = 1.31;
-
-#[test]
-fn spike_costs_within_1_31x_of_the_oracle() {
-    let r = run("spike");
-    assert!(r.oracle_ratio() <= SPIKE_COST_BOUND, "{:.3}", r.oracle_ratio());
 }
 
 /// Why a scale-down step after a burst removes the surplus rather than one worker: one worker per
