@@ -2,7 +2,8 @@
 //!
 //! Backlog is the consumer group's lag when Redis knows it, else `length - pending`, flagged
 //! as an estimate (never a silent zero). Arrival and completion rates are counter deltas
-//! smoothed with an exponential moving average whose time constant is `smoothing`.
+//! smoothed with an exponential moving average whose time constant is `smoothing`, and so is
+//! the count of busy workers that the per-worker rate is estimated with.
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub struct Observer {
     smoothing: Duration,
     last: Option<(Instant, Vec<(u64, u64)>)>,
     rates: Vec<(f64, f64)>,
+    busy_avg: Option<f64>,
 }
 
 impl Observer {
@@ -38,6 +40,7 @@ impl Observer {
             smoothing,
             last: None,
             rates: vec![(0.0, 0.0); n],
+            busy_avg: None,
         }
     }
 
@@ -62,20 +65,24 @@ impl Observer {
             .iter()
             .map(|p| (p.counters.enqueued, p.counters.done + p.counters.dead))
             .collect();
-        if let Some((then, before)) = &self.last {
-            let dt = now.duration_since(*then).as_secs_f64();
-            if dt > 0.0 {
-                // EWMA weight for an irregular interval: 1 - e^(-dt/tau).
-                let alpha = 1.0 - (-dt / self.smoothing.as_secs_f64().max(1e-3)).exp();
-                for ((rate, (enq, done)), (enq0, done0)) in self.rates.iter_mut().zip(&counts).zip(before) {
-                    // Counters only grow; a drop means Redis lost them (restart): count nothing.
-                    let arrivals = enq.saturating_sub(*enq0) as f64 / dt;
-                    let completions = done.saturating_sub(*done0) as f64 / dt;
-                    rate.0 += alpha * (arrivals - rate.0);
-                    rate.1 += alpha * (completions - rate.1);
-                }
+        // EWMA weight for an irregular interval: 1 - e^(-dt/tau); none on the first tick.
+        let tau = self.smoothing.as_secs_f64().max(1e-3);
+        let step = self
+            .last
+            .as_ref()
+            .map(|(then, before)| (now.duration_since(*then).as_secs_f64(), before))
+            .filter(|(dt, _)| *dt > 0.0)
+            .map(|(dt, before)| (dt, 1.0 - (-dt / tau).exp(), before));
+        if let Some((dt, alpha, before)) = step {
+            for ((rate, (enq, done)), (enq0, done0)) in self.rates.iter_mut().zip(&counts).zip(before) {
+                // Counters only grow; a drop means Redis lost them (restart): count nothing.
+                let arrivals = enq.saturating_sub(*enq0) as f64 / dt;
+                let completions = done.saturating_sub(*done0) as f64 / dt;
+                rate.0 += alpha * (arrivals - rate.0);
+                rate.1 += alpha * (completions - rate.1);
             }
         }
+        let alpha = step.map(|(_, alpha, _)| alpha);
         self.last = Some((now, counts));
         let priorities = stats
             .priorities
@@ -97,10 +104,18 @@ impl Observer {
             .iter()
             .filter(|w| w.queues.iter().any(|q| q == self.queue.name().as_str()))
             .collect();
+        let busy = ours.iter().filter(|w| w.in_flight > 0).count() as u32;
+        let busy_avg = match (self.busy_avg, alpha) {
+            (Some(avg), Some(alpha)) => avg + alpha * (f64::from(busy) - avg),
+            (Some(avg), None) => avg,
+            (None, _) => f64::from(busy),
+        };
+        self.busy_avg = Some(busy_avg);
         Ok(Observation {
             priorities,
             live_workers: ours.len() as u32,
-            busy_workers: ours.iter().filter(|w| w.in_flight > 0).count() as u32,
+            busy_workers: busy,
+            busy_avg,
         })
     }
 

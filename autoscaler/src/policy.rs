@@ -63,8 +63,12 @@
 //! completion rate divided by the *smoothed busy* worker count. Dividing by
 //! live workers (idle ones included) makes an over-provisioned fleet look
 //! slow, which raises the demand and keeps it over-provisioned for ever; by
-//! Little's law the busy workers are what produce the completions, and the
-//! count is smoothed because a snapshot of it is as noisy as a queue length.
+//! Little's law the busy workers are what produce the completions. The count
+//! is smoothed because a snapshot of it is as noisy as a queue length, and by
+//! the collector with the rates' own time constant: averaged faster than the
+//! completions, it jumps with a burst while they still lag, and the estimate
+//! sags by a third just when sizing matters (in the simulated step the fleet
+//! then over-shot to its budget, 32 workers where 26 were needed).
 
 use std::fmt;
 use std::time::Duration;
@@ -96,9 +100,6 @@ pub const DEFAULT_HEADROOM: f64 = 1.2;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.25;
 /// Fraction of the SLA within which an existing backlog should be drained.
 pub const DEFAULT_DRAIN_FRACTION: f64 = 0.75;
-/// Weight of each new `busy_workers` sample in [`PolicyState::busy_avg`]
-/// (roughly an average over the last ten decisions).
-pub const BUSY_SMOOTHING: f64 = 0.1;
 
 /// What the collector saw for one priority stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +128,9 @@ pub struct Observation {
     pub live_workers: u32,
     /// Workers with at least one task in flight.
     pub busy_workers: u32,
+    /// `busy_workers` averaged by the collector exactly as it averages the
+    /// rates (same time constant), for estimating the per-worker rate.
+    pub busy_avg: f64,
 }
 
 /// Tuning of the control law; see the module docs for how each is used.
@@ -244,8 +248,6 @@ pub struct PolicyState {
     pub last_scale_up: Option<Duration>,
     /// Start of the unbroken run of decisions that wanted to scale down.
     pub down_since: Option<Duration>,
-    /// Smoothed `busy_workers`, for estimating the per-worker rate.
-    pub busy_avg: Option<f64>,
     /// A large surplus was stepped down (a burst ended) and nothing has
     /// scaled up since: scale-down steps go to the target, not one worker.
     pub after_burst: bool,
@@ -342,11 +344,12 @@ fn ceil_u32(x: f64) -> u32 {
     x.ceil() as u32
 }
 
-fn per_worker_rate(obs: &Observation, params: &PolicyParams, busy_avg: f64) -> (f64, &'static str) {
+fn per_worker_rate(obs: &Observation, params: &PolicyParams) -> (f64, &'static str) {
     if let Some(rate) = params.per_worker_rate.filter(|r| r.is_finite() && *r > 0.0) {
         return (rate, "configured");
     }
     let completed: f64 = obs.priorities.iter().map(|p| non_negative(p.completion_rate)).sum();
+    let busy_avg = non_negative(obs.busy_avg);
     if completed > 0.0 && busy_avg >= MIN_BUSY_EVIDENCE {
         return (completed / busy_avg, "observed");
     }
@@ -416,7 +419,7 @@ fn assess<'a>(obs: &'a Observation, params: &PolicyParams, rate: f64, current: u
 ///
 /// `current` is the count requested by the previous decision (workers still
 /// starting included); `now` is virtual time since start and must not go
-/// backwards. `state` records scale changes and the smoothed busy count.
+/// backwards. `state` records scale changes and the calm period.
 pub fn decide(
     obs: &Observation,
     current: u32,
@@ -424,10 +427,7 @@ pub fn decide(
     params: &PolicyParams,
     state: &mut PolicyState,
 ) -> Decision {
-    let busy = f64::from(obs.busy_workers);
-    let busy_avg = state.busy_avg.map_or(busy, |b| b + BUSY_SMOOTHING * (busy - b));
-    state.busy_avg = Some(busy_avg);
-    let (rate, rate_source) = per_worker_rate(obs, params, busy_avg);
+    let (rate, rate_source) = per_worker_rate(obs, params);
     let a = assess(obs, params, rate, current);
     let target = ceil_u32(a.need);
     let raw = ceil_u32(a.raw);
@@ -580,6 +580,7 @@ mod tests {
             priorities,
             live_workers: live,
             busy_workers: busy,
+            busy_avg: f64::from(busy),
         }
     }
 
@@ -1038,14 +1039,19 @@ mod tests {
         // 5 busy of 20 live doing 10/s: 2/s each; idle workers do not count.
         let d = fresh(&obs(vec![high.clone()], 20, 5), 20, &p);
         assert!(d.detail.contains("rate=2.00/s(observed)"), "{}", d.detail);
-        // The busy count is smoothed: one idle snapshot barely moves it.
-        let mut st = PolicyState {
-            busy_avg: Some(10.0),
-            ..PolicyState::default()
+        // The collector's average of the busy count is what divides, not the snapshot.
+        let o = Observation {
+            busy_avg: 8.0,
+            ..obs(vec![high.clone()], 10, 0)
         };
-        let d = run(&obs(vec![high.clone()], 10, 0), 10, 0, &p, &mut st);
-        assert!(d.detail.contains("rate=1.11/s(observed)"), "{}", d.detail);
-        assert_eq!(st.busy_avg, Some(9.0));
+        let d = fresh(&o, 10, &p);
+        assert!(d.detail.contains("rate=1.25/s(observed)"), "{}", d.detail);
+        // Too little evidence (under half a busy worker on average): default.
+        let o = Observation {
+            busy_avg: 0.4,
+            ..obs(vec![high.clone()], 10, 3)
+        };
+        assert!(fresh(&o, 10, &p).detail.contains("(default)"));
         // Nothing completed yet: default.
         high.completion_rate = 0.0;
         p.default_per_worker_rate = 5.0;

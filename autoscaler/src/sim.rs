@@ -8,7 +8,7 @@
 //! deterministic), then every idle running worker takes the oldest task of
 //! the highest non-empty priority and holds it for a fixed service time.
 //! Every tick (1 s) the collector builds an [`Observation`] (rates smoothed
-//! by an EWMA, like a real collector would) and applies the decision: new
+//! and the busy count by an EWMA, like a real collector would) and applies the decision: new
 //! workers become available after `startup_delay`; stopping prefers workers
 //! that are still starting, then idle ones, and a busy worker finishes its
 //! task first (graceful drain). Time is an integer sub-step counter, so runs
@@ -389,6 +389,7 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
     // averages start at the initial load, like the fleet does.
     let mut arr_ewma: Vec<f64> = cfg.loads.iter().map(|l| l.load.rate_at(0.0)).collect();
     let mut done_ewma = arr_ewma.clone();
+    let mut busy_ewma = (arr_ewma.iter().sum::<f64>() / service_rate).min(f64::from(fleet.requested()));
     let mut report = SimReport {
         breach_seconds: 0.0,
         worker_seconds: 0.0,
@@ -462,6 +463,8 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
         tick_completed.fill(0);
 
         let age_steps = |q: &VecDeque<u64>| q.front().map(|&a| step - a);
+        let busy = fleet.live(step).filter(|w| w.task.is_some()).count() as u32;
+        busy_ewma += alpha * (f64::from(busy) - busy_ewma);
         let obs = Observation {
             priorities: cfg
                 .loads
@@ -479,7 +482,8 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
                 })
                 .collect(),
             live_workers: fleet.live(step).count() as u32,
-            busy_workers: fleet.live(step).filter(|w| w.task.is_some()).count() as u32,
+            busy_workers: busy,
+            busy_avg: busy_ewma,
         };
         (arr_ewma, done_ewma) = (arr_rate, done_rate);
 

@@ -80,15 +80,20 @@ fn bursts_cost_within_1_3x_of_the_one_worker_per_cooldown_oracle() {
     }
 }
 
+/// Direction changes allowed on the sine: one per half period.
+fn sine_flap_bound(s: &Scenario) -> u32 {
+    let period = 1200.0;
+    (s.config.duration.as_secs_f64() / (period / 2.0)).ceil() as u32
+}
+
 #[test]
 fn sine_does_not_flap() {
     let s = scenario("sine");
     let r = simulate(&s.config);
-    let period = 1200.0;
-    let half_periods = (s.config.duration.as_secs_f64() / (period / 2.0)).ceil() as u32;
+    let bound = sine_flap_bound(&s);
     assert!(
-        r.direction_changes <= half_periods,
-        "{} direction changes in {half_periods} half periods",
+        r.direction_changes <= bound,
+        "{} direction changes in {bound} half periods",
         r.direction_changes
     );
 }
@@ -112,14 +117,35 @@ fn same_seed_gives_an_identical_report() {
     assert_ne!(simulate(&cfg).timeline, simulate(&other).timeline);
 }
 
+/// With the per-worker rate estimated (the daemon without `--per-worker-rate`), idle -> burst ->
+/// idle costs more: from idle, the first completions of a burst trail its first busy workers by
+/// one service time, so for its first seconds the rate reads up to 40 % low and the fleet
+/// over-shoots the burst by about four workers, which then go one per cooldown.
+const ESTIMATED_COLD_BURST_COST_BOUND: f64 = 1.4;
+
 #[test]
-fn estimated_per_worker_rate_still_meets_the_sla() {
-    let mut cfg = scenario("step_x10").config;
-    cfg.params.per_worker_rate = None;
-    let r = simulate(&cfg);
-    assert_eq!(r.lost, 0);
-    assert!(r.breach_seconds <= STEP_BREACH_BOUND_S, "breach {} s", r.breach_seconds);
-    assert!(r.max_workers <= cfg.params.max);
+fn estimated_per_worker_rate_meets_the_same_bounds_but_a_cold_burst() {
+    for s in scenarios() {
+        let mut cfg = s.config.clone();
+        cfg.params.per_worker_rate = None;
+        let r = simulate(&cfg);
+        assert_eq!(r.lost, 0, "{}", s.name);
+        assert!(
+            r.breach_seconds <= STEP_BREACH_BOUND_S,
+            "{}: breach {} s",
+            s.name,
+            r.breach_seconds
+        );
+        assert!(r.max_workers <= cfg.params.max, "{}", s.name);
+        let bound = match s.name {
+            "idle_burst_idle" => ESTIMATED_COLD_BURST_COST_BOUND,
+            _ => COST_BOUND,
+        };
+        assert!(r.oracle_ratio() <= bound, "{}: {:.3}", s.name, r.oracle_ratio());
+        if s.name == "sine" {
+            assert!(r.direction_changes <= sine_flap_bound(&s), "{}", r.direction_changes);
+        }
+    }
 }
 
 #[test]
