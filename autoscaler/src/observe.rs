@@ -3,7 +3,8 @@
 //! Backlog is the consumer group's lag when Redis knows it, else `length - pending`, flagged
 //! as an estimate (never a silent zero). Arrival and completion rates are counter deltas
 //! smoothed with an exponential moving average whose time constant is `smoothing`, and so is
-//! the count of busy workers that the per-worker rate is estimated with.
+//! the number of tasks running on the queue's workers, which the per-worker rate is estimated
+//! with.
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub struct Observer {
     smoothing: Duration,
     last: Option<(Instant, Vec<(u64, u64)>)>,
     rates: Vec<(f64, f64)>,
-    busy_avg: Option<f64>,
+    in_flight_avg: Option<f64>,
 }
 
 impl Observer {
@@ -40,7 +41,7 @@ impl Observer {
             smoothing,
             last: None,
             rates: vec![(0.0, 0.0); n],
-            busy_avg: None,
+            in_flight_avg: None,
         }
     }
 
@@ -104,18 +105,26 @@ impl Observer {
             .iter()
             .filter(|w| w.queues.iter().any(|q| q == self.queue.name().as_str()))
             .collect();
-        let busy = ours.iter().filter(|w| w.in_flight > 0).count() as u32;
-        let busy_avg = match (self.busy_avg, alpha) {
-            (Some(avg), Some(alpha)) => avg + alpha * (f64::from(busy) - avg),
+        // Tasks running per the heartbeats, not the pending count: that also holds entries of
+        // dead workers until they are reclaimed.
+        let running = ours.iter().map(|w| w.in_flight).sum::<u64>() as f64;
+        let in_flight_avg = match (self.in_flight_avg, alpha) {
+            (Some(avg), Some(alpha)) => avg + alpha * (running - avg),
             (Some(avg), None) => avg,
-            (None, _) => f64::from(busy),
+            (None, _) => running,
         };
-        self.busy_avg = Some(busy_avg);
+        self.in_flight_avg = Some(in_flight_avg);
+        let slots_per_worker = if ours.is_empty() {
+            1.0
+        } else {
+            ours.iter().map(|w| w.concurrency).sum::<u64>() as f64 / ours.len() as f64
+        };
         Ok(Observation {
             priorities,
             live_workers: ours.len() as u32,
-            busy_workers: busy,
-            busy_avg,
+            busy_workers: ours.iter().filter(|w| w.in_flight > 0).count() as u32,
+            in_flight_avg,
+            slots_per_worker,
         })
     }
 

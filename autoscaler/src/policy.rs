@@ -59,16 +59,21 @@
 //! `max` and `min` are applied last and override every rule: `max` is a
 //! budget, `min` an availability promise.
 //!
-//! When `per_worker_rate` is unknown it is estimated as the observed
-//! completion rate divided by the *smoothed busy* worker count. Dividing by
-//! live workers (idle ones included) makes an over-provisioned fleet look
-//! slow, which raises the demand and keeps it over-provisioned for ever; by
-//! Little's law the busy workers are what produce the completions. The count
-//! is smoothed because a snapshot of it is as noisy as a queue length, and by
-//! the collector with the rates' own time constant: averaged faster than the
-//! completions, it jumps with a burst while they still lag, and the estimate
-//! sags by a third just when sizing matters (in the simulated step the fleet
-//! then over-shot to its budget, 32 workers where 26 were needed).
+//! When `per_worker_rate` is unknown it is estimated per handler slot, by
+//! Little's law: one slot completes `completions / tasks in flight` tasks/s,
+//! and a worker process has `slots_per_worker` of them. Dividing by live
+//! workers (idle ones included), or by *busy* ones (a process with one of its
+//! sixteen slots in use is busy), makes an over-provisioned fleet look slow,
+//! which raises the demand and keeps it over-provisioned for ever. The
+//! in-flight count is smoothed because a snapshot of it is as noisy as a queue
+//! length, and by the collector with the rates' own time constant: averaged
+//! faster than the completions, it jumps with a burst while they still lag,
+//! and the estimate sags by a third just when sizing matters (in the simulated
+//! step the fleet then over-shot to its budget, 32 workers where 26 were
+//! needed). The estimate assumes a worker's slots run in parallel; handlers
+//! that compete for one CPU make it optimistic at low occupancy, which the
+//! backlog rules then correct: give such workers as many slots as cores, or
+//! configure the rate.
 
 use std::fmt;
 use std::time::Duration;
@@ -128,9 +133,13 @@ pub struct Observation {
     pub live_workers: u32,
     /// Workers with at least one task in flight.
     pub busy_workers: u32,
-    /// `busy_workers` averaged by the collector exactly as it averages the
-    /// rates (same time constant), for estimating the per-worker rate.
-    pub busy_avg: f64,
+    /// Tasks running on live workers, averaged by the collector exactly as it
+    /// averages the rates (same time constant), for estimating the
+    /// per-worker rate.
+    pub in_flight_avg: f64,
+    /// Handler slots of one worker process (mean over live workers; 1 when
+    /// nothing is known).
+    pub slots_per_worker: f64,
 }
 
 /// Tuning of the control law; see the module docs for how each is used.
@@ -323,9 +332,9 @@ pub struct Decision {
 
 /// Shortest SLA the arithmetic will use, so a zero SLA cannot divide by zero.
 const MIN_SLA_SECS: f64 = 1e-3;
-/// Below this many busy workers on average there is too little evidence to
+/// Below this many tasks in flight on average there is too little evidence to
 /// estimate the per-worker rate from completions.
-const MIN_BUSY_EVIDENCE: f64 = 0.5;
+const MIN_IN_FLIGHT_EVIDENCE: f64 = 0.5;
 
 /// Observation values arrive from the outside world: treat NaN, infinities
 /// and negatives as "nothing" rather than letting them poison the sums.
@@ -349,9 +358,10 @@ fn per_worker_rate(obs: &Observation, params: &PolicyParams) -> (f64, &'static s
         return (rate, "configured");
     }
     let completed: f64 = obs.priorities.iter().map(|p| non_negative(p.completion_rate)).sum();
-    let busy_avg = non_negative(obs.busy_avg);
-    if completed > 0.0 && busy_avg >= MIN_BUSY_EVIDENCE {
-        return (completed / busy_avg, "observed");
+    let in_flight = non_negative(obs.in_flight_avg);
+    if completed > 0.0 && in_flight >= MIN_IN_FLIGHT_EVIDENCE {
+        let slots = non_negative(obs.slots_per_worker).max(1.0);
+        return (completed / in_flight * slots, "observed");
     }
     let d = params.default_per_worker_rate;
     if d.is_finite() && d > 0.0 {
@@ -432,7 +442,12 @@ pub fn decide(
     let target = ceil_u32(a.need);
     let raw = ceil_u32(a.raw);
     // Busy workers only limit how far down we go; they never cause scale-up.
-    let busy_floor = obs.busy_workers.min(current);
+    // Never below the workers the tasks in flight occupy (at full slots, so multi-slot workers
+    // that are each a little busy can still be merged: a stopped worker drains its tasks), nor
+    // below the busy workers when fewer.
+    let in_flight: u64 = obs.priorities.iter().map(|p| p.in_flight).sum();
+    let slots = non_negative(obs.slots_per_worker).max(1.0);
+    let busy_floor = ceil_u32(in_flight as f64 / slots).min(obs.busy_workers).min(current);
     let step_cap = current.saturating_add(params.max_step_up.max(1));
     let urgent = a
         .breach
@@ -575,12 +590,18 @@ mod tests {
         }
     }
 
-    fn obs(priorities: Vec<PriorityObservation>, live: u32, busy: u32) -> Observation {
+    /// Single-slot workers, `busy` of them running a task each (counted on the first priority
+    /// unless it says otherwise).
+    fn obs(mut priorities: Vec<PriorityObservation>, live: u32, busy: u32) -> Observation {
+        if let Some(first) = priorities.first_mut().filter(|p| p.in_flight == 0) {
+            first.in_flight = u64::from(busy);
+        }
         Observation {
             priorities,
             live_workers: live,
             busy_workers: busy,
-            busy_avg: f64::from(busy),
+            in_flight_avg: f64::from(busy),
+            slots_per_worker: 1.0,
         }
     }
 
@@ -1033,22 +1054,22 @@ mod tests {
         };
         let mut high = prio("high", 10, 10.0, 0, None);
         high.completion_rate = 10.0;
-        // 10 busy workers complete 10/s: 1/s each.
+        // 10 single-slot workers running a task each complete 10/s: 1/s each.
         let d = fresh(&obs(vec![high.clone()], 10, 10), 4, &p);
         assert!(d.detail.contains("rate=1.00/s(observed)"), "{}", d.detail);
-        // 5 busy of 20 live doing 10/s: 2/s each; idle workers do not count.
+        // 5 tasks in flight on 20 live workers doing 10/s: 2/s a slot; idle workers do not count.
         let d = fresh(&obs(vec![high.clone()], 20, 5), 20, &p);
         assert!(d.detail.contains("rate=2.00/s(observed)"), "{}", d.detail);
-        // The collector's average of the busy count is what divides, not the snapshot.
+        // The collector's average of the in-flight count is what divides, not the snapshot.
         let o = Observation {
-            busy_avg: 8.0,
+            in_flight_avg: 8.0,
             ..obs(vec![high.clone()], 10, 0)
         };
         let d = fresh(&o, 10, &p);
         assert!(d.detail.contains("rate=1.25/s(observed)"), "{}", d.detail);
-        // Too little evidence (under half a busy worker on average): default.
+        // Too little evidence (under half a task in flight on average): default.
         let o = Observation {
-            busy_avg: 0.4,
+            in_flight_avg: 0.4,
             ..obs(vec![high.clone()], 10, 3)
         };
         assert!(fresh(&o, 10, &p).detail.contains("(default)"));
@@ -1062,6 +1083,34 @@ mod tests {
         p.per_worker_rate = Some(2.0);
         let d = fresh(&obs(vec![high], 1, 0), 1, &p);
         assert!(d.detail.contains("(configured)"), "{}", d.detail);
+    }
+
+    #[test]
+    fn multi_slot_workers_that_are_all_busy_but_mostly_idle_scale_down() {
+        // 8 processes of 16 slots, 10 tasks in flight spread over all of them: every process is
+        // busy, yet 10/s at 1 s a task needs 10 slots, one process. Per slot 1/s, per process
+        // 16/s: target ceil(10 x 1.2 / 16) = 1. Counting busy processes instead would read
+        // 1.25/s a process and hold all 8 for ever (target ceil(12 / 1.25) = 10 > 8).
+        let p = PolicyParams {
+            per_worker_rate: None,
+            ..params()
+        };
+        let mut high = prio("high", 10, 10.0, 0, None);
+        high.completion_rate = 10.0;
+        high.in_flight = 10;
+        let o = Observation {
+            in_flight_avg: 10.0,
+            slots_per_worker: 16.0,
+            ..obs(vec![high], 8, 8)
+        };
+        let d = run(&o, 8, 100, &p, &mut calm_state());
+        assert!(d.detail.contains("rate=16.00/s(observed)"), "{}", d.detail);
+        // Down to the one process the 10 tasks in flight need: the others drain and exit.
+        assert_eq!((d.desired, d.reason), (1, Reason::ScaleDown), "{}", d.detail);
+        // 20 tasks in flight need two processes' slots, whatever the target says.
+        let mut o = o;
+        o.priorities[0].in_flight = 20;
+        assert_eq!(run(&o, 8, 100, &p, &mut calm_state()).desired, 2);
     }
 
     #[test]

@@ -483,7 +483,9 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
                 .collect(),
             live_workers: fleet.live(step).count() as u32,
             busy_workers: busy,
-            busy_avg: busy_ewma,
+            // One slot a worker: a busy worker runs one task.
+            in_flight_avg: busy_ewma,
+            slots_per_worker: 1.0,
         };
         (arr_ewma, done_ewma) = (arr_rate, done_rate);
 

@@ -1,0 +1,92 @@
+//! The collector against a private Redis and a real in-process worker: the numbers the
+//! per-worker rate is estimated from are the tasks running per the heartbeats and the handler
+//! slots a worker has, not the count of busy worker processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autoscaler::observe::Observer;
+use rivulet::testing::{RedisServer, wait_until};
+use rivulet::{Client, Inspector, Queue, Router, Task, Worker, WorkerConfig};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
+    let redis = RedisServer::start();
+    let queue = Queue::new("observed").unwrap();
+    // Every task holds its slot until the test lets it go.
+    let gate = Arc::new(Semaphore::new(0));
+    let router = Router::new().route_bytes("hold", {
+        let gate = gate.clone();
+        move |_ctx, _payload| {
+            let gate = gate.clone();
+            async move {
+                let _permit = gate.acquire().await;
+                Ok(())
+            }
+        }
+    });
+    let config = WorkerConfig {
+        concurrency: 4,
+        ..WorkerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let worker = Worker::new(redis.client(), router, config).queue(queue.clone());
+    let running = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+
+    let client = Client::connect(&redis.url()).await.unwrap();
+    for _ in 0..3 {
+        client.enqueue(&queue, Task::bytes("hold", "x")).await.unwrap();
+    }
+    let inspector = Inspector::connect(&redis.url()).await.unwrap();
+    let heartbeat_shows = |n: u64| {
+        let inspector = inspector.clone();
+        move || {
+            let inspector = inspector.clone();
+            async move {
+                inspector
+                    .workers()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.in_flight)
+                    .sum::<u64>()
+                    == n
+            }
+        }
+    };
+    assert!(
+        wait_until(WAIT, heartbeat_shows(3)).await,
+        "3 tasks never showed as running"
+    );
+
+    let slas = vec![Duration::from_secs(10); queue.layout().priorities.len()];
+    let mut observer = Observer::new(inspector.clone(), queue.clone(), slas, Duration::from_secs(15));
+    let first = observer.observe().await.unwrap();
+    // One process, busy, but with one of its four slots free: 3 tasks on 4 slots.
+    assert_eq!((first.live_workers, first.busy_workers), (1, 1));
+    assert_eq!(first.slots_per_worker, 4.0);
+    assert_eq!(
+        first.in_flight_avg, 3.0,
+        "the first tick starts the average at the reading"
+    );
+    assert_eq!(first.priorities.iter().map(|p| p.in_flight).sum::<u64>(), 3);
+
+    // The tasks finish: the average moves towards 0 at the rates' pace, not at once.
+    gate.add_permits(3);
+    assert!(wait_until(WAIT, heartbeat_shows(0)).await, "the tasks never finished");
+    let second = observer.observe().await.unwrap();
+    assert!(
+        second.in_flight_avg > 0.0 && second.in_flight_avg < 3.0,
+        "{}",
+        second.in_flight_avg
+    );
+    assert_eq!(second.busy_workers, 0);
+
+    stop.cancel();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.succeeded, 3, "{report:?}");
+}
