@@ -442,3 +442,74 @@ async fn several_fetchers_never_read_more_tasks_than_free_slots() {
     assert_eq!(report.succeeded, 300, "{report:?}");
     assert_eq!(outstanding(&inspector, &queue).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_on_a_paused_queue_takes_nothing_until_resumed_not_even_orphans() {
+    let server = RedisServer::start();
+    let queue = Queue::new("paused").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    client.declare(&queue).await.unwrap();
+    let stream = queue.shard("normal", 0).stream;
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("rivulet")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let tasks: Vec<Task> = (0..3u32).map(|i| Task::json("count", &i).unwrap()).collect();
+    client.enqueue_many(&queue, tasks).await.unwrap();
+    // One entry read by a consumer that then died: an orphan whose lease will run out.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("rivulet")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    inspector.pause(&queue).await.unwrap();
+
+    let runs = Arc::new(Mutex::new(0u32));
+    let runs2 = runs.clone();
+    let router = Router::new().route("count", move |_ctx: TaskContext, _i: u32| {
+        let runs = runs2.clone();
+        async move {
+            *runs.lock().unwrap() += 1;
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        lease: Duration::from_millis(400),
+        ..fast_config()
+    };
+    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
+    wait_for("the worker to register", Duration::from_secs(10), || {
+        let inspector = inspector.clone();
+        async move { !inspector.workers().await.unwrap().is_empty() }
+    })
+    .await;
+    // Several block periods, promoter rounds, leases and reclaim rounds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*runs.lock().unwrap(), 0, "a paused queue ran tasks");
+    let normal = inspector.stats(&queue).await.unwrap();
+    let normal = normal.priorities.iter().find(|p| p.priority == "normal").unwrap();
+    assert_eq!((normal.waiting, normal.pending), (2, 1));
+
+    inspector.resume(&queue).await.unwrap();
+    wait_for("every task, the orphan included, to run", Duration::from_secs(20), || {
+        let runs = runs.clone();
+        async move { *runs.lock().unwrap() == 3 }
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(outstanding(&inspector, &queue).await, 0);
+}

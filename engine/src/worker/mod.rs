@@ -279,6 +279,8 @@ impl Worker {
             abort: CancellationToken::new(),
             counters,
         });
+        // Before the first read: a worker started on a paused queue must not run its tasks.
+        promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
         heartbeat::beat(&shared).await;
         tracing::info!(
             queues = ?queues.iter().map(|(q, _)| q.name().to_string()).collect::<Vec<_>>(),

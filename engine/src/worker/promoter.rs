@@ -5,11 +5,12 @@
 //! with jitter so many workers do not all call at the same instant. Promotion is one script per
 //! shard and safe to run from every worker at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -19,6 +20,24 @@ use crate::keys::PAUSED_KEY;
 
 /// Most members moved per set per call; a larger backlog is moved by calling again at once.
 const PROMOTE_LIMIT: usize = 1000;
+
+/// Reads which queues are paused into every lane's flag; logs each queue whose flag changed.
+/// Called once before the first fetch (a worker started on a paused queue must not run a task
+/// of it) and then on every promoter round.
+pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    let paused: HashSet<String> = redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async(conn).await?;
+    let mut changed = BTreeSet::new();
+    for lane in &shared.lanes {
+        let now_paused = paused.contains(lane.queue.as_str());
+        if lane.paused.swap(now_paused, Ordering::Relaxed) != now_paused {
+            changed.insert((lane.queue.as_str(), now_paused));
+        }
+    }
+    for (queue, paused) in changed {
+        tracing::info!(%queue, paused, "pause flag changed");
+    }
+    Ok(())
+}
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut conn = shared.conn.clone();
@@ -45,20 +64,8 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, stream = %lane.keys.stream, "promotion failed; retrying"),
             }
         }
-        match redis::cmd("SMEMBERS")
-            .arg(PAUSED_KEY)
-            .query_async::<HashSet<String>>(&mut conn)
-            .await
-        {
-            Ok(paused) => {
-                for lane in &shared.lanes {
-                    let now_paused = paused.contains(lane.queue.as_str());
-                    if lane.paused.swap(now_paused, Ordering::Relaxed) != now_paused {
-                        tracing::info!(queue = %lane.queue, paused = now_paused, "pause flag changed");
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "could not read pause flags"),
+        if let Err(e) = refresh_pause_flags(&shared, &mut conn).await {
+            tracing::debug!(error = %e, "could not read pause flags");
         }
         let interval = shared.config.promote_interval;
         let mut wait = interval.mul_f64(0.8 + 0.4 * fastrand::f64());

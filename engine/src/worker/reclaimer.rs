@@ -6,6 +6,7 @@
 //! than `max_deliveries` times are poison and go to the DLQ inside the same script.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,10 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
             () = tokio::time::sleep(interval) => {}
         }
         for (i, lane) in shared.lanes.iter().enumerate() {
+            // A paused queue takes nothing new, its orphans included: they wait for `resume`.
+            if lane.paused.load(Ordering::Relaxed) {
+                continue;
+            }
             loop {
                 let free = shared.permits.available_permits();
                 if free == 0 || quiet.is_cancelled() {
