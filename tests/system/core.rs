@@ -505,10 +505,14 @@ async fn a_worker_started_on_a_paused_queue_takes_nothing_until_resumed_not_even
     assert_eq!((normal.waiting, normal.pending), (2, 1));
 
     inspector.resume(&queue).await.unwrap();
-    wait_for("every task, the orphan included, to run", Duration::from_secs(20), || {
-        let runs = runs.clone();
-        async move { *runs.lock().unwrap() == 3 }
-    })
+    wait_for(
+        "every task, the orphan included, to run",
+        Duration::from_secs(20),
+        || {
+            let runs = runs.clone();
+            async move { *runs.lock().unwrap() == 3 }
+        },
+    )
     .await;
     w.stop().await;
     assert_eq!(outstanding(&inspector, &queue).await, 0);
