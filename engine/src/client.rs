@@ -181,8 +181,8 @@ impl Client {
         for task in &tasks {
             // The same check a worker makes before it runs the task (0 attempts, a cap below
             // the base): refused here rather than dead-lettered there.
-            task.envelope
-                .retry_policy(RetryPolicy::default())
+            crate::envelope::check_kind(&task.envelope.kind)
+                .and_then(|()| task.envelope.retry_policy(RetryPolicy::default()).map(drop))
                 .map_err(|m| crate::Error::config("task", m.0))?;
             let priority = task.priority.as_deref().unwrap_or_else(|| queue.default_priority());
             queue.rank(priority)?;

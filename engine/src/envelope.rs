@@ -144,6 +144,16 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed(pub String);
 
+/// The rule every task kind obeys, checked at enqueue and again when an entry is read: a kind
+/// names a handler, and no handler can be routed under an empty name.
+pub(crate) fn check_kind(kind: &str) -> Result<(), Malformed> {
+    if kind.is_empty() {
+        Err(Malformed("field \"kind\" is empty".into()))
+    } else {
+        Ok(())
+    }
+}
+
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -256,9 +266,7 @@ impl Envelope {
             return Err(Malformed("field \"id\" is empty".into()));
         }
         let kind = text("kind", required("kind", kind)?)?;
-        if kind.is_empty() {
-            return Err(Malformed("field \"kind\" is empty".into()));
-        }
+        check_kind(&kind)?;
         // Moving the reply's buffer into `Bytes` avoids copying large payloads.
         let payload: Bytes = required("payload", payload)?.into();
         let codec = match codec {

@@ -274,7 +274,11 @@ async fn bad_api_input_gets_typed_errors() {
         matches!(&err, Error::UnknownPriority { priority, .. } if priority == "urgent"),
         "{err}"
     );
-    // Nothing was written for the rejected task.
+    // An empty kind could never be routed: refused here rather than dead-lettered later.
+    let err = client.enqueue(&queue, Task::json("", &1).unwrap()).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { .. }), "{err}");
+    assert!(err.to_string().contains("kind"), "{err}");
+    // Nothing was written for the rejected tasks.
     let inspector = Inspector::new(&server.client()).await.unwrap();
     assert!(inspector.queues().await.unwrap().is_empty());
     // A queue registered with one layout cannot be used with another.
@@ -305,6 +309,17 @@ async fn bad_api_input_gets_typed_errors() {
         ),
         "{err}"
     );
+    // More weights than the queue has priorities are a mistake, not something to ignore.
+    let four = WorkerConfig {
+        priority: rivulet::PriorityMode::Weighted(vec![6, 3, 1, 1]),
+        ..WorkerConfig::default()
+    };
+    let err = rivulet::Worker::new(server.client(), Router::new(), four)
+        .queue(Queue::new("typed").unwrap())
+        .run(async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { field: "priority", .. }), "{err}");
     assert!(matches!(inspector.queue("nope").await, Err(Error::NotFound(_))));
 }
 
@@ -516,4 +531,32 @@ async fn a_worker_started_on_a_paused_queue_takes_nothing_until_resumed_not_even
     .await;
     w.stop().await;
     assert_eq!(outstanding(&inspector, &queue).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_registry_entry_does_not_hide_the_other_queues() {
+    let server = RedisServer::start();
+    let client = Client::new(&server.client()).await.unwrap();
+    client.declare(&Queue::new("good").unwrap()).await.unwrap();
+    let mut conn = raw(&server).await;
+    // What a producer that skips name validation leaves behind.
+    let _: () = redis::cmd("HSET")
+        .arg("rivulet:queues")
+        .arg("bad{q")
+        .arg(r#"{"priorities":["normal"],"shards":1}"#)
+        .arg("garbled")
+        .arg("not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    let names: Vec<String> = inspector
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.name().to_string())
+        .collect();
+    assert_eq!(names, ["good"]);
+    assert!(inspector.queue("good").await.is_ok());
 }

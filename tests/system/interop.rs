@@ -56,6 +56,14 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
     }
+    // A shard count that disagrees with the recorded layout would strand tasks on streams no
+    // worker reads: refused with exit 2, nothing written.
+    let out = Command::new("python3")
+        .args([script, "--url", &server.url(), "--queue", "py", "--shards", "4"])
+        .output()
+        .expect("run the python producer");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recorded with 2 shard(s)"));
     // The worker finds the layout the Python producer registered.
     let inspector = Inspector::new(&server.client()).await.unwrap();
     let queue = inspector.queue("py").await.unwrap();

@@ -105,13 +105,21 @@ pub async fn load_queue(conn: &mut ConnectionManager, name: &str) -> Result<Opti
     stored.map(|json| parse_layout(name, &json)).transpose()
 }
 
-/// Every recorded queue, by name.
+/// Every recorded queue, by name. An entry that is not a valid queue (written by hand or by a
+/// producer that skipped validation) is left out with a warning, so one bad entry does not hide
+/// every other queue.
 pub async fn load_queues(conn: &mut ConnectionManager) -> Result<Vec<Queue>> {
     let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(QUEUES_KEY).query_async(conn).await?;
-    let mut queues = all
+    let mut queues: Vec<Queue> = all
         .iter()
-        .map(|(name, json)| parse_layout(name, json))
-        .collect::<Result<Vec<_>>>()?;
+        .filter_map(|(name, json)| {
+            parse_layout(name, json)
+                .inspect_err(|e| {
+                    tracing::warn!(entry = %name, error = %e, "skipping an invalid entry of {QUEUES_KEY} (remove it with HDEL {QUEUES_KEY} <entry>)");
+                })
+                .ok()
+        })
+        .collect();
     queues.sort_by(|a, b| a.name().cmp(b.name()));
     Ok(queues)
 }

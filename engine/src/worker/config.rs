@@ -34,7 +34,8 @@ pub enum PriorityMode {
     #[default]
     Strict,
     /// Each read starts at a priority drawn with these weights (highest priority first;
-    /// missing weights count as 1), so lower priorities are never starved.
+    /// missing weights count as 1, more weights than a queue's priorities are refused when the
+    /// worker starts), so lower priorities are never starved.
     Weighted(Vec<u32>),
 }
 

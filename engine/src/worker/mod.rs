@@ -240,6 +240,19 @@ impl Worker {
             id,
             counters,
         } = self;
+        let ranks = queues
+            .iter()
+            .map(|(q, _)| q.layout().priorities.len())
+            .max()
+            .unwrap_or(0);
+        if let PriorityMode::Weighted(weights) = &config.priority
+            && weights.len() > ranks
+        {
+            return Err(crate::Error::config(
+                "priority",
+                format!("{} weights for queues of at most {ranks} priorities", weights.len()),
+            ));
+        }
         let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
         // The blocking read gets its own connection, with a response timeout longer than BLOCK.
         // Each fetcher blocks on its own connection: a blocking read would stall every other
