@@ -277,12 +277,13 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
     let e = by_task[exhausted.as_str()];
     assert_eq!(
         (e.reason.as_str(), e.error.as_str(), e.attempt, e.kind.as_str()),
-        ("exhausted", "still broken", 2, "job")
+        ("exhausted", "still broken", 3, "job"),
+        "a dead letter counts every failed attempt, the last included"
     );
     assert!(e.origin.starts_with("rivulet:{dead:normal:0}:stream/"), "{}", e.origin);
     assert!(e.dead_at > 0 && e.deliveries == 1);
     let f = by_task[fatal.as_str()];
-    assert_eq!((f.reason.as_str(), f.attempt), ("fatal", 0));
+    assert_eq!((f.reason.as_str(), f.attempt), ("fatal", 1));
     {
         let runs = runs.lock().unwrap();
         assert_eq!(

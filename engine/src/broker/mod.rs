@@ -299,6 +299,9 @@ pub enum Settle {
         reason: &'static str,
         /// What went wrong.
         error: String,
+        /// Failed attempts to record, this run included, when the task ran; `None` keeps the
+        /// entry's (it never ran: malformed, unknown kind).
+        attempt: Option<u32>,
     },
     /// Put back at the end of the stream, unchanged, to run again at once.
     Requeue,
@@ -347,7 +350,10 @@ pub async fn settle(
         match op {
             Settle::Ack => unreachable!("acks were sent above"),
             Settle::Retry { due_ms, attempt, error } => inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()),
-            Settle::Bury { reason, error } => inv.arg("b").arg(*reason).arg(error.as_str()).arg(""),
+            Settle::Bury { reason, error, attempt } => {
+                let attempt = attempt.map(|a| a.to_string()).unwrap_or_default();
+                inv.arg("b").arg(*reason).arg(error.as_str()).arg(attempt)
+            }
             Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
         };
     }
@@ -687,6 +693,7 @@ mod tests {
             Settle::Bury {
                 reason: "fatal",
                 error: "x".into(),
+                attempt: Some(1),
             },
         ] {
             let stale = settle(&mut conn, ctx, &[(id.as_str(), &op)]).await.unwrap();

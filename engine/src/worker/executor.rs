@@ -32,7 +32,8 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         Ok(run) => run,
         Err((reason, error)) => {
             WorkerCounters::add(&shared.counters.buried, 1);
-            shared.settle(lane_idx, entry_id, Settle::Bury { reason, error });
+            let attempt = None; // it never ran
+            shared.settle(lane_idx, entry_id, Settle::Bury { reason, error, attempt });
             return;
         }
     };
@@ -188,13 +189,20 @@ fn settle_name(s: &Settle) -> &'static str {
 /// handler's own delay or the policy's backoff while attempts remain, else bury as exhausted.
 pub(crate) fn failure_outcome(failure: &Failure, attempt: u32, policy: &RetryPolicy, now_ms: u64, unit: f64) -> Settle {
     let error = describe(failure);
+    // `attempt` counts the failures before this run: the dead letter records this one too.
+    let failed = Some(attempt + 1);
     if let Failure::Handler(HandlerError::Fatal(_)) = failure {
-        return Settle::Bury { reason: "fatal", error };
+        return Settle::Bury {
+            reason: "fatal",
+            error,
+            attempt: failed,
+        };
     }
     if !policy.may_retry(attempt) {
         return Settle::Bury {
             reason: "exhausted",
             error,
+            attempt: failed,
         };
     }
     let delay = match failure {
@@ -243,7 +251,8 @@ mod tests {
             failure_outcome(&f, 2, &policy(), 1000, 0.5),
             Settle::Bury {
                 reason: "exhausted",
-                error: "boom".into()
+                error: "boom".into(),
+                attempt: Some(3)
             }
         );
         // The task's own limit wins.
@@ -269,7 +278,8 @@ mod tests {
             failure_outcome(&fatal, 0, &policy(), 0, 0.5),
             Settle::Bury {
                 reason: "fatal",
-                error: "fatal: bad input".into()
+                error: "fatal: bad input".into(),
+                attempt: Some(1)
             }
         );
         let after = Failure::Handler(HandlerError::retry_after(Duration::from_millis(250), "busy"));
@@ -292,7 +302,7 @@ mod tests {
         );
         let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, &policy(), 0, 0.5);
         assert!(
-            matches!(&t, Settle::Bury { reason: "exhausted", error } if error.contains("timed out")),
+            matches!(&t, Settle::Bury { reason: "exhausted", error, .. } if error.contains("timed out")),
             "{t:?}"
         );
     }
