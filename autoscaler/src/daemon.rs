@@ -1,5 +1,6 @@
 //! The daemon loop: observe -> decide -> act, once per interval, until shutdown.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,14 +16,64 @@ use crate::metrics::{self, Metrics};
 use crate::observe::Observer;
 use crate::policy::{Observation, PolicyParams, PolicyState, decide};
 
+/// A mistake in the flags or settings (exit status 2), as opposed to a failure while running.
+/// Found in an error's chain with `e.chain().any(|c| c.is::<UsageError>())`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A [`UsageError`] as an `anyhow::Error`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// `url` with its password (`redis://user:PASSWORD@host`, `?pass=PASSWORD`) replaced by `***`,
+/// for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?', '#']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@').map(|i| rest + i)
+            && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
+            && colon + 1 < at
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if k == "pass" && !v.is_empty() => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
 /// How the daemon changes the number of workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actuation {
-    /// Child processes started with `sh -c <command>`.
+    /// Child processes started with `sh -c "exec <command>"`, each in its own process group,
+    /// with `REDIS_URL` set in their environment.
     Process {
-        /// The worker command.
+        /// The worker command template: `{queue}` and `{redis_url}` are replaced (prefer the
+        /// environment's `REDIS_URL` to `{redis_url}`: a URL on the command line shows its
+        /// password in `ps`).
         command: String,
-        /// On the daemon's own shutdown: drain the workers (true) or leave them running.
+        /// On the daemon's own shutdown: drain the workers (true) or leave them running; left
+        /// workers do not die with the daemon either.
         drain_on_exit: bool,
         /// How long a stopping worker gets before SIGKILL.
         hard_deadline: Duration,
@@ -39,6 +90,8 @@ pub enum Actuation {
 pub struct Settings {
     /// Redis URL.
     pub redis_url: String,
+    /// Where the URL came from, for messages: `--redis-url`, `REDIS_URL` or `the default Redis URL`.
+    pub redis_url_from: &'static str,
     /// The queue to scale workers for.
     pub queue: String,
     /// SLA per priority name.
@@ -69,15 +122,44 @@ struct StoredDecision<'a> {
     at_ms: u64,
 }
 
-/// Runs until `shutdown` resolves.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    settings.params.validate().context("invalid policy parameters")?;
-    let inspector = Inspector::connect(&settings.redis_url).await.with_context(|| {
-        format!(
-            "cannot reach Redis at {} (is it running? set --redis-url or REDIS_URL)",
-            settings.redis_url
-        )
-    })?;
+/// Runs until `shutdown` resolves, then drains the workers (process actuator) unless `force`
+/// resolves first: then it kills them and fails.
+///
+/// The process actuator's workers die with the thread that started them (parent-death
+/// signal): run this on a thread that lives as long as the process, as `block_on` on the
+/// main thread does.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    settings
+        .params
+        .validate()
+        .map_err(|e| usage(format!("invalid policy parameters: {e}")))?;
+    let shown_url = redact_url(&settings.redis_url);
+    let inspector = match Inspector::connect(&settings.redis_url).await {
+        Ok(i) => i,
+        Err(rivulet::Error::Redis(e)) if e.category() == "invalid client config" => {
+            let why = e.to_string();
+            let why = why.trim_end_matches(" - InvalidClientConfig");
+            let from = settings.redis_url_from;
+            return Err(usage(if why.contains("did not parse") {
+                format!(
+                    "{from} {shown_url:?} does not parse as a Redis URL; expected e.g. \
+                     redis://127.0.0.1:6379, redis://:PASSWORD@HOST:6379/0, rediss://HOST:6380 \
+                     or unix:///run/redis.sock"
+                )
+            } else {
+                format!("{from} {shown_url:?}: {why}")
+            }));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot reach Redis at {shown_url} (is it running? set --redis-url or REDIS_URL)"
+            )));
+        }
+    };
     let queue = match inspector.queue(&settings.queue).await {
         Ok(q) => q,
         Err(rivulet::Error::NotFound(_)) => {
@@ -103,18 +185,28 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let mut command = None;
     match &settings.actuation {
         Actuation::Process {
-            command: cmd,
+            command: template,
             hard_deadline,
-            ..
+            drain_on_exit,
         } => {
-            process = Some(ProcessActuator::new(cmd.clone(), *hard_deadline));
+            let fill = |url: &str| template.replace("{redis_url}", url).replace("{queue}", &settings.queue);
+            let mut p = ProcessActuator::new(fill(&settings.redis_url), *hard_deadline)
+                .shown_as(fill(&shown_url))
+                // worker-cli reads it; the URL (and its password) stays off the command line.
+                .env("REDIS_URL", settings.redis_url.clone());
+            if !drain_on_exit {
+                p = p.leave_running();
+            }
+            process = Some(p);
         }
-        Actuation::Command { template } => command = Some(CommandActuator::new(template.clone())?),
+        Actuation::Command { template } => {
+            command = Some(CommandActuator::new(template.clone()).map_err(|e| usage(e.to_string()))?)
+        }
     }
     if !settings.dry_run
         && let Some(p) = process.as_mut()
     {
-        p.scale_to(settings.params.min, &[])?;
+        p.scale_to(settings.params.min, &[]);
     }
 
     let start = tokio::time::Instant::now();
@@ -165,9 +257,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         }
         if let Some(p) = process.as_mut() {
             let idle = observer.idle_pids().await.unwrap_or_default();
-            if let Err(e) = p.scale_to(decision.desired, &idle) {
-                tracing::error!(error = format!("{e:#}"), "could not start a worker");
-            }
+            p.scale_to(decision.desired, &idle);
         }
         if let Some(c) = command.as_mut()
             && let Err(e) = c.scale_to(decision.desired).await
@@ -180,8 +270,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     while server.join_next().await.is_some() {}
     if let (Some(p), Actuation::Process { drain_on_exit, .. }) = (process.as_mut(), &settings.actuation) {
         if *drain_on_exit {
-            tracing::info!(workers = p.current(), "draining workers");
-            p.shutdown().await;
+            tracing::info!(
+                workers = p.current(),
+                "draining workers (signal again to kill them at once)"
+            );
+            if !p.shutdown(force).await {
+                anyhow::bail!(
+                    "stopped at once by a second signal: workers killed, their unfinished tasks run again after the lease"
+                );
+            }
+            tracing::info!("workers drained");
         } else {
             tracing::info!(workers = p.current(), "leaving workers running");
             p.detach();
@@ -221,17 +319,20 @@ fn log_decision(obs: &Observation, current: u32, d: &crate::policy::Decision, dr
     );
 }
 
+/// An example for `--sla` messages.
+const SLA_EXAMPLE: &str = "e.g. --sla high=500ms,normal=5s";
+
 /// One SLA per priority of the queue, highest first. Priorities the flag does not name get
-/// the loosest SLA given; names the queue does not have are an error.
+/// the loosest SLA given; names the queue does not have are a [`UsageError`].
 pub fn resolve_slas(queue: &Queue, given: &[(String, Duration)]) -> anyhow::Result<Vec<Duration>> {
     for (p, _) in given {
-        queue.rank(p)?;
+        queue.rank(p).map_err(|e| usage(format!("--sla: {e}")))?;
     }
     let loosest = given
         .iter()
         .map(|(_, d)| *d)
         .max()
-        .context("--sla must name at least one priority")?;
+        .ok_or_else(|| usage(format!("--sla must name at least one priority ({SLA_EXAMPLE})")))?;
     Ok(queue
         .layout()
         .priorities
@@ -245,22 +346,38 @@ pub fn resolve_slas(queue: &Queue, given: &[(String, Duration)]) -> anyhow::Resu
         .collect())
 }
 
-/// Parses `high=500ms,normal=5s,low=60s`.
+/// Parses `high=500ms,normal=5s,low=60s`; mistakes are [`UsageError`]s naming `--sla`.
 pub fn parse_slas(s: &str) -> anyhow::Result<Vec<(String, Duration)>> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (name, d) = pair
-                .split_once('=')
-                .with_context(|| format!("--sla entry {pair:?} is not PRIORITY=DURATION (e.g. high=500ms)"))?;
-            let d = humantime::parse_duration(d.trim())
-                .with_context(|| format!("--sla entry {pair:?}: {d:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
-            if d.is_zero() {
-                anyhow::bail!("--sla entry {pair:?}: the SLA must be positive");
-            }
-            Ok((name.trim().to_owned(), d))
-        })
-        .collect()
+    let mut slas: Vec<(String, Duration)> = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, d)) = pair.split_once('=') else {
+            return Err(usage(format!(
+                "--sla {pair:?} is not PRIORITY=DURATION; give comma-separated pairs, {SLA_EXAMPLE}"
+            )));
+        };
+        let (name, d) = (name.trim(), d.trim());
+        if name.is_empty() {
+            return Err(usage(format!("--sla {pair:?} names no priority; {SLA_EXAMPLE}")));
+        }
+        let d = humantime::parse_duration(d).map_err(|_| {
+            usage(format!(
+                "--sla {pair:?}: {d:?} is not a duration (a number with a unit: 500ms, 5s, 1m); {SLA_EXAMPLE}"
+            ))
+        })?;
+        if d.is_zero() {
+            return Err(usage(format!(
+                "--sla {pair:?}: the SLA must be longer than zero; {SLA_EXAMPLE}"
+            )));
+        }
+        if slas.iter().any(|(n, _)| n == name) {
+            return Err(usage(format!("--sla names priority {name:?} twice")));
+        }
+        slas.push((name.to_owned(), d));
+    }
+    if slas.is_empty() {
+        return Err(usage(format!("--sla must name at least one priority ({SLA_EXAMPLE})")));
+    }
+    Ok(slas)
 }
 
 #[cfg(test)]
@@ -280,10 +397,34 @@ mod tests {
                 Duration::from_secs(60)
             ]
         );
-        assert!(parse_slas("high").is_err());
-        assert!(parse_slas("high=soon").is_err());
-        assert!(parse_slas("high=0s").is_err());
-        assert!(resolve_slas(&q, &parse_slas("urgent=1s").unwrap()).is_err());
-        assert!(resolve_slas(&q, &[]).is_err());
+        let is_usage = |r: anyhow::Result<_>| r.is_err_and(|e| e.is::<UsageError>());
+        assert!(is_usage(parse_slas("high").map(|_| ())));
+        assert!(is_usage(parse_slas("high=0s").map(|_| ())));
+        assert!(is_usage(parse_slas("=1s").map(|_| ())));
+        assert!(is_usage(parse_slas("high=1s,high=2s").map(|_| ())));
+        assert!(is_usage(parse_slas(" , ").map(|_| ())));
+        let e = parse_slas("high=abc").unwrap_err().to_string();
+        assert!(e.starts_with("--sla \"high=abc\": \"abc\" is not a duration"), "{e}");
+        assert!(
+            e.contains("--sla high=500ms,normal=5s") && !e.contains("expected number"),
+            "{e}"
+        );
+        assert!(is_usage(
+            resolve_slas(&q, &parse_slas("urgent=1s").unwrap()).map(|_| ())
+        ));
+        assert!(is_usage(resolve_slas(&q, &[]).map(|_| ())));
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("rediss://user:p@ss:w@host"), "rediss://user:***@host");
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        assert_eq!(
+            redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/r.sock?db=1&pass=***"
+        );
+        assert_eq!(redact_url("notaurl"), "notaurl");
     }
 }

@@ -1,14 +1,20 @@
 //! `autoscaler`: scales Rivulet worker processes to keep each priority inside its SLA.
 //! Flags are resolved here; the loop lives in `autoscaler::daemon`.
 
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use autoscaler::daemon::{self, Actuation, Settings};
-use autoscaler::policy::{self, PolicyParams};
-use clap::{Parser, ValueEnum};
+use autoscaler::actuator::SCALE_CMD_NEEDS_REPLICAS;
+use autoscaler::daemon::{self, Actuation, Settings, UsageError, usage};
+use autoscaler::policy::{self, PolicyError, PolicyParams};
+use clap::{CommandFactory, Parser, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+/// Workers read the Redis URL from REDIS_URL, which the actuator sets: no password in `ps`.
+const DEFAULT_WORKER_CMD: &str = "worker-cli work --queue {queue}";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ActuatorKind {
@@ -83,9 +89,10 @@ struct Cli {
     /// How workers are started and stopped.
     #[arg(long, value_enum, default_value = "process")]
     actuator: ActuatorKind,
-    /// Worker command for the process actuator, run with `sh -c`; {redis_url} and {queue} are
-    /// replaced.
-    #[arg(long, default_value = "worker-cli work --redis-url {redis_url} --queue {queue}")]
+    /// Worker command for the process actuator, run with `sh -c "exec WORKER_CMD"` in its own
+    /// process group; {queue} is replaced. Workers get the Redis URL as REDIS_URL in their
+    /// environment ({redis_url} is replaced too, but puts the password on the command line).
+    #[arg(long, default_value = DEFAULT_WORKER_CMD)]
     worker_cmd: String,
     /// Scale command for the command actuator; must contain {replicas}.
     #[arg(long)]
@@ -107,25 +114,58 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// The flag a policy field is set with (fields without a flag keep their name).
+fn flag_of(field: &str) -> &str {
+    match field {
+        "per_worker_rate" => "--per-worker-rate",
+        "headroom" => "--headroom",
+        "down_fraction" => "--down-fraction",
+        other => other,
+    }
+}
+
+/// A rejected policy parameter in terms of the flags.
+fn policy_message(e: &PolicyError) -> String {
+    match e {
+        PolicyError::MaxIsZero => "--max must be at least 1".to_owned(),
+        PolicyError::MinAboveMax { min, max } => format!("--min {min} exceeds --max {max}"),
+        PolicyError::ZeroStepUp => "--max-step-up must be at least 1".to_owned(),
+        PolicyError::OutOfRange { field, value, expected } => {
+            format!("{} {value} must be {expected}", flag_of(field))
+        }
+    }
+}
+
+/// Resolves the flags; mistakes are [`UsageError`]s naming the flag.
 fn settings(cli: Cli) -> anyhow::Result<Settings> {
-    let redis_url = cli
-        .redis_url
-        .or_else(|| std::env::var("REDIS_URL").ok())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let (redis_url, redis_url_from) = match (cli.redis_url, std::env::var("REDIS_URL")) {
+        (Some(url), _) => (url, "--redis-url"),
+        (None, Ok(url)) if !url.is_empty() => (url, "REDIS_URL"),
+        _ => ("redis://127.0.0.1:6379".to_owned(), "the default Redis URL"),
+    };
+    rivulet::QueueName::new(&cli.queue).map_err(|e| usage(format!("--queue: {e}")))?;
     let actuation = match cli.actuator {
-        ActuatorKind::Process => Actuation::Process {
-            command: cli
-                .worker_cmd
-                .replace("{redis_url}", &redis_url)
-                .replace("{queue}", &cli.queue),
-            drain_on_exit: !cli.leave_workers,
-            hard_deadline: cli.hard_deadline,
-        },
-        ActuatorKind::Command => Actuation::Command {
-            template: cli
-                .scale_cmd
-                .context("--actuator command needs --scale-cmd \"... {replicas}\"")?,
-        },
+        ActuatorKind::Process => {
+            if cli.worker_cmd.trim().is_empty() {
+                return Err(usage("--worker-cmd must not be empty"));
+            }
+            Actuation::Process {
+                command: cli.worker_cmd,
+                drain_on_exit: !cli.leave_workers,
+                hard_deadline: cli.hard_deadline,
+            }
+        }
+        ActuatorKind::Command => {
+            let template = cli.scale_cmd.ok_or_else(|| {
+                usage(
+                    "--actuator command needs --scale-cmd, e.g. \"kubectl scale deploy/workers --replicas={replicas}\"",
+                )
+            })?;
+            if !template.contains("{replicas}") {
+                return Err(usage(SCALE_CMD_NEEDS_REPLICAS));
+            }
+            Actuation::Command { template }
+        }
     };
     let params = PolicyParams {
         min: cli.min,
@@ -138,13 +178,13 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         headroom: cli.headroom,
         ..PolicyParams::default()
     };
-    params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    params.validate().map_err(|e| usage(policy_message(&e)))?;
     if cli.interval.is_zero() {
-        anyhow::bail!("--interval must be positive");
+        return Err(usage("--interval must be longer than zero"));
     }
-    rivulet::QueueName::new(&cli.queue)?;
     Ok(Settings {
         redis_url,
+        redis_url_from,
         queue: cli.queue,
         slas: daemon::parse_slas(&cli.sla)?,
         params,
@@ -156,38 +196,106 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
     })
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+/// Maps SIGTERM/SIGINT onto the tokens: the first drains, the second stops at once. The
+/// handlers are registered before this returns, so no signal is left to its default action
+/// (which would end the process without draining) once workers can exist.
+fn on_signals(drain: CancellationToken, now: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        for token in [drain, now] {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            token.cancel();
+            tracing::info!(signal = name, "signal received");
+        }
+    });
+    Ok(())
+}
+
+/// Logs to stderr, ignoring write errors: a closed log pipe must not stop the daemon. Colour
+/// only on a terminal (and not with NO_COLOR).
+fn init_logging(format: LogFormat) {
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&s) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new("info"),
+                Some(format!("ignoring RUST_LOG={s:?}: {e}")),
+            ),
+        },
+        _ => (tracing_subscriber::EnvFilter::new("info"), None),
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A failed write is otherwise reported with `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.with_ansi(false).json().init(),
+    }
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
+}
+
+/// An error's chain as one line, each message once (a wrapped error often repeats its source).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        let msg = msg.trim();
+        if msg.is_empty() || out.contains(msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(msg);
+    }
+    out
+}
+
+/// Prints the error: usage errors as clap prints its own (exit 2), the rest exit 1.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        let err = Cli::command().error(clap::error::ErrorKind::ValueValidation, describe(e));
+        let _ = err.print();
+        ExitCode::from(2)
+    } else {
+        let _ = writeln!(std::io::stderr(), "autoscaler: error: {}", describe(e));
+        ExitCode::FAILURE
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    let result = settings(cli).and_then(|s| {
-        tokio::runtime::Runtime::new()
-            .context("cannot start the async runtime")?
-            .block_on(daemon::run(s, shutdown_signal()))
+    init_logging(cli.log_format);
+    let settings = match settings(cli) {
+        Ok(s) => s,
+        Err(e) => return report(&e),
+    };
+    // One thread: workers are started from it, and their parent-death signal fires when the
+    // thread that started them exits, so it must be the main thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return report(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    let result = runtime.block_on(async {
+        let (drain, now) = (CancellationToken::new(), CancellationToken::new());
+        on_signals(drain.clone(), now.clone()).context("cannot install signal handlers")?;
+        daemon::run(settings, drain.cancelled_owned(), now.cancelled_owned()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("autoscaler: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => report(&e),
     }
 }
 
@@ -202,5 +310,53 @@ mod tests {
         assert_eq!(cli.smoothing, autoscaler::sim::DEFAULT_RATE_WINDOW);
         assert_eq!(cli.down_fraction, policy::DEFAULT_DOWN_FRACTION);
         assert_eq!(cli.headroom, policy::DEFAULT_HEADROOM);
+        assert!(!cli.worker_cmd.contains("{redis_url}"), "{}", cli.worker_cmd);
+    }
+
+    fn settings_error(args: &[&str]) -> anyhow::Error {
+        let queue: &[&str] = if args.contains(&"--queue") {
+            &[]
+        } else {
+            &["--queue", "q"]
+        };
+        let cli = Cli::try_parse_from(["autoscaler"].iter().chain(queue).chain(args)).unwrap();
+        settings(cli).unwrap_err()
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors_naming_the_flag() {
+        for (args, want) in [
+            (
+                &["--sla", "high=abc"][..],
+                "--sla \"high=abc\": \"abc\" is not a duration",
+            ),
+            (&["--min", "5", "--max", "2"], "--min 5 exceeds --max 2"),
+            (&["--max", "0"], "--max must be at least 1"),
+            (&["--max-step-up", "0"], "--max-step-up must be at least 1"),
+            (&["--interval", "0s"], "--interval must be longer than zero"),
+            (&["--headroom", "0.5"], "--headroom 0.5 must be"),
+            (&["--down-fraction", "2"], "--down-fraction 2 must be in [0, 1]"),
+            (&["--per-worker-rate", "0"], "--per-worker-rate 0 must be"),
+            (&["--queue", "bad{"], "--queue: invalid queue name \"bad{\""),
+            (&["--actuator", "command"], "--actuator command needs --scale-cmd"),
+            (
+                &["--actuator", "command", "--scale-cmd", "echo"],
+                "--scale-cmd must contain {replicas}",
+            ),
+            (&["--worker-cmd", " "], "--worker-cmd must not be empty"),
+        ] {
+            let e = settings_error(args);
+            assert!(e.is::<UsageError>(), "{args:?}: {e:#}");
+            assert!(describe(&e).starts_with(want), "{args:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn repeated_causes_are_told_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(io)
+            .context("redis: Connection refused")
+            .context("cannot reach Redis");
+        assert_eq!(describe(&e), "cannot reach Redis: redis: Connection refused");
     }
 }

@@ -44,10 +44,10 @@ async fn workers_rise_on_a_backlog_then_fall_to_min_without_losing_or_cutting_ta
     let tasks = (0..60).map(|_| Task::json("sleep", &serde_json::json!({"ms": 250})).unwrap());
     client.enqueue_many(&queue, tasks).await.unwrap();
 
+    // The actuator gives workers REDIS_URL: no URL (or password) on their command line.
     let worker_cmd = format!(
-        "{} work --redis-url {} --queue scale --concurrency 1 --lease 10s --log-format text",
-        worker_cli().display(),
-        server.url()
+        "{} work --queue {{queue}} --concurrency 1 --lease 10s --log-format text",
+        worker_cli().display()
     );
     let autoscaler = Guard(
         Command::new(env!("CARGO_BIN_EXE_autoscaler"))
