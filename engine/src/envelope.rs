@@ -255,8 +255,9 @@ impl Envelope {
                 _ => {}
             }
         }
-        fn text<V: AsRef<[u8]>>(field: &str, v: V) -> Result<String, Malformed> {
-            String::from_utf8(v.as_ref().to_vec()).map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
+        fn text<V: Into<Bytes>>(field: &str, v: V) -> Result<String, Malformed> {
+            // An owned reply buffer goes Vec -> Bytes -> Vec without a copy.
+            String::from_utf8(Vec::from(v.into())).map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
         }
         fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
             v.ok_or_else(|| Malformed(format!("missing field {field:?}")))

@@ -744,6 +744,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn settling_deletes_only_settled_entries() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let keys = Queue::new("trim").unwrap().shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let add = |n: usize| -> Vec<Envelope> {
+            (0..n)
+                .map(|_| Envelope::new("k", Bytes::from_static(b"1"), Codec::Json))
+                .collect()
+        };
+        let envs = add(3);
+        let batch: Vec<(&ShardKeys, &Envelope)> = envs.iter().map(|e| (&keys, e)).collect();
+        add_ready(&mut conn, &batch).await.unwrap();
+        let stream = [keys.stream.as_str()];
+        let a = read_group(&mut conn, "a", 1, None, &stream).await.unwrap();
+        let b = read_group(&mut conn, "b", 2, None, &stream).await.unwrap();
+        let (e1, e2, e3) = (&a[0].1.id, &b[0].1.id, &b[1].1.id);
+        let later = add(1);
+        add_ready(&mut conn, &[(&keys, &later[0])]).await.unwrap();
+        let ctx = |consumer| SettleCtx {
+            keys: &keys,
+            consumer,
+            dlq_maxlen: 100,
+        };
+        let ids = |rows: Vec<StreamEntry>| rows.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        // b settles its newer entry while a's older one is pending: only that one goes.
+        settle(&mut conn, ctx("b"), &[(e3.as_str(), &Settle::Ack)])
+            .await
+            .unwrap();
+        let left = ids(range(&mut conn, &keys.stream, "-", 10).await.unwrap());
+        assert_eq!(left[..2], [e1.clone(), e2.clone()]);
+        assert_eq!(left.len(), 3, "the undelivered entry stays");
+        // a settles the oldest: b's pending entry and the undelivered one stay.
+        settle(&mut conn, ctx("a"), &[(e1.as_str(), &Settle::Ack)])
+            .await
+            .unwrap();
+        let left = ids(range(&mut conn, &keys.stream, "-", 10).await.unwrap());
+        assert_eq!(left[0], *e2);
+        assert_eq!(left.len(), 2);
+        // Nothing pending after b's last settle: the undelivered entry still stays, and runs.
+        settle(&mut conn, ctx("b"), &[(e2.as_str(), &Settle::Ack)])
+            .await
+            .unwrap();
+        assert_eq!(range(&mut conn, &keys.stream, "-", 10).await.unwrap().len(), 1);
+        assert_eq!(read_group(&mut conn, "a", 10, None, &stream).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn lease_renewal_never_steals_a_reclaimed_entry() {
         let server = RedisServer::start();
         let (mut conn, keys, id) = setup(&server).await;

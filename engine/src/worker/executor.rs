@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{Shared, WorkerCounters};
 use crate::backoff::RetryPolicy;
 use crate::broker::{Settle, StreamEntry};
-use crate::envelope::{TaskId, now_ms};
+use crate::envelope::{Envelope, TaskId, now_ms};
 use crate::handler::{HandlerError, HandlerFuture, TaskContext};
 
 /// Why one run of a handler failed.
@@ -27,8 +27,8 @@ pub(crate) enum Failure {
 }
 
 pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
-    let entry_id = entry.id.clone();
-    let run = match prepare(shared, lane_idx, &entry_id, entry) {
+    let StreamEntry { id: entry_id, fields } = entry;
+    let run = match prepare(shared, lane_idx, &entry_id, fields) {
         Ok(run) => run,
         Err((reason, error)) => {
             WorkerCounters::add(&shared.counters.buried, 1);
@@ -88,10 +88,10 @@ fn prepare(
     shared: &Shared,
     lane_idx: usize,
     entry_id: &str,
-    entry: StreamEntry,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Run, (&'static str, String)> {
     let lane = &shared.lanes[lane_idx];
-    let env = entry.envelope().map_err(|m| {
+    let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
         ("malformed", m.0)
     })?;

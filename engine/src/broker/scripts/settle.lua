@@ -19,8 +19,9 @@
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
 --          (reclaimed by another worker, or already settled): fencing.
 --
--- Every op acknowledges and deletes the entry in the same call (XACK + XDEL), so a settled
--- task leaves neither a pending entry nor a stream entry behind.
+-- Every op acknowledges and deletes the entry in the same call (XACK, then XTRIM MINID below the
+-- group's oldest pending entry and XDEL of the rest), so a settled task leaves neither a pending
+-- entry nor a stream entry behind.
 local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
@@ -29,6 +30,21 @@ local owned = {}
 local pending = redis.call('XPENDING', stream, group, ARGV[5], ARGV[6], 1000000, consumer)
 for _, p in ipairs(pending) do
   owned[p[1]] = p[4]
+end
+
+-- Whether stream id a is older than b (both canonical 'ms-seq', compared as numbers).
+local function id_lt(a, b)
+  local ia, ib = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  if ia ~= ib then
+    return ia < ib
+  end
+  if #a == #b then
+    return a < b
+  end
+  if string.sub(a, 1, ia) == string.sub(b, 1, ib) then
+    return #a < #b
+  end
+  return a < b
 end
 
 local function entry_fields(id)
@@ -104,7 +120,31 @@ end
 
 if #acked > 0 then
   redis.call('XACK', stream, group, unpack(acked))
-  redis.call('XDEL', stream, unpack(acked))
+  -- Delete the settled entries. Every entry older than the group's oldest pending one was
+  -- delivered (it precedes a delivered id) and is no longer pending, so it is settled: here, or
+  -- by an earlier call that already deleted it. XTRIM MINID drops those in bulk, whole stream
+  -- nodes at once, where XDEL seeks each id through its node; it can never touch a pending entry
+  -- (this consumer's, or one another worker reclaimed) nor one not yet delivered. Only settled
+  -- ids not older than the oldest pending one need XDEL. The acked ids lie within
+  -- [ARGV[5], ARGV[6]] (the XPENDING range above), so when ARGV[6] is older, none does.
+  -- An ACL without XTRIM (older setups) falls back to XDEL of every id.
+  local oldest = redis.call('XPENDING', stream, group, '-', '+', 1)[1]
+  local trimmed = oldest and redis.pcall('XTRIM', stream, 'MINID', oldest[1])
+  if type(trimmed) == 'number' then
+    local floor = oldest[1]
+    local rest = {}
+    if not id_lt(ARGV[6], floor) then
+      for i = 1, #acked do
+        if not id_lt(acked[i], floor) then
+          rest[#rest + 1] = acked[i]
+        end
+      end
+    end
+    acked = rest
+  end
+  if #acked > 0 then
+    redis.call('XDEL', stream, unpack(acked))
+  end
 end
 if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if retried > 0 then redis.call('HINCRBY', stats, 'retried', retried) end
