@@ -3,7 +3,9 @@
 //! it as a table (people) or JSON (`--json`, machines); the JSON uses the engine's field names.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ use crate::store;
 const ENQUEUE_BATCH: usize = 1000;
 /// Dead letters read per page when filtering by kind.
 const DLQ_PAGE: usize = 500;
+/// What `queues` and `stats` say (on stderr) when Redis knows no queue.
+const NO_QUEUES: &str = "no queues yet (a queue appears when a task is enqueued or a worker serves it)";
 
 /// What every admin command works with.
 struct Admin {
@@ -36,6 +40,8 @@ struct Admin {
 
 /// Runs one admin command.
 pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
+    // Flags first: a bad flag is exit 2 even when Redis cannot be reached.
+    let body = check_flags(&command)?;
     let url = global.redis_url.clone();
     let (client, _) = store::connect_checked(&url).await?;
     let inspector = Inspector::new(&client)
@@ -43,7 +49,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         .map_err(|e| store::engine_error(&url, e))?;
     let admin = Admin { url, client, inspector };
     match command {
-        Command::Enqueue(a) => admin.enqueue(a).await,
+        Command::Enqueue(a) => admin.enqueue(a, body.expect("checked for enqueue")).await,
         Command::Queues(o) => admin.queues(o.json).await,
         Command::Stats(a) => admin.stats(a).await,
         Command::Pending(a) => admin.pending(a).await,
@@ -63,6 +69,54 @@ fn queue_name(name: &str) -> Result<QueueName> {
     QueueName::new(name).map_err(|e| UsageError(format!("--queue: {e}")).into())
 }
 
+/// An enqueue's payload, read and checked against its codec before anything is sent.
+struct Body {
+    payload: Bytes,
+    codec: Codec,
+}
+
+/// The checks that need no Redis: queue names, dead-letter ids, the enqueue payload (read
+/// here, so a missing `--payload-file` is a usage error whatever state Redis is in).
+fn check_flags(command: &Command) -> Result<Option<Body>> {
+    match command {
+        Command::Enqueue(a) => {
+            queue_name(&a.queue)?;
+            let payload = read_payload(a)?;
+            let codec = match a.codec {
+                PayloadCodec::Json => {
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
+                        UsageError(format!(
+                            "the payload is not valid JSON ({e}); quote it for the shell, or pass --codec bytes to send it as is"
+                        ))
+                    })?;
+                    Codec::Json
+                }
+                PayloadCodec::Bytes => Codec::Bytes,
+            };
+            return Ok(Some(Body { payload, codec }));
+        }
+        Command::Stats(StatsArgs { queue: Some(q), .. })
+        | Command::Pending(PendingArgs { queue: q, .. })
+        | Command::Dlq(DlqCommand::List(DlqListArgs { queue: q, .. }))
+        | Command::Pause(QueueArgs { queue: q, .. })
+        | Command::Resume(QueueArgs { queue: q, .. }) => {
+            queue_name(q)?;
+        }
+        Command::Dlq(DlqCommand::Show(a)) => {
+            queue_name(&a.queue)?;
+            dead_letter_id(&a.id)?;
+        }
+        Command::Dlq(DlqCommand::Replay(a) | DlqCommand::Purge(a)) => {
+            queue_name(&a.queue)?;
+            if let Some(id) = &a.id {
+                dead_letter_id(id)?;
+            }
+        }
+        Command::Stats(_) | Command::Queues(_) | Command::Workers(_) | Command::Work(_) | Command::Demo(_) => {}
+    }
+    Ok(None)
+}
+
 impl Admin {
     fn engine(&self, e: rivulet::Error) -> anyhow::Error {
         store::engine_error(&self.url, e)
@@ -74,20 +128,9 @@ impl Admin {
         self.inspector.queue(name).await.map_err(|e| self.engine(e))
     }
 
-    async fn enqueue(&self, a: EnqueueArgs) -> Result<()> {
+    async fn enqueue(&self, a: EnqueueArgs, body: Body) -> Result<()> {
         let name = queue_name(&a.queue)?;
-        let payload = read_payload(&a)?;
-        let codec = match a.codec {
-            PayloadCodec::Json => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
-                    UsageError(format!(
-                        "the payload is not valid JSON ({e}); quote it for the shell, or pass --codec bytes to send it as is"
-                    ))
-                })?;
-                Codec::Json
-            }
-            PayloadCodec::Bytes => Codec::Bytes,
-        };
+        let Body { payload, codec } = body;
         let queue = crate::work::resolve_queue(&self.inspector, &name)
             .await
             .map_err(|e| self.engine(e))?;
@@ -202,67 +245,87 @@ impl Admin {
             ]);
         }
         if t.is_empty() {
-            note!("no queues yet (a queue appears when a task is enqueued or a worker serves it)");
+            note!("{NO_QUEUES}");
             return Ok(());
         }
         output::text(&t.render())
     }
 
     async fn stats(&self, a: StatsArgs) -> Result<()> {
-        let single = a.queue.is_some();
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        // --watch ends on SIGINT or SIGTERM (exit 0), even in the middle of a refresh (a Redis
+        // that stopped answering must not make it unstoppable), or when stdout is closed.
+        // Registered before the first refresh so that no signal goes unseen.
+        let mut stop: Pin<Box<dyn Future<Output = ()>>> = if a.watch {
+            Box::pin(stop_signal().context("installing signal handlers")?)
+        } else {
+            Box::pin(std::future::pending())
+        };
         loop {
-            // Listed again on every refresh of --watch: queues come and go.
-            let queues = match &a.queue {
-                Some(name) => vec![self.known_queue(name).await?],
-                None => self.all_queues().await?,
-            };
-            let mut docs = Vec::with_capacity(queues.len());
-            for q in &queues {
-                let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
-                let decision = self.inspector.decision(q).await.map_err(|e| self.engine(e))?;
-                let mut doc = serde_json::to_value(&s)?;
-                doc["autoscaler"] = match decision {
-                    Some(d) => serde_json::from_str(&d).unwrap_or(Value::String(d)),
-                    None => Value::Null,
-                };
-                docs.push((s, doc));
-            }
-            match (a.output.json, a.watch) {
-                (true, false) if single => output::json(&docs[0].1)?,
-                (true, false) => output::json(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
-                (true, true) if single => output::json_line(&docs[0].1)?,
-                (true, true) => output::json_line(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
-                (false, watch) => {
-                    let mut text = String::new();
-                    if watch && tty {
-                        // Clear the screen and go home, like `watch`.
-                        text.push_str("\x1b[2J\x1b[H");
-                    }
-                    if watch {
-                        text.push_str(&format!(
-                            "every {}; Ctrl-C to stop\n\n",
-                            humantime::format_duration(a.interval)
-                        ));
-                    }
-                    for (s, doc) in &docs {
-                        text.push_str(&stats_table(s, &doc["autoscaler"]));
-                        text.push('\n');
-                    }
-                    if docs.is_empty() {
-                        text.push_str("no queues yet\n");
-                    }
-                    output::text(&text)?;
-                }
+            tokio::select! {
+                r = self.stats_once(&a) => r?,
+                () = &mut stop => return Ok(()),
             }
             if !a.watch {
                 return Ok(());
             }
             tokio::select! {
                 () = tokio::time::sleep(a.interval) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                () = &mut stop => return Ok(()),
             }
         }
+    }
+
+    /// One refresh of `stats`. A closed stdout is an error (`StdoutClosed`) that ends --watch.
+    async fn stats_once(&self, a: &StatsArgs) -> Result<()> {
+        let single = a.queue.is_some();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        // Listed again on every refresh of --watch: queues come and go.
+        let queues = match &a.queue {
+            Some(name) => vec![self.known_queue(name).await?],
+            None => self.all_queues().await?,
+        };
+        let mut docs = Vec::with_capacity(queues.len());
+        for q in &queues {
+            let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
+            let decision = self.inspector.decision(q).await.map_err(|e| self.engine(e))?;
+            let mut doc = serde_json::to_value(&s)?;
+            doc["autoscaler"] = match decision {
+                Some(d) => serde_json::from_str(&d).unwrap_or(Value::String(d)),
+                None => Value::Null,
+            };
+            docs.push((s, doc));
+        }
+        match (a.output.json, a.watch) {
+            (true, false) if single => output::json(&docs[0].1)?,
+            (true, false) => output::json(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+            (true, true) if single => output::json_line(&docs[0].1)?,
+            (true, true) => output::json_line(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+            (false, watch) => {
+                let mut text = String::new();
+                if watch && tty {
+                    // Clear the screen and go home, like `watch`.
+                    text.push_str("\x1b[2J\x1b[H");
+                }
+                if watch {
+                    text.push_str(&format!(
+                        "every {}; Ctrl-C to stop\n\n",
+                        humantime::format_duration(a.interval)
+                    ));
+                }
+                for (s, doc) in &docs {
+                    text.push_str(&stats_table(s, &doc["autoscaler"]));
+                    text.push('\n');
+                }
+                if !text.is_empty() {
+                    output::text(&text)?;
+                }
+                if docs.is_empty() {
+                    // A note for people, on stderr like every "nothing here" of the CLI.
+                    note!("{NO_QUEUES}");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn pending(&self, a: PendingArgs) -> Result<()> {
@@ -375,7 +438,10 @@ impl Admin {
             ]);
         }
         if t.is_empty() {
-            note!("no dead letters in queue {}", queue.name());
+            match &a.kind {
+                Some(kind) => note!("no dead letters of kind {kind} in queue {}", queue.name()),
+                None => note!("no dead letters in queue {}", queue.name()),
+            }
             return Ok(());
         }
         output::text(&t.render())
@@ -384,6 +450,7 @@ impl Admin {
     async fn dlq_show(&self, a: DlqShowArgs) -> Result<()> {
         let id = dead_letter_id(&a.id)?;
         let queue = self.known_queue(&a.queue).await?;
+        id_fits(&queue, &a.id, &id)?;
         let d = self.inspector.dlq_get(&queue, &id).await.map_err(|e| self.engine(e))?;
         if a.output.json {
             return output::json(&d);
@@ -438,6 +505,9 @@ impl Admin {
             _ => DlqSelect::All,
         };
         let queue = self.known_queue(&a.queue).await?;
+        if let (DlqSelect::Id(id), Some(raw)) = (&select, &a.id) {
+            id_fits(&queue, raw, id)?;
+        }
         let n = if replay {
             self.inspector.dlq_replay(&queue, &select).await
         } else {
@@ -480,6 +550,31 @@ fn dead_letter_id(s: &str) -> Result<DeadLetterId> {
     })
 }
 
+/// A well-formed id that cannot name a dead letter of `queue` (a priority or shard the queue
+/// does not have) is a bad flag like a malformed one, not a dead letter that is missing.
+fn id_fits(queue: &Queue, raw: &str, id: &DeadLetterId) -> Result<()> {
+    let layout = queue.layout();
+    if queue.rank(&id.priority).is_err() {
+        return Err(UsageError(format!(
+            "--id {raw:?}: queue {} has no priority {:?} (its priorities: {}); see `dlq list`",
+            queue.name(),
+            id.priority,
+            layout.priorities.join(", ")
+        ))
+        .into());
+    }
+    if id.shard >= layout.shards {
+        return Err(UsageError(format!(
+            "--id {raw:?}: queue {} has no shard {} (its shards are numbered 0 to {}); see `dlq list`",
+            queue.name(),
+            id.shard,
+            layout.shards - 1
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn read_payload(a: &EnqueueArgs) -> Result<Bytes> {
     if let Some(p) = &a.payload {
         return Ok(Bytes::from(p.clone().into_bytes()));
@@ -493,9 +588,43 @@ fn read_payload(a: &EnqueueArgs) -> Result<Bytes> {
             .read_to_end(&mut buf)
             .context("reading the payload from stdin")?;
     } else {
-        buf = std::fs::read(path).with_context(|| format!("reading the payload file {}", path.display()))?;
+        buf = std::fs::read(path).map_err(|e| payload_file_error(path, e))?;
     }
     Ok(Bytes::from(buf))
+}
+
+/// A payload file that is missing, unreadable or not a file is a bad flag (exit 2); an I/O
+/// failure while reading one that exists is a runtime failure (exit 1).
+fn payload_file_error(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind::{InvalidInput, IsADirectory, NotFound, PermissionDenied};
+    match e.kind() {
+        NotFound | PermissionDenied | IsADirectory | InvalidInput => UsageError(format!(
+            "--payload-file {}: {}",
+            path.display(),
+            match e.kind() {
+                NotFound => "no such file".to_owned(),
+                PermissionDenied => "permission denied".to_owned(),
+                IsADirectory => "is a directory".to_owned(),
+                _ => e.to_string(),
+            }
+        ))
+        .into(),
+        _ => anyhow::Error::new(e).context(format!("reading the payload file {}", path.display())),
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM after this call (both handlers are installed
+/// before it returns).
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// One queue's stats as a table per priority, with totals and the autoscaler's decision.

@@ -10,7 +10,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use rivulet::PriorityMode;
 
 use crate::settings::{
-    ExecSpec, parse_duration, parse_exec, parse_lease, parse_positive_duration, parse_priority_mode, parse_size,
+    ExecSpec, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
+    parse_size,
 };
 
 /// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
@@ -20,7 +21,9 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 ///
 /// Without a subcommand, worker-cli supervises `--workers` worker processes that serve
 /// `--queue` (restarting crashed ones, recycling them after `--max-tasks` or above
-/// `--max-memory`). SIGTERM or Ctrl-C drains them; a second signal stops at once.
+/// `--max-memory`), e.g. `worker-cli --workers 4 --queue emails`. SIGTERM or Ctrl-C drains
+/// them; a second signal stops at once. Bare `worker-cli` (no command, no supervisor flag)
+/// prints this help.
 ///
 /// Task kinds served out of the box: `noop`, `sleep` (payload {"ms": N}), `fail` (always fails),
 /// `demo` (used by `worker-cli demo`), plus one per `--exec KIND=COMMAND`.
@@ -71,18 +74,21 @@ pub struct RunArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
     /// Worker processes to run (each runs up to --concurrency tasks at once).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Supervisor")]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Supervisor")]
     pub workers: u32,
     /// Recycle (drain and restart) a worker process whose resident memory exceeds SIZE, e.g.
-    /// 512MiB, 2G, 300000000. Checked every second. No limit by default.
+    /// 512MiB, 1.5GiB, 2G, 300000000. Checked every second; only the worker process counts,
+    /// not the commands --exec starts. Keep it well above an idle worker process's own size
+    /// (roughly 5-15 MiB): a worker already above it when it starts is recycled every second,
+    /// and a warning says so. No limit by default.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Supervisor")]
     pub max_memory: Option<u64>,
     /// Crash-loop guard: give up (drain the rest, exit 1) when worker processes crash more
     /// than this many times within --crash-window.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Supervisor")]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Supervisor")]
     pub crash_limit: u32,
     /// Crash-loop guard window (see --crash-limit).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration, help_heading = "Supervisor")]
+    #[arg(long, value_name = "DURATION", default_value = "60s", allow_hyphen_values = true, value_parser = parse_positive_duration, help_heading = "Supervisor")]
     pub crash_window: Duration,
 }
 
@@ -101,23 +107,23 @@ pub struct WorkerArgs {
     )]
     pub queues: Vec<String>,
     /// Tasks each worker process runs at once.
-    #[arg(long, short = 'c', default_value_t = rivulet::worker::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    #[arg(long, short = 'c', default_value_t = rivulet::worker::DEFAULT_CONCURRENCY, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=100_000).map(|n| n as usize))]
     pub concurrency: usize,
     /// Lease of a running task: a worker that stops heartbeating for this long (it died) has
     /// its tasks taken over by another. At least 100ms.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_lease)]
     pub lease: Duration,
     /// Runs a task gets before it goes to the dead-letter stream as `exhausted` (1 = never
     /// retried). A task's own max_attempts wins.
-    #[arg(long, default_value_t = rivulet::backoff::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = rivulet::backoff::DEFAULT_MAX_ATTEMPTS, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Longest wait before the first retry; later retries wait up to twice as long each
     /// (capped at 10m), drawn at random below that ceiling.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub retry_base: Duration,
     /// Handler timeout: a task still running after this is failed (and retried); an --exec
     /// command is killed. None by default; a task's own timeout wins.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
     /// Priority order: `strict` (always the highest priority with work) or `weighted:6,3,1`
     /// (reads start at a priority drawn with these weights, highest first, so low priorities
@@ -126,26 +132,33 @@ pub struct WorkerArgs {
     pub priority_mode: PriorityMode,
     /// Serve KIND by running COMMAND with `sh -c` per task: payload on stdin; env
     /// RIVULET_TASK_ID, RIVULET_KIND, RIVULET_ATTEMPT, RIVULET_QUEUE, RIVULET_PRIORITY. Exit 0 =
-    /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay); anything
-    /// else = failed (retried, then dead-lettered as `exhausted`). The stderr tail becomes the
-    /// task's error; stdout goes to this process's stderr. Repeatable.
+    /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay; it still
+    /// uses up one of --max-attempts); anything else = failed (retried, then dead-lettered as
+    /// `exhausted`). The stderr tail becomes the task's error; stdout goes to this process's
+    /// stderr. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
     /// On shutdown, time running tasks get to finish; unfinished ones are put back to run
     /// again at once.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Recycle a worker process after it has started about this many tasks (it stops
-    /// fetching, drains and is replaced). No limit by default.
-    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Exit after about M tasks: at its Mth task start a worker process stops fetching,
+    /// drains and exits 0; under a supervisor it is then replaced. Tasks it had already read
+    /// by then still run to completion (nothing is lost), so up to about --concurrency more
+    /// than M may start. No limit by default.
+    #[arg(long, value_name = "M", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
     pub max_tasks: Option<u64>,
 }
 
-/// Admin commands, plus the hidden worker process.
+/// The worker process and the admin commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// One worker process (what the supervisor runs; also usable alone).
-    #[command(hide = true)]
+    /// Run one worker process, without a supervisor (what the supervisor and the autoscaler
+    /// start).
+    ///
+    /// Nothing restarts it if it crashes, and it exits 0 after --max-tasks. The supervisor
+    /// (worker-cli without a command) and the autoscaler's --worker-cmd start exactly this.
+    /// SIGTERM or Ctrl-C drains it; a second signal stops at once.
     Work(WorkerArgs),
     /// Add tasks to a queue.
     Enqueue(EnqueueArgs),
@@ -209,8 +222,8 @@ pub struct EnqueueArgs {
     /// The queue (created with the default layout if Redis does not know it yet).
     #[arg(long, short = 'q', value_name = "NAME")]
     pub queue: String,
-    /// The task kind (handler name).
-    #[arg(long, short = 'k')]
+    /// The task kind (handler name); not empty.
+    #[arg(long, short = 'k', value_parser = parse_kind)]
     pub kind: String,
     /// The payload, e.g. '{"ms": 100}'. Default: null.
     #[arg(long, value_name = "DATA")]
@@ -225,16 +238,16 @@ pub struct EnqueueArgs {
     #[arg(long, short = 'p')]
     pub priority: Option<String>,
     /// Run no sooner than this from now, e.g. 5s, 10m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub delay: Option<Duration>,
     /// Runs this task gets (overrides the worker's --max-attempts).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
     /// Handler timeout for this task (overrides the worker's --timeout).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
     /// Enqueue this many copies (each with its own id).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000_000).map(|n| n as u64))]
     pub count: u64,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -246,11 +259,12 @@ pub struct StatsArgs {
     /// Only this queue (all queues by default).
     #[arg(long, short = 'q', value_name = "NAME")]
     pub queue: Option<String>,
-    /// Repeat every --interval until Ctrl-C (with --json: one JSON document per line).
+    /// Repeat every --interval until Ctrl-C, SIGTERM or the reader of stdout goes away (with
+    /// --json: one JSON document per line).
     #[arg(long)]
     pub watch: bool,
     /// Refresh interval of --watch.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub interval: Duration,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -262,8 +276,8 @@ pub struct PendingArgs {
     /// The queue.
     #[arg(long, short = 'q', value_name = "NAME")]
     pub queue: String,
-    /// Most entries listed per shard, oldest first.
-    #[arg(long, default_value_t = 100)]
+    /// Most entries listed per shard, oldest first (at least 1).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as usize))]
     pub limit: usize,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -291,8 +305,8 @@ pub struct DlqListArgs {
     /// Only dead letters of this kind.
     #[arg(long, short = 'k')]
     pub kind: Option<String>,
-    /// Most dead letters listed.
-    #[arg(long, default_value_t = 100)]
+    /// Most dead letters listed (at least 1).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as usize))]
     pub limit: usize,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -22,8 +22,9 @@
 //!   `SupervisorSettings`), the per-flag parsers, and the flags a supervisor passes on.
 //! - `supervisor`: keeps N `work` children running: restart with backoff, crash-loop guard,
 //!   recycling after `--max-tasks` / above `--max-memory`, drain and fast stop.
-//! - `work`: one worker process (the hidden `work` subcommand): dies with its supervisor,
-//!   drains on SIGTERM, recycles after `--max-tasks`.
+//! - `work`: one worker process (the `work` subcommand, what the supervisor and the
+//!   autoscaler start): dies with its supervisor, drains on SIGTERM, stops fetching at the
+//!   `--max-tasks`th start.
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`, `demo`) and `--exec`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `demo`: the `demo` command and the latency samples behind it.
@@ -65,8 +66,10 @@ use crate::supervisor::{Stop, Supervisor};
 /// (a kind in `router` replaces a built-in of the same name; `--exec` replaces both).
 ///
 /// Parses `std::env::args_os()`, runs the command, prints an error to stderr if it fails, and
-/// returns the exit code: 0 success, 1 runtime failure, 2 bad flags. Call it from a plain
-/// `fn main`, not from inside a Tokio runtime: it builds the runtime each command needs.
+/// returns the exit code: 0 success, 1 runtime failure, 2 bad flags (bare `worker-cli`
+/// included: it prints the help). A command whose stdout is closed by its reader
+/// (`... | head -1`) ends with 0. Call it from a plain `fn main`, not from inside a Tokio
+/// runtime: it builds the runtime each command needs.
 pub fn main_with(router: Router) -> ExitCode {
     main_with_args(std::env::args_os(), router)
 }
@@ -85,11 +88,20 @@ where
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // Bare `worker-cli`: help rather than workers on a queue nobody named.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            note!("{}", Cli::command().render_help().to_string().trim_end());
+            note!("\n{BARE_HINT}");
+            return ExitCode::from(2);
+        }
         Err(e) => return usage_error(&e.render().to_string(), &args),
     };
     // The one place a result becomes an exit code.
     match run(cli, router) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`... | head -1`): nothing is wrong, nobody is left
+        // to tell anything.
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
             None => {
@@ -127,8 +139,15 @@ fn usage_for(args: &[OsString]) -> String {
     cmd.render_usage().to_string()
 }
 
+/// What bare `worker-cli` prints after the help.
+const BARE_HINT: &str = "error: no command given. Run a command (e.g. `worker-cli stats`), or start supervised \
+                         workers by naming what they serve: worker-cli --queue NAME [--workers N] [...]";
+
 /// Parses the command line. Supervisor flags (`--workers`, `--queue`, ...) given together with
-/// a subcommand are an error rather than silently ignored.
+/// a subcommand are an error rather than silently ignored. Bare `worker-cli` (no command and
+/// no supervisor flag: global flags like `--redis-url` alone do not count) is
+/// `DisplayHelpOnMissingArgumentOrSubcommand`: the caller prints the help and exits 2, rather
+/// than starting a supervisor on the `default` queue that the user never asked for.
 fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
@@ -136,29 +155,37 @@ where
 {
     let matches = Cli::command().try_get_matches_from(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
-    if let Some((name, _)) = matches.subcommand() {
-        let supervisor_only = cli::RunArgs::augment_args(clap::Command::new("run"));
-        let given: Vec<String> = supervisor_only
-            .get_arguments()
-            .filter(|a| matches.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
-            .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
-            .collect();
-        if !given.is_empty() {
-            return Err(Cli::command().error(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "{} cannot be used with `{name}`: supervisor flags apply only when worker-cli runs workers \
-                     (without a command)",
-                    given.join(", ")
-                ),
-            ));
-        }
+    let supervisor_only = cli::RunArgs::augment_args(clap::Command::new("run"));
+    let given: Vec<String> = supervisor_only
+        .get_arguments()
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
+        .collect();
+    if matches.subcommand().is_none() && given.is_empty() {
+        return Err(clap::Error::new(
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+        ));
+    }
+    if let Some((name, _)) = matches.subcommand()
+        && !given.is_empty()
+    {
+        return Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "{} cannot be used with `{name}`: supervisor flags apply only when worker-cli runs workers \
+                 (without a command)",
+                given.join(", ")
+            ),
+        ));
     }
     Ok(cli)
 }
 
 fn run(cli: Cli, router: Router) -> Result<()> {
     let Cli { global, run, command } = cli;
+    // Before anything else: a URL that does not parse is a bad flag (exit 2), not a Redis that
+    // cannot be reached (exit 1).
+    settings::check_redis_url(&global.redis_url)?;
     match command {
         None => {
             logging::init(global.log_format, "info");
@@ -182,7 +209,8 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(work::run(settings, with_builtins(router)))
+            // `work` adds the built-in kinds itself: it counts their starts for --max-tasks.
+            runtime.block_on(work::run(settings, router))
         }
         Some(Command::Demo(args)) => {
             logging::init(global.log_format, "warn");

@@ -1,6 +1,8 @@
 //! Writing a command's data to stdout: JSON for machines, aligned tables for people, and the
-//! small formatters both use. A closed stdout (`worker-cli workers | head -1`) ends output
-//! quietly instead of failing the command.
+//! small formatters both use. A closed stdout (`worker-cli workers | head -1`) ends the
+//! command quietly and successfully, like other Unix tools that get EPIPE: writing returns
+//! [`StdoutClosed`], which `main_with` turns into exit 0, so `stats --watch | head -1` stops
+//! instead of writing into the void forever.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -22,12 +24,36 @@ pub fn note_raw(s: &str) {
     let _ = err.write_all(s.as_bytes()).and_then(|()| err.flush());
 }
 
-/// Writes text to stdout.
+/// The reader of stdout went away (EPIPE): the command has nobody left to tell anything and
+/// ends. Not a failure: `main_with` exits 0 without a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Whether `e` (or anything in its chain) is a closed stdout.
+pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<StdoutClosed>())
+}
+
+/// Writes text to stdout. A closed stdout is [`StdoutClosed`]: callers pass it up with `?`
+/// and the command ends (exit 0).
 pub fn text(s: &str) -> Result<()> {
     let mut out = io::stdout().lock();
+    write_to(&mut out, s)
+}
+
+fn write_to(out: &mut impl Write, s: &str) -> Result<()> {
     match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
     }
 }
 
@@ -156,6 +182,27 @@ mod tests {
         t.row(vec!["1".into(), "alpha".into()]);
         t.row(vec!["200".into(), "b".into()]);
         assert_eq!(t.render(), "ID   NAME\n1    alpha\n200  b\n");
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_the_command_and_other_errors_fail_it() {
+        struct Broken(io::ErrorKind);
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(self.0.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let closed = write_to(&mut Broken(io::ErrorKind::BrokenPipe), "x").unwrap_err();
+        assert!(is_stdout_closed(&closed), "{closed:#}");
+        assert!(is_stdout_closed(&closed.context("printing stats")));
+        let full = write_to(&mut Broken(io::ErrorKind::StorageFull), "x").unwrap_err();
+        assert!(!is_stdout_closed(&full), "{full:#}");
+        let mut ok = Vec::new();
+        write_to(&mut ok, "fine\n").unwrap();
+        assert_eq!(ok, b"fine\n");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   the rest and fails.
 //! - **Recycling**: a child that exits 0 on its own reached `--max-tasks` and is replaced at
 //!   once; a child whose resident memory exceeds `--max-memory` is sent SIGTERM (it drains) and
-//!   replaced when it has exited.
+//!   replaced when it has exited. A child above the limit within [`FRESH_CHILD`] of starting
+//!   gets a warning (once per supervisor) that the limit looks too low.
 //! - **Stopping**: [`Stop::drain`] sends SIGTERM to every child and waits up to the drain
 //!   timeout plus [`DRAIN_GRACE`], then SIGKILLs stragglers; [`Stop::now`] SIGKILLs every child.
 //! - **No orphans**: each child asks the kernel for SIGKILL when its parent dies
@@ -48,6 +49,10 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// How often resident memory is checked when `--max-memory` is set.
 pub const MEMORY_CHECK: Duration = Duration::from_secs(1);
+/// A child above `--max-memory` this soon after it started probably needs more than the limit
+/// before it does any work: the supervisor warns (once) that the limit looks too low, since
+/// it would otherwise recycle every child about once a second, forever, without a word.
+pub const FRESH_CHILD: Duration = Duration::from_secs(3);
 
 /// How the supervisor is told to stop. Cancel `drain` for a graceful stop, `now` to kill every
 /// child at once (a second Ctrl-C).
@@ -153,6 +158,8 @@ impl Supervisor {
         let mut failure: Option<anyhow::Error> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut killed = false;
+        // Whether the "--max-memory looks too low" warning has been given.
+        let mut warned_low_memory = false;
         tracing::info!(workers = s.workers, program = %s.program.display(), "supervisor started");
 
         for (i, slot) in slots.iter_mut().enumerate() {
@@ -264,6 +271,14 @@ impl Supervisor {
                             );
                             ran.recycling = true;
                             let _ = ran.signals.send(Signal::SIGTERM);
+                            let lived = ran.started.elapsed();
+                            if !warned_low_memory && lived < FRESH_CHILD {
+                                warned_low_memory = true;
+                                tracing::warn!(
+                                    slot = i, pid = ran.pid, rss = %format_size(rss), limit = %format_size(limit), lived = ?lived,
+                                    "{}", low_memory_warning(rss, limit, lived)
+                                );
+                            }
                         }
                     }
                 }
@@ -377,6 +392,18 @@ pub fn restart_delay(n: u32, unit: f64) -> Duration {
     ceiling.mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
 }
 
+/// The warning for a child above `--max-memory` right after it started (pure).
+pub fn low_memory_warning(rss: u64, limit: u64, lived: Duration) -> String {
+    format!(
+        "--max-memory {} looks too low: a worker process used {} only {} after it started. If an idle \
+         worker process needs that much, every worker process will be recycled about once a second, \
+         forever; raise --max-memory well above it (this warning is not repeated)",
+        format_size(limit),
+        format_size(rss),
+        crate::output::fmt_duration(lived),
+    )
+}
+
 /// Resident memory of a process, from `/proc/<pid>/status` (`VmRSS`, in KiB there).
 pub fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -401,6 +428,15 @@ mod tests {
         assert_eq!(restart_delay(3, 1.0), RESTART_BASE * 4);
         assert_eq!(restart_delay(50, 1.0), RESTART_CAP);
         assert_eq!(restart_delay(0, 1.0), RESTART_BASE);
+    }
+
+    #[test]
+    fn the_low_memory_warning_names_the_limit_and_the_size_seen() {
+        let w = low_memory_warning(12 << 20, 1 << 20, Duration::from_millis(900));
+        assert!(
+            w.contains("--max-memory 1.0 MiB looks too low") && w.contains("12.0 MiB only 900ms after"),
+            "{w}"
+        );
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!   request was made), and a watch on the parent for as long as it runs;
 //! - the first SIGTERM/SIGINT drains (stop fetching, finish or requeue in-flight tasks); a second
 //!   one stops at once;
-//! - after `--max-tasks` started tasks it drains and exits 0, which the supervisor reads as
-//!   "replace me";
+//! - at its `--max-tasks`th start it stops fetching, drains (the tasks it has already read
+//!   still run) and exits 0, which a supervisor reads as "replace me";
 //! - it saves the demo's latency samples (see `demo`).
 //!
 //! Without `RIVULET_SUPERVISOR_PID` (run by hand) it is a plain standalone worker.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -32,8 +34,11 @@ pub const SUPERVISOR_PID_ENV: &str = "RIVULET_SUPERVISOR_PID";
 pub const SLOT_ENV: &str = "RIVULET_WORKER_SLOT";
 /// How often a child checks that its supervisor is still its parent.
 const PARENT_CHECK: Duration = Duration::from_millis(500);
-/// How often `--max-tasks` is checked (an atomic load: cheap). Tasks started between two
-/// checks overshoot the limit, hence "about M tasks".
+/// How often the engine's count of started tasks is checked against `--max-tasks` (an atomic
+/// load: cheap). The built-in and `--exec` kinds trigger the drain themselves at the exact
+/// start (see `handlers::StartLimit`); this check is what counts the kinds compiled into a
+/// custom binary (`main_with`), whose handlers the CLI cannot wrap: tasks of those started
+/// between two checks overshoot the limit.
 const TASK_COUNT_CHECK: Duration = Duration::from_millis(10);
 
 /// Runs one worker process until it is told to stop.
@@ -69,7 +74,13 @@ async fn serve(
         );
     }
 
-    let router = handlers::with_exec(router, &settings.exec);
+    // The CLI's own kinds count their starts, so the drain begins at the --max-tasks-th start.
+    let limit = settings
+        .max_tasks
+        .map(|max| Arc::new(handlers::StartLimit::new(max, stop.drain.clone())));
+    let router = handlers::builtins(router, limit.clone());
+    let limit_seen = limit.clone();
+    let router = handlers::with_exec(router, &settings.exec, limit);
     let mut worker = Worker::new(client, router, settings.config.clone());
     for q in queues {
         worker = worker.queue(q);
@@ -83,6 +94,27 @@ async fn serve(
     if let Some(max) = settings.max_tasks {
         loops.spawn(watch_task_count(counters, max, stop.drain.clone()));
     }
+    // The engine stops fetching right after this resolves, before it next waits: tell the
+    // --max-tasks limit after that poll (see `StartLimit`), not from inside this future.
+    let drain_begun = Arc::new(AtomicBool::new(false));
+    let shutdown = {
+        let drain = stop.drain.clone();
+        let begun = drain_begun.clone();
+        async move {
+            drain.cancelled().await;
+            begun.store(true, Ordering::Relaxed);
+        }
+    };
+    let mut running = std::pin::pin!(worker.run(shutdown));
+    let running = std::future::poll_fn(|cx| {
+        let poll = running.as_mut().poll(cx);
+        if drain_begun.load(Ordering::Relaxed)
+            && let Some(limit) = &limit_seen
+        {
+            limit.draining();
+        }
+        poll
+    });
     let flushed = CancellationToken::new();
     loops.spawn(demo::save_samples_until(
         conn.clone(),
@@ -91,7 +123,7 @@ async fn serve(
     ));
 
     let result = tokio::select! {
-        r = worker.run(stop.drain.clone().cancelled_owned()) => r.map_err(|e| store::engine_error(&url, e)),
+        r = running => r.map_err(|e| store::engine_error(&url, e)),
         () = stop.now.cancelled() => {
             bail!("stopped at once by a second signal (unfinished tasks run again after the lease)")
         }
@@ -154,14 +186,22 @@ async fn watch_parent(supervisor: Pid, drain: CancellationToken) {
     }
 }
 
-/// Drains the worker once it has started `max` tasks, so the supervisor replaces it.
+/// Drains the worker once it has started `max` tasks of any kind (the backstop for compiled
+/// kinds; see [`TASK_COUNT_CHECK`]).
 async fn watch_task_count(counters: Arc<WorkerCounters>, max: u64, drain: CancellationToken) {
     loop {
-        tokio::time::sleep(TASK_COUNT_CHECK).await;
+        tokio::select! {
+            () = drain.cancelled() => return,
+            () = tokio::time::sleep(TASK_COUNT_CHECK) => {}
+        }
         let started = WorkerCounters::get(&counters.started);
         if started >= max {
-            tracing::info!(started, max_tasks = max, "reached --max-tasks; draining to be replaced");
             drain.cancel();
+            tracing::info!(
+                started,
+                max_tasks = max,
+                "reached --max-tasks: stopped fetching; finishing what was read, then exiting"
+            );
             return;
         }
     }

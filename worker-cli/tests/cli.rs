@@ -662,6 +662,15 @@ async fn admin_json_matches_the_engine_state() {
     );
     let by_kind = cli_json(&server, &["dlq", "list", "--queue", "dlq", "--kind", "other", "--json"]).await;
     assert_eq!(by_kind, serde_json::json!([]));
+    // For people: the note names the kind (there are dead letters, just none of it).
+    let out = cli(&server, &["dlq", "list", "--queue", "dlq", "--kind", "other"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("no dead letters of kind other in queue dlq"),
+        "{stderr}"
+    );
 
     let first = listed[0]["id"].as_str().unwrap().to_owned();
     let shown = cli_json(&server, &["dlq", "show", "--queue", "dlq", "--id", &first, "--json"]).await;
@@ -700,11 +709,39 @@ async fn admin_json_matches_the_engine_state() {
         stderr.contains("not found") && stderr.contains("normal/0/1-0"),
         "{stderr}"
     );
+    // A well-formed id that the queue's layout cannot have is a bad flag, like a malformed one.
+    for args in [
+        &["dlq", "show", "--queue", "dlq", "--id", "urgent/0/1-0"][..],
+        &["dlq", "show", "--queue", "dlq", "--id", "normal/7/1-0"],
+        &["dlq", "replay", "--queue", "dlq", "--id", "urgent/0/1-0"],
+        &["dlq", "purge", "--queue", "dlq", "--id", "normal/7/1-0"],
+    ] {
+        let out = cli(&server, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "worker-cli {args:?}: {stderr}");
+        assert!(
+            stderr.contains("--id") && stderr.contains("queue dlq has no") && stderr.contains("Usage:"),
+            "worker-cli {args:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
     let server = RedisServer::start();
+    // "Nothing here" notes go to stderr, data to stdout, for `stats` as for `queues`.
+    for args in [&["stats"][..], &["queues"]] {
+        let out = cli(&server, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "worker-cli {args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "worker-cli {args:?} printed to stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(stderr.contains("no queues yet"), "worker-cli {args:?}: {stderr}");
+    }
+
     for args in [
         &["--workers", "0"][..],
         &["--priority-mode", "fair"],
@@ -718,6 +755,27 @@ async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
         &["dlq", "replay", "--queue", "q"],
         &["dlq", "show", "--queue", "q", "--id", "garbage"],
         &["no-such-command"],
+        // Bare: the help, not a supervisor on a queue nobody named.
+        &[],
+        &["--redis-url", "notaurl", "stats"],
+        &["enqueue", "--queue", "q", "--kind", ""],
+        &["enqueue", "--queue", "q", "--kind", " \t"],
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--kind",
+            "k",
+            "--payload-file",
+            "/nonexistent/payload.json",
+        ],
+        &["enqueue", "--queue", "q", "--kind", "k", "--delay", "-1s"],
+        &["enqueue", "--queue", "q", "--kind", "k", "--count", "-3"],
+        &["pending", "--queue", "q", "--limit", "-1"],
+        &["pending", "--queue", "q", "--limit", "0"],
+        &["dlq", "list", "--queue", "q", "--limit", "0"],
+        &["--queue", "q", "--max-memory", "1.5"],
+        &["--queue", "q", "--drain-timeout", "-5s"],
     ] {
         let out = cli(&server, args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -726,12 +784,59 @@ async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
             stderr.contains("Usage:"),
             "worker-cli {args:?} shows a usage line: {stderr}"
         );
+        // A negative number is a value the parser explains, not an unknown flag.
+        assert!(!stderr.contains("unexpected argument"), "worker-cli {args:?}: {stderr}");
+    }
+    // None of those enqueued anything (an empty kind in particular).
+    assert!(inspector(&server).await.queues().await.unwrap().is_empty());
+    // The messages name what is wrong.
+    for (args, says) in [
+        (
+            &[][..],
+            &["Commands:", "  work", "no command given", "--queue NAME"][..],
+        ),
+        (
+            &["--redis-url", "notaurl", "stats"],
+            &["--redis-url", "\"notaurl\"", "not a valid Redis URL"],
+        ),
+        (
+            &["enqueue", "--queue", "q", "--kind", ""],
+            &["--kind", "must not be empty"],
+        ),
+        (
+            &[
+                "enqueue",
+                "--queue",
+                "q",
+                "--kind",
+                "k",
+                "--payload-file",
+                "/nonexistent/payload.json",
+            ],
+            &["--payload-file /nonexistent/payload.json", "no such file"],
+        ),
+        (
+            &["enqueue", "--queue", "q", "--kind", "k", "--delay", "-1s"],
+            &["--delay", "negative"],
+        ),
+        (
+            &["pending", "--queue", "q", "--limit", "-1"],
+            &["--limit", "-1 is not in 1.."],
+        ),
+        (&["--queue", "q", "--max-memory", "1.5"], &["--max-memory", "1.5GiB"]),
+    ] {
+        let out = cli(&server, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for s in says {
+            assert!(stderr.contains(s), "worker-cli {args:?} should say {s:?}: {stderr}");
+        }
     }
     for help in [
         &["--help"][..],
         &["stats", "--help"],
         &["dlq", "replay", "--help"],
         &["enqueue", "--help"],
+        &["work", "--help"],
     ] {
         let out = cli(&server, help).await;
         assert_eq!(out.status.code(), Some(0), "{help:?}");
@@ -740,6 +845,14 @@ async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
             "{help:?} shows defaults"
         );
     }
+    // `work` (what the supervisor and the autoscaler run) is listed with the other commands.
+    let out = cli(&server, &["--help"]).await;
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.lines()
+            .any(|l| l.starts_with("  work ") && l.contains("without a supervisor")),
+        "{help}"
+    );
 
     // A loopback port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -756,6 +869,23 @@ async fn bad_flags_exit_2_and_an_unreachable_redis_exits_1_naming_the_url() {
             stderr.contains(&url) && stderr.contains("hint"),
             "worker-cli {args:?} names the URL: {stderr}"
         );
+    }
+    // Flags are checked before Redis is: a bad flag is still exit 2.
+    for args in [
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--kind",
+            "k",
+            "--payload-file",
+            "/nonexistent/payload.json",
+        ][..],
+        &["dlq", "show", "--queue", "q", "--id", "garbage"],
+    ] {
+        let out = cli_env(Some(&url), args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "worker-cli {args:?}: {stderr}");
     }
 }
 
@@ -789,16 +919,29 @@ async fn max_tasks_and_max_memory_recycle_children() {
     assert!(pids.len() >= 2, "children were replaced: {pids:?}");
     drop(sup);
 
-    // Any worker process is above 1 KiB: it is drained and replaced again and again.
+    // Any worker process is above 1 KiB: it is drained and replaced again and again, and the
+    // supervisor says (once) that the limit looks too low.
     let mut sup = Supervisor::start(
         &server,
         &["--workers", "1", "--max-memory", "1KiB", "--queue", "memory"],
     );
-    wait_for("a child replaced for its memory", Duration::from_secs(60), || {
-        let log = sup.log();
-        async move { log.contains("above --max-memory") && log.contains("worker process recycled") }
-    })
+    wait_for(
+        "two children replaced for their memory",
+        Duration::from_secs(60),
+        || {
+            let log = sup.log();
+            async move {
+                log.matches("above --max-memory").count() >= 2 && log.matches("worker process recycled").count() >= 2
+            }
+        },
+    )
     .await;
+    let log = sup.log();
+    assert_eq!(
+        log.matches("--max-memory 1.0 KiB looks too low").count(),
+        1,
+        "warned once: {log}"
+    );
     sup.signal(Signal::SIGTERM);
     let status = sup.exit_within(Duration::from_secs(30)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0));
@@ -1007,5 +1150,139 @@ async fn a_closed_stderr_does_not_stop_a_drain() {
         status.and_then(|s| s.code()),
         Some(0),
         "drained and exited 0 with stderr closed"
+    );
+}
+
+/// A child process killed (with its output pipes closed) when the guard is dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(server: &RedisServer, args: &[&str]) -> Self {
+        let child = Command::new(BIN)
+            .args(args)
+            .env("REDIS_URL", server.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker-cli starts");
+        Proc(child)
+    }
+
+    /// Reads stdout's first line (bounded by the process writing it: `stats` prints at once).
+    fn first_line(&mut self) -> (String, std::io::BufReader<std::process::ChildStdout>) {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(self.0.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reading stdout");
+        (line, out)
+    }
+
+    async fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.0.try_wait().expect("try_wait");
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn stats_watch_ends_when_its_reader_goes_away_or_on_sigterm() {
+    let server = RedisServer::start();
+    cli_json(&server, &["enqueue", "--queue", "watched", "--kind", "noop", "--json"]).await;
+
+    // `stats --watch [--json] | head -1`: the reader closes the pipe after one line.
+    for json in [true, false] {
+        let mut args = vec!["stats", "--queue", "watched", "--watch", "--interval", "50ms"];
+        if json {
+            args.push("--json");
+        }
+        let mut p = Proc::spawn(&server, &args);
+        let (line, out) = p.first_line();
+        if json {
+            let doc: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            assert_eq!(doc["queue"], "watched");
+        } else {
+            assert!(line.starts_with("every 50ms"), "{line:?}");
+        }
+        drop(out);
+        let status = p.exit_within(Duration::from_secs(30)).await;
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{args:?} exits 0 once stdout is closed"
+        );
+    }
+
+    // SIGTERM (as from systemd, kill, timeout) ends it like Ctrl-C: exit 0.
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut p = Proc::spawn(&server, &["stats", "--queue", "watched", "--watch", "--json"]);
+        // The first line means the signal handlers are installed (before the first refresh).
+        let (line, _out) = p.first_line();
+        assert!(line.contains("watched"), "{line:?}");
+        kill(Pid::from_raw(p.0.id() as i32), sig).expect("stats is running");
+        let status = p.exit_within(Duration::from_secs(30)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "exit 0 after {sig}");
+    }
+}
+
+#[tokio::test]
+async fn max_tasks_stops_fetching_at_the_limit_and_loses_nothing() {
+    let server = RedisServer::start();
+    let (total, max, concurrency) = (200u64, 20u64, 4u64);
+    let count = total.to_string();
+    cli_json(
+        &server,
+        &[
+            "enqueue", "--queue", "capped", "--kind", "noop", "--count", &count, "--json",
+        ],
+    )
+    .await;
+    // A standalone worker (no supervisor): it exits 0 once it has reached the limit. No-op
+    // tasks finish at once, so a limit checked now and then would let it run far past M.
+    let out = cli(
+        &server,
+        &[
+            "work",
+            "--queue",
+            "capped",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--max-tasks",
+            &max.to_string(),
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reached --max-tasks"), "{stderr}");
+
+    let inspector = inspector(&server).await;
+    let q = inspector.queue("capped").await.unwrap();
+    let s = inspector.stats(&q).await.unwrap();
+    let waiting: u64 = s.priorities.iter().map(|p| p.waiting).sum();
+    let pending: u64 = s.priorities.iter().map(|p| p.pending).sum();
+    let done = s.counters.done;
+    // It stops fetching at the Mth start; what it had already read (fewer than --concurrency
+    // entries: one slot holds the Mth) still runs. The rest waits for the next worker.
+    assert!(
+        (max..max + concurrency).contains(&done),
+        "started {done} tasks with --max-tasks {max} --concurrency {concurrency}: {s:#?}"
+    );
+    assert_eq!(
+        (waiting, pending, s.counters.dead, s.counters.requeued),
+        (total - done, 0, 0, 0),
+        "nothing lost: {s:#?}"
     );
 }
