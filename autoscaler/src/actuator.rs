@@ -552,9 +552,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(comm().trim(), "sleep");
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        // The kernel renames the process before it lays out the new environment: until then
+        // /proc/PID/environ reads empty, so wait for it to appear.
         let own = format!("{SUPERVISOR_PID_ENV}={}", std::process::id());
-        assert!(environ.split(|b| *b == 0).any(|v| v == own.as_bytes()));
+        let has_own = || {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            environ.split(|b| *b == 0).any(|v| v == own.as_bytes())
+        };
+        for _ in 0..100 {
+            if has_own() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(has_own(), "{SUPERVISOR_PID_ENV} missing from the worker's environment");
         assert!(a.shutdown(std::future::pending()).await);
         assert_eq!((a.current(), a.stopping()), (0, 0));
     }
