@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use rivulet::{Inspector, Queue};
+use rivulet::{Inspector, Queue, redact_url};
 use tokio_util::sync::CancellationToken;
 
 use crate::actuator::{CommandActuator, ProcessActuator};
@@ -32,34 +32,6 @@ impl std::error::Error for UsageError {}
 /// A [`UsageError`] as an `anyhow::Error`.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
-}
-
-/// `url` with its password (`redis://user:PASSWORD@host`, `?pass=PASSWORD`) replaced by `***`,
-/// for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = scheme_end + 3;
-        let authority_end = out[rest..].find(['/', '?', '#']).map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..authority_end].rfind('@').map(|i| rest + i)
-            && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
-            && colon + 1 < at
-        {
-            out.replace_range(colon + 1..at, "***");
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if k == "pass" && !v.is_empty() => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", query.join("&"));
-    }
-    out
 }
 
 /// How the daemon changes the number of workers.
@@ -413,18 +385,5 @@ mod tests {
             resolve_slas(&q, &parse_slas("urgent=1s").unwrap()).map(|_| ())
         ));
         assert!(is_usage(resolve_slas(&q, &[]).map(|_| ())));
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact_url("rediss://user:p@ss:w@host"), "rediss://user:***@host");
-        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
-        assert_eq!(
-            redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
-            "redis+unix:///run/r.sock?db=1&pass=***"
-        );
-        assert_eq!(redact_url("notaurl"), "notaurl");
     }
 }

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use rivulet::testing::{RedisServer, wait_until};
 use rivulet::{Client, Inspector, Queue, Task};
+
+mod common;
+use common::worker_cli;
 
 /// Kills the autoscaler's process group (it leads one) if a test fails half way.
 struct Guard(Option<Child>);
@@ -42,25 +44,6 @@ impl Drop for Guard {
             let _ = c.wait();
         }
     }
-}
-
-/// worker-cli is built next to this package's binary by `cargo test --workspace`; build it
-/// when a narrower run did not.
-fn worker_cli() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_autoscaler"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join("worker-cli");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "worker-cli", "--bin", "worker-cli"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "could not build worker-cli");
-    }
-    assert!(path.exists(), "worker-cli not found at {}", path.display());
-    path
 }
 
 /// The autoscaler with the process actuator, leading its own process group (so that signals

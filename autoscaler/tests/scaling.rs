@@ -1,11 +1,13 @@
 //! The autoscaler for real: worker-cli processes scaled on a live backlog.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rivulet::testing::{RedisServer, wait_until};
 use rivulet::{Client, Inspector, Queue, Task};
+
+mod common;
+use common::worker_cli;
 
 struct Guard(Child);
 
@@ -14,25 +16,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// worker-cli is built next to this package's binary by `cargo test --workspace`; build it
-/// when a narrower run did not.
-fn worker_cli() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_autoscaler"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join("worker-cli");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "worker-cli", "--bin", "worker-cli"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "could not build worker-cli");
-    }
-    assert!(path.exists(), "worker-cli not found at {}", path.display());
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,3 +205,57 @@ impl Client {
         Ok(tasks.into_iter().map(|t| t.envelope.id).collect())
     }
 }
+
+/// `url` with any password replaced by `***`, for messages and logs: the password of
+/// `scheme://user:PASSWORD@host`, a lone `scheme://SECRET@host` (some clients read it as the
+/// password), and `pass=` / `password=` query parameters (`redis+unix` URLs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some(("", host)) => host.to_owned(),
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if matches!(k, "pass" | "password") && !v.is_empty() => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("rediss://user:p@ss:w@host"), "rediss://user:***@host");
+        assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(redact_url("redis://@h"), "redis://h");
+        assert_eq!(
+            redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/r.sock?db=1&pass=***"
+        );
+        assert_eq!(redact_url("redis://h?password=x&db=2"), "redis://h?password=***&db=2");
+        assert_eq!(redact_url("notaurl"), "notaurl");
+    }
+}

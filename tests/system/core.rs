@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rivulet::testing::RedisServer;
 use rivulet::{Client, Error, Inspector, Queue, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, fast_config, outstanding, raw, wait_for};
+use crate::support::{RunningWorker, abandon_entries, fast_config, outstanding, raw, wait_for};
 
 /// XPENDING's summary form: count, lowest id, highest id, per-consumer counts.
 type PendingSummary = (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>);
@@ -464,33 +464,10 @@ async fn a_worker_started_on_a_paused_queue_takes_nothing_until_resumed_not_even
     let queue = Queue::new("paused").unwrap();
     let client = Client::new(&server.client()).await.unwrap();
     let inspector = Inspector::new(&server.client()).await.unwrap();
-    client.declare(&queue).await.unwrap();
-    let stream = queue.shard("normal", 0).stream;
-    let mut conn = raw(&server).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("rivulet")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     let tasks: Vec<Task> = (0..3u32).map(|i| Task::json("count", &i).unwrap()).collect();
     client.enqueue_many(&queue, tasks).await.unwrap();
     // One entry read by a consumer that then died: an orphan whose lease will run out.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("rivulet")
-        .arg("ghost")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    abandon_entries(&server, &queue.shard("normal", 0).stream, "ghost", 1).await;
     inspector.pause(&queue).await.unwrap();
 
     let runs = Arc::new(Mutex::new(0u32));

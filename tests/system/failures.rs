@@ -13,7 +13,7 @@ use rivulet::{
     Client, DlqSelect, HandlerError, Inspector, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig,
 };
 
-use crate::support::{RunningWorker, fast_config, outstanding, raw, wait_for};
+use crate::support::{RunningWorker, abandon_entries, fast_config, outstanding, raw, wait_for};
 
 /// A child process killed on drop, so a failing test leaves nothing running.
 struct ChildGuard(Child);
@@ -694,32 +694,9 @@ async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
     let server = RedisServer::start();
     let queue = Queue::new("orphans").unwrap();
     let client = Client::new(&server.client()).await.unwrap();
-    client.declare(&queue).await.unwrap();
-    let stream = queue.shard("normal", 0).stream;
-    let mut conn = raw(&server).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("rivulet")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     let tasks: Vec<Task> = (0..5u32).map(|i| Task::json("orphan", &i).unwrap()).collect();
     client.enqueue_many(&queue, tasks).await.unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("rivulet")
-        .arg("w-orphans")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    abandon_entries(&server, &queue.shard("normal", 0).stream, "w-orphans", 10).await;
 
     let runs = Arc::new(AtomicU32::new(0));
     let runs2 = runs.clone();

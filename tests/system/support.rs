@@ -88,3 +88,33 @@ pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .await
         .expect("connect")
 }
+
+/// Reads up to `count` entries of `stream` under `consumer` with a raw `XREADGROUP` (creating
+/// the group from the start first) and never settles them: entries pending under a consumer
+/// that never received them, as after a worker crash or a read whose reply was lost.
+pub async fn abandon_entries(server: &RedisServer, stream: &str, consumer: &str, count: usize) {
+    let mut conn = raw(server).await;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("rivulet")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = created {
+        assert_eq!(e.code(), Some("BUSYGROUP"), "{e}");
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("rivulet")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+}

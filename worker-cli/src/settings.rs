@@ -379,31 +379,7 @@ pub fn child_args(log_format: LogFormat, worker: &WorkerArgs) -> Vec<OsString> {
     args
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    // scheme://[user[:password]@]host...
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else if user.is_empty() {
-                format!("{scheme}://{host}{tail}")
-            } else {
-                // `redis://password@host` is the password alone.
-                format!("{scheme}://***@{host}{tail}")
-            }
-        }
-        None => url.to_owned(),
-    }
-}
+pub use rivulet::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -568,14 +544,5 @@ mod tests {
         assert!(parse_lease("99ms").is_err());
         assert!(parse_lease("100ms").is_ok());
         assert!(parse_duration("soon").unwrap_err().contains("500ms"));
-    }
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
-        assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
-        assert_eq!(redact_url("redis://@h"), "redis://h");
     }
 }
