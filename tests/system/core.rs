@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rivulet::testing::RedisServer;
 use rivulet::{Client, Error, Inspector, Queue, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, abandon_entries, fast_config, outstanding, raw, wait_for};
+use crate::support::{RunningWorker, abandon_entries, fast_config, outstanding, queue_names, raw, wait_for};
 
 /// XPENDING's summary form: count, lowest id, highest id, per-consumer counts.
 type PendingSummary = (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>);
@@ -348,13 +348,7 @@ async fn inspector_reports_backlog_lag_and_age() {
     assert_eq!((normal.waiting, normal.scheduled), (0, 1));
     assert_eq!(stats.counters.enqueued, 6);
     assert!(start.elapsed() < Duration::from_secs(5));
-    let names: Vec<String> = inspector
-        .queues()
-        .await
-        .unwrap()
-        .iter()
-        .map(|q| q.name().to_string())
-        .collect();
+    let names = queue_names(&inspector).await;
     assert_eq!(names, ["seen"]);
 }
 
@@ -527,13 +521,7 @@ async fn an_invalid_registry_entry_does_not_hide_the_other_queues() {
         .await
         .unwrap();
     let inspector = Inspector::new(&server.client()).await.unwrap();
-    let names: Vec<String> = inspector
-        .queues()
-        .await
-        .unwrap()
-        .iter()
-        .map(|q| q.name().to_string())
-        .collect();
+    let names = queue_names(&inspector).await;
     assert_eq!(names, ["good"]);
     assert!(inspector.queue("good").await.is_ok());
 }

@@ -118,3 +118,9 @@ pub async fn abandon_entries(server: &RedisServer, stream: &str, consumer: &str,
         .await
         .expect("XREADGROUP");
 }
+
+/// The names of every queue the registry lists, sorted.
+pub async fn queue_names(inspector: &Inspector) -> Vec<String> {
+    let queues = inspector.queues().await.expect("queues");
+    queues.iter().map(|q| q.name().to_string()).collect()
+}

@@ -16,6 +16,18 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_worker-cli");
 
+/// The child's exit status once it has exited, or `None` after `timeout`.
+async fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        let done = status.is_some();
+        async move { done }
+    })
+    .await;
+    status
+}
+
 /// A temp dir removed on drop.
 struct TempDir(PathBuf);
 
@@ -92,14 +104,7 @@ impl Supervisor {
 
     /// Waits for the supervisor to exit, up to `timeout`.
     async fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.child.try_wait().expect("try_wait");
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
-        status
+        exit_within(&mut self.child, timeout).await
     }
 }
 
@@ -1131,13 +1136,7 @@ async fn a_closed_stderr_does_not_stop_a_drain() {
     .await;
     let children = children_of(child.id());
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let mut status = None;
-    wait_until(Duration::from_secs(30), || {
-        status = child.try_wait().expect("try_wait");
-        let done = status.is_some();
-        async move { done }
-    })
-    .await;
+    let status = exit_within(&mut child, Duration::from_secs(30)).await;
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -1179,14 +1178,7 @@ impl Proc {
     }
 
     async fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.0.try_wait().expect("try_wait");
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
-        status
+        exit_within(&mut self.0, timeout).await
     }
 }
 
