@@ -212,13 +212,18 @@ pub struct DeadLetter {
     pub dead_at: u64,
     /// Stream and entry id it came from.
     pub origin: String,
-    /// Payload codec.
+    /// Payload codec (`json` when the entry names none, as the worker reads it).
     pub codec: String,
     /// Payload, as text (lossy for binary payloads).
     pub payload: String,
-    /// Every field as stored, for fields this version does not know.
-    #[serde(skip)]
+    /// Every field as stored, those this version does not know included (as text, lossy for
+    /// binary values, when serialized).
+    #[serde(serialize_with = "fields_as_text")]
     pub fields: Vec<(String, Vec<u8>)>,
+}
+
+fn fields_as_text<S: serde::Serializer>(fields: &[(String, Vec<u8>)], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(fields.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))))
 }
 
 impl DeadLetter {
@@ -244,7 +249,9 @@ impl DeadLetter {
             deliveries: num("deliveries"),
             dead_at: num("dead_at"),
             origin: text("origin"),
-            codec: text("codec"),
+            codec: Some(text("codec"))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| crate::Codec::Json.as_str().to_owned()),
             payload: text("payload"),
             fields: e
                 .fields
@@ -624,5 +631,32 @@ impl Inspector {
             .arg(autoscaler_key(queue.name()))
             .query_async(&mut self.conn())
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
+        let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let entry = StreamEntry {
+            id: "5-0".into(),
+            fields: vec![
+                field("id", "t1"),
+                field("kind", "resize"),
+                field("payload", "{}"),
+                field("enqueued_at", "1700000000000"),
+                field("tenant", "acme"),
+                field("reason", "malformed"),
+            ],
+        };
+        let dead = DeadLetter::from_entry("normal", 0, entry);
+        let json = serde_json::to_value(&dead).unwrap();
+        assert_eq!(json["codec"], "json", "no codec field: the default");
+        assert_eq!(json["fields"]["tenant"], "acme", "{json}");
+        assert_eq!(json["fields"]["enqueued_at"], "1700000000000");
+        assert_eq!(json["id"], "normal/0/5-0");
     }
 }

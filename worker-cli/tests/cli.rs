@@ -680,6 +680,9 @@ async fn admin_json_matches_the_engine_state() {
     let first = listed[0]["id"].as_str().unwrap().to_owned();
     let shown = cli_json(&server, &["dlq", "show", "--queue", "dlq", "--id", &first, "--json"]).await;
     assert_eq!(shown["task_id"], listed[0]["task_id"]);
+    // Every stored field is in the JSON too, not only the ones the table shows.
+    assert!(shown["fields"]["enqueued_at"].is_string(), "{shown}");
+    assert_eq!(shown["codec"], "json");
     let purged = cli_json(&server, &["dlq", "purge", "--queue", "dlq", "--id", &first, "--json"]).await;
     assert_eq!(purged["purged"], 1);
 
