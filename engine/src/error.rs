@@ -56,6 +56,21 @@ pub enum Error {
     /// The thing asked for does not exist (a queue, a dead letter, ...).
     #[error("not found: {0}")]
     NotFound(String),
+
+    /// A queue still has live workers, or tasks and dead letters that deleting it would drop.
+    #[error(
+        "queue {queue:?} is in use: {workers} live worker(s), {tasks} task(s) not done, {dead_letters} dead letter(s); stop its workers and let it drain, or force the deletion"
+    )]
+    QueueInUse {
+        /// The queue.
+        queue: String,
+        /// Live workers serving it.
+        workers: usize,
+        /// Waiting, in-flight, delayed and retrying tasks.
+        tasks: u64,
+        /// Entries of its dead-letter streams.
+        dead_letters: u64,
+    },
     /// Redis answered with something the engine does not understand.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),

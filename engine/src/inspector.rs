@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::broker::{self, StreamEntry};
 use crate::envelope::now_ms;
 use crate::error::{Error, Result};
-use crate::keys::{PAUSED_KEY, Queue, Shard, ShardKeys, WORKERS_KEY, autoscaler_key, worker_key};
+use crate::keys::{PAUSED_KEY, QUEUES_KEY, Queue, Shard, ShardKeys, WORKERS_KEY, autoscaler_key, worker_key};
 
 /// Counters of one shard (see `docs/architecture.md` for when each moves).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -260,6 +260,19 @@ impl DeadLetter {
                 .collect(),
         }
     }
+}
+
+/// What [`Inspector::delete_queue`] found, and with `force` discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueDeletion {
+    /// The queue.
+    pub queue: String,
+    /// Live workers that were serving it.
+    pub workers: usize,
+    /// Waiting, in-flight, delayed and retrying tasks.
+    pub tasks: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
 }
 
 /// Which dead letters a replay or purge applies to.
@@ -613,6 +626,52 @@ impl Inspector {
             .query_async::<()>(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    /// Deletes a queue: every shard's stream, delayed and retry sets, dead letters and
+    /// counters, its registry entry, pause flag and autoscaler decision. Refused with
+    /// [`Error::QueueInUse`] while workers serve it or it holds tasks or dead letters, unless
+    /// `force`: then those tasks are discarded, and what the refusal would have named is
+    /// returned. A worker that starts on the queue afterwards declares it again, empty.
+    pub async fn delete_queue(&self, queue: &Queue, force: bool) -> Result<QueueDeletion> {
+        let stats = self.stats(queue).await?;
+        let workers = self
+            .workers()
+            .await?
+            .iter()
+            .filter(|w| w.queues.iter().any(|q| q == queue.name().as_str()))
+            .count();
+        let tasks = stats
+            .priorities
+            .iter()
+            .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+            .sum();
+        let dead_letters = stats.priorities.iter().map(|p| p.dead_letters).sum();
+        if !force && (workers > 0 || tasks > 0 || dead_letters > 0) {
+            return Err(Error::QueueInUse {
+                queue: queue.name().to_string(),
+                workers,
+                tasks,
+                dead_letters,
+            });
+        }
+        let mut pipe = redis::pipe();
+        for shard in queue.all_shards() {
+            let k = &shard.keys;
+            // One DEL per shard: every key of a shard shares a hash tag (one Cluster slot).
+            pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats])
+                .ignore();
+        }
+        pipe.hdel(QUEUES_KEY, queue.name().as_str()).ignore();
+        pipe.srem(PAUSED_KEY, queue.name().as_str()).ignore();
+        pipe.del(autoscaler_key(queue.name())).ignore();
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(QueueDeletion {
+            queue: queue.name().to_string(),
+            workers,
+            tasks,
+            dead_letters,
+        })
     }
 
     /// Stores the autoscaler's latest decision (JSON) for a queue.

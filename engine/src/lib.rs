@@ -58,6 +58,6 @@ pub use client::{Client, Task, redact_url};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
-pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueStats};
+pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueDeletion, QueueStats};
 pub use keys::{Layout, Queue, QueueName};
 pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};

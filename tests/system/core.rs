@@ -525,3 +525,82 @@ async fn an_invalid_registry_entry_does_not_hide_the_other_queues() {
     assert_eq!(names, ["good"]);
     assert!(inspector.queue("good").await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_is_refused_while_it_holds_work_and_removes_every_key_when_forced() {
+    let server = RedisServer::start();
+    let queue = Queue::new("doomed").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    let inspector = Inspector::new(&server.client()).await.unwrap();
+    client.enqueue(&queue, Task::json("k", &1).unwrap()).await.unwrap();
+    client
+        .enqueue(&queue, Task::json("k", &2).unwrap().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    inspector.pause(&queue).await.unwrap();
+    let other = Queue::new("kept").unwrap();
+    client.enqueue(&other, Task::json("k", &3).unwrap()).await.unwrap();
+
+    let err = inspector.delete_queue(&queue, false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::QueueInUse {
+                workers: 0,
+                tasks: 2,
+                dead_letters: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        queue_names(&inspector).await,
+        ["doomed", "kept"],
+        "a refusal deletes nothing"
+    );
+
+    let gone = inspector.delete_queue(&queue, true).await.unwrap();
+    assert_eq!((gone.workers, gone.tasks, gone.dead_letters), (0, 2, 0));
+    assert_eq!(queue_names(&inspector).await, ["kept"]);
+    let mut conn = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("rivulet:*doomed*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    let paused: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("rivulet:paused")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(paused.is_empty(), "{paused:?}");
+    // The other queue is untouched; an empty queue with no workers goes without force.
+    assert_eq!(outstanding(&inspector, &other).await, 1);
+    let empty = Queue::new("empty").unwrap();
+    client.declare(&empty).await.unwrap();
+    inspector.delete_queue(&empty, false).await.unwrap();
+    assert_eq!(queue_names(&inspector).await, ["kept"]);
+    // A live worker serving an empty queue is reason enough to refuse.
+    let served = Queue::new("served").unwrap();
+    let w = RunningWorker::start(&server, std::slice::from_ref(&served), Router::new(), fast_config());
+    wait_for("the worker to register", Duration::from_secs(10), || {
+        let inspector = inspector.clone();
+        async move { !inspector.workers().await.unwrap().is_empty() }
+    })
+    .await;
+    let err = inspector.delete_queue(&served, false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::QueueInUse {
+                workers: 1,
+                tasks: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    w.stop().await;
+}

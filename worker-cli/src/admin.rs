@@ -17,8 +17,8 @@ use rivulet::{Client, Codec, DeadLetter, DeadLetterId, DlqSelect, Inspector, Que
 use serde_json::{Value, json};
 
 use crate::cli::{
-    Command, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs, PayloadCodec, PendingArgs,
-    QueueArgs, StatsArgs,
+    Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs,
+    PayloadCodec, PendingArgs, QueueArgs, StatsArgs,
 };
 use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
 use crate::settings::UsageError;
@@ -60,6 +60,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Dlq(DlqCommand::Purge(a)) => admin.dlq_apply(a, false).await,
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
+        Command::DeleteQueue(a) => admin.delete_queue(a).await,
         Command::Work(_) | Command::Demo(_) => unreachable!("dispatched in lib.rs; not admin commands"),
     }
 }
@@ -99,7 +100,8 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Pending(PendingArgs { queue: q, .. })
         | Command::Dlq(DlqCommand::List(DlqListArgs { queue: q, .. }))
         | Command::Pause(QueueArgs { queue: q, .. })
-        | Command::Resume(QueueArgs { queue: q, .. }) => {
+        | Command::Resume(QueueArgs { queue: q, .. })
+        | Command::DeleteQueue(DeleteQueueArgs { queue: q, .. }) => {
             queue_name(q)?;
         }
         Command::Dlq(DlqCommand::Show(a)) => {
@@ -519,6 +521,28 @@ impl Admin {
             return output::json(&json!({ "queue": queue.name().as_str(), verb: n }));
         }
         output::text(&format!("{verb} {n} dead letter(s) of queue {}\n", queue.name()))
+    }
+
+    async fn delete_queue(&self, a: DeleteQueueArgs) -> Result<()> {
+        let queue = self.known_queue(&a.queue).await?;
+        let gone = match self.inspector.delete_queue(&queue, a.force).await {
+            Ok(gone) => gone,
+            Err(e @ rivulet::Error::QueueInUse { .. }) => {
+                return Err(anyhow::anyhow!("{e} (--force discards them)"));
+            }
+            Err(e) => return Err(self.engine(e)),
+        };
+        if a.output.json {
+            return output::json(&json!({ "deleted": gone }));
+        }
+        let mut line = format!("deleted queue {}", gone.queue);
+        if gone.workers > 0 || gone.tasks > 0 || gone.dead_letters > 0 {
+            line += &format!(
+                " (discarded {} task(s) and {} dead letter(s); {} live worker(s) were serving it)",
+                gone.tasks, gone.dead_letters, gone.workers
+            );
+        }
+        output::text(&format!("{line}\n"))
     }
 
     async fn pause(&self, a: QueueArgs, pause: bool) -> Result<()> {

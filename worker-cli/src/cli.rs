@@ -177,6 +177,12 @@ pub enum Command {
     Pause(QueueArgs),
     /// Let workers fetch from a paused queue again.
     Resume(QueueArgs),
+    /// Delete a queue: its tasks, dead letters, counters and registry entry.
+    ///
+    /// Refused (exit 1, naming what it holds) while live workers serve the queue or it holds
+    /// tasks (waiting, in flight, delayed, retrying) or dead letters. Stop its workers and let
+    /// it drain first (`pause` stops new work), or pass --force to discard them.
+    DeleteQueue(DeleteQueueArgs),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
     /// Enqueues --tasks tasks of the built-in `demo` kind into a throwaway queue
@@ -202,6 +208,19 @@ pub struct QueueArgs {
     /// The queue.
     #[arg(long, short = 'q', value_name = "NAME")]
     pub queue: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `delete-queue`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteQueueArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// Delete even with live workers, tasks or dead letters: they are discarded.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

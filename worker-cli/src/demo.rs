@@ -199,7 +199,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
             "demo: kept the keys of queue {name} (rivulet:{{{name}:*}}, its entry in rivulet:queues) and {}",
             store::demo_latency_key(queue.name())
         );
-    } else if let Err(e) = store::delete_queue(&mut conn, &queue).await {
+    } else if let Err(e) = store::delete_demo_queue(&inspector, &mut conn, &queue).await {
         note!("demo: could not delete the demo's keys: {e:#}");
     }
     let mut summary = result?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use rivulet::keys::{PAUSED_KEY, PREFIX, QUEUES_KEY, autoscaler_key};
-use rivulet::{Queue, QueueName};
+use rivulet::keys::PREFIX;
+use rivulet::{Inspector, Queue, QueueName};
 
 use crate::settings::redact_url;
 
@@ -119,21 +119,20 @@ pub async fn load_latency(conn: &mut MultiplexedConnection, queue: &QueueName) -
         .context("reading the demo's latency samples")
 }
 
-/// Deletes every key of a queue (all shards), its registry entry, pause flag, autoscaler
-/// decision and demo samples. Only for the demo's own throwaway queue.
-pub async fn delete_queue(conn: &mut MultiplexedConnection, queue: &Queue) -> anyhow::Result<()> {
-    let mut pipe = redis::pipe();
-    for shard in queue.all_shards() {
-        let k = &shard.keys;
-        // One DEL per shard: every key of a shard shares a hash tag (one Cluster slot).
-        pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats])
-            .ignore();
-    }
-    pipe.hdel(QUEUES_KEY, queue.name().as_str()).ignore();
-    pipe.srem(PAUSED_KEY, queue.name().as_str()).ignore();
-    pipe.del(autoscaler_key(queue.name())).ignore();
-    pipe.del(demo_latency_key(queue.name())).ignore();
-    pipe.query_async::<()>(conn)
+/// Deletes the demo's throwaway queue (everything [`Inspector::delete_queue`] removes) and its
+/// latency samples.
+pub async fn delete_demo_queue(
+    inspector: &Inspector,
+    conn: &mut MultiplexedConnection,
+    queue: &Queue,
+) -> anyhow::Result<()> {
+    inspector
+        .delete_queue(queue, true)
         .await
-        .with_context(|| format!("deleting the keys of queue {}", queue.name()))
+        .with_context(|| format!("deleting queue {}", queue.name()))?;
+    redis::cmd("DEL")
+        .arg(demo_latency_key(queue.name()))
+        .query_async::<()>(conn)
+        .await
+        .with_context(|| format!("deleting the latency samples of queue {}", queue.name()))
 }

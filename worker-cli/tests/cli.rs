@@ -732,6 +732,27 @@ async fn admin_json_matches_the_engine_state() {
             "worker-cli {args:?}: {stderr}"
         );
     }
+
+    // Deleting a queue a worker serves is refused and says why; --force deletes it.
+    let out = cli(&server, &["delete-queue", "--queue", "dlq"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use") && stderr.contains("1 live worker(s)") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(inspector.queue("dlq").await.is_ok(), "a refusal deletes nothing");
+    let deleted = cli_json(&server, &["delete-queue", "--queue", "dlq", "--force", "--json"]).await;
+    assert_eq!(deleted["deleted"]["queue"], "dlq");
+    assert_eq!(deleted["deleted"]["workers"], 1);
+    let queues = cli_json(&server, &["queues", "--json"]).await;
+    let names: Vec<&str> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"dlq"), "{queues}");
 }
 
 #[tokio::test]
