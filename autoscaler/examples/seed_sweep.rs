@@ -1,15 +1,17 @@
 //! Robustness check behind the fixed-seed tests: runs every standard
 //! scenario over many seeds and prints mean and worst figures, so a bound
 //! that only holds for the lucky test seed shows up as such.
-//! Usage: `cargo run --release --example seed_sweep [seeds] [estimate]`;
-//! `estimate` runs with `per_worker_rate: None`.
+//! Usage: `cargo run --release --example seed_sweep [seeds] [estimate|little]`;
+//! `estimate` runs with `per_worker_rate: None` (measured from handler run times), `little`
+//! also without handler run times (Little's law).
 
 use autoscaler::sim::{scenarios, simulate};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let seeds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-    let estimate = args.next().is_some_and(|a| a == "estimate");
+    let mode = args.next().unwrap_or_default();
+    let (estimate, little) = (mode == "estimate" || mode == "little", mode == "little");
     println!(
         "{:<16} {:>10} {:>10} {:>12} {:>12} {:>11} {:>11}",
         "shape", "ratio_mean", "ratio_max", "c_ratio_mean", "c_ratio_max", "dir_chg_max", "breach_max"
@@ -20,6 +22,7 @@ fn main() {
         for seed in 0..seeds {
             let mut cfg = scenario.config.clone();
             cfg.seed = 1000 + seed;
+            cfg.handler_times = !little;
             if estimate {
                 cfg.params.per_worker_rate = None;
             }

@@ -76,8 +76,9 @@ struct Cli {
     /// surpluses go one worker per step; 0 always steps down one worker at a time.
     #[arg(long, default_value_t = policy::DEFAULT_DOWN_FRACTION)]
     down_fraction: f64,
-    /// Tasks per second one worker process completes. When not given it is measured: the
-    /// completions per running task (one handler slot) times the slots a worker has.
+    /// Tasks per second one worker process completes. When not given it is measured: one
+    /// handler slot's rate (handlers finished over the time they ran, from the workers'
+    /// heartbeats) times the slots a worker has.
     #[arg(long)]
     per_worker_rate: Option<f64>,
     /// Capacity margin over the arrival rate (1.2 aims at about 83 % utilisation).

@@ -6,6 +6,7 @@
 //! the number of tasks running on the queue's workers, which the per-worker rate is estimated
 //! with.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rivulet::{Inspector, Queue};
@@ -28,6 +29,10 @@ pub struct Observer {
     last: Option<(Instant, Vec<(u64, u64)>)>,
     rates: Vec<(f64, f64)>,
     in_flight_avg: Option<f64>,
+    /// Per worker id: handlers finished and their run time (µs) at its last heartbeat.
+    handlers: HashMap<String, (u64, u64)>,
+    /// Averaged handler finishes (/s) and handler run time (s/s) over the queue's workers.
+    handler_avg: Option<(f64, f64)>,
 }
 
 impl Observer {
@@ -42,6 +47,8 @@ impl Observer {
             last: None,
             rates: vec![(0.0, 0.0); n],
             in_flight_avg: None,
+            handlers: HashMap::new(),
+            handler_avg: None,
         }
     }
 
@@ -83,7 +90,8 @@ impl Observer {
                 rate.1 += alpha * (completions - rate.1);
             }
         }
-        let alpha = step.map(|(_, alpha, _)| alpha);
+        let timing = step.map(|(dt, alpha, _)| (dt, alpha));
+        let alpha = timing.map(|(_, alpha)| alpha);
         self.last = Some((now, counts));
         let priorities = stats
             .priorities
@@ -114,6 +122,7 @@ impl Observer {
             (None, _) => running,
         };
         self.in_flight_avg = Some(in_flight_avg);
+        let slot_rate = self.measure_handlers(&ours, timing);
         let slots_per_worker = if ours.is_empty() {
             1.0
         } else {
@@ -125,7 +134,36 @@ impl Observer {
             busy_workers: ours.iter().filter(|w| w.in_flight > 0).count() as u32,
             in_flight_avg,
             slots_per_worker,
+            slot_rate,
         })
+    }
+
+    /// Tasks per second one handler slot completes: handlers finished over the time they ran,
+    /// from the heartbeats' counters (deltas per worker, averaged like the rates). Workers
+    /// that report no run time (older versions) are left out. `None` before any data.
+    fn measure_handlers(&mut self, ours: &[&rivulet::inspector::WorkerInfo], step: Option<(f64, f64)>) -> Option<f64> {
+        let (mut finished, mut busy_us) = (0u64, 0u64);
+        let mut now = HashMap::with_capacity(ours.len());
+        for w in ours {
+            let Some(busy) = w.busy_us else { continue };
+            let done = w.succeeded + w.failed;
+            if let Some(&(done0, busy0)) = self.handlers.get(&w.id) {
+                finished += done.saturating_sub(done0);
+                busy_us += busy.saturating_sub(busy0);
+            }
+            now.insert(w.id.clone(), (done, busy));
+        }
+        self.handlers = now;
+        if let Some((dt, alpha)) = step {
+            let sample = (finished as f64 / dt, busy_us as f64 / 1e6 / dt);
+            self.handler_avg = Some(match self.handler_avg {
+                Some((f, b)) => (f + alpha * (sample.0 - f), b + alpha * (sample.1 - b)),
+                None => sample,
+            });
+        }
+        self.handler_avg
+            .filter(|&(f, b)| f > 0.0 && b > 0.0)
+            .map(|(f, b)| f / b)
     }
 
     /// Pids of this queue's workers that had nothing in flight at their last heartbeat.

@@ -59,9 +59,12 @@
 //! `max` and `min` are applied last and override every rule: `max` is a
 //! budget, `min` an availability promise.
 //!
-//! When `per_worker_rate` is unknown it is estimated per handler slot, by
-//! Little's law: one slot completes `completions / tasks in flight` tasks/s,
-//! and a worker process has `slots_per_worker` of them. Dividing by live
+//! When `per_worker_rate` is unknown it is measured per handler slot: from
+//! the run times workers report for their finished handlers (`slot_rate`,
+//! the inverse of the mean handler time; measured at completion, so a burst
+//! does not bias it), or, from workers that do not report them, by Little's
+//! law: one slot completes `completions / tasks in flight` tasks/s. A worker
+//! process has `slots_per_worker` slots. Dividing by live
 //! workers (idle ones included), or by *busy* ones (a process with one of its
 //! sixteen slots in use is busy), makes an over-provisioned fleet look slow,
 //! which raises the demand and keeps it over-provisioned for ever. The
@@ -140,6 +143,10 @@ pub struct Observation {
     /// Handler slots of one worker process (mean over live workers; 1 when
     /// nothing is known).
     pub slots_per_worker: f64,
+    /// Tasks per second one handler slot completes, from the run times the
+    /// workers report for their finished handlers (averaged like the rates);
+    /// `None` until a handler has finished, or from workers that do not report.
+    pub slot_rate: Option<f64>,
 }
 
 /// Tuning of the control law; see the module docs for how each is used.
@@ -357,10 +364,13 @@ fn per_worker_rate(obs: &Observation, params: &PolicyParams) -> (f64, &'static s
     if let Some(rate) = params.per_worker_rate.filter(|r| r.is_finite() && *r > 0.0) {
         return (rate, "configured");
     }
+    let slots = non_negative(obs.slots_per_worker).max(1.0);
+    if let Some(rate) = obs.slot_rate.filter(|r| r.is_finite() && *r > 0.0) {
+        return (rate * slots, "measured");
+    }
     let completed: f64 = obs.priorities.iter().map(|p| non_negative(p.completion_rate)).sum();
     let in_flight = non_negative(obs.in_flight_avg);
     if completed > 0.0 && in_flight >= MIN_IN_FLIGHT_EVIDENCE {
-        let slots = non_negative(obs.slots_per_worker).max(1.0);
         return (completed / in_flight * slots, "observed");
     }
     let d = params.default_per_worker_rate;
@@ -602,6 +612,7 @@ mod tests {
             busy_workers: busy,
             in_flight_avg: f64::from(busy),
             slots_per_worker: 1.0,
+            slot_rate: None,
         }
     }
 
@@ -1067,6 +1078,14 @@ mod tests {
         };
         let d = fresh(&o, 10, &p);
         assert!(d.detail.contains("rate=1.25/s(observed)"), "{}", d.detail);
+        // Handler run times, when workers report them, win over Little's law: 2/s a slot, 4
+        // slots a worker.
+        let o = Observation {
+            slot_rate: Some(2.0),
+            slots_per_worker: 4.0,
+            ..obs(vec![high.clone()], 10, 10)
+        };
+        assert!(fresh(&o, 4, &p).detail.contains("rate=8.00/s(measured)"));
         // Too little evidence (under half a task in flight on average): default.
         let o = Observation {
             in_flight_avg: 0.4,

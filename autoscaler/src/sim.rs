@@ -153,6 +153,9 @@ pub struct SimConfig {
     pub rate_window: Duration,
     /// Workers at t = 0 (already running); clamped to `params.min..=max`.
     pub initial_workers: u32,
+    /// Workers report how long their handlers ran (as the engine's heartbeat does); when
+    /// false, as from older workers, the policy falls back to Little's law.
+    pub handler_times: bool,
 }
 
 impl Default for SimConfig {
@@ -173,6 +176,7 @@ impl Default for SimConfig {
             arrivals: Arrivals::Poisson,
             rate_window: DEFAULT_RATE_WINDOW,
             initial_workers: 1,
+            handler_times: true,
         }
     }
 }
@@ -390,6 +394,10 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
     let mut arr_ewma: Vec<f64> = cfg.loads.iter().map(|l| l.load.rate_at(0.0)).collect();
     let mut done_ewma = arr_ewma.clone();
     let mut busy_ewma = (arr_ewma.iter().sum::<f64>() / service_rate).min(f64::from(fleet.requested()));
+    // Handlers finished (/s) and the time they ran (s/s), as workers report them.
+    let service_s = service_steps as f64 * dt;
+    let finishing: f64 = arr_ewma.iter().sum();
+    let mut handler_ewma = (finishing, finishing * service_s);
     let mut report = SimReport {
         breach_seconds: 0.0,
         worker_seconds: 0.0,
@@ -450,6 +458,7 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
         }
         let per_s = |c: &[u64]| c.iter().map(|&c| c as f64 / tick_s).collect::<Vec<_>>();
         let (arr_now, done_now) = (per_s(&tick_arrived), per_s(&tick_completed));
+        let finished: f64 = done_now.iter().sum();
         let mix = |old: &[f64], new: Vec<f64>| -> Vec<f64> {
             old.iter().zip(new).map(|(o, n)| o + alpha * (n - o)).collect()
         };
@@ -465,6 +474,8 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
         let age_steps = |q: &VecDeque<u64>| q.front().map(|&a| step - a);
         let busy = fleet.live(step).filter(|w| w.task.is_some()).count() as u32;
         busy_ewma += alpha * (f64::from(busy) - busy_ewma);
+        handler_ewma.0 += alpha * (finished - handler_ewma.0);
+        handler_ewma.1 += alpha * (finished * service_s - handler_ewma.1);
         let obs = Observation {
             priorities: cfg
                 .loads
@@ -486,6 +497,7 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
             // One slot a worker: a busy worker runs one task.
             in_flight_avg: busy_ewma,
             slots_per_worker: 1.0,
+            slot_rate: Some(handler_ewma.0 / handler_ewma.1).filter(|r| cfg.handler_times && r.is_finite() && *r > 0.0),
         };
         (arr_ewma, done_ewma) = (arr_rate, done_rate);
 

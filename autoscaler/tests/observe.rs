@@ -38,6 +38,7 @@ async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
     let running = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
 
     let client = Client::connect(&redis.url()).await.unwrap();
+    let started_at = std::time::Instant::now();
     for _ in 0..3 {
         client.enqueue(&queue, Task::bytes("hold", "x")).await.unwrap();
     }
@@ -74,8 +75,11 @@ async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
         "the first tick starts the average at the reading"
     );
     assert_eq!(first.priorities.iter().map(|p| p.in_flight).sum::<u64>(), 3);
+    assert_eq!(first.slot_rate, None, "no handler has finished yet");
 
     // The tasks finish: the average moves towards 0 at the rates' pace, not at once.
+    let hold = Duration::from_millis(300);
+    tokio::time::sleep(hold).await;
     gate.add_permits(3);
     assert!(wait_until(WAIT, heartbeat_shows(0)).await, "the tasks never finished");
     let second = observer.observe().await.unwrap();
@@ -85,6 +89,15 @@ async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
         second.in_flight_avg
     );
     assert_eq!(second.busy_workers, 0);
+    // The three finished handlers ran at least `hold` each and at most since they were
+    // enqueued: one slot does between 1/held and 1/hold a second, measured from the run times
+    // the worker reported.
+    let held = started_at.elapsed().as_secs_f64();
+    let rate = second.slot_rate.expect("a rate measured from handler run times");
+    assert!(
+        rate > 0.0 && rate <= 1.0 / hold.as_secs_f64() && rate >= 1.0 / held,
+        "{rate}"
+    );
 
     stop.cancel();
     let report = running.await.unwrap().unwrap();

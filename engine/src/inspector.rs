@@ -324,6 +324,8 @@ pub struct WorkerInfo {
     pub succeeded: u64,
     /// Handlers that failed.
     pub failed: u64,
+    /// How long the finished handlers ran, µs; `None` from workers that do not report it.
+    pub busy_us: Option<u64>,
     /// Last heartbeat, ms since the epoch.
     pub last_beat: u64,
 }
@@ -502,6 +504,7 @@ impl Inspector {
                 started: num("started"),
                 succeeded: num("succeeded"),
                 failed: num("failed"),
+                busy_us: h.get("busy_us").and_then(|v| v.parse().ok()),
                 last_beat: num("last_beat"),
             });
         }

@@ -47,6 +47,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
+        let began = std::time::Instant::now();
         let result = tokio::select! {
             biased;
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
@@ -54,6 +55,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             r = guarded(fut, timeout) => r,
         };
         drop(permit);
+        WorkerCounters::add(&shared2.counters.busy_us, began.elapsed().as_micros() as u64);
         let settle = match result {
             Ok(()) => {
                 WorkerCounters::add(&shared2.counters.succeeded, 1);

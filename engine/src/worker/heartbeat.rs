@@ -58,6 +58,7 @@ pub(super) async fn beat(shared: &Shared) {
                 ("started", WorkerCounters::get(&c.started).to_string()),
                 ("succeeded", WorkerCounters::get(&c.succeeded).to_string()),
                 ("failed", WorkerCounters::get(&c.failed).to_string()),
+                ("busy_us", WorkerCounters::get(&c.busy_us).to_string()),
                 ("last_beat", now_ms().to_string()),
             ],
         )

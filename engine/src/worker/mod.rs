@@ -55,6 +55,9 @@ pub struct WorkerCounters {
     pub fenced: AtomicU64,
     /// Entries taken over from dead workers.
     pub reclaimed: AtomicU64,
+    /// How long the handlers that finished (`succeeded + failed`) ran, in µs: with them, the
+    /// mean handler time, which the autoscaler sizes the fleet with.
+    pub busy_us: AtomicU64,
 }
 
 impl WorkerCounters {
