@@ -110,7 +110,8 @@ def main() -> int:
         print("error: %s" % e, file=sys.stderr)
         return 2
     except redis.RedisError as e:
-        print("error: Redis at %s: %s" % (args.url, e), file=sys.stderr)
+        shown = re.sub(r"//([^:/@]*):.*@", r"//\1:***@", args.url)  # no password in messages
+        print("error: Redis at %s: %s" % (shown, e), file=sys.stderr)
         return 1
     return 0
 

@@ -116,6 +116,9 @@ pub struct ProcessActuator {
     started: u64,
     fast_failures: u32,
     hold_until: Option<Instant>,
+    /// When the last fast failure was seen: only a worker started after it proves the
+    /// command works again.
+    last_fast_failure: Option<Instant>,
 }
 
 impl ProcessActuator {
@@ -138,6 +141,7 @@ impl ProcessActuator {
             started: 0,
             fast_failures: 0,
             hold_until: None,
+            last_fast_failure: None,
         }
     }
 
@@ -253,9 +257,15 @@ impl ProcessActuator {
                 true
             }
         });
-        self.crashes += exited.len() as u64;
         let mut fast = Vec::new();
         for (pid, ran, status) in exited {
+            if status.success() {
+                // A clean exit is a worker recycling itself (`--max-tasks`): replaced at once,
+                // however short its life, and no sign that the command is broken.
+                tracing::info!(pid, ran = ?ran, "worker exited cleanly; replacing it");
+                continue;
+            }
+            self.crashes += 1;
             if is_fast_exit(ran) {
                 fast.push((pid, ran, status));
             } else {
@@ -273,6 +283,7 @@ impl ProcessActuator {
         // Workers that fail together (as all do when the command is wrong) count once.
         if let Some((pid, ran, status)) = fast.last().copied() {
             let delay = self.back_off();
+            self.last_fast_failure = Some(now);
             tracing::error!(
                 command = %self.shown,
                 pid,
@@ -284,12 +295,13 @@ impl ProcessActuator {
                 "worker command exited right after starting; holding back restarts"
             );
         }
-        if self.fast_failures > 0
-            && self
-                .running
-                .iter()
-                .any(|w| now.saturating_duration_since(w.started) >= FAST_EXIT)
-        {
+        // Workers that were already running say nothing about the command as it is now (it
+        // may have been replaced on disk): only one started after the last fast failure does.
+        let proven = |w: &Worker| {
+            self.last_fast_failure.is_none_or(|failed| w.started > failed)
+                && now.saturating_duration_since(w.started) >= FAST_EXIT
+        };
+        if self.fast_failures > 0 && self.running.iter().any(proven) {
             tracing::info!("a worker has run for {FAST_EXIT:?}: the worker command works again");
             self.fast_failures = 0;
             self.hold_until = None;
@@ -530,6 +542,58 @@ mod tests {
         }
         assert_eq!(a.fast_failures(), 2);
         assert!(a.backoff_remaining().unwrap() > RESTART_BASE);
+    }
+
+    #[tokio::test]
+    async fn a_clean_exit_is_a_recycle_not_a_failure() {
+        // `--max-tasks` workers exit 0, however soon: replaced at once, nothing held back.
+        let mut a = ProcessActuator::new("true".into(), Duration::from_secs(5));
+        a.scale_to(2, &[]);
+        let mut waited = Duration::ZERO;
+        while a.started() < 6 && waited < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+            a.scale_to(2, &[]);
+        }
+        assert!(a.started() >= 6, "replaced at once: {} starts", a.started());
+        assert_eq!((a.fast_failures(), a.crashes()), (0, 0));
+        assert!(a.backoff_remaining().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_worker_older_than_the_failure_does_not_lift_the_hold_back() {
+        // A long-running worker, then the command breaks (say, replaced on disk).
+        let dir = std::env::temp_dir().join(format!("rivulet-actuator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok");
+        std::fs::write(&ok, b"").unwrap();
+        let cmd = format!("sh -c 'test -e {} && exec sleep 30 || exit 3'", ok.display());
+        let mut a = ProcessActuator::new(cmd, Duration::from_secs(5));
+        a.scale_to(1, &[]);
+        assert_eq!(a.current(), 1);
+        // Past its check of the command: sleeping.
+        let comm = format!("/proc/{}/comm", a.pids()[0]);
+        for _ in 0..250 {
+            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.running[0].started -= FAST_EXIT * 2;
+        std::fs::remove_file(&ok).unwrap();
+        a.scale_to(2, &[]);
+        let mut waited = Duration::ZERO;
+        while a.fast_failures() == 0 && waited < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+            a.reap();
+        }
+        assert_eq!(a.fast_failures(), 1);
+        a.reap();
+        assert!(a.backoff_remaining().is_some(), "the old worker lifted the hold-back");
+        assert_eq!(a.current(), 1, "the old worker still runs");
+        assert!(a.shutdown(std::future::pending()).await);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

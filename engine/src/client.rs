@@ -213,7 +213,12 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // A password may hold '/', '?' or '#' (such a URL does not parse, and is then shown in the
+    // error): when there is an '@', the authority runs to the first of those after the last '@'.
+    let host_from = rest.rfind('@').map_or(0, |at| at + 1);
+    let authority_end = rest[host_from..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| host_from + i);
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rsplit_once('@') {
         Some(("", host)) => host.to_owned(),
@@ -257,5 +262,7 @@ mod redact_tests {
         );
         assert_eq!(redact_url("redis://h?password=x&db=2"), "redis://h?password=***&db=2");
         assert_eq!(redact_url("notaurl"), "notaurl");
+        assert_eq!(redact_url("redis://:abc#def@host:6379"), "redis://:***@host:6379");
+        assert_eq!(redact_url("redis://u:pa?ss/w@h:1/0"), "redis://u:***@h:1/0");
     }
 }

@@ -275,6 +275,21 @@ pub struct QueueDeletion {
     pub dead_letters: u64,
 }
 
+impl QueueDeletion {
+    fn holds_anything(&self) -> bool {
+        self.workers > 0 || self.tasks > 0 || self.dead_letters > 0
+    }
+
+    fn in_use(self) -> Error {
+        Error::QueueInUse {
+            queue: self.queue,
+            workers: self.workers,
+            tasks: self.tasks,
+            dead_letters: self.dead_letters,
+        }
+    }
+}
+
 /// Which dead letters a replay or purge applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DlqSelect {
@@ -635,8 +650,38 @@ impl Inspector {
     /// counters, its registry entry, pause flag and autoscaler decision. Refused with
     /// [`Error::QueueInUse`] while workers serve it or it holds tasks or dead letters, unless
     /// `force`: then those tasks are discarded, and what the refusal would have named is
-    /// returned. A worker that starts on the queue afterwards declares it again, empty.
+    /// returned. Each shard is checked and deleted in one script, so a task enqueued after the
+    /// first look is never dropped without `force`; the registry entry goes last.
+    ///
+    /// Stop the queue's producers first: a running [`crate::Client`] remembers the queue as
+    /// declared and keeps writing to it, and a worker started later declares it again with
+    /// its own layout. A worker that starts on the queue afterwards declares it again, empty.
     pub async fn delete_queue(&self, queue: &Queue, force: bool) -> Result<QueueDeletion> {
+        let found = self.queue_contents(queue).await?;
+        if !force && found.holds_anything() {
+            return Err(found.in_use());
+        }
+        let mut conn = self.conn();
+        for shard in queue.all_shards() {
+            if !broker::drop_shard(&mut conn, &shard.keys, force).await? {
+                // Something arrived since the look above: refuse, keeping the registry entry.
+                return Err(self.queue_contents(queue).await?.in_use());
+            }
+        }
+        redis::pipe()
+            .hdel(QUEUES_KEY, queue.name().as_str())
+            .ignore()
+            .srem(PAUSED_KEY, queue.name().as_str())
+            .ignore()
+            .del(autoscaler_key(queue.name()))
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(found)
+    }
+
+    /// What deleting a queue would discard: its live workers, tasks and dead letters.
+    async fn queue_contents(&self, queue: &Queue) -> Result<QueueDeletion> {
         let stats = self.stats(queue).await?;
         let workers = self
             .workers()
@@ -644,36 +689,15 @@ impl Inspector {
             .iter()
             .filter(|w| w.queues.iter().any(|q| q == queue.name().as_str()))
             .count();
-        let tasks = stats
-            .priorities
-            .iter()
-            .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
-            .sum();
-        let dead_letters = stats.priorities.iter().map(|p| p.dead_letters).sum();
-        if !force && (workers > 0 || tasks > 0 || dead_letters > 0) {
-            return Err(Error::QueueInUse {
-                queue: queue.name().to_string(),
-                workers,
-                tasks,
-                dead_letters,
-            });
-        }
-        let mut pipe = redis::pipe();
-        for shard in queue.all_shards() {
-            let k = &shard.keys;
-            // One DEL per shard: every key of a shard shares a hash tag (one Cluster slot).
-            pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats])
-                .ignore();
-        }
-        pipe.hdel(QUEUES_KEY, queue.name().as_str()).ignore();
-        pipe.srem(PAUSED_KEY, queue.name().as_str()).ignore();
-        pipe.del(autoscaler_key(queue.name())).ignore();
-        pipe.query_async::<()>(&mut self.conn()).await?;
         Ok(QueueDeletion {
             queue: queue.name().to_string(),
             workers,
-            tasks,
-            dead_letters,
+            tasks: stats
+                .priorities
+                .iter()
+                .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+                .sum(),
+            dead_letters: stats.priorities.iter().map(|p| p.dead_letters).sum(),
         })
     }
 

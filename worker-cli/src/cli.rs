@@ -181,7 +181,8 @@ pub enum Command {
     ///
     /// Refused (exit 1, naming what it holds) while live workers serve the queue or it holds
     /// tasks (waiting, in flight, delayed, retrying) or dead letters. Stop its workers and let
-    /// it drain first (`pause` stops new work), or pass --force to discard them.
+    /// it drain first (`pause` stops new work), or pass --force to discard them. Stop its
+    /// producers first too: a running producer keeps writing to the queue it declared.
     DeleteQueue(DeleteQueueArgs),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///

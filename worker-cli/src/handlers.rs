@@ -54,8 +54,8 @@ pub fn with_builtins(router: Router) -> Router {
 /// task reads again. The engine stops fetching a moment later, when it polls its shutdown
 /// future; so that no fetch slips into that moment, a task of these kinds that finishes after
 /// the limit was reached keeps its handler slot until the engine has stopped fetching
-/// ([`StartLimit::draining`], called by `work` after the poll of the engine in which the
-/// shutdown future resolved: microseconds). The fetch loops read only into free slots, so
+/// ([`StartLimit::draining`], called by `work` after the first poll of the engine that began
+/// with the drain requested: microseconds). The fetch loops read only into free slots, so
 /// what still starts after the `max`th is what had already been read or could be read into
 /// the slots free at that moment: fewer than `concurrency` tasks. Nothing is lost: they run
 /// to completion during the drain.
@@ -97,9 +97,10 @@ impl StartLimit {
         }
     }
 
-    /// Records that the worker has stopped fetching: call it after the poll of `Worker::run`
-    /// in which its shutdown future resolved (the engine stops its fetch loops before its
-    /// next wait).
+    /// Records that the worker has stopped fetching: call it after the first poll of
+    /// `Worker::run` that began with the drain requested (in that poll the engine sees its
+    /// shutdown future resolve and stops its fetch loops, or it was already stopping them for
+    /// another reason).
     pub fn draining(&self) {
         self.seen.cancel();
     }

@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -94,23 +93,15 @@ async fn serve(
     if let Some(max) = settings.max_tasks {
         loops.spawn(watch_task_count(counters, max, stop.drain.clone()));
     }
-    // The engine stops fetching right after this resolves, before it next waits: tell the
-    // --max-tasks limit after that poll (see `StartLimit`), not from inside this future.
-    let drain_begun = Arc::new(AtomicBool::new(false));
-    let shutdown = {
-        let drain = stop.drain.clone();
-        let begun = drain_begun.clone();
-        async move {
-            drain.cancelled().await;
-            begun.store(true, Ordering::Relaxed);
-        }
-    };
-    let mut running = std::pin::pin!(worker.run(shutdown));
+    // The engine stops fetching in the first poll after the drain began, before it next waits
+    // (or already has, when it is shutting down for another reason): tell the --max-tasks limit
+    // after that poll (see `StartLimit`), not from inside the shutdown future.
+    let drain = stop.drain.clone();
+    let mut running = std::pin::pin!(worker.run(stop.drain.clone().cancelled_owned()));
     let running = std::future::poll_fn(|cx| {
+        let draining = drain.is_cancelled();
         let poll = running.as_mut().poll(cx);
-        if drain_begun.load(Ordering::Relaxed)
-            && let Some(limit) = &limit_seen
-        {
+        if draining && let Some(limit) = &limit_seen {
             limit.draining();
         }
         poll

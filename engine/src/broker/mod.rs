@@ -21,6 +21,7 @@ static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sc
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));
+static DROP_SHARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/drop_shard.lua")));
 
 /// Opens a connection that reconnects by itself after Redis restarts or the link drops.
 ///
@@ -490,6 +491,21 @@ pub async fn owned_ids(
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
+/// Deletes a shard's keys if it holds no task or dead letter (checked in the same script), or
+/// whatever it holds with `force`. Returns whether it deleted them.
+pub async fn drop_shard(conn: &mut ConnectionManager, keys: &ShardKeys, force: bool) -> Result<bool> {
+    let dropped: i64 = DROP_SHARD
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .key(&keys.dlq)
+        .key(&keys.stats)
+        .arg(if force { "1" } else { "0" })
+        .invoke_async(conn)
+        .await?;
+    Ok(dropped == 1)
+}
+
 /// Removes a consumer from a shard's group. Only call it once the consumer holds nothing:
 /// deleting a consumer drops its pending entries.
 pub async fn delete_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<()> {
@@ -741,6 +757,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done, 1);
+    }
+
+    #[tokio::test]
+    async fn a_shard_is_dropped_only_when_empty_unless_forced() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let keys = Queue::new("drop").unwrap().shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let exists = |conn: &mut ConnectionManager| {
+            let mut conn = conn.clone();
+            let stream = keys.stream.clone();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(stream)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        // An empty stream (only its group) goes.
+        assert!(drop_shard(&mut conn, &keys, false).await.unwrap());
+        assert_eq!(exists(&mut conn).await, 0);
+        // One task, even one that arrived after the caller looked, keeps it; force drops it.
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+        assert!(!drop_shard(&mut conn, &keys, false).await.unwrap());
+        assert_eq!(exists(&mut conn).await, 1);
+        assert!(drop_shard(&mut conn, &keys, true).await.unwrap());
+        assert_eq!(exists(&mut conn).await, 0);
     }
 
     #[tokio::test]

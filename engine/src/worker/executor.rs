@@ -192,7 +192,8 @@ fn settle_name(s: &Settle) -> &'static str {
 pub(crate) fn failure_outcome(failure: &Failure, attempt: u32, policy: &RetryPolicy, now_ms: u64, unit: f64) -> Settle {
     let error = describe(failure);
     // `attempt` counts the failures before this run: the dead letter records this one too.
-    let failed = Some(attempt + 1);
+    // Saturating: `attempt` comes from the producer, and u32::MAX must not panic the task.
+    let failed = Some(attempt.saturating_add(1));
     if let Failure::Handler(HandlerError::Fatal(_)) = failure {
         return Settle::Bury {
             reason: "fatal",
