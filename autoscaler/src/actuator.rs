@@ -479,7 +479,35 @@ impl CommandActuator {
 
 #[cfg(test)]
 mod tests {
+    use rivulet::testing::wait_until;
+
     use super::*;
+
+    /// Ticks `a` every 50 ms (about as close together as workers that fail together exit)
+    /// until `done` holds, for at most 10 s; returns whether it did.
+    async fn tick_until(
+        a: &mut ProcessActuator,
+        mut tick: impl FnMut(&mut ProcessActuator),
+        done: impl Fn(&ProcessActuator) -> bool,
+    ) -> bool {
+        for _ in 0..200 {
+            if done(a) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tick(a);
+        }
+        done(a)
+    }
+
+    /// Whether `/proc/PID/comm` of `pid` becomes `name` (the shell has exec'd) within 5 s.
+    async fn becomes(pid: u32, name: &str) -> bool {
+        wait_until(Duration::from_secs(5), || {
+            let ok = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name);
+            async move { ok }
+        })
+        .await
+    }
 
     #[test]
     fn restart_delay_doubles_per_fast_failure_up_to_the_cap() {
@@ -516,12 +544,7 @@ mod tests {
         a.scale_to(3, &[]);
         assert_eq!((a.current(), a.started()), (3, 3));
         // All three exit with 127 at once: one fast failure, starts held back.
-        let mut waited = Duration::ZERO;
-        while a.current() > 0 && waited < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-            a.scale_to(3, &[]);
-        }
+        tick_until(&mut a, |a| a.scale_to(3, &[]), |a| a.current() == 0).await;
         assert_eq!((a.current(), a.crashes(), a.fast_failures()), (0, 3, 1));
         assert!(a.backoff_remaining().is_some());
         // Ticks during the hold-back start nothing.
@@ -531,15 +554,10 @@ mod tests {
         }
         assert_eq!(a.started(), 3);
         // After it, the next attempt starts workers again; their failure doubles the delay.
-        tokio::time::sleep(RESTART_BASE).await;
+        assert!(tick_until(&mut a, |_| {}, |a| a.backoff_remaining().is_none()).await);
         a.scale_to(3, &[]);
         assert_eq!(a.started(), 6);
-        let mut waited = Duration::ZERO;
-        while a.fast_failures() < 2 && waited < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-            a.scale_to(3, &[]);
-        }
+        tick_until(&mut a, |a| a.scale_to(3, &[]), |a| a.fast_failures() >= 2).await;
         assert_eq!(a.fast_failures(), 2);
         assert!(a.backoff_remaining().unwrap() > RESTART_BASE);
     }
@@ -549,12 +567,7 @@ mod tests {
         // `--max-tasks` workers exit 0, however soon: replaced at once, nothing held back.
         let mut a = ProcessActuator::new("true".into(), Duration::from_secs(5));
         a.scale_to(2, &[]);
-        let mut waited = Duration::ZERO;
-        while a.started() < 6 && waited < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-            a.scale_to(2, &[]);
-        }
+        tick_until(&mut a, |a| a.scale_to(2, &[]), |a| a.started() >= 6).await;
         assert!(a.started() >= 6, "replaced at once: {} starts", a.started());
         assert_eq!((a.fast_failures(), a.crashes()), (0, 0));
         assert!(a.backoff_remaining().is_none());
@@ -572,22 +585,11 @@ mod tests {
         a.scale_to(1, &[]);
         assert_eq!(a.current(), 1);
         // Past its check of the command: sleeping.
-        let comm = format!("/proc/{}/comm", a.pids()[0]);
-        for _ in 0..250 {
-            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(becomes(a.pids()[0], "sleep").await);
         a.running[0].started -= FAST_EXIT * 2;
         std::fs::remove_file(&ok).unwrap();
         a.scale_to(2, &[]);
-        let mut waited = Duration::ZERO;
-        while a.fast_failures() == 0 && waited < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-            a.reap();
-        }
+        tick_until(&mut a, ProcessActuator::reap, |a| a.fast_failures() > 0).await;
         assert_eq!(a.fast_failures(), 1);
         a.reap();
         assert!(a.backoff_remaining().is_some(), "the old worker lifted the hold-back");
@@ -608,14 +610,7 @@ mod tests {
         assert_eq!(pgrp, pid, "{stat}");
         assert_ne!(pgrp, nix::unistd::getpgrp().as_raw() as u32);
         // The shell becomes the worker (same pid) once it has exec'd.
-        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        for _ in 0..100 {
-            if comm().trim() == "sleep" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(comm().trim(), "sleep");
+        assert!(becomes(pid, "sleep").await);
         // The kernel renames the process before it lays out the new environment: until then
         // /proc/PID/environ reads empty, so wait for it to appear.
         let own = format!("{SUPERVISOR_PID_ENV}={}", std::process::id());
@@ -623,13 +618,12 @@ mod tests {
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
             environ.split(|b| *b == 0).any(|v| v == own.as_bytes())
         };
-        for _ in 0..100 {
-            if has_own() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(has_own(), "{SUPERVISOR_PID_ENV} missing from the worker's environment");
+        let appeared = wait_until(Duration::from_secs(5), || {
+            let ok = has_own();
+            async move { ok }
+        })
+        .await;
+        assert!(appeared, "{SUPERVISOR_PID_ENV} missing from the worker's environment");
         assert!(a.shutdown(std::future::pending()).await);
         assert_eq!((a.current(), a.stopping()), (0, 0));
     }
