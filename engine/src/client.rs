@@ -1,4 +1,5 @@
-//! The producer: `Client` enqueues tasks, one at a time or pipelined in batches.
+//! The producer: `Client` enqueues tasks, one at a time or pipelined in batches, and follows
+//! them by id: status, wait, cancel (the task lifecycle, `docs/tasks.md`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,9 +11,11 @@ use serde::Serialize;
 
 use crate::backoff::RetryPolicy;
 use crate::broker;
+use crate::broker::lifecycle::{self as records, EnqueueItem};
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
-use crate::error::Result;
-use crate::keys::{Queue, QueueName, shard_for};
+use crate::error::{Error, Result};
+use crate::keys::{Queue, QueueName, ShardKeys, shard_for};
+use crate::lifecycle::{CancelOutcome, Enqueued, TaskState, TaskStatus};
 
 /// How long a producer waits for Redis before a call fails with a timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +37,8 @@ pub struct Task {
     envelope: Envelope,
     priority: Option<String>,
     run_at_ms: Option<u64>,
+    /// Whether the caller chose the id (a unique key then cannot pick the id's shard).
+    explicit_id: bool,
 }
 
 impl Task {
@@ -58,6 +63,7 @@ impl Task {
             envelope: Envelope::new(kind, payload, codec),
             priority: None,
             run_at_ms: None,
+            explicit_id: false,
         }
     }
 
@@ -111,6 +117,31 @@ impl Task {
     /// Uses this id instead of a generated one (it must be unique).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.envelope.id = TaskId::from_string(id);
+        self.explicit_id = true;
+        self
+    }
+
+    /// Keeps this task's record (state, result) for `retention` once it is final, instead of
+    /// the queue's retention; zero keeps no record (no status, no events, no wait).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.envelope.retention_ms = Some(crate::envelope::millis(retention));
+        self
+    }
+
+    /// Makes the task unique by `key` within its queue and priority: while a task holding
+    /// the key has not reached a final state (succeeded, dead, cancelled), enqueueing another
+    /// with the same key enqueues nothing and returns the holder's id
+    /// ([`Enqueued::Duplicate`]). See [`unique_for`](Self::unique_for) for a fixed window.
+    /// The task is placed in the shard the key maps to, so the check is one atomic script.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.envelope.unique_key = Some(key.into());
+        self
+    }
+
+    /// Holds the unique key for `window` from enqueue, whether the task finishes sooner or
+    /// later (it is not released at completion): at most one task per key per window.
+    pub fn unique_for(mut self, window: Duration) -> Self {
+        self.envelope.unique_ttl_ms = Some(crate::envelope::millis(window).max(1));
         self
     }
 
@@ -125,6 +156,8 @@ impl Task {
 pub struct Client {
     conn: ConnectionManager,
     declared: Arc<Mutex<HashSet<QueueName>>>,
+    /// For the dedicated connections of blocking waits.
+    redis: redis::Client,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,6 +178,7 @@ impl Client {
         Ok(Client {
             conn,
             declared: Arc::default(),
+            redis: client.clone(),
         })
     }
 
@@ -167,43 +201,245 @@ impl Client {
         Ok(())
     }
 
-    /// Enqueues one task and returns its id.
+    /// Enqueues one task and returns its id (for a duplicate of a unique task, the id of the
+    /// task that holds the key: see [`submit`](Self::submit) to tell them apart).
     pub async fn enqueue(&self, queue: &Queue, task: Task) -> Result<TaskId> {
         let mut ids = self.enqueue_many(queue, [task]).await?;
         Ok(ids.pop().expect("one task in, one id out"))
     }
 
-    /// Enqueues many tasks in one pipelined round trip (delayed ones one script call each).
-    /// Validates every task's priority before sending anything.
+    /// Enqueues many tasks in one pipelined round trip. Validates every task's priority
+    /// before sending anything.
     pub async fn enqueue_many(&self, queue: &Queue, tasks: impl IntoIterator<Item = Task>) -> Result<Vec<TaskId>> {
-        let tasks: Vec<Task> = tasks.into_iter().collect();
+        let done = self.submit_many(queue, tasks).await?;
+        Ok(done
+            .into_iter()
+            .map(|e| match e {
+                Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+            })
+            .collect())
+    }
+
+    /// Enqueues one task and says whether it is new or a duplicate of a live unique task.
+    pub async fn submit(&self, queue: &Queue, task: Task) -> Result<Enqueued> {
+        let mut done = self.submit_many(queue, [task]).await?;
+        Ok(done.pop().expect("one task in, one outcome out"))
+    }
+
+    /// [`enqueue_many`](Self::enqueue_many), saying per task whether it is new or a
+    /// duplicate.
+    ///
+    /// A task with a record (the queue's or its own retention above zero) or a unique key is
+    /// enqueued by `enqueue.lua` (record, event and lock in the same script); one with
+    /// neither by a plain `XADD` (delayed ones by `schedule.lua`). All of them go in one
+    /// pipelined round trip, delayed untracked ones one script call each.
+    pub async fn submit_many(&self, queue: &Queue, tasks: impl IntoIterator<Item = Task>) -> Result<Vec<Enqueued>> {
+        let mut tasks: Vec<Task> = tasks.into_iter().collect();
+        let shards = queue.layout().shards;
         let mut placed = Vec::with_capacity(tasks.len());
-        for task in &tasks {
+        for task in &mut tasks {
             // The same check a worker makes before it runs the task (0 attempts, a cap below
             // the base): refused here rather than dead-lettered there.
             crate::envelope::check_kind(&task.envelope.kind)
                 .and_then(|()| task.envelope.retry_policy(RetryPolicy::default()).map(drop))
                 .map_err(|m| crate::Error::config("task", m.0))?;
+            if let Some(key) = task.envelope.unique_key.clone() {
+                place_unique(task, key, shards)?;
+            }
             let priority = task.priority.as_deref().unwrap_or_else(|| queue.default_priority());
             queue.rank(priority)?;
-            let keys = queue.shard(priority, shard_for(task.envelope.id.as_str(), queue.layout().shards));
+            let keys = queue.shard(priority, shard_for(task.envelope.id.as_str(), shards));
             placed.push(keys);
         }
         self.declare(queue).await?;
         let mut conn = self.conn.clone();
         let now = now_ms();
-        let mut ready = Vec::with_capacity(tasks.len());
-        for (task, keys) in tasks.iter().zip(&placed) {
-            match task.run_at_ms {
-                Some(due) if due > now => broker::add_scheduled(&mut conn, keys, &task.envelope, due).await?,
-                _ => ready.push((keys, &task.envelope)),
+        let retention = crate::envelope::millis(queue.retention_period());
+        let mut ready = Vec::new();
+        let mut scripted = Vec::new();
+        for (i, (task, keys)) in tasks.iter().zip(&placed).enumerate() {
+            let due = task.run_at_ms.filter(|&due| due > now);
+            let retention_ms = task.envelope.retention_ms.unwrap_or(retention);
+            let unique = task
+                .envelope
+                .unique_key
+                .as_ref()
+                .map(|k| (keys.unique(k), task.envelope.unique_ttl_ms.unwrap_or(0)));
+            if retention_ms > 0 || unique.is_some() {
+                scripted.push((
+                    i,
+                    EnqueueItem {
+                        keys,
+                        env: &task.envelope,
+                        due_ms: due.unwrap_or(0),
+                        retention_ms,
+                        events_maxlen: queue.events_maxlen(),
+                        unique,
+                    },
+                ));
+                continue;
+            }
+            match due {
+                Some(due) => broker::add_scheduled(&mut conn, keys, &task.envelope, due).await?,
+                None => ready.push((keys, &task.envelope)),
             }
         }
         if !ready.is_empty() {
             broker::add_ready(&mut conn, &ready).await?;
         }
-        Ok(tasks.into_iter().map(|t| t.envelope.id).collect())
+        let mut out: Vec<Enqueued> = tasks.iter().map(|t| Enqueued::New(t.envelope.id.clone())).collect();
+        if !scripted.is_empty() {
+            let (indexes, items): (Vec<usize>, Vec<EnqueueItem<'_>>) = scripted.into_iter().unzip();
+            let replies = records::enqueue(&mut conn, &items).await?;
+            for (i, holder) in indexes.into_iter().zip(replies) {
+                if let Some(holder) = holder {
+                    out[i] = Enqueued::Duplicate(TaskId::from_string(holder));
+                }
+            }
+        }
+        Ok(out)
     }
+
+    /// The shards that may hold task `id`'s record: its shard in each priority.
+    fn candidates(queue: &Queue, id: &str) -> Vec<(String, ShardKeys)> {
+        let n = shard_for(id, queue.layout().shards);
+        queue
+            .layout()
+            .priorities
+            .iter()
+            .map(|p| (p.clone(), queue.shard(p, n)))
+            .collect()
+    }
+
+    /// Finds task `id`'s record: one `HGETALL` per priority, in one round trip (a task's
+    /// shard number follows from its id; its priority does not, so each is looked in).
+    async fn find(&self, queue: &Queue, id: &str) -> Result<Option<(String, ShardKeys, Vec<(String, Vec<u8>)>)>> {
+        let shards = Self::candidates(queue, id);
+        let keys: Vec<ShardKeys> = shards.iter().map(|(_, k)| k.clone()).collect();
+        let found = records::records(&mut self.conn.clone(), &keys, id).await?;
+        Ok(shards
+            .into_iter()
+            .zip(found)
+            .find(|(_, fields)| fields.iter().any(|(k, _)| k == "state"))
+            .map(|((p, k), f)| (p, k, f)))
+    }
+
+    /// The status of task `id` in `queue` (`unknown` when it has no record).
+    pub async fn status(&self, queue: &Queue, id: &TaskId) -> Result<TaskStatus> {
+        Ok(match self.find(queue, id.as_str()).await? {
+            Some((priority, _, fields)) => {
+                TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, now_ms())
+            }
+            None => TaskStatus::unknown(id.clone(), queue.name().clone()),
+        })
+    }
+
+    /// Waits up to `timeout` for task `id` to reach a final state and returns its status.
+    ///
+    /// Driven by a notification: the wait registers on the task's record, then blocks (on a
+    /// connection of its own) on the task's done list, which the script that finishes the
+    /// task pushes to only when a waiter is registered. A wait costs a handful of commands
+    /// however long it lasts; while nobody waits, finishing a task costs nothing extra. Fails
+    /// with [`Error::UnknownTask`] when there is no record, [`Error::WaitTimeout`] when the
+    /// task is not final in time.
+    pub async fn wait(&self, queue: &Queue, id: &TaskId, timeout: Duration) -> Result<TaskStatus> {
+        let began = tokio::time::Instant::now();
+        let deadline = began + timeout;
+        let Some((priority, keys, _)) = self.find(queue, id.as_str()).await? else {
+            return Err(self.unknown(queue, id));
+        };
+        let mut conn = self.conn.clone();
+        let status = |fields| TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, now_ms());
+        let (registered, fields) = records::register_waiter(&mut conn, &keys, id.as_str()).await?;
+        let st = status(fields);
+        if !registered {
+            return if st.state == TaskState::Unknown {
+                Err(self.unknown(queue, id))
+            } else {
+                Ok(st)
+            };
+        }
+        let mut blocking = self.blocking_connection(timeout).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let woken = records::block_until_done(&mut blocking, &keys, id.as_str(), left).await?;
+        if !woken {
+            records::unregister_waiter(&mut conn, &keys, id.as_str()).await?;
+        }
+        let st = self.status(queue, id).await?;
+        match st.state {
+            s if s.is_final() => Ok(st),
+            TaskState::Unknown => Err(self.unknown(queue, id)),
+            state => Err(Error::WaitTimeout {
+                id: id.to_string(),
+                queue: queue.name().to_string(),
+                state,
+                waited_ms: began.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Cancels task `id`: a scheduled, queued or retrying task atomically (it never starts);
+    /// a running one through its worker, which learns within about a second and stops it (a
+    /// Rust handler sees [`TaskContext::cancelled`](crate::TaskContext::cancelled), an
+    /// `--exec` command gets SIGTERM, then SIGKILL). Either way the task ends `cancelled`,
+    /// is not retried and does not go to the dead-letter stream. A finished task is left as
+    /// it is and its final state returned; an id without a record is [`Error::UnknownTask`].
+    pub async fn cancel(&self, queue: &Queue, id: &TaskId) -> Result<CancelOutcome> {
+        let Some((_, keys, fields)) = self.find(queue, id.as_str()).await? else {
+            return Err(self.unknown(queue, id));
+        };
+        let lock = records::lock_of(&fields);
+        let (outcome, state) =
+            records::cancel(&mut self.conn.clone(), &keys, id.as_str(), lock.as_deref(), queue.events_maxlen()).await?;
+        match outcome.as_str() {
+            "cancelled" => Ok(CancelOutcome::Cancelled),
+            "cancelling" => Ok(CancelOutcome::Cancelling),
+            "final" => Ok(CancelOutcome::AlreadyFinished(
+                TaskState::parse(&state).unwrap_or(TaskState::Unknown),
+            )),
+            // Expired between the lookup and the script.
+            _ => Err(self.unknown(queue, id)),
+        }
+    }
+
+    fn unknown(&self, queue: &Queue, id: &TaskId) -> Error {
+        Error::UnknownTask {
+            id: id.to_string(),
+            queue: queue.name().to_string(),
+        }
+    }
+
+    /// A connection for one blocking call of up to `block`.
+    async fn blocking_connection(&self, block: Duration) -> Result<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        Ok(self.redis.get_multiplexed_async_connection_with_config(&config).await?)
+    }
+}
+
+/// Gives a unique task an id in the shard its key maps to, so the lock and the task share a
+/// slot and a lookup by id finds it (`shard_for(id)`). Generated ids are drawn again until
+/// they land there (about `shards` draws); a caller's own id must already.
+fn place_unique(task: &mut Task, key: String, shards: u16) -> Result<()> {
+    let want = shard_for(&key, shards);
+    if shard_for(task.envelope.id.as_str(), shards) == want {
+        return Ok(());
+    }
+    if task.explicit_id {
+        return Err(Error::config(
+            "task",
+            format!(
+                "id {:?} and unique key {key:?} map to different shards ({} and {want} of {shards}); drop the id or pick one in the key's shard",
+                task.envelope.id,
+                shard_for(task.envelope.id.as_str(), shards)
+            ),
+        ));
+    }
+    while shard_for(task.envelope.id.as_str(), shards) != want {
+        task.envelope.id = TaskId::generate();
+    }
+    Ok(())
 }
 
 /// `url` with any password replaced by `***`, for messages and logs: the password of

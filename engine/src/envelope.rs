@@ -138,6 +138,13 @@ pub struct Envelope {
     pub backoff_cap_ms: Option<u64>,
     /// The last failure, when `attempt > 0`.
     pub error: Option<String>,
+    /// Overrides the queue's retention of this task's record, in ms (0 = keep no record).
+    pub retention_ms: Option<u64>,
+    /// The unique key this task holds (see `docs/tasks.md`).
+    pub unique_key: Option<String>,
+    /// How long the unique key is held from enqueue, in ms; absent or 0 = until the task
+    /// reaches a final state.
+    pub unique_ttl_ms: Option<u64>,
 }
 
 /// Why an entry is not a valid task. The text goes into the dead letter's `error` field.
@@ -176,6 +183,9 @@ impl Envelope {
             backoff_factor: None,
             backoff_cap_ms: None,
             error: None,
+            retention_ms: None,
+            unique_key: None,
+            unique_ttl_ms: None,
         }
     }
 
@@ -223,6 +233,15 @@ impl Envelope {
         if let Some(e) = &self.error {
             f.push(("error", Bytes::copy_from_slice(e.as_bytes())));
         }
+        if let Some(ms) = self.retention_ms {
+            f.push(("retention_ms", Bytes::from(ms.to_string())));
+        }
+        if let Some(k) = &self.unique_key {
+            f.push(("unique_key", Bytes::copy_from_slice(k.as_bytes())));
+        }
+        if let Some(ms) = self.unique_ttl_ms {
+            f.push(("unique_ttl_ms", Bytes::from(ms.to_string())));
+        }
         f
     }
 
@@ -238,6 +257,7 @@ impl Envelope {
         let (mut enqueued_at, mut attempt, mut max_attempts, mut timeout_ms, mut error) =
             (None, None, None, None, None);
         let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
+        let (mut retention_ms, mut unique_key, mut unique_ttl_ms) = (None, None, None);
         for (name, value) in fields {
             match name.as_ref() {
                 b"id" => id = Some(value),
@@ -252,6 +272,9 @@ impl Envelope {
                 b"backoff_factor" => backoff_factor = Some(value),
                 b"backoff_cap_ms" => backoff_cap_ms = Some(value),
                 b"error" => error = Some(value),
+                b"retention_ms" => retention_ms = Some(value),
+                b"unique_key" => unique_key = Some(value),
+                b"unique_ttl_ms" => unique_ttl_ms = Some(value),
                 _ => {}
             }
         }
@@ -292,6 +315,9 @@ impl Envelope {
             backoff_factor: parse_factor(backoff_factor)?,
             backoff_cap_ms: parse_num("backoff_cap_ms", backoff_cap_ms)?,
             error: error.map(|e| String::from_utf8_lossy(e.as_ref()).into_owned()),
+            retention_ms: parse_num("retention_ms", retention_ms)?,
+            unique_key: unique_key.map(|k| text("unique_key", k)).transpose()?,
+            unique_ttl_ms: parse_num("unique_ttl_ms", unique_ttl_ms)?,
         })
     }
 }

@@ -71,6 +71,27 @@ pub enum Error {
         /// Entries of its dead-letter streams.
         dead_letters: u64,
     },
+    /// No record of this task in this queue: never enqueued here, enqueued with tracking off,
+    /// or its record expired after the retention.
+    #[error("unknown task {id:?} in queue {queue:?} (never enqueued there, tracking off, or its record expired)")]
+    UnknownTask {
+        /// The task id asked for.
+        id: String,
+        /// The queue looked in.
+        queue: String,
+    },
+    /// A wait for a task ended before the task reached a final state.
+    #[error("task {id:?} in queue {queue:?} is still {state} after waiting {waited_ms} ms")]
+    WaitTimeout {
+        /// The task.
+        id: String,
+        /// Its queue.
+        queue: String,
+        /// Its state when the wait gave up.
+        state: crate::lifecycle::TaskState,
+        /// How long the wait lasted, ms.
+        waited_ms: u64,
+    },
     /// Redis answered with something the engine does not understand.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),

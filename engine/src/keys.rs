@@ -27,6 +27,10 @@ pub const DEFAULT_PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 pub const DEFAULT_PRIORITY: &str = "normal";
 /// Most shards a priority may have.
 pub const MAX_SHARDS: u16 = 1024;
+/// How long a finished task's record (state, result) is kept by default: one hour.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+/// About how many lifecycle events a queue keeps, over all its shards.
+pub const DEFAULT_EVENTS_KEPT: usize = 10_000;
 
 const MAX_NAME_LEN: usize = 64;
 
@@ -110,6 +114,8 @@ impl Default for Layout {
 pub struct Queue {
     name: QueueName,
     layout: Layout,
+    /// How long finished tasks' records are kept; zero keeps none (lifecycle tracking off).
+    retention: std::time::Duration,
 }
 
 impl Queue {
@@ -137,13 +143,40 @@ impl Queue {
         if layout.shards == 0 || layout.shards > MAX_SHARDS {
             return Err(Error::config("layout.shards", format!("must be 1..={MAX_SHARDS}")));
         }
-        Ok(Queue { name, layout })
+        Ok(Queue {
+            name,
+            layout,
+            retention: DEFAULT_RETENTION,
+        })
+    }
+
+    /// Same queue, keeping finished tasks' records (state, result) for `retention`
+    /// ([`DEFAULT_RETENTION`] by default). Zero turns lifecycle tracking off for the queue's
+    /// tasks (no record, no events, no status), the cheapest drain; a task may still ask for
+    /// its own retention. Producers and workers each apply the retention of the `Queue` they
+    /// were given: it is not part of the layout recorded in Redis.
+    pub fn retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long finished tasks' records are kept (zero: none).
+    pub fn retention_period(&self) -> std::time::Duration {
+        self.retention
+    }
+
+    /// The approximate cap of each shard's events stream: [`DEFAULT_EVENTS_KEPT`] spread over
+    /// the shards, at least 100 each.
+    pub fn events_maxlen(&self) -> usize {
+        let shards = self.layout.priorities.len() * usize::from(self.layout.shards);
+        (DEFAULT_EVENTS_KEPT / shards.max(1)).max(100)
     }
 
     /// Same queue, `shards` shards per priority.
     pub fn shards(self, shards: u16) -> Result<Self> {
+        let retention = self.retention;
         let layout = Layout { shards, ..self.layout };
-        Self::with_layout(self.name.as_str(), layout)
+        Ok(Self::with_layout(self.name.as_str(), layout)?.retention(retention))
     }
 
     /// Same queue with these priorities, highest first.
@@ -152,7 +185,8 @@ impl Queue {
             priorities: priorities.iter().map(|p| p.as_ref().to_owned()).collect(),
             ..self.layout
         };
-        Self::with_layout(self.name.as_str(), layout)
+        let retention = self.retention;
+        Ok(Self::with_layout(self.name.as_str(), layout)?.retention(retention))
     }
 
     /// The queue's name.
@@ -238,6 +272,12 @@ pub struct ShardKeys {
     pub dlq: String,
     /// Counters.
     pub stats: String,
+    /// Lifecycle events of the shard's tasks (STREAM, `MAXLEN ~` capped).
+    pub events: String,
+    /// Ids of running tasks whose cancel was asked for (SET), polled by their workers.
+    pub cancels: String,
+    /// Prefix of the per-task keys (`<base>:task:<id>` and friends), with the shard's tag.
+    base: String,
 }
 
 impl ShardKeys {
@@ -249,7 +289,25 @@ impl ShardKeys {
             retry: format!("{base}:retry"),
             dlq: format!("{base}:dlq"),
             stats: format!("{base}:stats"),
+            events: format!("{base}:events"),
+            cancels: format!("{base}:cancels"),
+            base,
         }
+    }
+
+    /// The task record (HASH: state, result, progress) of task `id` in this shard.
+    pub fn task(&self, id: &str) -> String {
+        format!("{}:task:{id}", self.base)
+    }
+
+    /// The list a finished task's waiters block on (written only while someone waits).
+    pub fn done(&self, id: &str) -> String {
+        format!("{}:done:{id}", self.base)
+    }
+
+    /// The lock of a unique key (STRING: the id of the task holding it).
+    pub fn unique(&self, key: &str) -> String {
+        format!("{}:unique:{key}", self.base)
     }
 }
 
@@ -289,6 +347,11 @@ mod tests {
         assert_eq!(k.retry, "rivulet:{emails:high:3}:retry");
         assert_eq!(k.dlq, "rivulet:{emails:high:3}:dlq");
         assert_eq!(k.stats, "rivulet:{emails:high:3}:stats");
+        assert_eq!(k.events, "rivulet:{emails:high:3}:events");
+        assert_eq!(k.cancels, "rivulet:{emails:high:3}:cancels");
+        assert_eq!(k.task("t1"), "rivulet:{emails:high:3}:task:t1");
+        assert_eq!(k.done("t1"), "rivulet:{emails:high:3}:done:t1");
+        assert_eq!(k.unique("u"), "rivulet:{emails:high:3}:unique:u");
     }
 
     #[test]

@@ -34,6 +34,8 @@
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
 //! - [`worker`]: [`Worker`] and its loops (fetcher, executor, acker, promoter, reclaimer,
 //!   heartbeat).
+//! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
+//!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
 //! - [`inspector`]: queue statistics, pending entries, workers, dead-letter operations.
 //! - `testing` (feature `test-util`): a private `redis-server` per test.
 
@@ -48,6 +50,7 @@ mod error;
 pub mod handler;
 pub mod inspector;
 pub mod keys;
+pub mod lifecycle;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod worker;
@@ -60,4 +63,5 @@ pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
 pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueDeletion, QueueStats};
 pub use keys::{Layout, Queue, QueueName};
+pub use lifecycle::{CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus};
 pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};

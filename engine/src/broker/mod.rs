@@ -14,6 +14,8 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, QUEUES_KEY, Queue, ShardKeys};
 
+pub(crate) mod lifecycle;
+
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
@@ -55,7 +57,7 @@ impl StreamEntry {
 }
 
 /// The lowest and highest of some stream ids (`("-", "+")`, everything, for none).
-fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (&'a str, &'a str) {
+pub(crate) fn id_range<'a>(ids: impl Iterator<Item = &'a str>) -> (&'a str, &'a str) {
     // Numeric order ("10-0" > "9-9"), each id parsed once.
     let mut keyed = ids.map(|id| (parse_stream_id(id), id));
     let Some(first) = keyed.next() else {
@@ -228,7 +230,7 @@ pub async fn read_group(
 }
 
 /// Splits an XREAD/XREADGROUP reply (RESP2 array or RESP3 map) into (key, entries).
-fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
+pub(crate) fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Map(m) => m,
@@ -329,7 +331,17 @@ pub async fn settle(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let (lo, hi) = id_range(batch.iter().map(|(id, _)| *id));
+    let range = id_range(batch.iter().map(|(id, _)| *id));
+    Ok(settle_invocation(ctx, batch, range).invoke_async(conn).await?)
+}
+
+/// settle.lua's invocation for untracked outcomes; `(lo, hi)` spans every entry id of the
+/// call (tracked ones included, which `lifecycle::settle_tracked` appends).
+fn settle_invocation(
+    ctx: SettleCtx<'_>,
+    batch: &[(&str, &Settle)],
+    (lo, hi): (&str, &str),
+) -> redis::ScriptInvocation<'static> {
     let mut inv = SETTLE.key(&ctx.keys.stream);
     inv.key(&ctx.keys.retry)
         .key(&ctx.keys.dlq)
@@ -358,7 +370,7 @@ pub async fn settle(
             Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
         };
     }
-    Ok(inv.invoke_async(conn).await?)
+    inv
 }
 
 /// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
@@ -625,7 +637,7 @@ pub async fn pending(
     }
 }
 
-fn bulk(v: Value) -> Result<Vec<u8>> {
+pub(crate) fn bulk(v: Value) -> Result<Vec<u8>> {
     match v {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.into_bytes()),
@@ -634,7 +646,7 @@ fn bulk(v: Value) -> Result<Vec<u8>> {
     }
 }
 
-fn string(v: Value) -> Result<String> {
+pub(crate) fn string(v: Value) -> Result<String> {
     String::from_utf8(bulk(v)?).map_err(|_| Error::protocol("id is not UTF-8"))
 }
 

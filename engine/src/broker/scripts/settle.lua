@@ -16,6 +16,21 @@
 --          op 'r' retry at due ms a with attempt b, error c
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
+--
+-- Tracked outcomes (tasks with a lifecycle record) follow, only when KEYS has more than 4:
+-- KEYS[5]  events STREAM of the shard
+-- KEYS[6]  cancels SET of the shard
+-- KEYS[7..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
+--          done list again when the task holds no lock to release)
+-- ARGV (the last 1 + 9 * T values, T = (#KEYS - 6) / 3): per tracked outcome nine values:
+--          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
+--          the unique lock if this task holds it); then the events stream's approximate MAXLEN.
+--          op 's' succeeded: result a ('' none), result codec b, run ms c
+--          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
+--          op 'x' cancelled while running: run ms a
+--          op 'k' cancelled before it started (its record is final already): just delete it
+-- The record write sits behind the same ownership check as the outcome itself, so a worker
+-- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
 --          (reclaimed by another worker, or already settled): fencing.
 --
@@ -24,6 +39,14 @@
 -- entry nor a stream entry behind.
 local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tracked = 0
+if #KEYS > 4 then
+  tracked = (#KEYS - 6) / 3
+end
+local untracked_end = #ARGV
+if tracked > 0 then
+  untracked_end = #ARGV - 9 * tracked - 1
+end
 
 -- Ownership and delivery counts for the batch, in one range read of this consumer's PEL.
 local owned = {}
@@ -80,42 +103,138 @@ for i = 8, 7 + n_acks do
     stale[#stale + 1] = id
   end
 end
-for i = 8 + n_acks, #ARGV, 5 do
+-- Applies op 'r', 'b' or 'q' to an owned entry; returns the retry member or the dlq id.
+local function apply(id, op, a, b, c, deliveries)
+  local fields = entry_fields(id)
+  if not fields then
+    return nil
+  end
+  if op == 'r' then
+    set_field(fields, 'attempt', b)
+    set_field(fields, 'error', c)
+    local member = cmsgpack.pack(fields)
+    redis.call('ZADD', retry, a, member)
+    retried = retried + 1
+    failed = failed + 1
+    return member
+  elseif op == 'b' then
+    if c ~= '' then
+      set_field(fields, 'attempt', c)
+    end
+    set_field(fields, 'reason', a)
+    set_field(fields, 'error', b)
+    set_field(fields, 'dead_at', now)
+    set_field(fields, 'origin', stream .. '/' .. id)
+    set_field(fields, 'deliveries', tostring(deliveries))
+    local dlq_id = redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    dead = dead + 1
+    if a ~= 'malformed' and a ~= 'unknown_kind' then
+      failed = failed + 1
+    end
+    return dlq_id
+  elseif op == 'q' then
+    redis.call('XADD', stream, '*', unpack(fields))
+    requeued = requeued + 1
+  end
+  return nil
+end
+
+for i = 8 + n_acks, untracked_end, 5 do
   local id, op, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local deliveries = owned[id]
   if not deliveries then
     stale[#stale + 1] = id
   else
     owned[id] = nil
-    local fields = entry_fields(id)
-    if fields then
-      if op == 'r' then
-        set_field(fields, 'attempt', b)
-        set_field(fields, 'error', c)
-        redis.call('ZADD', retry, a, cmsgpack.pack(fields))
-        retried = retried + 1
-        failed = failed + 1
-      elseif op == 'b' then
-        if c ~= '' then
-          set_field(fields, 'attempt', c)
-        end
-        set_field(fields, 'reason', a)
-        set_field(fields, 'error', b)
-        set_field(fields, 'dead_at', now)
-        set_field(fields, 'origin', stream .. '/' .. id)
-        set_field(fields, 'deliveries', tostring(deliveries))
-        redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-        dead = dead + 1
-        if a ~= 'malformed' and a ~= 'unknown_kind' then
-          failed = failed + 1
-        end
-      elseif op == 'q' then
-        redis.call('XADD', stream, '*', unpack(fields))
-        requeued = requeued + 1
-      end
-    end
+    apply(id, op, a, b, c, deliveries)
     acked[#acked + 1] = id
   end
+end
+
+if tracked > 0 then
+  local events, cancels = KEYS[5], KEYS[6]
+  local events_maxlen = ARGV[#ARGV]
+  local cancelled = 0
+  local function event(task, name, ...)
+    redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
+  end
+  -- A final state: expire the record after its retention, wake its waiters, free its lock.
+  local function finish(rec, done_list, lock, task, retention, release)
+    redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'cancel_requested')
+    local waiters = redis.call('HGET', rec, 'waiters')
+    if waiters then
+      redis.call('HDEL', rec, 'waiters')
+      if tonumber(waiters) > 0 then
+        redis.call('RPUSH', done_list, '1')
+        redis.call('PEXPIRE', done_list, 60000)
+      end
+    end
+    if tonumber(retention) > 0 then
+      redis.call('PEXPIRE', rec, retention)
+    end
+    if release == '1' and redis.call('GET', lock) == task then
+      redis.call('DEL', lock)
+    end
+  end
+  for t = 1, tracked do
+    local i = untracked_end + 1 + (t - 1) * 9
+    local id, op, a, b, c, d = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local task, retention, release = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+    local k = 7 + (t - 1) * 3
+    local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+    local deliveries = owned[id]
+    if not deliveries then
+      stale[#stale + 1] = id
+    else
+      owned[id] = nil
+      acked[#acked + 1] = id
+      redis.call('SREM', cancels, task)
+      if op == 's' then
+        done = done + 1
+        redis.call('HSET', rec, 'state', 'succeeded', 'finished_at', now, 'run_ms', c, 'updated_at', now)
+        if a ~= '' then
+          redis.call('HSET', rec, 'result', a, 'result_codec', b)
+        end
+        finish(rec, done_list, lock, task, retention, release)
+        event(task, 'succeeded', 'run_ms', c)
+      elseif op == 'r' then
+        local member = apply(id, op, a, b, c, deliveries)
+        redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now)
+        if member then
+          redis.call('HSET', rec, 'member', member)
+        end
+        redis.call('HDEL', rec, 'cancel_requested')
+        event(task, 'retried', 'attempt', b, 'due_at', a, 'error', c)
+      elseif op == 'b' then
+        local dlq_id = apply(id, op, a, b, c, deliveries)
+        redis.call('HSET', rec, 'state', 'dead', 'reason', a, 'error', b, 'finished_at', now, 'updated_at', now)
+        if c ~= '' then
+          redis.call('HSET', rec, 'attempt', c)
+        end
+        if d ~= '' then
+          redis.call('HSET', rec, 'run_ms', d)
+        end
+        if dlq_id then
+          redis.call('HSET', rec, 'dlq_id', dlq_id)
+        end
+        finish(rec, done_list, lock, task, retention, release)
+        event(task, 'dead', 'reason', a, 'error', b)
+      elseif op == 'q' then
+        apply(id, op, a, b, c, deliveries)
+        redis.call('HSET', rec, 'state', 'queued', 'updated_at', now)
+        redis.call('HDEL', rec, 'worker', 'started_at')
+        event(task, 'requeued')
+      elseif op == 'x' then
+        cancelled = cancelled + 1
+        redis.call('HSET', rec, 'state', 'cancelled', 'started', '1', 'finished_at', now, 'run_ms', a,
+          'updated_at', now)
+        finish(rec, done_list, lock, task, retention, release)
+        event(task, 'cancelled', 'started', '1')
+      end
+      -- op 'k': the record was made final by cancel.lua; the entry only needs deleting.
+    end
+  end
+  if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
 end
 
 if #acked > 0 then

@@ -1,0 +1,367 @@
+//! Redis commands of the task lifecycle: tracked and unique enqueues, start and progress
+//! records, tracked settles, cancel, status lookups, waits and events.
+//!
+//! Every write is one script on the task's shard (its record, events stream, cancel set, done
+//! list and unique lock all carry the shard's tag), and each is folded into a call the task
+//! makes anyway or batched per shard: enqueue (one script per task, pipelined per batch),
+//! start (one script per shard per batch of starts), settle (the same `settle.lua` call),
+//! progress (one script per shard per flush).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use super::{Settle, SettleCtx, StreamEntry, bulk, entries, id_range, settle_invocation, stream_map};
+use crate::envelope::{Codec, Envelope, now_ms};
+use crate::error::{Error, Result};
+use crate::keys::{GROUP, ShardKeys};
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/enqueue.lua")));
+static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/start.lua")));
+static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/cancel.lua")));
+static WAIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/wait.lua")));
+
+/// One task for [`enqueue`].
+#[derive(Debug)]
+pub struct EnqueueItem<'a> {
+    /// Its shard.
+    pub keys: &'a ShardKeys,
+    /// The task.
+    pub env: &'a Envelope,
+    /// When it is due, ms since the epoch; 0 = ready now.
+    pub due_ms: u64,
+    /// How long its record is kept once final, ms; 0 = no record, no events.
+    pub retention_ms: u64,
+    /// Approximate cap of the shard's events stream.
+    pub events_maxlen: usize,
+    /// Its unique key's lock key and lifetime in ms (0 = until the task is final).
+    pub unique: Option<(String, u64)>,
+}
+
+/// Enqueues tasks through `enqueue.lua`, pipelined in one round trip. Per task: `None` when
+/// it was enqueued, `Some(holder id)` when its unique key was taken (nothing written).
+pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>]) -> Result<Vec<Option<String>>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    // EVALSHA in a pipeline cannot load a missing script on the fly; SCRIPT LOAD of a cached
+    // script is a hash lookup, so loading it in front of every batch costs one cheap command.
+    let mut pipe = redis::pipe();
+    pipe.cmd("SCRIPT").arg("LOAD").arg(include_str!("scripts/enqueue.lua")).ignore();
+    let now = now_ms();
+    for it in items {
+        let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(ENQUEUE.get_hash())
+            .arg(6)
+            .arg(&it.keys.stream)
+            .arg(&it.keys.scheduled)
+            .arg(&it.keys.stats)
+            .arg(it.keys.task(it.env.id.as_str()))
+            .arg(&it.keys.events)
+            .arg(lock)
+            .arg(it.env.id.as_str())
+            .arg(now)
+            .arg(it.due_ms)
+            .arg(it.retention_ms)
+            .arg(it.events_maxlen)
+            .arg(it.unique.as_ref().map(|(_, ttl)| ttl.to_string()).unwrap_or_default());
+        for (name, value) in it.env.fields() {
+            cmd.arg(name).arg(value.as_ref());
+        }
+    }
+    let replies: Vec<(i64, String)> = pipe.query_async(conn).await?;
+    Ok(replies
+        .into_iter()
+        .map(|(added, id)| (added == 0).then_some(id))
+        .collect())
+}
+
+/// What [`start`] says about one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartCode {
+    /// Run it.
+    Run,
+    /// Cancelled before it started: acknowledge it without running.
+    Skip,
+    /// Its cancel was asked for during an earlier delivery: settle it as cancelled.
+    Cancel,
+}
+
+/// One task for [`start`]: task id, attempt, kind, retention ms.
+pub type StartItem<'a> = (&'a str, u32, &'a str, u64);
+
+/// Records that `worker` starts these tasks of one shard (`start.lua`).
+pub async fn start(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    worker: &str,
+    events_maxlen: usize,
+    items: &[StartItem<'_>],
+) -> Result<Vec<StartCode>> {
+    let mut inv = START.key(&keys.events);
+    inv.arg(worker).arg(now_ms()).arg(events_maxlen);
+    for (id, attempt, kind, retention) in items {
+        inv.key(keys.task(id)).arg(*id).arg(*attempt).arg(*kind).arg(*retention);
+    }
+    let codes: Vec<i64> = inv.invoke_async(conn).await?;
+    Ok(codes
+        .into_iter()
+        .map(|c| match c {
+            1 => StartCode::Skip,
+            2 => StartCode::Cancel,
+            _ => StartCode::Run,
+        })
+        .collect())
+}
+
+/// Writes progress reports (task id, percent, message) of tasks `worker` runs in one shard.
+pub async fn progress(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    worker: &str,
+    events_maxlen: usize,
+    reports: &[(&str, u8, &str)],
+) -> Result<u64> {
+    let mut inv = PROGRESS.key(&keys.events);
+    inv.arg(worker).arg(now_ms()).arg(events_maxlen);
+    for (id, percent, message) in reports {
+        inv.key(keys.task(id)).arg(*id).arg(*percent).arg(*message);
+    }
+    Ok(inv.invoke_async(conn).await?)
+}
+
+/// Ids of running tasks whose cancel was asked for, per shard, in one round trip.
+pub async fn cancel_marks(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Vec<String>>> {
+    let mut pipe = redis::pipe();
+    for k in shards {
+        pipe.cmd("SMEMBERS").arg(&k.cancels);
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
+/// What a tracked outcome records beyond the plain [`Settle`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    /// The task.
+    pub task_id: String,
+    /// How long its record is kept once final, ms.
+    pub retention_ms: u64,
+    /// Its unique lock to release when final (held until then), if any.
+    pub unique_lock: Option<String>,
+    /// The result of a success, with its codec.
+    pub result: Option<(Bytes, Codec)>,
+    /// How long the run took, ms.
+    pub run_ms: u64,
+    /// `Some` when the task ends cancelled instead of with its [`Settle`].
+    pub cancel: Option<Cancelled>,
+}
+
+/// How a tracked task ends cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It ran and was stopped.
+    WhileRunning,
+    /// It never started (cancel.lua already made its record final).
+    BeforeStart,
+}
+
+/// [`super::settle`] with tracked outcomes too, in the same `settle.lua` call.
+pub async fn settle_tracked(
+    conn: &mut ConnectionManager,
+    ctx: SettleCtx<'_>,
+    events_maxlen: usize,
+    untracked: &[(&str, &Settle)],
+    tracked: &[(&str, &Settle, &Tracked)],
+) -> Result<Vec<String>> {
+    if tracked.is_empty() {
+        return super::settle(conn, ctx, untracked).await;
+    }
+    let range = id_range(
+        untracked
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(tracked.iter().map(|(id, _, _)| *id)),
+    );
+    let mut inv = settle_invocation(ctx, untracked, range);
+    inv.key(&ctx.keys.events).key(&ctx.keys.cancels);
+    for (entry, op, t) in tracked {
+        let done = ctx.keys.done(&t.task_id);
+        inv.key(ctx.keys.task(&t.task_id))
+            .key(&done)
+            .key(t.unique_lock.as_deref().unwrap_or(&done));
+        inv.arg(*entry);
+        match (t.cancel, op) {
+            (Some(Cancelled::WhileRunning), _) => inv.arg("x").arg(t.run_ms).arg("").arg("").arg(""),
+            (Some(Cancelled::BeforeStart), _) => inv.arg("k").arg("").arg("").arg("").arg(""),
+            (None, Settle::Ack) => {
+                let (result, codec) = match &t.result {
+                    Some((b, c)) => (b.as_ref(), c.as_str()),
+                    None => (&b""[..], ""),
+                };
+                inv.arg("s").arg(result).arg(codec).arg(t.run_ms).arg("")
+            }
+            (None, Settle::Retry { due_ms, attempt, error }) => {
+                inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()).arg("")
+            }
+            (None, Settle::Bury { reason, error, attempt }) => {
+                let attempt = attempt.map(|a| a.to_string()).unwrap_or_default();
+                inv.arg("b").arg(*reason).arg(error.as_str()).arg(attempt).arg(t.run_ms)
+            }
+            (None, Settle::Requeue) => inv.arg("q").arg("").arg("").arg("").arg(""),
+        };
+        inv.arg(t.task_id.as_str())
+            .arg(t.retention_ms)
+            .arg(if t.unique_lock.is_some() { "1" } else { "0" });
+    }
+    inv.arg(events_maxlen);
+    Ok(inv.invoke_async(conn).await?)
+}
+
+/// Every priority's record of task `id` (the shards are the candidates: one per priority),
+/// in one round trip. Empty field lists for shards without one.
+pub async fn records(conn: &mut ConnectionManager, shards: &[ShardKeys], id: &str) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+    let mut pipe = redis::pipe();
+    for k in shards {
+        pipe.cmd("HGETALL").arg(k.task(id));
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
+/// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
+pub async fn cancel(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    id: &str,
+    unique_lock: Option<&str>,
+    events_maxlen: usize,
+) -> Result<(String, String)> {
+    let done = keys.done(id);
+    let reply: (String, String) = CANCEL
+        .key(keys.task(id))
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .key(&keys.stats)
+        .key(&keys.events)
+        .key(&keys.cancels)
+        .key(&done)
+        .key(unique_lock.unwrap_or(&done))
+        .arg(id)
+        .arg(now_ms())
+        .arg(events_maxlen)
+        .arg(GROUP)
+        .invoke_async(conn)
+        .await?;
+    Ok(reply)
+}
+
+/// Reads a task's record and registers a waiter unless it is final (`wait.lua`): (registered,
+/// record fields).
+pub async fn register_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
+    let reply: Value = WAIT.key(keys.task(id)).invoke_async(conn).await?;
+    let Value::Array(items) = reply else {
+        return Err(Error::protocol("wait.lua did not return an array"));
+    };
+    let mut it = items.into_iter();
+    let registered = matches!(it.next(), Some(Value::Int(1)));
+    let mut fields = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        fields.push((String::from_utf8_lossy(&bulk(k)?).into_owned(), bulk(v)?));
+    }
+    Ok((registered, fields))
+}
+
+/// Blocks on a task's done list for up to `timeout` (on a connection of its own: a blocking
+/// call would stall a shared one). Whether it was woken. The token is put back so every other
+/// waiter wakes too (the list expires a minute after the task finished).
+pub async fn block_until_done(conn: &mut redis::aio::MultiplexedConnection, keys: &ShardKeys, id: &str, timeout: Duration) -> Result<bool> {
+    let done = keys.done(id);
+    // BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
+    let secs = timeout.as_secs_f64().max(0.001);
+    let got: Option<(String, String)> = redis::cmd("BLPOP").arg(&done).arg(format!("{secs:.3}")).query_async(conn).await?;
+    if got.is_some() {
+        redis::cmd("RPUSH").arg(&done).arg("1").query_async::<()>(conn).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Drops a waiter registration that timed out (best effort: the count only decides whether
+/// settling pushes to the done list).
+pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<()> {
+    // HINCRBY on a missing record would create a stray one: only when it still exists.
+    let rec = keys.task(id);
+    let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
+    if exists {
+        redis::cmd("HINCRBY").arg(&rec).arg("waiters").arg(-1).query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Events of one shard after `after` (exclusive; `-` for the oldest), at most `count`.
+pub async fn events(conn: &mut ConnectionManager, keys: &ShardKeys, after: &str, count: usize) -> Result<Vec<StreamEntry>> {
+    let start = if after == "-" { "-".to_owned() } else { format!("({after}") };
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(&keys.events)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    entries(reply)
+}
+
+/// The newest event id of each shard (`0-0` for an empty stream), in one round trip.
+pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<String>> {
+    let mut pipe = redis::pipe();
+    for k in shards {
+        pipe.cmd("XREVRANGE").arg(&k.events).arg("+").arg("-").arg("COUNT").arg(1);
+    }
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    replies
+        .into_iter()
+        .map(|v| Ok(entries(v)?.into_iter().next().map_or_else(|| "0-0".to_owned(), |e| e.id)))
+        .collect()
+}
+
+/// Blocks up to `block` for events after `after[i]` on each shard's events stream (a
+/// connection of its own). Returns (shard index, entry) pairs.
+pub async fn follow_events(
+    conn: &mut redis::aio::MultiplexedConnection,
+    shards: &[&ShardKeys],
+    after: &[String],
+    block: Duration,
+    count: usize,
+) -> Result<Vec<(usize, StreamEntry)>> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("STREAMS");
+    for k in shards {
+        cmd.arg(&k.events);
+    }
+    cmd.arg(after);
+    let reply: Value = cmd.query_async(conn).await?;
+    let mut out = Vec::new();
+    for (key, list) in stream_map(reply)? {
+        let idx = shards
+            .iter()
+            .position(|k| k.events.as_bytes() == key.as_slice())
+            .ok_or_else(|| Error::protocol("XREAD answered for a stream not asked for"))?;
+        out.extend(list.into_iter().map(|e| (idx, e)));
+    }
+    Ok(out)
+}
+
+/// The unique lock a task's record names (`unique_key` holds the lock's full key).
+pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, _)| k == "unique_key")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}

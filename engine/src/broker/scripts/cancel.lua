@@ -1,0 +1,69 @@
+-- cancel.lua: cancel one task, atomically, whatever state it is in.
+--
+-- KEYS[1]  task record HASH
+-- KEYS[2]  stream of the shard
+-- KEYS[3]  scheduled ZSET of the shard
+-- KEYS[4]  retry ZSET of the shard
+-- KEYS[5]  stats HASH of the shard
+-- KEYS[6]  events STREAM of the shard
+-- KEYS[7]  cancels SET of the shard (running tasks whose workers must stop them)
+-- KEYS[8]  the task's done list (its waiters block on it)
+-- KEYS[9]  the task's unique-key lock, or KEYS[8] again when it has none
+-- ARGV[1]  task id
+-- ARGV[2]  now, ms since the epoch
+-- ARGV[3]  approximate MAXLEN of the events stream
+-- ARGV[4]  consumer group
+-- Returns  { outcome, state } where outcome is
+--          'unknown'    no record (never seen, or expired);
+--          'final'      already finished: state is its final state;
+--          'cancelled'  it had not started and never will (state 'cancelled');
+--          'cancelling' it is running: its worker stops it within about a second and settles
+--                       it as cancelled (state 'active').
+--
+-- A queued task whose stream entry no worker has read yet is deleted from the stream; one
+-- already read, or promoted from the scheduled or retry set, stays there marked cancelled and
+-- the worker that reads it acknowledges it without running it (start.lua).
+local rec, stream, scheduled, retry, stats, events, cancels, done, lock =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local id, now, maxlen, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local state, member, entry, retention, waiters = unpack(redis.call('HMGET', rec, 'state', 'member', 'entry',
+  'retention_ms', 'waiters'))
+if not state then
+  return { 'unknown', '' }
+end
+if state == 'succeeded' or state == 'dead' or state == 'cancelled' then
+  return { 'final', state }
+end
+if state == 'active' then
+  redis.call('HSET', rec, 'cancel_requested', '1', 'updated_at', now)
+  redis.call('SADD', cancels, id)
+  return { 'cancelling', state }
+end
+
+-- Not started: scheduled, retrying or queued.
+if member then
+  if redis.call('ZREM', scheduled, member) == 0 then
+    redis.call('ZREM', retry, member)
+  end
+end
+if state == 'queued' and entry then
+  local delivered = redis.call('XPENDING', stream, group, entry, entry, 1)
+  if #delivered == 0 then
+    redis.call('XDEL', stream, entry)
+  end
+end
+redis.call('HSET', rec, 'state', 'cancelled', 'started', '0', 'finished_at', now, 'updated_at', now)
+redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'waiters')
+if retention and tonumber(retention) > 0 then
+  redis.call('PEXPIRE', rec, retention)
+end
+if lock ~= done and redis.call('GET', lock) == id then
+  redis.call('DEL', lock)
+end
+if waiters and tonumber(waiters) > 0 then
+  redis.call('RPUSH', done, '1')
+  redis.call('PEXPIRE', done, 60000)
+end
+redis.call('HINCRBY', stats, 'cancelled', 1)
+redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', 'cancelled', 'at', now, 'started', '0')
+return { 'cancelled', 'cancelled' }

@@ -1,0 +1,66 @@
+-- enqueue.lua: enqueue one task with its lifecycle record, event and (optional) unique key.
+--
+-- The one implementation of a tracked or unique enqueue: producers in any language call this
+-- script (its contract is in docs/wire-format.md) rather than copying its steps.
+--
+-- KEYS[1]  stream of the shard
+-- KEYS[2]  scheduled ZSET of the shard
+-- KEYS[3]  stats HASH of the shard
+-- KEYS[4]  task record HASH (rivulet:{q:p:n}:task:<id>)
+-- KEYS[5]  events STREAM of the shard
+-- KEYS[6]  unique-key lock (rivulet:{q:p:n}:unique:<key>), only when ARGV[6] is not ''
+-- ARGV[1]  task id
+-- ARGV[2]  now, ms since the epoch
+-- ARGV[3]  due time, ms since the epoch; '0' = ready now
+-- ARGV[4]  retention of the record in ms; '0' = write no record and no event
+-- ARGV[5]  approximate MAXLEN of the events stream
+-- ARGV[6]  '' = no unique key; else the lock's lifetime in ms, '0' = until the task is final
+-- ARGV[7..] the task's wire fields as name, value, name, value, ...
+-- Returns  { 1, id } when enqueued; { 0, holder id } when the unique key is held by another
+--          task (nothing was written).
+local id, now, due, retention, maxlen, unique = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+if unique ~= '' then
+  local ok
+  if unique == '0' then
+    ok = redis.call('SET', KEYS[6], id, 'NX')
+  else
+    ok = redis.call('SET', KEYS[6], id, 'NX', 'PX', unique)
+  end
+  if not ok then
+    return { 0, redis.call('GET', KEYS[6]) }
+  end
+end
+
+local fields, kind = {}, ''
+for i = 7, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'kind' then
+    kind = ARGV[i + 1]
+  end
+end
+
+local tracked = retention ~= '0'
+if due > 0 then
+  local member = cmsgpack.pack(fields)
+  redis.call('ZADD', KEYS[2], due, member)
+  if tracked then
+    redis.call('HSET', KEYS[4], 'state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
+      'due_at', due, 'member', member, 'retention_ms', retention, 'updated_at', now)
+  end
+else
+  local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+  if tracked then
+    redis.call('HSET', KEYS[4], 'state', 'queued', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
+      'entry', entry, 'retention_ms', retention, 'updated_at', now)
+  end
+end
+if tracked then
+  if unique ~= '' then
+    redis.call('HSET', KEYS[4], 'unique_key', KEYS[6])
+  end
+  local event = (due > 0) and 'scheduled' or 'enqueued'
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', event, 'at', now, 'kind', kind)
+end
+redis.call('HINCRBY', KEYS[3], 'enqueued', 1)
+return { 1, id }

@@ -1,0 +1,36 @@
+-- start.lua: record that a worker starts a batch of tracked tasks of one shard.
+--
+-- KEYS[1]  events STREAM of the shard
+-- KEYS[2..] task record HASHes, one per task, in ARGV's order
+-- ARGV[1]  worker id
+-- ARGV[2]  now, ms since the epoch
+-- ARGV[3]  approximate MAXLEN of the events stream
+-- ARGV[4..] per task, four values: task id, attempt, kind, retention ms
+-- Returns  one code per task: 0 = run it; 1 = it was cancelled before it started (do not run;
+--          the record is already final); 2 = its cancel was asked for while an earlier delivery
+--          ran (a worker died): do not run, settle it as cancelled.
+--
+-- A record that is missing (a producer that writes none, or one whose queue has tracking
+-- off) is created here, so a task's status is known from its start on.
+local events, worker, now, maxlen = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local codes = {}
+for i = 2, #KEYS do
+  local rec = KEYS[i]
+  local a = 4 + (i - 2) * 4
+  local id, attempt, kind, retention = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local state, cancel = unpack(redis.call('HMGET', rec, 'state', 'cancel_requested'))
+  if state == 'cancelled' then
+    codes[#codes + 1] = 1
+  elseif cancel == '1' then
+    codes[#codes + 1] = 2
+  else
+    redis.call('HSET', rec, 'state', 'active', 'worker', worker, 'attempt', attempt, 'started_at', now,
+      'kind', kind, 'retention_ms', retention, 'updated_at', now)
+    redis.call('HDEL', rec, 'due_at', 'member', 'entry', 'progress', 'progress_message')
+    redis.call('HINCRBY', rec, 'runs', 1)
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', 'started', 'at', now,
+      'worker', worker, 'attempt', attempt)
+    codes[#codes + 1] = 0
+  end
+end
+return codes
