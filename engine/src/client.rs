@@ -15,7 +15,7 @@ use crate::broker::lifecycle::{self as records, EnqueueItem};
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{Queue, QueueName, ShardKeys, shard_for};
-use crate::lifecycle::{CancelOutcome, Enqueued, TaskState, TaskStatus};
+use crate::lifecycle::{CancelOutcome, Enqueued, Event, TaskState, TaskStatus};
 
 /// How long a producer waits for Redis before a call fails with a timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -402,6 +402,55 @@ impl Client {
         }
     }
 
+    /// Lifecycle events of every shard of `queue` after `cursor`, oldest first (merged by
+    /// their stream ids, which follow time), at most `limit` per shard; advances the cursor.
+    pub async fn events(&self, queue: &Queue, cursor: &mut EventCursor, limit: usize) -> Result<Vec<Event>> {
+        let mut conn = self.conn.clone();
+        let shards: Vec<_> = queue.all_shards().collect();
+        cursor.fit(shards.len());
+        let mut out = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            let got = records::events(&mut conn, &s.keys, &cursor.after[i], limit).await?;
+            if let Some(last) = got.last() {
+                cursor.after[i] = last.id.clone();
+            }
+            out.extend(got.into_iter().map(|e| Event::from_entry(s.priority, s.number, e)));
+        }
+        sort_events(&mut out);
+        Ok(out)
+    }
+
+    /// Blocks up to `block` for events after `cursor` on every shard of `queue` (one
+    /// blocking `XREAD` over all of them, on a connection of its own), and advances it.
+    pub async fn follow_events(&self, queue: &Queue, cursor: &mut EventCursor, block: Duration) -> Result<Vec<Event>> {
+        let shards: Vec<_> = queue.all_shards().collect();
+        cursor.fit(shards.len());
+        let keys: Vec<&ShardKeys> = shards.iter().map(|s| &s.keys).collect();
+        // XREAD takes `0-0` for "from the start", not `-`.
+        let after: Vec<String> = cursor
+            .after
+            .iter()
+            .map(|a| if a == "-" { "0-0".to_owned() } else { a.clone() })
+            .collect();
+        let mut conn = self.blocking_connection(block).await?;
+        let got = records::follow_events(&mut conn, &keys, &after, block, 1000).await?;
+        let mut out = Vec::with_capacity(got.len());
+        for (i, e) in got {
+            cursor.after[i] = e.id.clone();
+            out.push(Event::from_entry(shards[i].priority, shards[i].number, e));
+        }
+        sort_events(&mut out);
+        Ok(out)
+    }
+
+    /// A cursor past every event `queue` has now (to follow only new ones).
+    pub async fn events_now(&self, queue: &Queue) -> Result<EventCursor> {
+        let shards: Vec<_> = queue.all_shards().collect();
+        let keys: Vec<&ShardKeys> = shards.iter().map(|s| &s.keys).collect();
+        let after = records::last_event_ids(&mut self.conn.clone(), &keys).await?;
+        Ok(EventCursor { after })
+    }
+
     fn unknown(&self, queue: &Queue, id: &TaskId) -> Error {
         Error::UnknownTask {
             id: id.to_string(),
@@ -416,6 +465,27 @@ impl Client {
             .set_connection_timeout(Some(Duration::from_secs(5)));
         Ok(self.redis.get_multiplexed_async_connection_with_config(&config).await?)
     }
+}
+
+/// Where a reader of a queue's events is: the last event id seen per shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventCursor {
+    after: Vec<String>,
+}
+
+impl EventCursor {
+    /// A cursor before every event still kept.
+    pub fn start() -> Self {
+        Self::default()
+    }
+
+    fn fit(&mut self, shards: usize) {
+        self.after.resize(shards, "-".to_owned());
+    }
+}
+
+fn sort_events(events: &mut [Event]) {
+    events.sort_by_key(|e| (crate::broker::parse_stream_id(&e.stream_id), e.priority.clone(), e.shard));
 }
 
 /// Gives a unique task an id in the shard its key maps to, so the lock and the task share a

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::backoff::RetryPolicy;
 use crate::envelope::{Codec, Malformed, TaskId};
 use crate::keys::QueueName;
+use crate::lifecycle::{IntoTaskResult, TaskControl};
 
 /// How a handler failed, and so what the worker does next.
 ///
@@ -100,44 +101,82 @@ pub struct TaskContext {
     pub last_error: Option<String>,
     /// The payload's codec.
     pub codec: Codec,
+    /// The cancel signal and progress reports (see [`cancelled`](Self::cancelled) and
+    /// [`progress`](Self::progress)); `TaskControl::new()` for a context built by hand.
+    pub control: TaskControl,
 }
 
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+impl TaskContext {
+    /// Reports progress (`percent` 0-100, clamped, and a message). Cheap to call in a tight
+    /// loop: the worker writes only the latest report, a few times a second at most.
+    pub fn progress(&self, percent: u8, message: impl Into<String>) {
+        self.control.report(percent, message);
+    }
+
+    /// Resolves when the task is cancelled while it runs: select on it to stop early. A
+    /// handler that does not stop is dropped after the worker's `cancel_grace`.
+    pub async fn cancelled(&self) {
+        self.control.cancelled().await;
+    }
+
+    /// Whether the task was cancelled while it runs.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_cancelled()
+    }
+}
+
+/// A handler's successful output: its result's bytes and codec, if it returned one.
+pub(crate) type TaskOutput = Option<(Bytes, Codec)>;
+
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<TaskOutput, HandlerError>> + Send>>;
+
+/// Turns a handler's return value into its output; a result that cannot be encoded is fatal
+/// (retrying would produce the same value).
+async fn output<R: IntoTaskResult>(fut: impl Future<Output = Result<R, HandlerError>>, codec: Codec) -> Result<TaskOutput, HandlerError> {
+    let value = fut.await?;
+    value
+        .into_task_result(codec)
+        .map_err(|e| HandlerError::fatal(format!("the result does not encode: {e}")))
+}
 
 /// A type-erased handler: decodes the payload and starts the handler's future.
 trait Erased: Send + Sync {
     fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed>;
 }
 
-struct Typed<T, F> {
+struct Typed<T, R, F> {
     f: F,
-    _payload: std::marker::PhantomData<fn() -> T>,
+    _payload: std::marker::PhantomData<fn() -> (T, R)>,
 }
 
-impl<T, F, Fut> Erased for Typed<T, F>
+impl<T, R, F, Fut> Erased for Typed<T, R, F>
 where
     T: DeserializeOwned + Send + 'static,
+    R: IntoTaskResult + Send + 'static,
     F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
     fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
         let value: T = ctx
             .codec
             .decode(&payload)
             .map_err(|e| Malformed(format!("payload does not decode: {e}")))?;
-        Ok(Box::pin((self.f)(ctx, value)))
+        let codec = ctx.codec;
+        Ok(Box::pin(output((self.f)(ctx, value), codec)))
     }
 }
 
-struct Raw<F>(F);
+struct Raw<R, F>(F, std::marker::PhantomData<fn() -> R>);
 
-impl<F, Fut> Erased for Raw<F>
+impl<R, F, Fut> Erased for Raw<R, F>
 where
+    R: IntoTaskResult + Send + 'static,
     F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
     fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
-        Ok(Box::pin((self.0)(ctx, payload)))
+        let codec = ctx.codec;
+        Ok(Box::pin(output((self.0)(ctx, payload), codec)))
     }
 }
 
@@ -204,11 +243,15 @@ impl Router {
 
     /// Serves `kind` with a handler of a typed payload, decoded with the task's codec.
     /// A payload that does not decode goes to the dead-letter stream as `malformed`.
-    pub fn route<T, F, Fut>(self, kind: &str, f: F) -> Self
+    ///
+    /// The handler returns `Ok(())` (no result), `Ok(Output(value))` (a result encoded with
+    /// the task's codec, kept in the task's record) or `Ok(bytes)` (raw bytes).
+    pub fn route<T, R, F, Fut>(self, kind: &str, f: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
+        R: IntoTaskResult + Send + 'static,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
         self.insert(
             kind,
@@ -219,13 +262,15 @@ impl Router {
         )
     }
 
-    /// Serves `kind` with a handler of the raw payload bytes.
-    pub fn route_bytes<F, Fut>(self, kind: &str, f: F) -> Self
+    /// Serves `kind` with a handler of the raw payload bytes (results as for
+    /// [`route`](Self::route)).
+    pub fn route_bytes<R, F, Fut>(self, kind: &str, f: F) -> Self
     where
+        R: IntoTaskResult + Send + 'static,
         F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
-        self.insert(kind, Arc::new(Raw(f)))
+        self.insert(kind, Arc::new(Raw(f, std::marker::PhantomData)))
     }
 
     /// Sets retry and timeout overrides for a kind already routed.

@@ -57,7 +57,7 @@ pub mod worker;
 
 pub use backoff::RetryPolicy;
 pub use broker::{StreamEntry, parse_stream_id};
-pub use client::{Client, Task, redact_url};
+pub use client::{Client, EventCursor, Task, redact_url};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outage, Outcome, Shared, WorkerCounters};
+use crate::broker::lifecycle::Tracked;
 use crate::broker::{self, Settle, SettleCtx};
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
@@ -61,13 +62,21 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
             let lane = &shared.lanes[group[0].lane];
             let mut conn = shared.conn.clone();
             async move {
-                let items: Vec<(&str, &Settle)> = group.iter().map(|o| (o.entry_id.as_str(), &o.settle)).collect();
+                let items: Vec<(&str, &Settle)> = group
+                    .iter()
+                    .filter(|o| o.track.is_none())
+                    .map(|o| (o.entry_id.as_str(), &o.settle))
+                    .collect();
+                let tracked: Vec<(&str, &Settle, &Tracked)> = group
+                    .iter()
+                    .filter_map(|o| o.track.as_ref().map(|t| (o.entry_id.as_str(), &o.settle, t)))
+                    .collect();
                 let ctx = SettleCtx {
                     keys: &lane.keys,
                     consumer: &shared.id,
                     dlq_maxlen: shared.config.dlq_maxlen,
                 };
-                broker::settle(&mut conn, ctx, &items).await
+                broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await
             }
         });
         let results = futures_util::future::join_all(calls).await;

@@ -26,6 +26,8 @@ pub const DEFAULT_DLQ_MAXLEN: usize = 100_000;
 /// decodes and dispatches its batch; with small handlers that is worth about a quarter more
 /// throughput (docs/benchmarks.md). Never more than `concurrency`.
 pub const DEFAULT_FETCHERS: usize = 2;
+/// Default time a cancelled handler gets to stop before it is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// The order in which a worker reads priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -78,6 +80,12 @@ pub struct WorkerConfig {
     /// This worker's id (also its consumer name). Generated from host, pid and a random
     /// suffix when `None`; must be unique among live workers.
     pub worker_id: Option<String>,
+    /// Largest result a handler may return, bytes
+    /// ([`DEFAULT_MAX_RESULT_BYTES`](crate::lifecycle::DEFAULT_MAX_RESULT_BYTES)); a larger one
+    /// fails the task as `fatal` with an error saying so, and is never stored truncated.
+    pub max_result_bytes: usize,
+    /// Time a cancelled handler gets to stop before it is dropped ([`DEFAULT_CANCEL_GRACE`]).
+    pub cancel_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +103,8 @@ impl Default for WorkerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             promote_interval: DEFAULT_PROMOTE_INTERVAL,
             worker_id: None,
+            max_result_bytes: crate::lifecycle::DEFAULT_MAX_RESULT_BYTES,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
 }
@@ -122,6 +132,9 @@ impl WorkerConfig {
         }
         if self.promote_interval < Duration::from_millis(1) {
             return Err(Error::config("promote_interval", "must be at least 1ms"));
+        }
+        if self.max_result_bytes == 0 || self.max_result_bytes > 512 * 1024 * 1024 {
+            return Err(Error::config("max_result_bytes", "must be 1..=536870912 (512 MiB, Redis' string limit)"));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::config("timeout", "must be positive"));

@@ -12,11 +12,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Shared, WorkerCounters};
+use super::{Shared, WorkerCounters, tracker};
 use crate::backoff::RetryPolicy;
+use crate::broker::lifecycle::{Cancelled, StartCode, Tracked};
 use crate::broker::{Settle, StreamEntry};
 use crate::envelope::{Envelope, TaskId, now_ms};
-use crate::handler::{HandlerError, HandlerFuture, TaskContext};
+use crate::handler::{HandlerError, HandlerFuture, TaskContext, TaskOutput};
+use crate::lifecycle::TaskControl;
 
 /// Why one run of a handler failed.
 #[derive(Debug)]
@@ -24,16 +26,18 @@ pub(crate) enum Failure {
     Handler(HandlerError),
     Panic(String),
     Timeout(Duration),
+    /// Cancelled, and the handler did not stop within the grace (it was dropped).
+    Cancelled,
 }
 
 pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
     let StreamEntry { id: entry_id, fields } = entry;
     let run = match prepare(shared, lane_idx, &entry_id, fields) {
         Ok(run) => run,
-        Err((reason, error)) => {
+        Err(NotRunnable { reason, error, track }) => {
             WorkerCounters::add(&shared.counters.buried, 1);
             let attempt = None; // it never ran
-            shared.settle(lane_idx, entry_id, Settle::Bury { reason, error, attempt });
+            shared.settle_tracked(lane_idx, entry_id, Settle::Bury { reason, error, attempt }, track);
             return;
         }
     };
@@ -43,22 +47,78 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         timeout,
         task_id,
         attempt,
+        kind,
+        track,
+        control,
     } = run;
-    WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
+        if let Some(t) = &track {
+            // The record says `active` before the handler runs, so the settle that follows
+            // always lands after it.
+            let code = tokio::select! {
+                biased;
+                () = shared2.abort.cancelled() => return,
+                c = tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms) => c,
+            };
+            let cancel = match code {
+                StartCode::Run => None,
+                StartCode::Skip => Some(Cancelled::BeforeStart),
+                StartCode::Cancel => Some(Cancelled::WhileRunning),
+            };
+            if let Some(c) = cancel {
+                drop(permit);
+                tracing::info!(task_id = %task_id, "task cancelled before it started; not running it");
+                let track = Tracked { cancel: Some(c), ..t.clone() };
+                shared2.settle_tracked(lane_idx, entry_id, Settle::Ack, Some(track));
+                return;
+            }
+            tracker::running(&shared2, lane_idx, &task_id, &control);
+        }
+        WorkerCounters::add(&shared2.counters.started, 1);
         let began = std::time::Instant::now();
         let result = tokio::select! {
             biased;
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
-            () = shared2.abort.cancelled() => return,
-            r = guarded(fut, timeout) => r,
+            () = shared2.abort.cancelled() => {
+                tracker::finished(&shared2, lane_idx, &task_id);
+                return;
+            }
+            r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
+        if track.is_some() {
+            tracker::finished(&shared2, lane_idx, &task_id);
+        }
         drop(permit);
-        WorkerCounters::add(&shared2.counters.busy_us, began.elapsed().as_micros() as u64);
+        let run_time = began.elapsed();
+        WorkerCounters::add(&shared2.counters.busy_us, run_time.as_micros() as u64);
+        // A result over the cap is the handler's failure, recorded as such (never truncated).
+        let result = result.and_then(|out| match out {
+            Some((bytes, _)) if bytes.len() > shared2.config.max_result_bytes => Err(Failure::Handler(HandlerError::fatal(format!(
+                "the result is {} bytes, over the {}-byte cap (max_result_bytes); it was not stored",
+                bytes.len(),
+                shared2.config.max_result_bytes
+            )))),
+            out => Ok(out),
+        });
+        let cancelled = control.is_cancelled() && result.is_err();
+        let mut track = track.map(|t| Tracked {
+            run_ms: run_time.as_millis() as u64,
+            ..t
+        });
         let settle = match result {
-            Ok(()) => {
+            Ok(out) => {
                 WorkerCounters::add(&shared2.counters.succeeded, 1);
+                if let Some(t) = &mut track {
+                    t.result = out;
+                }
+                Settle::Ack
+            }
+            Err(_) if cancelled => {
+                tracing::info!(task_id = %task_id, attempt, "task cancelled while running");
+                if let Some(t) = &mut track {
+                    t.cancel = Some(Cancelled::WhileRunning);
+                }
                 Settle::Ack
             }
             Err(failure) => {
@@ -71,8 +131,43 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
                 settle
             }
         };
-        shared2.settle(lane_idx, entry_id, settle);
+        shared2.settle_tracked(lane_idx, entry_id, settle, track);
     });
+}
+
+/// Runs a handler; once it is cancelled, gives it `grace` to stop before dropping it.
+async fn run_cancellable(
+    fut: HandlerFuture,
+    timeout: Option<Duration>,
+    control: &TaskControl,
+    grace: Duration,
+) -> Result<TaskOutput, Failure> {
+    let run = guarded(fut, timeout);
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r,
+        () = control.cancelled() => match tokio::time::timeout(grace, &mut run).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Cancelled),
+        },
+    }
+}
+
+/// Why an entry cannot run: the dead letter's reason and error, and its record when known.
+struct NotRunnable {
+    reason: &'static str,
+    error: String,
+    track: Option<Tracked>,
+}
+
+impl NotRunnable {
+    fn new(reason: &'static str, error: String) -> Self {
+        NotRunnable {
+            reason,
+            error,
+            track: None,
+        }
+    }
 }
 
 /// A task ready to run: its handler future and how to treat its failure.
@@ -82,6 +177,10 @@ struct Run {
     timeout: Option<Duration>,
     task_id: TaskId,
     attempt: u32,
+    kind: String,
+    /// The task's record, when it keeps one.
+    track: Option<Tracked>,
+    control: TaskControl,
 }
 
 /// Decodes an entry and starts its handler's future, or says why it cannot run: the dead
@@ -91,12 +190,13 @@ fn prepare(
     lane_idx: usize,
     entry_id: &str,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Run, (&'static str, String)> {
+) -> Result<Run, NotRunnable> {
     let lane = &shared.lanes[lane_idx];
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
-        ("malformed", m.0)
+        NotRunnable::new("malformed", m.0)
     })?;
+    let track = tracker::tracked(lane, &env);
     let Some(route) = shared.router.get(&env.kind) else {
         let mut kinds: Vec<&str> = shared.router.kinds().collect();
         kinds.sort_unstable();
@@ -106,7 +206,11 @@ fn prepare(
             env.kind,
             kinds.join(", ")
         );
-        return Err(("unknown_kind", error));
+        return Err(NotRunnable {
+            reason: "unknown_kind",
+            error,
+            track,
+        });
     };
     let policy = route
         .options
@@ -115,7 +219,11 @@ fn prepare(
         .unwrap_or(shared.config.retry);
     let policy = env.retry_policy(policy).map_err(|m| {
         tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
-        ("malformed", m.0)
+        NotRunnable {
+            reason: "malformed",
+            error: m.0,
+            track: track.clone(),
+        }
     })?;
     let timeout = env
         .timeout_ms
@@ -132,11 +240,16 @@ fn prepare(
         enqueued_at: env.enqueued_at,
         last_error: env.error,
         codec: env.codec,
+        control: TaskControl::new(),
     };
-    let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
+    let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
     let fut = route.start(ctx, env.payload).map_err(|m| {
         tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-        ("malformed", m.0)
+        NotRunnable {
+            reason: "malformed",
+            error: m.0,
+            track: track.clone(),
+        }
     })?;
     Ok(Run {
         fut,
@@ -144,10 +257,13 @@ fn prepare(
         timeout,
         task_id,
         attempt,
+        kind,
+        track,
+        control,
     })
 }
 
-async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Failure> {
+async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<TaskOutput, Failure> {
     let caught = AssertUnwindSafe(fut).catch_unwind();
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, caught).await {
@@ -157,7 +273,7 @@ async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Fa
         None => caught.await,
     };
     match result {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(Failure::Handler(e)),
         Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
     }
@@ -175,6 +291,7 @@ pub(crate) fn describe(f: &Failure) -> String {
         Failure::Handler(e) => e.to_string(),
         Failure::Panic(m) => format!("handler panicked: {m}"),
         Failure::Timeout(t) => format!("handler timed out after {t:?}"),
+        Failure::Cancelled => "cancelled; the handler did not stop within the grace".to_owned(),
     }
 }
 

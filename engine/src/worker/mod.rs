@@ -8,7 +8,9 @@
 //! - `acker`: batches outcomes per shard into one `settle.lua` call each;
 //! - `promoter`: moves due delayed and retry tasks into their streams, and reads pause flags;
 //! - `reclaimer`: takes over entries whose lease ran out (their worker died);
-//! - `heartbeat`: renews the leases of held entries and the worker's registry entry.
+//! - `heartbeat`: renews the leases of held entries and the worker's registry entry;
+//! - `tracker`: records of tracked tasks: batched start records, coalesced progress, cancel
+//!   marks read for running tasks.
 
 mod acker;
 mod config;
@@ -17,6 +19,7 @@ mod fetcher;
 mod heartbeat;
 mod promoter;
 mod reclaimer;
+mod tracker;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -34,6 +37,8 @@ pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
     DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
 };
+pub use config::DEFAULT_CANCEL_GRACE;
+pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
 use crate::broker::{self, Settle};
 use crate::error::Result;
@@ -97,6 +102,10 @@ struct Lane {
     /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
     /// but not here (a read whose reply was lost) age out and are reclaimed.
     held: Mutex<HashSet<(u64, u64)>>,
+    /// The queue's record retention in ms (0: its tasks keep none unless they ask).
+    retention_ms: u64,
+    /// Approximate cap of the shard's events stream.
+    events_maxlen: usize,
 }
 
 /// One settled task on its way to the acker.
@@ -105,6 +114,8 @@ struct Outcome {
     lane: usize,
     entry_id: String,
     settle: Settle,
+    /// What the task's record gets, when it keeps one.
+    track: Option<broker::lifecycle::Tracked>,
 }
 
 /// State every loop of a running worker shares.
@@ -123,6 +134,10 @@ struct Shared {
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
+    /// Start records for the tracker's starter.
+    starts: mpsc::UnboundedSender<tracker::StartRequest>,
+    /// Tracked tasks running now.
+    running: tracker::RunningTasks,
 }
 
 impl Shared {
@@ -146,10 +161,16 @@ impl Shared {
         held.iter().map(|(ms, seq)| format!("{ms}-{seq}")).collect()
     }
 
-    fn settle(&self, lane: usize, entry_id: String, settle: Settle) {
+    fn settle_tracked(&self, lane: usize, entry_id: String, settle: Settle, track: Option<broker::lifecycle::Tracked>) {
         // The acker only stops after every handler has finished, so the receiver is alive
         // whenever a handler sends; an error here would mean a bug in the shutdown order.
-        if self.outcomes.send(Outcome { lane, entry_id, settle }).is_err() {
+        let outcome = Outcome {
+            lane,
+            entry_id,
+            settle,
+            track,
+        };
+        if self.outcomes.send(outcome).is_err() {
             tracing::error!(worker = %self.id, "outcome after the acker stopped; the task stays pending and will be reclaimed");
         }
     }
@@ -278,12 +299,17 @@ impl Worker {
                     options: *options,
                     paused: AtomicBool::new(false),
                     held: Mutex::default(),
+                    retention_ms: crate::envelope::millis(queue.retention_period()),
+                    events_maxlen: queue.events_maxlen(),
                 });
             }
         }
 
         let (tx, rx) = mpsc::unbounded_channel();
+        let (starts, starts_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            starts,
+            running: Default::default(),
             id,
             lanes,
             router,
@@ -316,8 +342,11 @@ impl Worker {
         let mut upkeep = JoinSet::new();
         upkeep.spawn(promoter::run(shared.clone(), stop.clone()));
         upkeep.spawn(heartbeat::run(shared.clone(), stop.clone()));
+        upkeep.spawn(tracker::run_monitor(shared.clone(), stop.clone()));
+        // The starter lives as long as the acker: handlers wait on both until they finish.
         let mut acker = JoinSet::new();
         acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
+        acker.spawn(tracker::run_starter(shared.clone(), starts_rx, stop.clone()));
 
         tokio::pin!(shutdown);
         tokio::select! {

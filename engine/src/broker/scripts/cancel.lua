@@ -47,8 +47,9 @@ if member then
   end
 end
 if state == 'queued' and entry then
-  local delivered = redis.call('XPENDING', stream, group, entry, entry, 1)
-  if #delivered == 0 then
+  -- No group yet (no worker ever read the stream): not delivered.
+  local delivered = redis.pcall('XPENDING', stream, group, entry, entry, 1)
+  if type(delivered) ~= 'table' or delivered.err or #delivered == 0 then
     redis.call('XDEL', stream, entry)
   end
 end

@@ -1,0 +1,250 @@
+//! The tracker: keeps the records of the tasks this worker runs.
+//!
+//! Two loops, both owned by the worker:
+//! - the starter batches start records: a tracked task's handler waits (one round trip) until
+//!   `start.lua` has marked it `active` (or said it was cancelled before it started), and every
+//!   start waiting at that moment goes in the same call per shard, as the acker batches
+//!   outcomes;
+//! - the monitor writes the latest progress report of each running task every
+//!   [`PROGRESS_INTERVAL`] (coalesced: a handler reporting in a tight loop costs at most that
+//!   many writes) and reads the shards' cancel sets every [`CANCEL_POLL`] while this worker
+//!   runs tracked tasks there, cancelling the handlers named.
+//!
+//! Untracked tasks (retention zero) touch neither loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Lane, Outage, Shared};
+use crate::broker::lifecycle::{self as records, StartCode, Tracked};
+use crate::envelope::{Envelope, TaskId};
+use crate::lifecycle::TaskControl;
+
+/// How often the latest progress of each running task is written, at most.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a worker running tracked tasks looks for cancels: a cancelled task's handler
+/// hears of it within this (plus a round trip).
+pub const CANCEL_POLL: Duration = Duration::from_millis(500);
+/// Most starts per `start.lua` call.
+const MAX_BATCH: usize = 500;
+
+/// One tracked task about to start, waiting for its record.
+pub(super) struct StartRequest {
+    lane: usize,
+    task_id: String,
+    attempt: u32,
+    kind: String,
+    retention_ms: u64,
+    reply: oneshot::Sender<StartCode>,
+}
+
+/// Running tracked tasks by (lane, task id), with their handler's control.
+pub(super) type RunningTasks = std::sync::Mutex<HashMap<(usize, String), TaskControl>>;
+
+/// The record a task keeps, if it keeps one: its own retention, else its queue's.
+pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
+    let retention_ms = env.retention_ms.unwrap_or(lane.retention_ms);
+    if retention_ms == 0 {
+        return None;
+    }
+    // A lock held for a fixed window is not released at completion.
+    let until_final = env.unique_ttl_ms.unwrap_or(0) == 0;
+    Some(Tracked {
+        task_id: env.id.as_str().to_owned(),
+        retention_ms,
+        unique_lock: env
+            .unique_key
+            .as_deref()
+            .filter(|_| until_final)
+            .map(|k| lane.keys.unique(k)),
+        result: None,
+        run_ms: 0,
+        cancel: None,
+    })
+}
+
+/// Records the start of a tracked task and says whether to run it.
+pub(super) async fn begin(
+    shared: &Shared,
+    lane: usize,
+    task_id: &TaskId,
+    attempt: u32,
+    kind: &str,
+    retention_ms: u64,
+) -> StartCode {
+    let (reply, answer) = oneshot::channel();
+    let req = StartRequest {
+        lane,
+        task_id: task_id.as_str().to_owned(),
+        attempt,
+        kind: kind.to_owned(),
+        retention_ms,
+        reply,
+    };
+    if shared.starts.send(req).is_err() {
+        // The starter stops only after every handler has finished: unreachable in practice.
+        return StartCode::Run;
+    }
+    answer.await.unwrap_or(StartCode::Run)
+}
+
+/// Registers a running tracked task (for progress and cancel).
+pub(super) fn running(shared: &Shared, lane: usize, task_id: &TaskId, control: &TaskControl) {
+    shared
+        .running
+        .lock()
+        .expect("never poisoned")
+        .insert((lane, task_id.as_str().to_owned()), control.clone());
+}
+
+/// Forgets a task that finished running (a report not yet written is dropped: its final
+/// state says more).
+pub(super) fn finished(shared: &Shared, lane: usize, task_id: &TaskId) {
+    shared
+        .running
+        .lock()
+        .expect("never poisoned")
+        .remove(&(lane, task_id.as_str().to_owned()));
+}
+
+/// The starter loop (see the module docs). Stops once `stop` is cancelled and every request
+/// sent before is answered.
+pub(super) async fn run_starter(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<StartRequest>, stop: CancellationToken) {
+    let mut batch: Vec<StartRequest> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            r = rx.recv() => r,
+            () = stop.cancelled() => None,
+        };
+        let Some(first) = first else {
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+            }
+            flush(&shared, &mut batch, &stop).await;
+            return;
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        flush(&shared, &mut batch, &stop).await;
+    }
+}
+
+async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &CancellationToken) {
+    if batch.is_empty() {
+        return;
+    }
+    batch.sort_by_key(|r| r.lane);
+    let mut outage = Outage::default();
+    let codes = loop {
+        let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
+            let lane = &shared.lanes[group[0].lane];
+            let mut conn = shared.conn.clone();
+            async move {
+                let items: Vec<records::StartItem<'_>> = group
+                    .iter()
+                    .map(|r| (r.task_id.as_str(), r.attempt, r.kind.as_str(), r.retention_ms))
+                    .collect();
+                records::start(&mut conn, &lane.keys, &shared.id, lane.events_maxlen, &items).await
+            }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        match results.into_iter().collect::<crate::Result<Vec<Vec<StartCode>>>>() {
+            Ok(codes) => break codes.into_iter().flatten().collect::<Vec<_>>(),
+            Err(e) if stop.is_cancelled() => {
+                // Shutting down with Redis away: run them unrecorded rather than hang; their
+                // settle will fail the same way and they are reclaimed after the lease.
+                tracing::warn!(error = %e, starts = batch.len(), "could not record task starts at shutdown");
+                break vec![StartCode::Run; batch.len()];
+            }
+            Err(e) => {
+                // Recording a start again is harmless (it rewrites the same fields).
+                let delay = outage.next_delay();
+                tracing::warn!(error = %e, starts = batch.len(), retry_in = ?delay, "recording task starts failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    for (req, code) in batch.drain(..).zip(codes) {
+        // A handler that is gone (drain deadline) no longer listens.
+        let _ = req.reply.send(code);
+    }
+}
+
+/// The monitor loop (see the module docs).
+pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut conn = shared.conn.clone();
+    let mut tick: u64 = 0;
+    let cancel_every = (CANCEL_POLL.as_millis() / PROGRESS_INTERVAL.as_millis()).max(1) as u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+        }
+        tick += 1;
+        // Snapshot under the lock; no I/O while holding it.
+        let running: Vec<((usize, String), TaskControl)> = shared
+            .running
+            .lock()
+            .expect("never poisoned")
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        write_progress(&shared, &mut conn, &running).await;
+        if tick.is_multiple_of(cancel_every) {
+            poll_cancels(&shared, &mut conn, &running).await;
+        }
+    }
+}
+
+async fn write_progress(shared: &Shared, conn: &mut redis::aio::ConnectionManager, running: &[((usize, String), TaskControl)]) {
+    let mut by_lane: HashMap<usize, Vec<(String, u8, String)>> = HashMap::new();
+    for ((lane, id), control) in running {
+        if let Some(p) = control.take_report() {
+            by_lane.entry(*lane).or_default().push((id.clone(), p.percent, p.message));
+        }
+    }
+    for (lane, reports) in by_lane {
+        let l = &shared.lanes[lane];
+        let items: Vec<(&str, u8, &str)> = reports.iter().map(|(i, p, m)| (i.as_str(), *p, m.as_str())).collect();
+        if let Err(e) = records::progress(conn, &l.keys, &shared.id, l.events_maxlen, &items).await {
+            tracing::warn!(error = %e, stream = %l.keys.stream, "could not write progress");
+        }
+    }
+}
+
+async fn poll_cancels(shared: &Shared, conn: &mut redis::aio::ConnectionManager, running: &[((usize, String), TaskControl)]) {
+    let mut lanes: Vec<usize> = running.iter().map(|((l, _), _)| *l).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let keys: Vec<&crate::keys::ShardKeys> = lanes.iter().map(|&l| &shared.lanes[l].keys).collect();
+    let marks = match records::cancel_marks(conn, &keys).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read cancel marks");
+            return;
+        }
+    };
+    for (lane, ids) in lanes.into_iter().zip(marks) {
+        for id in ids {
+            if let Some((_, control)) = running.iter().find(|((l, i), _)| *l == lane && *i == id)
+                && !control.is_cancelled()
+            {
+                tracing::info!(task_id = %id, "cancel asked for; stopping the handler");
+                control.cancel();
+            }
+        }
+    }
+}
