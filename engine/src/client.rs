@@ -443,6 +443,37 @@ impl Client {
         Ok(out)
     }
 
+    /// Up to `limit` tasks of `queue` in `state`, per shard in priority order, each read back
+    /// from its record (see `broker::lifecycle::list_ids` for where each state is listed
+    /// from). Tasks of `succeeded` and `cancelled` are found through the recent events, as
+    /// far back as the capped events streams reach.
+    pub async fn tasks(&self, queue: &Queue, state: TaskState, limit: usize) -> Result<Vec<TaskStatus>> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
+        for shard in queue.all_shards() {
+            if out.len() >= limit {
+                break;
+            }
+            let ids = records::list_ids(&mut conn, &shard.keys, state, limit - out.len()).await?;
+            for id in ids {
+                let id = TaskId::from_string(id);
+                let fields = records::records(&mut conn, std::slice::from_ref(&shard.keys), id.as_str()).await?;
+                let fields = fields.into_iter().next().unwrap_or_default();
+                let mut st = TaskStatus::from_record(id.clone(), queue.name().clone(), shard.priority, fields, now_ms());
+                if st.state == TaskState::Unknown {
+                    // Listed by the structure that holds it, without a record (tracking off).
+                    st.state = state;
+                    st.priority = Some(shard.priority.to_owned());
+                }
+                // A finished listing from events keeps only tasks still in that state.
+                if st.state == state || !state.is_final() {
+                    out.push(st);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A cursor past every event `queue` has now (to follow only new ones).
     pub async fn events_now(&self, queue: &Queue) -> Result<EventCursor> {
         let shards: Vec<_> = queue.all_shards().collect();

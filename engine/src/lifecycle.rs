@@ -356,6 +356,15 @@ impl IntoTaskResult for Bytes {
     }
 }
 
+impl<T: IntoTaskResult> IntoTaskResult for Option<T> {
+    fn into_task_result(self, codec: Codec) -> Result<Option<(Bytes, Codec)>> {
+        match self {
+            Some(v) => v.into_task_result(codec),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A handler's result value, serialised with the task's codec (JSON for `bytes` tasks):
 /// `Ok(Output(summary))`.
 #[derive(Debug, Clone, PartialEq)]

@@ -61,7 +61,9 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
-        Command::Work(_) | Command::Demo(_) => unreachable!("dispatched in lib.rs; not admin commands"),
+        Command::Work(_) | Command::Demo(_) | Command::Task(_) | Command::Tasks(_) | Command::Events(_) => {
+            unreachable!("dispatched in lib.rs; not admin commands")
+        }
     }
 }
 
@@ -114,7 +116,14 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
                 dead_letter_id(id)?;
             }
         }
-        Command::Stats(_) | Command::Queues(_) | Command::Workers(_) | Command::Work(_) | Command::Demo(_) => {}
+        Command::Stats(_)
+        | Command::Queues(_)
+        | Command::Workers(_)
+        | Command::Work(_)
+        | Command::Demo(_)
+        | Command::Task(_)
+        | Command::Tasks(_)
+        | Command::Events(_) => {}
     }
     Ok(None)
 }
@@ -140,7 +149,7 @@ impl Admin {
             queue.rank(p).map_err(|e| UsageError(format!("--priority: {e}")))?;
         }
         let producer = Client::new(&self.client).await.map_err(|e| self.engine(e))?;
-        let mut ids = Vec::with_capacity(a.count.min(1_000_000) as usize);
+        let mut outcomes = Vec::with_capacity(a.count.min(1_000_000) as usize);
         let mut left = a.count;
         while left > 0 {
             let n = left.min(ENQUEUE_BATCH as u64);
@@ -158,13 +167,27 @@ impl Admin {
                 if let Some(d) = a.timeout {
                     t = t.timeout(d);
                 }
+                if let Some(k) = &a.unique_key {
+                    t = t.unique_key(k.clone());
+                }
+                if let Some(d) = a.unique_for {
+                    t = t.unique_for(d);
+                }
+                if let Some(r) = a.retention {
+                    t = t.retention(r);
+                }
                 t
             });
-            ids.extend(producer.enqueue_many(&queue, batch).await.map_err(|e| self.engine(e))?);
+            outcomes.extend(producer.submit_many(&queue, batch).await.map_err(|e| self.engine(e))?);
             left -= n;
         }
-        let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
-        if a.output.json {
+        let ids: Vec<String> = outcomes.iter().map(|e| e.id().as_str().to_owned()).collect();
+        let duplicates: Vec<&str> = outcomes
+            .iter()
+            .filter(|e| e.is_duplicate())
+            .map(|e| e.id().as_str())
+            .collect();
+        if a.output.json && !a.wait {
             return output::json(&json!({
                 "queue": queue.name().as_str(),
                 "kind": a.kind,
@@ -172,11 +195,15 @@ impl Admin {
                 "delay_ms": a.delay.map(|d| d.as_millis() as u64),
                 "count": ids.len(),
                 "ids": ids,
+                "duplicates": duplicates,
             }));
+        }
+        for d in &duplicates {
+            note!("duplicate: task {d} holds unique key {:?}; nothing new was enqueued", a.unique_key.as_deref().unwrap_or(""));
         }
         note!(
             "enqueued {} task(s) of kind {} to queue {} ({}{})",
-            ids.len(),
+            ids.len() - duplicates.len(),
             a.kind,
             queue.name(),
             a.priority.as_deref().unwrap_or(queue.default_priority()),
@@ -184,6 +211,17 @@ impl Admin {
                 .map(|d| format!(", runs in {}", fmt_duration(d)))
                 .unwrap_or_default()
         );
+        if a.wait {
+            // Ids on stderr, results on stdout: `enqueue --wait` prints what `task wait` does.
+            note!("{}", ids.join("\n"));
+            let ids: Vec<rivulet::TaskId> = ids.into_iter().map(rivulet::TaskId::from_string).collect();
+            return crate::task::wait_and_print(&producer, &queue, &ids, a.wait_timeout, a.output.json)
+                .await
+                .map_err(|e| match e.downcast::<rivulet::Error>() {
+                    Ok(e) => self.engine(e),
+                    Err(e) => e,
+                });
+        }
         output::text(&(ids.join("\n") + "\n"))
     }
 

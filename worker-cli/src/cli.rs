@@ -184,6 +184,15 @@ pub enum Command {
     /// it drain first (`pause` stops new work), or pass --force to discard them. Stop its
     /// producers first too: a running producer keeps writing to the queue it declared.
     DeleteQueue(DeleteQueueArgs),
+    /// Show, wait for or cancel one task by id.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// List tasks of a queue in one state (from the structures that hold them; never a key
+    /// scan).
+    Tasks(TasksArgs),
+    /// Print a queue's lifecycle events (enqueued, started, progress, retried, succeeded,
+    /// dead, cancelled, ...), oldest first; --follow keeps printing new ones.
+    Events(EventsArgs),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
     /// Enqueues --tasks tasks of the built-in `demo` kind into a throwaway queue
@@ -269,8 +278,114 @@ pub struct EnqueueArgs {
     /// Enqueue this many copies (each with its own id).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000_000).map(|n| n as u64))]
     pub count: u64,
+    /// Make the task unique by KEY within its queue and priority: while a task holding the
+    /// key is not finished (or for --unique-for), enqueueing another prints the holder's id
+    /// and says it is a duplicate.
+    #[arg(long, value_name = "KEY")]
+    pub unique_key: Option<String>,
+    /// Hold the unique key for this long from enqueue, even after the task finished.
+    #[arg(long, value_name = "DURATION", requires = "unique_key", allow_hyphen_values = true, value_parser = parse_positive_duration)]
+    pub unique_for: Option<Duration>,
+    /// Keep the task's record (state, result) this long once finished, instead of the
+    /// queue's (1h); 0s keeps none.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Block until the task(s) finish and print their results (exit 1 when one ends dead or
+    /// cancelled, or does not finish within --wait-timeout).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "wait", allow_hyphen_values = true, value_parser = parse_positive_duration)]
+    pub wait_timeout: Duration,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `task ...`.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Show a task's state, progress, result or error.
+    Show(TaskArgs),
+    /// Wait for a task to finish and print its result (exit 0 succeeded; 1 dead, cancelled
+    /// or still running at --timeout, naming the state).
+    Wait(TaskWaitArgs),
+    /// Cancel a task: one not started never starts; a running one is stopped by its worker
+    /// within about a second. A finished task is left as it is.
+    Cancel(TaskArgs),
+}
+
+/// A task id in a queue, and `--json`.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// The task id (as `enqueue` prints it).
+    pub id: String,
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `task wait`.
+#[derive(Debug, Clone, Args)]
+pub struct TaskWaitArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// How long to wait.
+    #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+}
+
+/// Task states `tasks --state` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Waiting for their due time.
+    Scheduled,
+    /// Ready, not yet read by a worker.
+    Queued,
+    /// Running (read by a worker, not settled).
+    Active,
+    /// Waiting for a retry.
+    Retrying,
+    /// Finished (as far back as the events reach).
+    Succeeded,
+    /// In the dead-letter stream.
+    Dead,
+    /// Cancelled (as far back as the events reach).
+    Cancelled,
+}
+
+/// `tasks`.
+#[derive(Debug, Clone, Args)]
+pub struct TasksArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// The state to list.
+    #[arg(long, value_enum)]
+    pub state: StateArg,
+    /// Most tasks listed (at least 1).
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000).map(|n| n as usize))]
+    pub limit: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `events`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// The queue.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// Keep printing new events until Ctrl-C, SIGTERM or the reader of stdout goes away.
+    #[arg(long)]
+    pub follow: bool,
+    /// Most past events printed (the newest ones) before following; 0 prints only new ones.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000).map(|n| n as usize))]
+    pub limit: usize,
+    /// Print one JSON object per line instead of text lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `stats`.

@@ -8,10 +8,17 @@
 //! failure); any other exit = failed (retried until attempts run out, then dead-lettered as
 //! `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
 //! the task's error. The command runs in its own process group, killed as a whole when the task
-//! is cancelled (timeout, drain deadline).
+//! ends before it does (timeout, drain deadline).
+//!
+//! Results, progress, cancel: the command's stdout is the task's result (stored as codec
+//! `bytes`, up to the worker's result cap; nothing printed = no result). It reports progress by
+//! writing lines `PERCENT MESSAGE` (e.g. `40 resizing`) to the file descriptor named in
+//! `RIVULET_PROGRESS_FD` (`echo "40 resizing" >&"$RIVULET_PROGRESS_FD"`); the worker writes the
+//! latest a few times a second. When the task is cancelled the process group gets SIGTERM, and
+//! SIGKILL [`CANCEL_GRACE`] later if it is still running; the task ends `cancelled`.
 
 use std::future::Future;
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -23,7 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rivulet::{HandlerError, Router, TaskContext};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::demo;
@@ -36,6 +43,14 @@ pub const STDERR_TAIL: usize = 2048;
 /// After the command exits, how long to keep reading stderr that a leftover background
 /// process may still hold open.
 const STDERR_LINGER: Duration = Duration::from_millis(200);
+/// Time between SIGTERM and SIGKILL when a running command's task is cancelled (well within
+/// the engine's own cancel grace, so the command is stopped, not abandoned).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// The environment variable naming the progress file descriptor.
+pub const PROGRESS_FD_ENV: &str = "RIVULET_PROGRESS_FD";
+/// Most stdout kept as a result: more fails the task (the worker's result cap is usually far
+/// lower and fails it with its own message first).
+const STDOUT_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The built-in kinds, each added unless `router` already serves that kind (a user's compiled
 /// handler wins).
@@ -116,9 +131,9 @@ impl StartLimit {
 
 /// One start of a CLI kind under `limit` (if any): counts the start now, and runs `task`,
 /// holding its slot afterwards while [`StartLimit::hold_slot`] says so.
-fn counted<F>(limit: &Option<Arc<StartLimit>>, task: F) -> impl Future<Output = Result<(), HandlerError>> + use<F>
+fn counted<F, R>(limit: &Option<Arc<StartLimit>>, task: F) -> impl Future<Output = Result<R, HandlerError>> + use<F, R>
 where
-    F: Future<Output = Result<(), HandlerError>>,
+    F: Future<Output = Result<R, HandlerError>>,
 {
     if let Some(l) = limit {
         l.start();
@@ -155,7 +170,7 @@ pub fn builtins(router: Router, limit: Option<Arc<StartLimit>>) -> Router {
         let limit = limit.clone();
         router = router.route_bytes("fail", move |ctx: TaskContext, _payload: Bytes| {
             counted(&limit, async move {
-                Err(HandlerError::retry(format!(
+                Err::<(), _>(HandlerError::retry(format!(
                     "the built-in `fail` kind always fails (attempt {})",
                     ctx.attempt + 1
                 )))
@@ -209,8 +224,15 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs one task through `sh -c command`.
-async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<(), HandlerError> {
+/// Runs one task through `sh -c command`; its stdout is the result.
+async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<Option<Bytes>, HandlerError> {
+    // The progress pipe: the write end is inherited by the command (not close-on-exec), the
+    // read end is not. A command started by another task at the same moment may inherit the
+    // write end too; that only delays an end-of-file this side never waits for.
+    let (progress_rx, progress_tx) =
+        nix::unistd::pipe().map_err(|e| HandlerError::retry(format!("cannot create the progress pipe: {e}")))?;
+    nix::fcntl::fcntl(&progress_rx, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -219,24 +241,30 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
         .env("RIVULET_QUEUE", ctx.queue.as_str())
         .env("RIVULET_PRIORITY", &*ctx.priority)
+        .env(PROGRESS_FD_ENV, progress_tx.as_raw_fd().to_string())
         // Supervisor bookkeeping is not the command's business (and must not make a nested
         // worker-cli think it is supervised).
         .env_remove(crate::work::SUPERVISOR_PID_ENV)
         .env_remove(crate::work::SLOT_ENV)
         .stdin(Stdio::piped())
-        .stdout(stdout_to_stderr())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
+    let spawned = cmd.spawn();
+    drop(progress_tx);
+    let mut child = spawned.map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
     let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
+    let mut stdout = child.stdout.take();
+    let mut progress = tokio::net::unix::pipe::Receiver::from_owned_fd(progress_rx)
+        .ok()
+        .map(|r| tokio::io::BufReader::new(r).lines());
 
-    // Feed stdin while reading stderr and waiting, so neither pipe can fill up and stall the
-    // command. A command that never reads stdin makes the write fail (EPIPE): that is fine.
+    // Feed stdin while reading stdout, stderr and progress and waiting, so no pipe can fill
+    // up and stall the command. A command that never reads stdin makes the write fail
+    // (EPIPE): that is fine.
     let write = async move {
         if let Some(mut stdin) = stdin {
             let _ = stdin.write_all(&payload).await;
@@ -245,8 +273,14 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     tokio::pin!(write);
     let mut write_done = false;
     let mut tail = Tail::default();
+    let mut out = Output::default();
     let mut buf = [0u8; 4096];
+    let mut obuf = [0u8; 8192];
     let mut stderr_open = stderr.is_some();
+    let mut stdout_open = stdout.is_some();
+    let mut cancelled = false;
+    let kill_at = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(kill_at);
     let status = loop {
         tokio::select! {
             () = &mut write, if !write_done => write_done = true,
@@ -254,35 +288,128 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
                 Some(n) => tail.push(&buf[..n]),
                 None => stderr_open = false,
             },
+            n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
+                Some(n) => out.push(&obuf[..n]),
+                None => stdout_open = false,
+            },
+            line = next_line(&mut progress), if progress.is_some() => match line {
+                Some(line) => report_progress(ctx, &line),
+                None => progress = None,
+            },
+            () = ctx.cancelled(), if !cancelled => {
+                cancelled = true;
+                tracing::info!(task_id = %ctx.id, "task cancelled: SIGTERM to the command");
+                if let Some(pgid) = guard.0 {
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                }
+                kill_at.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+            }
+            () = &mut kill_at, if cancelled => {
+                tracing::warn!(task_id = %ctx.id, grace = ?CANCEL_GRACE, "the command outlived SIGTERM: SIGKILL");
+                if let Some(pgid) = guard.0 {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                kill_at.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
             status = child.wait() => break status,
         }
     };
     // The command is done: do not kill what it deliberately left running.
     guard.0 = None;
-    if stderr_open {
+    if stderr_open || stdout_open {
         let _ = tokio::time::timeout(STDERR_LINGER, async {
-            while let Some(n) = read_some(&mut stderr, &mut buf).await {
-                tail.push(&buf[..n]);
+            loop {
+                tokio::select! {
+                    n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
+                        Some(n) => tail.push(&buf[..n]),
+                        None => stderr_open = false,
+                    },
+                    n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
+                        Some(n) => out.push(&obuf[..n]),
+                        None => stdout_open = false,
+                    },
+                    else => break,
+                }
             }
         })
         .await;
     }
     let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
-    outcome(status, &tail.text())
+    if cancelled {
+        return Err(HandlerError::retry(format!("cancelled ({})", describe_exit(status))));
+    }
+    outcome(status, &tail.text())?;
+    if out.overflow {
+        return Err(HandlerError::fatal(format!(
+            "the command printed more than {STDOUT_LIMIT} bytes on stdout (its result); nothing was stored"
+        )));
+    }
+    Ok((!out.bytes.is_empty()).then(|| Bytes::from(out.bytes)))
+}
+
+/// A command's stdout, kept up to [`STDOUT_LIMIT`].
+#[derive(Debug, Default)]
+struct Output {
+    bytes: Vec<u8>,
+    overflow: bool,
+}
+
+impl Output {
+    fn push(&mut self, data: &[u8]) {
+        if self.bytes.len() + data.len() > STDOUT_LIMIT {
+            self.overflow = true;
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+    }
+}
+
+async fn read_out(stdout: &mut Option<tokio::process::ChildStdout>, buf: &mut [u8]) -> Option<usize> {
+    match stdout.as_mut()?.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}
+
+type ProgressLines = tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>;
+
+async fn next_line(lines: &mut Option<ProgressLines>) -> Option<String> {
+    lines.as_mut()?.next_line().await.ok().flatten()
+}
+
+/// One progress line, `PERCENT [MESSAGE]`; anything else is ignored with a warning.
+fn report_progress(ctx: &TaskContext, line: &str) {
+    match parse_progress(line) {
+        Some((percent, message)) => ctx.progress(percent, message),
+        None => tracing::warn!(task_id = %ctx.id, line, "ignoring a progress line that is not `PERCENT MESSAGE`"),
+    }
+}
+
+/// Parses a progress line (pure): `40 resizing` -> (40, "resizing"); a percent above 100 is
+/// 100; `40.5` rounds down.
+pub fn parse_progress(line: &str) -> Option<(u8, &str)> {
+    let line = line.trim();
+    let (pct, message) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let pct = pct.strip_suffix('%').unwrap_or(pct);
+    let value: f64 = pct.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some((value.min(100.0) as u8, message.trim()))
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exited".to_owned(),
+    }
 }
 
 async fn read_some(stderr: &mut Option<tokio::process::ChildStderr>, buf: &mut [u8]) -> Option<usize> {
     match stderr.as_mut()?.read(buf).await {
         Ok(0) | Err(_) => None,
         Ok(n) => Some(n),
-    }
-}
-
-/// The command's stdout goes to this process's stderr: stdout carries only a command's data.
-fn stdout_to_stderr() -> Stdio {
-    match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => Stdio::from(fd),
-        Err(_) => Stdio::null(),
     }
 }
 
@@ -401,7 +528,7 @@ mod tests {
         assert!(!drain.is_cancelled());
         second.await.unwrap();
         // The third start (not its end) begins the drain.
-        let third = counted(&limit, async { Err(HandlerError::retry("x")) });
+        let third = counted(&limit, async { Err::<(), _>(HandlerError::retry("x")) });
         assert!(drain.is_cancelled(), "the third start reaches a limit of 3");
         // Tasks already read still start after the limit, and run; a finished one keeps its
         // slot until the worker has seen the drain, then returns its own result.
@@ -438,6 +565,7 @@ mod tests {
             enqueued_at: 0,
             last_error: None,
             codec: rivulet::Codec::Json,
+            control: rivulet::TaskControl::new(),
         };
         let cmd = r#"read -r body; echo "$body|$RIVULET_TASK_ID|$RIVULET_KIND|$RIVULET_ATTEMPT|$RIVULET_QUEUE|$RIVULET_PRIORITY" >&2; exit 3"#;
         match run_command(cmd, &ctx, Bytes::from_static(b"{\"a\": 1}\n")).await {

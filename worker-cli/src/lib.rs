@@ -27,6 +27,7 @@
 //!   `--max-tasks`th start.
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`, `demo`) and `--exec`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
+//! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
 //! - `demo`: the `demo` command and the latency samples behind it.
 //! - `store`: the few Redis commands the CLI issues itself (reachability check, demo keys).
 //! - `output`: stdout as JSON or tables; `logging`: tracing to stderr.
@@ -47,6 +48,7 @@ mod logging;
 mod settings;
 mod store;
 mod supervisor;
+mod task;
 mod work;
 
 use std::ffi::OsString;
@@ -216,6 +218,10 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "warn");
             // One thread: the demo supervises worker processes too.
             current_thread()?.block_on(demo::run(&global, &args))
+        }
+        Some(lifecycle @ (Command::Task(_) | Command::Tasks(_) | Command::Events(_))) => {
+            logging::init(global.log_format, "warn");
+            current_thread()?.block_on(task::run(&global, lifecycle))
         }
         Some(admin) => {
             logging::init(global.log_format, "warn");

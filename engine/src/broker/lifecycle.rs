@@ -365,3 +365,157 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
         .find(|(k, _)| k == "unique_key")
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
+
+/// Up to `limit` task ids of one shard in one state, read from the structure that holds
+/// them (never a key scan): `scheduled` and `retrying` from their sets (earliest due first),
+/// `queued` from the stream past the group's last delivery, `active` from the PEL, `dead`
+/// from the dead-letter stream, `succeeded` and `cancelled` from the recent events (as far
+/// back as the capped events stream reaches; the caller checks each record still says so).
+pub async fn list_ids(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    state: crate::lifecycle::TaskState,
+    limit: usize,
+) -> Result<Vec<String>> {
+    use crate::lifecycle::TaskState as S;
+    let ids = match state {
+        S::Scheduled | S::Retrying => {
+            let set = if state == S::Scheduled { &keys.scheduled } else { &keys.retry };
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(set)
+                .arg(0)
+                .arg(limit.saturating_sub(1))
+                .query_async(conn)
+                .await?;
+            members.iter().filter_map(|m| member_id(m)).collect()
+        }
+        S::Queued => {
+            let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+                redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await;
+            let after = groups
+                .ok()
+                .and_then(|gs| {
+                    gs.into_iter().find(|g| {
+                        g.get("name").and_then(|v| bulk(v.clone()).ok()).as_deref() == Some(GROUP.as_bytes())
+                    })
+                })
+                .and_then(|g| g.get("last-delivered-id").and_then(|v| bulk(v.clone()).ok()))
+                .map(|b| format!("({}", String::from_utf8_lossy(&b)))
+                .unwrap_or_else(|| "-".to_owned());
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&keys.stream)
+                .arg(after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(conn)
+                .await?;
+            entries(reply)?.into_iter().filter_map(field_id).collect()
+        }
+        S::Active => {
+            let rows = super::pending(conn, &keys.stream, limit).await?;
+            let mut pipe = redis::pipe();
+            for (entry, ..) in &rows {
+                pipe.cmd("XRANGE").arg(&keys.stream).arg(entry).arg(entry);
+            }
+            let replies: Vec<Value> = if rows.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
+            let mut out = Vec::new();
+            for r in replies {
+                out.extend(entries(r)?.into_iter().filter_map(field_id));
+            }
+            out
+        }
+        S::Dead => {
+            let rows = super::range(conn, &keys.dlq, "-", limit).await?;
+            rows.into_iter().filter_map(field_id).collect()
+        }
+        S::Succeeded | S::Cancelled => {
+            let reply: Value = redis::cmd("XREVRANGE")
+                .arg(&keys.events)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit.saturating_mul(20).min(10_000))
+                .query_async(conn)
+                .await?;
+            let name = state.as_str().as_bytes();
+            let mut out: Vec<String> = Vec::new();
+            for e in entries(reply)? {
+                let is = e.fields.iter().any(|(k, v)| k == b"event" && v == name);
+                if let Some(id) = is.then(|| field_id(e)).flatten()
+                    && !out.contains(&id)
+                {
+                    out.push(id);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            out
+        }
+        S::Unknown => Vec::new(),
+    };
+    Ok(ids)
+}
+
+fn field_id(e: StreamEntry) -> Option<String> {
+    e.fields
+        .into_iter()
+        .find(|(k, _)| k == b"id")
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
+/// names and values, as Lua's `cmsgpack.pack` writes strings (str or bin types).
+fn member_id(m: &[u8]) -> Option<String> {
+    fn len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
+        let b = m.get(*at..*at + n)?;
+        *at += n;
+        Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
+    }
+    fn string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+        let tag = *m.get(*at)?;
+        *at += 1;
+        let n = match tag {
+            0xa0..=0xbf => usize::from(tag & 0x1f),
+            0xd9 | 0xc4 => len(m, at, 1)?,
+            0xda | 0xc5 => len(m, at, 2)?,
+            0xdb | 0xc6 => len(m, at, 4)?,
+            _ => return None,
+        };
+        let s = m.get(*at..*at + n)?;
+        *at += n;
+        Some(s)
+    }
+    let mut at = 0;
+    let tag = *m.first()?;
+    at += 1;
+    let count = match tag {
+        0x90..=0x9f => usize::from(tag & 0x0f),
+        0xdc => len(m, &mut at, 2)?,
+        0xdd => len(m, &mut at, 4)?,
+        _ => return None,
+    };
+    for _ in 0..count / 2 {
+        let k = string(m, &mut at)?;
+        let v = string(m, &mut at)?;
+        if k == b"id" {
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::member_id;
+
+    #[test]
+    fn member_ids_are_read_from_msgpack_arrays() {
+        // ["kind", "k", "id", "abc"] as cmsgpack writes it.
+        let m = [0x94, 0xa4, b'k', b'i', b'n', b'd', 0xa1, b'k', 0xa2, b'i', b'd', 0xa3, b'a', b'b', b'c'];
+        assert_eq!(member_id(&m).as_deref(), Some("abc"));
+        assert_eq!(member_id(&[0x90]), None);
+        assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
+    }
+}
