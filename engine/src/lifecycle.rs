@@ -420,6 +420,11 @@ impl TaskControl {
         *self.progress.lock().expect("never poisoned: a plain store") = Some(p);
     }
 
+    /// The latest report not yet written, if any (without taking it).
+    pub fn latest(&self) -> Option<Progress> {
+        self.progress.lock().expect("never poisoned: a plain store").clone()
+    }
+
     /// Takes the report written since the last call, if any.
     pub(crate) fn take_report(&self) -> Option<Progress> {
         self.progress.lock().expect("never poisoned: a plain store").take()

@@ -12,9 +12,11 @@
 //!
 //! Results, progress, cancel: the command's stdout is the task's result (stored as codec
 //! `bytes`, up to the worker's result cap; nothing printed = no result). It reports progress by
-//! writing lines `PERCENT MESSAGE` (e.g. `40 resizing`) to the file descriptor named in
-//! `RIVULET_PROGRESS_FD` (`echo "40 resizing" >&"$RIVULET_PROGRESS_FD"`); the worker writes the
-//! latest a few times a second. When the task is cancelled the process group gets SIGTERM, and
+//! writing lines `PERCENT MESSAGE` (e.g. `40 resizing`) to the pipe whose file descriptor is
+//! `RIVULET_PROGRESS_FD`; `RIVULET_PROGRESS_FILE` names the same pipe as a path
+//! (`/proc/self/fd/N`) for shells whose redirections take single-digit descriptors only (dash:
+//! `echo "40 resizing" > "$RIVULET_PROGRESS_FILE"`). The worker writes the latest report a few
+//! times a second. When the task is cancelled the process group gets SIGTERM, and
 //! SIGKILL [`CANCEL_GRACE`] later if it is still running; the task ends `cancelled`.
 
 use std::future::Future;
@@ -30,7 +32,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rivulet::{HandlerError, Router, TaskContext};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::demo;
@@ -48,6 +50,8 @@ const STDERR_LINGER: Duration = Duration::from_millis(200);
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// The environment variable naming the progress file descriptor.
 pub const PROGRESS_FD_ENV: &str = "RIVULET_PROGRESS_FD";
+/// The environment variable naming the progress pipe as a path.
+pub const PROGRESS_FILE_ENV: &str = "RIVULET_PROGRESS_FILE";
 /// Most stdout kept as a result: more fails the task (the worker's result cap is usually far
 /// lower and fails it with its own message first).
 const STDOUT_LIMIT: usize = 64 * 1024 * 1024;
@@ -242,6 +246,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env("RIVULET_QUEUE", ctx.queue.as_str())
         .env("RIVULET_PRIORITY", &*ctx.priority)
         .env(PROGRESS_FD_ENV, progress_tx.as_raw_fd().to_string())
+        .env(PROGRESS_FILE_ENV, format!("/proc/self/fd/{}", progress_tx.as_raw_fd()))
         // Supervisor bookkeeping is not the command's business (and must not make a nested
         // worker-cli think it is supervised).
         .env_remove(crate::work::SUPERVISOR_PID_ENV)
@@ -258,9 +263,8 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
     let mut stdout = child.stdout.take();
-    let mut progress = tokio::net::unix::pipe::Receiver::from_owned_fd(progress_rx)
-        .ok()
-        .map(|r| tokio::io::BufReader::new(r).lines());
+    let mut progress = tokio::net::unix::pipe::Receiver::from_owned_fd(progress_rx).ok();
+    let mut lines = Lines::default();
 
     // Feed stdin while reading stdout, stderr and progress and waiting, so no pipe can fill
     // up and stall the command. A command that never reads stdin makes the write fail
@@ -292,10 +296,11 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
                 Some(n) => out.push(&obuf[..n]),
                 None => stdout_open = false,
             },
-            line = next_line(&mut progress), if progress.is_some() => match line {
-                Some(line) => report_progress(ctx, &line),
-                None => progress = None,
-            },
+            ready = readable(&progress), if progress.is_some() => {
+                if ready.is_err() || !lines.drain(progress.as_ref(), ctx) {
+                    progress = None;
+                }
+            }
             () = ctx.cancelled(), if !cancelled => {
                 cancelled = true;
                 tracing::info!(task_id = %ctx.id, "task cancelled: SIGTERM to the command");
@@ -314,8 +319,11 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
             status = child.wait() => break status,
         }
     };
-    // The command is done: do not kill what it deliberately left running.
+    // The command is done: do not kill what it deliberately left running. Its last progress
+    // lines are in the pipe already: read them without waiting (another command may hold the
+    // write end, so no end-of-file is coming).
     guard.0 = None;
+    lines.drain(progress.as_ref(), ctx);
     if stderr_open || stdout_open {
         let _ = tokio::time::timeout(STDERR_LINGER, async {
             loop {
@@ -371,10 +379,47 @@ async fn read_out(stdout: &mut Option<tokio::process::ChildStdout>, buf: &mut [u
     }
 }
 
-type ProgressLines = tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>;
+async fn readable(rx: &Option<tokio::net::unix::pipe::Receiver>) -> std::io::Result<()> {
+    match rx {
+        Some(rx) => rx.readable().await,
+        None => std::future::pending().await,
+    }
+}
 
-async fn next_line(lines: &mut Option<ProgressLines>) -> Option<String> {
-    lines.as_mut()?.next_line().await.ok().flatten()
+/// Progress bytes read so far, split into lines.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// Reads what the pipe holds now (without waiting) and reports each complete line.
+    /// Returns false once the pipe is closed or broken.
+    fn drain(&mut self, rx: Option<&tokio::net::unix::pipe::Receiver>, ctx: &TaskContext) -> bool {
+        let Some(rx) = rx else {
+            return false;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match rx.try_read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.partial.extend_from_slice(&buf[..n]);
+                    while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = self.partial.drain(..=end).collect();
+                        report_progress(ctx, String::from_utf8_lossy(&line).trim_end());
+                    }
+                    // A line longer than this is not a progress line: drop it.
+                    if self.partial.len() > 64 * 1024 {
+                        self.partial.clear();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 /// One progress line, `PERCENT [MESSAGE]`; anything else is ignored with a warning.
@@ -542,6 +587,50 @@ mod tests {
         assert_eq!(limit.as_ref().unwrap().started.load(Ordering::Relaxed), 4);
         // Without a limit nothing is counted or held.
         counted(&None, async { Ok(()) }).await.unwrap();
+    }
+
+    #[test]
+    fn progress_lines_parse_percent_and_message() {
+        assert_eq!(parse_progress("40 resizing the image"), Some((40, "resizing the image")));
+        assert_eq!(parse_progress("  75%  "), Some((75, "")));
+        assert_eq!(parse_progress("250 over"), Some((100, "over")));
+        assert_eq!(parse_progress("12.9 x"), Some((12, "x")));
+        assert_eq!(parse_progress("soon"), None);
+        assert_eq!(parse_progress("-1 x"), None);
+    }
+
+    #[tokio::test]
+    async fn exec_stdout_is_the_result_progress_reaches_the_context_and_cancel_sends_sigterm() {
+        let ctx = TaskContext {
+            id: rivulet::TaskId::from_string("t-2"),
+            kind: "k".into(),
+            queue: rivulet::QueueName::new("q").unwrap(),
+            priority: "normal".into(),
+            attempt: 0,
+            enqueued_at: 0,
+            last_error: None,
+            codec: rivulet::Codec::Json,
+            control: rivulet::TaskControl::new(),
+        };
+        let cmd = r#"echo "30 thinking" > "$RIVULET_PROGRESS_FILE"; echo "60 still" >&2; printf 'the answer'"#;
+        let out = run_command(cmd, &ctx, Bytes::new()).await.unwrap();
+        assert_eq!(out.as_deref(), Some(&b"the answer"[..]));
+        let p = ctx.control.latest().expect("a progress report");
+        assert_eq!((p.percent, p.message.as_str()), (30, "thinking"));
+        // Nothing printed: no result.
+        assert_eq!(run_command("true", &ctx, Bytes::new()).await.unwrap(), None);
+        // A cancel: SIGTERM to the group, the command's own exit, a cancelled outcome.
+        let cmd = r#"trap 'exit 7' TERM; while :; do sleep 0.05; done"#;
+        let control = ctx.control.clone();
+        let run = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { run_command(cmd, &ctx, Bytes::new()).await }
+        });
+        control.cancel();
+        match run.await.unwrap() {
+            Err(HandlerError::Retry(m)) => assert_eq!(m, "cancelled (exit 7)"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
