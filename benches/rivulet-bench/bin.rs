@@ -117,8 +117,9 @@ struct RunArgs {
     /// with several consumers, reported beside the first (0 skips it).
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
-    /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload.
-    #[arg(long, value_delimiter = ',', default_value = "drain,ceiling,enqueue,latency,payload")]
+    /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
+    /// lifecycle (the reference drain with task records off, then on).
+    #[arg(long, value_delimiter = ',', default_value = "drain,ceiling,enqueue,latency,payload,lifecycle")]
     only: Vec<String>,
     /// Skip enqueue-to-done (it needs keyspace notifications).
     #[arg(long)]
@@ -208,8 +209,8 @@ fn progress(msg: impl std::fmt::Display) {
 
 async fn suite(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload)");
+        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle)");
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -314,6 +315,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             concurrency,
             payload_bytes: BASE_PAYLOAD,
             tasks: plan.tasks,
+            lifecycle: true,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
@@ -325,6 +327,39 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     }
     if !ceiling_done && !late("ceiling") {
         (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
+    }
+
+    // Lifecycle tracking off and on, back to back on the reference configuration.
+    if args.wants("lifecycle") && !late("lifecycle") {
+        let mut pair = Vec::new();
+        for lifecycle in [false, true] {
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: BASE_PAYLOAD,
+                tasks: plan.tasks,
+                lifecycle,
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "drain   lifecycle {}: {:>9.0} tasks/s (fill {:.0}/s; fill redis {:.2} µs {:.2} cmds/task; drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task{})",
+                if lifecycle { "on " } else { "off" },
+                d.tasks_per_s,
+                d.fill_tasks_per_s,
+                d.fill_redis.cpu_us_per_task,
+                d.fill_redis.commands_per_task,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+                d.worker_cpu_us_per_task,
+                d.record_bytes.map(|b| format!("; {b:.0} B per retained record")).unwrap_or_default(),
+            ));
+            pair.push(d);
+        }
+        progress(format_args!(
+            "drain   lifecycle on / off: {:.0} %",
+            100.0 * pair[1].tasks_per_s / pair[0].tasks_per_s.max(1e-9)
+        ));
+        r.lifecycle = pair;
     }
 
     if args.wants("enqueue") {
@@ -385,6 +420,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 concurrency: plan.concurrency,
                 payload_bytes: size,
                 tasks,
+                lifecycle: true,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(

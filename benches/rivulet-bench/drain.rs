@@ -32,6 +32,11 @@ pub struct DrainResult {
     pub drain_redis: Usage,
     /// CPU (user + system) of the worker processes per task, start-up and shutdown included.
     pub worker_cpu_us_per_task: f64,
+    /// Whether task records (lifecycle tracking) were on.
+    pub lifecycle: bool,
+    /// Redis memory per retained finished task record, bytes (`MEMORY USAGE` of a sample of
+    /// records; lifecycle on only).
+    pub record_bytes: Option<f64>,
 }
 
 pub struct DrainSpec {
@@ -39,10 +44,21 @@ pub struct DrainSpec {
     pub concurrency: usize,
     pub payload_bytes: usize,
     pub tasks: u64,
+    /// Task records kept (lifecycle tracking on, the engine's default) or not.
+    pub lifecycle: bool,
 }
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
-    let queue = Queue::new(&format!("drain-w{}-c{}-p{}", s.workers, s.concurrency, s.payload_bytes))?;
+    let mut queue = Queue::new(&format!(
+        "drain-w{}-c{}-p{}{}",
+        s.workers,
+        s.concurrency,
+        s.payload_bytes,
+        if s.lifecycle { "" } else { "-off" }
+    ))?;
+    if !s.lifecycle {
+        queue = queue.retention(Duration::ZERO);
+    }
     target.drop_queue(&queue).await?;
     let client = Client::new(&target.client).await?;
     client.declare(&queue).await?;
@@ -69,6 +85,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         concurrency: s.concurrency,
         done_probe: false,
         max_seconds: 600,
+        retention_ms: (!s.lifecycle).then_some(0),
     };
     let t1 = Instant::now();
     let fleet = Fleet::spawn(&spec, s.workers)?;
@@ -87,6 +104,11 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let wall_s = t1.elapsed().as_secs_f64();
     let after = target.snapshot().await?;
     let outputs = fleet.stop(Duration::from_secs(60)).await?;
+    let record_bytes = if s.lifecycle {
+        Some(target.record_bytes(&queue, 200).await?)
+    } else {
+        None
+    };
     target.drop_queue(&queue).await?;
 
     let started: u64 = outputs.iter().map(|o| o.started).sum();
@@ -113,5 +135,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         fill_redis: before.usage(&after_fill, s.tasks, Window::Produce, false),
         drain_redis: after_fill.usage(&after, s.tasks, Window::Consume, false),
         worker_cpu_us_per_task: outputs.iter().map(|o| o.cpu_s).sum::<f64>() * 1e6 / s.tasks as f64,
+        lifecycle: s.lifecycle,
+        record_bytes,
     })
 }

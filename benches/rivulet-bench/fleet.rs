@@ -19,6 +19,8 @@ pub struct Spec {
     pub done_probe: bool,
     /// A worker stops by itself after this long.
     pub max_seconds: u64,
+    /// The queue's record retention in ms (0 = lifecycle off; `None`: the default, on).
+    pub retention_ms: Option<u64>,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -43,6 +45,9 @@ impl Fleet {
                 .arg(spec.max_seconds.to_string());
             if spec.done_probe {
                 cmd.arg("--done-probe");
+            }
+            if let Some(ms) = spec.retention_ms {
+                cmd.arg("--retention-ms").arg(ms.to_string());
             }
             let child = cmd
                 .stdin(Stdio::piped())

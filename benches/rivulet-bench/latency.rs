@@ -106,6 +106,7 @@ async fn measure(
         concurrency: s.concurrency,
         done_probe,
         max_seconds: 600,
+        retention_ms: None,
     };
     let live = target.live_workers().await?;
     let fleet = Fleet::spawn(&spec, 1)?;

@@ -17,6 +17,8 @@ use crate::stats::Spread;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
     pub drain: Vec<DrainResult>,
+    /// The reference drain with lifecycle tracking off, then on (the `lifecycle` scenario).
+    pub lifecycle: Vec<DrainResult>,
     /// The bare loop with one consumer: what one worker process is compared with.
     pub ceiling: Option<CeilingResult>,
     /// The bare loop with several consumers in parallel: what Redis allows on this machine.

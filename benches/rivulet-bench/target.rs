@@ -100,12 +100,70 @@ impl Target {
         let mut pipe = redis::pipe();
         for shard in queue.all_shards() {
             let k = &shard.keys;
-            pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats])
+            pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats, &k.events, &k.cancels])
                 .ignore();
         }
         pipe.hdel(rivulet::keys::QUEUES_KEY, queue.name().as_str()).ignore();
         pipe.query_async::<()>(&mut conn).await?;
+        // Task records (kept for the retention) would pile up over a run's drains. The harness
+        // may scan; the engine never does.
+        for shard in queue.all_shards() {
+            let pattern = shard.keys.task("*");
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
         Ok(())
+    }
+
+    /// Mean `MEMORY USAGE` of up to `sample` task records of a queue, bytes.
+    pub async fn record_bytes(&self, queue: &Queue, sample: usize) -> Result<f64> {
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        for shard in queue.all_shards() {
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(shard.keys.task("*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                keys.extend(found);
+                if next == 0 || keys.len() >= sample {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys.truncate(sample);
+        if keys.is_empty() {
+            return Ok(0.0);
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        let sizes: Vec<u64> = sizes.into_iter().flatten().collect();
+        Ok(sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64)
     }
 
     /// Tasks settled as done in a queue so far (the `done` counters of its shards).

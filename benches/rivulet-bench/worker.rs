@@ -36,6 +36,10 @@ pub struct WorkerArgs {
     /// Stops by itself after this long, whatever the parent does.
     #[arg(long, default_value_t = 900)]
     pub max_seconds: u64,
+    /// The queue's record retention in ms (0 = lifecycle tracking off); the engine's default
+    /// (on) without it.
+    #[arg(long)]
+    pub retention_ms: Option<u64>,
 }
 
 /// What one worker process reports when it stops.
@@ -212,7 +216,10 @@ impl DoneProbe {
 }
 
 pub async fn run(args: WorkerArgs) -> Result<()> {
-    let queue = Queue::new(&args.queue)?;
+    let mut queue = Queue::new(&args.queue)?;
+    if let Some(ms) = args.retention_ms {
+        queue = queue.retention(Duration::from_millis(ms));
+    }
     let client = redis::Client::open(args.redis_url.as_str())?;
     let recorder = Arc::new(Recorder::new(args.done_probe));
     let noop = recorder.clone();
@@ -222,7 +229,8 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             let r = noop.clone();
             async move {
                 r.started();
-                Ok(())
+                // A small result, kept in the task's record when tracking is on.
+                Ok(bytes::Bytes::from_static(b"{\"ok\":true}"))
             }
         })
         .route_bytes(KIND_LATENCY, move |_ctx: TaskContext, body| {
