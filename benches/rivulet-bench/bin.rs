@@ -119,7 +119,11 @@ struct RunArgs {
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
     /// lifecycle (the reference drain with task records off, then on).
-    #[arg(long, value_delimiter = ',', default_value = "drain,ceiling,enqueue,latency,payload,lifecycle")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "drain,ceiling,enqueue,latency,payload,lifecycle"
+    )]
     only: Vec<String>,
     /// Skip enqueue-to-done (it needs keyspace notifications).
     #[arg(long)]
@@ -351,7 +355,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 d.drain_redis.cpu_us_per_task,
                 d.drain_redis.commands_per_task,
                 d.worker_cpu_us_per_task,
-                d.record_bytes.map(|b| format!("; {b:.0} B per retained record")).unwrap_or_default(),
+                d.record_bytes
+                    .map(|b| format!("; {b:.0} B per retained record"))
+                    .unwrap_or_default(),
             ));
             pair.push(d);
         }

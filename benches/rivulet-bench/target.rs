@@ -100,8 +100,16 @@ impl Target {
         let mut pipe = redis::pipe();
         for shard in queue.all_shards() {
             let k = &shard.keys;
-            pipe.del(&[&k.stream, &k.scheduled, &k.retry, &k.dlq, &k.stats, &k.events, &k.cancels])
-                .ignore();
+            pipe.del(&[
+                &k.stream,
+                &k.scheduled,
+                &k.retry,
+                &k.dlq,
+                &k.stats,
+                &k.events,
+                &k.cancels,
+            ])
+            .ignore();
         }
         pipe.hdel(rivulet::keys::QUEUES_KEY, queue.name().as_str()).ignore();
         pipe.query_async::<()>(&mut conn).await?;

@@ -389,8 +389,14 @@ impl Client {
             return Err(self.unknown(queue, id));
         };
         let lock = records::lock_of(&fields);
-        let (outcome, state) =
-            records::cancel(&mut self.conn.clone(), &keys, id.as_str(), lock.as_deref(), queue.events_maxlen()).await?;
+        let (outcome, state) = records::cancel(
+            &mut self.conn.clone(),
+            &keys,
+            id.as_str(),
+            lock.as_deref(),
+            queue.events_maxlen(),
+        )
+        .await?;
         match outcome.as_str() {
             "cancelled" => Ok(CancelOutcome::Cancelled),
             "cancelling" => Ok(CancelOutcome::Cancelling),
@@ -459,7 +465,8 @@ impl Client {
                 let id = TaskId::from_string(id);
                 let fields = records::records(&mut conn, std::slice::from_ref(&shard.keys), id.as_str()).await?;
                 let fields = fields.into_iter().next().unwrap_or_default();
-                let mut st = TaskStatus::from_record(id.clone(), queue.name().clone(), shard.priority, fields, now_ms());
+                let mut st =
+                    TaskStatus::from_record(id.clone(), queue.name().clone(), shard.priority, fields, now_ms());
                 if st.state == TaskState::Unknown {
                     // Listed by the structure that holds it, without a record (tracking off).
                     st.state = state;
@@ -516,7 +523,13 @@ impl EventCursor {
 }
 
 fn sort_events(events: &mut [Event]) {
-    events.sort_by_key(|e| (crate::broker::parse_stream_id(&e.stream_id), e.priority.clone(), e.shard));
+    events.sort_by_key(|e| {
+        (
+            crate::broker::parse_stream_id(&e.stream_id),
+            e.priority.clone(),
+            e.shard,
+        )
+    });
 }
 
 /// Gives a unique task an id in the shard its key maps to, so the lock and the task share a

@@ -132,7 +132,10 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<TaskOutput, H
 
 /// Turns a handler's return value into its output; a result that cannot be encoded is fatal
 /// (retrying would produce the same value).
-async fn output<R: IntoTaskResult>(fut: impl Future<Output = Result<R, HandlerError>>, codec: Codec) -> Result<TaskOutput, HandlerError> {
+async fn output<R: IntoTaskResult>(
+    fut: impl Future<Output = Result<R, HandlerError>>,
+    codec: Codec,
+) -> Result<TaskOutput, HandlerError> {
     let value = fut.await?;
     value
         .into_task_result(codec)

@@ -63,5 +63,7 @@ pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
 pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueDeletion, QueueStats};
 pub use keys::{Layout, Queue, QueueName};
-pub use lifecycle::{CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus};
+pub use lifecycle::{
+    CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
+};
 pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};

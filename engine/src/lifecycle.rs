@@ -436,7 +436,10 @@ mod tests {
     use super::*;
 
     fn rec(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
     }
 
     fn status(pairs: &[(&str, &str)], now: u64) -> TaskStatus {
@@ -461,8 +464,19 @@ mod tests {
         assert_eq!(s.state, TaskState::Scheduled);
         let s = status(&[("state", "scheduled"), ("due_at", "100")], 100);
         assert_eq!(s.state, TaskState::Queued);
-        let s = status(&[("state", "retrying"), ("due_at", "5"), ("error", "boom"), ("attempt", "1")], 10);
-        assert_eq!((s.state, s.attempt, s.error.as_deref()), (TaskState::Queued, 1, Some("boom")));
+        let s = status(
+            &[
+                ("state", "retrying"),
+                ("due_at", "5"),
+                ("error", "boom"),
+                ("attempt", "1"),
+            ],
+            10,
+        );
+        assert_eq!(
+            (s.state, s.attempt, s.error.as_deref()),
+            (TaskState::Queued, 1, Some("boom"))
+        );
     }
 
     #[test]
@@ -498,7 +512,10 @@ mod tests {
         assert_eq!(Codec::MsgPack.decode::<Vec<u8>>(&b).unwrap(), [1, 2]);
         let (b, c) = Output("x").into_task_result(Codec::Bytes).unwrap().unwrap();
         assert_eq!((&b[..], c), (&b"\"x\""[..], Codec::Json));
-        let (b, c) = Bytes::from_static(b"raw").into_task_result(Codec::Json).unwrap().unwrap();
+        let (b, c) = Bytes::from_static(b"raw")
+            .into_task_result(Codec::Json)
+            .unwrap()
+            .unwrap();
         assert_eq!((&b[..], c), (&b"raw"[..], Codec::Bytes));
     }
 

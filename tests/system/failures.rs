@@ -327,8 +327,12 @@ async fn dlq_purge_by_id_kind_and_all() {
     let queue = Queue::new("purge").unwrap();
     let client = Client::new(&server.client()).await.unwrap();
     let router = Router::new()
-        .route("a", |_ctx: TaskContext, _: ()| async { Err::<(), _>(HandlerError::fatal("no")) })
-        .route("b", |_ctx: TaskContext, _: ()| async { Err::<(), _>(HandlerError::fatal("no")) });
+        .route("a", |_ctx: TaskContext, _: ()| async {
+            Err::<(), _>(HandlerError::fatal("no"))
+        })
+        .route("b", |_ctx: TaskContext, _: ()| async {
+            Err::<(), _>(HandlerError::fatal("no"))
+        });
     let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
     for kind in ["a", "a", "a", "b", "b"] {
         client.enqueue(&queue, Task::json(kind, &()).unwrap()).await.unwrap();

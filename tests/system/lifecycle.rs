@@ -39,7 +39,11 @@ async fn wait_state(client: &Client, queue: &Queue, id: &TaskId, want: TaskState
 /// Every command Redis has served so far.
 async fn total_calls(server: &RedisServer) -> u64 {
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     info.lines()
         .filter_map(|l| l.split_once(":calls=").map(|(_, rest)| rest))
         .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
@@ -65,8 +69,12 @@ fn router(open: Arc<Notify>) -> Router {
                 Ok(Output(serde_json::json!({ "doubled": n * 2 })))
             }
         })
-        .route_bytes("boom", |_ctx, _b| async move { Err::<(), _>(HandlerError::retry("it broke")) })
-        .route("big", |_ctx, size: usize| async move { Ok(bytes::Bytes::from(vec![b'x'; size])) })
+        .route_bytes("boom", |_ctx, _b| async move {
+            Err::<(), _>(HandlerError::retry("it broke"))
+        })
+        .route("big", |_ctx, size: usize| async move {
+            Ok(bytes::Bytes::from(vec![b'x'; size]))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,18 +97,34 @@ async fn every_state_is_observed_through_the_api_for_rust_handlers() {
     assert!(st.due_at.is_some());
     let id = client.enqueue(&queue, Task::json("gate", &21).unwrap()).await.unwrap();
     let st = status(&client, &queue, &id).await;
-    assert_eq!((st.state, st.kind.as_deref()), (TaskState::Queued, Some("gate")), "{st:#?}");
+    assert_eq!(
+        (st.state, st.kind.as_deref()),
+        (TaskState::Queued, Some("gate")),
+        "{st:#?}"
+    );
 
     // Active, with worker, attempt, start time and (coalesced) progress.
     let open = Arc::new(Notify::new());
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(open.clone()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(open.clone()),
+        fast_config(),
+    );
     let st = wait_state(&client, &queue, &id, TaskState::Active).await;
     assert_eq!(st.worker.as_deref(), Some(w.id.as_str()));
     assert_eq!((st.attempt, st.runs), (0, 1));
     assert!(st.started_at.is_some());
     wait_for("progress 50 %", Duration::from_secs(10), || {
         let (client, queue, id) = (client.clone(), queue.clone(), id.clone());
-        async move { client.status(&queue, &id).await.unwrap().progress.is_some_and(|p| p.message == "halfway") }
+        async move {
+            client
+                .status(&queue, &id)
+                .await
+                .unwrap()
+                .progress
+                .is_some_and(|p| p.message == "halfway")
+        }
     })
     .await;
     // 1001 reports in a tight loop cost a write or two (one per flush), not one each.
@@ -111,7 +135,10 @@ async fn every_state_is_observed_through_the_api_for_rust_handlers() {
         .into_iter()
         .filter(|e| e.task_id == id.as_str() && e.event == "progress")
         .count();
-    assert!((1..=3).contains(&progress), "{progress} progress writes for 1001 reports");
+    assert!(
+        (1..=3).contains(&progress),
+        "{progress} progress writes for 1001 reports"
+    );
 
     // Succeeded, with the result encoded with the task's codec.
     open.notify_one();
@@ -150,7 +177,10 @@ async fn cancel_of_a_queued_a_delayed_and_a_running_task() {
     let client = Client::new(&server.client()).await.unwrap();
     let queued = client.enqueue(&queue, Task::json("gate", &1).unwrap()).await.unwrap();
     let delayed = client
-        .enqueue(&queue, Task::json("gate", &2).unwrap().delay(Duration::from_millis(300)))
+        .enqueue(
+            &queue,
+            Task::json("gate", &2).unwrap().delay(Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert_eq!(client.cancel(&queue, &queued).await.unwrap(), CancelOutcome::Cancelled);
@@ -158,23 +188,43 @@ async fn cancel_of_a_queued_a_delayed_and_a_running_task() {
 
     // A worker starts after the delay has passed: neither ever runs.
     let open = Arc::new(Notify::new());
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(open.clone()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(open.clone()),
+        fast_config(),
+    );
     let running = client.enqueue(&queue, Task::json("gate", &3).unwrap()).await.unwrap();
     wait_state(&client, &queue, &running, TaskState::Active).await;
     for id in [&queued, &delayed] {
         let st = status(&client, &queue, id).await;
-        assert_eq!((st.state, st.started, st.runs), (TaskState::Cancelled, Some(false), 0), "{st:#?}");
+        assert_eq!(
+            (st.state, st.started, st.runs),
+            (TaskState::Cancelled, Some(false), 0),
+            "{st:#?}"
+        );
     }
 
     // The running one: its handler sees the cancel on its context within about a second.
     let asked = std::time::Instant::now();
-    assert_eq!(client.cancel(&queue, &running).await.unwrap(), CancelOutcome::Cancelling);
+    assert_eq!(
+        client.cancel(&queue, &running).await.unwrap(),
+        CancelOutcome::Cancelling
+    );
     let st = client.wait(&queue, &running, Duration::from_secs(10)).await.unwrap();
     assert_eq!((st.state, st.started), (TaskState::Cancelled, Some(true)), "{st:#?}");
     // Not a timing assertion on the machine, only on the engine's own poll: the cancel
     // reached the handler on one of its polls, not after the lease or the heartbeat.
-    assert!(asked.elapsed() < Duration::from_secs(5), "cancel took {:?}", asked.elapsed());
-    assert_eq!(w.counters.failed.load(std::sync::atomic::Ordering::Relaxed), 0, "a cancel is not a failure");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        w.counters.failed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a cancel is not a failure"
+    );
 
     // Not retried, not dead-lettered; cancelling again answers with the final state.
     let inspector = rivulet::Inspector::new(&server.client()).await.unwrap();
@@ -187,7 +237,10 @@ async fn cancel_of_a_queued_a_delayed_and_a_running_task() {
     );
     let err = client.cancel(&queue, &TaskId::from_string("nope")).await.unwrap_err();
     assert!(matches!(err, rivulet::Error::UnknownTask { .. }), "{err}");
-    assert!(err.to_string().contains("\"nope\"") && err.to_string().contains("\"cancel\""), "{err}");
+    assert!(
+        err.to_string().contains("\"nope\"") && err.to_string().contains("\"cancel\""),
+        "{err}"
+    );
     w.stop().await;
 }
 
@@ -206,7 +259,13 @@ async fn wait_returns_at_completion_and_an_idle_wait_costs_a_bounded_number_of_c
         let err = client.wait(&queue, &id, Duration::from_secs(secs)).await.unwrap_err();
         used.push(total_calls(&server).await - before);
         assert!(
-            matches!(err, rivulet::Error::WaitTimeout { state: TaskState::Queued, .. }),
+            matches!(
+                err,
+                rivulet::Error::WaitTimeout {
+                    state: TaskState::Queued,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -218,7 +277,12 @@ async fn wait_returns_at_completion_and_an_idle_wait_costs_a_bounded_number_of_c
 
     // A waiter blocked before the task finishes is woken by the finish.
     let open = Arc::new(Notify::new());
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(open.clone()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(open.clone()),
+        fast_config(),
+    );
     let waiter = {
         let (client, queue, id) = (client.clone(), queue.clone(), id.clone());
         tokio::spawn(async move { client.wait(&queue, &id, Duration::from_secs(30)).await })
@@ -284,7 +348,12 @@ async fn ten_racing_producers_of_one_unique_key_make_exactly_one_task() {
     // Live until final: once the holder finishes, the key is free again.
     let client = Client::new(&server.client()).await.unwrap();
     let open = Arc::new(Notify::new());
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(open.clone()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(open.clone()),
+        fast_config(),
+    );
     wait_state(&client, &queue, &holder, TaskState::Active).await;
     let dup = client
         .submit(&queue, Task::json("gate", &1).unwrap().unique_key("report-2026-12-01"))
@@ -305,7 +374,10 @@ async fn ten_racing_producers_of_one_unique_key_make_exactly_one_task() {
     let first = client
         .submit(
             &queue,
-            Task::json("gate", &1).unwrap().unique_key("daily").unique_for(Duration::from_secs(3600)),
+            Task::json("gate", &1)
+                .unwrap()
+                .unique_key("daily")
+                .unique_for(Duration::from_secs(3600)),
         )
         .await
         .unwrap();
@@ -314,7 +386,10 @@ async fn ten_racing_producers_of_one_unique_key_make_exactly_one_task() {
     let second = client
         .submit(
             &queue,
-            Task::json("gate", &1).unwrap().unique_key("daily").unique_for(Duration::from_secs(3600)),
+            Task::json("gate", &1)
+                .unwrap()
+                .unique_key("daily")
+                .unique_for(Duration::from_secs(3600)),
         )
         .await
         .unwrap();
@@ -335,12 +410,18 @@ async fn a_result_over_the_cap_is_an_error_on_the_task_never_a_truncation() {
     let fits = client.enqueue(&queue, Task::json("big", &1000).unwrap()).await.unwrap();
     let over = client.enqueue(&queue, Task::json("big", &1001).unwrap()).await.unwrap();
     let st = client.wait(&queue, &fits, Duration::from_secs(20)).await.unwrap();
-    assert_eq!((st.state, st.result.as_ref().map(|r| r.len())), (TaskState::Succeeded, Some(1000)));
+    assert_eq!(
+        (st.state, st.result.as_ref().map(|r| r.len())),
+        (TaskState::Succeeded, Some(1000))
+    );
     let st = client.wait(&queue, &over, Duration::from_secs(20)).await.unwrap();
     assert_eq!(st.state, TaskState::Dead, "{st:#?}");
     assert_eq!(st.reason.as_deref(), Some("fatal"));
     let error = st.error.unwrap();
-    assert!(error.contains("1001 bytes") && error.contains("1000-byte cap"), "{error}");
+    assert!(
+        error.contains("1001 bytes") && error.contains("1000-byte cap"),
+        "{error}"
+    );
     assert_eq!(st.result, None);
     w.stop().await;
 }
@@ -350,14 +431,22 @@ async fn records_expire_after_the_retention_and_zero_keeps_none() {
     let server = RedisServer::start();
     let queue = Queue::new("retain").unwrap().retention(Duration::from_millis(300));
     let client = Client::new(&server.client()).await.unwrap();
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(Arc::default()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(Arc::default()),
+        fast_config(),
+    );
     let short = client.enqueue(&queue, Task::json("big", &3).unwrap()).await.unwrap();
     let untracked = client
         .enqueue(&queue, Task::json("big", &3).unwrap().retention(Duration::ZERO))
         .await
         .unwrap();
     let long = client
-        .enqueue(&queue, Task::json("big", &3).unwrap().retention(Duration::from_secs(3600)))
+        .enqueue(
+            &queue,
+            Task::json("big", &3).unwrap().retention(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -382,14 +471,22 @@ async fn events_of_a_task_arrive_in_order() {
     let client = Client::new(&server.client()).await.unwrap();
     let mut follow = client.events_now(&queue).await.unwrap();
     let open = Arc::new(Notify::new());
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router(open.clone()), fast_config());
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(open.clone()),
+        fast_config(),
+    );
     let id = client.enqueue(&queue, Task::json("gate", &1).unwrap()).await.unwrap();
     wait_state(&client, &queue, &id, TaskState::Active).await;
     open.notify_one();
     client.wait(&queue, &id, Duration::from_secs(20)).await.unwrap();
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &rivulet::Event| e.event == "succeeded") {
-        let got = client.follow_events(&queue, &mut follow, Duration::from_secs(5)).await.unwrap();
+        let got = client
+            .follow_events(&queue, &mut follow, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(!got.is_empty(), "no event within 5 s; so far {seen:?}");
         seen.extend(got.into_iter().filter(|e| e.task_id == id.as_str()));
     }
@@ -429,11 +526,16 @@ async fn a_worker_killed_mid_task_never_shows_succeeded_and_is_active_again_afte
         .spawn()
         .expect("spawn the test worker");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let child_id = line.trim().strip_prefix("ready ").unwrap().to_owned();
     let mut child = ChildGuard(child);
     let id = client
-        .enqueue(&queue, Task::json("hold", &serde_json::json!({"n": 1, "ms": 60_000})).unwrap())
+        .enqueue(
+            &queue,
+            Task::json("hold", &serde_json::json!({"n": 1, "ms": 60_000})).unwrap(),
+        )
         .await
         .unwrap();
     let st = wait_state(&client, &queue, &id, TaskState::Active).await;

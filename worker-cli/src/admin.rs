@@ -199,7 +199,10 @@ impl Admin {
             }));
         }
         for d in &duplicates {
-            note!("duplicate: task {d} holds unique key {:?}; nothing new was enqueued", a.unique_key.as_deref().unwrap_or(""));
+            note!(
+                "duplicate: task {d} holds unique key {:?}; nothing new was enqueued",
+                a.unique_key.as_deref().unwrap_or("")
+            );
         }
         note!(
             "enqueued {} task(s) of kind {} to queue {} ({}{})",

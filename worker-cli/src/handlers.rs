@@ -235,8 +235,11 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     // write end too; that only delays an end-of-file this side never waits for.
     let (progress_rx, progress_tx) =
         nix::unistd::pipe().map_err(|e| HandlerError::retry(format!("cannot create the progress pipe: {e}")))?;
-    nix::fcntl::fcntl(&progress_rx, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
+    nix::fcntl::fcntl(
+        &progress_rx,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -591,7 +594,10 @@ mod tests {
 
     #[test]
     fn progress_lines_parse_percent_and_message() {
-        assert_eq!(parse_progress("40 resizing the image"), Some((40, "resizing the image")));
+        assert_eq!(
+            parse_progress("40 resizing the image"),
+            Some((40, "resizing the image"))
+        );
         assert_eq!(parse_progress("  75%  "), Some((75, "")));
         assert_eq!(parse_progress("250 over"), Some((100, "over")));
         assert_eq!(parse_progress("12.9 x"), Some((12, "x")));

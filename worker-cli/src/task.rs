@@ -96,22 +96,41 @@ fn describe(st: &TaskStatus) -> String {
     add("due", st.due_at.map(|t| format!("{t} (ms since the epoch)")));
     add("worker", st.worker.clone());
     add("started", st.started_at.map(|t| fmt_ago(t, now)));
-    add("progress", st.progress.as_ref().map(|p| format!("{}% {}", p.percent, p.message)));
+    add(
+        "progress",
+        st.progress.as_ref().map(|p| format!("{}% {}", p.percent, p.message)),
+    );
     add("finished", st.finished_at.map(|t| fmt_ago(t, now)));
     add("run time", st.run_ms.map(|ms| format!("{ms} ms")));
     add("reason", st.reason.clone());
     add("error", st.error.clone());
     add("dead letter", st.dlq_id.clone());
-    add("had started", st.started.map(|s| if s { "yes" } else { "no" }.to_owned()));
-    add("cancelling", st.cancel_requested.then(|| "yes (its worker is stopping it)".to_owned()));
-    add("result", st.result.as_ref().map(|r| clip(&String::from_utf8_lossy(r), 2000)));
+    add(
+        "had started",
+        st.started.map(|s| if s { "yes" } else { "no" }.to_owned()),
+    );
+    add(
+        "cancelling",
+        st.cancel_requested
+            .then(|| "yes (its worker is stopping it)".to_owned()),
+    );
+    add(
+        "result",
+        st.result.as_ref().map(|r| clip(&String::from_utf8_lossy(r), 2000)),
+    );
     lines.join("\n") + "\n"
 }
 
 /// Waits for each task in turn and prints its result (or its status as JSON lines with
 /// `json`). Fails, naming the state, when one ends dead or cancelled or is still running at
 /// the deadline (one deadline for all of them).
-pub async fn wait_and_print(client: &Client, queue: &Queue, ids: &[TaskId], timeout: Duration, json: bool) -> Result<()> {
+pub async fn wait_and_print(
+    client: &Client,
+    queue: &Queue,
+    ids: &[TaskId],
+    timeout: Duration,
+    json: bool,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut failed = Vec::new();
     for id in ids {
@@ -161,7 +180,10 @@ async fn cancel(client: &Client, queue: &Queue, a: &TaskArgs) -> Result<()> {
     let id = TaskId::from_string(a.id.clone());
     let outcome = client.cancel(queue, &id).await?;
     let (state, message) = match outcome {
-        CancelOutcome::Cancelled => ("cancelled", format!("cancelled task {id}: it had not started and never will")),
+        CancelOutcome::Cancelled => (
+            "cancelled",
+            format!("cancelled task {id}: it had not started and never will"),
+        ),
         CancelOutcome::Cancelling => (
             "cancelling",
             format!("cancelling task {id}: its worker stops it within about a second"),
@@ -169,7 +191,9 @@ async fn cancel(client: &Client, queue: &Queue, a: &TaskArgs) -> Result<()> {
         CancelOutcome::AlreadyFinished(s) => (s.as_str(), format!("task {id} had already finished: {s}")),
     };
     if a.output.json {
-        return output::json(&json!({ "id": a.id, "queue": queue.name().as_str(), "outcome": outcome, "state": state }));
+        return output::json(
+            &json!({ "id": a.id, "queue": queue.name().as_str(), "outcome": outcome, "state": state }),
+        );
     }
     note!("{message}");
     output::text(&format!("{state}\n"))
@@ -194,7 +218,9 @@ async fn tasks(client: &Client, queue: &Queue, a: &TasksArgs) -> Result<()> {
         return output::json(&rows);
     }
     let now = rivulet::envelope::now_ms();
-    let mut t = Table::new(&["ID", "STATE", "PRIORITY", "KIND", "ATTEMPT", "WORKER", "ENQUEUED", "ERROR"]);
+    let mut t = Table::new(&[
+        "ID", "STATE", "PRIORITY", "KIND", "ATTEMPT", "WORKER", "ENQUEUED", "ERROR",
+    ]);
     for st in &list {
         t.row(vec![
             st.id.to_string(),

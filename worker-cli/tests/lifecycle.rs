@@ -16,7 +16,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("wcli-life-{tag}-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let p = std::env::temp_dir().join(format!(
+            "wcli-life-{tag}-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -62,14 +66,20 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- worker log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "--- worker log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
     }
 }
 
 async fn cli(server: &RedisServer, args: &[&str]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args).env("REDIS_URL", server.url()).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .env("REDIS_URL", server.url())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("worker-cli {args:?} did not finish within 60 s"))
@@ -89,7 +99,8 @@ async fn ok_json(server: &RedisServer, args: &[&str]) -> Value {
         text(&out.stdout),
         text(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&out.stdout)))
 }
 
 /// Enqueues one task with the CLI and returns its id.
@@ -155,14 +166,29 @@ esac
     let id = enqueue(&server, "ex", "job", &["--payload", r#""ok""#]).await;
     assert_eq!(show(&server, "ex", &id).await["state"], "queued");
     let listed = ok_json(&server, &["tasks", "--queue", "ex", "--state", "queued", "--json"]).await;
-    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{listed:#}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
+        "{listed:#}"
+    );
     let listed = ok_json(&server, &["tasks", "--queue", "ex", "--state", "scheduled", "--json"]).await;
-    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == later.as_str()), "{listed:#}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|t| t["id"] == later.as_str()),
+        "{listed:#}"
+    );
 
     // Active with the progress the command wrote on its descriptor.
     let _w = Worker::start(
         &server,
-        &["--queue", "ex", "--max-attempts", "2", "--retry-base", "1s", "--exec", &exec],
+        &[
+            "--queue",
+            "ex",
+            "--max-attempts",
+            "2",
+            "--retry-base",
+            "1s",
+            "--exec",
+            &exec,
+        ],
     );
     let st = wait_state(&server, "ex", &id, "active").await;
     assert!(st["worker"].is_string());
@@ -172,7 +198,10 @@ esac
     .await;
     assert!(ok, "progress never showed: {:#}", show(&server, "ex", &id).await);
     let listed = ok_json(&server, &["tasks", "--queue", "ex", "--state", "active", "--json"]).await;
-    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{listed:#}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
+        "{listed:#}"
+    );
 
     // Succeeded: `task wait` prints the command's stdout and exits 0.
     std::fs::write(&gate, "").unwrap();
@@ -180,19 +209,32 @@ esac
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), r#"{"answer": 42}"#);
     let st = show(&server, "ex", &id).await;
-    assert_eq!((st["state"].as_str(), st["result_codec"].as_str()), (Some("succeeded"), Some("bytes")));
+    assert_eq!(
+        (st["state"].as_str(), st["result_codec"].as_str()),
+        (Some("succeeded"), Some("bytes"))
+    );
 
     // Retrying, then dead: `task wait` exits 1 naming the state and the error.
     let failing = enqueue(&server, "ex", "job", &["--payload", r#""fail""#]).await;
     let st = wait_state(&server, "ex", &failing, "retrying").await;
     assert_eq!(st["attempt"], 1);
     assert!(st["error"].as_str().unwrap().contains("it broke"), "{st:#}");
-    let out = cli(&server, &["task", "wait", &failing, "--queue", "ex", "--timeout", "20s"]).await;
+    let out = cli(
+        &server,
+        &["task", "wait", &failing, "--queue", "ex", "--timeout", "20s"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("ended dead (exhausted)") && err.contains("it broke"), "{err}");
+    assert!(
+        err.contains("ended dead (exhausted)") && err.contains("it broke"),
+        "{err}"
+    );
     let listed = ok_json(&server, &["tasks", "--queue", "ex", "--state", "dead", "--json"]).await;
-    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == failing.as_str()), "{listed:#}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|t| t["id"] == failing.as_str()),
+        "{listed:#}"
+    );
 
     // Cancelled while running: SIGTERM reaches the command; the task ends cancelled.
     let slow = enqueue(&server, "ex", "job", &["--payload", r#""slow""#]).await;
@@ -203,7 +245,10 @@ esac
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("ended cancelled"), "{}", text(&out.stderr));
     let st = show(&server, "ex", &slow).await;
-    assert_eq!((st["state"].as_str(), st["started"].as_bool()), (Some("cancelled"), Some(true)));
+    assert_eq!(
+        (st["state"].as_str(), st["started"].as_bool()),
+        (Some("cancelled"), Some(true))
+    );
 
     // Cancelled before it started; a second cancel answers with the final state.
     let out = ok_json(&server, &["task", "cancel", &later, "--queue", "ex", "--json"]).await;
@@ -211,8 +256,16 @@ esac
     let out = ok_json(&server, &["task", "cancel", &later, "--queue", "ex", "--json"]).await;
     assert_eq!(out["outcome"]["already_finished"], "cancelled", "{out:#}");
     let listed = ok_json(&server, &["tasks", "--queue", "ex", "--state", "cancelled", "--json"]).await;
-    let cancelled: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|t| t["id"].as_str()).collect();
-    assert!(cancelled.contains(&slow.as_str()) && cancelled.contains(&later.as_str()), "{listed:#}");
+    let cancelled: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert!(
+        cancelled.contains(&slow.as_str()) && cancelled.contains(&later.as_str()),
+        "{listed:#}"
+    );
 
     // Unknown ids: exit 1 naming the id and the queue.
     for args in [
@@ -244,7 +297,16 @@ async fn enqueue_wait_prints_the_result_and_unique_keys_report_duplicates() {
     let _w = Worker::start(&server, &["--queue", "uq", "--exec", "echo=cat"]);
     let out = cli(
         &server,
-        &["enqueue", "--queue", "uq", "--kind", "echo", "--payload", r#"{"hi": 1}"#, "--wait"],
+        &[
+            "enqueue",
+            "--queue",
+            "uq",
+            "--kind",
+            "echo",
+            "--payload",
+            r#"{"hi": 1}"#,
+            "--wait",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -51,7 +51,10 @@ pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>]) ->
     // EVALSHA in a pipeline cannot load a missing script on the fly; SCRIPT LOAD of a cached
     // script is a hash lookup, so loading it in front of every batch costs one cheap command.
     let mut pipe = redis::pipe();
-    pipe.cmd("SCRIPT").arg("LOAD").arg(include_str!("scripts/enqueue.lua")).ignore();
+    pipe.cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(include_str!("scripts/enqueue.lua"))
+        .ignore();
     let now = now_ms();
     for it in items {
         let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
@@ -225,7 +228,11 @@ pub async fn settle_tracked(
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
 /// in one round trip. Empty field lists for shards without one.
-pub async fn records(conn: &mut ConnectionManager, shards: &[ShardKeys], id: &str) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+pub async fn records(
+    conn: &mut ConnectionManager,
+    shards: &[ShardKeys],
+    id: &str,
+) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("HGETALL").arg(k.task(id));
@@ -263,7 +270,11 @@ pub async fn cancel(
 
 /// Reads a task's record and registers a waiter unless it is final (`wait.lua`): (registered,
 /// record fields).
-pub async fn register_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
+pub async fn register_waiter(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    id: &str,
+) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
     let reply: Value = WAIT.key(keys.task(id)).invoke_async(conn).await?;
     let Value::Array(items) = reply else {
         return Err(Error::protocol("wait.lua did not return an array"));
@@ -280,11 +291,20 @@ pub async fn register_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id:
 /// Blocks on a task's done list for up to `timeout` (on a connection of its own: a blocking
 /// call would stall a shared one). Whether it was woken. The token is put back so every other
 /// waiter wakes too (the list expires a minute after the task finished).
-pub async fn block_until_done(conn: &mut redis::aio::MultiplexedConnection, keys: &ShardKeys, id: &str, timeout: Duration) -> Result<bool> {
+pub async fn block_until_done(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &ShardKeys,
+    id: &str,
+    timeout: Duration,
+) -> Result<bool> {
     let done = keys.done(id);
     // BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
     let secs = timeout.as_secs_f64().max(0.001);
-    let got: Option<(String, String)> = redis::cmd("BLPOP").arg(&done).arg(format!("{secs:.3}")).query_async(conn).await?;
+    let got: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg(&done)
+        .arg(format!("{secs:.3}"))
+        .query_async(conn)
+        .await?;
     if got.is_some() {
         redis::cmd("RPUSH").arg(&done).arg("1").query_async::<()>(conn).await?;
         return Ok(true);
@@ -299,14 +319,28 @@ pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, i
     let rec = keys.task(id);
     let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
     if exists {
-        redis::cmd("HINCRBY").arg(&rec).arg("waiters").arg(-1).query_async::<()>(conn).await?;
+        redis::cmd("HINCRBY")
+            .arg(&rec)
+            .arg("waiters")
+            .arg(-1)
+            .query_async::<()>(conn)
+            .await?;
     }
     Ok(())
 }
 
 /// Events of one shard after `after` (exclusive; `-` for the oldest), at most `count`.
-pub async fn events(conn: &mut ConnectionManager, keys: &ShardKeys, after: &str, count: usize) -> Result<Vec<StreamEntry>> {
-    let start = if after == "-" { "-".to_owned() } else { format!("({after}") };
+pub async fn events(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    after: &str,
+    count: usize,
+) -> Result<Vec<StreamEntry>> {
+    let start = if after == "-" {
+        "-".to_owned()
+    } else {
+        format!("({after}")
+    };
     let reply: Value = redis::cmd("XRANGE")
         .arg(&keys.events)
         .arg(start)
@@ -322,12 +356,22 @@ pub async fn events(conn: &mut ConnectionManager, keys: &ShardKeys, after: &str,
 pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<String>> {
     let mut pipe = redis::pipe();
     for k in shards {
-        pipe.cmd("XREVRANGE").arg(&k.events).arg("+").arg("-").arg("COUNT").arg(1);
+        pipe.cmd("XREVRANGE")
+            .arg(&k.events)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     replies
         .into_iter()
-        .map(|v| Ok(entries(v)?.into_iter().next().map_or_else(|| "0-0".to_owned(), |e| e.id)))
+        .map(|v| {
+            Ok(entries(v)?
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_owned(), |e| e.id))
+        })
         .collect()
 }
 
@@ -341,7 +385,11 @@ pub async fn follow_events(
     count: usize,
 ) -> Result<Vec<(usize, StreamEntry)>> {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("STREAMS");
+    cmd.arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis().max(1) as u64)
+        .arg("STREAMS");
     for k in shards {
         cmd.arg(&k.events);
     }
@@ -380,7 +428,11 @@ pub async fn list_ids(
     use crate::lifecycle::TaskState as S;
     let ids = match state {
         S::Scheduled | S::Retrying => {
-            let set = if state == S::Scheduled { &keys.scheduled } else { &keys.retry };
+            let set = if state == S::Scheduled {
+                &keys.scheduled
+            } else {
+                &keys.retry
+            };
             let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
                 .arg(set)
                 .arg(0)
@@ -390,14 +442,16 @@ pub async fn list_ids(
             members.iter().filter_map(|m| member_id(m)).collect()
         }
         S::Queued => {
-            let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
-                redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await;
+            let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&keys.stream)
+                .query_async(conn)
+                .await;
             let after = groups
                 .ok()
                 .and_then(|gs| {
-                    gs.into_iter().find(|g| {
-                        g.get("name").and_then(|v| bulk(v.clone()).ok()).as_deref() == Some(GROUP.as_bytes())
-                    })
+                    gs.into_iter()
+                        .find(|g| g.get("name").and_then(|v| bulk(v.clone()).ok()).as_deref() == Some(GROUP.as_bytes()))
                 })
                 .and_then(|g| g.get("last-delivered-id").and_then(|v| bulk(v.clone()).ok()))
                 .map(|b| format!("({}", String::from_utf8_lossy(&b)))
@@ -418,7 +472,11 @@ pub async fn list_ids(
             for (entry, ..) in &rows {
                 pipe.cmd("XRANGE").arg(&keys.stream).arg(entry).arg(entry);
             }
-            let replies: Vec<Value> = if rows.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
+            let replies: Vec<Value> = if rows.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(conn).await?
+            };
             let mut out = Vec::new();
             for r in replies {
                 out.extend(entries(r)?.into_iter().filter_map(field_id));
@@ -513,7 +571,9 @@ mod tests {
     #[test]
     fn member_ids_are_read_from_msgpack_arrays() {
         // ["kind", "k", "id", "abc"] as cmsgpack writes it.
-        let m = [0x94, 0xa4, b'k', b'i', b'n', b'd', 0xa1, b'k', 0xa2, b'i', b'd', 0xa3, b'a', b'b', b'c'];
+        let m = [
+            0x94, 0xa4, b'k', b'i', b'n', b'd', 0xa1, b'k', 0xa2, b'i', b'd', 0xa3, b'a', b'b', b'c',
+        ];
         assert_eq!(member_id(&m).as_deref(), Some("abc"));
         assert_eq!(member_id(&[0x90]), None);
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");

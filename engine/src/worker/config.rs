@@ -134,7 +134,10 @@ impl WorkerConfig {
             return Err(Error::config("promote_interval", "must be at least 1ms"));
         }
         if self.max_result_bytes == 0 || self.max_result_bytes > 512 * 1024 * 1024 {
-            return Err(Error::config("max_result_bytes", "must be 1..=536870912 (512 MiB, Redis' string limit)"));
+            return Err(Error::config(
+                "max_result_bytes",
+                "must be 1..=536870912 (512 MiB, Redis' string limit)",
+            ));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::config("timeout", "must be positive"));

@@ -37,7 +37,12 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         Err(NotRunnable { reason, error, track }) => {
             WorkerCounters::add(&shared.counters.buried, 1);
             let attempt = None; // it never ran
-            shared.settle_tracked(lane_idx, entry_id, Settle::Bury { reason, error, attempt }, track);
+            shared.settle_tracked(
+                lane_idx,
+                entry_id,
+                Settle::Bury { reason, error, attempt },
+                track.map(|t| *t),
+            );
             return;
         }
     };
@@ -157,7 +162,8 @@ async fn run_cancellable(
 struct NotRunnable {
     reason: &'static str,
     error: String,
-    track: Option<Tracked>,
+    // Boxed: the error path is rare, and keeps `prepare`'s result small.
+    track: Option<Box<Tracked>>,
 }
 
 impl NotRunnable {
@@ -209,7 +215,7 @@ fn prepare(
         return Err(NotRunnable {
             reason: "unknown_kind",
             error,
-            track,
+            track: track.map(Box::new),
         });
     };
     let policy = route
@@ -222,7 +228,7 @@ fn prepare(
         NotRunnable {
             reason: "malformed",
             error: m.0,
-            track: track.clone(),
+            track: track.clone().map(Box::new),
         }
     })?;
     let timeout = env
@@ -248,7 +254,7 @@ fn prepare(
         NotRunnable {
             reason: "malformed",
             error: m.0,
-            track: track.clone(),
+            track: track.clone().map(Box::new),
         }
     })?;
     Ok(Run {

@@ -33,11 +33,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::DEFAULT_CANCEL_GRACE;
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
     DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
 };
-pub use config::DEFAULT_CANCEL_GRACE;
 pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
 use crate::broker::{self, Settle};

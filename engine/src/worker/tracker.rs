@@ -113,7 +113,11 @@ pub(super) fn finished(shared: &Shared, lane: usize, task_id: &TaskId) {
 
 /// The starter loop (see the module docs). Stops once `stop` is cancelled and every request
 /// sent before is answered.
-pub(super) async fn run_starter(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<StartRequest>, stop: CancellationToken) {
+pub(super) async fn run_starter(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<StartRequest>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<StartRequest> = Vec::new();
     loop {
         let first = tokio::select! {
@@ -209,11 +213,18 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn write_progress(shared: &Shared, conn: &mut redis::aio::ConnectionManager, running: &[((usize, String), TaskControl)]) {
+async fn write_progress(
+    shared: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+    running: &[((usize, String), TaskControl)],
+) {
     let mut by_lane: HashMap<usize, Vec<(String, u8, String)>> = HashMap::new();
     for ((lane, id), control) in running {
         if let Some(p) = control.take_report() {
-            by_lane.entry(*lane).or_default().push((id.clone(), p.percent, p.message));
+            by_lane
+                .entry(*lane)
+                .or_default()
+                .push((id.clone(), p.percent, p.message));
         }
     }
     for (lane, reports) in by_lane {
@@ -225,7 +236,11 @@ async fn write_progress(shared: &Shared, conn: &mut redis::aio::ConnectionManage
     }
 }
 
-async fn poll_cancels(shared: &Shared, conn: &mut redis::aio::ConnectionManager, running: &[((usize, String), TaskControl)]) {
+async fn poll_cancels(
+    shared: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+    running: &[((usize, String), TaskControl)],
+) {
     let mut lanes: Vec<usize> = running.iter().map(|((l, _), _)| *l).collect();
     lanes.sort_unstable();
     lanes.dedup();
