@@ -663,9 +663,17 @@ impl Inspector {
         }
         let mut conn = self.conn();
         for shard in queue.all_shards() {
+            // Forced: the tasks' records go with their tasks (found through the structures
+            // that hold them, before those are dropped).
+            if force {
+                broker::lifecycle::drop_records(&mut conn, &shard.keys).await?;
+            }
             if !broker::drop_shard(&mut conn, &shard.keys, force).await? {
                 // Something arrived since the look above: refuse, keeping the registry entry.
                 return Err(self.queue_contents(queue).await?.in_use());
+            }
+            if !force {
+                broker::lifecycle::drop_records(&mut conn, &shard.keys).await?;
             }
         }
         redis::pipe()

@@ -579,3 +579,47 @@ mod tests {
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
     }
 }
+
+/// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
+/// set, and the record, done list and unique lock of every task it still names (in its
+/// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
+/// finished before the events' cap reached back expire on their own after the retention.
+pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
+    let mut ids: Vec<String> = Vec::new();
+    for stream in [&keys.stream, &keys.dlq, &keys.events] {
+        let mut after = "-".to_owned();
+        loop {
+            let page = super::range(conn, stream, &after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = format!("({}", last.id);
+            ids.extend(page.into_iter().filter_map(field_id));
+        }
+    }
+    for set in [&keys.scheduled, &keys.retry] {
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
+        ids.extend(members.iter().filter_map(|m| member_id(m)));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(keys.task(id)).arg("unique_key");
+        }
+        let locks: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let mut pipe = redis::pipe();
+        for (id, lock) in chunk.iter().zip(locks) {
+            pipe.cmd("DEL").arg(keys.task(id)).arg(keys.done(id)).ignore();
+            if let Some(lock) = lock {
+                pipe.cmd("DEL").arg(lock).ignore();
+            }
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    redis::cmd("DEL")
+        .arg(&keys.events)
+        .arg(&keys.cancels)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
