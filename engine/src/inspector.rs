@@ -568,12 +568,13 @@ impl Inspector {
 
     async fn dlq_apply(&self, queue: &Queue, select: &DlqSelect, replay: bool) -> Result<u64> {
         let mut conn = self.conn();
+        let events_maxlen = queue.events_maxlen();
         let apply = |conn: &mut ConnectionManager, keys: ShardKeys, ids: Vec<String>| {
             let mut conn = conn.clone();
             async move {
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 if replay {
-                    broker::replay(&mut conn, &keys, &ids).await
+                    broker::lifecycle::replay(&mut conn, &keys, &ids, events_maxlen).await
                 } else {
                     broker::delete_entries(&mut conn, &keys.dlq, &ids).await
                 }

@@ -623,3 +623,37 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
         .await?;
     Ok(())
 }
+
+/// Replays dead letters of one shard into its stream (`replay.lua`) and puts each replayed
+/// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
+/// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
+pub async fn replay(conn: &mut ConnectionManager, keys: &ShardKeys, ids: &[&str], events_maxlen: usize) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("XRANGE").arg(&keys.dlq).arg(*id).arg(*id);
+    }
+    let found: Vec<Value> = pipe.query_async(conn).await?;
+    let mut entry_ids = Vec::with_capacity(ids.len());
+    let mut records = Vec::with_capacity(ids.len());
+    for (id, reply) in ids.iter().zip(found) {
+        // Gone already (replayed or purged by someone else): skip it, as replay.lua would.
+        let Some(task) = entries(reply)?.into_iter().next().and_then(field_id) else {
+            continue;
+        };
+        entry_ids.push(*id);
+        records.push(keys.task(&task));
+    }
+    if entry_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut inv = super::REPLAY.key(&keys.dlq);
+    inv.key(&keys.stream).key(&keys.stats).key(&keys.events);
+    for (id, rec) in entry_ids.iter().zip(&records) {
+        inv.arg(*id).key(rec);
+    }
+    inv.arg(events_maxlen);
+    Ok(inv.invoke_async(conn).await?)
+}

@@ -594,19 +594,6 @@ pub async fn range(conn: &mut ConnectionManager, stream: &str, start: &str, coun
     entries(reply)
 }
 
-/// Replays dead letters of one shard into its stream. Returns how many.
-pub async fn replay(conn: &mut ConnectionManager, keys: &ShardKeys, ids: &[&str]) -> Result<u64> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut inv = REPLAY.key(&keys.dlq);
-    inv.key(&keys.stream).key(&keys.stats);
-    for id in ids {
-        inv.arg(*id);
-    }
-    Ok(inv.invoke_async(conn).await?)
-}
-
 /// Deletes entries of a stream. Returns how many existed.
 pub async fn delete_entries(conn: &mut ConnectionManager, stream: &str, ids: &[&str]) -> Result<u64> {
     if ids.is_empty() {

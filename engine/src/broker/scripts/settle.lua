@@ -159,15 +159,20 @@ if tracked > 0 then
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
   end
   -- A final state: expire the record after its retention, wake its waiters, free its lock.
-  local function finish(rec, done_list, lock, task, retention, release)
-    redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'cancel_requested')
-    local waiters = redis.call('HGET', rec, 'waiters')
-    if waiters then
-      redis.call('HDEL', rec, 'waiters')
-      if tonumber(waiters) > 0 then
-        redis.call('RPUSH', done_list, '1')
-        redis.call('PEXPIRE', done_list, 60000)
-      end
+  -- `extra` is the state's own fields, written in the same HSET. This runs for every finished
+  -- task, so it reads what it needs in one HMGET and writes only what is there to change.
+  local function finish(rec, done_list, lock, task, retention, release, extra)
+    local waiters, cancel, member = unpack(redis.call('HMGET', rec, 'waiters', 'cancel_requested', 'member'))
+    redis.call('HSET', rec, 'finished_at', now, 'updated_at', now, unpack(extra))
+    if cancel or member or waiters then
+      redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'cancel_requested', 'waiters')
+    end
+    if cancel then
+      redis.call('SREM', cancels, task)
+    end
+    if waiters and tonumber(waiters) > 0 then
+      redis.call('RPUSH', done_list, '1')
+      redis.call('PEXPIRE', done_list, 60000)
     end
     if tonumber(retention) > 0 then
       redis.call('PEXPIRE', rec, retention)
@@ -188,36 +193,35 @@ if tracked > 0 then
     else
       owned[id] = nil
       acked[#acked + 1] = id
-      redis.call('SREM', cancels, task)
       if op == 's' then
         done = done + 1
-        redis.call('HSET', rec, 'state', 'succeeded', 'finished_at', now, 'run_ms', c, 'updated_at', now)
         if a ~= '' then
-          redis.call('HSET', rec, 'result', a, 'result_codec', b)
+          finish(rec, done_list, lock, task, retention, release,
+            { 'state', 'succeeded', 'run_ms', c, 'result', a, 'result_codec', b })
+        else
+          finish(rec, done_list, lock, task, retention, release, { 'state', 'succeeded', 'run_ms', c })
         end
-        finish(rec, done_list, lock, task, retention, release)
         event(task, 'succeeded', 'run_ms', c)
       elseif op == 'r' then
         local member = apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now)
-        if member then
-          redis.call('HSET', rec, 'member', member)
+        redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now,
+          'member', member or '')
+        if redis.call('HDEL', rec, 'cancel_requested') == 1 then
+          redis.call('SREM', cancels, task)
         end
-        redis.call('HDEL', rec, 'cancel_requested')
         event(task, 'retried', 'attempt', b, 'due_at', a, 'error', c)
       elseif op == 'b' then
         local dlq_id = apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'dead', 'reason', a, 'error', b, 'finished_at', now, 'updated_at', now)
+        local extra = { 'state', 'dead', 'reason', a, 'error', b, 'dlq_id', dlq_id or '' }
         if c ~= '' then
-          redis.call('HSET', rec, 'attempt', c)
+          extra[#extra + 1] = 'attempt'
+          extra[#extra + 1] = c
         end
         if d ~= '' then
-          redis.call('HSET', rec, 'run_ms', d)
+          extra[#extra + 1] = 'run_ms'
+          extra[#extra + 1] = d
         end
-        if dlq_id then
-          redis.call('HSET', rec, 'dlq_id', dlq_id)
-        end
-        finish(rec, done_list, lock, task, retention, release)
+        finish(rec, done_list, lock, task, retention, release, extra)
         event(task, 'dead', 'reason', a, 'error', b)
       elseif op == 'q' then
         apply(id, op, a, b, c, deliveries)
@@ -226,9 +230,7 @@ if tracked > 0 then
         event(task, 'requeued')
       elseif op == 'x' then
         cancelled = cancelled + 1
-        redis.call('HSET', rec, 'state', 'cancelled', 'started', '1', 'finished_at', now, 'run_ms', a,
-          'updated_at', now)
-        finish(rec, done_list, lock, task, retention, release)
+        finish(rec, done_list, lock, task, retention, release, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
         event(task, 'cancelled', 'started', '1')
       end
       -- op 'k': the record was made final by cancel.lua; the entry only needs deleting.

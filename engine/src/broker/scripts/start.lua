@@ -18,16 +18,25 @@ for i = 2, #KEYS do
   local rec = KEYS[i]
   local a = 4 + (i - 2) * 4
   local id, attempt, kind, retention = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local state, cancel = unpack(redis.call('HMGET', rec, 'state', 'cancel_requested'))
+  local state, cancel, runs, member, progress =
+    unpack(redis.call('HMGET', rec, 'state', 'cancel_requested', 'runs', 'member', 'progress'))
   if state == 'cancelled' then
     codes[#codes + 1] = 1
   elseif cancel == '1' then
     codes[#codes + 1] = 2
   else
-    redis.call('HSET', rec, 'state', 'active', 'worker', worker, 'attempt', attempt, 'started_at', now,
-      'kind', kind, 'retention_ms', retention, 'updated_at', now)
-    redis.call('HDEL', rec, 'due_at', 'member', 'entry', 'progress', 'progress_message')
-    redis.call('HINCRBY', rec, 'runs', 1)
+    -- One HSET, and an HDEL only of fields that are there: this runs for every started task.
+    if state then
+      redis.call('HSET', rec, 'state', 'active', 'worker', worker, 'attempt', attempt, 'started_at', now,
+        'runs', (tonumber(runs) or 0) + 1, 'updated_at', now)
+    else
+      redis.call('HSET', rec, 'state', 'active', 'worker', worker, 'attempt', attempt, 'started_at', now,
+        'runs', 1, 'updated_at', now, 'kind', kind, 'retention_ms', retention)
+    end
+    -- (A stale `entry` is harmless: cancel only uses it while the record says `queued`.)
+    if member or progress then
+      redis.call('HDEL', rec, 'due_at', 'member', 'progress', 'progress_message')
+    end
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', 'started', 'at', now,
       'worker', worker, 'attempt', attempt)
     codes[#codes + 1] = 0
