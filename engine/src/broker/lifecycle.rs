@@ -168,10 +168,8 @@ pub struct Tracked {
 /// How a tracked task ends cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
-    /// It ran and was stopped.
+    /// It ran (or had begun to) and was stopped.
     WhileRunning,
-    /// It never started (cancel.lua already made its record final).
-    BeforeStart,
 }
 
 /// [`super::settle`] with tracked outcomes too, in the same `settle.lua` call.
@@ -201,7 +199,6 @@ pub async fn settle_tracked(
         inv.arg(*entry);
         match (t.cancel, op) {
             (Some(Cancelled::WhileRunning), _) => inv.arg("x").arg(t.run_ms).arg("").arg("").arg(""),
-            (Some(Cancelled::BeforeStart), _) => inv.arg("k").arg("").arg("").arg("").arg(""),
             (None, Settle::Ack) => {
                 let (result, codec) = match &t.result {
                     Some((b, c)) => (b.as_ref(), c.as_str()),

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Shared, WorkerCounters, tracker};
 use crate::backoff::RetryPolicy;
-use crate::broker::lifecycle::{Cancelled, StartCode, Tracked};
+use crate::broker::lifecycle::{Cancelled, Tracked};
 use crate::broker::{Settle, StreamEntry};
 use crate::envelope::{Envelope, TaskId, now_ms};
 use crate::handler::{HandlerError, HandlerFuture, TaskContext, TaskOutput};
@@ -59,26 +59,9 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
         if let Some(t) = &track {
-            // The record says `active` before the handler runs, so the settle that follows
-            // always lands after it.
-            let code = tokio::select! {
-                biased;
-                () = shared2.abort.cancelled() => return,
-                c = tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms) => c,
-            };
-            let cancel = match code {
-                StartCode::Run => None,
-                StartCode::Skip => Some(Cancelled::BeforeStart),
-                StartCode::Cancel => Some(Cancelled::WhileRunning),
-            };
-            if let Some(c) = cancel {
-                drop(permit);
-                tracing::info!(task_id = %task_id, "task cancelled before it started; not running it");
-                let track = Tracked { cancel: Some(c), ..t.clone() };
-                shared2.settle_tracked(lane_idx, entry_id, Settle::Ack, Some(track));
-                return;
-            }
+            // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
+            tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms, &control);
         }
         WorkerCounters::add(&shared2.counters.started, 1);
         let began = std::time::Instant::now();

@@ -1,10 +1,13 @@
 //! The tracker: keeps the records of the tasks this worker runs.
 //!
 //! Two loops, both owned by the worker:
-//! - the starter batches start records: a tracked task's handler waits (one round trip) until
-//!   `start.lua` has marked it `active` (or said it was cancelled before it started), and every
-//!   start waiting at that moment goes in the same call per shard, as the acker batches
-//!   outcomes;
+//! - the starter batches start records: every start waiting at that moment goes in one
+//!   `start.lua` call per shard, as the acker batches outcomes. The handler does not wait for
+//!   it (a round trip per batch on the critical path cost most of the drain rate): the script
+//!   leaves a record that is already final or at a later attempt alone, so it may land after
+//!   the settle; and when it says the task was cancelled before it started (a cancel that
+//!   raced the task's delivery or promotion), the handler is cancelled at once and the task
+//!   settles `cancelled`;
 //! - the monitor writes the latest progress report of each running task every
 //!   [`PROGRESS_INTERVAL`] (coalesced: a handler reporting in a tight loop costs at most that
 //!   many writes) and reads the shards' cancel sets every [`CANCEL_POLL`] while this worker
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Outage, Shared};
@@ -32,14 +35,15 @@ pub const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// Most starts per `start.lua` call.
 const MAX_BATCH: usize = 500;
 
-/// One tracked task about to start, waiting for its record.
+/// One tracked task starting, whose record is to say so.
 pub(super) struct StartRequest {
     lane: usize,
     task_id: String,
     attempt: u32,
     kind: String,
     retention_ms: u64,
-    reply: oneshot::Sender<StartCode>,
+    /// Cancelled when the record says the task was cancelled before it started.
+    control: TaskControl,
 }
 
 /// Running tracked tasks by (lane, task id), with their handler's control.
@@ -67,29 +71,19 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
     })
 }
 
-/// Records the start of a tracked task and says whether to run it.
-pub(super) async fn begin(
-    shared: &Shared,
-    lane: usize,
-    task_id: &TaskId,
-    attempt: u32,
-    kind: &str,
-    retention_ms: u64,
-) -> StartCode {
-    let (reply, answer) = oneshot::channel();
+/// Asks for the start of a tracked task to be recorded (without waiting for it).
+pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: &str, retention_ms: u64, control: &TaskControl) {
     let req = StartRequest {
         lane,
         task_id: task_id.as_str().to_owned(),
         attempt,
         kind: kind.to_owned(),
         retention_ms,
-        reply,
+        control: control.clone(),
     };
-    if shared.starts.send(req).is_err() {
-        // The starter stops only after every handler has finished: unreachable in practice.
-        return StartCode::Run;
-    }
-    answer.await.unwrap_or(StartCode::Run)
+    // The starter stops only after every handler has finished: a send cannot fail while one
+    // runs. Were it to, the record would only miss its `active` step.
+    let _ = shared.starts.send(req);
 }
 
 /// Registers a running tracked task (for progress and cancel).
@@ -179,8 +173,10 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
         }
     };
     for (req, code) in batch.drain(..).zip(codes) {
-        // A handler that is gone (drain deadline) no longer listens.
-        let _ = req.reply.send(code);
+        if code != StartCode::Run {
+            tracing::info!(task_id = %req.task_id, "task was cancelled before it started; stopping it");
+            req.control.cancel();
+        }
     }
 }
 

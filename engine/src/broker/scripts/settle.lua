@@ -28,7 +28,6 @@
 --          op 's' succeeded: result a ('' none), result codec b, run ms c
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
---          op 'k' cancelled before it started (its record is final already): just delete it
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
@@ -233,7 +232,6 @@ if tracked > 0 then
         finish(rec, done_list, lock, task, retention, release, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
         event(task, 'cancelled', 'started', '1')
       end
-      -- op 'k': the record was made final by cancel.lua; the entry only needs deleting.
     end
   end
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end

@@ -6,9 +6,13 @@
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  approximate MAXLEN of the events stream
 -- ARGV[4..] per task, four values: task id, attempt, kind, retention ms
--- Returns  one code per task: 0 = run it; 1 = it was cancelled before it started (do not run;
---          the record is already final); 2 = its cancel was asked for while an earlier delivery
---          ran (a worker died): do not run, settle it as cancelled.
+-- Returns  one code per task: 0 = run it; 1 = it was cancelled before it started; 2 = its
+--          cancel was asked for while an earlier delivery ran (a worker died). For 1 and 2 the
+--          worker stops the handler at once and settles the task as cancelled.
+--
+-- Workers send this without waiting for it before they start the handler, so it may land
+-- after the task's settle: a record already final, or already at a later attempt (the run
+-- failed and is retrying), is left as it is.
 --
 -- A record that is missing (a producer that writes none, or one whose queue has tracking
 -- off) is created here, so a task's status is known from its start on.
@@ -18,10 +22,12 @@ for i = 2, #KEYS do
   local rec = KEYS[i]
   local a = 4 + (i - 2) * 4
   local id, attempt, kind, retention = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local state, cancel, runs, member, progress =
-    unpack(redis.call('HMGET', rec, 'state', 'cancel_requested', 'runs', 'member', 'progress'))
+  local state, cancel, runs, member, progress, seen =
+    unpack(redis.call('HMGET', rec, 'state', 'cancel_requested', 'runs', 'member', 'progress', 'attempt'))
   if state == 'cancelled' then
     codes[#codes + 1] = 1
+  elseif state == 'succeeded' or state == 'dead' or (seen and tonumber(seen) > tonumber(attempt)) then
+    codes[#codes + 1] = 0
   elseif cancel == '1' then
     codes[#codes + 1] = 2
   else
