@@ -7,7 +7,8 @@
 //!   leaves a record that is already final or at a later attempt alone, so it may land after
 //!   the settle; and when it says the task was cancelled before it started (a cancel that
 //!   raced the task's delivery or promotion), the handler is cancelled at once and the task
-//!   settles `cancelled`;
+//!   settles `cancelled`. A task whose handler has already finished when its start comes up
+//!   gets no start record at all: its settle records the final state and the worker;
 //! - the monitor writes the latest progress report of each running task every
 //!   [`PROGRESS_INTERVAL`] (coalesced: a handler reporting in a tight loop costs at most that
 //!   many writes) and reads the shards' cancel sets every [`CANCEL_POLL`] while this worker
@@ -138,6 +139,12 @@ pub(super) async fn run_starter(
 }
 
 async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &CancellationToken) {
+    // A handler that already finished needs no start record: its settle writes the final
+    // state (and the worker) directly. Short tasks under load mostly end here.
+    {
+        let running = shared.running.lock().expect("never poisoned");
+        batch.retain(|r| running.contains_key(&(r.lane, r.task_id.clone())));
+    }
     if batch.is_empty() {
         return;
     }

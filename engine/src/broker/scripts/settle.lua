@@ -162,7 +162,8 @@ if tracked > 0 then
   -- task, so it reads what it needs in one HMGET and writes only what is there to change.
   local function finish(rec, done_list, lock, task, retention, release, extra)
     local waiters, cancel, member = unpack(redis.call('HMGET', rec, 'waiters', 'cancel_requested', 'member'))
-    redis.call('HSET', rec, 'finished_at', now, 'updated_at', now, unpack(extra))
+    -- The worker too: a short task may reach here without a start record (worker/tracker.rs).
+    redis.call('HSET', rec, 'finished_at', now, 'updated_at', now, 'worker', consumer, unpack(extra))
     if cancel or member or waiters then
       redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'cancel_requested', 'waiters')
     end
@@ -200,7 +201,7 @@ if tracked > 0 then
         else
           finish(rec, done_list, lock, task, retention, release, { 'state', 'succeeded', 'run_ms', c })
         end
-        event(task, 'succeeded', 'run_ms', c)
+        event(task, 'succeeded', 'run_ms', c, 'worker', consumer)
       elseif op == 'r' then
         local member = apply(id, op, a, b, c, deliveries)
         redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now,
