@@ -276,6 +276,9 @@ pub struct ShardKeys {
     pub events: String,
     /// Ids of running tasks whose cancel was asked for (SET), polled by their workers.
     pub cancels: String,
+    /// Ids of tasks someone waits for (SET), so settling checks per task only when it is not
+    /// empty.
+    pub waiting: String,
     /// Prefix of the per-task keys (`<base>:task:<id>` and friends), with the shard's tag.
     base: String,
 }
@@ -291,6 +294,7 @@ impl ShardKeys {
             stats: format!("{base}:stats"),
             events: format!("{base}:events"),
             cancels: format!("{base}:cancels"),
+            waiting: format!("{base}:waiting"),
             base,
         }
     }

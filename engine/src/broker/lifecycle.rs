@@ -163,6 +163,9 @@ pub struct Tracked {
     pub run_ms: u64,
     /// `Some` when the task ends cancelled instead of with its [`Settle`].
     pub cancel: Option<Cancelled>,
+    /// Its record may still hold the sorted-set member it was parked with (a retried task
+    /// whose start record was skipped), to drop once final.
+    pub may_hold_member: bool,
 }
 
 /// How a tracked task ends cancelled.
@@ -190,7 +193,7 @@ pub async fn settle_tracked(
             .chain(tracked.iter().map(|(id, _, _)| *id)),
     );
     let mut inv = settle_invocation(ctx, untracked, range);
-    inv.key(&ctx.keys.events).key(&ctx.keys.cancels);
+    inv.key(&ctx.keys.events).key(&ctx.keys.cancels).key(&ctx.keys.waiting);
     for (entry, op, t) in tracked {
         let done = ctx.keys.done(&t.task_id);
         inv.key(ctx.keys.task(&t.task_id))
@@ -217,7 +220,8 @@ pub async fn settle_tracked(
         };
         inv.arg(t.task_id.as_str())
             .arg(t.retention_ms)
-            .arg(if t.unique_lock.is_some() { "1" } else { "0" });
+            .arg(if t.unique_lock.is_some() { "1" } else { "0" })
+            .arg(if t.may_hold_member { "1" } else { "0" });
     }
     inv.arg(events_maxlen);
     Ok(inv.invoke_async(conn).await?)
@@ -256,6 +260,7 @@ pub async fn cancel(
         .key(&keys.cancels)
         .key(&done)
         .key(unique_lock.unwrap_or(&done))
+        .key(&keys.waiting)
         .arg(id)
         .arg(now_ms())
         .arg(events_maxlen)
@@ -272,7 +277,7 @@ pub async fn register_waiter(
     keys: &ShardKeys,
     id: &str,
 ) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
-    let reply: Value = WAIT.key(keys.task(id)).invoke_async(conn).await?;
+    let reply: Value = WAIT.key(keys.task(id)).key(&keys.waiting).arg(id).invoke_async(conn).await?;
     let Value::Array(items) = reply else {
         return Err(Error::protocol("wait.lua did not return an array"));
     };
@@ -563,7 +568,94 @@ fn member_id(m: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::member_id;
+    use super::*;
+    use crate::broker::{ReclaimArgs, connect, ensure_group, read_group, reclaim};
+    use crate::envelope::Envelope;
+    use crate::keys::Queue;
+    use crate::testing::RedisServer;
+
+    #[tokio::test]
+    async fn a_fenced_worker_cannot_overwrite_the_record_of_the_new_owner() {
+        let server = RedisServer::start();
+        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let queue = Queue::new("fenced").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let item = EnqueueItem {
+            keys: &keys,
+            env: &env,
+            due_ms: 0,
+            retention_ms: 60_000,
+            events_maxlen: 100,
+            unique: None,
+        };
+        assert_eq!(enqueue(&mut conn, &[item]).await.unwrap(), [None]);
+        let entry = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
+            .await
+            .unwrap()
+            .remove(0)
+            .1
+            .id;
+        let id = env.id.as_str();
+        start(&mut conn, &keys, "stale", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        // The lease ran out; another worker takes the task over and starts it again.
+        let args = ReclaimArgs {
+            keys: &keys,
+            consumer: "fresh",
+            lease: Duration::ZERO,
+            cursor: "0-0",
+            count: 10,
+            max_deliveries: 5,
+            dlq_maxlen: 100,
+        };
+        assert_eq!(reclaim(&mut conn, args).await.unwrap().entries.len(), 1);
+        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        let tracked = Tracked {
+            task_id: id.to_owned(),
+            retention_ms: 60_000,
+            unique_lock: None,
+            result: Some((Bytes::from_static(b"stale"), Codec::Bytes)),
+            run_ms: 1,
+            cancel: None,
+            may_hold_member: false,
+        };
+        let ctx = |consumer| SettleCtx {
+            keys: &keys,
+            consumer,
+            dlq_maxlen: 100,
+        };
+        // The stale worker's success is fenced off: the record still names the new owner.
+        let stale = settle_tracked(&mut conn, ctx("stale"), 100, &[], &[(entry.as_str(), &Settle::Ack, &tracked)])
+            .await
+            .unwrap();
+        assert_eq!(stale, [entry.clone()]);
+        let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
+        let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(field("state").as_deref(), Some(&b"active"[..]));
+        assert_eq!(field("worker").as_deref(), Some(&b"fresh"[..]));
+        assert_eq!(field("runs").as_deref(), Some(&b"2"[..]));
+        assert_eq!(field("result"), None);
+        // The owner's outcome lands, with the record's expiry set.
+        let fresh = Tracked {
+            result: Some((Bytes::from_static(b"fresh"), Codec::Bytes)),
+            ..tracked
+        };
+        let stale = settle_tracked(&mut conn, ctx("fresh"), 100, &[], &[(entry.as_str(), &Settle::Ack, &fresh)])
+            .await
+            .unwrap();
+        assert!(stale.is_empty());
+        let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
+        let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(field("state").as_deref(), Some(&b"succeeded"[..]));
+        assert_eq!(field("result").as_deref(), Some(&b"fresh"[..]));
+        let ttl: i64 = redis::cmd("PTTL").arg(keys.task(id)).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+        // A start record arriving late (after the settle) leaves the final state alone.
+        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
+        assert!(rec.iter().any(|(k, v)| k == "state" && v == b"succeeded"), "{rec:?}");
+    }
 
     #[test]
     fn member_ids_are_read_from_msgpack_arrays() {
@@ -616,6 +708,7 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
     redis::cmd("DEL")
         .arg(&keys.events)
         .arg(&keys.cancels)
+        .arg(&keys.waiting)
         .query_async::<()>(conn)
         .await?;
     Ok(())

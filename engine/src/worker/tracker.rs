@@ -69,6 +69,8 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
         result: None,
         run_ms: 0,
         cancel: None,
+        // A retried task was parked with its fields as a member, copied into its record.
+        may_hold_member: env.attempt > 0,
     })
 }
 

@@ -9,6 +9,7 @@
 -- KEYS[7]  cancels SET of the shard (running tasks whose workers must stop them)
 -- KEYS[8]  the task's done list (its waiters block on it)
 -- KEYS[9]  the task's unique-key lock, or KEYS[8] again when it has none
+-- KEYS[10] waiting SET of the shard
 -- ARGV[1]  task id
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  approximate MAXLEN of the events stream
@@ -61,6 +62,7 @@ end
 if lock ~= done and redis.call('GET', lock) == id then
   redis.call('DEL', lock)
 end
+redis.call('SREM', KEYS[10], id)
 if waiters and tonumber(waiters) > 0 then
   redis.call('RPUSH', done, '1')
   redis.call('PEXPIRE', done, 60000)

@@ -20,11 +20,13 @@
 -- Tracked outcomes (tasks with a lifecycle record) follow, only when KEYS has more than 4:
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  cancels SET of the shard
--- KEYS[7..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
+-- KEYS[7]  waiting SET of the shard (tasks with waiters)
+-- KEYS[8..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
 --          done list again when the task holds no lock to release)
--- ARGV (the last 1 + 9 * T values, T = (#KEYS - 6) / 3): per tracked outcome nine values:
+-- ARGV (the last 1 + 10 * T values, T = (#KEYS - 7) / 3): per tracked outcome ten values:
 --          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
---          the unique lock if this task holds it); then the events stream's approximate MAXLEN.
+--          the unique lock if this task holds it), drop member ('1' = the record may still hold a
+--          retry member to drop); then the events stream's approximate MAXLEN.
 --          op 's' succeeded: result a ('' none), result codec b, run ms c
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
@@ -40,11 +42,11 @@ local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tracked = 0
 if #KEYS > 4 then
-  tracked = (#KEYS - 6) / 3
+  tracked = (#KEYS - 7) / 3
 end
 local untracked_end = #ARGV
 if tracked > 0 then
-  untracked_end = #ARGV - 9 * tracked - 1
+  untracked_end = #ARGV - 10 * tracked - 1
 end
 
 -- Ownership and delivery counts for the batch, in one range read of this consumer's PEL.
@@ -151,28 +153,31 @@ for i = 8 + n_acks, untracked_end, 5 do
 end
 
 if tracked > 0 then
-  local events, cancels = KEYS[5], KEYS[6]
+  local events, cancels, waiting = KEYS[5], KEYS[6], KEYS[7]
   local events_maxlen = ARGV[#ARGV]
   local cancelled = 0
+  -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
+  -- always it has none, and a finished task then costs one HSET, one PEXPIRE and its event.
+  local any_waiting = redis.call('SCARD', waiting) > 0
+  local any_cancels = redis.call('SCARD', cancels) > 0
   local function event(task, name, ...)
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
   end
   -- A final state: expire the record after its retention, wake its waiters, free its lock.
-  -- `extra` is the state's own fields, written in the same HSET. This runs for every finished
-  -- task, so it reads what it needs in one HMGET and writes only what is there to change.
-  local function finish(rec, done_list, lock, task, retention, release, extra)
-    local waiters, cancel, member = unpack(redis.call('HMGET', rec, 'waiters', 'cancel_requested', 'member'))
+  -- `extra` is the state's own fields, written in the same HSET.
+  local function finish(rec, done_list, lock, task, retention, release, drop_member, extra)
     -- The worker too: a short task may reach here without a start record (worker/tracker.rs).
     redis.call('HSET', rec, 'finished_at', now, 'updated_at', now, 'worker', consumer, unpack(extra))
-    if cancel or member or waiters then
-      redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'cancel_requested', 'waiters')
-    end
-    if cancel then
-      redis.call('SREM', cancels, task)
-    end
-    if waiters and tonumber(waiters) > 0 then
+    if any_waiting and redis.call('SREM', waiting, task) == 1 then
+      redis.call('HDEL', rec, 'waiters')
       redis.call('RPUSH', done_list, '1')
       redis.call('PEXPIRE', done_list, 60000)
+    end
+    if any_cancels and redis.call('SREM', cancels, task) == 1 then
+      redis.call('HDEL', rec, 'cancel_requested')
+    end
+    if drop_member == '1' then
+      redis.call('HDEL', rec, 'member', 'due_at')
     end
     if tonumber(retention) > 0 then
       redis.call('PEXPIRE', rec, retention)
@@ -182,10 +187,10 @@ if tracked > 0 then
     end
   end
   for t = 1, tracked do
-    local i = untracked_end + 1 + (t - 1) * 9
+    local i = untracked_end + 1 + (t - 1) * 10
     local id, op, a, b, c, d = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local task, retention, release = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-    local k = 7 + (t - 1) * 3
+    local task, retention, release, drop_member = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+    local k = 8 + (t - 1) * 3
     local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local deliveries = owned[id]
     if not deliveries then
@@ -196,18 +201,18 @@ if tracked > 0 then
       if op == 's' then
         done = done + 1
         if a ~= '' then
-          finish(rec, done_list, lock, task, retention, release,
+          finish(rec, done_list, lock, task, retention, release, drop_member,
             { 'state', 'succeeded', 'run_ms', c, 'result', a, 'result_codec', b })
         else
-          finish(rec, done_list, lock, task, retention, release, { 'state', 'succeeded', 'run_ms', c })
+          finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'succeeded', 'run_ms', c })
         end
         event(task, 'succeeded', 'run_ms', c, 'worker', consumer)
       elseif op == 'r' then
         local member = apply(id, op, a, b, c, deliveries)
         redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now,
           'member', member or '')
-        if redis.call('HDEL', rec, 'cancel_requested') == 1 then
-          redis.call('SREM', cancels, task)
+        if any_cancels and redis.call('SREM', cancels, task) == 1 then
+          redis.call('HDEL', rec, 'cancel_requested')
         end
         event(task, 'retried', 'attempt', b, 'due_at', a, 'error', c)
       elseif op == 'b' then
@@ -221,7 +226,7 @@ if tracked > 0 then
           extra[#extra + 1] = 'run_ms'
           extra[#extra + 1] = d
         end
-        finish(rec, done_list, lock, task, retention, release, extra)
+        finish(rec, done_list, lock, task, retention, release, drop_member, extra)
         event(task, 'dead', 'reason', a, 'error', b)
       elseif op == 'q' then
         apply(id, op, a, b, c, deliveries)
@@ -230,7 +235,7 @@ if tracked > 0 then
         event(task, 'requeued')
       elseif op == 'x' then
         cancelled = cancelled + 1
-        finish(rec, done_list, lock, task, retention, release, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
+        finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
         event(task, 'cancelled', 'started', '1')
       end
     end
