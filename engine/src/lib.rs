@@ -60,4 +60,4 @@ pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
 pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueDeletion, QueueStats};
 pub use keys::{Layout, Queue, QueueName};
-pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};
+pub use worker::{PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};
