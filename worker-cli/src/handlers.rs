@@ -278,32 +278,6 @@ mod tests {
         assert_eq!(retry_after("retry-after=soon"), None);
     }
 
-    #[tokio::test]
-    async fn the_start_limit_drains_at_the_maxth_start_and_holds_slots_until_the_drain_is_seen() {
-        let drain = CancellationToken::new();
-        let limit = Some(Arc::new(StartLimit::new(3, drain.clone())));
-        // Before the limit, a finished task gives its slot back at once.
-        counted(&limit, async { Ok(()) }).await.unwrap();
-        let second = counted(&limit, async { Ok(()) });
-        assert!(!drain.is_cancelled());
-        second.await.unwrap();
-        // The third start (not its end) begins the drain.
-        let third = counted(&limit, async { Err(HandlerError::retry("x")) });
-        assert!(drain.is_cancelled(), "the third start reaches a limit of 3");
-        // Tasks already read still start after the limit, and run; a finished one keeps its
-        // slot until the worker has seen the drain, then returns its own result.
-        let fourth = tokio::spawn(counted(&limit, async { Ok(()) }));
-        let third = tokio::spawn(third);
-        tokio::task::yield_now().await;
-        assert!(!third.is_finished() && !fourth.is_finished());
-        limit.as_ref().unwrap().draining();
-        assert!(matches!(third.await.unwrap(), Err(HandlerError::Retry(_))));
-        fourth.await.unwrap().unwrap();
-        assert_eq!(limit.as_ref().unwrap().started.load(Ordering::Relaxed), 4);
-        // Without a limit nothing is counted or held.
-        counted(&None, async { Ok(()) }).await.unwrap();
-    }
-
     #[test]
     fn tail_keeps_the_last_bytes() {
         let mut t = Tail::default();

@@ -1290,12 +1290,13 @@ async fn max_tasks_stops_fetching_at_the_limit_and_loses_nothing() {
     let waiting: u64 = s.priorities.iter().map(|p| p.waiting).sum();
     let pending: u64 = s.priorities.iter().map(|p| p.pending).sum();
     let done = s.counters.done;
-    // It stops fetching at the Mth start; what it had already read (fewer than --concurrency
-    // entries: one slot holds the Mth) still runs. The rest waits for the next worker.
+    // The engine reserves the budget with the slots: it takes exactly M, and the rest waits
+    // for the next worker.
     assert!(
         (max..max + concurrency).contains(&done),
         "started {done} tasks with --max-tasks {max} --concurrency {concurrency}: {s:#?}"
     );
+    assert_eq!(done, max, "exactly --max-tasks: {s:#?}");
     assert_eq!(
         (waiting, pending, s.counters.dead, s.counters.requeued),
         (total - done, 0, 0, 0),

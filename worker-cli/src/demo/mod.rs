@@ -381,25 +381,3 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     );
     output::text(&text)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histograms_survive_encoding_and_merge() {
-        let mut a = new_histogram();
-        for v in [10, 20, 30, 1_000, 250_000] {
-            a.record(v).unwrap();
-        }
-        let mut b = new_histogram();
-        b.record_n(40, 5).unwrap();
-        let mut merged = new_histogram();
-        decode_into(&mut merged, &encode(&a)).unwrap();
-        decode_into(&mut merged, &encode(&b)).unwrap();
-        assert_eq!(merged.len(), 10);
-        assert_eq!(merged.value_at_quantile(0.5), 40);
-        assert!(merged.max() >= 250_000 && merged.max() < 250_500, "{}", merged.max());
-        assert!(decode_into(&mut merged, "nope").is_err());
-    }
-}
