@@ -138,7 +138,15 @@ pub struct ProcessActuator {
     config: FleetConfig,
     target: u32,
     /// Started at the first [`scale_to`](Self::scale_to), on the runtime that calls it.
-    running: Option<(FleetHandle, Stop, JoinHandle<Result<FleetReport, FleetError>>)>,
+    running: Option<RunningFleet>,
+}
+
+/// The fleet's task and the two ways to reach it.
+#[derive(Debug)]
+struct RunningFleet {
+    handle: FleetHandle,
+    stop: Stop,
+    task: JoinHandle<Result<FleetReport, FleetError>>,
 }
 
 impl ProcessActuator {
@@ -190,7 +198,7 @@ impl ProcessActuator {
 
     /// The fleet's status, once it runs.
     pub fn status(&self) -> Option<rivulet_fleet::FleetStatus> {
-        self.running.as_ref().map(|(h, _, _)| h.status())
+        self.running.as_ref().map(|r| r.handle.status())
     }
 
     /// Moves the fleet towards `desired` workers, stopping the ones in `idle` first. Fails
@@ -202,17 +210,17 @@ impl ProcessActuator {
                 let (fleet, handle) = Fleet::new(self.config.clone(), desired);
                 let stop = Stop::new();
                 let task = tokio::spawn(fleet.run(stop.clone()));
-                self.running = Some((handle, stop, task));
+                self.running = Some(RunningFleet { handle, stop, task });
                 Ok(())
             }
             // It never ends on its own but with an error; awaiting a finished task is instant.
-            Some((_, _, task)) if task.is_finished() => match task.await {
+            Some(RunningFleet { task, .. }) if task.is_finished() => match task.await {
                 Ok(Err(e)) => Err(anyhow!(e)),
                 Ok(Ok(_)) => Err(anyhow!("the worker processes stopped")),
                 Err(e) => Err(anyhow!("the worker fleet task failed: {e}")),
             },
             Some(running) => {
-                running.0.scale_to(desired, idle);
+                running.handle.scale_to(desired, idle);
                 self.running = Some(running);
                 Ok(())
             }
@@ -223,7 +231,7 @@ impl ProcessActuator {
     /// deadline). When `force` resolves first (a second signal), kills them at once and
     /// returns false; true when every worker drained or was killed at the deadline.
     pub async fn shutdown(&mut self, force: impl Future<Output = ()>) -> bool {
-        let Some((_, stop, mut task)) = self.running.take() else {
+        let Some(RunningFleet { stop, mut task, .. }) = self.running.take() else {
             return true;
         };
         stop.drain.cancel();
@@ -252,7 +260,7 @@ impl ProcessActuator {
 
     /// Leaves the workers running (the daemon exits without stopping them).
     pub fn detach(&mut self) {
-        if let Some((_, _, task)) = self.running.take() {
+        if let Some(RunningFleet { task, .. }) = self.running.take() {
             // The workers were started without the parent's pid and without kill-on-drop:
             // ending the fleet's task leaves them running on their own.
             task.abort();
@@ -310,4 +318,3 @@ impl CommandActuator {
         Ok(())
     }
 }
-

@@ -29,7 +29,8 @@ fn run(args: cli::Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         let stop = Stop::new();
         let mut signals = tokio::task::JoinSet::new();
-        stop.on_signals(&mut signals).context("cannot install signal handlers")?;
+        stop.on_signals(&mut signals)
+            .context("cannot install signal handlers")?;
         daemon::run(settings, stop.drain.cancelled_owned(), stop.now.cancelled_owned()).await
     })
 }

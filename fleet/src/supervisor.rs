@@ -301,11 +301,7 @@ impl Fleet {
                 .filter(|s| s.running.is_none() && !s.retiring)
                 .filter_map(|s| s.start_at)
                 .min();
-            let next_kill = self
-                .slots
-                .values()
-                .filter_map(|s| s.running.as_ref()?.kill_at)
-                .min();
+            let next_kill = self.slots.values().filter_map(|s| s.running.as_ref()?.kill_at).min();
             tokio::select! {
                 () = stop.now.cancelled(), if !killed_all => {
                     killed_all = true;
@@ -377,7 +373,9 @@ impl Fleet {
         let Target { size, idle } = self.target.borrow_and_update().clone();
         let size = size as usize;
         while self.active() < size {
-            let i = (0..).find(|i| !self.slots.contains_key(i)).expect("fewer slots than usize::MAX");
+            let i = (0..)
+                .find(|i| !self.slots.contains_key(i))
+                .expect("fewer slots than usize::MAX");
             self.slots.insert(i, Slot::default());
             self.start(i);
         }
@@ -404,7 +402,11 @@ impl Fleet {
             }
             Some(ran) => {
                 slot.retiring = true;
-                tracing::info!(slot = i, pid = ran.pid, "stopping worker process (SIGTERM: it drains its in-flight tasks)");
+                tracing::info!(
+                    slot = i,
+                    pid = ran.pid,
+                    "stopping worker process (SIGTERM: it drains its in-flight tasks)"
+                );
                 ask_to_stop(ran, stop_timeout);
             }
         }
@@ -433,7 +435,11 @@ impl Fleet {
             if let Some(ran) = &mut slot.running
                 && ran.kill_at.is_some_and(|t| t <= now)
             {
-                tracing::error!(slot = i, pid = ran.pid, "worker process did not stop in time; killing it");
+                tracing::error!(
+                    slot = i,
+                    pid = ran.pid,
+                    "worker process did not stop in time; killing it"
+                );
                 let _ = ran.signals.send(Signal::SIGKILL);
                 // Killed once: the watcher reaps it.
                 ran.kill_at = None;
@@ -490,7 +496,11 @@ impl Fleet {
                     tracing::error!("{e}");
                     return Some(e);
                 }
-                slot.crashes_in_a_row = if lived >= STABLE_AFTER { 1 } else { slot.crashes_in_a_row + 1 };
+                slot.crashes_in_a_row = if lived >= STABLE_AFTER {
+                    1
+                } else {
+                    slot.crashes_in_a_row + 1
+                };
                 let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64());
                 slot.start_at = Some(now + delay);
                 tracing::warn!(
@@ -687,6 +697,9 @@ mod tests {
         assert!(describe_exit(&exit(127)).contains("command not found"));
         assert!(describe_exit(&exit(126)).contains("not executable"));
         assert_eq!(describe_exit(&exit(3)), "exit status 3");
-        assert_eq!(describe_exit(&Ok(ExitStatus::from_raw(9))), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            describe_exit(&Ok(ExitStatus::from_raw(9))),
+            "killed by signal 9 (SIGKILL)"
+        );
     }
 }

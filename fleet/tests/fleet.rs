@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use rivulet::testing::wait_until;
 use rivulet_fleet::{Fleet, FleetConfig, FleetError, FleetHandle, FleetReport, FleetStatus, SUPERVISOR_PID_ENV, Stop};
 use tokio::task::JoinHandle;
 
@@ -43,7 +44,10 @@ async fn the_target_moves_and_idle_workers_are_stopped_first() {
     let s = wait(&mut handle, "three running", |s| s.running == 3).await;
     let idle = s.pids[1];
     handle.scale_to(2, &[idle]);
-    let s = wait(&mut handle, "two running, the idle one gone", |s| s.running == 2 && s.stopping == 0).await;
+    let s = wait(&mut handle, "two running, the idle one gone", |s| {
+        s.running == 2 && s.stopping == 0
+    })
+    .await;
     assert!(!s.pids.contains(&idle), "{s:?}");
     assert!(!alive(idle), "the idle worker {idle} still runs");
     handle.set_target(4);
@@ -93,18 +97,20 @@ async fn a_child_that_ignores_sigterm_is_killed_at_the_deadline() {
     let _ = std::fs::remove_file(&ready);
     let config = FleetConfig {
         stop_timeout: Duration::from_millis(300),
-        ..shell(&format!("trap '' TERM; touch {}; while :; do sleep 0.05; done", ready.display()))
+        ..shell(&format!(
+            "trap '' TERM; touch {}; while :; do sleep 0.05; done",
+            ready.display()
+        ))
     };
     let (mut handle, stop, run) = start(config, 1);
     let s = wait(&mut handle, "one running", |s| s.running == 1).await;
     // Only once the trap is set does SIGTERM go unheard.
-    for _ in 0..1000 {
-        if ready.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(ready.exists(), "the child never set its trap");
+    let trapped = wait_until(Duration::from_secs(10), || {
+        let ok = ready.exists();
+        async move { ok }
+    })
+    .await;
+    assert!(trapped, "the child never set its trap");
     stop.drain.cancel();
     match finish(run).await {
         Err(FleetError::StopDeadline { killed, .. }) => assert_eq!(killed, 1),
@@ -125,18 +131,13 @@ async fn children_lead_their_own_group_and_carry_the_contract() {
     // `sh -c 'exec sleep'`: the environment is laid out once the shell has exec'd.
     let own = format!("{SUPERVISOR_PID_ENV}={}", std::process::id());
     let has_own = || {
-        std::fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == own.as_bytes()))
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == own.as_bytes()))
     };
-    let mut seen = false;
-    for _ in 0..500 {
-        if has_own() {
-            seen = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = wait_until(Duration::from_secs(5), || {
+        let ok = has_own();
+        async move { ok }
+    })
+    .await;
     assert!(seen, "{SUPERVISOR_PID_ENV} missing from the child's environment");
     stop.now.cancel();
     assert!(matches!(finish(run).await, Err(FleetError::StoppedAtOnce)));

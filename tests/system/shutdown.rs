@@ -62,7 +62,11 @@ async fn max_tasks_runs_exactly_that_many_handlers_then_stops() {
     let report = run_to_the_end(worker).await;
     assert_eq!(runs.load(Ordering::Relaxed), 37, "{report:?}");
     assert!(report.reached_max_tasks, "{report:?}");
-    assert_eq!((report.started, report.succeeded, report.requeued), (37, 37, 0), "{report:?}");
+    assert_eq!(
+        (report.started, report.succeeded, report.requeued),
+        (37, 37, 0),
+        "{report:?}"
+    );
     assert_eq!(tally(&server, &queue).await, (300 - 37, 0, 37), "nothing lost or held");
 }
 
@@ -173,7 +177,11 @@ async fn terminate_cuts_a_drain_short_and_requeues_the_running_tasks() {
         .expect("terminate stops the worker at once")
         .unwrap()
         .unwrap();
-    assert_eq!((report.started, report.requeued, report.reached_max_tasks), (3, 3, false), "{report:?}");
+    assert_eq!(
+        (report.started, report.requeued, report.reached_max_tasks),
+        (3, 3, false),
+        "{report:?}"
+    );
     // Requeued to run again at once: waiting, not pending under the stopped worker.
     assert_eq!(tally(&server, &queue).await, (3, 0, 0));
 }

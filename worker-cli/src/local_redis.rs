@@ -65,7 +65,10 @@ impl LocalRedis {
                 return Ok(server);
             }
             if started.elapsed() > STARTUP {
-                bail!("redis-server did not answer within {STARTUP:?}; its log:\n{}", server.log_tail());
+                bail!(
+                    "redis-server did not answer within {STARTUP:?}; its log:\n{}",
+                    server.log_tail()
+                );
             }
             tokio::time::sleep(PROBE).await;
         }

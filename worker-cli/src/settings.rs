@@ -158,7 +158,12 @@ impl SupervisorSettings {
 /// The fleet that runs `program work [flags]` children with `worker`'s flags: the Redis URL
 /// in their environment (a password in it does not show in `ps`), killed when they outlive
 /// their drain timeout by more than [`DRAIN_GRACE`].
-pub fn children(program: std::path::PathBuf, log_format: LogFormat, worker: &WorkerArgs, redis_url: &str) -> FleetConfig {
+pub fn children(
+    program: std::path::PathBuf,
+    log_format: LogFormat,
+    worker: &WorkerArgs,
+    redis_url: &str,
+) -> FleetConfig {
     let mut fleet = FleetConfig::new(program, child_args(log_format, worker));
     fleet.env = vec![("REDIS_URL".into(), redis_url.into())];
     fleet.stop_timeout = worker.drain_timeout + DRAIN_GRACE;

@@ -187,7 +187,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

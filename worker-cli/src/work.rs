@@ -16,8 +16,8 @@ use std::future::Future;
 
 use anyhow::{Context, Result, bail};
 use rivulet::{Inspector, Queue, QueueName, Router, Worker};
-use rivulet_fleet::contract::{self, SLOT_ENV};
 use rivulet_fleet::Stop;
+use rivulet_fleet::contract::{self, SLOT_ENV};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,7 +28,11 @@ use crate::{handlers, store};
 /// Runs one worker process until it is told to stop. `beside` starts the companion that runs
 /// for as long as the worker does: it gets the worker's id and a token cancelled once the
 /// worker has stopped, and is awaited (for its last piece of work) before this returns.
-pub async fn run<F>(settings: WorkerSettings, router: Router, beside: impl FnOnce(String, CancellationToken) -> F) -> Result<()>
+pub async fn run<F>(
+    settings: WorkerSettings,
+    router: Router,
+    beside: impl FnOnce(String, CancellationToken) -> F,
+) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {

@@ -78,7 +78,10 @@ impl Budget {
         permit.forget();
         let spent = self.spent.fetch_add(1, Ordering::Relaxed) + 1;
         if spent == self.max {
-            tracing::info!(max_tasks = self.max, "reached max_tasks: no more fetching; finishing what was taken");
+            tracing::info!(
+                max_tasks = self.max,
+                "reached max_tasks: no more fetching; finishing what was taken"
+            );
             self.exhausted.cancel();
         }
     }

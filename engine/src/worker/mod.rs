@@ -428,7 +428,10 @@ impl Worker {
         };
         if !drained {
             if handle.is_terminated() {
-                tracing::warn!(in_flight = in_flight(&shared), "terminated; requeueing unfinished tasks");
+                tracing::warn!(
+                    in_flight = in_flight(&shared),
+                    "terminated; requeueing unfinished tasks"
+                );
             } else {
                 tracing::warn!(
                     in_flight = in_flight(&shared),
