@@ -115,8 +115,9 @@ impl Units {
     pub(super) fn spend(&mut self, budget: &Budget) -> bool {
         let one = match &mut self.0 {
             Some(p) if p.num_permits() > 1 => p.split(1),
-            Some(_) => self.0.take(),
-            None => None,
+            Some(p) if p.num_permits() == 1 => self.0.take(),
+            // None reserved (or none left): a unit free now, if any.
+            _ => None,
         };
         let one = one.or_else(|| budget.try_reserve(1).0);
         match one {

@@ -100,6 +100,24 @@ pub struct WorkerReport {
 /// in the two steps asynq and Sidekiq users know. Get one with [`Worker::shutdown_handle`]
 /// before [`Worker::run`]; clones stop the same worker. Calling either step before `run`
 /// makes the worker stop as soon as it has started.
+///
+/// ```no_run
+/// use rivulet::{Queue, Router, Worker, WorkerConfig};
+///
+/// # async fn demo() -> Result<(), rivulet::Error> {
+/// let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let worker = Worker::new(redis, Router::new(), WorkerConfig::default()).queue(Queue::new("default")?);
+/// let handle = worker.shutdown_handle();
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.quiet(); // finish what runs, then stop
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.terminate(); // requeue what runs, stop now
+/// });
+/// let report = worker.run(std::future::pending()).await?;
+/// # let _ = report;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
     quiet: CancellationToken,
