@@ -323,9 +323,13 @@ impl Fleet {
                 () = sleep_until(next_kill), if next_kill.is_some() && !killed_all => {
                     let killed = self.kill_overdue();
                     if ending && killed > 0 {
-                        let e = FleetError::StopDeadline { killed, timeout: self.config.stop_timeout };
-                        tracing::error!("{e}");
-                        failure.get_or_insert(e);
+                        tracing::error!(killed, stop_timeout = ?self.config.stop_timeout, "worker processes did not stop in time");
+                        match &mut failure {
+                            Some(FleetError::StopDeadline { killed: k, .. }) => *k += killed,
+                            // A crash loop that began the drain stays the reason.
+                            Some(_) => {}
+                            None => failure = Some(FleetError::StopDeadline { killed, timeout: self.config.stop_timeout }),
+                        }
                     }
                 }
                 Some(joined) = self.children.join_next() => {
