@@ -664,5 +664,37 @@ mod tests {
         assert_eq!(json["fields"]["tenant"], "acme", "{json}");
         assert_eq!(json["fields"]["enqueued_at"], "1700000000000");
         assert_eq!(json["id"], "normal/0/5-0");
+        assert_eq!(dead.reason, DeadReason::Malformed);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_waiting_age_is_measured_on_the_inspectors_clock() {
+        let server = crate::testing::RedisServer::start();
+        let client = server.client();
+        let queue = Queue::new("aged").unwrap();
+        let producer = crate::Client::new(&client).await.unwrap();
+        producer
+            .enqueue(&queue, crate::Task::json("k", &1).unwrap())
+            .await
+            .unwrap();
+        let (clock, now) = Clock::manual(0);
+        let inspector = Inspector {
+            clock,
+            ..Inspector::new(&client).await.unwrap()
+        };
+        let keys = queue.shard(queue.default_priority(), 0);
+        let added = broker::range(&mut inspector.conn(), &keys.stream, RangeStart::First, 1)
+            .await
+            .unwrap()[0]
+            .id;
+        let age = |stats: QueueStats| {
+            let p = stats.priorities.iter().find(|p| p.priority == queue.default_priority());
+            p.and_then(|p| p.oldest_waiting_age)
+        };
+        now.store(added.ms + 5_000, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(age(inspector.stats(&queue).await.unwrap()), Some(Duration::from_secs(5)));
+        // A clock behind the entry's own time reads as no age, never a negative one.
+        now.store(added.ms - 1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(age(inspector.stats(&queue).await.unwrap()), Some(Duration::ZERO));
     }
 }
