@@ -692,7 +692,10 @@ mod tests {
             p.and_then(|p| p.oldest_waiting_age)
         };
         now.store(added.ms + 5_000, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(age(inspector.stats(&queue).await.unwrap()), Some(Duration::from_secs(5)));
+        assert_eq!(
+            age(inspector.stats(&queue).await.unwrap()),
+            Some(Duration::from_secs(5))
+        );
         // A clock behind the entry's own time reads as no age, never a negative one.
         now.store(added.ms - 1, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(age(inspector.stats(&queue).await.unwrap()), Some(Duration::ZERO));
