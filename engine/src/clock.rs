@@ -1,6 +1,9 @@
-//! The clock the worker and the inspector read the time from, and pass into the broker calls
-//! that need it (a dead letter's `dead_at`, a heartbeat's `last_beat`, a promotion's "due by",
-//! a waiting task's age): the broker itself never reads the time.
+//! The clock the worker, the inspector and the producer read the time from, and pass into the
+//! broker calls that need it (a dead letter's `dead_at`, a heartbeat's `last_beat`, a
+//! promotion's "due by"), or compare with what the broker read (a waiting task's age, whether a
+//! delayed task is already due): the broker itself never reads the time. What still reads the
+//! system time directly is what stamps a new task (`TaskId::generate`, `Envelope::new`'s
+//! `enqueued_at`, `Task::delay`), before any client or worker is involved.
 //!
 //! `System` is the only clock in production; a manual clock lets tests set the time.
 
