@@ -247,6 +247,76 @@ async fn reclaim_counts_deleted_entries_as_lost() {
     assert_eq!(lost, 1);
 }
 
+#[tokio::test]
+async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let record = WorkerRecord {
+        id: "host-1-abc".into(),
+        host: "host".into(),
+        pid: 1,
+        queues: vec!["a".into(), "b".into()],
+        concurrency: 4,
+        in_flight: 2,
+        started: 10,
+        succeeded: 7,
+        failed: 1,
+        busy_us: Some(5_000),
+        last_beat: 1_700_000_000_000,
+    };
+    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(live_workers(&mut conn).await.unwrap(), [record.clone()]);
+    // The record expired (its worker died without deregistering): the index entry goes too.
+    redis::cmd("DEL")
+        .arg(crate::keys::worker_key(&record.id))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(live_workers(&mut conn).await.unwrap().is_empty());
+    let indexed: u64 = redis::cmd("ZCARD")
+        .arg(crate::keys::WORKERS_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0);
+    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
+    deregister(&mut conn, &record.id).await.unwrap();
+    assert!(live_workers(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pause_flags_set_and_clear_per_queue() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let (a, b) = (
+        crate::keys::QueueName::new("a").unwrap(),
+        crate::keys::QueueName::new("b").unwrap(),
+    );
+    set_paused(&mut conn, &a, true).await.unwrap();
+    assert!(is_paused(&mut conn, &a).await.unwrap());
+    assert!(!is_paused(&mut conn, &b).await.unwrap());
+    assert_eq!(paused_queues(&mut conn).await.unwrap(), ["a".to_owned()].into());
+    set_paused(&mut conn, &a, false).await.unwrap();
+    assert!(paused_queues(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn samples_are_kept_per_worker_on_any_connection() {
+    let server = RedisServer::start();
+    // The CLI's plain multiplexed connection, not the engine's ConnectionManager.
+    let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
+    ping(&mut conn).await.unwrap();
+    let q = crate::keys::QueueName::new("demo-q").unwrap();
+    save_sample(&mut conn, &q, "w1", "old").await.unwrap();
+    save_sample(&mut conn, &q, "w1", "[[1,2]]").await.unwrap();
+    save_sample(&mut conn, &q, "w2", "[[3,4]]").await.unwrap();
+    let mut got = samples(&mut conn, &q).await.unwrap();
+    got.sort();
+    assert_eq!(got, ["[[1,2]]", "[[3,4]]"], "one blob per worker, the latest");
+    delete_samples(&mut conn, &q).await.unwrap();
+    assert!(samples(&mut conn, &q).await.unwrap().is_empty());
+}
+
 fn id(ms: u64, seq: u64) -> StreamId {
     StreamId { ms, seq }
 }
