@@ -35,7 +35,8 @@
 //! - [`worker`]: [`Worker`] and its loops (fetcher, executor, acker, promoter, reclaimer,
 //!   heartbeat).
 //! - [`inspector`]: queue statistics, pending entries, workers, dead-letter operations.
-//! - `testing` (feature `test-util`): a private `redis-server` per test.
+//! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
+//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
