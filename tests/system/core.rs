@@ -1,8 +1,8 @@
 //! Engine core: enqueue, priorities, shards, delays, shutdown, API errors.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rivulet::testing::{Fixture, Recorder, RunningWorker, fast_config, wait_until};
@@ -85,7 +85,11 @@ async fn strict_priority_runs_every_high_task_before_any_low() {
     let w = f.start_worker(recorder.router(&["t"]), config);
     recorder.wait_for_runs(300, Duration::from_secs(60)).await;
     w.stop().await;
-    let order: Vec<String> = recorder.payloads::<(String, u32)>().into_iter().map(|(p, _)| p).collect();
+    let order: Vec<String> = recorder
+        .payloads::<(String, u32)>()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     let last_high = order.iter().rposition(|p| p == "high").unwrap();
     let first_low = order.iter().position(|p| p == "low").unwrap();
     let first_normal = order.iter().position(|p| p == "normal").unwrap();
@@ -221,7 +225,11 @@ async fn bad_api_input_gets_typed_errors() {
         "{err}"
     );
     // An empty kind could never be routed: refused here rather than dead-lettered later.
-    let err = f.client.enqueue(&f.queue, Task::json("", &1).unwrap()).await.unwrap_err();
+    let err = f
+        .client
+        .enqueue(&f.queue, Task::json("", &1).unwrap())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, Error::InvalidConfig { .. }), "{err}");
     assert!(err.to_string().contains("kind"), "{err}");
     // Nothing was written for the rejected tasks.
@@ -310,7 +318,10 @@ async fn msgpack_and_raw_bytes_payloads_reach_their_handlers() {
         .enqueue(&f.queue, Task::msgpack("typed", &job).unwrap())
         .await
         .unwrap();
-    f.client.enqueue(&f.queue, Task::json("typed", &job).unwrap()).await.unwrap();
+    f.client
+        .enqueue(&f.queue, Task::json("typed", &job).unwrap())
+        .await
+        .unwrap();
     f.client
         .enqueue(&f.queue, Task::bytes("raw", vec![0u8, 255, 1]))
         .await

@@ -89,10 +89,18 @@ async fn task_running_for_three_leases_is_never_reclaimed_or_run_twice() {
     // Two workers: the idle one keeps trying to reclaim.
     let a = f.start_worker(router.clone(), config.clone());
     let b = f.start_worker(router, config);
-    f.client.enqueue(&f.queue, Task::json("long", &()).unwrap()).await.unwrap();
+    f.client
+        .enqueue(&f.queue, Task::json("long", &()).unwrap())
+        .await
+        .unwrap();
     f.wait_done(1, Duration::from_secs(20)).await;
     let (ra, rb) = (a.stop().await, b.stop().await);
-    assert_eq!(recorder.len(), 1, "the long task ran more than once: {}", recorder.summary(5));
+    assert_eq!(
+        recorder.len(),
+        1,
+        "the long task ran more than once: {}",
+        recorder.summary(5)
+    );
     assert_eq!(ra.started + rb.started, 1);
     assert_eq!(f.stats().await.counters.reclaimed, 0);
 }
@@ -122,7 +130,10 @@ async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
             ..fast_config()
         };
         let w = RunningWorker::start(&base.server, std::slice::from_ref(&queue), router, config);
-        base.client.enqueue(&queue, Task::json("flaky", &()).unwrap()).await.unwrap();
+        base.client
+            .enqueue(&queue, Task::json("flaky", &()).unwrap())
+            .await
+            .unwrap();
         recorder.wait_for_runs(3, Duration::from_secs(10)).await;
         let done = wait_until(Duration::from_secs(10), async || {
             base.inspector.stats(&queue).await.unwrap().counters.done == 1
@@ -193,8 +204,16 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
             ..fast_config()
         },
     );
-    let exhausted = f.client.enqueue(&f.queue, Task::json("job", &false).unwrap()).await.unwrap();
-    let fatal = f.client.enqueue(&f.queue, Task::json("job", &true).unwrap()).await.unwrap();
+    let exhausted = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &false).unwrap())
+        .await
+        .unwrap();
+    let fatal = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &true).unwrap())
+        .await
+        .unwrap();
     f.wait_dead_letters(2, Duration::from_secs(10)).await;
     let dead = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
     assert_eq!(dead.len(), 2, "{dead:#?}");
@@ -206,7 +225,11 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
         "a dead letter counts every failed attempt, the last included"
     );
     let origin = format!("rivulet:{{{}:normal:0}}:stream/", f.queue.name());
-    assert!(e.origin.starts_with(&origin), "{} does not start with {origin}", e.origin);
+    assert!(
+        e.origin.starts_with(&origin),
+        "{} does not start with {origin}",
+        e.origin
+    );
     assert!(e.dead_at > 0 && e.deliveries == 1);
     let fd = by_task[fatal.as_str()];
     assert_eq!((fd.reason.as_str(), fd.attempt), ("fatal", 1));
@@ -238,7 +261,10 @@ async fn dlq_purge_by_id_kind_and_all() {
         .route("b", |_ctx: TaskContext, _: ()| async { Err(HandlerError::fatal("no")) });
     let w = f.start_worker(router, fast_config());
     for kind in ["a", "a", "a", "b", "b"] {
-        f.client.enqueue(&f.queue, Task::json(kind, &()).unwrap()).await.unwrap();
+        f.client
+            .enqueue(&f.queue, Task::json(kind, &()).unwrap())
+            .await
+            .unwrap();
     }
     f.wait_dead_letters(5, Duration::from_secs(10)).await;
     w.stop().await;
@@ -253,7 +279,10 @@ async fn dlq_purge_by_id_kind_and_all() {
         dead[..4].iter().map(|d| d.id.clone()).collect::<Vec<_>>()
     );
     let one = dead.iter().find(|d| d.kind == "b").unwrap().id.clone();
-    assert_eq!(inspector.dlq_purge(queue, &DlqSelect::Id(one.clone())).await.unwrap(), 1);
+    assert_eq!(
+        inspector.dlq_purge(queue, &DlqSelect::Id(one.clone())).await.unwrap(),
+        1
+    );
     assert!(matches!(
         inspector.dlq_get(queue, &one).await,
         Err(rivulet::Error::NotFound(_))
@@ -443,7 +472,11 @@ async fn drain_deadline_requeues_a_running_task_to_run_again_at_once() {
         ..fast_config()
     };
     let a = f.start_worker(make_router(true), config.clone());
-    let id = f.client.enqueue(&f.queue, Task::json("job", &()).unwrap()).await.unwrap();
+    let id = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &()).unwrap())
+        .await
+        .unwrap();
     started.wait_for_runs(1, Duration::from_secs(10)).await;
     let report = a.stop().await;
     assert_eq!(
@@ -514,8 +547,15 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.restart();
     }
-    let all = wait_until(Duration::from_secs(120), async || seen.lock().unwrap().len() as u64 == N).await;
-    assert!(all, "not every task was processed: {} of {N}", seen.lock().unwrap().len());
+    let all = wait_until(Duration::from_secs(120), async || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    assert!(
+        all,
+        "not every task was processed: {} of {N}",
+        seen.lock().unwrap().len()
+    );
     let retries = producer.await.unwrap();
     w.stop().await;
     let missing: Vec<u64> = {
@@ -529,7 +569,11 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
         rivulet::testing::outstanding(&inspector, &f.queue).await == 0
     })
     .await;
-    assert!(settled, "tasks still outstanding: {:#?}", inspector.stats(&f.queue).await);
+    assert!(
+        settled,
+        "tasks still outstanding: {:#?}",
+        inspector.stats(&f.queue).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,7 +584,8 @@ async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
     let f = Fixture::shared(Queue::new("orphans").unwrap()).await;
     let tasks: Vec<Task> = (0..5u32).map(|i| Task::json("orphan", &i).unwrap()).collect();
     f.client.enqueue_many(&f.queue, tasks).await.unwrap();
-    f.abandon_entries(&f.queue.shard("normal", 0).stream, "w-orphans", 10).await;
+    f.abandon_entries(&f.queue.shard("normal", 0).stream, "w-orphans", 10)
+        .await;
 
     let recorder = Recorder::new();
     let config = WorkerConfig {

@@ -72,7 +72,11 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     let w = RunningWorker::start(server, std::slice::from_ref(&queue), router, fast_config());
     recorder.wait_for_runs(6, Duration::from_secs(10)).await;
     w.stop().await;
-    let got: Vec<(String, Resize)> = recorder.runs().iter().map(|r| (r.priority.clone(), r.payload())).collect();
+    let got: Vec<(String, Resize)> = recorder
+        .runs()
+        .iter()
+        .map(|r| (r.priority.clone(), r.payload()))
+        .collect();
     assert_eq!(got.len(), 6, "{got:?}");
     // Strict priority holds across languages too: all high before any low.
     assert!(got[..3].iter().all(|(p, _)| p == "high"), "{got:?}");

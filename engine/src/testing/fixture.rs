@@ -91,7 +91,9 @@ impl Fixture {
 
     async fn connect(server: Server, queue: Queue) -> Self {
         let redis = server.client();
-        let client = Client::new(&redis).await.expect("the client connects to the test server");
+        let client = Client::new(&redis)
+            .await
+            .expect("the client connects to the test server");
         let inspector = Inspector::new(&redis)
             .await
             .expect("the inspector connects to the test server");
@@ -139,7 +141,10 @@ impl Fixture {
 
     /// The fixture queue's statistics.
     pub async fn stats(&self) -> QueueStats {
-        self.inspector.stats(&self.queue).await.expect("stats of the test queue")
+        self.inspector
+            .stats(&self.queue)
+            .await
+            .expect("stats of the test queue")
     }
 
     /// Sum of waiting + pending + scheduled + retry over every shard of the fixture's queue.

@@ -35,8 +35,12 @@ pub struct Run {
 impl Run {
     /// The payload decoded as `T`. Panics when it does not fit (a test's own mistake).
     pub fn payload<T: DeserializeOwned>(&self) -> T {
-        serde_json::from_value(self.payload.clone())
-            .unwrap_or_else(|e| panic!("payload {} of task {} is not the type asked for: {e}", self.payload, self.id))
+        serde_json::from_value(self.payload.clone()).unwrap_or_else(|e| {
+            panic!(
+                "payload {} of task {} is not the type asked for: {e}",
+                self.payload, self.id
+            )
+        })
     }
 }
 

@@ -97,7 +97,8 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         // A failed attempt of a shared server's watchdog removed the dir: make it again.
-        std::fs::create_dir_all(self.dir.path()).map_err(|e| format!("cannot create {}: {e}", self.dir.path().display()))?;
+        std::fs::create_dir_all(self.dir.path())
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.path().display()))?;
         let log = self.dir.path().join("redis.log");
         let cleanup = if self.watchdog_removes_dir { "remove" } else { "keep" };
         let mut watchdog = Command::new("sh")
