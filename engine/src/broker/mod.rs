@@ -650,12 +650,14 @@ mod tests {
     use super::*;
     use crate::envelope::{Codec, Envelope};
     use crate::keys::Queue;
-    use crate::testing::RedisServer;
+    // Each test keeps to a queue of its own (`unique_name`), so they share one server.
+    use crate::testing::{RedisServer, shared_server, unique_name};
     use bytes::Bytes;
 
+    /// One entry read by consumer `stale`, on a queue of its own on the shared server.
     async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, String) {
         let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-        let keys = Queue::new("fence").unwrap().shard("normal", 0);
+        let keys = Queue::new(&unique_name("fence")).unwrap().shard("normal", 0);
         ensure_group(&mut conn, &keys.stream).await.unwrap();
         let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
         add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
@@ -688,7 +690,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_worker_ack_after_reclaim_is_rejected() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let (mut conn, keys, id) = setup(&server).await;
         // Another worker takes the entry over (its lease ran out).
         let taken = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
@@ -761,9 +763,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_shard_is_dropped_only_when_empty_unless_forced() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-        let keys = Queue::new("drop").unwrap().shard("normal", 0);
+        let keys = Queue::new(&unique_name("drop")).unwrap().shard("normal", 0);
         ensure_group(&mut conn, &keys.stream).await.unwrap();
         let exists = |conn: &mut ConnectionManager| {
             let mut conn = conn.clone();
@@ -791,9 +793,9 @@ mod tests {
 
     #[tokio::test]
     async fn settling_deletes_only_settled_entries() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-        let keys = Queue::new("trim").unwrap().shard("normal", 0);
+        let keys = Queue::new(&unique_name("trim")).unwrap().shard("normal", 0);
         ensure_group(&mut conn, &keys.stream).await.unwrap();
         let add = |n: usize| -> Vec<Envelope> {
             (0..n)
@@ -839,7 +841,7 @@ mod tests {
 
     #[tokio::test]
     async fn lease_renewal_never_steals_a_reclaimed_entry() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let (mut conn, keys, id) = setup(&server).await;
         reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
         // The stale worker's heartbeat renews only what it still owns: nothing.
@@ -858,7 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_delivered_past_the_limit_are_buried_as_poison() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let (mut conn, keys, _id) = setup(&server).await;
         let args = ReclaimArgs {
             max_deliveries: 1,
@@ -879,7 +881,7 @@ mod tests {
 
     #[tokio::test]
     async fn reclaim_counts_deleted_entries_as_lost() {
-        let server = RedisServer::start();
+        let server = shared_server();
         let (mut conn, keys, id) = setup(&server).await;
         // Someone deletes the entry behind the engine's back while it is pending.
         delete_entries(&mut conn, &keys.stream, &[id.as_str()]).await.unwrap();

@@ -80,3 +80,113 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+    use crate::{Queue, Task};
+
+    fn gone(pid: u32) -> bool {
+        // A zombie is gone too: it runs no more, only its parent has not reaped it yet.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true)
+    }
+
+    #[tokio::test]
+    async fn a_killed_server_is_gone_and_restarts_on_its_port_with_its_dir() {
+        let mut server = RedisServer::start();
+        let (port, dir) = (server.port(), server.dir().to_owned());
+        let pid = server.pid().expect("a running server has a pid");
+        server.kill();
+        assert!(gone(pid), "redis-server {pid} outlived kill()");
+        assert_eq!(server.pid(), None);
+        server.restart();
+        assert_eq!((server.port(), server.dir()), (port, dir.as_path()));
+        let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+        drop(server);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[tokio::test]
+    async fn shared_fixtures_share_one_server_and_never_one_queue() {
+        let (a, b) = (
+            Fixture::shared(Queue::new("same").unwrap()).await,
+            Fixture::shared(Queue::new("same").unwrap()).await,
+        );
+        assert!(a.is_shared() && b.is_shared());
+        assert_eq!(a.server.port(), b.server.port());
+        assert_ne!(a.queue.name(), b.queue.name());
+        assert!(a.queue.name().as_str().starts_with("same-"), "{}", a.queue.name());
+        a.client.enqueue(&a.queue, Task::json("k", &1).unwrap()).await.unwrap();
+        assert_eq!((a.outstanding().await, b.outstanding().await), (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recording_router_notes_every_run_with_its_payload() {
+        let f = Fixture::shared(Queue::new("recorded").unwrap()).await;
+        let recorder = Recorder::new();
+        let w = f.start_worker(recorder.router(&["a", "b"]), fast_config());
+        let a = f.client.enqueue(&f.queue, Task::json("a", &1).unwrap()).await.unwrap();
+        f.client
+            .enqueue(&f.queue, Task::json("b", &"two").unwrap().priority("high"))
+            .await
+            .unwrap();
+        recorder.wait_for_runs(2, Duration::from_secs(10)).await;
+        w.stop().await;
+        let runs = recorder.runs();
+        let run_a = recorder.runs_of(a.as_str());
+        assert_eq!(run_a.len(), 1, "{runs:?}");
+        assert_eq!((run_a[0].kind.as_str(), run_a[0].payload::<u32>()), ("a", 1));
+        let run_b = runs.iter().find(|r| r.kind == "b").unwrap();
+        assert_eq!(
+            (run_b.priority.as_str(), run_b.payload::<String>()),
+            ("high", "two".into())
+        );
+        assert!(recorder.repeated().is_empty());
+        f.wait_done(2, Duration::from_secs(10)).await;
+    }
+
+    #[tokio::test]
+    async fn a_child_guard_kills_its_child_and_keeps_its_stderr() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started >&2; exec sleep 30"]);
+        let guard = ChildGuard::spawn("sleeper", &mut cmd);
+        let pid = guard.id();
+        assert!(
+            wait_until(Duration::from_secs(10), async || guard.log() == "started\n").await,
+            "stderr not captured: {:?}",
+            guard.log()
+        );
+        drop(guard);
+        assert!(gone(pid), "the child {pid} outlived its guard");
+    }
+
+    #[tokio::test]
+    async fn a_child_guard_reports_an_exit() {
+        let mut guard = ChildGuard::spawn("false", Command::new("sh").args(["-c", "exit 3"]));
+        let status = guard.exit_within(Duration::from_secs(10)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn temp_dirs_are_fresh_and_removed_on_drop() {
+        let (a, b) = (TempDir::new("t"), TempDir::new("t"));
+        assert_ne!(a.path(), b.path());
+        std::fs::write(a.join("file"), b"x").unwrap();
+        let path = a.path().to_owned();
+        drop(a);
+        assert!(!path.exists());
+        assert!(b.path().is_dir());
+    }
+
+    #[test]
+    fn hostname_is_the_kernels() {
+        let name = hostname();
+        assert!(!name.is_empty() && !name.contains('\n'), "{name:?}");
+    }
+}

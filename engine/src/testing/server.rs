@@ -7,8 +7,8 @@
 //! The server runs under a small `sh` watchdog that holds the read end of a pipe whose write
 //! end only this process holds: when this process ends, however it ends (a finished test
 //! binary never drops its statics; a CI timeout SIGKILLs it), the pipe closes and the watchdog
-//! kills the server. That is what makes [`shared_server`] safe: a `static` server is never
-//! dropped, yet it never outlives its test binary, and its temp dir goes with it.
+//! kills the server and removes its temp dir. That is what makes [`shared_server`] safe: a
+//! `static` server is never dropped, yet it never outlives its test binary.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,24 +19,25 @@ use std::time::{Duration, Instant};
 
 use super::TempDir;
 
-/// Runs `redis-server` with the arguments after the first two and relays its exit status.
-/// `$1` is `remove` when the watchdog should delete the server's dir (`$2`) once the server
-/// has exited, `keep` when the owner does. The watcher reads fd 3 (our stdin: an explicit
-/// redirection, because an asynchronous list's own stdin is /dev/null in a non-interactive
-/// shell) and SIGKILLs the server at end of file; if the server exits first, the watcher is
-/// stopped instead, so it never signals a reused pid.
-const WATCHDOG: &str = r#"cleanup=$1; dir=$2; shift 2
+/// Runs `redis-server` with the arguments after the first (the server's dir) and relays its
+/// exit status. The watcher reads fd 3 (our stdin: an explicit redirection, because an
+/// asynchronous list's own stdin is /dev/null in a non-interactive shell) and SIGKILLs the
+/// server when a line arrives ([`RedisServer::kill`]: the dir stays, for a restart) or at end
+/// of file (this process is gone: nobody will remove the dir, so the watchdog does). If the
+/// server exits first, the watcher is stopped instead, so it never signals a reused pid.
+const WATCHDOG: &str = r#"dir=$1; shift
 exec 3<&0
 redis-server "$@" </dev/null >/dev/null 2>&1 3<&- &
 pid=$!
 echo "$pid"
-( read -r _ <&3; kill -9 "$pid" 2>/dev/null ) &
+( if read -r _ <&3; then code=0; else code=1; fi; kill -9 "$pid" 2>/dev/null; exit "$code" ) &
 watcher=$!
 exec 3<&-
 wait "$pid"
 status=$?
 kill "$watcher" 2>/dev/null
-if [ "$cleanup" = remove ]; then rm -rf "$dir"; fi
+wait "$watcher"
+if [ "$?" = 1 ]; then rm -rf "$dir"; fi
 exit "$status""#;
 
 /// A `redis-server` child process owned by a test.
@@ -46,8 +47,6 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra: Vec<String>,
-    /// Whether the watchdog removes the dir (a shared server, never dropped).
-    watchdog_removes_dir: bool,
 }
 
 /// The watchdog shell, the end of its pipe that keeps the server alive, and the server's pid.
@@ -67,17 +66,12 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, e.g. `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::launch(extra, false)
-    }
-
-    fn launch(extra: &[&str], watchdog_removes_dir: bool) -> Self {
         let dir = TempDir::new("redis");
         let mut server = RedisServer {
             running: None,
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            watchdog_removes_dir,
         };
         let mut last_err = String::new();
         // A free port can be taken by another test between probing it and redis binding it:
@@ -96,13 +90,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        // A failed attempt of a shared server's watchdog removed the dir: make it again.
-        std::fs::create_dir_all(self.dir.path())
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.path().display()))?;
         let log = self.dir.path().join("redis.log");
-        let cleanup = if self.watchdog_removes_dir { "remove" } else { "keep" };
         let mut watchdog = Command::new("sh")
-            .args(["-c", WATCHDOG, "rivulet-redis-watchdog", cleanup])
+            .args(["-c", WATCHDOG, "rivulet-redis-watchdog"])
             .arg(self.dir.path())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
@@ -175,8 +165,11 @@ impl RedisServer {
     /// Kills the server at once (SIGKILL), as a crash would, and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut running) = self.running.take() {
-            // End of file on the lifeline: the watchdog SIGKILLs the server, reaps it, exits.
-            drop(running.lifeline.take());
+            // A line on the lifeline: the watchdog SIGKILLs the server, reaps it and exits,
+            // leaving the dir. (If the watchdog is already gone, there is nothing to stop.)
+            if let Some(mut lifeline) = running.lifeline.take() {
+                let _ = lifeline.write_all(b"kill\n");
+            }
             let _ = running.watchdog.wait();
         }
     }
@@ -226,7 +219,7 @@ impl Drop for RedisServer {
 /// made on one runtime dies with it, so clients and inspectors stay per test.
 pub fn shared_server() -> &'static RedisServer {
     static SHARED: OnceLock<RedisServer> = OnceLock::new();
-    SHARED.get_or_init(|| RedisServer::launch(&[], true))
+    SHARED.get_or_init(RedisServer::start)
 }
 
 fn free_port() -> u16 {
