@@ -691,7 +691,7 @@ mod tests {
     #[tokio::test]
     async fn stale_worker_ack_after_reclaim_is_rejected() {
         let server = shared_server();
-        let (mut conn, keys, id) = setup(&server).await;
+        let (mut conn, keys, id) = setup(server).await;
         // Another worker takes the entry over (its lease ran out).
         let taken = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
         assert_eq!(taken.entries.len(), 1);
@@ -842,7 +842,7 @@ mod tests {
     #[tokio::test]
     async fn lease_renewal_never_steals_a_reclaimed_entry() {
         let server = shared_server();
-        let (mut conn, keys, id) = setup(&server).await;
+        let (mut conn, keys, id) = setup(server).await;
         reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
         // The stale worker's heartbeat renews only what it still owns: nothing.
         assert_eq!(extend(&mut conn, &keys, "stale", &[id.as_str()]).await.unwrap(), 0);
@@ -861,7 +861,7 @@ mod tests {
     #[tokio::test]
     async fn entries_delivered_past_the_limit_are_buried_as_poison() {
         let server = shared_server();
-        let (mut conn, keys, _id) = setup(&server).await;
+        let (mut conn, keys, _id) = setup(server).await;
         let args = ReclaimArgs {
             max_deliveries: 1,
             ..reclaim_args(&keys, "fresh")
@@ -882,7 +882,7 @@ mod tests {
     #[tokio::test]
     async fn reclaim_counts_deleted_entries_as_lost() {
         let server = shared_server();
-        let (mut conn, keys, id) = setup(&server).await;
+        let (mut conn, keys, id) = setup(server).await;
         // Someone deletes the entry behind the engine's back while it is pending.
         delete_entries(&mut conn, &keys.stream, &[id.as_str()]).await.unwrap();
         let got = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
