@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rivulet::testing::{Fixture, Recorder, RunningWorker, fast_config, wait_until};
+use rivulet::testing::{Fixture, Recorder, fast_config, wait_until};
 use rivulet::{Client, Error, Queue, Router, Task, TaskContext, WorkerConfig};
 
 /// XPENDING's summary form: count, lowest id, highest id, per-consumer counts.
@@ -490,7 +490,7 @@ async fn deleting_a_queue_is_refused_while_it_holds_work_and_removes_every_key_w
     assert_eq!(f.queue_names().await, ["kept"]);
     // A live worker serving an empty queue is reason enough to refuse.
     let served = f.other_queue("served");
-    let w = RunningWorker::start(&f.server, std::slice::from_ref(&served), Router::new(), fast_config());
+    let w = f.start_worker_on(&served, Router::new(), fast_config());
     assert!(
         wait_until(Duration::from_secs(10), async || {
             !f.inspector.workers().await.unwrap().is_empty()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rivulet::testing::{ChildGuard, Fixture, Recorder, RedisServer, RunningWorker, fast_config, wait_until};
+use rivulet::testing::{ChildGuard, Fixture, Recorder, RedisServer, fast_config, wait_until};
 use rivulet::{DlqSelect, HandlerError, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig};
 
 /// A `rivulet-test-worker` process serving `queue` (killed on drop, its stderr shown if the
@@ -129,7 +129,7 @@ async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
             retry: policy,
             ..fast_config()
         };
-        let w = RunningWorker::start(&base.server, std::slice::from_ref(&queue), router, config);
+        let w = base.start_worker_on(&queue, router, config);
         base.client
             .enqueue(&queue, Task::json("flaky", &()).unwrap())
             .await

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rivulet::testing::{Fixture, Recorder, RunningWorker, fast_config, outstanding};
+use rivulet::testing::{Fixture, Recorder, fast_config, outstanding};
 use rivulet::{Queue, Router};
 
 fn python_with_redis() -> Result<(), String> {
@@ -69,7 +69,7 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     assert_eq!(queue, Queue::new("py").unwrap().shards(2).unwrap());
     let recorder = Recorder::new();
     let router = recorder.route(Router::new(), "resize", |_ctx, _r: Resize| async { Ok(()) });
-    let w = RunningWorker::start(server, std::slice::from_ref(&queue), router, fast_config());
+    let w = f.start_worker_on(&queue, router, fast_config());
     recorder.wait_for_runs(6, Duration::from_secs(10)).await;
     w.stop().await;
     let got: Vec<(String, Resize)> = recorder

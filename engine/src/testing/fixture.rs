@@ -136,7 +136,12 @@ impl Fixture {
 
     /// A worker on the fixture's queue, running in the background.
     pub fn start_worker(&self, router: Router, config: WorkerConfig) -> RunningWorker {
-        RunningWorker::start(&self.server, std::slice::from_ref(&self.queue), router, config)
+        self.start_worker_on(&self.queue, router, config)
+    }
+
+    /// A worker on another queue of the fixture's server, running in the background.
+    pub fn start_worker_on(&self, queue: &Queue, router: Router, config: WorkerConfig) -> RunningWorker {
+        RunningWorker::start(&self.server, std::slice::from_ref(queue), router, config)
     }
 
     /// The fixture queue's statistics.
