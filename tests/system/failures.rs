@@ -299,21 +299,16 @@ async fn dlq_purge_by_id_kind_and_all() {
     assert!(inspector.dlq_list(queue, None, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
-    let f = Fixture::shared(Queue::new("garbage").unwrap()).await;
-    let ok = Recorder::new();
-    let router = ok.route(Router::new(), "typed", |_ctx, _n: u64| async { Ok(()) });
-    // The worker creates the group; then raw XADDs arrive as other languages might send them.
-    let w = f.start_worker(router, fast_config());
-    f.wait_worker_registered(Duration::from_secs(10)).await;
-    let stream = f.queue.shard("normal", 0).stream;
+/// Appends 1,000 entries no worker can run (a fifth each: no kind, an unknown codec, a payload
+/// that does not decode, a kind nobody serves, an attempt that is not a number) and then one
+/// good task to `stream`; returns how many dead letters of each reason to expect.
+async fn add_malformed_entries(f: &Fixture, stream: &str) -> HashMap<String, u64> {
     let mut conn = f.redis().await;
     let mut pipe = redis::pipe();
     let mut expected: HashMap<&str, u64> = HashMap::new();
     for i in 0..1000u32 {
         let id = format!("bad-{i}");
-        let cmd = pipe.cmd("XADD").arg(&stream).arg("*");
+        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
         let reason = match i % 5 {
             0 => {
                 cmd.arg("id").arg(&id).arg("payload").arg("1");
@@ -365,7 +360,7 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
     }
     // And one good task at the end: the worker is still serving.
     pipe.cmd("XADD")
-        .arg(&stream)
+        .arg(stream)
         .arg("*")
         .arg("id")
         .arg("good")
@@ -375,6 +370,19 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
         .arg("7")
         .ignore();
     pipe.query_async::<()>(&mut conn).await.unwrap();
+    expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
+    let f = Fixture::shared(Queue::new("garbage").unwrap()).await;
+    let ok = Recorder::new();
+    let router = ok.route(Router::new(), "typed", |_ctx, _n: u64| async { Ok(()) });
+    // The worker creates the group; then raw XADDs arrive as other languages might send them.
+    let w = f.start_worker(router, fast_config());
+    f.wait_worker_registered(Duration::from_secs(10)).await;
+    let stream = f.queue.shard("normal", 0).stream;
+    let expected = add_malformed_entries(&f, &stream).await;
     let settled = wait_until(Duration::from_secs(30), async || {
         f.stats().await.priorities[1].dead_letters == 1000 && ok.len() == 1
     })
@@ -397,7 +405,6 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
             assert!(!d.error.is_empty(), "dead letter without an error: {d:?}");
         }
     }
-    let expected: HashMap<String, u64> = expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     assert_eq!(reasons, expected);
     assert_eq!(f.outstanding().await, 0, "something stayed pending");
 }
