@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::backoff::RetryPolicy;
 use crate::broker;
+use crate::clock::Clock;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::Result;
 use crate::keys::{Queue, QueueName, shard_for};
@@ -125,6 +126,9 @@ impl Task {
 pub struct Client {
     conn: ConnectionManager,
     declared: Arc<Mutex<HashSet<QueueName>>>,
+    /// Tells a delayed task that is already due (it goes straight to its stream) from one to
+    /// park in the scheduled set.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,6 +149,7 @@ impl Client {
         Ok(Client {
             conn,
             declared: Arc::default(),
+            clock: Clock::System,
         })
     }
 
@@ -191,7 +196,7 @@ impl Client {
         }
         self.declare(queue).await?;
         let mut conn = self.conn.clone();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut ready = Vec::with_capacity(tasks.len());
         for (task, keys) in tasks.iter().zip(&placed) {
             match task.run_at_ms {

@@ -401,7 +401,7 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
         let Some(last) = page.last() else { break };
         after = Some(last.id.entry.clone());
         for d in &page {
-            *reasons.entry(d.reason.clone()).or_default() += 1;
+            *reasons.entry(d.reason.to_string()).or_default() += 1;
             assert!(!d.error.is_empty(), "dead letter without an error: {d:?}");
         }
     }
@@ -673,7 +673,7 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
     w.stop().await;
     let dead = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
     assert_eq!(dead.len(), 2, "{dead:#?}");
-    let reason_of = |id: &str| dead.iter().find(|d| d.task_id == id).map(|d| d.reason.clone());
+    let reason_of = |id: &str| dead.iter().find(|d| d.task_id == id).map(|d| d.reason.to_string());
     assert_eq!(reason_of(&own_id).as_deref(), Some("exhausted"));
     assert_eq!(reason_of("raw-1").as_deref(), Some("malformed"));
     // Three runs (the task's limit), 200 ms then 500 ms (3 x 200 capped) apart (the task's

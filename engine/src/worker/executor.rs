@@ -14,8 +14,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Shared, WorkerCounters};
 use crate::backoff::RetryPolicy;
-use crate::broker::{Settle, StreamEntry};
-use crate::envelope::{Envelope, TaskId, now_ms};
+use crate::broker::{DeadReason, Settle, StreamEntry, StreamId};
+use crate::envelope::{Envelope, TaskId};
 use crate::handler::{HandlerError, HandlerFuture, TaskContext};
 
 /// Why one run of a handler failed.
@@ -28,7 +28,7 @@ pub(crate) enum Failure {
 
 pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
     let StreamEntry { id: entry_id, fields } = entry;
-    let run = match prepare(shared, lane_idx, &entry_id, fields) {
+    let run = match prepare(shared, lane_idx, entry_id, fields) {
         Ok(run) => run,
         Err((reason, error)) => {
             WorkerCounters::add(&shared.counters.buried, 1);
@@ -63,7 +63,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             }
             Err(failure) => {
                 WorkerCounters::add(&shared2.counters.failed, 1);
-                let settle = failure_outcome(&failure, attempt, &policy, now_ms(), fastrand::f64());
+                let settle = failure_outcome(&failure, attempt, &policy, shared2.clock.now_ms(), fastrand::f64());
                 tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
@@ -85,17 +85,17 @@ struct Run {
 }
 
 /// Decodes an entry and starts its handler's future, or says why it cannot run: the dead
-/// letter's reason (`malformed`, `unknown_kind`) and error.
+/// letter's reason (malformed, unknown kind) and error.
 fn prepare(
     shared: &Shared,
     lane_idx: usize,
-    entry_id: &str,
+    entry_id: StreamId,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Run, (&'static str, String)> {
+) -> Result<Run, (DeadReason, String)> {
     let lane = &shared.lanes[lane_idx];
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
-        ("malformed", m.0)
+        (DeadReason::Malformed, m.0)
     })?;
     let Some(route) = shared.router.get(&env.kind) else {
         let mut kinds: Vec<&str> = shared.router.kinds().collect();
@@ -106,7 +106,7 @@ fn prepare(
             env.kind,
             kinds.join(", ")
         );
-        return Err(("unknown_kind", error));
+        return Err((DeadReason::UnknownKind, error));
     };
     let policy = route
         .options
@@ -115,7 +115,7 @@ fn prepare(
         .unwrap_or(shared.config.retry);
     let policy = env.retry_policy(policy).map_err(|m| {
         tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
-        ("malformed", m.0)
+        (DeadReason::Malformed, m.0)
     })?;
     let timeout = env
         .timeout_ms
@@ -136,7 +136,7 @@ fn prepare(
     let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
     let fut = route.start(ctx, env.payload).map_err(|m| {
         tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-        ("malformed", m.0)
+        (DeadReason::Malformed, m.0)
     })?;
     Ok(Run {
         fut,
@@ -178,11 +178,11 @@ pub(crate) fn describe(f: &Failure) -> String {
     }
 }
 
-fn settle_name(s: &Settle) -> &'static str {
+fn settle_name(s: &Settle) -> &str {
     match s {
         Settle::Ack => "done",
         Settle::Retry { .. } => "retry",
-        Settle::Bury { reason, .. } => reason,
+        Settle::Bury { reason, .. } => reason.as_str(),
         Settle::Requeue => "requeue",
     }
 }
@@ -196,14 +196,14 @@ pub(crate) fn failure_outcome(failure: &Failure, attempt: u32, policy: &RetryPol
     let failed = Some(attempt.saturating_add(1));
     if let Failure::Handler(HandlerError::Fatal(_)) = failure {
         return Settle::Bury {
-            reason: "fatal",
+            reason: DeadReason::Fatal,
             error,
             attempt: failed,
         };
     }
     if !policy.may_retry(attempt) {
         return Settle::Bury {
-            reason: "exhausted",
+            reason: DeadReason::Exhausted,
             error,
             attempt: failed,
         };
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(
             failure_outcome(&f, 2, &policy(), 1000, 0.5),
             Settle::Bury {
-                reason: "exhausted",
+                reason: DeadReason::Exhausted,
                 error: "boom".into(),
                 attempt: Some(3)
             }
@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(
             failure_outcome(&fatal, 0, &policy(), 0, 0.5),
             Settle::Bury {
-                reason: "fatal",
+                reason: DeadReason::Fatal,
                 error: "fatal: bad input".into(),
                 attempt: Some(1)
             }
@@ -305,7 +305,7 @@ mod tests {
         );
         let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, &policy(), 0, 0.5);
         assert!(
-            matches!(&t, Settle::Bury { reason: "exhausted", error, .. } if error.contains("timed out")),
+            matches!(&t, Settle::Bury { reason: DeadReason::Exhausted, error, .. } if error.contains("timed out")),
             "{t:?}"
         );
     }

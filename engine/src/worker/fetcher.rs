@@ -55,7 +55,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                 // A blocking read may return several priorities: run the higher ones first.
                 batch.sort_by_key(|(lane, _)| (shared.lanes[*lane].rank, *lane));
                 for group in batch.chunk_by(|a, b| a.0 == b.0) {
-                    shared.hold(group[0].0, group.iter().map(|(_, e)| e.id.as_str()));
+                    shared.hold(group[0].0, group.iter().map(|(_, e)| e.id));
                 }
                 for (lane, entry) in batch {
                     let permit = match held.split(1) {

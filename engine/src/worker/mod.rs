@@ -35,7 +35,8 @@ pub use config::{
     DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
 };
 
-use crate::broker::{self, Settle};
+use crate::broker::{self, Settle, StreamId};
+use crate::clock::Clock;
 use crate::error::Result;
 use crate::handler::Router;
 use crate::keys::{Queue, QueueName, ShardKeys};
@@ -96,14 +97,14 @@ struct Lane {
     /// Entries of this shard the worker has in process, from the read until their outcome is
     /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
     /// but not here (a read whose reply was lost) age out and are reclaimed.
-    held: Mutex<HashSet<(u64, u64)>>,
+    held: Mutex<HashSet<StreamId>>,
 }
 
 /// One settled task on its way to the acker.
 #[derive(Debug)]
 struct Outcome {
     lane: usize,
-    entry_id: String,
+    entry_id: StreamId,
     settle: Settle,
 }
 
@@ -123,30 +124,32 @@ struct Shared {
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
+    /// Where every loop reads the time it passes to the broker.
+    clock: Clock,
 }
 
 impl Shared {
     /// Records entries read from a lane as held in process (see [`Lane::held`]).
-    fn hold<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+    fn hold(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.extend(ids.filter_map(broker::parse_stream_id));
+        held.extend(ids);
     }
 
     /// Forgets entries whose outcome is settled (or fenced off).
-    fn release<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+    fn release(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
-        for id in ids.filter_map(broker::parse_stream_id) {
+        for id in ids {
             held.remove(&id);
         }
     }
 
     /// The ids held in a lane now, for renewing their leases.
-    fn held_ids(&self, lane: usize) -> Vec<String> {
+    fn held_ids(&self, lane: usize) -> Vec<StreamId> {
         let held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.iter().map(|(ms, seq)| format!("{ms}-{seq}")).collect()
+        held.iter().copied().collect()
     }
 
-    fn settle(&self, lane: usize, entry_id: String, settle: Settle) {
+    fn settle(&self, lane: usize, entry_id: StreamId, settle: Settle) {
         // The acker only stops after every handler has finished, so the receiver is alive
         // whenever a handler sends; an error here would mean a bug in the shutdown order.
         if self.outcomes.send(Outcome { lane, entry_id, settle }).is_err() {
@@ -294,6 +297,7 @@ impl Worker {
             outcomes: tx,
             abort: CancellationToken::new(),
             counters,
+            clock: Clock::System,
         });
         // Before the first read: a worker started on a paused queue must not run its tasks.
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
@@ -389,11 +393,12 @@ async fn requeue_held(shared: &Shared) -> u64 {
             if ids.is_empty() {
                 break;
             }
-            let batch: Vec<(&str, &Settle)> = ids.iter().map(|id| (id.as_str(), &Settle::Requeue)).collect();
+            let batch: Vec<(StreamId, &Settle)> = ids.iter().map(|id| (*id, &Settle::Requeue)).collect();
             let ctx = broker::SettleCtx {
                 keys: &lane.keys,
                 consumer: &shared.id,
                 dlq_maxlen: shared.config.dlq_maxlen,
+                now_ms: shared.clock.now_ms(),
             };
             match broker::settle(&mut conn, ctx, &batch).await {
                 Ok(stale) => requeued += (ids.len() - stale.len()) as u64,
