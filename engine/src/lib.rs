@@ -40,7 +40,8 @@
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
 //! - `clock`: where the worker and the inspector read the time they pass to the broker.
-//! - `testing` (feature `test-util`): a private `redis-server` per test.
+//! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
+//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

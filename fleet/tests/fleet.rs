@@ -105,11 +105,7 @@ async fn a_child_that_ignores_sigterm_is_killed_at_the_deadline() {
     let (mut handle, stop, run) = start(config, 1);
     let s = wait(&mut handle, "one running", |s| s.running == 1).await;
     // Only once the trap is set does SIGTERM go unheard.
-    let trapped = wait_until(Duration::from_secs(10), || {
-        let ok = ready.exists();
-        async move { ok }
-    })
-    .await;
+    let trapped = wait_until(Duration::from_secs(10), async || ready.exists()).await;
     assert!(trapped, "the child never set its trap");
     stop.drain.cancel();
     match finish(run).await {
@@ -133,11 +129,7 @@ async fn children_lead_their_own_group_and_carry_the_contract() {
     let has_own = || {
         std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == own.as_bytes()))
     };
-    let seen = wait_until(Duration::from_secs(5), || {
-        let ok = has_own();
-        async move { ok }
-    })
-    .await;
+    let seen = wait_until(Duration::from_secs(5), async || has_own()).await;
     assert!(seen, "{SUPERVISOR_PID_ENV} missing from the child's environment");
     stop.now.cancel();
     assert!(matches!(finish(run).await, Err(FleetError::StoppedAtOnce)));

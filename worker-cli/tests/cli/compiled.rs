@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rivulet::testing::RedisServer;
-use rivulet::{Client, Inspector, Queue, Router, Task, TaskContext};
+use rivulet::testing::Fixture;
+use rivulet::{Queue, Router, Task, TaskContext};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tasks_counts_compiled_kinds_exactly() {
-    let server = RedisServer::start();
-    let queue = Queue::new("compiled").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
+    let f = Fixture::shared(Queue::new("compiled").unwrap()).await;
     let tasks: Vec<Task> = (0..200).map(|i| Task::json("count", &i).unwrap()).collect();
-    client.enqueue_many(&queue, tasks).await.unwrap();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
 
     let runs = Arc::new(AtomicU64::new(0));
     let counted = runs.clone();
@@ -25,14 +23,15 @@ async fn max_tasks_counts_compiled_kinds_exactly() {
             Ok(())
         }
     });
-    let url = server.url();
+    let url = f.server.url();
+    let queue = f.queue.name().to_string();
     let args = [
         "worker-cli",
         "work",
         "--redis-url",
         &url,
         "--queue",
-        "compiled",
+        &queue,
         "--concurrency",
         "32",
         "--max-tasks",
@@ -46,8 +45,7 @@ async fn max_tasks_counts_compiled_kinds_exactly() {
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert_eq!(runs.load(Ordering::Relaxed), 25);
 
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    let s = inspector.stats(&queue).await.unwrap();
+    let s = f.stats().await;
     let waiting: u64 = s.priorities.iter().map(|p| p.waiting).sum();
     let pending: u64 = s.priorities.iter().map(|p| p.pending).sum();
     assert_eq!((s.counters.done, waiting, pending), (25, 175, 0), "{s:#?}");
