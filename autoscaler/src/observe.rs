@@ -141,7 +141,7 @@ impl Observer {
     /// Tasks per second one handler slot completes: handlers finished over the time they ran,
     /// from the heartbeats' counters (deltas per worker, averaged like the rates). Workers
     /// that report no run time (older versions) are left out. `None` before any data.
-    fn measure_handlers(&mut self, ours: &[&rivulet::inspector::WorkerInfo], step: Option<(f64, f64)>) -> Option<f64> {
+    fn measure_handlers(&mut self, ours: &[&rivulet::WorkerRecord], step: Option<(f64, f64)>) -> Option<f64> {
         let (mut finished, mut busy_us) = (0u64, 0u64);
         let mut now = HashMap::with_capacity(ours.len());
         for w in ours {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::backoff::RetryPolicy;
 use crate::broker;
 use crate::broker::lifecycle::{self as records, EnqueueItem};
+use crate::clock::Clock;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{Queue, QueueName, ShardKeys, shard_for};
@@ -158,6 +159,9 @@ pub struct Client {
     declared: Arc<Mutex<HashSet<QueueName>>>,
     /// For the dedicated connections of blocking waits.
     redis: redis::Client,
+    /// Tells a delayed task that is already due (it goes straight to its stream) from one to
+    /// park in the scheduled set.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Client {
@@ -179,6 +183,7 @@ impl Client {
             conn,
             declared: Arc::default(),
             redis: client.clone(),
+            clock: Clock::System,
         })
     }
 
@@ -253,7 +258,7 @@ impl Client {
         }
         self.declare(queue).await?;
         let mut conn = self.conn.clone();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let retention = crate::envelope::millis(queue.retention_period());
         let mut ready = Vec::new();
         let mut scripted = Vec::new();
@@ -290,7 +295,7 @@ impl Client {
         let mut out: Vec<Enqueued> = tasks.iter().map(|t| Enqueued::New(t.envelope.id.clone())).collect();
         if !scripted.is_empty() {
             let (indexes, items): (Vec<usize>, Vec<EnqueueItem<'_>>) = scripted.into_iter().unzip();
-            let replies = records::enqueue(&mut conn, &items).await?;
+            let replies = records::enqueue(&mut conn, &items, now).await?;
             for (i, holder) in indexes.into_iter().zip(replies) {
                 if let Some(holder) = holder {
                     out[i] = Enqueued::Duplicate(TaskId::from_string(holder));
@@ -328,7 +333,7 @@ impl Client {
     pub async fn status(&self, queue: &Queue, id: &TaskId) -> Result<TaskStatus> {
         Ok(match self.find(queue, id.as_str()).await? {
             Some((priority, _, fields)) => {
-                TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, now_ms())
+                TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, self.clock.now_ms())
             }
             None => TaskStatus::unknown(id.clone(), queue.name().clone()),
         })
@@ -349,7 +354,8 @@ impl Client {
             return Err(self.unknown(queue, id));
         };
         let mut conn = self.conn.clone();
-        let status = |fields| TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, now_ms());
+        let status =
+            |fields| TaskStatus::from_record(id.clone(), queue.name().clone(), &priority, fields, self.clock.now_ms());
         let (registered, fields) = records::register_waiter(&mut conn, &keys, id.as_str()).await?;
         let st = status(fields);
         if !registered {
@@ -395,6 +401,7 @@ impl Client {
             id.as_str(),
             lock.as_deref(),
             queue.events_maxlen(),
+            self.clock.now_ms(),
         )
         .await?;
         match outcome.as_str() {
@@ -416,9 +423,9 @@ impl Client {
         cursor.fit(shards.len());
         let mut out = Vec::new();
         for (i, s) in shards.iter().enumerate() {
-            let got = records::events(&mut conn, &s.keys, &cursor.after[i], limit).await?;
+            let got = records::events(&mut conn, &s.keys, cursor.after[i], limit).await?;
             if let Some(last) = got.last() {
-                cursor.after[i] = last.id.clone();
+                cursor.after[i] = Some(last.id);
             }
             out.extend(got.into_iter().map(|e| Event::from_entry(s.priority, s.number, e)));
         }
@@ -432,17 +439,11 @@ impl Client {
         let shards: Vec<_> = queue.all_shards().collect();
         cursor.fit(shards.len());
         let keys: Vec<&ShardKeys> = shards.iter().map(|s| &s.keys).collect();
-        // XREAD takes `0-0` for "from the start", not `-`.
-        let after: Vec<String> = cursor
-            .after
-            .iter()
-            .map(|a| if a == "-" { "0-0".to_owned() } else { a.clone() })
-            .collect();
         let mut conn = self.blocking_connection(block).await?;
-        let got = records::follow_events(&mut conn, &keys, &after, block, 1000).await?;
+        let got = records::follow_events(&mut conn, &keys, &cursor.after, block, 1000).await?;
         let mut out = Vec::with_capacity(got.len());
         for (i, e) in got {
-            cursor.after[i] = e.id.clone();
+            cursor.after[i] = Some(e.id);
             out.push(Event::from_entry(shards[i].priority, shards[i].number, e));
         }
         sort_events(&mut out);
@@ -465,8 +466,13 @@ impl Client {
                 let id = TaskId::from_string(id);
                 let fields = records::records(&mut conn, std::slice::from_ref(&shard.keys), id.as_str()).await?;
                 let fields = fields.into_iter().next().unwrap_or_default();
-                let mut st =
-                    TaskStatus::from_record(id.clone(), queue.name().clone(), shard.priority, fields, now_ms());
+                let mut st = TaskStatus::from_record(
+                    id.clone(),
+                    queue.name().clone(),
+                    shard.priority,
+                    fields,
+                    self.clock.now_ms(),
+                );
                 if st.state == TaskState::Unknown {
                     // Listed by the structure that holds it, without a record (tracking off).
                     st.state = state;
@@ -508,7 +514,7 @@ impl Client {
 /// Where a reader of a queue's events is: the last event id seen per shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventCursor {
-    after: Vec<String>,
+    after: Vec<Option<crate::broker::StreamId>>,
 }
 
 impl EventCursor {
@@ -518,14 +524,14 @@ impl EventCursor {
     }
 
     fn fit(&mut self, shards: usize) {
-        self.after.resize(shards, "-".to_owned());
+        self.after.resize(shards, None);
     }
 }
 
 fn sort_events(events: &mut [Event]) {
     events.sort_by_key(|e| {
         (
-            crate::broker::parse_stream_id(&e.stream_id),
+            crate::broker::StreamId::parse(&e.stream_id),
             e.priority.clone(),
             e.shard,
         )

@@ -1,8 +1,10 @@
 //! The inspector: read-only views of queues, shards, pending entries and workers, plus the
-//! dead-letter operations (list, show, replay, purge) and pause flags.
+//! dead-letter operations (list, show, replay, purge), pause flags, queue deletion and the
+//! autoscaler's stored decision.
 //!
-//! Everything here is safe to run against a live system; replay and purge are atomic per
-//! entry.
+//! Every method is a query over `broker` calls: this file shapes what the broker reads into
+//! the public views and never builds a Redis command. Everything here is safe to run against a
+//! live system; replay and purge are atomic per entry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,10 +14,11 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::broker::{self, StreamEntry};
-use crate::envelope::now_ms;
+use crate::broker::{self, RangeStart, StreamEntry, StreamId};
+pub use crate::broker::{DeadReason, WorkerRecord};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::keys::{PAUSED_KEY, QUEUES_KEY, Queue, Shard, ShardKeys, WORKERS_KEY, autoscaler_key, worker_key};
+use crate::keys::{Queue, Shard, ShardKeys};
 
 /// Counters of one shard (see `docs/architecture.md` for when each moves).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -180,7 +183,7 @@ impl FromStr for DeadLetterId {
         let (Some(p), Some(n), Some(e)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
         };
-        if broker::parse_stream_id(e).is_none() {
+        if StreamId::parse(e).is_none() {
             return Err(bad());
         }
         Ok(DeadLetterId {
@@ -200,8 +203,8 @@ pub struct DeadLetter {
     pub task_id: String,
     /// Handler name.
     pub kind: String,
-    /// `exhausted`, `fatal`, `poison`, `malformed` or `unknown_kind`.
-    pub reason: String,
+    /// Why it died.
+    pub reason: DeadReason,
     /// The last error.
     pub error: String,
     /// Failed attempts.
@@ -239,11 +242,11 @@ impl DeadLetter {
             id: DeadLetterId {
                 priority: priority.to_owned(),
                 shard,
-                entry: e.id.clone(),
+                entry: e.id.to_string(),
             },
             task_id: text("id"),
             kind: text("kind"),
-            reason: text("reason"),
+            reason: DeadReason::parse(&text("reason")),
             error: text("error"),
             attempt: num("attempt"),
             deliveries: num("deliveries"),
@@ -318,37 +321,11 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
-/// A live worker, from its heartbeat.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerInfo {
-    /// Worker id (consumer name).
-    pub id: String,
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// Queues it serves.
-    pub queues: Vec<String>,
-    /// Handler slots.
-    pub concurrency: u64,
-    /// Handlers running at the last beat.
-    pub in_flight: u64,
-    /// Handlers started.
-    pub started: u64,
-    /// Handlers that succeeded.
-    pub succeeded: u64,
-    /// Handlers that failed.
-    pub failed: u64,
-    /// How long the finished handlers ran, µs; `None` from workers that do not report it.
-    pub busy_us: Option<u64>,
-    /// Last heartbeat, ms since the epoch.
-    pub last_beat: u64,
-}
-
 /// Read-only views and dead-letter operations.
 #[derive(Clone)]
 pub struct Inspector {
     conn: ConnectionManager,
+    clock: Clock,
 }
 
 impl fmt::Debug for Inspector {
@@ -369,6 +346,7 @@ impl Inspector {
     pub async fn new(client: &redis::Client) -> Result<Self> {
         Ok(Inspector {
             conn: broker::connect(client, Some(crate::client::DEFAULT_RESPONSE_TIMEOUT)).await?,
+            clock: Clock::System,
         })
     }
 
@@ -403,7 +381,7 @@ impl Inspector {
     /// A queue's state per priority and shard.
     pub async fn stats(&self, queue: &Queue) -> Result<QueueStats> {
         let mut conn = self.conn();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut priorities = Vec::new();
         let mut total = Counters::default();
         for p in &queue.layout().priorities {
@@ -412,9 +390,7 @@ impl Inspector {
                 let raw = broker::inspect(&mut conn, &queue.shard(p, n)).await?;
                 let age = raw
                     .oldest_waiting
-                    .as_deref()
-                    .and_then(broker::parse_stream_id)
-                    .map(|(ms, _)| Duration::from_millis(now.saturating_sub(ms)));
+                    .map(|id| Duration::from_millis(now.saturating_sub(id.ms)));
                 let (waiting, waiting_estimated) = match raw.lag {
                     Some(lag) => (lag, false),
                     None => (raw.length.saturating_sub(raw.pending), true),
@@ -449,11 +425,7 @@ impl Inspector {
                 shards,
             });
         }
-        let paused: bool = redis::cmd("SISMEMBER")
-            .arg(PAUSED_KEY)
-            .arg(queue.name().as_str())
-            .query_async(&mut conn)
-            .await?;
+        let paused = broker::is_paused(&mut conn, queue.name()).await?;
         Ok(QueueStats {
             queue: queue.name().to_string(),
             paused,
@@ -467,14 +439,14 @@ impl Inspector {
         let mut conn = self.conn();
         let mut out = Vec::new();
         for s in queue.all_shards() {
-            for (entry, consumer, idle_ms, deliveries) in broker::pending(&mut conn, &s.keys.stream, limit).await? {
+            for row in broker::pending(&mut conn, &s.keys.stream, limit).await? {
                 out.push(PendingEntry {
                     priority: s.priority.to_owned(),
                     shard: s.number,
-                    entry,
-                    consumer,
-                    idle_ms,
-                    deliveries,
+                    entry: row.id.to_string(),
+                    consumer: row.consumer,
+                    idle_ms: row.idle_ms,
+                    deliveries: row.deliveries,
                 });
             }
         }
@@ -483,47 +455,8 @@ impl Inspector {
 
     /// Live workers (those whose heartbeat has not expired), by id. Stale registry rows are
     /// pruned on the way.
-    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
-        let mut conn = self.conn();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(WORKERS_KEY)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        let mut out = Vec::new();
-        for id in ids {
-            let h: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(worker_key(&id))
-                .query_async(&mut conn)
-                .await?;
-            if h.is_empty() {
-                redis::cmd("ZREM")
-                    .arg(WORKERS_KEY)
-                    .arg(&id)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                continue;
-            }
-            let num = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
-            out.push(WorkerInfo {
-                id: id.clone(),
-                host: h.get("host").cloned().unwrap_or_default(),
-                pid: num("pid") as u32,
-                queues: h
-                    .get("queues")
-                    .map(|q| q.split(',').map(str::to_owned).collect())
-                    .unwrap_or_default(),
-                concurrency: num("concurrency"),
-                in_flight: num("in_flight"),
-                started: num("started"),
-                succeeded: num("succeeded"),
-                failed: num("failed"),
-                busy_us: h.get("busy_us").and_then(|v| v.parse().ok()),
-                last_beat: num("last_beat"),
-            });
-        }
-        Ok(out)
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        broker::live_workers(&mut self.conn()).await
     }
 
     /// Dead letters of a queue in time order, after entry id `after` (exclusive), at most
@@ -531,26 +464,31 @@ impl Inspector {
     pub async fn dlq_list(&self, queue: &Queue, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut conn = self.conn();
         let start = match after {
-            Some(a) => format!("({a}"),
-            None => "-".to_owned(),
+            Some(a) => RangeStart::After(entry_id(a)?),
+            None => RangeStart::First,
         };
-        let mut out = Vec::new();
+        let mut found = Vec::new();
         for s in queue.all_shards() {
-            for e in broker::range(&mut conn, &s.keys.dlq, &start, limit).await? {
-                out.push(DeadLetter::from_entry(s.priority, s.number, e));
+            for e in broker::range(&mut conn, &s.keys.dlq, start, limit).await? {
+                found.push((e.id, s.priority, s.number, e));
             }
         }
-        out.sort_by_key(|d| broker::parse_stream_id(&d.id.entry));
-        out.truncate(limit);
-        Ok(out)
+        found.sort_by_key(|(id, ..)| *id);
+        found.truncate(limit);
+        // Built after the cut: only the letters returned are decoded.
+        Ok(found
+            .into_iter()
+            .map(|(_, priority, shard, e)| DeadLetter::from_entry(priority, shard, e))
+            .collect())
     }
 
     /// One dead letter.
     pub async fn dlq_get(&self, queue: &Queue, id: &DeadLetterId) -> Result<DeadLetter> {
         let keys = self.dlq_keys(queue, id)?;
-        let mut found = broker::range(&mut self.conn(), &keys.dlq, &id.entry, 1).await?;
+        let entry = entry_id(&id.entry)?;
+        let mut found = broker::range(&mut self.conn(), &keys.dlq, RangeStart::At(entry), 1).await?;
         match found.pop() {
-            Some(e) if e.id == id.entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e)),
+            Some(e) if e.id == entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e)),
             _ => Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name()))),
         }
     }
@@ -569,12 +507,12 @@ impl Inspector {
     async fn dlq_apply(&self, queue: &Queue, select: &DlqSelect, replay: bool) -> Result<u64> {
         let mut conn = self.conn();
         let events_maxlen = queue.events_maxlen();
-        let apply = |conn: &mut ConnectionManager, keys: ShardKeys, ids: Vec<String>| {
+        let now_ms = self.clock.now_ms();
+        let apply = |conn: &mut ConnectionManager, keys: ShardKeys, ids: Vec<StreamId>| {
             let mut conn = conn.clone();
             async move {
-                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 if replay {
-                    broker::lifecycle::replay(&mut conn, &keys, &ids, events_maxlen).await
+                    broker::lifecycle::replay(&mut conn, &keys, &ids, events_maxlen, now_ms).await
                 } else {
                     broker::delete_entries(&mut conn, &keys.dlq, &ids).await
                 }
@@ -582,7 +520,7 @@ impl Inspector {
         };
         if let DlqSelect::Id(id) = select {
             let keys = self.dlq_keys(queue, id)?;
-            let n = apply(&mut conn, keys, vec![id.entry.clone()]).await?;
+            let n = apply(&mut conn, keys, vec![entry_id(&id.entry)?]).await?;
             if n == 0 {
                 return Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name())));
             }
@@ -590,13 +528,13 @@ impl Inspector {
         }
         let mut total = 0;
         for Shard { keys, .. } in queue.all_shards() {
-            let mut start = "-".to_owned();
+            let mut start = RangeStart::First;
             loop {
-                let page = broker::range(&mut conn, &keys.dlq, &start, PAGE).await?;
+                let page = broker::range(&mut conn, &keys.dlq, start, PAGE).await?;
                 let Some(last) = page.last() else { break };
-                start = format!("({}", last.id);
+                start = RangeStart::After(last.id);
                 let full = page.len() == PAGE;
-                let ids: Vec<String> = page
+                let ids: Vec<StreamId> = page
                     .into_iter()
                     .filter(|e| match select {
                         DlqSelect::Kind(k) => e.fields.iter().any(|(n, v)| n == b"kind" && v == k.as_bytes()),
@@ -629,22 +567,12 @@ impl Inspector {
     /// Tells workers to stop fetching from a queue (in-flight tasks finish; delayed tasks are
     /// still promoted). Takes effect within a worker's promote interval.
     pub async fn pause(&self, queue: &Queue) -> Result<()> {
-        redis::cmd("SADD")
-            .arg(PAUSED_KEY)
-            .arg(queue.name().as_str())
-            .query_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+        broker::set_paused(&mut self.conn(), queue.name(), true).await
     }
 
     /// Lets workers fetch from a paused queue again.
     pub async fn resume(&self, queue: &Queue) -> Result<()> {
-        redis::cmd("SREM")
-            .arg(PAUSED_KEY)
-            .arg(queue.name().as_str())
-            .query_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+        broker::set_paused(&mut self.conn(), queue.name(), false).await
     }
 
     /// Deletes a queue: every shard's stream, delayed and retry sets, dead letters and
@@ -677,15 +605,7 @@ impl Inspector {
                 broker::lifecycle::drop_records(&mut conn, &shard.keys).await?;
             }
         }
-        redis::pipe()
-            .hdel(QUEUES_KEY, queue.name().as_str())
-            .ignore()
-            .srem(PAUSED_KEY, queue.name().as_str())
-            .ignore()
-            .del(autoscaler_key(queue.name()))
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        broker::forget_queue(&mut conn, queue.name()).await?;
         Ok(found)
     }
 
@@ -712,21 +632,22 @@ impl Inspector {
 
     /// Stores the autoscaler's latest decision (JSON) for a queue.
     pub async fn record_decision(&self, queue: &Queue, json: &str) -> Result<()> {
-        redis::cmd("SET")
-            .arg(autoscaler_key(queue.name()))
-            .arg(json)
-            .query_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+        broker::store_decision(&mut self.conn(), queue.name(), json).await
     }
 
     /// The autoscaler's latest decision for a queue (JSON), if any.
     pub async fn decision(&self, queue: &Queue) -> Result<Option<String>> {
-        Ok(redis::cmd("GET")
-            .arg(autoscaler_key(queue.name()))
-            .query_async(&mut self.conn())
-            .await?)
+        broker::decision(&mut self.conn(), queue.name()).await
     }
+}
+
+/// A dead letter's entry id, or `NotFound` saying what ids look like.
+fn entry_id(entry: &str) -> Result<StreamId> {
+    StreamId::parse(entry).ok_or_else(|| {
+        Error::NotFound(format!(
+            "dead letter entry {entry:?}: entry ids look like 1700000000000-0"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -737,7 +658,7 @@ mod tests {
     fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
         let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
         let entry = StreamEntry {
-            id: "5-0".into(),
+            id: StreamId { ms: 5, seq: 0 },
             fields: vec![
                 field("id", "t1"),
                 field("kind", "resize"),
@@ -753,5 +674,40 @@ mod tests {
         assert_eq!(json["fields"]["tenant"], "acme", "{json}");
         assert_eq!(json["fields"]["enqueued_at"], "1700000000000");
         assert_eq!(json["id"], "normal/0/5-0");
+        assert_eq!(dead.reason, DeadReason::Malformed);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_waiting_age_is_measured_on_the_inspectors_clock() {
+        let server = crate::testing::RedisServer::start();
+        let client = server.client();
+        let queue = Queue::new("aged").unwrap();
+        let producer = crate::Client::new(&client).await.unwrap();
+        producer
+            .enqueue(&queue, crate::Task::json("k", &1).unwrap())
+            .await
+            .unwrap();
+        let (clock, now) = Clock::manual(0);
+        let inspector = Inspector {
+            clock,
+            ..Inspector::new(&client).await.unwrap()
+        };
+        let keys = queue.shard(queue.default_priority(), 0);
+        let added = broker::range(&mut inspector.conn(), &keys.stream, RangeStart::First, 1)
+            .await
+            .unwrap()[0]
+            .id;
+        let age = |stats: QueueStats| {
+            let p = stats.priorities.iter().find(|p| p.priority == queue.default_priority());
+            p.and_then(|p| p.oldest_waiting_age)
+        };
+        now.store(added.ms + 5_000, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            age(inspector.stats(&queue).await.unwrap()),
+            Some(Duration::from_secs(5))
+        );
+        // A clock behind the entry's own time reads as no age, never a negative one.
+        now.store(added.ms - 1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(age(inspector.stats(&queue).await.unwrap()), Some(Duration::ZERO));
     }
 }

@@ -325,6 +325,12 @@ pub fn autoscaler_key(queue: &QueueName) -> String {
     format!("{PREFIX}:autoscaler:{queue}")
 }
 
+/// The HASH of per-worker sample blobs the demo gathers for a queue (its start-latency
+/// histograms), one field per worker process.
+pub fn demo_samples_key(queue: &QueueName) -> String {
+    format!("{PREFIX}:demo:{queue}:latency")
+}
+
 /// The shard a task id maps to: FNV-1a (64 bit) of the id, modulo the shard count.
 ///
 /// Stable and documented in `docs/wire-format.md`, so producers in other languages can pick the
@@ -356,6 +362,14 @@ mod tests {
         assert_eq!(k.task("t1"), "rivulet:{emails:high:3}:task:t1");
         assert_eq!(k.done("t1"), "rivulet:{emails:high:3}:done:t1");
         assert_eq!(k.unique("u"), "rivulet:{emails:high:3}:unique:u");
+    }
+
+    #[test]
+    fn global_keys_carry_the_prefix_and_the_name() {
+        let q = QueueName::new("emails").unwrap();
+        assert_eq!(worker_key("w-1"), "rivulet:worker:w-1");
+        assert_eq!(autoscaler_key(&q), "rivulet:autoscaler:emails");
+        assert_eq!(demo_samples_key(&q), "rivulet:demo:emails:latency");
     }
 
     #[test]

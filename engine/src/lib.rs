@@ -28,7 +28,9 @@
 //! # Layout
 //! - [`keys`]: validated names ([`QueueName`], [`Queue`] and its [`Layout`]) and every key name.
 //! - [`envelope`]: wire format v1 ([`Envelope`], [`Codec`], [`TaskId`]).
-//! - `broker`: every Redis command and Lua script (`broker/scripts/*.lua`).
+//! - `broker`: every Redis command and Lua script (`broker/scripts/*.lua`), split by subject
+//!   (queues, stream, settle, registry, admin); nothing else builds a command
+//!   (`tests/broker_owns_redis.rs` checks it).
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
@@ -36,8 +38,12 @@
 //!   heartbeat).
 //! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
 //!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
-//! - [`inspector`]: queue statistics, pending entries, workers, dead-letter operations.
-//! - `testing` (feature `test-util`): a private `redis-server` per test.
+//! - [`inspector`]: queue statistics, pending entries, workers ([`WorkerRecord`]), dead-letter
+//!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
+//! - [`store`]: the reachability check and the demo's samples, for the binaries.
+//! - `clock`: where the worker and the inspector read the time they pass to the broker.
+//! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
+//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -45,25 +51,28 @@
 pub mod backoff;
 mod broker;
 pub mod client;
+mod clock;
 pub mod envelope;
 mod error;
 pub mod handler;
 pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
+pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod worker;
 
 pub use backoff::RetryPolicy;
-pub use broker::{StreamEntry, parse_stream_id};
 pub use client::{Client, EventCursor, Task, redact_url};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
-pub use inspector::{DeadLetter, DeadLetterId, DlqSelect, Inspector, QueueDeletion, QueueStats};
+pub use inspector::{
+    DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
+};
 pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
-pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};
+pub use worker::{PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};

@@ -313,7 +313,7 @@ impl Event {
     /// Parses a stream entry of an events stream.
     pub(crate) fn from_entry(priority: &str, shard: u16, e: crate::broker::StreamEntry) -> Self {
         let mut ev = Event {
-            stream_id: e.id,
+            stream_id: e.id.to_string(),
             priority: priority.to_owned(),
             shard,
             task_id: String::new(),

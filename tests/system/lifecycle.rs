@@ -13,7 +13,19 @@ use rivulet::{
 };
 use tokio::sync::Notify;
 
-use crate::support::{RunningWorker, fast_config, wait_for};
+use rivulet::testing::{RunningWorker, fast_config};
+
+/// Waits for `check`, failing the test with `what` when it does not hold in time.
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        rivulet::testing::wait_until(timeout, async || check().await).await,
+        "timed out after {timeout:?} waiting for: {what}"
+    );
+}
 
 async fn status(client: &Client, queue: &Queue, id: &TaskId) -> TaskStatus {
     client.status(queue, id).await.expect("status")
@@ -21,14 +33,11 @@ async fn status(client: &Client, queue: &Queue, id: &TaskId) -> TaskStatus {
 
 async fn wait_state(client: &Client, queue: &Queue, id: &TaskId, want: TaskState) -> TaskStatus {
     let last: Arc<std::sync::Mutex<Option<TaskStatus>>> = Arc::default();
-    let ok = rivulet::testing::wait_until(Duration::from_secs(20), || {
-        let (client, queue, id, last) = (client.clone(), queue.clone(), id.clone(), last.clone());
-        async move {
-            let st = client.status(&queue, &id).await.expect("status");
-            let hit = st.state == want;
-            *last.lock().unwrap() = Some(st);
-            hit
-        }
+    let ok = rivulet::testing::wait_until(Duration::from_secs(20), async || {
+        let st = client.status(queue, id).await.expect("status");
+        let hit = st.state == want;
+        *last.lock().unwrap() = Some(st);
+        hit
     })
     .await;
     let last = last.lock().unwrap().take().expect("at least one look");

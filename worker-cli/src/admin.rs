@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use rivulet::envelope::now_ms;
-use rivulet::inspector::{PendingEntry, WorkerInfo};
+use rivulet::inspector::{PendingEntry, WorkerRecord};
 use rivulet::{Client, Codec, DeadLetter, DeadLetterId, DlqSelect, Inspector, Queue, QueueName, QueueStats, Task};
 use serde_json::{Value, json};
 
@@ -400,7 +400,7 @@ impl Admin {
     }
 
     async fn workers(&self, json: bool) -> Result<()> {
-        let mut workers: Vec<WorkerInfo> = self.inspector.workers().await.map_err(|e| self.engine(e))?;
+        let mut workers: Vec<WorkerRecord> = self.inspector.workers().await.map_err(|e| self.engine(e))?;
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         if json {
             return output::json(&workers);
@@ -474,7 +474,7 @@ impl Admin {
                 d.id.to_string(),
                 d.task_id.clone(),
                 d.kind.clone(),
-                d.reason.clone(),
+                d.reason.to_string(),
                 d.attempt.to_string(),
                 fmt_ago(d.dead_at, now),
                 clip(&d.error, 60),
@@ -504,7 +504,7 @@ impl Admin {
             ("id", d.id.to_string()),
             ("task_id", d.task_id.clone()),
             ("kind", d.kind.clone()),
-            ("reason", d.reason.clone()),
+            ("reason", d.reason.to_string()),
             ("attempt", d.attempt.to_string()),
             ("deliveries", d.deliveries.to_string()),
             ("dead_at", format!("{} ({})", d.dead_at, fmt_ago(d.dead_at, now))),

@@ -1,13 +1,13 @@
-//! The few Redis commands the CLI issues itself: the reachability check behind every command's
-//! first error message, and the demo's bookkeeping (latency samples, cleanup). Everything else
-//! goes through rivulet's `Client`, `Worker` and `Inspector`.
+//! The CLI's own Redis needs, each a call into `rivulet::store`: the reachability check behind
+//! every command's first error message, and the demo's bookkeeping (latency samples, cleanup).
+//! Everything else goes through rivulet's `Client`, `Worker` and `Inspector`; no file of the
+//! CLI builds a Redis command or a key name (the engine's `broker_owns_redis` test checks it).
 
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use rivulet::keys::PREFIX;
 use rivulet::{Inspector, Queue, QueueName};
 
 use crate::settings::redact_url;
@@ -57,7 +57,7 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
         .set_response_timeout(Some(CHECK_TIMEOUT));
     let answer = async {
         let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        rivulet::store::ping(&mut conn).await?;
         Ok::<_, redis::RedisError>(conn)
     };
     match tokio::time::timeout(CHECK_TIMEOUT * 2, answer).await {
@@ -92,7 +92,7 @@ pub fn engine_error(url: &str, e: rivulet::Error) -> anyhow::Error {
 
 /// The HASH of demo start-latency histograms of a queue, one field per worker process.
 pub fn demo_latency_key(queue: &QueueName) -> String {
-    format!("{PREFIX}:demo:{queue}:latency")
+    rivulet::keys::demo_samples_key(queue)
 }
 
 /// Stores one worker's latency histogram (encoded) for the demo.
@@ -102,19 +102,12 @@ pub async fn save_latency(
     worker: &str,
     encoded: &str,
 ) -> redis::RedisResult<()> {
-    redis::cmd("HSET")
-        .arg(demo_latency_key(queue))
-        .arg(worker)
-        .arg(encoded)
-        .query_async(conn)
-        .await
+    rivulet::store::save_sample(conn, queue, worker, encoded).await
 }
 
 /// Every worker's latency histogram (encoded) for the demo queue.
 pub async fn load_latency(conn: &mut MultiplexedConnection, queue: &QueueName) -> anyhow::Result<Vec<String>> {
-    redis::cmd("HVALS")
-        .arg(demo_latency_key(queue))
-        .query_async(conn)
+    rivulet::store::samples(conn, queue)
         .await
         .context("reading the demo's latency samples")
 }
@@ -130,9 +123,7 @@ pub async fn delete_demo_queue(
         .delete_queue(queue, true)
         .await
         .with_context(|| format!("deleting queue {}", queue.name()))?;
-    redis::cmd("DEL")
-        .arg(demo_latency_key(queue.name()))
-        .query_async::<()>(conn)
+    rivulet::store::delete_samples(conn, queue.name())
         .await
         .with_context(|| format!("deleting the latency samples of queue {}", queue.name()))
 }

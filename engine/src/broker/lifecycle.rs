@@ -14,8 +14,10 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use super::{Settle, SettleCtx, StreamEntry, bulk, entries, id_range, settle_invocation, stream_map};
-use crate::envelope::{Codec, Envelope, now_ms};
+use super::settle::settle_invocation;
+use super::stream::stream_map;
+use super::{RangeStart, Settle, SettleCtx, StreamEntry, StreamId, bulk, entries, id_range, stream_ids};
+use crate::envelope::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
@@ -44,7 +46,7 @@ pub struct EnqueueItem<'a> {
 
 /// Enqueues tasks through `enqueue.lua`, pipelined in one round trip. Per task: `None` when
 /// it was enqueued, `Some(holder id)` when its unique key was taken (nothing written).
-pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>]) -> Result<Vec<Option<String>>> {
+pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -55,7 +57,6 @@ pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>]) ->
         .arg("LOAD")
         .arg(include_str!("scripts/enqueue.lua"))
         .ignore();
-    let now = now_ms();
     for it in items {
         let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
         let cmd = pipe
@@ -106,9 +107,10 @@ pub async fn start(
     worker: &str,
     events_maxlen: usize,
     items: &[StartItem<'_>],
+    now_ms: u64,
 ) -> Result<Vec<StartCode>> {
     let mut inv = START.key(&keys.events);
-    inv.arg(worker).arg(now_ms()).arg(events_maxlen);
+    inv.arg(worker).arg(now_ms).arg(events_maxlen);
     for (id, attempt, kind, retention) in items {
         inv.key(keys.task(id)).arg(*id).arg(*attempt).arg(*kind).arg(*retention);
     }
@@ -130,9 +132,10 @@ pub async fn progress(
     worker: &str,
     events_maxlen: usize,
     reports: &[(&str, u8, &str)],
+    now_ms: u64,
 ) -> Result<u64> {
     let mut inv = PROGRESS.key(&keys.events);
-    inv.arg(worker).arg(now_ms()).arg(events_maxlen);
+    inv.arg(worker).arg(now_ms).arg(events_maxlen);
     for (id, percent, message) in reports {
         inv.key(keys.task(id)).arg(*id).arg(*percent).arg(*message);
     }
@@ -180,9 +183,9 @@ pub async fn settle_tracked(
     conn: &mut ConnectionManager,
     ctx: SettleCtx<'_>,
     events_maxlen: usize,
-    untracked: &[(&str, &Settle)],
-    tracked: &[(&str, &Settle, &Tracked)],
-) -> Result<Vec<String>> {
+    untracked: &[(StreamId, &Settle)],
+    tracked: &[(StreamId, &Settle, &Tracked)],
+) -> Result<Vec<StreamId>> {
     if tracked.is_empty() {
         return super::settle(conn, ctx, untracked).await;
     }
@@ -191,7 +194,8 @@ pub async fn settle_tracked(
             .iter()
             .map(|(id, _)| *id)
             .chain(tracked.iter().map(|(id, _, _)| *id)),
-    );
+    )
+    .expect("tracked is not empty");
     let mut inv = settle_invocation(ctx, untracked, range);
     inv.key(&ctx.keys.events).key(&ctx.keys.cancels).key(&ctx.keys.waiting);
     for (entry, op, t) in tracked {
@@ -214,7 +218,11 @@ pub async fn settle_tracked(
             }
             (None, Settle::Bury { reason, error, attempt }) => {
                 let attempt = attempt.map(|a| a.to_string()).unwrap_or_default();
-                inv.arg("b").arg(*reason).arg(error.as_str()).arg(attempt).arg(t.run_ms)
+                inv.arg("b")
+                    .arg(reason.as_str())
+                    .arg(error.as_str())
+                    .arg(attempt)
+                    .arg(t.run_ms)
             }
             (None, Settle::Requeue) => inv.arg("q").arg("").arg("").arg("").arg(""),
         };
@@ -224,7 +232,7 @@ pub async fn settle_tracked(
             .arg(if t.may_hold_member { "1" } else { "0" });
     }
     inv.arg(events_maxlen);
-    Ok(inv.invoke_async(conn).await?)
+    stream_ids(inv.invoke_async(conn).await?)
 }
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
@@ -248,6 +256,7 @@ pub async fn cancel(
     id: &str,
     unique_lock: Option<&str>,
     events_maxlen: usize,
+    now_ms: u64,
 ) -> Result<(String, String)> {
     let done = keys.done(id);
     let reply: (String, String) = CANCEL
@@ -262,7 +271,7 @@ pub async fn cancel(
         .key(unique_lock.unwrap_or(&done))
         .key(&keys.waiting)
         .arg(id)
-        .arg(now_ms())
+        .arg(now_ms)
         .arg(events_maxlen)
         .arg(GROUP)
         .invoke_async(conn)
@@ -277,7 +286,12 @@ pub async fn register_waiter(
     keys: &ShardKeys,
     id: &str,
 ) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
-    let reply: Value = WAIT.key(keys.task(id)).key(&keys.waiting).arg(id).invoke_async(conn).await?;
+    let reply: Value = WAIT
+        .key(keys.task(id))
+        .key(&keys.waiting)
+        .arg(id)
+        .invoke_async(conn)
+        .await?;
     let Value::Array(items) = reply else {
         return Err(Error::protocol("wait.lua did not return an array"));
     };
@@ -331,31 +345,19 @@ pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, i
     Ok(())
 }
 
-/// Events of one shard after `after` (exclusive; `-` for the oldest), at most `count`.
+/// Events of one shard after `after` (exclusive; `None` for the oldest), at most `count`.
 pub async fn events(
     conn: &mut ConnectionManager,
     keys: &ShardKeys,
-    after: &str,
+    after: Option<StreamId>,
     count: usize,
 ) -> Result<Vec<StreamEntry>> {
-    let start = if after == "-" {
-        "-".to_owned()
-    } else {
-        format!("({after}")
-    };
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(&keys.events)
-        .arg(start)
-        .arg("+")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    entries(reply)
+    let start = after.map_or(RangeStart::First, RangeStart::After);
+    super::range(conn, &keys.events, start, count).await
 }
 
-/// The newest event id of each shard (`0-0` for an empty stream), in one round trip.
-pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<String>> {
+/// The newest event id of each shard (`None` for an empty stream), in one round trip.
+pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Option<StreamId>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("XREVRANGE")
@@ -368,12 +370,7 @@ pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys])
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     replies
         .into_iter()
-        .map(|v| {
-            Ok(entries(v)?
-                .into_iter()
-                .next()
-                .map_or_else(|| "0-0".to_owned(), |e| e.id))
-        })
+        .map(|v| Ok(entries(v)?.into_iter().next().map(|e| e.id)))
         .collect()
 }
 
@@ -382,7 +379,7 @@ pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys])
 pub async fn follow_events(
     conn: &mut redis::aio::MultiplexedConnection,
     shards: &[&ShardKeys],
-    after: &[String],
+    after: &[Option<StreamId>],
     block: Duration,
     count: usize,
 ) -> Result<Vec<(usize, StreamEntry)>> {
@@ -395,7 +392,10 @@ pub async fn follow_events(
     for k in shards {
         cmd.arg(&k.events);
     }
-    cmd.arg(after);
+    for a in after {
+        // XREAD takes `0-0` for "from the start".
+        cmd.arg(a.unwrap_or(StreamId { ms: 0, seq: 0 }));
+    }
     let reply: Value = cmd.query_async(conn).await?;
     let mut out = Vec::new();
     for (key, list) in stream_map(reply)? {
@@ -471,8 +471,8 @@ pub async fn list_ids(
         S::Active => {
             let rows = super::pending(conn, &keys.stream, limit).await?;
             let mut pipe = redis::pipe();
-            for (entry, ..) in &rows {
-                pipe.cmd("XRANGE").arg(&keys.stream).arg(entry).arg(entry);
+            for row in &rows {
+                pipe.cmd("XRANGE").arg(&keys.stream).arg(row.id).arg(row.id);
             }
             let replies: Vec<Value> = if rows.is_empty() {
                 Vec::new()
@@ -486,7 +486,7 @@ pub async fn list_ids(
             out
         }
         S::Dead => {
-            let rows = super::range(conn, &keys.dlq, "-", limit).await?;
+            let rows = super::range(conn, &keys.dlq, RangeStart::First, limit).await?;
             rows.into_iter().filter_map(field_id).collect()
         }
         S::Succeeded | S::Cancelled => {
@@ -590,7 +590,7 @@ mod tests {
             events_maxlen: 100,
             unique: None,
         };
-        assert_eq!(enqueue(&mut conn, &[item]).await.unwrap(), [None]);
+        assert_eq!(enqueue(&mut conn, &[item], 1).await.unwrap(), [None]);
         let entry = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
             .await
             .unwrap()
@@ -598,19 +598,24 @@ mod tests {
             .1
             .id;
         let id = env.id.as_str();
-        start(&mut conn, &keys, "stale", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        start(&mut conn, &keys, "stale", 100, &[(id, 0, "k", 60_000)], 2)
+            .await
+            .unwrap();
         // The lease ran out; another worker takes the task over and starts it again.
         let args = ReclaimArgs {
             keys: &keys,
             consumer: "fresh",
             lease: Duration::ZERO,
-            cursor: "0-0",
+            cursor: crate::broker::SCAN_START,
             count: 10,
             max_deliveries: 5,
             dlq_maxlen: 100,
+            now_ms: 3,
         };
         assert_eq!(reclaim(&mut conn, args).await.unwrap().entries.len(), 1);
-        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)], 2)
+            .await
+            .unwrap();
         let tracked = Tracked {
             task_id: id.to_owned(),
             retention_ms: 60_000,
@@ -624,12 +629,13 @@ mod tests {
             keys: &keys,
             consumer,
             dlq_maxlen: 100,
+            now_ms: 4,
         };
         // The stale worker's success is fenced off: the record still names the new owner.
-        let stale = settle_tracked(&mut conn, ctx("stale"), 100, &[], &[(entry.as_str(), &Settle::Ack, &tracked)])
+        let stale = settle_tracked(&mut conn, ctx("stale"), 100, &[], &[(entry, &Settle::Ack, &tracked)])
             .await
             .unwrap();
-        assert_eq!(stale, [entry.clone()]);
+        assert_eq!(stale, [entry]);
         let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
         let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         assert_eq!(field("state").as_deref(), Some(&b"active"[..]));
@@ -641,7 +647,7 @@ mod tests {
             result: Some((Bytes::from_static(b"fresh"), Codec::Bytes)),
             ..tracked
         };
-        let stale = settle_tracked(&mut conn, ctx("fresh"), 100, &[], &[(entry.as_str(), &Settle::Ack, &fresh)])
+        let stale = settle_tracked(&mut conn, ctx("fresh"), 100, &[], &[(entry, &Settle::Ack, &fresh)])
             .await
             .unwrap();
         assert!(stale.is_empty());
@@ -649,10 +655,16 @@ mod tests {
         let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         assert_eq!(field("state").as_deref(), Some(&b"succeeded"[..]));
         assert_eq!(field("result").as_deref(), Some(&b"fresh"[..]));
-        let ttl: i64 = redis::cmd("PTTL").arg(keys.task(id)).query_async(&mut conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys.task(id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
         // A start record arriving late (after the settle) leaves the final state alone.
-        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)]).await.unwrap();
+        start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)], 2)
+            .await
+            .unwrap();
         let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
         assert!(rec.iter().any(|(k, v)| k == "state" && v == b"succeeded"), "{rec:?}");
     }
@@ -676,11 +688,11 @@ mod tests {
 pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
     let mut ids: Vec<String> = Vec::new();
     for stream in [&keys.stream, &keys.dlq, &keys.events] {
-        let mut after = "-".to_owned();
+        let mut after = RangeStart::First;
         loop {
-            let page = super::range(conn, stream, &after, 1000).await?;
+            let page = super::range(conn, stream, after, 1000).await?;
             let Some(last) = page.last() else { break };
-            after = format!("({}", last.id);
+            after = RangeStart::After(last.id);
             ids.extend(page.into_iter().filter_map(field_id));
         }
     }
@@ -717,7 +729,13 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
 /// Replays dead letters of one shard into its stream (`replay.lua`) and puts each replayed
 /// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
 /// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
-pub async fn replay(conn: &mut ConnectionManager, keys: &ShardKeys, ids: &[&str], events_maxlen: usize) -> Result<u64> {
+pub async fn replay(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    ids: &[StreamId],
+    events_maxlen: usize,
+    now_ms: u64,
+) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -739,11 +757,11 @@ pub async fn replay(conn: &mut ConnectionManager, keys: &ShardKeys, ids: &[&str]
     if entry_ids.is_empty() {
         return Ok(0);
     }
-    let mut inv = super::REPLAY.key(&keys.dlq);
+    let mut inv = super::admin::REPLAY.key(&keys.dlq);
     inv.key(&keys.stream).key(&keys.stats).key(&keys.events);
     for (id, rec) in entry_ids.iter().zip(&records) {
         inv.arg(*id).key(rec);
     }
-    inv.arg(events_maxlen);
+    inv.arg(now_ms).arg(events_maxlen);
     Ok(inv.invoke_async(conn).await?)
 }

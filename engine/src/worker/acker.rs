@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outage, Outcome, Shared, WorkerCounters};
 use crate::broker::lifecycle::Tracked;
-use crate::broker::{self, Settle, SettleCtx};
+use crate::broker::{self, Settle, SettleCtx, StreamId};
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
 const MAX_BATCH: usize = 1000;
@@ -62,19 +62,20 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
             let lane = &shared.lanes[group[0].lane];
             let mut conn = shared.conn.clone();
             async move {
-                let items: Vec<(&str, &Settle)> = group
+                let items: Vec<(StreamId, &Settle)> = group
                     .iter()
                     .filter(|o| o.track.is_none())
-                    .map(|o| (o.entry_id.as_str(), &o.settle))
+                    .map(|o| (o.entry_id, &o.settle))
                     .collect();
-                let tracked: Vec<(&str, &Settle, &Tracked)> = group
+                let tracked: Vec<(StreamId, &Settle, &Tracked)> = group
                     .iter()
-                    .filter_map(|o| o.track.as_ref().map(|t| (o.entry_id.as_str(), &o.settle, t)))
+                    .filter_map(|o| o.track.as_ref().map(|t| (o.entry_id, &o.settle, t)))
                     .collect();
                 let ctx = SettleCtx {
                     keys: &lane.keys,
                     consumer: &shared.id,
                     dlq_maxlen: shared.config.dlq_maxlen,
+                    now_ms: shared.clock.now_ms(),
                 };
                 broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await
             }
@@ -84,7 +85,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
         for (group, r) in batch.chunk_by(|a, b| a.lane == b.lane).zip(results) {
             match r {
                 Ok(stale) => {
-                    shared.release(group[0].lane, group.iter().map(|o| o.entry_id.as_str()));
+                    shared.release(group[0].lane, group.iter().map(|o| o.entry_id));
                     if !stale.is_empty() {
                         WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
                         tracing::warn!(entries = ?stale, "outcomes dropped: these tasks are no longer this worker's (reclaimed by another, or settled by an earlier try of this batch)");

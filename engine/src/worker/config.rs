@@ -28,6 +28,8 @@ pub const DEFAULT_DLQ_MAXLEN: usize = 100_000;
 pub const DEFAULT_FETCHERS: usize = 2;
 /// Default time a cancelled handler gets to stop before it is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Largest `max_tasks` (the budget is a semaphore, whose permits are bounded).
+pub const MAX_TASKS_LIMIT: u64 = 1 << 60;
 
 /// The order in which a worker reads priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -86,6 +88,13 @@ pub struct WorkerConfig {
     pub max_result_bytes: usize,
     /// Time a cancelled handler gets to stop before it is dropped ([`DEFAULT_CANCEL_GRACE`]).
     pub cancel_grace: Duration,
+    /// Most tasks this worker takes (reads or reclaims to run) before it quiets on its own
+    /// and drains, as for [`ShutdownHandle::quiet`](super::ShutdownHandle::quiet); unlimited
+    /// when `None` (the default). Honoured when the fetcher and the reclaimer reserve their
+    /// slots, so exactly this many are taken unless the queues run dry first. A task taken
+    /// counts also when it never reaches its handler (a payload that does not decode, a kind
+    /// not served): it is buried, not run.
+    pub max_tasks: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +114,7 @@ impl Default for WorkerConfig {
             worker_id: None,
             max_result_bytes: crate::lifecycle::DEFAULT_MAX_RESULT_BYTES,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            max_tasks: None,
         }
     }
 }
@@ -138,6 +148,11 @@ impl WorkerConfig {
                 "max_result_bytes",
                 "must be 1..=536870912 (512 MiB, Redis' string limit)",
             ));
+        }
+        if let Some(max) = self.max_tasks
+            && (max == 0 || max > MAX_TASKS_LIMIT)
+        {
+            return Err(Error::config("max_tasks", format!("must be 1..={MAX_TASKS_LIMIT}")));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::config("timeout", "must be positive"));
@@ -228,6 +243,10 @@ mod tests {
             },
             WorkerConfig {
                 timeout: Some(Duration::ZERO),
+                ..c.clone()
+            },
+            WorkerConfig {
+                max_tasks: Some(0),
                 ..c.clone()
             },
         ] {

@@ -15,8 +15,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{Shared, WorkerCounters, tracker};
 use crate::backoff::RetryPolicy;
 use crate::broker::lifecycle::{Cancelled, Tracked};
-use crate::broker::{Settle, StreamEntry};
-use crate::envelope::{Envelope, TaskId, now_ms};
+use crate::broker::{DeadReason, Settle, StreamEntry, StreamId};
+use crate::envelope::{Envelope, TaskId};
 use crate::handler::{HandlerError, HandlerFuture, TaskContext, TaskOutput};
 use crate::lifecycle::TaskControl;
 
@@ -32,7 +32,7 @@ pub(crate) enum Failure {
 
 pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, permit: OwnedSemaphorePermit) {
     let StreamEntry { id: entry_id, fields } = entry;
-    let run = match prepare(shared, lane_idx, &entry_id, fields) {
+    let run = match prepare(shared, lane_idx, entry_id, fields) {
         Ok(run) => run,
         Err(NotRunnable { reason, error, track }) => {
             WorkerCounters::add(&shared.counters.buried, 1);
@@ -56,6 +56,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         track,
         control,
     } = run;
+    WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
         if let Some(t) = &track {
@@ -63,7 +64,6 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             tracker::running(&shared2, lane_idx, &task_id, &control);
             tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms, &control);
         }
-        WorkerCounters::add(&shared2.counters.started, 1);
         let began = std::time::Instant::now();
         let result = tokio::select! {
             biased;
@@ -111,7 +111,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             }
             Err(failure) => {
                 WorkerCounters::add(&shared2.counters.failed, 1);
-                let settle = failure_outcome(&failure, attempt, &policy, now_ms(), fastrand::f64());
+                let settle = failure_outcome(&failure, attempt, &policy, shared2.clock.now_ms(), fastrand::f64());
                 tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
@@ -143,14 +143,14 @@ async fn run_cancellable(
 
 /// Why an entry cannot run: the dead letter's reason and error, and its record when known.
 struct NotRunnable {
-    reason: &'static str,
+    reason: DeadReason,
     error: String,
     // Boxed: the error path is rare, and keeps `prepare`'s result small.
     track: Option<Box<Tracked>>,
 }
 
 impl NotRunnable {
-    fn new(reason: &'static str, error: String) -> Self {
+    fn new(reason: DeadReason, error: String) -> Self {
         NotRunnable {
             reason,
             error,
@@ -173,17 +173,17 @@ struct Run {
 }
 
 /// Decodes an entry and starts its handler's future, or says why it cannot run: the dead
-/// letter's reason (`malformed`, `unknown_kind`) and error.
+/// letter's reason (malformed, unknown kind) and error.
 fn prepare(
     shared: &Shared,
     lane_idx: usize,
-    entry_id: &str,
+    entry_id: StreamId,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Run, NotRunnable> {
     let lane = &shared.lanes[lane_idx];
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
-        NotRunnable::new("malformed", m.0)
+        NotRunnable::new(DeadReason::Malformed, m.0)
     })?;
     let track = tracker::tracked(lane, &env);
     let Some(route) = shared.router.get(&env.kind) else {
@@ -196,7 +196,7 @@ fn prepare(
             kinds.join(", ")
         );
         return Err(NotRunnable {
-            reason: "unknown_kind",
+            reason: DeadReason::UnknownKind,
             error,
             track: track.map(Box::new),
         });
@@ -209,7 +209,7 @@ fn prepare(
     let policy = env.retry_policy(policy).map_err(|m| {
         tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
         NotRunnable {
-            reason: "malformed",
+            reason: DeadReason::Malformed,
             error: m.0,
             track: track.clone().map(Box::new),
         }
@@ -235,7 +235,7 @@ fn prepare(
     let fut = route.start(ctx, env.payload).map_err(|m| {
         tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
         NotRunnable {
-            reason: "malformed",
+            reason: DeadReason::Malformed,
             error: m.0,
             track: track.clone().map(Box::new),
         }
@@ -284,11 +284,11 @@ pub(crate) fn describe(f: &Failure) -> String {
     }
 }
 
-fn settle_name(s: &Settle) -> &'static str {
+fn settle_name(s: &Settle) -> &str {
     match s {
         Settle::Ack => "done",
         Settle::Retry { .. } => "retry",
-        Settle::Bury { reason, .. } => reason,
+        Settle::Bury { reason, .. } => reason.as_str(),
         Settle::Requeue => "requeue",
     }
 }
@@ -302,14 +302,14 @@ pub(crate) fn failure_outcome(failure: &Failure, attempt: u32, policy: &RetryPol
     let failed = Some(attempt.saturating_add(1));
     if let Failure::Handler(HandlerError::Fatal(_)) = failure {
         return Settle::Bury {
-            reason: "fatal",
+            reason: DeadReason::Fatal,
             error,
             attempt: failed,
         };
     }
     if !policy.may_retry(attempt) {
         return Settle::Bury {
-            reason: "exhausted",
+            reason: DeadReason::Exhausted,
             error,
             attempt: failed,
         };
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(
             failure_outcome(&f, 2, &policy(), 1000, 0.5),
             Settle::Bury {
-                reason: "exhausted",
+                reason: DeadReason::Exhausted,
                 error: "boom".into(),
                 attempt: Some(3)
             }
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(
             failure_outcome(&fatal, 0, &policy(), 0, 0.5),
             Settle::Bury {
-                reason: "fatal",
+                reason: DeadReason::Fatal,
                 error: "fatal: bad input".into(),
                 attempt: Some(1)
             }
@@ -411,7 +411,7 @@ mod tests {
         );
         let t = failure_outcome(&Failure::Timeout(Duration::from_secs(1)), 2, &policy(), 0, 0.5);
         assert!(
-            matches!(&t, Settle::Bury { reason: "exhausted", error, .. } if error.contains("timed out")),
+            matches!(&t, Settle::Bury { reason: DeadReason::Exhausted, error, .. } if error.contains("timed out")),
             "{t:?}"
         );
     }

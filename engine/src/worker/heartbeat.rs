@@ -12,9 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, WorkerCounters, in_flight};
-use crate::broker;
-use crate::envelope::now_ms;
-use crate::keys::{WORKERS_KEY, worker_key};
+use crate::broker::{self, WorkerRecord};
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
@@ -38,36 +36,23 @@ pub(super) async fn beat(shared: &Shared) {
             tracing::warn!(error = %e, stream = %lane.keys.stream, "could not renew leases");
         }
     }
-    let mut queues: Vec<&str> = shared.lanes.iter().map(|l| l.queue.as_str()).collect();
+    let mut queues: Vec<String> = shared.lanes.iter().map(|l| l.queue.to_string()).collect();
     queues.dedup();
     let c = &shared.counters;
-    let ttl = ttl(shared);
-    let key = worker_key(&shared.id);
-    let r = redis::pipe()
-        .zadd(WORKERS_KEY, &shared.id, now_ms())
-        .ignore()
-        .hset_multiple(
-            &key,
-            &[
-                ("id", shared.id.clone()),
-                ("host", super::hostname()),
-                ("pid", std::process::id().to_string()),
-                ("queues", queues.join(",")),
-                ("concurrency", shared.config.concurrency.to_string()),
-                ("in_flight", in_flight(shared).to_string()),
-                ("started", WorkerCounters::get(&c.started).to_string()),
-                ("succeeded", WorkerCounters::get(&c.succeeded).to_string()),
-                ("failed", WorkerCounters::get(&c.failed).to_string()),
-                ("busy_us", WorkerCounters::get(&c.busy_us).to_string()),
-                ("last_beat", now_ms().to_string()),
-            ],
-        )
-        .ignore()
-        .pexpire(&key, ttl.as_millis() as i64)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await;
-    if let Err(e) = r {
+    let record = WorkerRecord {
+        id: shared.id.clone(),
+        host: super::hostname(),
+        pid: std::process::id(),
+        queues,
+        concurrency: shared.config.concurrency as u64,
+        in_flight: in_flight(shared) as u64,
+        started: WorkerCounters::get(&c.started),
+        succeeded: WorkerCounters::get(&c.succeeded),
+        failed: WorkerCounters::get(&c.failed),
+        busy_us: Some(WorkerCounters::get(&c.busy_us)),
+        last_beat: shared.clock.now_ms(),
+    };
+    if let Err(e) = broker::register(&mut conn, &record, ttl(shared)).await {
         tracing::warn!(error = %e, "heartbeat failed");
     }
 }
@@ -94,14 +79,7 @@ pub(super) async fn deregister(shared: &Shared) {
             Err(e) => tracing::debug!(error = %e, "could not check held entries"),
         }
     }
-    let r = redis::pipe()
-        .zrem(WORKERS_KEY, &shared.id)
-        .ignore()
-        .del(worker_key(&shared.id))
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await;
-    if let Err(e) = r {
+    if let Err(e) = broker::deregister(&mut conn, &shared.id).await {
         tracing::warn!(error = %e, "could not deregister");
     }
 }

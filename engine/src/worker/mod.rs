@@ -10,9 +10,18 @@
 //! - `reclaimer`: takes over entries whose lease ran out (their worker died);
 //! - `heartbeat`: renews the leases of held entries and the worker's registry entry;
 //! - `tracker`: records of tracked tasks: batched start records, coalesced progress, cancel
-//!   marks read for running tasks.
+//!   marks read for running tasks;
+//! - `budget`: what is left of `max_tasks`, reserved with the slots.
+//!
+//! A worker stops in two steps, as asynq's and Sidekiq's do: *quiet* (stop taking tasks,
+//! finish the running ones within `drain_timeout`, requeue the rest, settle, deregister) and
+//! *terminate* (the same without the wait: running handlers are dropped and their tasks
+//! requeued at once). [`Worker::run`]'s shutdown future and [`ShutdownHandle::quiet`] quiet;
+//! spending the last of `max_tasks` quiets too; [`ShutdownHandle::terminate`] terminates, also
+//! in the middle of a drain.
 
 mod acker;
+mod budget;
 mod config;
 mod executor;
 mod fetcher;
@@ -36,11 +45,13 @@ use tokio_util::task::TaskTracker;
 pub use config::DEFAULT_CANCEL_GRACE;
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
 };
 pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
-use crate::broker::{self, Settle};
+use self::budget::{Budget, Units};
+use crate::broker::{self, Settle, StreamId};
+use crate::clock::Clock;
 use crate::error::Result;
 use crate::handler::Router;
 use crate::keys::{Queue, QueueName, ShardKeys};
@@ -87,6 +98,61 @@ pub struct WorkerReport {
     pub failed: u64,
     /// Unfinished tasks put back at shutdown, to run again at once.
     pub requeued: u64,
+    /// Whether the worker stopped because it had taken `max_tasks` tasks.
+    pub reached_max_tasks: bool,
+}
+
+/// Stops a running worker from anywhere (a signal handler, a supervisor's watch, a test),
+/// in the two steps asynq and Sidekiq users know. Get one with [`Worker::shutdown_handle`]
+/// before [`Worker::run`]; clones stop the same worker. Calling either step before `run`
+/// makes the worker stop as soon as it has started.
+///
+/// ```no_run
+/// use rivulet::{Queue, Router, Worker, WorkerConfig};
+///
+/// # async fn demo() -> Result<(), rivulet::Error> {
+/// let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let worker = Worker::new(redis, Router::new(), WorkerConfig::default()).queue(Queue::new("default")?);
+/// let handle = worker.shutdown_handle();
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.quiet(); // finish what runs, then stop
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.terminate(); // requeue what runs, stop now
+/// });
+/// let report = worker.run(std::future::pending()).await?;
+/// # let _ = report;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    quiet: CancellationToken,
+    terminate: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stop taking tasks; let the running ones finish (up to `drain_timeout`), requeue what is
+    /// still unfinished, settle everything and deregister. `run` then returns its report.
+    pub fn quiet(&self) {
+        self.quiet.cancel();
+    }
+
+    /// Stop at once: quiet without the wait. Running handlers are dropped and every task the
+    /// worker holds is requeued to run again at once. Also cuts a drain already under way short.
+    pub fn terminate(&self) {
+        self.quiet.cancel();
+        self.terminate.cancel();
+    }
+
+    /// Whether [`quiet`](Self::quiet) or [`terminate`](Self::terminate) was called.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.is_cancelled()
+    }
+
+    /// Whether [`terminate`](Self::terminate) was called.
+    pub fn is_terminated(&self) -> bool {
+        self.terminate.is_cancelled()
+    }
 }
 
 /// One shard this worker reads, with what it needs to settle its tasks.
@@ -101,7 +167,7 @@ struct Lane {
     /// Entries of this shard the worker has in process, from the read until their outcome is
     /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
     /// but not here (a read whose reply was lost) age out and are reclaimed.
-    held: Mutex<HashSet<(u64, u64)>>,
+    held: Mutex<HashSet<StreamId>>,
     /// The queue's record retention in ms (0: its tasks keep none unless they ask).
     retention_ms: u64,
     /// Approximate cap of the shard's events stream.
@@ -112,7 +178,7 @@ struct Lane {
 #[derive(Debug)]
 struct Outcome {
     lane: usize,
-    entry_id: String,
+    entry_id: StreamId,
     settle: Settle,
     /// What the task's record gets, when it keeps one.
     track: Option<broker::lifecycle::Tracked>,
@@ -138,30 +204,60 @@ struct Shared {
     starts: mpsc::UnboundedSender<tracker::StartRequest>,
     /// Tracked tasks running now.
     running: tracker::RunningTasks,
+    /// What is left of `max_tasks`, when there is a limit.
+    budget: Option<Budget>,
+    /// Where every loop reads the time it passes to the broker.
+    clock: Clock,
 }
 
 impl Shared {
     /// Records entries read from a lane as held in process (see [`Lane::held`]).
-    fn hold<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+    fn hold(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.extend(ids.filter_map(broker::parse_stream_id));
+        held.extend(ids);
     }
 
     /// Forgets entries whose outcome is settled (or fenced off).
-    fn release<'a>(&self, lane: usize, ids: impl Iterator<Item = &'a str>) {
+    fn release(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
-        for id in ids.filter_map(broker::parse_stream_id) {
+        for id in ids {
             held.remove(&id);
         }
     }
 
     /// The ids held in a lane now, for renewing their leases.
-    fn held_ids(&self, lane: usize) -> Vec<String> {
+    fn held_ids(&self, lane: usize) -> Vec<StreamId> {
         let held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.iter().map(|(ms, seq)| format!("{ms}-{seq}")).collect()
+        held.iter().copied().collect()
     }
 
-    fn settle_tracked(&self, lane: usize, entry_id: String, settle: Settle, track: Option<broker::lifecycle::Tracked>) {
+    /// Budget units for up to `want` entries a loop is about to ask Redis for, taken now
+    /// without waiting; `None` when the worker has no `max_tasks`.
+    fn try_units(&self, want: usize) -> Option<Units> {
+        self.budget.as_ref().map(|b| b.try_reserve(want))
+    }
+
+    /// How many entries a loop holding `units` may ask for, of the `want` its slots allow.
+    fn entries_allowed(units: &Option<Units>, want: usize) -> usize {
+        units.as_ref().map_or(want, |u| want.min(u.len()))
+    }
+
+    /// Spends a budget unit on an entry about to be dispatched. False when the budget is
+    /// spent: the entry stays held, unrun, and is requeued when the worker drains.
+    fn spend(&self, units: &mut Option<Units>) -> bool {
+        match (units, &self.budget) {
+            (Some(u), Some(b)) => u.spend(b),
+            _ => true,
+        }
+    }
+
+    fn settle_tracked(
+        &self,
+        lane: usize,
+        entry_id: StreamId,
+        settle: Settle,
+        track: Option<broker::lifecycle::Tracked>,
+    ) {
         // The acker only stops after every handler has finished, so the receiver is alive
         // whenever a handler sends; an error here would mean a bug in the shutdown order.
         let outcome = Outcome {
@@ -198,6 +294,7 @@ pub struct Worker {
     queues: Vec<(Queue, QueueOptions)>,
     id: String,
     counters: Arc<WorkerCounters>,
+    handle: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Worker {
@@ -220,6 +317,7 @@ impl Worker {
             queues: Vec::new(),
             id,
             counters: Arc::default(),
+            handle: ShutdownHandle::default(),
         }
     }
 
@@ -244,9 +342,16 @@ impl Worker {
         self.counters.clone()
     }
 
-    /// Runs until `shutdown` resolves, then drains: stops fetching, gives in-flight handlers
-    /// up to `drain_timeout`, requeues what is still unfinished so it runs again at once,
-    /// settles everything, and deregisters.
+    /// A handle that quiets or terminates this worker once it runs (see [`ShutdownHandle`]).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` resolves (or the [`ShutdownHandle`] says so, or `max_tasks` is
+    /// spent), then drains: stops fetching, gives in-flight handlers up to `drain_timeout`
+    /// (none after [`ShutdownHandle::terminate`]), requeues what is still unfinished so it
+    /// runs again at once, settles everything, and deregisters. Pass
+    /// `std::future::pending()` to stop through the handle alone.
     ///
     /// Fails only at start (bad configuration, Redis unreachable); once running, Redis errors
     /// are logged and retried with backoff.
@@ -263,6 +368,7 @@ impl Worker {
             queues,
             id,
             counters,
+            handle,
         } = self;
         let ranks = queues
             .iter()
@@ -314,12 +420,14 @@ impl Worker {
             lanes,
             router,
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            budget: config.max_tasks.map(Budget::new),
             config,
             conn,
             tracker: TaskTracker::new(),
             outcomes: tx,
             abort: CancellationToken::new(),
             counters,
+            clock: Clock::System,
         });
         // Before the first read: a worker started on a paused queue must not run its tasks.
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
@@ -348,9 +456,15 @@ impl Worker {
         acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
         acker.spawn(tracker::run_starter(shared.clone(), starts_rx, stop.clone()));
 
+        let exhausted = match &shared.budget {
+            Some(b) => b.exhausted().clone(),
+            None => CancellationToken::new(),
+        };
         tokio::pin!(shutdown);
         tokio::select! {
             () = &mut shutdown => {}
+            () = handle.quiet.cancelled() => {}
+            () = exhausted.cancelled() => {}
             Some(res) = intake.join_next() => {
                 tracing::error!(?res, "an intake loop ended on its own; shutting down");
             }
@@ -364,15 +478,24 @@ impl Worker {
         quiet.cancel();
         while intake.join_next().await.is_some() {}
         shared.tracker.close();
-        if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                in_flight = in_flight(&shared),
-                drain_timeout = ?shared.config.drain_timeout,
-                "drain deadline passed; requeueing unfinished tasks"
-            );
+        let drained = tokio::select! {
+            biased;
+            r = tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait()) => r.is_ok(),
+            () = handle.terminate.cancelled() => false,
+        };
+        if !drained {
+            if handle.is_terminated() {
+                tracing::warn!(
+                    in_flight = in_flight(&shared),
+                    "terminated; requeueing unfinished tasks"
+                );
+            } else {
+                tracing::warn!(
+                    in_flight = in_flight(&shared),
+                    drain_timeout = ?shared.config.drain_timeout,
+                    "drain deadline passed; requeueing unfinished tasks"
+                );
+            }
             shared.abort.cancel();
             shared.tracker.wait().await;
         }
@@ -388,6 +511,7 @@ impl Worker {
             succeeded: WorkerCounters::get(&c.succeeded),
             failed: WorkerCounters::get(&c.failed),
             requeued,
+            reached_max_tasks: exhausted.is_cancelled(),
         };
         tracing::info!(?report, "worker stopped");
         Ok(report)
@@ -418,11 +542,12 @@ async fn requeue_held(shared: &Shared) -> u64 {
             if ids.is_empty() {
                 break;
             }
-            let batch: Vec<(&str, &Settle)> = ids.iter().map(|id| (id.as_str(), &Settle::Requeue)).collect();
+            let batch: Vec<(StreamId, &Settle)> = ids.iter().map(|id| (*id, &Settle::Requeue)).collect();
             let ctx = broker::SettleCtx {
                 keys: &lane.keys,
                 consumer: &shared.id,
                 dlq_maxlen: shared.config.dlq_maxlen,
+                now_ms: shared.clock.now_ms(),
             };
             match broker::settle(&mut conn, ctx, &batch).await {
                 Ok(stale) => requeued += (ids.len() - stale.len()) as u64,

@@ -5,7 +5,7 @@
 //! with jitter so many workers do not all call at the same instant. Promotion is one script per
 //! shard and safe to run from every worker at once.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::broker;
-use crate::envelope::now_ms;
-use crate::keys::PAUSED_KEY;
+use crate::error::Result;
 
 /// Most members moved per set per call; a larger backlog is moved by calling again at once.
 const PROMOTE_LIMIT: usize = 1000;
@@ -24,8 +23,8 @@ const PROMOTE_LIMIT: usize = 1000;
 /// Reads which queues are paused into every lane's flag; logs each queue whose flag changed.
 /// Called once before the first fetch (a worker started on a paused queue must not run a task
 /// of it) and then on every promoter round.
-pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-    let paused: HashSet<String> = redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async(conn).await?;
+pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut ConnectionManager) -> Result<()> {
+    let paused = broker::paused_queues(conn).await?;
     let mut changed = BTreeSet::new();
     for lane in &shared.lanes {
         let now_paused = paused.contains(lane.queue.as_str());
@@ -42,7 +41,7 @@ pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut ConnectionMa
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut conn = shared.conn.clone();
     loop {
-        let now = now_ms();
+        let now = shared.clock.now_ms();
         let calls = shared.lanes.iter().map(|lane| {
             let mut conn = shared.conn.clone();
             async move { broker::promote(&mut conn, &lane.keys, now, PROMOTE_LIMIT).await }
@@ -70,7 +69,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let interval = shared.config.promote_interval;
         let mut wait = interval.mul_f64(0.8 + 0.4 * fastrand::f64());
         if let Some(due) = next_due {
-            wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
+            wait = wait.min(Duration::from_millis(due.saturating_sub(shared.clock.now_ms())));
         }
         if more {
             wait = Duration::ZERO;

@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, WorkerCounters, executor};
-use crate::broker::{self, ReclaimArgs};
+use crate::broker::{self, ReclaimArgs, SCAN_START};
 
 /// Most entries taken per call.
 const RECLAIM_BATCH: usize = 100;
 
 pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
-    let mut cursors: Vec<String> = vec!["0-0".to_owned(); shared.lanes.len()];
+    let mut cursors = vec![SCAN_START; shared.lanes.len()];
     let mut conn = shared.conn.clone();
     loop {
         let interval = shared.config.reclaim_interval().mul_f64(0.8 + 0.4 * fastrand::f64());
@@ -31,7 +31,9 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                 continue;
             }
             loop {
-                let free = shared.permits.available_permits();
+                // With `max_tasks`, budget units bound the claim as free slots do.
+                let mut units = shared.try_units(shared.permits.available_permits().min(RECLAIM_BATCH));
+                let free = Shared::entries_allowed(&units, shared.permits.available_permits());
                 if free == 0 || quiet.is_cancelled() {
                     break;
                 }
@@ -39,10 +41,11 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                     keys: &lane.keys,
                     consumer: &shared.id,
                     lease: shared.config.lease,
-                    cursor: &cursors[i],
+                    cursor: cursors[i],
                     count: free.min(RECLAIM_BATCH),
                     max_deliveries: shared.config.max_deliveries,
                     dlq_maxlen: shared.config.dlq_maxlen,
+                    now_ms: shared.clock.now_ms(),
                 };
                 let got = match broker::reclaim(&mut conn, args).await {
                     Ok(got) => got,
@@ -66,8 +69,11 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                     tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");
                     WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
                 }
-                shared.hold(i, got.entries.iter().map(|e| e.id.as_str()));
+                shared.hold(i, got.entries.iter().map(|e| e.id));
                 for entry in got.entries {
+                    if !shared.spend(&mut units) {
+                        continue; // stays held, unrun; requeued when the worker drains
+                    }
                     let permit = shared
                         .permits
                         .clone()
@@ -76,7 +82,7 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                         .expect("the semaphore is never closed");
                     executor::dispatch(&shared, i, entry, permit);
                 }
-                let done = got.next == "0-0";
+                let done = got.next == SCAN_START;
                 cursors[i] = got.next;
                 if done {
                     break;

@@ -75,7 +75,15 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
 }
 
 /// Asks for the start of a tracked task to be recorded (without waiting for it).
-pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: &str, retention_ms: u64, control: &TaskControl) {
+pub(super) fn begin(
+    shared: &Shared,
+    lane: usize,
+    task_id: &TaskId,
+    attempt: u32,
+    kind: &str,
+    retention_ms: u64,
+    control: &TaskControl,
+) {
     let req = StartRequest {
         lane,
         task_id: task_id.as_str().to_owned(),
@@ -161,7 +169,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
                     .iter()
                     .map(|r| (r.task_id.as_str(), r.attempt, r.kind.as_str(), r.retention_ms))
                     .collect();
-                records::start(&mut conn, &lane.keys, &shared.id, lane.events_maxlen, &items).await
+                records::start(
+                    &mut conn,
+                    &lane.keys,
+                    &shared.id,
+                    lane.events_maxlen,
+                    &items,
+                    shared.clock.now_ms(),
+                )
+                .await
             }
         });
         let results = futures_util::future::join_all(calls).await;
@@ -235,7 +251,16 @@ async fn write_progress(
     for (lane, reports) in by_lane {
         let l = &shared.lanes[lane];
         let items: Vec<(&str, u8, &str)> = reports.iter().map(|(i, p, m)| (i.as_str(), *p, m.as_str())).collect();
-        if let Err(e) = records::progress(conn, &l.keys, &shared.id, l.events_maxlen, &items).await {
+        if let Err(e) = records::progress(
+            conn,
+            &l.keys,
+            &shared.id,
+            l.events_maxlen,
+            &items,
+            shared.clock.now_ms(),
+        )
+        .await
+        {
             tracing::warn!(error = %e, stream = %l.keys.stream, "could not write progress");
         }
     }

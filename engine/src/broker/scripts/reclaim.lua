@@ -11,10 +11,11 @@
 -- ARGV[6]  delivery limit: an entry delivered more often than this is poison
 -- ARGV[7]  dlq approximate MAXLEN
 -- ARGV[8]  now, ms since the epoch
+-- ARGV[9]  the reason written on a poison dead letter ('poison', from DeadReason)
 -- Returns  { next_cursor, entries, lost, poisoned } where entries are { id, fields } to run now,
 --          lost is how many pending ids pointed at deleted entries (Redis 7 drops them from
 --          the PEL and reports them; we count them, never ignore them), and poisoned is how
---          many entries went to the dlq with reason 'poison'.
+--          many entries went to the dlq with reason ARGV[9].
 local stream, dlq, stats = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer = ARGV[1], ARGV[2]
 local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
@@ -40,7 +41,7 @@ if #claimed > 0 then
     local count = deliveries[id] or 0
     if count > limit then
       fields[#fields + 1] = 'reason'
-      fields[#fields + 1] = 'poison'
+      fields[#fields + 1] = ARGV[9]
       fields[#fields + 1] = 'error'
       fields[#fields + 1] = 'delivered ' .. count .. ' times without an outcome (limit ' .. limit .. ')'
       fields[#fields + 1] = 'dead_at'

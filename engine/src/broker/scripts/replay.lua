@@ -6,7 +6,8 @@
 -- ARGV[1..] dlq entry ids
 -- KEYS[4]  events STREAM of the shard, and KEYS[5..] the task record of each ARGV id, in
 --          order (optional: only when #KEYS > 3; a caller that knows the task ids passes them)
--- ARGV[#ARGV] with KEYS[4]: the events stream's approximate MAXLEN (not an entry id)
+-- ARGV[#ARGV - 1], ARGV[#ARGV] with KEYS[4]: now (ms since the epoch) and the events stream's
+--          approximate MAXLEN (not entry ids)
 -- Returns  how many entries were replayed (ids no longer in the dlq are skipped)
 --
 -- A replayed task's record, when it has one, reads `queued` again (no expiry: it lives again)
@@ -19,7 +20,7 @@ local replayed = 0
 local tracked = #KEYS > 3
 local last = #ARGV
 if tracked then
-  last = #ARGV - 1
+  last = #ARGV - 2
 end
 for i = 1, last do
   local rows = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
@@ -38,7 +39,7 @@ for i = 1, last do
     if tracked then
       local rec = KEYS[4 + i]
       if redis.call('HEXISTS', rec, 'state') == 1 then
-        local now = redis.call('TIME')[1] * 1000
+        local now = ARGV[#ARGV - 1]
         redis.call('HSET', rec, 'state', 'queued', 'attempt', '0', 'entry', entry, 'updated_at', now)
         redis.call('HDEL', rec, 'reason', 'error', 'dlq_id', 'finished_at', 'run_ms', 'result', 'result_codec')
         redis.call('PERSIST', rec)

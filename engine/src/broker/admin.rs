@@ -1,0 +1,168 @@
+//! Commands behind the inspector and the programs around the engine: one shard's numbers
+//! (`inspect.lua`), dead-letter replay (`replay.lua`), queue deletion (`drop_shard.lua` and the
+//! registry entries), pause flags, the autoscaler's stored decision, the demo's per-worker
+//! samples and the reachability check.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use redis::Script;
+use redis::aio::{ConnectionLike, ConnectionManager};
+
+use super::StreamId;
+use crate::error::Result;
+use crate::keys::{GROUP, PAUSED_KEY, QUEUES_KEY, QueueName, ShardKeys, autoscaler_key, demo_samples_key};
+
+pub(super) static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
+static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));
+static DROP_SHARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/drop_shard.lua")));
+
+/// One shard's numbers, raw from inspect.lua.
+#[derive(Debug, Clone, Default)]
+pub struct ShardNumbers {
+    /// Entries in the stream (waiting plus in flight).
+    pub length: u64,
+    /// Entries not yet delivered to the group; `None` when Redis cannot tell.
+    pub lag: Option<u64>,
+    /// Delivered, not yet settled.
+    pub pending: u64,
+    /// Id of the oldest entry not yet delivered.
+    pub oldest_waiting: Option<StreamId>,
+    /// Delayed tasks.
+    pub scheduled: u64,
+    /// Tasks waiting for a retry.
+    pub retry: u64,
+    /// Dead letters.
+    pub dlq: u64,
+    /// Counters.
+    pub stats: Vec<(String, u64)>,
+}
+
+/// inspect.lua's reply, in its order.
+type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>);
+
+/// Reads one shard's numbers in one round trip.
+pub async fn inspect(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<ShardNumbers> {
+    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply = INSPECT
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .key(&keys.dlq)
+        .key(&keys.stats)
+        .arg(GROUP)
+        .invoke_async(conn)
+        .await?;
+    Ok(ShardNumbers {
+        length,
+        lag: u64::try_from(lag).ok(),
+        pending,
+        oldest_waiting: StreamId::parse(&oldest),
+        scheduled,
+        retry,
+        dlq,
+        stats,
+    })
+}
+
+// Replaying dead letters (`REPLAY` above) is `lifecycle::replay`: it passes the tasks'
+// records too, so a replayed task reads `queued` again.
+
+/// Deletes a shard's keys if it holds no task or dead letter (checked in the same script), or
+/// whatever it holds with `force`. Returns whether it deleted them.
+pub async fn drop_shard(conn: &mut ConnectionManager, keys: &ShardKeys, force: bool) -> Result<bool> {
+    let dropped: i64 = DROP_SHARD
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .key(&keys.dlq)
+        .key(&keys.stats)
+        .arg(if force { "1" } else { "0" })
+        .invoke_async(conn)
+        .await?;
+    Ok(dropped == 1)
+}
+
+/// Forgets a queue once its shards are gone: its entry in [`QUEUES_KEY`], its pause flag and
+/// the autoscaler's decision, in one round trip.
+pub async fn forget_queue(conn: &mut ConnectionManager, queue: &QueueName) -> Result<()> {
+    redis::pipe()
+        .hdel(QUEUES_KEY, queue.as_str())
+        .ignore()
+        .srem(PAUSED_KEY, queue.as_str())
+        .ignore()
+        .del(autoscaler_key(queue))
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets or clears a queue's pause flag.
+pub async fn set_paused(conn: &mut ConnectionManager, queue: &QueueName, paused: bool) -> Result<()> {
+    let cmd = if paused { "SADD" } else { "SREM" };
+    redis::cmd(cmd)
+        .arg(PAUSED_KEY)
+        .arg(queue.as_str())
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether a queue is paused.
+pub async fn is_paused(conn: &mut ConnectionManager, queue: &QueueName) -> Result<bool> {
+    Ok(redis::cmd("SISMEMBER")
+        .arg(PAUSED_KEY)
+        .arg(queue.as_str())
+        .query_async(conn)
+        .await?)
+}
+
+/// Every paused queue's name.
+pub async fn paused_queues(conn: &mut ConnectionManager) -> Result<HashSet<String>> {
+    Ok(redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async(conn).await?)
+}
+
+/// Stores the autoscaler's latest decision (JSON) for a queue.
+pub async fn store_decision(conn: &mut ConnectionManager, queue: &QueueName, json: &str) -> Result<()> {
+    redis::cmd("SET")
+        .arg(autoscaler_key(queue))
+        .arg(json)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// The autoscaler's latest decision (JSON) for a queue, if any.
+pub async fn decision(conn: &mut ConnectionManager, queue: &QueueName) -> Result<Option<String>> {
+    Ok(redis::cmd("GET").arg(autoscaler_key(queue)).query_async(conn).await?)
+}
+
+/// `PING`: whether Redis answers on this connection.
+pub async fn ping<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
+    redis::cmd("PING").query_async::<String>(conn).await.map(drop)
+}
+
+/// Stores one worker's sample blob for a queue (the demo's start latencies).
+pub async fn save_sample<C: ConnectionLike + Send>(
+    conn: &mut C,
+    queue: &QueueName,
+    worker: &str,
+    blob: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("HSET")
+        .arg(demo_samples_key(queue))
+        .arg(worker)
+        .arg(blob)
+        .query_async(conn)
+        .await
+}
+
+/// Every worker's sample blob for a queue.
+pub async fn samples<C: ConnectionLike + Send>(conn: &mut C, queue: &QueueName) -> redis::RedisResult<Vec<String>> {
+    redis::cmd("HVALS").arg(demo_samples_key(queue)).query_async(conn).await
+}
+
+/// Deletes a queue's sample blobs.
+pub async fn delete_samples<C: ConnectionLike + Send>(conn: &mut C, queue: &QueueName) -> redis::RedisResult<()> {
+    redis::cmd("DEL").arg(demo_samples_key(queue)).query_async(conn).await
+}

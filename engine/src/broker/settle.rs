@@ -1,0 +1,318 @@
+//! A task's state changes, each one script on one shard: settling outcomes (`settle.lua`),
+//! promoting due tasks (`promote.lua`), reclaiming a dead worker's tasks (`reclaim.lua`) and
+//! renewing leases (`extend.lua`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+use serde::Serialize;
+
+use super::{StreamEntry, StreamId, entries, id_range, int, stream_ids, string};
+use crate::error::{Error, Result};
+use crate::keys::{GROUP, ShardKeys};
+
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
+
+/// Why a task went to the dead-letter stream: the `reason` field of a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadReason {
+    /// It failed on every attempt its retry policy allows.
+    Exhausted,
+    /// Its handler returned a fatal error.
+    Fatal,
+    /// It was delivered more than `max_deliveries` times without an outcome.
+    Poison,
+    /// Its entry, retry settings or payload do not decode.
+    Malformed,
+    /// No handler serves its kind.
+    UnknownKind,
+    /// A reason this version does not know (written by another version or by hand), as stored.
+    Other(String),
+}
+
+impl DeadReason {
+    /// The reason as stored in the `reason` field.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeadReason::Exhausted => "exhausted",
+            DeadReason::Fatal => "fatal",
+            DeadReason::Poison => "poison",
+            DeadReason::Malformed => "malformed",
+            DeadReason::UnknownKind => "unknown_kind",
+            DeadReason::Other(s) => s,
+        }
+    }
+
+    /// Reads a stored `reason` field; an unknown one is kept as [`DeadReason::Other`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "exhausted" => DeadReason::Exhausted,
+            "fatal" => DeadReason::Fatal,
+            "poison" => DeadReason::Poison,
+            "malformed" => DeadReason::Malformed,
+            "unknown_kind" => DeadReason::UnknownKind,
+            other => DeadReason::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeadReason {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(DeadReason::parse(s))
+    }
+}
+
+impl Serialize for DeadReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for DeadReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One outcome for [`settle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Done: acknowledge and delete.
+    Ack,
+    /// Failed, attempts left: park in the retry set until `due_ms` with the new attempt count.
+    Retry {
+        /// When to run again, ms since the epoch.
+        due_ms: u64,
+        /// The attempt number the next run will have.
+        attempt: u32,
+        /// Why this run failed.
+        error: String,
+    },
+    /// Move to the dead-letter stream.
+    Bury {
+        /// Why.
+        reason: DeadReason,
+        /// What went wrong.
+        error: String,
+        /// Failed attempts to record, this run included, when the task ran; `None` keeps the
+        /// entry's (it never ran: malformed, unknown kind).
+        attempt: Option<u32>,
+    },
+    /// Put back at the end of the stream, unchanged, to run again at once.
+    Requeue,
+}
+
+/// Parameters of a [`settle`] call that do not change per outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleCtx<'a> {
+    /// The shard.
+    pub keys: &'a ShardKeys,
+    /// The consumer that holds the entries.
+    pub consumer: &'a str,
+    /// Approximate cap of the dead-letter stream.
+    pub dlq_maxlen: usize,
+    /// Now, ms since the epoch: a dead letter's `dead_at`.
+    pub now_ms: u64,
+}
+
+/// Applies outcomes for entries of one shard in one script call. Returns the ids this
+/// consumer no longer owned (fenced off: another worker reclaimed them).
+pub async fn settle(
+    conn: &mut ConnectionManager,
+    ctx: SettleCtx<'_>,
+    batch: &[(StreamId, &Settle)],
+) -> Result<Vec<StreamId>> {
+    let Some(range) = id_range(batch.iter().map(|(id, _)| *id)) else {
+        return Ok(Vec::new());
+    };
+    stream_ids(settle_invocation(ctx, batch, range).invoke_async(conn).await?)
+}
+
+/// settle.lua's invocation for untracked outcomes; `(lo, hi)` spans every entry id of the
+/// call (tracked ones included, which `lifecycle::settle_tracked` appends).
+pub(super) fn settle_invocation(
+    ctx: SettleCtx<'_>,
+    batch: &[(StreamId, &Settle)],
+    (lo, hi): (StreamId, StreamId),
+) -> redis::ScriptInvocation<'static> {
+    let mut inv = SETTLE.key(&ctx.keys.stream);
+    inv.key(&ctx.keys.retry)
+        .key(&ctx.keys.dlq)
+        .key(&ctx.keys.stats)
+        .arg(GROUP)
+        .arg(ctx.consumer)
+        .arg(ctx.now_ms)
+        .arg(ctx.dlq_maxlen)
+        .arg(lo)
+        .arg(hi);
+    // Plain acks first, one id each; then the other outcomes, five values each.
+    let is_ack = |op: &Settle| matches!(op, Settle::Ack);
+    inv.arg(batch.iter().filter(|(_, op)| is_ack(op)).count());
+    for (id, _) in batch.iter().filter(|(_, op)| is_ack(op)) {
+        inv.arg(*id);
+    }
+    for (id, op) in batch.iter().filter(|(_, op)| !is_ack(op)) {
+        inv.arg(*id);
+        match op {
+            Settle::Ack => unreachable!("acks were sent above"),
+            Settle::Retry { due_ms, attempt, error } => inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()),
+            Settle::Bury { reason, error, attempt } => {
+                let attempt = attempt.map(|a| a.to_string()).unwrap_or_default();
+                inv.arg("b").arg(reason.as_str()).arg(error.as_str()).arg(attempt)
+            }
+            Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
+        };
+    }
+    inv
+}
+
+/// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
+/// moved and the earliest due time still waiting.
+pub async fn promote(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(u64, Option<u64>)> {
+    let (moved, next): (u64, i64) = PROMOTE
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.retry)
+        .arg(now_ms)
+        .arg(limit)
+        .invoke_async(conn)
+        .await?;
+    Ok((moved, u64::try_from(next).ok()))
+}
+
+/// What one [`reclaim`] call took over.
+#[derive(Debug)]
+pub struct Reclaimed {
+    /// Cursor for the next call; `0-0` when the scan is complete.
+    pub next: StreamId,
+    /// Entries now owned by the caller, to run.
+    pub entries: Vec<StreamEntry>,
+    /// Pending ids whose entries were deleted (counted as `lost`).
+    pub lost: u64,
+    /// Entries buried as [`DeadReason::Poison`].
+    pub poisoned: u64,
+}
+
+/// The cursor that starts a [`reclaim`] scan, and that a finished scan returns.
+pub const SCAN_START: StreamId = StreamId { ms: 0, seq: 0 };
+
+/// Parameters of a [`reclaim`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct ReclaimArgs<'a> {
+    /// The shard.
+    pub keys: &'a ShardKeys,
+    /// The consumer taking the entries.
+    pub consumer: &'a str,
+    /// Entries idle at least this long are taken.
+    pub lease: Duration,
+    /// Scan cursor ([`SCAN_START`] to start).
+    pub cursor: StreamId,
+    /// The most entries to take.
+    pub count: usize,
+    /// An entry delivered more often than this goes to the DLQ as poison.
+    pub max_deliveries: u32,
+    /// Approximate cap of the dead-letter stream.
+    pub dlq_maxlen: usize,
+    /// Now, ms since the epoch: a poison dead letter's `dead_at`.
+    pub now_ms: u64,
+}
+
+/// `XAUTOCLAIM` past-lease entries of one shard for `consumer`, burying poison.
+pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result<Reclaimed> {
+    let reply: Value = RECLAIM
+        .key(&a.keys.stream)
+        .key(&a.keys.dlq)
+        .key(&a.keys.stats)
+        .arg(GROUP)
+        .arg(a.consumer)
+        .arg(crate::envelope::millis(a.lease))
+        .arg(a.cursor)
+        .arg(a.count)
+        .arg(a.max_deliveries)
+        .arg(a.dlq_maxlen)
+        .arg(a.now_ms)
+        .arg(DeadReason::Poison.as_str())
+        .invoke_async(conn)
+        .await?;
+    let Value::Array(mut parts) = reply else {
+        return Err(Error::protocol("reclaim.lua did not return an array"));
+    };
+    if parts.len() != 4 {
+        return Err(Error::protocol("reclaim.lua returned the wrong number of values"));
+    }
+    let poisoned = int(parts.pop().expect("length checked: 4"))?;
+    let lost = int(parts.pop().expect("length checked: 4"))?;
+    let entries = entries(parts.pop().expect("length checked: 4"))?;
+    let next = string(parts.pop().expect("length checked: 4"))?.parse()?;
+    Ok(Reclaimed {
+        next,
+        entries,
+        lost: lost as u64,
+        poisoned: poisoned as u64,
+    })
+}
+
+/// Renews the lease of the entries among `ids` that `consumer` still owns in a shard. Returns
+/// how many were renewed.
+pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, ids: &[StreamId]) -> Result<u64> {
+    let mut renewed = 0;
+    // Lua's unpack takes a few thousand values at most.
+    for chunk in ids.chunks(1000) {
+        let Some((lo, hi)) = id_range(chunk.iter().copied()) else {
+            continue;
+        };
+        let n: u64 = EXTEND
+            .key(&keys.stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(lo)
+            .arg(hi)
+            .arg(chunk)
+            .invoke_async(conn)
+            .await?;
+        renewed += n;
+    }
+    Ok(renewed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_reasons_read_back_as_written() {
+        for r in [
+            DeadReason::Exhausted,
+            DeadReason::Fatal,
+            DeadReason::Poison,
+            DeadReason::Malformed,
+            DeadReason::UnknownKind,
+            DeadReason::Other("by-hand".into()),
+        ] {
+            assert_eq!(DeadReason::parse(r.as_str()), r);
+            assert_eq!(serde_json::to_value(&r).unwrap(), r.as_str());
+        }
+        assert_eq!(DeadReason::Poison.as_str(), "poison");
+        assert_eq!(DeadReason::UnknownKind.to_string(), "unknown_kind");
+    }
+}

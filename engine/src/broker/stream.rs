@@ -1,0 +1,206 @@
+//! Producing into a shard (`XADD`, `schedule.lua`), reading from it (`XREADGROUP`, `XRANGE`)
+//! and its pending list (`XPENDING`).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use super::{StreamEntry, StreamId, bulk, entries, stream_ids};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::keys::{GROUP, ShardKeys};
+
+static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
+
+/// Adds ready tasks to their streams and counts them, in one pipelined round trip.
+pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for (keys, env) in batch {
+        let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
+        for (name, value) in env.fields() {
+            xadd.arg(name).arg(value.as_ref());
+        }
+        xadd.ignore();
+    }
+    // One counter update per shard, not per task.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    for (keys, _) in batch {
+        match counts.iter_mut().find(|(k, _)| *k == keys.stats) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&keys.stats, 1)),
+        }
+    }
+    for (stats, n) in counts {
+        pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Parks a task in its shard's `scheduled` set until `due_ms`.
+pub async fn add_scheduled(conn: &mut ConnectionManager, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
+    let mut inv = SCHEDULE.key(&keys.scheduled);
+    inv.key(&keys.stats).arg(due_ms);
+    for (name, value) in env.fields() {
+        inv.arg(name).arg(value.as_ref());
+    }
+    inv.invoke_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// `XREADGROUP ... COUNT count [BLOCK ms] STREAMS keys... > ...`: new entries for `consumer`.
+/// Returns (index into `streams`, entry) pairs; nothing when the block timed out.
+pub async fn read_group(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+    streams: &[&str],
+) -> Result<Vec<(usize, StreamEntry)>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+    if let Some(b) = block {
+        cmd.arg("BLOCK").arg(crate::envelope::millis(b).max(1));
+    }
+    cmd.arg("STREAMS").arg(streams);
+    for _ in streams {
+        cmd.arg(">");
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    let mut out = Vec::new();
+    for (key, entries) in stream_map(reply)? {
+        let idx = streams
+            .iter()
+            .position(|s| s.as_bytes() == key.as_slice())
+            .ok_or_else(|| Error::protocol("XREADGROUP answered for a stream not asked for"))?;
+        for e in entries {
+            out.push((idx, e));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits an XREAD/XREADGROUP reply (RESP2 array or RESP3 map) into (key, entries).
+pub(super) fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(m) => m,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let v = kv.pop().expect("length checked: 2");
+                    let k = kv.pop().expect("length checked: 2");
+                    Ok((k, v))
+                }
+                other => Err(Error::protocol(format!("stream reply item {other:?}"))),
+            })
+            .collect::<Result<_>>()?,
+        other => return Err(Error::protocol(format!("stream reply {other:?}"))),
+    };
+    pairs.into_iter().map(|(k, v)| Ok((bulk(k)?, entries(v)?))).collect()
+}
+
+/// Where an [`range`] read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeStart {
+    /// At the oldest entry.
+    First,
+    /// At this id, inclusive.
+    At(StreamId),
+    /// Just after this id.
+    After(StreamId),
+}
+
+/// Entries of a stream from `start` to the newest, at most `count`.
+pub async fn range(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    start: RangeStart,
+    count: usize,
+) -> Result<Vec<StreamEntry>> {
+    let start = match start {
+        RangeStart::First => "-".to_owned(),
+        RangeStart::At(id) => id.to_string(),
+        RangeStart::After(id) => format!("({id}"),
+    };
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    entries(reply)
+}
+
+/// Deletes entries of a stream. Returns how many existed.
+pub async fn delete_entries(conn: &mut ConnectionManager, stream: &str, ids: &[StreamId]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(redis::cmd("XDEL").arg(stream).arg(ids).query_async(conn).await?)
+}
+
+/// One row of a shard's pending list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    /// The entry.
+    pub id: StreamId,
+    /// The consumer holding it.
+    pub consumer: String,
+    /// Ms since it was delivered or its lease renewed.
+    pub idle_ms: u64,
+    /// Deliveries (first read plus reclaims).
+    pub deliveries: u64,
+}
+
+/// Pending entries of a shard, oldest first, at most `count`.
+pub async fn pending(conn: &mut ConnectionManager, stream: &str, count: usize) -> Result<Vec<PendingRow>> {
+    let r: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(count)
+        .query_async(conn)
+        .await;
+    match r {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(id, consumer, idle_ms, deliveries)| {
+                Ok(PendingRow {
+                    id: id.parse()?,
+                    consumer,
+                    idle_ms,
+                    deliveries,
+                })
+            })
+            .collect(),
+        // No stream or no group yet: nothing is pending.
+        Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
+pub async fn owned_ids(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    consumer: &str,
+    max: usize,
+) -> Result<Vec<StreamId>> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(max)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    stream_ids(rows.into_iter().map(|r| r.0).collect())
+}

@@ -1,0 +1,346 @@
+//! The broker's behaviour against a real `redis-server`: fencing, trimming, drops, lease
+//! renewal and reclaiming.
+//!
+//! Tests that keep to a queue of their own (`unique_name`) share the binary's one server; the
+//! registry and pause-flag tests read keys that span the server, so they start their own.
+
+use std::time::Duration;
+
+use redis::ToRedisArgs;
+use redis::aio::ConnectionManager;
+
+use super::*;
+use crate::envelope::{Codec, Envelope};
+use crate::keys::Queue;
+use crate::keys::ShardKeys;
+use crate::testing::{RedisServer, shared_server, unique_name};
+use bytes::Bytes;
+
+/// One entry read by consumer `stale`, on a queue of its own.
+async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, StreamId) {
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let keys = Queue::new(&unique_name("fence")).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+    add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+    let got = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let id = got.into_iter().next().unwrap().1.id;
+    (conn, keys, id)
+}
+
+fn reclaim_args<'a>(keys: &'a ShardKeys, consumer: &'a str) -> ReclaimArgs<'a> {
+    ReclaimArgs {
+        keys,
+        consumer,
+        lease: Duration::ZERO,
+        cursor: SCAN_START,
+        count: 10,
+        max_deliveries: 5,
+        dlq_maxlen: 100,
+        now_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn stale_worker_ack_after_reclaim_is_rejected() {
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
+    // Another worker takes the entry over (its lease ran out).
+    let taken = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+    assert_eq!(taken.entries.len(), 1);
+    // The stale worker's outcomes are fenced off: ack, retry and bury alike.
+    let ctx = SettleCtx {
+        keys: &keys,
+        consumer: "stale",
+        dlq_maxlen: 100,
+        now_ms: 1,
+    };
+    for op in [
+        Settle::Ack,
+        Settle::Retry {
+            due_ms: 0,
+            attempt: 1,
+            error: "x".into(),
+        },
+        Settle::Bury {
+            reason: DeadReason::Fatal,
+            error: "x".into(),
+            attempt: Some(1),
+        },
+    ] {
+        let stale = settle(&mut conn, ctx, &[(id, &op)]).await.unwrap();
+        assert_eq!(stale, std::slice::from_ref(&id), "{op:?} by a stale worker was applied");
+    }
+    // The entry is untouched: still in the stream, still pending for the new owner.
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&keys.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    assert_eq!(
+        owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(),
+        std::slice::from_ref(&id)
+    );
+    let dlq: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(&mut conn).await.unwrap();
+    assert_eq!(dlq, 0);
+    // The owner's ack goes through and removes it.
+    let ctx = SettleCtx {
+        consumer: "fresh",
+        ..ctx
+    };
+    assert!(settle(&mut conn, ctx, &[(id, &Settle::Ack)]).await.unwrap().is_empty());
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&keys.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0);
+    // Settling twice is a no-op reported as stale, never a double count.
+    assert_eq!(settle(&mut conn, ctx, &[(id, &Settle::Ack)]).await.unwrap(), [id]);
+    let done: u64 = redis::cmd("HGET")
+        .arg(&keys.stats)
+        .arg("done")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(done, 1);
+}
+
+#[tokio::test]
+async fn a_shard_is_dropped_only_when_empty_unless_forced() {
+    let server = shared_server();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let keys = Queue::new(&unique_name("drop")).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let exists = |conn: &mut ConnectionManager| {
+        let mut conn = conn.clone();
+        let stream = keys.stream.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(stream)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    // An empty stream (only its group) goes.
+    assert!(drop_shard(&mut conn, &keys, false).await.unwrap());
+    assert_eq!(exists(&mut conn).await, 0);
+    // One task, even one that arrived after the caller looked, keeps it; force drops it.
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+    add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+    assert!(!drop_shard(&mut conn, &keys, false).await.unwrap());
+    assert_eq!(exists(&mut conn).await, 1);
+    assert!(drop_shard(&mut conn, &keys, true).await.unwrap());
+    assert_eq!(exists(&mut conn).await, 0);
+}
+
+#[tokio::test]
+async fn settling_deletes_only_settled_entries() {
+    let server = shared_server();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let keys = Queue::new(&unique_name("trim")).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let add = |n: usize| -> Vec<Envelope> {
+        (0..n)
+            .map(|_| Envelope::new("k", Bytes::from_static(b"1"), Codec::Json))
+            .collect()
+    };
+    let envs = add(3);
+    let batch: Vec<(&ShardKeys, &Envelope)> = envs.iter().map(|e| (&keys, e)).collect();
+    add_ready(&mut conn, &batch).await.unwrap();
+    let stream = [keys.stream.as_str()];
+    let a = read_group(&mut conn, "a", 1, None, &stream).await.unwrap();
+    let b = read_group(&mut conn, "b", 2, None, &stream).await.unwrap();
+    let (e1, e2, e3) = (&a[0].1.id, &b[0].1.id, &b[1].1.id);
+    let later = add(1);
+    add_ready(&mut conn, &[(&keys, &later[0])]).await.unwrap();
+    let ctx = |consumer| SettleCtx {
+        keys: &keys,
+        consumer,
+        dlq_maxlen: 100,
+        now_ms: 1,
+    };
+    let ids = |rows: Vec<StreamEntry>| rows.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    // b settles its newer entry while a's older one is pending: only that one goes.
+    settle(&mut conn, ctx("b"), &[(*e3, &Settle::Ack)]).await.unwrap();
+    let left = ids(range(&mut conn, &keys.stream, RangeStart::First, 10).await.unwrap());
+    assert_eq!(left[..2], [*e1, *e2]);
+    assert_eq!(left.len(), 3, "the undelivered entry stays");
+    // a settles the oldest: b's pending entry and the undelivered one stay.
+    settle(&mut conn, ctx("a"), &[(*e1, &Settle::Ack)]).await.unwrap();
+    let left = ids(range(&mut conn, &keys.stream, RangeStart::First, 10).await.unwrap());
+    assert_eq!(left[0], *e2);
+    assert_eq!(left.len(), 2);
+    // Nothing pending after b's last settle: the undelivered entry still stays, and runs.
+    settle(&mut conn, ctx("b"), &[(*e2, &Settle::Ack)]).await.unwrap();
+    assert_eq!(
+        range(&mut conn, &keys.stream, RangeStart::First, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(read_group(&mut conn, "a", 10, None, &stream).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn lease_renewal_never_steals_a_reclaimed_entry() {
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
+    reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+    // The stale worker's heartbeat renews only what it still owns: nothing.
+    assert_eq!(extend(&mut conn, &keys, "stale", &[id]).await.unwrap(), 0);
+    assert_eq!(
+        owned_ids(&mut conn, &keys, "fresh", 10).await.unwrap(),
+        std::slice::from_ref(&id)
+    );
+    // Only ids the worker says it holds are renewed.
+    assert_eq!(
+        extend(&mut conn, &keys, "fresh", &[StreamId { ms: 1, seq: 1 }])
+            .await
+            .unwrap(),
+        0
+    );
+    // Renewal does not raise the delivery count (JUSTID).
+    assert_eq!(extend(&mut conn, &keys, "fresh", &[id]).await.unwrap(), 1);
+    let rows = pending(&mut conn, &keys.stream, 10).await.unwrap();
+    assert_eq!(rows[0].deliveries, 2, "deliveries: one read plus one reclaim");
+}
+
+#[tokio::test]
+async fn entries_delivered_past_the_limit_are_buried_as_poison() {
+    let server = shared_server();
+    let (mut conn, keys, _id) = setup(server).await;
+    let args = ReclaimArgs {
+        max_deliveries: 1,
+        ..reclaim_args(&keys, "fresh")
+    };
+    let got = reclaim(&mut conn, args).await.unwrap();
+    assert_eq!((got.entries.len(), got.poisoned), (0, 1));
+    let dlq = range(&mut conn, &keys.dlq, RangeStart::First, 10).await.unwrap();
+    let fields: std::collections::HashMap<String, String> = dlq[0]
+        .fields
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into()))
+        .collect();
+    assert_eq!(fields["reason"], "poison");
+    assert_eq!(fields["deliveries"], "2");
+    assert!(pending(&mut conn, &keys.stream, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reclaim_counts_deleted_entries_as_lost() {
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
+    // Someone deletes the entry behind the engine's back while it is pending.
+    delete_entries(&mut conn, &keys.stream, &[id]).await.unwrap();
+    let got = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
+    assert_eq!((got.entries.len(), got.lost), (0, 1));
+    let lost: u64 = redis::cmd("HGET")
+        .arg(&keys.stats)
+        .arg("lost")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lost, 1);
+}
+
+#[tokio::test]
+async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let record = WorkerRecord {
+        id: "host-1-abc".into(),
+        host: "host".into(),
+        pid: 1,
+        queues: vec!["a".into(), "b".into()],
+        concurrency: 4,
+        in_flight: 2,
+        started: 10,
+        succeeded: 7,
+        failed: 1,
+        busy_us: Some(5_000),
+        last_beat: 1_700_000_000_000,
+    };
+    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(live_workers(&mut conn).await.unwrap(), std::slice::from_ref(&record));
+    // The record expired (its worker died without deregistering): the index entry goes too.
+    redis::cmd("DEL")
+        .arg(crate::keys::worker_key(&record.id))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(live_workers(&mut conn).await.unwrap().is_empty());
+    let indexed: u64 = redis::cmd("ZCARD")
+        .arg(crate::keys::WORKERS_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0);
+    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
+    deregister(&mut conn, &record.id).await.unwrap();
+    assert!(live_workers(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pause_flags_set_and_clear_per_queue() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let (a, b) = (
+        crate::keys::QueueName::new("a").unwrap(),
+        crate::keys::QueueName::new("b").unwrap(),
+    );
+    set_paused(&mut conn, &a, true).await.unwrap();
+    assert!(is_paused(&mut conn, &a).await.unwrap());
+    assert!(!is_paused(&mut conn, &b).await.unwrap());
+    assert_eq!(paused_queues(&mut conn).await.unwrap(), ["a".to_owned()].into());
+    set_paused(&mut conn, &a, false).await.unwrap();
+    assert!(paused_queues(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn samples_are_kept_per_worker_on_any_connection() {
+    let server = shared_server();
+    // The CLI's plain multiplexed connection, not the engine's ConnectionManager.
+    let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
+    ping(&mut conn).await.unwrap();
+    let q = crate::keys::QueueName::new(&unique_name("demo-q")).unwrap();
+    save_sample(&mut conn, &q, "w1", "old").await.unwrap();
+    save_sample(&mut conn, &q, "w1", "[[1,2]]").await.unwrap();
+    save_sample(&mut conn, &q, "w2", "[[3,4]]").await.unwrap();
+    let mut got = samples(&mut conn, &q).await.unwrap();
+    got.sort();
+    assert_eq!(got, ["[[1,2]]", "[[3,4]]"], "one blob per worker, the latest");
+    delete_samples(&mut conn, &q).await.unwrap();
+    assert!(samples(&mut conn, &q).await.unwrap().is_empty());
+}
+
+fn id(ms: u64, seq: u64) -> StreamId {
+    StreamId { ms, seq }
+}
+
+#[test]
+fn stream_ids_order_by_number_not_text() {
+    let ids = ["9-9", "10-0", "5-1", "10-2"].map(|s| s.parse::<StreamId>().unwrap());
+    assert_eq!(id_range(ids.into_iter()), Some((id(5, 1), id(10, 2))));
+    assert_eq!(id_range([id(7, 0)].into_iter()), Some((id(7, 0), id(7, 0))));
+    assert_eq!(id_range(std::iter::empty()), None);
+}
+
+#[test]
+fn stream_ids_parse_and_write_back_unchanged() {
+    for text in ["0-0", "1700000000000-3", "18446744073709551615-18446744073709551615"] {
+        let parsed = StreamId::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert_eq!(parsed.to_redis_args(), vec![text.as_bytes().to_vec()]);
+    }
+    for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "18446744073709551616-0"] {
+        assert_eq!(StreamId::parse(bad), None, "{bad:?}");
+    }
+}
