@@ -566,6 +566,91 @@ fn member_id(m: &[u8]) -> Option<String> {
     None
 }
 
+/// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
+/// set, and the record, done list and unique lock of every task it still names (in its
+/// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
+/// finished before the events' cap reached back expire on their own after the retention.
+pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
+    let mut ids: Vec<String> = Vec::new();
+    for stream in [&keys.stream, &keys.dlq, &keys.events] {
+        let mut after = RangeStart::First;
+        loop {
+            let page = super::range(conn, stream, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = RangeStart::After(last.id);
+            ids.extend(page.into_iter().filter_map(field_id));
+        }
+    }
+    for set in [&keys.scheduled, &keys.retry] {
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
+        ids.extend(members.iter().filter_map(|m| member_id(m)));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(keys.task(id)).arg("unique_key");
+        }
+        let locks: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let mut pipe = redis::pipe();
+        for (id, lock) in chunk.iter().zip(locks) {
+            pipe.cmd("DEL").arg(keys.task(id)).arg(keys.done(id)).ignore();
+            if let Some(lock) = lock {
+                pipe.cmd("DEL").arg(lock).ignore();
+            }
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    redis::cmd("DEL")
+        .arg(&keys.events)
+        .arg(&keys.cancels)
+        .arg(&keys.waiting)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Replays dead letters of one shard into its stream (`replay.lua`) and puts each replayed
+/// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
+/// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
+pub async fn replay(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    ids: &[StreamId],
+    events_maxlen: usize,
+    now_ms: u64,
+) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("XRANGE").arg(&keys.dlq).arg(*id).arg(*id);
+    }
+    let found: Vec<Value> = pipe.query_async(conn).await?;
+    let mut entry_ids = Vec::with_capacity(ids.len());
+    let mut records = Vec::with_capacity(ids.len());
+    for (id, reply) in ids.iter().zip(found) {
+        // Gone already (replayed or purged by someone else): skip it, as replay.lua would.
+        let Some(task) = entries(reply)?.into_iter().next().and_then(field_id) else {
+            continue;
+        };
+        entry_ids.push(*id);
+        records.push(keys.task(&task));
+    }
+    if entry_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut inv = super::admin::REPLAY.key(&keys.dlq);
+    inv.key(&keys.stream).key(&keys.stats).key(&keys.events);
+    for (id, rec) in entry_ids.iter().zip(&records) {
+        inv.arg(*id).key(rec);
+    }
+    inv.arg(now_ms).arg(events_maxlen);
+    Ok(inv.invoke_async(conn).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,89 +764,4 @@ mod tests {
         assert_eq!(member_id(&[0x90]), None);
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
     }
-}
-
-/// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
-/// set, and the record, done list and unique lock of every task it still names (in its
-/// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
-/// finished before the events' cap reached back expire on their own after the retention.
-pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
-    let mut ids: Vec<String> = Vec::new();
-    for stream in [&keys.stream, &keys.dlq, &keys.events] {
-        let mut after = RangeStart::First;
-        loop {
-            let page = super::range(conn, stream, after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = RangeStart::After(last.id);
-            ids.extend(page.into_iter().filter_map(field_id));
-        }
-    }
-    for set in [&keys.scheduled, &keys.retry] {
-        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
-        ids.extend(members.iter().filter_map(|m| member_id(m)));
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    for chunk in ids.chunks(500) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HGET").arg(keys.task(id)).arg("unique_key");
-        }
-        let locks: Vec<Option<String>> = pipe.query_async(conn).await?;
-        let mut pipe = redis::pipe();
-        for (id, lock) in chunk.iter().zip(locks) {
-            pipe.cmd("DEL").arg(keys.task(id)).arg(keys.done(id)).ignore();
-            if let Some(lock) = lock {
-                pipe.cmd("DEL").arg(lock).ignore();
-            }
-        }
-        pipe.query_async::<()>(conn).await?;
-    }
-    redis::cmd("DEL")
-        .arg(&keys.events)
-        .arg(&keys.cancels)
-        .arg(&keys.waiting)
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
-}
-
-/// Replays dead letters of one shard into its stream (`replay.lua`) and puts each replayed
-/// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
-/// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
-pub async fn replay(
-    conn: &mut ConnectionManager,
-    keys: &ShardKeys,
-    ids: &[StreamId],
-    events_maxlen: usize,
-    now_ms: u64,
-) -> Result<u64> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("XRANGE").arg(&keys.dlq).arg(*id).arg(*id);
-    }
-    let found: Vec<Value> = pipe.query_async(conn).await?;
-    let mut entry_ids = Vec::with_capacity(ids.len());
-    let mut records = Vec::with_capacity(ids.len());
-    for (id, reply) in ids.iter().zip(found) {
-        // Gone already (replayed or purged by someone else): skip it, as replay.lua would.
-        let Some(task) = entries(reply)?.into_iter().next().and_then(field_id) else {
-            continue;
-        };
-        entry_ids.push(*id);
-        records.push(keys.task(&task));
-    }
-    if entry_ids.is_empty() {
-        return Ok(0);
-    }
-    let mut inv = super::admin::REPLAY.key(&keys.dlq);
-    inv.key(&keys.stream).key(&keys.stats).key(&keys.events);
-    for (id, rec) in entry_ids.iter().zip(&records) {
-        inv.arg(*id).key(rec);
-    }
-    inv.arg(now_ms).arg(events_maxlen);
-    Ok(inv.invoke_async(conn).await?)
 }
