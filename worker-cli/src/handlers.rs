@@ -487,12 +487,18 @@ mod tests {
         // Nothing printed: no result.
         assert_eq!(run_command("true", &ctx, Bytes::new()).await.unwrap(), None);
         // A cancel: SIGTERM to the group, the command's own exit, a cancelled outcome.
-        let cmd = r#"trap 'exit 7' TERM; while :; do sleep 0.05; done"#;
+        // (It says when its trap is set: a SIGTERM before that would kill the shell itself.)
+        let cmd = r#"trap 'exit 7' TERM; echo "1 trapped" > "$RIVULET_PROGRESS_FILE"; while :; do sleep 0.05; done"#;
         let control = ctx.control.clone();
         let run = tokio::spawn({
             let ctx = ctx.clone();
             async move { run_command(cmd, &ctx, Bytes::new()).await }
         });
+        let trapped = rivulet::testing::wait_until(Duration::from_secs(10), async || {
+            control.latest().is_some_and(|p| p.message == "trapped")
+        })
+        .await;
+        assert!(trapped, "the command never set its trap");
         control.cancel();
         match run.await.unwrap() {
             Err(HandlerError::Retry(m)) => assert_eq!(m, "cancelled (exit 7)"),
