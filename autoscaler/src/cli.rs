@@ -194,19 +194,7 @@ pub fn settings(cli: Cli) -> anyhow::Result<Settings> {
 
 /// An error's chain as one line, each message once (a wrapped error often repeats its source).
 fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        let msg = msg.trim();
-        if msg.is_empty() || out.contains(msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(msg);
-    }
-    out
+    rivulet_fleet::logging::describe_error(e.as_ref())
 }
 
 /// Prints the error: usage errors as clap prints its own (exit 2), the rest exit 1.

@@ -242,7 +242,7 @@ pub fn resolve_slas(queue: &Queue, given: &[(String, Duration)]) -> anyhow::Resu
         .iter()
         .map(|p| {
             given.iter().find(|(q, _)| q == p).map(|(_, d)| *d).unwrap_or_else(|| {
-                tracing::warn!(priority = %p, sla = ?loosest, "no SLA given for this priority; using the loosest");
+                tracing::warn!(priority = %p, sla_ms = loosest.as_millis() as u64, "no SLA given for this priority; using the loosest");
                 loosest
             })
         })

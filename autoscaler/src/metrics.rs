@@ -112,7 +112,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
+    tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics");
     let app = Router::new().route(
         "/metrics",
         get(move || {

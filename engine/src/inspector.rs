@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::broker::{self, RangeStart, StreamEntry, StreamId};
 pub use crate::broker::{DeadReason, WorkerRecord};
 use crate::clock::Clock;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{Queue, Shard, ShardKeys};
 
@@ -37,6 +38,9 @@ pub struct Counters {
     pub reclaimed: u64,
     /// Pending entries that pointed at deleted stream entries.
     pub lost: u64,
+    /// Stale outcomes dropped by fencing: a worker settled a task it no longer owned (its
+    /// lease ran out and another worker took the task over).
+    pub fenced: u64,
     /// Dead letters replayed.
     pub replayed: u64,
     /// Unfinished tasks put back at a worker's shutdown.
@@ -55,6 +59,7 @@ impl Counters {
                 "dead" => &mut c.dead,
                 "reclaimed" => &mut c.reclaimed,
                 "lost" => &mut c.lost,
+                "fenced" => &mut c.fenced,
                 "replayed" => &mut c.replayed,
                 "requeued" => &mut c.requeued,
                 _ => continue,
@@ -72,6 +77,7 @@ impl Counters {
         self.dead += o.dead;
         self.reclaimed += o.reclaimed;
         self.lost += o.lost;
+        self.fenced += o.fenced;
         self.replayed += o.replayed;
         self.requeued += o.requeued;
     }
@@ -99,8 +105,8 @@ pub struct ShardStats {
     pub retry: u64,
     /// Dead letters.
     pub dead_letters: u64,
-    /// Age of the oldest task waiting to be delivered.
-    #[serde(serialize_with = "ser_opt_ms")]
+    /// Age of the oldest task waiting to be delivered (in JSON `oldest_waiting_age_ms`).
+    #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
     /// Counters.
     pub counters: Counters,
@@ -123,8 +129,8 @@ pub struct PriorityStats {
     pub retry: u64,
     /// Sum of the shards' dead letters.
     pub dead_letters: u64,
-    /// The oldest waiting task over all shards.
-    #[serde(serialize_with = "ser_opt_ms")]
+    /// The oldest waiting task over all shards (in JSON `oldest_waiting_age_ms`).
+    #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
     /// Summed counters.
     pub counters: Counters,
@@ -319,6 +325,13 @@ pub struct PendingEntry {
     pub idle_ms: u64,
     /// Deliveries (first read plus reclaims).
     pub deliveries: u64,
+    /// The task's id (what `enqueue` printed); `None` when the entry is gone (counted as
+    /// `lost` once reclaimed) or does not decode.
+    pub task_id: Option<String>,
+    /// The task's kind, as `task_id`.
+    pub kind: Option<String>,
+    /// Failed runs before this one (0 on the first run), as `task_id`.
+    pub attempt: Option<u32>,
 }
 
 /// Read-only views and dead-letter operations.
@@ -439,7 +452,13 @@ impl Inspector {
         let mut conn = self.conn();
         let mut out = Vec::new();
         for s in queue.all_shards() {
-            for row in broker::pending(&mut conn, &s.keys.stream, limit).await? {
+            let rows = broker::pending(&mut conn, &s.keys.stream, limit).await?;
+            // The task behind each entry, so "where is my job" can be answered with the id
+            // `enqueue` printed; one pipelined read per shard.
+            let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+            let found = broker::entries_by_id(&mut conn, &s.keys.stream, &ids).await?;
+            for (row, entry) in rows.into_iter().zip(found) {
+                let task = entry.and_then(|e| Envelope::from_fields(e.fields).ok());
                 out.push(PendingEntry {
                     priority: s.priority.to_owned(),
                     shard: s.number,
@@ -447,6 +466,9 @@ impl Inspector {
                     consumer: row.consumer,
                     idle_ms: row.idle_ms,
                     deliveries: row.deliveries,
+                    task_id: task.as_ref().map(|t| t.id.as_str().to_owned()),
+                    kind: task.as_ref().map(|t| t.kind.clone()),
+                    attempt: task.as_ref().map(|t| t.attempt),
                 });
             }
         }

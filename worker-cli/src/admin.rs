@@ -226,7 +226,10 @@ impl Admin {
             "RETRY",
             "DEAD",
             "DONE",
+            "RECLAIMED",
+            "LOST",
         ]);
+        let mut warnings = String::new();
         for r in &rows {
             let n = |k: &str| r[k].to_string();
             let prios: Vec<&str> = r["priorities"]
@@ -244,13 +247,19 @@ impl Admin {
                 n("retry"),
                 n("dead_letters"),
                 r["counters"]["done"].to_string(),
+                r["counters"]["reclaimed"].to_string(),
+                r["counters"]["lost"].to_string(),
             ]);
+            let lost = r["counters"]["lost"].as_u64().unwrap_or(0);
+            if let Some(w) = lost_warning(r["queue"].as_str().unwrap_or_default(), lost) {
+                warnings.push_str(&w);
+            }
         }
         if t.is_empty() {
             note!("{NO_QUEUES}");
             return Ok(());
         }
-        output::text(&t.render())
+        output::text(&(t.render() + &warnings))
     }
 
     async fn stats(&self, a: StatsArgs) -> Result<()> {
@@ -279,7 +288,6 @@ impl Admin {
 
     /// One refresh of `stats`. A closed stdout is an error (`StdoutClosed`) that ends --watch.
     async fn stats_once(&self, a: &StatsArgs) -> Result<()> {
-        let single = a.queue.is_some();
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         // Listed again on every refresh of --watch: queues come and go.
         let queues = match &a.queue {
@@ -291,17 +299,24 @@ impl Admin {
             let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
             let decision = self.inspector.decision(q).await.map_err(|e| self.engine(e))?;
             let mut doc = serde_json::to_value(&s)?;
+            // When the numbers were read: a --watch stream is a time series.
+            doc["observed_at_ms"] = rivulet::envelope::now_ms().into();
             doc["autoscaler"] = match decision {
-                Some(d) => serde_json::from_str(&d).unwrap_or(Value::String(d)),
+                // An autoscaler stores JSON; anything else (an older one's text) is kept as
+                // `{"text": ...}`, so the field is an object or null, never a bare string.
+                Some(d) => serde_json::from_str::<Value>(&d)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({ "text": d })),
                 None => Value::Null,
             };
             docs.push((s, doc));
         }
+        // One shape with or without --queue: an array of per-queue documents.
+        let all = || docs.iter().map(|(_, d)| d).collect::<Vec<_>>();
         match (a.output.json, a.watch) {
-            (true, false) if single => output::json(&docs[0].1)?,
-            (true, false) => output::json(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
-            (true, true) if single => output::json_line(&docs[0].1)?,
-            (true, true) => output::json_line(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+            (true, false) => output::json(&all())?,
+            (true, true) => output::json_line(&all())?,
             (false, watch) => {
                 let mut text = String::new();
                 if watch && tty {
@@ -340,9 +355,24 @@ impl Admin {
         if a.output.json {
             return output::json(&entries);
         }
-        let mut t = Table::new(&["PRIORITY", "SHARD", "ENTRY", "WORKER", "IDLE", "DELIVERIES"]);
+        let mut t = Table::new(&[
+            "TASK",
+            "KIND",
+            "ATTEMPT",
+            "PRIORITY",
+            "SHARD",
+            "ENTRY",
+            "WORKER",
+            "IDLE",
+            "DELIVERIES",
+        ]);
+        let or_gone = |v: Option<String>| v.unwrap_or_else(|| "(gone)".to_owned());
         for e in &entries {
             t.row(vec![
+                or_gone(e.task_id.clone()),
+                or_gone(e.kind.as_ref().map(|k| clip(k, 40))),
+                // As the worker's logs and handlers count it: the first run is attempt 1.
+                or_gone(e.attempt.map(|a| (a + 1).to_string())),
                 e.priority.clone(),
                 e.shard.to_string(),
                 e.entry.clone(),
@@ -651,6 +681,16 @@ fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// The line under a table when tasks were lost: `lost` must stay 0 (docs/operations.md).
+fn lost_warning(queue: &str, lost: u64) -> Option<String> {
+    (lost > 0).then(|| {
+        format!(
+            "warning: queue {queue}: {lost} task(s) lost: in-flight entries were deleted from a stream by \
+             something other than Rivulet (an XTRIM, XDEL or MAXLEN); see docs/operations.md\n"
+        )
+    })
+}
+
 /// One queue's stats as a table per priority, with totals and the autoscaler's decision.
 fn stats_table(s: &QueueStats, decision: &Value) -> String {
     let mut t = Table::new(&[
@@ -667,6 +707,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         "RETRIED",
         "REPLAYED",
         "REQUEUED",
+        "RECLAIMED",
+        "LOST",
+        "FENCED",
     ]);
     let age = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), fmt_duration);
     for p in &s.priorities {
@@ -685,6 +728,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
             c.retried.to_string(),
             c.replayed.to_string(),
             c.requeued.to_string(),
+            c.reclaimed.to_string(),
+            c.lost.to_string(),
+            c.fenced.to_string(),
         ]);
     }
     let sum = |f: fn(&rivulet::inspector::PriorityStats) -> u64| s.priorities.iter().map(f).sum::<u64>().to_string();
@@ -703,6 +749,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         c.retried.to_string(),
         c.replayed.to_string(),
         c.requeued.to_string(),
+        c.reclaimed.to_string(),
+        c.lost.to_string(),
+        c.fenced.to_string(),
     ]);
     let mut out = format!(
         "queue {}{}\n{}",
@@ -712,6 +761,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
     );
     if s.priorities.iter().any(|p| p.waiting_estimated) {
         out.push_str("~ estimated: Redis could not report the lag\n");
+    }
+    if let Some(w) = lost_warning(s.queue.as_str(), c.lost) {
+        out.push_str(&w);
     }
     match decision {
         Value::Null => {}

@@ -66,7 +66,9 @@ pub struct RunArgs {
     // What each worker process serves and how.
     #[command(flatten)]
     pub worker: WorkerArgs,
-    /// Worker processes to run (each runs up to --concurrency tasks at once).
+    /// Worker processes to run. Each runs up to --concurrency tasks at once: 64 by default, but
+    /// with --exec kinds the number of CPUs, so `--workers 4 --exec ...` on 8 CPUs runs at most
+    /// 32 commands at once (say --concurrency 1 for one job per process, RQ- and Celery-style).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Supervisor")]
     pub workers: u32,
     /// Recycle (drain and restart) a worker process whose resident memory exceeds SIZE, e.g.
@@ -99,9 +101,11 @@ pub struct WorkerArgs {
         default_value = "default"
     )]
     pub queues: Vec<String>,
-    /// Tasks each worker process runs at once.
-    #[arg(long, short = 'c', default_value_t = rivulet::worker::DEFAULT_CONCURRENCY, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=100_000).map(|n| n as usize))]
-    pub concurrency: usize,
+    /// Tasks each worker process runs at once. Default: 64, or the number of CPUs when --exec
+    /// kinds are served (each task is a process; 64 of them per worker process is more than
+    /// most machines survive).
+    #[arg(long, short = 'c', allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=100_000).map(|n| n as usize))]
+    pub concurrency: Option<usize>,
     /// Lease of a running task: a worker that stops heartbeating for this long (it died) has
     /// its tasks taken over by another. At least 100ms.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_lease)]

@@ -64,7 +64,15 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             Err(failure) => {
                 WorkerCounters::add(&shared2.counters.failed, 1);
                 let settle = failure_outcome(&failure, attempt, &policy, shared2.clock.now_ms(), fastrand::f64());
-                tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
+                // `attempt` counts earlier failures; the log names the run that failed, counted
+                // from 1 as handlers and messages count it ("attempt 1" is the first run).
+                tracing::warn!(
+                    task_id = %task_id,
+                    attempt = attempt + 1,
+                    failure = %describe(&failure),
+                    next = settle_name(&settle),
+                    "task failed"
+                );
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
                 }

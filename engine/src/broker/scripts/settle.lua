@@ -17,7 +17,8 @@
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
---          (reclaimed by another worker, or already settled): fencing.
+--          (reclaimed by another worker, or already settled): fencing. Their number is added
+--          to the stats HASH's `fenced`, so operators see it beside `lost` and `reclaimed`.
 --
 -- Every op acknowledges and deletes the entry in the same call (XACK, then XTRIM MINID below the
 -- group's oldest pending entry and XDEL of the rest), so a settled task leaves neither a pending
@@ -151,4 +152,5 @@ if retried > 0 then redis.call('HINCRBY', stats, 'retried', retried) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if dead > 0 then redis.call('HINCRBY', stats, 'dead', dead) end
 if requeued > 0 then redis.call('HINCRBY', stats, 'requeued', requeued) end
+if #stale > 0 then redis.call('HINCRBY', stats, 'fenced', #stale) end
 return stale
