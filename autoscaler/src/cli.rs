@@ -105,8 +105,9 @@ pub struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
-    /// Log format on stderr (filter with RUST_LOG, default info).
-    #[arg(long, value_enum, default_value = "text")]
+    /// Log format on stderr (filter with RUST_LOG, default info). Workers it starts log in the
+    /// same format (it travels to them in RIVULET_LOG_FORMAT, which worker-cli reads).
+    #[arg(long, value_enum, env = rivulet_fleet::logging::LOG_FORMAT_ENV, default_value = "text")]
     pub log_format: LogFormat,
 }
 
@@ -204,7 +205,12 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
         let _ = err.print();
         ExitCode::from(2)
     } else {
-        let _ = writeln!(std::io::stderr(), "autoscaler: error: {}", describe(e));
+        // A JSON log stays JSON to its last line.
+        if rivulet_fleet::logging::installed_format() == Some(rivulet_fleet::LogFormat::Json) {
+            tracing::error!(error = %describe(e), "failed");
+        } else {
+            let _ = writeln!(std::io::stderr(), "autoscaler: error: {}", describe(e));
+        }
         ExitCode::FAILURE
     }
 }

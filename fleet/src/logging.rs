@@ -2,6 +2,7 @@
 //! as text or one JSON object per line. One set-up for both binaries.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +14,18 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The environment variable that carries the log format from a supervisor to its worker
+/// processes (`worker-cli` and the `autoscaler` read it as the default of `--log-format`).
+pub const LOG_FORMAT_ENV: &str = "RIVULET_LOG_FORMAT";
+
+/// The format [`init`] installed, for the children this process starts.
+static INSTALLED: OnceLock<LogFormat> = OnceLock::new();
+
+/// The log format this process logs in, once [`init`] has run.
+pub fn installed_format() -> Option<LogFormat> {
+    INSTALLED.get().copied()
 }
 
 impl LogFormat {
@@ -54,6 +67,9 @@ pub fn init(format: LogFormat, default_filter: &str) {
         }
         LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
     };
+    if installed.is_ok() {
+        let _ = INSTALLED.set(format);
+    }
     if let Some(bad) = bad
         && installed.is_ok()
     {

@@ -529,6 +529,12 @@ impl Fleet {
         let Some(slot) = self.slots.get_mut(&i) else { return };
         slot.start_at = None;
         let mut cmd = tokio::process::Command::new(&c.program);
+        // The log format this process logs in goes down to its children (and theirs: an
+        // `--exec` command sees it too), so one JSON log stays one JSON log; the fleet's own
+        // `env` comes after and wins.
+        if let Some(format) = crate::logging::installed_format() {
+            cmd.env(crate::logging::LOG_FORMAT_ENV, format.as_flag());
+        }
         cmd.args(&c.args)
             .envs(c.env.iter().map(|(k, v)| (k, v)))
             .env(SLOT_ENV, i.to_string())

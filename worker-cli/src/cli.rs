@@ -56,7 +56,11 @@ pub struct GlobalArgs {
     pub redis_url: String,
     /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=rivulet=debug); the
     /// default is `info` for workers and the supervisor, `warn` for admin commands.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
+    ///
+    /// With `json` every line is one JSON object, an --exec command's output included (a
+    /// `task output` event per line, with its task_id). The format travels to worker processes
+    /// in RIVULET_LOG_FORMAT.
+    #[arg(long, value_enum, env = rivulet_fleet::logging::LOG_FORMAT_ENV, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
     pub log_format: LogFormat,
 }
 
@@ -131,8 +135,8 @@ pub struct WorkerArgs {
     /// RIVULET_TASK_ID, RIVULET_KIND, RIVULET_ATTEMPT, RIVULET_QUEUE, RIVULET_PRIORITY. Exit 0 =
     /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay; it still
     /// uses up one of --max-attempts); anything else = failed (retried, then dead-lettered as
-    /// `exhausted`). The stderr tail becomes the task's error; stdout goes to this process's
-    /// stderr. Repeatable.
+    /// `exhausted`). The stderr tail becomes the task's error; every line of stdout and stderr
+    /// is logged as a `task output` event with the task id. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
     /// On shutdown, time running tasks get to finish; unfinished ones are put back to run

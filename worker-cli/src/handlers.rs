@@ -7,10 +7,11 @@
 //! line `retry-after=DURATION` if there is one (this still uses up an attempt, like any
 //! failure); any other exit = failed (retried until attempts run out, then dead-lettered as
 //! `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
-//! the task's error. The command runs in its own process group, killed as a whole when the task
+//! the task's error. Every line the command writes (stdout and stderr) is a log event
+//! (`task output`, with `task_id`, `kind`, `stream` and `line`), so a JSON log stays one JSON
+//! object per line. The command runs in its own process group, killed as a whole when the task
 //! is cancelled (timeout, drain deadline).
 
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -106,7 +107,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env("RIVULET_QUEUE", ctx.queue.as_str())
         .env("RIVULET_PRIORITY", &*ctx.priority)
         .stdin(Stdio::piped())
-        .stdout(stdout_to_stderr())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -121,6 +122,9 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
+    let mut stdout = child.stdout.take();
+    let mut out_lines = Lines::new(ctx, "stdout");
+    let mut err_lines = Lines::new(ctx, "stderr");
 
     // Feed stdin while reading stderr and waiting, so neither pipe can fill up and stall the
     // command. A command that never reads stdin makes the write fail (EPIPE): that is fine.
@@ -133,43 +137,112 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let mut write_done = false;
     let mut tail = Tail::default();
     let mut buf = [0u8; 4096];
+    let mut obuf = [0u8; 4096];
     let mut stderr_open = stderr.is_some();
+    let mut stdout_open = stdout.is_some();
     let status = loop {
         tokio::select! {
             () = &mut write, if !write_done => write_done = true,
             n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                Some(n) => tail.push(&buf[..n]),
+                Some(n) => {
+                    tail.push(&buf[..n]);
+                    err_lines.push(&buf[..n]);
+                }
                 None => stderr_open = false,
+            },
+            n = read_some(&mut stdout, &mut obuf), if stdout_open => match n {
+                Some(n) => out_lines.push(&obuf[..n]),
+                None => stdout_open = false,
             },
             status = child.wait() => break status,
         }
     };
     // The command is done: do not kill what it deliberately left running.
     guard.0 = None;
-    if stderr_open {
+    if stderr_open || stdout_open {
         let _ = tokio::time::timeout(STDERR_LINGER, async {
-            while let Some(n) = read_some(&mut stderr, &mut buf).await {
-                tail.push(&buf[..n]);
+            while stderr_open || stdout_open {
+                tokio::select! {
+                    n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
+                        Some(n) => {
+                            tail.push(&buf[..n]);
+                            err_lines.push(&buf[..n]);
+                        }
+                        None => stderr_open = false,
+                    },
+                    n = read_some(&mut stdout, &mut obuf), if stdout_open => match n {
+                        Some(n) => out_lines.push(&obuf[..n]),
+                        None => stdout_open = false,
+                    },
+                }
             }
         })
         .await;
     }
+    out_lines.finish();
+    err_lines.finish();
     let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
     outcome(status, &tail.text())
 }
 
-async fn read_some(stderr: &mut Option<tokio::process::ChildStderr>, buf: &mut [u8]) -> Option<usize> {
-    match stderr.as_mut()?.read(buf).await {
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    match pipe.as_mut()?.read(buf).await {
         Ok(0) | Err(_) => None,
         Ok(n) => Some(n),
     }
 }
 
-/// The command's stdout goes to this process's stderr: stdout carries only a command's data.
-fn stdout_to_stderr() -> Stdio {
-    match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => Stdio::from(fd),
-        Err(_) => Stdio::null(),
+/// Longest line logged as one event; a longer one is logged in pieces of this size.
+const MAX_LINE: usize = 8 * 1024;
+
+/// A command's output cut into lines, each logged as an event carrying the task, so a JSON log
+/// stays one object per line whatever the command prints.
+struct Lines<'a> {
+    ctx: &'a TaskContext,
+    stream: &'static str,
+    partial: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(ctx: &'a TaskContext, stream: &'static str) -> Self {
+        Lines {
+            ctx,
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+
+    /// Logs what is left after the command closed its end (a last line without a newline).
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        let line = text.trim_end_matches('\r');
+        tracing::info!(
+            task_id = %self.ctx.id,
+            kind = %self.ctx.kind,
+            stream = self.stream,
+            line,
+            "task output"
+        );
+        self.partial.clear();
     }
 }
 

@@ -101,6 +101,7 @@ where
         }
         Err(e) => return usage_error(&e.render().to_string(), &args),
     };
+    let log_format = cli.global.log_format;
     // The one place a result becomes an exit code.
     match run(cli, router) {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,7 +111,13 @@ where
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
             None => {
-                note!("error: {}", logging::describe_error(e.as_ref()));
+                let message = logging::describe_error(e.as_ref());
+                // A JSON log stays JSON to its last line.
+                if log_format == logging::LogFormat::Json && logging::installed_format().is_some() {
+                    tracing::error!(error = %message, "failed");
+                } else {
+                    note!("error: {message}");
+                }
                 ExitCode::FAILURE
             }
         },

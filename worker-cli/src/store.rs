@@ -73,11 +73,12 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
         // A reply that does not parse as RESP (or a PING answered with something else than
         // PONG): a server of another protocol listens there, and user names and ACLs are not
         // the problem.
+        // (The parser's own message, byte offsets over several lines, tells a person nothing.)
         Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType) => {
             Err(Unreachable::NotRedis(format!(
-                "something answers at {shown}, but it is not Redis (its reply is not in Redis's \
-                 protocol: {e})\nhint: check the host and port in --redis-url (or REDIS_URL); an HTTP \
-                 server or another service listens there"
+                "something answers at {shown}, but it is not Redis: its reply to PING is not in Redis's \
+                 protocol\nhint: check the host and port in --redis-url (or REDIS_URL); an HTTP server or \
+                 another service listens there"
             )))
         }
         Ok(Err(e)) => Err(Unreachable::Refused(format!(

@@ -6,7 +6,8 @@
 //! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
 //! `compiled` (a kind compiled in through `main_with`, run in this process),
-//! `acl` (the documented Redis ACL), `usage` (bad flags, help, unreachable Redis), `demo`;
+//! `acl` (the documented Redis ACL), `usage` (bad flags, help, unreachable Redis), `demo`,
+//! `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
 mod common;
@@ -16,5 +17,6 @@ mod admin;
 mod compiled;
 mod demo;
 mod exec;
+mod ops;
 mod usage;
 mod work;
