@@ -57,10 +57,48 @@ struct StoredDecision<'a> {
     desired: u32,
     current: u32,
     live: u32,
+    busy: u32,
     reason: &'a str,
+    /// The priority a breach, projected breach or low watermark names.
+    reason_priority: Option<&'a str>,
+    target: u32,
+    need: f64,
+    raw: f64,
+    per_worker_rate_per_s: f64,
+    rate_source: &'a str,
+    priorities: Vec<StoredPriority<'a>>,
+    /// The same numbers in one line for people.
     detail: &'a str,
     dry_run: bool,
     at_ms: u64,
+}
+
+/// One priority as the decision saw it (units in the names).
+#[derive(Debug, serde::Serialize)]
+struct StoredPriority<'a> {
+    priority: &'a str,
+    backlog: u64,
+    backlog_estimated: bool,
+    in_flight: u64,
+    oldest_waiting_age_ms: Option<u64>,
+    sla_ms: u64,
+    arrivals_per_s: f64,
+    completions_per_s: f64,
+}
+
+impl<'a> StoredPriority<'a> {
+    fn of(p: &'a crate::policy::PriorityObservation) -> Self {
+        StoredPriority {
+            priority: &p.priority,
+            backlog: p.backlog,
+            backlog_estimated: p.backlog_estimated,
+            in_flight: p.in_flight,
+            oldest_waiting_age_ms: p.oldest_age.map(|d| d.as_millis() as u64),
+            sla_ms: p.sla.as_millis() as u64,
+            arrivals_per_s: p.arrival_rate,
+            completions_per_s: p.completion_rate,
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves, then drains the workers (process actuator) unless `force`
@@ -162,7 +200,15 @@ pub async fn run(
             desired: decision.desired,
             current,
             live: obs.live_workers,
+            busy: obs.busy_workers,
             reason: decision.reason.as_str(),
+            reason_priority: decision.reason.priority(),
+            target: decision.basis.target,
+            need: decision.basis.need,
+            raw: decision.basis.raw,
+            per_worker_rate_per_s: decision.basis.per_worker_rate,
+            rate_source: decision.basis.rate_source,
+            priorities: obs.priorities.iter().map(StoredPriority::of).collect(),
             detail: &decision.detail,
             dry_run: settings.dry_run,
             at_ms: rivulet::envelope::now_ms(),
@@ -191,21 +237,27 @@ pub async fn run(
     Ok(())
 }
 
+/// A duration cut to whole milliseconds, for people.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 fn log_decision(obs: &Observation, current: u32, d: &crate::policy::Decision, dry_run: bool) {
     let per_priority: Vec<String> = obs
         .priorities
         .iter()
         .map(|p| {
             format!(
-                "{}: backlog={}{} in_flight={} oldest={:?} arrive={:.1}/s done={:.1}/s sla={:?}",
+                "{}: backlog={}{} in_flight={} oldest={} arrive={:.1}/s done={:.1}/s sla={}",
                 p.priority,
                 p.backlog,
                 if p.backlog_estimated { "(est)" } else { "" },
                 p.in_flight,
-                p.oldest_age,
+                p.oldest_age
+                    .map_or_else(|| "-".to_owned(), |d| humantime::format_duration(round_ms(d)).to_string()),
                 p.arrival_rate,
                 p.completion_rate,
-                p.sla
+                humantime::format_duration(round_ms(p.sla))
             )
         })
         .collect();

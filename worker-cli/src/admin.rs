@@ -768,11 +768,24 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
     match decision {
         Value::Null => {}
         Value::Object(m) => {
-            let parts: Vec<String> = m
+            // The headline fields in a fixed order; the per-priority numbers and the long
+            // `detail` line are for --json.
+            const SHOWN: [&str; 7] = ["desired", "current", "live", "busy", "reason", "reason_priority", "dry_run"];
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let mut parts: Vec<String> = SHOWN
                 .iter()
-                .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .filter_map(|k| m.get(*k).filter(|v| !v.is_null()).map(|v| format!("{k}={}", text(v))))
                 .collect();
+            if parts.is_empty() {
+                parts = m
+                    .iter()
+                    .filter(|(_, v)| !v.is_object() && !v.is_array())
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect();
+            }
+            if let Some(at) = m.get("at_ms").and_then(Value::as_u64) {
+                parts.push(format!("({})", fmt_ago(at, rivulet::envelope::now_ms())));
+            }
             out.push_str(&format!("autoscaler: {}\n", parts.join(" ")));
         }
         other => out.push_str(&format!("autoscaler: {}\n", clip(&other.to_string(), 200))),
