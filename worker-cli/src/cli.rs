@@ -190,10 +190,12 @@ pub enum Command {
     DeleteQueue(DeleteQueueArgs),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
-    /// Enqueues --tasks tasks of the built-in `demo` kind into a throwaway queue
-    /// (demo-<pid>-<random>), runs them with --workers supervised worker processes, shows
-    /// progress on stderr and prints a summary: throughput, and enqueue-to-start latency
-    /// (p50/p90/p99/max). Uses --redis-url (or REDIS_URL); when nothing answers there, it starts
+    /// Two phases on a throwaway queue (demo-<pid>-<random>) of the built-in `demo` kind,
+    /// served by --workers supervised worker processes. The burst enqueues --tasks tasks at
+    /// once and measures throughput; its start latency is mostly waiting behind the rest of
+    /// the burst. The paced phase then enqueues --paced-tasks tasks at --paced-rate per second,
+    /// a steady load the workers keep up with: its enqueue-to-start latency (p50/p90/p99/max) is
+    /// the figure README's Speed section quotes (at 2,000 tasks/s). Uses --redis-url (or REDIS_URL); when nothing answers there, it starts
     /// a private redis-server from PATH and says so. The queue's keys are deleted afterwards
     /// unless --keep.
     Demo(DemoArgs),
@@ -381,6 +383,12 @@ pub struct DemoArgs {
     /// Tasks each worker process runs at once.
     #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     pub concurrency: usize,
+    /// Tasks of the paced phase (0 skips it).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub paced_tasks: u64,
+    /// Tasks per second the paced phase enqueues.
+    #[arg(long, value_name = "N", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub paced_rate: u64,
     /// Time each task spends "working" (0 = none).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub task_time: Duration,
