@@ -253,8 +253,10 @@ fn log_decision(obs: &Observation, current: u32, d: &crate::policy::Decision, dr
                 p.backlog,
                 if p.backlog_estimated { "(est)" } else { "" },
                 p.in_flight,
-                p.oldest_age
-                    .map_or_else(|| "-".to_owned(), |d| humantime::format_duration(round_ms(d)).to_string()),
+                p.oldest_age.map_or_else(
+                    || "-".to_owned(),
+                    |d| humantime::format_duration(round_ms(d)).to_string()
+                ),
                 p.arrival_rate,
                 p.completion_rate,
                 humantime::format_duration(round_ms(p.sla))

@@ -171,7 +171,16 @@ async fn a_json_log_stays_json_through_its_workers_and_the_stored_decision_is_da
     let worker_cmd = format!("{} work --queue {{queue}} --concurrency 1", worker_cli().display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoscaler"));
     cmd.args(["--redis-url", &f.server.url(), "--queue", "jlog", "--sla", "normal=30s"])
-        .args(["--min", "1", "--max", "1", "--interval", "200ms", "--log-format", "json"])
+        .args([
+            "--min",
+            "1",
+            "--max",
+            "1",
+            "--interval",
+            "200ms",
+            "--log-format",
+            "json",
+        ])
         .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
         .env("RUST_LOG", "info")
         .env_remove("REDIS_URL")

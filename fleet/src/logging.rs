@@ -123,7 +123,10 @@ mod tests {
     }
 
     fn layer(msg: &str, source: Option<Box<dyn std::error::Error + 'static>>) -> Box<dyn std::error::Error> {
-        Box::new(Layer { msg: msg.into(), source })
+        Box::new(Layer {
+            msg: msg.into(),
+            source,
+        })
     }
 
     #[test]

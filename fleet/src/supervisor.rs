@@ -434,7 +434,11 @@ impl Fleet {
             }
         }
         // "draining" itself was logged once, by whoever asked for the drain (the signal handler).
-        tracing::info!(children = n, stop_timeout_ms = stop_timeout.as_millis() as u64, "asked the worker processes to stop");
+        tracing::info!(
+            children = n,
+            stop_timeout_ms = stop_timeout.as_millis() as u64,
+            "asked the worker processes to stop"
+        );
     }
 
     /// SIGKILLs children past their deadline; returns how many.

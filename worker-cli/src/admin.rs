@@ -770,7 +770,15 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         Value::Object(m) => {
             // The headline fields in a fixed order; the per-priority numbers and the long
             // `detail` line are for --json.
-            const SHOWN: [&str; 7] = ["desired", "current", "live", "busy", "reason", "reason_priority", "dry_run"];
+            const SHOWN: [&str; 7] = [
+                "desired",
+                "current",
+                "live",
+                "busy",
+                "reason",
+                "reason_priority",
+                "dry_run",
+            ];
             let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
             let mut parts: Vec<String> = SHOWN
                 .iter()

@@ -80,7 +80,9 @@ pub fn default_concurrency(serves_exec: bool) -> usize {
 pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     let default_retry = RetryPolicy::default();
     WorkerConfig {
-        concurrency: args.concurrency.unwrap_or_else(|| default_concurrency(!args.exec.is_empty())),
+        concurrency: args
+            .concurrency
+            .unwrap_or_else(|| default_concurrency(!args.exec.is_empty())),
         lease: args.lease,
         priority: args.priority_mode.clone(),
         retry: RetryPolicy {
@@ -294,7 +296,10 @@ mod tests {
         assert!(check_weights(&PriorityMode::Weighted(vec![6, 3, 1]), &q).is_ok());
         for w in [vec![6, 3], vec![4, 3, 2, 1]] {
             let e = check_weights(&PriorityMode::Weighted(w.clone()), &q).unwrap_err();
-            assert!(e.0.contains("high, normal, low") && e.0.contains("weighted:3,2,1"), "{w:?}: {e}");
+            assert!(
+                e.0.contains("high, normal, low") && e.0.contains("weighted:3,2,1"),
+                "{w:?}: {e}"
+            );
         }
     }
 

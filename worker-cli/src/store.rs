@@ -38,10 +38,9 @@ impl Unreachable {
 impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unreachable::BadUrl(m)
-            | Unreachable::NoAnswer(m)
-            | Unreachable::Refused(m)
-            | Unreachable::NotRedis(m) => f.write_str(m),
+            Unreachable::BadUrl(m) | Unreachable::NoAnswer(m) | Unreachable::Refused(m) | Unreachable::NotRedis(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -74,7 +73,12 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
         // PONG): a server of another protocol listens there, and user names and ACLs are not
         // the problem.
         // (The parser's own message, byte offsets over several lines, tells a person nothing.)
-        Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType) => {
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+            ) =>
+        {
             Err(Unreachable::NotRedis(format!(
                 "something answers at {shown}, but it is not Redis: its reply to PING is not in Redis's \
                  protocol\nhint: check the host and port in --redis-url (or REDIS_URL); an HTTP server or \

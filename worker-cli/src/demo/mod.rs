@@ -302,7 +302,13 @@ async fn run_tasks(
 /// The paced phase: `--paced-tasks` tasks enqueued at `--paced-rate` per second (each stamped
 /// when it is sent), after the burst has been settled; waits until they are settled too.
 /// `before` is what the burst settled.
-async fn run_paced(args: &DemoArgs, queue: &Queue, producer: &Client, inspector: &Inspector, before: u64) -> Result<()> {
+async fn run_paced(
+    args: &DemoArgs,
+    queue: &Queue,
+    producer: &Client,
+    inspector: &Inspector,
+    before: u64,
+) -> Result<()> {
     if args.paced_tasks == 0 {
         return Ok(());
     }

@@ -195,7 +195,11 @@ mod tests {
         decode_into(&mut merged, &encode(&b)).unwrap();
         assert_eq!(merged.burst.len(), 10);
         assert_eq!(merged.burst.value_at_quantile(0.5), 40);
-        assert!(merged.burst.max() >= 250_000 && merged.burst.max() < 250_500, "{}", merged.burst.max());
+        assert!(
+            merged.burst.max() >= 250_000 && merged.burst.max() < 250_500,
+            "{}",
+            merged.burst.max()
+        );
         assert_eq!((merged.paced.len(), merged.paced.max()), (1, 7));
         assert!(decode_into(&mut merged, "nope").is_err());
     }

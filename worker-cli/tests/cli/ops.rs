@@ -34,10 +34,20 @@ async fn weights_that_do_not_match_the_queue_priorities_exit_2_naming_them() {
     }
     // A queue's own layout counts: two priorities take two weights.
     f.client
-        .declare(&rivulet::Queue::new("two").unwrap().priorities(&["urgent", "later"]).unwrap())
+        .declare(
+            &rivulet::Queue::new("two")
+                .unwrap()
+                .priorities(&["urgent", "later"])
+                .unwrap(),
+        )
         .await
         .unwrap();
-    let stderr = cli_fails(&f.server, &["work", "--queue", "two", "--priority-mode", "weighted:6,3,1"], 2).await;
+    let stderr = cli_fails(
+        &f.server,
+        &["work", "--queue", "two", "--priority-mode", "weighted:6,3,1"],
+        2,
+    )
+    .await;
     assert!(stderr.contains("urgent, later"), "{stderr}");
     assert!(f.inspector.workers().await.unwrap().is_empty());
 }
@@ -47,13 +57,22 @@ async fn a_kind_no_exec_could_serve_is_refused_by_enqueue_too() {
     let f = Fixture::start().await;
     let kind = "weird kind/with spaces";
     let enqueue = cli_fails(&f.server, &["enqueue", "--queue", "kq", "--kind", kind], 2).await;
-    let exec = cli_fails(&f.server, &["work", "--queue", "kq", "--exec", &format!("{kind}=true")], 2).await;
+    let exec = cli_fails(
+        &f.server,
+        &["work", "--queue", "kq", "--exec", &format!("{kind}=true")],
+        2,
+    )
+    .await;
     for stderr in [&enqueue, &exec] {
         assert!(stderr.contains("must not contain spaces"), "{stderr}");
     }
     assert!(f.inspector.queues().await.unwrap().is_empty(), "something was enqueued");
     // A kind with a slash and no space is fine on both sides.
-    let ok = cli_json(&f.server, &["enqueue", "--queue", "kq", "--kind", "images/resize", "--json"]).await;
+    let ok = cli_json(
+        &f.server,
+        &["enqueue", "--queue", "kq", "--kind", "images/resize", "--json"],
+    )
+    .await;
     assert_eq!(ok["ids"].as_array().map(Vec::len), Some(1), "{ok}");
 }
 
@@ -74,7 +93,10 @@ async fn a_server_that_is_not_redis_is_named_as_such() {
     let out = cli_env(Some(&url), &["stats"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("something answers at") && stderr.contains("it is not Redis"), "{stderr}");
+    assert!(
+        stderr.contains("something answers at") && stderr.contains("it is not Redis"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("ACL") && !stderr.contains("password"), "{stderr}");
 }
 
@@ -101,7 +123,16 @@ async fn json_logs_are_json_to_the_last_line_with_exec_output_as_task_events() {
     let exec = "shout=echo \"hello from $RIVULET_TASK_ID\"; echo 'not json {' >&2";
     let mut sup = Supervisor::start(
         &f.server,
-        &["--workers", "2", "--queue", "jq", "--exec", exec, "--log-format", "json"],
+        &[
+            "--workers",
+            "2",
+            "--queue",
+            "jq",
+            "--exec",
+            exec,
+            "--log-format",
+            "json",
+        ],
     );
     let out = cli_json(&f.server, &["enqueue", "--queue", "jq", "--kind", "shout", "--json"]).await;
     let id = out["ids"][0].as_str().unwrap().to_owned();
@@ -129,7 +160,10 @@ async fn json_logs_are_json_to_the_last_line_with_exec_output_as_task_events() {
     assert_eq!(output("stderr")["line"], "not json {");
     // Fields are plain values, not Rust's debug form of a list or a struct.
     assert!(!log.contains("[\\\"") && !log.contains("Report {"), "{log}");
-    let started = events.iter().find(|e| e["message"] == "worker started").expect("worker started");
+    let started = events
+        .iter()
+        .find(|e| e["message"] == "worker started")
+        .expect("worker started");
     assert_eq!(started["queues"], "jq");
     // One signal, one "draining" line (not one more per worker process).
     let draining = events
@@ -145,7 +179,9 @@ async fn stats_has_one_json_shape_and_its_tables_show_lost_and_reclaimed() {
     cli_json(&f.server, &["enqueue", "--queue", "sq", "--kind", "noop", "--json"]).await;
     for args in [&["stats", "--json"][..], &["stats", "--queue", "sq", "--json"]] {
         let doc = cli_json(&f.server, args).await;
-        let docs = doc.as_array().unwrap_or_else(|| panic!("{args:?} is not an array: {doc}"));
+        let docs = doc
+            .as_array()
+            .unwrap_or_else(|| panic!("{args:?} is not an array: {doc}"));
         assert_eq!(docs.len(), 1, "{doc}");
         assert_eq!(docs[0]["queue"], "sq");
         assert!(docs[0]["observed_at_ms"].as_u64().is_some_and(|t| t > 0), "{doc}");
@@ -160,7 +196,10 @@ async fn stats_has_one_json_shape_and_its_tables_show_lost_and_reclaimed() {
     for args in [&["stats", "--queue", "sq"][..], &["queues"]] {
         let out = cli(&f.server, args).await;
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(table.contains("LOST") && table.contains("RECLAIMED"), "{args:?}:\n{table}");
+        assert!(
+            table.contains("LOST") && table.contains("RECLAIMED"),
+            "{args:?}:\n{table}"
+        );
         assert!(!table.contains("warning"), "{args:?}:\n{table}");
     }
     // Something else deleted an in-flight entry: the counter a worker would bump.
@@ -170,7 +209,10 @@ async fn stats_has_one_json_shape_and_its_tables_show_lost_and_reclaimed() {
     for args in [&["stats", "--queue", "sq"][..], &["queues"]] {
         let out = cli(&f.server, args).await;
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(table.contains("warning: queue sq: 2 task(s) lost"), "{args:?}:\n{table}");
+        assert!(
+            table.contains("warning: queue sq: 2 task(s) lost"),
+            "{args:?}:\n{table}"
+        );
     }
 }
 
@@ -179,7 +221,16 @@ async fn pending_names_the_task_its_kind_and_attempt() {
     let f = Fixture::start().await;
     let out = cli_json(
         &f.server,
-        &["enqueue", "--queue", "pq", "--kind", "sleep", "--payload", r#"{"ms": 600000}"#, "--json"],
+        &[
+            "enqueue",
+            "--queue",
+            "pq",
+            "--kind",
+            "sleep",
+            "--payload",
+            r#"{"ms": 600000}"#,
+            "--json",
+        ],
     )
     .await;
     let id = out["ids"][0].as_str().unwrap().to_owned();
