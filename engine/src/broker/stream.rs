@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
+static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
 /// Adds ready tasks to their streams and counts them, in one pipelined round trip.
 pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
@@ -114,6 +115,17 @@ pub enum RangeStart {
     After(StreamId),
 }
 
+impl RangeStart {
+    /// As XRANGE takes it.
+    fn arg(self) -> String {
+        match self {
+            RangeStart::First => "-".to_owned(),
+            RangeStart::At(id) => id.to_string(),
+            RangeStart::After(id) => format!("({id}"),
+        }
+    }
+}
+
 /// Entries of a stream from `start` to the newest, at most `count`.
 pub async fn range(
     conn: &mut ConnectionManager,
@@ -121,11 +133,7 @@ pub async fn range(
     start: RangeStart,
     count: usize,
 ) -> Result<Vec<StreamEntry>> {
-    let start = match start {
-        RangeStart::First => "-".to_owned(),
-        RangeStart::At(id) => id.to_string(),
-        RangeStart::After(id) => format!("({id}"),
-    };
+    let start = start.arg();
     let reply: Value = redis::cmd("XRANGE")
         .arg(stream)
         .arg(start)

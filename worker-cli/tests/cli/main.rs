@@ -15,6 +15,7 @@ mod acl;
 mod admin;
 mod compiled;
 mod demo;
+mod docs;
 mod exec;
 mod usage;
 mod work;
