@@ -132,8 +132,8 @@ pub struct WorkerArgs {
     /// stderr. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
-    /// A task of a kind this worker does not serve is retried (every tenth of this, 100ms to
-    /// 5s apart, without using up an attempt) until it is this old, so a newer worker can take
+    /// A task of a kind this worker does not serve is retried (every tenth of this or less, 50ms
+    /// to 5s apart, without using up an attempt) until it is this old, so a newer worker can take
     /// it during a rolling deploy; then it is dead-lettered as `unknown_kind`. 0s = at once.
     #[arg(long, value_name = "DURATION", default_value = "5m", allow_hyphen_values = true, value_parser = parse_duration)]
     pub unknown_kind_grace: Duration,

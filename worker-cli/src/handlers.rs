@@ -202,7 +202,7 @@ pub fn outcome(status: ExitStatus, stderr_tail: &str) -> Result<(), HandlerError
             )))),
         },
         Some(EXIT_FATAL) => Err(HandlerError::fatal(detail(format!(
-            "exit {EXIT_FATAL} (fatal, not retried)"
+            "exit {EXIT_FATAL} (not retried)"
         )))),
         Some(code) => Err(HandlerError::retry(detail(format!("exit {code}")))),
         None => {
@@ -277,7 +277,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match outcome(exit(65), "bad payload") {
-            Err(HandlerError::Fatal(m)) => assert_eq!(m, "exit 65 (fatal, not retried): bad payload"),
+            Err(HandlerError::Fatal(m)) => assert_eq!(m, "exit 65 (not retried): bad payload"),
             other => panic!("{other:?}"),
         }
         match outcome(ExitStatus::from_raw(9), "") {

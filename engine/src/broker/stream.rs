@@ -212,3 +212,35 @@ pub async fn owned_ids(
         .await?;
     stream_ids(rows.into_iter().map(|r| r.0).collect())
 }
+
+/// Like [`range`], with each entry's `payload` field cut to its first `keep` bytes
+/// (`heads.lua`): each entry comes with its whole payload's size in bytes (`None` when it has
+/// no payload field). The payloads stay in Redis.
+pub async fn range_heads(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    start: RangeStart,
+    count: usize,
+    keep: usize,
+) -> Result<Vec<(StreamEntry, Option<u64>)>> {
+    let (found, sizes): (Value, Vec<i64>) = HEADS
+        .key(stream)
+        .arg(start.arg())
+        .arg(count)
+        .arg(keep)
+        .invoke_async(conn)
+        .await?;
+    let found = entries(found)?;
+    if found.len() != sizes.len() {
+        return Err(Error::protocol(format!(
+            "heads.lua returned {} entries and {} sizes",
+            found.len(),
+            sizes.len()
+        )));
+    }
+    Ok(found
+        .into_iter()
+        .zip(sizes)
+        .map(|(e, size)| (e, u64::try_from(size).ok()))
+        .collect())
+}

@@ -113,7 +113,7 @@ fn prepare(shared: &Shared, lane_idx: usize, entry_id: StreamId, fields: Vec<(Ve
         );
         let now = shared.clock.now_ms();
         return Err(
-            match unknown_kind_delay(env.enqueued_at, now, shared.config.unknown_kind_grace) {
+            match unknown_kind_delay(env.enqueued_at, now, shared.config.unknown_kind_grace, fastrand::f64()) {
                 Some(delay) => {
                     tracing::info!(task_id = %env.id, kind = %env.kind, retry_in_ms = delay.as_millis() as u64, "unknown kind; retrying within the grace period, in case a newer worker serves it");
                     Settle::Retry {
@@ -173,13 +173,16 @@ const UNKNOWN_KIND_DELAY: (Duration, Duration) = (Duration::from_millis(100), Du
 
 /// When to offer a task of a kind this worker does not serve again (pure): `None` once the
 /// task is older than `grace` (bury it), else a tenth of the grace within
-/// [`UNKNOWN_KIND_DELAY`], never past the end of the grace. Age counts from the enqueue, so a
-/// task keeps one grace however many workers pass it on.
-pub(crate) fn unknown_kind_delay(enqueued_at_ms: u64, now_ms: u64, grace: Duration) -> Option<Duration> {
+/// [`UNKNOWN_KIND_DELAY`], jittered down to half by `unit` (a draw in `[0, 1)`), never past
+/// the end of the grace. Age counts from the enqueue, so a task keeps one grace however many
+/// workers pass it on. The jitter keeps the retries from locking in phase with the workers'
+/// blocking reads, which would hand the task to the same (old) worker every time.
+pub(crate) fn unknown_kind_delay(enqueued_at_ms: u64, now_ms: u64, grace: Duration, unit: f64) -> Option<Duration> {
     let age = Duration::from_millis(now_ms.saturating_sub(enqueued_at_ms));
     let left = grace.checked_sub(age).filter(|d| !d.is_zero())?;
     let (lo, hi) = UNKNOWN_KIND_DELAY;
-    Some((grace / 10).clamp(lo, hi).min(left))
+    let delay = (grace / 10).clamp(lo, hi).mul_f64(1.0 - unit.clamp(0.0, 1.0) / 2.0);
+    Some(delay.min(left))
 }
 
 async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Failure> {
@@ -269,17 +272,21 @@ mod tests {
     #[test]
     fn unknown_kinds_wait_out_the_grace_then_go_to_the_dlq() {
         let min = Duration::from_secs(60);
+        let d = |enqueued, now, grace| unknown_kind_delay(enqueued, now, grace, 0.0);
         // A tenth of the grace, within 100 ms..=5 s.
-        assert_eq!(unknown_kind_delay(0, 0, 5 * min), Some(Duration::from_secs(5)));
-        assert_eq!(unknown_kind_delay(0, 0, Duration::from_secs(10)), Some(Duration::from_secs(1)));
-        assert_eq!(unknown_kind_delay(0, 0, Duration::from_millis(200)), Some(Duration::from_millis(100)));
+        assert_eq!(d(0, 0, 5 * min), Some(Duration::from_secs(5)));
+        assert_eq!(d(0, 0, Duration::from_secs(10)), Some(Duration::from_secs(1)));
+        assert_eq!(d(0, 0, Duration::from_millis(200)), Some(Duration::from_millis(100)));
+        // Jittered down to half at most.
+        assert_eq!(unknown_kind_delay(0, 0, 5 * min, 0.5), Some(Duration::from_millis(3750)));
+        assert_eq!(unknown_kind_delay(0, 0, 5 * min, 1.0), Some(Duration::from_millis(2500)));
         // Never past the end of the grace, which counts from the enqueue.
-        assert_eq!(unknown_kind_delay(1_000, 300_500, 5 * min), Some(Duration::from_millis(500)));
-        assert_eq!(unknown_kind_delay(1_000, 301_000, 5 * min), None);
-        assert_eq!(unknown_kind_delay(1_000, 999_000, 5 * min), None);
+        assert_eq!(d(1_000, 300_500, 5 * min), Some(Duration::from_millis(500)));
+        assert_eq!(d(1_000, 301_000, 5 * min), None);
+        assert_eq!(d(1_000, 999_000, 5 * min), None);
         // No grace: straight to the dlq; a clock behind the producer's counts as age 0.
-        assert_eq!(unknown_kind_delay(0, 0, Duration::ZERO), None);
-        assert_eq!(unknown_kind_delay(5_000, 0, min), Some(Duration::from_secs(5)));
+        assert_eq!(d(0, 0, Duration::ZERO), None);
+        assert_eq!(d(5_000, 0, min), Some(Duration::from_secs(5)));
     }
 
     #[test]

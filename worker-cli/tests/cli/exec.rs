@@ -111,8 +111,8 @@ async fn exec_exit_codes_lead_to_done_retry_and_dead_letter() {
     let fatal = dead.iter().position(|d| d["task_id"] == ids[3].as_str()).expect("the fatal task");
     let fatal = dead.remove(fatal);
     assert_eq!(fatal["reason"], "fatal", "{fatal:#?}");
-    assert_eq!(fatal["attempt"], 0, "{fatal:#?}");
-    assert_eq!(fatal["error"], "exit 65 (fatal, not retried): payload can never work");
+    assert_eq!(fatal["attempt"], 1, "one failed run: {fatal:#?}");
+    assert_eq!(fatal["error"], "fatal: exit 65 (not retried): payload can never work");
     assert_eq!(dead[0]["task_id"], ids[2].as_str());
     assert_eq!(dead[0]["reason"], "exhausted");
     assert_eq!(dead[0]["payload"], payloads[2]);
