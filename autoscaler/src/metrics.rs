@@ -197,30 +197,33 @@ pub async fn serve(
                 async move {
                     match metrics.not_ready(SystemTime::now(), stale_after) {
                         None => (axum::http::StatusCode::OK, "ready\n".to_owned()),
-                        Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                        Some(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),
         )
         .route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                    Ok(()) => (
-                        [(
-                            CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                    }
                 }
-            }
-        }),
+            }),
         );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

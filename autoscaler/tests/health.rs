@@ -51,7 +51,11 @@ async fn metrics_and_probes_say_when_redis_is_away() {
         metric(&body, "rivulet_autoscaler_last_observation_timestamp_seconds").is_some_and(|t| t > 1.6e9),
         "{body}"
     );
-    assert_eq!(metric(&body, "rivulet_autoscaler_observation_errors_total"), Some(0.0), "{body}");
+    assert_eq!(
+        metric(&body, "rivulet_autoscaler_observation_errors_total"),
+        Some(0.0),
+        "{body}"
+    );
 
     server.kill();
     let down = wait_until(Duration::from_secs(60), async || {

@@ -694,9 +694,15 @@ mod tests {
         };
         let dead = DeadLetter::from_entry("normal", 0, entry(), None);
         let json = serde_json::to_value(&dead).unwrap();
-        assert_eq!((json["payload"].as_str(), json["payload_size"].as_u64()), (Some("{}"), Some(2)));
+        assert_eq!(
+            (json["payload"].as_str(), json["payload_size"].as_u64()),
+            (Some("{}"), Some(2))
+        );
         assert_eq!(json["payload_truncated"], false);
-        assert!(json["fields"].get("payload").is_none(), "the payload appears once: {json}");
+        assert!(
+            json["fields"].get("payload").is_none(),
+            "the payload appears once: {json}"
+        );
         // A listing's entry holds a preview; the size is the whole payload's.
         let listed = DeadLetter::from_entry("normal", 0, entry(), Some(5_000_000));
         assert_eq!((listed.payload_size, listed.payload_truncated), (5_000_000, true));

@@ -11,7 +11,16 @@ use rivulet::testing::TempDir;
 fn bench_check_exits_1_when_a_target_is_missed() {
     let dir = TempDir::new("bench-check");
     let out = Command::new(env!("CARGO_BIN_EXE_rivulet-bench"))
-        .args(["--check", "--quick", "--only", "drain", "--tasks", "2000", "--workers", "1"])
+        .args([
+            "--check",
+            "--quick",
+            "--only",
+            "drain",
+            "--tasks",
+            "2000",
+            "--workers",
+            "1",
+        ])
         .args(["--concurrency", "4", "--no-plots", "--no-done-probe", "--out"])
         .arg(dir.path())
         .output()

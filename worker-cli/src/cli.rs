@@ -227,7 +227,12 @@ pub struct QueueCreateArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
     /// Priority names, highest first, comma separated.
-    #[arg(long, value_name = "P1,P2,...", value_delimiter = ',', default_value = "high,normal,low")]
+    #[arg(
+        long,
+        value_name = "P1,P2,...",
+        value_delimiter = ',',
+        default_value = "high,normal,low"
+    )]
     pub priorities: Vec<String>,
     /// Shards per priority (each a stream of its own: more shards spread a hot queue's work
     /// over more Redis keys), 1 to 1024.

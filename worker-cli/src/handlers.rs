@@ -201,9 +201,7 @@ pub fn outcome(status: ExitStatus, stderr_tail: &str) -> Result<(), HandlerError
                 "exit {EXIT_RETRY_LATER} (retry later)"
             )))),
         },
-        Some(EXIT_FATAL) => Err(HandlerError::fatal(detail(format!(
-            "exit {EXIT_FATAL} (not retried)"
-        )))),
+        Some(EXIT_FATAL) => Err(HandlerError::fatal(detail(format!("exit {EXIT_FATAL} (not retried)")))),
         Some(code) => Err(HandlerError::retry(detail(format!("exit {code}")))),
         None => {
             let signal = status.signal().map_or_else(|| "?".to_owned(), |s| s.to_string());

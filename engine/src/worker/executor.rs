@@ -91,7 +91,12 @@ struct Run {
 /// Decodes an entry and starts its handler's future, or says what to do with an entry that
 /// cannot run here: bury it with the reason (malformed, unknown kind past the grace) or retry
 /// it later (unknown kind within the grace).
-fn prepare(shared: &Shared, lane_idx: usize, entry_id: StreamId, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Run, Settle> {
+fn prepare(
+    shared: &Shared,
+    lane_idx: usize,
+    entry_id: StreamId,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Run, Settle> {
     // It never ran, so a dead letter keeps the entry's attempt.
     let bury = |reason: DeadReason, error: String| Settle::Bury {
         reason,
@@ -278,8 +283,14 @@ mod tests {
         assert_eq!(d(0, 0, Duration::from_secs(10)), Some(Duration::from_secs(1)));
         assert_eq!(d(0, 0, Duration::from_millis(200)), Some(Duration::from_millis(100)));
         // Jittered down to half at most.
-        assert_eq!(unknown_kind_delay(0, 0, 5 * min, 0.5), Some(Duration::from_millis(3750)));
-        assert_eq!(unknown_kind_delay(0, 0, 5 * min, 1.0), Some(Duration::from_millis(2500)));
+        assert_eq!(
+            unknown_kind_delay(0, 0, 5 * min, 0.5),
+            Some(Duration::from_millis(3750))
+        );
+        assert_eq!(
+            unknown_kind_delay(0, 0, 5 * min, 1.0),
+            Some(Duration::from_millis(2500))
+        );
         // Never past the end of the grace, which counts from the enqueue.
         assert_eq!(d(1_000, 300_500, 5 * min), Some(Duration::from_millis(500)));
         assert_eq!(d(1_000, 301_000, 5 * min), None);

@@ -52,7 +52,11 @@ impl Admin {
         let producer = Client::new(&self.client).await.map_err(|e| self.engine(e))?;
         match producer.declare(&queue).await {
             Ok(()) => {}
-            Err(rivulet::Error::LayoutMismatch { queue: name, stored, wanted }) => {
+            Err(rivulet::Error::LayoutMismatch {
+                queue: name,
+                stored,
+                wanted,
+            }) => {
                 anyhow::bail!(
                     "queue {name} already exists with another layout ({stored}; asked for {wanted}); a layout cannot change while producers and workers use it: delete the queue first (`worker-cli delete-queue --queue {name}`) or use another name"
                 );

@@ -18,14 +18,27 @@ async fn dlq_list_shows_a_payloads_size_and_start_and_show_gives_it_once() {
     let big = big.display().to_string();
     cli_json(
         &f.server,
-        &["enqueue", "--queue", "big", "--kind", "fail", "--payload-file", &big, "--json"],
+        &[
+            "enqueue",
+            "--queue",
+            "big",
+            "--kind",
+            "fail",
+            "--payload-file",
+            &big,
+            "--json",
+        ],
     )
     .await;
     let _sup = Supervisor::start(&f.server, &["--queue", "big", "--max-attempts", "1"]);
     wait_settled(&f.inspector, "big", (0, 1), Duration::from_secs(60)).await;
 
     let out = cli(&f.server, &["dlq", "list", "--queue", "big", "--json"]).await;
-    assert!(out.stdout.len() < 4_000, "a listing of one letter wrote {} bytes", out.stdout.len());
+    assert!(
+        out.stdout.len() < 4_000,
+        "a listing of one letter wrote {} bytes",
+        out.stdout.len()
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &listed[0];
     assert_eq!(d["payload_size"], 300_000, "{d}");
@@ -34,7 +47,10 @@ async fn dlq_list_shows_a_payloads_size_and_start_and_show_gives_it_once() {
     assert!(d["fields"].get("payload").is_none(), "the payload appears once: {d}");
     let table = cli(&f.server, &["dlq", "list", "--queue", "big"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("SIZE") && table.contains("293.0 KiB") && table.contains("\"xxxx"), "{table}");
+    assert!(
+        table.contains("SIZE") && table.contains("293.0 KiB") && table.contains("\"xxxx"),
+        "{table}"
+    );
     assert!(table.len() < 2_000, "{} bytes of table", table.len());
 
     let id = d["id"].as_str().unwrap();
@@ -43,7 +59,11 @@ async fn dlq_list_shows_a_payloads_size_and_start_and_show_gives_it_once() {
     assert_eq!(shown["payload"].as_str().unwrap().len(), 300_000);
     assert_eq!(shown["payload_truncated"], false);
     assert!(shown["fields"].get("payload").is_none(), "{}", shown["fields"]);
-    assert!(out.stdout.len() < 302_000, "show wrote {} bytes for a 300,000-byte payload", out.stdout.len());
+    assert!(
+        out.stdout.len() < 302_000,
+        "show wrote {} bytes for a 300,000-byte payload",
+        out.stdout.len()
+    );
 }
 
 #[tokio::test]
@@ -51,7 +71,9 @@ async fn the_dlq_cap_counts_what_it_trims_and_stats_says_so() {
     let f = Fixture::start().await;
     cli_json(
         &f.server,
-        &["enqueue", "--queue", "capped", "--kind", "fail", "--count", "300", "--json"],
+        &[
+            "enqueue", "--queue", "capped", "--kind", "fail", "--count", "300", "--json",
+        ],
     )
     .await;
     let _sup = Supervisor::start(
@@ -98,7 +120,11 @@ async fn an_unknown_kind_is_retried_through_its_grace_then_dead_lettered() {
 async fn a_newer_worker_takes_an_unknown_kind_within_the_grace() {
     let f = Fixture::start().await;
     let old = Supervisor::start(&f.server, &["--queue", "deploy", "--unknown-kind-grace", "20s"]);
-    cli_json(&f.server, &["enqueue", "--queue", "deploy", "--kind", "resize", "--json"]).await;
+    cli_json(
+        &f.server,
+        &["enqueue", "--queue", "deploy", "--kind", "resize", "--json"],
+    )
+    .await;
     // The old worker has met it and put it back.
     let passed = wait_until(Duration::from_secs(30), async || {
         let q = f.inspector.queue("deploy").await.unwrap();

@@ -17,7 +17,9 @@ const DOCS: [&str; 2] = ["README.md", "docs/operations.md"];
 
 /// Admin subcommands safe to run for real in a test: they return, and change nothing a later
 /// documented command depends on in a way that makes it fail.
-const RUN_FOR_REAL: [&str; 8] = ["enqueue", "stats", "queues", "workers", "pending", "dlq", "pause", "queue"];
+const RUN_FOR_REAL: [&str; 8] = [
+    "enqueue", "stats", "queues", "workers", "pending", "dlq", "pause", "queue",
+];
 
 /// One documented command: which document, the program and its arguments.
 #[derive(Debug, Clone)]
@@ -97,9 +99,14 @@ fn ours(doc: &'static str, fenced: bool, words: &[String], found: &mut Vec<Docum
         *first = rest.to_owned();
     }
     let Some(first) = words.first() else { return };
-    let program = Path::new(first).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let program = Path::new(first)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let args = if program == "cargo" {
-        let Some(dash) = words.iter().position(|w| w == "--") else { return };
+        let Some(dash) = words.iter().position(|w| w == "--") else {
+            return;
+        };
         if !words.windows(2).any(|w| w[0] == "-p" && w[1] == "worker-cli") {
             return;
         }
@@ -205,12 +212,26 @@ fn is_placeholder(word: &str) -> bool {
 #[test]
 fn the_extraction_reads_shell_like_docs() {
     let c = commands_in_line(r#"REDIS_URL=x worker-cli enqueue --payload '{"w": 200}' --kind "a b" # note | here"#);
-    assert_eq!(c, [["REDIS_URL=x", "worker-cli", "enqueue", "--payload", r#"{"w": 200}"#, "--kind", "a b"]]);
+    assert_eq!(
+        c,
+        [[
+            "REDIS_URL=x",
+            "worker-cli",
+            "enqueue",
+            "--payload",
+            r#"{"w": 200}"#,
+            "--kind",
+            "a b"
+        ]]
+    );
     let found = documented(
         "t",
         "x `worker-cli stats --json` y\n```sh\nautoscaler --queue q \\\n  --worker-cmd \"worker-cli work -q q\" | head\n```\n```ini\nExecStart=/usr/bin/worker-cli --workers 2\n```\n",
     );
-    let shown: Vec<String> = found.iter().map(|d| format!("{} {}", d.program, d.args.join(" "))).collect();
+    let shown: Vec<String> = found
+        .iter()
+        .map(|d| format!("{} {}", d.program, d.args.join(" ")))
+        .collect();
     assert_eq!(
         shown,
         [
@@ -233,7 +254,11 @@ fn every_documented_command_parses_and_the_admin_ones_run() {
     let autoscaler = autoscaler_bin();
     let mut failures = Vec::new();
     for d in &commands {
-        let bin = if d.program == "worker-cli" { Path::new(BIN) } else { autoscaler.as_path() };
+        let bin = if d.program == "worker-cli" {
+            Path::new(BIN)
+        } else {
+            autoscaler.as_path()
+        };
         let out = Command::new(bin)
             .args(&d.args)
             .arg("--help")

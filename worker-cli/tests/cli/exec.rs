@@ -108,7 +108,10 @@ async fn exec_exit_codes_lead_to_done_retry_and_dead_letter() {
     let dead = cli_json(&f.server, &["dlq", "list", "--queue", "ex", "--json"]).await;
     let mut dead = dead.as_array().unwrap().clone();
     assert_eq!(dead.len(), 2, "{dead:#?}");
-    let fatal = dead.iter().position(|d| d["task_id"] == ids[3].as_str()).expect("the fatal task");
+    let fatal = dead
+        .iter()
+        .position(|d| d["task_id"] == ids[3].as_str())
+        .expect("the fatal task");
     let fatal = dead.remove(fatal);
     assert_eq!(fatal["reason"], "fatal", "{fatal:#?}");
     assert_eq!(fatal["attempt"], 1, "one failed run: {fatal:#?}");

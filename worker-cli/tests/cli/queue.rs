@@ -10,7 +10,16 @@ async fn queue_create_records_a_layout_that_show_enqueue_and_the_engine_use() {
     let server = RedisServer::start();
     let created = cli_json(
         &server,
-        &["queue", "create", "reports", "--priorities", "urgent,bulk", "--shards", "4", "--json"],
+        &[
+            "queue",
+            "create",
+            "reports",
+            "--priorities",
+            "urgent,bulk",
+            "--shards",
+            "4",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(created["created"], true, "{created}");
@@ -29,26 +38,56 @@ async fn queue_create_records_a_layout_that_show_enqueue_and_the_engine_use() {
     // The engine reads the same layout.
     let inspector = rivulet::Inspector::new(&server.client()).await.unwrap();
     let q = inspector.queue("reports").await.unwrap();
-    assert_eq!((q.layout().priorities.clone(), q.layout().shards), (vec!["urgent".into(), "bulk".into()], 4));
+    assert_eq!(
+        (q.layout().priorities.clone(), q.layout().shards),
+        (vec!["urgent".into(), "bulk".into()], 4)
+    );
     // Producers use it: its priorities are the ones enqueue accepts.
     cli_json(
         &server,
-        &["enqueue", "--queue", "reports", "--kind", "noop", "--priority", "urgent", "--count", "8", "--json"],
+        &[
+            "enqueue",
+            "--queue",
+            "reports",
+            "--kind",
+            "noop",
+            "--priority",
+            "urgent",
+            "--count",
+            "8",
+            "--json",
+        ],
     )
     .await;
-    let stderr = cli_fails(&server, &["enqueue", "--queue", "reports", "--kind", "noop", "--priority", "high"], 2).await;
+    let stderr = cli_fails(
+        &server,
+        &["enqueue", "--queue", "reports", "--kind", "noop", "--priority", "high"],
+        2,
+    )
+    .await;
     assert!(stderr.contains("urgent, bulk"), "{stderr}");
 
     // The same layout again is a no-op (scripts run it on every deploy); another is refused.
     let again = cli_json(
         &server,
-        &["queue", "create", "reports", "--priorities", "urgent,bulk", "--shards", "4", "--json"],
+        &[
+            "queue",
+            "create",
+            "reports",
+            "--priorities",
+            "urgent,bulk",
+            "--shards",
+            "4",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(again["created"], false, "{again}");
     let stderr = cli_fails(&server, &["queue", "create", "reports", "--shards", "2"], 1).await;
     assert!(
-        stderr.contains("already exists with another layout") && stderr.contains("\"shards\":4") && stderr.contains("\"shards\":2"),
+        stderr.contains("already exists with another layout")
+            && stderr.contains("\"shards\":4")
+            && stderr.contains("\"shards\":2"),
         "{stderr}"
     );
     let stderr = cli_fails(&server, &["queue", "show", "nope"], 1).await;
