@@ -31,7 +31,8 @@ const ENQUEUE_BATCH: usize = 1000;
 /// Dead letters read per page when filtering by kind.
 const DLQ_PAGE: usize = 500;
 /// What `queues` and `stats` say (on stderr) when Redis knows no queue.
-const NO_QUEUES: &str = "no queues yet (a queue appears when a task is enqueued or a worker serves it)";
+const NO_QUEUES: &str =
+    "no queues yet (a queue appears with `queue create`, or when a task is enqueued or a worker serves it)";
 
 /// What every admin command works with.
 struct Admin {
