@@ -102,7 +102,10 @@ pub struct Cli {
     /// Decide and log, never start or stop anything.
     #[arg(long)]
     dry_run: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
+    /// answers) and /readyz (503 once the queue has not been observed for 3 intervals, at least
+    /// 10s: Redis away). Watch rivulet_autoscaler_up: the other gauges keep their last values
+    /// while it is 0.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
     /// Log format on stderr (filter with RUST_LOG, default info). Workers it starts log in the

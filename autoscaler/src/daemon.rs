@@ -157,7 +157,16 @@ pub async fn run(
     if let Some(addr) = settings.metrics_addr {
         // Bind before spawning, so a bad address fails at start rather than in the background.
         let listener = metrics::bind(addr).await?;
-        server.spawn(metrics::serve(listener, Arc::new(registry), stop.clone()));
+        // Ready while observations succeed; stale after three missed ticks (at least 10 s,
+        // so a short Redis blip or a slow tick does not pull the pod out).
+        let stale_after = (settings.interval * 3).max(std::time::Duration::from_secs(10));
+        server.spawn(metrics::serve(
+            listener,
+            Arc::new(registry),
+            metrics.clone(),
+            stale_after,
+            stop.clone(),
+        ));
     }
 
     let mut actuator = Actuator::new(&settings.actuation, &settings.queue, &settings.redis_url, &shown_url)
@@ -183,8 +192,12 @@ pub async fn run(
             }
         }
         let obs = match observer.observe().await {
-            Ok(obs) => obs,
+            Ok(obs) => {
+                metrics.observed(std::time::SystemTime::now());
+                obs
+            }
             Err(e) => {
+                metrics.observation_failed();
                 tracing::warn!(error = %e, "observation failed; keeping the current workers");
                 continue;
             }
@@ -215,6 +228,7 @@ pub async fn run(
         };
         let json = serde_json::to_string(&stored).expect("a struct of numbers and strings serialises");
         if let Err(e) = inspector.record_decision(&queue, &json).await {
+            metrics.store_failed();
             tracing::warn!(error = %e, "could not store the decision in Redis");
         }
         if settings.dry_run {

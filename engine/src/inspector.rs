@@ -45,6 +45,9 @@ pub struct Counters {
     pub replayed: u64,
     /// Unfinished tasks put back at a worker's shutdown.
     pub requeued: u64,
+    /// Dead letters dropped by the dead-letter stream's cap (`WorkerConfig::dlq_maxlen`,
+    /// `MAXLEN ~`): the oldest go first. Above 0 means dead letters were lost to the cap.
+    pub dlq_trimmed: u64,
 }
 
 impl Counters {
@@ -62,6 +65,7 @@ impl Counters {
                 "fenced" => &mut c.fenced,
                 "replayed" => &mut c.replayed,
                 "requeued" => &mut c.requeued,
+                "dlq_trimmed" => &mut c.dlq_trimmed,
                 _ => continue,
             };
             *slot = *v;
@@ -80,6 +84,7 @@ impl Counters {
         self.fenced += o.fenced;
         self.replayed += o.replayed;
         self.requeued += o.requeued;
+        self.dlq_trimmed += o.dlq_trimmed;
     }
 }
 
@@ -223,20 +228,46 @@ pub struct DeadLetter {
     pub origin: String,
     /// Payload codec (`json` when the entry names none, as the worker reads it).
     pub codec: String,
-    /// Payload, as text (lossy for binary payloads).
+    /// Payload, as text (lossy for binary payloads): whole from [`Inspector::dlq_get`], its
+    /// first [`DLQ_PREVIEW`] bytes from [`Inspector::dlq_list`] (`payload_truncated` says
+    /// which).
     pub payload: String,
-    /// Every field as stored, those this version does not know included (as text, lossy for
-    /// binary values, when serialized).
+    /// The whole payload's size in bytes.
+    pub payload_size: u64,
+    /// Whether `payload` is only the payload's start (a listing of a payload longer than
+    /// [`DLQ_PREVIEW`]).
+    pub payload_truncated: bool,
+    /// Every other field as stored, those this version does not know included (as text, lossy
+    /// for binary values, when serialized). The payload is not repeated here.
     #[serde(serialize_with = "fields_as_text")]
     pub fields: Vec<(String, Vec<u8>)>,
 }
+
+/// Bytes of each payload a dead-letter listing carries ([`Inspector::dlq_list`]); the rest
+/// stays in Redis until [`Inspector::dlq_get`] asks for it.
+pub const DLQ_PREVIEW: usize = 120;
 
 fn fields_as_text<S: serde::Serializer>(fields: &[(String, Vec<u8>)], s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(fields.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))))
 }
 
 impl DeadLetter {
-    fn from_entry(priority: &str, shard: u16, e: StreamEntry) -> Self {
+    /// A dead letter from its entry; `size` is the whole payload's size when the entry's
+    /// payload was cut to a preview (`None`: the entry holds the whole payload).
+    fn from_entry(priority: &str, shard: u16, mut e: StreamEntry, size: Option<u64>) -> Self {
+        // Moved out of the fields, so the payload is held (and serialized) once.
+        let payload = e
+            .fields
+            .iter()
+            .position(|(k, _)| k == b"payload")
+            .map(|i| e.fields.remove(i).1)
+            .unwrap_or_default();
+        let payload_size = size.unwrap_or(payload.len() as u64);
+        let payload_truncated = payload_size > payload.len() as u64;
+        let payload = match String::from_utf8(payload) {
+            Ok(text) => text,
+            Err(bytes) => String::from_utf8_lossy(bytes.as_bytes()).into_owned(),
+        };
         let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         let text = |k: &str| {
             map.get(k.as_bytes())
@@ -261,11 +292,13 @@ impl DeadLetter {
             codec: Some(text("codec"))
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| crate::Codec::Json.as_str().to_owned()),
-            payload: text("payload"),
+            payload,
+            payload_size,
+            payload_truncated,
             fields: e
                 .fields
-                .iter()
-                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                 .collect(),
         }
     }
@@ -491,8 +524,9 @@ impl Inspector {
         };
         let mut found = Vec::new();
         for s in queue.all_shards() {
-            for e in broker::range(&mut conn, &s.keys.dlq, start, limit).await? {
-                found.push((e.id, s.priority, s.number, e));
+            // Payloads cut to a preview in Redis: a listing never moves whole payloads.
+            for (e, size) in broker::range_heads(&mut conn, &s.keys.dlq, start, limit, DLQ_PREVIEW).await? {
+                found.push((e.id, s.priority, s.number, e, size));
             }
         }
         found.sort_by_key(|(id, ..)| *id);
@@ -500,7 +534,7 @@ impl Inspector {
         // Built after the cut: only the letters returned are decoded.
         Ok(found
             .into_iter()
-            .map(|(_, priority, shard, e)| DeadLetter::from_entry(priority, shard, e))
+            .map(|(_, priority, shard, e, size)| DeadLetter::from_entry(priority, shard, e, size))
             .collect())
     }
 
@@ -510,7 +544,7 @@ impl Inspector {
         let entry = entry_id(&id.entry)?;
         let mut found = broker::range(&mut self.conn(), &keys.dlq, RangeStart::At(entry), 1).await?;
         match found.pop() {
-            Some(e) if e.id == entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e)),
+            Some(e) if e.id == entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e, None)),
             _ => Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name()))),
         }
     }
@@ -669,7 +703,7 @@ mod tests {
     #[test]
     fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
         let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
-        let entry = StreamEntry {
+        let entry = || StreamEntry {
             id: StreamId { ms: 5, seq: 0 },
             fields: vec![
                 field("id", "t1"),
@@ -680,8 +714,20 @@ mod tests {
                 field("reason", "malformed"),
             ],
         };
-        let dead = DeadLetter::from_entry("normal", 0, entry);
+        let dead = DeadLetter::from_entry("normal", 0, entry(), None);
         let json = serde_json::to_value(&dead).unwrap();
+        assert_eq!(
+            (json["payload"].as_str(), json["payload_size"].as_u64()),
+            (Some("{}"), Some(2))
+        );
+        assert_eq!(json["payload_truncated"], false);
+        assert!(
+            json["fields"].get("payload").is_none(),
+            "the payload appears once: {json}"
+        );
+        // A listing's entry holds a preview; the size is the whole payload's.
+        let listed = DeadLetter::from_entry("normal", 0, entry(), Some(5_000_000));
+        assert_eq!((listed.payload_size, listed.payload_truncated), (5_000_000, true));
         assert_eq!(json["codec"], "json", "no codec field: the default");
         assert_eq!(json["fields"]["tenant"], "acme", "{json}");
         assert_eq!(json["fields"]["enqueued_at"], "1700000000000");

@@ -18,18 +18,21 @@ use serde_json::{Value, json};
 
 use crate::cli::{
     Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs,
-    PayloadCodec, PendingArgs, QueueArgs, StatsArgs,
+    PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
 };
 use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
 use crate::settings::UsageError;
 use crate::store;
+
+mod queue;
 
 /// Tasks per pipelined enqueue call.
 const ENQUEUE_BATCH: usize = 1000;
 /// Dead letters read per page when filtering by kind.
 const DLQ_PAGE: usize = 500;
 /// What `queues` and `stats` say (on stderr) when Redis knows no queue.
-const NO_QUEUES: &str = "no queues yet (a queue appears when a task is enqueued or a worker serves it)";
+const NO_QUEUES: &str =
+    "no queues yet (a queue appears with `queue create`, or when a task is enqueued or a worker serves it)";
 
 /// What every admin command works with.
 struct Admin {
@@ -50,6 +53,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
     let admin = Admin { url, client, inspector };
     match command {
         Command::Enqueue(a) => admin.enqueue(a, body.expect("checked for enqueue")).await,
+        Command::Queue(QueueCommand::Create(a)) => admin.queue_create(a).await,
+        Command::Queue(QueueCommand::Show(a)) => admin.queue_show(a).await,
         Command::Queues(o) => admin.queues(o.json).await,
         Command::Stats(a) => admin.stats(a).await,
         Command::Pending(a) => admin.pending(a).await,
@@ -107,6 +112,12 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         Command::Dlq(DlqCommand::Show(a)) => {
             queue_name(&a.queue)?;
             dead_letter_id(&a.id)?;
+        }
+        Command::Queue(QueueCommand::Create(a)) => {
+            queue::wanted(a)?;
+        }
+        Command::Queue(QueueCommand::Show(a)) => {
+            queue_name(&a.name)?;
         }
         Command::Dlq(DlqCommand::Replay(a) | DlqCommand::Purge(a)) => {
             queue_name(&a.queue)?;
@@ -331,6 +342,9 @@ impl Admin {
                 }
                 for (s, doc) in &docs {
                     text.push_str(&stats_table(s, &doc["autoscaler"]));
+                    if let Some(w) = dlq_trimmed_warning(s, tty && std::env::var_os("NO_COLOR").is_none()) {
+                        text.push_str(&w);
+                    }
                     text.push('\n');
                 }
                 if !text.is_empty() {
@@ -457,7 +471,9 @@ impl Admin {
             return output::json(&found);
         }
         let now = now_ms();
-        let mut t = Table::new(&["ID", "TASK", "KIND", "REASON", "ATTEMPT", "DIED", "ERROR"]);
+        let mut t = Table::new(&[
+            "ID", "TASK", "KIND", "REASON", "ATTEMPT", "DIED", "SIZE", "PAYLOAD", "ERROR",
+        ]);
         for d in &found {
             t.row(vec![
                 d.id.to_string(),
@@ -466,6 +482,8 @@ impl Admin {
                 d.reason.to_string(),
                 d.attempt.to_string(),
                 fmt_ago(d.dead_at, now),
+                fmt_bytes(d.payload_size),
+                payload_preview(d),
                 clip(&d.error, 60),
             ]);
         }
@@ -595,6 +613,39 @@ impl Admin {
     }
 }
 
+/// A payload's start on one line, for the listing (`dlq show` prints it whole).
+fn payload_preview(d: &DeadLetter) -> String {
+    let one_line: String = d
+        .payload
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let clipped = clip(&one_line, 40);
+    if d.payload_truncated && !clipped.ends_with('…') {
+        format!("{clipped}…")
+    } else {
+        clipped
+    }
+}
+
+/// A size in bytes for people: 512 B, 1.5 KiB, 50.0 MiB.
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 fn dead_letter_id(s: &str) -> Result<DeadLetterId> {
     DeadLetterId::from_str(s).map_err(|_| {
         UsageError(format!(
@@ -688,6 +739,23 @@ fn lost_warning(queue: &str, lost: u64) -> Option<String> {
             "warning: queue {queue}: {lost} task(s) lost: in-flight entries were deleted from a stream by \
              something other than Rivulet (an XTRIM, XDEL or MAXLEN); see docs/operations.md\n"
         )
+    })
+}
+
+/// A warning line, red on a terminal (`color`), when the dead-letter cap (`--dlq-maxlen`) has
+/// dropped dead letters: "nothing silently lost" holds only while this stays 0.
+fn dlq_trimmed_warning(s: &QueueStats, color: bool) -> Option<String> {
+    let n = s.counters.dlq_trimmed;
+    if n == 0 {
+        return None;
+    }
+    let line = format!(
+        "dlq_trimmed {n}: dead letters dropped by the dead-letter cap (--dlq-maxlen); replay or purge sooner, or raise the cap"
+    );
+    Some(if color {
+        format!("\x1b[31m{line}\x1b[0m\n")
+    } else {
+        format!("{line}\n")
     })
 }
 

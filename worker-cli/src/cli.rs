@@ -134,11 +134,21 @@ pub struct WorkerArgs {
     /// Serve KIND by running COMMAND with `sh -c` per task: payload on stdin; env
     /// RIVULET_TASK_ID, RIVULET_KIND, RIVULET_ATTEMPT, RIVULET_QUEUE, RIVULET_PRIORITY. Exit 0 =
     /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay; it still
-    /// uses up one of --max-attempts); anything else = failed (retried, then dead-lettered as
+    /// uses up one of --max-attempts); 65 = fatal (straight to the dead-letter stream as
+    /// `fatal`, not retried); anything else = failed (retried, then dead-lettered as
     /// `exhausted`). The stderr tail becomes the task's error; every line of stdout and stderr
     /// is logged as a `task output` event with the task id. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
+    /// A task of a kind this worker does not serve is retried (every tenth of this or less, 50ms
+    /// to 5s apart, without using up an attempt) until it is this old, so a newer worker can take
+    /// it during a rolling deploy; then it is dead-lettered as `unknown_kind`. 0s = at once.
+    #[arg(long, value_name = "DURATION", default_value = "5m", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub unknown_kind_grace: Duration,
+    /// Cap of each shard's dead-letter stream (approximate, `MAXLEN ~`): past it the oldest
+    /// dead letters are dropped and counted in `stats` as `dlq_trimmed`.
+    #[arg(long, value_name = "N", default_value_t = rivulet::worker::DEFAULT_DLQ_MAXLEN, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as usize))]
+    pub dlq_maxlen: usize,
     /// On shutdown, time running tasks get to finish; unfinished ones are put back to run
     /// again at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_duration)]
@@ -166,6 +176,9 @@ pub enum Command {
     Work(WorkerArgs),
     /// Add tasks to a queue.
     Enqueue(EnqueueArgs),
+    /// Create a queue with its own priorities and shards, or show a queue's layout.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// List queues with their backlog.
     Queues(OutputArgs),
     /// Show a queue's backlog and counters per priority, and the autoscaler's last decision.
@@ -199,6 +212,54 @@ pub enum Command {
     /// a private redis-server from PATH and says so. The queue's keys are deleted afterwards
     /// unless --keep.
     Demo(DemoArgs),
+}
+
+/// `queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Record a queue's layout (priorities, shards) before its producers and workers use it.
+    ///
+    /// A queue's layout is fixed once recorded: producers and workers all read it from Redis.
+    /// Creating a queue that exists with the same layout does nothing (exit 0, so scripts can
+    /// run it on every deploy); with another layout it is refused (exit 1, naming both).
+    /// Without this command a queue gets the default layout (high, normal, low; 1 shard) when
+    /// the first task is enqueued or the first worker serves it.
+    #[command(after_help = "Example:\n  worker-cli queue create reports --priorities high,normal,low --shards 4")]
+    Create(QueueCreateArgs),
+    /// Show a queue's layout: priorities (highest first), shards, default priority, paused.
+    Show(QueueShowArgs),
+}
+
+/// `queue create`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueCreateArgs {
+    /// The queue's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Priority names, highest first, comma separated.
+    #[arg(
+        long,
+        value_name = "P1,P2,...",
+        value_delimiter = ',',
+        default_value = "high,normal,low"
+    )]
+    pub priorities: Vec<String>,
+    /// Shards per priority (each a stream of its own: more shards spread a hot queue's work
+    /// over more Redis keys), 1 to 1024.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..=i64::from(u16::MAX)).map(|n| n as u16))]
+    pub shards: u16,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `queue show`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueShowArgs {
+    /// The queue's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `--json`.

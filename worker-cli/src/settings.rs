@@ -95,6 +95,8 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         timeout: args.timeout,
         drain_timeout: args.drain_timeout,
         max_tasks: args.max_tasks,
+        unknown_kind_grace: args.unknown_kind_grace,
+        dlq_maxlen: args.dlq_maxlen,
         ..WorkerConfig::default()
     }
 }
@@ -151,6 +153,8 @@ impl WorkerArgs {
             a.push(format!("--exec={e}"));
         }
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
+        a.extend(["--unknown-kind-grace".to_owned(), fmt(self.unknown_kind_grace)]);
+        a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
         }
@@ -266,6 +270,10 @@ mod tests {
             "5s",
             "--max-tasks",
             "100",
+            "--unknown-kind-grace",
+            "90s",
+            "--dlq-maxlen",
+            "500",
         ]);
         let mut argv = vec!["work".to_owned()];
         argv.extend(args.to_args());

@@ -41,7 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, MAX_TASKS_LIMIT, PriorityMode,
+    QueueOptions, WorkerConfig,
 };
 
 use self::budget::{Budget, Units};
