@@ -5,7 +5,8 @@
 //! `RIVULET_TASK_ID`, `RIVULET_KIND`, `RIVULET_ATTEMPT`, `RIVULET_QUEUE`, `RIVULET_PRIORITY`.
 //! Exit 0 = done; exit 75 (`EX_TEMPFAIL`) = retry later, after the delay named by a last stderr
 //! line `retry-after=DURATION` if there is one (this still uses up an attempt, like any
-//! failure); any other exit = failed (retried until attempts run out, then dead-lettered as
+//! failure); exit 65 (`EX_DATAERR`) = fatal, straight to the dead-letter stream as `fatal` with
+//! no retry; any other exit = failed (retried until attempts run out, then dead-lettered as
 //! `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
 //! the task's error. The command runs in its own process group, killed as a whole when the task
 //! ends before it does (timeout, drain deadline).
@@ -36,6 +37,13 @@ use crate::values::ExecSpec;
 
 /// Exit code meaning "temporary failure, retry later" (`EX_TEMPFAIL` from sysexits.h).
 pub const EXIT_RETRY_LATER: i32 = 75;
+/// Exit code meaning "fatal: do not retry", straight to the dead-letter stream (`EX_DATAERR`
+/// from sysexits.h, "the input data was incorrect"). Why 65: it is the sysexits code for the
+/// commonest reason a retry cannot help (a bad payload); it is not 1 or 2 (what scripts and
+/// shells return for ordinary errors, which should keep their retries), not 126/127 (the shell
+/// could not run the command: a deploy problem a retry may outlive) and not 128+N (killed by a
+/// signal), and it is far from 75, so a typo cannot turn one into the other.
+pub const EXIT_FATAL: i32 = 65;
 /// Bytes of a command's stderr kept as the task's error.
 pub const STDERR_TAIL: usize = 2048;
 /// After the command exits, how long to keep reading stderr that a leftover background
@@ -368,6 +376,7 @@ pub fn outcome(status: ExitStatus, stderr_tail: &str) -> Result<(), HandlerError
                 "exit {EXIT_RETRY_LATER} (retry later)"
             )))),
         },
+        Some(EXIT_FATAL) => Err(HandlerError::fatal(detail(format!("exit {EXIT_FATAL} (not retried)")))),
         Some(code) => Err(HandlerError::retry(detail(format!("exit {code}")))),
         None => {
             let signal = status.signal().map_or_else(|| "?".to_owned(), |s| s.to_string());
@@ -438,6 +447,10 @@ mod tests {
         }
         match outcome(exit(1), "") {
             Err(HandlerError::Retry(m)) => assert_eq!(m, "exit 1"),
+            other => panic!("{other:?}"),
+        }
+        match outcome(exit(65), "bad payload") {
+            Err(HandlerError::Fatal(m)) => assert_eq!(m, "exit 65 (not retried): bad payload"),
             other => panic!("{other:?}"),
         }
         match outcome(ExitStatus::from_raw(9), "") {

@@ -33,7 +33,12 @@
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
---          (reclaimed by another worker, or already settled): fencing.
+--          (reclaimed by another worker, or already settled): fencing. Their number is added
+--          to the stats HASH's `fenced`, so operators see it beside `lost` and `reclaimed`.
+--
+-- The dlq's MAXLEN ~ trim drops old dead letters silently, so the script counts them: the
+-- dlq's length before the batch's first bury, plus the buried, minus its length after, goes to
+-- the stats counter dlq_trimmed (two XLEN calls, O(1), only in batches that bury).
 --
 -- Every op acknowledges and deletes the entry in the same call (XACK, then XTRIM MINID below the
 -- group's oldest pending entry and XDEL of the rest), so a settled task leaves neither a pending
@@ -93,6 +98,7 @@ end
 local stale = {}
 local acked = {}
 local done, retried, dead, requeued, failed = 0, 0, 0, 0, 0
+local dlq_before
 local n_acks = tonumber(ARGV[7])
 for i = 8, 7 + n_acks do
   local id = ARGV[i]
@@ -127,6 +133,7 @@ local function apply(id, op, a, b, c, deliveries)
     set_field(fields, 'dead_at', now)
     set_field(fields, 'origin', stream .. '/' .. id)
     set_field(fields, 'deliveries', tostring(deliveries))
+    dlq_before = dlq_before or redis.call('XLEN', dlq)
     local dlq_id = redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
     dead = dead + 1
     if a ~= 'malformed' and a ~= 'unknown_kind' then
@@ -274,6 +281,11 @@ end
 if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if retried > 0 then redis.call('HINCRBY', stats, 'retried', retried) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
-if dead > 0 then redis.call('HINCRBY', stats, 'dead', dead) end
+if dead > 0 then
+  redis.call('HINCRBY', stats, 'dead', dead)
+  local dropped = dlq_before + dead - redis.call('XLEN', dlq)
+  if dropped > 0 then redis.call('HINCRBY', stats, 'dlq_trimmed', dropped) end
+end
 if requeued > 0 then redis.call('HINCRBY', stats, 'requeued', requeued) end
+if #stale > 0 then redis.call('HINCRBY', stats, 'fenced', #stale) end
 return stale
