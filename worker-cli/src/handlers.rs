@@ -163,6 +163,8 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let mut stdout = child.stdout.take();
     let mut progress = tokio::net::unix::pipe::Receiver::from_owned_fd(progress_rx).ok();
     let mut lines = Lines::default();
+    let mut out_log = LogLines::new(ctx, "stdout");
+    let mut err_log = LogLines::new(ctx, "stderr");
 
     // Feed stdin while reading stdout, stderr and progress and waiting, so no pipe can fill
     // up and stall the command. A command that never reads stdin makes the write fail
@@ -187,11 +189,17 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         tokio::select! {
             () = &mut write, if !write_done => write_done = true,
             n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                Some(n) => tail.push(&buf[..n]),
+                Some(n) => {
+                    tail.push(&buf[..n]);
+                    err_log.push(&buf[..n]);
+                }
                 None => stderr_open = false,
             },
             n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
-                Some(n) => out.push(&obuf[..n]),
+                Some(n) => {
+                    out.push(&obuf[..n]);
+                    out_log.push(&obuf[..n]);
+                }
                 None => stdout_open = false,
             },
             ready = readable(&progress), if progress.is_some() => {
@@ -227,11 +235,17 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
             loop {
                 tokio::select! {
                     n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                        Some(n) => tail.push(&buf[..n]),
+                        Some(n) => {
+                            tail.push(&buf[..n]);
+                            err_log.push(&buf[..n]);
+                        }
                         None => stderr_open = false,
                     },
                     n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
-                        Some(n) => out.push(&obuf[..n]),
+                        Some(n) => {
+                            out.push(&obuf[..n]);
+                            out_log.push(&obuf[..n]);
+                        }
                         None => stdout_open = false,
                     },
                     else => break,
@@ -240,6 +254,8 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         })
         .await;
     }
+    out_log.finish();
+    err_log.finish();
     let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
     if cancelled {
         return Err(HandlerError::retry(format!("cancelled ({})", describe_exit(status))));
@@ -251,6 +267,61 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         )));
     }
     Ok((!out.bytes.is_empty()).then(|| Bytes::from(out.bytes)))
+}
+
+/// Longest line logged as one event; a longer one is logged in pieces of this size.
+const MAX_LINE: usize = 8 * 1024;
+
+/// A command's output cut into lines, each logged as an event carrying the task (`task
+/// output`), so a JSON log stays one object per line whatever the command prints. Stdout is
+/// logged as well as kept as the result.
+struct LogLines<'a> {
+    ctx: &'a TaskContext,
+    stream: &'static str,
+    partial: Vec<u8>,
+}
+
+impl<'a> LogLines<'a> {
+    fn new(ctx: &'a TaskContext, stream: &'static str) -> Self {
+        LogLines {
+            ctx,
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+
+    /// Logs what is left after the command closed its end (a last line without a newline).
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        let line = text.trim_end_matches('\r');
+        tracing::info!(
+            task_id = %self.ctx.id,
+            kind = %self.ctx.kind,
+            stream = self.stream,
+            line,
+            "task output"
+        );
+        self.partial.clear();
+    }
 }
 
 /// A command's stdout, kept up to [`STDOUT_LIMIT`].
