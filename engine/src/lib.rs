@@ -31,6 +31,8 @@
 //! - `broker`: every Redis command and Lua script (`broker/scripts/*.lua`), split by subject
 //!   (queues, stream, settle, registry, admin); nothing else builds a command
 //!   (`tests/broker_owns_redis.rs` checks it).
+//! - [`connection`]: a URL and its [`TlsOptions`] (CA file, client certificate, opt-out of
+//!   verification) become a `redis::Client`.
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
@@ -40,7 +42,7 @@
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
 //! - `clock`: where the worker and the inspector read the time they pass to the broker.
-//! - `testing` (feature `test-util`): a private `redis-server` per test.
+//! - `testing` (feature `test-util`): a private `redis-server` per test, and one with TLS.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -49,6 +51,7 @@ pub mod backoff;
 mod broker;
 pub mod client;
 mod clock;
+pub mod connection;
 pub mod envelope;
 mod error;
 pub mod handler;
@@ -61,6 +64,7 @@ pub mod worker;
 
 pub use backoff::RetryPolicy;
 pub use client::{Client, Task, redact_url};
+pub use connection::TlsOptions;
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};

@@ -4,6 +4,10 @@
 //! (unless a test asks for AOF), waits until it answers, and is killed on drop. Tests therefore
 //! run in parallel and never touch the Redis at 6379. When the test thread is panicking, the
 //! drop prints the server's log tail, so a failure shows what Redis saw.
+//!
+//! [`tls`] starts the same server with TLS only (certificates made by the test).
+
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +25,9 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Listens with TLS only (`--port 0 --tls-port PORT`): readiness is then a TCP connect,
+    /// since a plain PING cannot cross TLS.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -32,6 +39,10 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, e.g. `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in_mode(extra, false)
+    }
+
+    fn start_in_mode(extra: &[&str], tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "rivulet-redis-{}-{}-{:08x}",
             std::process::id(),
@@ -49,6 +60,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -63,8 +75,15 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.join("redis.log");
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
@@ -87,7 +106,7 @@ impl RedisServer {
                     self.log_tail(20)
                 ));
             }
-            if ping(self.port) {
+            if if self.tls { listens(self.port) } else { ping(self.port) } {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -98,9 +117,10 @@ impl RedisServer {
         ))
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.
@@ -171,6 +191,11 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral loopback port works")
+}
+
+/// Whether something accepts TCP connections on the port (redis binds only once it is ready).
+fn listens(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 fn ping(port: u16) -> bool {

@@ -7,3 +7,4 @@ mod support;
 mod core;
 mod failures;
 mod interop;
+mod tls;
