@@ -43,7 +43,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
     // Flags first: a bad flag is exit 2 even when Redis cannot be reached.
     let body = check_flags(&command)?;
     let url = global.redis_url.clone();
-    let (client, _) = store::connect_checked(&url).await?;
+    let (client, _) = store::connect_checked(&url, &global.tls()).await?;
     let inspector = Inspector::new(&client)
         .await
         .map_err(|e| store::engine_error(&url, e))?;

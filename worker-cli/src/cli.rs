@@ -49,9 +49,24 @@ pub struct Cli {
 /// Options every command takes (before or after the subcommand).
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Redis to use, e.g. redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0.
+    /// Redis to use, e.g. redis://127.0.0.1:6379, or rediss://user:pass@host:6380/0 for TLS
+    /// (see the --tls-* flags).
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true, help_heading = "Global")]
     pub redis_url: String,
+    /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CA_FILE", global = true, help_heading = "Global")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS: PEM file of a client certificate, for a Redis that requires one
+    /// (tls-auth-clients yes). Needs --tls-key-file.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CERT_FILE", global = true, help_heading = "Global")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS: PEM file of the client certificate's private key.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_KEY_FILE", global = true, help_heading = "Global")]
+    pub tls_key_file: Option<PathBuf>,
+    /// TLS: do not verify the server's certificate (still encrypted, but anyone in the path can
+    /// pose as Redis). For tests only; a warning is logged at start.
+    #[arg(long, env = "REDIS_TLS_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Global")]
+    pub tls_insecure: bool,
     /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=rivulet=debug); the
     /// default is `info` for workers and the supervisor, `warn` for admin commands.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]

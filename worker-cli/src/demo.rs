@@ -19,14 +19,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use rivulet::testing::RedisServer;
-use rivulet::{Client, HandlerError, Inspector, Queue, QueueName, Task, TaskContext};
+use rivulet::{Client, HandlerError, Inspector, Queue, QueueName, Task, TaskContext, TlsOptions};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::output::{self, fmt_micros};
-use crate::settings::{SupervisorSettings, child_args, redact_url, worker_args};
+use crate::settings::{SupervisorSettings, child_args, redact_url, tls_env, worker_args};
 use crate::store;
 use crate::supervisor::{Stop, Supervisor};
 
@@ -172,8 +172,8 @@ struct Latency {
 
 /// `worker-cli demo`.
 pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
-    let (url, private) = reach_or_start(&global.redis_url, args.no_private_redis).await?;
-    let (client, mut conn) = store::connect_checked(&url).await?;
+    let (url, tls, private) = reach_or_start(&global.redis_url, &global.tls(), args.no_private_redis).await?;
+    let (client, mut conn) = store::connect_checked(&url, &tls).await?;
     let name = format!("demo-{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000));
     let queue = Queue::new(&name)?;
     let producer = Client::new(&client).await.map_err(|e| store::engine_error(&url, e))?;
@@ -192,7 +192,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         redact_url(&url)
     );
 
-    let result = drive(global, args, &url, &queue, &producer, &inspector, &mut conn).await;
+    let result = drive(global, args, &url, &tls, &queue, &producer, &inspector, &mut conn).await;
 
     if args.keep {
         note!(
@@ -217,6 +217,7 @@ async fn drive(
     global: &GlobalArgs,
     args: &DemoArgs,
     url: &str,
+    tls: &TlsOptions,
     queue: &Queue,
     producer: &Client,
     inspector: &Inspector,
@@ -235,6 +236,7 @@ async fn drive(
     ])
     .map_err(|e| anyhow!("demo worker flags: {e}"))?;
     let mut env = vec![("REDIS_URL".to_owned(), url.to_owned())];
+    env.extend(tls_env(tls));
     if std::env::var_os("RUST_LOG").is_none() {
         // Keep the progress line readable: workers log warnings only.
         env.push(("RUST_LOG".into(), "warn".into()));
@@ -435,10 +437,15 @@ impl Progress {
     }
 }
 
-/// The URL to use, and the private server when one had to be started.
-async fn reach_or_start(url: &str, no_private: bool) -> Result<(String, Option<RedisServer>)> {
-    match store::connect_checked(url).await {
-        Ok(_) => Ok((url.to_owned(), None)),
+/// The URL and TLS options to use, and the private server when one had to be started (plain
+/// TCP, so no TLS options then).
+async fn reach_or_start(
+    url: &str,
+    tls: &TlsOptions,
+    no_private: bool,
+) -> Result<(String, TlsOptions, Option<RedisServer>)> {
+    match store::connect_checked(url, tls).await {
+        Ok(_) => Ok((url.to_owned(), tls.clone(), None)),
         Err(e) if e.nothing_answered() && !no_private => {
             if !on_path("redis-server") {
                 return Err(anyhow!(e).context(
@@ -452,7 +459,7 @@ async fn reach_or_start(url: &str, no_private: bool) -> Result<(String, Option<R
             );
             let server = RedisServer::start();
             note!("demo: private redis-server at {}", server.url());
-            Ok((server.url(), Some(server)))
+            Ok((server.url(), TlsOptions::default(), Some(server)))
         }
         Err(e) => Err(e.into()),
     }

@@ -185,7 +185,7 @@ fn run(cli: Cli, router: Router) -> Result<()> {
     let Cli { global, run, command } = cli;
     // Before anything else: a URL that does not parse is a bad flag (exit 2), not a Redis that
     // cannot be reached (exit 1).
-    settings::check_redis_url(&global.redis_url)?;
+    settings::check_redis_url(&global.redis_url, &global.tls())?;
     match command {
         None => {
             logging::init(global.log_format, "info");
@@ -195,7 +195,7 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             // One thread: see `supervisor` on why children must be spawned from it.
             current_thread()?.block_on(async {
                 // Fail here, naming the URL, rather than in N crash-looping children.
-                store::connect_checked(&global.redis_url).await?;
+                store::connect_checked(&global.redis_url, &global.tls()).await?;
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rivulet::{PriorityMode, QueueName, RetryPolicy, WorkerConfig};
+use rivulet::{PriorityMode, QueueName, RetryPolicy, TlsOptions, WorkerConfig};
 
 use crate::cli::{GlobalArgs, LogFormat, RunArgs, WorkerArgs};
 
@@ -74,17 +74,55 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (durations look like 500ms, 30s, 5m, 1h)"))
 }
 
-/// Checks that `url` (from `--redis-url` or `REDIS_URL`) parses as a Redis URL: one that does
-/// not is a bad flag (exit 2), not an unreachable Redis. The message never shows a password.
-pub fn check_redis_url(url: &str) -> Result<(), UsageError> {
+/// Checks that `url` (from `--redis-url` or `REDIS_URL`) parses as a Redis URL and that the
+/// TLS flags fit it (files readable, a certificate with its key, TLS flags only with
+/// `rediss://`): anything else is a bad flag (exit 2), not an unreachable Redis. The message
+/// never shows a password.
+pub fn check_redis_url(url: &str, tls: &TlsOptions) -> Result<(), UsageError> {
     use redis::IntoConnectionInfo;
-    url.into_connection_info().map(|_| ()).map_err(|e| {
+    url.into_connection_info().map_err(|e| {
         UsageError(format!(
             "--redis-url (or REDIS_URL) {:?} is not a valid Redis URL ({e}); URLs look like \
              redis://127.0.0.1:6379, redis://user:password@host:6379/0 or rediss://host:6380 (TLS)",
             redact_url(url)
         ))
+    })?;
+    rivulet::connection::open(url, tls).map(drop).map_err(|e| {
+        UsageError(format!(
+            "{e} (--redis-url {:?} with --tls-ca-file, --tls-cert-file, --tls-key-file, --tls-insecure)",
+            redact_url(url)
+        ))
     })
+}
+
+impl GlobalArgs {
+    /// The TLS options the `--tls-*` flags (or their `REDIS_TLS_*` variables) describe.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert: self.tls_cert_file.clone(),
+            client_key: self.tls_key_file.clone(),
+            insecure: self.tls_insecure,
+        }
+    }
+}
+
+/// The environment that hands these TLS options to a child process (its `REDIS_TLS_*`
+/// variables), so worker processes connect the way their supervisor does.
+pub fn tls_env(tls: &TlsOptions) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut path = |name: &str, p: &Option<PathBuf>| {
+        if let Some(p) = p {
+            env.push((name.to_owned(), p.display().to_string()));
+        }
+    };
+    path("REDIS_TLS_CA_FILE", &tls.ca_file);
+    path("REDIS_TLS_CERT_FILE", &tls.client_cert);
+    path("REDIS_TLS_KEY_FILE", &tls.client_key);
+    if tls.insecure {
+        env.push(("REDIS_TLS_INSECURE".to_owned(), "true".to_owned()));
+    }
+    env
 }
 
 /// A duration above zero.
@@ -224,6 +262,8 @@ pub fn format_size(bytes: u64) -> String {
 pub struct WorkerSettings {
     /// Redis to use.
     pub redis_url: String,
+    /// TLS options for `rediss://` URLs.
+    pub tls: TlsOptions,
     /// Queues to serve, validated and without duplicates.
     pub queues: Vec<QueueName>,
     /// The engine's worker configuration, validated.
@@ -259,6 +299,7 @@ impl WorkerSettings {
             .map_err(|e| UsageError(format!("worker settings: {e}")))?;
         Ok(WorkerSettings {
             redis_url: global.redis_url.clone(),
+            tls: global.tls(),
             queues,
             config,
             exec: args.exec.clone(),
@@ -363,7 +404,10 @@ impl SupervisorSettings {
             crash_window: run.crash_window,
             program,
             args: child_args(global.log_format, &run.worker),
-            env: vec![("REDIS_URL".into(), global.redis_url.clone())],
+            env: [("REDIS_URL".into(), global.redis_url.clone())]
+                .into_iter()
+                .chain(tls_env(&global.tls()))
+                .collect(),
         })
     }
 }
@@ -529,10 +573,10 @@ mod tests {
 
     #[test]
     fn redis_urls_that_do_not_parse_are_usage_errors_without_the_password() {
-        assert!(check_redis_url("redis://127.0.0.1:6379").is_ok());
-        let e = check_redis_url("notaurl").unwrap_err();
+        assert!(check_redis_url("redis://127.0.0.1:6379", &TlsOptions::default()).is_ok());
+        let e = check_redis_url("notaurl", &TlsOptions::default()).unwrap_err();
         assert!(e.0.contains("--redis-url") && e.0.contains("\"notaurl\""), "{e}");
-        let e = check_redis_url("redis://u:secret@h:notaport").unwrap_err();
+        let e = check_redis_url("redis://u:secret@h:notaport", &TlsOptions::default()).unwrap_err();
         assert!(!e.0.contains("secret"), "{e}");
     }
 

@@ -60,7 +60,7 @@ async fn serve(
     supervisor: Option<Pid>,
 ) -> Result<()> {
     let url = settings.redis_url.clone();
-    let (client, conn) = store::connect_checked(&url).await?;
+    let (client, conn) = store::connect_checked(&url, &settings.tls).await?;
     let inspector = Inspector::new(&client)
         .await
         .map_err(|e| store::engine_error(&url, e))?;
