@@ -64,6 +64,8 @@ pub struct Settings {
     pub redis_url: String,
     /// Where the URL came from, for messages: `--redis-url`, `REDIS_URL` or `the default Redis URL`.
     pub redis_url_from: &'static str,
+    /// TLS options for `rediss://` URLs (also handed to the workers it starts).
+    pub tls: rivulet::TlsOptions,
     /// The queue to scale workers for.
     pub queue: String,
     /// SLA per priority name.
@@ -80,6 +82,20 @@ pub struct Settings {
     pub dry_run: bool,
     /// Where to serve `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The `REDIS_TLS_*` variables that give a worker-cli process the same TLS options.
+fn tls_env(tls: &rivulet::TlsOptions) -> Vec<(&'static str, String)> {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    [
+        ("REDIS_TLS_CA_FILE", path(&tls.ca_file)),
+        ("REDIS_TLS_CERT_FILE", path(&tls.client_cert)),
+        ("REDIS_TLS_KEY_FILE", path(&tls.client_key)),
+        ("REDIS_TLS_INSECURE", tls.insecure.then(|| "true".to_owned())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect()
 }
 
 /// The decision as stored in Redis for `worker-cli stats`.
@@ -110,8 +126,22 @@ pub async fn run(
         .validate()
         .map_err(|e| usage(format!("invalid policy parameters: {e}")))?;
     let shown_url = redact_url(&settings.redis_url);
-    let inspector = match Inspector::connect(&settings.redis_url).await {
+    if settings.tls.insecure {
+        tracing::warn!(
+            redis = %shown_url,
+            "TLS certificate verification is off (--tls-insecure): encrypted, but anyone in the path can pose as Redis"
+        );
+    }
+    let inspector = match rivulet::connection::open(&settings.redis_url, &settings.tls) {
+        Ok(redis) => Inspector::new(&redis).await,
+        Err(e) => Err(e),
+    };
+    let inspector = match inspector {
         Ok(i) => i,
+        // TLS options that do not fit the URL, or a certificate file that cannot be read.
+        Err(e @ rivulet::Error::InvalidConfig { .. }) => {
+            return Err(usage(format!("{} {shown_url:?}: {e}", settings.redis_url_from)));
+        }
         Err(rivulet::Error::Redis(e)) if e.category() == "invalid client config" => {
             let why = e.to_string();
             let why = why.trim_end_matches(" - InvalidClientConfig");
@@ -166,6 +196,9 @@ pub async fn run(
                 .shown_as(fill(&shown_url))
                 // worker-cli reads it; the URL (and its password) stays off the command line.
                 .env("REDIS_URL", settings.redis_url.clone());
+            for (key, value) in tls_env(&settings.tls) {
+                p = p.env(key, value);
+            }
             if !drain_on_exit {
                 p = p.leave_running();
             }

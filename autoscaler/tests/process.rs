@@ -196,3 +196,54 @@ async fn a_second_ctrl_c_kills_the_workers_at_once_and_exits_1() {
     assert!(log.contains("stopped at once by a second signal"), "{log}");
     assert!(!alive(worker), "worker {worker} still running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_autoscaler_and_the_workers_it_starts_use_its_tls_flags() {
+    let server = rivulet::testing::tls::TlsRedis::start_mutual();
+    let redis = server.client();
+    let queue = Queue::new("tls-scaled").unwrap();
+    Client::new(&redis)
+        .await
+        .unwrap()
+        .enqueue_many(&queue, (0..10).map(|_| Task::json("noop", &()).unwrap()))
+        .await
+        .unwrap();
+    let (ca, (cert, key)) = (server.certs().ca(), server.certs().client());
+    // The worker command names no TLS flag: the actuator hands REDIS_TLS_* down.
+    let worker_cmd = format!("{} work --queue {{queue}} --log-format text", worker_cli().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoscaler"))
+        .args(["--redis-url", &server.url(), "--queue", "tls-scaled", "--sla", "normal=30s"])
+        .args(["--min", "1", "--max", "1", "--interval", "200ms"])
+        .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
+        .arg("--tls-ca-file")
+        .arg(&ca)
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .env("RUST_LOG", "info")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start the autoscaler");
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let autoscaler = Guard(Some(child));
+    let inspector = Inspector::new(&redis).await.unwrap();
+    let done = wait_until(Duration::from_secs(60), || {
+        let (inspector, queue) = (inspector.clone(), queue.clone());
+        async move { inspector.stats(&queue).await.unwrap().counters.done == 10 }
+    })
+    .await;
+    killpg(autoscaler.pid(), Signal::SIGINT).unwrap();
+    let status = autoscaler.wait(Duration::from_secs(60)).await;
+    let log = log.join().unwrap();
+    assert!(done, "the worker started over TLS did not run the tasks:\n{log}");
+    assert!(status.success(), "autoscaler exited with {status}\n{log}");
+}
