@@ -33,6 +33,8 @@
 //!   (`tests/broker_owns_redis.rs` checks it).
 //! - [`connection`]: a URL and its [`TlsOptions`] (CA file, client certificate, opt-out of
 //!   verification) become a `redis::Client`.
+//! - [`durability`]: [`Durability`] (fast, replicated:N, fsync) and the start-up checks of the
+//!   server's version and eviction policy ([`ServerInfo`]).
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
@@ -52,6 +54,7 @@ mod broker;
 pub mod client;
 mod clock;
 pub mod connection;
+pub mod durability;
 pub mod envelope;
 mod error;
 pub mod handler;
@@ -65,6 +68,7 @@ pub mod worker;
 pub use backoff::RetryPolicy;
 pub use client::{Client, Task, redact_url};
 pub use connection::TlsOptions;
+pub use durability::{Durability, ServerInfo};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};

@@ -5,8 +5,10 @@
 //! run in parallel and never touch the Redis at 6379. When the test thread is panicking, the
 //! drop prints the server's log tail, so a failure shows what Redis saw.
 //!
-//! [`tls`] starts the same server with TLS only (certificates made by the test).
+//! [`tls`] starts the same server with TLS only (certificates made by the test); [`replica`]
+//! a master with a replica.
 
+pub mod replica;
 pub mod tls;
 
 use std::io::{Read, Write};

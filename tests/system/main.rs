@@ -5,6 +5,7 @@
 mod support;
 
 mod core;
+mod durability;
 mod failures;
 mod interop;
 mod tls;

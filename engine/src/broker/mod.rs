@@ -15,6 +15,8 @@
 //! - [`settle`]: a task's state changes and their scripts (`settle.lua`, `promote.lua`,
 //!   `reclaim.lua`, `extend.lua`), and [`DeadReason`];
 //! - [`registry`]: the worker registry ([`WorkerRecord`], one codec for writer and readers);
+//! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
+//!   (`WAIT`, `WAITAOF`) after writes;
 //! - [`admin`]: inspection, dead-letter replay, pause flags, queue deletion, the autoscaler's
 //!   stored decision, the demo's samples and the reachability check.
 //!
@@ -24,6 +26,7 @@
 pub(crate) mod admin;
 pub(crate) mod queues;
 pub(crate) mod registry;
+pub(crate) mod server;
 pub(crate) mod settle;
 pub(crate) mod stream;
 #[cfg(test)]
@@ -40,6 +43,7 @@ pub(crate) use admin::*;
 pub(crate) use queues::*;
 pub use registry::WorkerRecord;
 pub(crate) use registry::{deregister, live_workers, register};
+pub(crate) use server::*;
 pub use settle::DeadReason;
 pub(crate) use settle::*;
 pub(crate) use stream::*;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::RetryPolicy;
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 
 /// Default handlers running at once per worker.
@@ -46,6 +47,10 @@ pub struct QueueOptions {
     pub retry: Option<RetryPolicy>,
     /// Handler timeout for this queue.
     pub timeout: Option<Duration>,
+    /// What settling this queue's tasks waits for ([`Durability::Fast`] by default): one wait
+    /// per settle batch, after the batch's scripts, on the same connection. Checked against the
+    /// server when the worker starts.
+    pub durability: Durability,
 }
 
 /// How a worker runs. Every field has a documented default.
@@ -78,6 +83,9 @@ pub struct WorkerConfig {
     /// This worker's id (also its consumer name). Generated from host, pid and a random
     /// suffix when `None`; must be unique among live workers.
     pub worker_id: Option<String>,
+    /// Start even when Redis's `maxmemory-policy` can evict task keys (`allkeys-*`), with a
+    /// warning instead of [`Error::UnsafeRedisSetting`] (false by default).
+    pub allow_eviction: bool,
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +103,7 @@ impl Default for WorkerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             promote_interval: DEFAULT_PROMOTE_INTERVAL,
             worker_id: None,
+            allow_eviction: false,
         }
     }
 }
