@@ -139,7 +139,12 @@ impl Admin {
         if let Some(p) = &a.priority {
             queue.rank(p).map_err(|e| UsageError(format!("--priority: {e}")))?;
         }
-        let producer = Client::new(&self.client).await.map_err(|e| self.engine(e))?;
+        let producer = Client::new(&self.client)
+            .await
+            .map_err(|e| self.engine(e))?
+            .with_durability(a.durability)
+            .await
+            .map_err(|e| self.engine(e))?;
         let mut ids = Vec::with_capacity(a.count.min(1_000_000) as usize);
         let mut left = a.count;
         while left > 0 {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use rivulet::PriorityMode;
+use rivulet::{Durability, PriorityMode};
 
 use crate::settings::{
-    ExecSpec, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
+    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
     parse_size,
 };
 
@@ -163,6 +163,17 @@ pub struct WorkerArgs {
     /// than M may start. No limit by default.
     #[arg(long, value_name = "M", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
     pub max_tasks: Option<u64>,
+    /// What settling a task waits for, for every queue served: `fast` (the master has it),
+    /// `replicated:N` (N replicas have it: WAIT, once per settle batch) or `fsync` (the
+    /// master's AOF is fsynced: WAITAOF, Redis 7.2+ with appendonly yes); `:TIMEOUTms` sets the
+    /// wait (default 1000ms). Refused at start when the server cannot honour it.
+    #[arg(long, value_name = "MODE", default_value = "fast", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// Start even when Redis's maxmemory-policy can evict task keys (allkeys-*), with a
+    /// warning. Without it such a policy is refused at start: tasks would vanish under memory
+    /// pressure. Use noeviction (or volatile-*, which evicts only keys with a TTL).
+    #[arg(long)]
+    pub allow_eviction: bool,
 }
 
 /// The worker process and the admin commands.
@@ -284,6 +295,10 @@ pub struct EnqueueArgs {
     /// Enqueue this many copies (each with its own id).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000_000).map(|n| n as u64))]
     pub count: u64,
+    /// What an enqueue waits for before it reports success: `fast`, `replicated:N` or `fsync`
+    /// (see `work --durability`). One wait per batch of tasks.
+    #[arg(long, value_name = "MODE", default_value = "fast", value_parser = parse_durability)]
+    pub durability: Durability,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -195,7 +195,8 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             // One thread: see `supervisor` on why children must be spawned from it.
             current_thread()?.block_on(async {
                 // Fail here, naming the URL, rather than in N crash-looping children.
-                store::connect_checked(&global.redis_url, &global.tls()).await?;
+                let (client, _) = store::connect_checked(&global.redis_url, &global.tls()).await?;
+                store::check_server(&client, &global.redis_url, &run.worker).await?;
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;

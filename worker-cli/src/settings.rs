@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rivulet::{PriorityMode, QueueName, RetryPolicy, TlsOptions, WorkerConfig};
+use rivulet::{Durability, PriorityMode, QueueName, RetryPolicy, TlsOptions, WorkerConfig};
 
 use crate::cli::{GlobalArgs, LogFormat, RunArgs, WorkerArgs};
 
@@ -63,6 +63,14 @@ pub fn parse_kind(s: &str) -> Result<String, String> {
         return Err("the task kind must not be empty (it names the handler that runs the task, e.g. resize)".into());
     }
     Ok(s.to_owned())
+}
+
+/// Parses `fast`, `replicated:N[:TIMEOUTms]` or `fsync[:TIMEOUTms]`.
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse::<Durability>().map_err(|e| match e {
+        rivulet::Error::InvalidConfig { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// Parses a duration like `30s`, `1m 30s`, `250ms`.
@@ -272,6 +280,8 @@ pub struct WorkerSettings {
     pub exec: Vec<ExecSpec>,
     /// Stop (to be recycled) after this many started tasks.
     pub max_tasks: Option<u64>,
+    /// What settles wait for, for every queue served.
+    pub durability: Durability,
 }
 
 impl WorkerSettings {
@@ -304,6 +314,7 @@ impl WorkerSettings {
             config,
             exec: args.exec.clone(),
             max_tasks: args.max_tasks,
+            durability: args.durability,
         })
     }
 }
@@ -324,6 +335,7 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         },
         timeout: args.timeout,
         drain_timeout: args.drain_timeout,
+        allow_eviction: args.allow_eviction,
         ..WorkerConfig::default()
     }
 }
@@ -351,6 +363,10 @@ impl WorkerArgs {
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
+        }
+        a.extend(["--durability".to_owned(), self.durability.to_string()]);
+        if self.allow_eviction {
+            a.push("--allow-eviction".to_owned());
         }
         a
     }
@@ -468,6 +484,9 @@ mod tests {
             "5s",
             "--max-tasks",
             "100",
+            "--durability",
+            "replicated:2:300ms",
+            "--allow-eviction",
         ]);
         let mut argv = vec!["work".to_owned()];
         argv.extend(args.to_args());

@@ -96,6 +96,18 @@ fn no_answer(shown: &str, cause: &str) -> Unreachable {
     ))
 }
 
+/// The checks every worker makes at start, made once by a supervisor before it starts any:
+/// otherwise each child would fail the same way and the supervisor would crash-loop.
+pub async fn check_server(client: &redis::Client, url: &str, worker: &crate::cli::WorkerArgs) -> anyhow::Result<()> {
+    let inspector = Inspector::new(client).await.map_err(|e| engine_error(url, e))?;
+    let info = inspector.server_info().await.map_err(|e| engine_error(url, e))?;
+    if !worker.allow_eviction {
+        info.check_eviction()?;
+    }
+    worker.durability.check(&info)?;
+    Ok(())
+}
+
 /// Adds which Redis a failed engine call was talking to.
 pub fn engine_error(url: &str, e: rivulet::Error) -> anyhow::Error {
     if e.is_transient() {

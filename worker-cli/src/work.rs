@@ -81,8 +81,12 @@ async fn serve(
     let limit_seen = limit.clone();
     let router = handlers::with_exec(router, &settings.exec, limit);
     let mut worker = Worker::new(client, router, settings.config.clone());
+    let options = rivulet::QueueOptions {
+        durability: settings.durability,
+        ..rivulet::QueueOptions::default()
+    };
     for q in queues {
-        worker = worker.queue(q);
+        worker = worker.queue_with(q, options);
     }
     let counters = worker.counters();
     let worker_id = worker.id().to_owned();
