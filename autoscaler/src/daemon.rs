@@ -1,6 +1,5 @@
 //! The daemon loop: observe -> decide -> act, once per interval, until shutdown.
 
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,50 +10,20 @@ use prometheus_client::registry::Registry;
 use rivulet::{Inspector, Queue, redact_url};
 use tokio_util::sync::CancellationToken;
 
-use crate::actuator::{CommandActuator, ProcessActuator};
+use crate::actuator::Actuator;
 use crate::metrics::{self, Metrics};
 use crate::observe::Observer;
 use crate::policy::{Observation, PolicyParams, PolicyState, decide};
 
-/// A mistake in the flags or settings (exit status 2), as opposed to a failure while running.
-/// Found in an error's chain with `e.chain().any(|c| c.is::<UsageError>())`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
+pub use crate::actuator::Actuation;
+/// A mistake in the flags or settings (exit status 2), as opposed to a failure while running;
+/// the same type worker-cli uses. Found in an error's chain with
+/// `e.chain().any(|c| c.is::<UsageError>())`.
+pub use rivulet_fleet::UsageError;
 
 /// A [`UsageError`] as an `anyhow::Error`.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    UsageError(message.into()).into()
-}
-
-/// How the daemon changes the number of workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actuation {
-    /// Child processes started with `sh -c "exec <command>"`, each in its own process group,
-    /// with `REDIS_URL` set in their environment.
-    Process {
-        /// The worker command template: `{queue}` and `{redis_url}` are replaced (prefer the
-        /// environment's `REDIS_URL` to `{redis_url}`: a URL on the command line shows its
-        /// password in `ps`).
-        command: String,
-        /// On the daemon's own shutdown: drain the workers (true) or leave them running; left
-        /// workers do not die with the daemon either.
-        drain_on_exit: bool,
-        /// How long a stopping worker gets before SIGKILL.
-        hard_deadline: Duration,
-    },
-    /// A command template with `{replicas}`.
-    Command {
-        /// The template.
-        template: String,
-    },
+    UsageError::new(message).into()
 }
 
 /// Everything the daemon needs, resolved from flags and environment by the binary.
@@ -82,20 +51,6 @@ pub struct Settings {
     pub dry_run: bool,
     /// Where to serve `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
-}
-
-/// The `REDIS_TLS_*` variables that give a worker-cli process the same TLS options.
-fn tls_env(tls: &rivulet::TlsOptions) -> Vec<(&'static str, String)> {
-    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    [
-        ("REDIS_TLS_CA_FILE", path(&tls.ca_file)),
-        ("REDIS_TLS_CERT_FILE", path(&tls.client_cert)),
-        ("REDIS_TLS_KEY_FILE", path(&tls.client_key)),
-        ("REDIS_TLS_INSECURE", tls.insecure.then(|| "true".to_owned())),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.map(|v| (k, v)))
-    .collect()
 }
 
 /// The decision as stored in Redis for `worker-cli stats`.
@@ -183,35 +138,18 @@ pub async fn run(
         server.spawn(metrics::serve(listener, Arc::new(registry), stop.clone()));
     }
 
-    let mut process = None;
-    let mut command = None;
-    match &settings.actuation {
-        Actuation::Process {
-            command: template,
-            hard_deadline,
-            drain_on_exit,
-        } => {
-            let fill = |url: &str| template.replace("{redis_url}", url).replace("{queue}", &settings.queue);
-            let mut p = ProcessActuator::new(fill(&settings.redis_url), *hard_deadline)
-                .shown_as(fill(&shown_url))
-                // worker-cli reads it; the URL (and its password) stays off the command line.
-                .env("REDIS_URL", settings.redis_url.clone());
-            for (key, value) in tls_env(&settings.tls) {
-                p = p.env(key, value);
-            }
-            if !drain_on_exit {
-                p = p.leave_running();
-            }
-            process = Some(p);
-        }
-        Actuation::Command { template } => {
-            command = Some(CommandActuator::new(template.clone()).map_err(|e| usage(e.to_string()))?)
-        }
-    }
+    let mut actuator = Actuator::new(
+        &settings.actuation,
+        &settings.queue,
+        &settings.redis_url,
+        &shown_url,
+        &settings.tls,
+    )
+        .map_err(|e| usage(e.to_string()))?;
     if !settings.dry_run
-        && let Some(p) = process.as_mut()
+        && let Actuator::Process(p) = &mut actuator
     {
-        p.scale_to(settings.params.min, &[]);
+        p.scale_to(settings.params.min, &[]).await?;
     }
 
     let start = tokio::time::Instant::now();
@@ -235,11 +173,9 @@ pub async fn run(
                 continue;
             }
         };
-        let current = match (&process, &command) {
-            _ if settings.dry_run => obs.live_workers,
-            (Some(p), _) => p.current(),
-            (_, Some(c)) => c.applied().unwrap_or(obs.live_workers),
-            (None, None) => unreachable!("one actuator is always configured"),
+        let current = match actuator.current() {
+            Some(n) if !settings.dry_run => n,
+            _ => obs.live_workers,
         };
         let decision = decide(&obs, current, start.elapsed(), &settings.params, &mut state);
         log_decision(&obs, current, &decision, settings.dry_run);
@@ -260,36 +196,20 @@ pub async fn run(
         if settings.dry_run {
             continue;
         }
-        if let Some(p) = process.as_mut() {
-            let idle = observer.idle_pids().await.unwrap_or_default();
-            p.scale_to(decision.desired, &idle);
-        }
-        if let Some(c) = command.as_mut()
-            && let Err(e) = c.scale_to(decision.desired).await
-        {
-            tracing::error!(error = format!("{e:#}"), "scale command failed");
-        }
+        let idle = match &actuator {
+            Actuator::Process(_) => observer.idle_pids().await.unwrap_or_default(),
+            Actuator::Command(_) => Vec::new(),
+        };
+        actuator.scale_to(decision.desired, &idle).await?;
     }
     tracing::info!("autoscaler stopping");
     stop.cancel();
     while server.join_next().await.is_some() {}
-    if let (Some(p), Actuation::Process { drain_on_exit, .. }) = (process.as_mut(), &settings.actuation) {
-        if *drain_on_exit {
-            tracing::info!(
-                workers = p.current(),
-                "draining workers (signal again to kill them at once)"
-            );
-            if !p.shutdown(force).await {
-                anyhow::bail!(
-                    "stopped at once by a second signal: workers killed, their unfinished tasks run again after the lease"
-                );
-            }
-            tracing::info!("workers drained");
-        } else {
-            tracing::info!(workers = p.current(), "leaving workers running");
-            p.detach();
-        }
-    }
+    let drain = match &settings.actuation {
+        Actuation::Process { drain_on_exit, .. } => *drain_on_exit,
+        Actuation::Command { .. } => false,
+    };
+    actuator.shutdown(drain, force).await?;
     Ok(())
 }
 

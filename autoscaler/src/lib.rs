@@ -8,13 +8,16 @@
 //!   shapes and measures breach time, worker-seconds against an oracle and flapping.
 //! - [`observe`]: reads a queue's backlog, in-flight, oldest age, smoothed rates and live
 //!   workers from Redis each tick.
-//! - [`actuator`]: local worker processes (graceful drain on scale-down) or a scale command.
+//! - [`actuator`]: local worker processes (through `rivulet_fleet`'s supervisor, at a moving
+//!   target) or a scale command.
 //! - [`metrics`]: Prometheus metrics served with axum.
 //! - [`daemon`]: the observe -> decide -> act loop and its settings.
+//! - [`cli`]: the flags, their resolution into daemon settings, and the exit codes.
 
 #![forbid(unsafe_code)]
 
 pub mod actuator;
+pub mod cli;
 pub mod daemon;
 pub mod metrics;
 pub mod observe;

@@ -6,9 +6,8 @@ use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use rivulet::testing::RedisServer;
+use nix::sys::signal::Signal;
+use rivulet::testing::{ChildGuard, RedisServer};
 
 /// Nothing listens there: a run that got past flag checking fails with 1, never reaches a
 /// Redis that happens to run on this machine, and never hangs.
@@ -119,7 +118,7 @@ fn a_priority_the_queue_lacks_is_a_usage_error() {
 #[test]
 fn the_daemon_outlives_its_closed_log_pipe_and_writes_no_colour_codes_to_it() {
     let server = RedisServer::start();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoscaler"))
+    let child = Command::new(env!("CARGO_BIN_EXE_autoscaler"))
         .args([
             "--redis-url",
             &server.url(),
@@ -135,8 +134,9 @@ fn the_daemon_outlives_its_closed_log_pipe_and_writes_no_colour_codes_to_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = ChildGuard::adopt("autoscaler", child);
     // Read the first lines, then close the pipe, as `autoscaler ... 2>&1 | head` does.
-    let mut stderr = child.stderr.take().unwrap();
+    let mut stderr = child.child().stderr.take().unwrap();
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&head).contains("decision") {
@@ -155,13 +155,14 @@ fn the_daemon_outlives_its_closed_log_pipe_and_writes_no_colour_codes_to_it() {
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.child().try_wait().unwrap().is_none(),
             "the autoscaler stopped: {:?}",
-            child.wait()
+            child.child().wait()
         );
+        // A sleep, because what is checked is that nothing happens for a while.
         std::thread::sleep(Duration::from_millis(100));
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
+    child.signal(Signal::SIGTERM);
+    let status = child.child().wait().unwrap();
     assert!(status.success(), "{status}");
 }

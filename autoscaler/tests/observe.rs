@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autoscaler::observe::Observer;
-use rivulet::testing::{RedisServer, wait_until};
-use rivulet::{Client, Inspector, Queue, Router, Task, Worker, WorkerConfig};
+use rivulet::testing::{Fixture, wait_until};
+use rivulet::{Queue, Router, Task, WorkerConfig};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
-    let redis = RedisServer::start();
-    let queue = Queue::new("observed").unwrap();
+    // A server of its own: the heartbeats summed are every worker's.
+    let f = Fixture::with_queue(Queue::new("observed").unwrap()).await;
+    let queue = &f.queue;
     // Every task holds its slot until the test lets it go.
     let gate = Arc::new(Semaphore::new(0));
     let router = Router::new().route_bytes("hold", {
@@ -33,30 +33,23 @@ async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
         concurrency: 4,
         ..WorkerConfig::default()
     };
-    let stop = CancellationToken::new();
-    let worker = Worker::new(redis.client(), router, config).queue(queue.clone());
-    let running = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let running = f.start_worker(router, config);
 
-    let client = Client::connect(&redis.url()).await.unwrap();
     let started_at = std::time::Instant::now();
     for _ in 0..3 {
-        client.enqueue(&queue, Task::bytes("hold", "x")).await.unwrap();
+        f.client.enqueue(queue, Task::bytes("hold", "x")).await.unwrap();
     }
-    let inspector = Inspector::connect(&redis.url()).await.unwrap();
+    let inspector = &f.inspector;
     let heartbeat_shows = |n: u64| {
-        let inspector = inspector.clone();
-        move || {
-            let inspector = inspector.clone();
-            async move {
-                inspector
-                    .workers()
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|w| w.in_flight)
-                    .sum::<u64>()
-                    == n
-            }
+        async move || {
+            inspector
+                .workers()
+                .await
+                .unwrap()
+                .iter()
+                .map(|w| w.in_flight)
+                .sum::<u64>()
+                == n
         }
     };
     assert!(
@@ -99,7 +92,6 @@ async fn observes_running_tasks_and_slots_of_multi_slot_workers() {
         "{rate}"
     );
 
-    stop.cancel();
-    let report = running.await.unwrap().unwrap();
+    let report = running.stop().await;
     assert_eq!(report.succeeded, 3, "{report:?}");
 }

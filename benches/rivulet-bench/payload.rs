@@ -9,6 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+/// The payload size of every scenario but `payload`, bytes.
+pub const BASE_PAYLOAD: usize = 64;
+
 /// Handler kind of the drain runs: does nothing but note when it started.
 pub const KIND_NOOP: &str = "noop";
 /// Handler kind of the latency runs: also records the latency carried in the payload.

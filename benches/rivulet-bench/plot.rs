@@ -5,13 +5,18 @@
 //! library): the first of a few common paths, or `--font`. Without one, no plots are drawn and
 //! the run says so; the table and the JSON are unaffected.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::latency::LatencyResult;
+use crate::payload::BASE_PAYLOAD;
+use crate::report::{DRAIN_TARGET, RunResult, Unit, auto_share, drain_key, fmt_value, latency_key};
 use crate::stats::Spread;
+use crate::suite::progress;
 
 const FONT: &str = "sans-serif";
 const CANDIDATES: &[&str] = &[
@@ -306,6 +311,77 @@ impl Figure for ThroughputFigure<'_> {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// Plots from the medians (throughput) and, per rate, from the run whose p99 is the median.
+pub fn figures(
+    dir: &Path,
+    font: Option<&Path>,
+    workers: &[usize],
+    concurrency: usize,
+    runs: &[RunResult],
+    summary: &BTreeMap<String, Spread>,
+) -> Result<Vec<PathBuf>> {
+    let font = load_font(font)?;
+    progress(format_args!("plots use the font {}", font.display()));
+    let mut files = Vec::new();
+
+    let mut labels: Vec<(f64, String)> = Vec::new();
+    for r in runs {
+        for l in r.latency.iter().filter(|l| l.payload_bytes == BASE_PAYLOAD) {
+            if !labels.iter().any(|(_, x)| *x == l.label) {
+                labels.push((l.rate_target, l.label.clone()));
+            }
+        }
+    }
+    labels.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut series = Vec::new();
+    for (_, label) in labels {
+        let mut of_label: Vec<&LatencyResult> = runs
+            .iter()
+            .flat_map(|r| &r.latency)
+            .filter(|l| l.label == label && l.payload_bytes == BASE_PAYLOAD)
+            .collect();
+        of_label.sort_by_key(|l| l.start.p99);
+        let mid = of_label[of_label.len() / 2];
+        let rate = summary
+            .get(&format!("{}.rate", latency_key(&label, BASE_PAYLOAD)))
+            .map_or(mid.rate_achieved, |s| s.median);
+        let name = match auto_share(&label) {
+            Some(pct) => format!("{}/s ({pct} % of drain)", fmt_value(rate, Unit::Rate)),
+            None => format!("{}/s", fmt_value(mid.rate_target, Unit::Rate)),
+        };
+        series.push(CdfSeries {
+            label: name,
+            start: mid.start.cdf.clone(),
+            done: mid.done.as_ref().map(|d| d.cdf.clone()),
+        });
+    }
+    if !series.is_empty() {
+        files.extend(latency_cdf(dir, &series)?);
+    }
+
+    let points: Vec<(usize, Spread)> = workers
+        .iter()
+        .filter_map(|&w| {
+            summary
+                .get(&format!("{}.tasks_per_s", drain_key(w, concurrency, BASE_PAYLOAD)))
+                .map(|s| (w, *s))
+        })
+        .collect();
+    if !points.is_empty() {
+        files.extend(throughput(
+            dir,
+            &points,
+            // The machine's ceiling (several consumers) when it was measured.
+            summary
+                .get("ceiling_wide.drain_per_s")
+                .or(summary.get("ceiling.drain_per_s"))
+                .copied(),
+            DRAIN_TARGET,
+        )?);
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

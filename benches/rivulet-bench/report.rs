@@ -11,6 +11,7 @@ use crate::ceiling::CeilingResult;
 use crate::drain::DrainResult;
 use crate::enqueue::EnqueueResult;
 use crate::latency::LatencyResult;
+use crate::payload::BASE_PAYLOAD;
 use crate::stats::Spread;
 
 /// Everything one pass of the suite measured.
@@ -306,6 +307,311 @@ pub fn check(
 /// Costs are targets of the form "at most".
 fn unit_is_le(unit: Unit) -> bool {
     matches!(unit, Unit::Us | Unit::Count)
+}
+
+/// The one-process drain rate the project aims at, tasks/s.
+pub const DRAIN_TARGET: f64 = 100_000.0;
+
+/// The project's targets, checked against the medians.
+pub fn targets(summary: &BTreeMap<String, Spread>, reference: &str) -> Vec<Check> {
+    let lat = |label: &str, what: &str| format!("{}.start.{what}", latency_key(label, BASE_PAYLOAD));
+    vec![
+        check(
+            summary,
+            "drain, 1 worker process ≥ 100,000 tasks/s",
+            &format!("{reference}.tasks_per_s"),
+            DRAIN_TARGET,
+            true,
+            Unit::Rate,
+        ),
+        check(
+            summary,
+            "drain ≥ 70 % of the bare loop, --bare-consumers-wide (2) consumers",
+            "drain.reference.vs_ceiling_wide",
+            0.70,
+            true,
+            Unit::Pct,
+        ),
+        check(
+            summary,
+            "drain ≥ 70 % of the bare loop, --bare-consumers (1) consumer",
+            "drain.reference.vs_ceiling",
+            0.70,
+            true,
+            Unit::Pct,
+        ),
+        check(
+            summary,
+            "enqueue-to-start p50 < 0.5 ms at 2,000/s",
+            &lat("2000", "p50"),
+            500.0,
+            false,
+            Unit::Ms,
+        ),
+        check(
+            summary,
+            "enqueue-to-start p99 < 2 ms at 2,000/s",
+            &lat("2000", "p99"),
+            2_000.0,
+            false,
+            Unit::Ms,
+        ),
+        check(
+            summary,
+            "enqueue-to-start p99 < 5 ms at 10,000/s",
+            &lat("10000", "p99"),
+            5_000.0,
+            false,
+            Unit::Ms,
+        ),
+        check(
+            summary,
+            "Redis CPU ≤ 10 µs per task (enqueue + drain)",
+            &format!("{reference}.life_cpu_us"),
+            10.0,
+            false,
+            Unit::Us,
+        ),
+        check(
+            summary,
+            "≤ 3 Redis commands per task (enqueue + drain, script calls included)",
+            &format!("{reference}.life_cmds"),
+            3.0,
+            false,
+            Unit::Count,
+        ),
+    ]
+}
+
+/// Every table of a run's summary, then the targets; `latency_concurrency` is the latency
+/// runs' worker slots (their title names them).
+pub fn tables(latency_concurrency: usize, s: &BTreeMap<String, Spread>, checks: &[Check], reference: &str) -> String {
+    let g = |k: String, u: Unit| fmt_spread(s.get(&k), u);
+    let runs = s.values().map(|v| v.runs).max().unwrap_or(1);
+    let mut out = String::new();
+    if runs > 1 {
+        out.push_str(&format!("\nMedians of {runs} runs, (min–max) beside them.\n"));
+    }
+
+    let mut t = Table::new(
+        "Drain (no-op tasks, pre-filled backlog)",
+        &[
+            "processes x slots",
+            "payload",
+            "tasks/s",
+            "Redis µs/task",
+            "cmds/task",
+            "top-level/task",
+            "worker CPU µs/task",
+            "fill tasks/s",
+        ],
+    );
+    let mut keys: Vec<(usize, usize, usize)> = Vec::new();
+    for k in s.keys() {
+        if let Some(rest) = k.strip_prefix("drain.w")
+            && let Some(base) = rest.strip_suffix(".tasks_per_s")
+        {
+            let parts: Vec<&str> = base.split(['.', 'c', 'p']).filter(|p| !p.is_empty()).collect();
+            if let [w, c, p] = parts[..]
+                && let (Ok(w), Ok(c), Ok(p)) = (w.parse(), c.parse(), p.parse())
+            {
+                keys.push((p, w, c));
+            }
+        }
+    }
+    keys.sort();
+    for (p, w, c) in keys {
+        let k = drain_key(w, c, p);
+        t.row(vec![
+            format!("{w} x {c}"),
+            bytes_label(p),
+            g(format!("{k}.tasks_per_s"), Unit::Rate),
+            g(format!("{k}.drain_cpu_us"), Unit::Us),
+            g(format!("{k}.drain_cmds"), Unit::Count),
+            g(format!("{k}.drain_top"), Unit::Count),
+            g(format!("{k}.worker_cpu_us"), Unit::Us),
+            g(format!("{k}.fill_tasks_per_s"), Unit::Rate),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Ceiling: bare redis-rs loop on the same Redis",
+        &[
+            "what",
+            "entries/s",
+            "Redis µs/entry",
+            "client CPU µs/entry",
+            "engine vs ceiling",
+        ],
+    );
+    if s.contains_key("ceiling.drain_per_s") {
+        t.row(vec![
+            format!(
+                "XREADGROUP + XACK + XDEL, {} consumer(s)",
+                g("ceiling.consumers".into(), Unit::Rate)
+            ),
+            g("ceiling.drain_per_s".into(), Unit::Rate),
+            g("ceiling.drain_cpu_us".into(), Unit::Us),
+            g("ceiling.client_cpu_us".into(), Unit::Us),
+            g("drain.reference.vs_ceiling".into(), Unit::Pct),
+        ]);
+        if s.contains_key("ceiling_wide.drain_per_s") {
+            t.row(vec![
+                format!(
+                    "XREADGROUP + XACK + XDEL, {} consumers",
+                    g("ceiling_wide.consumers".into(), Unit::Rate)
+                ),
+                g("ceiling_wide.drain_per_s".into(), Unit::Rate),
+                g("ceiling_wide.drain_cpu_us".into(), Unit::Us),
+                g("ceiling_wide.client_cpu_us".into(), Unit::Us),
+                g("drain.reference.vs_ceiling_wide".into(), Unit::Pct),
+            ]);
+        }
+        t.row(vec![
+            "XADD (pipelined)".into(),
+            g("ceiling.xadd_per_s".into(), Unit::Rate),
+            g("ceiling.fill_cpu_us".into(), Unit::Us),
+            String::new(),
+            String::new(),
+        ]);
+        t.row(vec![
+            "whole lifecycle (Redis CPU)".into(),
+            String::new(),
+            g("ceiling.life_cpu_us".into(), Unit::Us),
+            String::new(),
+            format!(
+                "engine: {}x the bare loop's Redis CPU",
+                g("drain.reference.cpu_vs_ceiling".into(), Unit::Count)
+            ),
+        ]);
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Enqueue (no worker running)",
+        &["mode", "payload", "tasks/s", "Redis µs/task", "cmds/task"],
+    );
+    for k in s.keys() {
+        if let Some(rest) = k.strip_prefix("enqueue.")
+            && let Some(base) = rest.strip_suffix(".tasks_per_s")
+            && let Some((mode, p)) = base.rsplit_once(".p")
+        {
+            let p: usize = p.parse().unwrap_or(0);
+            t.row(vec![
+                mode.to_owned(),
+                bytes_label(p),
+                g(format!("enqueue.{base}.tasks_per_s"), Unit::Rate),
+                g(format!("enqueue.{base}.cpu_us"), Unit::Us),
+                g(format!("enqueue.{base}.cmds"), Unit::Count),
+            ]);
+        }
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    for (title, what) in [
+        ("Latency: enqueue-to-start (ms)", "start"),
+        ("Latency: enqueue-to-done (ms)", "done"),
+    ] {
+        let mut t = Table::new(
+            &format!("{title}, 1 worker process x {} slots", latency_concurrency),
+            &["rate", "payload", "achieved/s", "p50", "p90", "p99", "p99.9", "max"],
+        );
+        let mut rows: Vec<(usize, f64, String, String)> = Vec::new();
+        for k in s.keys() {
+            if let Some(rest) = k.strip_prefix("latency.")
+                && let Some(base) = rest.strip_suffix(&format!(".{what}.p50"))
+                && let Some((label, p)) = base.rsplit_once(".p")
+            {
+                let rate = s.get(&format!("latency.{base}.rate")).map_or(0.0, |r| r.median);
+                rows.push((p.parse().unwrap_or(0), rate, label.to_owned(), base.to_owned()));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for (p, _, label, base) in rows {
+            let name = match auto_share(&label) {
+                Some(pct) => format!("{pct} % of drain"),
+                None => format!("{label}/s"),
+            };
+            let mut row = vec![name, bytes_label(p), g(format!("latency.{base}.rate"), Unit::Rate)];
+            for q in ["p50", "p90", "p99", "p999", "max"] {
+                row.push(g(format!("latency.{base}.{what}.{q}"), Unit::Ms));
+            }
+            t.row(row);
+        }
+        if !t.is_empty() {
+            out.push_str(&t.render());
+        }
+    }
+
+    let mut t = Table::new(
+        "Redis cost per task during the latency runs (producer + worker)",
+        &[
+            "rate",
+            "payload",
+            "Redis µs/task",
+            "cmds/task",
+            "top-level/task",
+            "worker CPU µs/task",
+            "producer CPU µs/task",
+            "producer stalls",
+            "backlog at end",
+        ],
+    );
+    for k in s.keys() {
+        if let Some(rest) = k.strip_prefix("latency.")
+            && let Some(base) = rest.strip_suffix(".cpu_us")
+            && let Some((label, p)) = base.rsplit_once(".p")
+        {
+            t.row(vec![
+                label.to_owned(),
+                bytes_label(p.parse().unwrap_or(0)),
+                g(format!("latency.{base}.cpu_us"), Unit::Us),
+                g(format!("latency.{base}.cmds"), Unit::Count),
+                g(format!("latency.{base}.top"), Unit::Count),
+                g(format!("latency.{base}.worker_cpu_us"), Unit::Us),
+                g(format!("latency.{base}.producer_cpu_us"), Unit::Us),
+                g(format!("latency.{base}.stalls"), Unit::Count),
+                g(format!("latency.{base}.backlog"), Unit::Rate),
+            ]);
+        }
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        &format!("Targets (reference drain: {reference})"),
+        &["target", "measured", "met", "note"],
+    );
+    for c in checks {
+        let met = match c.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        t.row(vec![c.target.clone(), c.measured.clone(), met.into(), c.note.clone()]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
+/// `Some(50)` for the rate label `auto50` (a share of the measured drain rate).
+pub fn auto_share(label: &str) -> Option<u32> {
+    label.strip_prefix("auto").and_then(|p| p.parse().ok())
+}
+
+/// `64 B`, `1 KiB`.
+pub fn bytes_label(n: usize) -> String {
+    if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,9 @@
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
 //! - `clock`: where the worker and the inspector read the time they pass to the broker.
-//! - `testing` (feature `test-util`): a private `redis-server` per test, and one with TLS.
+//! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
+//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).; a TLS server
+//!   (`testing::tls`) and a master with a replica (`testing::replica`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -76,4 +78,4 @@ pub use inspector::{
     DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
-pub use worker::{PriorityMode, QueueOptions, Worker, WorkerConfig, WorkerCounters, WorkerReport};
+pub use worker::{PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};

@@ -4,8 +4,8 @@
 //! crate's `src/`) and fails, naming file and line, wherever code outside `engine/src/broker/`
 //! builds a Redis command, pipeline or script, or builds a key from the prefix outside
 //! `engine/src/keys.rs`. Tests, benches, examples, the root test-suite package and the test
-//! harness (`engine/src/testing.rs`, or `engine/src/testing/` once it is split) are aside: they may poke Redis directly to set up or check
-//! a state. A file's `#[cfg(test)]` module (the last item, by the house convention) is skipped.
+//! harness (`engine/src/testing/`) are aside: they may poke Redis directly to set up or check a
+//! state. A file's `#[cfg(test)]` module (the last item, by the house convention) is skipped.
 
 use std::path::{Path, PathBuf};
 

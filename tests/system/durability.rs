@@ -10,7 +10,11 @@ use rivulet::testing::RedisServer;
 use rivulet::testing::replica::ReplicaPair;
 use rivulet::{Client, Durability, Error, Queue, QueueOptions, Router, Task, TaskContext, Worker, WorkerConfig};
 
-use crate::support::{fast_config, raw, wait_for};
+use rivulet::testing::{fast_config, wait_until};
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    server.client().get_multiplexed_async_connection().await.expect("connect")
+}
 
 fn replicated_1() -> Durability {
     "replicated:1".parse().unwrap()
@@ -137,11 +141,14 @@ async fn a_worker_with_replicated_1_has_its_settles_on_the_replica_when_it_stops
                 let _ = stopped.await;
             }),
     );
-    wait_for("300 tasks run", Duration::from_secs(30), || {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
         let ran = ran.clone();
         async move { ran.load(Ordering::SeqCst) == 300 }
     })
-    .await;
+        .await,
+        "300 tasks run"
+    );
     let _ = stop.send(());
     let report = worker.await.unwrap().unwrap();
     assert_eq!(report.succeeded, 300);
@@ -201,11 +208,14 @@ async fn a_worker_refuses_an_allkeys_eviction_policy_unless_eviction_is_allowed(
     let worker = tokio::spawn(Worker::new(server.client(), router, config).queue(queue).run(async {
         let _ = stopped.await;
     }));
-    wait_for("the task run", Duration::from_secs(10), || {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
         let ran = ran.clone();
         async move { ran.load(Ordering::SeqCst) == 1 }
     })
-    .await;
+        .await,
+        "the task run"
+    );
     let _ = stop.send(());
     assert_eq!(worker.await.unwrap().unwrap().succeeded, 1);
 

@@ -3,113 +3,73 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rivulet::testing::RedisServer;
-use rivulet::{
-    Client, DlqSelect, HandlerError, Inspector, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig,
-};
+use rivulet::testing::{ChildGuard, Fixture, Recorder, RedisServer, fast_config, wait_until};
+use rivulet::{DlqSelect, HandlerError, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, abandon_entries, fast_config, outstanding, raw, wait_for};
-
-/// A child process killed on drop, so a failing test leaves nothing running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A `rivulet-test-worker` process serving `queue` (killed on drop, its stderr shown if the
+/// test fails) and the worker id it announced.
 fn spawn_test_worker(server: &RedisServer, queue: &str, concurrency: usize, lease_ms: u64) -> (ChildGuard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rivulet-test-worker"))
-        .args([
-            server.url(),
-            queue.to_owned(),
-            concurrency.to_string(),
-            lease_ms.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the test worker");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rivulet-test-worker"));
+    cmd.args([
+        server.url(),
+        queue.to_owned(),
+        concurrency.to_string(),
+        lease_ms.to_string(),
+    ])
+    .stdout(Stdio::piped());
+    let mut child = ChildGuard::spawn("rivulet-test-worker", &mut cmd);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.child().stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let id = line
         .trim()
         .strip_prefix("ready ")
-        .expect("the worker announces itself")
+        .unwrap_or_else(|| panic!("the worker announces itself, not {line:?}:\n{}", child.log()))
         .to_owned();
-    (ChildGuard(child), id)
+    (child, id)
 }
 
-fn record_router(seen: Arc<Mutex<HashMap<u64, u32>>>) -> Router {
-    Router::new().route("hold", move |_ctx: TaskContext, h: serde_json::Value| {
-        let seen = seen.clone();
-        async move {
-            *seen.lock().unwrap().entry(h["n"].as_u64().unwrap()).or_default() += 1;
-            Ok(())
-        }
-    })
+/// Kind `hold` (the test worker's kind) recorded, payload `{"n": .., "ms": ..}`.
+fn hold_router(recorder: &Recorder) -> Router {
+    recorder.router(&["hold"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_process_tasks_complete_elsewhere_after_the_lease() {
-    let server = RedisServer::start();
-    let queue = Queue::new("crash").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
-    let (mut child, child_id) = spawn_test_worker(&server, "crash", 50, 1000);
+    let f = Fixture::with_queue(Queue::new("crash").unwrap()).await;
+    let (mut child, child_id) = spawn_test_worker(&f.server, "crash", 50, 1000);
     // Tasks that would run for a minute: the process will die holding them.
     let tasks = (0..50u64).map(|n| Task::json("hold", &serde_json::json!({"n": n, "ms": 60_000})).unwrap());
-    client.enqueue_many(&queue, tasks).await.unwrap();
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("the child to hold 50 tasks", Duration::from_secs(20), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        let child_id = child_id.clone();
-        async move {
-            let p = inspector.pending(&queue, 100).await.unwrap();
-            p.len() == 50 && p.iter().all(|e| e.consumer == child_id)
-        }
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let held = wait_until(Duration::from_secs(20), async || {
+        let p = f.inspector.pending(&f.queue, 100).await.unwrap();
+        p.len() == 50 && p.iter().all(|e| e.consumer == child_id)
     })
     .await;
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    assert!(held, "the child never held all 50 tasks");
+    child.child().kill().expect("the child is still running");
+    child.child().wait().unwrap();
 
-    let seen: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let recorder = Recorder::new();
     let config = WorkerConfig {
         lease: Duration::from_millis(1000),
         ..fast_config()
     };
-    let w = RunningWorker::start(
-        &server,
-        std::slice::from_ref(&queue),
-        record_router(seen.clone()),
-        config,
-    );
-    wait_for(
-        "all 50 tasks to complete on the survivor",
-        Duration::from_secs(30),
-        || {
-            let n = seen.lock().unwrap().len();
-            async move { n == 50 }
-        },
-    )
-    .await;
+    let w = f.start_worker(hold_router(&recorder), config);
+    // All 50 tasks complete on the survivor.
+    recorder.wait_for_runs(50, Duration::from_secs(30)).await;
     w.stop().await;
-    let seen = seen.lock().unwrap().clone();
-    assert!(
-        seen.values().all(|&n| n == 1),
-        "a task ran twice on the survivor: {seen:?}"
-    );
-    assert_eq!(outstanding(&inspector, &queue).await, 0);
-    let stats = inspector.stats(&queue).await.unwrap();
+    let repeated = recorder.repeated();
+    assert!(repeated.is_empty(), "a task ran twice on the survivor: {repeated:?}");
+    assert_eq!(recorder.runs_per_task().len(), 50);
+    assert_eq!(f.outstanding().await, 0);
+    let stats = f.stats().await;
     assert_eq!(
         (stats.counters.reclaimed, stats.counters.done, stats.counters.lost),
         (50, 50, 0)
@@ -118,55 +78,45 @@ async fn killed_worker_process_tasks_complete_elsewhere_after_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_running_for_three_leases_is_never_reclaimed_or_run_twice() {
-    let server = RedisServer::start();
-    let queue = Queue::new("long").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
-    let runs = Arc::new(AtomicU32::new(0));
-    let runs2 = runs.clone();
+    let f = Fixture::shared(Queue::new("long").unwrap()).await;
+    let recorder = Recorder::new();
     let lease = Duration::from_millis(300);
-    let router = Router::new().route("long", move |_ctx: TaskContext, _: ()| {
-        let runs = runs2.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            Ok(())
-        }
+    let router = recorder.route(Router::new(), "long", |_ctx, _: ()| async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        Ok(())
     });
     let config = WorkerConfig { lease, ..fast_config() };
     // Two workers: the idle one keeps trying to reclaim.
-    let a = RunningWorker::start(&server, std::slice::from_ref(&queue), router.clone(), config.clone());
-    let b = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
-    client.enqueue(&queue, Task::json("long", &()).unwrap()).await.unwrap();
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("the long task to finish", Duration::from_secs(20), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.stats(&queue).await.unwrap().counters.done == 1 }
-    })
-    .await;
+    let a = f.start_worker(router.clone(), config.clone());
+    let b = f.start_worker(router, config);
+    f.client
+        .enqueue(&f.queue, Task::json("long", &()).unwrap())
+        .await
+        .unwrap();
+    f.wait_done(1, Duration::from_secs(20)).await;
     let (ra, rb) = (a.stop().await, b.stop().await);
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the long task ran more than once");
+    assert_eq!(
+        recorder.len(),
+        1,
+        "the long task ran more than once: {}",
+        recorder.summary(5)
+    );
     assert_eq!(ra.started + rb.started, 1);
-    assert_eq!(inspector.stats(&queue).await.unwrap().counters.reclaimed, 0);
+    assert_eq!(f.stats().await.counters.reclaimed, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
-    let server = RedisServer::start();
-    let client = Client::new(&server.client()).await.unwrap();
+    // A server of its own: the retry gaps are timing claims.
+    let base = Fixture::start().await;
     for jitter in [false, true] {
         let queue = Queue::new(if jitter { "retry-jitter" } else { "retry-exact" }).unwrap();
-        let attempts: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
-        let attempts2 = attempts.clone();
-        let router = Router::new().route("flaky", move |ctx: TaskContext, _: ()| {
-            let attempts = attempts2.clone();
-            async move {
-                attempts.lock().unwrap().push((ctx.attempt, Instant::now()));
-                if ctx.attempt < 2 {
-                    Err(HandlerError::retry(format!("try {}", ctx.attempt)))
-                } else {
-                    Ok(())
-                }
+        let recorder = Recorder::new();
+        let router = recorder.route(Router::new(), "flaky", |ctx, _: ()| async move {
+            if ctx.attempt < 2 {
+                Err(HandlerError::retry(format!("try {}", ctx.attempt)))
+            } else {
+                Ok(())
             }
         });
         let policy = RetryPolicy {
@@ -179,22 +129,19 @@ async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
             retry: policy,
             ..fast_config()
         };
-        let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
-        client.enqueue(&queue, Task::json("flaky", &()).unwrap()).await.unwrap();
-        wait_for("three attempts", Duration::from_secs(10), || {
-            let n = attempts.lock().unwrap().len();
-            async move { n == 3 }
+        let w = base.start_worker_on(&queue, router, config);
+        base.client
+            .enqueue(&queue, Task::json("flaky", &()).unwrap())
+            .await
+            .unwrap();
+        recorder.wait_for_runs(3, Duration::from_secs(10)).await;
+        let done = wait_until(Duration::from_secs(10), async || {
+            base.inspector.stats(&queue).await.unwrap().counters.done == 1
         })
         .await;
-        let inspector = Inspector::new(&server.client()).await.unwrap();
-        wait_for("done", Duration::from_secs(10), || {
-            let inspector = inspector.clone();
-            let queue = queue.clone();
-            async move { inspector.stats(&queue).await.unwrap().counters.done == 1 }
-        })
-        .await;
+        assert!(done, "the task never completed");
         w.stop().await;
-        let attempts = attempts.lock().unwrap().clone();
+        let attempts: Vec<(u32, Instant)> = recorder.runs().iter().map(|r| (r.attempt, r.at)).collect();
         assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2]);
         // Promotion runs at least every 50 ms here; allow generous scheduling slack above.
         let slack = Duration::from_millis(400);
@@ -216,7 +163,7 @@ async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
                 assert!(gap <= ceiling + slack, "retry {i} came late: {gap:?} vs {ceiling:?}");
             }
         }
-        let stats = inspector.stats(&queue).await.unwrap();
+        let stats = base.inspector.stats(&queue).await.unwrap();
         assert_eq!(
             (stats.counters.failed, stats.counters.retried, stats.counters.dead),
             (2, 2, 0)
@@ -226,23 +173,22 @@ async fn failing_twice_then_succeeding_completes_on_attempt_two_on_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
-    let server = RedisServer::start();
-    let queue = Queue::new("dead").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
+    let f = Fixture::shared(Queue::new("dead").unwrap()).await;
     let healed = Arc::new(AtomicU32::new(0));
-    let runs: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
-    let (healed2, runs2) = (healed.clone(), runs.clone());
-    let router = Router::new().route("job", move |ctx: TaskContext, fatal: bool| {
-        let (healed, runs) = (healed2.clone(), runs2.clone());
-        async move {
-            runs.lock().unwrap().push((ctx.id.to_string(), ctx.attempt));
-            if healed.load(Ordering::SeqCst) == 1 {
-                return Ok(());
-            }
-            if fatal {
-                Err(HandlerError::fatal("cannot ever work"))
-            } else {
-                Err(HandlerError::retry("still broken"))
+    let recorder = Recorder::new();
+    let router = recorder.route(Router::new(), "job", {
+        let healed = healed.clone();
+        move |_ctx, fatal: bool| {
+            let healed = healed.clone();
+            async move {
+                if healed.load(Ordering::SeqCst) == 1 {
+                    return Ok(());
+                }
+                if fatal {
+                    Err(HandlerError::fatal("cannot ever work"))
+                } else {
+                    Err(HandlerError::retry("still broken"))
+                }
             }
         }
     });
@@ -251,28 +197,26 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
         base: Duration::from_millis(20),
         ..RetryPolicy::default()
     };
-    let w = RunningWorker::start(
-        &server,
-        std::slice::from_ref(&queue),
+    let w = f.start_worker(
         router,
         WorkerConfig {
             retry: policy,
             ..fast_config()
         },
     );
-    let exhausted = client
-        .enqueue(&queue, Task::json("job", &false).unwrap())
+    let exhausted = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &false).unwrap())
         .await
         .unwrap();
-    let fatal = client.enqueue(&queue, Task::json("job", &true).unwrap()).await.unwrap();
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("two dead letters", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.dlq_list(&queue, None, 10).await.unwrap().len() == 2 }
-    })
-    .await;
-    let dead = inspector.dlq_list(&queue, None, 10).await.unwrap();
+    let fatal = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &true).unwrap())
+        .await
+        .unwrap();
+    f.wait_dead_letters(2, Duration::from_secs(10)).await;
+    let dead = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
     let by_task: HashMap<String, &rivulet::DeadLetter> = dead.iter().map(|d| (d.task_id.clone(), d)).collect();
     let e = by_task[exhausted.as_str()];
     assert_eq!(
@@ -280,124 +224,91 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
         ("exhausted", "still broken", 3, "job"),
         "a dead letter counts every failed attempt, the last included"
     );
-    assert!(e.origin.starts_with("rivulet:{dead:normal:0}:stream/"), "{}", e.origin);
+    let origin = format!("rivulet:{{{}:normal:0}}:stream/", f.queue.name());
+    assert!(
+        e.origin.starts_with(&origin),
+        "{} does not start with {origin}",
+        e.origin
+    );
     assert!(e.dead_at > 0 && e.deliveries == 1);
-    let f = by_task[fatal.as_str()];
-    assert_eq!((f.reason.as_str(), f.attempt), ("fatal", 1));
-    {
-        let runs = runs.lock().unwrap();
-        assert_eq!(
-            runs.iter().filter(|r| r.0 == exhausted.as_str()).count(),
-            3,
-            "max_attempts = 3 runs"
-        );
-        assert_eq!(
-            runs.iter().filter(|r| r.0 == fatal.as_str()).count(),
-            1,
-            "fatal runs once"
-        );
-    }
+    let fd = by_task[fatal.as_str()];
+    assert_eq!((fd.reason.as_str(), fd.attempt), ("fatal", 1));
+    assert_eq!(recorder.runs_of(exhausted.as_str()).len(), 3, "max_attempts = 3 runs");
+    assert_eq!(recorder.runs_of(fatal.as_str()).len(), 1, "fatal runs once");
     // Show one, then replay them all: with the cause fixed they complete, attempts reset.
-    let shown = inspector.dlq_get(&queue, &f.id).await.unwrap();
+    let shown = f.inspector.dlq_get(&f.queue, &fd.id).await.unwrap();
     assert_eq!(shown.task_id, fatal.as_str());
     healed.store(1, Ordering::SeqCst);
-    assert_eq!(inspector.dlq_replay(&queue, &DlqSelect::All).await.unwrap(), 2);
-    wait_for("replayed tasks done", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.stats(&queue).await.unwrap().counters.done == 2 }
-    })
-    .await;
+    assert_eq!(f.inspector.dlq_replay(&f.queue, &DlqSelect::All).await.unwrap(), 2);
+    f.wait_done(2, Duration::from_secs(10)).await;
     w.stop().await;
-    let runs = runs.lock().unwrap().clone();
-    let last_attempt_of = |id: &str| runs.iter().rfind(|r| r.0 == id).unwrap().1;
+    let last_attempt_of = |id: &str| recorder.runs_of(id).last().unwrap().attempt;
     assert_eq!(
         (last_attempt_of(exhausted.as_str()), last_attempt_of(fatal.as_str())),
         (0, 0)
     );
-    assert!(inspector.dlq_list(&queue, None, 10).await.unwrap().is_empty());
-    assert_eq!(outstanding(&inspector, &queue).await, 0);
-    let stats = inspector.stats(&queue).await.unwrap();
+    assert!(f.inspector.dlq_list(&f.queue, None, 10).await.unwrap().is_empty());
+    assert_eq!(f.outstanding().await, 0);
+    let stats = f.stats().await;
     assert_eq!((stats.counters.dead, stats.counters.replayed), (2, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_purge_by_id_kind_and_all() {
-    let server = RedisServer::start();
-    let queue = Queue::new("purge").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
+    let f = Fixture::shared(Queue::new("purge").unwrap()).await;
     let router = Router::new()
         .route("a", |_ctx: TaskContext, _: ()| async { Err(HandlerError::fatal("no")) })
         .route("b", |_ctx: TaskContext, _: ()| async { Err(HandlerError::fatal("no")) });
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
+    let w = f.start_worker(router, fast_config());
     for kind in ["a", "a", "a", "b", "b"] {
-        client.enqueue(&queue, Task::json(kind, &()).unwrap()).await.unwrap();
+        f.client
+            .enqueue(&f.queue, Task::json(kind, &()).unwrap())
+            .await
+            .unwrap();
     }
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("five dead letters", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.dlq_list(&queue, None, 10).await.unwrap().len() == 5 }
-    })
-    .await;
+    f.wait_dead_letters(5, Duration::from_secs(10)).await;
     w.stop().await;
-    let dead = inspector.dlq_list(&queue, None, 10).await.unwrap();
+    let (inspector, queue) = (&f.inspector, &f.queue);
+    let dead = inspector.dlq_list(queue, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 5, "{dead:#?}");
     // Paging: two at a time, in order, no overlap.
-    let page1 = inspector.dlq_list(&queue, None, 2).await.unwrap();
-    let page2 = inspector.dlq_list(&queue, Some(&page1[1].id.entry), 2).await.unwrap();
+    let page1 = inspector.dlq_list(queue, None, 2).await.unwrap();
+    let page2 = inspector.dlq_list(queue, Some(&page1[1].id.entry), 2).await.unwrap();
     assert_eq!(
         page1.iter().chain(&page2).map(|d| d.id.clone()).collect::<Vec<_>>(),
         dead[..4].iter().map(|d| d.id.clone()).collect::<Vec<_>>()
     );
     let one = dead.iter().find(|d| d.kind == "b").unwrap().id.clone();
     assert_eq!(
-        inspector.dlq_purge(&queue, &DlqSelect::Id(one.clone())).await.unwrap(),
+        inspector.dlq_purge(queue, &DlqSelect::Id(one.clone())).await.unwrap(),
         1
     );
     assert!(matches!(
-        inspector.dlq_get(&queue, &one).await,
+        inspector.dlq_get(queue, &one).await,
         Err(rivulet::Error::NotFound(_))
     ));
     assert!(matches!(
-        inspector.dlq_purge(&queue, &DlqSelect::Id(one)).await,
+        inspector.dlq_purge(queue, &DlqSelect::Id(one)).await,
         Err(rivulet::Error::NotFound(_))
     ));
     assert_eq!(
-        inspector.dlq_purge(&queue, &DlqSelect::Kind("a".into())).await.unwrap(),
+        inspector.dlq_purge(queue, &DlqSelect::Kind("a".into())).await.unwrap(),
         3
     );
-    assert_eq!(inspector.dlq_purge(&queue, &DlqSelect::All).await.unwrap(), 1);
-    assert!(inspector.dlq_list(&queue, None, 10).await.unwrap().is_empty());
+    assert_eq!(inspector.dlq_purge(queue, &DlqSelect::All).await.unwrap(), 1);
+    assert!(inspector.dlq_list(queue, None, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
-    let server = RedisServer::start();
-    let queue = Queue::new("garbage").unwrap();
-    let ok = Arc::new(AtomicU32::new(0));
-    let ok2 = ok.clone();
-    let router = Router::new().route("typed", move |_ctx: TaskContext, _n: u64| {
-        let ok = ok2.clone();
-        async move {
-            ok.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    });
-    // The worker creates the group; then raw XADDs arrive as other languages might send them.
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("the worker to register", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        async move { inspector.workers().await.unwrap().len() == 1 }
-    })
-    .await;
-    let stream = queue.shard("normal", 0).stream;
-    let mut conn = raw(&server).await;
+/// Appends 1,000 entries no worker can run (a fifth each: no kind, an unknown codec, a payload
+/// that does not decode, a kind nobody serves, an attempt that is not a number) and then one
+/// good task to `stream`; returns how many dead letters of each reason to expect.
+async fn add_malformed_entries(f: &Fixture, stream: &str) -> HashMap<String, u64> {
+    let mut conn = f.redis().await;
     let mut pipe = redis::pipe();
     let mut expected: HashMap<&str, u64> = HashMap::new();
     for i in 0..1000u32 {
         let id = format!("bad-{i}");
-        let cmd = pipe.cmd("XADD").arg(&stream).arg("*");
+        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
         let reason = match i % 5 {
             0 => {
                 cmd.arg("id").arg(&id).arg("payload").arg("1");
@@ -449,7 +360,7 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
     }
     // And one good task at the end: the worker is still serving.
     pipe.cmd("XADD")
-        .arg(&stream)
+        .arg(stream)
         .arg("*")
         .arg("id")
         .arg("good")
@@ -459,21 +370,34 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
         .arg("7")
         .ignore();
     pipe.query_async::<()>(&mut conn).await.unwrap();
-    wait_for("1000 dead letters and the good task", Duration::from_secs(30), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        let ok = ok.clone();
-        async move {
-            let s = inspector.stats(&queue).await.unwrap();
-            s.priorities[1].dead_letters == 1000 && ok.load(Ordering::SeqCst) == 1
-        }
+    expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
+    let f = Fixture::shared(Queue::new("garbage").unwrap()).await;
+    let ok = Recorder::new();
+    let router = ok.route(Router::new(), "typed", |_ctx, _n: u64| async { Ok(()) });
+    // The worker creates the group; then raw XADDs arrive as other languages might send them.
+    let w = f.start_worker(router, fast_config());
+    f.wait_worker_registered(Duration::from_secs(10)).await;
+    let stream = f.queue.shard("normal", 0).stream;
+    let expected = add_malformed_entries(&f, &stream).await;
+    let settled = wait_until(Duration::from_secs(30), async || {
+        f.stats().await.priorities[1].dead_letters == 1000 && ok.len() == 1
     })
     .await;
+    assert!(
+        settled,
+        "not 1000 dead letters and the good task: {:#?}\n{}",
+        f.stats().await,
+        ok.summary(5)
+    );
     w.stop().await;
     let mut reasons: HashMap<String, u64> = HashMap::new();
     let mut after = None;
     loop {
-        let page = inspector.dlq_list(&queue, after.as_deref(), 300).await.unwrap();
+        let page = f.inspector.dlq_list(&f.queue, after.as_deref(), 300).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.id.entry.clone());
         for d in &page {
@@ -481,34 +405,22 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
             assert!(!d.error.is_empty(), "dead letter without an error: {d:?}");
         }
     }
-    let expected: HashMap<String, u64> = expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     assert_eq!(reasons, expected);
-    assert_eq!(outstanding(&inspector, &queue).await, 0, "something stayed pending");
+    assert_eq!(f.outstanding().await, 0, "something stayed pending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_and_timeouts_are_retried_and_the_worker_survives() {
-    let server = RedisServer::start();
-    let queue = Queue::new("unruly").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
-    type Seen = Vec<(String, u32, Option<String>)>;
-    let errors: Arc<Mutex<Seen>> = Arc::default();
-    let errors2 = errors.clone();
-    let router = Router::new().route("unruly", move |ctx: TaskContext, mode: String| {
-        let errors = errors2.clone();
-        async move {
-            errors
-                .lock()
-                .unwrap()
-                .push((mode.clone(), ctx.attempt, ctx.last_error.clone()));
-            if ctx.attempt == 0 {
-                if mode == "panic" {
-                    panic!("handler blew up");
-                }
-                tokio::time::sleep(Duration::from_secs(30)).await;
+    let f = Fixture::shared(Queue::new("unruly").unwrap()).await;
+    let recorder = Recorder::new();
+    let router = recorder.route(Router::new(), "unruly", |ctx, mode: String| async move {
+        if ctx.attempt == 0 {
+            if mode == "panic" {
+                panic!("handler blew up");
             }
-            Ok(())
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
+        Ok(())
     });
     let policy = RetryPolicy {
         base: Duration::from_millis(20),
@@ -519,45 +431,43 @@ async fn panics_and_timeouts_are_retried_and_the_worker_survives() {
         timeout: Some(Duration::from_millis(200)),
         ..fast_config()
     };
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
-    client
-        .enqueue(&queue, Task::json("unruly", &"panic").unwrap())
+    let w = f.start_worker(router, config);
+    f.client
+        .enqueue(&f.queue, Task::json("unruly", &"panic").unwrap())
         .await
         .unwrap();
-    client
-        .enqueue(&queue, Task::json("unruly", &"hang").unwrap())
+    f.client
+        .enqueue(&f.queue, Task::json("unruly", &"hang").unwrap())
         .await
         .unwrap();
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("both done on their second attempt", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.stats(&queue).await.unwrap().counters.done == 2 }
-    })
-    .await;
+    // Both done on their second attempt.
+    f.wait_done(2, Duration::from_secs(10)).await;
     w.stop().await;
-    let errors = errors.lock().unwrap();
-    let second = |mode: &str| errors.iter().find(|e| e.0 == mode && e.1 == 1).cloned().unwrap();
-    assert!(second("panic").2.unwrap().contains("handler panicked: handler blew up"));
-    assert!(second("hang").2.unwrap().contains("timed out"));
+    let runs = recorder.runs();
+    let second = |mode: &str| {
+        runs.iter()
+            .find(|r| r.payload::<String>() == mode && r.attempt == 1)
+            .and_then(|r| r.last_error.clone())
+            .unwrap()
+    };
+    assert!(second("panic").contains("handler panicked: handler blew up"));
+    assert!(second("hang").contains("timed out"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_requeues_a_running_task_to_run_again_at_once() {
-    let server = RedisServer::start();
-    let queue = Queue::new("requeue").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
-    let runs: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
-    let started = Arc::new(AtomicU32::new(0));
-    let make_router = |runs: Arc<Mutex<Vec<(String, u32)>>>, started: Arc<AtomicU32>, hang: bool| {
-        Router::new().route("job", move |ctx: TaskContext, _: ()| {
-            let (runs, started) = (runs.clone(), started.clone());
+    let f = Fixture::shared(Queue::new("requeue").unwrap()).await;
+    // `started` notes every start; `finished` only runs that got to the end.
+    let (started, finished) = (Recorder::new(), Recorder::new());
+    let make_router = |hang: bool| {
+        let finished = finished.clone();
+        started.route(Router::new(), "job", move |ctx, _: ()| {
+            let finished = finished.clone();
             async move {
-                started.fetch_add(1, Ordering::SeqCst);
                 if hang {
                     tokio::time::sleep(Duration::from_secs(60)).await;
                 }
-                runs.lock().unwrap().push((ctx.id.to_string(), ctx.attempt));
+                finished.record(&ctx, serde_json::Value::Null);
                 Ok(())
             }
         })
@@ -568,51 +478,35 @@ async fn drain_deadline_requeues_a_running_task_to_run_again_at_once() {
         drain_timeout: Duration::from_millis(200),
         ..fast_config()
     };
-    let a = RunningWorker::start(
-        &server,
-        std::slice::from_ref(&queue),
-        make_router(runs.clone(), started.clone(), true),
-        config.clone(),
-    );
-    let id = client.enqueue(&queue, Task::json("job", &()).unwrap()).await.unwrap();
-    wait_for("the task to start", Duration::from_secs(10), || {
-        let n = started.load(Ordering::SeqCst);
-        async move { n == 1 }
-    })
-    .await;
+    let a = f.start_worker(make_router(true), config.clone());
+    let id = f
+        .client
+        .enqueue(&f.queue, Task::json("job", &()).unwrap())
+        .await
+        .unwrap();
+    started.wait_for_runs(1, Duration::from_secs(10)).await;
     let report = a.stop().await;
     assert_eq!(
         (report.started, report.succeeded, report.requeued),
         (1, 0, 1),
         "{report:?}"
     );
-    let b = RunningWorker::start(
-        &server,
-        std::slice::from_ref(&queue),
-        make_router(runs.clone(), started.clone(), false),
-        config,
-    );
-    wait_for(
-        "the requeued task to run on the next worker",
-        Duration::from_secs(10),
-        || {
-            let n = runs.lock().unwrap().len();
-            async move { n == 1 }
-        },
-    )
-    .await;
+    let b = f.start_worker(make_router(false), config);
+    // The requeued task runs on the next worker.
+    finished.wait_for_runs(1, Duration::from_secs(10)).await;
     b.stop().await;
     // Requeued, not failed: same id, attempt unchanged.
-    assert_eq!(runs.lock().unwrap()[0], (id.to_string(), 0));
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    assert_eq!(outstanding(&inspector, &queue).await, 0);
-    assert_eq!(inspector.stats(&queue).await.unwrap().counters.requeued, 1);
+    let runs = finished.runs();
+    assert_eq!((runs[0].id.as_str(), runs[0].attempt), (id.as_str(), 0));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(f.stats().await.counters.requeued, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
-    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let queue = Queue::new("outage").unwrap();
+    // A server of its own, killed and restarted.
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut f = Fixture::on_server(server, Queue::new("outage").unwrap()).await;
     const N: u64 = 20_000;
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let seen2 = seen.clone();
@@ -623,9 +517,7 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
             Ok(())
         }
     });
-    let w = RunningWorker::start(
-        &server,
-        std::slice::from_ref(&queue),
+    let w = f.start_worker(
         router,
         WorkerConfig {
             concurrency: 128,
@@ -635,8 +527,8 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
         },
     );
     // The producer retries a batch until Redis accepts it (at-least-once enqueue).
-    let client = Client::new(&server.client()).await.unwrap();
-    let producer_queue = queue.clone();
+    let client = f.client.clone();
+    let producer_queue = f.queue.clone();
     let producer = tokio::spawn(async move {
         let mut retries = 0u32;
         for start in (0..N).step_by(500) {
@@ -655,20 +547,22 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
     });
     for round in 1..=2u64 {
         let target = (N * round / 3) as usize;
-        wait_for("progress before the outage", Duration::from_secs(60), || {
-            let n = seen.lock().unwrap().len();
-            async move { n >= target }
-        })
-        .await;
+        let progressed = wait_until(Duration::from_secs(60), async || seen.lock().unwrap().len() >= target).await;
+        assert!(progressed, "no progress to {target} tasks before outage {round}");
+        let server = f.server.owned_mut();
         server.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.restart();
     }
-    wait_for("every task processed", Duration::from_secs(120), || {
-        let n = seen.lock().unwrap().len();
-        async move { n as u64 == N }
+    let all = wait_until(Duration::from_secs(120), async || {
+        seen.lock().unwrap().len() as u64 == N
     })
     .await;
+    assert!(
+        all,
+        "not every task was processed: {} of {N}",
+        seen.lock().unwrap().len()
+    );
     let retries = producer.await.unwrap();
     w.stop().await;
     let missing: Vec<u64> = {
@@ -677,13 +571,16 @@ async fn tasks_survive_redis_being_killed_and_restarted_twice_with_aof() {
     };
     assert!(missing.is_empty(), "lost tasks, e.g. {missing:?}");
     eprintln!("producer retried {retries} batches across two Redis restarts");
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("nothing outstanding", Duration::from_secs(30), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { outstanding(&inspector, &queue).await == 0 }
+    let inspector = rivulet::Inspector::new(&f.redis_client()).await.unwrap();
+    let settled = wait_until(Duration::from_secs(30), async || {
+        rivulet::testing::outstanding(&inspector, &f.queue).await == 0
     })
     .await;
+    assert!(
+        settled,
+        "tasks still outstanding: {:#?}",
+        inspector.stats(&f.queue).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,22 +588,13 @@ async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
     // Redis can die after a read is applied (and persisted) but before its reply reaches the
     // worker: the entries are pending under the worker's consumer name, yet it never had them.
     // Here a raw XREADGROUP under the worker's name plays that lost read.
-    let server = RedisServer::start();
-    let queue = Queue::new("orphans").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
+    let f = Fixture::shared(Queue::new("orphans").unwrap()).await;
     let tasks: Vec<Task> = (0..5u32).map(|i| Task::json("orphan", &i).unwrap()).collect();
-    client.enqueue_many(&queue, tasks).await.unwrap();
-    abandon_entries(&server, &queue.shard("normal", 0).stream, "w-orphans", 10).await;
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    f.abandon_entries(&f.queue.shard("normal", 0).stream, "w-orphans", 10)
+        .await;
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let runs2 = runs.clone();
-    let router = Router::new().route("orphan", move |_ctx: TaskContext, _i: u32| {
-        let runs = runs2.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    });
+    let recorder = Recorder::new();
     let config = WorkerConfig {
         worker_id: Some("w-orphans".into()),
         lease: Duration::from_millis(600),
@@ -714,31 +602,21 @@ async fn entries_read_but_never_received_are_reclaimed_not_renewed_forever() {
     };
     // The worker's heartbeat renews only what it holds in process, so the orphans age past
     // the lease and its own reclaimer runs them.
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
-    wait_for("the orphaned entries to run", Duration::from_secs(20), || {
-        let runs = runs.clone();
-        async move { runs.load(Ordering::SeqCst) == 5 }
-    })
-    .await;
+    let w = f.start_worker(recorder.router(&["orphan"]), config);
+    recorder.wait_for_runs(5, Duration::from_secs(20)).await;
     w.stop().await;
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    assert_eq!(outstanding(&inspector, &queue).await, 0);
-    assert_eq!(inspector.stats(&queue).await.unwrap().counters.done, 5);
+    assert_eq!(recorder.len(), 5, "{}", recorder.summary(10));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(f.stats().await.counters.done, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_brings_its_own_attempts_and_backoff() {
-    let server = RedisServer::start();
-    let queue = Queue::new("own-retry").unwrap();
-    let client = Client::new(&server.client()).await.unwrap();
-    let runs: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let runs2 = runs.clone();
-    let router = Router::new().route("always-fails", move |ctx: TaskContext, _: ()| {
-        let runs = runs2.clone();
-        async move {
-            runs.lock().unwrap().push((ctx.id.to_string(), Instant::now()));
-            Err::<(), _>(HandlerError::retry("no"))
-        }
+    // A server of its own: the backoff gaps are timing claims.
+    let f = Fixture::with_queue(Queue::new("own-retry").unwrap()).await;
+    let recorder = Recorder::new();
+    let router = recorder.route(Router::new(), "always-fails", |_ctx, _: ()| async {
+        Err::<(), _>(HandlerError::retry("no"))
     });
     // The worker's own policy would wait a minute between attempts and allow ten.
     let config = WorkerConfig {
@@ -751,14 +629,14 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
         },
         ..fast_config()
     };
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, config);
+    let w = f.start_worker(router, config);
     let own = Task::json("always-fails", &())
         .unwrap()
         .max_attempts(3)
         .backoff(Duration::from_millis(200), 3.0, Duration::from_millis(500))
         .unwrap();
     let own_id = own.task_id().to_string();
-    client.enqueue(&queue, own).await.unwrap();
+    f.client.enqueue(&f.queue, own).await.unwrap();
     // Settings that make no sense are refused at enqueue, and buried if written raw.
     assert!(
         Task::json("k", &())
@@ -767,14 +645,14 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
             .is_err()
     );
     assert!(
-        client
-            .enqueue(&queue, Task::json("k", &()).unwrap().max_attempts(0))
+        f.client
+            .enqueue(&f.queue, Task::json("k", &()).unwrap().max_attempts(0))
             .await
             .is_err()
     );
-    let mut conn = raw(&server).await;
+    let mut conn = f.redis().await;
     let _: String = redis::cmd("XADD")
-        .arg(queue.shard("normal", 0).stream)
+        .arg(f.queue.shard("normal", 0).stream)
         .arg("*")
         .arg(&[
             "id",
@@ -790,27 +668,17 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
         .await
         .unwrap();
 
-    let inspector = Inspector::new(&server.client()).await.unwrap();
-    wait_for("both tasks in the dead-letter stream", Duration::from_secs(10), || {
-        let inspector = inspector.clone();
-        let queue = queue.clone();
-        async move { inspector.dlq_list(&queue, None, 10).await.unwrap().len() == 2 }
-    })
-    .await;
+    // Both tasks reach the dead-letter stream.
+    f.wait_dead_letters(2, Duration::from_secs(10)).await;
     w.stop().await;
-    let dead = inspector.dlq_list(&queue, None, 10).await.unwrap();
+    let dead = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
     let reason_of = |id: &str| dead.iter().find(|d| d.task_id == id).map(|d| d.reason.to_string());
     assert_eq!(reason_of(&own_id).as_deref(), Some("exhausted"));
     assert_eq!(reason_of("raw-1").as_deref(), Some("malformed"));
     // Three runs (the task's limit), 200 ms then 500 ms (3 x 200 capped) apart (the task's
     // backoff, no jitter by the worker's choice), not a minute.
-    let runs: Vec<Instant> = runs
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.0 == own_id)
-        .map(|r| r.1)
-        .collect();
+    let runs: Vec<Instant> = recorder.runs_of(own_id.as_str()).iter().map(|r| r.at).collect();
     assert_eq!(runs.len(), 3);
     let slack = Duration::from_millis(400);
     for (gap, ceiling) in runs

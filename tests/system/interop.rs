@@ -1,13 +1,10 @@
 //! Cross-language: tasks produced by the Python example are processed by Rust handlers.
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rivulet::testing::RedisServer;
-use rivulet::{Inspector, Queue, Router, TaskContext};
-
-use crate::support::{RunningWorker, fast_config, outstanding, wait_for};
+use rivulet::testing::{Fixture, Recorder, fast_config, outstanding};
+use rivulet::{Queue, Router};
 
 fn python_with_redis() -> Result<(), String> {
     match Command::new("python3").args(["-c", "import redis"]).output() {
@@ -20,7 +17,7 @@ fn python_with_redis() -> Result<(), String> {
     }
 }
 
-#[derive(serde::Deserialize, Debug, PartialEq, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
 struct Resize {
     width: u32,
     n: u32,
@@ -32,7 +29,9 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
         eprintln!("SKIPPED python_producer_tasks_are_processed_by_a_rust_handler: {why}");
         return;
     }
-    let server = RedisServer::start();
+    // A server of its own: the Python producer names the queue itself.
+    let f = Fixture::start().await;
+    let server = &f.server;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_producer.py");
     for (priority, shards) in [("high", "2"), ("low", "2")] {
         let out = Command::new("python3")
@@ -65,31 +64,25 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("recorded with 2 shard(s)"));
     // The worker finds the layout the Python producer registered.
-    let inspector = Inspector::new(&server.client()).await.unwrap();
+    let inspector = &f.inspector;
     let queue = inspector.queue("py").await.unwrap();
     assert_eq!(queue, Queue::new("py").unwrap().shards(2).unwrap());
-    let got: Arc<Mutex<Vec<(String, Resize)>>> = Arc::default();
-    let got2 = got.clone();
-    let router = Router::new().route("resize", move |ctx: TaskContext, r: Resize| {
-        let got = got2.clone();
-        async move {
-            got.lock().unwrap().push((ctx.priority.to_string(), r));
-            Ok(())
-        }
-    });
-    let w = RunningWorker::start(&server, std::slice::from_ref(&queue), router, fast_config());
-    wait_for("6 python tasks", Duration::from_secs(10), || {
-        let n = got.lock().unwrap().len();
-        async move { n == 6 }
-    })
-    .await;
+    let recorder = Recorder::new();
+    let router = recorder.route(Router::new(), "resize", |_ctx, _r: Resize| async { Ok(()) });
+    let w = f.start_worker_on(&queue, router, fast_config());
+    recorder.wait_for_runs(6, Duration::from_secs(10)).await;
     w.stop().await;
-    let got = got.lock().unwrap().clone();
+    let got: Vec<(String, Resize)> = recorder
+        .runs()
+        .iter()
+        .map(|r| (r.priority.clone(), r.payload()))
+        .collect();
+    assert_eq!(got.len(), 6, "{got:?}");
     // Strict priority holds across languages too: all high before any low.
     assert!(got[..3].iter().all(|(p, _)| p == "high"), "{got:?}");
     let mut ns: Vec<u32> = got.iter().map(|(_, r)| r.n).collect();
     ns.sort();
     assert_eq!(ns, [0, 0, 1, 1, 2, 2]);
     assert!(got.iter().all(|(_, r)| r.width == 640));
-    assert_eq!(outstanding(&inspector, &queue).await, 0);
+    assert_eq!(outstanding(inspector, &queue).await, 0);
 }

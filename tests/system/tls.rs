@@ -10,7 +10,7 @@ use rivulet::connection::{self, TlsOptions};
 use rivulet::testing::tls::TlsRedis;
 use rivulet::{Client, DlqSelect, HandlerError, Inspector, Queue, Router, Task, TaskContext, Worker};
 
-use crate::support::{fast_config, outstanding, wait_for};
+use rivulet::testing::{fast_config, outstanding, wait_until};
 
 /// Enqueue over every priority, drain, a fatal task to the dead-letter stream, replay it:
 /// everything a worker and a producer do, through TLS.
@@ -40,20 +40,26 @@ async fn smoke(redis: redis::Client) {
         let _ = stopped.await;
     }));
     let inspector = Inspector::new(&redis).await.unwrap();
-    wait_for("300 tasks done and one dead letter", Duration::from_secs(30), || {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
         let (inspector, queue, ok) = (inspector.clone(), queue.clone(), ok.clone());
         async move {
             ok.load(Ordering::SeqCst) == 300 && inspector.dlq_list(&queue, None, 10).await.unwrap().len() == 1
         }
     })
-    .await;
+        .await,
+        "300 tasks done and one dead letter"
+    );
     healed.store(1, Ordering::SeqCst);
     assert_eq!(inspector.dlq_replay(&queue, &DlqSelect::All).await.unwrap(), 1);
-    wait_for("the replayed task done", Duration::from_secs(10), || {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
         let ok = ok.clone();
         async move { ok.load(Ordering::SeqCst) == 301 }
     })
-    .await;
+        .await,
+        "the replayed task done"
+    );
     let _ = stop.send(());
     let report = worker.await.unwrap().unwrap();
     assert_eq!((report.succeeded, report.failed), (301, 1), "{report:?}");

@@ -9,7 +9,9 @@ use clap::builder::TypedValueParser as _;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use rivulet::{Durability, PriorityMode};
 
-use crate::settings::{
+pub use rivulet_fleet::LogFormat;
+
+use crate::values::{
     ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
     parse_size,
 };
@@ -26,7 +28,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// prints this help.
 ///
 /// Task kinds served out of the box: `noop`, `sleep` (payload {"ms": N}), `fail` (always fails),
-/// `demo` (used by `worker-cli demo`), plus one per `--exec KIND=COMMAND`.
+/// plus one per `--exec KIND=COMMAND`.
 #[derive(Debug, Parser)]
 #[command(name = "worker-cli", version)]
 #[command(after_help = "Examples:\n  \
@@ -71,15 +73,6 @@ pub struct GlobalArgs {
     /// default is `info` for workers and the supervisor, `warn` for admin commands.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
     pub log_format: LogFormat,
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Supervisor options: how many worker processes and when to replace them.
@@ -157,10 +150,9 @@ pub struct WorkerArgs {
     /// again at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Exit after about M tasks: at its Mth task start a worker process stops fetching,
-    /// drains and exits 0; under a supervisor it is then replaced. Tasks it had already read
-    /// by then still run to completion (nothing is lost), so up to about --concurrency more
-    /// than M may start. No limit by default.
+    /// Exit after M tasks: a worker process takes exactly M tasks (fewer if the queues run
+    /// dry first), stops fetching, lets them finish, and exits 0; under a supervisor it is
+    /// then replaced. No limit by default.
     #[arg(long, value_name = "M", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
     pub max_tasks: Option<u64>,
     /// What settling a task waits for, for every queue served: `fast` (the master has it),
@@ -174,6 +166,10 @@ pub struct WorkerArgs {
     /// pressure. Use noeviction (or volatile-*, which evicts only keys with a TTL).
     #[arg(long)]
     pub allow_eviction: bool,
+    /// Set by `worker-cli demo` for its workers: serve the `demo` kind and save its latency
+    /// samples.
+    #[arg(long, hide = true)]
+    pub demo_samples: bool,
 }
 
 /// The worker process and the admin commands.

@@ -1,4 +1,4 @@
-//! Task kinds served without writing Rust: the built-ins (`noop`, `sleep`, `fail`, `demo`) and
+//! Task kinds served without writing Rust: the built-ins (`noop`, `sleep`, `fail`) and
 //! `--exec KIND=COMMAND`, which runs a shell command per task.
 //!
 //! The exec contract: `sh -c COMMAND` gets the payload on stdin and the task in
@@ -10,12 +10,10 @@
 //! the task's error. The command runs in its own process group, killed as a whole when the task
 //! is cancelled (timeout, drain deadline).
 
-use std::future::Future;
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,10 +22,8 @@ use nix::unistd::Pid;
 use rivulet::{HandlerError, Router, TaskContext};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
-use crate::demo;
-use crate::settings::ExecSpec;
+use crate::values::ExecSpec;
 
 /// Exit code meaning "temporary failure, retry later" (`EX_TEMPFAIL` from sysexits.h).
 pub const EXIT_RETRY_LATER: i32 = 75;
@@ -40,149 +36,39 @@ const STDERR_LINGER: Duration = Duration::from_millis(200);
 /// The built-in kinds, each added unless `router` already serves that kind (a user's compiled
 /// handler wins).
 pub fn with_builtins(router: Router) -> Router {
-    builtins(router, None)
-}
-
-/// `--max-tasks` for the CLI's own kinds: counts handler starts and begins the worker's drain
-/// at the `max`th, so the worker stops fetching right there, not at the next poll of its
-/// counters.
-///
-/// The engine calls a handler function synchronously when it starts a task (after decoding
-/// the payload, where it counts `started`), and the handlers below call [`StartLimit::start`]
-/// before they return their future: the count is exactly the engine's count of starts of
-/// these kinds, and the drain is requested before the fetch loop that started the `max`th
-/// task reads again. The engine stops fetching a moment later, when it polls its shutdown
-/// future; so that no fetch slips into that moment, a task of these kinds that finishes after
-/// the limit was reached keeps its handler slot until the engine has stopped fetching
-/// ([`StartLimit::draining`], called by `work` after the first poll of the engine that began
-/// with the drain requested: microseconds). The fetch loops read only into free slots, so
-/// what still starts after the `max`th is what had already been read or could be read into
-/// the slots free at that moment: fewer than `concurrency` tasks. Nothing is lost: they run
-/// to completion during the drain.
-#[derive(Debug)]
-pub struct StartLimit {
-    max: u64,
-    started: AtomicU64,
-    /// The worker's drain: cancelled at the `max`th start.
-    drain: CancellationToken,
-    /// Cancelled once the worker has stopped fetching.
-    seen: CancellationToken,
-}
-
-/// Longest a finished task keeps its slot waiting for the worker to stop fetching (a safety
-/// net: that normally takes microseconds).
-const HOLD_SLOT_AT_MOST: Duration = Duration::from_secs(1);
-
-impl StartLimit {
-    /// A limit of `max` starts that cancels `drain` when it is reached.
-    pub fn new(max: u64, drain: CancellationToken) -> Self {
-        StartLimit {
-            max,
-            started: AtomicU64::new(0),
-            drain,
-            seen: CancellationToken::new(),
-        }
-    }
-
-    /// Records one start.
-    pub fn start(&self) {
-        let n = self.started.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.max {
-            // Act first, log second.
-            self.drain.cancel();
-            tracing::info!(
-                max_tasks = self.max,
-                "reached --max-tasks: stopped fetching; the tasks already read still run, then this process exits"
-            );
-        }
-    }
-
-    /// Records that the worker has stopped fetching: call it after the first poll of
-    /// `Worker::run` that began with the drain requested (in that poll the engine sees its
-    /// shutdown future resolve and stops its fetch loops, or it was already stopping them for
-    /// another reason).
-    pub fn draining(&self) {
-        self.seen.cancel();
-    }
-
-    /// After a task finished: once the limit has been reached, waits until the worker has
-    /// stopped fetching, so the task's slot cannot carry another fetch meanwhile.
-    async fn hold_slot(&self) {
-        if self.started.load(Ordering::Relaxed) >= self.max && !self.seen.is_cancelled() {
-            let _ = tokio::time::timeout(HOLD_SLOT_AT_MOST, self.seen.cancelled()).await;
-        }
-    }
-}
-
-/// One start of a CLI kind under `limit` (if any): counts the start now, and runs `task`,
-/// holding its slot afterwards while [`StartLimit::hold_slot`] says so.
-fn counted<F>(limit: &Option<Arc<StartLimit>>, task: F) -> impl Future<Output = Result<(), HandlerError>> + use<F>
-where
-    F: Future<Output = Result<(), HandlerError>>,
-{
-    if let Some(l) = limit {
-        l.start();
-    }
-    let limit = limit.clone();
-    async move {
-        let result = task.await;
-        if let Some(l) = limit {
-            l.hold_slot().await;
-        }
-        result
-    }
-}
-
-/// [`with_builtins`], each built-in counting its starts with `limit`.
-pub fn builtins(router: Router, limit: Option<Arc<StartLimit>>) -> Router {
     let mut router = router;
     if !router.serves("noop") {
-        let limit = limit.clone();
-        router = router.route_bytes("noop", move |_ctx: TaskContext, _payload: Bytes| {
-            counted(&limit, async { Ok(()) })
-        });
+        router = router.route_bytes("noop", |_ctx: TaskContext, _payload: Bytes| async { Ok(()) });
     }
     if !router.serves("sleep") {
-        let limit = limit.clone();
-        router = router.route("sleep", move |_ctx: TaskContext, p: SleepPayload| {
-            counted(&limit, async move {
-                tokio::time::sleep(Duration::from_millis(p.ms)).await;
-                Ok(())
-            })
+        router = router.route("sleep", |_ctx: TaskContext, p: SleepPayload| async move {
+            tokio::time::sleep(Duration::from_millis(p.ms)).await;
+            Ok(())
         });
     }
     if !router.serves("fail") {
-        let limit = limit.clone();
-        router = router.route_bytes("fail", move |ctx: TaskContext, _payload: Bytes| {
-            counted(&limit, async move {
-                Err(HandlerError::retry(format!(
-                    "the built-in `fail` kind always fails (attempt {})",
-                    ctx.attempt + 1
-                )))
-            })
-        });
-    }
-    if !router.serves(demo::KIND) {
-        router = router.route(demo::KIND, move |ctx: TaskContext, p: demo::DemoPayload| {
-            counted(&limit, demo::handle(ctx, p))
+        router = router.route_bytes("fail", |ctx: TaskContext, _payload: Bytes| async move {
+            Err(HandlerError::retry(format!(
+                "the built-in `fail` kind always fails (attempt {})",
+                ctx.attempt + 1
+            )))
         });
     }
     router
 }
 
 /// Serves each `--exec` kind with its command (replacing a built-in or compiled handler of the
-/// same kind: the flag is the more explicit choice), counting starts with `limit`.
-pub fn with_exec(router: Router, specs: &[ExecSpec], limit: Option<Arc<StartLimit>>) -> Router {
+/// same kind: the flag is the more explicit choice).
+pub fn with_exec(router: Router, specs: &[ExecSpec]) -> Router {
     let mut router = router;
     for spec in specs {
         if router.serves(&spec.kind) {
             tracing::info!(kind = %spec.kind, "--exec replaces the handler this binary has for the kind");
         }
         let command: Arc<str> = spec.command.as_str().into();
-        let limit = limit.clone();
         router = router.route_bytes(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
             let command = command.clone();
-            counted(&limit, async move { run_command(&command, &ctx, payload).await })
+            async move { run_command(&command, &ctx, payload).await }
         });
     }
     router
@@ -219,15 +105,16 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
         .env("RIVULET_QUEUE", ctx.queue.as_str())
         .env("RIVULET_PRIORITY", &*ctx.priority)
-        // Supervisor bookkeeping is not the command's business (and must not make a nested
-        // worker-cli think it is supervised).
-        .env_remove(crate::work::SUPERVISOR_PID_ENV)
-        .env_remove(crate::work::SLOT_ENV)
         .stdin(Stdio::piped())
         .stdout(stdout_to_stderr())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // Supervisor bookkeeping is not the command's business (and must not make a nested
+    // worker-cli think it is supervised).
+    for var in rivulet_fleet::contract::CONTRACT_VARS {
+        cmd.env_remove(var);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
@@ -389,32 +276,6 @@ mod tests {
         assert_eq!(retry_after("retry-after: 2s"), Some(Duration::from_secs(2)));
         assert_eq!(retry_after("retry-after=2s\nlater words"), None);
         assert_eq!(retry_after("retry-after=soon"), None);
-    }
-
-    #[tokio::test]
-    async fn the_start_limit_drains_at_the_maxth_start_and_holds_slots_until_the_drain_is_seen() {
-        let drain = CancellationToken::new();
-        let limit = Some(Arc::new(StartLimit::new(3, drain.clone())));
-        // Before the limit, a finished task gives its slot back at once.
-        counted(&limit, async { Ok(()) }).await.unwrap();
-        let second = counted(&limit, async { Ok(()) });
-        assert!(!drain.is_cancelled());
-        second.await.unwrap();
-        // The third start (not its end) begins the drain.
-        let third = counted(&limit, async { Err(HandlerError::retry("x")) });
-        assert!(drain.is_cancelled(), "the third start reaches a limit of 3");
-        // Tasks already read still start after the limit, and run; a finished one keeps its
-        // slot until the worker has seen the drain, then returns its own result.
-        let fourth = tokio::spawn(counted(&limit, async { Ok(()) }));
-        let third = tokio::spawn(third);
-        tokio::task::yield_now().await;
-        assert!(!third.is_finished() && !fourth.is_finished());
-        limit.as_ref().unwrap().draining();
-        assert!(matches!(third.await.unwrap(), Err(HandlerError::Retry(_))));
-        fourth.await.unwrap().unwrap();
-        assert_eq!(limit.as_ref().unwrap().started.load(Ordering::Relaxed), 4);
-        // Without a limit nothing is counted or held.
-        counted(&None, async { Ok(()) }).await.unwrap();
     }
 
     #[test]

@@ -17,19 +17,24 @@
 //! ```
 //!
 //! # Layout
+//! Modules depend downwards only: `values` <- `cli` <- `settings` <- the commands.
+//! - `values`: the per-flag parsers and their inverses (a leaf).
 //! - `cli`: the clap definitions (every flag, its help and default) and nothing else.
 //! - `settings`: flags resolved into checked settings (`WorkerSettings`,
-//!   `SupervisorSettings`), the per-flag parsers, and the flags a supervisor passes on.
-//! - `supervisor`: keeps N `work` children running: restart with backoff, crash-loop guard,
-//!   recycling after `--max-tasks` / above `--max-memory`, drain and fast stop.
+//!   `SupervisorSettings`) and the flags a supervisor passes on to its children.
 //! - `work`: one worker process (the `work` subcommand, what the supervisor and the
-//!   autoscaler start): dies with its supervisor, drains on SIGTERM, stops fetching at the
-//!   `--max-tasks`th start.
-//! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`, `demo`) and `--exec`.
+//!   autoscaler start): its side of the parent/child contract, quiet on the first signal and
+//!   terminate on the second, `--max-tasks` as the engine's `max_tasks`.
+//! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`) and `--exec`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
-//! - `demo`: the `demo` command and the latency samples behind it.
+//! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
+//!   served only by the demo's own workers (`work --demo-samples`).
+//! - `local_redis`: the private `redis-server` the demo starts when nothing answers.
 //! - `store`: the few Redis commands the CLI issues itself (reachability check, demo keys).
-//! - `output`: stdout as JSON or tables; `logging`: tracing to stderr.
+//! - `output`: stdout as JSON or tables.
+//!
+//! Supervising (`worker-cli --workers N`), signals, logging and the usage error come from
+//! `rivulet-fleet`, which the autoscaler shares.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (Redis unreachable, unknown queue, a drain that
 //! missed its deadline...); 2 bad flags (with a usage line).
@@ -43,10 +48,10 @@ mod admin;
 mod cli;
 mod demo;
 mod handlers;
-mod logging;
+mod local_redis;
 mod settings;
 mod store;
-mod supervisor;
+mod values;
 mod work;
 
 use std::ffi::OsString;
@@ -55,12 +60,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches};
 use rivulet::Router;
+use rivulet_fleet::{Fleet, Stop, UsageError, logging};
 
 pub use handlers::with_builtins;
 
 use crate::cli::{Cli, Command};
-use crate::settings::{SupervisorSettings, UsageError, WorkerSettings};
-use crate::supervisor::{Stop, Supervisor};
+use crate::settings::{SupervisorSettings, WorkerSettings};
 
 /// Runs the worker-cli command line with `router`'s handlers added to the built-in kinds
 /// (a kind in `router` replaces a built-in of the same name; `--exec` replaces both).
@@ -185,14 +190,15 @@ fn run(cli: Cli, router: Router) -> Result<()> {
     let Cli { global, run, command } = cli;
     // Before anything else: a URL that does not parse is a bad flag (exit 2), not a Redis that
     // cannot be reached (exit 1).
-    settings::check_redis_url(&global.redis_url, &global.tls())?;
+    values::check_redis_url(&global.redis_url, &global.tls())?;
     match command {
         None => {
             logging::init(global.log_format, "info");
             // Validate what the children will run with before starting any.
             WorkerSettings::resolve(&global, &run.worker)?;
             let settings = SupervisorSettings::resolve(&global, &run)?;
-            // One thread: see `supervisor` on why children must be spawned from it.
+            // One thread: children must be spawned from a thread that lives as long as the
+            // process (see `rivulet_fleet::supervisor`).
             current_thread()?.block_on(async {
                 // Fail here, naming the URL, rather than in N crash-looping children.
                 let (client, _) = store::connect_checked(&global.redis_url, &global.tls()).await?;
@@ -200,7 +206,10 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;
-                Supervisor::new(settings).run(stop).await.map(|_| ())
+                // A fixed size: the handle that would move it is not needed.
+                let (fleet, _fixed) = Fleet::new(settings.fleet, settings.workers);
+                fleet.run(stop).await?;
+                Ok(())
             })
         }
         Some(Command::Work(args)) => {
@@ -210,8 +219,16 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            // `work` adds the built-in kinds itself: it counts their starts for --max-tasks.
-            runtime.block_on(work::run(settings, router))
+            // `work` adds the built-in and --exec kinds itself.
+            if settings.demo_samples {
+                let (url, tls) = (settings.redis_url.clone(), settings.tls.clone());
+                let router = demo::samples::route(router);
+                runtime.block_on(work::run(settings, router, move |id, stopped| {
+                    demo::samples::save_until(url, tls, id, stopped)
+                }))
+            } else {
+                runtime.block_on(work::run(settings, router, |_, _| async {}))
+            }
         }
         Some(Command::Demo(args)) => {
             logging::init(global.log_format, "warn");

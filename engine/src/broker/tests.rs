@@ -1,5 +1,8 @@
 //! The broker's behaviour against a real `redis-server`: fencing, trimming, drops, lease
 //! renewal and reclaiming.
+//!
+//! Tests that keep to a queue of their own (`unique_name`) share the binary's one server; the
+//! registry and pause-flag tests read keys that span the server, so they start their own.
 
 use std::time::Duration;
 
@@ -11,12 +14,13 @@ use crate::durability::Durability;
 use crate::envelope::{Codec, Envelope};
 use crate::keys::Queue;
 use crate::keys::ShardKeys;
-use crate::testing::RedisServer;
+use crate::testing::{RedisServer, shared_server, unique_name};
 use bytes::Bytes;
 
+/// One entry read by consumer `stale`, on a queue of its own.
 async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, StreamId) {
     let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-    let keys = Queue::new("fence").unwrap().shard("normal", 0);
+    let keys = Queue::new(&unique_name("fence")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
     add_ready(&mut conn, &[(&keys, &env)], Durability::Fast).await.unwrap();
@@ -43,8 +47,8 @@ fn reclaim_args<'a>(keys: &'a ShardKeys, consumer: &'a str) -> ReclaimArgs<'a> {
 
 #[tokio::test]
 async fn stale_worker_ack_after_reclaim_is_rejected() {
-    let server = RedisServer::start();
-    let (mut conn, keys, id) = setup(&server).await;
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
     // Another worker takes the entry over (its lease ran out).
     let taken = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
     assert_eq!(taken.entries.len(), 1);
@@ -109,9 +113,9 @@ async fn stale_worker_ack_after_reclaim_is_rejected() {
 
 #[tokio::test]
 async fn a_shard_is_dropped_only_when_empty_unless_forced() {
-    let server = RedisServer::start();
+    let server = shared_server();
     let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-    let keys = Queue::new("drop").unwrap().shard("normal", 0);
+    let keys = Queue::new(&unique_name("drop")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let exists = |conn: &mut ConnectionManager| {
         let mut conn = conn.clone();
@@ -139,9 +143,9 @@ async fn a_shard_is_dropped_only_when_empty_unless_forced() {
 
 #[tokio::test]
 async fn settling_deletes_only_settled_entries() {
-    let server = RedisServer::start();
+    let server = shared_server();
     let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
-    let keys = Queue::new("trim").unwrap().shard("normal", 0);
+    let keys = Queue::new(&unique_name("trim")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let add = |n: usize| -> Vec<Envelope> {
         (0..n)
@@ -188,8 +192,8 @@ async fn settling_deletes_only_settled_entries() {
 
 #[tokio::test]
 async fn lease_renewal_never_steals_a_reclaimed_entry() {
-    let server = RedisServer::start();
-    let (mut conn, keys, id) = setup(&server).await;
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
     reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
     // The stale worker's heartbeat renews only what it still owns: nothing.
     assert_eq!(extend(&mut conn, &keys, "stale", &[id]).await.unwrap(), 0);
@@ -212,8 +216,8 @@ async fn lease_renewal_never_steals_a_reclaimed_entry() {
 
 #[tokio::test]
 async fn entries_delivered_past_the_limit_are_buried_as_poison() {
-    let server = RedisServer::start();
-    let (mut conn, keys, _id) = setup(&server).await;
+    let server = shared_server();
+    let (mut conn, keys, _id) = setup(server).await;
     let args = ReclaimArgs {
         max_deliveries: 1,
         ..reclaim_args(&keys, "fresh")
@@ -233,8 +237,8 @@ async fn entries_delivered_past_the_limit_are_buried_as_poison() {
 
 #[tokio::test]
 async fn reclaim_counts_deleted_entries_as_lost() {
-    let server = RedisServer::start();
-    let (mut conn, keys, id) = setup(&server).await;
+    let server = shared_server();
+    let (mut conn, keys, id) = setup(server).await;
     // Someone deletes the entry behind the engine's back while it is pending.
     delete_entries(&mut conn, &keys.stream, &[id]).await.unwrap();
     let got = reclaim(&mut conn, reclaim_args(&keys, "fresh")).await.unwrap();
@@ -303,11 +307,11 @@ async fn pause_flags_set_and_clear_per_queue() {
 
 #[tokio::test]
 async fn samples_are_kept_per_worker_on_any_connection() {
-    let server = RedisServer::start();
+    let server = shared_server();
     // The CLI's plain multiplexed connection, not the engine's ConnectionManager.
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     ping(&mut conn).await.unwrap();
-    let q = crate::keys::QueueName::new("demo-q").unwrap();
+    let q = crate::keys::QueueName::new(&unique_name("demo-q")).unwrap();
     save_sample(&mut conn, &q, "w1", "old").await.unwrap();
     save_sample(&mut conn, &q, "w1", "[[1,2]]").await.unwrap();
     save_sample(&mut conn, &q, "w2", "[[3,4]]").await.unwrap();

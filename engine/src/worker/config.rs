@@ -27,6 +27,8 @@ pub const DEFAULT_DLQ_MAXLEN: usize = 100_000;
 /// decodes and dispatches its batch; with small handlers that is worth about a quarter more
 /// throughput (docs/benchmarks.md). Never more than `concurrency`.
 pub const DEFAULT_FETCHERS: usize = 2;
+/// Largest `max_tasks` (the budget is a semaphore, whose permits are bounded).
+pub const MAX_TASKS_LIMIT: u64 = 1 << 60;
 
 /// The order in which a worker reads priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -86,6 +88,13 @@ pub struct WorkerConfig {
     /// Start even when Redis's `maxmemory-policy` can evict task keys (`allkeys-*`), with a
     /// warning instead of [`Error::UnsafeRedisSetting`] (false by default).
     pub allow_eviction: bool,
+    /// Most tasks this worker takes (reads or reclaims to run) before it quiets on its own
+    /// and drains, as for [`ShutdownHandle::quiet`](super::ShutdownHandle::quiet); unlimited
+    /// when `None` (the default). Honoured when the fetcher and the reclaimer reserve their
+    /// slots, so exactly this many are taken unless the queues run dry first. A task taken
+    /// counts also when it never reaches its handler (a payload that does not decode, a kind
+    /// not served): it is buried, not run.
+    pub max_tasks: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -104,6 +113,7 @@ impl Default for WorkerConfig {
             promote_interval: DEFAULT_PROMOTE_INTERVAL,
             worker_id: None,
             allow_eviction: false,
+            max_tasks: None,
         }
     }
 }
@@ -131,6 +141,11 @@ impl WorkerConfig {
         }
         if self.promote_interval < Duration::from_millis(1) {
             return Err(Error::config("promote_interval", "must be at least 1ms"));
+        }
+        if let Some(max) = self.max_tasks
+            && (max == 0 || max > MAX_TASKS_LIMIT)
+        {
+            return Err(Error::config("max_tasks", format!("must be 1..={MAX_TASKS_LIMIT}")));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::config("timeout", "must be positive"));
@@ -221,6 +236,10 @@ mod tests {
             },
             WorkerConfig {
                 timeout: Some(Duration::ZERO),
+                ..c.clone()
+            },
+            WorkerConfig {
+                max_tasks: Some(0),
                 ..c.clone()
             },
         ] {

@@ -9,6 +9,10 @@
 //! empty does a fetcher block, asking for every free slot; if two blocked fetchers (or several
 //! shards) answer at once with more than the free slots, the extra entries wait here for a
 //! slot, leased to this worker and renewed.
+//!
+//! With `max_tasks`, a fetcher reserves a budget unit per slot too (see `budget`), and reads
+//! no more entries than it holds units for; an entry a multi-shard read returns beyond the
+//! budget stays held, unrun, and is requeued when the worker drains.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
-use super::{Outage, Shared, executor};
+use super::{Outage, Shared, Units, executor};
 use crate::broker::{self, StreamEntry};
 use crate::error::Result;
 
@@ -45,9 +49,24 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
         {
             held.merge(more);
         }
+        // The budget bounds a read as the slots do: wait for a unit (another fetcher may hold
+        // the last ones for a read that comes back short), and give back slots beyond them.
+        let mut units = match &shared.budget {
+            None => None,
+            Some(budget) => {
+                let units = tokio::select! {
+                    () = quiet.cancelled() => return,
+                    u = budget.reserve(held.num_permits()) => u,
+                };
+                if units.len() < held.num_permits() {
+                    drop(held.split(held.num_permits() - units.len()));
+                }
+                Some(units)
+            }
+        };
         // Not raced against `quiet`: dropping a read in flight would leave entries delivered
         // to this consumer that nothing runs. The read returns within `block`.
-        match read(&shared, &mut conn, ranks, &mut held).await {
+        match read(&shared, &mut conn, ranks, &mut held, &mut units).await {
             Ok(mut batch) => {
                 if outage.recovered() {
                     tracing::info!("redis reachable again; fetching");
@@ -58,6 +77,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                     shared.hold(group[0].0, group.iter().map(|(_, e)| e.id));
                 }
                 for (lane, entry) in batch {
+                    if !shared.spend(&mut units) {
+                        tracing::debug!(entry = %entry.id, "max_tasks spent: the entry waits for the drain's requeue");
+                        continue;
+                    }
                     let permit = match held.split(1) {
                         Some(p) => p,
                         // More entries than reserved slots (several shards answered): wait
@@ -71,10 +94,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                     };
                     executor::dispatch(&shared, lane, entry, permit);
                 }
-                // Slots reserved but not filled go back as `held` drops here.
+                // Slots and units reserved but not filled go back as they drop here.
             }
             Err(e) => {
                 drop(held);
+                drop(units);
                 if broker::is_nogroup(&e) {
                     // The stream or group vanished (e.g. Redis restarted without data).
                     tracing::warn!(error = %e, "consumer group missing; recreating");
@@ -96,12 +120,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
 ///
 /// The non-blocking reads take as many entries as `held` has slots. Before blocking, `held`
 /// gives back all but one slot, so while this worker waits for work its other slots stay free
-/// for the reclaimer and the other fetchers; the blocking read still asks for every free slot.
+/// for the reclaimer and the other fetchers; the blocking read still asks for every free slot
+/// (and budget unit, with `max_tasks`: `units` gives back all but one of its own likewise).
 async fn read(
     shared: &Shared,
     conn: &mut ConnectionManager,
     ranks: usize,
     held: &mut OwnedSemaphorePermit,
+    units: &mut Option<Units>,
 ) -> Result<Vec<(usize, StreamEntry)>> {
     let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
     let mut all: Vec<usize> = Vec::new();
@@ -119,12 +145,19 @@ async fn read(
         all.extend(lanes);
     }
     drop(held.split(held.num_permits() - 1));
+    if let Some(u) = units {
+        u.keep(1);
+    }
     if all.is_empty() {
         // Everything is paused: wait, then look at the flags again.
         tokio::time::sleep(shared.config.block).await;
         return Ok(Vec::new());
     }
-    let want = held.num_permits() + shared.permits.available_permits();
+    let mut want = held.num_permits() + shared.permits.available_permits();
+    if let Some(budget) = &shared.budget {
+        // Entries beyond the units held are dispatched with units free when they arrive.
+        want = want.min(1 + budget.available());
+    }
     read_lanes(shared, conn, &all, want, true).await
 }
 

@@ -8,9 +8,18 @@
 //! - `acker`: batches outcomes per shard into one `settle.lua` call each;
 //! - `promoter`: moves due delayed and retry tasks into their streams, and reads pause flags;
 //! - `reclaimer`: takes over entries whose lease ran out (their worker died);
-//! - `heartbeat`: renews the leases of held entries and the worker's registry entry.
+//! - `heartbeat`: renews the leases of held entries and the worker's registry entry;
+//! - `budget`: what is left of `max_tasks`, reserved with the slots.
+//!
+//! A worker stops in two steps, as asynq's and Sidekiq's do: *quiet* (stop taking tasks,
+//! finish the running ones within `drain_timeout`, requeue the rest, settle, deregister) and
+//! *terminate* (the same without the wait: running handlers are dropped and their tasks
+//! requeued at once). [`Worker::run`]'s shutdown future and [`ShutdownHandle::quiet`] quiet;
+//! spending the last of `max_tasks` quiets too; [`ShutdownHandle::terminate`] terminates, also
+//! in the middle of a drain.
 
 mod acker;
+mod budget;
 mod config;
 mod executor;
 mod fetcher;
@@ -32,9 +41,10 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
 };
 
+use self::budget::{Budget, Units};
 use crate::broker::{self, Settle, StreamId};
 use crate::clock::Clock;
 use crate::durability::Durability;
@@ -84,6 +94,61 @@ pub struct WorkerReport {
     pub failed: u64,
     /// Unfinished tasks put back at shutdown, to run again at once.
     pub requeued: u64,
+    /// Whether the worker stopped because it had taken `max_tasks` tasks.
+    pub reached_max_tasks: bool,
+}
+
+/// Stops a running worker from anywhere (a signal handler, a supervisor's watch, a test),
+/// in the two steps asynq and Sidekiq users know. Get one with [`Worker::shutdown_handle`]
+/// before [`Worker::run`]; clones stop the same worker. Calling either step before `run`
+/// makes the worker stop as soon as it has started.
+///
+/// ```no_run
+/// use rivulet::{Queue, Router, Worker, WorkerConfig};
+///
+/// # async fn demo() -> Result<(), rivulet::Error> {
+/// let redis = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let worker = Worker::new(redis, Router::new(), WorkerConfig::default()).queue(Queue::new("default")?);
+/// let handle = worker.shutdown_handle();
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.quiet(); // finish what runs, then stop
+///     tokio::signal::ctrl_c().await.ok();
+///     handle.terminate(); // requeue what runs, stop now
+/// });
+/// let report = worker.run(std::future::pending()).await?;
+/// # let _ = report;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    quiet: CancellationToken,
+    terminate: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stop taking tasks; let the running ones finish (up to `drain_timeout`), requeue what is
+    /// still unfinished, settle everything and deregister. `run` then returns its report.
+    pub fn quiet(&self) {
+        self.quiet.cancel();
+    }
+
+    /// Stop at once: quiet without the wait. Running handlers are dropped and every task the
+    /// worker holds is requeued to run again at once. Also cuts a drain already under way short.
+    pub fn terminate(&self) {
+        self.quiet.cancel();
+        self.terminate.cancel();
+    }
+
+    /// Whether [`quiet`](Self::quiet) or [`terminate`](Self::terminate) was called.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.is_cancelled()
+    }
+
+    /// Whether [`terminate`](Self::terminate) was called.
+    pub fn is_terminated(&self) -> bool {
+        self.terminate.is_cancelled()
+    }
 }
 
 /// One shard this worker reads, with what it needs to settle its tasks.
@@ -163,6 +228,8 @@ struct Shared {
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
+    /// What is left of `max_tasks`, when there is a limit.
+    budget: Option<Budget>,
     /// Where every loop reads the time it passes to the broker.
     clock: Clock,
 }
@@ -186,6 +253,26 @@ impl Shared {
     fn held_ids(&self, lane: usize) -> Vec<StreamId> {
         let held = self.lanes[lane].held.lock().expect("never poisoned");
         held.iter().copied().collect()
+    }
+
+    /// Budget units for up to `want` entries a loop is about to ask Redis for, taken now
+    /// without waiting; `None` when the worker has no `max_tasks`.
+    fn try_units(&self, want: usize) -> Option<Units> {
+        self.budget.as_ref().map(|b| b.try_reserve(want))
+    }
+
+    /// How many entries a loop holding `units` may ask for, of the `want` its slots allow.
+    fn entries_allowed(units: &Option<Units>, want: usize) -> usize {
+        units.as_ref().map_or(want, |u| want.min(u.len()))
+    }
+
+    /// Spends a budget unit on an entry about to be dispatched. False when the budget is
+    /// spent: the entry stays held, unrun, and is requeued when the worker drains.
+    fn spend(&self, units: &mut Option<Units>) -> bool {
+        match (units, &self.budget) {
+            (Some(u), Some(b)) => u.spend(b),
+            _ => true,
+        }
     }
 
     fn settle(&self, lane: usize, entry_id: StreamId, settle: Settle) {
@@ -219,6 +306,7 @@ pub struct Worker {
     queues: Vec<(Queue, QueueOptions)>,
     id: String,
     counters: Arc<WorkerCounters>,
+    handle: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Worker {
@@ -241,6 +329,7 @@ impl Worker {
             queues: Vec::new(),
             id,
             counters: Arc::default(),
+            handle: ShutdownHandle::default(),
         }
     }
 
@@ -265,9 +354,16 @@ impl Worker {
         self.counters.clone()
     }
 
-    /// Runs until `shutdown` resolves, then drains: stops fetching, gives in-flight handlers
-    /// up to `drain_timeout`, requeues what is still unfinished so it runs again at once,
-    /// settles everything, and deregisters.
+    /// A handle that quiets or terminates this worker once it runs (see [`ShutdownHandle`]).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` resolves (or the [`ShutdownHandle`] says so, or `max_tasks` is
+    /// spent), then drains: stops fetching, gives in-flight handlers up to `drain_timeout`
+    /// (none after [`ShutdownHandle::terminate`]), requeues what is still unfinished so it
+    /// runs again at once, settles everything, and deregisters. Pass
+    /// `std::future::pending()` to stop through the handle alone.
     ///
     /// Fails only at start (bad configuration, Redis unreachable); once running, Redis errors
     /// are logged and retried with backoff.
@@ -284,6 +380,7 @@ impl Worker {
             queues,
             id,
             counters,
+            handle,
         } = self;
         let ranks = queues
             .iter()
@@ -331,6 +428,7 @@ impl Worker {
             lanes,
             router,
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            budget: config.max_tasks.map(Budget::new),
             config,
             conn,
             tracker: TaskTracker::new(),
@@ -363,9 +461,15 @@ impl Worker {
         let mut acker = JoinSet::new();
         acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
 
+        let exhausted = match &shared.budget {
+            Some(b) => b.exhausted().clone(),
+            None => CancellationToken::new(),
+        };
         tokio::pin!(shutdown);
         tokio::select! {
             () = &mut shutdown => {}
+            () = handle.quiet.cancelled() => {}
+            () = exhausted.cancelled() => {}
             Some(res) = intake.join_next() => {
                 tracing::error!(?res, "an intake loop ended on its own; shutting down");
             }
@@ -379,15 +483,24 @@ impl Worker {
         quiet.cancel();
         while intake.join_next().await.is_some() {}
         shared.tracker.close();
-        if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                in_flight = in_flight(&shared),
-                drain_timeout = ?shared.config.drain_timeout,
-                "drain deadline passed; requeueing unfinished tasks"
-            );
+        let drained = tokio::select! {
+            biased;
+            r = tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait()) => r.is_ok(),
+            () = handle.terminate.cancelled() => false,
+        };
+        if !drained {
+            if handle.is_terminated() {
+                tracing::warn!(
+                    in_flight = in_flight(&shared),
+                    "terminated; requeueing unfinished tasks"
+                );
+            } else {
+                tracing::warn!(
+                    in_flight = in_flight(&shared),
+                    drain_timeout = ?shared.config.drain_timeout,
+                    "drain deadline passed; requeueing unfinished tasks"
+                );
+            }
             shared.abort.cancel();
             shared.tracker.wait().await;
         }
@@ -403,6 +516,7 @@ impl Worker {
             succeeded: WorkerCounters::get(&c.succeeded),
             failed: WorkerCounters::get(&c.failed),
             requeued,
+            reached_max_tasks: exhausted.is_cancelled(),
         };
         tracing::info!(?report, "worker stopped");
         Ok(report)

@@ -31,7 +31,9 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                 continue;
             }
             loop {
-                let free = shared.permits.available_permits();
+                // With `max_tasks`, budget units bound the claim as free slots do.
+                let mut units = shared.try_units(shared.permits.available_permits().min(RECLAIM_BATCH));
+                let free = Shared::entries_allowed(&units, shared.permits.available_permits());
                 if free == 0 || quiet.is_cancelled() {
                     break;
                 }
@@ -69,6 +71,9 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
                 }
                 shared.hold(i, got.entries.iter().map(|e| e.id));
                 for entry in got.entries {
+                    if !shared.spend(&mut units) {
+                        continue; // stays held, unrun; requeued when the worker drains
+                    }
                     let permit = shared
                         .permits
                         .clone()

@@ -1,12 +1,34 @@
 //! Logs: tracing to stderr (stdout carries only a command's data), filtered by `RUST_LOG`,
-//! as text or one JSON object per line.
+//! as text or one JSON object per line. One set-up for both binaries.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value that selects this format (what a supervisor passes to its children).
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset or
-/// invalid (an invalid one is reported, not silently ignored).
+/// invalid (an invalid one is reported, not silently ignored). Colour only on a terminal and
+/// without `NO_COLOR`. A second call (a program that installed its own subscriber) keeps the
+/// first.
 pub fn init(format: LogFormat, default_filter: &str) {
     let (filter, bad) = match std::env::var("RUST_LOG") {
         Ok(s) if !s.trim().is_empty() => match EnvFilter::try_new(&s) {
@@ -25,12 +47,12 @@ pub fn init(format: LogFormat, default_filter: &str) {
         // failed write is an `eprintln!`, which panics then).
         .log_internal_errors(false)
         .with_target(false);
-    // A second init (a user's binary that installed its own subscriber) keeps the first.
     let installed = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).try_init()
+        }
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
     };
     if let Some(bad) = bad
         && installed.is_ok()

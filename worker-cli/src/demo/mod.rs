@@ -1,146 +1,37 @@
-//! `worker-cli demo`, and the built-in `demo` kind behind it.
+//! `worker-cli demo`: enqueues `--tasks` tasks of kind `demo` into a throwaway queue
+//! (`demo-<pid>-<random>`), runs them with `--workers` worker processes under the fleet
+//! supervisor, and prints throughput and enqueue-to-start latency (`samples`: the kind and its
+//! latency samples, served only by the demo's own workers). Afterwards every key of the demo
+//! queue is deleted (unless `--keep`).
 //!
-//! The demo enqueues `--tasks` tasks of kind `demo` into a throwaway queue
-//! (`demo-<pid>-<random>`), runs them with `--workers` supervised worker processes, and prints
-//! throughput and enqueue-to-start latency. Each task's payload carries its enqueue time in
-//! microseconds; the worker process that runs it records `now - t_us` in an in-process
-//! histogram and saves it (every [`SAVE_EVERY`] and at exit) into a HASH field of its own
-//! (`rivulet:demo:<queue>:latency`), which the demo merges once the workers have drained.
-//! Afterwards every key of the demo queue is deleted (unless `--keep`).
-//!
-//! When nothing answers at the Redis URL it starts a private `redis-server` from PATH (in a
-//! temp dir, removed at the end) and says so.
+//! When nothing answers at the Redis URL it starts a private `redis-server` from PATH
+//! (`local_redis`) and says so.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub mod samples;
+
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
-use rivulet::testing::RedisServer;
-use rivulet::{Client, HandlerError, Inspector, Queue, QueueName, Task, TaskContext, TlsOptions};
-use serde::{Deserialize, Serialize};
+use rivulet::{Client, Inspector, Queue, Task};
+use rivulet_fleet::{Fleet, Stop};
+use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::samples::{DemoPayload, KIND, decode_into, new_histogram, now_us};
 use crate::cli::{DemoArgs, GlobalArgs};
+use crate::local_redis::LocalRedis;
 use crate::output::{self, fmt_micros};
-use crate::settings::{SupervisorSettings, child_args, redact_url, tls_env, worker_args};
+use crate::settings::{children, redact_url, worker_args};
 use crate::store;
-use crate::supervisor::{Stop, Supervisor};
 
-/// The built-in kind the demo enqueues.
-pub const KIND: &str = "demo";
-/// How often a worker process saves new latency samples.
-pub const SAVE_EVERY: Duration = Duration::from_millis(500);
 /// How often the demo polls the queue's counters.
 const POLL: Duration = Duration::from_millis(50);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait for the worker processes to register.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Payload of a `demo` task.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct DemoPayload {
-    /// When it was enqueued, microseconds since the epoch.
-    pub t_us: u64,
-    /// Milliseconds of simulated work.
-    #[serde(default)]
-    pub ms: u64,
-}
-
-/// The `demo` handler: records enqueue-to-start latency, then "works" for `ms`.
-pub async fn handle(ctx: TaskContext, p: DemoPayload) -> Result<(), HandlerError> {
-    record(&ctx.queue, now_us().saturating_sub(p.t_us));
-    if p.ms > 0 {
-        tokio::time::sleep(Duration::from_millis(p.ms)).await;
-    }
-    Ok(())
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// A histogram of microseconds from 1 µs to 1 h at 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds 1..1h with 3 digits are valid")
-}
-
-#[derive(Debug)]
-struct Samples {
-    hist: Histogram<u64>,
-    /// Recorded since the last save.
-    dirty: bool,
-}
-
-/// Start latencies recorded in this process, per queue.
-static SAMPLES: LazyLock<Mutex<HashMap<QueueName, Samples>>> = LazyLock::new(Mutex::default);
-
-fn record(queue: &QueueName, micros: u64) {
-    let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
-    let s = all.entry(queue.clone()).or_insert_with(|| Samples {
-        hist: new_histogram(),
-        dirty: false,
-    });
-    s.hist.saturating_record(micros.max(1));
-    s.dirty = true;
-}
-
-/// A histogram as JSON `[[value, count], ...]` (the `serialization` feature of hdrhistogram
-/// would pull in compression crates for a few kilobytes).
-pub fn encode(h: &Histogram<u64>) -> String {
-    let pairs: Vec<(u64, u64)> = h
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
-    serde_json::to_string(&pairs).expect("a list of integer pairs always serialises")
-}
-
-/// Adds an [`encode`]d histogram into `into`.
-pub fn decode_into(into: &mut Histogram<u64>, encoded: &str) -> Result<()> {
-    let pairs: Vec<(u64, u64)> = serde_json::from_str(encoded).context("a latency histogram does not parse")?;
-    for (v, n) in pairs {
-        into.saturating_record_n(v, n);
-    }
-    Ok(())
-}
-
-/// Saves this process's new samples (no-op when there are none).
-pub async fn save_samples(conn: &mut MultiplexedConnection, worker_id: &str) {
-    let dirty: Vec<(QueueName, String)> = {
-        let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
-        all.iter_mut()
-            .filter(|(_, s)| s.dirty)
-            .map(|(q, s)| {
-                s.dirty = false;
-                (q.clone(), encode(&s.hist))
-            })
-            .collect()
-    };
-    for (queue, encoded) in dirty {
-        if let Err(e) = store::save_latency(conn, &queue, worker_id, &encoded).await {
-            tracing::warn!(queue = %queue, error = %e, "could not save demo latency samples");
-            if let Some(s) = SAMPLES.lock().expect("never poisoned").get_mut(&queue) {
-                s.dirty = true;
-            }
-        }
-    }
-}
-
-/// Saves new samples every [`SAVE_EVERY`] until `stop`.
-pub async fn save_samples_until(mut conn: MultiplexedConnection, worker_id: String, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(SAVE_EVERY) => save_samples(&mut conn, &worker_id).await,
-        }
-    }
-}
 
 /// The demo's result.
 #[derive(Debug, Serialize)]
@@ -217,7 +108,7 @@ async fn drive(
     global: &GlobalArgs,
     args: &DemoArgs,
     url: &str,
-    tls: &TlsOptions,
+    tls: &rivulet::TlsOptions,
     queue: &Queue,
     producer: &Client,
     inspector: &Inspector,
@@ -233,24 +124,16 @@ async fn drive(
         "1",
         "--drain-timeout",
         "10s",
+        "--demo-samples",
     ])
     .map_err(|e| anyhow!("demo worker flags: {e}"))?;
-    let mut env = vec![("REDIS_URL".to_owned(), url.to_owned())];
-    env.extend(tls_env(tls));
+    let program = std::env::current_exe().context("finding this program to start workers")?;
+    let mut fleet = children(program, global.log_format, &worker, url, tls);
     if std::env::var_os("RUST_LOG").is_none() {
         // Keep the progress line readable: workers log warnings only.
-        env.push(("RUST_LOG".into(), "warn".into()));
+        fleet.env.push(("RUST_LOG".into(), "warn".into()));
     }
-    let settings = SupervisorSettings {
-        workers: args.workers,
-        max_memory: None,
-        drain_timeout: worker.drain_timeout,
-        crash_limit: 3,
-        crash_window: Duration::from_secs(60),
-        program: std::env::current_exe().context("finding this program to start workers")?,
-        args: child_args(global.log_format, &worker),
-        env,
-    };
+    fleet.crash_limit = 3;
 
     // Ctrl-C: the first one ends the demo (workers drain, keys are deleted); a second one
     // kills the workers.
@@ -261,15 +144,16 @@ async fn drive(
         drain: CancellationToken::new(),
         now: signals.now.clone(),
     };
+    let (fleet, _size) = Fleet::new(fleet, args.workers);
     let mut supervisor = JoinSet::new();
-    supervisor.spawn(Supervisor::new(settings).run(stop.clone()));
+    supervisor.spawn(fleet.run(stop.clone()));
 
     let outcome = tokio::select! {
         r = run_tasks(args, queue, producer, inspector) => r,
         () = signals.drain.cancelled() => Err(anyhow!("interrupted")),
         Some(r) = supervisor.join_next() => Err(match r {
             Ok(Ok(_)) => anyhow!("the worker processes stopped early"),
-            Ok(Err(e)) => e.context("the worker processes failed"),
+            Ok(Err(e)) => anyhow!(e).context("the worker processes failed"),
             Err(e) => anyhow!("the supervisor task failed: {e}"),
         }),
     };
@@ -441,9 +325,9 @@ impl Progress {
 /// TCP, so no TLS options then).
 async fn reach_or_start(
     url: &str,
-    tls: &TlsOptions,
+    tls: &rivulet::TlsOptions,
     no_private: bool,
-) -> Result<(String, TlsOptions, Option<RedisServer>)> {
+) -> Result<(String, rivulet::TlsOptions, Option<LocalRedis>)> {
     match store::connect_checked(url, tls).await {
         Ok(_) => Ok((url.to_owned(), tls.clone(), None)),
         Err(e) if e.nothing_answered() && !no_private => {
@@ -457,9 +341,9 @@ async fn reach_or_start(
                 "demo: nothing answers at {}; starting a private redis-server from PATH (stopped and removed when the demo ends)",
                 redact_url(url)
             );
-            let server = RedisServer::start();
+            let server = LocalRedis::start().await?;
             note!("demo: private redis-server at {}", server.url());
-            Ok((server.url(), TlsOptions::default(), Some(server)))
+            Ok((server.url(), rivulet::TlsOptions::default(), Some(server)))
         }
         Err(e) => Err(e.into()),
     }
@@ -502,26 +386,4 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         max = fmt_micros(l.max),
     );
     output::text(&text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histograms_survive_encoding_and_merge() {
-        let mut a = new_histogram();
-        for v in [10, 20, 30, 1_000, 250_000] {
-            a.record(v).unwrap();
-        }
-        let mut b = new_histogram();
-        b.record_n(40, 5).unwrap();
-        let mut merged = new_histogram();
-        decode_into(&mut merged, &encode(&a)).unwrap();
-        decode_into(&mut merged, &encode(&b)).unwrap();
-        assert_eq!(merged.len(), 10);
-        assert_eq!(merged.value_at_quantile(0.5), 40);
-        assert!(merged.max() >= 250_000 && merged.max() < 250_500, "{}", merged.max());
-        assert!(decode_into(&mut merged, "nope").is_err());
-    }
 }

@@ -1,0 +1,418 @@
+//! A run of the suite: the plan resolved from the flags, the scenarios in their order (the
+//! reference drain and the ceiling back to back, so their ratio sees one machine state), and
+//! what is printed and written at the end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::drain::DrainSpec;
+use crate::enqueue::Mode;
+use crate::latency::LatencySpec;
+use crate::payload::BASE_PAYLOAD;
+use crate::report::{RunResult, drain_key};
+use crate::results::Output;
+use crate::target::Target;
+use crate::{ceiling, drain, enqueue, latency, plot, report, results};
+
+/// The flags of a suite run.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct RunArgs {
+    /// A short pass (under a minute): fewer tasks, fewer configurations, 2 s per rate.
+    #[arg(long)]
+    quick: bool,
+    /// Use this Redis instead of starting a private one (loopback addresses only). Its
+    /// keyspace notifications are switched on during latency runs and restored after.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Repeat the whole suite this many times; the report gives medians with min–max.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Backlog size of each drain [default: 200000, quick: 50000].
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Worker processes to drain with, comma separated [default: 1,2,4; quick: 1,2].
+    #[arg(long, value_delimiter = ',')]
+    workers: Option<Vec<usize>>,
+    /// Handler slots per worker process in every run but the sweep (1024 drained fastest
+    /// here: see docs/benchmarks.md).
+    #[arg(long, default_value_t = 1024)]
+    concurrency: usize,
+    /// Other concurrencies to drain with one worker process [default: 64,256; quick: none].
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<usize>>,
+    /// Fixed producer rates (tasks/s) of the latency runs, comma separated; 50 % and 80 % of
+    /// the measured one-process drain rate are added [default: 1000,2000,10000].
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u64>>,
+    /// Measured seconds per latency run [default: 10, quick: 2].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Handler slots of the latency runs' worker process [default: --concurrency, so the
+    /// 80 % rate is 80 % of what that worker drains].
+    #[arg(long)]
+    latency_concurrency: Option<usize>,
+    /// Bare-loop batch (XREADGROUP COUNT and XADD pipeline size).
+    #[arg(long, default_value_t = 1000)]
+    bare_batch: usize,
+    /// Consumers of the bare loop that one worker process is compared with (the target's
+    /// ceiling): one worker process is one consumer.
+    #[arg(long, default_value_t = 1)]
+    bare_consumers: usize,
+    /// Consumers of the second bare loop, run in parallel: what Redis allows on this machine
+    /// with several consumers, reported beside the first (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    bare_consumers_wide: usize,
+    /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload.
+    #[arg(long, value_delimiter = ',', default_value = "drain,ceiling,enqueue,latency,payload")]
+    only: Vec<String>,
+    /// Skip enqueue-to-done (it needs keyspace notifications).
+    #[arg(long)]
+    no_done_probe: bool,
+    /// Directory for results; each run writes `<dir>/<timestamp>/`.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// TrueType font for the plots' text (a common system font by default).
+    #[arg(long)]
+    font: Option<PathBuf>,
+    /// Skip the plots.
+    #[arg(long)]
+    no_plots: bool,
+    /// Stop starting new scenarios after this many seconds.
+    #[arg(long, default_value_t = 1200)]
+    max_seconds: u64,
+}
+
+/// The resolved plan of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub tasks: u64,
+    pub workers: Vec<usize>,
+    pub concurrency: usize,
+    pub sweep: Vec<usize>,
+    pub rates: Vec<u64>,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub latency_concurrency: usize,
+    pub payloads: Vec<usize>,
+    pub done_probe: bool,
+}
+
+impl RunArgs {
+    /// The plan: the flags with the defaults (full or `--quick`) filled in.
+    pub fn plan(&self) -> Plan {
+        let q = self.quick;
+        Plan {
+            tasks: self.tasks.unwrap_or(if q { 50_000 } else { 200_000 }),
+            workers: self
+                .workers
+                .clone()
+                .unwrap_or(if q { vec![1, 2] } else { vec![1, 2, 4] }),
+            concurrency: self.concurrency,
+            sweep: self.sweep.clone().unwrap_or(if q { vec![] } else { vec![64, 256] }),
+            rates: self.rates.clone().unwrap_or(vec![1_000, 2_000, 10_000]),
+            seconds: self.seconds.unwrap_or(if q { 2.0 } else { 10.0 }),
+            warmup: if q { 0.5 } else { 1.0 },
+            latency_concurrency: self.latency_concurrency.unwrap_or(self.concurrency),
+            payloads: vec![1024, 64 * 1024],
+            done_probe: !self.no_done_probe,
+        }
+    }
+
+    /// Whether `--only` selects `scenario`.
+    pub fn wants(&self, scenario: &str) -> bool {
+        self.only.iter().any(|s| s == scenario)
+    }
+}
+
+/// A progress line on stderr (stdout carries the tables).
+pub fn progress(msg: impl std::fmt::Display) {
+    eprintln!("[rivulet-bench] {msg}");
+}
+
+/// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
+pub async fn run(args: RunArgs) -> Result<()> {
+    for s in &args.only {
+        if !["drain", "ceiling", "enqueue", "latency", "payload"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload)");
+        }
+    }
+    if args.runs == 0 || args.runs > 20 {
+        bail!("--runs must be 1..=20");
+    }
+    let plan = args.plan();
+    let started = Instant::now();
+    let stamp = results::utc_stamp(SystemTime::now());
+    let dir = args.out.join(&stamp);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let target = Target::open(args.redis_url.as_deref()).await?;
+    progress(format_args!(
+        "redis {} at {} ({}); results in {}",
+        target.version,
+        target.url,
+        if target.private {
+            "private server"
+        } else {
+            "given with --redis-url"
+        },
+        dir.display()
+    ));
+    let deadline = started + Duration::from_secs(args.max_seconds);
+    let reference = drain_key(1, plan.concurrency, BASE_PAYLOAD);
+
+    let mut runs = Vec::with_capacity(args.runs);
+    for run in 0..args.runs {
+        progress(format_args!("run {} of {}", run + 1, args.runs));
+        let r = one_run(&target, &args, &plan, deadline).await?;
+        runs.push(r);
+    }
+    let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| r.metrics(&reference)).collect();
+    let summary = report::summarise(&metrics);
+    let checks = report::targets(&summary, &reference);
+
+    let text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    println!("{text}");
+
+    let mut files = Vec::new();
+    if !args.no_plots {
+        match plot::figures(
+            &dir,
+            args.font.as_deref(),
+            &plan.workers,
+            plan.concurrency,
+            &runs,
+            &summary,
+        ) {
+            Ok(mut f) => files.append(&mut f),
+            Err(e) => progress(format_args!("no plots: {e:#}")),
+        }
+    }
+    let json = Output {
+        schema: 1,
+        started_at: stamp.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        machine: results::machine(&target.version),
+        args: args.clone(),
+        plan,
+        runs,
+        summary,
+        targets: checks,
+    };
+    files.insert(0, results::write(&dir, &json, &text)?);
+    progress(format_args!("done in {:.0} s; wrote:", started.elapsed().as_secs_f64()));
+    for f in files {
+        progress(format_args!("  {}", f.display()));
+    }
+    Ok(())
+}
+
+/// One pass over every selected scenario.
+async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant) -> Result<RunResult> {
+    let mut r = RunResult {
+        load_before: results::loadavg(),
+        ..RunResult::default()
+    };
+    let late = |what: &str| {
+        let over = Instant::now() > deadline;
+        if over {
+            progress(format_args!("--max-seconds passed; skipping {what}"));
+        }
+        over
+    };
+
+    // The reference drain (one process, default concurrency) and the ceiling run back to
+    // back, so the ratio between them sees the same machine; the other drains follow.
+    let mut configs: Vec<(usize, usize)> = Vec::new();
+    if args.wants("drain") {
+        configs.push((1, plan.concurrency));
+        configs.extend(plan.workers.iter().filter(|&&w| w != 1).map(|&w| (w, plan.concurrency)));
+        configs.extend(plan.sweep.iter().filter(|&&c| c != plan.concurrency).map(|&c| (1, c)));
+    }
+    let mut ceiling_done = !args.wants("ceiling");
+    for (i, (workers, concurrency)) in configs.into_iter().enumerate() {
+        if i == 1 && !ceiling_done {
+            (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
+            ceiling_done = true;
+        }
+        if late("drain") {
+            break;
+        }
+        let spec = DrainSpec {
+            workers,
+            concurrency,
+            payload_bytes: BASE_PAYLOAD,
+            tasks: plan.tasks,
+        };
+        let d = drain::run(target, &spec).await?;
+        let life = d.fill_redis.plus(&d.drain_redis);
+        progress(format_args!(
+            "drain   {workers} process(es) x {concurrency}: {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
+            d.tasks_per_s, d.fill_tasks_per_s, life.cpu_us_per_task, life.commands_per_task, d.worker_cpu_us_per_task,
+        ));
+        r.drain.push(d);
+    }
+    if !ceiling_done && !late("ceiling") {
+        (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
+    }
+
+    if args.wants("enqueue") {
+        let n = (plan.tasks / 2).max(1000);
+        let limit = Duration::from_secs(if args.quick { 2 } else { 5 });
+        let modes = [
+            (Mode::Single, n / 10),
+            (Mode::Concurrent { callers: 64 }, n / 2),
+            (Mode::Batch { size: 10 }, n),
+            (Mode::Batch { size: 100 }, n),
+            (Mode::Batch { size: 1000 }, n),
+        ];
+        for (mode, tasks) in modes {
+            if late("enqueue") {
+                break;
+            }
+            let e = enqueue::run(target, mode, BASE_PAYLOAD, tasks, limit).await?;
+            progress(format_args!(
+                "enqueue {:<13} {:>9.0} tasks/s (redis {:.2} µs, {:.2} cmds/task)",
+                mode.key(),
+                e.tasks_per_s,
+                e.redis.cpu_us_per_task,
+                e.redis.commands_per_task
+            ));
+            r.enqueue.push(e);
+        }
+    }
+
+    if args.wants("latency") {
+        let mut rates: Vec<(String, f64)> = plan.rates.iter().map(|&x| (x.to_string(), x as f64)).collect();
+        let reference = drain_key(1, plan.concurrency, BASE_PAYLOAD);
+        if let Some(d) = r
+            .drain
+            .iter()
+            .find(|d| drain_key(d.workers, d.concurrency, d.payload_bytes) == reference)
+        {
+            rates.push(("auto50".into(), (0.5 * d.tasks_per_s).round()));
+            rates.push(("auto80".into(), (0.8 * d.tasks_per_s).round()));
+        }
+        for (label, rate) in rates {
+            if late("latency") {
+                break;
+            }
+            let l = run_latency(target, plan, &label, rate, BASE_PAYLOAD, plan.seconds).await?;
+            r.latency.push(l);
+        }
+    }
+
+    if args.wants("payload") {
+        for &size in &plan.payloads {
+            if late("payload") {
+                break;
+            }
+            // Bound the backlog's memory: at most 64 MiB of payload (but at least 2,000 tasks).
+            let tasks = plan.tasks.min(((64 << 20) / size as u64).max(2_000));
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: size,
+                tasks,
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "drain   payload {size:>6} B: {:>9.0} tasks/s, {:.0} MiB/s",
+                d.tasks_per_s,
+                d.tasks_per_s * size as f64 / 1_048_576.0
+            ));
+            r.drain.push(d);
+            let e = enqueue::run(target, Mode::Batch { size: 100 }, size, tasks, Duration::from_secs(5)).await?;
+            progress(format_args!(
+                "enqueue payload {size:>6} B: {:>9.0} tasks/s",
+                e.tasks_per_s
+            ));
+            r.enqueue.push(e);
+            let seconds = (plan.seconds / 2.0).max(2.0);
+            let l = run_latency(target, plan, "1000", 1000.0, size, seconds).await?;
+            r.latency.push(l);
+        }
+    }
+    r.load_after = results::loadavg();
+    Ok(r)
+}
+
+/// The bare loop with `--bare-consumers` (the target's ceiling), then with
+/// `--bare-consumers-wide` unless that is 0.
+async fn run_ceilings(
+    target: &Target,
+    args: &RunArgs,
+    plan: &Plan,
+) -> Result<(Option<ceiling::CeilingResult>, Option<ceiling::CeilingResult>)> {
+    let one = run_ceiling(target, args, plan, args.bare_consumers).await?;
+    let wide = match args.bare_consumers_wide {
+        0 => None,
+        n => Some(run_ceiling(target, args, plan, n).await?),
+    };
+    Ok((Some(one), wide))
+}
+
+async fn run_ceiling(target: &Target, args: &RunArgs, plan: &Plan, consumers: usize) -> Result<ceiling::CeilingResult> {
+    let spec = ceiling::CeilingSpec {
+        tasks: plan.tasks,
+        batch: args.bare_batch,
+        consumers,
+        payload_bytes: BASE_PAYLOAD,
+    };
+    let c = ceiling::run(target, &spec).await?;
+    progress(format_args!(
+        "ceiling bare loop, {consumers} consumer(s): {:>9.0} entries/s drained, {:.0}/s added (redis {:.2} µs/entry)",
+        c.drain_per_s,
+        c.xadd_per_s,
+        c.fill_redis.cpu_us_per_task + c.drain_redis.cpu_us_per_task
+    ));
+    Ok(c)
+}
+
+async fn run_latency(
+    target: &Target,
+    plan: &Plan,
+    label: &str,
+    rate: f64,
+    payload_bytes: usize,
+    seconds: f64,
+) -> Result<latency::LatencyResult> {
+    let spec = LatencySpec {
+        label: label.to_owned(),
+        rate,
+        payload_bytes,
+        seconds,
+        warmup: plan.warmup,
+        concurrency: plan.latency_concurrency,
+        done_probe: plan.done_probe,
+    };
+    let l = latency::run(target, &spec).await?;
+    let done = l
+        .done
+        .as_ref()
+        .map(|d| {
+            format!(
+                "; to done p50 {:.3} p99 {:.3} ms",
+                d.p50 as f64 / 1e3,
+                d.p99 as f64 / 1e3
+            )
+        })
+        .unwrap_or_default();
+    progress(format_args!(
+        "latency {:>6.0}/s {payload_bytes:>6} B: to start p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms{done}{}",
+        l.rate_achieved,
+        l.start.p50 as f64 / 1e3,
+        l.start.p99 as f64 / 1e3,
+        l.start.p999 as f64 / 1e3,
+        l.start.max as f64 / 1e3,
+        if l.producer_stalls > 0 {
+            format!(" (producer stalled {} times)", l.producer_stalls)
+        } else {
+            String::new()
+        }
+    ));
+    Ok(l)
+}

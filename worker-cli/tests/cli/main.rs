@@ -1,0 +1,23 @@
+//! worker-cli end to end: the real binary, its real worker processes, a private `redis-server`
+//! per test. Every spawned process is killed by a guard when a test ends, pass or fail; a
+//! failing test prints the supervisor's log.
+//!
+//! One test binary (linked once, its tests run in parallel) with a module per subject:
+//! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
+//! (the admin commands, dead letters and queue deletion against the engine's own view),
+//! `compiled` (a kind compiled in through `main_with`, run in this process),
+//! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
+//! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable Redis), `demo`;
+//! `common` holds the process helpers.
+
+mod common;
+
+mod acl;
+mod admin;
+mod compiled;
+mod demo;
+mod exec;
+mod settings;
+mod tls;
+mod usage;
+mod work;
