@@ -145,7 +145,7 @@ pub async fn run(
         &shown_url,
         &settings.tls,
     )
-        .map_err(|e| usage(e.to_string()))?;
+    .map_err(|e| usage(e.to_string()))?;
     if !settings.dry_run
         && let Actuator::Process(p) = &mut actuator
     {

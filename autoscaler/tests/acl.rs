@@ -28,7 +28,11 @@ async fn the_documented_autoscaler_acl_is_enough_to_observe_and_decide() {
         .skip(1)
         .map(|a| a.replace("CHANGE-ME", "s3cret"))
         .collect();
-    redis::cmd("ACL").arg(&args).query_async::<()>(&mut admin).await.unwrap();
+    redis::cmd("ACL")
+        .arg(&args)
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
     let url = format!("redis://rivulet-autoscaler:s3cret@127.0.0.1:{}", f.server.port());
 
     // --dry-run: it observes and decides on every tick without starting workers.
@@ -46,7 +50,10 @@ async fn the_documented_autoscaler_acl_is_enough_to_observe_and_decide() {
     })
     .await;
     // A few more ticks, then stop it.
-    let ticks = wait_until(Duration::from_secs(30), async || autoscaler.log().matches("decision").count() >= 3).await;
+    let ticks = wait_until(Duration::from_secs(30), async || {
+        autoscaler.log().matches("decision").count() >= 3
+    })
+    .await;
     autoscaler.kill();
     let log = autoscaler.log();
     assert!(decided && ticks, "no decision stored as the autoscaler's user:\n{log}");
@@ -59,5 +66,8 @@ async fn the_documented_autoscaler_acl_is_enough_to_observe_and_decide() {
         .map(|v| format!("{v:?}"))
         .filter(|o| !o.contains("setinfo"))
         .collect();
-    assert!(objects.is_empty(), "denied for the autoscaler's user: {objects:?}\n{denied:#?}");
+    assert!(
+        objects.is_empty(),
+        "denied for the autoscaler's user: {objects:?}\n{denied:#?}"
+    );
 }

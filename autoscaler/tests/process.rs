@@ -179,19 +179,26 @@ async fn over_mutual_tls_the_autoscaler_and_the_workers_it_starts_use_its_tls_fl
     // The worker command names no TLS flag: the actuator hands REDIS_TLS_* down.
     let worker_cmd = format!("{} work --queue {{queue}} --log-format text", worker_cli().display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoscaler"));
-    cmd.args(["--redis-url", &server.url(), "--queue", "tls-scaled", "--sla", "normal=30s"])
-        .args(["--min", "1", "--max", "1", "--interval", "200ms"])
-        .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
-        .arg("--tls-ca-file")
-        .arg(&ca)
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .env("RUST_LOG", "info")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::null())
-        .process_group(0);
+    cmd.args([
+        "--redis-url",
+        &server.url(),
+        "--queue",
+        "tls-scaled",
+        "--sla",
+        "normal=30s",
+    ])
+    .args(["--min", "1", "--max", "1", "--interval", "200ms"])
+    .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
+    .arg("--tls-ca-file")
+    .arg(&ca)
+    .arg("--tls-cert-file")
+    .arg(&cert)
+    .arg("--tls-key-file")
+    .arg(&key)
+    .env("RUST_LOG", "info")
+    .env_remove("REDIS_URL")
+    .stdout(Stdio::null())
+    .process_group(0);
     let mut autoscaler = ChildGuard::spawn("autoscaler", &mut cmd).kill_group_on_drop();
     let inspector = rivulet::Inspector::new(&redis).await.unwrap();
     let done = wait_until(Duration::from_secs(60), async || {

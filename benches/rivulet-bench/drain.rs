@@ -44,7 +44,10 @@ pub struct DrainSpec {
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let queue = Queue::new(&format!("drain-w{}-c{}-p{}", s.workers, s.concurrency, s.payload_bytes))?;
     target.drop_queue(&queue).await?;
-    let client = Client::new(&target.client).await?;
+    let client = Client::new(&target.client)
+        .await?
+        .with_durability(target.durability)
+        .await?;
     client.declare(&queue).await?;
 
     // Fill. One payload shared by every task (a refcount, not a copy).
@@ -65,6 +68,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     // Drain.
     let spec = Spec {
         redis_url: target.url.clone(),
+        durability: target.durability.to_string(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe: false,

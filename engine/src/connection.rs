@@ -69,7 +69,10 @@ impl TlsOptions {
 pub fn open(url: &str, tls: &TlsOptions) -> Result<redis::Client> {
     tls.validate()?;
     let info = url.into_connection_info()?;
-    let ConnectionAddr::TcpTls { host, port, insecure, .. } = info.addr().clone() else {
+    let ConnectionAddr::TcpTls {
+        host, port, insecure, ..
+    } = info.addr().clone()
+    else {
         if tls.is_set() {
             return Err(Error::config(
                 "tls",
@@ -110,9 +113,14 @@ pub fn open(url: &str, tls: &TlsOptions) -> Result<redis::Client> {
 /// "Redis is down".
 pub fn is_certificate_error(e: &redis::RedisError) -> bool {
     let text = e.to_string();
-    ["invalid peer certificate", "UnknownIssuer", "NotValidForName", "certificate"]
-        .iter()
-        .any(|needle| text.contains(needle))
+    [
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "NotValidForName",
+        "certificate",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 #[cfg(test)]
@@ -140,12 +148,24 @@ mod tests {
             client_cert: Some("c.pem".into()),
             ..TlsOptions::default()
         };
-        assert!(matches!(cert_only.validate(), Err(Error::InvalidConfig { field: "tls.client_key", .. })));
+        assert!(matches!(
+            cert_only.validate(),
+            Err(Error::InvalidConfig {
+                field: "tls.client_key",
+                ..
+            })
+        ));
         let key_only = TlsOptions {
             client_key: Some("k.pem".into()),
             ..TlsOptions::default()
         };
-        assert!(matches!(key_only.validate(), Err(Error::InvalidConfig { field: "tls.client_cert", .. })));
+        assert!(matches!(
+            key_only.validate(),
+            Err(Error::InvalidConfig {
+                field: "tls.client_cert",
+                ..
+            })
+        ));
         let both = TlsOptions {
             ca_file: Some("ca.pem".into()),
             insecure: true,

@@ -77,10 +77,7 @@ impl Durability {
             Durability::Replicated { .. } => Ok(()),
             Durability::Fsync { .. } if server.version < (7, 2, 0) => Err(Error::UnsupportedServer {
                 setting: self.to_string(),
-                reason: format!(
-                    "needs Redis 7.2+ (WAITAOF); this server is {}",
-                    server.version_string()
-                ),
+                reason: format!("needs Redis 7.2+ (WAITAOF); this server is {}", server.version_string()),
             }),
             Durability::Fsync { .. } if !server.aof_enabled => Err(Error::UnsupportedServer {
                 setting: self.to_string(),
@@ -242,7 +239,15 @@ mod tests {
         for s in ["fast", "replicated:1", "replicated:2:250ms", "fsync", "fsync:50ms"] {
             assert_eq!(s.parse::<Durability>().unwrap().to_string(), s);
         }
-        for bad in ["", "slow", "replicated", "replicated:x", "replicated:1:5", "fsync:0ms", "fast:1"] {
+        for bad in [
+            "",
+            "slow",
+            "replicated",
+            "replicated:x",
+            "replicated:1:5",
+            "fsync:0ms",
+            "fast:1",
+        ] {
             assert!(bad.parse::<Durability>().is_err(), "{bad:?} parsed");
         }
     }
@@ -256,13 +261,31 @@ mod tests {
         let e = fsync.check(&info("7.2.4", "noeviction", false)).unwrap_err();
         assert!(e.to_string().contains("appendonly yes"), "{e}");
         assert!(fsync.check(&info("7.2.4", "noeviction", true)).is_ok());
-        assert!("replicated:1".parse::<Durability>().unwrap().check(&info("6.2.0", "noeviction", false)).is_ok());
-        assert!("replicated:0".parse::<Durability>().unwrap().check(&info("7.0.0", "noeviction", false)).is_err());
+        assert!(
+            "replicated:1"
+                .parse::<Durability>()
+                .unwrap()
+                .check(&info("6.2.0", "noeviction", false))
+                .is_ok()
+        );
+        assert!(
+            "replicated:0"
+                .parse::<Durability>()
+                .unwrap()
+                .check(&info("7.0.0", "noeviction", false))
+                .is_err()
+        );
     }
 
     #[test]
     fn only_policies_that_can_evict_task_keys_are_refused() {
-        for ok in ["noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"] {
+        for ok in [
+            "noeviction",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
             assert!(info("7.0.0", ok, false).check_eviction().is_ok(), "{ok}");
         }
         for bad in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {

@@ -13,7 +13,11 @@ use rivulet::{Client, Durability, Error, Queue, QueueOptions, Router, Task, Task
 use rivulet::testing::{fast_config, wait_until};
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    server.client().get_multiplexed_async_connection().await.expect("connect")
+    server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
 }
 
 fn replicated_1() -> Durability {
@@ -25,8 +29,16 @@ async fn stored(server: &RedisServer, queue: &Queue) -> (u64, u64) {
     let mut conn = raw(server).await;
     let (mut ready, mut scheduled) = (0, 0);
     for shard in queue.all_shards() {
-        let n: u64 = redis::cmd("XLEN").arg(&shard.keys.stream).query_async(&mut conn).await.unwrap();
-        let s: u64 = redis::cmd("ZCARD").arg(&shard.keys.scheduled).query_async(&mut conn).await.unwrap();
+        let n: u64 = redis::cmd("XLEN")
+            .arg(&shard.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let s: u64 = redis::cmd("ZCARD")
+            .arg(&shard.keys.scheduled)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         ready += n;
         scheduled += s;
     }
@@ -69,7 +81,10 @@ async fn replicated_1_without_a_replica_fails_with_a_timeout_never_silently() {
         .with_durability("replicated:1:200ms".parse().unwrap())
         .await
         .unwrap();
-    for task in [Task::json("job", &1).unwrap(), Task::json("job", &2).unwrap().delay(Duration::from_secs(60))] {
+    for task in [
+        Task::json("job", &1).unwrap(),
+        Task::json("job", &2).unwrap().delay(Duration::from_secs(60)),
+    ] {
         let e = client.enqueue(&queue, task).await.unwrap_err();
         assert!(
             matches!(&e, Error::NotDurable { acked: 0, timeout_ms: 200, wanted } if wanted == "replicated:1:200ms"),
@@ -87,7 +102,11 @@ async fn fsync_is_refused_at_start_by_a_server_that_cannot_do_it() {
     let version = rivulet::ServerInfo::parse(&info).unwrap().version;
     // This machine's Redis is 7.0: WAITAOF does not exist. On 7.2+ the harness's server has
     // AOF off, which fsync needs.
-    let wanted = if version < (7, 2, 0) { "needs Redis 7.2+" } else { "appendonly yes" };
+    let wanted = if version < (7, 2, 0) {
+        "needs Redis 7.2+"
+    } else {
+        "appendonly yes"
+    };
     let fsync: Durability = "fsync".parse().unwrap();
     let e = Client::new(&server.client())
         .await
@@ -95,7 +114,10 @@ async fn fsync_is_refused_at_start_by_a_server_that_cannot_do_it() {
         .with_durability(fsync)
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::UnsupportedServer { .. }) && e.to_string().contains(wanted), "{e}");
+    assert!(
+        matches!(e, Error::UnsupportedServer { .. }) && e.to_string().contains(wanted),
+        "{e}"
+    );
 
     let queue = Queue::new("fsynced").unwrap();
     let options = QueueOptions {
@@ -107,7 +129,10 @@ async fn fsync_is_refused_at_start_by_a_server_that_cannot_do_it() {
         .run(async {})
         .await
         .unwrap_err();
-    assert!(e.to_string().contains(wanted) && e.to_string().contains("fsynced"), "{e}");
+    assert!(
+        e.to_string().contains(wanted) && e.to_string().contains("fsynced"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +168,9 @@ async fn a_worker_with_replicated_1_has_its_settles_on_the_replica_when_it_stops
     );
     assert!(
         wait_until(Duration::from_secs(30), || {
-        let ran = ran.clone();
-        async move { ran.load(Ordering::SeqCst) == 300 }
-    })
+            let ran = ran.clone();
+            async move { ran.load(Ordering::SeqCst) == 300 }
+        })
         .await,
         "300 tasks run"
     );
@@ -165,7 +190,11 @@ async fn a_worker_with_replicated_1_has_its_settles_on_the_replica_when_it_stops
         done += d.unwrap_or(0);
     }
     assert_eq!(done, 300);
-    assert_eq!(stored(&pair.replica, &queue).await, (0, 0), "settled entries deleted on the replica too");
+    assert_eq!(
+        stored(&pair.replica, &queue).await,
+        (0, 0),
+        "settled entries deleted on the replica too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,10 +206,21 @@ async fn a_worker_refuses_an_allkeys_eviction_policy_unless_eviction_is_allowed(
         .run(async {})
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::UnsafeRedisSetting { setting: "maxmemory-policy", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::UnsafeRedisSetting {
+                setting: "maxmemory-policy",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let text = e.to_string();
     assert!(
-        text.contains("allkeys-lru") && text.contains("maxmemory-policy noeviction") && text.contains("--allow-eviction"),
+        text.contains("allkeys-lru")
+            && text.contains("maxmemory-policy noeviction")
+            && text.contains("--allow-eviction"),
         "{text}"
     );
 
@@ -210,9 +250,9 @@ async fn a_worker_refuses_an_allkeys_eviction_policy_unless_eviction_is_allowed(
     }));
     assert!(
         wait_until(Duration::from_secs(10), || {
-        let ran = ran.clone();
-        async move { ran.load(Ordering::SeqCst) == 1 }
-    })
+            let ran = ran.clone();
+            async move { ran.load(Ordering::SeqCst) == 1 }
+        })
         .await,
         "the task run"
     );

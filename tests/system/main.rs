@@ -8,5 +8,5 @@ mod core;
 mod durability;
 mod failures;
 mod interop;
-mod tls;
 mod shutdown;
+mod tls;

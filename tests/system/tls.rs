@@ -31,14 +31,22 @@ async fn smoke(redis: redis::Client) {
         }
     });
     let tasks: Vec<Task> = (0..300u32)
-        .map(|i| Task::json("job", &false).unwrap().priority(["high", "normal", "low"][i as usize % 3]))
+        .map(|i| {
+            Task::json("job", &false)
+                .unwrap()
+                .priority(["high", "normal", "low"][i as usize % 3])
+        })
         .chain([Task::json("job", &true).unwrap()])
         .collect();
     client.enqueue_many(&queue, tasks).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(Worker::new(redis.clone(), router, fast_config()).queue(queue.clone()).run(async {
-        let _ = stopped.await;
-    }));
+    let worker = tokio::spawn(
+        Worker::new(redis.clone(), router, fast_config())
+            .queue(queue.clone())
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
     let inspector = Inspector::new(&redis).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(30), || {
@@ -54,9 +62,9 @@ async fn smoke(redis: redis::Client) {
     assert_eq!(inspector.dlq_replay(&queue, &DlqSelect::All).await.unwrap(), 1);
     assert!(
         wait_until(Duration::from_secs(10), || {
-        let ok = ok.clone();
-        async move { ok.load(Ordering::SeqCst) == 301 }
-    })
+            let ok = ok.clone();
+            async move { ok.load(Ordering::SeqCst) == 301 }
+        })
         .await,
         "the replayed task done"
     );

@@ -12,8 +12,8 @@ use rivulet::{Durability, PriorityMode};
 pub use rivulet_fleet::LogFormat;
 
 use crate::values::{
-    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
-    parse_size,
+    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration,
+    parse_priority_mode, parse_size,
 };
 
 /// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
@@ -56,14 +56,32 @@ pub struct GlobalArgs {
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true, help_heading = "Global")]
     pub redis_url: String,
     /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots.
-    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CA_FILE", global = true, help_heading = "Global")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_CA_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
     pub tls_ca_file: Option<PathBuf>,
     /// TLS: PEM file of a client certificate, for a Redis that requires one
     /// (tls-auth-clients yes). Needs --tls-key-file.
-    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CERT_FILE", global = true, help_heading = "Global")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_CERT_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
     pub tls_cert_file: Option<PathBuf>,
     /// TLS: PEM file of the client certificate's private key.
-    #[arg(long, value_name = "PATH", env = "REDIS_TLS_KEY_FILE", global = true, help_heading = "Global")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_KEY_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
     pub tls_key_file: Option<PathBuf>,
     /// TLS: do not verify the server's certificate (still encrypted, but anyone in the path can
     /// pose as Redis). For tests only; a warning is logged at start.

@@ -155,7 +155,13 @@ impl SupervisorSettings {
     pub fn resolve(global: &GlobalArgs, run: &RunArgs) -> Result<Self, UsageError> {
         let program = std::env::current_exe()
             .map_err(|e| UsageError::new(format!("cannot find this program's path to start workers: {e}")))?;
-        let mut fleet = children(program, global.log_format, &run.worker, &global.redis_url, &global.tls());
+        let mut fleet = children(
+            program,
+            global.log_format,
+            &run.worker,
+            &global.redis_url,
+            &global.tls(),
+        );
         fleet.max_memory = run.max_memory;
         fleet.crash_limit = run.crash_limit;
         fleet.crash_window = run.crash_window;
@@ -178,7 +184,9 @@ pub fn children(
 ) -> FleetConfig {
     let mut fleet = FleetConfig::new(program, child_args(log_format, worker));
     fleet.env = vec![("REDIS_URL".into(), redis_url.into())];
-    fleet.env.extend(tls_env(tls).into_iter().map(|(k, v)| (k.into(), v.into())));
+    fleet
+        .env
+        .extend(tls_env(tls).into_iter().map(|(k, v)| (k.into(), v.into())));
     fleet.stop_timeout = worker.drain_timeout + DRAIN_GRACE;
     fleet
 }

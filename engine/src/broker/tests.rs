@@ -160,7 +160,9 @@ async fn settling_deletes_only_settled_entries() {
     let b = read_group(&mut conn, "b", 2, None, &stream).await.unwrap();
     let (e1, e2, e3) = (&a[0].1.id, &b[0].1.id, &b[1].1.id);
     let later = add(1);
-    add_ready(&mut conn, &[(&keys, &later[0])], Durability::Fast).await.unwrap();
+    add_ready(&mut conn, &[(&keys, &later[0])], Durability::Fast)
+        .await
+        .unwrap();
     let ctx = |consumer| SettleCtx {
         keys: &keys,
         consumer,

@@ -41,7 +41,11 @@ impl TestCerts {
                 vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
                 ExtendedKeyUsagePurpose::ServerAuth,
             ),
-            ("client", vec!["rivulet-client".to_owned()], ExtendedKeyUsagePurpose::ClientAuth),
+            (
+                "client",
+                vec!["rivulet-client".to_owned()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
         ] {
             let mut params = CertificateParams::new(sans).expect("the names are valid SANs");
             params.distinguished_name.push(DnType::CommonName, name);

@@ -178,7 +178,11 @@ struct Outcome {
 /// The start-up checks of the server: an eviction policy that can delete task keys is refused
 /// (or only warned about, with `allow_eviction`), and so is a queue's durability the server
 /// cannot honour.
-async fn check_server(conn: &mut ConnectionManager, config: &WorkerConfig, queues: &[(Queue, QueueOptions)]) -> Result<()> {
+async fn check_server(
+    conn: &mut ConnectionManager,
+    config: &WorkerConfig,
+    queues: &[(Queue, QueueOptions)],
+) -> Result<()> {
     let info = broker::server_info(conn).await?;
     if let Err(e) = info.check_eviction() {
         if !config.allow_eviction {

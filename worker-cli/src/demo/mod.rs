@@ -83,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         redact_url(&url)
     );
 
-    let result = drive(global, args, &url, &tls, &queue, &producer, &inspector, &mut conn).await;
+    let result = drive(global, args, (&url, &tls), &queue, &producer, &inspector, &mut conn).await;
 
     if args.keep {
         note!(
@@ -107,8 +107,8 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
 async fn drive(
     global: &GlobalArgs,
     args: &DemoArgs,
-    url: &str,
-    tls: &rivulet::TlsOptions,
+    // The Redis the demo uses and its TLS options (what its worker processes get).
+    (url, tls): (&str, &rivulet::TlsOptions),
     queue: &Queue,
     producer: &Client,
     inspector: &Inspector,
