@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Stop starting new scenarios after this many seconds.
     #[arg(long, default_value_t = 1200)]
     max_seconds: u64,
+    /// Exit 1 when a measured target is missed (after the tables and files are written), so
+    /// a run can gate a change. Targets the run did not measure do not count.
+    #[arg(long)]
+    check: bool,
     /// What enqueues and settles wait for: `fast`, `replicated:N` (the private server then
     /// gets N replicas, so the cost includes replication) or `fsync` (Redis 7.2+). Run the
     /// suite once per setting to compare their drain and enqueue cost.
@@ -212,6 +216,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     progress(format_args!("done in {:.0} s; wrote:", started.elapsed().as_secs_f64()));
     for f in files {
         progress(format_args!("  {}", f.display()));
+    }
+    if args.check {
+        let missed = report::missed(&json.targets);
+        if !missed.is_empty() {
+            bail!(
+                "--check: {} target(s) missed: {}",
+                missed.len(),
+                missed
+                    .iter()
+                    .map(|c| format!("{} (measured {}; {})", c.target, c.measured, c.note))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        progress("--check: every measured target met");
     }
     Ok(())
 }
