@@ -59,10 +59,31 @@ pub enum Actuator {
     Command(CommandActuator),
 }
 
+/// The `REDIS_TLS_*` variables that give a worker-cli process the same TLS options.
+fn tls_env(tls: &rivulet::TlsOptions) -> Vec<(&'static str, String)> {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    [
+        ("REDIS_TLS_CA_FILE", path(&tls.ca_file)),
+        ("REDIS_TLS_CERT_FILE", path(&tls.client_cert)),
+        ("REDIS_TLS_KEY_FILE", path(&tls.client_key)),
+        ("REDIS_TLS_INSECURE", tls.insecure.then(|| "true".to_owned())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect()
+}
+
 impl Actuator {
     /// The actuator `actuation` describes, for `queue` on Redis at `redis_url` (`shown_url`:
     /// the same with its password redacted, for logs).
-    pub fn new(actuation: &Actuation, queue: &str, redis_url: &str, shown_url: &str) -> anyhow::Result<Self> {
+    /// Workers get `tls` as `REDIS_TLS_*` variables, so they connect as the autoscaler does.
+    pub fn new(
+        actuation: &Actuation,
+        queue: &str,
+        redis_url: &str,
+        shown_url: &str,
+        tls: &rivulet::TlsOptions,
+    ) -> anyhow::Result<Self> {
         Ok(match actuation {
             Actuation::Process {
                 command,
@@ -74,6 +95,9 @@ impl Actuator {
                     .shown_as(fill(shown_url))
                     // worker-cli reads it; the URL (and its password) stays off the command line.
                     .env("REDIS_URL", redis_url);
+                for (key, value) in tls_env(tls) {
+                    p = p.env(key, value);
+                }
                 if !drain_on_exit {
                     p = p.leave_running();
                 }

@@ -39,6 +39,20 @@ pub struct Cli {
     /// Redis URL [env: REDIS_URL] [default: redis://127.0.0.1:6379]
     #[arg(long)]
     redis_url: Option<String>,
+    /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots. Workers
+    /// started by the process actuator get it as REDIS_TLS_CA_FILE, like the other --tls-*.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CA_FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    /// TLS: PEM file of a client certificate, for a Redis that requires one. Needs
+    /// --tls-key-file.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_CERT_FILE")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// TLS: PEM file of the client certificate's private key.
+    #[arg(long, value_name = "PATH", env = "REDIS_TLS_KEY_FILE")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// TLS: do not verify the server's certificate (for tests only; logged as a warning).
+    #[arg(long, env = "REDIS_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    tls_insecure: bool,
     /// Queue whose workers are scaled.
     #[arg(long)]
     queue: String,
@@ -182,9 +196,17 @@ pub fn settings(cli: Cli) -> anyhow::Result<Settings> {
     if cli.interval.is_zero() {
         return Err(usage("--interval must be longer than zero"));
     }
+    let tls = rivulet::TlsOptions {
+        ca_file: cli.tls_ca_file,
+        client_cert: cli.tls_cert_file,
+        client_key: cli.tls_key_file,
+        insecure: cli.tls_insecure,
+    };
+    tls.validate().map_err(|e| usage(format!("--tls-*: {e}")))?;
     Ok(Settings {
         redis_url,
         redis_url_from,
+        tls,
         queue: cli.queue,
         slas: daemon::parse_slas(&cli.sla)?,
         params,

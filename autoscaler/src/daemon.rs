@@ -33,6 +33,8 @@ pub struct Settings {
     pub redis_url: String,
     /// Where the URL came from, for messages: `--redis-url`, `REDIS_URL` or `the default Redis URL`.
     pub redis_url_from: &'static str,
+    /// TLS options for `rediss://` URLs (also handed to the workers it starts).
+    pub tls: rivulet::TlsOptions,
     /// The queue to scale workers for.
     pub queue: String,
     /// SLA per priority name.
@@ -117,8 +119,22 @@ pub async fn run(
         .validate()
         .map_err(|e| usage(format!("invalid policy parameters: {e}")))?;
     let shown_url = redact_url(&settings.redis_url);
-    let inspector = match Inspector::connect(&settings.redis_url).await {
+    if settings.tls.insecure {
+        tracing::warn!(
+            redis = %shown_url,
+            "TLS certificate verification is off (--tls-insecure): encrypted, but anyone in the path can pose as Redis"
+        );
+    }
+    let inspector = match rivulet::connection::open(&settings.redis_url, &settings.tls) {
+        Ok(redis) => Inspector::new(&redis).await,
+        Err(e) => Err(e),
+    };
+    let inspector = match inspector {
         Ok(i) => i,
+        // TLS options that do not fit the URL, or a certificate file that cannot be read.
+        Err(e @ rivulet::Error::InvalidConfig { .. }) => {
+            return Err(usage(format!("{} {shown_url:?}: {e}", settings.redis_url_from)));
+        }
         Err(rivulet::Error::Redis(e)) if e.category() == "invalid client config" => {
             let why = e.to_string();
             let why = why.trim_end_matches(" - InvalidClientConfig");
@@ -169,8 +185,14 @@ pub async fn run(
         ));
     }
 
-    let mut actuator = Actuator::new(&settings.actuation, &settings.queue, &settings.redis_url, &shown_url)
-        .map_err(|e| usage(e.to_string()))?;
+    let mut actuator = Actuator::new(
+        &settings.actuation,
+        &settings.queue,
+        &settings.redis_url,
+        &shown_url,
+        &settings.tls,
+    )
+    .map_err(|e| usage(e.to_string()))?;
     if !settings.dry_run
         && let Actuator::Process(p) = &mut actuator
     {

@@ -165,6 +165,54 @@ async fn a_second_ctrl_c_kills_the_workers_at_once_and_exits_1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_autoscaler_and_the_workers_it_starts_use_its_tls_flags() {
+    let server = rivulet::testing::tls::TlsRedis::start_mutual();
+    let redis = server.client();
+    let queue = rivulet::Queue::new("tls-scaled").unwrap();
+    rivulet::Client::new(&redis)
+        .await
+        .unwrap()
+        .enqueue_many(&queue, (0..10).map(|_| Task::json("noop", &()).unwrap()))
+        .await
+        .unwrap();
+    let (ca, (cert, key)) = (server.certs().ca(), server.certs().client());
+    // The worker command names no TLS flag: the actuator hands REDIS_TLS_* down.
+    let worker_cmd = format!("{} work --queue {{queue}} --log-format text", worker_cli().display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoscaler"));
+    cmd.args([
+        "--redis-url",
+        &server.url(),
+        "--queue",
+        "tls-scaled",
+        "--sla",
+        "normal=30s",
+    ])
+    .args(["--min", "1", "--max", "1", "--interval", "200ms"])
+    .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
+    .arg("--tls-ca-file")
+    .arg(&ca)
+    .arg("--tls-cert-file")
+    .arg(&cert)
+    .arg("--tls-key-file")
+    .arg(&key)
+    .env("RUST_LOG", "info")
+    .env_remove("REDIS_URL")
+    .stdout(Stdio::null())
+    .process_group(0);
+    let mut autoscaler = ChildGuard::spawn("autoscaler", &mut cmd).kill_group_on_drop();
+    let inspector = rivulet::Inspector::new(&redis).await.unwrap();
+    let done = wait_until(Duration::from_secs(60), async || {
+        inspector.stats(&queue).await.unwrap().counters.done == 10
+    })
+    .await;
+    autoscaler.signal_group(Signal::SIGINT);
+    let status = exit_of(&mut autoscaler, Duration::from_secs(60)).await;
+    let log = autoscaler.log();
+    assert!(done, "the worker started over TLS did not run the tasks:\n{log}");
+    assert!(status.success(), "autoscaler exited with {status}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_log_stays_json_through_its_workers_and_the_stored_decision_is_data() {
     let f = Fixture::start().await;
     // No --log-format on the worker's command line: it comes from the autoscaler's.

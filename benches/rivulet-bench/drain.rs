@@ -60,7 +60,10 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         queue = queue.retention(Duration::ZERO);
     }
     target.drop_queue(&queue).await?;
-    let client = Client::new(&target.client).await?;
+    let client = Client::new(&target.client)
+        .await?
+        .with_durability(target.durability)
+        .await?;
     client.declare(&queue).await?;
 
     // Fill. One payload shared by every task (a refcount, not a copy).
@@ -81,6 +84,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     // Drain.
     let spec = Spec {
         redis_url: target.url.clone(),
+        durability: target.durability.to_string(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe: false,

@@ -51,7 +51,10 @@ pub async fn run(
 ) -> Result<EnqueueResult> {
     let queue = Queue::new(&format!("enqueue-{}-p{payload_bytes}", mode.key()))?;
     target.drop_queue(&queue).await?;
-    let client = Client::new(&target.client).await?;
+    let client = Client::new(&target.client)
+        .await?
+        .with_durability(target.durability)
+        .await?;
     client.declare(&queue).await?;
     let body = payload::make(payload_bytes, payload::now_us(), false);
     let task = move || Task::bytes(KIND_NOOP, body.clone());

@@ -16,6 +16,8 @@ pub struct Spec {
     pub redis_url: String,
     pub queue: String,
     pub concurrency: usize,
+    /// What the workers' settles wait for (`fast`, `replicated:N`, `fsync`).
+    pub durability: String,
     pub done_probe: bool,
     /// A worker stops by itself after this long.
     pub max_seconds: u64,
@@ -42,7 +44,9 @@ impl Fleet {
                 .arg("--concurrency")
                 .arg(spec.concurrency.to_string())
                 .arg("--max-seconds")
-                .arg(spec.max_seconds.to_string());
+                .arg(spec.max_seconds.to_string())
+                .arg("--durability")
+                .arg(&spec.durability);
             if spec.done_probe {
                 cmd.arg("--done-probe");
             }

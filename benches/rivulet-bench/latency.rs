@@ -71,7 +71,10 @@ pub struct LatencyResult {
 pub async fn run(target: &Target, s: &LatencySpec) -> Result<LatencyResult> {
     let queue = Queue::new(&format!("latency-{}-p{}", s.label, s.payload_bytes))?;
     target.drop_queue(&queue).await?;
-    let client = Client::new(&target.client).await?;
+    let client = Client::new(&target.client)
+        .await?
+        .with_durability(target.durability)
+        .await?;
     client.declare(&queue).await?;
 
     let mut done_probe = s.done_probe;
@@ -102,6 +105,7 @@ async fn measure(
 ) -> Result<LatencyResult> {
     let spec = Spec {
         redis_url: target.url.clone(),
+        durability: target.durability.to_string(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe,

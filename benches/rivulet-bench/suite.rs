@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// a run can gate a change. Targets the run did not measure do not count.
     #[arg(long)]
     check: bool,
+    /// What enqueues and settles wait for: `fast`, `replicated:N` (the private server then
+    /// gets N replicas, so the cost includes replication) or `fsync` (Redis 7.2+). Run the
+    /// suite once per setting to compare their drain and enqueue cost.
+    #[arg(long, default_value = "fast")]
+    durability: String,
 }
 
 /// The resolved plan of a run.
@@ -158,7 +163,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let dir = args.out.join(&stamp);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let target = Target::open(args.redis_url.as_deref()).await?;
+    let durability: rivulet::Durability = args.durability.parse()?;
+    let target = Target::open(args.redis_url.as_deref(), durability).await?;
     progress(format_args!(
         "redis {} at {} ({}); results in {}",
         target.version,

@@ -23,8 +23,10 @@ pub fn conn_config() -> AsyncConnectionConfig {
 
 /// The Redis the benchmark runs against.
 pub struct Target {
-    /// Kept alive for the run; killed on drop.
-    _server: Option<RedisServer>,
+    /// Kept alive for the run (a master, and its replicas for `replicated:N`); killed on drop.
+    _servers: Vec<RedisServer>,
+    /// What enqueues and settles wait for in every scenario.
+    pub durability: rivulet::Durability,
     pub url: String,
     pub client: redis::Client,
     pub conn: MultiplexedConnection,
@@ -35,17 +37,31 @@ pub struct Target {
 
 impl Target {
     /// Starts a private server, or connects to `url` after checking it is a loopback address.
-    pub async fn open(url: Option<&str>) -> Result<Self> {
-        let (server, url) = match url {
+    /// A private server gets a replica when `durability` waits for one (`replicated:1`; more
+    /// replicas are refused: start them yourself and pass `--redis-url`).
+    pub async fn open(url: Option<&str>, durability: rivulet::Durability) -> Result<Self> {
+        let (servers, url) = match url {
             Some(u) => {
                 check_loopback(u)?;
-                (None, u.to_owned())
+                (Vec::new(), u.to_owned())
             }
-            None => {
-                let server = RedisServer::start();
-                let url = server.url();
-                (Some(server), url)
-            }
+            None => match durability {
+                rivulet::Durability::Replicated { replicas: 1, .. } => {
+                    let pair = rivulet::testing::replica::ReplicaPair::start();
+                    let url = pair.master.url();
+                    (vec![pair.master, pair.replica], url)
+                }
+                rivulet::Durability::Replicated { replicas, .. } => {
+                    bail!(
+                        "--durability {durability}: the private server gets one replica; for {replicas}, pass --redis-url"
+                    )
+                }
+                _ => {
+                    let server = RedisServer::start();
+                    let url = server.url();
+                    (vec![server], url)
+                }
+            },
         };
         let client = redis::Client::open(url.as_str()).with_context(|| format!("bad redis url {url}"))?;
         let mut conn = client
@@ -55,8 +71,9 @@ impl Target {
         let server_info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
         let version = field(&server_info, "redis_version").unwrap_or("unknown").to_owned();
         Ok(Target {
-            private: server.is_some(),
-            _server: server,
+            private: !servers.is_empty(),
+            _servers: servers,
+            durability,
             url,
             client,
             conn,

@@ -40,6 +40,9 @@ pub struct WorkerArgs {
     /// (on) without it.
     #[arg(long)]
     pub retention_ms: Option<u64>,
+    /// What settles wait for (`fast`, `replicated:N`, `fsync`).
+    #[arg(long, default_value = "fast")]
+    pub durability: String,
 }
 
 /// What one worker process reports when it stops.
@@ -266,7 +269,14 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             () = tokio::time::sleep(max) => eprintln!("rivulet-bench worker: --max-seconds reached; stopping"),
         }
     };
-    Worker::new(client, router, config).queue(queue).run(shutdown).await?;
+    let options = rivulet::QueueOptions {
+        durability: args.durability.parse()?,
+        ..rivulet::QueueOptions::default()
+    };
+    Worker::new(client, router, config)
+        .queue_with(queue, options)
+        .run(shutdown)
+        .await?;
 
     if let Some(task) = probe_task {
         // Every outcome is settled now; give the probe a moment to see the last events.

@@ -13,6 +13,7 @@ use crate::backoff::RetryPolicy;
 use crate::broker;
 use crate::broker::lifecycle::{self as records, EnqueueItem};
 use crate::clock::Clock;
+use crate::durability::Durability;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{Queue, QueueName, ShardKeys, shard_for};
@@ -162,6 +163,8 @@ pub struct Client {
     /// Tells a delayed task that is already due (it goes straight to its stream) from one to
     /// park in the scheduled set.
     clock: Clock,
+    /// What an enqueue waits for before it returns (see [`Client::with_durability`]).
+    durability: Durability,
 }
 
 impl std::fmt::Debug for Client {
@@ -184,7 +187,39 @@ impl Client {
             declared: Arc::default(),
             redis: client.clone(),
             clock: Clock::System,
+            durability: Durability::Fast,
         })
+    }
+
+    /// A client (sharing this one's connection) whose enqueues return only once `durability`
+    /// holds: `replicated:N` waits for N replicas (`WAIT`), `fsync` for the master's AOF fsync
+    /// (`WAITAOF`, Redis 7.2+). The wait is the last command of each enqueue's pipeline, so it
+    /// costs no extra round trip, only the replicas' (or the disk's) latency. An enqueue that
+    /// is not confirmed in time fails with [`Error::NotDurable`](crate::Error::NotDurable).
+    ///
+    /// Reads the server's version and settings once: a setting it cannot honour (`fsync` before
+    /// 7.2 or without AOF) is refused here with [`Error::UnsupportedServer`](crate::Error::UnsupportedServer).
+    /// Use one client per durability to give queues different settings.
+    pub async fn with_durability(self, durability: Durability) -> Result<Self> {
+        if durability.waits() {
+            let info = broker::server_info(&mut self.conn.clone()).await?;
+            durability.check(&info)?;
+            if let Durability::Replicated { replicas, .. } = durability
+                && info.replicas < replicas
+            {
+                tracing::warn!(
+                    %durability,
+                    connected = info.replicas,
+                    "fewer replicas are connected than the durability asks for: enqueues will fail until they are"
+                );
+            }
+        }
+        Ok(Client { durability, ..self })
+    }
+
+    /// What enqueues wait for.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Records the queue's layout in Redis (done once per queue and client, automatically,
@@ -290,7 +325,10 @@ impl Client {
             }
         }
         if !ready.is_empty() {
-            broker::add_ready(&mut conn, &ready).await?;
+            broker::add_ready(&mut conn, &ready, self.durability).await?;
+        } else {
+            // Only delayed tasks: wait after their scripts (on the same connection).
+            broker::wait_durable(&mut conn, self.durability).await?;
         }
         let mut out: Vec<Enqueued> = tasks.iter().map(|t| Enqueued::New(t.envelope.id.clone())).collect();
         if !scripted.is_empty() {

@@ -92,6 +92,39 @@ pub enum Error {
         /// How long the wait lasted, ms.
         waited_ms: u64,
     },
+    /// A write was applied on the master but not confirmed as durable in time (`WAIT` saw
+    /// fewer replicas than asked, or `WAITAOF` no fsync). It may or may not survive a failover.
+    #[error(
+        "not confirmed as {wanted}: {acked} acknowledged within {timeout_ms} ms; the write is on the master but may be lost in a failover (retry idempotently, e.g. with the same task id, or check the replicas)"
+    )]
+    NotDurable {
+        /// The durability asked for, e.g. `replicated:1`.
+        wanted: String,
+        /// Replicas (or local fsyncs, for `fsync`) that acknowledged.
+        acked: u32,
+        /// How long the engine waited.
+        timeout_ms: u64,
+    },
+    /// A setting this Redis server cannot honour (e.g. `fsync` on Redis 7.0).
+    #[error("durability {setting} {reason}")]
+    UnsupportedServer {
+        /// The setting, e.g. `fsync`.
+        setting: String,
+        /// What the server lacks.
+        reason: String,
+    },
+    /// A Redis setting that would lose tasks.
+    #[error("redis {setting} is {value}: {why}; {fix}")]
+    UnsafeRedisSetting {
+        /// The Redis configuration parameter.
+        setting: &'static str,
+        /// Its current value.
+        value: String,
+        /// What would go wrong.
+        why: &'static str,
+        /// What to change.
+        fix: &'static str,
+    },
     /// Redis answered with something the engine does not understand.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),

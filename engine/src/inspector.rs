@@ -508,6 +508,14 @@ impl Inspector {
         Ok(out)
     }
 
+    /// What the server says about itself (version, eviction policy, AOF, replicas), for the
+    /// start-up checks a supervisor makes before it starts workers
+    /// ([`ServerInfo::check_eviction`](crate::ServerInfo::check_eviction),
+    /// [`Durability::check`](crate::Durability::check)).
+    pub async fn server_info(&self) -> Result<crate::ServerInfo> {
+        broker::server_info(&mut self.conn()).await
+    }
+
     /// Live workers (those whose heartbeat has not expired), by id. Stale registry rows are
     /// pruned on the way.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {

@@ -31,6 +31,10 @@
 //! - `broker`: every Redis command and Lua script (`broker/scripts/*.lua`), split by subject
 //!   (queues, stream, settle, registry, admin); nothing else builds a command
 //!   (`tests/broker_owns_redis.rs` checks it).
+//! - [`connection`]: a URL and its [`TlsOptions`] (CA file, client certificate, opt-out of
+//!   verification) become a `redis::Client`.
+//! - [`durability`]: [`Durability`] (fast, replicated:N, fsync) and the start-up checks of the
+//!   server's version and eviction policy ([`ServerInfo`]).
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
@@ -43,7 +47,8 @@
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
 //! - `clock`: where the worker and the inspector read the time they pass to the broker.
 //! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
-//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).
+//!   inspector and queue in one call; a recording router; child-process guards; `wait_until`).; a TLS server
+//!   (`testing::tls`) and a master with a replica (`testing::replica`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -52,6 +57,8 @@ pub mod backoff;
 mod broker;
 pub mod client;
 mod clock;
+pub mod connection;
+pub mod durability;
 pub mod envelope;
 mod error;
 pub mod handler;
@@ -65,6 +72,8 @@ pub mod worker;
 
 pub use backoff::RetryPolicy;
 pub use client::{Client, EventCursor, Task, redact_url};
+pub use connection::TlsOptions;
+pub use durability::{Durability, ServerInfo};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};

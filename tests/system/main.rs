@@ -6,7 +6,9 @@
 
 mod bench;
 mod core;
+mod durability;
 mod failures;
 mod interop;
 mod lifecycle;
 mod shutdown;
+mod tls;

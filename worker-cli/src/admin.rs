@@ -46,7 +46,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
     // Flags first: a bad flag is exit 2 even when Redis cannot be reached.
     let body = check_flags(&command)?;
     let url = global.redis_url.clone();
-    let (client, _) = store::connect_checked(&url).await?;
+    let (client, _) = store::connect_checked(&url, &global.tls()).await?;
     let inspector = Inspector::new(&client)
         .await
         .map_err(|e| store::engine_error(&url, e))?;
@@ -159,7 +159,12 @@ impl Admin {
         if let Some(p) = &a.priority {
             queue.rank(p).map_err(|e| UsageError(format!("--priority: {e}")))?;
         }
-        let producer = Client::new(&self.client).await.map_err(|e| self.engine(e))?;
+        let producer = Client::new(&self.client)
+            .await
+            .map_err(|e| self.engine(e))?
+            .with_durability(a.durability)
+            .await
+            .map_err(|e| self.engine(e))?;
         let mut outcomes = Vec::with_capacity(a.count.min(1_000_000) as usize);
         let mut left = a.count;
         while left > 0 {

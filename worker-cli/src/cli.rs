@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use rivulet::PriorityMode;
+use rivulet::{Durability, PriorityMode};
 
 pub use rivulet_fleet::LogFormat;
 
 use crate::values::{
-    ExecSpec, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration, parse_priority_mode,
-    parse_size,
+    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration,
+    parse_priority_mode, parse_size,
 };
 
 /// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
@@ -51,9 +51,42 @@ pub struct Cli {
 /// Options every command takes (before or after the subcommand).
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Redis to use, e.g. redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0.
+    /// Redis to use, e.g. redis://127.0.0.1:6379, or rediss://user:pass@host:6380/0 for TLS
+    /// (see the --tls-* flags).
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true, help_heading = "Global")]
     pub redis_url: String,
+    /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_CA_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS: PEM file of a client certificate, for a Redis that requires one
+    /// (tls-auth-clients yes). Needs --tls-key-file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_CERT_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS: PEM file of the client certificate's private key.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "REDIS_TLS_KEY_FILE",
+        global = true,
+        help_heading = "Global"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// TLS: do not verify the server's certificate (still encrypted, but anyone in the path can
+    /// pose as Redis). For tests only; a warning is logged at start.
+    #[arg(long, env = "REDIS_TLS_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Global")]
+    pub tls_insecure: bool,
     /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=rivulet=debug); the
     /// default is `info` for workers and the supervisor, `warn` for admin commands.
     ///
@@ -158,6 +191,17 @@ pub struct WorkerArgs {
     /// then replaced. No limit by default.
     #[arg(long, value_name = "M", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
     pub max_tasks: Option<u64>,
+    /// What settling a task waits for, for every queue served: `fast` (the master has it),
+    /// `replicated:N` (N replicas have it: WAIT, once per settle batch) or `fsync` (the
+    /// master's AOF is fsynced: WAITAOF, Redis 7.2+ with appendonly yes); `:TIMEOUTms` sets the
+    /// wait (default 1000ms). Refused at start when the server cannot honour it.
+    #[arg(long, value_name = "MODE", default_value = "fast", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// Start even when Redis's maxmemory-policy can evict task keys (allkeys-*), with a
+    /// warning. Without it such a policy is refused at start: tasks would vanish under memory
+    /// pressure. Use noeviction (or volatile-*, which evicts only keys with a TTL).
+    #[arg(long)]
+    pub allow_eviction: bool,
     /// Set by `worker-cli demo` for its workers: serve the `demo` kind and save its latency
     /// samples.
     #[arg(long, hide = true)]
@@ -364,6 +408,10 @@ pub struct EnqueueArgs {
     /// How long --wait waits.
     #[arg(long, value_name = "DURATION", default_value = "30s", requires = "wait", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub wait_timeout: Duration,
+    /// What an enqueue waits for before it reports success: `fast`, `replicated:N` or `fsync`
+    /// (see `work --durability`). One wait per batch of tasks.
+    #[arg(long, value_name = "MODE", default_value = "fast", value_parser = parse_durability)]
+    pub durability: Durability,
     #[command(flatten)]
     pub output: OutputArgs,
 }

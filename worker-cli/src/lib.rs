@@ -199,7 +199,7 @@ fn run(cli: Cli, router: Router) -> Result<()> {
     let Cli { global, run, command } = cli;
     // Before anything else: a URL that does not parse is a bad flag (exit 2), not a Redis that
     // cannot be reached (exit 1).
-    values::check_redis_url(&global.redis_url)?;
+    values::check_redis_url(&global.redis_url, &global.tls())?;
     match command {
         None => {
             logging::init(global.log_format, "info");
@@ -211,7 +211,8 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             current_thread()?.block_on(async {
                 // Fail here, naming the URL, rather than in N crash-looping children; and
                 // check the weights against the queues' layouts for the same reason.
-                let (client, _) = store::connect_checked(&global.redis_url).await?;
+                let (client, _) = store::connect_checked(&global.redis_url, &global.tls()).await?;
+                store::check_server(&client, &global.redis_url, &run.worker).await?;
                 let inspector = rivulet::Inspector::new(&client)
                     .await
                     .map_err(|e| store::engine_error(&global.redis_url, e))?;
@@ -234,10 +235,10 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 .context("starting the async runtime")?;
             // `work` adds the built-in and --exec kinds itself.
             if settings.demo_samples {
-                let url = settings.redis_url.clone();
+                let (url, tls) = (settings.redis_url.clone(), settings.tls.clone());
                 let router = demo::samples::route(router);
                 runtime.block_on(work::run(settings, router, move |id, stopped| {
-                    demo::samples::save_until(url, id, stopped)
+                    demo::samples::save_until(url, tls, id, stopped)
                 }))
             } else {
                 runtime.block_on(work::run(settings, router, |_, _| async {}))

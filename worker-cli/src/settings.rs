@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use rivulet::{PriorityMode, Queue, QueueName, RetryPolicy, WorkerConfig};
+use rivulet::{Durability, PriorityMode, Queue, QueueName, RetryPolicy, TlsOptions, WorkerConfig};
 use rivulet_fleet::{FleetConfig, LogFormat};
 
 use crate::cli::{GlobalArgs, RunArgs, WorkerArgs};
@@ -22,6 +22,8 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct WorkerSettings {
     /// Redis to use.
     pub redis_url: String,
+    /// TLS options for `rediss://` URLs.
+    pub tls: TlsOptions,
     /// Queues to serve, validated and without duplicates.
     pub queues: Vec<QueueName>,
     /// The engine's worker configuration, validated.
@@ -30,6 +32,8 @@ pub struct WorkerSettings {
     pub exec: Vec<ExecSpec>,
     /// A worker the demo started: it serves the `demo` kind and saves its latency samples.
     pub demo_samples: bool,
+    /// What settles wait for, for every queue served.
+    pub durability: Durability,
 }
 
 impl WorkerSettings {
@@ -57,10 +61,12 @@ impl WorkerSettings {
             .map_err(|e| UsageError::new(format!("worker settings: {e}")))?;
         Ok(WorkerSettings {
             redis_url: global.redis_url.clone(),
+            tls: global.tls(),
             queues,
             config,
             exec: args.exec.clone(),
             demo_samples: args.demo_samples,
+            durability: args.durability,
         })
     }
 }
@@ -95,6 +101,7 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         timeout: args.timeout,
         drain_timeout: args.drain_timeout,
         max_tasks: args.max_tasks,
+        allow_eviction: args.allow_eviction,
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
         ..WorkerConfig::default()
@@ -161,6 +168,10 @@ impl WorkerArgs {
         if self.demo_samples {
             a.push("--demo-samples".to_owned());
         }
+        a.extend(["--durability".to_owned(), self.durability.to_string()]);
+        if self.allow_eviction {
+            a.push("--allow-eviction".to_owned());
+        }
         a
     }
 }
@@ -192,7 +203,13 @@ impl SupervisorSettings {
     pub fn resolve(global: &GlobalArgs, run: &RunArgs) -> Result<Self, UsageError> {
         let program = std::env::current_exe()
             .map_err(|e| UsageError::new(format!("cannot find this program's path to start workers: {e}")))?;
-        let mut fleet = children(program, global.log_format, &run.worker, &global.redis_url);
+        let mut fleet = children(
+            program,
+            global.log_format,
+            &run.worker,
+            &global.redis_url,
+            &global.tls(),
+        );
         fleet.max_memory = run.max_memory;
         fleet.crash_limit = run.crash_limit;
         fleet.crash_window = run.crash_window;
@@ -211,9 +228,13 @@ pub fn children(
     log_format: LogFormat,
     worker: &WorkerArgs,
     redis_url: &str,
+    tls: &TlsOptions,
 ) -> FleetConfig {
     let mut fleet = FleetConfig::new(program, child_args(log_format, worker));
     fleet.env = vec![("REDIS_URL".into(), redis_url.into())];
+    fleet
+        .env
+        .extend(tls_env(tls).into_iter().map(|(k, v)| (k.into(), v.into())));
     fleet.stop_timeout = worker.drain_timeout + DRAIN_GRACE;
     fleet
 }
@@ -223,6 +244,36 @@ pub fn child_args(log_format: LogFormat, worker: &WorkerArgs) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["work".into(), "--log-format".into(), log_format.as_flag().into()];
     args.extend(worker.to_args().into_iter().map(OsString::from));
     args
+}
+
+impl GlobalArgs {
+    /// The TLS options the `--tls-*` flags (or their `REDIS_TLS_*` variables) describe.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert: self.tls_cert_file.clone(),
+            client_key: self.tls_key_file.clone(),
+            insecure: self.tls_insecure,
+        }
+    }
+}
+
+/// The environment that hands these TLS options to a child process (its `REDIS_TLS_*`
+/// variables), so worker processes connect the way their supervisor does.
+pub fn tls_env(tls: &TlsOptions) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut path = |name: &str, p: &Option<std::path::PathBuf>| {
+        if let Some(p) = p {
+            env.push((name.to_owned(), p.display().to_string()));
+        }
+    };
+    path("REDIS_TLS_CA_FILE", &tls.ca_file);
+    path("REDIS_TLS_CERT_FILE", &tls.client_cert);
+    path("REDIS_TLS_KEY_FILE", &tls.client_key);
+    if tls.insecure {
+        env.push(("REDIS_TLS_INSECURE".to_owned(), "true".to_owned()));
+    }
+    env
 }
 
 pub use rivulet::redact_url;
@@ -270,6 +321,9 @@ mod tests {
             "5s",
             "--max-tasks",
             "100",
+            "--durability",
+            "replicated:2:300ms",
+            "--allow-eviction",
             "--unknown-kind-grace",
             "90s",
             "--dlq-maxlen",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use rivulet::{Inspector, Queue, QueueName};
+use rivulet::{Inspector, Queue, QueueName, TlsOptions};
 
 use crate::settings::redact_url;
 
@@ -47,15 +47,26 @@ impl std::fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// Opens `url` and checks that Redis answers PING, within a few seconds.
-pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedConnection), Unreachable> {
+/// Opens `url` with `tls` and checks that Redis answers PING, within a few seconds. Warns once
+/// when TLS verification is off.
+pub async fn connect_checked(
+    url: &str,
+    tls: &TlsOptions,
+) -> Result<(redis::Client, MultiplexedConnection), Unreachable> {
     let shown = redact_url(url);
-    let client = redis::Client::open(url).map_err(|e| {
+    let client = rivulet::connection::open(url, tls).map_err(|e| {
         Unreachable::BadUrl(format!(
-            "invalid Redis URL {shown:?}: {e}\nhint: URLs look like redis://127.0.0.1:6379, \
-             redis://user:password@host:6379/0 or rediss://host:6380 (TLS)"
+            "invalid Redis URL {shown:?} or TLS settings: {e}\nhint: URLs look like redis://127.0.0.1:6379, \
+             redis://user:password@host:6379/0 or rediss://host:6380 (TLS, with --tls-ca-file for a private CA)"
         ))
     })?;
+    if tls.insecure || url.ends_with("#insecure") {
+        tracing::warn!(
+            redis = %shown,
+            "TLS certificate verification is off (--tls-insecure): the connection is encrypted, but \
+             anyone between here and Redis can pose as it"
+        );
+    }
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CHECK_TIMEOUT))
         .set_response_timeout(Some(CHECK_TIMEOUT));
@@ -66,6 +77,10 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
     };
     match tokio::time::timeout(CHECK_TIMEOUT * 2, answer).await {
         Ok(Ok(conn)) => Ok((client, conn)),
+        Ok(Err(e)) if rivulet::connection::is_certificate_error(&e) => Err(Unreachable::Refused(format!(
+            "the TLS handshake with Redis at {shown} failed: {e}\nhint: the server's certificate is not \
+             signed by a CA this host trusts: pass its CA with --tls-ca-file (or REDIS_TLS_CA_FILE)"
+        ))),
         Ok(Err(e)) if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
             Err(no_answer(&shown, &e.to_string()))
         }
@@ -99,6 +114,18 @@ fn no_answer(shown: &str, cause: &str) -> Unreachable {
         "cannot reach Redis at {shown}: {cause}\nhint: start redis-server there, or point --redis-url \
          (or REDIS_URL) at a running Redis; `redis-cli -u <url> ping` should print PONG"
     ))
+}
+
+/// The checks every worker makes at start, made once by a supervisor before it starts any:
+/// otherwise each child would fail the same way and the supervisor would crash-loop.
+pub async fn check_server(client: &redis::Client, url: &str, worker: &crate::cli::WorkerArgs) -> anyhow::Result<()> {
+    let inspector = Inspector::new(client).await.map_err(|e| engine_error(url, e))?;
+    let info = inspector.server_info().await.map_err(|e| engine_error(url, e))?;
+    if !worker.allow_eviction {
+        info.check_eviction()?;
+    }
+    worker.durability.check(&info)?;
+    Ok(())
 }
 
 /// Adds which Redis a failed engine call was talking to.

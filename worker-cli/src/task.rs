@@ -27,7 +27,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
     };
     rivulet::QueueName::new(queue_flag).map_err(|e| UsageError(format!("--queue: {e}")))?;
     let url = global.redis_url.clone();
-    let (redis, _) = store::connect_checked(&url).await?;
+    let (redis, _) = store::connect_checked(&url, &global.tls()).await?;
     let engine = |e: rivulet::Error| store::engine_error(&url, e);
     let inspector = rivulet::Inspector::new(&redis).await.map_err(engine)?;
     let queue = inspector.queue(queue_flag).await.map_err(engine)?;

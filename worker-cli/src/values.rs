@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use rivulet::{PriorityMode, redact_url};
+use rivulet::{Durability, PriorityMode, TlsOptions, redact_url};
 use rivulet_fleet::UsageError;
 
 /// One `--exec KIND=COMMAND`.
@@ -60,6 +60,14 @@ pub fn parse_kind(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Parses `fast`, `replicated:N[:TIMEOUTms]` or `fsync[:TIMEOUTms]`.
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse::<Durability>().map_err(|e| match e {
+        rivulet::Error::InvalidConfig { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
 /// Parses a duration like `30s`, `1m 30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -71,12 +79,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Checks that `url` (from `--redis-url` or `REDIS_URL`) parses as a Redis URL: one that does
 /// not is a bad flag (exit 2), not an unreachable Redis. The message never shows a password.
-pub fn check_redis_url(url: &str) -> Result<(), UsageError> {
+///
+/// The TLS flags must fit it too (files readable, a certificate with its key, TLS flags only
+/// with `rediss://`).
+pub fn check_redis_url(url: &str, tls: &TlsOptions) -> Result<(), UsageError> {
     use redis::IntoConnectionInfo;
     url.into_connection_info().map(|_| ()).map_err(|e| {
         UsageError::new(format!(
             "--redis-url (or REDIS_URL) {:?} is not a valid Redis URL ({e}); URLs look like \
              redis://127.0.0.1:6379, redis://user:password@host:6379/0 or rediss://host:6380 (TLS)",
+            redact_url(url)
+        ))
+    })?;
+    rivulet::connection::open(url, tls).map(drop).map_err(|e| {
+        UsageError::new(format!(
+            "{e} (--redis-url {:?} with --tls-ca-file, --tls-cert-file, --tls-key-file, --tls-insecure)",
             redact_url(url)
         ))
     })
@@ -282,10 +299,10 @@ mod tests {
 
     #[test]
     fn redis_urls_that_do_not_parse_are_usage_errors_without_the_password() {
-        assert!(check_redis_url("redis://127.0.0.1:6379").is_ok());
-        let e = check_redis_url("notaurl").unwrap_err();
+        assert!(check_redis_url("redis://127.0.0.1:6379", &TlsOptions::default()).is_ok());
+        let e = check_redis_url("notaurl", &TlsOptions::default()).unwrap_err();
         assert!(e.0.contains("--redis-url") && e.0.contains("\"notaurl\""), "{e}");
-        let e = check_redis_url("redis://u:secret@h:notaport").unwrap_err();
+        let e = check_redis_url("redis://u:secret@h:notaport", &TlsOptions::default()).unwrap_err();
         assert!(!e.0.contains("secret"), "{e}");
     }
 

@@ -65,7 +65,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let url = settings.redis_url.clone();
-    let (client, _) = store::connect_checked(&url).await?;
+    let (client, _) = store::connect_checked(&url, &settings.tls).await?;
     let inspector = Inspector::new(&client)
         .await
         .map_err(|e| store::engine_error(&url, e))?;
@@ -74,8 +74,12 @@ where
     let router = handlers::with_exec(handlers::with_builtins(router), &settings.exec);
     let max_tasks = settings.config.max_tasks;
     let mut worker = Worker::new(client, router, settings.config);
+    let options = rivulet::QueueOptions {
+        durability: settings.durability,
+        ..rivulet::QueueOptions::default()
+    };
     for q in queues {
-        worker = worker.queue(q);
+        worker = worker.queue_with(q, options);
     }
     let handle = worker.shutdown_handle();
     let stopped = CancellationToken::new();

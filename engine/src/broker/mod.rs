@@ -18,6 +18,8 @@
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
+//! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
+//!   (`WAIT`, `WAITAOF`) after writes;
 //! - [`admin`]: inspection, dead-letter replay, pause flags, queue deletion, the autoscaler's
 //!   stored decision, the demo's samples and the reachability check.
 //!
@@ -28,6 +30,7 @@ pub(crate) mod admin;
 pub(crate) mod lifecycle;
 pub(crate) mod queues;
 pub(crate) mod registry;
+pub(crate) mod server;
 pub(crate) mod settle;
 pub(crate) mod stream;
 #[cfg(test)]
@@ -44,6 +47,7 @@ pub(crate) use admin::*;
 pub(crate) use queues::*;
 pub use registry::WorkerRecord;
 pub(crate) use registry::{deregister, live_workers, register};
+pub(crate) use server::*;
 pub use settle::DeadReason;
 pub(crate) use settle::*;
 pub(crate) use stream::*;

@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{StreamEntry, StreamId, bulk, entries, stream_ids};
+use crate::durability::Durability;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
@@ -15,8 +16,13 @@ use crate::keys::{GROUP, ShardKeys};
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
-/// Adds ready tasks to their streams and counts them, in one pipelined round trip.
-pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
+/// Adds ready tasks to their streams and counts them, in one pipelined round trip whose last
+/// command is the wait `durability` asks for.
+pub async fn add_ready(
+    conn: &mut ConnectionManager,
+    batch: &[(&ShardKeys, &Envelope)],
+    durability: Durability,
+) -> Result<()> {
     let mut pipe = redis::pipe();
     for (keys, env) in batch {
         let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
@@ -36,8 +42,9 @@ pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Enve
     for (stats, n) in counts {
         pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
     }
-    pipe.query_async::<()>(conn).await?;
-    Ok(())
+    super::push_wait(&mut pipe, durability);
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    super::check_wait(durability, replies.first().unwrap_or(&Value::Nil))
 }
 
 /// Parks a task in its shard's `scheduled` set until `due_ms`.

@@ -10,6 +10,7 @@ use redis::ToRedisArgs;
 use redis::aio::ConnectionManager;
 
 use super::*;
+use crate::durability::Durability;
 use crate::envelope::{Codec, Envelope};
 use crate::keys::Queue;
 use crate::keys::ShardKeys;
@@ -22,7 +23,7 @@ async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, StreamId)
     let keys = Queue::new(&unique_name("fence")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
-    add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+    add_ready(&mut conn, &[(&keys, &env)], Durability::Fast).await.unwrap();
     let got = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
         .await
         .unwrap();
@@ -141,7 +142,7 @@ async fn a_shard_is_dropped_only_when_empty_unless_forced() {
     // One task, even one that arrived after the caller looked, keeps it; force drops it.
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
-    add_ready(&mut conn, &[(&keys, &env)]).await.unwrap();
+    add_ready(&mut conn, &[(&keys, &env)], Durability::Fast).await.unwrap();
     assert!(!drop_shard(&mut conn, &keys, false).await.unwrap());
     assert_eq!(exists(&mut conn).await, 1);
     assert!(drop_shard(&mut conn, &keys, true).await.unwrap());
@@ -161,13 +162,15 @@ async fn settling_deletes_only_settled_entries() {
     };
     let envs = add(3);
     let batch: Vec<(&ShardKeys, &Envelope)> = envs.iter().map(|e| (&keys, e)).collect();
-    add_ready(&mut conn, &batch).await.unwrap();
+    add_ready(&mut conn, &batch, Durability::Fast).await.unwrap();
     let stream = [keys.stream.as_str()];
     let a = read_group(&mut conn, "a", 1, None, &stream).await.unwrap();
     let b = read_group(&mut conn, "b", 2, None, &stream).await.unwrap();
     let (e1, e2, e3) = (&a[0].1.id, &b[0].1.id, &b[1].1.id);
     let later = add(1);
-    add_ready(&mut conn, &[(&keys, &later[0])]).await.unwrap();
+    add_ready(&mut conn, &[(&keys, &later[0])], Durability::Fast)
+        .await
+        .unwrap();
     let ctx = |consumer| SettleCtx {
         keys: &keys,
         consumer,

@@ -10,6 +10,9 @@
 //! - `recorder`: [`Recorder`], handlers that record every run so a test asserts what ran.
 //! - `process`: [`ChildGuard`], a child process killed on drop whose stderr is printed when
 //!   the test fails; [`TempDir`], removed on drop.
+//! - `tls`: [`tls::TlsRedis`], a TLS-only server with certificates the test makes
+//!   ([`tls::TestCerts`], rcgen).
+//! - `replica`: [`replica::ReplicaPair`], a master and a synced replica.
 //! - here: [`wait_until`], the one way tests wait (no sleeps), and [`hostname`].
 //!
 //! # A server per test, or one per test binary
@@ -44,7 +47,9 @@
 mod fixture;
 mod process;
 mod recorder;
+pub mod replica;
 mod server;
+pub mod tls;
 
 use std::time::Duration;
 

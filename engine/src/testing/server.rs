@@ -47,6 +47,9 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra: Vec<String>,
+    /// Listens with TLS only (`--port 0 --tls-port PORT`, see `testing::tls`): readiness is
+    /// then a TCP connect, since a plain PING cannot cross TLS.
+    tls: bool,
 }
 
 /// The watchdog shell, the end of its pipe that keeps the server alive, and the server's pid.
@@ -66,12 +69,19 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, e.g. `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in_mode(extra, false)
+    }
+
+    /// Starts a server that listens with TLS only when `tls` (its `extra` then names the
+    /// certificate files).
+    pub(super) fn start_in_mode(extra: &[&str], tls: bool) -> Self {
         let dir = TempDir::new("redis");
         let mut server = RedisServer {
             running: None,
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         let mut last_err = String::new();
         // A free port can be taken by another test between probing it and redis binding it:
@@ -91,10 +101,17 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let mut watchdog = Command::new("sh")
             .args(["-c", WATCHDOG, "rivulet-redis-watchdog"])
             .arg(self.dir.path())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -126,7 +143,7 @@ impl RedisServer {
                     _ => format!("redis-server exited with {status}; log:\n{}", self.log_tail(20)),
                 });
             }
-            if ping(self.port) {
+            if if self.tls { listens(self.port) } else { ping(self.port) } {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -137,9 +154,10 @@ impl RedisServer {
         ))
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.
@@ -227,6 +245,11 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral loopback port works")
+}
+
+/// Whether something accepts TCP connections on the port (redis binds once it is ready).
+fn listens(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 fn ping(port: u16) -> bool {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Outage, Outcome, Shared, WorkerCounters};
 use crate::broker::lifecycle::Tracked;
 use crate::broker::{self, Settle, SettleCtx, StreamId};
+use crate::durability::Durability;
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
 const MAX_BATCH: usize = 1000;
@@ -47,6 +48,25 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
             }
         }
         flush(&shared, &mut batch, &stop).await;
+    }
+}
+
+/// Once per settled batch: the waits its queues' durability asks for, on the connection the
+/// settles went out on, so one `WAIT` covers every script of the batch. A wait that falls
+/// short is logged, not retried: the settles are applied on the master, and if it fails over
+/// before its replicas have them, those tasks run again (at-least-once), never get lost.
+async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
+    let mut waits: Vec<Durability> = Vec::new();
+    for group in batch.chunk_by(|a, b| a.lane == b.lane) {
+        let d = shared.lanes[group[0].lane].options.durability;
+        if d.waits() && !waits.contains(&d) {
+            waits.push(d);
+        }
+    }
+    for d in waits {
+        if let Err(e) = broker::wait_durable(&mut shared.conn.clone(), d).await {
+            tracing::warn!(error = %e, outcomes = batch.len(), durability = %d, "settled, but not confirmed as durable: after a failover these tasks may run again");
+        }
     }
 }
 
@@ -98,6 +118,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
             if outage.recovered() {
                 tracing::info!("redis reachable again; outcomes settled");
             }
+            wait_durable(shared, batch).await;
             batch.clear();
             return;
         };

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::RetryPolicy;
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 
 /// Default handlers running at once per worker.
@@ -53,6 +54,10 @@ pub struct QueueOptions {
     pub retry: Option<RetryPolicy>,
     /// Handler timeout for this queue.
     pub timeout: Option<Duration>,
+    /// What settling this queue's tasks waits for ([`Durability::Fast`] by default): one wait
+    /// per settle batch, after the batch's scripts, on the same connection. Checked against the
+    /// server when the worker starts.
+    pub durability: Durability,
 }
 
 /// How a worker runs. Every field has a documented default.
@@ -99,6 +104,9 @@ pub struct WorkerConfig {
     pub max_result_bytes: usize,
     /// Time a cancelled handler gets to stop before it is dropped ([`DEFAULT_CANCEL_GRACE`]).
     pub cancel_grace: Duration,
+    /// Start even when Redis's `maxmemory-policy` can evict task keys (`allkeys-*`), with a
+    /// warning instead of [`Error::UnsafeRedisSetting`] (false by default).
+    pub allow_eviction: bool,
     /// Most tasks this worker takes (reads or reclaims to run) before it quiets on its own
     /// and drains, as for [`ShutdownHandle::quiet`](super::ShutdownHandle::quiet); unlimited
     /// when `None` (the default). Honoured when the fetcher and the reclaimer reserve their
@@ -126,6 +134,7 @@ impl Default for WorkerConfig {
             worker_id: None,
             max_result_bytes: crate::lifecycle::DEFAULT_MAX_RESULT_BYTES,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            allow_eviction: false,
             max_tasks: None,
         }
     }

@@ -53,6 +53,7 @@ pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 use self::budget::{Budget, Units};
 use crate::broker::{self, Settle, StreamId};
 use crate::clock::Clock;
+use crate::durability::Durability;
 use crate::error::Result;
 use crate::handler::Router;
 use crate::keys::{Queue, QueueName, ShardKeys};
@@ -186,6 +187,48 @@ struct Outcome {
 }
 
 /// State every loop of a running worker shares.
+/// The start-up checks of the server: an eviction policy that can delete task keys is refused
+/// (or only warned about, with `allow_eviction`), and so is a queue's durability the server
+/// cannot honour.
+async fn check_server(
+    conn: &mut ConnectionManager,
+    config: &WorkerConfig,
+    queues: &[(Queue, QueueOptions)],
+) -> Result<()> {
+    let info = broker::server_info(conn).await?;
+    if let Err(e) = info.check_eviction() {
+        if !config.allow_eviction {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "starting anyway: eviction allowed (allow_eviction / --allow-eviction)");
+    } else if info.maxmemory_policy.starts_with("volatile-") {
+        tracing::info!(
+            policy = %info.maxmemory_policy,
+            "volatile eviction can delete worker registry records (keys with a TTL), never tasks"
+        );
+    }
+    for (queue, options) in queues {
+        options.durability.check(&info).map_err(|e| match e {
+            crate::Error::UnsupportedServer { setting, reason } => crate::Error::UnsupportedServer {
+                setting: format!("{setting} (queue {})", queue.name()),
+                reason,
+            },
+            other => other,
+        })?;
+        if let Durability::Replicated { replicas, .. } = options.durability
+            && info.replicas < replicas
+        {
+            tracing::warn!(
+                queue = %queue.name(),
+                durability = %options.durability,
+                connected = info.replicas,
+                "fewer replicas are connected than the durability asks for: settles will be logged as unconfirmed until they are"
+            );
+        }
+    }
+    Ok(())
+}
+
 struct Shared {
     id: String,
     lanes: Vec<Lane>,
@@ -385,6 +428,7 @@ impl Worker {
             ));
         }
         let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
+        check_server(&mut conn, &config, &queues).await?;
         // The blocking read gets its own connection, with a response timeout longer than BLOCK.
         // Each fetcher blocks on its own connection: a blocking read would stall every other
         // command on the shared multiplexed one.

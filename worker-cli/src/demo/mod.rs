@@ -78,8 +78,8 @@ struct Latency {
 
 /// `worker-cli demo`.
 pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
-    let (url, private) = reach_or_start(&global.redis_url, args.no_private_redis).await?;
-    let (client, mut conn) = store::connect_checked(&url).await?;
+    let (url, tls, private) = reach_or_start(&global.redis_url, &global.tls(), args.no_private_redis).await?;
+    let (client, mut conn) = store::connect_checked(&url, &tls).await?;
     let name = format!("demo-{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000));
     let queue = Queue::new(&name)?;
     let producer = Client::new(&client).await.map_err(|e| store::engine_error(&url, e))?;
@@ -98,7 +98,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         redact_url(&url)
     );
 
-    let result = drive(global, args, &url, &queue, &producer, &inspector, &mut conn).await;
+    let result = drive(global, args, (&url, &tls), &queue, &producer, &inspector, &mut conn).await;
 
     if args.keep {
         note!(
@@ -122,7 +122,8 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
 async fn drive(
     global: &GlobalArgs,
     args: &DemoArgs,
-    url: &str,
+    // The Redis the demo uses and its TLS options (what its worker processes get).
+    (url, tls): (&str, &rivulet::TlsOptions),
     queue: &Queue,
     producer: &Client,
     inspector: &Inspector,
@@ -142,7 +143,7 @@ async fn drive(
     ])
     .map_err(|e| anyhow!("demo worker flags: {e}"))?;
     let program = std::env::current_exe().context("finding this program to start workers")?;
-    let mut fleet = children(program, global.log_format, &worker, url);
+    let mut fleet = children(program, global.log_format, &worker, url, tls);
     if std::env::var_os("RUST_LOG").is_none() {
         // Keep the progress line readable: workers log warnings only.
         fleet.env.push(("RUST_LOG".into(), "warn".into()));
@@ -412,10 +413,15 @@ impl Progress {
     }
 }
 
-/// The URL to use, and the private server when one had to be started.
-async fn reach_or_start(url: &str, no_private: bool) -> Result<(String, Option<LocalRedis>)> {
-    match store::connect_checked(url).await {
-        Ok(_) => Ok((url.to_owned(), None)),
+/// The URL and TLS options to use, and the private server when one had to be started (plain
+/// TCP, so no TLS options then).
+async fn reach_or_start(
+    url: &str,
+    tls: &rivulet::TlsOptions,
+    no_private: bool,
+) -> Result<(String, rivulet::TlsOptions, Option<LocalRedis>)> {
+    match store::connect_checked(url, tls).await {
+        Ok(_) => Ok((url.to_owned(), tls.clone(), None)),
         Err(e) if e.nothing_answered() && !no_private => {
             if !on_path("redis-server") {
                 return Err(anyhow!(e).context(
@@ -429,7 +435,7 @@ async fn reach_or_start(url: &str, no_private: bool) -> Result<(String, Option<L
             );
             let server = LocalRedis::start().await?;
             note!("demo: private redis-server at {}", server.url());
-            Ok((server.url(), Some(server)))
+            Ok((server.url(), rivulet::TlsOptions::default(), Some(server)))
         }
         Err(e) => Err(e.into()),
     }

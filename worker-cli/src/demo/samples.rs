@@ -160,8 +160,8 @@ pub async fn save_samples(conn: &mut MultiplexedConnection, worker_id: &str) {
 
 /// The companion of a demo worker: saves new samples every [`SAVE_EVERY`] until `stopped`
 /// (the worker has stopped: the samples are final), then once more.
-pub async fn save_until(url: String, worker_id: String, stopped: CancellationToken) {
-    let mut conn = match store::connect_checked(&url).await {
+pub async fn save_until(url: String, tls: rivulet::TlsOptions, worker_id: String, stopped: CancellationToken) {
+    let mut conn = match store::connect_checked(&url, &tls).await {
         Ok((_, conn)) => conn,
         Err(e) => {
             tracing::warn!(error = %e, "cannot save demo latency samples");

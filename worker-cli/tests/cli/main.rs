@@ -6,8 +6,9 @@
 //! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
 //! `compiled` (a kind compiled in through `main_with`, run in this process),
-//! `acl` (the documented Redis ACL), `usage` (bad flags, help, unreachable Redis), `demo`,
-//! `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
+//! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
+//! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
+//! Redis), `demo`, `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
 mod common;
@@ -21,5 +22,7 @@ mod docs;
 mod exec;
 mod ops;
 mod queue;
+mod settings;
+mod tls;
 mod usage;
 mod work;
