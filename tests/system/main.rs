@@ -7,4 +7,5 @@
 mod core;
 mod failures;
 mod interop;
+mod reliability;
 mod shutdown;

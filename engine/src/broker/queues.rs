@@ -1,10 +1,16 @@
 //! The queue registry (each queue's layout in [`QUEUES_KEY`]) and the consumer groups.
 
-use redis::Value;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
+use redis::{Script, Value};
 
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, QUEUES_KEY, Queue, ShardKeys};
+
+static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/forget_consumer.lua")));
 
 /// Records a queue's layout in [`QUEUES_KEY`]; a queue already recorded with another layout
 /// is an error, since producers and workers would disagree about shards.
@@ -80,15 +86,45 @@ pub fn is_nogroup(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
 
-/// Removes a consumer from a shard's group. Only call it once the consumer holds nothing:
-/// deleting a consumer drops its pending entries.
-pub async fn delete_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<()> {
-    redis::cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(&keys.stream)
+/// Removes a consumer from a shard's group if it owns no entries (`forget_consumer.lua`: the
+/// check and the delete are one script, since deleting a consumer drops its pending entries).
+/// Returns whether it is gone; false when it still owns entries and was kept.
+pub async fn forget_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<bool> {
+    let gone: i64 = FORGET_CONSUMER
+        .key(&keys.stream)
         .arg(GROUP)
         .arg(consumer)
-        .query_async::<()>(conn)
+        .invoke_async(conn)
         .await?;
-    Ok(())
+    Ok(gone == 1)
+}
+
+/// Consumers of a shard's group that own no entries and have been idle (no read, claim or
+/// renewal) for at least `min_idle`, from one `XINFO CONSUMERS`: the candidates for removal
+/// once the registry says their worker is gone.
+pub async fn idle_empty_consumers(conn: &mut ConnectionManager, keys: &ShardKeys, min_idle: Duration) -> Result<Vec<String>> {
+    let rows: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .query_async(conn)
+        .await?;
+    let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    for row in rows {
+        fn field<T: redis::FromRedisValue>(row: &HashMap<String, Value>, name: &str) -> Result<T> {
+            let value = row
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::protocol(format!("XINFO CONSUMERS without {name}")))?;
+            redis::from_redis_value(value).map_err(|e| Error::protocol(format!("XINFO CONSUMERS {name}: {e}")))
+        }
+        let name: String = field(&row, "name")?;
+        let pending: u64 = field(&row, "pending")?;
+        let idle: u64 = field(&row, "idle")?;
+        if pending == 0 && idle >= min_idle {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
