@@ -92,7 +92,12 @@ impl From<redis::RedisError> for Error {
     /// Redis's `OOM` reply gets its own variant, so a producer can tell a full Redis from an
     /// unreachable one without reading the message.
     fn from(e: redis::RedisError) -> Self {
-        if e.code() == Some("OOM") {
+        // A pipeline's error lists each failed command; any `OOM` among them names the cause.
+        let oom = e.code() == Some("OOM")
+            || e.clone()
+                .into_server_errors()
+                .is_some_and(|items| items.iter().any(|(_, s)| s.code() == "OOM"));
+        if oom {
             Error::OutOfMemory { source: e }
         } else {
             Error::Redis(e)

@@ -190,6 +190,23 @@ async fn redis_out_of_memory_refuses_enqueues_with_a_typed_error_and_loses_nothi
     let server = RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
     let f = Fixture::on_server(server, Queue::new("oom").unwrap()).await;
     let recorder = Recorder::new();
+    // A worker runs throughout, its handlers held until Redis is full.
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let router = recorder.route(Router::new(), "t", move |_ctx, _: (u32, String)| {
+        let g = g.clone();
+        async move {
+            let _pass = g.acquire().await.expect("the gate is never closed");
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        concurrency: 16,
+        lease: Duration::from_secs(2),
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    f.wait_worker_registered(Duration::from_secs(20)).await;
     let payload = "x".repeat(2000);
     let mut accepted = Vec::new();
     let mut refused = None;
@@ -213,13 +230,8 @@ async fn redis_out_of_memory_refuses_enqueues_with_a_typed_error_and_loses_nothi
     assert!(refused.to_string().contains("out of memory"), "{refused}");
     assert!(!accepted.is_empty(), "nothing was accepted before the limit");
 
-    // A worker keeps running against the full Redis and drains every accepted task.
-    let config = WorkerConfig {
-        concurrency: 16,
-        lease: Duration::from_secs(2),
-        ..fast_config()
-    };
-    let w = f.start_worker(recorder.router(&["t"]), config);
+    // The worker keeps running against the full Redis and drains every accepted task.
+    gate.add_permits(1_000_000);
     let ran_all = wait_until(Duration::from_secs(60), async || {
         recorder.runs_per_task().len() >= accepted.len()
     })

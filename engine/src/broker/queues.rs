@@ -14,13 +14,30 @@ static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| Script::new(include_
 
 /// Records a queue's layout in [`QUEUES_KEY`]; a queue already recorded with another layout
 /// is an error, since producers and workers would disagree about shards.
+///
+/// A Redis out of memory refuses the `HSETNX` even when the queue is recorded already; then
+/// the recorded layout alone is read, so a worker starts (and drains, freeing memory) on a
+/// full Redis for a queue that exists.
 pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Result<()> {
     let wanted = queue.layout_json();
-    let (_, stored): (i64, String) = redis::pipe()
+    let declared: Result<(i64, String)> = redis::pipe()
         .hset_nx(QUEUES_KEY, queue.name().as_str(), &wanted)
         .hget(QUEUES_KEY, queue.name().as_str())
         .query_async(conn)
-        .await?;
+        .await
+        .map_err(Error::from);
+    let stored = match declared {
+        Ok((_, stored)) => stored,
+        Err(oom @ Error::OutOfMemory { .. }) => {
+            let stored: Option<String> = redis::cmd("HGET")
+                .arg(QUEUES_KEY)
+                .arg(queue.name().as_str())
+                .query_async(conn)
+                .await?;
+            stored.ok_or(oom)?
+        }
+        Err(e) => return Err(e),
+    };
     let stored_layout: crate::keys::Layout = serde_json::from_str(&stored)
         .map_err(|e| Error::protocol(format!("layout of queue {} is not valid JSON: {e}", queue.name())))?;
     if &stored_layout != queue.layout() {
@@ -74,10 +91,22 @@ pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> Result<
         .arg("MKSTREAM")
         .query_async(conn)
         .await;
-    match created {
+    match created.map_err(Error::from) {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+        // Out of memory, Redis refuses XGROUP CREATE before it looks for the group: one
+        // that exists is all a worker needs.
+        Err(oom @ Error::OutOfMemory { .. }) => {
+            let groups: redis::RedisResult<Vec<HashMap<String, Value>>> =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+            let named = |g: &HashMap<String, Value>| {
+                g.get("name")
+                    .is_some_and(|n| redis::from_redis_value::<String>(n.clone()).is_ok_and(|n| n == GROUP))
+            };
+            let exists = groups.is_ok_and(|groups| groups.iter().any(named));
+            if exists { Ok(()) } else { Err(oom) }
+        }
+        Err(e) => Err(e),
     }
 }
 
