@@ -76,9 +76,7 @@ pub async fn load_queues(conn: &mut ConnectionManager) -> Result<Vec<Queue>> {
 }
 
 fn parse_layout(name: &str, json: &str) -> Result<Queue> {
-    let layout = serde_json::from_str(json)
-        .map_err(|e| Error::protocol(format!("layout of queue {name} is not valid JSON: {e}")))?;
-    Queue::with_layout(name, layout)
+    Queue::from_layout_json(name, json)
 }
 
 /// Creates the consumer group on a stream (and the stream), unless it exists.
