@@ -131,7 +131,10 @@ async fn drive(args: &Args) -> Result<()> {
     let mut enqueued = 0u64;
     let dead_every = 200;
     let expected_dead = args.tasks.div_ceil(dead_every);
-    eprintln!("{:>7} {:>10} {:>10} {:>12} {:>8}", "secs", "done", "rss MiB", "redis MiB", "dlq");
+    eprintln!(
+        "{:>7} {:>10} {:>10} {:>12} {:>8}",
+        "secs", "done", "rss MiB", "redis MiB", "dlq"
+    );
     loop {
         let stats = inspector.stats(&q).await?;
         let (done, dead) = (stats.counters.done, stats.counters.dead);
@@ -176,7 +179,14 @@ async fn drive(args: &Args) -> Result<()> {
     child.wait()?;
     let elapsed = started.elapsed();
     let stats = inspector.stats(&q).await?;
-    report(args, &samples, elapsed, stats.counters.done, stats.counters.dead, expected_dead)
+    report(
+        args,
+        &samples,
+        elapsed,
+        stats.counters.done,
+        stats.counters.dead,
+        expected_dead,
+    )
 }
 
 fn report(args: &Args, samples: &[Sample], elapsed: Duration, done: u64, dead: u64, expected_dead: u64) -> Result<()> {
@@ -192,18 +202,43 @@ fn report(args: &Args, samples: &[Sample], elapsed: Duration, done: u64, dead: u
     let first_half: Vec<&&Sample> = warm.iter().filter(|s| s.done < args.tasks / 2).collect();
     let last = warm.last().copied().or(samples.last()).context("no samples")?;
     let mid_rss = first_half.last().map_or(rss.0, |s| s.rss_kib as f64 / 1024.0);
-    println!("rivulet-memory: {} tasks through one worker process in {:.0} s ({:.0} tasks/s)", args.tasks, elapsed.as_secs_f64(), args.tasks as f64 / elapsed.as_secs_f64());
-    println!("  done {done}, dead letters {dead} (expected {expected_dead}), samples {}", samples.len());
-    println!("  after warm-up (10 % of tasks): worker RSS {:.1}-{:.1} MiB (at half-way {:.1}, at the end {:.1})", rss.0, rss.1, mid_rss, last.rss_kib as f64 / 1024.0);
-    println!("  after warm-up: Redis used_memory {:.1}-{:.1} MiB (the DLQ holds {} entries at the end)", redis.0, redis.1, last.dlq);
+    println!(
+        "rivulet-memory: {} tasks through one worker process in {:.0} s ({:.0} tasks/s)",
+        args.tasks,
+        elapsed.as_secs_f64(),
+        args.tasks as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  done {done}, dead letters {dead} (expected {expected_dead}), samples {}",
+        samples.len()
+    );
+    println!(
+        "  after warm-up (10 % of tasks): worker RSS {:.1}-{:.1} MiB (at half-way {:.1}, at the end {:.1})",
+        rss.0,
+        rss.1,
+        mid_rss,
+        last.rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  after warm-up: Redis used_memory {:.1}-{:.1} MiB (the DLQ holds {} entries at the end)",
+        redis.0, redis.1, last.dlq
+    );
     std::fs::create_dir_all(&args.out)?;
     let mut csv = std::fs::File::create(args.out.join("samples.csv"))?;
     writeln!(csv, "secs,done,worker_rss_kib,redis_used_memory_bytes,dlq_entries")?;
     for s in samples {
-        writeln!(csv, "{:.1},{},{},{},{}", s.secs, s.done, s.rss_kib, s.redis_bytes, s.dlq)?;
+        writeln!(
+            csv,
+            "{:.1},{},{},{},{}",
+            s.secs, s.done, s.rss_kib, s.redis_bytes, s.dlq
+        )?;
     }
     std::fs::write(args.out.join("memory.svg"), svg(samples, args.tasks))?;
-    println!("  wrote {} and {}", args.out.join("samples.csv").display(), args.out.join("memory.svg").display());
+    println!(
+        "  wrote {} and {}",
+        args.out.join("samples.csv").display(),
+        args.out.join("memory.svg").display()
+    );
     Ok(())
 }
 
@@ -225,19 +260,41 @@ fn svg(samples: &[Sample], tasks: u64) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let mut out = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     out += r#"<rect width="100%" height="100%" fill="white"/>"#;
-    out += &format!(r#"<text x="{pad}" y="25" font-size="15">Memory under load: {tasks} tasks, one worker process (MiB over tasks done)</text>"#);
-    out += &format!(r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{0}" stroke="black"/>"#, h - pad, w - pad);
+    out += &format!(
+        r#"<text x="{pad}" y="25" font-size="15">Memory under load: {tasks} tasks, one worker process (MiB over tasks done)</text>"#
+    );
+    out += &format!(
+        r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{0}" stroke="black"/>"#,
+        h - pad,
+        w - pad
+    );
     for i in 0..=4 {
         let mib = hi * i as f64 / 4.0;
         out += &format!(r#"<text x="5" y="{:.0}">{mib:.0}</text>"#, y(mib) + 4.0);
         let done = tasks * i / 4;
-        out += &format!(r#"<text x="{:.0}" y="{:.0}">{done}</text>"#, x(done) - 15.0, h - pad + 18.0);
+        out += &format!(
+            r#"<text x="{:.0}" y="{:.0}">{done}</text>"#,
+            x(done) - 15.0,
+            h - pad + 18.0
+        );
     }
-    out += &format!(r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#, line(&|s| s.rss_kib as f64 / 1024.0));
-    out += &format!(r#"<polyline fill="none" stroke="firebrick" stroke-width="2" points="{}"/>"#, line(&|s| s.redis_bytes as f64 / 1048576.0));
-    out += &format!(r#"<text x="{0}" y="{pad}" fill="steelblue">worker RSS</text><text x="{0}" y="{1}" fill="firebrick">Redis used_memory</text>"#, w - 180.0, pad + 16.0);
+    out += &format!(
+        r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#,
+        line(&|s| s.rss_kib as f64 / 1024.0)
+    );
+    out += &format!(
+        r#"<polyline fill="none" stroke="firebrick" stroke-width="2" points="{}"/>"#,
+        line(&|s| s.redis_bytes as f64 / 1048576.0)
+    );
+    out += &format!(
+        r#"<text x="{0}" y="{pad}" fill="steelblue">worker RSS</text><text x="{0}" y="{1}" fill="firebrick">Redis used_memory</text>"#,
+        w - 180.0,
+        pad + 16.0
+    );
     out += "</svg>\n";
     out
 }

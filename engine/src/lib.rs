@@ -69,4 +69,6 @@ pub use inspector::{
     DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
-pub use worker::{DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};
+pub use worker::{
+    DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
+};

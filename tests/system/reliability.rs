@@ -109,7 +109,10 @@ async fn a_dead_consumer_leaves_the_group_once_it_holds_nothing_and_never_before
             && !now.iter().any(|(n, _)| n == "ghost-holding")
         {
             let stats = f.stats().await;
-            assert_eq!(stats.counters.lost, 0, "ghost-holding left with entries: {seen:?} then {now:?}");
+            assert_eq!(
+                stats.counters.lost, 0,
+                "ghost-holding left with entries: {seen:?} then {now:?}"
+            );
         }
         seen.push(now.clone());
         !now.iter().any(|(n, _)| n.starts_with("ghost-"))
@@ -180,7 +183,13 @@ async fn a_drain_during_an_outage_keeps_to_one_budget_and_leaves_the_rest_pendin
     let mut ran: Vec<String> = first.runs().into_iter().chain(second.runs()).map(|r| r.id).collect();
     ran.sort();
     ran.dedup();
-    assert_eq!(ran.len(), 8, "first: {}\nsecond: {}", first.summary(8), second.summary(8));
+    assert_eq!(
+        ran.len(),
+        8,
+        "first: {}\nsecond: {}",
+        first.summary(8),
+        second.summary(8)
+    );
     assert_eq!(inspector.stats(&f.queue).await.unwrap().counters.lost, 0);
 }
 
@@ -247,7 +256,10 @@ async fn redis_out_of_memory_refuses_enqueues_with_a_typed_error_and_loses_nothi
     );
     // Memory came back: enqueueing works again.
     let again = wait_until(Duration::from_secs(30), async || {
-        f.client.enqueue(&f.queue, Task::json("t", &(0u32, "again")).unwrap()).await.is_ok()
+        f.client
+            .enqueue(&f.queue, Task::json("t", &(0u32, "again")).unwrap())
+            .await
+            .is_ok()
     })
     .await;
     assert!(again, "enqueue still refused after the backlog drained");

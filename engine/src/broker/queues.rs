@@ -129,7 +129,11 @@ pub async fn forget_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, con
 /// Consumers of a shard's group that own no entries and have been idle (no read, claim or
 /// renewal) for at least `min_idle`, from one `XINFO CONSUMERS`: the candidates for removal
 /// once the registry says their worker is gone.
-pub async fn idle_empty_consumers(conn: &mut ConnectionManager, keys: &ShardKeys, min_idle: Duration) -> Result<Vec<String>> {
+pub async fn idle_empty_consumers(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    min_idle: Duration,
+) -> Result<Vec<String>> {
     let rows: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(&keys.stream)

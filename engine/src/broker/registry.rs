@@ -133,7 +133,10 @@ pub async fn deregister(conn: &mut ConnectionManager, worker_id: &str) -> Result
 
 /// Whether a worker's record is live (written by a heartbeat within its time to live).
 pub async fn is_registered(conn: &mut ConnectionManager, worker_id: &str) -> Result<bool> {
-    let n: i64 = redis::cmd("EXISTS").arg(worker_key(worker_id)).query_async(conn).await?;
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(worker_key(worker_id))
+        .query_async(conn)
+        .await?;
     Ok(n == 1)
 }
 

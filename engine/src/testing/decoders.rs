@@ -37,8 +37,11 @@ pub fn lines_of(envelope: &Envelope) -> Vec<u8> {
 /// `Codec` error) and a round trip through its own fields.
 pub fn check_envelope(data: &[u8]) {
     let fields = fields_of(data);
-    let Ok(envelope) = Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_slice(), bytes::Bytes::from(v.clone()))))
-    else {
+    let Ok(envelope) = Envelope::from_fields(
+        fields
+            .iter()
+            .map(|(k, v)| (k.as_slice(), bytes::Bytes::from(v.clone()))),
+    ) else {
         return; // a typed `Malformed`: what the worker buries with its reason
     };
     let _ = envelope.retry_policy(crate::RetryPolicy::default());
@@ -59,16 +62,28 @@ pub fn check_layout(data: &[u8]) {
         Ok(queue) => {
             let again = Queue::from_layout_json("fuzz", &queue.layout_json()).expect("a queue's own layout parses");
             assert_eq!(again, queue, "a layout reads back as written");
-            assert_eq!(queue.all_shards().count(), queue.layout().priorities.len() * usize::from(queue.layout().shards));
+            assert_eq!(
+                queue.all_shards().count(),
+                queue.layout().priorities.len() * usize::from(queue.layout().shards)
+            );
         }
-        Err(Error::Protocol(_) | Error::InvalidConfig { .. } | Error::UnknownPriority { .. } | Error::InvalidQueueName { .. }) => {}
+        Err(
+            Error::Protocol(_)
+            | Error::InvalidConfig { .. }
+            | Error::UnknownPriority { .. }
+            | Error::InvalidQueueName { .. },
+        ) => {}
         Err(other) => panic!("a bad layout must be a typed input error, not {other:?}"),
     }
 }
 
 /// Valid inputs for the mutations to start from: what a producer writes.
 pub fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut full = Envelope::new("email.send", bytes::Bytes::from_static(br#"{"to":"a@b.c","n":[1,2.5,null]}"#), Codec::Json);
+    let mut full = Envelope::new(
+        "email.send",
+        bytes::Bytes::from_static(br#"{"to":"a@b.c","n":[1,2.5,null]}"#),
+        Codec::Json,
+    );
     full.attempt = 2;
     full.max_attempts = Some(7);
     full.timeout_ms = Some(1500);
@@ -80,7 +95,11 @@ pub fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let envelopes = vec![
         lines_of(&full),
         lines_of(&Envelope::new("k", bytes::Bytes::from(packed), Codec::MsgPack)),
-        lines_of(&Envelope::new("raw", bytes::Bytes::from_static(&[0, 159, 146, 150]), Codec::Bytes)),
+        lines_of(&Envelope::new(
+            "raw",
+            bytes::Bytes::from_static(&[0, 159, 146, 150]),
+            Codec::Bytes,
+        )),
     ];
     let layouts = vec![
         br#"{"priorities":["high","normal","low"],"shards":1}"#.to_vec(),
@@ -146,7 +165,9 @@ mod tests {
             };
             check_envelope(&input);
             check_layout(&input);
-            decoded += usize::from(Envelope::from_fields(fields_of(&input).into_iter().map(|(k, v)| (k, bytes::Bytes::from(v)))).is_ok());
+            decoded += usize::from(
+                Envelope::from_fields(fields_of(&input).into_iter().map(|(k, v)| (k, bytes::Bytes::from(v)))).is_ok(),
+            );
         }
         // Mutations keep some inputs valid: the round-trip checks ran, not only the error path.
         assert!(decoded > 100, "only {decoded} of 20000 inputs decoded");
@@ -156,10 +177,20 @@ mod tests {
     fn known_bad_inputs_are_typed_errors() {
         let bad = Envelope::from_fields(fields_of(b"id=1\nkind=\npayload=x\ncodec=json"));
         assert!(bad.is_err(), "{bad:?}");
-        for json in ["", "{", "[]", r#"{"priorities":[],"shards":1}"#, r#"{"priorities":["a"],"shards":0}"#, r#"{"priorities":["a","a"],"shards":1}"#] {
+        for json in [
+            "",
+            "{",
+            "[]",
+            r#"{"priorities":[],"shards":1}"#,
+            r#"{"priorities":["a"],"shards":0}"#,
+            r#"{"priorities":["a","a"],"shards":1}"#,
+        ] {
             let q = Queue::from_layout_json("q", json);
             assert!(
-                matches!(q, Err(Error::Protocol(_) | Error::InvalidConfig { .. } | Error::UnknownPriority { .. })),
+                matches!(
+                    q,
+                    Err(Error::Protocol(_) | Error::InvalidConfig { .. } | Error::UnknownPriority { .. })
+                ),
                 "{json:?}: {q:?}"
             );
         }

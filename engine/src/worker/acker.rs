@@ -120,6 +120,10 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
 /// consumer (not released, so a heartbeat still running renews them) and are reclaimed after
 /// the lease once the worker is gone.
 fn give_up(batch: &mut Vec<Outcome>, error: &str) {
-    tracing::error!(error, outcomes = batch.len(), "giving up settling within the drain budget; these tasks stay pending and will be reclaimed after the lease");
+    tracing::error!(
+        error,
+        outcomes = batch.len(),
+        "giving up settling within the drain budget; these tasks stay pending and will be reclaimed after the lease"
+    );
     batch.clear();
 }

@@ -40,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DRAIN_SETTLE_BUDGET, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT, PriorityMode, QueueOptions,
+    WorkerConfig,
 };
 
 use self::budget::{Budget, Units};
@@ -494,7 +495,10 @@ impl Worker {
             upkeep.abort_all();
             while upkeep.join_next().await.is_some() {}
         }
-        if tokio::time::timeout_at(deadline, heartbeat::deregister(&shared)).await.is_err() {
+        if tokio::time::timeout_at(deadline, heartbeat::deregister(&shared))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "could not deregister within the drain budget; the registry entry expires on its own and the reclaimer removes the consumer"
             );
