@@ -65,7 +65,7 @@ fn main() -> Result<()> {
 /// The worker process: runs until its stdin closes.
 async fn worker(url: &str) -> Result<()> {
     let router = Router::new().route("m", |ctx: TaskContext, n: u64| async move {
-        if n % 200 == 0 {
+        if n.is_multiple_of(200) {
             Err(HandlerError::fatal("one in 200 is fatal"))
         } else if n % 20 == 1 && ctx.attempt == 0 {
             Err(HandlerError::retry("one in 20 fails once"))
@@ -148,7 +148,7 @@ async fn drive(args: &Args) -> Result<()> {
                 redis_bytes: used_memory(&mut raw).await?,
                 dlq,
             };
-            if samples.len() % 10 == 0 {
+            if samples.len().is_multiple_of(10) {
                 eprintln!(
                     "{:>7.0} {:>10} {:>10.1} {:>12.1} {:>8}",
                     s.secs,
