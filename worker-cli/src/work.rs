@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::settings::WorkerSettings;
+use crate::settings::{WorkerSettings, check_weights};
 use crate::{handlers, store};
 
 /// Runs one worker process until it is told to stop. `beside` starts the companion that runs
@@ -69,14 +69,7 @@ where
     let inspector = Inspector::new(&client)
         .await
         .map_err(|e| store::engine_error(&url, e))?;
-    let mut queues = Vec::new();
-    for name in &settings.queues {
-        queues.push(
-            resolve_queue(&inspector, name)
-                .await
-                .map_err(|e| store::engine_error(&url, e))?,
-        );
-    }
+    let queues = resolve_queues(&inspector, &settings).await?;
 
     let router = handlers::with_exec(handlers::with_builtins(router), &settings.exec);
     let max_tasks = settings.config.max_tasks;
@@ -106,13 +99,7 @@ where
     if report.reached_max_tasks {
         tracing::info!(max_tasks, "reached --max-tasks: took that many tasks, drained; exiting");
     }
-    tracing::info!(
-        started = report.started,
-        succeeded = report.succeeded,
-        failed = report.failed,
-        requeued = report.requeued,
-        "worker process done"
-    );
+    // The engine logged the report's numbers ("worker stopped").
     if handle.is_terminated() {
         bail!(
             "stopped at once by a second signal ({} unfinished task(s) requeued to run again at once)",
@@ -120,6 +107,20 @@ where
         );
     }
     Ok(())
+}
+
+/// The queues `settings` names, with their layouts, checked against the priority weights (a
+/// mismatch is a usage error: exit 2, which a supervisor and systemd do not restart).
+pub async fn resolve_queues(inspector: &Inspector, settings: &WorkerSettings) -> Result<Vec<Queue>> {
+    let mut queues = Vec::new();
+    for name in &settings.queues {
+        let queue = resolve_queue(inspector, name)
+            .await
+            .map_err(|e| store::engine_error(&settings.redis_url, e))?;
+        check_weights(&settings.config.priority, &queue)?;
+        queues.push(queue);
+    }
+    Ok(queues)
 }
 
 /// A queue with the layout Redis has recorded, or the default layout for a new one.

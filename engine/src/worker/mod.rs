@@ -41,8 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT, PriorityMode, QueueOptions,
-    WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT,
+    PriorityMode, QueueOptions, WorkerConfig,
 };
 
 use self::budget::{Budget, Units};
@@ -407,9 +407,10 @@ impl Worker {
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
         heartbeat::beat(&shared).await;
         tracing::info!(
-            queues = ?queues.iter().map(|(q, _)| q.name().to_string()).collect::<Vec<_>>(),
+            // Lists as comma-separated text: a log field is a plain value, never Rust's debug form.
+            queues = %queues.iter().map(|(q, _)| q.name().as_str()).collect::<Vec<_>>().join(","),
             concurrency = shared.config.concurrency,
-            kinds = ?shared.router.kinds().collect::<Vec<_>>(),
+            kinds = %shared.router.kinds().collect::<Vec<_>>().join(","),
             "worker started"
         );
 
@@ -437,7 +438,11 @@ impl Worker {
             () = handle.quiet.cancelled() => {}
             () = exhausted.cancelled() => {}
             Some(res) = intake.join_next() => {
-                tracing::error!(?res, "an intake loop ended on its own; shutting down");
+                let how = match &res {
+                    Ok(()) => "returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(how = %how, "an intake loop ended on its own; shutting down");
             }
         }
 
@@ -450,7 +455,9 @@ impl Worker {
         let began = tokio::time::Instant::now();
         let handlers_by = began + shared.config.drain_timeout;
         let deadline = *shared.drain_deadline.get_or_init(|| handlers_by + DRAIN_SETTLE_BUDGET);
-        tracing::info!(in_flight = in_flight(&shared), "draining");
+        // Debug: the signal handler (or the caller) already said the process drains; one
+        // "draining" line per signal, not one more per worker.
+        tracing::debug!(in_flight = in_flight(&shared), "quiet: finishing in-flight tasks");
         quiet.cancel();
         // A fetcher's read is not raced against quiet (see `fetcher`), but a Redis that
         // stopped answering must not hold the drain past its budget: a read cut off here
@@ -478,7 +485,7 @@ impl Worker {
             } else {
                 tracing::warn!(
                     in_flight = in_flight(&shared),
-                    drain_timeout = ?shared.config.drain_timeout,
+                    drain_timeout_ms = shared.config.drain_timeout.as_millis() as u64,
                     "drain deadline passed; requeueing unfinished tasks"
                 );
             }
@@ -518,7 +525,14 @@ impl Worker {
             requeued,
             reached_max_tasks: exhausted.is_cancelled(),
         };
-        tracing::info!(?report, "worker stopped");
+        tracing::info!(
+            started = report.started,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            requeued = report.requeued,
+            reached_max_tasks = report.reached_max_tasks,
+            "worker stopped"
+        );
         Ok(report)
     }
 }
