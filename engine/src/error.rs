@@ -128,9 +128,35 @@ pub enum Error {
     /// Redis answered with something the engine does not understand.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// Redis refused a write because it reached `maxmemory` (with a `noeviction` policy):
+    /// nothing of the refused call was written by a script; retry once memory is freed
+    /// (workers settling tasks free it) or raise the limit.
+    #[error("redis is out of memory (maxmemory reached; writes refused until memory is freed): {source}")]
+    OutOfMemory {
+        /// Redis's own `OOM` reply.
+        #[source]
+        source: redis::RedisError,
+    },
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Error {
+    /// Redis's `OOM` reply gets its own variant, so a producer can tell a full Redis from an
+    /// unreachable one without reading the message.
+    fn from(e: redis::RedisError) -> Self {
+        // A pipeline's error lists each failed command; any `OOM` among them names the cause.
+        let oom = e.code() == Some("OOM")
+            || e.clone()
+                .into_server_errors()
+                .is_some_and(|items| items.iter().any(|(_, s)| s.code() == "OOM"));
+        if oom {
+            Error::OutOfMemory { source: e }
+        } else {
+            Error::Redis(e)
+        }
+    }
 }
 
 /// The engine's result type.
@@ -162,6 +188,8 @@ impl Error {
                             | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
                     )
             }
+            // Settling tasks frees memory: the same call can succeed a moment later.
+            Error::OutOfMemory { .. } => true,
             _ => false,
         }
     }

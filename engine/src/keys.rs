@@ -124,6 +124,15 @@ impl Queue {
         Self::with_layout(name, Layout::default())
     }
 
+    /// A queue from its layout as stored in the registry ([`QUEUES_KEY`], JSON written by any
+    /// language's producer, or by hand): JSON that is not a layout is [`Error::Protocol`], a
+    /// layout that is not valid the error [`with_layout`](Self::with_layout) gives.
+    pub fn from_layout_json(name: &str, json: &str) -> Result<Self> {
+        let layout = serde_json::from_str(json)
+            .map_err(|e| Error::protocol(format!("layout of queue {name} is not valid JSON: {e}")))?;
+        Self::with_layout(name, layout)
+    }
+
     /// A queue with its own layout.
     pub fn with_layout(name: &str, layout: Layout) -> Result<Self> {
         let name = QueueName::new(name)?;

@@ -84,4 +84,6 @@ pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
-pub use worker::{PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};
+pub use worker::{
+    DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
+};

@@ -10,5 +10,6 @@ mod durability;
 mod failures;
 mod interop;
 mod lifecycle;
+mod reliability;
 mod shutdown;
 mod tls;

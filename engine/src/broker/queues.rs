@@ -1,20 +1,43 @@
 //! The queue registry (each queue's layout in [`QUEUES_KEY`]) and the consumer groups.
 
-use redis::Value;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
+use redis::{Script, Value};
 
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, QUEUES_KEY, Queue, ShardKeys};
 
+static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/forget_consumer.lua")));
+
 /// Records a queue's layout in [`QUEUES_KEY`]; a queue already recorded with another layout
 /// is an error, since producers and workers would disagree about shards.
+///
+/// A Redis out of memory refuses the `HSETNX` even when the queue is recorded already; then
+/// the recorded layout alone is read, so a worker starts (and drains, freeing memory) on a
+/// full Redis for a queue that exists.
 pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Result<()> {
     let wanted = queue.layout_json();
-    let (_, stored): (i64, String) = redis::pipe()
+    let declared: Result<(i64, String)> = redis::pipe()
         .hset_nx(QUEUES_KEY, queue.name().as_str(), &wanted)
         .hget(QUEUES_KEY, queue.name().as_str())
         .query_async(conn)
-        .await?;
+        .await
+        .map_err(Error::from);
+    let stored = match declared {
+        Ok((_, stored)) => stored,
+        Err(oom @ Error::OutOfMemory { .. }) => {
+            let stored: Option<String> = redis::cmd("HGET")
+                .arg(QUEUES_KEY)
+                .arg(queue.name().as_str())
+                .query_async(conn)
+                .await?;
+            stored.ok_or(oom)?
+        }
+        Err(e) => return Err(e),
+    };
     let stored_layout: crate::keys::Layout = serde_json::from_str(&stored)
         .map_err(|e| Error::protocol(format!("layout of queue {} is not valid JSON: {e}", queue.name())))?;
     if &stored_layout != queue.layout() {
@@ -53,9 +76,7 @@ pub async fn load_queues(conn: &mut ConnectionManager) -> Result<Vec<Queue>> {
 }
 
 fn parse_layout(name: &str, json: &str) -> Result<Queue> {
-    let layout = serde_json::from_str(json)
-        .map_err(|e| Error::protocol(format!("layout of queue {name} is not valid JSON: {e}")))?;
-    Queue::with_layout(name, layout)
+    Queue::from_layout_json(name, json)
 }
 
 /// Creates the consumer group on a stream (and the stream), unless it exists.
@@ -68,10 +89,22 @@ pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> Result<
         .arg("MKSTREAM")
         .query_async(conn)
         .await;
-    match created {
+    match created.map_err(Error::from) {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+        // Out of memory, Redis refuses XGROUP CREATE before it looks for the group: one
+        // that exists is all a worker needs.
+        Err(oom @ Error::OutOfMemory { .. }) => {
+            let groups: redis::RedisResult<Vec<HashMap<String, Value>>> =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+            let named = |g: &HashMap<String, Value>| {
+                g.get("name")
+                    .is_some_and(|n| redis::from_redis_value::<String>(n.clone()).is_ok_and(|n| n == GROUP))
+            };
+            let exists = groups.is_ok_and(|groups| groups.iter().any(named));
+            if exists { Ok(()) } else { Err(oom) }
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -80,15 +113,49 @@ pub fn is_nogroup(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if r.code() == Some("NOGROUP"))
 }
 
-/// Removes a consumer from a shard's group. Only call it once the consumer holds nothing:
-/// deleting a consumer drops its pending entries.
-pub async fn delete_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<()> {
-    redis::cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(&keys.stream)
+/// Removes a consumer from a shard's group if it owns no entries (`forget_consumer.lua`: the
+/// check and the delete are one script, since deleting a consumer drops its pending entries).
+/// Returns whether it is gone; false when it still owns entries and was kept.
+pub async fn forget_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<bool> {
+    let gone: i64 = FORGET_CONSUMER
+        .key(&keys.stream)
         .arg(GROUP)
         .arg(consumer)
-        .query_async::<()>(conn)
+        .invoke_async(conn)
         .await?;
-    Ok(())
+    Ok(gone == 1)
+}
+
+/// Consumers of a shard's group that own no entries and have been idle (no read, claim or
+/// renewal) for at least `min_idle`, from one `XINFO CONSUMERS`: the candidates for removal
+/// once the registry says their worker is gone.
+pub async fn idle_empty_consumers(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    min_idle: Duration,
+) -> Result<Vec<String>> {
+    let rows: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .query_async(conn)
+        .await?;
+    let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    for row in rows {
+        fn field<T: redis::FromRedisValue>(row: &HashMap<String, Value>, name: &str) -> Result<T> {
+            let value = row
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::protocol(format!("XINFO CONSUMERS without {name}")))?;
+            redis::from_redis_value(value).map_err(|e| Error::protocol(format!("XINFO CONSUMERS {name}: {e}")))
+        }
+        let name: String = field(&row, "name")?;
+        let pending: u64 = field(&row, "pending")?;
+        let idle: u64 = field(&row, "idle")?;
+        if pending == 0 && idle >= min_idle {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }

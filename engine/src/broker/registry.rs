@@ -131,6 +131,15 @@ pub async fn deregister(conn: &mut ConnectionManager, worker_id: &str) -> Result
     Ok(())
 }
 
+/// Whether a worker's record is live (written by a heartbeat within its time to live).
+pub async fn is_registered(conn: &mut ConnectionManager, worker_id: &str) -> Result<bool> {
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(worker_key(worker_id))
+        .query_async(conn)
+        .await?;
+    Ok(n == 1)
+}
+
 /// Every live worker's record, in [`WORKERS_KEY`] order. Index entries whose record expired
 /// (the worker died without deregistering) are pruned on the way.
 pub async fn live_workers(conn: &mut ConnectionManager) -> Result<Vec<WorkerRecord>> {

@@ -44,6 +44,7 @@
 //! queues, all workers, all keys). A static is never dropped, so the part must end with the
 //! process by itself: the server's watchdog kills it when the binary exits.
 
+pub mod decoders;
 mod fixture;
 mod process;
 mod recorder;

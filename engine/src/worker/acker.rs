@@ -3,9 +3,11 @@
 //! It takes whatever outcomes are waiting (up to `MAX_BATCH`), so under load one round trip
 //! settles many tasks and when idle a single outcome goes out at once. A batch that fails
 //! (Redis away) is retried with backoff: outcomes are never dropped while the worker runs.
+//! Once the worker drains, every call and every wait is bounded by the drain's one deadline
+//! (`Shared::drain_deadline`): an outcome not written by then is given up, and its task stays
+//! pending under this consumer until a live worker reclaims it after the lease.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +19,6 @@ use crate::durability::Durability;
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
 const MAX_BATCH: usize = 1000;
-/// How long the acker keeps retrying after shutdown began before it gives up on a batch
-/// (the tasks then stay pending and are reclaimed after their lease).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>, stop: CancellationToken) {
     let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
@@ -34,10 +33,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
             while let Ok(o) = rx.try_recv() {
                 batch.push(o);
                 if batch.len() == MAX_BATCH {
-                    flush(&shared, &mut batch, &stop).await;
+                    flush(&shared, &mut batch).await;
                 }
             }
-            flush(&shared, &mut batch, &stop).await;
+            flush(&shared, &mut batch).await;
             return;
         };
         batch.push(first);
@@ -47,7 +46,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut batch, &stop).await;
+        flush(&shared, &mut batch).await;
     }
 }
 
@@ -70,13 +69,12 @@ async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
     }
 }
 
-async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationToken) {
+async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
     if batch.is_empty() {
         return;
     }
     batch.sort_by_key(|o| o.lane);
     let mut outage = Outage::default();
-    let mut gave_up_at = None;
     loop {
         let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
             let lane = &shared.lanes[group[0].lane];
@@ -100,7 +98,19 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
                 broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await
             }
         });
-        let results = futures_util::future::join_all(calls).await;
+        let all = futures_util::future::join_all(calls);
+        // While the worker runs, a call waits as long as Redis takes; once it drains, no
+        // longer than the drain's deadline.
+        let results = match shared.drain_deadline.get() {
+            None => all.await,
+            Some(&deadline) => match tokio::time::timeout_at(deadline, all).await {
+                Ok(results) => results,
+                Err(_) => {
+                    give_up(batch, "the drain budget ran out");
+                    return;
+                }
+            },
+        };
         let mut failed = None;
         for (group, r) in batch.chunk_by(|a, b| a.lane == b.lane).zip(results) {
             match r {
@@ -124,16 +134,26 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
         };
         // Settling is idempotent per entry (a settled entry is no longer owned and is skipped
         // as stale), so resending the whole batch after a partial failure is safe.
-        if stop.is_cancelled() {
-            let since = *gave_up_at.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() > SHUTDOWN_GRACE {
-                tracing::error!(error = %e, outcomes = batch.len(), "giving up settling at shutdown; these tasks stay pending and will be reclaimed after the lease");
-                batch.clear();
-                return;
-            }
-        }
         let delay = outage.next_delay();
+        if let Some(&deadline) = shared.drain_deadline.get()
+            && tokio::time::Instant::now() + delay >= deadline
+        {
+            give_up(batch, &e.to_string());
+            return;
+        }
         tracing::warn!(error = %e, outcomes = batch.len(), retry_in_ms = delay.as_millis() as u64, "settling failed; retrying");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Drops a batch the drain has no time left to write: its tasks stay pending under this
+/// consumer (not released, so a heartbeat still running renews them) and are reclaimed after
+/// the lease once the worker is gone.
+fn give_up(batch: &mut Vec<Outcome>, error: &str) {
+    tracing::error!(
+        error,
+        outcomes = batch.len(),
+        "giving up settling within the drain budget; these tasks stay pending and will be reclaimed after the lease"
+    );
+    batch.clear();
 }

@@ -16,6 +16,12 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_BLOCK: Duration = Duration::from_millis(500);
 /// Default time in-flight tasks get to finish on shutdown before they are requeued.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a drain may spend, after its handlers are done or cut off at `drain_timeout`,
+/// settling outcomes, requeueing what is unfinished and deregistering: the whole drain ends
+/// within `drain_timeout` plus this, also when Redis is away (the supervisor's kill deadline,
+/// `drain_timeout` + 10 s, is never reached). What is not written by then stays pending under
+/// the worker's consumer and is reclaimed by a live worker one lease later.
+pub const DRAIN_SETTLE_BUDGET: Duration = Duration::from_secs(5);
 /// Default longest wait between promotion passes over `scheduled` and `retry` sets.
 pub const DEFAULT_PROMOTE_INTERVAL: Duration = Duration::from_millis(250);
 /// Default deliveries (first read plus reclaims) after which a task that never reported an
@@ -197,9 +203,17 @@ impl WorkerConfig {
         (self.lease / 3).min(Duration::from_secs(2))
     }
 
-    /// How often a worker looks for entries whose lease ran out.
+    /// The longest wait between a worker's looks for entries whose lease ran out: an eighth
+    /// of the lease, 50 ms to 2 s. A dead worker's tasks start again elsewhere at most
+    /// `lease + reclaim_interval()` after it died, when a live worker has a free slot.
     pub fn reclaim_interval(&self) -> Duration {
-        (self.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+        (self.lease / 8).clamp(Duration::from_millis(50), Duration::from_secs(2))
+    }
+
+    /// How often a worker looks for dead workers' consumers to remove from its groups: twice
+    /// the lease, 1 s to 60 s.
+    pub fn reap_interval(&self) -> Duration {
+        (self.lease * 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }
 
@@ -272,6 +286,22 @@ mod tests {
             },
         ] {
             assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_workers_tasks_wait_at_most_one_lease_and_a_small_margin() {
+        for (lease_ms, worst_ms) in [(30_000, 32_000), (2_000, 2_250), (400, 450), (100, 150)] {
+            let c = WorkerConfig {
+                lease: Duration::from_millis(lease_ms),
+                ..WorkerConfig::default()
+            };
+            assert_eq!(
+                (c.lease + c.reclaim_interval()).as_millis(),
+                worst_ms,
+                "lease {lease_ms} ms"
+            );
+            assert!(c.reclaim_interval() <= c.lease / 2, "lease {lease_ms} ms");
         }
     }
 

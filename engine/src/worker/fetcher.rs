@@ -6,9 +6,11 @@
 //! dispatched. A fetcher reserves its share of the free handler slots before it reads and its
 //! non-blocking reads take no more entries than it reserved, so under load tasks wait in the
 //! stream (where any worker can take them), not in this process. Only when every stream was
-//! empty does a fetcher block, asking for every free slot; if two blocked fetchers (or several
-//! shards) answer at once with more than the free slots, the extra entries wait here for a
-//! slot, leased to this worker and renewed.
+//! empty does a fetcher block, asking for every free slot, and it keeps none while it waits:
+//! a slot that frees (or stays free) during a long blocking read is there at once for the
+//! reclaimer's orphans and for the other fetcher, never held back until the read times out.
+//! If two blocked fetchers (or several shards) answer at once with more than the free slots,
+//! the extra entries wait here for a slot, leased to this worker and renewed.
 //!
 //! With `max_tasks`, a fetcher reserves a budget unit per slot too (see `budget`), and reads
 //! no more entries than it holds units for; an entry a multi-shard read returns beyond the
@@ -83,14 +85,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                     }
                     let permit = match held.split(1) {
                         Some(p) => p,
-                        // More entries than reserved slots (several shards answered): wait
-                        // for a slot. They stay leased to this worker meanwhile.
-                        None => shared
-                            .permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed"),
+                        // More entries than reserved slots (a blocking read, which reserves
+                        // none, or several shards answering): wait for a slot. They stay
+                        // leased to this worker meanwhile, and a quiet leaves them to the
+                        // drain's requeue instead of holding the drain up.
+                        None => tokio::select! {
+                            () = quiet.cancelled() => break,
+                            p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                        },
                     };
                     executor::dispatch(&shared, lane, entry, permit);
                 }
@@ -119,9 +121,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
 /// One fetch: a non-blocking read per priority in order, then one blocking read over all.
 ///
 /// The non-blocking reads take as many entries as `held` has slots. Before blocking, `held`
-/// gives back all but one slot, so while this worker waits for work its other slots stay free
-/// for the reclaimer and the other fetchers; the blocking read still asks for every free slot
-/// (and budget unit, with `max_tasks`: `units` gives back all but one of its own likewise).
+/// gives back every slot (and `units` every budget unit), so while this worker waits for work
+/// its slots stay free for the reclaimer and the other fetchers; the blocking read asks for as
+/// many entries as there are free slots (and budget units) when it starts, and its entries
+/// take slots as they arrive (see `run`).
 async fn read(
     shared: &Shared,
     conn: &mut ConnectionManager,
@@ -144,19 +147,21 @@ async fn read(
         }
         all.extend(lanes);
     }
-    drop(held.split(held.num_permits() - 1));
+    drop(held.split(held.num_permits()));
     if let Some(u) = units {
-        u.keep(1);
+        u.keep(0);
     }
     if all.is_empty() {
         // Everything is paused: wait, then look at the flags again.
         tokio::time::sleep(shared.config.block).await;
         return Ok(Vec::new());
     }
-    let mut want = held.num_permits() + shared.permits.available_permits();
+    // At least one: this fetcher just had a slot, so one is free or about to be.
+    let mut want = shared.permits.available_permits().max(1);
     if let Some(budget) = &shared.budget {
-        // Entries beyond the units held are dispatched with units free when they arrive.
-        want = want.min(1 + budget.available());
+        // Entries are dispatched with units free when they arrive; one beyond the budget
+        // stays unrun and is requeued when the worker drains.
+        want = want.min(budget.available().max(1));
     }
     read_lanes(shared, conn, &all, want, true).await
 }

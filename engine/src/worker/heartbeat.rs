@@ -63,20 +63,17 @@ fn ttl(shared: &Shared) -> Duration {
 }
 
 /// Removes the worker from the registry and its consumer from every group it no longer
-/// holds entries in (deleting a consumer that still holds entries would drop them).
+/// holds entries in (`forget_consumer` keeps a consumer that still owns entries: deleting it
+/// would drop them; the reclaimer removes it once they are reclaimed).
 pub(super) async fn deregister(shared: &Shared) {
     let mut conn = shared.conn.clone();
     for lane in &shared.lanes {
-        match broker::owned_ids(&mut conn, &lane.keys, &shared.id, 1).await {
-            Ok(ids) if ids.is_empty() => {
-                if let Err(e) = broker::delete_consumer(&mut conn, &lane.keys, &shared.id).await {
-                    tracing::debug!(error = %e, "could not delete consumer");
-                }
-            }
-            Ok(_) => {
+        match broker::forget_consumer(&mut conn, &lane.keys, &shared.id).await {
+            Ok(true) => {}
+            Ok(false) => {
                 tracing::warn!(stream = %lane.keys.stream, "consumer still holds entries; keeping it so they are reclaimed")
             }
-            Err(e) => tracing::debug!(error = %e, "could not check held entries"),
+            Err(e) => tracing::debug!(error = %e, "could not delete consumer"),
         }
     }
     if let Err(e) = broker::deregister(&mut conn, &shared.id).await {

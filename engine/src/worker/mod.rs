@@ -33,7 +33,7 @@ mod tracker;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -45,8 +45,8 @@ use tokio_util::task::TaskTracker;
 pub use config::DEFAULT_CANCEL_GRACE;
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, MAX_TASKS_LIMIT, PriorityMode,
-    QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT,
+    PriorityMode, QueueOptions, WorkerConfig,
 };
 pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
@@ -252,6 +252,10 @@ struct Shared {
     budget: Option<Budget>,
     /// Where every loop reads the time it passes to the broker.
     clock: Clock,
+    /// When the drain must be over: set when shutdown begins (`drain_timeout` +
+    /// [`DRAIN_SETTLE_BUDGET`] from then). Writes still failing at this instant are given up:
+    /// their tasks stay pending and are reclaimed a lease later.
+    drain_deadline: OnceLock<tokio::time::Instant>,
 }
 
 impl Shared {
@@ -473,6 +477,7 @@ impl Worker {
             abort: CancellationToken::new(),
             counters,
             clock: Clock::System,
+            drain_deadline: OnceLock::new(),
         });
         // Before the first read: a worker started on a paused queue must not run its tasks.
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
@@ -524,15 +529,30 @@ impl Worker {
         // are in, so no entry arrives after this); 2. drain handlers up to the deadline, then
         // abort the rest; 3. stop the acker once it has settled everything; 4. requeue what
         // this worker still holds; 5. stop promoter and heartbeat; 6. deregister.
+        // The whole drain has one budget: handlers get `drain_timeout` from here, and steps
+        // 3-6 end by `drain_timeout + DRAIN_SETTLE_BUDGET` from here whatever Redis does.
+        let began = tokio::time::Instant::now();
+        let handlers_by = began + shared.config.drain_timeout;
+        let deadline = *shared.drain_deadline.get_or_init(|| handlers_by + DRAIN_SETTLE_BUDGET);
         // Debug: the signal handler (or the caller) already said the process drains; one
         // "draining" line per signal, not one more per worker.
         tracing::debug!(in_flight = in_flight(&shared), "quiet: finishing in-flight tasks");
         quiet.cancel();
-        while intake.join_next().await.is_some() {}
+        // A fetcher's read is not raced against quiet (see `fetcher`), but a Redis that
+        // stopped answering must not hold the drain past its budget: a read cut off here
+        // leaves its entries pending, reclaimed after the lease.
+        if tokio::time::timeout_at(handlers_by, async { while intake.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!("intake did not stop by the drain deadline; cutting its Redis calls off");
+            intake.abort_all();
+            while intake.join_next().await.is_some() {}
+        }
         shared.tracker.close();
         let drained = tokio::select! {
             biased;
-            r = tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait()) => r.is_ok(),
+            r = tokio::time::timeout_at(handlers_by, shared.tracker.wait()) => r.is_ok(),
             () = handle.terminate.cancelled() => false,
         };
         if !drained {
@@ -553,9 +573,28 @@ impl Worker {
         }
         stop.cancel();
         while acker.join_next().await.is_some() {}
-        let requeued = requeue_held(&shared).await;
-        while upkeep.join_next().await.is_some() {}
-        heartbeat::deregister(&shared).await;
+        let requeued = requeue_held(&shared, deadline).await;
+        if tokio::time::timeout_at(deadline, async { while upkeep.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            upkeep.abort_all();
+            while upkeep.join_next().await.is_some() {}
+        }
+        if tokio::time::timeout_at(deadline, heartbeat::deregister(&shared))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "could not deregister within the drain budget; the registry entry expires on its own and the reclaimer removes the consumer"
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                budget = ?(shared.config.drain_timeout + DRAIN_SETTLE_BUDGET),
+                "drain budget spent with Redis unreachable: unsettled outcomes and unfinished tasks stay pending and run again elsewhere after the lease"
+            );
+        }
 
         let c = &shared.counters;
         let report = WorkerReport {
@@ -585,36 +624,48 @@ fn in_flight(shared: &Shared) -> usize {
 
 /// Puts back every entry this worker still holds (unfinished at the drain deadline, or read
 /// but never started) at the end of its stream, so another worker runs it at once instead of
-/// a lease later.
-async fn requeue_held(shared: &Shared) -> u64 {
-    let mut conn = shared.conn.clone();
+/// a lease later. Redis errors are retried with the outage backoff until `deadline`; what is
+/// not requeued by then stays pending and is reclaimed after the lease.
+async fn requeue_held(shared: &Shared, deadline: tokio::time::Instant) -> u64 {
+    let conn = shared.conn.clone();
     let mut requeued = 0;
+    let mut outage = Outage::default();
     for lane in &shared.lanes {
         loop {
-            let ids = match broker::owned_ids(&mut conn, &lane.keys, &shared.id, 500).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::error!(error = %e, stream = %lane.keys.stream, "could not list held tasks; they will be reclaimed after the lease");
-                    break;
+            let step = async {
+                let ids = broker::owned_ids(&mut conn.clone(), &lane.keys, &shared.id, 500).await?;
+                if ids.is_empty() {
+                    return Ok(None);
                 }
+                let batch: Vec<(StreamId, &Settle)> = ids.iter().map(|id| (*id, &Settle::Requeue)).collect();
+                let ctx = broker::SettleCtx {
+                    keys: &lane.keys,
+                    consumer: &shared.id,
+                    dlq_maxlen: shared.config.dlq_maxlen,
+                    now_ms: shared.clock.now_ms(),
+                };
+                let stale = broker::settle(&mut conn.clone(), ctx, &batch).await?;
+                Ok::<_, crate::Error>(Some((ids.len() - stale.len()) as u64))
             };
-            if ids.is_empty() {
-                break;
-            }
-            let batch: Vec<(StreamId, &Settle)> = ids.iter().map(|id| (*id, &Settle::Requeue)).collect();
-            let ctx = broker::SettleCtx {
-                keys: &lane.keys,
-                consumer: &shared.id,
-                dlq_maxlen: shared.config.dlq_maxlen,
-                now_ms: shared.clock.now_ms(),
-            };
-            match broker::settle(&mut conn, ctx, &batch).await {
-                Ok(stale) => requeued += (ids.len() - stale.len()) as u64,
-                Err(e) => {
-                    tracing::error!(error = %e, stream = %lane.keys.stream, "could not requeue held tasks; they will be reclaimed after the lease");
-                    break;
+            let error = match tokio::time::timeout_at(deadline, step).await {
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(n))) => {
+                    requeued += n;
+                    continue;
                 }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the drain budget ran out".to_owned(),
+            };
+            let delay = outage.next_delay();
+            if tokio::time::Instant::now() + delay >= deadline {
+                tracing::error!(error = %error, stream = %lane.keys.stream, "could not requeue held tasks within the drain budget; they will be reclaimed after the lease");
+                if requeued > 0 {
+                    tracing::info!(requeued, "requeued unfinished tasks");
+                }
+                return requeued;
             }
+            tracing::warn!(error = %error, stream = %lane.keys.stream, retry_in = ?delay, "requeueing failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
     if requeued > 0 {

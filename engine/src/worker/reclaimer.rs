@@ -1,93 +1,182 @@
-//! The reclaimer: takes over entries whose lease ran out because their worker died.
+//! The reclaimer: takes over entries whose lease ran out because their worker died, and
+//! removes dead workers' consumers from the groups once they hold nothing.
 //!
-//! `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` over successive rounds,
-//! taking at most as many entries as there are free handler slots. Live workers renew their
-//! leases every `min(lease / 3, 2 s)`, so only orphans are ever idle that long. Entries delivered more
-//! than `max_deliveries` times are poison and go to the DLQ inside the same script.
+//! **Reclaim.** `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` within a
+//! round. Live workers renew their leases every `min(lease / 3, 2 s)`, so only orphans are ever
+//! idle that long. Entries delivered more than `max_deliveries` times are poison and go to the
+//! DLQ inside the same script. The reclaimer claims into the handler slots free now; while a
+//! scan is unfinished and no slot is free, it waits for the next slot to free (at most one
+//! round) rather than leaving the rest of the orphans for a later round. The fetchers keep no
+//! slot while they wait in a blocking read, so a free slot is always the reclaimer's to take.
+//!
+//! **When.** A round every `reclaim_interval()` (`lease / 8`, 50 ms to 2 s), jittered to
+//! between three quarters and all of it, never more. An entry's idle time starts at its last
+//! delivery or renewal, which is no later than its worker's death, so a dead worker's tasks
+//! start again elsewhere at most `lease + reclaim_interval()` after it died (plus a round trip
+//! and the wait for a free slot when every slot of every live worker is busy): 32 s with the
+//! default 30 s lease, 2.25 s with a 2 s one.
+//!
+//! **Dead consumers.** Every `reap_interval()` (`2 * lease`, 1 s to 60 s) the reclaimer looks
+//! at each group's consumers (`XINFO CONSUMERS`, one call per shard) and removes those that
+//! own nothing, have been idle for a lease and whose worker is not in the registry (one
+//! `EXISTS` per such candidate). The removal is `forget_consumer.lua`, which keeps a consumer
+//! that owns entries after all (deleting it would drop them): one that died holding tasks
+//! leaves once they are reclaimed. `XINFO CONSUMERS` then lists live workers and the dead
+//! ones whose tasks still wait for their lease.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, WorkerCounters, executor};
+use super::{Lane, Shared, WorkerCounters, executor};
 use crate::broker::{self, ReclaimArgs, SCAN_START};
+use crate::error::Result;
 
 /// Most entries taken per call.
 const RECLAIM_BATCH: usize = 100;
+/// Most consumers removed from one group per reap pass, so a pass stays small however many
+/// dead consumers a long-lived fleet left behind (the rest go in the next passes).
+const REAP_BATCH: usize = 100;
 
 pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
     let mut cursors = vec![SCAN_START; shared.lanes.len()];
     let mut conn = shared.conn.clone();
+    let interval = shared.config.reclaim_interval();
+    let reap_every = shared.config.reap_interval();
+    let mut next_reap = tokio::time::Instant::now() + reap_every;
     loop {
-        let interval = shared.config.reclaim_interval().mul_f64(0.8 + 0.4 * fastrand::f64());
         tokio::select! {
             () = quiet.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(interval.mul_f64(0.75 + 0.25 * fastrand::f64())) => {}
         }
         for (i, lane) in shared.lanes.iter().enumerate() {
             // A paused queue takes nothing new, its orphans included: they wait for `resume`.
             if lane.paused.load(Ordering::Relaxed) {
                 continue;
             }
-            loop {
-                // With `max_tasks`, budget units bound the claim as free slots do.
-                let mut units = shared.try_units(shared.permits.available_permits().min(RECLAIM_BATCH));
-                let free = Shared::entries_allowed(&units, shared.permits.available_permits());
-                if free == 0 || quiet.is_cancelled() {
-                    break;
+            if !reclaim_lane(&shared, &mut conn, i, &mut cursors[i], interval, &quiet).await {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= next_reap {
+            next_reap = tokio::time::Instant::now() + reap_every;
+            for lane in &shared.lanes {
+                if quiet.is_cancelled() {
+                    return;
                 }
-                let args = ReclaimArgs {
-                    keys: &lane.keys,
-                    consumer: &shared.id,
-                    lease: shared.config.lease,
-                    cursor: cursors[i],
-                    count: free.min(RECLAIM_BATCH),
-                    max_deliveries: shared.config.max_deliveries,
-                    dlq_maxlen: shared.config.dlq_maxlen,
-                    now_ms: shared.clock.now_ms(),
-                };
-                let got = match broker::reclaim(&mut conn, args).await {
-                    Ok(got) => got,
-                    Err(e) => {
-                        if broker::is_nogroup(&e) {
-                            super::fetcher::recreate_groups(&shared).await;
-                        } else {
-                            tracing::warn!(error = %e, stream = %lane.keys.stream, "reclaim failed; retrying next round");
-                        }
-                        break;
-                    }
-                };
-                if got.lost > 0 {
-                    tracing::error!(stream = %lane.keys.stream, lost = got.lost, "pending entries pointed at deleted stream entries (counted as lost)");
-                }
-                if got.poisoned > 0 {
-                    tracing::warn!(stream = %lane.keys.stream, poisoned = got.poisoned, "poison tasks moved to the dead-letter stream");
-                    WorkerCounters::add(&shared.counters.buried, got.poisoned);
-                }
-                if !got.entries.is_empty() {
-                    tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");
-                    WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
-                }
-                shared.hold(i, got.entries.iter().map(|e| e.id));
-                for entry in got.entries {
-                    if !shared.spend(&mut units) {
-                        continue; // stays held, unrun; requeued when the worker drains
-                    }
-                    let permit = shared
-                        .permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed");
-                    executor::dispatch(&shared, i, entry, permit);
-                }
-                let done = got.next == SCAN_START;
-                cursors[i] = got.next;
-                if done {
-                    break;
+                if let Err(e) = reap_lane(&shared, &mut conn, lane).await {
+                    tracing::debug!(error = %e, stream = %lane.keys.stream, "could not look for dead consumers; next pass");
                 }
             }
         }
     }
+}
+
+/// One round of reclaiming on one lane: claims until the scan is complete. Returns false when
+/// the worker went quiet.
+async fn reclaim_lane(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionManager,
+    i: usize,
+    cursor: &mut broker::StreamId,
+    interval: Duration,
+    quiet: &CancellationToken,
+) -> bool {
+    let lane = &shared.lanes[i];
+    loop {
+        if quiet.is_cancelled() {
+            return false;
+        }
+        // The slots to claim into: those free now; none free and the scan unfinished, the next
+        // one to free (within a round), since orphans may be waiting further on.
+        let mut held = match shared.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if *cursor != SCAN_START => tokio::select! {
+                () = quiet.cancelled() => return false,
+                () = tokio::time::sleep(interval) => return true,
+                p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            },
+            Err(_) => return true,
+        };
+        let more = shared.permits.available_permits().min(RECLAIM_BATCH - 1);
+        if more > 0
+            && let Ok(extra) = shared.permits.clone().try_acquire_many_owned(more as u32)
+        {
+            held.merge(extra);
+        }
+        // With `max_tasks`, budget units bound the claim as the slots do.
+        let mut units = shared.try_units(held.num_permits());
+        let count = Shared::entries_allowed(&units, held.num_permits());
+        if count == 0 {
+            return true;
+        }
+        let args = ReclaimArgs {
+            keys: &lane.keys,
+            consumer: &shared.id,
+            lease: shared.config.lease,
+            cursor: *cursor,
+            count,
+            max_deliveries: shared.config.max_deliveries,
+            dlq_maxlen: shared.config.dlq_maxlen,
+            now_ms: shared.clock.now_ms(),
+        };
+        let got = match broker::reclaim(conn, args).await {
+            Ok(got) => got,
+            Err(e) => {
+                if broker::is_nogroup(&e) {
+                    super::fetcher::recreate_groups(shared).await;
+                } else {
+                    tracing::warn!(error = %e, stream = %lane.keys.stream, "reclaim failed; retrying next round");
+                }
+                return true;
+            }
+        };
+        if got.lost > 0 {
+            tracing::error!(stream = %lane.keys.stream, lost = got.lost, "pending entries pointed at deleted stream entries (counted as lost)");
+        }
+        if got.poisoned > 0 {
+            tracing::warn!(stream = %lane.keys.stream, poisoned = got.poisoned, "poison tasks moved to the dead-letter stream");
+            WorkerCounters::add(&shared.counters.buried, got.poisoned);
+        }
+        if !got.entries.is_empty() {
+            tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");
+            WorkerCounters::add(&shared.counters.reclaimed, got.entries.len() as u64);
+        }
+        shared.hold(i, got.entries.iter().map(|e| e.id));
+        for entry in got.entries {
+            if !shared.spend(&mut units) {
+                continue; // stays held, unrun; requeued when the worker drains
+            }
+            // XAUTOCLAIM returns at most `count` entries, and `held` has `count` slots.
+            let permit = held.split(1).expect("no more entries claimed than slots reserved");
+            executor::dispatch(shared, i, entry, permit);
+        }
+        *cursor = got.next;
+        if *cursor == SCAN_START {
+            return true;
+        }
+    }
+}
+
+/// Removes the consumers of one lane's group whose worker is gone and that own nothing.
+async fn reap_lane(shared: &Shared, conn: &mut ConnectionManager, lane: &Lane) -> Result<()> {
+    let candidates = broker::idle_empty_consumers(conn, &lane.keys, shared.config.lease).await?;
+    let mut removed = 0;
+    for name in candidates.into_iter().filter(|n| *n != shared.id).take(REAP_BATCH) {
+        // A worker in the registry is alive (idle, or paused on this queue): keep its consumer.
+        if broker::is_registered(conn, &name).await? {
+            continue;
+        }
+        if broker::forget_consumer(conn, &lane.keys, &name).await? {
+            removed += 1;
+            tracing::info!(stream = %lane.keys.stream, consumer = %name, "removed a dead worker's consumer that held nothing");
+        }
+    }
+    if removed > 0 {
+        tracing::debug!(stream = %lane.keys.stream, removed, "dead consumers removed");
+    }
+    Ok(())
 }
