@@ -14,9 +14,13 @@ use crate::keys::{GROUP, ShardKeys};
 
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 
-/// Adds ready tasks to their streams and counts them, in one pipelined round trip.
+/// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
+/// transaction (`MULTI`/`EXEC`): a connection cut in the middle leaves either the whole batch
+/// and its counts or nothing, so `enqueued` stays exact and a caller knows a failed batch
+/// was not half written (it may have been written whole if only the reply was lost).
 pub async fn add_ready(conn: &mut ConnectionManager, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
     let mut pipe = redis::pipe();
+    pipe.atomic();
     for (keys, env) in batch {
         let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
         for (name, value) in env.fields() {

@@ -15,6 +15,8 @@ mod acl;
 mod admin;
 mod compiled;
 mod demo;
+mod drills;
 mod exec;
+mod faults;
 mod usage;
 mod work;
