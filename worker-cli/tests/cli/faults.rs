@@ -212,20 +212,25 @@ async fn enqueued(f: &Fixture) -> u64 {
     }
 }
 
-/// The task ids in the queue's stream, in order.
+/// The task ids in the queue's stream, in order (read in pages: one reply of 60,000 entries
+/// would outlast the connection's response timeout).
 async fn stream_ids(f: &Fixture) -> Vec<String> {
     let stream = f.queue.shard("normal", 0).stream;
     let mut conn = f.redis().await;
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    entries
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("id").expect("an id field"))
-        .collect()
+    let mut ids = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let Some(last) = page.ids.last() else { return ids };
+        start = format!("({}", last.id);
+        ids.extend(page.ids.iter().map(|e| e.get::<String>("id").expect("an id field")));
+    }
 }
