@@ -177,7 +177,10 @@ mod tests {
         for (limit, window) in cases {
             let cap = restart_cap(limit, window);
             let worst: Duration = (1..=limit).map(|n| restart_delay(n, 1.0, cap)).sum();
-            assert!(worst <= window / 2, "limit {limit}, window {window:?}: cap {cap:?}, delays {worst:?}");
+            assert!(
+                worst <= window / 2,
+                "limit {limit}, window {window:?}: cap {cap:?}, delays {worst:?}"
+            );
             assert!(cap <= RESTART_CAP && cap > Duration::ZERO, "{cap:?}");
         }
         // A long window keeps the full backoff.
@@ -186,7 +189,9 @@ mod tests {
         let cap = restart_cap(DEFAULT_CRASH_LIMIT, DEFAULT_CRASH_WINDOW);
         assert!(cap > Duration::from_secs(4) && cap < Duration::from_secs(5), "{cap:?}");
         // Before the cap, the same slot never fit: the guard could not trip.
-        let uncapped: Duration = (1..=DEFAULT_CRASH_LIMIT).map(|n| restart_delay(n, 0.0, RESTART_CAP)).sum();
+        let uncapped: Duration = (1..=DEFAULT_CRASH_LIMIT)
+            .map(|n| restart_delay(n, 0.0, RESTART_CAP))
+            .sum();
         assert!(uncapped > DEFAULT_CRASH_WINDOW, "{uncapped:?}");
     }
 

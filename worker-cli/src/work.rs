@@ -145,9 +145,7 @@ async fn set_up_waiting(
             Err(SetupError::Fatal(e)) => return Err(e),
             Err(SetupError::Transient(e)) if !wait => return Err(e),
             Err(SetupError::Transient(e)) => {
-                let delay = outage_backoff()
-                    .ceiling(failures)
-                    .mul_f64(0.5 + fastrand::f64() / 2.0);
+                let delay = outage_backoff().ceiling(failures).mul_f64(0.5 + fastrand::f64() / 2.0);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "Redis does not answer; waiting for it (an outage, not a crash)");
                 tokio::select! {

@@ -40,7 +40,11 @@ fn lines(path: &std::path::Path) -> Vec<String> {
 /// not answer (its connection may still be the one the restart broke).
 async fn outstanding(f: &Fixture) -> u64 {
     match f.inspector.stats(&f.queue).await {
-        Ok(s) => s.priorities.iter().map(|p| p.waiting + p.pending + p.scheduled + p.retry).sum(),
+        Ok(s) => s
+            .priorities
+            .iter()
+            .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+            .sum(),
         Err(_) => u64::MAX,
     }
 }
@@ -62,8 +66,18 @@ async fn chaos_drill_loses_no_acknowledged_task() {
     let mut sup = Supervisor::start(
         &f.server,
         &[
-            "--workers", "4", "--concurrency", "8", "--lease", "2s", "--crash-limit", "1000", "--queue", "chaos",
-            "--exec", &exec,
+            "--workers",
+            "4",
+            "--concurrency",
+            "8",
+            "--lease",
+            "2s",
+            "--crash-limit",
+            "1000",
+            "--queue",
+            "chaos",
+            "--exec",
+            &exec,
         ],
     );
 
@@ -127,7 +141,11 @@ async fn chaos_drill_loses_no_acknowledged_task() {
             let restarted = Instant::now();
             let before = lines(&ran).len();
             let back = wait_until(Duration::from_secs(60), async || lines(&ran).len() > before).await;
-            assert!(back, "no task ran within 60 s of Redis restart {outages_done}:\n{}", sup.log());
+            assert!(
+                back,
+                "no task ran within 60 s of Redis restart {outages_done}:\n{}",
+                sup.log()
+            );
             recoveries.push(restarted.elapsed());
         }
     }
@@ -157,7 +175,11 @@ async fn chaos_drill_loses_no_acknowledged_task() {
         sup.log()
     );
     assert!(missing.is_empty());
-    assert!(sup.exit_within(Duration::ZERO).await.is_none(), "the supervisor stopped:\n{}", sup.log());
+    assert!(
+        sup.exit_within(Duration::ZERO).await.is_none(),
+        "the supervisor stopped:\n{}",
+        sup.log()
+    );
     let twice = runs.values().filter(|n| **n > 1).count();
     let stats = f.stats().await;
     println!(
@@ -203,7 +225,16 @@ async fn graceful_stop_drill_requeues_to_another_worker_at_once() {
     let f = Fixture::start().await;
     let mut first = Supervisor::start(
         &f.server,
-        &["--workers", "1", "--concurrency", "2", "--drain-timeout", "500ms", "--queue", "handoff"],
+        &[
+            "--workers",
+            "1",
+            "--concurrency",
+            "2",
+            "--drain-timeout",
+            "500ms",
+            "--queue",
+            "handoff",
+        ],
     );
     enqueue_sleeps(&f.server, "handoff", 20_000, 2).await;
     let q = f.inspector.queue("handoff").await.unwrap();
@@ -216,7 +247,10 @@ async fn graceful_stop_drill_requeues_to_another_worker_at_once() {
     assert!(taken, "the first worker never took both tasks:\n{}", first.log());
     let (_, before) = holder().await;
     // The second worker comes up idle (nothing left to take), then the first is stopped.
-    let second = Supervisor::start(&f.server, &["--workers", "1", "--concurrency", "2", "--queue", "handoff"]);
+    let second = Supervisor::start(
+        &f.server,
+        &["--workers", "1", "--concurrency", "2", "--queue", "handoff"],
+    );
     crate::common::wait_live_workers(&f.inspector, "handoff", 2, Duration::from_secs(60)).await;
     let stopped = Instant::now();
     first.signal(Signal::SIGTERM);
@@ -226,7 +260,12 @@ async fn graceful_stop_drill_requeues_to_another_worker_at_once() {
     })
     .await;
     let took = stopped.elapsed();
-    assert!(moved, "the tasks never moved to the second worker:\n{}\n{}", first.log(), second.log());
+    assert!(
+        moved,
+        "the tasks never moved to the second worker:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
     let status = first.exit_within(Duration::from_secs(30)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", first.log());
     let s = f.inspector.stats(&q).await.unwrap();

@@ -25,7 +25,16 @@ async fn a_redis_outage_with_dead_workers_is_not_a_crash_loop() {
     let mut f = Fixture::on_server(server, Queue::new("outage").unwrap()).await;
     let mut sup = Supervisor::start(
         &f.server,
-        &["--workers", "2", "--crash-limit", "3", "--lease", "2s", "--queue", "outage"],
+        &[
+            "--workers",
+            "2",
+            "--crash-limit",
+            "3",
+            "--lease",
+            "2s",
+            "--queue",
+            "outage",
+        ],
     );
     enqueue_sleeps(&f.server, "outage", 1, 2).await;
     wait_settled(&f.inspector, "outage", (2, 0), Duration::from_secs(60)).await;
@@ -71,7 +80,16 @@ async fn the_crash_loop_guard_trips_with_one_worker() {
     let f = Fixture::start().await;
     let mut sup = Supervisor::start(
         &f.server,
-        &["--workers", "1", "--crash-limit", "6", "--crash-window", "6s", "--queue", "guard"],
+        &[
+            "--workers",
+            "1",
+            "--crash-limit",
+            "6",
+            "--crash-window",
+            "6s",
+            "--queue",
+            "guard",
+        ],
     );
     // Every child is killed as soon as it is seen: a worker that cannot run.
     let mut killed = HashSet::new();
@@ -106,9 +124,22 @@ async fn a_sigkilled_workers_exec_commands_die_with_it() {
     let exec = format!("long=sleep 30 & echo $! >> {}; wait", pids.display());
     let mut sup = Supervisor::start(
         &f.server,
-        &["--workers", "1", "--concurrency", "2", "--queue", "orphans", "--exec", &exec],
+        &[
+            "--workers",
+            "1",
+            "--concurrency",
+            "2",
+            "--queue",
+            "orphans",
+            "--exec",
+            &exec,
+        ],
     );
-    let out = cli(&f.server, &["enqueue", "--queue", "orphans", "--kind", "long", "--count", "2"]).await;
+    let out = cli(
+        &f.server,
+        &["enqueue", "--queue", "orphans", "--kind", "long", "--count", "2"],
+    )
+    .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let read_pids = || -> Vec<u32> {
         std::fs::read_to_string(&pids)
@@ -142,7 +173,15 @@ async fn a_bulk_enqueue_cut_off_reports_what_it_wrote_and_resumes_without_new_du
     const N: u64 = 60_000;
     let count = N.to_string();
     let args = [
-        "enqueue", "--queue", "cut", "--kind", "noop", "--count", &count, "--id-prefix", "run1",
+        "enqueue",
+        "--queue",
+        "cut",
+        "--kind",
+        "noop",
+        "--count",
+        &count,
+        "--id-prefix",
+        "run1",
     ];
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
@@ -179,7 +218,10 @@ async fn a_bulk_enqueue_cut_off_reports_what_it_wrote_and_resumes_without_new_du
     // What was printed is exactly copies 0..k, and the error says to resume at k.
     let printed: Vec<&str> = stdout.lines().collect();
     let k = printed.len() as u64;
-    assert!(k >= 1000 && k < N && k % 1000 == 0, "{k} ids printed\n{stderr}");
+    assert!(
+        (1000..N).contains(&k) && k.is_multiple_of(1000),
+        "{k} ids printed\n{stderr}"
+    );
     let expected: Vec<String> = (0..k).map(|i| format!("run1-{i}")).collect();
     assert_eq!(printed, expected);
     assert!(stderr.contains(&format!("--resume-from {k}")), "{stderr}");
@@ -188,7 +230,11 @@ async fn a_bulk_enqueue_cut_off_reports_what_it_wrote_and_resumes_without_new_du
     // or not.
     let written = stream_ids(&f).await;
     assert_eq!(enqueued(&f).await, written.len() as u64, "{stderr}");
-    assert!(written.len() as u64 == k || written.len() as u64 == k + 1000, "{} written, {k} printed", written.len());
+    assert!(
+        written.len() as u64 == k || written.len() as u64 == k + 1000,
+        "{} written, {k} printed",
+        written.len()
+    );
 
     // The retry resumes: every copy exactly once, but for the batch in doubt (same ids).
     let resume = k.to_string();
