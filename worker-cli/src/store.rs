@@ -65,6 +65,15 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
         Ok(Err(e)) if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
             Err(no_answer(&shown, &e.to_string()))
         }
+        // A Redis that is still loading its data (after a restart) is not there yet either.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain)
+            ) =>
+        {
+            Err(no_answer(&shown, &e.to_string()))
+        }
         Ok(Err(e)) => Err(Unreachable::Refused(format!(
             "Redis at {shown} refused the connection: {e}\nhint: check the user name and password in \
              --redis-url (or REDIS_URL), and that the ACL user may run the commands Rivulet needs \

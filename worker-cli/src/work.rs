@@ -61,7 +61,9 @@ where
         });
     }
     let span = tracing::info_span!("work", slot = std::env::var(SLOT_ENV).ok());
-    let wait_for_redis = supervisor.is_some();
+    // Under a supervisor: one that the child dies with, or one it outlives (`autoscaler
+    // --leave-workers`), which still sets the slot.
+    let wait_for_redis = supervisor.is_some() || std::env::var_os(SLOT_ENV).is_some();
     let result = serve(settings, router, &stop, wait_for_redis, beside)
         .instrument(span)
         .await;

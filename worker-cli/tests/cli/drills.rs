@@ -81,10 +81,11 @@ async fn chaos_drill_loses_no_acknowledged_task() {
         ],
     );
 
-    // The producer: batches paced over about 20 s, each retried with the same ids until Redis
-    // acknowledges it (an unacknowledged batch may still have been written: at least once).
-    let batches = 120u64;
-    let per_batch = tasks.div_ceil(batches);
+    // The producer: 25 tasks every 150 ms (about what the workers run, so the producer runs
+    // through the whole drill: 18 s for 3,000 tasks), each batch retried with the same ids
+    // until Redis acknowledges it (an unacknowledged batch may still have been written: at
+    // least once).
+    let per_batch = 25u64;
     let acked: Arc<AtomicU64> = Arc::default();
     let producer = {
         let (client, queue, acked) = (f.client.clone(), f.queue.clone(), acked.clone());
