@@ -21,7 +21,6 @@
 //! `RIVULET_SUPERVISOR_PID` (run by hand) it is a plain standalone worker.
 
 use std::future::Future;
-
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
