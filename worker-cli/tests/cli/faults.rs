@@ -266,15 +266,24 @@ async fn stream_ids(f: &Fixture) -> Vec<String> {
     let mut ids = Vec::new();
     let mut start = "-".to_owned();
     loop {
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(2000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        // A page again after a timeout: reading is harmless to repeat, and the drills in the
+        // same binary can load the machine past the connection's response timeout.
+        let mut tries = 0;
+        let page: redis::streams::StreamRangeReply = loop {
+            let read = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(page) => break page,
+                Err(e) if tries < 20 && e.is_timeout() => tries += 1,
+                Err(e) => panic!("XRANGE {stream}: {e}"),
+            }
+        };
         let Some(last) = page.ids.last() else { return ids };
         start = format!("({}", last.id);
         ids.extend(page.ids.iter().map(|e| e.get::<String>("id").expect("an id field")));
