@@ -229,7 +229,7 @@ async fn a_bulk_enqueue_cut_off_reports_what_it_wrote_and_resumes_without_new_du
     // The counter matches the stream exactly: whole batches only, the one in doubt included
     // or not.
     let written = stream_ids(&f).await;
-    assert_eq!(enqueued(&f).await, written.len() as u64, "{stderr}");
+    assert_eq!(enqueued_settled(&f).await, written.len() as u64, "{stderr}");
     assert!(
         written.len() as u64 == k || written.len() as u64 == k + 1000,
         "{} written, {k} printed",
@@ -247,15 +247,31 @@ async fn a_bulk_enqueue_cut_off_reports_what_it_wrote_and_resumes_without_new_du
     assert!((0..N).all(|i| distinct.contains(&format!("run1-{i}"))));
     let twice = written.len() as u64 - N;
     assert!(twice == 0 || twice == 1000, "{twice} written twice");
-    assert_eq!(enqueued(&f).await, written.len() as u64);
+    assert_eq!(enqueued_settled(&f).await, written.len() as u64);
 }
 
-/// The queue's `enqueued` counter.
+/// The queue's `enqueued` counter; 0 while Redis does not know the queue or the inspector's
+/// connection is one the test just killed.
 async fn enqueued(f: &Fixture) -> u64 {
-    match f.inspector.queue("cut").await {
-        Ok(q) => f.inspector.stats(&q).await.map(|s| s.counters.enqueued).unwrap_or(0),
-        Err(_) => 0,
-    }
+    try_enqueued(f).await.unwrap_or(0)
+}
+
+async fn try_enqueued(f: &Fixture) -> Option<u64> {
+    let q = f.inspector.queue("cut").await.ok()?;
+    f.inspector.stats(&q).await.ok().map(|s| s.counters.enqueued)
+}
+
+/// The `enqueued` counter once the inspector answers again (its connection reconnects after
+/// the kills).
+async fn enqueued_settled(f: &Fixture) -> u64 {
+    let mut seen = None;
+    let answered = wait_until(Duration::from_secs(20), async || {
+        seen = try_enqueued(f).await;
+        seen.is_some()
+    })
+    .await;
+    assert!(answered, "the inspector never answered again");
+    seen.unwrap()
 }
 
 /// The task ids in the queue's stream, in order (read in pages: one reply of 60,000 entries
