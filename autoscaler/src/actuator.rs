@@ -123,7 +123,7 @@ impl Actuator {
         }
         tracing::info!(
             workers = p.current(),
-            "draining workers (signal again to kill them at once)"
+            "stopping the workers: each drains (signal again to kill them at once)"
         );
         if !p.shutdown(force).await {
             bail!(

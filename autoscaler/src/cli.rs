@@ -102,11 +102,15 @@ pub struct Cli {
     /// Decide and log, never start or stop anything.
     #[arg(long)]
     dry_run: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
+    /// answers) and /readyz (503 once the queue has not been observed for 3 intervals, at least
+    /// 10s: Redis away). Watch rivulet_autoscaler_up: the other gauges keep their last values
+    /// while it is 0.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
-    /// Log format on stderr (filter with RUST_LOG, default info).
-    #[arg(long, value_enum, default_value = "text")]
+    /// Log format on stderr (filter with RUST_LOG, default info). Workers it starts log in the
+    /// same format (it travels to them in RIVULET_LOG_FORMAT, which worker-cli reads).
+    #[arg(long, value_enum, env = rivulet_fleet::logging::LOG_FORMAT_ENV, default_value = "text")]
     pub log_format: LogFormat,
 }
 
@@ -194,19 +198,7 @@ pub fn settings(cli: Cli) -> anyhow::Result<Settings> {
 
 /// An error's chain as one line, each message once (a wrapped error often repeats its source).
 fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        let msg = msg.trim();
-        if msg.is_empty() || out.contains(msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(msg);
-    }
-    out
+    rivulet_fleet::logging::describe_error(e.as_ref())
 }
 
 /// Prints the error: usage errors as clap prints its own (exit 2), the rest exit 1.
@@ -216,7 +208,12 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
         let _ = err.print();
         ExitCode::from(2)
     } else {
-        let _ = writeln!(std::io::stderr(), "autoscaler: error: {}", describe(e));
+        // A JSON log stays JSON to its last line.
+        if rivulet_fleet::logging::installed_format() == Some(rivulet_fleet::LogFormat::Json) {
+            tracing::error!(error = %describe(e), "failed");
+        } else {
+            let _ = writeln!(std::io::stderr(), "autoscaler: error: {}", describe(e));
+        }
         ExitCode::FAILURE
     }
 }

@@ -57,10 +57,48 @@ struct StoredDecision<'a> {
     desired: u32,
     current: u32,
     live: u32,
+    busy: u32,
     reason: &'a str,
+    /// The priority a breach, projected breach or low watermark names.
+    reason_priority: Option<&'a str>,
+    target: u32,
+    need: f64,
+    raw: f64,
+    per_worker_rate_per_s: f64,
+    rate_source: &'a str,
+    priorities: Vec<StoredPriority<'a>>,
+    /// The same numbers in one line for people.
     detail: &'a str,
     dry_run: bool,
     at_ms: u64,
+}
+
+/// One priority as the decision saw it (units in the names).
+#[derive(Debug, serde::Serialize)]
+struct StoredPriority<'a> {
+    priority: &'a str,
+    backlog: u64,
+    backlog_estimated: bool,
+    in_flight: u64,
+    oldest_waiting_age_ms: Option<u64>,
+    sla_ms: u64,
+    arrivals_per_s: f64,
+    completions_per_s: f64,
+}
+
+impl<'a> StoredPriority<'a> {
+    fn of(p: &'a crate::policy::PriorityObservation) -> Self {
+        StoredPriority {
+            priority: &p.priority,
+            backlog: p.backlog,
+            backlog_estimated: p.backlog_estimated,
+            in_flight: p.in_flight,
+            oldest_waiting_age_ms: p.oldest_age.map(|d| d.as_millis() as u64),
+            sla_ms: p.sla.as_millis() as u64,
+            arrivals_per_s: p.arrival_rate,
+            completions_per_s: p.completion_rate,
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves, then drains the workers (process actuator) unless `force`
@@ -119,7 +157,16 @@ pub async fn run(
     if let Some(addr) = settings.metrics_addr {
         // Bind before spawning, so a bad address fails at start rather than in the background.
         let listener = metrics::bind(addr).await?;
-        server.spawn(metrics::serve(listener, Arc::new(registry), stop.clone()));
+        // Ready while observations succeed; stale after three missed ticks (at least 10 s,
+        // so a short Redis blip or a slow tick does not pull the pod out).
+        let stale_after = (settings.interval * 3).max(std::time::Duration::from_secs(10));
+        server.spawn(metrics::serve(
+            listener,
+            Arc::new(registry),
+            metrics.clone(),
+            stale_after,
+            stop.clone(),
+        ));
     }
 
     let mut actuator = Actuator::new(&settings.actuation, &settings.queue, &settings.redis_url, &shown_url)
@@ -145,8 +192,12 @@ pub async fn run(
             }
         }
         let obs = match observer.observe().await {
-            Ok(obs) => obs,
+            Ok(obs) => {
+                metrics.observed(std::time::SystemTime::now());
+                obs
+            }
             Err(e) => {
+                metrics.observation_failed();
                 tracing::warn!(error = %e, "observation failed; keeping the current workers");
                 continue;
             }
@@ -162,13 +213,22 @@ pub async fn run(
             desired: decision.desired,
             current,
             live: obs.live_workers,
+            busy: obs.busy_workers,
             reason: decision.reason.as_str(),
+            reason_priority: decision.reason.priority(),
+            target: decision.basis.target,
+            need: decision.basis.need,
+            raw: decision.basis.raw,
+            per_worker_rate_per_s: decision.basis.per_worker_rate,
+            rate_source: decision.basis.rate_source,
+            priorities: obs.priorities.iter().map(StoredPriority::of).collect(),
             detail: &decision.detail,
             dry_run: settings.dry_run,
             at_ms: rivulet::envelope::now_ms(),
         };
         let json = serde_json::to_string(&stored).expect("a struct of numbers and strings serialises");
         if let Err(e) = inspector.record_decision(&queue, &json).await {
+            metrics.store_failed();
             tracing::warn!(error = %e, "could not store the decision in Redis");
         }
         if settings.dry_run {
@@ -191,21 +251,29 @@ pub async fn run(
     Ok(())
 }
 
+/// A duration cut to whole milliseconds, for people.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 fn log_decision(obs: &Observation, current: u32, d: &crate::policy::Decision, dry_run: bool) {
     let per_priority: Vec<String> = obs
         .priorities
         .iter()
         .map(|p| {
             format!(
-                "{}: backlog={}{} in_flight={} oldest={:?} arrive={:.1}/s done={:.1}/s sla={:?}",
+                "{}: backlog={}{} in_flight={} oldest={} arrive={:.1}/s done={:.1}/s sla={}",
                 p.priority,
                 p.backlog,
                 if p.backlog_estimated { "(est)" } else { "" },
                 p.in_flight,
-                p.oldest_age,
+                p.oldest_age.map_or_else(
+                    || "-".to_owned(),
+                    |d| humantime::format_duration(round_ms(d)).to_string()
+                ),
                 p.arrival_rate,
                 p.completion_rate,
-                p.sla
+                humantime::format_duration(round_ms(p.sla))
             )
         })
         .collect();
@@ -242,7 +310,7 @@ pub fn resolve_slas(queue: &Queue, given: &[(String, Duration)]) -> anyhow::Resu
         .iter()
         .map(|p| {
             given.iter().find(|(q, _)| q == p).map(|(_, d)| *d).unwrap_or_else(|| {
-                tracing::warn!(priority = %p, sla = ?loosest, "no SLA given for this priority; using the loosest");
+                tracing::warn!(priority = %p, sla_ms = loosest.as_millis() as u64, "no SLA given for this priority; using the loosest");
                 loosest
             })
         })

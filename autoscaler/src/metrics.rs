@@ -1,8 +1,16 @@
-//! Explain: Prometheus metrics of the autoscaler, served at `/metrics`.
+//! Explain: Prometheus metrics of the autoscaler, served at `/metrics`, and the probes
+//! `/healthz` (the process answers) and `/readyz` (it observed the queue recently) on the same
+//! address.
+//!
+//! When Redis is away the per-queue gauges keep their last values, so they are read together
+//! with `rivulet_autoscaler_up` (0 after a failed observation), the timestamp of the last
+//! successful observation and the error counters; `/readyz` answers 503 once the last
+//! successful observation is older than its staleness limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
@@ -39,6 +47,12 @@ pub struct Metrics {
     arrival_rate: Family<PriorityLabel, Gauge<f64, AtomicU64>>,
     completion_rate: Family<PriorityLabel, Gauge<f64, AtomicU64>>,
     decisions: Family<ReasonLabel, Counter>,
+    up: Gauge,
+    last_observation: Gauge<f64, AtomicU64>,
+    observation_errors: Counter,
+    store_errors: Counter,
+    /// Last successful observation, ms since the epoch (0: none yet); what `/readyz` reads.
+    last_ok_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -71,7 +85,65 @@ impl Metrics {
             m.completion_rate.clone(),
         );
         r.register("decisions", "Decisions by reason", m.decisions.clone());
+        r.register(
+            "up",
+            "1 when the last observation of the queue succeeded, 0 when it failed (Redis away): the other gauges are stale while it is 0",
+            m.up.clone(),
+        );
+        r.register(
+            "last_observation_timestamp_seconds",
+            "When the queue was last observed successfully, seconds since the epoch",
+            m.last_observation.clone(),
+        );
+        r.register(
+            "observation_errors",
+            "Observations of the queue that failed (no decision was taken)",
+            m.observation_errors.clone(),
+        );
+        r.register(
+            "decision_store_errors",
+            "Decisions that could not be stored in Redis for `worker-cli stats`",
+            m.store_errors.clone(),
+        );
         m
+    }
+
+    /// Records a successful observation at `now`.
+    pub fn observed(&self, now: SystemTime) {
+        let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.up.set(1);
+        self.last_observation.set(ms as f64 / 1000.0);
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records a failed observation: `up` drops to 0, the gauges of the queue stay as they
+    /// were (the last known values) and the error counter moves.
+    pub fn observation_failed(&self) {
+        self.up.set(0);
+        self.observation_errors.inc();
+    }
+
+    /// Records a decision that could not be stored in Redis.
+    pub fn store_failed(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Why the autoscaler is not ready at `now` (pure given the last observation): never
+    /// observed yet, or observed successfully longer than `stale_after` ago. `None`: ready.
+    pub fn not_ready(&self, now: SystemTime, stale_after: Duration) -> Option<String> {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Some("no successful observation of the queue yet".to_owned());
+        }
+        let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let age = Duration::from_millis(now_ms.saturating_sub(last));
+        (age > stale_after).then(|| {
+            format!(
+                "last successful observation {} ago (limit {}): is Redis reachable?",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
+                humantime::format_duration(stale_after)
+            )
+        })
     }
 
     /// Records one tick.
@@ -106,35 +178,77 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))
 }
 
-/// Serves `/metrics` until `stop` is cancelled.
+/// Serves `/metrics`, `/healthz` and `/readyz` until `stop` is cancelled. `/readyz` fails
+/// once the last successful observation is older than `stale_after`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    stale_after: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                    Ok(()) => (
-                        [(
-                            CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics, probes at /healthz and /readyz");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    match metrics.not_ready(SystemTime::now(), stale_after) {
+                        None => (axum::http::StatusCode::OK, "ready\n".to_owned()),
+                        Some(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_last_successful_observation() {
+        let m = Metrics::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let limit = Duration::from_secs(10);
+        assert!(m.not_ready(t0, limit).unwrap().contains("no successful observation"));
+        m.observed(t0);
+        assert_eq!(m.not_ready(t0 + limit, limit), None);
+        m.observation_failed();
+        // A failure alone does not flip readiness: a blip shorter than the limit is tolerated.
+        assert_eq!(m.not_ready(t0 + Duration::from_secs(5), limit), None);
+        let why = m.not_ready(t0 + Duration::from_secs(11), limit).unwrap();
+        assert!(why.contains("11s ago (limit 10s)"), "{why}");
+        assert_eq!(m.up.get(), 0);
+        assert_eq!(m.observation_errors.get(), 1);
+    }
 }

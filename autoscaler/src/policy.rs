@@ -315,6 +315,16 @@ impl Reason {
             Self::Idle => "idle",
         }
     }
+
+    /// The priority the reason is about, for the reasons that name one.
+    pub fn priority(&self) -> Option<&str> {
+        match self {
+            Self::Breach { priority } | Self::ProjectedBreach { priority } | Self::AboveLowWatermark { priority } => {
+                Some(priority)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -335,6 +345,23 @@ pub struct Decision {
     pub reason: Reason,
     /// One human-readable line with the numbers behind the decision.
     pub detail: String,
+    /// The same numbers as data (what `worker-cli stats --json` shows).
+    pub basis: Basis,
+}
+
+/// The numbers a [`Decision`] rests on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Basis {
+    /// Workers the backlog and SLAs call for, before the step limits and bounds.
+    pub target: u32,
+    /// Workers needed, with headroom.
+    pub need: f64,
+    /// Workers needed, without headroom.
+    pub raw: f64,
+    /// Tasks per second one worker is taken to complete.
+    pub per_worker_rate: f64,
+    /// Where that rate comes from: `configured`, `measured`, `observed` or `default`.
+    pub rate_source: &'static str,
 }
 
 /// Shortest SLA the arithmetic will use, so a zero SLA cannot divide by zero.
@@ -544,6 +571,13 @@ pub fn decide(
         desired,
         reason,
         detail,
+        basis: Basis {
+            target,
+            need: a.need,
+            raw: a.raw,
+            per_worker_rate: rate,
+            rate_source,
+        },
     }
 }
 

@@ -163,3 +163,60 @@ async fn a_second_ctrl_c_kills_the_workers_at_once_and_exits_1() {
     assert!(log.contains("stopped at once by a second signal"), "{log}");
     assert!(worker_gone(worker).await, "worker {worker} still running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_log_stays_json_through_its_workers_and_the_stored_decision_is_data() {
+    let f = Fixture::start().await;
+    // No --log-format on the worker's command line: it comes from the autoscaler's.
+    let worker_cmd = format!("{} work --queue {{queue}} --concurrency 1", worker_cli().display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoscaler"));
+    cmd.args(["--redis-url", &f.server.url(), "--queue", "jlog", "--sla", "normal=30s"])
+        .args([
+            "--min",
+            "1",
+            "--max",
+            "1",
+            "--interval",
+            "200ms",
+            "--log-format",
+            "json",
+        ])
+        .args(["--worker-cmd", &worker_cmd, "--hard-deadline", "30s"])
+        .env("RUST_LOG", "info")
+        .env_remove("REDIS_URL")
+        .env_remove("RIVULET_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .process_group(0);
+    let mut autoscaler = ChildGuard::spawn("autoscaler", &mut cmd).kill_group_on_drop();
+    let queue = rivulet::Queue::new("jlog").unwrap();
+    let decided = wait_until(Duration::from_secs(30), async || {
+        f.inspector.workers().await.unwrap().len() == 1 && f.inspector.decision(&queue).await.unwrap().is_some()
+    })
+    .await;
+    assert!(decided, "no worker or no decision:\n{}", autoscaler.log());
+
+    // The decision as `worker-cli stats --json` shows it: numbers, not a sentence.
+    let out = Command::new(worker_cli())
+        .args(["stats", "--queue", "jlog", "--json"])
+        .env("REDIS_URL", f.server.url())
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decision = &stats[0]["autoscaler"];
+    assert_eq!(decision["desired"], 1, "{decision}");
+    assert!(decision["per_worker_rate_per_s"].is_number(), "{decision}");
+    assert_eq!(decision["priorities"][1]["priority"], "normal", "{decision}");
+    assert_eq!(decision["priorities"][1]["sla_ms"], 30_000, "{decision}");
+
+    autoscaler.signal(Signal::SIGTERM);
+    let status = exit_of(&mut autoscaler, Duration::from_secs(60)).await;
+    let log = autoscaler.log();
+    assert!(status.success(), "autoscaler exited with {status}\n{log}");
+    let mut worker_lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{log}"));
+        worker_lines += usize::from(event["message"] == "worker started");
+    }
+    assert_eq!(worker_lines, 1, "the worker's own lines are missing:\n{log}");
+}

@@ -304,6 +304,12 @@ pub fn check(
     }
 }
 
+/// The targets a run measured and missed (what `--check` fails on); unmeasured ones are not
+/// misses, so `--only drain` gates on the drain targets alone.
+pub fn missed(checks: &[Check]) -> Vec<&Check> {
+    checks.iter().filter(|c| c.met == Some(false)).collect()
+}
+
 /// Costs are targets of the form "at most".
 fn unit_is_le(unit: Unit) -> bool {
     matches!(unit, Unit::Us | Unit::Count)
@@ -639,6 +645,13 @@ mod tests {
         let c = check(&summary, "p99", "b", 2_000.0, false, Unit::Ms);
         assert_eq!(c.note, "missed: 1.50x the limit");
         assert_eq!(check(&summary, "x", "missing", 1.0, true, Unit::Rate).met, None);
+        let checks = [
+            check(&summary, "met", "a", 50_000.0, true, Unit::Rate),
+            check(&summary, "missed", "a", 200_000.0, true, Unit::Rate),
+            check(&summary, "unmeasured", "missing", 1.0, true, Unit::Rate),
+        ];
+        let names: Vec<&str> = missed(&checks).iter().map(|c| c.target.as_str()).collect();
+        assert_eq!(names, ["missed"]);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Stop starting new scenarios after this many seconds.
     #[arg(long, default_value_t = 1200)]
     max_seconds: u64,
+    /// Exit 1 when a measured target is missed (after the tables and files are written), so
+    /// a run can gate a change. Targets the run did not measure do not count.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The resolved plan of a run.
@@ -206,6 +210,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     progress(format_args!("done in {:.0} s; wrote:", started.elapsed().as_secs_f64()));
     for f in files {
         progress(format_args!("  {}", f.display()));
+    }
+    if args.check {
+        let missed = report::missed(&json.targets);
+        if !missed.is_empty() {
+            bail!(
+                "--check: {} target(s) missed: {}",
+                missed.len(),
+                missed
+                    .iter()
+                    .map(|c| format!("{} (measured {}; {})", c.target, c.measured, c.note))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        progress("--check: every measured target met");
     }
     Ok(())
 }

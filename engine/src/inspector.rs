@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::broker::{self, RangeStart, StreamEntry, StreamId};
 pub use crate::broker::{DeadReason, WorkerRecord};
 use crate::clock::Clock;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{Queue, Shard, ShardKeys};
 
@@ -37,10 +38,16 @@ pub struct Counters {
     pub reclaimed: u64,
     /// Pending entries that pointed at deleted stream entries.
     pub lost: u64,
+    /// Stale outcomes dropped by fencing: a worker settled a task it no longer owned (its
+    /// lease ran out and another worker took the task over).
+    pub fenced: u64,
     /// Dead letters replayed.
     pub replayed: u64,
     /// Unfinished tasks put back at a worker's shutdown.
     pub requeued: u64,
+    /// Dead letters dropped by the dead-letter stream's cap (`WorkerConfig::dlq_maxlen`,
+    /// `MAXLEN ~`): the oldest go first. Above 0 means dead letters were lost to the cap.
+    pub dlq_trimmed: u64,
 }
 
 impl Counters {
@@ -55,8 +62,10 @@ impl Counters {
                 "dead" => &mut c.dead,
                 "reclaimed" => &mut c.reclaimed,
                 "lost" => &mut c.lost,
+                "fenced" => &mut c.fenced,
                 "replayed" => &mut c.replayed,
                 "requeued" => &mut c.requeued,
+                "dlq_trimmed" => &mut c.dlq_trimmed,
                 _ => continue,
             };
             *slot = *v;
@@ -72,8 +81,10 @@ impl Counters {
         self.dead += o.dead;
         self.reclaimed += o.reclaimed;
         self.lost += o.lost;
+        self.fenced += o.fenced;
         self.replayed += o.replayed;
         self.requeued += o.requeued;
+        self.dlq_trimmed += o.dlq_trimmed;
     }
 }
 
@@ -99,8 +110,8 @@ pub struct ShardStats {
     pub retry: u64,
     /// Dead letters.
     pub dead_letters: u64,
-    /// Age of the oldest task waiting to be delivered.
-    #[serde(serialize_with = "ser_opt_ms")]
+    /// Age of the oldest task waiting to be delivered (in JSON `oldest_waiting_age_ms`).
+    #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
     /// Counters.
     pub counters: Counters,
@@ -123,8 +134,8 @@ pub struct PriorityStats {
     pub retry: u64,
     /// Sum of the shards' dead letters.
     pub dead_letters: u64,
-    /// The oldest waiting task over all shards.
-    #[serde(serialize_with = "ser_opt_ms")]
+    /// The oldest waiting task over all shards (in JSON `oldest_waiting_age_ms`).
+    #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
     /// Summed counters.
     pub counters: Counters,
@@ -217,20 +228,46 @@ pub struct DeadLetter {
     pub origin: String,
     /// Payload codec (`json` when the entry names none, as the worker reads it).
     pub codec: String,
-    /// Payload, as text (lossy for binary payloads).
+    /// Payload, as text (lossy for binary payloads): whole from [`Inspector::dlq_get`], its
+    /// first [`DLQ_PREVIEW`] bytes from [`Inspector::dlq_list`] (`payload_truncated` says
+    /// which).
     pub payload: String,
-    /// Every field as stored, those this version does not know included (as text, lossy for
-    /// binary values, when serialized).
+    /// The whole payload's size in bytes.
+    pub payload_size: u64,
+    /// Whether `payload` is only the payload's start (a listing of a payload longer than
+    /// [`DLQ_PREVIEW`]).
+    pub payload_truncated: bool,
+    /// Every other field as stored, those this version does not know included (as text, lossy
+    /// for binary values, when serialized). The payload is not repeated here.
     #[serde(serialize_with = "fields_as_text")]
     pub fields: Vec<(String, Vec<u8>)>,
 }
+
+/// Bytes of each payload a dead-letter listing carries ([`Inspector::dlq_list`]); the rest
+/// stays in Redis until [`Inspector::dlq_get`] asks for it.
+pub const DLQ_PREVIEW: usize = 120;
 
 fn fields_as_text<S: serde::Serializer>(fields: &[(String, Vec<u8>)], s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(fields.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))))
 }
 
 impl DeadLetter {
-    fn from_entry(priority: &str, shard: u16, e: StreamEntry) -> Self {
+    /// A dead letter from its entry; `size` is the whole payload's size when the entry's
+    /// payload was cut to a preview (`None`: the entry holds the whole payload).
+    fn from_entry(priority: &str, shard: u16, mut e: StreamEntry, size: Option<u64>) -> Self {
+        // Moved out of the fields, so the payload is held (and serialized) once.
+        let payload = e
+            .fields
+            .iter()
+            .position(|(k, _)| k == b"payload")
+            .map(|i| e.fields.remove(i).1)
+            .unwrap_or_default();
+        let payload_size = size.unwrap_or(payload.len() as u64);
+        let payload_truncated = payload_size > payload.len() as u64;
+        let payload = match String::from_utf8(payload) {
+            Ok(text) => text,
+            Err(bytes) => String::from_utf8_lossy(bytes.as_bytes()).into_owned(),
+        };
         let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         let text = |k: &str| {
             map.get(k.as_bytes())
@@ -255,11 +292,13 @@ impl DeadLetter {
             codec: Some(text("codec"))
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| crate::Codec::Json.as_str().to_owned()),
-            payload: text("payload"),
+            payload,
+            payload_size,
+            payload_truncated,
             fields: e
                 .fields
-                .iter()
-                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                 .collect(),
         }
     }
@@ -319,6 +358,13 @@ pub struct PendingEntry {
     pub idle_ms: u64,
     /// Deliveries (first read plus reclaims).
     pub deliveries: u64,
+    /// The task's id (what `enqueue` printed); `None` when the entry is gone (counted as
+    /// `lost` once reclaimed) or does not decode.
+    pub task_id: Option<String>,
+    /// The task's kind, as `task_id`.
+    pub kind: Option<String>,
+    /// Failed runs before this one (0 on the first run), as `task_id`.
+    pub attempt: Option<u32>,
 }
 
 /// Read-only views and dead-letter operations.
@@ -439,7 +485,13 @@ impl Inspector {
         let mut conn = self.conn();
         let mut out = Vec::new();
         for s in queue.all_shards() {
-            for row in broker::pending(&mut conn, &s.keys.stream, limit).await? {
+            let rows = broker::pending(&mut conn, &s.keys.stream, limit).await?;
+            // The task behind each entry, so "where is my job" can be answered with the id
+            // `enqueue` printed; one pipelined read per shard.
+            let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+            let found = broker::entries_by_id(&mut conn, &s.keys.stream, &ids).await?;
+            for (row, entry) in rows.into_iter().zip(found) {
+                let task = entry.and_then(|e| Envelope::from_fields(e.fields).ok());
                 out.push(PendingEntry {
                     priority: s.priority.to_owned(),
                     shard: s.number,
@@ -447,6 +499,9 @@ impl Inspector {
                     consumer: row.consumer,
                     idle_ms: row.idle_ms,
                     deliveries: row.deliveries,
+                    task_id: task.as_ref().map(|t| t.id.as_str().to_owned()),
+                    kind: task.as_ref().map(|t| t.kind.clone()),
+                    attempt: task.as_ref().map(|t| t.attempt),
                 });
             }
         }
@@ -469,8 +524,9 @@ impl Inspector {
         };
         let mut found = Vec::new();
         for s in queue.all_shards() {
-            for e in broker::range(&mut conn, &s.keys.dlq, start, limit).await? {
-                found.push((e.id, s.priority, s.number, e));
+            // Payloads cut to a preview in Redis: a listing never moves whole payloads.
+            for (e, size) in broker::range_heads(&mut conn, &s.keys.dlq, start, limit, DLQ_PREVIEW).await? {
+                found.push((e.id, s.priority, s.number, e, size));
             }
         }
         found.sort_by_key(|(id, ..)| *id);
@@ -478,7 +534,7 @@ impl Inspector {
         // Built after the cut: only the letters returned are decoded.
         Ok(found
             .into_iter()
-            .map(|(_, priority, shard, e)| DeadLetter::from_entry(priority, shard, e))
+            .map(|(_, priority, shard, e, size)| DeadLetter::from_entry(priority, shard, e, size))
             .collect())
     }
 
@@ -488,7 +544,7 @@ impl Inspector {
         let entry = entry_id(&id.entry)?;
         let mut found = broker::range(&mut self.conn(), &keys.dlq, RangeStart::At(entry), 1).await?;
         match found.pop() {
-            Some(e) if e.id == entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e)),
+            Some(e) if e.id == entry => Ok(DeadLetter::from_entry(&id.priority, id.shard, e, None)),
             _ => Err(Error::NotFound(format!("dead letter {id} in queue {}", queue.name()))),
         }
     }
@@ -647,7 +703,7 @@ mod tests {
     #[test]
     fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
         let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
-        let entry = StreamEntry {
+        let entry = || StreamEntry {
             id: StreamId { ms: 5, seq: 0 },
             fields: vec![
                 field("id", "t1"),
@@ -658,8 +714,20 @@ mod tests {
                 field("reason", "malformed"),
             ],
         };
-        let dead = DeadLetter::from_entry("normal", 0, entry);
+        let dead = DeadLetter::from_entry("normal", 0, entry(), None);
         let json = serde_json::to_value(&dead).unwrap();
+        assert_eq!(
+            (json["payload"].as_str(), json["payload_size"].as_u64()),
+            (Some("{}"), Some(2))
+        );
+        assert_eq!(json["payload_truncated"], false);
+        assert!(
+            json["fields"].get("payload").is_none(),
+            "the payload appears once: {json}"
+        );
+        // A listing's entry holds a preview; the size is the whole payload's.
+        let listed = DeadLetter::from_entry("normal", 0, entry(), Some(5_000_000));
+        assert_eq!((listed.payload_size, listed.payload_truncated), (5_000_000, true));
         assert_eq!(json["codec"], "json", "no codec field: the default");
         assert_eq!(json["fields"]["tenant"], "acme", "{json}");
         assert_eq!(json["fields"]["enqueued_at"], "1700000000000");

@@ -66,7 +66,7 @@ pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
 pub use inspector::{
-    DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
+    DLQ_PREVIEW, DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
 pub use worker::{PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport};

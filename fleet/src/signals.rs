@@ -31,6 +31,9 @@ impl Stop {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let stop = self.clone();
+        // A supervised worker's signal comes from its supervisor, which has logged the drain
+        // already: one "draining" line per signal, not one more per worker process.
+        let supervised = std::env::var_os(crate::contract::SUPERVISOR_PID_ENV).is_some();
         tasks.spawn(async move {
             for first in [true, false] {
                 let name = tokio::select! {
@@ -40,7 +43,11 @@ impl Stop {
                 // Act first, log second: nothing may stand between a signal and its effect.
                 if first {
                     stop.drain.cancel();
-                    tracing::info!(signal = name, "draining (send it again to stop at once)");
+                    if supervised {
+                        tracing::debug!(signal = name, "draining, as the supervisor asked");
+                    } else {
+                        tracing::info!(signal = name, "draining (send it again to stop at once)");
+                    }
                 } else {
                     stop.now.cancel();
                     tracing::warn!(signal = name, "second signal: stopping at once");

@@ -335,7 +335,7 @@ impl Fleet {
                 () = sleep_until(next_kill), if next_kill.is_some() && !killed_all => {
                     let killed = self.kill_overdue();
                     if ending && killed > 0 {
-                        tracing::error!(killed, stop_timeout = ?self.config.stop_timeout, "worker processes did not stop in time");
+                        tracing::error!(killed, stop_timeout_ms = self.config.stop_timeout.as_millis() as u64, "worker processes did not stop in time");
                         match &mut failure {
                             Some(FleetError::StopDeadline { killed: k, .. }) => *k += killed,
                             // A crash loop that began the drain stays the reason.
@@ -375,7 +375,12 @@ impl Fleet {
         if killed_all {
             return Err(FleetError::StoppedAtOnce);
         }
-        tracing::info!(report = ?self.report, "supervisor stopped");
+        tracing::info!(
+            started = self.report.started,
+            crashed = self.report.crashed,
+            recycled = self.report.recycled,
+            "supervisor stopped"
+        );
         Ok(self.report)
     }
 
@@ -440,7 +445,12 @@ impl Fleet {
                 n += 1;
             }
         }
-        tracing::info!(children = n, stop_timeout = ?stop_timeout, "draining worker processes");
+        // "draining" itself was logged once, by whoever asked for the drain (the signal handler).
+        tracing::info!(
+            children = n,
+            stop_timeout_ms = stop_timeout.as_millis() as u64,
+            "asked the worker processes to stop"
+        );
     }
 
     /// SIGKILLs children past their deadline; returns how many.
@@ -535,7 +545,8 @@ impl Fleet {
                 let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64(), self.restart_cap);
                 slot.start_at = Some(now + delay);
                 tracing::warn!(
-                    slot = i, pid = ran.pid, status = %status_text, lived = ?lived, restart_in = ?delay,
+                    slot = i, pid = ran.pid, status = %status_text, lived_ms = lived.as_millis() as u64,
+                    restart_in_ms = delay.as_millis() as u64,
                     "worker process crashed; restarting"
                 );
                 None
@@ -549,6 +560,12 @@ impl Fleet {
         let Some(slot) = self.slots.get_mut(&i) else { return };
         slot.start_at = None;
         let mut cmd = tokio::process::Command::new(&c.program);
+        // The log format this process logs in goes down to its children (and theirs: an
+        // `--exec` command sees it too), so one JSON log stays one JSON log; the fleet's own
+        // `env` comes after and wins.
+        if let Some(format) = crate::logging::installed_format() {
+            cmd.env(crate::logging::LOG_FORMAT_ENV, format.as_flag());
+        }
         cmd.args(&c.args)
             .envs(c.env.iter().map(|(k, v)| (k, v)))
             .env(SLOT_ENV, i.to_string())
@@ -606,7 +623,7 @@ impl Fleet {
                 slot.crashes_in_a_row += 1;
                 let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64(), self.restart_cap);
                 tracing::error!(
-                    slot = i, program = %c.shown, error = %e, retry_in = ?delay,
+                    slot = i, program = %c.shown, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "cannot start a worker process"
                 );
                 slot.start_at = Some(Instant::now() + delay);
@@ -634,7 +651,7 @@ impl Fleet {
                 if !self.warned_low_memory && lived < FRESH_CHILD {
                     self.warned_low_memory = true;
                     tracing::warn!(
-                        slot = i, pid = ran.pid, rss = %format_size(rss), limit = %format_size(limit), lived = ?lived,
+                        slot = i, pid = ran.pid, rss = %format_size(rss), limit = %format_size(limit), lived_ms = lived.as_millis() as u64,
                         "{}", low_memory_warning(rss, limit, lived)
                     );
                 }

@@ -4,6 +4,7 @@
 //! (`rivulet::testing`); tests that keep to their own queue share the binary's one server
 //! (`Fixture::shared`), the others start their own (`Fixture::with_queue`) and say why.
 
+mod bench;
 mod core;
 mod failures;
 mod interop;

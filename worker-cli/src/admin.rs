@@ -18,18 +18,21 @@ use serde_json::{Value, json};
 
 use crate::cli::{
     Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs,
-    PayloadCodec, PendingArgs, QueueArgs, StatsArgs,
+    PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
 };
 use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
 use crate::settings::UsageError;
 use crate::store;
+
+mod queue;
 
 /// Tasks per pipelined enqueue call.
 const ENQUEUE_BATCH: usize = 1000;
 /// Dead letters read per page when filtering by kind.
 const DLQ_PAGE: usize = 500;
 /// What `queues` and `stats` say (on stderr) when Redis knows no queue.
-const NO_QUEUES: &str = "no queues yet (a queue appears when a task is enqueued or a worker serves it)";
+const NO_QUEUES: &str =
+    "no queues yet (a queue appears with `queue create`, or when a task is enqueued or a worker serves it)";
 
 /// What every admin command works with.
 struct Admin {
@@ -50,6 +53,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
     let admin = Admin { url, client, inspector };
     match command {
         Command::Enqueue(a) => admin.enqueue(a, body.expect("checked for enqueue")).await,
+        Command::Queue(QueueCommand::Create(a)) => admin.queue_create(a).await,
+        Command::Queue(QueueCommand::Show(a)) => admin.queue_show(a).await,
         Command::Queues(o) => admin.queues(o.json).await,
         Command::Stats(a) => admin.stats(a).await,
         Command::Pending(a) => admin.pending(a).await,
@@ -117,6 +122,12 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         Command::Dlq(DlqCommand::Show(a)) => {
             queue_name(&a.queue)?;
             dead_letter_id(&a.id)?;
+        }
+        Command::Queue(QueueCommand::Create(a)) => {
+            queue::wanted(a)?;
+        }
+        Command::Queue(QueueCommand::Show(a)) => {
+            queue_name(&a.name)?;
         }
         Command::Dlq(DlqCommand::Replay(a) | DlqCommand::Purge(a)) => {
             queue_name(&a.queue)?;
@@ -294,7 +305,10 @@ impl Admin {
             "RETRY",
             "DEAD",
             "DONE",
+            "RECLAIMED",
+            "LOST",
         ]);
+        let mut warnings = String::new();
         for r in &rows {
             let n = |k: &str| r[k].to_string();
             let prios: Vec<&str> = r["priorities"]
@@ -312,13 +326,19 @@ impl Admin {
                 n("retry"),
                 n("dead_letters"),
                 r["counters"]["done"].to_string(),
+                r["counters"]["reclaimed"].to_string(),
+                r["counters"]["lost"].to_string(),
             ]);
+            let lost = r["counters"]["lost"].as_u64().unwrap_or(0);
+            if let Some(w) = lost_warning(r["queue"].as_str().unwrap_or_default(), lost) {
+                warnings.push_str(&w);
+            }
         }
         if t.is_empty() {
             note!("{NO_QUEUES}");
             return Ok(());
         }
-        output::text(&t.render())
+        output::text(&(t.render() + &warnings))
     }
 
     async fn stats(&self, a: StatsArgs) -> Result<()> {
@@ -347,7 +367,6 @@ impl Admin {
 
     /// One refresh of `stats`. A closed stdout is an error (`StdoutClosed`) that ends --watch.
     async fn stats_once(&self, a: &StatsArgs) -> Result<()> {
-        let single = a.queue.is_some();
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         // Listed again on every refresh of --watch: queues come and go.
         let queues = match &a.queue {
@@ -359,17 +378,24 @@ impl Admin {
             let s = self.inspector.stats(q).await.map_err(|e| self.engine(e))?;
             let decision = self.inspector.decision(q).await.map_err(|e| self.engine(e))?;
             let mut doc = serde_json::to_value(&s)?;
+            // When the numbers were read: a --watch stream is a time series.
+            doc["observed_at_ms"] = rivulet::envelope::now_ms().into();
             doc["autoscaler"] = match decision {
-                Some(d) => serde_json::from_str(&d).unwrap_or(Value::String(d)),
+                // An autoscaler stores JSON; anything else (an older one's text) is kept as
+                // `{"text": ...}`, so the field is an object or null, never a bare string.
+                Some(d) => serde_json::from_str::<Value>(&d)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({ "text": d })),
                 None => Value::Null,
             };
             docs.push((s, doc));
         }
+        // One shape with or without --queue: an array of per-queue documents.
+        let all = || docs.iter().map(|(_, d)| d).collect::<Vec<_>>();
         match (a.output.json, a.watch) {
-            (true, false) if single => output::json(&docs[0].1)?,
-            (true, false) => output::json(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
-            (true, true) if single => output::json_line(&docs[0].1)?,
-            (true, true) => output::json_line(&docs.iter().map(|(_, d)| d).collect::<Vec<_>>())?,
+            (true, false) => output::json(&all())?,
+            (true, true) => output::json_line(&all())?,
             (false, watch) => {
                 let mut text = String::new();
                 if watch && tty {
@@ -384,6 +410,9 @@ impl Admin {
                 }
                 for (s, doc) in &docs {
                     text.push_str(&stats_table(s, &doc["autoscaler"]));
+                    if let Some(w) = dlq_trimmed_warning(s, tty && std::env::var_os("NO_COLOR").is_none()) {
+                        text.push_str(&w);
+                    }
                     text.push('\n');
                 }
                 if !text.is_empty() {
@@ -408,9 +437,24 @@ impl Admin {
         if a.output.json {
             return output::json(&entries);
         }
-        let mut t = Table::new(&["PRIORITY", "SHARD", "ENTRY", "WORKER", "IDLE", "DELIVERIES"]);
+        let mut t = Table::new(&[
+            "TASK",
+            "KIND",
+            "ATTEMPT",
+            "PRIORITY",
+            "SHARD",
+            "ENTRY",
+            "WORKER",
+            "IDLE",
+            "DELIVERIES",
+        ]);
+        let or_gone = |v: Option<String>| v.unwrap_or_else(|| "(gone)".to_owned());
         for e in &entries {
             t.row(vec![
+                or_gone(e.task_id.clone()),
+                or_gone(e.kind.as_ref().map(|k| clip(k, 40))),
+                // As the worker's logs and handlers count it: the first run is attempt 1.
+                or_gone(e.attempt.map(|a| (a + 1).to_string())),
                 e.priority.clone(),
                 e.shard.to_string(),
                 e.entry.clone(),
@@ -495,7 +539,9 @@ impl Admin {
             return output::json(&found);
         }
         let now = now_ms();
-        let mut t = Table::new(&["ID", "TASK", "KIND", "REASON", "ATTEMPT", "DIED", "ERROR"]);
+        let mut t = Table::new(&[
+            "ID", "TASK", "KIND", "REASON", "ATTEMPT", "DIED", "SIZE", "PAYLOAD", "ERROR",
+        ]);
         for d in &found {
             t.row(vec![
                 d.id.to_string(),
@@ -504,6 +550,8 @@ impl Admin {
                 d.reason.to_string(),
                 d.attempt.to_string(),
                 fmt_ago(d.dead_at, now),
+                fmt_bytes(d.payload_size),
+                payload_preview(d),
                 clip(&d.error, 60),
             ]);
         }
@@ -633,6 +681,39 @@ impl Admin {
     }
 }
 
+/// A payload's start on one line, for the listing (`dlq show` prints it whole).
+fn payload_preview(d: &DeadLetter) -> String {
+    let one_line: String = d
+        .payload
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let clipped = clip(&one_line, 40);
+    if d.payload_truncated && !clipped.ends_with('…') {
+        format!("{clipped}…")
+    } else {
+        clipped
+    }
+}
+
+/// A size in bytes for people: 512 B, 1.5 KiB, 50.0 MiB.
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 fn dead_letter_id(s: &str) -> Result<DeadLetterId> {
     DeadLetterId::from_str(s).map_err(|_| {
         UsageError(format!(
@@ -719,6 +800,33 @@ fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
+/// The line under a table when tasks were lost: `lost` must stay 0 (docs/operations.md).
+fn lost_warning(queue: &str, lost: u64) -> Option<String> {
+    (lost > 0).then(|| {
+        format!(
+            "warning: queue {queue}: {lost} task(s) lost: in-flight entries were deleted from a stream by \
+             something other than Rivulet (an XTRIM, XDEL or MAXLEN); see docs/operations.md\n"
+        )
+    })
+}
+
+/// A warning line, red on a terminal (`color`), when the dead-letter cap (`--dlq-maxlen`) has
+/// dropped dead letters: "nothing silently lost" holds only while this stays 0.
+fn dlq_trimmed_warning(s: &QueueStats, color: bool) -> Option<String> {
+    let n = s.counters.dlq_trimmed;
+    if n == 0 {
+        return None;
+    }
+    let line = format!(
+        "dlq_trimmed {n}: dead letters dropped by the dead-letter cap (--dlq-maxlen); replay or purge sooner, or raise the cap"
+    );
+    Some(if color {
+        format!("\x1b[31m{line}\x1b[0m\n")
+    } else {
+        format!("{line}\n")
+    })
+}
+
 /// One queue's stats as a table per priority, with totals and the autoscaler's decision.
 fn stats_table(s: &QueueStats, decision: &Value) -> String {
     let mut t = Table::new(&[
@@ -735,6 +843,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         "RETRIED",
         "REPLAYED",
         "REQUEUED",
+        "RECLAIMED",
+        "LOST",
+        "FENCED",
     ]);
     let age = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), fmt_duration);
     for p in &s.priorities {
@@ -753,6 +864,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
             c.retried.to_string(),
             c.replayed.to_string(),
             c.requeued.to_string(),
+            c.reclaimed.to_string(),
+            c.lost.to_string(),
+            c.fenced.to_string(),
         ]);
     }
     let sum = |f: fn(&rivulet::inspector::PriorityStats) -> u64| s.priorities.iter().map(f).sum::<u64>().to_string();
@@ -771,6 +885,9 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         c.retried.to_string(),
         c.replayed.to_string(),
         c.requeued.to_string(),
+        c.reclaimed.to_string(),
+        c.lost.to_string(),
+        c.fenced.to_string(),
     ]);
     let mut out = format!(
         "queue {}{}\n{}",
@@ -781,14 +898,38 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
     if s.priorities.iter().any(|p| p.waiting_estimated) {
         out.push_str("~ estimated: Redis could not report the lag\n");
     }
+    if let Some(w) = lost_warning(s.queue.as_str(), c.lost) {
+        out.push_str(&w);
+    }
     match decision {
         Value::Null => {}
         Value::Object(m) => {
-            let parts: Vec<String> = m
+            // The headline fields in a fixed order; the per-priority numbers and the long
+            // `detail` line are for --json.
+            const SHOWN: [&str; 7] = [
+                "desired",
+                "current",
+                "live",
+                "busy",
+                "reason",
+                "reason_priority",
+                "dry_run",
+            ];
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let mut parts: Vec<String> = SHOWN
                 .iter()
-                .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .filter_map(|k| m.get(*k).filter(|v| !v.is_null()).map(|v| format!("{k}={}", text(v))))
                 .collect();
+            if parts.is_empty() {
+                parts = m
+                    .iter()
+                    .filter(|(_, v)| !v.is_object() && !v.is_array())
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect();
+            }
+            if let Some(at) = m.get("at_ms").and_then(Value::as_u64) {
+                parts.push(format!("({})", fmt_ago(at, rivulet::envelope::now_ms())));
+            }
             out.push_str(&format!("autoscaler: {}\n", parts.join(" ")));
         }
         other => out.push_str(&format!("autoscaler: {}\n", clip(&other.to_string(), 200))),

@@ -56,7 +56,11 @@ pub struct GlobalArgs {
     pub redis_url: String,
     /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=rivulet=debug); the
     /// default is `info` for workers and the supervisor, `warn` for admin commands.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
+    ///
+    /// With `json` every line is one JSON object, an --exec command's output included (a
+    /// `task output` event per line, with its task_id). The format travels to worker processes
+    /// in RIVULET_LOG_FORMAT.
+    #[arg(long, value_enum, env = rivulet_fleet::logging::LOG_FORMAT_ENV, default_value_t = LogFormat::Text, global = true, help_heading = "Global")]
     pub log_format: LogFormat,
 }
 
@@ -66,7 +70,9 @@ pub struct RunArgs {
     // What each worker process serves and how.
     #[command(flatten)]
     pub worker: WorkerArgs,
-    /// Worker processes to run (each runs up to --concurrency tasks at once).
+    /// Worker processes to run. Each runs up to --concurrency tasks at once: 64 by default, but
+    /// with --exec kinds the number of CPUs, so `--workers 4 --exec ...` on 8 CPUs runs at most
+    /// 32 commands at once (say --concurrency 1 for one job per process, RQ- and Celery-style).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Supervisor")]
     pub workers: u32,
     /// Recycle (drain and restart) a worker process whose resident memory exceeds SIZE, e.g.
@@ -99,9 +105,11 @@ pub struct WorkerArgs {
         default_value = "default"
     )]
     pub queues: Vec<String>,
-    /// Tasks each worker process runs at once.
-    #[arg(long, short = 'c', default_value_t = rivulet::worker::DEFAULT_CONCURRENCY, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=100_000).map(|n| n as usize))]
-    pub concurrency: usize,
+    /// Tasks each worker process runs at once. Default: 64, or the number of CPUs when --exec
+    /// kinds are served (each task is a process; 64 of them per worker process is more than
+    /// most machines survive).
+    #[arg(long, short = 'c', allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=100_000).map(|n| n as usize))]
+    pub concurrency: Option<usize>,
     /// Lease of a running task: a worker that stops heartbeating for this long (it died) has
     /// its tasks taken over by another. At least 100ms.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_lease)]
@@ -126,11 +134,21 @@ pub struct WorkerArgs {
     /// Serve KIND by running COMMAND with `sh -c` per task: payload on stdin; env
     /// RIVULET_TASK_ID, RIVULET_KIND, RIVULET_ATTEMPT, RIVULET_QUEUE, RIVULET_PRIORITY. Exit 0 =
     /// done; 75 = retry later (a last stderr line `retry-after=30s` picks the delay; it still
-    /// uses up one of --max-attempts); anything else = failed (retried, then dead-lettered as
-    /// `exhausted`). The stderr tail becomes the task's error; stdout goes to this process's
-    /// stderr. Repeatable.
+    /// uses up one of --max-attempts); 65 = fatal (straight to the dead-letter stream as
+    /// `fatal`, not retried); anything else = failed (retried, then dead-lettered as
+    /// `exhausted`). The stderr tail becomes the task's error; every line of stdout and stderr
+    /// is logged as a `task output` event with the task id. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
+    /// A task of a kind this worker does not serve is retried (every tenth of this or less, 50ms
+    /// to 5s apart, without using up an attempt) until it is this old, so a newer worker can take
+    /// it during a rolling deploy; then it is dead-lettered as `unknown_kind`. 0s = at once.
+    #[arg(long, value_name = "DURATION", default_value = "5m", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub unknown_kind_grace: Duration,
+    /// Cap of each shard's dead-letter stream (approximate, `MAXLEN ~`): past it the oldest
+    /// dead letters are dropped and counted in `stats` as `dlq_trimmed`.
+    #[arg(long, value_name = "N", default_value_t = rivulet::worker::DEFAULT_DLQ_MAXLEN, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as usize))]
+    pub dlq_maxlen: usize,
     /// On shutdown, time running tasks get to finish; unfinished ones are put back to run
     /// again at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_duration)]
@@ -158,6 +176,9 @@ pub enum Command {
     Work(WorkerArgs),
     /// Add tasks to a queue.
     Enqueue(EnqueueArgs),
+    /// Create a queue with its own priorities and shards, or show a queue's layout.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// List queues with their backlog.
     Queues(OutputArgs),
     /// Show a queue's backlog and counters per priority, and the autoscaler's last decision.
@@ -182,13 +203,63 @@ pub enum Command {
     DeleteQueue(DeleteQueueArgs),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
-    /// Enqueues --tasks tasks of the built-in `demo` kind into a throwaway queue
-    /// (demo-<pid>-<random>), runs them with --workers supervised worker processes, shows
-    /// progress on stderr and prints a summary: throughput, and enqueue-to-start latency
-    /// (p50/p90/p99/max). Uses --redis-url (or REDIS_URL); when nothing answers there, it starts
+    /// Two phases on a throwaway queue (demo-<pid>-<random>) of the built-in `demo` kind,
+    /// served by --workers supervised worker processes. The burst enqueues --tasks tasks at
+    /// once and measures throughput; its start latency is mostly waiting behind the rest of
+    /// the burst. The paced phase then enqueues --paced-tasks tasks at --paced-rate per second,
+    /// a steady load the workers keep up with: its enqueue-to-start latency (p50/p90/p99/max) is
+    /// the figure README's Speed section quotes (at 2,000 tasks/s). Uses --redis-url (or REDIS_URL); when nothing answers there, it starts
     /// a private redis-server from PATH and says so. The queue's keys are deleted afterwards
     /// unless --keep.
     Demo(DemoArgs),
+}
+
+/// `queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Record a queue's layout (priorities, shards) before its producers and workers use it.
+    ///
+    /// A queue's layout is fixed once recorded: producers and workers all read it from Redis.
+    /// Creating a queue that exists with the same layout does nothing (exit 0, so scripts can
+    /// run it on every deploy); with another layout it is refused (exit 1, naming both).
+    /// Without this command a queue gets the default layout (high, normal, low; 1 shard) when
+    /// the first task is enqueued or the first worker serves it.
+    #[command(after_help = "Example:\n  worker-cli queue create reports --priorities high,normal,low --shards 4")]
+    Create(QueueCreateArgs),
+    /// Show a queue's layout: priorities (highest first), shards, default priority, paused.
+    Show(QueueShowArgs),
+}
+
+/// `queue create`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueCreateArgs {
+    /// The queue's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Priority names, highest first, comma separated.
+    #[arg(
+        long,
+        value_name = "P1,P2,...",
+        value_delimiter = ',',
+        default_value = "high,normal,low"
+    )]
+    pub priorities: Vec<String>,
+    /// Shards per priority (each a stream of its own: more shards spread a hot queue's work
+    /// over more Redis keys), 1 to 1024.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..=i64::from(u16::MAX)).map(|n| n as u16))]
+    pub shards: u16,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `queue show`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueShowArgs {
+    /// The queue's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `--json`.
@@ -384,6 +455,12 @@ pub struct DemoArgs {
     /// Tasks each worker process runs at once.
     #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     pub concurrency: usize,
+    /// Tasks of the paced phase (0 skips it).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub paced_tasks: u64,
+    /// Tasks per second the paced phase enqueues.
+    #[arg(long, value_name = "N", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub paced_rate: u64,
     /// Time each task spends "working" (0 = none).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub task_time: Duration,

@@ -5,9 +5,12 @@
 //! `RIVULET_TASK_ID`, `RIVULET_KIND`, `RIVULET_ATTEMPT`, `RIVULET_QUEUE`, `RIVULET_PRIORITY`.
 //! Exit 0 = done; exit 75 (`EX_TEMPFAIL`) = retry later, after the delay named by a last stderr
 //! line `retry-after=DURATION` if there is one (this still uses up an attempt, like any
-//! failure); any other exit = failed (retried until attempts run out, then dead-lettered as
-//! `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
-//! the task's error. The command runs in its own process group, killed as a whole when the task
+//! failure); exit 65 (`EX_DATAERR`) = fatal, straight to the dead-letter stream as `fatal` with
+//! no retry (what `HandlerError::fatal` is for Rust handlers); any other exit = failed (retried
+//! until attempts run out, then dead-lettered as `exhausted`). The last [`STDERR_TAIL`] bytes
+//! of stderr become the task's error. Every line the command writes (stdout and stderr) is a log
+//! event (`task output`, with `task_id`, `kind`, `stream` and `line`), so a JSON log stays one
+//! JSON object per line. The command runs in its own process group, killed as a whole when the task
 //! is cancelled (timeout, drain deadline).
 //!
 //! A command dies with its worker, however the worker dies (SIGKILL, the OOM killer): it runs
@@ -19,7 +22,6 @@
 //! task ran twice, concurrently. A process that leaves the group (`setsid`, its own
 //! `setpgid`) escapes the guard, as it escapes the cancel.
 
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -36,6 +38,13 @@ use crate::values::ExecSpec;
 
 /// Exit code meaning "temporary failure, retry later" (`EX_TEMPFAIL` from sysexits.h).
 pub const EXIT_RETRY_LATER: i32 = 75;
+/// Exit code meaning "fatal: do not retry", straight to the dead-letter stream (`EX_DATAERR`
+/// from sysexits.h, "the input data was incorrect"). Why 65: it is the sysexits code for the
+/// commonest reason a retry cannot help (a bad payload); it is not 1 or 2 (what scripts and
+/// shells return for ordinary errors, which should keep their retries), not 126/127 (the shell
+/// could not run the command: a deploy problem a retry may outlive) and not 128+N (killed by a
+/// signal), and it is far from 75, so a typo cannot turn one into the other.
+pub const EXIT_FATAL: i32 = 65;
 /// Bytes of a command's stderr kept as the task's error.
 pub const STDERR_TAIL: usize = 2048;
 /// After the command exits, how long to keep reading stderr that a leftover background
@@ -208,7 +217,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env("RIVULET_QUEUE", ctx.queue.as_str())
         .env("RIVULET_PRIORITY", &*ctx.priority)
         .stdin(Stdio::piped())
-        .stdout(stdout_to_stderr())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -223,6 +232,9 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
+    let mut stdout = child.stdout.take();
+    let mut out_lines = Lines::new(ctx, "stdout");
+    let mut err_lines = Lines::new(ctx, "stderr");
 
     // Feed stdin while reading stderr and waiting, so neither pipe can fill up and stall the
     // command. A command that never reads stdin makes the write fail (EPIPE): that is fine.
@@ -235,43 +247,112 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     let mut write_done = false;
     let mut tail = Tail::default();
     let mut buf = [0u8; 4096];
+    let mut obuf = [0u8; 4096];
     let mut stderr_open = stderr.is_some();
+    let mut stdout_open = stdout.is_some();
     let status = loop {
         tokio::select! {
             () = &mut write, if !write_done => write_done = true,
             n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                Some(n) => tail.push(&buf[..n]),
+                Some(n) => {
+                    tail.push(&buf[..n]);
+                    err_lines.push(&buf[..n]);
+                }
                 None => stderr_open = false,
+            },
+            n = read_some(&mut stdout, &mut obuf), if stdout_open => match n {
+                Some(n) => out_lines.push(&obuf[..n]),
+                None => stdout_open = false,
             },
             status = child.wait() => break status,
         }
     };
     // The command is done: do not kill what it deliberately left running.
     guard.0 = None;
-    if stderr_open {
+    if stderr_open || stdout_open {
         let _ = tokio::time::timeout(STDERR_LINGER, async {
-            while let Some(n) = read_some(&mut stderr, &mut buf).await {
-                tail.push(&buf[..n]);
+            while stderr_open || stdout_open {
+                tokio::select! {
+                    n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
+                        Some(n) => {
+                            tail.push(&buf[..n]);
+                            err_lines.push(&buf[..n]);
+                        }
+                        None => stderr_open = false,
+                    },
+                    n = read_some(&mut stdout, &mut obuf), if stdout_open => match n {
+                        Some(n) => out_lines.push(&obuf[..n]),
+                        None => stdout_open = false,
+                    },
+                }
             }
         })
         .await;
     }
+    out_lines.finish();
+    err_lines.finish();
     let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
     outcome(status, &tail.text())
 }
 
-async fn read_some(stderr: &mut Option<tokio::process::ChildStderr>, buf: &mut [u8]) -> Option<usize> {
-    match stderr.as_mut()?.read(buf).await {
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    match pipe.as_mut()?.read(buf).await {
         Ok(0) | Err(_) => None,
         Ok(n) => Some(n),
     }
 }
 
-/// The command's stdout goes to this process's stderr: stdout carries only a command's data.
-fn stdout_to_stderr() -> Stdio {
-    match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => Stdio::from(fd),
-        Err(_) => Stdio::null(),
+/// Longest line logged as one event; a longer one is logged in pieces of this size.
+const MAX_LINE: usize = 8 * 1024;
+
+/// A command's output cut into lines, each logged as an event carrying the task, so a JSON log
+/// stays one object per line whatever the command prints.
+struct Lines<'a> {
+    ctx: &'a TaskContext,
+    stream: &'static str,
+    partial: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(ctx: &'a TaskContext, stream: &'static str) -> Self {
+        Lines {
+            ctx,
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+
+    /// Logs what is left after the command closed its end (a last line without a newline).
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        let line = text.trim_end_matches('\r');
+        tracing::info!(
+            task_id = %self.ctx.id,
+            kind = %self.ctx.kind,
+            stream = self.stream,
+            line,
+            "task output"
+        );
+        self.partial.clear();
     }
 }
 
@@ -295,6 +376,7 @@ pub fn outcome(status: ExitStatus, stderr_tail: &str) -> Result<(), HandlerError
                 "exit {EXIT_RETRY_LATER} (retry later)"
             )))),
         },
+        Some(EXIT_FATAL) => Err(HandlerError::fatal(detail(format!("exit {EXIT_FATAL} (not retried)")))),
         Some(code) => Err(HandlerError::retry(detail(format!("exit {code}")))),
         None => {
             let signal = status.signal().map_or_else(|| "?".to_owned(), |s| s.to_string());
@@ -365,6 +447,10 @@ mod tests {
         }
         match outcome(exit(1), "") {
             Err(HandlerError::Retry(m)) => assert_eq!(m, "exit 1"),
+            other => panic!("{other:?}"),
+        }
+        match outcome(exit(65), "bad payload") {
+            Err(HandlerError::Fatal(m)) => assert_eq!(m, "exit 65 (not retried): bad payload"),
             other => panic!("{other:?}"),
         }
         match outcome(ExitStatus::from_raw(9), "") {

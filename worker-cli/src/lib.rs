@@ -107,6 +107,7 @@ where
         }
         Err(e) => return usage_error(&e.render().to_string(), &args),
     };
+    let log_format = cli.global.log_format;
     // The one place a result becomes an exit code.
     match run(cli, router) {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,7 +123,13 @@ where
                 ExitCode::from(rivulet_fleet::contract::EXIT_OUTAGE as u8)
             }
             None => {
-                note!("error: {e:#}");
+                let message = logging::describe_error(e.as_ref());
+                // A JSON log stays JSON to its last line.
+                if log_format == logging::LogFormat::Json && logging::installed_format().is_some() {
+                    tracing::error!(error = %message, "failed");
+                } else {
+                    note!("error: {message}");
+                }
                 ExitCode::FAILURE
             }
         },
@@ -207,13 +214,18 @@ fn run(cli: Cli, router: Router) -> Result<()> {
         None => {
             logging::init(global.log_format, "info");
             // Validate what the children will run with before starting any.
-            WorkerSettings::resolve(&global, &run.worker)?;
+            let worker = WorkerSettings::resolve(&global, &run.worker)?;
             let settings = SupervisorSettings::resolve(&global, &run)?;
             // One thread: children must be spawned from a thread that lives as long as the
             // process (see `rivulet_fleet::supervisor`).
             current_thread()?.block_on(async {
-                // Fail here, naming the URL, rather than in N crash-looping children.
-                store::connect_checked(&global.redis_url).await?;
+                // Fail here, naming the URL, rather than in N crash-looping children; and
+                // check the weights against the queues' layouts for the same reason.
+                let (client, _) = store::connect_checked(&global.redis_url).await?;
+                let inspector = rivulet::Inspector::new(&client)
+                    .await
+                    .map_err(|e| store::engine_error(&global.redis_url, e))?;
+                work::resolve_queues(&inspector, &worker).await?;
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use rivulet::{QueueName, RetryPolicy, WorkerConfig};
+use rivulet::{PriorityMode, Queue, QueueName, RetryPolicy, WorkerConfig};
 use rivulet_fleet::{FleetConfig, LogFormat};
 
 use crate::cli::{GlobalArgs, RunArgs, WorkerArgs};
@@ -65,11 +65,24 @@ impl WorkerSettings {
     }
 }
 
+/// The concurrency of a worker without `--concurrency`: the engine's default for in-process
+/// handlers, the CPU count when `--exec` kinds are served (each of their tasks is a process, and
+/// 64 processes per worker times `--workers` is a fork bomb on a small box).
+pub fn default_concurrency(serves_exec: bool) -> usize {
+    if serves_exec {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    } else {
+        rivulet::worker::DEFAULT_CONCURRENCY
+    }
+}
+
 /// The engine configuration a worker's flags describe.
 pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     let default_retry = RetryPolicy::default();
     WorkerConfig {
-        concurrency: args.concurrency,
+        concurrency: args
+            .concurrency
+            .unwrap_or_else(|| default_concurrency(!args.exec.is_empty())),
         lease: args.lease,
         priority: args.priority_mode.clone(),
         retry: RetryPolicy {
@@ -82,8 +95,38 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         timeout: args.timeout,
         drain_timeout: args.drain_timeout,
         max_tasks: args.max_tasks,
+        unknown_kind_grace: args.unknown_kind_grace,
+        dlq_maxlen: args.dlq_maxlen,
         ..WorkerConfig::default()
     }
+}
+
+/// Checks `--priority-mode weighted:...` against a queue's priorities: one weight per
+/// priority, highest first. More weights than priorities would fail every worker at start;
+/// fewer would be padded (a missing weight counts 1, so `normal` could outweigh `high`).
+pub fn check_weights(mode: &PriorityMode, queue: &Queue) -> Result<(), UsageError> {
+    let PriorityMode::Weighted(weights) = mode else {
+        return Ok(());
+    };
+    let priorities = &queue.layout().priorities;
+    if weights.len() == priorities.len() {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "--priority-mode {}: {} weight(s) for queue {:?}, which has {} priorities ({}); give one weight \
+         per priority, highest first, e.g. weighted:{}",
+        format_priority_mode(mode),
+        weights.len(),
+        queue.name().as_str(),
+        priorities.len(),
+        priorities.join(", "),
+        example_weights(priorities.len()),
+    )))
+}
+
+/// `3,2,1` for three priorities: falling weights, the lowest 1.
+fn example_weights(n: usize) -> String {
+    (1..=n).rev().map(|w| w.to_string()).collect::<Vec<_>>().join(",")
 }
 
 impl WorkerArgs {
@@ -94,7 +137,10 @@ impl WorkerArgs {
         for q in &self.queues {
             a.extend(["--queue".to_owned(), q.clone()]);
         }
-        a.extend(["--concurrency".to_owned(), self.concurrency.to_string()]);
+        // Absent stays absent: the child resolves the same default from the same flags.
+        if let Some(c) = self.concurrency {
+            a.extend(["--concurrency".to_owned(), c.to_string()]);
+        }
         a.extend(["--lease".to_owned(), fmt(self.lease)]);
         a.extend(["--max-attempts".to_owned(), self.max_attempts.to_string()]);
         a.extend(["--retry-base".to_owned(), fmt(self.retry_base)]);
@@ -107,6 +153,8 @@ impl WorkerArgs {
             a.push(format!("--exec={e}"));
         }
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
+        a.extend(["--unknown-kind-grace".to_owned(), fmt(self.unknown_kind_grace)]);
+        a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
         }
@@ -222,6 +270,10 @@ mod tests {
             "5s",
             "--max-tasks",
             "100",
+            "--unknown-kind-grace",
+            "90s",
+            "--dlq-maxlen",
+            "500",
         ]);
         let mut argv = vec!["work".to_owned()];
         argv.extend(args.to_args());
@@ -243,6 +295,32 @@ mod tests {
         assert_eq!(s.queues, [QueueName::new("default").unwrap()]);
         assert_eq!(s.config, WorkerConfig::default());
         assert!(s.exec.is_empty() && !s.demo_samples);
+    }
+
+    #[test]
+    fn weights_must_match_the_queue_priorities() {
+        let q = Queue::new("q").unwrap();
+        assert!(check_weights(&PriorityMode::Strict, &q).is_ok());
+        assert!(check_weights(&PriorityMode::Weighted(vec![6, 3, 1]), &q).is_ok());
+        for w in [vec![6, 3], vec![4, 3, 2, 1]] {
+            let e = check_weights(&PriorityMode::Weighted(w.clone()), &q).unwrap_err();
+            assert!(
+                e.0.contains("high, normal, low") && e.0.contains("weighted:3,2,1"),
+                "{w:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn exec_kinds_default_to_one_task_per_cpu() {
+        let (g, a) = work_args(&["work", "--exec", "k=true"]);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, cpus);
+        let (g, a) = work_args(&["work", "--exec", "k=true", "-c", "3"]);
+        assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, 3);
+        let (g, a) = work_args(&["work"]);
+        let c = WorkerSettings::resolve(&g, &a).unwrap().config.concurrency;
+        assert_eq!(c, rivulet::worker::DEFAULT_CONCURRENCY);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Unreachable {
     NoAnswer(String),
     /// Something answered, but refused us (authentication, protocol).
     Refused(String),
+    /// Something answered, but not in Redis's protocol (an HTTP server, say).
+    NotRedis(String),
 }
 
 impl Unreachable {
@@ -36,7 +38,9 @@ impl Unreachable {
 impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unreachable::BadUrl(m) | Unreachable::NoAnswer(m) | Unreachable::Refused(m) => f.write_str(m),
+            Unreachable::BadUrl(m) | Unreachable::NoAnswer(m) | Unreachable::Refused(m) | Unreachable::NotRedis(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -73,6 +77,22 @@ pub async fn connect_checked(url: &str) -> Result<(redis::Client, MultiplexedCon
             ) =>
         {
             Err(no_answer(&shown, &e.to_string()))
+        }
+        // A reply that does not parse as RESP (or a PING answered with something else than
+        // PONG): a server of another protocol listens there, and user names and ACLs are not
+        // the problem.
+        // (The parser's own message, byte offsets over several lines, tells a person nothing.)
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+            ) =>
+        {
+            Err(Unreachable::NotRedis(format!(
+                "something answers at {shown}, but it is not Redis: its reply to PING is not in Redis's \
+                 protocol\nhint: check the host and port in --redis-url (or REDIS_URL); an HTTP server or \
+                 another service listens there"
+            )))
         }
         Ok(Err(e)) => Err(Unreachable::Refused(format!(
             "Redis at {shown} refused the connection: {e}\nhint: check the user name and password in \

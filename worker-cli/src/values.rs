@@ -28,9 +28,7 @@ pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     let Some((kind, command)) = s.split_once('=') else {
         return Err("expected KIND=COMMAND, e.g. resize=./resize.sh".into());
     };
-    if kind.is_empty() || kind.contains(char::is_whitespace) {
-        return Err(format!("kind {kind:?} must be non-empty and without spaces"));
-    }
+    check_kind(kind)?;
     if command.trim().is_empty() {
         return Err(format!("the command for kind {kind:?} is empty"));
     }
@@ -40,12 +38,25 @@ pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     })
 }
 
-/// Parses a task kind given to `enqueue`: anything but empty or only whitespace (a task of
-/// kind "" could never be served; the worker would dead-letter it as malformed).
-pub fn parse_kind(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
+/// The one rule for a task kind on the command line, for the producer's side (`enqueue
+/// --kind`) and the worker's (`--exec KIND=...`) alike, so nothing can be enqueued that no
+/// `--exec` could serve: not empty, no whitespace, no control characters.
+pub fn check_kind(kind: &str) -> Result<(), String> {
+    if kind.is_empty() {
         return Err("the task kind must not be empty (it names the handler that runs the task, e.g. resize)".into());
     }
+    if kind.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "task kind {kind:?} must not contain spaces or control characters (it names a handler, e.g. \
+             resize or images.resize)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a task kind given to `enqueue` (see [`check_kind`]).
+pub fn parse_kind(s: &str) -> Result<String, String> {
+    check_kind(s)?;
     Ok(s.to_owned())
 }
 
@@ -257,10 +268,15 @@ mod tests {
     }
 
     #[test]
-    fn kinds_must_not_be_empty() {
+    fn kinds_follow_one_rule_for_enqueue_and_exec() {
         assert_eq!(parse_kind("resize").unwrap(), "resize");
-        for bad in ["", " ", "\t\n"] {
-            assert!(parse_kind(bad).unwrap_err().contains("must not be empty"), "{bad:?}");
+        assert_eq!(parse_kind("images/resize.v2").unwrap(), "images/resize.v2");
+        assert!(parse_kind("").unwrap_err().contains("must not be empty"));
+        for bad in [" ", "\t\n", "weird kind/with spaces", "a\u{7}b"] {
+            let enqueue = parse_kind(bad).unwrap_err();
+            let exec = parse_exec(&format!("{bad}=true")).unwrap_err();
+            assert_eq!(enqueue, exec, "{bad:?}");
+            assert!(enqueue.contains("spaces or control characters"), "{bad:?}: {enqueue}");
         }
     }
 

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::settings::WorkerSettings;
+use crate::settings::{WorkerSettings, check_weights};
 use crate::{handlers, store};
 
 /// Runs one worker process until it is told to stop. `beside` starts the companion that runs
@@ -103,7 +103,7 @@ enum SetupError {
 }
 
 /// Connects and resolves the queues: the part of a worker's start that needs Redis.
-async fn set_up(url: &str, names: &[QueueName]) -> Result<(redis::Client, Vec<Queue>), SetupError> {
+async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, Vec<Queue>), SetupError> {
     let engine = |e: rivulet::Error| {
         if e.is_transient() {
             SetupError::Transient(store::engine_error(url, e))
@@ -120,8 +120,10 @@ async fn set_up(url: &str, names: &[QueueName]) -> Result<(redis::Client, Vec<Qu
     })?;
     let inspector = Inspector::new(&client).await.map_err(engine)?;
     let mut queues = Vec::new();
-    for name in names {
-        queues.push(resolve_queue(&inspector, name).await.map_err(engine)?);
+    for name in &settings.queues {
+        let queue = resolve_queue(&inspector, name).await.map_err(engine)?;
+        check_weights(&settings.config.priority, &queue).map_err(SetupError::Fatal)?;
+        queues.push(queue);
     }
     Ok((client, queues))
 }
@@ -130,13 +132,13 @@ async fn set_up(url: &str, names: &[QueueName]) -> Result<(redis::Client, Vec<Qu
 /// or `stop` drains; `None` when told to stop first.
 async fn set_up_waiting(
     url: &str,
-    names: &[QueueName],
+    settings: &WorkerSettings,
     wait: bool,
     stop: &Stop,
 ) -> Result<Option<(redis::Client, Vec<Queue>)>> {
     let mut failures = 0u32;
     loop {
-        match set_up(url, names).await {
+        match set_up(url, settings).await {
             Ok(ready) => {
                 if failures > 0 {
                     tracing::info!(failures, "Redis answers again; starting the worker");
@@ -170,7 +172,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let url = settings.redis_url.clone();
-    let Some((client, queues)) = set_up_waiting(&url, &settings.queues, wait_for_redis, stop).await? else {
+    let Some((client, queues)) = set_up_waiting(&url, &settings, wait_for_redis, stop).await? else {
         tracing::info!("told to stop while waiting for Redis; exiting");
         return Ok(());
     };
@@ -208,13 +210,7 @@ where
     if report.reached_max_tasks {
         tracing::info!(max_tasks, "reached --max-tasks: took that many tasks, drained; exiting");
     }
-    tracing::info!(
-        started = report.started,
-        succeeded = report.succeeded,
-        failed = report.failed,
-        requeued = report.requeued,
-        "worker process done"
-    );
+    // The engine logged the report's numbers ("worker stopped").
     if handle.is_terminated() {
         bail!(
             "stopped at once by a second signal ({} unfinished task(s) requeued to run again at once)",
@@ -222,6 +218,20 @@ where
         );
     }
     Ok(())
+}
+
+/// The queues `settings` names, with their layouts, checked against the priority weights (a
+/// mismatch is a usage error: exit 2, which a supervisor and systemd do not restart).
+pub async fn resolve_queues(inspector: &Inspector, settings: &WorkerSettings) -> Result<Vec<Queue>> {
+    let mut queues = Vec::new();
+    for name in &settings.queues {
+        let queue = resolve_queue(inspector, name)
+            .await
+            .map_err(|e| store::engine_error(&settings.redis_url, e))?;
+        check_weights(&settings.config.priority, &queue)?;
+        queues.push(queue);
+    }
+    Ok(queues)
 }
 
 /// A queue with the layout Redis has recorded, or the default layout for a new one.

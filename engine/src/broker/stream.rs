@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
+static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
 /// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
 /// transaction (`MULTI`/`EXEC`): a connection cut in the middle leaves either the whole batch
@@ -118,6 +119,17 @@ pub enum RangeStart {
     After(StreamId),
 }
 
+impl RangeStart {
+    /// As XRANGE takes it.
+    fn arg(self) -> String {
+        match self {
+            RangeStart::First => "-".to_owned(),
+            RangeStart::At(id) => id.to_string(),
+            RangeStart::After(id) => format!("({id}"),
+        }
+    }
+}
+
 /// Entries of a stream from `start` to the newest, at most `count`.
 pub async fn range(
     conn: &mut ConnectionManager,
@@ -125,11 +137,7 @@ pub async fn range(
     start: RangeStart,
     count: usize,
 ) -> Result<Vec<StreamEntry>> {
-    let start = match start {
-        RangeStart::First => "-".to_owned(),
-        RangeStart::At(id) => id.to_string(),
-        RangeStart::After(id) => format!("({id}"),
-    };
+    let start = start.arg();
     let reply: Value = redis::cmd("XRANGE")
         .arg(stream)
         .arg(start)
@@ -139,6 +147,28 @@ pub async fn range(
         .query_async(conn)
         .await?;
     entries(reply)
+}
+
+/// The entries with these ids, in one pipelined round trip (`XRANGE id id` each), in the order
+/// asked; `None` for an id whose entry is gone.
+pub async fn entries_by_id(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    ids: &[StreamId],
+) -> Result<Vec<Option<StreamEntry>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        let id = id.to_string();
+        pipe.cmd("XRANGE").arg(stream).arg(&id).arg(&id);
+    }
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    replies
+        .into_iter()
+        .map(|r| Ok(entries(r)?.into_iter().next()))
+        .collect()
 }
 
 /// Deletes entries of a stream. Returns how many existed.
@@ -207,4 +237,36 @@ pub async fn owned_ids(
         .query_async(conn)
         .await?;
     stream_ids(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Like [`range`], with each entry's `payload` field cut to its first `keep` bytes
+/// (`heads.lua`): each entry comes with its whole payload's size in bytes (`None` when it has
+/// no payload field). The payloads stay in Redis.
+pub async fn range_heads(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    start: RangeStart,
+    count: usize,
+    keep: usize,
+) -> Result<Vec<(StreamEntry, Option<u64>)>> {
+    let (found, sizes): (Value, Vec<i64>) = HEADS
+        .key(stream)
+        .arg(start.arg())
+        .arg(count)
+        .arg(keep)
+        .invoke_async(conn)
+        .await?;
+    let found = entries(found)?;
+    if found.len() != sizes.len() {
+        return Err(Error::protocol(format!(
+            "heads.lua returned {} entries and {} sizes",
+            found.len(),
+            sizes.len()
+        )));
+    }
+    Ok(found
+        .into_iter()
+        .zip(sizes)
+        .map(|(e, size)| (e, u64::try_from(size).ok()))
+        .collect())
 }

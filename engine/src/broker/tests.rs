@@ -87,6 +87,14 @@ async fn stale_worker_ack_after_reclaim_is_rejected() {
     );
     let dlq: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(&mut conn).await.unwrap();
     assert_eq!(dlq, 0);
+    // Each dropped outcome is counted in the shard's stats, where operators see it.
+    let fenced: u64 = redis::cmd("HGET")
+        .arg(&keys.stats)
+        .arg("fenced")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fenced, 3);
     // The owner's ack goes through and removes it.
     let ctx = SettleCtx {
         consumer: "fresh",

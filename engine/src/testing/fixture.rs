@@ -273,11 +273,15 @@ pub async fn queue_names(inspector: &Inspector) -> Vec<String> {
     queues.iter().map(|q| q.name().to_string()).collect()
 }
 
-/// A worker config with short timers for tests: 100 ms blocking reads, promotion every 50 ms.
+/// A worker config with short timers for tests: 100 ms blocking reads, promotion every 50 ms,
+/// unknown kinds buried at once (no grace).
 pub fn fast_config() -> WorkerConfig {
     WorkerConfig {
         block: Duration::from_millis(100),
         promote_interval: Duration::from_millis(50),
+        // Tests that feed a kind nobody serves expect its dead letter now, not in 5 minutes;
+        // the grace has tests of its own.
+        unknown_kind_grace: Duration::ZERO,
         ..WorkerConfig::default()
     }
 }

@@ -79,7 +79,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
                     shared.release(group[0].lane, group.iter().map(|o| o.entry_id));
                     if !stale.is_empty() {
                         WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
-                        tracing::warn!(entries = ?stale, "outcomes dropped: these tasks are no longer this worker's (reclaimed by another, or settled by an earlier try of this batch)");
+                        tracing::warn!(entries = %stale.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "outcomes dropped: these tasks are no longer this worker's (reclaimed by another, or settled by an earlier try of this batch)");
                     }
                 }
                 Err(e) => failed = Some(e),
@@ -103,7 +103,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>, stop: &CancellationTok
             }
         }
         let delay = outage.next_delay();
-        tracing::warn!(error = %e, outcomes = batch.len(), retry_in = ?delay, "settling failed; retrying");
+        tracing::warn!(error = %e, outcomes = batch.len(), retry_in_ms = delay.as_millis() as u64, "settling failed; retrying");
         tokio::time::sleep(delay).await;
     }
 }

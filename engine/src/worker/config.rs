@@ -22,6 +22,9 @@ pub const DEFAULT_PROMOTE_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 /// Default approximate cap of each dead-letter stream.
 pub const DEFAULT_DLQ_MAXLEN: usize = 100_000;
+/// How long a task of a kind no handler serves is retried before it is dead-lettered
+/// (asynq's habit): long enough for a rolling deploy to bring up the workers that serve it.
+pub const DEFAULT_UNKNOWN_KIND_GRACE: Duration = Duration::from_secs(5 * 60);
 /// Default fetch loops per worker. Two let one read travel to Redis and back while the other
 /// decodes and dispatches its batch; with small handlers that is worth about a quarter more
 /// throughput (docs/benchmarks.md). Never more than `concurrency`.
@@ -71,8 +74,16 @@ pub struct WorkerConfig {
     pub timeout: Option<Duration>,
     /// Deliveries after which a task is poison ([`DEFAULT_MAX_DELIVERIES`]).
     pub max_deliveries: u32,
-    /// Approximate cap of each dead-letter stream ([`DEFAULT_DLQ_MAXLEN`]).
+    /// Approximate cap of each dead-letter stream ([`DEFAULT_DLQ_MAXLEN`]), `MAXLEN ~`:
+    /// past it the oldest dead letters are dropped, and counted in the shard's
+    /// `dlq_trimmed` counter (`Counters::dlq_trimmed`).
     pub dlq_maxlen: usize,
+    /// A task whose kind this worker does not serve is retried with a short delay (without
+    /// using up an attempt) while it is younger than this, counted from its enqueue, so a
+    /// newer worker can take it during a rolling deploy; after that it goes to the
+    /// dead-letter stream as `unknown_kind` ([`DEFAULT_UNKNOWN_KIND_GRACE`]; zero buries at
+    /// once).
+    pub unknown_kind_grace: Duration,
     /// Time in-flight tasks get on shutdown ([`DEFAULT_DRAIN_TIMEOUT`]).
     pub drain_timeout: Duration,
     /// Longest wait between promotion passes ([`DEFAULT_PROMOTE_INTERVAL`]).
@@ -101,6 +112,7 @@ impl Default for WorkerConfig {
             timeout: None,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             dlq_maxlen: DEFAULT_DLQ_MAXLEN,
+            unknown_kind_grace: DEFAULT_UNKNOWN_KIND_GRACE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             promote_interval: DEFAULT_PROMOTE_INTERVAL,
             worker_id: None,

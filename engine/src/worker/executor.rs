@@ -1,7 +1,10 @@
 //! The executor: turns one entry into a running handler and its result into an outcome.
 //!
-//! Entries that cannot run (malformed fields, a payload that does not decode, a kind nothing
-//! serves) are buried at once with the reason; nothing is left in the PEL. A handler's panic
+//! Entries that cannot run (malformed fields, a payload that does not decode) are buried at
+//! once with the reason; nothing is left in the PEL. A kind this worker does not serve is
+//! retried with a delay, without using up an attempt, while the task is younger than
+//! `WorkerConfig::unknown_kind_grace` (a newer worker may serve it during a rolling deploy),
+//! and buried as `unknown_kind` after that. A handler's panic
 //! or timeout is a failure like an error, and the worker carries on.
 
 use std::any::Any;
@@ -30,10 +33,11 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     let StreamEntry { id: entry_id, fields } = entry;
     let run = match prepare(shared, lane_idx, entry_id, fields) {
         Ok(run) => run,
-        Err((reason, error)) => {
-            WorkerCounters::add(&shared.counters.buried, 1);
-            let attempt = None; // it never ran
-            shared.settle(lane_idx, entry_id, Settle::Bury { reason, error, attempt });
+        Err(settle) => {
+            if matches!(settle, Settle::Bury { .. }) {
+                WorkerCounters::add(&shared.counters.buried, 1);
+            }
+            shared.settle(lane_idx, entry_id, settle);
             return;
         }
     };
@@ -64,7 +68,15 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             Err(failure) => {
                 WorkerCounters::add(&shared2.counters.failed, 1);
                 let settle = failure_outcome(&failure, attempt, &policy, shared2.clock.now_ms(), fastrand::f64());
-                tracing::warn!(task_id = %task_id, attempt, failure = %describe(&failure), next = ?settle_name(&settle), "task failed");
+                // `attempt` counts earlier failures; the log names the run that failed, counted
+                // from 1 as handlers and messages count it ("attempt 1" is the first run).
+                tracing::warn!(
+                    task_id = %task_id,
+                    attempt = attempt + 1,
+                    failure = %describe(&failure),
+                    next = settle_name(&settle),
+                    "task failed"
+                );
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
                 }
@@ -84,29 +96,51 @@ struct Run {
     attempt: u32,
 }
 
-/// Decodes an entry and starts its handler's future, or says why it cannot run: the dead
-/// letter's reason (malformed, unknown kind) and error.
+/// Decodes an entry and starts its handler's future, or says what to do with an entry that
+/// cannot run here: bury it with the reason (malformed, unknown kind past the grace) or retry
+/// it later (unknown kind within the grace).
 fn prepare(
     shared: &Shared,
     lane_idx: usize,
     entry_id: StreamId,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Run, (DeadReason, String)> {
+) -> Result<Run, Settle> {
+    // It never ran, so a dead letter keeps the entry's attempt.
+    let bury = |reason: DeadReason, error: String| Settle::Bury {
+        reason,
+        error,
+        attempt: None,
+    };
     let lane = &shared.lanes[lane_idx];
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
-        (DeadReason::Malformed, m.0)
+        bury(DeadReason::Malformed, m.0)
     })?;
     let Some(route) = shared.router.get(&env.kind) else {
         let mut kinds: Vec<&str> = shared.router.kinds().collect();
         kinds.sort_unstable();
-        tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind; burying");
         let error = format!(
             "no handler for kind {:?} (this worker serves: {})",
             env.kind,
             kinds.join(", ")
         );
-        return Err((DeadReason::UnknownKind, error));
+        let now = shared.clock.now_ms();
+        return Err(
+            match unknown_kind_delay(env.enqueued_at, now, shared.config.unknown_kind_grace, fastrand::f64()) {
+                Some(delay) => {
+                    tracing::info!(task_id = %env.id, kind = %env.kind, retry_in_ms = delay.as_millis() as u64, "unknown kind; retrying within the grace period, in case a newer worker serves it");
+                    Settle::Retry {
+                        due_ms: now + delay.as_millis() as u64,
+                        attempt: env.attempt,
+                        error,
+                    }
+                }
+                None => {
+                    tracing::warn!(task_id = %env.id, kind = %env.kind, "unknown kind past the grace period; burying");
+                    bury(DeadReason::UnknownKind, error)
+                }
+            },
+        );
     };
     let policy = route
         .options
@@ -115,7 +149,7 @@ fn prepare(
         .unwrap_or(shared.config.retry);
     let policy = env.retry_policy(policy).map_err(|m| {
         tracing::warn!(task_id = %env.id, reason = %m, "task carries bad retry settings; burying");
-        (DeadReason::Malformed, m.0)
+        bury(DeadReason::Malformed, m.0)
     })?;
     let timeout = env
         .timeout_ms
@@ -136,7 +170,7 @@ fn prepare(
     let (task_id, attempt) = (ctx.id.clone(), ctx.attempt);
     let fut = route.start(ctx, env.payload).map_err(|m| {
         tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-        (DeadReason::Malformed, m.0)
+        bury(DeadReason::Malformed, m.0)
     })?;
     Ok(Run {
         fut,
@@ -145,6 +179,23 @@ fn prepare(
         task_id,
         attempt,
     })
+}
+
+/// Shortest and longest wait before a task of an unknown kind is offered again.
+const UNKNOWN_KIND_DELAY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// When to offer a task of a kind this worker does not serve again (pure): `None` once the
+/// task is older than `grace` (bury it), else a tenth of the grace within
+/// [`UNKNOWN_KIND_DELAY`], jittered down to half by `unit` (a draw in `[0, 1)`), never past
+/// the end of the grace. Age counts from the enqueue, so a task keeps one grace however many
+/// workers pass it on. The jitter keeps the retries from locking in phase with the workers'
+/// blocking reads, which would hand the task to the same (old) worker every time.
+pub(crate) fn unknown_kind_delay(enqueued_at_ms: u64, now_ms: u64, grace: Duration, unit: f64) -> Option<Duration> {
+    let age = Duration::from_millis(now_ms.saturating_sub(enqueued_at_ms));
+    let left = grace.checked_sub(age).filter(|d| !d.is_zero())?;
+    let (lo, hi) = UNKNOWN_KIND_DELAY;
+    let delay = (grace / 10).clamp(lo, hi).mul_f64(1.0 - unit.clamp(0.0, 1.0) / 2.0);
+    Some(delay.min(left))
 }
 
 async fn guarded(fut: HandlerFuture, timeout: Option<Duration>) -> Result<(), Failure> {
@@ -229,6 +280,32 @@ mod tests {
             jitter: false,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn unknown_kinds_wait_out_the_grace_then_go_to_the_dlq() {
+        let min = Duration::from_secs(60);
+        let d = |enqueued, now, grace| unknown_kind_delay(enqueued, now, grace, 0.0);
+        // A tenth of the grace, within 100 ms..=5 s.
+        assert_eq!(d(0, 0, 5 * min), Some(Duration::from_secs(5)));
+        assert_eq!(d(0, 0, Duration::from_secs(10)), Some(Duration::from_secs(1)));
+        assert_eq!(d(0, 0, Duration::from_millis(200)), Some(Duration::from_millis(100)));
+        // Jittered down to half at most.
+        assert_eq!(
+            unknown_kind_delay(0, 0, 5 * min, 0.5),
+            Some(Duration::from_millis(3750))
+        );
+        assert_eq!(
+            unknown_kind_delay(0, 0, 5 * min, 1.0),
+            Some(Duration::from_millis(2500))
+        );
+        // Never past the end of the grace, which counts from the enqueue.
+        assert_eq!(d(1_000, 300_500, 5 * min), Some(Duration::from_millis(500)));
+        assert_eq!(d(1_000, 301_000, 5 * min), None);
+        assert_eq!(d(1_000, 999_000, 5 * min), None);
+        // No grace: straight to the dlq; a clock behind the producer's counts as age 0.
+        assert_eq!(d(0, 0, Duration::ZERO), None);
+        assert_eq!(d(5_000, 0, min), Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
                     continue;
                 }
                 let delay = outage.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "fetch failed; retrying");
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "fetch failed; retrying");
                 tokio::select! {
                     () = quiet.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}

@@ -41,7 +41,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, MAX_TASKS_LIMIT, PriorityMode,
+    QueueOptions, WorkerConfig,
 };
 
 use self::budget::{Budget, Units};
@@ -401,9 +402,10 @@ impl Worker {
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
         heartbeat::beat(&shared).await;
         tracing::info!(
-            queues = ?queues.iter().map(|(q, _)| q.name().to_string()).collect::<Vec<_>>(),
+            // Lists as comma-separated text: a log field is a plain value, never Rust's debug form.
+            queues = %queues.iter().map(|(q, _)| q.name().as_str()).collect::<Vec<_>>().join(","),
             concurrency = shared.config.concurrency,
-            kinds = ?shared.router.kinds().collect::<Vec<_>>(),
+            kinds = %shared.router.kinds().collect::<Vec<_>>().join(","),
             "worker started"
         );
 
@@ -431,7 +433,11 @@ impl Worker {
             () = handle.quiet.cancelled() => {}
             () = exhausted.cancelled() => {}
             Some(res) = intake.join_next() => {
-                tracing::error!(?res, "an intake loop ended on its own; shutting down");
+                let how = match &res {
+                    Ok(()) => "returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(how = %how, "an intake loop ended on its own; shutting down");
             }
         }
 
@@ -439,7 +445,9 @@ impl Worker {
         // are in, so no entry arrives after this); 2. drain handlers up to the deadline, then
         // abort the rest; 3. stop the acker once it has settled everything; 4. requeue what
         // this worker still holds; 5. stop promoter and heartbeat; 6. deregister.
-        tracing::info!(in_flight = in_flight(&shared), "draining");
+        // Debug: the signal handler (or the caller) already said the process drains; one
+        // "draining" line per signal, not one more per worker.
+        tracing::debug!(in_flight = in_flight(&shared), "quiet: finishing in-flight tasks");
         quiet.cancel();
         while intake.join_next().await.is_some() {}
         shared.tracker.close();
@@ -457,7 +465,7 @@ impl Worker {
             } else {
                 tracing::warn!(
                     in_flight = in_flight(&shared),
-                    drain_timeout = ?shared.config.drain_timeout,
+                    drain_timeout_ms = shared.config.drain_timeout.as_millis() as u64,
                     "drain deadline passed; requeueing unfinished tasks"
                 );
             }
@@ -478,7 +486,14 @@ impl Worker {
             requeued,
             reached_max_tasks: exhausted.is_cancelled(),
         };
-        tracing::info!(?report, "worker stopped");
+        tracing::info!(
+            started = report.started,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            requeued = report.requeued,
+            reached_max_tasks = report.reached_max_tasks,
+            "worker stopped"
+        );
         Ok(report)
     }
 }

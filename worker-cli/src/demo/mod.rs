@@ -1,8 +1,12 @@
 //! `worker-cli demo`: enqueues `--tasks` tasks of kind `demo` into a throwaway queue
-//! (`demo-<pid>-<random>`), runs them with `--workers` worker processes under the fleet
-//! supervisor, and prints throughput and enqueue-to-start latency (`samples`: the kind and its
-//! latency samples, served only by the demo's own workers). Afterwards every key of the demo
-//! queue is deleted (unless `--keep`).
+//! (`demo-<pid>-<random>`) at once, runs them with `--workers` worker processes under the fleet
+//! supervisor, then enqueues `--paced-tasks` more at `--paced-rate` per second, and prints
+//! throughput (of the burst) and enqueue-to-start latency of each phase (`samples`: the kind
+//! and its latency samples, served only by the demo's own workers). The two latencies answer
+//! different questions: the burst's is queueing behind the burst itself (20,000 tasks enqueued
+//! in one go wait their turn), the paced phase's is what a task waits under a load the workers
+//! keep up with, the figure README quotes. Afterwards every key of the demo queue is deleted
+//! (unless `--keep`).
 //!
 //! When nothing answers at the Redis URL it starts a private `redis-server` from PATH
 //! (`local_redis`) and says so.
@@ -19,7 +23,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::samples::{DemoPayload, KIND, decode_into, new_histogram, now_us};
+use self::samples::{DemoPayload, KIND, Phases, decode_into, now_us};
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::local_redis::LocalRedis;
 use crate::output::{self, fmt_micros};
@@ -48,6 +52,17 @@ struct Summary {
     enqueue_per_s: f64,
     elapsed_ms: f64,
     throughput_per_s: f64,
+    /// Start latency of the burst: mostly time spent queueing behind the burst's other tasks.
+    start_latency_us: Latency,
+    /// The paced phase, when it ran.
+    paced: Option<Paced>,
+}
+
+/// The paced phase: a steady rate the workers keep up with.
+#[derive(Debug, Serialize)]
+struct Paced {
+    tasks: u64,
+    rate_per_s: u64,
     start_latency_us: Latency,
 }
 
@@ -148,7 +163,11 @@ async fn drive(
     supervisor.spawn(fleet.run(stop.clone()));
 
     let outcome = tokio::select! {
-        r = run_tasks(args, queue, producer, inspector) => r,
+        r = async {
+            let burst = run_tasks(args, queue, producer, inspector).await?;
+            run_paced(args, queue, producer, inspector, burst.2 + burst.3).await?;
+            Ok(burst)
+        } => r,
         () = signals.drain.cancelled() => Err(anyhow!("interrupted")),
         Some(r) = supervisor.join_next() => Err(match r {
             Ok(Ok(_)) => anyhow!("the worker processes stopped early"),
@@ -167,10 +186,18 @@ async fn drive(
     background.shutdown().await;
     let (enqueue, elapsed, done, dead) = outcome?;
 
-    let mut hist = new_histogram();
+    let mut hist = Phases::new();
     for encoded in store::load_latency(conn, queue.name()).await? {
         decode_into(&mut hist, &encoded)?;
     }
+    let latency = |h: &hdrhistogram::Histogram<u64>| Latency {
+        samples: h.len(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        max: h.max(),
+        mean: h.mean(),
+    };
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
     Ok(Summary {
         queue: name,
@@ -185,14 +212,12 @@ async fn drive(
         enqueue_per_s: args.tasks as f64 / secs(enqueue),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_per_s: (done + dead) as f64 / secs(elapsed),
-        start_latency_us: Latency {
-            samples: hist.len(),
-            p50: hist.value_at_quantile(0.50),
-            p90: hist.value_at_quantile(0.90),
-            p99: hist.value_at_quantile(0.99),
-            max: hist.max(),
-            mean: hist.mean(),
-        },
+        start_latency_us: latency(&hist.burst),
+        paced: (args.paced_tasks > 0).then(|| Paced {
+            tasks: args.paced_tasks,
+            rate_per_s: args.paced_rate,
+            start_latency_us: latency(&hist.paced),
+        }),
     })
 }
 
@@ -232,7 +257,14 @@ async fn run_tasks(
         let n = (args.tasks - sent).min(args.batch as u64);
         let ms = args.task_time.as_millis() as u64;
         let tasks = (0..n)
-            .map(|_| Task::json(KIND, &DemoPayload { t_us: now_us(), ms }))
+            .map(|_| {
+                let p = DemoPayload {
+                    t_us: now_us(),
+                    ms,
+                    paced: false,
+                };
+                Task::json(KIND, &p)
+            })
             .collect::<rivulet::Result<Vec<Task>>>()?;
         producer.enqueue_many(queue, tasks).await?;
         sent += n;
@@ -262,6 +294,66 @@ async fn run_tasks(
         }
         if progress.due() {
             progress.show(sent, done + dead, elapsed);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The paced phase: `--paced-tasks` tasks enqueued at `--paced-rate` per second (each stamped
+/// when it is sent), after the burst has been settled; waits until they are settled too.
+/// `before` is what the burst settled.
+async fn run_paced(
+    args: &DemoArgs,
+    queue: &Queue,
+    producer: &Client,
+    inspector: &Inspector,
+    before: u64,
+) -> Result<()> {
+    if args.paced_tasks == 0 {
+        return Ok(());
+    }
+    note!(
+        "demo: paced phase: {} tasks at {} tasks/s",
+        args.paced_tasks,
+        args.paced_rate
+    );
+    let ms = args.task_time.as_millis() as u64;
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.paced_tasks {
+        // As many as are due by now: the rate holds on average whatever the timer's grain.
+        let due = ((t0.elapsed().as_secs_f64() * args.paced_rate as f64) as u64 + 1).min(args.paced_tasks);
+        if due > sent {
+            let tasks = (sent..due)
+                .map(|_| {
+                    let p = DemoPayload {
+                        t_us: now_us(),
+                        ms,
+                        paced: true,
+                    };
+                    Task::json(KIND, &p)
+                })
+                .collect::<rivulet::Result<Vec<Task>>>()?;
+            producer.enqueue_many(queue, tasks).await?;
+            sent = due;
+        } else {
+            let next = Duration::from_secs_f64(sent as f64 / args.paced_rate as f64);
+            tokio::time::sleep(next.saturating_sub(t0.elapsed())).await;
+        }
+    }
+    let total = before + args.paced_tasks;
+    loop {
+        let (done, dead) = settled(inspector, queue).await?;
+        if done + dead >= total {
+            return Ok(());
+        }
+        if t0.elapsed() > args.timeout {
+            bail!(
+                "only {} of {} paced tasks finished within --timeout {}",
+                (done + dead).saturating_sub(before),
+                args.paced_tasks,
+                humantime::format_duration(args.timeout)
+            );
         }
         tokio::time::sleep(POLL).await;
     }
@@ -360,7 +452,8 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
          workers        {workers} process(es) x {conc} concurrency\n\
          enqueue        {enq:.0} ms ({enq_rate:.0} tasks/s)\n\
          processing     {el:.0} ms from the first enqueue to the last task ({rate:.0} tasks/s)\n\
-         start latency  enqueue -> handler start, {n} samples\n  \
+         start latency  enqueue -> handler start of the burst, {n} samples: mostly time spent\n\
+         \x20              queueing behind the rest of the burst (not a per-task latency)\n  \
            p50  {p50}\n  p90  {p90}\n  p99  {p99}\n  max  {max}\n",
         redis = s.redis,
         queue = s.queue,
@@ -379,5 +472,20 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         p99 = fmt_micros(l.p99),
         max = fmt_micros(l.max),
     );
+    let mut text = text;
+    if let Some(p) = &s.paced {
+        let l = &p.start_latency_us;
+        text.push_str(&format!(
+            "paced latency  enqueue -> handler start at a steady {rate} tasks/s, {n} samples: the\n\
+             \x20              figure README's Speed section quotes (there from a release build)\n  \
+             p50  {p50}\n  p90  {p90}\n  p99  {p99}\n  max  {max}\n",
+            rate = p.rate_per_s,
+            n = l.samples,
+            p50 = fmt_micros(l.p50),
+            p90 = fmt_micros(l.p90),
+            p99 = fmt_micros(l.p99),
+            max = fmt_micros(l.max),
+        ));
+    }
     output::text(&text)
 }

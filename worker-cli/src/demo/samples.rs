@@ -2,7 +2,8 @@
 //! the latency samples behind the demo's report.
 //!
 //! Each task's payload carries its enqueue time in microseconds; the worker process that runs
-//! it records `now - t_us` in an in-process histogram and saves it (every [`SAVE_EVERY`] and
+//! it records `now - t_us` in an in-process histogram (one for the burst, one for the paced
+//! phase: the payload says which) and saves both (every [`SAVE_EVERY`] and
 //! when the worker has stopped) into a HASH field of its own (`rivulet:demo:<queue>:latency`),
 //! which the demo merges once the workers have drained. Other worker processes neither serve
 //! the kind nor keep samples.
@@ -41,11 +42,14 @@ pub struct DemoPayload {
     /// Milliseconds of simulated work.
     #[serde(default)]
     pub ms: u64,
+    /// Enqueued by the paced phase (at a steady rate) rather than the burst.
+    #[serde(default)]
+    pub paced: bool,
 }
 
 /// The `demo` handler: records enqueue-to-start latency, then "works" for `ms`.
 pub async fn handle(ctx: TaskContext, p: DemoPayload) -> Result<(), HandlerError> {
-    record(&ctx.queue, now_us().saturating_sub(p.t_us));
+    record(&ctx.queue, now_us().saturating_sub(p.t_us), p.paced);
     if p.ms > 0 {
         tokio::time::sleep(Duration::from_millis(p.ms)).await;
     }
@@ -63,9 +67,28 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds 1..1h with 3 digits are valid")
 }
 
+/// One worker's start latencies for one queue, by phase.
+#[derive(Debug)]
+pub struct Phases {
+    /// Tasks of the burst (all enqueued at once).
+    pub burst: Histogram<u64>,
+    /// Tasks of the paced phase (enqueued at a steady rate).
+    pub paced: Histogram<u64>,
+}
+
+impl Phases {
+    /// Empty histograms.
+    pub fn new() -> Self {
+        Phases {
+            burst: new_histogram(),
+            paced: new_histogram(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Samples {
-    hist: Histogram<u64>,
+    hist: Phases,
     /// Recorded since the last save.
     dirty: bool,
 }
@@ -73,31 +96,42 @@ struct Samples {
 /// Start latencies recorded in this process, per queue.
 static SAMPLES: LazyLock<Mutex<HashMap<QueueName, Samples>>> = LazyLock::new(Mutex::default);
 
-fn record(queue: &QueueName, micros: u64) {
+fn record(queue: &QueueName, micros: u64, paced: bool) {
     let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
     let s = all.entry(queue.clone()).or_insert_with(|| Samples {
-        hist: new_histogram(),
+        hist: Phases::new(),
         dirty: false,
     });
-    s.hist.saturating_record(micros.max(1));
+    let hist = if paced { &mut s.hist.paced } else { &mut s.hist.burst };
+    hist.saturating_record(micros.max(1));
     s.dirty = true;
 }
 
-/// A histogram as JSON `[[value, count], ...]` (the `serialization` feature of hdrhistogram
-/// would pull in compression crates for a few kilobytes).
-pub fn encode(h: &Histogram<u64>) -> String {
-    let pairs: Vec<(u64, u64)> = h
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
-    serde_json::to_string(&pairs).expect("a list of integer pairs always serialises")
+/// Both phases' histograms as JSON `{"burst": [[value, count], ...], "paced": [...]}` (the
+/// `serialization` feature of hdrhistogram would pull in compression crates for a few
+/// kilobytes).
+pub fn encode(h: &Phases) -> String {
+    let pairs = |h: &Histogram<u64>| -> Vec<(u64, u64)> {
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    };
+    serde_json::json!({ "burst": pairs(&h.burst), "paced": pairs(&h.paced) }).to_string()
 }
 
-/// Adds an [`encode`]d histogram into `into`.
-pub fn decode_into(into: &mut Histogram<u64>, encoded: &str) -> Result<()> {
-    let pairs: Vec<(u64, u64)> = serde_json::from_str(encoded).context("a latency histogram does not parse")?;
-    for (v, n) in pairs {
-        into.saturating_record_n(v, n);
+/// Adds [`encode`]d histograms into `into`.
+pub fn decode_into(into: &mut Phases, encoded: &str) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Encoded {
+        burst: Vec<(u64, u64)>,
+        paced: Vec<(u64, u64)>,
+    }
+    let e: Encoded = serde_json::from_str(encoded).context("a latency histogram does not parse")?;
+    for (v, n) in e.burst {
+        into.burst.saturating_record_n(v, n);
+    }
+    for (v, n) in e.paced {
+        into.paced.saturating_record_n(v, n);
     }
     Ok(())
 }
@@ -148,19 +182,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_survive_encoding_and_merge() {
-        let mut a = new_histogram();
+    fn histograms_survive_encoding_and_merge_phase_by_phase() {
+        let mut a = Phases::new();
         for v in [10, 20, 30, 1_000, 250_000] {
-            a.record(v).unwrap();
+            a.burst.record(v).unwrap();
         }
-        let mut b = new_histogram();
-        b.record_n(40, 5).unwrap();
-        let mut merged = new_histogram();
+        a.paced.record(7).unwrap();
+        let mut b = Phases::new();
+        b.burst.record_n(40, 5).unwrap();
+        let mut merged = Phases::new();
         decode_into(&mut merged, &encode(&a)).unwrap();
         decode_into(&mut merged, &encode(&b)).unwrap();
-        assert_eq!(merged.len(), 10);
-        assert_eq!(merged.value_at_quantile(0.5), 40);
-        assert!(merged.max() >= 250_000 && merged.max() < 250_500, "{}", merged.max());
+        assert_eq!(merged.burst.len(), 10);
+        assert_eq!(merged.burst.value_at_quantile(0.5), 40);
+        assert!(
+            merged.burst.max() >= 250_000 && merged.burst.max() < 250_500,
+            "{}",
+            merged.burst.max()
+        );
+        assert_eq!((merged.paced.len(), merged.paced.max()), (1, 7));
         assert!(decode_into(&mut merged, "nope").is_err());
     }
 }

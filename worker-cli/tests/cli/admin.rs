@@ -50,7 +50,8 @@ async fn enqueue_stats_queues_and_pending_agree_with_the_engine(f: &Fixture) -> 
     assert_eq!(delayed["priority"], "high");
     let q = f.inspector.queue("adm").await.unwrap();
     let engine = serde_json::to_value(f.inspector.stats(&q).await.unwrap()).unwrap();
-    let stats = cli_json(&f.server, &["stats", "--queue", "adm", "--json"]).await;
+    // One shape with or without --queue: an array of per-queue documents.
+    let stats = cli_json(&f.server, &["stats", "--queue", "adm", "--json"]).await[0].clone();
     for field in ["queue", "paused", "counters"] {
         assert_eq!(stats[field], engine[field], "{field}");
     }
@@ -72,7 +73,7 @@ async fn enqueue_stats_queues_and_pending_agree_with_the_engine(f: &Fixture) -> 
         .record_decision(&q, r#"{"desired": 3, "reason": "backlog"}"#)
         .await
         .unwrap();
-    let stats = cli_json(&f.server, &["stats", "--queue", "adm", "--json"]).await;
+    let stats = cli_json(&f.server, &["stats", "--queue", "adm", "--json"]).await[0].clone();
     assert_eq!(stats["autoscaler"]["desired"], 3);
     let all = cli_json(&f.server, &["stats", "--json"]).await;
     assert_eq!(all.as_array().unwrap().len(), 1);
@@ -263,7 +264,8 @@ async fn stats_watch_ends_when_its_reader_goes_away_or_on_sigterm() {
         let (line, out) = first_line(&mut p);
         if json {
             let doc: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-            assert_eq!(doc["queue"], "watched");
+            assert_eq!(doc[0]["queue"], "watched");
+            assert!(doc[0]["observed_at_ms"].as_u64().is_some(), "{line:?}");
         } else {
             assert!(line.starts_with("every 50ms"), "{line:?}");
         }

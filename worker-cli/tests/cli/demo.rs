@@ -18,6 +18,10 @@ async fn demo_reports_throughput_and_latency_and_cleans_up() {
             "1",
             "--concurrency",
             "8",
+            "--paced-tasks",
+            "200",
+            "--paced-rate",
+            "1000",
             "--json",
         ],
     )
@@ -40,6 +44,13 @@ async fn demo_reports_throughput_and_latency_and_cleans_up() {
     );
     assert!(0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
     assert!(summary["throughput_per_s"].as_f64().unwrap() > 0.0);
+    // The paced phase is measured apart from the burst (whose latency is queueing behind it).
+    let paced = &summary["paced"];
+    assert_eq!(
+        (paced["tasks"].clone(), paced["rate_per_s"].clone()),
+        (200.into(), 1000.into())
+    );
+    assert_eq!(paced["start_latency_us"]["samples"], 200, "{paced}");
 
     // Nothing of the demo is left behind.
     let mut conn = f.redis().await;

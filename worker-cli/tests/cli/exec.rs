@@ -9,7 +9,8 @@ use crate::common::{Supervisor, cli_json, wait_settled};
 
 /// A script that appends `id|kind|attempt|queue|priority|payload` to `log` and exits by the
 /// payload's case: `ok` succeeds, `later` asks for a retry on its first attempt (exit 75 with
-/// `retry-after`), anything else fails with a message on stderr.
+/// `retry-after`), `fatal` fails for good (exit 65), anything else fails with a message on
+/// stderr.
 fn write_job_script(script: &Path, log: &Path) {
     std::fs::write(
         script,
@@ -21,6 +22,7 @@ case "$body" in
   *'"case": "later"'*)
     if [ "$RIVULET_ATTEMPT" = 0 ]; then echo "busy right now" >&2; echo "retry-after=100ms" >&2; exit 75; fi
     exit 0 ;;
+  *'"case": "fatal"'*) echo "payload can never work" >&2; exit 65 ;;
   *) echo "something broke on attempt $RIVULET_ATTEMPT" >&2; exit 1 ;;
 esac
 "#,
@@ -59,6 +61,7 @@ async fn exec_exit_codes_lead_to_done_retry_and_dead_letter() {
         r#"{"case": "ok", "text": "héllo | wörld \"quoted\" $HOME"}"#,
         r#"{"case": "later"}"#,
         r#"{"case": "bad"}"#,
+        r#"{"case": "fatal"}"#,
     ];
     let mut ids = Vec::new();
     for p in payloads {
@@ -80,7 +83,7 @@ async fn exec_exit_codes_lead_to_done_retry_and_dead_letter() {
         .await;
         ids.push(out["ids"][0].as_str().unwrap().to_owned());
     }
-    wait_settled(&f.inspector, "ex", (2, 1), Duration::from_secs(60)).await;
+    wait_settled(&f.inspector, "ex", (2, 2), Duration::from_secs(60)).await;
 
     // Every call saw its payload and environment intact.
     let calls = std::fs::read_to_string(&log).unwrap();
@@ -92,17 +95,27 @@ async fn exec_exit_codes_lead_to_done_retry_and_dead_letter() {
         format!("{}|job|1|ex|high|{}", ids[1], payloads[1]),
         format!("{}|job|0|ex|high|{}", ids[2], payloads[2]),
         format!("{}|job|1|ex|high|{}", ids[2], payloads[2]),
+        // Exit 65 is fatal: one run, no retry, although --max-attempts allows two.
+        format!("{}|job|0|ex|high|{}", ids[3], payloads[3]),
     ];
     expected.sort();
     assert_eq!(lines, expected);
 
     let q = f.inspector.queue("ex").await.unwrap();
     let s = f.inspector.stats(&q).await.unwrap();
-    assert_eq!((s.counters.failed, s.counters.retried), (3, 2), "{s:#?}");
+    assert_eq!((s.counters.failed, s.counters.retried), (4, 2), "{s:#?}");
 
     let dead = cli_json(&f.server, &["dlq", "list", "--queue", "ex", "--json"]).await;
-    let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let mut dead = dead.as_array().unwrap().clone();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    let fatal = dead
+        .iter()
+        .position(|d| d["task_id"] == ids[3].as_str())
+        .expect("the fatal task");
+    let fatal = dead.remove(fatal);
+    assert_eq!(fatal["reason"], "fatal", "{fatal:#?}");
+    assert_eq!(fatal["attempt"], 1, "one failed run: {fatal:#?}");
+    assert_eq!(fatal["error"], "fatal: exit 65 (not retried): payload can never work");
     assert_eq!(dead[0]["task_id"], ids[2].as_str());
     assert_eq!(dead[0]["reason"], "exhausted");
     assert_eq!(dead[0]["payload"], payloads[2]);

@@ -6,7 +6,8 @@
 //! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
 //! `compiled` (a kind compiled in through `main_with`, run in this process),
-//! `acl` (the documented Redis ACL), `usage` (bad flags, help, unreachable Redis), `demo`;
+//! `acl` (the documented Redis ACL), `usage` (bad flags, help, unreachable Redis), `demo`,
+//! `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
 mod common;
@@ -15,8 +16,12 @@ mod acl;
 mod admin;
 mod compiled;
 mod demo;
+mod dlq;
+mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod ops;
+mod queue;
 mod usage;
 mod work;

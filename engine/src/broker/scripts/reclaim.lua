@@ -36,6 +36,9 @@ if #claimed > 0 then
     deliveries[p[1]] = p[4]
   end
   local buried = {}
+  -- The dlq's length before the first bury: what the MAXLEN ~ trim drops is counted in
+  -- dlq_trimmed, as in settle.lua.
+  local dlq_before
   for _, entry in ipairs(claimed) do
     local id, fields = entry[1], entry[2]
     local count = deliveries[id] or 0
@@ -50,6 +53,7 @@ if #claimed > 0 then
       fields[#fields + 1] = stream .. '/' .. id
       fields[#fields + 1] = 'deliveries'
       fields[#fields + 1] = tostring(count)
+      dlq_before = dlq_before or redis.call('XLEN', dlq)
       redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
       buried[#buried + 1] = id
     else
@@ -60,6 +64,8 @@ if #claimed > 0 then
     redis.call('XACK', stream, group, unpack(buried))
     redis.call('XDEL', stream, unpack(buried))
     redis.call('HINCRBY', stats, 'dead', #buried)
+    local dropped = dlq_before + #buried - redis.call('XLEN', dlq)
+    if dropped > 0 then redis.call('HINCRBY', stats, 'dlq_trimmed', dropped) end
     poisoned = #buried
   end
   redis.call('HINCRBY', stats, 'reclaimed', #claimed)

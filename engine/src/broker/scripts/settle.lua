@@ -17,7 +17,12 @@
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
---          (reclaimed by another worker, or already settled): fencing.
+--          (reclaimed by another worker, or already settled): fencing. Their number is added
+--          to the stats HASH's `fenced`, so operators see it beside `lost` and `reclaimed`.
+--
+-- The dlq's MAXLEN ~ trim drops old dead letters silently, so the script counts them: the
+-- dlq's length before the batch's first bury, plus the buried, minus its length after, goes to
+-- the stats counter dlq_trimmed (two XLEN calls, O(1), only in batches that bury).
 --
 -- Every op acknowledges and deletes the entry in the same call (XACK, then XTRIM MINID below the
 -- group's oldest pending entry and XDEL of the rest), so a settled task leaves neither a pending
@@ -69,6 +74,7 @@ end
 local stale = {}
 local acked = {}
 local done, retried, dead, requeued, failed = 0, 0, 0, 0, 0
+local dlq_before
 local n_acks = tonumber(ARGV[7])
 for i = 8, 7 + n_acks do
   local id = ARGV[i]
@@ -104,6 +110,7 @@ for i = 8 + n_acks, #ARGV, 5 do
         set_field(fields, 'dead_at', now)
         set_field(fields, 'origin', stream .. '/' .. id)
         set_field(fields, 'deliveries', tostring(deliveries))
+        dlq_before = dlq_before or redis.call('XLEN', dlq)
         redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(fields))
         dead = dead + 1
         if a ~= 'malformed' and a ~= 'unknown_kind' then
@@ -149,6 +156,11 @@ end
 if done > 0 then redis.call('HINCRBY', stats, 'done', done) end
 if retried > 0 then redis.call('HINCRBY', stats, 'retried', retried) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
-if dead > 0 then redis.call('HINCRBY', stats, 'dead', dead) end
+if dead > 0 then
+  redis.call('HINCRBY', stats, 'dead', dead)
+  local dropped = dlq_before + dead - redis.call('XLEN', dlq)
+  if dropped > 0 then redis.call('HINCRBY', stats, 'dlq_trimmed', dropped) end
+end
 if requeued > 0 then redis.call('HINCRBY', stats, 'requeued', requeued) end
+if #stale > 0 then redis.call('HINCRBY', stats, 'fenced', #stale) end
 return stale
