@@ -122,7 +122,7 @@ async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, 
     let mut queues = Vec::new();
     for name in &settings.queues {
         let queue = resolve_queue(&inspector, name).await.map_err(engine)?;
-        check_weights(&settings.config.priority, &queue).map_err(SetupError::Fatal)?;
+        check_weights(&settings.config.priority, &queue).map_err(|e| SetupError::Fatal(e.into()))?;
         queues.push(queue);
     }
     Ok((client, queues))
