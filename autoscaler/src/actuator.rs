@@ -9,7 +9,10 @@
 //!   `rivulet_fleet::contract`; not with [`ProcessActuator::leave_running`]); scale-down stops
 //!   idle workers first with SIGTERM (they drain) and SIGKILLs after `hard_deadline`; crashed
 //!   workers are restarted with the fleet's one backoff, and a crash loop stops the daemon
-//!   with an error naming it; a worker that exits 0 (`--max-tasks`) is replaced at once.
+//!   with an error naming it; a worker that exits 0 (`--max-tasks`) is replaced at once. A
+//!   Redis outage is no crash here either: `worker-cli work` started by the fleet waits for
+//!   Redis, and a worker that exits 69 (`rivulet_fleet::contract::EXIT_OUTAGE`) is restarted
+//!   without counting.
 //! - [`CommandActuator`] runs a template with `{replicas}` (for an orchestrator's scale
 //!   command) and reports its failures.
 //! - [`Actuator`] is the one the daemon was configured with.

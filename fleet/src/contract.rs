@@ -11,7 +11,10 @@
 //!   which then drains its children itself (once; in the same group they would get the
 //!   group's signal and then the supervisor's, a second signal that stops them at once).
 //! - SIGTERM: drain (finish or requeue in-flight tasks) and exit; a second one: stop at once.
-//!   Exit 0 on its own: "replace me" (a recycle); any other exit is a crash.
+//!   Exit 0 on its own: "replace me" (a recycle); exit [`EXIT_OUTAGE`]: "Redis is away"
+//!   (restarted, not counted as a crash); any other exit is a crash. A child that starts
+//!   while Redis is away should wait for it rather than exit at all (`worker-cli work` does);
+//!   [`EXIT_OUTAGE`] is for what it cannot wait through.
 //!
 //! Commands a child runs for its tasks must not inherit the contract
 //! ([`CONTRACT_VARS`]): a nested worker would think it is supervised.
@@ -26,6 +29,9 @@ pub const SUPERVISOR_PID_ENV: &str = "RIVULET_SUPERVISOR_PID";
 pub const SLOT_ENV: &str = "RIVULET_WORKER_SLOT";
 /// Every variable of the contract (to remove from what a child's own commands inherit).
 pub const CONTRACT_VARS: [&str; 2] = [SUPERVISOR_PID_ENV, SLOT_ENV];
+/// Exit status of a child that stopped because Redis could not be reached (`EX_UNAVAILABLE`
+/// from sysexits.h): an outage, which the supervisor restarts without counting it as a crash.
+pub const EXIT_OUTAGE: i32 = 69;
 /// How often a child checks that its supervisor is still its parent.
 pub const PARENT_CHECK: Duration = Duration::from_millis(500);
 

@@ -6,8 +6,10 @@
 //!   pids), then the youngest; its child gets SIGTERM (it drains) and the slot goes when the
 //!   child has exited.
 //! - **Restart**: a child that crashes is restarted after [`policy::restart_delay`], doubling
-//!   with each consecutive crash of its slot; a child that ran for [`policy::STABLE_AFTER`]
-//!   starts the count over.
+//!   with each consecutive crash of its slot up to [`policy::restart_cap`] (so the guard below
+//!   can trip with one slot); a child that ran for [`policy::STABLE_AFTER`] starts the count
+//!   over. A child that exits [`EXIT_OUTAGE`](crate::contract::EXIT_OUTAGE) (Redis is away) is
+//!   restarted after [`policy::outage_delay`] and is no crash.
 //! - **Crash-loop guard**: more than `crash_limit` crashes within `crash_window` (all slots
 //!   together) means something is wrong that restarting will not fix: the fleet drains the
 //!   rest and fails with [`FleetError::CrashLoop`].
@@ -20,7 +22,8 @@
 //!   deadline; one SIGKILLed there makes the run fail with [`FleetError::StopDeadline`]);
 //!   [`Stop::now`] SIGKILLs every child at once.
 //! - **Children**: each in its own process group, with the [`contract`](crate::contract)'s
-//!   environment; signals go to the child's group.
+//!   environment; signals go to the child's group, and a child killed by a signal has what
+//!   is left of its group SIGKILLed when it is reaped.
 //!
 //! Run it on a current-thread runtime, from the thread that lives as long as the process:
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so children must
@@ -29,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -149,6 +153,8 @@ pub struct FleetReport {
     pub crashed: u64,
     /// Children replaced after a clean exit or above the memory limit.
     pub recycled: u64,
+    /// Children restarted after they exited because Redis was away (not crashes).
+    pub outages: u64,
 }
 
 /// The fleet as it is now, published after every change.
@@ -228,6 +234,8 @@ struct Slot {
     start_at: Option<Instant>,
     /// Crashes in a row (reset by a child that ran for `STABLE_AFTER`).
     crashes_in_a_row: u32,
+    /// Outage exits in a row (reset by any other exit).
+    outages_in_a_row: u32,
     /// Removed when its child has exited (scale-down), not restarted.
     retiring: bool,
 }
@@ -244,6 +252,8 @@ pub struct Fleet {
     children: Children,
     report: FleetReport,
     warned_low_memory: bool,
+    /// The longest restart delay after a crash ([`policy::restart_cap`] of the guard).
+    restart_cap: Duration,
 }
 
 impl Fleet {
@@ -254,14 +264,16 @@ impl Fleet {
             target: size,
             ..FleetStatus::default()
         });
+        let (config_limit, config_window) = (config.crash_limit, config.crash_window);
         let fleet = Fleet {
-            config,
             target,
             status,
             slots: BTreeMap::new(),
             children: JoinSet::new(),
             report: FleetReport::default(),
             warned_low_memory: false,
+            restart_cap: policy::restart_cap(config_limit, config_window),
+            config,
         };
         (
             fleet,
@@ -489,7 +501,22 @@ impl Fleet {
             self.slots.remove(&i);
             return None;
         }
-        match Exit::of(status.ok(), ran.asked) {
+        let meaning = Exit::of(status.ok(), ran.asked);
+        if meaning != Exit::Outage {
+            slot.outages_in_a_row = 0;
+        }
+        match meaning {
+            Exit::Outage => {
+                self.report.outages += 1;
+                slot.outages_in_a_row += 1;
+                let delay = policy::outage_delay(slot.outages_in_a_row, fastrand::f64());
+                slot.start_at = Some(Instant::now() + delay);
+                tracing::warn!(
+                    slot = i, pid = ran.pid, status = %status_text, restart_in = ?delay,
+                    "worker process could not reach Redis (an outage, not a crash); restarting"
+                );
+                None
+            }
             Exit::Recycle => {
                 self.report.recycled += 1;
                 tracing::info!(slot = i, pid = ran.pid, status = %status_text, "worker process recycled; replacing it");
@@ -515,7 +542,7 @@ impl Fleet {
                 } else {
                     slot.crashes_in_a_row + 1
                 };
-                let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64());
+                let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64(), self.restart_cap);
                 slot.start_at = Some(now + delay);
                 tracing::warn!(
                     slot = i, pid = ran.pid, status = %status_text, lived_ms = lived.as_millis() as u64,
@@ -561,7 +588,17 @@ impl Fleet {
                 self.children.spawn(async move {
                     loop {
                         tokio::select! {
-                            status = child.wait() => return (i, status),
+                            status = child.wait() => {
+                                // A child killed by a signal (SIGKILL, the OOM killer) left
+                                // whatever it started in its group behind: take it down with it.
+                                // Its `--exec` commands lead groups of their own and die through
+                                // their guard. The group's number cannot name another group
+                                // while any of its members lives.
+                                if status.as_ref().is_ok_and(|s| s.signal().is_some()) {
+                                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                                }
+                                return (i, status);
+                            }
                             Some(sig) = rx.recv() => {
                                 // The child is not reaped until `wait` returns in this task, so
                                 // `pid` still names it (running or zombie).
@@ -584,7 +621,7 @@ impl Fleet {
             }
             Err(e) => {
                 slot.crashes_in_a_row += 1;
-                let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64());
+                let delay = policy::restart_delay(slot.crashes_in_a_row, fastrand::f64(), self.restart_cap);
                 tracing::error!(
                     slot = i, program = %c.shown, error = %e, retry_in_ms = delay.as_millis() as u64,
                     "cannot start a worker process"
@@ -668,7 +705,6 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// An exit status in words, with what the shell's 126 and 127 mean.
 pub fn describe_exit(status: &io::Result<ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
     let status = match status {
         Ok(s) => *s,
         Err(e) => return format!("unknown exit ({e})"),

@@ -135,3 +135,37 @@ async fn children_lead_their_own_group_and_carry_the_contract() {
     assert!(matches!(finish(run).await, Err(FleetError::StoppedAtOnce)));
     assert!(!alive(pid));
 }
+
+/// The guard means what it says for one slot: more than `crash_limit` crashes within the
+/// window stop the fleet, even though the slot's restart delays double. Before the delays were
+/// capped for the guard, one slot's delays (0.25, 0.5, 1, 2, 4, 8 s, jittered to half) alone
+/// added up to more than 6 s, so 7 crashes never fit and the slot was restarted forever.
+#[tokio::test]
+async fn the_crash_loop_guard_trips_for_one_slot_with_doubling_delays() {
+    let config = FleetConfig {
+        crash_limit: 6,
+        crash_window: Duration::from_secs(6),
+        ..shell("exit 3")
+    };
+    let (_handle, _stop, run) = start(config, 1);
+    match finish(run).await {
+        Err(FleetError::CrashLoop { crashes, .. }) => assert_eq!(crashes, 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A child that exits with the outage status (it could not reach Redis) is restarted, however
+/// often, and never trips the guard.
+#[tokio::test]
+async fn outage_exits_are_restarted_and_never_trip_the_guard() {
+    let config = FleetConfig {
+        crash_limit: 1,
+        crash_window: Duration::from_secs(60),
+        ..shell(&format!("exit {}", rivulet_fleet::contract::EXIT_OUTAGE))
+    };
+    let (mut handle, stop, run) = start(config, 2);
+    wait(&mut handle, "six outage exits", |s| s.report.outages >= 6).await;
+    stop.drain.cancel();
+    let report = finish(run).await.expect("no crash loop");
+    assert_eq!(report.crashed, 0, "{report:?}");
+}

@@ -89,6 +89,16 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
     match command {
         Command::Enqueue(a) => {
             queue_name(&a.queue)?;
+            if let Some(k) = a.resume_from
+                && k >= a.count
+            {
+                return Err(UsageError(format!(
+                    "--resume-from {k}: there are only {} copies (0..{}); nothing left to enqueue",
+                    a.count,
+                    a.count - 1
+                ))
+                .into());
+            }
             let payload = read_payload(a)?;
             let codec = match a.codec {
                 PayloadCodec::Json => {
@@ -165,44 +175,56 @@ impl Admin {
             .with_durability(a.durability)
             .await
             .map_err(|e| self.engine(e))?;
-        let mut outcomes = Vec::with_capacity(a.count.min(1_000_000) as usize);
-        let mut left = a.count;
-        while left > 0 {
-            let n = left.min(ENQUEUE_BATCH as u64);
-            let batch = (0..n).map(|_| {
-                let mut t = Task::encoded(&a.kind, payload.clone(), codec);
-                if let Some(p) = &a.priority {
-                    t = t.priority(p.clone());
-                }
-                if let Some(d) = a.delay {
-                    t = t.delay(d);
-                }
-                if let Some(m) = a.max_attempts {
-                    t = t.max_attempts(m);
-                }
-                if let Some(d) = a.timeout {
-                    t = t.timeout(d);
-                }
-                if let Some(k) = &a.unique_key {
-                    t = t.unique_key(k.clone());
-                }
-                if let Some(d) = a.unique_for {
-                    t = t.unique_for(d);
-                }
-                if let Some(r) = a.retention {
-                    t = t.retention(r);
-                }
-                t
-            });
-            outcomes.extend(producer.submit_many(&queue, batch).await.map_err(|e| self.engine(e))?);
-            left -= n;
+        let task = |i: u64| {
+            let mut t = Task::encoded(&a.kind, payload.clone(), codec);
+            if let Some(prefix) = &a.id_prefix {
+                t = t.id(format!("{prefix}-{i}"));
+            }
+            if let Some(p) = &a.priority {
+                t = t.priority(p.clone());
+            }
+            if let Some(d) = a.delay {
+                t = t.delay(d);
+            }
+            if let Some(m) = a.max_attempts {
+                t = t.max_attempts(m);
+            }
+            if let Some(d) = a.timeout {
+                t = t.timeout(d);
+            }
+            if let Some(k) = &a.unique_key {
+                t = t.unique_key(k.clone());
+            }
+            if let Some(d) = a.unique_for {
+                t = t.unique_for(d);
+            }
+            if let Some(r) = a.retention {
+                t = t.retention(r);
+            }
+            t
+        };
+        let first = a.resume_from.unwrap_or(0);
+        let mut ids: Vec<String> = Vec::with_capacity((a.count - first).min(1_000_000) as usize);
+        let mut duplicates: Vec<String> = Vec::new();
+        let mut next = first;
+        while next < a.count {
+            let n = (a.count - next).min(ENQUEUE_BATCH as u64);
+            let batch: Vec<Task> = (next..next + n).map(task).collect();
+            let sent: Vec<String> = batch.iter().map(|t| t.task_id().as_str().to_owned()).collect();
+            let outcomes = match producer.submit_many(&queue, batch).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => return self.enqueue_cut_off(&a, &queue, &ids, next, &sent, e),
+            };
+            let got: Vec<String> = outcomes.iter().map(|e| e.id().as_str().to_owned()).collect();
+            duplicates.extend(outcomes.iter().filter(|e| e.is_duplicate()).map(|e| e.id().as_str().to_owned()));
+            // Each batch's ids as soon as it is written: a run cut off later has printed
+            // exactly what it enqueued (with --wait, ids go to stderr below).
+            if !a.output.json && !a.wait {
+                output::text(&(got.join("\n") + "\n"))?;
+            }
+            ids.extend(got);
+            next += n;
         }
-        let ids: Vec<String> = outcomes.iter().map(|e| e.id().as_str().to_owned()).collect();
-        let duplicates: Vec<&str> = outcomes
-            .iter()
-            .filter(|e| e.is_duplicate())
-            .map(|e| e.id().as_str())
-            .collect();
         if a.output.json && !a.wait {
             return output::json(&json!({
                 "queue": queue.name().as_str(),
@@ -241,7 +263,52 @@ impl Admin {
                     Err(e) => e,
                 });
         }
-        output::text(&(ids.join("\n") + "\n"))
+        Ok(())
+    }
+
+    /// A bulk enqueue that failed at copy number `next`: says what was written (`ids`, already
+    /// printed in text mode; in the JSON document otherwise), what is in doubt (`sent`: the
+    /// batch whose reply was lost, written whole or not at all) and how to resume.
+    fn enqueue_cut_off(
+        &self,
+        a: &EnqueueArgs,
+        queue: &Queue,
+        ids: &[String],
+        next: u64,
+        sent: &[String],
+        e: rivulet::Error,
+    ) -> Result<()> {
+        let resume = a.id_prefix.as_ref().map(|prefix| {
+            format!("rerun with --id-prefix {prefix} --resume-from {next} to enqueue the rest under the same ids")
+        });
+        if a.output.json {
+            output::json(&json!({
+                "queue": queue.name().as_str(),
+                "kind": a.kind,
+                "complete": false,
+                "requested": a.count,
+                "count": ids.len(),
+                "ids": ids,
+                "in_doubt": sent,
+                "resume_from": a.id_prefix.as_ref().map(|_| next),
+            }))?;
+        }
+        let last = ids.last().map_or("none", String::as_str);
+        let advice = resume.unwrap_or_else(|| {
+            "pass --id-prefix to give the tasks ids a retry can resume with (a plain retry enqueues \
+             every task again)"
+                .to_owned()
+        });
+        Err(self.engine(e).context(format!(
+            "enqueue cut off: {} of {} task(s) enqueued (their ids are printed; the last: {last}); the batch of \
+             {} sent when it failed ({} .. {}) was written whole or not at all. To go on, {advice}; the batch in \
+             doubt may then run twice, under the same ids (key idempotent handlers on RIVULET_TASK_ID)",
+            ids.len(),
+            a.count - a.resume_from.unwrap_or(0),
+            sent.len(),
+            sent.first().map_or("", String::as_str),
+            sent.last().map_or("", String::as_str),
+        )))
     }
 
     async fn all_queues(&self) -> Result<Vec<Queue>> {

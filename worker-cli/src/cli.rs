@@ -386,7 +386,9 @@ pub struct EnqueueArgs {
     /// Handler timeout for this task (overrides the worker's --timeout).
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
-    /// Enqueue this many copies (each with its own id).
+    /// Enqueue this many copies (each with its own id). They are sent in batches of 1,000,
+    /// each written whole or not at all; the ids of each batch are printed as it is written,
+    /// so a run cut off by a lost connection has printed exactly what was enqueued.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000_000).map(|n| n as u64))]
     pub count: u64,
     /// Make the task unique by KEY within its queue and priority: while a task holding the
@@ -412,6 +414,15 @@ pub struct EnqueueArgs {
     /// (see `work --durability`). One wait per batch of tasks.
     #[arg(long, value_name = "MODE", default_value = "fast", value_parser = parse_durability)]
     pub durability: Durability,
+    /// Give copy number i (from 0) the id PREFIX-i instead of a random one, so a retry of a
+    /// run that was cut off can resume with --resume-from and the same ids. The ids must be
+    /// unique: use a fresh prefix per run you mean.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_kind)]
+    pub id_prefix: Option<String>,
+    /// With --id-prefix: start at copy number K (enqueue K..count-1), as the error of a run
+    /// that was cut off says.
+    #[arg(long, value_name = "K", requires = "id_prefix", value_parser = clap::value_parser!(u64))]
+    pub resume_from: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

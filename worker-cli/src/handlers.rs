@@ -6,10 +6,12 @@
 //! Exit 0 = done; exit 75 (`EX_TEMPFAIL`) = retry later, after the delay named by a last stderr
 //! line `retry-after=DURATION` if there is one (this still uses up an attempt, like any
 //! failure); exit 65 (`EX_DATAERR`) = fatal, straight to the dead-letter stream as `fatal` with
-//! no retry; any other exit = failed (retried until attempts run out, then dead-lettered as
-//! `exhausted`). The last [`STDERR_TAIL`] bytes of stderr become
-//! the task's error. The command runs in its own process group, killed as a whole when the task
-//! ends before it does (timeout, drain deadline).
+//! no retry (what `HandlerError::fatal` is for Rust handlers); any other exit = failed (retried
+//! until attempts run out, then dead-lettered as `exhausted`). The last [`STDERR_TAIL`] bytes
+//! of stderr become the task's error. Every line the command writes (stdout and stderr) is a log
+//! event (`task output`, with `task_id`, `kind`, `stream` and `line`), so a JSON log stays one
+//! JSON object per line. The command runs in its own process group, killed as a whole when the task
+//! ends before it does (timeout, drain deadline, cancel).
 //!
 //! Results, progress, cancel: the command's stdout is the task's result (stored as codec
 //! `bytes`, up to the worker's result cap; nothing printed = no result). It reports progress by
@@ -19,6 +21,15 @@
 //! `echo "40 resizing" > "$RIVULET_PROGRESS_FILE"`). The worker writes the latest report a few
 //! times a second. When the task is cancelled the process group gets SIGTERM, and
 //! SIGKILL [`CANCEL_GRACE`] later if it is still running; the task ends `cancelled`.
+//!
+//! A command dies with its worker, however the worker dies (SIGKILL, the OOM killer): it runs
+//! under a small guard, this same binary started as `GUARD_ARG WORKER_PID COMMAND`
+//! ([`guard_main`]), which leads the command's process group, asks the kernel for a signal
+//! when the worker dies (`PR_SET_PDEATHSIG`, set in the guard itself, so no `unsafe`
+//! `pre_exec` is needed) and then SIGKILLs the whole group. Without it an orphaned command
+//! finished its task while the task was reclaimed and run again: after a SIGKILL, every long
+//! task ran twice, concurrently. A process that leaves the group (`setsid`, its own
+//! `setpgid`) escapes the guard, as it escapes the cancel.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -28,7 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getppid};
 use rivulet::{HandlerError, Router, TaskContext};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,7 +133,93 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs one task through `sh -c command`; its stdout is the result.
+/// The first argument that makes this binary an exec guard rather than the CLI (see the
+/// module docs): `worker-cli __rivulet-exec-guard WORKER_PID COMMAND`.
+pub const GUARD_ARG: &str = "__rivulet-exec-guard";
+/// How often a guard checks that its worker is still its parent, besides the death signal.
+const GUARD_CHECK: Duration = Duration::from_millis(250);
+/// Whether commands run under the guard: always, except in this crate's unit tests, whose
+/// binary (`/proc/self/exe` there) is the test harness, not the CLI. The CLI tests run the
+/// guard end to end.
+const GUARDED: bool = !cfg!(test);
+/// Exit status of a guard that found its worker gone before the command started.
+const GUARD_ORPHANED: u8 = 70;
+
+/// The guard's side: `args` are `[program, GUARD_ARG, worker pid, command]`. Runs `sh -c
+/// command` in this process's group (the worker made it a group of its own), with this
+/// process's stdin, stdout, stderr and environment, and ends as the command ended: its exit
+/// code, or the same signal. When the worker dies first, kills the group (itself included).
+pub fn guard_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (Some(worker), Some(command)) = (
+        args.get(2).and_then(|p| p.to_str()).and_then(|p| p.parse::<i32>().ok()),
+        args.get(3),
+    ) else {
+        eprintln!("usage: {GUARD_ARG} WORKER_PID COMMAND (started by a worker for --exec, not by hand)");
+        return ExitCode::from(2);
+    };
+    let worker = Pid::from_raw(worker);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("exec guard: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        // The handler first: the death signal must not take its default action (which would end
+        // the guard and leave the command running).
+        let mut death = signal(SignalKind::hangup()).map_err(|e| format!("installing the SIGHUP handler: {e}"))?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGHUP).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+        // The worker may have died before the request: then nobody waits for the result.
+        if getppid() != worker {
+            return Ok(None);
+        }
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .spawn()
+            .map_err(|e| format!("cannot start `sh -c {}`: {e}", command.to_string_lossy()))?;
+        let mut check = tokio::time::interval(GUARD_CHECK);
+        loop {
+            tokio::select! {
+                status = child.wait() => return status.map(Some).map_err(|e| format!("waiting for the command: {e}")),
+                // The death signal also comes when the worker *thread* that started the guard
+                // exits while the worker lives on: only a new parent means the worker is gone.
+                _ = death.recv() => {}
+                _ = check.tick() => {}
+            }
+            if getppid() != worker {
+                // The whole group: the shell and whatever it started. This ends the guard too.
+                let _ = killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+            }
+        }
+    });
+    match status {
+        Ok(Some(status)) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+            (None, Some(sig)) => {
+                // End as the command did, so the worker reads the same outcome. SIGHUP is
+                // caught here: reported as the shell would, 128 + 1.
+                if let Ok(sig) = Signal::try_from(sig)
+                    && sig != Signal::SIGHUP
+                {
+                    let _ = nix::sys::signal::raise(sig);
+                }
+                ExitCode::from((128 + sig).clamp(0, 255) as u8)
+            }
+            (None, None) => ExitCode::FAILURE,
+        },
+        Ok(None) => ExitCode::from(GUARD_ORPHANED),
+        Err(e) => {
+            eprintln!("exec guard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one task through `sh -c command`, under the guard; its stdout is the result.
 async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<Option<Bytes>, HandlerError> {
     // The progress pipe: the write end is inherited by the command (not close-on-exec), the
     // read end is not. A command started by another task at the same moment may inherit the
@@ -134,10 +231,17 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .env("RIVULET_TASK_ID", ctx.id.as_str())
+    let mut cmd = if GUARDED {
+        // This very binary, even if its file was replaced or deleted since it started.
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(GUARD_ARG).arg(std::process::id().to_string()).arg(command);
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(command);
+        cmd
+    };
+    cmd.env("RIVULET_TASK_ID", ctx.id.as_str())
         .env("RIVULET_KIND", &ctx.kind)
         .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
         .env("RIVULET_QUEUE", ctx.queue.as_str())

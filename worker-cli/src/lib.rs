@@ -38,7 +38,9 @@
 //! `rivulet-fleet`, which the autoscaler shares.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (Redis unreachable, unknown queue, a drain that
-//! missed its deadline...); 2 bad flags (with a usage line).
+//! missed its deadline...); 2 bad flags (with a usage line); 69 (`EX_UNAVAILABLE`) only from a
+//! supervised worker process that lost Redis while it started (its supervisor's signal for an
+//! outage, not a crash).
 
 #![forbid(unsafe_code)]
 
@@ -88,6 +90,10 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // A worker's guard of an --exec command: no CLI, no logging, just the command.
+    if args.get(1).is_some_and(|a| a == handlers::GUARD_ARG) {
+        return handlers::guard_main(&args);
+    }
     let cli = match parse(args.clone()) {
         Ok(cli) => cli,
         // Help and version print to stdout and exit 0.
@@ -112,6 +118,12 @@ where
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
+            // A supervised worker that could not reach Redis: its supervisor restarts it
+            // without counting a crash.
+            None if e.downcast_ref::<work::Outage>().is_some() => {
+                note!("error: {e:#}");
+                ExitCode::from(rivulet_fleet::contract::EXIT_OUTAGE as u8)
+            }
             None => {
                 let message = logging::describe_error(e.as_ref());
                 // A JSON log stays JSON to its last line.

@@ -84,6 +84,15 @@ pub async fn connect_checked(
         Ok(Err(e)) if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
             Err(no_answer(&shown, &e.to_string()))
         }
+        // A Redis that is still loading its data (after a restart) is not there yet either.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain)
+            ) =>
+        {
+            Err(no_answer(&shown, &e.to_string()))
+        }
         // A reply that does not parse as RESP (or a PING answered with something else than
         // PONG): a server of another protocol listens there, and user names and ACLs are not
         // the problem.

@@ -6,15 +6,25 @@
 //! - the first SIGTERM/SIGINT quiets the engine (stop fetching, finish or requeue in-flight
 //!   tasks); a second one terminates it (in-flight tasks are requeued at once) and exits 1;
 //! - `--max-tasks` is the engine's `max_tasks`: it takes exactly M tasks, drains and exits 0,
-//!   which a supervisor reads as "replace me".
+//!   which a supervisor reads as "replace me";
+//! - under a supervisor, a Redis that does not answer at start is an outage, not a crash: the
+//!   process waits for it with the engine's outage backoff (50 ms doubling to 5 s, jittered,
+//!   one log line per failure) until Redis answers or it is told to stop, and what it cannot
+//!   wait through (Redis gone while the worker sets itself up) exits
+//!   [`EXIT_OUTAGE`](rivulet_fleet::contract::EXIT_OUTAGE), which the supervisor restarts
+//!   without counting a crash. A Redis that answers but refuses the worker (password, ACL) is
+//!   a crash: waiting would not fix it. Run by hand, the process fails at once instead, so a
+//!   typo in `--redis-url` is an error, not a silent wait.
 //!
 //! What else a particular kind of worker needs beside the engine (the demo's sample saver)
 //! comes in as a companion future; this module knows nothing of it. Without
 //! `RIVULET_SUPERVISOR_PID` (run by hand) it is a plain standalone worker.
 
 use std::future::Future;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rivulet::backoff::RetryPolicy;
 use rivulet::{Inspector, Queue, QueueName, Router, Worker};
 use rivulet_fleet::Stop;
 use rivulet_fleet::contract::{self, SLOT_ENV};
@@ -50,26 +60,122 @@ where
         });
     }
     let span = tracing::info_span!("work", slot = std::env::var(SLOT_ENV).ok());
-    let result = serve(settings, router, &stop, beside).instrument(span).await;
+    // Under a supervisor: one that the child dies with, or one it outlives (`autoscaler
+    // --leave-workers`), which still sets the slot.
+    let wait_for_redis = supervisor.is_some() || std::env::var_os(SLOT_ENV).is_some();
+    let result = serve(settings, router, &stop, wait_for_redis, beside)
+        .instrument(span)
+        .await;
     loops.shutdown().await;
     result
+}
+
+/// A worker process that stopped because Redis could not be reached: exit
+/// [`EXIT_OUTAGE`](rivulet_fleet::contract::EXIT_OUTAGE) (`main_with` maps it), an outage for
+/// the supervisor rather than a crash.
+#[derive(Debug)]
+pub struct Outage(anyhow::Error);
+
+impl std::fmt::Display for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redis could not be reached: {:#}", self.0)
+    }
+}
+
+impl std::error::Error for Outage {}
+
+/// The engine's outage backoff (`rivulet::worker`'s loops use the same numbers): 50 ms
+/// doubling to 5 s.
+fn outage_backoff() -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Why one attempt to set the worker up failed.
+enum SetupError {
+    /// Redis did not answer, or stopped answering: try again.
+    Transient(anyhow::Error),
+    /// Anything else (refused, unknown queue layout...): give up.
+    Fatal(anyhow::Error),
+}
+
+/// Connects and resolves the queues: the part of a worker's start that needs Redis.
+async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, Vec<Queue>), SetupError> {
+    let engine = |e: rivulet::Error| {
+        if e.is_transient() {
+            SetupError::Transient(store::engine_error(url, e))
+        } else {
+            SetupError::Fatal(store::engine_error(url, e))
+        }
+    };
+    let (client, _) = store::connect_checked(url).await.map_err(|e| {
+        if e.nothing_answered() {
+            SetupError::Transient(e.into())
+        } else {
+            SetupError::Fatal(e.into())
+        }
+    })?;
+    let inspector = Inspector::new(&client).await.map_err(engine)?;
+    let mut queues = Vec::new();
+    for name in &settings.queues {
+        let queue = resolve_queue(&inspector, name).await.map_err(engine)?;
+        check_weights(&settings.config.priority, &queue).map_err(|e| SetupError::Fatal(e.into()))?;
+        queues.push(queue);
+    }
+    Ok((client, queues))
+}
+
+/// [`set_up`], waiting through an outage when `wait` (under a supervisor) until Redis answers
+/// or `stop` drains; `None` when told to stop first.
+async fn set_up_waiting(
+    url: &str,
+    settings: &WorkerSettings,
+    wait: bool,
+    stop: &Stop,
+) -> Result<Option<(redis::Client, Vec<Queue>)>> {
+    let mut failures = 0u32;
+    loop {
+        match set_up(url, settings).await {
+            Ok(ready) => {
+                if failures > 0 {
+                    tracing::info!(failures, "Redis answers again; starting the worker");
+                }
+                return Ok(Some(ready));
+            }
+            Err(SetupError::Fatal(e)) => return Err(e),
+            Err(SetupError::Transient(e)) if !wait => return Err(e),
+            Err(SetupError::Transient(e)) => {
+                let delay = outage_backoff().ceiling(failures).mul_f64(0.5 + fastrand::f64() / 2.0);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "Redis does not answer; waiting for it (an outage, not a crash)");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.drain.cancelled() => return Ok(None),
+                    () = stop.now.cancelled() => return Ok(None),
+                }
+            }
+        }
+    }
 }
 
 async fn serve<F>(
     settings: WorkerSettings,
     router: Router,
     stop: &Stop,
+    wait_for_redis: bool,
     beside: impl FnOnce(String, CancellationToken) -> F,
 ) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let url = settings.redis_url.clone();
-    let (client, _) = store::connect_checked(&url, &settings.tls).await?;
-    let inspector = Inspector::new(&client)
-        .await
-        .map_err(|e| store::engine_error(&url, e))?;
-    let queues = resolve_queues(&inspector, &settings).await?;
+    let Some((client, queues)) = set_up_waiting(&url, &settings, wait_for_redis, stop).await? else {
+        tracing::info!("told to stop while waiting for Redis; exiting");
+        return Ok(());
+    };
 
     let router = handlers::with_exec(handlers::with_builtins(router), &settings.exec);
     let max_tasks = settings.config.max_tasks;
@@ -99,7 +205,12 @@ where
     if let Err(e) = companion.await {
         tracing::warn!(error = %e, "the worker's companion task failed");
     }
-    let report = result.map_err(|e| store::engine_error(&url, e))?;
+    let report = match result {
+        Ok(report) => report,
+        // Redis went away while the worker set itself up (groups, registry): an outage.
+        Err(e) if wait_for_redis && e.is_transient() => return Err(Outage(store::engine_error(&url, e)).into()),
+        Err(e) => return Err(store::engine_error(&url, e)),
+    };
     if report.reached_max_tasks {
         tracing::info!(max_tasks, "reached --max-tasks: took that many tasks, drained; exiting");
     }

@@ -16,14 +16,19 @@ use crate::keys::{GROUP, ShardKeys};
 static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
-/// Adds ready tasks to their streams and counts them, in one pipelined round trip whose last
-/// command is the wait `durability` asks for.
+/// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
+/// transaction (`MULTI`/`EXEC`): a connection cut in the middle leaves either the whole batch
+/// and its counts or nothing, so `enqueued` stays exact and a caller knows a failed batch
+/// was not half written (it may have been written whole if only the reply was lost). Then the
+/// wait `durability` asks for, if any (Redis refuses `WAIT` inside a transaction, so it is a
+/// second round trip, paid only by a queue that asks for it).
 pub async fn add_ready(
     conn: &mut ConnectionManager,
     batch: &[(&ShardKeys, &Envelope)],
     durability: Durability,
 ) -> Result<()> {
     let mut pipe = redis::pipe();
+    pipe.atomic();
     for (keys, env) in batch {
         let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
         for (name, value) in env.fields() {
@@ -42,9 +47,8 @@ pub async fn add_ready(
     for (stats, n) in counts {
         pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
     }
-    super::push_wait(&mut pipe, durability);
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    super::check_wait(durability, replies.first().unwrap_or(&Value::Nil))
+    pipe.query_async::<()>(conn).await?;
+    super::wait_durable(conn, durability).await
 }
 
 /// Parks a task in its shard's `scheduled` set until `due_ms`.
