@@ -216,7 +216,12 @@ impl Admin {
                 Err(e) => return self.enqueue_cut_off(&a, &queue, &ids, next, &sent, e),
             };
             let got: Vec<String> = outcomes.iter().map(|e| e.id().as_str().to_owned()).collect();
-            duplicates.extend(outcomes.iter().filter(|e| e.is_duplicate()).map(|e| e.id().as_str().to_owned()));
+            duplicates.extend(
+                outcomes
+                    .iter()
+                    .filter(|e| e.is_duplicate())
+                    .map(|e| e.id().as_str().to_owned()),
+            );
             // Each batch's ids as soon as it is written: a run cut off later has printed
             // exactly what it enqueued (with --wait, ids go to stderr below).
             if !a.output.json && !a.wait {

@@ -111,7 +111,7 @@ async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, 
             SetupError::Fatal(store::engine_error(url, e))
         }
     };
-    let (client, _) = store::connect_checked(url).await.map_err(|e| {
+    let (client, _) = store::connect_checked(url, &settings.tls).await.map_err(|e| {
         if e.nothing_answered() {
             SetupError::Transient(e.into())
         } else {
