@@ -324,11 +324,16 @@ impl Client {
                 None => ready.push((keys, &task.envelope)),
             }
         }
+        // The durability wait goes after every write of the batch, on the same connection: in
+        // the ready tasks' pipeline when nothing else follows, else after the scripts.
+        let wait_in_pipeline = scripted.is_empty() && !ready.is_empty();
         if !ready.is_empty() {
-            broker::add_ready(&mut conn, &ready, self.durability).await?;
-        } else {
-            // Only delayed tasks: wait after their scripts (on the same connection).
-            broker::wait_durable(&mut conn, self.durability).await?;
+            let durability = if wait_in_pipeline {
+                self.durability
+            } else {
+                Durability::Fast
+            };
+            broker::add_ready(&mut conn, &ready, durability).await?;
         }
         let mut out: Vec<Enqueued> = tasks.iter().map(|t| Enqueued::New(t.envelope.id.clone())).collect();
         if !scripted.is_empty() {
@@ -339,6 +344,9 @@ impl Client {
                     out[i] = Enqueued::Duplicate(TaskId::from_string(holder));
                 }
             }
+        }
+        if !wait_in_pipeline {
+            broker::wait_durable(&mut conn, self.durability).await?;
         }
         Ok(out)
     }
