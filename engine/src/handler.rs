@@ -123,6 +123,12 @@ impl TaskContext {
     pub fn is_cancelled(&self) -> bool {
         self.control.is_cancelled()
     }
+
+    /// When the worker times this run out (the task's, kind's, queue's or worker's timeout),
+    /// if it has a timeout.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.control.deadline()
+    }
 }
 
 /// A handler's successful output: its result's bytes and codec, if it returned one.

@@ -12,8 +12,8 @@ use rivulet::{Durability, PriorityMode};
 pub use rivulet_fleet::LogFormat;
 
 use crate::values::{
-    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration,
-    parse_priority_mode, parse_size,
+    ExecSpec, ServeSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease,
+    parse_positive_duration, parse_priority_mode, parse_serve, parse_size,
 };
 
 /// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
@@ -173,6 +173,32 @@ pub struct WorkerArgs {
     /// is logged as a `task output` event with the task id. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
+    /// Serve KINDS (comma separated) with one long-lived handler process per worker process,
+    /// `sh -c COMMAND`, e.g. train='python -m myapp.tasks': it stays up and takes tasks as
+    /// JSON lines on its stdin, answering on its stdout (progress, result, error; a cancel is a
+    /// message in), the protocol of docs/serve-protocol.md (the Python package's
+    /// `rivulet.handlers.serve()` speaks it). A process that crashes has its tasks retried and
+    /// is restarted with backoff. Repeatable.
+    #[arg(long, value_name = "KINDS=COMMAND", value_parser = parse_serve)]
+    pub serve: Vec<ServeSpec>,
+    /// Tasks each --serve handler process runs at once (on threads or asyncio, as the process
+    /// chooses). The worker's default --concurrency with --serve is the sum of its handler
+    /// processes' slots.
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000).map(|n| n as usize))]
+    pub serve_concurrency: usize,
+    /// Recycle a --serve handler process after it has taken N tasks: it gets no more, finishes
+    /// what it runs, has its stdin closed (it exits) and is replaced. No limit by default.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
+    pub serve_max_tasks: Option<u64>,
+    /// Recycle a --serve handler process (the whole process tree of its command) whose resident
+    /// memory exceeds SIZE, e.g. 2GiB, checked every second: as with --serve-max-tasks, it
+    /// finishes its running tasks first. No limit by default.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub serve_max_memory: Option<u64>,
+    /// Time a --serve handler process gets from its start to say it is ready (the protocol's
+    /// `ready` line: loading a model counts); past it, it is killed and restarted as a crash.
+    #[arg(long, value_name = "DURATION", default_value = "60s", allow_hyphen_values = true, value_parser = parse_positive_duration)]
+    pub serve_start_timeout: Duration,
     /// A task of a kind this worker does not serve is retried (every tenth of this or less, 50ms
     /// to 5s apart, without using up an attempt) until it is this old, so a newer worker can take
     /// it during a rolling deploy; then it is dead-lettered as `unknown_kind`. 0s = at once.

@@ -219,6 +219,29 @@ pub fn guard_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
 }
 
+/// `sh -c command` under the guard (see the module docs), in a process group of its own,
+/// killed on drop, without the supervisor's contract variables: how `--exec` commands and
+/// `--serve` handler processes start.
+pub(crate) fn guarded_command(command: &str) -> tokio::process::Command {
+    let mut cmd = if GUARDED {
+        // This very binary, even if its file was replaced or deleted since it started.
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(GUARD_ARG).arg(std::process::id().to_string()).arg(command);
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(command);
+        cmd
+    };
+    cmd.process_group(0).kill_on_drop(true);
+    // Supervisor bookkeeping is not the command's business (and must not make a nested
+    // worker-cli think it is supervised).
+    for var in rivulet_fleet::contract::CONTRACT_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Runs one task through `sh -c command`, under the guard; its stdout is the result.
 async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<Option<Bytes>, HandlerError> {
     // The progress pipe: the write end is inherited by the command (not close-on-exec), the
@@ -231,16 +254,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
-    let mut cmd = if GUARDED {
-        // This very binary, even if its file was replaced or deleted since it started.
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg(GUARD_ARG).arg(std::process::id().to_string()).arg(command);
-        cmd
-    } else {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg(command);
-        cmd
-    };
+    let mut cmd = guarded_command(command);
     cmd.env("RIVULET_TASK_ID", ctx.id.as_str())
         .env("RIVULET_KIND", &ctx.kind)
         .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
@@ -250,14 +264,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env(PROGRESS_FILE_ENV, format!("/proc/self/fd/{}", progress_tx.as_raw_fd()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // Supervisor bookkeeping is not the command's business (and must not make a nested
-    // worker-cli think it is supervised).
-    for var in rivulet_fleet::contract::CONTRACT_VARS {
-        cmd.env_remove(var);
-    }
+        .stderr(Stdio::piped());
     let spawned = cmd.spawn();
     drop(progress_tx);
     let mut child = spawned.map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
@@ -516,7 +523,7 @@ pub fn parse_progress(line: &str) -> Option<(u8, &str)> {
     Some((value.min(100.0) as u8, message.trim()))
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -571,13 +578,13 @@ pub fn retry_after(stderr_tail: &str) -> Option<Duration> {
 
 /// The last [`STDERR_TAIL`] bytes written to a pipe.
 #[derive(Debug, Default)]
-struct Tail {
+pub(crate) struct Tail {
     bytes: std::collections::VecDeque<u8>,
     dropped: bool,
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.bytes.extend(data);
         if self.bytes.len() > STDERR_TAIL {
             let excess = self.bytes.len() - STDERR_TAIL;
@@ -586,7 +593,7 @@ impl Tail {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let (a, b) = self.bytes.as_slices();
         let mut v = Vec::with_capacity(a.len() + b.len());
         v.extend_from_slice(a);

@@ -26,6 +26,8 @@
 //!   autoscaler start): its side of the parent/child contract, quiet on the first signal and
 //!   terminate on the second, `--max-tasks` as the engine's `max_tasks`.
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`) and `--exec`.
+//! - `serve`: `--serve`, long-lived handler processes on the line protocol of
+//!   `docs/serve-protocol.md`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
@@ -52,6 +54,7 @@ mod cli;
 mod demo;
 mod handlers;
 mod local_redis;
+mod serve;
 mod settings;
 mod store;
 mod task;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::settings::{WorkerSettings, check_weights};
-use crate::{handlers, store};
+use crate::{handlers, serve, store};
 
 /// Runs one worker process until it is told to stop. `beside` starts the companion that runs
 /// for as long as the worker does: it gets the worker's id and a token cancelled once the
@@ -178,6 +178,8 @@ where
     };
 
     let router = handlers::with_exec(handlers::with_builtins(router), &settings.exec);
+    let (router, pools) = serve::Pools::start(router, &settings.serve);
+    let pools_failed = pools.failed();
     let max_tasks = settings.config.max_tasks;
     let mut worker = Worker::new(client, router, settings.config);
     let options = rivulet::QueueOptions {
@@ -200,7 +202,22 @@ where
             handle.terminate();
             running.await
         }
+        // A --serve handler process that cannot run: stop taking tasks (a signal still
+        // terminates).
+        () = pools_failed.cancelled() => {
+            handle.quiet();
+            tokio::select! {
+                r = &mut running => r,
+                () = stop.now.cancelled() => {
+                    handle.terminate();
+                    running.await
+                }
+            }
+        }
     };
+    // After the drain: nothing runs in the handler processes any more.
+    let serve_failure = pools.failure();
+    pools.shutdown().await;
     stopped.cancel();
     if let Err(e) = companion.await {
         tracing::warn!(error = %e, "the worker's companion task failed");
@@ -211,6 +228,9 @@ where
         Err(e) if wait_for_redis && e.is_transient() => return Err(Outage(store::engine_error(&url, e)).into()),
         Err(e) => return Err(store::engine_error(&url, e)),
     };
+    if let Some(why) = serve_failure {
+        bail!("{why}");
+    }
     if report.reached_max_tasks {
         tracing::info!(max_tasks, "reached --max-tasks: took that many tasks, drained; exiting");
     }

@@ -253,7 +253,9 @@ fn prepare(
         enqueued_at: env.enqueued_at,
         last_error: env.error,
         codec: env.codec,
-        control: TaskControl::new(),
+        // The timer starts with the handler, a moment from now: the deadline is what a
+        // handler in another process sees of it.
+        control: TaskControl::new().with_deadline(timeout.map(|t| std::time::Instant::now() + t)),
     };
     let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
     let fut = route.start(ctx, env.payload).map_err(|m| {
