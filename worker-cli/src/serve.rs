@@ -761,11 +761,10 @@ async fn run_process(pool: &Pool, stop: &CancellationToken, warned_memory: &mut 
     if matches!(pool.current.borrow().as_ref(), Some(p) if Arc::ptr_eq(p, &proc)) {
         pool.current.send_replace(None);
     }
+    // Closing stdin is the process's signal to exit; it also ends the writer.
+    close.cancel();
     match &end {
-        End::Stopped | End::Recycled(_) => {
-            close.cancel();
-            stop_gently(&mut child, pid).await;
-        }
+        End::Stopped | End::Recycled(_) => stop_gently(&mut child, pid).await,
         End::Killed(_) | End::Crash(_) | End::Refused(_) => {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = child.wait().await;

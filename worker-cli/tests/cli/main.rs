@@ -5,7 +5,8 @@
 //! One test binary (linked once, its tests run in parallel) with a module per subject:
 //! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
-//! `compiled` (a kind compiled in through `main_with`, run in this process),
+//! `compiled` (a kind compiled in through `main_with`, run in this process), `serve`
+//! (long-lived handler processes on the `--serve` line protocol),
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
 //! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
 //! Redis), `demo`, `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
@@ -24,6 +25,7 @@ mod exec;
 mod faults;
 mod ops;
 mod queue;
+mod serve;
 mod settings;
 mod tls;
 mod usage;
