@@ -118,7 +118,7 @@ class Context:
         #: Why it was cancelled (``cancelled`` or ``stopped``), once it is.
         self.cancel_reason: Optional[str] = None
         self._send = send
-        self._on_cancel: List[Callable[[], None]] = []
+        self._on_cancel: List[Callable[[], object]] = []
         self._lock = threading.Lock()
 
     @property
@@ -143,7 +143,7 @@ class Context:
         self._add_on_cancel(lambda: loop.call_soon_threadsafe(event.set))
         await event.wait()
 
-    def _add_on_cancel(self, callback: Callable[[], None]) -> None:
+    def _add_on_cancel(self, callback: Callable[[], object]) -> None:
         with self._lock:
             if not self.cancel_event.is_set():
                 self._on_cancel.append(callback)
