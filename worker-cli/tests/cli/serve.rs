@@ -220,3 +220,59 @@ async fn a_handler_process_that_does_not_serve_its_kind_stops_the_worker_with_a_
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("does not serve kind \"train\" (it serves job)"), "{stderr}");
 }
+
+#[tokio::test]
+async fn handler_processes_are_recycled_after_max_tasks_and_above_max_memory() {
+    let f = Fixture::start().await;
+    let dir = TempDir::new("serve-recycle");
+    let serve = write_handler(dir.path());
+    let d = dir.path().display().to_string();
+    // After two tasks each: five tasks take at least three processes.
+    let sup = Supervisor::start(
+        &f.server,
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "svm",
+            "--serve",
+            &serve,
+            "--serve-max-tasks",
+            "2",
+        ],
+    );
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..5 {
+        let id = enqueue(&f, "svm", &serde_json::json!({"case": "ok", "i": i, "dir": d})).await;
+        let st = wait_state(&f, "svm", &id, "succeeded").await;
+        let result: Value = serde_json::from_str(st["result"].as_str().unwrap()).unwrap();
+        assert_eq!(st["attempt"], 0, "a recycle fails no task: {st:#}");
+        pids.insert(result["pid"].as_u64().unwrap());
+    }
+    assert_eq!(pids.len(), 3, "{pids:?}\n{}", sup.log());
+    assert!(sup.log().contains("it took --serve-max-tasks 2"), "{}", sup.log());
+    drop(sup);
+
+    // Any Python is above 1 MiB: recycled at the first check after its task, and warned about.
+    let sup = Supervisor::start(
+        &f.server,
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "svm2",
+            "--serve",
+            &serve,
+            "--serve-max-memory",
+            "1MiB",
+        ],
+    );
+    let id = enqueue(&f, "svm2", &serde_json::json!({"case": "ok", "dir": d})).await;
+    wait_state(&f, "svm2", &id, "succeeded").await;
+    let recycled = wait_until(Duration::from_secs(30), async || {
+        sup.log().contains("above --serve-max-memory") && sup.log().matches("handler process ready").count() >= 2
+    })
+    .await;
+    assert!(recycled, "{}", sup.log());
+    assert!(sup.log().contains("the limit looks too low"), "{}", sup.log());
+}
