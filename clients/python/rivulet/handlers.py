@@ -69,6 +69,9 @@ PROTOCOL = 1
 Handler = Callable[[Any, "Context"], Union[Any, Awaitable[Any]]]
 H = TypeVar("H", bound=Callable[..., Any])
 
+# Guards the rare cancel bookkeeping of every context (one lock, not one per task).
+_CANCEL_LOCK = threading.Lock()
+
 
 class Fatal(Exception):
     """A failure retrying cannot fix: the task goes to the dead-letter stream as ``fatal``."""
@@ -113,18 +116,28 @@ class Context:
         deadline_ms = message.get("deadline_ms")
         #: When the worker times this run out (seconds since the epoch), if it has a timeout.
         self.deadline: Optional[float] = None if deadline_ms is None else float(deadline_ms) / 1000.0
-        #: Set when the task is cancelled (or timed out, or the worker is stopping).
-        self.cancel_event = threading.Event()
         #: Why it was cancelled (``cancelled`` or ``stopped``), once it is.
         self.cancel_reason: Optional[str] = None
         self._send = send
+        self._cancelled = False
+        # Made on first use: most tasks are never cancelled and never ask.
+        self._event: Optional[threading.Event] = None
         self._on_cancel: List[Callable[[], object]] = []
-        self._lock = threading.Lock()
 
     @property
     def cancelled(self) -> bool:
         """Whether the task was cancelled: stop soon (return or raise)."""
-        return self.cancel_event.is_set()
+        return self._cancelled
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the task is cancelled (or timed out, or the worker is stopping)."""
+        with _CANCEL_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._cancelled:
+                    self._event.set()
+            return self._event
 
     def remaining(self) -> Optional[float]:
         """Seconds left before the worker's timeout, if the task has one."""
@@ -144,19 +157,21 @@ class Context:
         await event.wait()
 
     def _add_on_cancel(self, callback: Callable[[], object]) -> None:
-        with self._lock:
-            if not self.cancel_event.is_set():
+        with _CANCEL_LOCK:
+            if not self._cancelled:
                 self._on_cancel.append(callback)
                 return
         callback()
 
     def _cancel(self, reason: str) -> None:
-        with self._lock:
-            if self.cancel_event.is_set():
+        with _CANCEL_LOCK:
+            if self._cancelled:
                 return
+            self._cancelled = True
             self.cancel_reason = reason
-            self.cancel_event.set()
-            callbacks, self._on_cancel = self._on_cancel, []
+            event, callbacks, self._on_cancel = self._event, self._on_cancel, []
+        if event is not None:
+            event.set()
         for callback in callbacks:
             callback()
 
