@@ -12,7 +12,9 @@ It starts its own ``redis-server`` on a free loopback port. For each mode and ru
 fresh queue with N tasks (``worker-cli enqueue --count N``), resets Redis's statistics, and
 runs one ``worker-cli work --max-tasks N`` (it takes exactly N tasks, drains and exits):
 
-- ``builtin``: the built-in Rust ``noop`` kind, in process;
+- ``builtin cC``: the built-in Rust ``noop`` kind, in process, ``-c C`` (64, and each
+  ``--serve-concurrency`` value: the engine's own cost at that concurrency, without a handler
+  process);
 - ``serve cC``: ``--serve noop_py='python3 app.py' --serve-concurrency C -c C``, the handler
   module written with ``rivulet.handlers`` (``def noop(payload, ctx): return None``);
 - ``exec``: ``--exec noop_py='python3 -c pass'`` (a new interpreter per task), at the worker's
@@ -145,7 +147,7 @@ def self_cpu(pid: int) -> Optional[float]:
 
 def run_mode(bin_: str, url: str, r: Redis, mode: str, n: int, conc: int, work: Path, run: int) -> Dict[str, float]:
     queue = f"bench-{mode.replace(' ', '-')}-{run}"
-    kind = "noop" if mode == "builtin" else "noop_py"
+    kind = "noop" if mode.startswith("builtin") else "noop_py"
     env = dict(os.environ, REDIS_URL=url, RUST_LOG="warn",
                PYTHONPATH=os.pathsep.join([str(REPO / "clients" / "python"), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([bin_, "enqueue", "--queue", queue, "--kind", kind, "--payload", "{}", "--count", str(n),
@@ -158,6 +160,8 @@ def run_mode(bin_: str, url: str, r: Redis, mode: str, n: int, conc: int, work: 
                  "-c", str(conc)]
     elif mode == "exec":
         args += ["--exec", f"noop_py={sys.executable} -c pass"]
+    else:
+        args += ["-c", str(conc)]
     r.call("CONFIG", "RESETSTAT")
     calls0, cpu0 = command_calls(r), redis_cpu(r)
     started = time.time()
@@ -217,8 +221,10 @@ def main() -> None:
                     raise
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}"
-        modes: List[Tuple[str, int, int]] = [("builtin", a.tasks, 64)]
-        modes += [(f"serve c{c}", a.tasks, int(c)) for c in a.serve_concurrency.split(",")]
+        concs = [int(c) for c in a.serve_concurrency.split(",")]
+        modes: List[Tuple[str, int, int]] = [("builtin c64", a.tasks, 64)]
+        modes += [(f"builtin c{c}", a.tasks, c) for c in concs if c != 64]
+        modes += [(f"serve c{c}", a.tasks, c) for c in concs]
         modes += [("exec", a.exec_tasks, 0)]
         results: Dict[str, List[Dict[str, float]]] = {m: [] for m, _, _ in modes}
         for run in range(a.runs):
@@ -226,7 +232,7 @@ def main() -> None:
             for mode, n, conc in modes:
                 res = run_mode(a.worker_cli, url, r, mode, n, conc, work, run)
                 results[mode].append(res)
-                print(f"run {run + 1} {mode:>10}: {res['rate']:>9,.0f} tasks/s", file=sys.stderr)
+                print(f"run {run + 1} {mode:>11}: {res['rate']:>9,.0f} tasks/s", file=sys.stderr)
         keys = ["rate", "commands_per_task", "redis_cpu_us_per_task", "worker_cpu_us_per_task",
                 "handler_cpu_us_per_task"]
         summary = {m: {k: [statistics.median(x[k] for x in rs), min(x[k] for x in rs), max(x[k] for x in rs)]
@@ -235,11 +241,11 @@ def main() -> None:
             print(json.dumps(summary, indent=1))
             return
         print(f"median (min-max) of {a.runs} runs; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'mode':>10} | {'tasks/s':>26} | {'cmds/task':>9} | {'Redis CPU µs/task':>17} | "
+        print(f"{'mode':>11} | {'tasks/s':>26} | {'cmds/task':>9} | {'Redis CPU µs/task':>17} | "
               f"{'worker CPU µs/task':>18} | {'handler CPU µs/task':>19}")
         for m, s in summary.items():
             rate = f"{s['rate'][0]:,.0f} ({s['rate'][1]:,.0f}-{s['rate'][2]:,.0f})"
-            print(f"{m:>10} | {rate:>26} | {s['commands_per_task'][0]:>9.2f} | "
+            print(f"{m:>11} | {rate:>26} | {s['commands_per_task'][0]:>9.2f} | "
                   f"{s['redis_cpu_us_per_task'][0]:>17.1f} | {s['worker_cpu_us_per_task'][0]:>18.1f} | "
                   f"{s['handler_cpu_us_per_task'][0]:>19.1f}")
     finally:

@@ -376,7 +376,11 @@ impl Proc {
     fn progress(&self, id: &str, percent: f64, message: String) -> bool {
         let inflight = self.inflight.lock().expect("never poisoned: no panics under it");
         let Some(e) = inflight.tasks.get(id) else { return false };
-        let percent = if percent.is_finite() { percent.clamp(0.0, 100.0) as u8 } else { 0 };
+        let percent = if percent.is_finite() {
+            percent.clamp(0.0, 100.0) as u8
+        } else {
+            0
+        };
         e.control.report(percent, message);
         true
     }
@@ -645,7 +649,11 @@ async fn supervise(pool: Arc<Pool>, stop: CancellationToken) {
                     ));
                     break;
                 }
-                in_a_row = if started.elapsed() >= STABLE_AFTER { 1 } else { in_a_row + 1 };
+                in_a_row = if started.elapsed() >= STABLE_AFTER {
+                    1
+                } else {
+                    in_a_row + 1
+                };
                 let delay = policy::restart_delay(in_a_row, fastrand::f64(), cap);
                 tracing::warn!(kinds = %pool.name, error = %why, restart_in_ms = delay.as_millis() as u64, "handler process crashed; restarting");
                 tokio::select! {
@@ -746,7 +754,11 @@ async fn run_process(pool: &Pool, stop: &CancellationToken, warned_memory: &mut 
             } else if let Some(missing) = pool.spec.kinds.iter().find(|k| !kinds.contains(k)) {
                 End::Refused(format!(
                     "{what} does not serve kind {missing:?} (it serves {}), which --serve {} gives it",
-                    if kinds.is_empty() { "none".to_owned() } else { kinds.join(", ") },
+                    if kinds.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        kinds.join(", ")
+                    },
                     pool.spec
                 ))
             } else {
@@ -771,10 +783,7 @@ async fn run_process(pool: &Pool, stop: &CancellationToken, warned_memory: &mut 
         }
     }
     // What the process said last on stderr explains most crashes.
-    let _ = tokio::time::timeout(STDERR_LINGER, async {
-        while io.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(STDERR_LINGER, async { while io.join_next().await.is_some() {} }).await;
     io.abort_all();
     let end = match end {
         End::Crash(why) => End::Crash(format!("{why}{}", tail_text(&tail))),
@@ -1024,7 +1033,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "task");
         assert_eq!(v["payload"]["a"][1], 2);
-        assert_eq!((v["attempt"].as_u64(), v["last_error"].as_str()), (Some(1), Some("boom")));
+        assert_eq!(
+            (v["attempt"].as_u64(), v["last_error"].as_str()),
+            (Some(1), Some("boom"))
+        );
         assert!(v["deadline_ms"].is_null());
         let line = task_line(&ctx(Codec::Bytes), b"\x00\xffhi").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -1040,16 +1052,32 @@ mod tests {
     #[test]
     fn answers_map_to_results_and_retry_choices() {
         let parse = |s: &'static str| serde_json::from_str::<Incoming<'static>>(s).unwrap();
-        let out = answer(&parse(r#"{"type":"result","id":"a","result":{"loss":0.1}}"#), Codec::Json).unwrap();
+        let out = answer(
+            &parse(r#"{"type":"result","id":"a","result":{"loss":0.1}}"#),
+            Codec::Json,
+        )
+        .unwrap();
         assert_eq!(out.0, Some((Bytes::from_static(br#"{"loss":0.1}"#), Codec::Json)));
-        let out = answer(&parse(r#"{"type":"result","id":"a","result_base64":"aGk="}"#), Codec::Json).unwrap();
+        let out = answer(
+            &parse(r#"{"type":"result","id":"a","result_base64":"aGk="}"#),
+            Codec::Json,
+        )
+        .unwrap();
         assert_eq!(out.0, Some((Bytes::from_static(b"hi"), Codec::Bytes)));
         let out = answer(&parse(r#"{"type":"result","id":"a","result":[1]}"#), Codec::MsgPack).unwrap();
         assert_eq!(out.0, Some((Bytes::from_static(b"\x91\x01"), Codec::MsgPack)));
-        assert!(answer(&parse(r#"{"type":"result","id":"a"}"#), Codec::Json).unwrap().0.is_none());
+        assert!(
+            answer(&parse(r#"{"type":"result","id":"a"}"#), Codec::Json)
+                .unwrap()
+                .0
+                .is_none()
+        );
         let e = |s| answer(&parse(s), Codec::Json).err().unwrap();
         assert!(matches!(e(r#"{"type":"error","id":"a","message":"m"}"#), HandlerError::Retry(m) if m == "m"));
-        assert!(matches!(e(r#"{"type":"error","id":"a","message":"m","fatal":true}"#), HandlerError::Fatal(_)));
+        assert!(matches!(
+            e(r#"{"type":"error","id":"a","message":"m","fatal":true}"#),
+            HandlerError::Fatal(_)
+        ));
         assert!(matches!(
             e(r#"{"type":"error","id":"a","message":"m","retry_after_ms":1500}"#),
             HandlerError::RetryAfter(d, _) if d == Duration::from_millis(1500)

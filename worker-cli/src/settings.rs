@@ -59,9 +59,7 @@ impl WorkerSettings {
         }
         for (i, spec) in args.serve.iter().enumerate() {
             for kind in &spec.kinds {
-                if args.exec.iter().any(|e| &e.kind == kind)
-                    || args.serve[..i].iter().any(|p| p.kinds.contains(kind))
-                {
+                if args.exec.iter().any(|e| &e.kind == kind) || args.serve[..i].iter().any(|p| p.kinds.contains(kind)) {
                     return Err(UsageError::new(format!(
                         "--serve: kind {kind:?} is already served by another --serve or --exec"
                     )));
@@ -415,7 +413,15 @@ mod tests {
 
     #[test]
     fn serve_kinds_default_to_their_slots() {
-        let (g, a) = work_args(&["work", "--serve", "k=true", "--serve", "j=true", "--serve-concurrency", "3"]);
+        let (g, a) = work_args(&[
+            "work",
+            "--serve",
+            "k=true",
+            "--serve",
+            "j=true",
+            "--serve-concurrency",
+            "3",
+        ]);
         assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, 6);
         let (g, a) = work_args(&["work", "--serve", "k=true", "-c", "9"]);
         assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, 9);
@@ -442,8 +448,18 @@ mod tests {
         let (g, a) = work_args(&["work", "--exec", "k=true", "--exec", "k=false"]);
         assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("given twice"));
         let (g, a) = work_args(&["work", "--exec", "k=true", "--serve", "j,k=true"]);
-        assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("already served"));
+        assert!(
+            WorkerSettings::resolve(&g, &a)
+                .unwrap_err()
+                .0
+                .contains("already served")
+        );
         let (g, a) = work_args(&["work", "--serve", "k=a", "--serve", "k=b"]);
-        assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("already served"));
+        assert!(
+            WorkerSettings::resolve(&g, &a)
+                .unwrap_err()
+                .0
+                .contains("already served")
+        );
     }
 }

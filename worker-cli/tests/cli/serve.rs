@@ -93,7 +93,16 @@ async fn enqueue(f: &Fixture, queue: &str, payload: &Value) -> String {
     let payload = payload.to_string();
     let out = cli_json(
         &f.server,
-        &["enqueue", "--queue", queue, "--kind", "job", "--payload", &payload, "--json"],
+        &[
+            "enqueue",
+            "--queue",
+            queue,
+            "--kind",
+            "job",
+            "--payload",
+            &payload,
+            "--json",
+        ],
     )
     .await;
     out["ids"][0].as_str().unwrap().to_owned()
@@ -104,7 +113,10 @@ async fn show(f: &Fixture, queue: &str, id: &str) -> Value {
 }
 
 async fn wait_state(f: &Fixture, queue: &str, id: &str, state: &str) -> Value {
-    let reached = wait_until(Duration::from_secs(60), async || show(f, queue, id).await["state"] == state).await;
+    let reached = wait_until(Duration::from_secs(60), async || {
+        show(f, queue, id).await["state"] == state
+    })
+    .await;
     let st = show(f, queue, id).await;
     assert!(reached, "task {id} never reached {state}: {st:#}");
     st
@@ -141,16 +153,27 @@ async fn serve_runs_tasks_in_one_process_with_progress_results_retries_and_fatal
         let st = show(&f, "sv", id).await;
         assert_eq!(st["state"], "succeeded", "{st:#}");
         let result: Value = serde_json::from_str(st["result"].as_str().unwrap()).unwrap();
-        assert_eq!(&result["echo"], payload, "unicode and newlines survive the trip: {st:#}");
+        assert_eq!(
+            &result["echo"], payload,
+            "unicode and newlines survive the trip: {st:#}"
+        );
         pids.insert(result["pid"].as_u64().unwrap());
     }
     assert_eq!(pids.len(), 1, "every task ran in the same long-lived process: {pids:?}");
 
     let st = show(&f, "sv", &failing).await;
-    assert_eq!((st["state"].as_str(), st["reason"].as_str()), (Some("dead"), Some("exhausted")), "{st:#}");
+    assert_eq!(
+        (st["state"].as_str(), st["reason"].as_str()),
+        (Some("dead"), Some("exhausted")),
+        "{st:#}"
+    );
     assert_eq!(st["error"], "failed on attempt 1", "{st:#}");
     let st = show(&f, "sv", &fatal).await;
-    assert_eq!((st["state"].as_str(), st["reason"].as_str()), (Some("dead"), Some("fatal")), "{st:#}");
+    assert_eq!(
+        (st["state"].as_str(), st["reason"].as_str()),
+        (Some("dead"), Some("fatal")),
+        "{st:#}"
+    );
     assert!(st["error"].as_str().unwrap().contains("never works"), "{st:#}");
     drop(sup);
 }
@@ -186,7 +209,11 @@ async fn garbage_on_stdout_is_a_protocol_error_whose_task_is_retried_in_a_restar
     let st = wait_state(&f, "svg", &id, "succeeded").await;
     let first = marked(dir.path(), "pid-garbage-0").await;
     let result: Value = serde_json::from_str(st["result"].as_str().unwrap()).unwrap();
-    assert_ne!(result["pid"].as_u64().unwrap() as u32, first, "the process was restarted");
+    assert_ne!(
+        result["pid"].as_u64().unwrap() as u32,
+        first,
+        "the process was restarted"
+    );
     let log = sup.log();
     assert!(
         log.contains("broke the protocol") && log.contains("this is not a protocol message"),
@@ -218,7 +245,10 @@ async fn a_handler_process_that_does_not_serve_its_kind_stops_the_worker_with_a_
     let out = cli(&f.server, &["work", "--queue", "svr", "--serve", &serve]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("does not serve kind \"train\" (it serves job)"), "{stderr}");
+    assert!(
+        stderr.contains("does not serve kind \"train\" (it serves job)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
