@@ -42,6 +42,9 @@ def run(m):
         send({"type": "progress", "id": tid, "percent": 10, "message": "waiting"})
         cancels[tid].wait(60)
         send({"type": "error", "id": tid, "message": "stopped by cancel"})
+    elif case == "ignore_cancel":
+        mark(p, m)
+        time.sleep(60)
     elif case == "die_once":
         mark(p, m)
         if m["attempt"] == 0:
@@ -305,4 +308,23 @@ async fn handler_processes_are_recycled_after_max_tasks_and_above_max_memory() {
     .await;
     assert!(recycled, "{}", sup.log());
     assert!(sup.log().contains("the limit looks too low"), "{}", sup.log());
+}
+
+#[tokio::test]
+async fn a_process_that_ignores_a_cancel_is_restarted_after_the_grace() {
+    let f = Fixture::start().await;
+    let dir = TempDir::new("serve-ignore");
+    let sup = supervisor(&f, "svi", &write_handler(dir.path()));
+    let d = dir.path().display().to_string();
+    let id = enqueue(&f, "svi", &serde_json::json!({"case": "ignore_cancel", "dir": d})).await;
+    let first = marked(dir.path(), "pid-ignore_cancel-0").await;
+    cli_json(&f.server, &["task", "cancel", &id, "--queue", "svi", "--json"]).await;
+    wait_state(&f, "svi", &id, "cancelled").await;
+    let restarted = wait_until(Duration::from_secs(30), async || {
+        sup.log().contains("ignored its cancel") && sup.log().matches("handler process ready").count() >= 2
+    })
+    .await;
+    assert!(restarted, "{}", sup.log());
+    let gone = wait_until(Duration::from_secs(10), async || !crate::common::running(first)).await;
+    assert!(gone, "the process that ignored the cancel ({first}) still runs");
 }
