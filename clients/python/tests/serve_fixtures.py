@@ -1,5 +1,5 @@
 """Real parts for the handler tests: a ``redis-server`` on a free loopback port in a temp dir,
-the real ``worker-cli`` binary (``RIVULET_WORKER_CLI``, else the workspace's
+(``RIVULET_REDIS_SERVER`` names the binary, as for the Rust fixtures), the real ``worker-cli`` binary (``RIVULET_WORKER_CLI``, else the workspace's
 ``target/debug/worker-cli``, built with cargo when missing), and a supervisor process killed
 with its children when the test module ends. Never the Redis at 6379."""
 
@@ -43,7 +43,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="rivulet-py-redis-")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [os.environ.get("RIVULET_REDIS_SERVER", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
