@@ -202,3 +202,56 @@ def test_serve_outside_a_worker_says_what_it_needs() -> None:
     out = subprocess.run([sys.executable, "-c", code], input=b"", capture_output=True, env=env, timeout=60)
     assert out.returncode != 0
     assert b"worker-cli --serve" in out.stderr, out.stderr
+
+
+def test_the_protocol_in_memory_maps_payloads_results_and_errors() -> None:
+    """The Python side alone, on in-memory streams: what it answers to each message."""
+    import base64
+    import io
+
+    import msgpack
+
+    from rivulet import handlers
+
+    reg = handlers.Registry()
+
+    @reg.task("echo")
+    def echo(payload: Any, ctx: handlers.Context) -> Any:
+        ctx.progress(12.5, "working")
+        return payload
+
+    @reg.task("later")
+    def later(payload: Any, ctx: handlers.Context) -> Any:
+        raise handlers.Retry("busy", after=1.5)
+
+    @reg.task("bad")
+    def bad(payload: Any, ctx: handlers.Context) -> Any:
+        return {1, 2}  # not JSON
+
+    def task(i: int, kind: str, **extra: Any) -> Dict[str, Any]:
+        return {"type": "task", "id": f"t{i}", "kind": kind, "attempt": 0, "codec": "json", "payload": None, **extra}
+
+    lines = [
+        {"type": "hello", "protocol": 1, "kinds": ["echo"], "concurrency": 1},
+        task(1, "echo", payload={"ü": [1, 2]}),
+        task(2, "echo", codec="bytes", payload_base64=base64.b64encode(b"\x00\xff").decode()),
+        task(3, "echo", codec="msgpack", payload_base64=base64.b64encode(msgpack.packb({"a": 1})).decode()),
+        task(4, "later"),
+        task(5, "bad"),
+        task(6, "nobody"),
+        {"type": "cancel", "id": "t999"},
+    ]
+    stdin = io.BytesIO(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+    stdout = io.BytesIO()
+    reg.serve(stdin, stdout)
+    out = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert out[0] == {"type": "ready", "protocol": 1, "kinds": ["bad", "echo", "later"]}
+    answers = {m["id"]: m for m in out[1:] if m["type"] != "progress"}
+    assert answers["t1"]["result"] == {"ü": [1, 2]}
+    assert base64.b64decode(answers["t2"]["result_base64"]) == b"\x00\xff"
+    assert answers["t3"]["result"] == {"a": 1}
+    assert answers["t4"] == {"type": "error", "id": "t4", "message": "busy", "retry_after_ms": 1500}
+    assert answers["t5"]["fatal"] is True and "not JSON" in answers["t5"]["message"]
+    assert answers["t6"]["fatal"] is True and "no handler for kind 'nobody'" in answers["t6"]["message"]
+    progress = [m for m in out if m["type"] == "progress"]
+    assert progress[0] == {"type": "progress", "id": "t1", "percent": 12.5, "message": "working"}
