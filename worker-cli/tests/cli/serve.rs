@@ -42,6 +42,10 @@ def run(m):
         send({"type": "progress", "id": tid, "percent": 10, "message": "waiting"})
         cancels[tid].wait(60)
         send({"type": "error", "id": tid, "message": "stopped by cancel"})
+    elif case == "sleep":
+        mark(p, m)
+        time.sleep(p["ms"] / 1000)
+        send({"type": "result", "id": tid, "result": {"slept": p["ms"]}})
     elif case == "ignore_cancel":
         mark(p, m)
         time.sleep(60)
@@ -327,4 +331,24 @@ async fn a_process_that_ignores_a_cancel_is_restarted_after_the_grace() {
     assert!(restarted, "{}", sup.log());
     let gone = wait_until(Duration::from_secs(10), async || !crate::common::running(first)).await;
     assert!(gone, "the process that ignored the cancel ({first}) still runs");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_running_task_finish_then_the_handler_process_exits_with_its_worker() {
+    let f = Fixture::start().await;
+    let dir = TempDir::new("serve-drain");
+    let mut sup = supervisor(&f, "svd", &write_handler(dir.path()));
+    let d = dir.path().display().to_string();
+    let id = enqueue(&f, "svd", &serde_json::json!({"case": "sleep", "ms": 1500, "dir": d})).await;
+    let handler = marked(dir.path(), "pid-sleep-0").await;
+    sup.signal(Signal::SIGTERM);
+    let status = sup.exit_within(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", sup.log());
+    let st = show(&f, "svd", &id).await;
+    assert_eq!(
+        st["state"], "succeeded",
+        "the running task finished in the drain: {st:#}"
+    );
+    let gone = wait_until(Duration::from_secs(10), async || !crate::common::running(handler)).await;
+    assert!(gone, "the handler process {handler} outlived its worker");
 }
