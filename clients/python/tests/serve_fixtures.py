@@ -138,7 +138,7 @@ class Served:
         self.server, self.queue, self.sup, self.dir = server, queue, sup, work_dir
 
     def enqueue(self, kind: str, payload: Optional[str] = None, *, payload_file: Optional[str] = None,
-                codec: str = "json", max_attempts: Optional[int] = None) -> str:
+                codec: str = "json", max_attempts: Optional[int] = None, timeout: Optional[str] = None) -> str:
         args = ["enqueue", "--queue", self.queue, "--kind", kind, "--codec", codec]
         if payload_file is not None:
             args += ["--payload-file", payload_file]
@@ -146,6 +146,8 @@ class Served:
             args += ["--payload", payload]
         if max_attempts is not None:
             args += ["--max-attempts", str(max_attempts)]
+        if timeout is not None:
+            args += ["--timeout", timeout]
         return str(cli_json(self.server.url, args)["ids"][0])
 
     def show(self, task_id: str) -> Dict[str, Any]:

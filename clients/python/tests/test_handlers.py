@@ -67,6 +67,10 @@ def die_once(payload, ctx):
 def big(payload, ctx):
     return {"len": len(payload["blob"]), "tail": payload["blob"][-3:], "name": payload["name"]}
 
+@handlers.task("deadline")
+def deadline(payload, ctx):
+    return {"remaining": ctx.remaining(), "deadline": ctx.deadline}
+
 @handlers.task("raw")
 def raw(payload, ctx):
     return bytes(reversed(payload))
@@ -75,7 +79,7 @@ if __name__ == "__main__":
     handlers.serve()
 '''
 
-KINDS = "train,flaky,fatal,later,slow,aslow,die_once,big,raw"
+KINDS = "train,flaky,fatal,later,slow,aslow,die_once,big,raw,deadline"
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +165,14 @@ def test_unicode_and_a_10_mb_payload_travel_whole(served: Served) -> None:
     task_id = served.enqueue("big", payload_file=path)
     st = served.wait_state(task_id, "succeeded", timeout=120)
     assert result_of(st) == {"len": len(blob), "tail": "end"[-3:], "name": "naïve – 東京 🚀"}
+
+
+def test_the_timeout_reaches_the_handler_as_a_deadline(served: Served) -> None:
+    with_timeout = served.enqueue("deadline", "{}", timeout="30s")
+    without = served.enqueue("deadline", "{}")
+    got = result_of(served.wait_state(with_timeout, "succeeded"))
+    assert 20 < got["remaining"] <= 30, got
+    assert result_of(served.wait_state(without, "succeeded")) == {"remaining": None, "deadline": None}
 
 
 def test_bytes_payloads_and_results_are_bytes(served: Served) -> None:
