@@ -42,6 +42,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import queue
 import inspect
 import json
 import os
@@ -49,7 +50,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import IO, Any, Awaitable, Callable, Dict, List, Optional, TypeVar, Union, cast
+from typing import IO, Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 __all__ = [
     "PROTOCOL",
@@ -256,7 +257,10 @@ class _Server:
         self.write_lock = threading.Lock()
         self.running: Dict[str, Context] = {}
         self.running_lock = threading.Lock()
-        self.pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        # Sync handlers run on `concurrency` threads fed by one queue (leaner per task than an
+        # executor's futures); None tells a thread to finish.
+        self.work: "queue.SimpleQueue[Optional[Tuple[Handler, Any, Context]]]" = queue.SimpleQueue()
+        self.threads: List[threading.Thread] = []
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.loop_thread: Optional[threading.Thread] = None
         self.async_tasks: Dict[str, "concurrent.futures.Future[None]"] = {}
@@ -290,7 +294,10 @@ class _Server:
         missing = [k for k in hello.get("kinds", []) if self.registry.handler(str(k)) is None]
         if missing:
             _log(f"no handler for kind(s) {', '.join(map(str, missing))}; registered: {', '.join(self.registry.kinds)}")
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rivulet-task")
+        for i in range(concurrency):
+            thread = threading.Thread(target=self.run_queue, name=f"rivulet-task-{i}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
         self.send({"type": "ready", "protocol": PROTOCOL, "kinds": self.registry.kinds})
         try:
             while True:
@@ -306,7 +313,10 @@ class _Server:
                     _log(f"ignoring a message of unknown type {kind!r}")
         finally:
             # Stdin closed: finish what runs, then exit.
-            self.pool.shutdown(wait=True)
+            for _ in self.threads:
+                self.work.put(None)
+            for thread in self.threads:
+                thread.join()
             if self.loop is not None and self.loop_thread is not None:
                 for future in list(self.async_tasks.values()):
                     try:
@@ -345,8 +355,14 @@ class _Server:
             self.async_tasks[ctx.id] = future
             future.add_done_callback(lambda _f: self.async_tasks.pop(ctx.id, None))
         else:
-            assert self.pool is not None, "set before the first task"
-            self.pool.submit(self.run_sync, handler, payload, ctx)
+            self.work.put((handler, payload, ctx))
+
+    def run_queue(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            self.run_sync(*item)
 
     @staticmethod
     def payload(message: Dict[str, Any], codec: str) -> Any:
