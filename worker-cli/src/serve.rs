@@ -7,7 +7,8 @@
 //! worker keeps every Redis operation: the process only sees tasks and answers them.
 //!
 //! - **Start**: the worker writes `hello` (protocol version, kinds, concurrency); the process
-//!   answers `ready` once it has loaded (within `--serve-start-timeout`). A process that speaks
+//!   answers `ready` once it has loaded (within `--serve-start-timeout`); stdout lines before
+//!   it that are not messages (an import-time print) are logged and skipped. A process that speaks
 //!   another protocol version or does not serve a kind it was started for is refused: the
 //!   worker stops with an error (a restart cannot fix a deploy).
 //! - **Tasks**: a task takes one of the process's `--serve-concurrency` slots, is written as one
@@ -959,6 +960,12 @@ async fn read_messages(
         }
         let msg = match serde_json::from_slice::<Incoming<'_>>(&buf) {
             Ok(m) => m,
+            // Before `ready`, a line that is not a message is an import-time print or a
+            // banner: logged, not fatal (the process has not started the protocol yet).
+            Err(_) if ready.is_some() => {
+                tracing::warn!(pid = proc.pid, line = %String::from_utf8_lossy(&buf), "handler process wrote a line on stdout before `ready`; skipped (print to stderr)");
+                continue;
+            }
             Err(e) => {
                 break format!(
                     "{what} broke the protocol: stdout line {line_no} is not a protocol message ({e}): {}; \

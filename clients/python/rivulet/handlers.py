@@ -31,9 +31,9 @@ model or a cache at import time happens once per process, not once per task.
   cancel for 5 s gets its process restarted by the worker.
 - The worker sends up to ``--serve-concurrency`` tasks at once: sync handlers run on that many
   threads, async handlers on one event loop.
-- ``print()`` is safe: :func:`serve` moves the protocol off file descriptors 0 and 1, so
-  anything the handlers (or libraries, or child processes) print goes to stderr, which the
-  worker logs.
+- ``print()`` is safe: in a ``--serve`` process, importing this module moves the protocol
+  off file descriptors 0 and 1, so anything printed afterwards (by the module while it loads,
+  the handlers, libraries, child processes) goes to stderr, which the worker logs.
 """
 
 from __future__ import annotations
@@ -228,8 +228,14 @@ def serve(stdin: Optional[IO[bytes]] = None, stdout: Optional[IO[bytes]] = None)
     _default.serve(stdin, stdout)
 
 
+_taken: "Optional[tuple[IO[bytes], IO[bytes]]]" = None
+
+
 def _take_stdio() -> "tuple[IO[bytes], IO[bytes]]":
-    """The protocol's own duplicates of fds 0 and 1; fd 0 becomes /dev/null, fd 1 stderr."""
+    """The protocol's own duplicates of fds 0 and 1 (once); fd 0 becomes /dev/null, fd 1 stderr."""
+    global _taken
+    if _taken is not None:
+        return _taken
     sys.stdout.flush()
     proto_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     proto_out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
@@ -238,7 +244,14 @@ def _take_stdio() -> "tuple[IO[bytes], IO[bytes]]":
     os.close(devnull)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return proto_in, proto_out
+    _taken = (proto_in, proto_out)
+    return _taken
+
+
+# Imported in a `--serve` process (the worker sets this): take the protocol's streams now, so a
+# print while the rest of the module loads (a model, say) cannot reach the worker as garbage.
+if os.environ.get("RIVULET_SERVE_PROTOCOL"):
+    _take_stdio()
 
 
 def _log(message: str) -> None:

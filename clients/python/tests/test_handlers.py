@@ -17,6 +17,8 @@ APP = r'''
 import asyncio, os, sys, time
 from rivulet import handlers
 
+print("loading the model... (an import-time print must not break the protocol)")
+
 def mark(ctx):
     with open(os.path.join("@DIR@", "pid-%s-%d" % (ctx.id, ctx.attempt)), "w") as f:
         f.write(str(os.getpid()))
@@ -97,7 +99,9 @@ def test_results_come_from_one_long_lived_process_and_prints_do_not_break_the_pr
     assert [r["echo"] for r in results] == [{"i": i} for i in range(5)]
     assert {r["loss"] for r in results} == {0.1}
     assert len({r["pid"] for r in results}) == 1, results
-    assert "a print in a handler goes to stderr" in served.sup.log()
+    log = served.sup.log()
+    assert "a print in a handler goes to stderr" in log and "loading the model" in log
+    assert "before `ready`" not in log, "the import-time print reached stdout"
 
 
 def test_progress_is_visible_while_the_task_runs_and_cancel_stops_it(served: Served) -> None:

@@ -22,6 +22,8 @@ def send(m):
         sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
 hello = json.loads(sys.stdin.readline())
 assert hello["type"] == "hello" and hello["protocol"] == 1, hello
+# A banner before `ready` is skipped, not a protocol error.
+sys.stdout.write("handler v1 starting\n"); sys.stdout.flush()
 send({"type": "ready", "protocol": 1, "kinds": ["job"]})
 cancels = {}
 def mark(p, m):
@@ -224,6 +226,10 @@ async fn garbage_on_stdout_is_a_protocol_error_whose_task_is_retried_in_a_restar
     let log = sup.log();
     assert!(
         log.contains("broke the protocol") && log.contains("this is not a protocol message"),
+        "{log}"
+    );
+    assert!(
+        log.contains("before `ready`; skipped") && log.contains("handler v1 starting"),
         "{log}"
     );
 }
