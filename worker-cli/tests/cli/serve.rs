@@ -358,3 +358,28 @@ async fn sigterm_lets_a_running_task_finish_then_the_handler_process_exits_with_
     let gone = wait_until(Duration::from_secs(10), async || !crate::common::running(handler)).await;
     assert!(gone, "the handler process {handler} outlived its worker");
 }
+
+#[tokio::test]
+async fn a_process_that_never_says_ready_is_restarted_after_the_start_timeout() {
+    let f = Fixture::start().await;
+    let sup = Supervisor::start(
+        &f.server,
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "svt",
+            "--serve",
+            "job=sleep 30",
+            "--serve-start-timeout",
+            "300ms",
+        ],
+    );
+    let restarted = wait_until(Duration::from_secs(30), async || {
+        let log = sup.log();
+        log.contains("did not say it was ready within 300ms (--serve-start-timeout)")
+            && log.contains("handler process crashed; restarting")
+    })
+    .await;
+    assert!(restarted, "{}", sup.log());
+}
