@@ -28,6 +28,14 @@ pub struct RunArgs {
     /// keyspace notifications are switched on during latency runs and restored after.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Start a private Redis Cluster (3 masters, 3 replicas) instead of one server. On a
+    /// cluster (this or a `redis+cluster://` URL) only drain and enqueue run.
+    #[arg(long)]
+    cluster: bool,
+    /// Shards per priority of the drain queues, comma separated (each drain runs once per
+    /// value) [default: 1].
+    #[arg(long, value_delimiter = ',')]
+    shards: Option<Vec<u16>>,
     /// Repeat the whole suite this many times; the report gives medians with min–max.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -113,6 +121,7 @@ pub struct Plan {
     pub latency_concurrency: usize,
     pub payloads: Vec<usize>,
     pub done_probe: bool,
+    pub shards: Vec<u16>,
 }
 
 impl RunArgs {
@@ -133,6 +142,7 @@ impl RunArgs {
             latency_concurrency: self.latency_concurrency.unwrap_or(self.concurrency),
             payloads: vec![1024, 64 * 1024],
             done_probe: !self.no_done_probe,
+            shards: self.shards.clone().unwrap_or(vec![1]),
         }
     }
 
@@ -164,7 +174,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let durability: rivulet::Durability = args.durability.parse()?;
-    let target = Target::open(args.redis_url.as_deref(), durability).await?;
+    let target = Target::open(args.redis_url.as_deref(), args.cluster, durability).await?;
+    let mut args = args;
+    if target.cluster {
+        // The bare loop and the latency probes use one node's connection and keyspace events.
+        args.only.retain(|s| s == "drain" || s == "enqueue");
+        progress("on a cluster: only drain and enqueue run; Redis CPU and commands are summed over every master");
+    }
     progress(format_args!(
         "redis {} at {} ({}); results in {}",
         target.version,
@@ -263,7 +279,11 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         configs.extend(plan.sweep.iter().filter(|&&c| c != plan.concurrency).map(|&c| (1, c)));
     }
     let mut ceiling_done = !args.wants("ceiling");
-    for (i, (workers, concurrency)) in configs.into_iter().enumerate() {
+    let configs: Vec<(usize, usize, u16)> = configs
+        .into_iter()
+        .flat_map(|(w, c)| plan.shards.iter().map(move |&n| (w, c, n)))
+        .collect();
+    for (i, (workers, concurrency, shards)) in configs.into_iter().enumerate() {
         if i == 1 && !ceiling_done {
             (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
             ceiling_done = true;
@@ -277,11 +297,12 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             payload_bytes: BASE_PAYLOAD,
             tasks: plan.tasks,
             lifecycle: true,
+            shards,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
         progress(format_args!(
-            "drain   {workers} process(es) x {concurrency}: {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
+            "drain   {workers} process(es) x {concurrency}, {shards} shard(s): {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
             d.tasks_per_s, d.fill_tasks_per_s, life.cpu_us_per_task, life.commands_per_task, d.worker_cpu_us_per_task,
         ));
         r.drain.push(d);
@@ -300,6 +321,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: BASE_PAYLOAD,
                 tasks: plan.tasks,
                 lifecycle,
+                shards: 1,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -384,6 +406,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: size,
                 tasks,
                 lifecycle: true,
+                shards: 1,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(

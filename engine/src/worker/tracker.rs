@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Outage, Shared};
+use crate::broker::RedisConnection;
 use crate::broker::lifecycle::{self as records, StartCode, Tracked};
 use crate::envelope::{Envelope, TaskId};
 use crate::lifecycle::TaskControl;
@@ -236,7 +237,7 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn write_progress(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut RedisConnection,
     running: &[((usize, String), TaskControl)],
 ) {
     let mut by_lane: HashMap<usize, Vec<(String, u8, String)>> = HashMap::new();
@@ -268,7 +269,7 @@ async fn write_progress(
 
 async fn poll_cancels(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut RedisConnection,
     running: &[((usize, String), TaskControl)],
 ) {
     let mut lanes: Vec<usize> = running.iter().map(|((l, _), _)| *l).collect();
