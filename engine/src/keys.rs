@@ -395,6 +395,39 @@ mod tests {
         assert_eq!(hash_slot(keys.stream.as_bytes()), hash_slot(keys.dlq.as_bytes()));
     }
 
+    /// Every key a script or a multi-key command is given is one of a shard's keys (the
+    /// broker builds `KEYS` only from [`ShardKeys`]): all of them hash to the shard's slot, so
+    /// no call can span slots on a Redis Cluster (`CROSSSLOT`), whatever the task id or unique
+    /// key holds (braces included: only the first `{...}`, the shard's, is the hash tag).
+    #[test]
+    fn every_key_a_script_takes_hashes_to_its_shards_slot() {
+        let q = Queue::new("billing").unwrap().priorities(&["high", "low"]).unwrap().shards(8).unwrap();
+        let mut slots = std::collections::HashSet::new();
+        for shard in q.all_shards() {
+            let k = &shard.keys;
+            let slot = hash_slot(k.stream.as_bytes());
+            slots.insert(slot);
+            let all = [
+                k.stream.clone(),
+                k.scheduled.clone(),
+                k.retry.clone(),
+                k.dlq.clone(),
+                k.stats.clone(),
+                k.events.clone(),
+                k.cancels.clone(),
+                k.waiting.clone(),
+                k.task("01J{other}x"),
+                k.done("id}{"),
+                k.unique("{user:42}"),
+            ];
+            for key in &all {
+                assert_eq!(hash_slot(key.as_bytes()), slot, "{key} is not in {}'s slot", k.stream);
+            }
+        }
+        // Different shards land in different slots (they can spread over masters).
+        assert_eq!(slots.len(), 16);
+    }
+
     #[test]
     fn shard_keys_share_one_hash_tag() {
         let q = Queue::new("emails").unwrap();

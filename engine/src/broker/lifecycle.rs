@@ -376,6 +376,10 @@ pub async fn last_event_ids(conn: &mut RedisConnection, shards: &[&ShardKeys]) -
 
 /// Blocks up to `block` for events after `after[i]` on each shard's events stream (a
 /// connection of its own). Returns (shard index, entry) pairs.
+///
+/// On a Redis Cluster one `XREAD` may not name streams of several slots, and blocking reads
+/// of several shards on one node's connection would queue behind each other; there each
+/// shard is read without blocking, every 50 ms until an event comes or `block` passes.
 pub async fn follow_events(
     conn: &mut RedisConnection,
     shards: &[&ShardKeys],
@@ -383,12 +387,44 @@ pub async fn follow_events(
     block: Duration,
     count: usize,
 ) -> Result<Vec<(usize, StreamEntry)>> {
+    if !conn.is_cluster() || shards.len() < 2 {
+        return read_events(conn, shards, after, Some(block), count).await;
+    }
+    let deadline = tokio::time::Instant::now() + block;
+    loop {
+        let calls = shards.iter().zip(after).enumerate().map(|(i, (k, a))| {
+            let mut conn = conn.clone();
+            async move {
+                let got = read_events(&mut conn, &[*k], &[*a], None, count).await?;
+                Ok::<_, Error>(got.into_iter().map(move |(_, e)| (i, e)))
+            }
+        });
+        let out: Vec<(usize, StreamEntry)> = futures_util::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+    }
+}
+
+/// One `XREAD` over the shards' events streams, blocking up to `block` if given.
+async fn read_events(
+    conn: &mut RedisConnection,
+    shards: &[&ShardKeys],
+    after: &[Option<StreamId>],
+    block: Option<Duration>,
+    count: usize,
+) -> Result<Vec<(usize, StreamEntry)>> {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(block.as_millis().max(1) as u64)
-        .arg("STREAMS");
+    cmd.arg("COUNT").arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS");
     for k in shards {
         cmd.arg(&k.events);
     }

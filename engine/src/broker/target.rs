@@ -348,9 +348,10 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
-/// The key a pipelined command is routed by: its first argument, for the data commands the
-/// broker pipelines (`XADD`, `HINCRBY`, `HSET`, `ZADD`, `DEL`, ...); `None` for those without
-/// a key, which travel with the first keyed group.
+/// The key a pipelined command is routed by: the first key of a script call (`EVALSHA sha n
+/// key ...`), else the first argument, for the data commands the broker pipelines (`XADD`,
+/// `HINCRBY`, `HSET`, `ZADD`, `DEL`, ...); `None` for those without a key (`SCRIPT LOAD`,
+/// `WAIT`), which go to every slot's part of a split pipeline.
 fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().map(|a| match a {
         redis::Arg::Simple(b) => b,
@@ -358,19 +359,49 @@ fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
         _ => &b""[..],
     });
     let name = args.next()?;
-    let keyless = [
-        "PING", "SCRIPT", "INFO", "CLUSTER", "EVAL", "EVALSHA", "FCALL", "MULTI", "EXEC",
-    ];
-    if keyless.iter().any(|k| name.eq_ignore_ascii_case(k.as_bytes())) {
+    let is = |k: &str| name.eq_ignore_ascii_case(k.as_bytes());
+    if ["EVAL", "EVALSHA", "FCALL"].into_iter().any(is) {
+        let _script = args.next()?;
+        let keys = args.next()?;
+        return if keys == b"0" { None } else { args.next() };
+    }
+    let keyless = ["PING", "SCRIPT", "INFO", "CLUSTER", "MULTI", "EXEC", "WAIT", "WAITAOF"];
+    if keyless.into_iter().any(is) {
         return None;
     }
     args.next()
 }
 
+/// Whether `cmd` is a durability wait, whose replies from several masters combine into the
+/// weakest (fewest replicas or fsyncs).
+fn is_wait(cmd: &Cmd) -> bool {
+    matches!(cmd.args_iter().next(), Some(redis::Arg::Simple(n)) if n.eq_ignore_ascii_case(b"WAIT") || n.eq_ignore_ascii_case(b"WAITAOF"))
+}
+
+/// The weaker of two `WAIT` (an integer) or `WAITAOF` (an array, local count first) replies.
+fn weaker(a: Value, b: Value) -> Value {
+    let count = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        Value::Array(items) => match items.first() {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        },
+        _ => None,
+    };
+    match (count(&a), count(&b)) {
+        (Some(x), Some(y)) if y < x => b,
+        (Some(_), _) => a,
+        _ => b,
+    }
+}
+
 /// Runs a pipeline on a cluster: as one pipeline when its commands share a slot, otherwise
-/// one sub-pipeline per slot, side by side, replies put back in the pipeline's order. Only
-/// commands on different slots (different shards) are reordered against each other, and the
-/// broker never pipelines commands whose order across shards matters.
+/// one sub-pipeline per slot, side by side, replies put back in the pipeline's order. Keyless
+/// commands (`SCRIPT LOAD` before script calls, a trailing `WAIT`) go into every part, so
+/// every master has the script, and a wait covers every part's writes on its own master
+/// (the replies combine into the weakest). Only commands on different slots (different
+/// shards) are reordered against each other, and the broker never pipelines commands whose
+/// order across shards matters.
 async fn cluster_pipeline(
     conn: &mut ClusterConnection,
     pipeline: &Pipeline,
@@ -385,17 +416,15 @@ async fn cluster_pipeline(
         // A transaction cannot be split; on several slots the server refuses it (CROSSSLOT).
         return conn.req_packed_commands(pipeline, offset, count).await;
     }
-    let mut groups: Vec<(u16, Vec<usize>)> = distinct.iter().map(|&s| (s, Vec::new())).collect();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); distinct.len()];
     for (i, slot) in slots.iter().enumerate() {
-        let slot = slot.unwrap_or(distinct[0]);
-        let g = groups
-            .iter_mut()
-            .find(|(s, _)| *s == slot)
-            .expect("every slot has a group");
-        g.1.push(i);
+        match slot {
+            Some(s) => groups[distinct.binary_search(s).expect("every slot has a group")].push(i),
+            None => groups.iter_mut().for_each(|g| g.push(i)),
+        }
     }
     let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
-    let calls = groups.iter().map(|(_, idx)| {
+    let calls = groups.iter().map(|idx| {
         let mut sub = redis::pipe();
         for &i in idx {
             sub.add_command(cmds[i].clone());
@@ -407,13 +436,22 @@ async fn cluster_pipeline(
         }
     });
     let replies = futures_util::future::try_join_all(calls).await?;
-    let mut out = vec![Value::Nil; cmds.len()];
-    for ((_, idx), values) in groups.iter().zip(replies) {
+    let mut out: Vec<Option<Value>> = vec![None; cmds.len()];
+    for (idx, values) in groups.iter().zip(replies) {
         for (&i, v) in idx.iter().zip(values) {
-            out[i] = v;
+            out[i] = Some(match out[i].take() {
+                Some(seen) if is_wait(cmds[i]) => weaker(seen, v),
+                Some(seen) => seen,
+                None => v,
+            });
         }
     }
-    Ok(out.into_iter().skip(offset).take(count).collect())
+    Ok(out
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Nil))
+        .skip(offset)
+        .take(count)
+        .collect())
 }
 
 /// A connection to the master Sentinel names, moved to the new master after a failover.
@@ -601,5 +639,12 @@ mod tests {
         cmd.arg("rivulet:{q:high:0}:stream").arg("*");
         assert_eq!(routing_key(&cmd), Some(&b"rivulet:{q:high:0}:stream"[..]));
         assert_eq!(routing_key(&redis::cmd("PING")), None);
+        let mut script = redis::cmd("EVALSHA");
+        script.arg("abc").arg(2).arg("rivulet:{q:high:1}:stream").arg("other");
+        assert_eq!(routing_key(&script), Some(&b"rivulet:{q:high:1}:stream"[..]));
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(100);
+        assert_eq!(routing_key(&wait), None);
+        assert_eq!(weaker(Value::Int(1), Value::Int(0)), Value::Int(0));
     }
 }
