@@ -339,3 +339,76 @@ async fn bad_cluster_and_sentinel_urls_get_typed_errors() {
         assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
     }
 }
+
+/// Tracked tasks (records, events, waits, cancels, unique keys) on tasks spread over every
+/// master, with `replicated:1` on enqueue and on settle: each wait goes to the master of the
+/// shard written (a `WAIT` elsewhere would not cover the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_lifecycle_and_replicated_acks_work_across_masters() {
+    let cluster = RedisCluster::shared();
+    let target = cluster.target();
+    let queue = Queue::new(&fresh("life")).unwrap().shards(6).unwrap();
+    let replicated: rivulet::Durability = "replicated:1".parse().unwrap();
+    let client = Client::new(&target).await.unwrap().with_durability(replicated).await.unwrap();
+    let mut cursor = client.events_now(&queue).await.unwrap();
+    let tasks: Vec<Task> = (0..30u32).map(|i| Task::json("count", &i).unwrap()).collect();
+    let ids = client.enqueue_many(&queue, tasks).await.unwrap();
+    let later = client
+        .enqueue(&queue, Task::json("count", &99u32).unwrap().delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.cancel(&queue, &later).await.unwrap(),
+        rivulet::CancelOutcome::Cancelled
+    );
+    let first = client
+        .submit(&queue, Task::json("count", &100u32).unwrap().unique_key("report-7"))
+        .await
+        .unwrap();
+    let again = client
+        .submit(&queue, Task::json("count", &101u32).unwrap().unique_key("report-7"))
+        .await
+        .unwrap();
+    assert!(matches!(first, rivulet::Enqueued::New(_)), "{first:?}");
+    assert!(matches!(again, rivulet::Enqueued::Duplicate(_)), "{again:?}");
+
+    let runs: Runs = Arc::default();
+    let options = rivulet::QueueOptions {
+        durability: replicated,
+        ..rivulet::QueueOptions::default()
+    };
+    let worker = rivulet::Worker::new(&target, counting_router(&runs), fast_config()).queue_with(queue.clone(), options);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    for id in &ids {
+        let st = client.wait(&queue, id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(st.state, rivulet::TaskState::Succeeded, "{st:?}");
+    }
+    assert_eq!(
+        client.status(&queue, &later).await.unwrap().state,
+        rivulet::TaskState::Cancelled
+    );
+    // The events of every shard, wherever it lives, reach one follower.
+    let mut succeeded = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while succeeded.len() < 31 && std::time::Instant::now() < deadline {
+        for e in client
+            .follow_events(&queue, &mut cursor, Duration::from_millis(500))
+            .await
+            .unwrap()
+        {
+            if e.event == "succeeded" {
+                succeeded.insert(e.task_id);
+            }
+        }
+    }
+    assert_eq!(succeeded.len(), 31, "succeeded events seen: {succeeded:?}");
+    let listed = client.tasks(&queue, rivulet::TaskState::Succeeded, 100).await.unwrap();
+    assert_eq!(listed.len(), 31);
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+    let (lost, twice) = lost_and_twice(&runs, 30);
+    assert!(lost.is_empty() && twice == 0, "lost {lost:?}, twice {twice}");
+}

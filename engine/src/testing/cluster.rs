@@ -204,6 +204,17 @@ impl RedisCluster {
             .kill();
     }
 
+    /// Starts the killed node on `port` again (it rejoins as a replica of the master that took
+    /// its slots) and waits until the cluster is whole again.
+    pub fn restart(&mut self, port: u16) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+            .restart();
+        self.wait_ready(Duration::from_secs(30)).expect("the cluster heals");
+    }
+
     /// Moves `slot` with its keys from the master serving it to the master on `to`, the way
     /// `redis-cli --cluster reshard` does: IMPORTING / MIGRATING, `MIGRATE` in batches, then
     /// `SETSLOT NODE` on every master. Clients see `ASK` while it runs and `MOVED` after.

@@ -18,6 +18,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Node {
     port: u16,
     dir: PathBuf,
+    /// The server's full command line, to start it again in the same dir.
+    args: Vec<String>,
     pid: Option<u32>,
     tether: Option<Child>,
 }
@@ -44,39 +46,48 @@ impl Node {
         full.extend(["--dir".into(), dir.display().to_string()]);
         full.extend(["--logfile".into(), dir.join("redis.log").display().to_string()]);
         full.extend(args.iter().cloned());
-        // The shell prints the server's pid, then waits for its stdin to close (the test ends)
-        // and kills the server.
-        let mut tether = Command::new("sh")
-            .arg("-c")
-            .arg(r#"redis-server "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null"#)
-            .arg("sh")
-            .args(&full)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh runs");
-        let mut line = String::new();
-        BufReader::new(tether.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("the tether prints the pid");
-        let pid = line.trim().parse().ok();
+        Self::spawn(port, dir, full)
+    }
+
+    fn spawn(port: u16, dir: PathBuf, args: Vec<String>) -> Self {
+        let (pid, tether) = launch(&args);
         let node = Node {
             port,
             dir,
+            args,
             pid,
             tether: Some(tether),
         };
+        node.wait_answers();
+        node
+    }
+
+    fn wait_answers(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !node.answers() {
+        while !self.answers() {
             assert!(
-                Instant::now() < deadline && node.alive(),
-                "redis-server on {port} did not start; log:\n{}",
-                node.log_tail(20)
+                Instant::now() < deadline && self.alive(),
+                "redis-server on {} did not start; log:\n{}",
+                self.port,
+                self.log_tail(20)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        node
+    }
+
+    /// Starts a killed server again, on its port, in its dir, with its arguments (a cluster
+    /// node rejoins from its `nodes.conf`, as a replica of whoever took its slots).
+    pub fn restart(&mut self) {
+        assert!(!self.alive(), "restart a node that was killed");
+        if let Some(mut old) = self.tether.take() {
+            // Closing stdin ends the old shell; its server is gone already.
+            drop(old.stdin.take());
+            let _ = old.wait();
+        }
+        let (pid, tether) = launch(&self.args);
+        self.pid = pid;
+        self.tether = Some(tether);
+        self.wait_answers();
     }
 
     /// The port.
@@ -144,6 +155,26 @@ impl Drop for Node {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `redis-server ARGS` under a shell that prints the server's pid, then waits for its
+/// stdin to close (the test ends) and kills the server.
+fn launch(args: &[String]) -> (Option<u32>, Child) {
+    let mut tether = Command::new("sh")
+        .arg("-c")
+        .arg(r#"redis-server "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null"#)
+        .arg("sh")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh runs");
+    let mut line = String::new();
+    BufReader::new(tether.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the tether prints the pid");
+    (line.trim().parse().ok(), tether)
 }
 
 /// Whether a process has exited (no longer listed, or a zombie its shell has not reaped yet).
