@@ -75,7 +75,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
-    /// lifecycle (the reference drain with task records off, then on).
+    /// lifecycle (the reference drain with task records off, then on), compare (not by
+    /// default: the reference drain and a batched enqueue on private setups started in turn,
+    /// one node, one node + replica with `replicated:1`, one node over TLS, a 3+3 cluster,
+    /// with `--shards` on the single node and the cluster; cost per task side by side).
     #[arg(
         long,
         value_delimiter = ',',
@@ -160,8 +163,8 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle)");
+        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle", "compare"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, compare)");
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -178,7 +181,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut args = args;
     if target.cluster {
         // The bare loop and the latency probes use one node's connection and keyspace events.
-        args.only.retain(|s| s == "drain" || s == "enqueue");
+        args.only.retain(|s| s == "drain" || s == "enqueue" || s == "compare");
         progress("on a cluster: only drain and enqueue run; Redis CPU and commands are summed over every master");
     }
     progress(format_args!(
@@ -205,7 +208,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let summary = report::summarise(&metrics);
     let checks = report::targets(&summary, &reference);
 
-    let text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    let mut text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    for r in &runs {
+        text.push_str(&crate::compare::table(&r.compare));
+    }
     println!("{text}");
 
     let mut files = Vec::new();
@@ -425,6 +431,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             let l = run_latency(target, plan, "1000", 1000.0, size, seconds).await?;
             r.latency.push(l);
         }
+    }
+    if args.wants("compare") && !late("compare") {
+        r.compare = crate::compare::run(plan, args.quick).await?;
     }
     r.load_after = results::loadavg();
     Ok(r)

@@ -13,7 +13,8 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use rivulet::testing::RedisServer;
 use rivulet::testing::cluster::RedisCluster;
-use rivulet::{Queue, RedisConnection, RedisTarget};
+use rivulet::testing::tls::TlsRedis;
+use rivulet::{Queue, RedisConnection, RedisTarget, TlsOptions};
 use serde::Serialize;
 
 /// A connection config for the harness's own connections: a response timeout well above any
@@ -29,8 +30,11 @@ pub struct Target {
     /// Kept alive for the run (a master, and its replicas for `replicated:N`); killed on drop.
     _servers: Vec<RedisServer>,
     _cluster: Option<RedisCluster>,
+    _tls_server: Option<TlsRedis>,
     /// What enqueues and settles wait for in every scenario.
     pub durability: rivulet::Durability,
+    /// TLS options of `rediss://` targets (the private TLS server's CA).
+    pub tls: TlsOptions,
     pub url: String,
     pub client: RedisTarget,
     pub conn: RedisConnection,
@@ -45,7 +49,53 @@ pub struct Target {
     pub private: bool,
 }
 
+/// A private Redis the harness starts for a comparison in one run (`--only compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// One server, `fast`.
+    Single,
+    /// A master and one replica, every enqueue and settle `replicated:1`.
+    Replicated,
+    /// One TLS-only server (`rediss://`, verified against its CA), `fast`.
+    Tls,
+    /// 3 masters, 3 replicas, `fast`.
+    Cluster,
+}
+
+impl Setup {
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::Single => "one node, fast",
+            Setup::Replicated => "one node + replica, replicated:1",
+            Setup::Tls => "one node over TLS, fast",
+            Setup::Cluster => "cluster 3+3, fast",
+        }
+    }
+}
+
 impl Target {
+    /// Starts the private Redis `setup` names.
+    pub async fn start(setup: Setup) -> Result<Self> {
+        match setup {
+            Setup::Single => Self::open(None, false, rivulet::Durability::Fast).await,
+            Setup::Cluster => Self::open(None, true, rivulet::Durability::Fast).await,
+            Setup::Replicated => Self::open(None, false, "replicated:1".parse()?).await,
+            Setup::Tls => {
+                let server = TlsRedis::start();
+                let (url, tls) = (server.url(), server.tls());
+                let mut t = Self::connect(
+                    url,
+                    tls,
+                    rivulet::Durability::Fast,
+                    (Vec::new(), None, Some(server)),
+                )
+                .await?;
+                t.private = true;
+                Ok(t)
+            }
+        }
+    }
+
     /// Starts a private server (or cluster), or connects to `url` after checking it is a
     /// loopback address. A private server gets a replica when `durability` waits for one
     /// (`replicated:1`; more replicas are refused: start them yourself and pass `--redis-url`).
@@ -78,7 +128,19 @@ impl Target {
                 }
             },
         };
-        let client = RedisTarget::parse(&url).with_context(|| format!("bad redis url {url}"))?;
+        let private = !servers.is_empty() || private_cluster.is_some();
+        let mut t = Self::connect(url, TlsOptions::default(), durability, (servers, private_cluster, None)).await?;
+        t.private = private;
+        Ok(t)
+    }
+
+    async fn connect(
+        url: String,
+        tls: TlsOptions,
+        durability: rivulet::Durability,
+        (servers, private_cluster, tls_server): (Vec<RedisServer>, Option<RedisCluster>, Option<TlsRedis>),
+    ) -> Result<Self> {
+        let client = RedisTarget::with_tls(&url, &tls).with_context(|| format!("bad redis url {url}"))?;
         let mut conn = client
             .connect()
             .await
@@ -95,11 +157,12 @@ impl Target {
                         .is_some_and(|f| f.contains("master") && !f.contains("fail"))
                 })
                 .filter_map(|l| {
+                    let scheme = if url.starts_with("rediss") { "rediss" } else { "redis" };
                     l.split_whitespace()
                         .nth(1)?
                         .split('@')
                         .next()
-                        .map(|a| format!("redis://{a}"))
+                        .map(|a| format!("{scheme}://{a}"))
                 })
                 .collect()
         } else {
@@ -108,7 +171,7 @@ impl Target {
         let mut nodes = Vec::new();
         for u in &node_urls {
             nodes.push(
-                redis::Client::open(u.as_str())?
+                rivulet::connection::open(u, &tls)?
                     .get_multiplexed_async_connection_with_config(&conn_config())
                     .await
                     .with_context(|| format!("cannot connect to {u}"))?,
@@ -117,10 +180,12 @@ impl Target {
         let server_info: String = redis::cmd("INFO").arg("server").query_async(&mut nodes[0]).await?;
         let version = field(&server_info, "redis_version").unwrap_or("unknown").to_owned();
         Ok(Target {
-            private: !servers.is_empty() || private_cluster.is_some(),
+            private: false,
             _servers: servers,
             _cluster: private_cluster,
+            _tls_server: tls_server,
             durability,
+            tls,
             url,
             client,
             conn,
@@ -133,7 +198,7 @@ impl Target {
 
     /// A new plain connection to the (first) node: the bare loop runs on one node only.
     pub async fn node_connection(&self) -> Result<MultiplexedConnection> {
-        Ok(redis::Client::open(self.node_urls[0].as_str())?
+        Ok(rivulet::connection::open(&self.node_urls[0], &self.tls)?
             .get_multiplexed_async_connection_with_config(&conn_config())
             .await?)
     }
