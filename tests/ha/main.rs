@@ -4,7 +4,8 @@
 //! `cluster` runs the core scenarios on one cluster shared by the binary (a queue per test:
 //! any command or script spanning slots would fail there with `CROSSSLOT`); `failover`,
 //! `reshard` and `sentinel` break or move things, on a cluster or setup of their own (the
-//! resharding test moves only its own queue's slot, on the shared cluster).
+//! resharding test moves only its own queue's slot, on the shared cluster); `tls` runs a
+//! cluster over TLS (`rediss+cluster://`).
 
 mod support;
 
@@ -12,3 +13,4 @@ mod cluster;
 mod failover;
 mod reshard;
 mod sentinel;
+mod tls;

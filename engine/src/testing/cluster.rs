@@ -11,11 +11,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::node::{Node, free_ports, query};
+use super::tls::TestCerts;
 
 /// A running cluster; every node is killed when it drops (or when the test process ends).
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// For a TLS cluster ([`RedisCluster::start_tls`]): the certificates and each node's TLS
+    /// port (its plain port stays open for the harness's own checks).
+    tls: Option<(TestCerts, Vec<u16>)>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -44,9 +48,21 @@ impl RedisCluster {
 
     /// Starts 3 masters with one replica each and waits until the cluster is ready.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`start`](Self::start), every node also serving TLS (`--tls-port`, `--tls-cluster yes`,
+    /// `--tls-replication yes`, certificates made by the test): [`url`](Self::url) is then
+    /// `rediss+cluster://` on the TLS ports, and Redis tells a TLS client the TLS ports of the
+    /// other nodes.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(tls) {
                 Ok(c) => return c,
                 // A probed port taken by someone else before the node bound it: try again.
                 Err(e) => last = e,
@@ -55,11 +71,12 @@ impl RedisCluster {
         panic!("could not start a Redis Cluster: {last}");
     }
 
-    fn try_start() -> Result<Self, String> {
-        let ports = free_ports(12);
+    fn try_start(tls: bool) -> Result<Self, String> {
+        let ports = free_ports(18);
+        let certs = tls.then(TestCerts::generate);
         let mut nodes = Vec::new();
         for i in 0..6 {
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-port",
@@ -76,12 +93,51 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if let Some(certs) = &certs {
+                let (cert, key) = certs.server();
+                // On the cluster bus a node is also a client, and the bus always checks client
+                // certificates: it presents the client one.
+                let (client_cert, client_key) = certs.client();
+                args.extend([
+                    "--tls-client-cert-file".to_owned(),
+                    client_cert.display().to_string(),
+                    "--tls-client-key-file".to_owned(),
+                    client_key.display().to_string(),
+                    "--tls-port".to_owned(),
+                    ports[12 + i].to_string(),
+                    "--tls-cluster".to_owned(),
+                    "yes".to_owned(),
+                    "--tls-replication".to_owned(),
+                    "yes".to_owned(),
+                    "--tls-cert-file".to_owned(),
+                    cert.display().to_string(),
+                    "--tls-key-file".to_owned(),
+                    key.display().to_string(),
+                    "--tls-ca-cert-file".to_owned(),
+                    certs.ca().display().to_string(),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ]);
+            }
             nodes.push(Node::start(ports[i], &args, None));
         }
-        let out = std::process::Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(nodes.iter().map(Node::addr))
+        let tls_ports: Vec<u16> = ports[12..].to_vec();
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        match &certs {
+            // Over TLS the nodes meet on their TLS ports (the cluster bus is TLS too).
+            Some(certs) => {
+                create
+                    .args(tls_ports.iter().map(|p| format!("127.0.0.1:{p}")))
+                    .arg("--tls")
+                    .arg("--cacert")
+                    .arg(certs.ca());
+            }
+            None => {
+                create.args(nodes.iter().map(Node::addr));
+            }
+        }
+        let out = create
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .map_err(|e| format!("redis-cli is not runnable ({e}); install redis-tools"))?;
@@ -92,7 +148,10 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            tls: certs.map(|c| (c, tls_ports)),
+        };
         cluster.wait_ready(Duration::from_secs(30))?;
         Ok(cluster)
     }
@@ -140,15 +199,37 @@ impl RedisCluster {
         None
     }
 
-    /// `redis+cluster://` with every master's and replica's address as a seed.
+    /// `redis+cluster://` with every master's and replica's address as a seed
+    /// (`rediss+cluster://` and the TLS ports for a TLS cluster).
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(Node::addr).collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        match &self.tls {
+            None => {
+                let seeds: Vec<String> = self.nodes.iter().map(Node::addr).collect();
+                format!("redis+cluster://{}", seeds.join(","))
+            }
+            Some((_, ports)) => {
+                let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+                format!("rediss+cluster://{}", seeds.join(","))
+            }
+        }
     }
 
-    /// The parsed target for [`url`](Self::url).
+    /// The TLS options that trust a TLS cluster's CA (default ones for a plain cluster).
+    pub fn tls_options(&self) -> crate::TlsOptions {
+        crate::TlsOptions {
+            ca_file: self.tls.as_ref().map(|(certs, _)| certs.ca()),
+            ..crate::TlsOptions::default()
+        }
+    }
+
+    /// The certificates of a TLS cluster.
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref().map(|(certs, _)| certs)
+    }
+
+    /// The parsed target for [`url`](Self::url) (with [`tls_options`](Self::tls_options)).
     pub fn target(&self) -> crate::RedisTarget {
-        crate::RedisTarget::parse(&self.url()).expect("a loopback cluster URL parses")
+        crate::RedisTarget::with_tls(&self.url(), &self.tls_options()).expect("a loopback cluster URL parses")
     }
 
     /// The nodes, in start order.
