@@ -83,13 +83,8 @@ impl Target {
             Setup::Tls => {
                 let server = TlsRedis::start();
                 let (url, tls) = (server.url(), server.tls());
-                let mut t = Self::connect(
-                    url,
-                    tls,
-                    rivulet::Durability::Fast,
-                    (Vec::new(), None, Some(server)),
-                )
-                .await?;
+                let mut t =
+                    Self::connect(url, tls, rivulet::Durability::Fast, (Vec::new(), None, Some(server))).await?;
                 t.private = true;
                 Ok(t)
             }

@@ -401,7 +401,12 @@ mod tests {
     /// key holds (braces included: only the first `{...}`, the shard's, is the hash tag).
     #[test]
     fn every_key_a_script_takes_hashes_to_its_shards_slot() {
-        let q = Queue::new("billing").unwrap().priorities(&["high", "low"]).unwrap().shards(8).unwrap();
+        let q = Queue::new("billing")
+            .unwrap()
+            .priorities(&["high", "low"])
+            .unwrap()
+            .shards(8)
+            .unwrap();
         let mut slots = std::collections::HashSet::new();
         for shard in q.all_shards() {
             let k = &shard.keys;

@@ -349,12 +349,20 @@ async fn task_lifecycle_and_replicated_acks_work_across_masters() {
     let target = cluster.target();
     let queue = Queue::new(&fresh("life")).unwrap().shards(6).unwrap();
     let replicated: rivulet::Durability = "replicated:1".parse().unwrap();
-    let client = Client::new(&target).await.unwrap().with_durability(replicated).await.unwrap();
+    let client = Client::new(&target)
+        .await
+        .unwrap()
+        .with_durability(replicated)
+        .await
+        .unwrap();
     let mut cursor = client.events_now(&queue).await.unwrap();
     let tasks: Vec<Task> = (0..30u32).map(|i| Task::json("count", &i).unwrap()).collect();
     let ids = client.enqueue_many(&queue, tasks).await.unwrap();
     let later = client
-        .enqueue(&queue, Task::json("count", &99u32).unwrap().delay(Duration::from_secs(3600)))
+        .enqueue(
+            &queue,
+            Task::json("count", &99u32).unwrap().delay(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -377,7 +385,8 @@ async fn task_lifecycle_and_replicated_acks_work_across_masters() {
         durability: replicated,
         ..rivulet::QueueOptions::default()
     };
-    let worker = rivulet::Worker::new(&target, counting_router(&runs), fast_config()).queue_with(queue.clone(), options);
+    let worker =
+        rivulet::Worker::new(&target, counting_router(&runs), fast_config()).queue_with(queue.clone(), options);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(worker.run(async move {
         let _ = stopped.await;

@@ -58,7 +58,10 @@ async fn killing_a_master_while_draining_loses_no_replicated_enqueue_and_drainin
             p.lost, p.twice, p.resent, p.resumed, p.all_done
         );
     }
-    assert_eq!(replicated.lost, 0, "acknowledged replicated:1 enqueues lost in the failover");
+    assert_eq!(
+        replicated.lost, 0,
+        "acknowledged replicated:1 enqueues lost in the failover"
+    );
 }
 
 async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability: Durability) -> Phase {
@@ -96,14 +99,21 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
 
     // The producer: batches paced so that the kill lands while it enqueues; a failed batch is
     // sent again (same task ids) until it is acknowledged.
-    let client = Client::new(&target).await.unwrap().with_durability(durability).await.unwrap();
+    let client = Client::new(&target)
+        .await
+        .unwrap()
+        .with_durability(durability)
+        .await
+        .unwrap();
     let acked: Arc<Mutex<HashSet<u32>>> = Arc::default();
     let resent = Arc::new(AtomicUsize::new(0));
     let producer = {
         let (acked, resent, queue) = (acked.clone(), resent.clone(), queue.clone());
         tokio::spawn(async move {
             for start in (0..TASKS).step_by(BATCH as usize) {
-                let batch: Vec<Task> = (start..start + BATCH).map(|i| Task::json("count", &i).unwrap()).collect();
+                let batch: Vec<Task> = (start..start + BATCH)
+                    .map(|i| Task::json("count", &i).unwrap())
+                    .collect();
                 while let Err(e) = client.enqueue_many(&queue, batch.clone()).await {
                     if resent.fetch_add(1, Ordering::Relaxed) == 0 {
                         eprintln!("enqueue failed (sent again): {e}");
@@ -115,10 +125,14 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
             }
         })
     };
-    wait_for("a third of the tasks to be acknowledged", Duration::from_secs(60), || {
-        let n = acked.lock().unwrap().len();
-        async move { n as u32 >= TASKS / 3 }
-    })
+    wait_for(
+        "a third of the tasks to be acknowledged",
+        Duration::from_secs(60),
+        || {
+            let n = acked.lock().unwrap().len();
+            async move { n as u32 >= TASKS / 3 }
+        },
+    )
     .await;
     let killed_at = Instant::now();
     cluster.kill(victim.port);
@@ -147,11 +161,20 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
         .unwrap();
     let inspector = Inspector::new(&target).await.unwrap();
     // Every acknowledged task runs, or (lost ones) the queue runs dry without it.
-    wait_for("every acknowledged task to run, or nothing left", Duration::from_secs(120), || {
-        let missing = acked.lock().unwrap().iter().filter(|i| !runs.lock().unwrap().contains_key(i)).count();
-        let (inspector, queue) = (inspector.clone(), queue.clone());
-        async move { missing == 0 || outstanding(&inspector, &queue).await == 0 }
-    })
+    wait_for(
+        "every acknowledged task to run, or nothing left",
+        Duration::from_secs(120),
+        || {
+            let missing = acked
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| !runs.lock().unwrap().contains_key(i))
+                .count();
+            let (inspector, queue) = (inspector.clone(), queue.clone());
+            async move { missing == 0 || outstanding(&inspector, &queue).await == 0 }
+        },
+    )
     .await;
     let all_done = killed_at.elapsed();
     // Reruns of what the new master never heard settled finish too: nothing stays pending.

@@ -21,7 +21,12 @@ async fn a_tls_cluster_runs_tasks_on_every_master_and_refuses_a_wrong_ca() {
     let tasks: Vec<Task> = (0..300u32).map(|i| Task::json("count", &i).unwrap()).collect();
     client.enqueue_many(&queue, tasks).await.unwrap();
     let runs: Runs = Arc::default();
-    let w = RunningWorker::start(&target, std::slice::from_ref(&queue), counting_router(&runs), fast_config());
+    let w = RunningWorker::start(
+        &target,
+        std::slice::from_ref(&queue),
+        counting_router(&runs),
+        fast_config(),
+    );
     let inspector = Inspector::new(&target).await.unwrap();
     wait_for("every task to run", Duration::from_secs(60), || {
         let n = runs.lock().unwrap().len();
@@ -42,7 +47,9 @@ async fn a_tls_cluster_runs_tasks_on_every_master_and_refuses_a_wrong_ca() {
         ca_file: Some(cluster.certs().unwrap().other_ca()),
         ..TlsOptions::default()
     };
-    let err = Client::new(RedisTarget::with_tls(&url, &wrong).unwrap()).await.unwrap_err();
+    let err = Client::new(RedisTarget::with_tls(&url, &wrong).unwrap())
+        .await
+        .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("certificate") || text.contains("UnknownIssuer"), "{text}");
     // TLS options on a plain cluster URL are a mistake, not silently ignored.

@@ -119,7 +119,11 @@ where
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
             // A URL of the wrong kind (a plain redis:// URL to a Redis Cluster node): bad usage.
-            None if matches!(e.downcast_ref::<store::Unreachable>(), Some(store::Unreachable::BadUrl(_))) => {
+            None if matches!(
+                e.downcast_ref::<store::Unreachable>(),
+                Some(store::Unreachable::BadUrl(_))
+            ) =>
+            {
                 usage_error(&format!("error: {e}\n"), &args)
             }
             // A supervised worker that could not reach Redis: its supervisor restarts it

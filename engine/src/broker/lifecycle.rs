@@ -10,8 +10,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::broker::RedisConnection;
+use bytes::Bytes;
 use redis::{Script, Value};
 
 use super::settle::settle_invocation;

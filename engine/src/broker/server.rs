@@ -21,7 +21,10 @@ pub async fn server_info(conn: &mut RedisConnection) -> Result<ServerInfo> {
         .query_async(conn)
         .await?;
     let texts: Vec<String> = match reply {
-        Value::Map(nodes) => nodes.into_iter().map(|(_, v)| super::string(v)).collect::<Result<_>>()?,
+        Value::Map(nodes) => nodes
+            .into_iter()
+            .map(|(_, v)| super::string(v))
+            .collect::<Result<_>>()?,
         other => vec![super::string(other)?],
     };
     let infos = texts.iter().map(|t| ServerInfo::parse(t)).collect::<Result<Vec<_>>>()?;

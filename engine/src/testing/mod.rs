@@ -49,8 +49,8 @@
 //! queues, all workers, all keys). A static is never dropped, so the part must end with the
 //! process by itself: the server's watchdog kills it when the binary exits.
 
-pub mod decoders;
 pub mod cluster;
+pub mod decoders;
 mod fixture;
 pub mod node;
 mod process;

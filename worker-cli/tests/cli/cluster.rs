@@ -16,7 +16,11 @@ async fn a_cluster_url_serves_every_command_and_a_plain_url_to_a_node_is_told_wh
     // wherever they live), work and stats again.
     let out = cli_env(Some(&url), &["queue", "create", "cq", "--shards", "6"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let sent = cli_json_at(&url, &["enqueue", "--queue", "cq", "--kind", "noop", "--count", "40", "--json"]).await;
+    let sent = cli_json_at(
+        &url,
+        &["enqueue", "--queue", "cq", "--kind", "noop", "--count", "40", "--json"],
+    )
+    .await;
     assert_eq!(sent["count"], 40);
     let waiting = |doc: &serde_json::Value| -> u64 {
         doc[0]["priorities"]
@@ -41,7 +45,11 @@ async fn a_cluster_url_serves_every_command_and_a_plain_url_to_a_node_is_told_wh
     // A plain URL to one master: refused at once, exit 2, naming redis+cluster://.
     let node = cluster.topology().into_iter().find(|n| n.master).unwrap();
     let plain = format!("redis://127.0.0.1:{}", node.port);
-    for args in [&["stats"][..], &["enqueue", "--queue", "cq", "--kind", "noop"], &["work", "--queue", "cq"]] {
+    for args in [
+        &["stats"][..],
+        &["enqueue", "--queue", "cq", "--kind", "noop"],
+        &["work", "--queue", "cq"],
+    ] {
         let out = cli_env(Some(&plain), args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
