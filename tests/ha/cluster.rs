@@ -421,3 +421,38 @@ async fn task_lifecycle_and_replicated_acks_work_across_masters() {
     let (lost, twice) = lost_and_twice(&runs, 30);
     assert!(lost.is_empty() && twice == 0, "lost {lost:?}, twice {twice}");
 }
+
+/// The autoscaler's collector on a cluster: the backlog of a queue whose shards live on every
+/// master is their sum, and the live workers are the cluster-wide registry's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_observes_a_queue_spread_over_masters() {
+    let cluster = RedisCluster::shared();
+    let target = cluster.target();
+    let queue = Queue::new(&fresh("scaled")).unwrap().shards(6).unwrap();
+    let client = Client::new(&target).await.unwrap();
+    let tasks: Vec<Task> = (0..50u32).map(|i| Task::json("count", &i).unwrap()).collect();
+    client.enqueue_many(&queue, tasks).await.unwrap();
+    let inspector = Inspector::new(&target).await.unwrap();
+    let slas = vec![Duration::from_secs(10); queue.layout().priorities.len()];
+    let mut observer =
+        autoscaler::observe::Observer::new(inspector.clone(), queue.clone(), slas, Duration::from_secs(15));
+    let seen = observer.observe().await.unwrap();
+    assert_eq!(seen.priorities.iter().map(|p| p.backlog).sum::<u64>(), 50, "{seen:?}");
+
+    let runs: Runs = Arc::default();
+    let w = RunningWorker::start(
+        &target,
+        std::slice::from_ref(&queue),
+        counting_router(&runs),
+        fast_config(),
+    );
+    wait_for("the tasks to run", Duration::from_secs(30), || {
+        let n = runs.lock().unwrap().len();
+        async move { n == 50 }
+    })
+    .await;
+    let seen = observer.observe().await.unwrap();
+    assert_eq!(seen.priorities.iter().map(|p| p.backlog).sum::<u64>(), 0, "{seen:?}");
+    assert!(seen.live_workers >= 1, "{seen:?}");
+    w.stop().await;
+}
