@@ -86,6 +86,11 @@ fn at(tz: &Tz, ms: u64) -> Option<DateTime<Tz>> {
     Some(tz.from_utc_datetime(&utc.naive_utc()))
 }
 
+/// `ms` as RFC 3339 in zone `tz`, to the second (`2026-12-01T02:30:00+01:00`).
+pub fn render(tz: &Tz, ms: u64) -> String {
+    at(tz, ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
+}
+
 fn ms_of(t: DateTime<Tz>) -> u64 {
     u64::try_from(t.timestamp_millis()).unwrap_or(0)
 }

@@ -312,6 +312,11 @@ impl Schedule {
         Ok(self.validate()?.upcoming(after_ms, n))
     }
 
+    /// `ms` as RFC 3339 in the schedule's time zone (UTC when the zone does not parse).
+    pub fn local_time(&self, ms: u64) -> String {
+        cadence::render(&cadence::parse_timezone(&self.timezone).unwrap_or(chrono_tz::UTC), ms)
+    }
+
     /// When the schedule fires, for people: the cron expression and zone, or the interval.
     pub fn cadence_text(&self) -> String {
         match (&self.cron, self.every_ms) {
@@ -382,6 +387,8 @@ pub struct ScheduleInfo {
     pub last_fired_ms: Option<u64>,
     /// The next fire times (none while paused).
     pub next_fires_ms: Vec<u64>,
+    /// The same as RFC 3339 times in the schedule's time zone.
+    pub next_fires: Vec<String>,
     /// Why the stored definition cannot be used (written by hand or by a newer version);
     /// such a schedule does not fire.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -584,22 +591,27 @@ fn info(name: &str, json: &str, stored: &StoredSchedules, now: u64) -> ScheduleI
         .clone()
         .and_then(|s| s.validate().map(|c| (s, c)).map_err(|e| e.to_string()));
     match checked {
-        Ok((schedule, cadence)) => ScheduleInfo {
-            next_fires_ms: if paused {
+        Ok((schedule, cadence)) => {
+            let next_fires_ms = if paused {
                 Vec::new()
             } else {
                 cadence.upcoming(now.max(last_fired_ms.unwrap_or(0)), SHOWN_FIRES)
-            },
-            schedule,
-            paused,
-            last_fired_ms,
-            error: None,
-        },
+            };
+            ScheduleInfo {
+                next_fires: next_fires_ms.iter().map(|&t| schedule.local_time(t)).collect(),
+                next_fires_ms,
+                schedule,
+                paused,
+                last_fired_ms,
+                error: None,
+            }
+        }
         Err(error) => ScheduleInfo {
             schedule: parsed.unwrap_or_else(|_| Schedule::new(name, "", "")),
             paused,
             last_fired_ms,
             next_fires_ms: Vec::new(),
+            next_fires: Vec::new(),
             error: Some(error),
         },
     }
