@@ -85,10 +85,10 @@ pub use inspector::{
     DLQ_PREVIEW, DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
-pub use schedule::{Missed, Schedule, Schedules, Scheduler};
 pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
+pub use schedule::{Missed, Schedule, Scheduler, Schedules};
 pub use worker::{
     DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
 };

@@ -128,7 +128,12 @@ pub struct RunArgs {
     pub no_scheduler: bool,
     /// Make the stored schedules what FILE (TOML) lists at start, saying what changed (see
     /// `worker-cli schedule sync --help`).
-    #[arg(long, value_name = "FILE", conflicts_with = "no_scheduler", help_heading = "Supervisor")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "no_scheduler",
+        help_heading = "Supervisor"
+    )]
     pub schedules: Option<PathBuf>,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rivulet::envelope::now_ms;
 use rivulet::schedule::{Change, ScheduleInfo};
-use rivulet::{Missed, Schedule, Schedules, Scheduler};
+use rivulet::{Missed, Schedule, Scheduler, Schedules};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -47,25 +47,53 @@ pub async fn run(global: &GlobalArgs, command: ScheduleCommand) -> Result<()> {
         ScheduleCommand::List(o) => list(&schedules, url, o.json).await,
         ScheduleCommand::Show(a) => show(&schedules, url, &a).await,
         ScheduleCommand::Remove(a) => {
-            let removed = schedules.remove(&a.name).await.map_err(|e| store::engine_error(url, e))?;
+            let removed = schedules
+                .remove(&a.name)
+                .await
+                .map_err(|e| store::engine_error(url, e))?;
             if !removed {
                 anyhow::bail!("no schedule {:?} (see `worker-cli schedule list`)", a.name);
             }
-            said(&a, json!({"name": a.name, "removed": true}), format!("removed schedule {}", a.name))
+            said(
+                &a,
+                json!({"name": a.name, "removed": true}),
+                format!("removed schedule {}", a.name),
+            )
         }
         ScheduleCommand::Pause(a) => {
-            let changed = schedules.pause(&a.name).await.map_err(|e| store::engine_error(url, e))?;
+            let changed = schedules
+                .pause(&a.name)
+                .await
+                .map_err(|e| store::engine_error(url, e))?;
             let word = if changed { "paused" } else { "already paused:" };
-            said(&a, json!({"name": a.name, "paused": true, "changed": changed}), format!("{word} schedule {}", a.name))
+            said(
+                &a,
+                json!({"name": a.name, "paused": true, "changed": changed}),
+                format!("{word} schedule {}", a.name),
+            )
         }
         ScheduleCommand::Resume(a) => {
-            let changed = schedules.resume(&a.name).await.map_err(|e| store::engine_error(url, e))?;
+            let changed = schedules
+                .resume(&a.name)
+                .await
+                .map_err(|e| store::engine_error(url, e))?;
             let word = if changed { "resumed" } else { "not paused:" };
-            said(&a, json!({"name": a.name, "paused": false, "changed": changed}), format!("{word} schedule {}", a.name))
+            said(
+                &a,
+                json!({"name": a.name, "paused": false, "changed": changed}),
+                format!("{word} schedule {}", a.name),
+            )
         }
         ScheduleCommand::RunNow(a) => {
-            let id = schedules.run_now(&a.name).await.map_err(|e| store::engine_error(url, e))?;
-            said(&a, json!({"name": a.name, "task_id": id.as_str()}), format!("enqueued task {id} of schedule {}", a.name))
+            let id = schedules
+                .run_now(&a.name)
+                .await
+                .map_err(|e| store::engine_error(url, e))?;
+            said(
+                &a,
+                json!({"name": a.name, "task_id": id.as_str()}),
+                format!("enqueued task {id} of schedule {}", a.name),
+            )
         }
         ScheduleCommand::Sync(a) => {
             let file = a.file.display().to_string();
@@ -119,12 +147,17 @@ fn definition(a: &ScheduleAddArgs) -> Result<Schedule> {
     if let Some(p) = &a.priority {
         s = s.priority(p);
     }
-    s = s.jitter(a.jitter).misfire_grace(a.misfire_grace).missed(match a.missed {
-        MissedArg::Skip => Missed::Skip,
-        MissedArg::RunOnce => Missed::RunOnce,
-    });
+    s = s
+        .jitter(a.jitter)
+        .misfire_grace(a.misfire_grace)
+        .missed(match a.missed {
+            MissedArg::Skip => Missed::Skip,
+            MissedArg::RunOnce => Missed::RunOnce,
+        });
     s.validate().map_err(|e| match e {
-        rivulet::Error::InvalidSchedule { field, value, reason, .. } => {
+        rivulet::Error::InvalidSchedule {
+            field, value, reason, ..
+        } => {
             let flag = match field {
                 "name" => "NAME".to_owned(),
                 f => format!("--{}", f.replace('_', "-")),
@@ -217,8 +250,14 @@ async fn show(schedules: &Schedules, url: &str, a: &ScheduleNameArgs) -> Result<
     t.row(vec!["when".into(), s.cadence_text()]);
     t.row(vec!["payload".into(), output::clip(&s.payload.to_string(), 80)]);
     t.row(vec!["codec".into(), s.codec.clone()]);
-    t.row(vec!["priority".into(), s.priority.clone().unwrap_or_else(|| "(queue default)".into())]);
-    t.row(vec!["jitter".into(), output::fmt_duration(Duration::from_millis(s.jitter_ms))]);
+    t.row(vec![
+        "priority".into(),
+        s.priority.clone().unwrap_or_else(|| "(queue default)".into()),
+    ]);
+    t.row(vec![
+        "jitter".into(),
+        output::fmt_duration(Duration::from_millis(s.jitter_ms)),
+    ]);
     t.row(vec!["missed".into(), s.missed.as_str().into()]);
     t.row(vec![
         "misfire_grace".into(),
@@ -233,7 +272,10 @@ async fn show(schedules: &Schedules, url: &str, a: &ScheduleNameArgs) -> Result<
         info.last_fired_ms.map_or("-".into(), |t| s.local_time(t)),
     ]);
     for (i, next) in info.next_fires.iter().enumerate() {
-        t.row(vec![if i == 0 { "next_fires".into() } else { String::new() }, next.clone()]);
+        t.row(vec![
+            if i == 0 { "next_fires".into() } else { String::new() },
+            next.clone(),
+        ]);
     }
     output::text(&t.render())
 }
@@ -347,7 +389,11 @@ fn print_changes(changes: &[(String, Change)], dry_run: bool, json_out: bool) ->
     let changed = changes.iter().filter(|(_, c)| *c != Change::Unchanged).count();
     note!(
         "{changed} change(s){}",
-        if dry_run { " would be made (dry run: nothing changed)" } else { "" }
+        if dry_run {
+            " would be made (dry run: nothing changed)"
+        } else {
+            ""
+        }
     );
     output::text(&text)
 }

@@ -27,7 +27,13 @@ pub enum PutReply {
 }
 
 /// Stores a definition: `add` refuses a name that exists, otherwise it is created or updated.
-pub async fn put_schedule(conn: &mut ConnectionManager, name: &str, json: &str, add: bool, now_ms: u64) -> Result<PutReply> {
+pub async fn put_schedule(
+    conn: &mut ConnectionManager,
+    name: &str,
+    json: &str,
+    add: bool,
+    now_ms: u64,
+) -> Result<PutReply> {
     let reply: String = PUT
         .key(SCHEDULES_KEY)
         .key(SCHEDULES_FIRED_KEY)
@@ -65,7 +71,12 @@ pub async fn remove_schedule(conn: &mut ConnectionManager, name: &str) -> Result
 
 /// Pauses (`true`) or resumes a schedule: `None` when there is no such schedule, else whether
 /// its state changed.
-pub async fn pause_schedule(conn: &mut ConnectionManager, name: &str, pause: bool, now_ms: u64) -> Result<Option<bool>> {
+pub async fn pause_schedule(
+    conn: &mut ConnectionManager,
+    name: &str,
+    pause: bool,
+    now_ms: u64,
+) -> Result<Option<bool>> {
     let reply: i64 = PAUSE
         .key(SCHEDULES_KEY)
         .key(SCHEDULES_PAUSED_KEY)
@@ -109,14 +120,18 @@ pub struct StoredSchedules {
 
 /// Reads every definition, state and pause flag.
 pub async fn load_schedules(conn: &mut ConnectionManager) -> Result<StoredSchedules> {
-    let (defs, fired, paused, version): (HashMap<String, String>, HashMap<String, u64>, HashSet<String>, Option<u64>) =
-        redis::pipe()
-            .hgetall(SCHEDULES_KEY)
-            .hgetall(SCHEDULES_FIRED_KEY)
-            .smembers(SCHEDULES_PAUSED_KEY)
-            .get(SCHEDULES_VERSION_KEY)
-            .query_async(conn)
-            .await?;
+    let (defs, fired, paused, version): (
+        HashMap<String, String>,
+        HashMap<String, u64>,
+        HashSet<String>,
+        Option<u64>,
+    ) = redis::pipe()
+        .hgetall(SCHEDULES_KEY)
+        .hgetall(SCHEDULES_FIRED_KEY)
+        .smembers(SCHEDULES_PAUSED_KEY)
+        .get(SCHEDULES_VERSION_KEY)
+        .query_async(conn)
+        .await?;
     Ok(StoredSchedules {
         defs,
         fired,

@@ -177,7 +177,10 @@ mod tests {
     /// ms of a wall-clock time in a zone (the earlier one of an ambiguous time).
     fn local(tz: &str, y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> u64 {
         let tz = parse_timezone(tz).unwrap();
-        let naive = NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, s).unwrap();
+        let naive = NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, s)
+            .unwrap();
         ms_of(tz.from_local_datetime(&naive).earliest().unwrap())
     }
 
@@ -202,17 +205,32 @@ mod tests {
         let minutely = cron("* * * * *", "UTC");
         assert_eq!(minutely.next_after(t), Some(utc(2026, 12, 1, 10, 1, 0)));
         // Strictly after: a fire time itself is not "next after" itself.
-        assert_eq!(minutely.next_after(utc(2026, 12, 1, 10, 1, 0)), Some(utc(2026, 12, 1, 10, 2, 0)));
+        assert_eq!(
+            minutely.next_after(utc(2026, 12, 1, 10, 1, 0)),
+            Some(utc(2026, 12, 1, 10, 2, 0))
+        );
         // A time within a second counts as that second.
-        assert_eq!(minutely.next_after(utc(2026, 12, 1, 10, 0, 59) + 999), Some(utc(2026, 12, 1, 10, 1, 0)));
+        assert_eq!(
+            minutely.next_after(utc(2026, 12, 1, 10, 0, 59) + 999),
+            Some(utc(2026, 12, 1, 10, 1, 0))
+        );
     }
 
     #[test]
     fn an_interval_fires_on_its_multiples_since_the_epoch() {
         let every = Cadence::Every(60_000);
-        assert_eq!(every.next_after(utc(2026, 12, 1, 10, 0, 3)), Some(utc(2026, 12, 1, 10, 1, 0)));
-        assert_eq!(every.next_after(utc(2026, 12, 1, 10, 1, 0)), Some(utc(2026, 12, 1, 10, 2, 0)));
-        assert_eq!(every.latest_at_or_before(utc(2026, 12, 1, 10, 1, 0)), Some(utc(2026, 12, 1, 10, 1, 0)));
+        assert_eq!(
+            every.next_after(utc(2026, 12, 1, 10, 0, 3)),
+            Some(utc(2026, 12, 1, 10, 1, 0))
+        );
+        assert_eq!(
+            every.next_after(utc(2026, 12, 1, 10, 1, 0)),
+            Some(utc(2026, 12, 1, 10, 2, 0))
+        );
+        assert_eq!(
+            every.latest_at_or_before(utc(2026, 12, 1, 10, 1, 0)),
+            Some(utc(2026, 12, 1, 10, 1, 0))
+        );
     }
 
     #[test]
@@ -261,13 +279,22 @@ mod tests {
     fn cron_edges_last_day_leap_day_and_nth_weekday() {
         // The last day of February, in a leap year and not.
         let last = cron("0 0 L 2 *", "UTC");
-        assert_eq!(last.upcoming(utc(2027, 1, 1, 0, 0, 0), 2), [utc(2027, 2, 28, 0, 0, 0), utc(2028, 2, 29, 0, 0, 0)]);
+        assert_eq!(
+            last.upcoming(utc(2027, 1, 1, 0, 0, 0), 2),
+            [utc(2027, 2, 28, 0, 0, 0), utc(2028, 2, 29, 0, 0, 0)]
+        );
         // 29 February: once every four years.
         let leap = cron("0 0 29 2 *", "UTC");
-        assert_eq!(leap.next_after(utc(2026, 3, 1, 0, 0, 0)), Some(utc(2028, 2, 29, 0, 0, 0)));
+        assert_eq!(
+            leap.next_after(utc(2026, 3, 1, 0, 0, 0)),
+            Some(utc(2028, 2, 29, 0, 0, 0))
+        );
         // The second Monday of the month.
         let second_monday = cron("0 9 * * MON#2", "UTC");
-        assert_eq!(second_monday.next_after(utc(2026, 12, 1, 0, 0, 0)), Some(utc(2026, 12, 14, 9, 0, 0)));
+        assert_eq!(
+            second_monday.next_after(utc(2026, 12, 1, 0, 0, 0)),
+            Some(utc(2026, 12, 14, 9, 0, 0))
+        );
         // An expression that never matches has no next fire time (and does not hang).
         let never = cron("0 0 30 2 *", "UTC");
         assert_eq!(never.next_after(utc(2026, 12, 1, 0, 0, 0)), None);
@@ -303,14 +330,24 @@ mod tests {
         assert_eq!(skip.fire, [20_000]);
         assert_eq!((skip.skipped, skip.skip_to), (9, Some(19_000)));
         let once = plan(&every, 10_000, 20_500, 1_000, Missed::RunOnce);
-        assert_eq!(once.fire, [19_000, 20_000], "one run for the outage, then the on-time fire");
+        assert_eq!(
+            once.fire,
+            [19_000, 20_000],
+            "one run for the outage, then the on-time fire"
+        );
         assert_eq!(once.skipped, 8);
         // Back between two fire times: skip enqueues nothing and moves the state on.
         let skip = plan(&every, 10_000, 20_000 + 100, 50, Missed::Skip);
         assert_eq!((skip.fire.len(), skip.skip_to), (0, Some(20_000)));
         // A daily cron missed for three days runs once with run-once.
         let daily = cron("0 0 * * *", "UTC");
-        let once = plan(&daily, utc(2026, 12, 1, 0, 0, 0), utc(2026, 12, 4, 12, 0, 0), 5_000, Missed::RunOnce);
+        let once = plan(
+            &daily,
+            utc(2026, 12, 1, 0, 0, 0),
+            utc(2026, 12, 4, 12, 0, 0),
+            5_000,
+            Missed::RunOnce,
+        );
         assert_eq!(once.fire, [utc(2026, 12, 4, 0, 0, 0)]);
         assert_eq!(once.next, Some(utc(2026, 12, 5, 0, 0, 0)));
     }

@@ -634,8 +634,16 @@ mod tests {
         let cases = [
             (Schedule::cron("a", "q", "k", "61 * * * *"), "cron", "61 * * * *"),
             (Schedule::cron("a", "q", "k", "0 0 30 2 *"), "cron", "0 0 30 2 *"),
-            (Schedule::cron("a", "q", "k", "* * * * *").timezone("Mars/Olympus"), "timezone", "Mars/Olympus"),
-            (Schedule::every("a", "q", "k", Duration::from_millis(500)), "every", "500ms"),
+            (
+                Schedule::cron("a", "q", "k", "* * * * *").timezone("Mars/Olympus"),
+                "timezone",
+                "Mars/Olympus",
+            ),
+            (
+                Schedule::every("a", "q", "k", Duration::from_millis(500)),
+                "every",
+                "500ms",
+            ),
             (
                 Schedule::every("a", "q", "k", Duration::from_secs(60)).timezone("Europe/Berlin"),
                 "timezone",
@@ -658,7 +666,10 @@ mod tests {
         for (schedule, field, value) in cases {
             match schedule.validate() {
                 Err(Error::InvalidSchedule {
-                    field: f, value: v, reason, ..
+                    field: f,
+                    value: v,
+                    reason,
+                    ..
                 }) => {
                     assert_eq!((f, v.as_str()), (field, value), "{schedule:?}: {reason}");
                     assert!(!reason.is_empty());
@@ -669,7 +680,10 @@ mod tests {
         let mut bytes = Schedule::cron("a", "q", "k", "* * * * *");
         bytes.codec = "bytes".into();
         bytes.payload = serde_json::json!({"a": 1});
-        assert!(matches!(bytes.validate(), Err(Error::InvalidSchedule { field: "payload", .. })));
+        assert!(matches!(
+            bytes.validate(),
+            Err(Error::InvalidSchedule { field: "payload", .. })
+        ));
         let mut neither = Schedule::cron("a", "q", "k", "* * * * *");
         neither.cron = None;
         assert!(neither.validate().is_err());

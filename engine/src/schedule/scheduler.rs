@@ -141,10 +141,16 @@ impl Firing {
                     schedule,
                     cadence,
                 }),
-                Err(error) => tracing::error!(schedule = %name, %error, "stored schedule is unusable; it does not fire"),
+                Err(error) => {
+                    tracing::error!(schedule = %name, %error, "stored schedule is unusable; it does not fire")
+                }
             }
         }
-        tracing::debug!(schedules = schedules.len(), version = stored.version, "schedules loaded");
+        tracing::debug!(
+            schedules = schedules.len(),
+            version = stored.version,
+            "schedules loaded"
+        );
         self.schedules = schedules;
         self.version = Some(stored.version);
         Ok(stored.fired)
@@ -242,8 +248,13 @@ mod tests {
         let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
         let q = crate::keys::Queue::new(queue).unwrap();
         let keys = q.shard("normal", 0);
-        let entries: Vec<(String, HashMap<String, String>)> =
-            redis::cmd("XRANGE").arg(&keys.stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&keys.stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let mut ids: Vec<String> = entries.into_iter().map(|(_, f)| f["id"].clone()).collect();
         ids.sort();
         ids
@@ -274,7 +285,9 @@ mod tests {
                 a.tick(now).await.unwrap();
             }
         }
-        let want: Vec<String> = (1..=5).map(|s| super::super::fire_id("tick", start + s * 1_000)).collect();
+        let want: Vec<String> = (1..=5)
+            .map(|s| super::super::fire_id("tick", start + s * 1_000))
+            .collect();
         assert_eq!(ids(&server, "sched-q").await, want);
         // A restarted scheduler (new state) at the same time repeats nothing.
         let mut c = Firing::connect(&server.client()).await.unwrap();
@@ -318,7 +331,10 @@ mod tests {
         time.store(start + 10_200, Ordering::Relaxed);
         s.tick(clock.now_ms()).await.unwrap();
         let at = |secs: &[u64], name: &str| -> Vec<String> {
-            let mut v: Vec<String> = secs.iter().map(|s| super::super::fire_id(name, start + s * 1_000)).collect();
+            let mut v: Vec<String> = secs
+                .iter()
+                .map(|s| super::super::fire_id(name, start + s * 1_000))
+                .collect();
             v.sort();
             v
         };
