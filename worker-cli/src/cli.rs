@@ -302,7 +302,7 @@ pub enum ScheduleCommand {
     #[command(after_help = "Examples:\n  \
         worker-cli schedule add nightly --queue research --kind refresh --cron '0 30 2 * * *' --timezone Europe/Berlin --missed run-once\n  \
         worker-cli schedule add stats --queue ops --kind record_stats --every 60s --payload '{\"scope\": \"all\"}'")]
-    Add(ScheduleAddArgs),
+    Add(Box<ScheduleAddArgs>),
     /// List the schedules with their next fire time.
     List(OutputArgs),
     /// Show a schedule and its next 5 fire times.

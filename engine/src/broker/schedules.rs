@@ -118,14 +118,17 @@ pub struct StoredSchedules {
     pub version: u64,
 }
 
+/// `load_schedules`' reply: definitions, last fire times, paused names, version.
+type StoredReply = (
+    HashMap<String, String>,
+    HashMap<String, u64>,
+    HashSet<String>,
+    Option<u64>,
+);
+
 /// Reads every definition, state and pause flag.
 pub async fn load_schedules(conn: &mut ConnectionManager) -> Result<StoredSchedules> {
-    let (defs, fired, paused, version): (
-        HashMap<String, String>,
-        HashMap<String, u64>,
-        HashSet<String>,
-        Option<u64>,
-    ) = redis::pipe()
+    let (defs, fired, paused, version): StoredReply = redis::pipe()
         .hgetall(SCHEDULES_KEY)
         .hgetall(SCHEDULES_FIRED_KEY)
         .smembers(SCHEDULES_PAUSED_KEY)

@@ -28,6 +28,10 @@ use crate::lifecycle::Enqueued;
 
 /// Longest sleep between two wake-ups: how soon a new, changed or resumed schedule is seen.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// Each wake-up comes up to this much after the fire time, drawn at random: of schedulers
+/// that wake for one fire time, the first enqueues it and moves the state on, and the others
+/// mostly find it done (two commands) instead of racing to enqueue a duplicate.
+const WAKE_SPREAD_MS: u64 = 30;
 /// Backoff after a Redis error: from this ...
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// ... doubling to this.
@@ -81,6 +85,7 @@ impl Scheduler {
                     backoff = BACKOFF_MIN;
                     let now = self.clock.now_ms();
                     Duration::from_millis(wake.saturating_sub(now)).min(self.poll)
+                        + Duration::from_millis(fastrand::u64(..=WAKE_SPREAD_MS))
                 }
                 Err(e) => {
                     let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
