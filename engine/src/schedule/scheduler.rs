@@ -280,7 +280,7 @@ mod tests {
         let mut b = Firing::connect(&server.client()).await.unwrap();
         for s in 1..=5u64 {
             time.store(start + s * 1_000 + 3, Ordering::Relaxed);
-            // Both see every fire time due, in either order.
+            // In turn, in either order: the second finds each fire time done (the state).
             let now = clock.now_ms();
             if s % 2 == 0 {
                 a.tick(now).await.unwrap();
@@ -298,8 +298,8 @@ mod tests {
         let mut c = Firing::connect(&server.client()).await.unwrap();
         c.tick(clock.now_ms()).await.unwrap();
         assert_eq!(ids(&server, "sched-q").await.len(), 5);
-        // The state says the last fire time; removing the state (a scheduler that read an old
-        // state, say) still enqueues nothing twice: the unique key answers.
+        // A scheduler acting on an old state (it read it before the others moved it) still
+        // enqueues nothing twice: the unique key answers. (Without the key, this fails.)
         let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
         let _: () = redis::cmd("HSET")
             .arg(crate::keys::SCHEDULES_FIRED_KEY)

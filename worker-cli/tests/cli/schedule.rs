@@ -449,3 +449,75 @@ jitter = "30s"
     let stderr = cli_fails(&server, &["scheduler", "--schedules", path], 2).await;
     assert!(stderr.contains("schedules.toml"), "{stderr}");
 }
+
+#[tokio::test]
+async fn schedules_their_state_and_pause_flags_survive_a_redis_crash_and_every_scheduler_restarting() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    cli_json(
+        &server,
+        &[
+            "schedule", "add", "tick", "--queue", "ticks", "--kind", "noop", "--every", "1s", "--json",
+        ],
+    )
+    .await;
+    cli_json(
+        &server,
+        &[
+            "schedule",
+            "add",
+            "held",
+            "--queue",
+            "held",
+            "--kind",
+            "noop",
+            "--cron",
+            "*/2 * * * * *",
+            "--json",
+        ],
+    )
+    .await;
+    cli_json(&server, &["schedule", "pause", "held", "--json"]).await;
+    let first = scheduler(&server);
+    assert!(
+        wait_until(Duration::from_secs(30), async || fires(&server, "ticks").await.len()
+            >= 3)
+        .await,
+        "no fires:\n{}",
+        first.log()
+    );
+    drop(first);
+    // What is stored (the next fire times move with the clock).
+    let stored = async |server: &RedisServer| -> Value {
+        let mut all = cli_json(server, &["schedule", "list", "--json"]).await;
+        for s in all.as_array_mut().unwrap() {
+            let s = s.as_object_mut().unwrap();
+            s.remove("next_fires");
+            s.remove("next_fires_ms");
+        }
+        all
+    };
+    let before = stored(&server).await;
+    server.kill();
+    server.restart();
+    let after = stored(&server).await;
+    assert_eq!(
+        before, after,
+        "definitions, last fire times and pause flags all came back"
+    );
+    assert_eq!(after[0]["name"], "held");
+    assert_eq!(after[0]["paused"], true);
+    // A new scheduler carries on from the stored state: no fire time twice, the paused one
+    // still quiet.
+    let fired_before = fires(&server, "ticks").await.len();
+    let second = scheduler(&server);
+    assert!(
+        wait_until(Duration::from_secs(30), async || fires(&server, "ticks").await.len()
+            >= fired_before + 2)
+        .await,
+        "no fires after the restart:\n{}",
+        second.log()
+    );
+    let got = fires(&server, "ticks").await;
+    assert!(got.values().all(|(n, _)| *n == 1), "{got:?}");
+    assert!(fires(&server, "held").await.is_empty());
+}
