@@ -62,18 +62,35 @@ impl Scheduler {
         self
     }
 
-    /// Fires schedules until `shutdown` resolves. Redis errors are logged and retried with
-    /// backoff (50 ms to 5 s); what was not fired is fired (or handled by its missed-fire
-    /// policy) when Redis is back. Fails only if it cannot connect at all at start.
+    /// Fires schedules until `shutdown` resolves. Redis errors (at start too) are logged and
+    /// retried with backoff (50 ms to 5 s); what was not fired is fired (or handled by its
+    /// missed-fire policy) when Redis is back.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let mut firing = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            f = Firing::connect(&self.redis) => f?,
-        };
-        tracing::info!("scheduler started");
         let mut backoff = BACKOFF_MIN;
         let mut failing = false;
+        // Redis may be away when the scheduler starts (a supervisor's workers wait for it
+        // too): connect with the same backoff as every later call.
+        let mut firing = loop {
+            let error = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                f = Firing::connect(&self.redis) => match f {
+                    Ok(f) => break f,
+                    Err(e) => e,
+                },
+            };
+            let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+            if !failing {
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "scheduler: cannot connect to redis; retrying");
+            }
+            failing = true;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        };
+        tracing::info!("scheduler started");
         loop {
             let now = self.clock.now_ms();
             let wait = match firing.tick(now).await {
@@ -355,5 +372,45 @@ mod tests {
         time.store(start + 21_010, Ordering::Relaxed);
         s.tick(clock.now_ms()).await.unwrap();
         assert_eq!(ids(&server, "q-once").await, at(&[1, 9, 10, 21], "once"));
+    }
+
+    #[tokio::test]
+    async fn schedulers_whose_clocks_are_3s_apart_enqueue_every_fire_time_once_and_hand_over_without_gaps() {
+        let server = RedisServer::start();
+        let start = 1_700_000_000_000u64;
+        let (clock, _) = Clock::manual(start);
+        let mut schedules = Schedules::new(&server.client()).await.unwrap();
+        schedules.clock = clock;
+        schedules
+            .add(&Schedule::every("skew", "skew-q", "noop", Duration::from_secs(1)))
+            .await
+            .unwrap();
+        // `ahead` reads 3 s more than `behind`; the true time steps by 250 ms for 30 s.
+        let mut ahead = Firing::connect(&server.client()).await.unwrap();
+        let mut behind = Firing::connect(&server.client()).await.unwrap();
+        for step in 1..=120u64 {
+            let t = start + step * 250;
+            match step {
+                // Both run.
+                1..=40 => {
+                    behind.tick(t).await.unwrap();
+                    ahead.tick(t + 3_000).await.unwrap();
+                }
+                // The one ahead is gone: the one behind takes over.
+                41..=80 => {
+                    behind.tick(t).await.unwrap();
+                }
+                // The one ahead is back (and the one behind gone).
+                _ => {
+                    ahead.tick(t + 3_000).await.unwrap();
+                }
+            }
+        }
+        let got = ids(&server, "skew-q").await;
+        let mut want: Vec<String> = (1..=33)
+            .map(|s| super::super::fire_id("skew", start + s * 1_000))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "every fire time up to the latest clock, once, none skipped");
     }
 }
