@@ -62,7 +62,9 @@ pub async fn remove_schedule(conn: &mut ConnectionManager, name: &str) -> Result
         .ignore()
         .srem(SCHEDULES_PAUSED_KEY, name)
         .ignore()
-        .incr(SCHEDULES_VERSION_KEY, 1)
+        // INCR, not redis-rs's `incr` (INCRBY): the documented ACL grants `+incr`.
+        .cmd("INCR")
+        .arg(SCHEDULES_VERSION_KEY)
         .ignore()
         .query_async(conn)
         .await?;

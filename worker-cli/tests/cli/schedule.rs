@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::common::{Supervisor, cli, cli_fails, cli_json};
 
 /// Every task of `queue`'s default shard: fire time (from the id `<schedule>@<ms>`) ->
-/// (copies, enqueued_at of the first). A schedule's tasks stay in the stream: no worker runs.
+/// (copies, enqueued_at of the first); manual runs aside. A schedule's tasks stay in the stream: no worker runs.
 async fn fires(server: &RedisServer, queue: &str) -> BTreeMap<u64, (usize, u64)> {
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     let stream = format!("rivulet:{{{queue}:normal:0}}:stream");
@@ -25,7 +25,11 @@ async fn fires(server: &RedisServer, queue: &str) -> BTreeMap<u64, (usize, u64)>
         .unwrap();
     let mut out = BTreeMap::new();
     for (_, fields) in entries {
-        let fire: u64 = fields["id"].rsplit_once('@').unwrap().1.parse().unwrap();
+        // A manual run (`run-now`) has an id of its own, not a fire time's.
+        let Some((_, fire)) = fields["id"].rsplit_once('@') else {
+            continue;
+        };
+        let fire: u64 = fire.parse().unwrap();
         let at: u64 = fields["enqueued_at"].parse().unwrap();
         out.entry(fire).or_insert((0, at)).0 += 1;
     }
@@ -520,4 +524,48 @@ async fn schedules_their_state_and_pause_flags_survive_a_redis_crash_and_every_s
     let got = fires(&server, "ticks").await;
     assert!(got.values().all(|(n, _)| *n == 1), "{got:?}");
     assert!(fires(&server, "held").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_documented_worker_acl_is_enough_to_manage_and_fire_schedules() {
+    let server = RedisServer::start();
+    let mut admin = server.client().get_multiplexed_async_connection().await.unwrap();
+    let url = crate::acl::create_the_documented_user(&mut admin, server.port(), "rivulet").await;
+    let add = [
+        "schedule", "add", "tick", "--queue", "ticks", "--kind", "noop", "--every", "1s", "--json",
+    ];
+    crate::common::cli_json_at(&url, &add).await;
+    for args in [
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--queue",
+            "ticks",
+            "--kind",
+            "noop",
+            "--every",
+            "2s",
+            "--replace",
+            "--json",
+        ][..],
+        &["schedule", "pause", "tick", "--json"],
+        &["schedule", "resume", "tick", "--json"],
+        &["schedule", "run-now", "tick", "--json"],
+        &["schedule", "list", "--json"],
+        &["schedule", "show", "tick", "--json"],
+    ] {
+        crate::common::cli_json_at(&url, args).await;
+    }
+    let fired = Supervisor::start_at(&url, &["scheduler", "--poll", "200ms"]);
+    assert!(
+        wait_until(Duration::from_secs(30), async || fires(&server, "ticks").await.len()
+            >= 3)
+        .await,
+        "{}",
+        fired.log()
+    );
+    assert!(!fired.log().contains("NOPERM"), "{}", fired.log());
+    crate::common::cli_json_at(&url, &["schedule", "remove", "tick", "--json"]).await;
+    crate::acl::nothing_was_denied(&mut admin).await;
 }
