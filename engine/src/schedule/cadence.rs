@@ -99,6 +99,10 @@ fn ms_of(t: DateTime<Tz>) -> u64 {
 /// walked to the end just to count it).
 const COUNT_CAP: u64 = 10_000;
 
+/// Most fire times one wake-up enqueues for one schedule (a long misfire grace on a fast
+/// schedule could make many due at once): the rest are left for the next wake-up, at once.
+pub const MAX_FIRES_PER_WAKE: usize = 100;
+
 /// What one wake-up of a scheduler does for one schedule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -108,7 +112,8 @@ pub struct Plan {
     pub skipped: u64,
     /// The last skipped fire time, to mark fired when nothing is enqueued after it.
     pub skip_to: Option<u64>,
-    /// The next fire time after this plan (when to wake up for this schedule).
+    /// The next fire time after this plan (when to wake up for this schedule; at or before
+    /// now when the plan stopped at [`MAX_FIRES_PER_WAKE`]).
     pub next: Option<u64>,
 }
 
@@ -155,7 +160,7 @@ pub fn plan(cadence: &Cadence, last: u64, now: u64, grace_ms: u64, missed: Misse
     }
     let mut t = cadence.next_after(from);
     while let Some(at) = t {
-        if at > now {
+        if at > now || out.fire.len() >= MAX_FIRES_PER_WAKE {
             break;
         }
         out.fire.push(at);
@@ -350,6 +355,19 @@ mod tests {
         );
         assert_eq!(once.fire, [utc(2026, 12, 4, 0, 0, 0)]);
         assert_eq!(once.next, Some(utc(2026, 12, 5, 0, 0, 0)));
+    }
+
+    #[test]
+    fn a_wake_up_enqueues_at_most_a_bounded_number_and_leaves_the_rest_due() {
+        let every = Cadence::Every(1_000);
+        // A day's grace on a 1 s schedule, back after an hour: all 3,600 are on time.
+        let p = plan(&every, 0, 3_600_000, 86_400_000, Missed::Skip);
+        assert_eq!(p.fire.len(), MAX_FIRES_PER_WAKE);
+        assert_eq!(
+            p.next,
+            Some((MAX_FIRES_PER_WAKE as u64 + 1) * 1_000),
+            "due now: wake again at once"
+        );
     }
 
     #[test]

@@ -276,9 +276,10 @@ impl Schedule {
             (Some(expr), None) => {
                 let cron = cadence::parse_cron(expr).map_err(|r| self.invalid("cron", expr, r))?;
                 let cadence = Cadence::Cron(Box::new(cron), tz);
-                // A valid expression that never matches (30 February) would never fire.
-                if cadence.next_after(0).is_none() && cadence.next_after(crate::envelope::now_ms()).is_none() {
-                    return Err(self.invalid("cron", expr, "matches no date: it would never fire"));
+                // A valid expression that matches no date from now on (30 February, a year
+                // that has passed) would never fire.
+                if cadence.next_after(crate::envelope::now_ms()).is_none() {
+                    return Err(self.invalid("cron", expr, "matches no date from now on: it would never fire"));
                 }
                 Ok(cadence)
             }
@@ -634,6 +635,11 @@ mod tests {
         let cases = [
             (Schedule::cron("a", "q", "k", "61 * * * *"), "cron", "61 * * * *"),
             (Schedule::cron("a", "q", "k", "0 0 30 2 *"), "cron", "0 0 30 2 *"),
+            (
+                Schedule::cron("a", "q", "k", "0 0 0 1 1 * 2020"),
+                "cron",
+                "0 0 0 1 1 * 2020",
+            ),
             (
                 Schedule::cron("a", "q", "k", "* * * * *").timezone("Mars/Olympus"),
                 "timezone",
