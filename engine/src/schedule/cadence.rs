@@ -25,11 +25,38 @@ pub enum Cadence {
 /// Parses a cron expression: 5 fields (minute first) or 6 (second first), the syntax of
 /// Vixie cron plus `L`, `W` and `#` (croner's). The error is croner's own message.
 pub fn parse_cron(expr: &str) -> Result<Cron, String> {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(expr)
-        .map_err(|e| e.to_string())
+    let parser = CronParser::builder().seconds(Seconds::Optional).build();
+    let e = match parser.parse(expr) {
+        Ok(cron) => return Ok(cron),
+        Err(e) => e,
+    };
+    // croner's message does not say which field is wrong: find the first that fails alone.
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names: &[&str] = match fields.len() {
+        5 => &["minute", "hour", "day-of-month", "month", "day-of-week"],
+        6 => &["second", "minute", "hour", "day-of-month", "month", "day-of-week"],
+        7 => &[
+            "second",
+            "minute",
+            "hour",
+            "day-of-month",
+            "month",
+            "day-of-week",
+            "year",
+        ],
+        n => {
+            return Err(format!(
+                "{n} field(s): expected 5 (minute hour day-of-month month day-of-week) or 6 (second first)"
+            ));
+        }
+    };
+    for (i, field) in fields.iter().enumerate() {
+        let probe: Vec<&str> = (0..fields.len()).map(|j| if j == i { *field } else { "*" }).collect();
+        if let Err(alone) = parser.parse(&probe.join(" ")) {
+            return Err(format!("{} field {field:?}: {alone}", names[i]));
+        }
+    }
+    Err(e.to_string())
 }
 
 /// Parses an IANA time zone name (`Europe/Berlin`, `UTC`); the error says what is accepted.
@@ -307,9 +334,18 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_say_why() {
-        for bad in ["61 * * * *", "* * *", "*/0 * * * *", "every minute", "* * * * * * * *"] {
+        for (bad, says) in [
+            ("61 * * * *", "minute field \"61\""),
+            ("0 0 25 * * *", "hour field \"25\""),
+            ("* * 0 * *", "day-of-month field \"0\""),
+            ("* * * 13 *", "month field \"13\""),
+            ("* * * * FUNDAY", "day-of-week field \"FUNDAY\""),
+            ("* * *", "3 field(s): expected 5"),
+            ("every minute", "2 field(s)"),
+            ("* * * * * * * *", "8 field(s)"),
+        ] {
             let e = parse_cron(bad).unwrap_err();
-            assert!(!e.is_empty(), "{bad}: {e}");
+            assert!(e.contains(says), "{bad}: {e}");
         }
         assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("IANA"));
         assert!(parse_timezone("Europe/Berlin").is_ok());
