@@ -413,4 +413,78 @@ mod tests {
         want.sort();
         assert_eq!(got, want, "every fire time up to the latest clock, once, none skipped");
     }
+
+    #[tokio::test]
+    async fn a_scheduler_on_a_manual_clock_fires_cron_schedules_across_both_dst_changes() {
+        use chrono::{NaiveDate, TimeZone};
+        let server = RedisServer::start();
+        let ms = |tz: chrono_tz::Tz, y, mo, d, h, mi| -> u64 {
+            let naive = NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, 0)
+                .unwrap();
+            tz.from_local_datetime(&naive).earliest().unwrap().timestamp_millis() as u64
+        };
+        let berlin = chrono_tz::Europe::Berlin;
+        let new_york = chrono_tz::America::New_York;
+        // Run through each change in steps of 5 minutes of the injected clock.
+        let cases = [
+            (
+                "daily-berlin",
+                "30 2 * * *",
+                "Europe/Berlin",
+                ms(berlin, 2026, 3, 28, 12, 0),
+                ms(berlin, 2026, 3, 30, 4, 0),
+            ),
+            (
+                "hourly-ny",
+                "0 0 * * * *",
+                "America/New_York",
+                ms(new_york, 2026, 11, 1, 0, 30),
+                ms(new_york, 2026, 11, 1, 3, 30),
+            ),
+        ];
+        for (name, expr, tz, from, to) in cases {
+            let (clock, time) = Clock::manual(from);
+            let mut schedules = Schedules::new(&server.client()).await.unwrap();
+            schedules.clock = clock.clone();
+            schedules
+                .add(
+                    &Schedule::cron(name, name, "noop", expr)
+                        .timezone(tz)
+                        .misfire_grace(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+            let mut firing = Firing::connect(&server.client()).await.unwrap();
+            let mut t = from;
+            while t <= to {
+                time.store(t, Ordering::Relaxed);
+                firing.tick(clock.now_ms()).await.unwrap();
+                t += 300_000;
+            }
+        }
+        let at = |name: &str, times: &[u64]| -> Vec<String> {
+            let mut v: Vec<String> = times.iter().map(|&t| super::super::fire_id(name, t)).collect();
+            v.sort();
+            v
+        };
+        // Spring forward: the 02:30 of the gap day runs once, at 03:00 CEST; the next day as usual.
+        assert_eq!(
+            ids(&server, "daily-berlin").await,
+            at(
+                "daily-berlin",
+                &[ms(berlin, 2026, 3, 29, 3, 0), ms(berlin, 2026, 3, 30, 2, 30)]
+            )
+        );
+        // Fall back: 01:00 EDT and 01:00 EST are both hours, an hour apart; then 02:00 and 03:00.
+        let one_edt = ms(new_york, 2026, 11, 1, 1, 0);
+        assert_eq!(
+            ids(&server, "hourly-ny").await,
+            at(
+                "hourly-ny",
+                &[one_edt, one_edt + 3_600_000, one_edt + 7_200_000, one_edt + 10_800_000]
+            )
+        );
+    }
 }
