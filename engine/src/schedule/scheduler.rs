@@ -25,6 +25,7 @@ use crate::client::{Client, DEFAULT_RESPONSE_TIMEOUT};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::lifecycle::Enqueued;
+use crate::worker::Outage;
 
 /// Longest sleep between two wake-ups: how soon a new, changed or resumed schedule is seen.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -32,10 +33,6 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// that wake for one fire time, the first enqueues it and moves the state on, and the others
 /// mostly find it done (two commands) instead of racing to enqueue a duplicate.
 const WAKE_SPREAD_MS: u64 = 30;
-/// Backoff after a Redis error: from this ...
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// ... doubling to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Fires the stored schedules (see the module docs).
 #[derive(Debug)]
@@ -67,52 +64,42 @@ impl Scheduler {
     /// missed-fire policy) when Redis is back.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let mut backoff = BACKOFF_MIN;
-        let mut failing = false;
+        // The workers' outage backoff (50 ms doubling to 5 s, jittered), each failure logged.
+        let mut outage = Outage::default();
+        let failed = |outage: &mut Outage, error: &Error, what: &str| {
+            let delay = outage.next_delay();
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "scheduler: {what}; retrying");
+            delay
+        };
         // Redis may be away when the scheduler starts (a supervisor's workers wait for it
         // too): connect with the same backoff as every later call.
         let mut firing = loop {
-            let error = tokio::select! {
+            let delay = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 f = Firing::connect(&self.redis) => match f {
                     Ok(f) => break f,
-                    Err(e) => e,
+                    Err(e) => failed(&mut outage, &e, "cannot connect to redis"),
                 },
             };
-            let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-            if !failing {
-                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "scheduler: cannot connect to redis; retrying");
-            }
-            failing = true;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
         };
+        outage.recovered();
         tracing::info!("scheduler started");
         loop {
             let now = self.clock.now_ms();
             let wait = match firing.tick(now).await {
                 Ok(wake) => {
-                    if failing {
+                    if outage.recovered() {
                         tracing::info!("scheduler: redis is back");
-                        failing = false;
                     }
-                    backoff = BACKOFF_MIN;
                     let now = self.clock.now_ms();
                     Duration::from_millis(wake.saturating_sub(now)).min(self.poll)
                         + Duration::from_millis(fastrand::u64(..=WAKE_SPREAD_MS))
                 }
-                Err(e) => {
-                    let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-                    if !failing {
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "scheduler: redis failed; retrying");
-                    }
-                    failing = true;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    delay
-                }
+                Err(e) => failed(&mut outage, &e, "redis failed"),
             };
             tokio::select! {
                 _ = &mut shutdown => break,
