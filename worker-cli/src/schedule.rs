@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rivulet::envelope::now_ms;
+use rivulet::envelope::{millis, now_ms};
 use rivulet::schedule::{Change, ScheduleInfo};
 use rivulet::{Missed, Schedule, Scheduler, Schedules};
 use serde::Deserialize;
@@ -306,10 +306,6 @@ struct FileSchedule {
 struct ScheduleFile {
     #[serde(default)]
     schedule: Vec<FileSchedule>,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn file_duration(file: &str, name: &str, field: &str, text: &str) -> Result<Duration, UsageError> {
