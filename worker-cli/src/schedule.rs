@@ -395,9 +395,11 @@ fn print_changes(changes: &[(String, Change)], dry_run: bool, json_out: bool) ->
 }
 
 /// Syncs `path` at the start of a scheduler or supervisor, logging each change.
-pub async fn sync_at_start(client: &redis::Client, url: &str, path: &Path) -> Result<()> {
+pub async fn sync_at_start(target: &rivulet::RedisTarget, url: &str, path: &Path) -> Result<()> {
     let wanted = read_file(path)?;
-    let schedules = Schedules::new(client).await.map_err(|e| store::engine_error(url, e))?;
+    let schedules = Schedules::new(target.clone())
+        .await
+        .map_err(|e| store::engine_error(url, e))?;
     let file = path.display().to_string();
     for (name, change) in sync(&schedules, url, &wanted, &file, false).await? {
         if change != Change::Unchanged {

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
+use super::RedisConnection;
 use crate::error::{Error, Result};
 use crate::keys::{SCHEDULES_FIRED_KEY, SCHEDULES_KEY, SCHEDULES_PAUSED_KEY, SCHEDULES_VERSION_KEY};
 
@@ -28,7 +28,7 @@ pub enum PutReply {
 
 /// Stores a definition: `add` refuses a name that exists, otherwise it is created or updated.
 pub async fn put_schedule(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     name: &str,
     json: &str,
     add: bool,
@@ -54,7 +54,7 @@ pub async fn put_schedule(
 }
 
 /// Deletes a schedule (definition, state, pause flag); whether it existed.
-pub async fn remove_schedule(conn: &mut ConnectionManager, name: &str) -> Result<bool> {
+pub async fn remove_schedule(conn: &mut RedisConnection, name: &str) -> Result<bool> {
     let (removed,): (u64,) = redis::pipe()
         .atomic()
         .hdel(SCHEDULES_KEY, name)
@@ -73,12 +73,7 @@ pub async fn remove_schedule(conn: &mut ConnectionManager, name: &str) -> Result
 
 /// Pauses (`true`) or resumes a schedule: `None` when there is no such schedule, else whether
 /// its state changed.
-pub async fn pause_schedule(
-    conn: &mut ConnectionManager,
-    name: &str,
-    pause: bool,
-    now_ms: u64,
-) -> Result<Option<bool>> {
+pub async fn pause_schedule(conn: &mut RedisConnection, name: &str, pause: bool, now_ms: u64) -> Result<Option<bool>> {
     let reply: i64 = PAUSE
         .key(SCHEDULES_KEY)
         .key(SCHEDULES_PAUSED_KEY)
@@ -96,7 +91,7 @@ pub async fn pause_schedule(
 }
 
 /// Moves a schedule's last fire time forward to `fire_ms` (never back); whether it moved.
-pub async fn mark_fired(conn: &mut ConnectionManager, name: &str, fire_ms: u64) -> Result<bool> {
+pub async fn mark_fired(conn: &mut RedisConnection, name: &str, fire_ms: u64) -> Result<bool> {
     let moved: i64 = FIRED
         .key(SCHEDULES_KEY)
         .key(SCHEDULES_FIRED_KEY)
@@ -129,7 +124,7 @@ type StoredReply = (
 );
 
 /// Reads every definition, state and pause flag.
-pub async fn load_schedules(conn: &mut ConnectionManager) -> Result<StoredSchedules> {
+pub async fn load_schedules(conn: &mut RedisConnection) -> Result<StoredSchedules> {
     let (defs, fired, paused, version): StoredReply = redis::pipe()
         .hgetall(SCHEDULES_KEY)
         .hgetall(SCHEDULES_FIRED_KEY)
@@ -147,7 +142,7 @@ pub async fn load_schedules(conn: &mut ConnectionManager) -> Result<StoredSchedu
 
 /// What a scheduler reads on every wake-up: the version counter and the last fire times
 /// (two commands in one round trip; the definitions only when the version moved).
-pub async fn schedule_state(conn: &mut ConnectionManager) -> Result<(u64, HashMap<String, u64>)> {
+pub async fn schedule_state(conn: &mut RedisConnection) -> Result<(u64, HashMap<String, u64>)> {
     let (version, fired): (Option<u64>, HashMap<String, u64>) = redis::pipe()
         .get(SCHEDULES_VERSION_KEY)
         .hgetall(SCHEDULES_FIRED_KEY)

@@ -9,7 +9,7 @@
 //!
 //! # async fn demo() -> Result<(), rivulet::Error> {
 //! let redis = redis::Client::open("redis://127.0.0.1:6379")?;
-//! let schedules = Schedules::new(&redis).await?;
+//! let schedules = Schedules::new(redis.clone()).await?;
 //! schedules
 //!     .add(
 //!         &Schedule::cron("nightly-universe", "research", "refresh", "0 30 2 * * *")
@@ -39,15 +39,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub use cadence::Cadence;
 pub use scheduler::{DEFAULT_POLL, Scheduler};
 
-use crate::broker;
 use crate::broker::schedules::{PutReply, StoredSchedules};
-use crate::client::{Client, DEFAULT_RESPONSE_TIMEOUT, Task};
+use crate::broker::{self, RedisConnection, RedisTarget};
+use crate::client::{Client, Task};
 use crate::clock::Clock;
 use crate::envelope::{Codec, TaskId, millis};
 use crate::error::{Error, Result};
@@ -425,7 +424,7 @@ impl Change {
 /// Stores and manages schedules in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Schedules {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     client: Client,
     clock: Clock,
 }
@@ -437,16 +436,18 @@ impl std::fmt::Debug for Schedules {
 }
 
 impl Schedules {
-    /// Connects with an existing `redis::Client`.
-    pub async fn new(client: &redis::Client) -> Result<Self> {
+    /// Connects to a parsed target (one node, a Cluster, Sentinel) or an existing
+    /// `redis::Client`.
+    pub async fn new(target: impl Into<RedisTarget>) -> Result<Self> {
+        let target = target.into();
         Ok(Schedules {
-            conn: broker::connect(client, Some(DEFAULT_RESPONSE_TIMEOUT)).await?,
-            client: Client::new(client).await?,
+            conn: target.connect().await?,
+            client: Client::new(target).await?,
             clock: Clock::System,
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -619,7 +620,7 @@ fn info(name: &str, json: &str, stored: &StoredSchedules, now: u64) -> ScheduleI
 }
 
 /// The queue a schedule's tasks go to: its recorded layout, or the default for a new queue.
-async fn target_queue(conn: &mut ConnectionManager, name: &str) -> Result<Queue> {
+async fn target_queue(conn: &mut RedisConnection, name: &str) -> Result<Queue> {
     match broker::load_queue(conn, name).await? {
         Some(q) => Ok(q),
         None => Queue::new(name),

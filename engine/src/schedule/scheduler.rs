@@ -16,12 +16,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use super::cadence::{self, Cadence};
 use super::{Schedule, target_queue};
-use crate::broker;
-use crate::client::{Client, DEFAULT_RESPONSE_TIMEOUT};
+use crate::broker::{self, RedisConnection, RedisTarget};
+use crate::client::Client;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::lifecycle::Enqueued;
@@ -37,16 +35,17 @@ const WAKE_SPREAD_MS: u64 = 30;
 /// Fires the stored schedules (see the module docs).
 #[derive(Debug)]
 pub struct Scheduler {
-    redis: redis::Client,
+    redis: RedisTarget,
     clock: Clock,
     poll: Duration,
 }
 
 impl Scheduler {
-    /// A scheduler on this Redis.
-    pub fn new(redis: redis::Client) -> Self {
+    /// A scheduler on this Redis (a parsed target: one node, a Cluster, Sentinel; or an
+    /// existing `redis::Client`).
+    pub fn new(redis: impl Into<RedisTarget>) -> Self {
         Scheduler {
-            redis,
+            redis: redis.into(),
             clock: Clock::System,
             poll: DEFAULT_POLL,
         }
@@ -120,17 +119,17 @@ struct Loaded {
 
 /// The loop's state: connections and the definitions as of `version`.
 pub(crate) struct Firing {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     client: Client,
     version: Option<u64>,
     schedules: Vec<Loaded>,
 }
 
 impl Firing {
-    pub(crate) async fn connect(redis: &redis::Client) -> Result<Self> {
+    pub(crate) async fn connect(redis: &RedisTarget) -> Result<Self> {
         Ok(Firing {
-            conn: broker::connect(redis, Some(DEFAULT_RESPONSE_TIMEOUT)).await?,
-            client: Client::new(redis).await?,
+            conn: redis.connect().await?,
+            client: Client::new(redis.clone()).await?,
             version: None,
             schedules: Vec::new(),
         })
@@ -274,14 +273,14 @@ mod tests {
         let server = RedisServer::start();
         let start = 1_700_000_000_000u64;
         let (clock, time) = Clock::manual(start);
-        let mut schedules = Schedules::new(&server.client()).await.unwrap();
+        let mut schedules = Schedules::new(server.client()).await.unwrap();
         schedules.clock = clock.clone();
         schedules
             .add(&Schedule::every("tick", "sched-q", "noop", Duration::from_secs(1)))
             .await
             .unwrap();
-        let mut a = Firing::connect(&server.client()).await.unwrap();
-        let mut b = Firing::connect(&server.client()).await.unwrap();
+        let mut a = Firing::connect(&server.client().into()).await.unwrap();
+        let mut b = Firing::connect(&server.client().into()).await.unwrap();
         for s in 1..=5u64 {
             time.store(start + s * 1_000 + 3, Ordering::Relaxed);
             // In turn, in either order: the second finds each fire time done (the state).
@@ -299,7 +298,7 @@ mod tests {
             .collect();
         assert_eq!(ids(&server, "sched-q").await, want);
         // A restarted scheduler (new state) at the same time repeats nothing.
-        let mut c = Firing::connect(&server.client()).await.unwrap();
+        let mut c = Firing::connect(&server.client().into()).await.unwrap();
         c.tick(clock.now_ms()).await.unwrap();
         assert_eq!(ids(&server, "sched-q").await.len(), 5);
         // A scheduler acting on an old state (it read it before the others moved it) still
@@ -321,7 +320,7 @@ mod tests {
         let server = RedisServer::start();
         let start = 1_700_000_000_000u64;
         let (clock, time) = Clock::manual(start);
-        let mut schedules = Schedules::new(&server.client()).await.unwrap();
+        let mut schedules = Schedules::new(server.client()).await.unwrap();
         schedules.clock = clock.clone();
         for (name, missed) in [("skip", Missed::Skip), ("once", Missed::RunOnce)] {
             schedules
@@ -333,7 +332,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut s = Firing::connect(&server.client()).await.unwrap();
+        let mut s = Firing::connect(&server.client().into()).await.unwrap();
         time.store(start + 1_010, Ordering::Relaxed);
         s.tick(clock.now_ms()).await.unwrap();
         // Down from 1 s to 10.2 s: fire times 2..=9 s are older than the grace.
@@ -366,15 +365,15 @@ mod tests {
         let server = RedisServer::start();
         let start = 1_700_000_000_000u64;
         let (clock, _) = Clock::manual(start);
-        let mut schedules = Schedules::new(&server.client()).await.unwrap();
+        let mut schedules = Schedules::new(server.client()).await.unwrap();
         schedules.clock = clock;
         schedules
             .add(&Schedule::every("skew", "skew-q", "noop", Duration::from_secs(1)))
             .await
             .unwrap();
         // `ahead` reads 3 s more than `behind`; the true time steps by 250 ms for 30 s.
-        let mut ahead = Firing::connect(&server.client()).await.unwrap();
-        let mut behind = Firing::connect(&server.client()).await.unwrap();
+        let mut ahead = Firing::connect(&server.client().into()).await.unwrap();
+        let mut behind = Firing::connect(&server.client().into()).await.unwrap();
         for step in 1..=120u64 {
             let t = start + step * 250;
             match step {
@@ -433,7 +432,7 @@ mod tests {
         ];
         for (name, expr, tz, from, to) in cases {
             let (clock, time) = Clock::manual(from);
-            let mut schedules = Schedules::new(&server.client()).await.unwrap();
+            let mut schedules = Schedules::new(server.client()).await.unwrap();
             schedules.clock = clock.clone();
             schedules
                 .add(
@@ -443,7 +442,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            let mut firing = Firing::connect(&server.client()).await.unwrap();
+            let mut firing = Firing::connect(&server.client().into()).await.unwrap();
             let mut t = from;
             while t <= to {
                 time.store(t, Ordering::Relaxed);
