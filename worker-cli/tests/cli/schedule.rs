@@ -569,3 +569,50 @@ async fn the_documented_worker_acl_is_enough_to_manage_and_fire_schedules() {
     crate::common::cli_json_at(&url, &["schedule", "remove", "tick", "--json"]).await;
     crate::acl::nothing_was_denied(&mut admin).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_once_per_fire_time_on_a_redis_cluster() {
+    let cluster = rivulet::testing::cluster::RedisCluster::start();
+    let url = cluster.url();
+    // A queue spread over the masters: each fire's task (and its unique key) goes to the
+    // shard its id hashes to, wherever that lives; the schedules' keys are in `{sched}`.
+    let out = crate::common::cli_env(Some(&url), &["queue", "create", "cticks", "--shards", "6"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let add = [
+        "schedule", "add", "ctick", "--queue", "cticks", "--kind", "noop", "--every", "1s", "--json",
+    ];
+    crate::common::cli_json_at(&url, &add).await;
+    let two = [
+        Supervisor::start_at(&url, &["scheduler", "--poll", "200ms"]),
+        Supervisor::start_at(&url, &["scheduler", "--poll", "200ms"]),
+    ];
+    let ids = async || -> Vec<String> {
+        let listed = crate::common::cli_json_at(
+            &url,
+            &[
+                "tasks", "--queue", "cticks", "--state", "queued", "--limit", "1000", "--json",
+            ],
+        )
+        .await;
+        let mut ids: Vec<String> = listed
+            .as_array()
+            .unwrap_or_else(|| panic!("tasks --json is an array: {listed}"))
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), async || ids().await.len() >= 4).await,
+        "no fires on the cluster:\n{}",
+        two[0].log()
+    );
+    let got = ids().await;
+    let mut distinct = got.clone();
+    distinct.dedup();
+    assert_eq!(got, distinct, "a fire time enqueued twice");
+    assert!(got.iter().all(|id| id.starts_with("ctick@")), "{got:?}");
+    let shown = crate::common::cli_json_at(&url, &["schedule", "show", "ctick", "--json"]).await;
+    assert!(shown["last_fired_ms"].as_u64().unwrap() > 0, "{shown}");
+}
