@@ -1,4 +1,4 @@
-//! Producing into a shard (`XADD`, `schedule.lua`), reading from it (`XREADGROUP`, `XRANGE`)
+//! Producing into a shard (`XADD`; delayed tasks go through `enqueue.lua`), reading from it (`XREADGROUP`, `XRANGE`)
 //! and its pending list (`XPENDING`).
 
 use std::sync::LazyLock;
@@ -13,7 +13,6 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
 /// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
@@ -49,17 +48,6 @@ pub async fn add_ready(
     }
     pipe.query_async::<()>(conn).await?;
     super::wait_durable(conn, durability).await
-}
-
-/// Parks a task in its shard's `scheduled` set until `due_ms`.
-pub async fn add_scheduled(conn: &mut ConnectionManager, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
-    let mut inv = SCHEDULE.key(&keys.scheduled);
-    inv.key(&keys.stats).arg(due_ms);
-    for (name, value) in env.fields() {
-        inv.arg(name).arg(value.as_ref());
-    }
-    inv.invoke_async::<()>(conn).await?;
-    Ok(())
 }
 
 /// `XREADGROUP ... COUNT count [BLOCK ms] STREAMS keys... > ...`: new entries for `consumer`.
