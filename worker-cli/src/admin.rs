@@ -17,8 +17,8 @@ use rivulet::{Client, Codec, DeadLetter, DeadLetterId, DlqSelect, Inspector, Que
 use serde_json::{Value, json};
 
 use crate::cli::{
-    Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, FunctionsCommand, GlobalArgs,
-    PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
+    Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, FunctionsCommand,
+    GlobalArgs, PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
 };
 use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
 use crate::settings::UsageError;

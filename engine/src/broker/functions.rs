@@ -21,8 +21,8 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
 use redis::FromRedisValue;
+use redis::aio::ConnectionManager;
 
 use crate::error::Result;
 

@@ -78,7 +78,14 @@ fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
     let record = it.keys.task(it.env.id.as_str());
     let mut cmd = functions::fcall(
         "enqueue",
-        &[&it.keys.stream, &it.keys.scheduled, &it.keys.stats, &record, &it.keys.events, lock],
+        &[
+            &it.keys.stream,
+            &it.keys.scheduled,
+            &it.keys.stats,
+            &record,
+            &it.keys.events,
+            lock,
+        ],
     );
     cmd.arg(it.env.id.as_str())
         .arg(now)
