@@ -7,6 +7,7 @@ installs, generated from the engine's own Lua scripts.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -195,11 +196,11 @@ def decode_payload(data: bytes, codec: str) -> Any:
 
 
 def _msgpack() -> Any:
+    # Imported by name: msgpack is optional and ships no type information.
     try:
-        import msgpack
+        return importlib.import_module("msgpack")
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConfigError("codec 'msgpack' needs the msgpack package: pip install 'rivulet[msgpack]'") from e
-    return msgpack
 
 
 def _ms(what: str, seconds: Optional[Seconds], minimum: int = 0) -> Optional[int]:
