@@ -110,7 +110,16 @@ def main() -> int:
         print(f"{'':45} {'tasks':>7} {'tasks/s':>9} {'Redis CPU/task':>15}")
         for name, n, rate, cpu in rows:
             print(f"{name:45} {n:7} {rate:9.0f} {cpu:12.1f} µs")
-        print(f"(python {sys.version.split()[0]}, redis-py {redis.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+        try:
+            import hiredis  # noqa: F401
+
+            packer = "hiredis"
+        except ImportError:
+            packer = "pure-Python packing (pip install 'rivulet[hiredis]' for C)"
+        print(
+            f"(python {sys.version.split()[0]}, redis-py {redis.__version__} with {packer}, "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
+        )
         c.close()
         return 0
     finally:

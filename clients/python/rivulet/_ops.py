@@ -1,7 +1,7 @@
 """The operations, written once for the sync and the asyncio client.
 
 Each operation is a generator that yields a :class:`Batch` of Redis commands (sent as one
-pipeline) and receives the replies (an exception object in place of a reply that failed);
+pipeline, or one transaction) and receives the replies (an exception object in place of a reply that failed);
 ``Client`` and ``AsyncClient`` only carry batches to Redis and back. The engine's logic runs
 in Redis, as the ``rivulet_v1`` functions (``FCALL``); what is here is choosing keys, encoding
 arguments and reading replies.
@@ -36,10 +36,10 @@ Command = tuple[Any, ...]
 
 @dataclass
 class Batch:
-    """Commands sent in one round trip; ``blocking`` ones go on a connection of their own."""
+    """Commands sent in one round trip; ``atomic`` ones as one transaction (``MULTI``/``EXEC``)."""
 
     commands: list[Command]
-    blocking: bool = False
+    atomic: bool = False
 
 
 Plan = Generator[Batch, list[Any], T]
@@ -371,7 +371,9 @@ def enqueue(queue: str, lay: Layout, tasks: Sequence[Task]) -> Plan[list[Enqueue
     prepared = [prepare(queue, lay, t, now) for t in tasks]
     if not prepared:
         return []
-    replies = yield Batch([fcall("enqueue", p.keys_of_call, *p.args) for p in prepared])
+    # One transaction: a connection cut in the middle leaves the whole batch or nothing (as
+    # the Rust client's batches).
+    replies = yield Batch([fcall("enqueue", p.keys_of_call, *p.args) for p in prepared], atomic=len(prepared) > 1)
     out = []
     for p, r in zip(prepared, replies):
         added, task_id = check(r)
@@ -423,7 +425,8 @@ def wait(queue: str, lay: Layout, task_id: str, timeout: float) -> Plan[TaskStat
         return st
     done = keys.done(task_id)
     # BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
-    replies = yield Batch([("BLPOP", done, "%.3f" % max(timeout, 0.001))], blocking=True)
+    # redis-py takes a connection of its pool for the blocking call, so it stalls no other.
+    replies = yield Batch([("BLPOP", done, "%.3f" % max(timeout, 0.001))])
     woken = check(replies[0]) is not None
     if woken:
         check((yield Batch([("RPUSH", done, "1")]))[0])

@@ -92,7 +92,7 @@ class AsyncClient:
         await self.close()
 
     async def _send(self, batch: Batch) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=batch.atomic) as pipe:
             for cmd in batch.commands:
                 pipe.execute_command(*cmd)
             return list(await pipe.execute(raise_on_error=False))

@@ -92,7 +92,7 @@ class Client:
         self.close()
 
     def _send(self, batch: Batch) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=batch.atomic)
         for cmd in batch.commands:
             pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
         return list(pipe.execute(raise_on_error=False))

@@ -99,13 +99,17 @@ fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
     cmd
 }
 
-/// Sends the calls `which` in one pipeline; one reply (or error) per call.
+/// Sends the calls `which` in one pipeline, as one transaction (`MULTI`/`EXEC`, like the
+/// untracked batch of `add_ready`): a connection cut in the middle leaves the whole batch or
+/// nothing, so a caller knows a failed batch was not half written. One reply (or error) per
+/// call.
 async fn send_enqueues(
     conn: &mut ConnectionManager,
     calls: &[redis::Cmd],
     which: impl Iterator<Item = usize>,
 ) -> Result<Vec<redis::RedisResult<(i64, String)>>> {
     let mut pipe = redis::pipe();
+    pipe.atomic();
     for i in which {
         pipe.add_command(calls[i].clone());
     }
