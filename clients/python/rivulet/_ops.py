@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Generator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Generator, MutableMapping, Optional, Sequence, TypeVar, Union
 
 from ._wire import (
     FUNCTION_PREFIX,
@@ -363,6 +363,21 @@ def layout(queue: str, want: Optional[Layout] = None) -> Plan[Layout]:
     return stored
 
 
+def on_queue(cache: MutableMapping[str, Layout], queue: str, op: Callable[..., Plan[T]], *args: Any) -> Plan[T]:
+    """Runs ``op(queue, layout, *args)`` with the queue's layout, read once per client."""
+    lay = cache.get(queue)
+    if lay is None:
+        lay = yield from layout(queue)
+        cache[queue] = lay
+    return (yield from op(queue, lay, *args))
+
+
+def current_layout(queue: str, lay: Layout) -> Plan[Layout]:
+    """The layout ``on_queue`` found (read from Redis the first time)."""
+    return lay
+    yield  # pragma: no cover - makes this a generator like every operation
+
+
 def enqueue(queue: str, lay: Layout, tasks: Sequence[Task]) -> Plan[list[Enqueued]]:
     """Every task through ``rivulet_v1_enqueue`` (record, event, unique lock and scheduled
     set in one atomic call per task), all in one pipeline. Every task is checked before
@@ -551,6 +566,16 @@ def dlq_purge(queue: str, lay: Layout, ids: Sequence[str]) -> Plan[int]:
     for keys, entries in _by_shard(queue, lay, ids).items():
         total += int(check((yield Batch([("XDEL", keys.dlq, *entries)]))[0]))
     return total
+
+
+def dlq_apply(
+    queue: str, lay: Layout, op: Callable[[str, Layout, Sequence[str]], Plan[int]],
+    ids: Optional[Sequence[str]], kind: Optional[str],
+) -> Plan[int]:  # fmt: skip
+    """``dlq_replay`` or ``dlq_purge`` of the given ids, or of every dead letter (of ``kind``)."""
+    if ids is None:
+        ids = [d.id for d in (yield from dlq_list(queue, lay, 1 << 62, kind))]
+    return (yield from op(queue, lay, ids))
 
 
 def as_task(kind: Union[str, Task], payload: Any, options: dict[str, Any]) -> Task:

@@ -1,8 +1,9 @@
-"""The asyncio client: ``AsyncClient`` and its ``AsyncTaskHandle`` (same operations as ``Client``)."""
+"""The asyncio client: ``AsyncClient`` and its ``AsyncTaskHandle``, the same operations as
+``Client`` (both run the plans of ``_ops``)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import redis.asyncio as aioredis
 
@@ -34,7 +35,7 @@ class AsyncTaskHandle:
         return (await self.status()).result
 
     async def wait(self, timeout: float = 30.0) -> TaskStatus:
-        """Blocks until the task is final (driven by the engine's notification, not polling);
+        """Blocks until the task is final (woken by the engine's notification, not polling);
         raises ``WaitTimeout`` (with the status it is in) or ``UnknownTask``."""
         return await self.client.wait(self.queue, self.id, timeout)
 
@@ -49,21 +50,16 @@ class AsyncDeadLetters:
         self._c = client
 
     async def list(self, queue: str, limit: int = 100, kind: Optional[str] = None) -> list[DeadLetter]:
-        return await self._c._run(_ops.dlq_list(queue, await self._c.layout(queue), limit, kind))
+        """Up to ``limit`` dead letters, oldest first over every shard (of ``kind``)."""
+        return await self._c._on(queue, _ops.dlq_list, limit, kind)
 
     async def replay(self, queue: str, ids: Optional[Sequence[str]] = None, *, kind: Optional[str] = None) -> int:
         """Replays the given ids, or every dead letter (of ``kind`` when given)."""
-        lay = await self._c.layout(queue)
-        if ids is None:
-            ids = [d.id for d in await self.list(queue, limit=1 << 62, kind=kind)]
-        return await self._c._run(_ops.dlq_replay(queue, lay, ids))
+        return await self._c._on(queue, _ops.dlq_apply, _ops.dlq_replay, ids, kind)
 
     async def purge(self, queue: str, ids: Optional[Sequence[str]] = None, *, kind: Optional[str] = None) -> int:
         """Deletes the given ids, or every dead letter (of ``kind`` when given)."""
-        lay = await self._c.layout(queue)
-        if ids is None:
-            ids = [d.id for d in await self.list(queue, limit=1 << 62, kind=kind)]
-        return await self._c._run(_ops.dlq_purge(queue, lay, ids))
+        return await self._c._on(queue, _ops.dlq_apply, _ops.dlq_purge, ids, kind)
 
 
 class AsyncClient:
@@ -105,12 +101,12 @@ class AsyncClient:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    async def _on(self, queue: str, op: Callable[..., Plan[T]], *args: Any) -> T:
+        return await self._run(_ops.on_queue(self._layouts, queue, op, *args))
+
     async def layout(self, queue: str) -> Layout:
         """The queue's layout as Redis records it (a new queue gets the default one)."""
-        lay = self._layouts.get(queue)
-        if lay is None:
-            lay = self._layouts[queue] = await self._run(_ops.layout(queue))
-        return lay
+        return await self._on(queue, _ops.current_layout)
 
     async def declare(self, queue: str, priorities: Sequence[str] = ("high", "normal", "low"), shards: int = 1) -> Layout:
         """Records a queue's layout, or checks it against the recorded one (``LayoutMismatch``)."""
@@ -124,22 +120,23 @@ class AsyncClient:
         return (await self.enqueue_many(queue, [_ops.as_task(kind, payload, options)]))[0]
 
     async def enqueue_many(self, queue: str, tasks: Sequence[Task]) -> list[AsyncTaskHandle]:
-        """Enqueues tasks in one pipelined round trip (each one atomic), checking them all
-        before sending anything."""
-        done = await self._run(_ops.enqueue(queue, await self.layout(queue), tasks))
+        """Enqueues tasks in one round trip and one transaction (each task one atomic function
+        call), checking them all before sending anything."""
+        done = await self._on(queue, _ops.enqueue, tasks)
         return [AsyncTaskHandle(self, queue, e.id, e.duplicate) for e in done]
 
     def task(self, queue: str, task_id: str) -> AsyncTaskHandle:
+        """A handle for a task id stored elsewhere."""
         return AsyncTaskHandle(self, queue, task_id)
 
     async def status(self, queue: str, task_id: str) -> TaskStatus:
-        return await self._run(_ops.status(queue, await self.layout(queue), task_id))
+        return await self._on(queue, _ops.status, task_id)
 
     async def wait(self, queue: str, task_id: str, timeout: float = 30.0) -> TaskStatus:
-        return await self._run(_ops.wait(queue, await self.layout(queue), task_id, timeout))
+        return await self._on(queue, _ops.wait, task_id, timeout)
 
     async def cancel(self, queue: str, task_id: str) -> CancelOutcome:
-        return (await self._run(_ops.cancel(queue, await self.layout(queue), task_id)))[0]
+        return (await self._on(queue, _ops.cancel, task_id))[0]
 
     async def stats(self, queue: str) -> QueueStats:
-        return await self._run(_ops.stats(queue, await self.layout(queue)))
+        return await self._on(queue, _ops.stats)

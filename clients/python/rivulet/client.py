@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import redis
 
@@ -34,7 +34,7 @@ class TaskHandle:
         return self.status().result
 
     def wait(self, timeout: float = 30.0) -> TaskStatus:
-        """Blocks until the task is final (driven by the engine's notification, not polling);
+        """Blocks until the task is final (woken by the engine's notification, not polling);
         raises ``WaitTimeout`` (with the status it is in) or ``UnknownTask``."""
         return self.client.wait(self.queue, self.id, timeout)
 
@@ -49,21 +49,16 @@ class DeadLetters:
         self._c = client
 
     def list(self, queue: str, limit: int = 100, kind: Optional[str] = None) -> list[DeadLetter]:
-        return self._c._run(_ops.dlq_list(queue, self._c.layout(queue), limit, kind))
+        """Up to ``limit`` dead letters, oldest first over every shard (of ``kind``)."""
+        return self._c._on(queue, _ops.dlq_list, limit, kind)
 
     def replay(self, queue: str, ids: Optional[Sequence[str]] = None, *, kind: Optional[str] = None) -> int:
         """Replays the given ids, or every dead letter (of ``kind`` when given)."""
-        lay = self._c.layout(queue)
-        if ids is None:
-            ids = [d.id for d in self.list(queue, limit=1 << 62, kind=kind)]
-        return self._c._run(_ops.dlq_replay(queue, lay, ids))
+        return self._c._on(queue, _ops.dlq_apply, _ops.dlq_replay, ids, kind)
 
     def purge(self, queue: str, ids: Optional[Sequence[str]] = None, *, kind: Optional[str] = None) -> int:
         """Deletes the given ids, or every dead letter (of ``kind`` when given)."""
-        lay = self._c.layout(queue)
-        if ids is None:
-            ids = [d.id for d in self.list(queue, limit=1 << 62, kind=kind)]
-        return self._c._run(_ops.dlq_purge(queue, lay, ids))
+        return self._c._on(queue, _ops.dlq_apply, _ops.dlq_purge, ids, kind)
 
 
 class Client:
@@ -105,12 +100,12 @@ class Client:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    def _on(self, queue: str, op: Callable[..., Plan[T]], *args: Any) -> T:
+        return self._run(_ops.on_queue(self._layouts, queue, op, *args))
+
     def layout(self, queue: str) -> Layout:
         """The queue's layout as Redis records it (a new queue gets the default one)."""
-        lay = self._layouts.get(queue)
-        if lay is None:
-            lay = self._layouts[queue] = self._run(_ops.layout(queue))
-        return lay
+        return self._on(queue, _ops.current_layout)
 
     def declare(self, queue: str, priorities: Sequence[str] = ("high", "normal", "low"), shards: int = 1) -> Layout:
         """Records a queue's layout, or checks it against the recorded one (``LayoutMismatch``)."""
@@ -124,22 +119,23 @@ class Client:
         return self.enqueue_many(queue, [_ops.as_task(kind, payload, options)])[0]
 
     def enqueue_many(self, queue: str, tasks: Sequence[Task]) -> list[TaskHandle]:
-        """Enqueues tasks in one pipelined round trip (each one atomic), checking them all
-        before sending anything."""
-        done = self._run(_ops.enqueue(queue, self.layout(queue), tasks))
+        """Enqueues tasks in one round trip and one transaction (each task one atomic function
+        call), checking them all before sending anything."""
+        done = self._on(queue, _ops.enqueue, tasks)
         return [TaskHandle(self, queue, e.id, e.duplicate) for e in done]
 
     def task(self, queue: str, task_id: str) -> TaskHandle:
+        """A handle for a task id stored elsewhere."""
         return TaskHandle(self, queue, task_id)
 
     def status(self, queue: str, task_id: str) -> TaskStatus:
-        return self._run(_ops.status(queue, self.layout(queue), task_id))
+        return self._on(queue, _ops.status, task_id)
 
     def wait(self, queue: str, task_id: str, timeout: float = 30.0) -> TaskStatus:
-        return self._run(_ops.wait(queue, self.layout(queue), task_id, timeout))
+        return self._on(queue, _ops.wait, task_id, timeout)
 
     def cancel(self, queue: str, task_id: str) -> CancelOutcome:
-        return self._run(_ops.cancel(queue, self.layout(queue), task_id))[0]
+        return self._on(queue, _ops.cancel, task_id)[0]
 
     def stats(self, queue: str) -> QueueStats:
-        return self._run(_ops.stats(queue, self.layout(queue)))
+        return self._on(queue, _ops.stats)

@@ -378,7 +378,7 @@ async fn a_missing_function_library_is_loaded_on_first_use_and_nothing_is_writte
         })
         .collect();
     // Nothing loaded: the pipelined enqueue loads the library and resends what was refused.
-    assert_eq!(lifecycle::enqueue(&mut conn, &items, 1).await.unwrap(), [None; 5]);
+    assert_eq!(lifecycle::enqueue(&mut conn, &items, 1).await.unwrap(), vec![None; 5]);
     let len: u64 = redis::cmd("XLEN")
         .arg(&keys.stream)
         .query_async(&mut conn)
