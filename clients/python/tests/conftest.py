@@ -46,15 +46,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str
         time.sleep(0.02)
 
 
+#: The redis-server binary, as for the Rust fixtures (`RIVULET_REDIS_SERVER`, else PATH's).
+REDIS_SERVER = os.environ.get("RIVULET_REDIS_SERVER", "redis-server")
+
+
 class RedisServer:
     def __init__(self) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not on PATH")
+        if shutil.which(REDIS_SERVER) is None:
+            pytest.fail(f"{REDIS_SERVER} is not runnable (set RIVULET_REDIS_SERVER or put redis-server on PATH)")
         self.dir = tempfile.mkdtemp(prefix="rivulet-py-")
         self.port = free_port()
         self.log = os.path.join(self.dir, "redis.log")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "no", "--logfile", self.log],
         )  # fmt: skip
         self.url = f"redis://127.0.0.1:{self.port}"
