@@ -410,12 +410,24 @@ impl Client {
             };
         }
         let mut blocking = self.blocking_connection(timeout).await?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let woken = records::block_until_done(&mut blocking, &keys, id.as_str(), left).await?;
-        if !woken {
-            records::unregister_waiter(&mut conn, &keys, id.as_str()).await?;
-        }
-        let st = self.status(queue, id).await?;
+        let st = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let woken = !left.is_zero() && records::block_until_done(&mut blocking, &keys, id.as_str(), left).await?;
+            if !woken {
+                records::unregister_waiter(&mut conn, &keys, id.as_str()).await?;
+                break self.status(queue, id).await?;
+            }
+            let st = self.status(queue, id).await?;
+            if st.state.is_final() {
+                records::wake_others(&mut conn, &keys, id.as_str()).await?;
+                break st;
+            }
+            // A token left by an earlier run (the task was replayed since it finished): it is
+            // consumed, the registration stands, block again for the time left.
+            if st.state == TaskState::Unknown {
+                break st;
+            }
+        };
         match st.state {
             s if s.is_final() => Ok(st),
             TaskState::Unknown => Err(self.unknown(queue, id)),

@@ -10,6 +10,7 @@ arguments and reading replies.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, MutableMapping, Optional, Sequence, TypeVar, Union
 
@@ -439,18 +440,27 @@ def wait(queue: str, lay: Layout, task_id: str, timeout: float) -> Plan[TaskStat
             raise UnknownTask(f"no task {task_id} in queue {queue}")
         return st
     done = keys.done(task_id)
-    # BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
-    # redis-py takes a connection of its pool for the blocking call, so it stalls no other.
-    replies = yield Batch([("BLPOP", done, "%.3f" % max(timeout, 0.001))])
-    woken = check(replies[0]) is not None
-    if woken:
-        check((yield Batch([("RPUSH", done, "1")]))[0])
-    else:
-        # Drop the registration (best effort: the count only decides whether settling pushes).
-        rec = keys.task(task_id)
-        exists = check((yield Batch([("HEXISTS", rec, "waiters")]))[0])
-        if exists:
-            check((yield Batch([("HINCRBY", rec, "waiters", -1)]))[0])
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        # redis-py takes a connection of its pool for the blocking call, so it stalls no other.
+        # BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
+        woken = left > 0 and check((yield Batch([("BLPOP", done, "%.3f" % max(left, 0.001))]))[0]) is not None
+        if not woken:
+            # Drop the registration (best effort: the count only decides whether settling pushes).
+            rec = keys.task(task_id)
+            if check((yield Batch([("HEXISTS", rec, "waiters")]))[0]):
+                check((yield Batch([("HINCRBY", rec, "waiters", -1)]))[0])
+            break
+        st = yield from status(queue, lay, task_id)
+        if st.is_final:
+            # The token goes back so every other waiter wakes too.
+            check((yield Batch([("RPUSH", done, "1")]))[0])
+            return st
+        if st.state == TaskState.UNKNOWN:
+            break
+        # A token left by an earlier run (the task was replayed since it finished): consumed;
+        # the registration stands; block again for the time left.
     st = yield from status(queue, lay, task_id)
     if st.state == TaskState.UNKNOWN:
         raise UnknownTask(f"no task {task_id} in queue {queue}")

@@ -334,27 +334,34 @@ pub async fn register_waiter(
 }
 
 /// Blocks on a task's done list for up to `timeout` (on a connection of its own: a blocking
-/// call would stall a shared one). Whether it was woken. The token is put back so every other
-/// waiter wakes too (the list expires a minute after the task finished).
+/// call would stall a shared one). Whether it was woken. The token it took stays taken: a
+/// waiter that finds the task final puts it back with [`wake_others`]; one woken by a token
+/// left from an earlier run (the task was replayed since) must not.
 pub async fn block_until_done(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &ShardKeys,
     id: &str,
     timeout: Duration,
 ) -> Result<bool> {
-    let done = keys.done(id);
     // BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
     let secs = timeout.as_secs_f64().max(0.001);
     let got: Option<(String, String)> = redis::cmd("BLPOP")
-        .arg(&done)
+        .arg(keys.done(id))
         .arg(format!("{secs:.3}"))
         .query_async(conn)
         .await?;
-    if got.is_some() {
-        redis::cmd("RPUSH").arg(&done).arg("1").query_async::<()>(conn).await?;
-        return Ok(true);
-    }
-    Ok(false)
+    Ok(got.is_some())
+}
+
+/// Puts the done token back so every other waiter of a finished task wakes too (the list
+/// expires a minute after the task finished).
+pub async fn wake_others(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<()> {
+    redis::cmd("RPUSH")
+        .arg(keys.done(id))
+        .arg("1")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
 }
 
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
