@@ -12,6 +12,8 @@
 //! install`, and the engine's own callers on first use (a call answered "Function not found"
 //! loads the library and is sent again: nothing ran, so the retry cannot double a write).
 //! Functions are kept in the RDB/AOF and replicated, so a restart with persistence keeps them.
+//! On a Redis Cluster `FUNCTION LOAD` goes to every master (redis-rs routes it so) and each
+//! `FCALL` to the master of its first key's slot.
 //!
 //! Versioning: `v1` is the wire format's version. Within v1 a function's contract only grows
 //! (new optional arguments at the end); a breaking change is a new library, `rivulet_v2` with
@@ -22,8 +24,8 @@
 use std::sync::LazyLock;
 
 use redis::FromRedisValue;
-use redis::aio::ConnectionManager;
 
+use super::RedisConnection;
 use crate::error::Result;
 
 /// The library's name, as `FUNCTION LIST LIBRARYNAME` shows it.
@@ -95,7 +97,7 @@ pub(super) fn is_missing(e: &redis::RedisError) -> bool {
 }
 
 /// Loads (or replaces) the library. Returns its revision.
-pub async fn install(conn: &mut ConnectionManager) -> Result<&'static str> {
+pub async fn install(conn: &mut RedisConnection) -> Result<&'static str> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
@@ -106,7 +108,7 @@ pub async fn install(conn: &mut ConnectionManager) -> Result<&'static str> {
 }
 
 /// Loads the library unless this revision is loaded already. Returns whether it loaded it.
-pub async fn ensure(conn: &mut ConnectionManager) -> Result<bool> {
+pub async fn ensure(conn: &mut RedisConnection) -> Result<bool> {
     let loaded: redis::RedisResult<String> = fcall("version", &[]).query_async(conn).await;
     match loaded {
         Ok(r) if r == revision() => Ok(false),
@@ -117,7 +119,7 @@ pub async fn ensure(conn: &mut ConnectionManager) -> Result<bool> {
 }
 
 /// Sends `cmd` (an [`fcall`]); when the library is missing, loads it and sends it again.
-pub(super) async fn call<T: FromRedisValue>(conn: &mut ConnectionManager, cmd: &redis::Cmd) -> Result<T> {
+pub(super) async fn call<T: FromRedisValue>(conn: &mut RedisConnection, cmd: &redis::Cmd) -> Result<T> {
     match cmd.query_async::<T>(conn).await {
         Ok(v) => Ok(v),
         Err(e) if is_missing(&e) => {

@@ -10,8 +10,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::broker::RedisConnection;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::functions;
@@ -45,12 +45,13 @@ pub struct EnqueueItem<'a> {
 /// Enqueues tasks through `enqueue.lua` (the `rivulet_v1_enqueue` function), pipelined in one
 /// round trip. Per task: `None` when it was enqueued, `Some(holder id)` when its unique key was
 /// taken (nothing written).
-pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
+pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
     let calls: Vec<redis::Cmd> = items.iter().map(|it| enqueue_call(it, now)).collect();
-    let mut replies = send_enqueues(conn, &calls, 0..calls.len()).await?;
+    let streams: Vec<&str> = items.iter().map(|it| it.keys.stream.as_str()).collect();
+    let mut replies = send_enqueues(conn, &calls, &streams, (0..calls.len()).collect()).await?;
     // A library missing (a fresh or flushed server): load it and resend exactly the calls
     // refused for it. A refused call ran nothing, so nothing is written twice.
     let missing: Vec<usize> = (0..replies.len())
@@ -58,7 +59,7 @@ pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], no
         .collect();
     if !missing.is_empty() {
         functions::install(conn).await?;
-        let again = send_enqueues(conn, &calls, missing.iter().copied()).await?;
+        let again = send_enqueues(conn, &calls, &streams, missing.clone()).await?;
         for (i, reply) in missing.into_iter().zip(again) {
             replies[i] = reply;
         }
@@ -99,21 +100,53 @@ fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
     cmd
 }
 
-/// Sends the calls `which` in one pipeline, as one transaction (`MULTI`/`EXEC`, like the
-/// untracked batch of `add_ready`): a connection cut in the middle leaves the whole batch or
-/// nothing, so a caller knows a failed batch was not half written. One reply (or error) per
-/// call.
+/// One enqueue reply per call: whether it was new, and the id.
+type EnqueueReply = redis::RedisResult<(i64, String)>;
+
+/// Sends the calls `which` (indexes into `calls`; `streams[i]` is call i's stream) in one
+/// round trip, as one transaction (`MULTI`/`EXEC`) per slot, like [`super::add_ready`]: a
+/// connection cut in the middle leaves a shard's whole batch or nothing, so a caller knows a
+/// failed batch was not half written. On one node every shard shares the transaction; on a
+/// Redis Cluster each shard's part is its own, sent side by side. One reply per call of
+/// `which`, in its order.
 async fn send_enqueues(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     calls: &[redis::Cmd],
-    which: impl Iterator<Item = usize>,
-) -> Result<Vec<redis::RedisResult<(i64, String)>>> {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for i in which {
-        pipe.add_command(calls[i].clone());
+    streams: &[&str],
+    which: Vec<usize>,
+) -> Result<Vec<EnqueueReply>> {
+    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for i in which.iter().copied() {
+            match groups.iter_mut().find(|g| streams[g[0]] == streams[i]) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        groups
+    } else {
+        vec![which.clone()]
+    };
+    let sends = groups.iter().map(|g| {
+        let mut conn = conn.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for &i in g {
+                pipe.add_command(calls[i].clone());
+            }
+            pipe.ignore_errors().query_async::<Vec<EnqueueReply>>(&mut conn).await
+        }
+    });
+    let replies = futures_util::future::try_join_all(sends).await?;
+    let mut by_call: std::collections::HashMap<usize, EnqueueReply> = std::collections::HashMap::new();
+    for (g, rs) in groups.iter().zip(replies) {
+        by_call.extend(g.iter().copied().zip(rs));
     }
-    Ok(pipe.ignore_errors().query_async(conn).await?)
+    Ok(which
+        .iter()
+        .map(|i| by_call.remove(i).expect("every call of `which` is in one group"))
+        .collect())
 }
 
 /// What [`start`] says about one task.
@@ -132,7 +165,7 @@ pub type StartItem<'a> = (&'a str, u32, &'a str, u64);
 
 /// Records that `worker` starts these tasks of one shard (`start.lua`).
 pub async fn start(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     worker: &str,
     events_maxlen: usize,
@@ -157,7 +190,7 @@ pub async fn start(
 
 /// Writes progress reports (task id, percent, message) of tasks `worker` runs in one shard.
 pub async fn progress(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     worker: &str,
     events_maxlen: usize,
@@ -173,7 +206,7 @@ pub async fn progress(
 }
 
 /// Ids of running tasks whose cancel was asked for, per shard, in one round trip.
-pub async fn cancel_marks(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Vec<String>>> {
+pub async fn cancel_marks(conn: &mut RedisConnection, shards: &[&ShardKeys]) -> Result<Vec<Vec<String>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("SMEMBERS").arg(&k.cancels);
@@ -210,7 +243,7 @@ pub enum Cancelled {
 
 /// [`super::settle`] with tracked outcomes too, in the same `settle.lua` call.
 pub async fn settle_tracked(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     ctx: SettleCtx<'_>,
     events_maxlen: usize,
     untracked: &[(StreamId, &Settle)],
@@ -268,7 +301,7 @@ pub async fn settle_tracked(
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
 /// in one round trip. Empty field lists for shards without one.
 pub async fn records(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     shards: &[ShardKeys],
     id: &str,
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
@@ -281,7 +314,7 @@ pub async fn records(
 
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
 pub async fn cancel(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
     unique_lock: Option<&str>,
@@ -313,7 +346,7 @@ pub async fn cancel(
 /// Reads a task's record and registers a waiter unless it is final (`wait.lua`): (registered,
 /// record fields).
 pub async fn register_waiter(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
 ) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
@@ -338,7 +371,7 @@ pub async fn register_waiter(
 /// waiter that finds the task final puts it back with [`wake_others`]; one woken by a token
 /// left from an earlier run (the task was replayed since) must not.
 pub async fn block_until_done(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
     timeout: Duration,
@@ -355,7 +388,7 @@ pub async fn block_until_done(
 
 /// Puts the done token back so every other waiter of a finished task wakes too (the list
 /// expires a minute after the task finished).
-pub async fn wake_others(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<()> {
+pub async fn wake_others(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
     redis::cmd("RPUSH")
         .arg(keys.done(id))
         .arg("1")
@@ -366,7 +399,7 @@ pub async fn wake_others(conn: &mut ConnectionManager, keys: &ShardKeys, id: &st
 
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
 /// settling pushes to the done list).
-pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<()> {
+pub async fn unregister_waiter(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
     // HINCRBY on a missing record would create a stray one: only when it still exists.
     let rec = keys.task(id);
     let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
@@ -383,7 +416,7 @@ pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, i
 
 /// Events of one shard after `after` (exclusive; `None` for the oldest), at most `count`.
 pub async fn events(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     after: Option<StreamId>,
     count: usize,
@@ -393,7 +426,7 @@ pub async fn events(
 }
 
 /// The newest event id of each shard (`None` for an empty stream), in one round trip.
-pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Option<StreamId>>> {
+pub async fn last_event_ids(conn: &mut RedisConnection, shards: &[&ShardKeys]) -> Result<Vec<Option<StreamId>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("XREVRANGE")
@@ -412,19 +445,55 @@ pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys])
 
 /// Blocks up to `block` for events after `after[i]` on each shard's events stream (a
 /// connection of its own). Returns (shard index, entry) pairs.
+///
+/// On a Redis Cluster one `XREAD` may not name streams of several slots, and blocking reads
+/// of several shards on one node's connection would queue behind each other; there each
+/// shard is read without blocking, every 50 ms until an event comes or `block` passes.
 pub async fn follow_events(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConnection,
     shards: &[&ShardKeys],
     after: &[Option<StreamId>],
     block: Duration,
     count: usize,
 ) -> Result<Vec<(usize, StreamEntry)>> {
+    if !conn.is_cluster() || shards.len() < 2 {
+        return read_events(conn, shards, after, Some(block), count).await;
+    }
+    let deadline = tokio::time::Instant::now() + block;
+    loop {
+        let calls = shards.iter().zip(after).enumerate().map(|(i, (k, a))| {
+            let mut conn = conn.clone();
+            async move {
+                let got = read_events(&mut conn, &[*k], &[*a], None, count).await?;
+                Ok::<_, Error>(got.into_iter().map(move |(_, e)| (i, e)))
+            }
+        });
+        let out: Vec<(usize, StreamEntry)> = futures_util::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+    }
+}
+
+/// One `XREAD` over the shards' events streams, blocking up to `block` if given.
+async fn read_events(
+    conn: &mut RedisConnection,
+    shards: &[&ShardKeys],
+    after: &[Option<StreamId>],
+    block: Option<Duration>,
+    count: usize,
+) -> Result<Vec<(usize, StreamEntry)>> {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(block.as_millis().max(1) as u64)
-        .arg("STREAMS");
+    cmd.arg("COUNT").arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS");
     for k in shards {
         cmd.arg(&k.events);
     }
@@ -458,7 +527,7 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// from the dead-letter stream, `succeeded` and `cancelled` from the recent events (as far
 /// back as the capped events stream reaches; the caller checks each record still says so).
 pub async fn list_ids(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     state: crate::lifecycle::TaskState,
     limit: usize,
@@ -606,7 +675,7 @@ fn member_id(m: &[u8]) -> Option<String> {
 /// set, and the record, done list and unique lock of every task it still names (in its
 /// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
 /// finished before the events' cap reached back expire on their own after the retention.
-pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
+pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<()> {
     let mut ids: Vec<String> = Vec::new();
     for stream in [&keys.stream, &keys.dlq, &keys.events] {
         let mut after = RangeStart::First;
@@ -651,7 +720,7 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
 /// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
 /// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
 pub async fn replay(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     ids: &[StreamId],
     events_maxlen: usize,
@@ -688,7 +757,7 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{ReclaimArgs, connect, ensure_group, read_group, reclaim};
+    use crate::broker::{ReclaimArgs, RedisTarget, ensure_group, read_group, reclaim};
     use crate::envelope::Envelope;
     use crate::keys::Queue;
     use crate::testing::RedisServer;
@@ -696,7 +765,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_worker_cannot_overwrite_the_record_of_the_new_owner() {
         let server = RedisServer::start();
-        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
         let queue = Queue::new("fenced").unwrap();
         let keys = queue.shard("normal", 0);
         ensure_group(&mut conn, &keys.stream).await.unwrap();
