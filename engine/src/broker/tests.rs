@@ -374,7 +374,10 @@ fn stream_ids_parse_and_write_back_unchanged() {
 async fn a_missing_function_library_is_loaded_on_first_use_and_nothing_is_written_twice() {
     // A server of its own: FUNCTION FLUSH spans the server.
     let server = RedisServer::start();
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let queue = Queue::new("fn").unwrap();
     let keys = queue.shard("normal", 0);
     let envs: Vec<Envelope> = (0..5)
