@@ -50,8 +50,8 @@ pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now:
         return Ok(Vec::new());
     }
     let calls: Vec<redis::Cmd> = items.iter().map(|it| enqueue_call(it, now)).collect();
-    let streams: Vec<&str> = items.iter().map(|it| it.keys.stream.as_str()).collect();
-    let mut replies = send_enqueues(conn, &calls, &streams, (0..calls.len()).collect()).await?;
+    let all: Vec<usize> = (0..calls.len()).collect();
+    let mut replies = send_enqueues(conn, &calls, &all).await?;
     // A library missing (a fresh or flushed server): load it and resend exactly the calls
     // refused for it. A refused call ran nothing, so nothing is written twice.
     let missing: Vec<usize> = (0..replies.len())
@@ -59,7 +59,7 @@ pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now:
         .collect();
     if !missing.is_empty() {
         functions::install(conn).await?;
-        let again = send_enqueues(conn, &calls, &streams, missing.clone()).await?;
+        let again = send_enqueues(conn, &calls, &missing).await?;
         for (i, reply) in missing.into_iter().zip(again) {
             replies[i] = reply;
         }
@@ -103,50 +103,23 @@ fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
 /// One enqueue reply per call: whether it was new, and the id.
 type EnqueueReply = redis::RedisResult<(i64, String)>;
 
-/// Sends the calls `which` (indexes into `calls`; `streams[i]` is call i's stream) in one
-/// round trip, as one transaction (`MULTI`/`EXEC`) per slot, like [`super::add_ready`]: a
-/// connection cut in the middle leaves a shard's whole batch or nothing, so a caller knows a
-/// failed batch was not half written. On one node every shard shares the transaction; on a
-/// Redis Cluster each shard's part is its own, sent side by side. One reply per call of
+/// Sends the calls `which` (indexes into `calls`) in one round trip. One reply per call of
 /// `which`, in its order.
-async fn send_enqueues(
-    conn: &mut RedisConnection,
-    calls: &[redis::Cmd],
-    streams: &[&str],
-    which: Vec<usize>,
-) -> Result<Vec<EnqueueReply>> {
-    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for i in which.iter().copied() {
-            match groups.iter_mut().find(|g| streams[g[0]] == streams[i]) {
-                Some(g) => g.push(i),
-                None => groups.push(vec![i]),
-            }
-        }
-        groups
-    } else {
-        vec![which.clone()]
-    };
-    let sends = groups.iter().map(|g| {
-        let mut conn = conn.clone();
-        async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for &i in g {
-                pipe.add_command(calls[i].clone());
-            }
-            pipe.ignore_errors().query_async::<Vec<EnqueueReply>>(&mut conn).await
-        }
-    });
-    let replies = futures_util::future::try_join_all(sends).await?;
-    let mut by_call: std::collections::HashMap<usize, EnqueueReply> = std::collections::HashMap::new();
-    for (g, rs) in groups.iter().zip(replies) {
-        by_call.extend(g.iter().copied().zip(rs));
+///
+/// On one node the batch is one transaction (`MULTI`/`EXEC`, like [`super::add_ready`]): a
+/// connection cut in the middle leaves the whole batch or nothing, so a caller knows a failed
+/// batch was not half written. On a Redis Cluster it is a plain pipeline, each call atomic on
+/// its own: redis-rs follows a `MOVED` (a failover, a resharding) for a pipelined command but
+/// aborts a transaction on it, and a producer would then fail until its slot map is refreshed.
+async fn send_enqueues(conn: &mut RedisConnection, calls: &[redis::Cmd], which: &[usize]) -> Result<Vec<EnqueueReply>> {
+    let mut pipe = redis::pipe();
+    if !conn.is_cluster() {
+        pipe.atomic();
     }
-    Ok(which
-        .iter()
-        .map(|i| by_call.remove(i).expect("every call of `which` is in one group"))
-        .collect())
+    for &i in which {
+        pipe.add_command(calls[i].clone());
+    }
+    Ok(pipe.ignore_errors().query_async(conn).await?)
 }
 
 /// What [`start`] says about one task.
