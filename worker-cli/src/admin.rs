@@ -68,7 +68,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
         Command::Functions(FunctionsCommand::Install(o)) => admin.install_functions(o.json).await,
         Command::Functions(FunctionsCommand::Source) => unreachable!("dispatched in lib.rs: needs no Redis"),
-        Command::Work(_) | Command::Demo(_) | Command::Task(_) | Command::Tasks(_) | Command::Events(_) => {
+        Command::Work(_)
+        | Command::Demo(_)
+        | Command::Task(_)
+        | Command::Tasks(_)
+        | Command::Events(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_) => {
             unreachable!("dispatched in lib.rs; not admin commands")
         }
     }
@@ -143,6 +149,8 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Queues(_)
         | Command::Workers(_)
         | Command::Work(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_)
         | Command::Demo(_)
         | Command::Task(_)
         | Command::Tasks(_)

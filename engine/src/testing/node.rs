@@ -162,7 +162,7 @@ impl Drop for Node {
 fn launch(args: &[String]) -> (Option<u32>, Child) {
     let mut tether = Command::new("sh")
         .arg("-c")
-        .arg(r#"redis-server "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null"#)
+        .arg(r#""${RIVULET_REDIS_SERVER:-redis-server}" "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null"#)
         .arg("sh")
         .args(args)
         .stdin(Stdio::piped())
