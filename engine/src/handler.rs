@@ -189,6 +189,28 @@ where
     }
 }
 
+/// A raw handler whose payload must still be valid in its declared codec (see
+/// [`Router::route_encoded`]).
+struct Checked<R, F>(Raw<R, F>);
+
+impl<R, F, Fut> Erased for Checked<R, F>
+where
+    R: IntoTaskResult + Send + 'static,
+    F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    fn start(&self, ctx: TaskContext, payload: Bytes) -> Result<HandlerFuture, Malformed> {
+        // `bytes` is opaque; json and msgpack must parse as some value (decoded into
+        // nothing: the cost is one pass over the payload, no allocation).
+        if ctx.codec != Codec::Bytes {
+            ctx.codec
+                .decode::<serde::de::IgnoredAny>(&payload)
+                .map_err(|e| Malformed(format!("payload does not decode: {e}")))?;
+        }
+        self.0.start(ctx, payload)
+    }
+}
+
 /// Per-kind overrides of the worker's defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RouteOptions {
@@ -280,6 +302,20 @@ impl Router {
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
         self.insert(kind, Arc::new(Raw(f, std::marker::PhantomData)))
+    }
+
+    /// Serves `kind` with a handler of the raw payload bytes, like
+    /// [`route_bytes`](Self::route_bytes), but only for a payload that is valid in the codec
+    /// the task declares: a `json` or `msgpack` payload that does not parse goes to the
+    /// dead-letter stream as `malformed` without the handler running (a `bytes` payload is
+    /// never checked). For handlers that pass the payload on unread, such as a command.
+    pub fn route_encoded<R, F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        R: IntoTaskResult + Send + 'static,
+        F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        self.insert(kind, Arc::new(Checked(Raw(f, std::marker::PhantomData))))
     }
 
     /// Sets retry and timeout overrides for a kind already routed.

@@ -35,6 +35,7 @@
 //!   verification) become a `redis::Client`.
 //! - [`durability`]: [`Durability`] (fast, replicated:N, fsync) and the start-up checks of the
 //!   server's version and eviction policy ([`ServerInfo`]).
+//! - [`functions`]: the `rivulet_v1` Redis Functions library other languages call.
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
@@ -64,6 +65,12 @@ pub mod connection;
 pub mod durability;
 pub mod envelope;
 mod error;
+/// The `rivulet_v1` Redis Functions library (see `docs/wire-format.md`): generated from the
+/// engine's own scripts, loaded by every worker at start and by
+/// [`Inspector::install_functions`], called by producers in any language with `FCALL`.
+pub mod functions {
+    pub use crate::broker::functions::{LIBRARY, name, revision, source};
+}
 pub mod handler;
 pub mod inspector;
 pub mod keys;

@@ -654,6 +654,13 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
             .await
             .is_err()
     );
+    // A zero timeout would time every attempt out before the handler ran.
+    let zero = f
+        .client
+        .enqueue(&f.queue, Task::json("k", &()).unwrap().timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(zero.to_string().contains("timeout_ms"), "{zero}");
     let mut conn = f.redis().await;
     let _: String = redis::cmd("XADD")
         .arg(f.queue.shard("normal", 0).stream)

@@ -295,6 +295,14 @@ pub enum Command {
     /// Print a queue's lifecycle events (enqueued, started, progress, retried, succeeded,
     /// dead, cancelled, ...), oldest first; --follow keeps printing new ones.
     Events(EventsArgs),
+    /// Load the `rivulet_v1` Redis Functions library, or print its source.
+    ///
+    /// Producers in other languages (the Python package) enqueue, cancel, wait and read stats
+    /// with `FCALL rivulet_v1_*`. Every worker loads the library at start; run `functions
+    /// install` when producers start before any worker did (a deploy step, like `queue
+    /// create`). The library is generated from the engine's own scripts (docs/wire-format.md).
+    #[command(subcommand)]
+    Functions(FunctionsCommand),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
     /// Two phases on a throwaway queue (demo-<pid>-<random>) of the built-in `demo` kind,
@@ -466,6 +474,15 @@ pub struct SchedulerArgs {
     /// how soon an added or changed schedule is seen.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub poll: Duration,
+}
+
+/// `functions ...`.
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCommand {
+    /// Load (or replace) the library on the server and print its name and revision.
+    Install(OutputArgs),
+    /// Print the library's Lua source (what `install` loads), e.g. to load it by other means.
+    Source,
 }
 
 /// `queue ...`.

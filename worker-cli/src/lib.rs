@@ -307,6 +307,7 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "warn");
             current_thread()?.block_on(task::run(&global, lifecycle))
         }
+        Some(Command::Functions(cli::FunctionsCommand::Source)) => output::text(rivulet::functions::source()),
         Some(admin) => {
             logging::init(global.log_format, "warn");
             current_thread()?.block_on(admin::run(&global, admin))

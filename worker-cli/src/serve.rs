@@ -117,7 +117,7 @@ impl Pools {
                     tracing::info!(kind = %kind, "--serve replaces the handler this binary has for the kind");
                 }
                 let pool = pool.clone();
-                router = router.route_bytes(kind, move |ctx: TaskContext, payload: Bytes| {
+                router = router.route_encoded(kind, move |ctx: TaskContext, payload: Bytes| {
                     let pool = pool.clone();
                     async move { pool.run(ctx, payload).await }
                 });

@@ -195,6 +195,15 @@ async fn check_server(
     queues: &[(Queue, QueueOptions)],
 ) -> Result<()> {
     let info = broker::server_info(conn).await?;
+    // The function library producers in other languages call (and the engine's own
+    // enqueue, cancel, wait, inspect and replay): loaded unless this revision already is.
+    if broker::functions::ensure(conn).await? {
+        tracing::info!(
+            library = broker::functions::LIBRARY,
+            revision = broker::functions::revision(),
+            "loaded the Redis function library"
+        );
+    }
     if let Err(e) = info.check_eviction() {
         if !config.allow_eviction {
             return Err(e);
