@@ -85,5 +85,6 @@ pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
 pub use worker::{
-    DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
+    DRAIN_SETTLE_BUDGET, MetricsSnapshot, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig,
+    WorkerCounters, WorkerMetrics, WorkerReport,
 };

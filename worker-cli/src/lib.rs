@@ -31,6 +31,8 @@
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
 //!   served only by the demo's own workers (`work --demo-samples`).
 //! - `local_redis`: the private `redis-server` the demo starts when nothing answers.
+//! - `metrics`: `--metrics-addr`: a worker process's metrics and probes, or the supervisor's
+//!   for the whole box (its children report to it over a Unix socket).
 //! - `store`: the few Redis commands the CLI issues itself (reachability check, demo keys).
 //! - `output`: stdout as JSON or tables.
 //!
@@ -52,6 +54,7 @@ mod cli;
 mod demo;
 mod handlers;
 mod local_redis;
+mod metrics;
 mod settings;
 mod store;
 mod task;
@@ -217,10 +220,25 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "info");
             // Validate what the children will run with before starting any.
             let worker = WorkerSettings::resolve(&global, &run.worker)?;
-            let settings = SupervisorSettings::resolve(&global, &run)?;
+            let mut settings = SupervisorSettings::resolve(&global, &run)?;
             // One thread: children must be spawned from a thread that lives as long as the
             // process (see `rivulet_fleet::supervisor`).
             current_thread()?.block_on(async {
+                // First: a bad --metrics-addr is a usage error whatever Redis does.
+                let exported = match run.worker.metrics_addr {
+                    None => None,
+                    Some(addr) => {
+                        let listener = rivulet_fleet::probes::bind(addr, run.worker.metrics_token.clone()).await?;
+                        let hub = std::sync::Arc::new(
+                            metrics::Hub::bind().context("creating the socket worker processes report metrics to")?,
+                        );
+                        settings
+                            .fleet
+                            .env
+                            .push((rivulet_fleet::METRICS_SOCKET_ENV.into(), hub.path().into()));
+                        Some((listener, hub))
+                    }
+                };
                 // Fail here, naming the URL, rather than in N crash-looping children; and
                 // check the weights against the queues' layouts for the same reason.
                 let (client, _) = store::connect_checked(&global.redis_url, &global.tls()).await?;
@@ -232,9 +250,18 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;
-                // A fixed size: the handle that would move it is not needed.
-                let (fleet, _fixed) = Fleet::new(settings.fleet, settings.workers);
-                fleet.run(stop).await?;
+                // A fixed size: the handle only reads the fleet's status for the metrics.
+                let (fleet, handle) = Fleet::new(settings.fleet, settings.workers);
+                let served = tokio_util::sync::CancellationToken::new();
+                let mut exporters = tokio::task::JoinSet::new();
+                if let Some((listener, hub)) = exported {
+                    exporters.spawn(hub.clone().run(served.clone()));
+                    exporters.spawn(metrics::serve_fleet(listener, hub, handle.into(), served.clone()));
+                }
+                let ran = fleet.run(stop).await;
+                served.cancel();
+                while exporters.join_next().await.is_some() {}
+                ran?;
                 Ok(())
             })
         }
