@@ -7,7 +7,8 @@
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
 //! `compiled` (a kind compiled in through `main_with`, run in this process),
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
-//! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
+//! (eviction policy and durability checked at start), `metrics` (`--metrics-addr`: the box's
+//! numbers added up, the probes), `usage` (bad flags, help, unreachable
 //! Redis), `demo`, `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
@@ -22,6 +23,7 @@ mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod metrics;
 mod ops;
 mod queue;
 mod settings;
