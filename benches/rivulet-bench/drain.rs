@@ -34,6 +34,8 @@ pub struct DrainResult {
     pub worker_cpu_us_per_task: f64,
     /// Whether task records (lifecycle tracking) were on.
     pub lifecycle: bool,
+    /// Whether the workers' metrics were on.
+    pub metrics: bool,
     /// Redis memory per retained finished task record, bytes (`MEMORY USAGE` of a sample of
     /// records; lifecycle on only).
     pub record_bytes: Option<f64>,
@@ -46,15 +48,18 @@ pub struct DrainSpec {
     pub tasks: u64,
     /// Task records kept (lifecycle tracking on, the engine's default) or not.
     pub lifecycle: bool,
+    /// Worker metrics on (`--metrics-addr`'s `WorkerMetrics`) or off.
+    pub metrics: bool,
 }
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}{}",
+        "drain-w{}-c{}-p{}{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
-        if s.lifecycle { "" } else { "-off" }
+        if s.lifecycle { "" } else { "-off" },
+        if s.metrics { "-m" } else { "" }
     ))?;
     if !s.lifecycle {
         queue = queue.retention(Duration::ZERO);
@@ -90,6 +95,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         done_probe: false,
         max_seconds: 600,
         retention_ms: (!s.lifecycle).then_some(0),
+        metrics: s.metrics,
     };
     let t1 = Instant::now();
     let fleet = Fleet::spawn(&spec, s.workers)?;
@@ -140,6 +146,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         drain_redis: after_fill.usage(&after, s.tasks, Window::Consume, false),
         worker_cpu_us_per_task: outputs.iter().map(|o| o.cpu_s).sum::<f64>() * 1e6 / s.tasks as f64,
         lifecycle: s.lifecycle,
+        metrics: s.metrics,
         record_bytes,
     })
 }

@@ -23,6 +23,8 @@ pub struct Spec {
     pub max_seconds: u64,
     /// The queue's record retention in ms (0 = lifecycle off; `None`: the default, on).
     pub retention_ms: Option<u64>,
+    /// Worker metrics on (`WorkerMetrics`, as `--metrics-addr` has them).
+    pub metrics: bool,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -49,6 +51,9 @@ impl Fleet {
                 .arg(&spec.durability);
             if spec.done_probe {
                 cmd.arg("--done-probe");
+            }
+            if spec.metrics {
+                cmd.arg("--metrics");
             }
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());

@@ -67,7 +67,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
-    /// lifecycle (the reference drain with task records off, then on).
+    /// lifecycle (the reference drain with task records off, then on), metrics (the same with
+    /// worker metrics off, then on; not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -150,8 +151,8 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle)");
+        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle", "metrics"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, metrics)");
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -277,6 +278,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             payload_bytes: BASE_PAYLOAD,
             tasks: plan.tasks,
             lifecycle: true,
+            metrics: false,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
@@ -300,6 +302,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: BASE_PAYLOAD,
                 tasks: plan.tasks,
                 lifecycle,
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -323,6 +326,38 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             100.0 * pair[1].tasks_per_s / pair[0].tasks_per_s.max(1e-9)
         ));
         r.lifecycle = pair;
+    }
+
+    // Worker metrics off and on, back to back on the reference configuration: the cost per
+    // task in worker CPU (Redis commands must not change: the metrics live in the process).
+    if args.wants("metrics") && !late("metrics") {
+        let mut pair = Vec::new();
+        for metrics in [false, true] {
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: BASE_PAYLOAD,
+                tasks: plan.tasks,
+                lifecycle: true,
+                metrics,
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "drain   metrics {}: {:>9.0} tasks/s (drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task)",
+                if metrics { "on " } else { "off" },
+                d.tasks_per_s,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+                d.worker_cpu_us_per_task,
+            ));
+            pair.push(d);
+        }
+        progress(format_args!(
+            "drain   metrics on - off: {:+.2} µs worker CPU/task, {:+.3} Redis cmds/task",
+            pair[1].worker_cpu_us_per_task - pair[0].worker_cpu_us_per_task,
+            pair[1].drain_redis.commands_per_task - pair[0].drain_redis.commands_per_task,
+        ));
+        r.metrics = pair;
     }
 
     if args.wants("enqueue") {
@@ -384,6 +419,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: size,
                 tasks,
                 lifecycle: true,
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
