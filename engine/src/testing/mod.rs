@@ -46,6 +46,7 @@
 
 pub mod decoders;
 mod fixture;
+mod http;
 mod process;
 mod recorder;
 pub mod replica;
@@ -55,6 +56,7 @@ pub mod tls;
 use std::time::Duration;
 
 pub use fixture::{Fixture, RunningWorker, Server, fast_config, outstanding, queue_names, unique_name};
+pub use http::{has_metric, http_get, metric_sum};
 pub use process::{ChildGuard, TempDir};
 pub use recorder::{Recorder, Run};
 pub use server::{RedisServer, shared_server};

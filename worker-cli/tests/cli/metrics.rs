@@ -3,15 +3,14 @@
 //! probes follow Redis, and a bad address or a bind beyond loopback without a token is refused
 //! with exit 2.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rivulet::Task;
-use rivulet::testing::{ChildGuard, Fixture, wait_until};
+use rivulet::testing::{ChildGuard, Fixture, http_get, metric_sum as sum, wait_until};
 
 use crate::common::{BIN, Supervisor, cli_fails, wait_settled};
 
@@ -20,45 +19,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `GET path` over plain HTTP/1.0, with an optional bearer token: the status and the body
-/// (`None` while nothing answers).
-fn get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((status, body))
-}
-
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    get_with(port, path, None)
+    http_get(port, path, None)
 }
 
 fn metrics(port: u16) -> String {
     let (code, body) = get(port, "/metrics").expect("the metrics endpoint answers");
     assert_eq!(code, 200, "{body}");
     body
-}
-
-/// The sum of a metric's samples over every label set that holds all of `labels`.
-fn sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (set, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            let has = |(k, v): &(&str, &str)| set.split(',').any(|p| p == format!("{k}=\"{v}\""));
-            labels.iter().all(has).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 async fn wait_ready(port: u16, what: &str) {
@@ -184,7 +152,7 @@ async fn a_work_process_serves_its_metrics_and_is_unready_while_redis_is_down() 
 
     // The token guards /metrics, not the probes.
     assert_eq!(get(port, "/metrics").map(|(c, _)| c), Some(401));
-    let body = get_with(port, "/metrics", Some("t0ken")).unwrap().1;
+    let body = http_get(port, "/metrics", Some("t0ken")).unwrap().1;
     assert_eq!(
         sum(&body, "rivulet_tasks_succeeded_total", &[("kind", "noop")]),
         5.0,
@@ -200,13 +168,13 @@ async fn a_work_process_serves_its_metrics_and_is_unready_while_redis_is_down() 
     .await;
     assert!(unready, "still ready with Redis down: {:?}", get(port, "/readyz"));
     assert_eq!(get(port, "/healthz").map(|(c, _)| c), Some(200), "alive all along");
-    let body = get_with(port, "/metrics", Some("t0ken")).unwrap().1;
+    let body = http_get(port, "/metrics", Some("t0ken")).unwrap().1;
     assert_eq!(sum(&body, "rivulet_workers_redis_down", &[]), 1.0, "{body}");
     assert!(sum(&body, "rivulet_redis_errors_total", &[]) >= 1.0, "{body}");
 
     f.server.owned_mut().restart();
     wait_ready(port, "the worker after Redis came back").await;
-    let body = get_with(port, "/metrics", Some("t0ken")).unwrap().1;
+    let body = http_get(port, "/metrics", Some("t0ken")).unwrap().1;
     assert!(sum(&body, "rivulet_redis_outage_seconds_total", &[]) > 0.0, "{body}");
     assert_eq!(sum(&body, "rivulet_workers_redis_down", &[]), 0.0, "{body}");
 }
