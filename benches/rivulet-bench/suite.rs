@@ -151,7 +151,17 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle", "metrics"].contains(&s.as_str()) {
+        if ![
+            "drain",
+            "ceiling",
+            "enqueue",
+            "latency",
+            "payload",
+            "lifecycle",
+            "metrics",
+        ]
+        .contains(&s.as_str())
+        {
             bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, metrics)");
         }
     }
