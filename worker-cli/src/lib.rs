@@ -259,8 +259,15 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                     exporters.spawn(metrics::serve_fleet(listener, hub, handle.into(), served.clone()));
                 }
                 let ran = fleet.run(stop).await;
+                // A scrape in flight finishes (its asks time out by then); nothing holds the exit.
                 served.cancel();
-                while exporters.join_next().await.is_some() {}
+                let drained = async { while exporters.join_next().await.is_some() {} };
+                if tokio::time::timeout(std::time::Duration::from_secs(2), drained)
+                    .await
+                    .is_err()
+                {
+                    exporters.shutdown().await;
+                }
                 ran?;
                 Ok(())
             })
