@@ -16,6 +16,7 @@ mod common;
 
 mod acl;
 mod admin;
+mod cluster;
 mod compiled;
 mod demo;
 mod dlq;
