@@ -28,6 +28,8 @@
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`) and `--exec`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
+//! - `schedule`: `schedule add|list|show|remove|pause|resume|run-now|sync`, `scheduler`, and
+//!   the scheduler each supervisor runs (unless `--no-scheduler`).
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
 //!   served only by the demo's own workers (`work --demo-samples`).
 //! - `local_redis`: the private `redis-server` the demo starts when nothing answers.
@@ -55,6 +57,7 @@ mod demo;
 mod handlers;
 mod local_redis;
 mod metrics;
+mod schedule;
 mod settings;
 mod store;
 mod task;
@@ -255,6 +258,9 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                     .await
                     .map_err(|e| store::engine_error(&global.redis_url, e))?;
                 work::resolve_queues(&inspector, &worker).await?;
+                if let Some(path) = &run.schedules {
+                    schedule::sync_at_start(&client, &global.redis_url, path).await?;
+                }
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;
@@ -266,7 +272,23 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                     exporters.spawn(hub.clone().run(served.clone()));
                     exporters.spawn(metrics::serve_fleet(listener, hub, handle.into(), served.clone()));
                 }
-                let ran = fleet.run(stop).await;
+                // The scheduler stops when the fleet starts draining, or when it ends.
+                let scheduler_stop = stop.drain.child_token();
+                let scheduler = async {
+                    match run.no_scheduler {
+                        true => Ok(()),
+                        false => rivulet::Scheduler::new(client.clone())
+                            .run(scheduler_stop.cancelled())
+                            .await
+                            .map_err(|e| store::engine_error(&global.redis_url, e)),
+                    }
+                };
+                let workers = async {
+                    let done = fleet.run(stop).await;
+                    scheduler_stop.cancel();
+                    done
+                };
+                let (workers, scheduler) = tokio::join!(workers, scheduler);
                 // A scrape in flight finishes (its asks time out by then); nothing holds the exit.
                 served.cancel();
                 let drained = async { while exporters.join_next().await.is_some() {} };
@@ -276,8 +298,8 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 {
                     exporters.shutdown().await;
                 }
-                ran?;
-                Ok(())
+                workers?;
+                scheduler
             })
         }
         Some(Command::Work(args)) => {
@@ -297,6 +319,14 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             } else {
                 runtime.block_on(work::run(settings, router, |_, _| async {}))
             }
+        }
+        Some(Command::Schedule(command)) => {
+            logging::init(global.log_format, "warn");
+            current_thread()?.block_on(schedule::run(&global, command))
+        }
+        Some(Command::Scheduler(args)) => {
+            logging::init(global.log_format, "info");
+            current_thread()?.block_on(schedule::run_scheduler(&global, &args))
         }
         Some(Command::Demo(args)) => {
             logging::init(global.log_format, "warn");

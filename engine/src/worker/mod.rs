@@ -762,9 +762,10 @@ pub(crate) fn hostname() -> String {
 
 /// Exponential backoff for loops that wait out a Redis outage: 50 ms doubling to 5 s, jittered.
 /// Each failure is a Redis error in the metrics, and a loop failing in a row is in an outage
-/// until it recovers (or gives up: dropped).
-#[derive(Debug)]
-struct Outage {
+/// until it recovers (or gives up: dropped). (The scheduler's loop uses it too, without
+/// metrics.)
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
     failures: u32,
     metrics: Option<Arc<WorkerMetrics>>,
 }
@@ -787,7 +788,7 @@ impl Outage {
         }
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         if let Some(m) = &self.metrics {
             m.redis_failed();
             if self.failures == 0 {
@@ -804,7 +805,7 @@ impl Outage {
         d
     }
 
-    fn recovered(&mut self) -> bool {
+    pub(crate) fn recovered(&mut self) -> bool {
         let was = std::mem::take(&mut self.failures) > 0;
         if was && let Some(m) = &self.metrics {
             m.outage_ended();

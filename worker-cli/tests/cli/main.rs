@@ -9,7 +9,7 @@
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
 //! (eviction policy and durability checked at start), `metrics` (`--metrics-addr`: the box's
 //! numbers added up, the probes), `usage` (bad flags, help, unreachable
-//! Redis), `demo`, `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
+//! Redis), `demo`, `schedule` (periodic tasks: racing schedulers, missed fires, the file), `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
 mod common;
@@ -27,6 +27,7 @@ mod faults;
 mod metrics;
 mod ops;
 mod queue;
+mod schedule;
 mod settings;
 mod tls;
 mod usage;
