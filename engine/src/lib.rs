@@ -40,7 +40,7 @@
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
 //! - [`worker`]: [`Worker`] and its loops (fetcher, executor, acker, promoter, reclaimer,
-//!   heartbeat).
+//!   heartbeat), and what they count for an exporter ([`WorkerMetrics`], opt in).
 //! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
 //!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
 //! - [`inspector`]: queue statistics, pending entries, workers ([`WorkerRecord`]), dead-letter
@@ -98,5 +98,6 @@ pub use lifecycle::{
 };
 pub use schedule::{Missed, Schedule, Scheduler, Schedules};
 pub use worker::{
-    DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
+    DRAIN_SETTLE_BUDGET, MetricsSnapshot, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig,
+    WorkerCounters, WorkerMetrics, WorkerReport,
 };

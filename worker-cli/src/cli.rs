@@ -2,6 +2,7 @@
 //! else. Turning flags into engine configuration is `settings`' job, so this file reads as the
 //! CLI's reference.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -243,6 +244,19 @@ pub struct WorkerArgs {
     /// pressure. Use noeviction (or volatile-*, which evicts only keys with a TTL).
     #[arg(long)]
     pub allow_eviction: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
+    /// answers) and /readyz (ready: the worker runs and reaches Redis), e.g. 127.0.0.1:9100.
+    /// Under the supervisor (--workers N) one address serves the whole box: the numbers of
+    /// every worker process added up, its restarts, and ready only while every worker process
+    /// is up and reaches Redis. Loopback only, unless --metrics-token is set. Every metric and
+    /// its labels: docs/metrics.md.
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Bearer token /metrics then requires (`Authorization: Bearer TOKEN`, Prometheus's
+    /// `authorization` scrape setting); needed to serve --metrics-addr beyond loopback. The
+    /// probes stay open.
+    #[arg(long, value_name = "TOKEN", env = rivulet_fleet::probes::TOKEN_ENV, hide_env_values = true, help_heading = "Metrics")]
+    pub metrics_token: Option<String>,
     /// Set by `worker-cli demo` for its workers: serve the `demo` kind and save its latency
     /// samples.
     #[arg(long, hide = true)]

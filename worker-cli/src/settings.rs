@@ -36,6 +36,10 @@ pub struct WorkerSettings {
     pub demo_samples: bool,
     /// What settles wait for, for every queue served.
     pub durability: Durability,
+    /// Where this process serves its metrics and probes (`work --metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bearer token its `/metrics` requires.
+    pub metrics_token: Option<String>,
 }
 
 impl WorkerSettings {
@@ -85,6 +89,8 @@ impl WorkerSettings {
             },
             demo_samples: args.demo_samples,
             durability: args.durability,
+            metrics_addr: args.metrics_addr,
+            metrics_token: args.metrics_token.clone(),
         })
     }
 }
@@ -162,7 +168,9 @@ fn example_weights(n: usize) -> String {
 }
 
 impl WorkerArgs {
-    /// The flags that reproduce these arguments (what a supervisor passes to `work`).
+    /// The flags that reproduce these arguments (what a supervisor passes to `work`), but
+    /// `--metrics-*`: the supervisor serves its children's metrics itself (they report to it
+    /// over the contract's socket), so they bind nothing.
     pub fn to_args(&self) -> Vec<String> {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let mut a = Vec::new();

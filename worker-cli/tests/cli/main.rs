@@ -8,7 +8,8 @@
 //! `compiled` (a kind compiled in through `main_with`, run in this process), `serve`
 //! (long-lived handler processes on the `--serve` line protocol),
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
-//! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
+//! (eviction policy and durability checked at start), `metrics` (`--metrics-addr`: the box's
+//! numbers added up, the probes), `usage` (bad flags, help, unreachable
 //! Redis), `demo`, `schedule` (periodic tasks: racing schedulers, missed fires, the file), `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
@@ -24,6 +25,7 @@ mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod metrics;
 mod ops;
 mod queue;
 mod schedule;
