@@ -63,7 +63,7 @@ async fn total_calls(server: &RedisServer) -> u64 {
 /// `boom` always fails; `big` returns a result of the payload's size.
 fn router(open: Arc<Notify>) -> Router {
     Router::new()
-        .route("gate", move |ctx: TaskContext, n: u32| {
+        .route_returning("gate", move |ctx: TaskContext, n: u32| {
             let open = open.clone();
             async move {
                 for i in 0..1000 {
@@ -78,10 +78,8 @@ fn router(open: Arc<Notify>) -> Router {
                 Ok(Output(serde_json::json!({ "doubled": n * 2 })))
             }
         })
-        .route_bytes("boom", |_ctx, _b| async move {
-            Err::<(), _>(HandlerError::retry("it broke"))
-        })
-        .route("big", |_ctx, size: usize| async move {
+        .route_bytes("boom", |_ctx, _b| async move { Err(HandlerError::retry("it broke")) })
+        .route_returning("big", |_ctx, size: usize| async move {
             Ok(bytes::Bytes::from(vec![b'x'; size]))
         })
 }

@@ -86,7 +86,7 @@ pub fn with_builtins(router: Router) -> Router {
     }
     if !router.serves("fail") {
         router = router.route_bytes("fail", |ctx: TaskContext, _payload: Bytes| async move {
-            Err::<(), _>(HandlerError::retry(format!(
+            Err(HandlerError::retry(format!(
                 "the built-in `fail` kind always fails (attempt {})",
                 ctx.attempt + 1
             )))
@@ -104,7 +104,7 @@ pub fn with_exec(router: Router, specs: &[ExecSpec]) -> Router {
             tracing::info!(kind = %spec.kind, "--exec replaces the handler this binary has for the kind");
         }
         let command: Arc<str> = spec.command.as_str().into();
-        router = router.route_bytes(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
+        router = router.route_bytes_returning(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
             let command = command.clone();
             async move { run_command(&command, &ctx, payload).await }
         });

@@ -34,6 +34,8 @@ pub struct WorkerSettings {
     pub demo_samples: bool,
     /// What settles wait for, for every queue served.
     pub durability: Durability,
+    /// How long finished tasks' records are kept (0 = none) when a task names no retention.
+    pub retention: Duration,
 }
 
 impl WorkerSettings {
@@ -55,6 +57,11 @@ impl WorkerSettings {
                 return Err(UsageError::new(format!("--exec: kind {:?} is given twice", e.kind)));
             }
         }
+        if args.max_result_size == 0 || args.max_result_size > 512 * 1024 * 1024 {
+            return Err(UsageError::new(
+                "--max-result-size: must be 1 byte to 512MiB (Redis' largest string)",
+            ));
+        }
         let config = worker_config(args);
         config
             .validate()
@@ -67,6 +74,7 @@ impl WorkerSettings {
             exec: args.exec.clone(),
             demo_samples: args.demo_samples,
             durability: args.durability,
+            retention: args.retention,
         })
     }
 }
@@ -104,6 +112,8 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         allow_eviction: args.allow_eviction,
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
+        // Out of range (0, or over the engine's limit) fails validate() with its name.
+        max_result_bytes: usize::try_from(args.max_result_size).unwrap_or(usize::MAX),
         ..WorkerConfig::default()
     }
 }
@@ -162,6 +172,8 @@ impl WorkerArgs {
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
         a.extend(["--unknown-kind-grace".to_owned(), fmt(self.unknown_kind_grace)]);
         a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
+        a.extend(["--retention".to_owned(), fmt(self.retention)]);
+        a.extend(["--max-result-size".to_owned(), self.max_result_size.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
         }

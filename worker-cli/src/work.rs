@@ -233,7 +233,7 @@ pub async fn resolve_queues(inspector: &Inspector, settings: &WorkerSettings) ->
             .await
             .map_err(|e| store::engine_error(&settings.redis_url, e))?;
         check_weights(&settings.config.priority, &queue)?;
-        queues.push(queue);
+        queues.push(queue.retention(settings.retention));
     }
     Ok(queues)
 }

@@ -26,6 +26,7 @@ static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scri
 static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
 static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/cancel.lua")));
 static WAIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/wait.lua")));
+static FINISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
 
 /// One task for [`enqueue`].
 #[derive(Debug)]
@@ -197,7 +198,11 @@ pub async fn settle_tracked(
     )
     .expect("tracked is not empty");
     let mut inv = settle_invocation(ctx, untracked, range);
-    inv.key(&ctx.keys.events).key(&ctx.keys.cancels).key(&ctx.keys.waiting);
+    inv.key(&ctx.keys.events)
+        .key(&ctx.keys.cancels)
+        .key(&ctx.keys.waiting)
+        .key(&ctx.keys.succeeded)
+        .key(&ctx.keys.cancelled);
     for (entry, op, t) in tracked {
         let done = ctx.keys.done(&t.task_id);
         inv.key(ctx.keys.task(&t.task_id))
@@ -249,6 +254,23 @@ pub async fn records(
     Ok(pipe.query_async(conn).await?)
 }
 
+/// The records of tasks `ids` of one shard, in one round trip (empty field lists for those
+/// without one).
+pub async fn records_of(
+    conn: &mut ConnectionManager,
+    keys: &ShardKeys,
+    ids: &[String],
+) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGETALL").arg(keys.task(id));
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
 pub async fn cancel(
     conn: &mut ConnectionManager,
@@ -270,6 +292,7 @@ pub async fn cancel(
         .key(&done)
         .key(unique_lock.unwrap_or(&done))
         .key(&keys.waiting)
+        .key(&keys.cancelled)
         .arg(id)
         .arg(now_ms)
         .arg(events_maxlen)
@@ -419,13 +442,15 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// Up to `limit` task ids of one shard in one state, read from the structure that holds
 /// them (never a key scan): `scheduled` and `retrying` from their sets (earliest due first),
 /// `queued` from the stream past the group's last delivery, `active` from the PEL, `dead`
-/// from the dead-letter stream, `succeeded` and `cancelled` from the recent events (as far
-/// back as the capped events stream reaches; the caller checks each record still says so).
+/// from the dead-letter stream, `succeeded` and `cancelled` from the shard's index of kept
+/// records (newest first; `after` is the last id of the previous page, for these two only).
 pub async fn list_ids(
     conn: &mut ConnectionManager,
     keys: &ShardKeys,
     state: crate::lifecycle::TaskState,
+    after: Option<&str>,
     limit: usize,
+    now_ms: u64,
 ) -> Result<Vec<String>> {
     use crate::lifecycle::TaskState as S;
     let ids = match state {
@@ -490,28 +515,18 @@ pub async fn list_ids(
             rows.into_iter().filter_map(field_id).collect()
         }
         S::Succeeded | S::Cancelled => {
-            let reply: Value = redis::cmd("XREVRANGE")
-                .arg(&keys.events)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit.saturating_mul(20).min(10_000))
-                .query_async(conn)
-                .await?;
-            let name = state.as_str().as_bytes();
-            let mut out: Vec<String> = Vec::new();
-            for e in entries(reply)? {
-                let is = e.fields.iter().any(|(k, v)| k == b"event" && v == name);
-                if let Some(id) = is.then(|| field_id(e)).flatten()
-                    && !out.contains(&id)
-                {
-                    out.push(id);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-            out
+            let index = if state == S::Succeeded {
+                &keys.succeeded
+            } else {
+                &keys.cancelled
+            };
+            FINISHED
+                .key(index)
+                .arg(now_ms)
+                .arg(after.unwrap_or(""))
+                .arg(limit)
+                .invoke_async(conn)
+                .await?
         }
         S::Unknown => Vec::new(),
     };
@@ -568,8 +583,8 @@ fn member_id(m: &[u8]) -> Option<String> {
 
 /// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
 /// set, and the record, done list and unique lock of every task it still names (in its
-/// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
-/// finished before the events' cap reached back expire on their own after the retention.
+/// stream, scheduled and retry sets, dead-letter stream, events and finished indexes). Records
+/// of dead tasks whose dead letter was purged expire on their own after the retention.
 pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
     let mut ids: Vec<String> = Vec::new();
     for stream in [&keys.stream, &keys.dlq, &keys.events] {
@@ -584,6 +599,10 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
     for set in [&keys.scheduled, &keys.retry] {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
         ids.extend(members.iter().filter_map(|m| member_id(m)));
+    }
+    for index in [&keys.succeeded, &keys.cancelled] {
+        let members: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(conn).await?;
+        ids.extend(members);
     }
     ids.sort_unstable();
     ids.dedup();
@@ -606,6 +625,8 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
         .arg(&keys.events)
         .arg(&keys.cancels)
         .arg(&keys.waiting)
+        .arg(&keys.succeeded)
+        .arg(&keys.cancelled)
         .query_async::<()>(conn)
         .await?;
     Ok(())
@@ -694,8 +715,6 @@ mod tests {
             cursor: crate::broker::SCAN_START,
             count: 10,
             max_deliveries: 5,
-            dlq_maxlen: 100,
-            now_ms: 3,
         };
         assert_eq!(reclaim(&mut conn, args).await.unwrap().entries.len(), 1);
         start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)], 2)

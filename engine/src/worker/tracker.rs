@@ -74,6 +74,43 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
     })
 }
 
+/// The id and retention fields of an entry that may not parse as an [`Envelope`] (malformed,
+/// or poison set apart before it is decoded), for the record of its burial.
+pub(super) struct RawTrack {
+    id: Option<Vec<u8>>,
+    retention: Option<Vec<u8>>,
+}
+
+impl RawTrack {
+    pub(super) fn of(fields: &[(Vec<u8>, Vec<u8>)]) -> Self {
+        let get = |name: &[u8]| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        RawTrack {
+            id: get(b"id"),
+            retention: get(b"retention_ms"),
+        }
+    }
+
+    /// The record to mark: `None` without a readable id or when the task keeps no record. A
+    /// unique lock is not released here (the key cannot be trusted): it frees when its window
+    /// ends, or by hand (docs/tasks.md).
+    pub(super) fn tracked(self, lane: &Lane) -> Option<Tracked> {
+        let id = String::from_utf8(self.id?).ok().filter(|id| !id.is_empty())?;
+        let retention_ms = self
+            .retention
+            .and_then(|r| std::str::from_utf8(&r).ok()?.parse::<u64>().ok())
+            .unwrap_or(lane.retention_ms);
+        (retention_ms > 0).then(|| Tracked {
+            task_id: id,
+            retention_ms,
+            unique_lock: None,
+            result: None,
+            run_ms: 0,
+            cancel: None,
+            may_hold_member: true,
+        })
+    }
+}
+
 /// Asks for the start of a tracked task to be recorded (without waiting for it).
 pub(super) fn begin(
     shared: &Shared,

@@ -21,9 +21,11 @@
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  cancels SET of the shard
 -- KEYS[7]  waiting SET of the shard (tasks with waiters)
--- KEYS[8..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
+-- KEYS[8]  succeeded ZSET of the shard (ids of kept succeeded records, score = expiry ms)
+-- KEYS[9]  cancelled ZSET of the shard (the same for cancelled records)
+-- KEYS[10..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
 --          done list again when the task holds no lock to release)
--- ARGV (the last 1 + 10 * T values, T = (#KEYS - 7) / 3): per tracked outcome ten values:
+-- ARGV (the last 1 + 10 * T values, T = (#KEYS - 9) / 3): per tracked outcome ten values:
 --          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
 --          the unique lock if this task holds it), drop member ('1' = the record may still hold a
 --          retry member to drop); then the events stream's approximate MAXLEN.
@@ -47,7 +49,7 @@ local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tracked = 0
 if #KEYS > 4 then
-  tracked = (#KEYS - 7) / 3
+  tracked = (#KEYS - 9) / 3
 end
 local untracked_end = #ARGV
 if tracked > 0 then
@@ -110,7 +112,8 @@ for i = 8, 7 + n_acks do
     stale[#stale + 1] = id
   end
 end
--- Applies op 'r', 'b' or 'q' to an owned entry; returns the retry member or the dlq id.
+-- Applies op 'r', 'b' or 'q' to an owned entry; returns the retry member, the dlq id or the
+-- requeued entry's new id.
 local function apply(id, op, a, b, c, deliveries)
   local fields = entry_fields(id)
   if not fields then
@@ -141,8 +144,8 @@ local function apply(id, op, a, b, c, deliveries)
     end
     return dlq_id
   elseif op == 'q' then
-    redis.call('XADD', stream, '*', unpack(fields))
     requeued = requeued + 1
+    return redis.call('XADD', stream, '*', unpack(fields))
   end
   return nil
 end
@@ -161,6 +164,8 @@ end
 
 if tracked > 0 then
   local events, cancels, waiting = KEYS[5], KEYS[6], KEYS[7]
+  -- Finished ids by state for the listing, added in one ZADD per state for the batch.
+  local index = { succeeded = { key = KEYS[8], add = {} }, cancelled = { key = KEYS[9], add = {} } }
   local events_maxlen = ARGV[#ARGV]
   local cancelled = 0
   -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
@@ -188,6 +193,11 @@ if tracked > 0 then
     end
     if tonumber(retention) > 0 then
       redis.call('PEXPIRE', rec, retention)
+      local ix = index[extra[2]]
+      if ix then
+        ix.add[#ix.add + 1] = now + retention
+        ix.add[#ix.add + 1] = task
+      end
     end
     if release == '1' and redis.call('GET', lock) == task then
       redis.call('DEL', lock)
@@ -197,7 +207,7 @@ if tracked > 0 then
     local i = untracked_end + 1 + (t - 1) * 10
     local id, op, a, b, c, d = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
     local task, retention, release, drop_member = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-    local k = 8 + (t - 1) * 3
+    local k = 10 + (t - 1) * 3
     local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local deliveries = owned[id]
     if not deliveries then
@@ -236,10 +246,15 @@ if tracked > 0 then
         finish(rec, done_list, lock, task, retention, release, drop_member, extra)
         event(task, 'dead', 'reason', a, 'error', b)
       elseif op == 'q' then
-        apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'queued', 'updated_at', now)
-        redis.call('HDEL', rec, 'worker', 'started_at')
-        event(task, 'requeued')
+        local entry = apply(id, op, a, b, c, deliveries)
+        -- Back in the stream under a new entry id (what cancel deletes while it is queued). A
+        -- record cancelled meanwhile stays cancelled: the next worker skips the task.
+        local state = redis.call('HGET', rec, 'state')
+        if state ~= 'cancelled' and state ~= 'succeeded' and state ~= 'dead' then
+          redis.call('HSET', rec, 'state', 'queued', 'updated_at', now, 'entry', entry or '')
+          redis.call('HDEL', rec, 'worker', 'started_at', 'progress', 'progress_message')
+          event(task, 'requeued')
+        end
       elseif op == 'x' then
         cancelled = cancelled + 1
         finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
@@ -248,6 +263,13 @@ if tracked > 0 then
     end
   end
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
+  -- Ids whose records have expired leave the index (O(log n) when none has).
+  for _, ix in pairs(index) do
+    if #ix.add > 0 then
+      redis.call('ZADD', ix.key, unpack(ix.add))
+      redis.call('ZREMRANGEBYSCORE', ix.key, '-inf', now)
+    end
+  end
 end
 
 if #acked > 0 then
