@@ -1,8 +1,9 @@
 //! The tracker: keeps the records of the tasks this worker runs.
 //!
 //! Two loops, both owned by the worker:
-//! - the starter batches start records: every start waiting at that moment goes in one
-//!   `start.lua` call per shard, as the acker batches outcomes. The handler does not wait for
+//! - the starter batches start records: a start waits [`START_RECORD_DELAY`], then every
+//!   start waiting at that moment goes in one `start.lua` call per shard, as the acker batches
+//!   outcomes. The handler does not wait for
 //!   it (a round trip per batch on the critical path cost most of the drain rate): the script
 //!   leaves a record that is already final or at a later attempt alone, so it may land after
 //!   the settle; and when it says the task was cancelled before it started (a cancel that
@@ -35,6 +36,11 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 pub const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// Most starts per `start.lua` call.
 const MAX_BATCH: usize = 500;
+/// How long a start waits before it is recorded: a task that finished by then needs no start
+/// record (its settle writes the final state and the worker), which spares short tasks, most
+/// of a busy queue, three writes each. A cancel that raced the task's delivery stops its
+/// handler this much later (plus a round trip).
+pub const START_RECORD_DELAY: Duration = Duration::from_millis(20);
 
 /// One tracked task starting, whose record is to say so.
 pub(super) struct StartRequest {
@@ -174,14 +180,27 @@ pub(super) async fn run_starter(
             flush(&shared, &mut batch, &stop).await;
             return;
         };
+        // Every start that comes in meanwhile joins this batch (none waits longer than the
+        // delay plus a flush); stopping cuts the wait short.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(START_RECORD_DELAY) => {}
+        }
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let full = batch.len() == MAX_BATCH;
+            flush(&shared, &mut batch, &stop).await;
+            if !full {
+                break;
             }
         }
-        flush(&shared, &mut batch, &stop).await;
     }
 }
 
