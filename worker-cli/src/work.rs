@@ -123,7 +123,7 @@ async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, 
     for name in &settings.queues {
         let queue = resolve_queue(&inspector, name).await.map_err(engine)?;
         check_weights(&settings.config.priority, &queue).map_err(|e| SetupError::Fatal(e.into()))?;
-        queues.push(queue);
+        queues.push(queue.retention(settings.retention));
     }
     Ok((client, queues))
 }
