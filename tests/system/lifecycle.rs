@@ -776,3 +776,33 @@ async fn expired_records_leave_the_finished_listing() {
     assert!(!members.contains(&id.to_string()), "{members:?}");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_after_delivery_that_runs_anyway_ends_cancelled_not_succeeded() {
+    let f = Fixture::shared(Queue::new(&unique_name("late-cancel")).unwrap()).await;
+    let id = f
+        .client
+        .enqueue(&f.queue, Task::json("quick", &1).unwrap())
+        .await
+        .unwrap();
+    // A worker read it (and died) before the cancel: cancel cannot take it out of the stream.
+    f.abandon_entries(&normal_shard(&f.queue).stream, "gone", 10).await;
+    assert_eq!(f.client.cancel(&f.queue, &id).await.unwrap(), CancelOutcome::Cancelled);
+    // The survivor reclaims it and its handler finishes before any start record is written.
+    let router = Router::new().route("quick", |_ctx: TaskContext, _n: u32| async {});
+    let config = WorkerConfig {
+        lease: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    let st = rivulet::testing::wait_for_value(
+        "the reclaimed run to be settled",
+        Duration::from_secs(20),
+        async || status(&f.client, &f.queue, &id).await,
+        |st| st.started == Some(true) || st.state != TaskState::Cancelled,
+    )
+    .await;
+    assert_eq!((st.state, st.started), (TaskState::Cancelled, Some(true)), "{st:#?}");
+    assert_eq!(f.outstanding().await, 0);
+    w.stop().await;
+}

@@ -210,6 +210,15 @@ if tracked > 0 then
     local k = 10 + (t - 1) * 3
     local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local deliveries = owned[id]
+    -- A task cancelled before it started (cancel.lua marked the record and put its id in
+    -- `cancels`) that ran anyway, in the window before its worker read the mark, ends
+    -- cancelled (started), whatever its handler did: never succeeded over the cancel the caller
+    -- was told of, never retried. Looked up only while the shard has cancels pending.
+    local precancelled = false
+    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and redis.call('HGET', rec, 'state') == 'cancelled' then
+      if op == 's' then a = c elseif op == 'b' then a = d else a = '' end
+      op, precancelled = 'x', true
+    end
     if not deliveries then
       stale[#stale + 1] = id
     else
@@ -256,7 +265,8 @@ if tracked > 0 then
           event(task, 'requeued')
         end
       elseif op == 'x' then
-        cancelled = cancelled + 1
+        -- (cancel.lua counted one cancelled before it started.)
+        if not precancelled then cancelled = cancelled + 1 end
         finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
         event(task, 'cancelled', 'started', '1')
       end
