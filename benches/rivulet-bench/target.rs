@@ -190,21 +190,23 @@ impl Target {
         let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
         let sizes: Vec<u64> = sizes.into_iter().flatten().collect();
         let record = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64;
-        // Each finished task is also a member of its shard's succeeded index.
+        // Each finished task's id is also in its shard's succeeded index (one member per settle
+        // call): the index's bytes over the tasks it lists.
         let (mut index_bytes, mut members) = (0u64, 0u64);
         for shard in queue.all_shards() {
-            let (bytes, n): (Option<u64>, u64) = redis::pipe()
+            let (bytes, n): (Option<u64>, Option<u64>) = redis::pipe()
                 .cmd("MEMORY")
                 .arg("USAGE")
                 .arg(&shard.keys.succeeded)
                 .arg("SAMPLES")
                 .arg(0)
-                .cmd("ZCARD")
-                .arg(&shard.keys.succeeded)
+                .cmd("HGET")
+                .arg(&shard.keys.stats)
+                .arg("done")
                 .query_async(&mut conn)
                 .await?;
             index_bytes += bytes.unwrap_or(0);
-            members += n;
+            members += n.unwrap_or(0);
         }
         Ok(record + index_bytes as f64 / members.max(1) as f64)
     }

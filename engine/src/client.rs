@@ -516,36 +516,35 @@ impl Client {
         limit: usize,
     ) -> Result<TaskPage> {
         let paged = matches!(state, TaskState::Succeeded | TaskState::Cancelled);
-        let (mut from, mut after_id) = (0usize, None);
+        let (mut from, mut after_shard) = (0usize, None);
         if let Some(cursor) = after {
             let parsed = cursor
                 .split_once(':')
-                .and_then(|(n, id)| Some((n.parse::<usize>().ok()?, id)))
+                .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)))
                 .filter(|_| paged);
-            let Some((n, id)) = parsed else {
+            let Some((n, rest)) = parsed else {
                 return Err(Error::config(
                     "after",
                     format!("{cursor:?} is not a cursor of a succeeded or cancelled listing"),
                 ));
             };
-            (from, after_id) = (n, Some(id));
+            (from, after_shard) = (n, Some(rest.to_owned()));
         }
         let mut conn = self.conn.clone();
         let now = self.clock.now_ms();
         let mut out = Vec::new();
         let mut next = None;
         for (n, shard) in queue.all_shards().enumerate().skip(from) {
-            let mut cursor = if n == from { after_id.map(str::to_owned) } else { None };
+            let mut cursor = if n == from { after_shard.take() } else { None };
             while out.len() < limit {
                 let want = limit - out.len();
-                let ids = records::list_ids(&mut conn, &shard.keys, state, cursor.as_deref(), want, now).await?;
+                let (ids, more) =
+                    records::list_ids(&mut conn, &shard.keys, state, cursor.as_deref(), want, now).await?;
                 let found = records::records_of(&mut conn, &shard.keys, &ids).await?;
-                let exhausted = !paged || ids.len() < want;
-                cursor = ids.last().cloned();
                 for (id, fields) in ids.into_iter().zip(found) {
                     let id = TaskId::from_string(id);
                     let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
-                    if st.state == TaskState::Unknown {
+                    if st.state == TaskState::Unknown && !state.is_final() {
                         // Listed by the structure that holds it, without a record (tracking off).
                         st.state = state;
                         st.priority = Some(shard.priority.to_owned());
@@ -555,12 +554,13 @@ impl Client {
                         out.push(st);
                     }
                 }
-                if exhausted {
+                cursor = more;
+                if cursor.is_none() {
                     break;
                 }
             }
             if out.len() >= limit {
-                next = paged.then(|| cursor.map(|id| format!("{n}:{id}"))).flatten();
+                next = cursor.map(|c| format!("{n}:{c}"));
                 break;
             }
         }

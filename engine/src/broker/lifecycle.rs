@@ -443,7 +443,9 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// them (never a key scan): `scheduled` and `retrying` from their sets (earliest due first),
 /// `queued` from the stream past the group's last delivery, `active` from the PEL, `dead`
 /// from the dead-letter stream, `succeeded` and `cancelled` from the shard's index of kept
-/// records (newest first; `after` is the last id of the previous page, for these two only).
+/// records (`finished.lua`, newest first). For these two, `after` is the cursor a previous
+/// call returned, and the second value the cursor of the next page (`None` at the end); the
+/// other states take none and return none.
 pub async fn list_ids(
     conn: &mut ConnectionManager,
     keys: &ShardKeys,
@@ -451,7 +453,7 @@ pub async fn list_ids(
     after: Option<&str>,
     limit: usize,
     now_ms: u64,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Option<String>)> {
     use crate::lifecycle::TaskState as S;
     let ids = match state {
         S::Scheduled | S::Retrying => {
@@ -520,17 +522,32 @@ pub async fn list_ids(
             } else {
                 &keys.cancelled
             };
-            FINISHED
+            // The cursor is `score:skip:first id` (the id last: it may hold colons).
+            let (score, skip, first) = match after {
+                None => ("", "0", ""),
+                Some(c) => {
+                    let mut parts = c.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(score), Some(skip), Some(first)) => (score, skip, first),
+                        _ => return Err(Error::config("after", format!("{c:?} is not a listing cursor"))),
+                    }
+                }
+            };
+            let (ids, score, first, skip): (Vec<String>, String, String, u64) = FINISHED
                 .key(index)
                 .arg(now_ms)
-                .arg(after.unwrap_or(""))
+                .arg(score)
+                .arg(first)
+                .arg(skip)
                 .arg(limit)
                 .invoke_async(conn)
-                .await?
+                .await?;
+            let next = (!score.is_empty()).then(|| format!("{score}:{skip}:{first}"));
+            return Ok((ids, next));
         }
         S::Unknown => Vec::new(),
     };
-    Ok(ids)
+    Ok((ids, None))
 }
 
 fn field_id(e: StreamEntry) -> Option<String> {
@@ -540,45 +557,61 @@ fn field_id(e: StreamEntry) -> Option<String> {
         .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
-/// names and values, as Lua's `cmsgpack.pack` writes strings (str or bin types).
-fn member_id(m: &[u8]) -> Option<String> {
-    fn len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
-        let b = m.get(*at..*at + n)?;
-        *at += n;
-        Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
-    }
-    fn string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-        let tag = *m.get(*at)?;
-        *at += 1;
-        let n = match tag {
-            0xa0..=0xbf => usize::from(tag & 0x1f),
-            0xd9 | 0xc4 => len(m, at, 1)?,
-            0xda | 0xc5 => len(m, at, 2)?,
-            0xdb | 0xc6 => len(m, at, 4)?,
-            _ => return None,
-        };
-        let s = m.get(*at..*at + n)?;
-        *at += n;
-        Some(s)
-    }
-    let mut at = 0;
-    let tag = *m.first()?;
-    at += 1;
-    let count = match tag {
-        0x90..=0x9f => usize::from(tag & 0x0f),
-        0xdc => len(m, &mut at, 2)?,
-        0xdd => len(m, &mut at, 4)?,
+/// A MessagePack length of `n` bytes, big-endian, at `at`.
+fn msgpack_len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
+    let b = m.get(*at..*at + n)?;
+    *at += n;
+    Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
+}
+
+/// A MessagePack string (str or bin types, as Lua's `cmsgpack.pack` writes strings) at `at`.
+fn msgpack_string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let tag = *m.get(*at)?;
+    *at += 1;
+    let n = match tag {
+        0xa0..=0xbf => usize::from(tag & 0x1f),
+        0xd9 | 0xc4 => msgpack_len(m, at, 1)?,
+        0xda | 0xc5 => msgpack_len(m, at, 2)?,
+        0xdb | 0xc6 => msgpack_len(m, at, 4)?,
         _ => return None,
     };
+    let s = m.get(*at..*at + n)?;
+    *at += n;
+    Some(s)
+}
+
+/// The length of the MessagePack array that starts `m`, and where its items start.
+fn msgpack_array(m: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 1;
+    let count = match *m.first()? {
+        tag @ 0x90..=0x9f => usize::from(tag & 0x0f),
+        0xdc => msgpack_len(m, &mut at, 2)?,
+        0xdd => msgpack_len(m, &mut at, 4)?,
+        _ => return None,
+    };
+    Some((count, at))
+}
+
+/// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
+/// names and values.
+fn member_id(m: &[u8]) -> Option<String> {
+    let (count, mut at) = msgpack_array(m)?;
     for _ in 0..count / 2 {
-        let k = string(m, &mut at)?;
-        let v = string(m, &mut at)?;
+        let k = msgpack_string(m, &mut at)?;
+        let v = msgpack_string(m, &mut at)?;
         if k == b"id" {
             return Some(String::from_utf8_lossy(v).into_owned());
         }
     }
     None
+}
+
+/// The task ids of a finished index's member: a MessagePack array of strings.
+fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
+    let (count, mut at) = msgpack_array(m)?;
+    (0..count)
+        .map(|_| msgpack_string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
+        .collect()
 }
 
 /// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
@@ -601,8 +634,8 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
         ids.extend(members.iter().filter_map(|m| member_id(m)));
     }
     for index in [&keys.succeeded, &keys.cancelled] {
-        let members: Vec<String> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(conn).await?;
-        ids.extend(members);
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(conn).await?;
+        ids.extend(members.iter().flat_map(|m| packed_ids(m).unwrap_or_default()));
     }
     ids.sort_unstable();
     ids.dedup();

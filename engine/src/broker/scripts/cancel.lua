@@ -10,7 +10,8 @@
 -- KEYS[8]  the task's done list (its waiters block on it)
 -- KEYS[9]  the task's unique-key lock, or KEYS[8] again when it has none
 -- KEYS[10] waiting SET of the shard
--- KEYS[11] cancelled ZSET of the shard (ids of kept cancelled records, score = expiry ms)
+-- KEYS[11] cancelled ZSET of the shard (members: MessagePack arrays of ids of kept cancelled
+--          records, score = when they expire, ms)
 -- ARGV[1]  task id
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  approximate MAXLEN of the events stream
@@ -63,7 +64,7 @@ redis.call('HSET', rec, 'state', 'cancelled', 'started', '0', 'finished_at', now
 redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'waiters')
 if retention and tonumber(retention) > 0 then
   redis.call('PEXPIRE', rec, retention)
-  redis.call('ZADD', KEYS[11], now + retention, id)
+  redis.call('ZADD', KEYS[11], now + retention, cmsgpack.pack({ id }))
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now)
 end
 if lock ~= done and redis.call('GET', lock) == id then

@@ -1,30 +1,55 @@
 -- finished.lua: one page of a shard's finished-task index (succeeded or cancelled), newest
 -- first.
 --
--- KEYS[1]  the index ZSET (task ids, score = when the task's record expires, ms)
--- ARGV[1]  now, ms since the epoch: ids whose record has expired are left out
--- ARGV[2]  cursor: the last id of the previous page ('' = from the newest)
--- ARGV[3]  the most ids to return
--- Returns  the ids, newest first (an empty list when the cursor's id has left the index: its
---          record expired, and so did every older one's)
+-- KEYS[1]  the index ZSET: members are MessagePack arrays of task ids (a settle call's, in the
+--          order they finished), score = when the last of their records expires, ms
+-- ARGV[1]  now, ms since the epoch: members whose score has passed are left out
+-- ARGV[2]  cursor: the score of the member the previous page stopped in ('' = from the newest)
+-- ARGV[3]  cursor: the first id of that member
+-- ARGV[4]  cursor: how many of that member's ids the previous pages returned
+-- ARGV[5]  the most ids to return
+-- Returns  { ids, next score, next first id, next skip }: the ids, newest first, and the
+--          cursor of the next page ('' score when this page reached the end). An empty page
+--          when the cursor's member has left the index (its records expired, and so had every
+--          older one's).
 --
--- The order is (expiry, id), both descending; ids only ever leave the index from its oldest
--- end, so the rank of the cursor's id says exactly where the next page starts.
-local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
-local start = 0
+-- Members only ever leave from the index's oldest end, and the order is (score, member)
+-- descending, so the rank of the cursor's member says exactly where the next page starts.
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[5])
+local rank, skip = 0, 0
+local done = { {}, '', '', 0 }
 if ARGV[2] ~= '' then
-  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[2])
+  rank = nil
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[2], 'BYSCORE')) do
+    if cmsgpack.unpack(m)[1] == ARGV[3] then
+      rank = redis.call('ZREVRANK', KEYS[1], m)
+    end
+  end
   if not rank then
-    return {}
+    return done
   end
-  start = rank + 1
+  skip = tonumber(ARGV[4])
 end
-local rows = redis.call('ZRANGE', KEYS[1], start, start + limit - 1, 'REV', 'WITHSCORES')
 local ids = {}
-for i = 1, #rows, 2 do
-  if tonumber(rows[i + 1]) <= now then
-    break
+while true do
+  local rows = redis.call('ZRANGE', KEYS[1], rank, rank + 15, 'REV', 'WITHSCORES')
+  if #rows == 0 then
+    done[1] = ids
+    return done
   end
-  ids[#ids + 1] = rows[i]
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) <= now then
+      done[1] = ids
+      return done
+    end
+    local batch = cmsgpack.unpack(rows[i])
+    for j = #batch - skip, 1, -1 do
+      if #ids == limit then
+        return { ids, rows[i + 1], batch[1], #batch - j }
+      end
+      ids[#ids + 1] = batch[j]
+    end
+    skip = 0
+  end
+  rank = rank + 16
 end
-return ids

@@ -21,7 +21,9 @@
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  cancels SET of the shard
 -- KEYS[7]  waiting SET of the shard (tasks with waiters)
--- KEYS[8]  succeeded ZSET of the shard (ids of kept succeeded records, score = expiry ms)
+-- KEYS[8]  succeeded ZSET of the shard: one member per settle call, the MessagePack array of
+--          the ids of the kept records it finished succeeded, score = when the last of them
+--          expires (ms)
 -- KEYS[9]  cancelled ZSET of the shard (the same for cancelled records)
 -- KEYS[10..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
 --          done list again when the task holds no lock to release)
@@ -164,8 +166,10 @@ end
 
 if tracked > 0 then
   local events, cancels, waiting = KEYS[5], KEYS[6], KEYS[7]
-  -- Finished ids by state for the listing, added in one ZADD per state for the batch.
-  local index = { succeeded = { key = KEYS[8], add = {} }, cancelled = { key = KEYS[9], add = {} } }
+  -- Finished ids by state for the listing: one member per state for the whole batch (a
+  -- member per task would cost about as much as another command per task).
+  local index = { succeeded = { key = KEYS[8], ids = {}, until_ms = 0 },
+    cancelled = { key = KEYS[9], ids = {}, until_ms = 0 } }
   local events_maxlen = ARGV[#ARGV]
   local cancelled = 0
   -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
@@ -195,8 +199,8 @@ if tracked > 0 then
       redis.call('PEXPIRE', rec, retention)
       local ix = index[extra[2]]
       if ix then
-        ix.add[#ix.add + 1] = now + retention
-        ix.add[#ix.add + 1] = task
+        ix.ids[#ix.ids + 1] = task
+        ix.until_ms = math.max(ix.until_ms, now + retention)
       end
     end
     if release == '1' and redis.call('GET', lock) == task then
@@ -275,8 +279,8 @@ if tracked > 0 then
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
   -- Ids whose records have expired leave the index (O(log n) when none has).
   for _, ix in pairs(index) do
-    if #ix.add > 0 then
-      redis.call('ZADD', ix.key, unpack(ix.add))
+    if #ix.ids > 0 then
+      redis.call('ZADD', ix.key, ix.until_ms, cmsgpack.pack(ix.ids))
       redis.call('ZREMRANGEBYSCORE', ix.key, '-inf', now)
     end
   end
