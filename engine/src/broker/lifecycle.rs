@@ -816,4 +816,13 @@ mod tests {
         assert_eq!(member_id(&[0x90]), None);
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
     }
+
+    #[test]
+    fn finished_index_members_unpack_to_their_ids() {
+        // ["ab", "c"] as cmsgpack writes it.
+        let m = [0x92, 0xa2, b'a', b'b', 0xa1, b'c'];
+        assert_eq!(packed_ids(&m), Some(vec!["ab".to_owned(), "c".to_owned()]));
+        assert_eq!(packed_ids(&[0x90]), Some(vec![]));
+        assert_eq!(packed_ids(&[0x92, 0xa1, b'a']), None, "truncated");
+    }
 }
