@@ -586,6 +586,12 @@ fn normal_shard(queue: &Queue) -> rivulet::keys::ShardKeys {
     queue.shard("normal", 0)
 }
 
+/// A size read straight from Redis (`XLEN`, `ZCARD`, ...) of one key.
+async fn size_of(f: &Fixture, command: &str, key: &str) -> u64 {
+    let mut conn = f.redis().await;
+    redis::cmd(command).arg(key).query_async(&mut conn).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_task_reads_dead_with_its_reason_and_dead_letter_id() {
     let f = Fixture::shared(Queue::new(&unique_name("poison")).unwrap()).await;
@@ -662,12 +668,7 @@ async fn a_task_requeued_at_the_drain_deadline_reads_queued_again() {
     assert_eq!(names.last().map(String::as_str), Some("requeued"), "{names:?}");
     // Requeued under a new entry: a cancel now removes it before anyone runs it.
     assert_eq!(f.client.cancel(&f.queue, &id).await.unwrap(), CancelOutcome::Cancelled);
-    let mut conn = f.redis().await;
-    let left: u64 = redis::cmd("XLEN")
-        .arg(&normal_shard(&f.queue).stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let left = size_of(&f, "XLEN", &normal_shard(&f.queue).stream).await;
     assert_eq!(left, 0, "the requeued entry is deleted by the cancel");
 }
 
@@ -719,12 +720,7 @@ async fn finished_tasks_are_listed_by_state_page_by_page_past_the_events_cap() {
     assert_eq!(unique.len(), seen.len(), "a task listed twice: {seen:?}");
     ids.sort();
     assert_eq!(unique, ids, "every succeeded task, once");
-    let mut conn = f.redis().await;
-    let kept: usize = redis::cmd("XLEN")
-        .arg(&normal_shard(&f.queue).events)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let kept = size_of(&f, "XLEN", &normal_shard(&f.queue).events).await as usize;
     assert!(
         kept < 2 * N,
         "the events stream was not capped ({kept} entries), so the test proves nothing"
@@ -766,12 +762,7 @@ async fn expired_records_leave_the_finished_listing() {
     // The next settle on the shard trims the expired id from the index.
     f.client.enqueue(&f.queue, Task::json("ok", &2).unwrap()).await.unwrap();
     f.wait_done(2, Duration::from_secs(20)).await;
-    let mut conn = f.redis().await;
-    let members: u64 = redis::cmd("ZCARD")
-        .arg(&normal_shard(&f.queue).succeeded)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let members = size_of(&f, "ZCARD", &normal_shard(&f.queue).succeeded).await;
     assert_eq!(members, 1, "only the second task's settle is left in the index");
     w.stop().await;
 }
