@@ -45,7 +45,7 @@ pub struct EnqueueItem<'a> {
     pub unique: Option<(String, u64)>,
 }
 
-/// Enqueues tasks through `enqueue.lua`, pipelined in one round trip. Per task: `None` when
+/// Enqueues tasks through `enqueue.lua`, in one transaction and one round trip. Per task: `None` when
 /// it was enqueued, `Some(holder id)` when its unique key was taken (nothing written).
 pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
     if items.is_empty() {
@@ -53,7 +53,10 @@ pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], no
     }
     // EVALSHA in a pipeline cannot load a missing script on the fly; SCRIPT LOAD of a cached
     // script is a hash lookup, so loading it in front of every batch costs one cheap command.
+    // One transaction, as for untracked batches: a connection cut mid-batch leaves all of it
+    // or none, so a producer that resumes knows what was written.
     let mut pipe = redis::pipe();
+    pipe.atomic();
     pipe.cmd("SCRIPT")
         .arg("LOAD")
         .arg(include_str!("scripts/enqueue.lua"))

@@ -48,7 +48,7 @@ pub use config::{
     DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT,
     PriorityMode, QueueOptions, WorkerConfig,
 };
-pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
+pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL, START_RECORD_DELAY};
 
 use self::budget::{Budget, Units};
 use crate::broker::{self, Settle, StreamId};
