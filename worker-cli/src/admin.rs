@@ -66,7 +66,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
-        Command::Work(_) | Command::Demo(_) | Command::Task(_) | Command::Tasks(_) | Command::Events(_) => {
+        Command::Work(_)
+        | Command::Demo(_)
+        | Command::Task(_)
+        | Command::Tasks(_)
+        | Command::Events(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_) => {
             unreachable!("dispatched in lib.rs; not admin commands")
         }
     }
@@ -141,6 +147,8 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Queues(_)
         | Command::Workers(_)
         | Command::Work(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_)
         | Command::Demo(_)
         | Command::Task(_)
         | Command::Tasks(_)
