@@ -194,16 +194,6 @@ struct NotRunnable {
     kind: Option<usize>,
 }
 
-impl NotRunnable {
-    fn untracked(settle: Settle) -> Self {
-        NotRunnable {
-            settle,
-            track: None,
-            kind: None,
-        }
-    }
-}
-
 /// A task ready to run: its handler future and how to treat its failure.
 struct Run {
     fut: HandlerFuture,
