@@ -385,6 +385,54 @@ impl Client {
         })
     }
 
+    /// Task `id`'s payload and codec, from where the task is now: its stream entry while it
+    /// is queued or active (the record's `entry`), its dead letter when it is dead. `None`
+    /// when the task is unknown or its payload is no longer kept (a finished task's entry is
+    /// deleted when it settles; a scheduled or retrying task's payload sits in its sorted-set
+    /// member, which this does not decode). For the dashboard's task page.
+    pub async fn payload(&self, queue: &Queue, id: &TaskId) -> Result<Option<(Bytes, Codec)>> {
+        let Some((_, keys, fields)) = self.find(queue, id.as_str()).await? else {
+            return Ok(None);
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .and_then(broker::StreamId::parse)
+        };
+        let (stream, entry) = match (field("dlq_id"), field("entry")) {
+            (Some(dead), _) => (&keys.dlq, dead),
+            (None, Some(entry)) => (&keys.stream, entry),
+            (None, None) => return Ok(None),
+        };
+        let found = broker::entries_by_id(&mut self.conn.clone(), stream, &[entry]).await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Envelope::from_fields(e.fields).ok())
+            .find(|env| env.id == *id)
+            .map(|env| (env.payload, env.codec)))
+    }
+
+    /// Task `id`'s events among the newest `scan` events of its shard, oldest first (empty
+    /// when it has no record). A bounded read (`XREVRANGE ... COUNT scan` on one shard's
+    /// capped events stream), for the dashboard's timeline of one task.
+    pub async fn task_events(&self, queue: &Queue, id: &TaskId, scan: usize) -> Result<Vec<Event>> {
+        let Some((priority, keys, _)) = self.find(queue, id.as_str()).await? else {
+            return Ok(Vec::new());
+        };
+        let shard = shard_for(id.as_str(), queue.layout().shards);
+        let newest = broker::newest_entries(&mut self.conn.clone(), &keys.events, scan).await?;
+        let mut out: Vec<Event> = newest
+            .into_iter()
+            .map(|e| Event::from_entry(&priority, shard, e))
+            .filter(|e| e.task_id == id.as_str())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
     /// Waits up to `timeout` for task `id` to reach a final state and returns its status.
     ///
     /// Driven by a notification: the wait registers on the task's record, then blocks (on a

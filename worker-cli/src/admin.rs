@@ -66,7 +66,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
-        Command::Work(_) | Command::Demo(_) | Command::Task(_) | Command::Tasks(_) | Command::Events(_) => {
+        Command::Work(_)
+        | Command::Demo(_)
+        | Command::Dashboard(_)
+        | Command::Task(_)
+        | Command::Tasks(_)
+        | Command::Events(_) => {
             unreachable!("dispatched in lib.rs; not admin commands")
         }
     }
@@ -142,6 +147,7 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Workers(_)
         | Command::Work(_)
         | Command::Demo(_)
+        | Command::Dashboard(_)
         | Command::Task(_)
         | Command::Tasks(_)
         | Command::Events(_) => {}
