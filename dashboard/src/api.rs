@@ -177,15 +177,34 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// The OpenAPI 3 document of the API, as JSON.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
+/// The OpenAPI 3 document of the API, as JSON. Reads (GET) need the token only beyond
+/// loopback: `reads_need_token` says which document to describe (the served one says what
+/// the running server does).
+pub fn openapi_json(reads_need_token: bool) -> String {
+    let mut doc = ApiDoc::openapi();
+    if !reads_need_token {
+        for item in doc.paths.paths.values_mut() {
+            if let Some(get) = item.get.as_mut()
+                && get.security.is_none()
+            {
+                // `{}`: no requirement; the token may still be sent.
+                get.security = Some(vec![
+                    utoipa::openapi::security::SecurityRequirement::default(),
+                    utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+            }
+        }
+    }
+    doc.to_pretty_json()
         .expect("the document is plain data and always serializes")
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+async fn openapi(State(state): S) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_json(state.auth.reads_need_token()),
+    )
+        .into_response()
 }
 
 /// Alive: the process answers.
@@ -313,16 +332,6 @@ async fn set_paused(
     Ok(Json(view(&state, &queue).await?))
 }
 
-fn parse_state(s: Option<&str>) -> Result<TaskState, ApiErr> {
-    let s = s.unwrap_or("queued");
-    match TaskState::parse(s) {
-        Some(TaskState::Unknown) | None => Err(bad(format!(
-            "unknown state {s:?}: scheduled, queued, active, retrying, succeeded, dead or cancelled"
-        ))),
-        Some(st) => Ok(st),
-    }
-}
-
 fn shard_of(queue: &Queue, id: &str) -> u16 {
     rivulet::keys::shard_for(id, queue.layout().shards)
 }
@@ -339,7 +348,7 @@ async fn list_tasks(
 ) -> Result<Json<TaskList>, ApiErr> {
     let queue = queue_of(&state, &path(p)?).await?;
     let q = query(q)?;
-    let st = parse_state(q.state.as_deref())?;
+    let st = q.state.map_or(TaskState::Queued, StateName::state);
     let limit = page_size(q.limit)?;
     let offset = q.offset.unwrap_or(0) as usize;
     if offset > 1000 {
@@ -382,12 +391,13 @@ async fn enqueue(
     if req.kind.is_empty() || req.kind.len() > 200 {
         return Err(bad("kind must be 1 to 200 characters"));
     }
-    let mut task = match req.codec.as_deref().unwrap_or("json") {
-        "json" => Task::json(&req.kind, &req.payload)?,
-        "msgpack" => Task::msgpack(&req.kind, &req.payload)?,
-        other => return Err(bad(format!("codec {other:?}: json or msgpack"))),
+    let mut task = match req.codec.unwrap_or(CodecName::Json) {
+        CodecName::Json => Task::json(&req.kind, &req.payload)?,
+        CodecName::Msgpack => Task::msgpack(&req.kind, &req.payload)?,
     };
     if let Some(p) = req.priority {
+        // The queue's priorities are part of the resource: one it does not have is not found.
+        queue.rank(&p).map_err(|e| not_found(e.to_string()))?;
         task = task.priority(p);
     }
     if let Some(ms) = req.delay_ms {
@@ -501,7 +511,7 @@ async fn cancel(
 /// Retries a dead task: replays its dead letter (attempts reset).
 #[utoipa::path(post, path = "/api/v1/queues/{queue}/tasks/{id}/retry", tag = "tasks",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
-    responses((status = 200, body = CountReply), (status = 400, body = ApiError, description = "The task is not dead"),
+    responses((status = 200, body = CountReply), (status = 409, body = ApiError, description = "The task is not dead"),
         (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 async fn retry(
     State(state): S,
@@ -516,7 +526,10 @@ async fn retry(
     }
     let shard = shard_of(&queue, id.as_str());
     let Some(letter) = TaskView::new(st.clone(), shard).dead_letter else {
-        return Err(bad(format!("task {id} is {}, not dead: only a dead task is retried", st.state)));
+        return Err(ApiErr(
+            StatusCode::CONFLICT,
+            format!("task {id} is {}, not dead: only a dead task is retried", st.state),
+        ));
     };
     let letter: DeadLetterId = letter.parse()?;
     let count = state.inspector.dlq_replay(&queue, &DlqSelect::Id(letter)).await?;
@@ -607,16 +620,14 @@ async fn get_dead_letter(
 }
 
 fn selection(queue: &Queue, sel: DlqSelection) -> Result<Vec<DlqSelect>, ApiErr> {
-    match (sel.ids, sel.kind, sel.all) {
-        (Some(ids), None, None | Some(false)) if !ids.is_empty() && ids.len() <= 1000 => ids
-            .iter()
-            .map(|s| letter_id(queue, s).map(DlqSelect::Id))
-            .collect(),
-        (None, Some(kind), None | Some(false)) if !kind.is_empty() => Ok(vec![DlqSelect::Kind(kind)]),
-        (None, None, Some(true)) => Ok(vec![DlqSelect::All]),
-        _ => Err(bad(
-            "select exactly one of: ids (1 to 1000 dead letter ids), kind (a non-empty kind), all: true",
-        )),
+    match sel {
+        DlqSelection::Ids(SelectIds { ids }) if !ids.is_empty() && ids.len() <= 1000 => {
+            ids.iter().map(|s| letter_id(queue, s).map(DlqSelect::Id)).collect()
+        }
+        DlqSelection::Kind(SelectKind { kind }) if !kind.is_empty() => Ok(vec![DlqSelect::Kind(kind)]),
+        DlqSelection::All(SelectAll { all: true }) => Ok(vec![DlqSelect::All]),
+        DlqSelection::All(SelectAll { all: false }) => Ok(vec![]),
+        _ => Err(bad("select one of: ids (1 to 1000 dead letter ids), kind (a non-empty kind), all: true")),
     }
 }
 

@@ -37,6 +37,11 @@ impl Auth {
         Auth { token, reads_need_token }
     }
 
+    /// Whether reads need the token (the server listens beyond loopback).
+    pub fn reads_need_token(&self) -> bool {
+        self.reads_need_token
+    }
+
     /// Whether the request may do `access`.
     pub fn allows(&self, headers: &HeaderMap, access: Access) -> bool {
         if access == Access::Read && !self.reads_need_token {

@@ -386,9 +386,8 @@ pub struct TaskList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TaskQuery {
-    /// `scheduled`, `queued`, `active`, `retrying`, `succeeded`, `dead` or `cancelled`
-    /// (default `queued`).
-    pub state: Option<String>,
+    /// The state to list (default `queued`).
+    pub state: Option<StateName>,
     /// Entries to skip (at most 1000).
     #[param(minimum = 0, maximum = 1000)]
     pub offset: Option<u32>,
@@ -397,28 +396,89 @@ pub struct TaskQuery {
     pub limit: Option<u32>,
 }
 
+/// A task state that can be listed.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateName {
+    /// Waiting for their due time.
+    Scheduled,
+    /// Ready, waiting for a worker.
+    Queued,
+    /// Running.
+    Active,
+    /// Waiting for a retry.
+    Retrying,
+    /// Done (from the recent events).
+    Succeeded,
+    /// In the dead letters.
+    Dead,
+    /// Cancelled (from the recent events).
+    Cancelled,
+}
+
+impl StateName {
+    pub fn state(self) -> rivulet::TaskState {
+        use rivulet::TaskState as S;
+        match self {
+            StateName::Scheduled => S::Scheduled,
+            StateName::Queued => S::Queued,
+            StateName::Active => S::Active,
+            StateName::Retrying => S::Retrying,
+            StateName::Succeeded => S::Succeeded,
+            StateName::Dead => S::Dead,
+            StateName::Cancelled => S::Cancelled,
+        }
+    }
+}
+
+/// An integer that JSON may write as `3` or `3.0` (both are integers to a JSON schema).
+fn whole<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+    let Some(n) = Option::<f64>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if n.fract() != 0.0 || !(0.0..=u64::MAX as f64).contains(&n) {
+        return Err(serde::de::Error::custom(format!("{n} is not a whole number >= 0")));
+    }
+    T::try_from(n as u64)
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
+}
+
 /// A task to enqueue.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     /// Handler name.
+    #[schema(min_length = 1, max_length = 200)]
     pub kind: String,
     /// The payload, any JSON value (default `null`).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// `json` (default) or `msgpack` (the value encoded as MessagePack).
-    pub codec: Option<String>,
-    /// Priority (default: the queue's middle one).
+    pub codec: Option<CodecName>,
+    /// Priority (default: the queue's middle one); one the queue does not have is 404.
     pub priority: Option<String>,
-    /// Run no sooner than this many ms from now.
-    #[schema(minimum = 0)]
+    /// Run no sooner than this many ms from now (at most a year).
+    #[schema(minimum = 0, maximum = 31_622_400_000_u64)]
+    #[serde(default, deserialize_with = "whole")]
     pub delay_ms: Option<u64>,
     /// Attempts before the task goes to the dead letters.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
+    #[serde(default, deserialize_with = "whole")]
     pub max_attempts: Option<u32>,
     /// While a task holding this key is not final, another enqueue returns its id.
+    #[schema(min_length = 1)]
     pub unique_key: Option<String>,
+}
+
+/// How an enqueued payload is encoded.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecName {
+    /// JSON.
+    Json,
+    /// MessagePack.
+    Msgpack,
 }
 
 /// An enqueued task.
@@ -521,23 +581,50 @@ pub struct DlqQuery {
     /// Only this reason.
     pub reason: Option<String>,
     /// Entry id (`ms-seq`) to list after, from the previous page's `next`.
+    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub after: Option<String>,
     /// Entries to return (1 to 100; default 25).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
-/// Which dead letters a replay or purge applies to: exactly one of `ids`, `kind` or
-/// `all: true`.
+/// Which dead letters a replay or purge applies to: some ids, every one of a kind, or all
+/// (`{"all": false}` selects nothing). Exactly one of the three shapes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DlqSelection {
+    /// Dead letter ids.
+    Ids(SelectIds),
+    /// Every dead letter of a kind.
+    Kind(SelectKind),
+    /// Every dead letter of the queue.
+    All(SelectAll),
+}
+
+/// Dead letters by id.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DlqSelection {
-    /// Dead letter ids (`priority/shard/entry`), at most 1000.
-    pub ids: Option<Vec<String>>,
-    /// Every dead letter of this kind.
-    pub kind: Option<String>,
-    /// Every dead letter of the queue.
-    pub all: Option<bool>,
+pub struct SelectIds {
+    /// `priority/shard/entry` each.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub ids: Vec<String>,
+}
+
+/// Dead letters of a kind.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectKind {
+    /// The kind.
+    #[schema(min_length = 1)]
+    pub kind: String,
+}
+
+/// All dead letters.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectAll {
+    /// `true` for all.
+    pub all: bool,
 }
 
 /// A live worker process.
