@@ -149,9 +149,37 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
     // A body over the server's limit may be refused before it is all read: the write can
     // then fail, and the answer is still there to read.
     let _ = s.write_all(body).await;
+    // Read until the answer is complete (Content-Length, the last chunk, or the server
+    // closing): some servers (chromedriver) keep the connection open despite `close`.
     let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw)).await;
+    let mut buf = [0u8; 16384];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !complete(&raw) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
     parse(&raw)
+}
+
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 /// Opens a request and reads what arrives for `for_at_most` (for server-sent events).
