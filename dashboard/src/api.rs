@@ -496,9 +496,6 @@ async fn cancel(
         CancelOutcome::Cancelled => ("cancelled", None),
         CancelOutcome::Cancelling => ("cancelling", None),
         CancelOutcome::AlreadyFinished(s) => ("finished", Some(s.as_str().to_owned())),
-        // A newer engine's outcome this version does not know.
-        #[allow(unreachable_patterns)]
-        _ => ("unknown", None),
     };
     tracing::info!(queue = %name, task_id = %id, outcome, "cancel from the dashboard");
     state.sampler.invalidate(&name);
@@ -578,22 +575,28 @@ async fn list_dead_letters(
             }
             out.push(DeadLetterView::new(d));
         }
-        if next.is_some() || !full {
+        if next.is_some() {
             break;
         }
+        if !full {
+            // The end: nothing follows.
+            next = None;
+            break;
+        }
+        // Scanned a whole page without filling ours: go on, or say where the scan stopped.
         after = last.clone();
         next = last;
-    }
-    if out.len() < limit && next.is_some() && !filtered {
-        next = None;
     }
     Ok(Json(DeadLetterList { dead_letters: out, next }))
 }
 
+/// A stream entry id `ms-seq` (both parts decimal u64).
 fn valid_entry_id(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
-    ok(parts.next()) && ok(parts.next()) && s.split('-').next().is_some_and(|ms| ms.parse::<u64>().is_ok())
+    s.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq]
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok())
+    })
 }
 
 fn letter_id(queue: &Queue, s: &str) -> Result<DeadLetterId, ApiErr> {

@@ -16,6 +16,7 @@ mod common;
 mod acl;
 mod admin;
 mod compiled;
+mod dashboard;
 mod demo;
 mod dlq;
 mod docs;
