@@ -66,6 +66,18 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap()
 }
 
+/// Calls per command (`INFO commandstats`).
+async fn per_command(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -77,7 +89,9 @@ async fn main() {
     let redis = server.client();
     let client = Client::new(&redis).await.unwrap();
     let mut raw = redis.get_multiplexed_async_connection().await.unwrap();
-    let queues: Vec<Queue> = (0..a.queues).map(|i| Queue::new(&format!("q-{i:03}")).unwrap()).collect();
+    let queues: Vec<Queue> = (0..a.queues)
+        .map(|i| Queue::new(&format!("q-{i:03}")).unwrap())
+        .collect();
 
     // Fill: most tasks untracked (a pipelined XADD each); 1,000 per the first queue tracked,
     // so its task list reads records. Priorities alternate.
@@ -102,7 +116,10 @@ async fn main() {
     }
     let first = &queues[0];
     let tracked = client
-        .enqueue_many(first, (0..1000).map(|i| Task::json("work", &json!({ "t": i })).unwrap()))
+        .enqueue_many(
+            first,
+            (0..1000).map(|i| Task::json("work", &json!({ "t": i })).unwrap()),
+        )
         .await
         .unwrap();
     // Dead letters on the first queue: a worker buries 1,000 `boom` tasks.
@@ -111,7 +128,10 @@ async fn main() {
     });
     let second = &queues[1 % queues.len()];
     client
-        .enqueue_many(second, (0..1000).map(|i| Task::json("boom", &json!(i)).unwrap().priority("high")))
+        .enqueue_many(
+            second,
+            (0..1000).map(|i| Task::json("boom", &json!(i)).unwrap().priority("high")),
+        )
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -132,6 +152,10 @@ async fn main() {
             == 1000)
         .await
     );
+    // Stopped before measuring: an idle worker polls Redis too, and only the dashboard's
+    // commands are to be counted.
+    let _ = stop_tx.send(());
+    let _ = worker.await;
     println!(
         "filled {} queues with {} tasks (+1000 tracked, +1000 dead letters) in {:.1}s; Redis used {}",
         a.queues,
@@ -172,7 +196,10 @@ async fn main() {
             ],
         ),
         ("task", vec![format!("/api/v1/queues/{}/tasks/{task}", first.name())]),
-        ("dead letters", vec![format!("/api/v1/queues/{}/dead-letters?limit=50", second.name())]),
+        (
+            "dead letters",
+            vec![format!("/api/v1/queues/{}/dead-letters?limit=25", second.name())],
+        ),
         ("workers", vec!["/api/v1/workers".into()]),
     ];
 
@@ -185,6 +212,7 @@ async fn main() {
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let by_command = per_command(&mut raw).await;
     let before = commands(&mut raw).await;
     let window = Instant::now();
     let mut pages = tokio::task::JoinSet::new();
@@ -216,19 +244,47 @@ async fn main() {
     let elapsed = window.elapsed().as_secs_f64();
     // The two INFO calls of the measurement are not the dashboard's.
     let spent = commands(&mut raw).await - before - 1;
+    let after = per_command(&mut raw).await;
     println!(
         "\n5 open pages for {elapsed:.0}s: the dashboard made {:.1} Redis commands/s (inner script commands counted)",
         spent as f64 / elapsed
     );
-    println!("{:<90} {:>9} {:>9} {:>9}", "page: call (polled every 2 s)", "p50 ms", "p99 ms", "max ms");
+    let mut split: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - by_command.get(k).copied().unwrap_or(0)) as f64 / elapsed,
+            )
+        })
+        .filter(|(k, r)| *r > 0.0 && k != "info")
+        .collect();
+    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!(
+        "  per command/s: {}",
+        split
+            .iter()
+            .map(|(k, r)| format!("{k} {r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{:<90} {:>9} {:>9} {:>9}",
+        "page: call (polled every 2 s)", "p50 ms", "p99 ms", "max ms"
+    );
     for (k, h) in latencies.lock().unwrap().iter() {
-        println!("{k:<90} {:>9.2} {:>9.2} {:>9.2}", ms(h, 0.5), ms(h, 0.99), h.max() as f64 / 1000.0);
+        println!(
+            "{k:<90} {:>9.2} {:>9.2} {:>9.2}",
+            ms(h, 0.5),
+            ms(h, 0.99),
+            h.max() as f64 / 1000.0
+        );
     }
 
     // 2. Each call back to back.
     let mut all: Vec<String> = page_calls.iter().flat_map(|(_, c)| c.clone()).collect();
     all.extend([
-        format!("/api/v1/queues?offset=75&limit=25"),
+        "/api/v1/queues?offset=75&limit=25".to_string(),
         format!("/api/v1/queues/{}/tasks?state=queued&offset=500&limit=25", first.name()),
         format!("/api/v1/queues/{}/dead-letters/{}", second.name(), {
             let d = inspector.dlq_list(second, None, 1).await.unwrap();
@@ -252,10 +308,13 @@ async fn main() {
             assert_eq!(r.status, 200, "{c}: {}", r.text());
             h.record(t.elapsed().as_micros() as u64).unwrap();
         }
-        println!("{c:<90} {:>9.2} {:>9.2} {:>9.2}", ms(&h, 0.5), ms(&h, 0.99), h.max() as f64 / 1000.0);
+        println!(
+            "{c:<90} {:>9.2} {:>9.2} {:>9.2}",
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            h.max() as f64 / 1000.0
+        );
     }
     let _ = dash_tx.send(());
     let _ = dash.await;
-    let _ = stop_tx.send(());
-    let _ = worker.await;
 }

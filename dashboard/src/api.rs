@@ -85,7 +85,8 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiErr> {
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErr> {
-    q.map(|Query(v)| v).map_err(|e| bad(format!("malformed query: {}", e.body_text())))
+    q.map(|Query(v)| v)
+        .map_err(|e| bad(format!("malformed query: {}", e.body_text())))
 }
 
 fn page_size(limit: Option<u32>) -> Result<usize, ApiErr> {
@@ -355,11 +356,10 @@ async fn list_tasks(
         return Err(bad("offset is out of range: 0 to 1000"));
     }
     // One more than the page, to tell whether another follows.
-    let found = state.client.tasks(&queue, st, offset + limit + 1).await?;
-    let has_more = found.len() > offset + limit;
+    let found = state.client.tasks_page(&queue, st, offset, limit + 1).await?;
+    let has_more = found.len() > limit;
     let tasks = found
         .into_iter()
-        .skip(offset)
         .take(limit)
         .map(|t| {
             let shard = shard_of(&queue, t.id.as_str());
@@ -450,10 +450,7 @@ fn task_id(id: String) -> Result<TaskId, ApiErr> {
 #[utoipa::path(get, path = "/api/v1/queues/{queue}/tasks/{id}", tag = "tasks",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
     responses((status = 200, body = TaskView), (status = 404, body = ApiError)))]
-async fn get_task(
-    State(state): S,
-    p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<TaskView>, ApiErr> {
+async fn get_task(State(state): S, p: Result<Path<(String, String)>, PathRejection>) -> Result<Json<TaskView>, ApiErr> {
     let (name, id) = path(p)?;
     let queue = queue_of(&state, &name).await?;
     let id = task_id(id)?;
@@ -510,10 +507,7 @@ async fn cancel(
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
     responses((status = 200, body = CountReply), (status = 409, body = ApiError, description = "The task is not dead"),
         (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-async fn retry(
-    State(state): S,
-    p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<CountReply>, ApiErr> {
+async fn retry(State(state): S, p: Result<Path<(String, String)>, PathRejection>) -> Result<Json<CountReply>, ApiErr> {
     let (name, id) = path(p)?;
     let queue = queue_of(&state, &name).await?;
     let id = task_id(id)?;
@@ -570,7 +564,9 @@ async fn list_dead_letters(
                 break;
             }
             last = Some(d.id.entry.clone());
-            if q.kind.as_ref().is_some_and(|k| *k != d.kind) || q.reason.as_ref().is_some_and(|r| r != d.reason.as_str()) {
+            if q.kind.as_ref().is_some_and(|k| *k != d.kind)
+                || q.reason.as_ref().is_some_and(|r| r != d.reason.as_str())
+            {
                 continue;
             }
             out.push(DeadLetterView::new(d));
@@ -587,7 +583,10 @@ async fn list_dead_letters(
         after = last.clone();
         next = last;
     }
-    Ok(Json(DeadLetterList { dead_letters: out, next }))
+    Ok(Json(DeadLetterList {
+        dead_letters: out,
+        next,
+    }))
 }
 
 /// A stream entry id `ms-seq` (both parts decimal u64).
@@ -630,7 +629,9 @@ fn selection(queue: &Queue, sel: DlqSelection) -> Result<Vec<DlqSelect>, ApiErr>
         DlqSelection::Kind(SelectKind { kind }) if !kind.is_empty() => Ok(vec![DlqSelect::Kind(kind)]),
         DlqSelection::All(SelectAll { all: true }) => Ok(vec![DlqSelect::All]),
         DlqSelection::All(SelectAll { all: false }) => Ok(vec![]),
-        _ => Err(bad("select one of: ids (1 to 1000 dead letter ids), kind (a non-empty kind), all: true")),
+        _ => Err(bad(
+            "select one of: ids (1 to 1000 dead letter ids), kind (a non-empty kind), all: true",
+        )),
     }
 }
 
@@ -710,7 +711,9 @@ async fn autoscaler(State(state): S, p: Result<Path<String>, PathRejection>) -> 
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
     responses((status = 200, body = [WorkerView])))]
 async fn workers(State(state): S) -> Result<Json<Vec<WorkerView>>, ApiErr> {
-    Ok(Json(state.sampler.workers().await?.iter().map(WorkerView::from).collect()))
+    Ok(Json(
+        state.sampler.workers().await?.iter().map(WorkerView::from).collect(),
+    ))
 }
 
 /// Server-sent events: the queue's lifecycle events from now on (`event: task`, data an
@@ -748,7 +751,9 @@ async fn events(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading events for a stream failed");
-                        let ev = SseEvent::default().event("error").data("reading events failed; retrying");
+                        let ev = SseEvent::default()
+                            .event("error")
+                            .data("reading events failed; retrying");
                         return Some((Ok(ev), (client, queue, cursor, only, ready)));
                     }
                 }

@@ -34,7 +34,10 @@ pub enum Access {
 
 impl Auth {
     pub fn new(token: String, reads_need_token: bool) -> Self {
-        Auth { token, reads_need_token }
+        Auth {
+            token,
+            reads_need_token,
+        }
     }
 
     /// Whether reads need the token (the server listens beyond loopback).

@@ -46,7 +46,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(2);
 /// Redis commands per second the dashboard allows itself for queue numbers (commands inside
 /// scripts counted), however many pages are open.
-pub const DEFAULT_REDIS_BUDGET: f64 = 40.0;
+pub const DEFAULT_REDIS_BUDGET: f64 = 25.0;
 /// Largest request body accepted (an enqueue's payload included); more is answered 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

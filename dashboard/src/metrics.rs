@@ -48,7 +48,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
         registry.register(name, help, g.clone());
         g
     };
-    let waiting = gauge(registry, "waiting", "Tasks ready and waiting for a worker (the backlog)");
+    let waiting = gauge(
+        registry,
+        "waiting",
+        "Tasks ready and waiting for a worker (the backlog)",
+    );
     let in_flight = gauge(registry, "in_flight", "Tasks delivered to a worker and not yet settled");
     let scheduled = gauge(registry, "scheduled", "Delayed tasks not yet due");
     let retrying = gauge(registry, "retrying", "Failed tasks waiting for their backoff");
@@ -59,7 +63,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
         "Age of the oldest task waiting to be delivered",
     );
     let paused = Family::<QueueLabels, Gauge>::default();
-    registry.register("paused", "1 while workers are told not to fetch from the queue", paused.clone());
+    registry.register(
+        "paused",
+        "1 while workers are told not to fetch from the queue",
+        paused.clone(),
+    );
     let age = Family::<QueueLabels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "stats_age_seconds",
@@ -74,7 +82,9 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
     );
     for q in &queues {
         let name = q.name().to_string();
-        let Some(snap) = state.sampler.cached(&name) else { continue };
+        let Some(snap) = state.sampler.cached(&name) else {
+            continue;
+        };
         let ql = QueueLabels { queue: name.clone() };
         paused.get_or_create(&ql).set(i64::from(snap.stats.paused));
         age.get_or_create(&ql).set(snap.read_at.elapsed().as_secs_f64());
@@ -111,14 +121,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
         }
     }
     let workers = Gauge::<i64>::default();
-    root.register("workers_live", "Live worker processes (heartbeat not expired)", workers.clone());
+    root.register(
+        "workers_live",
+        "Live worker processes (heartbeat not expired)",
+        workers.clone(),
+    );
     if let Ok(w) = state.sampler.workers().await {
         workers.set(w.len() as i64);
     }
     let mut body = String::new();
     encode(&mut body, &root).map_err(|e| ApiErr(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response())

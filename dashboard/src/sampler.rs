@@ -180,7 +180,12 @@ impl Sampler {
             }
         }
         let _reading = self.reading.lock().await;
-        if let Some(s) = self.lock().slots.get(queue.name().as_str()).and_then(|s| s.snapshot.clone()) {
+        if let Some(s) = self
+            .lock()
+            .slots
+            .get(queue.name().as_str())
+            .and_then(|s| s.snapshot.clone())
+        {
             return Ok(s);
         }
         self.lock().allowance -= cost(queue);
@@ -357,7 +362,9 @@ pub fn latest_rates(samples: &[Sample]) -> Option<[f64; 3]> {
 /// queues sampled at different moments add up correctly. Returns (bucket end, rates).
 pub fn throughput(per_queue: &[Vec<Sample>], end_ms: u64, width_ms: u64, buckets: usize) -> Vec<(u64, [f64; 3])> {
     let start = end_ms.saturating_sub(width_ms * buckets as u64);
-    let mut out: Vec<(u64, [f64; 3])> = (0..buckets).map(|i| (start + width_ms * (i as u64 + 1), [0.0; 3])).collect();
+    let mut out: Vec<(u64, [f64; 3])> = (0..buckets)
+        .map(|i| (start + width_ms * (i as u64 + 1), [0.0; 3]))
+        .collect();
     for samples in per_queue {
         for (from, to, rate) in segments(samples) {
             for (i, (bucket_end, sum)) in out.iter_mut().enumerate() {

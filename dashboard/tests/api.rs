@@ -17,7 +17,9 @@ const T: Duration = Duration::from_secs(20);
 /// `ok` returns its payload wrapped; `boom` always fails fatally, with markup in its error.
 fn router() -> Router {
     Router::new()
-        .route("ok", |_ctx: TaskContext, v: Value| async move { Ok(Output(json!({ "got": v }))) })
+        .route("ok", |_ctx: TaskContext, v: Value| async move {
+            Ok(Output(json!({ "got": v })))
+        })
         .route("boom", |_ctx: TaskContext, _v: Value| async move {
             Err::<(), _>(HandlerError::fatal("<script>window.__xss = 1</script> went wrong"))
         })
@@ -25,7 +27,10 @@ fn router() -> Router {
 
 async fn enqueue(dash: &Dash, queue: &str, kind: &str, payload: Value) -> String {
     let r = dash
-        .post(&format!("/api/v1/queues/{queue}/tasks"), &json!({ "kind": kind, "payload": payload }))
+        .post(
+            &format!("/api/v1/queues/{queue}/tasks"),
+            &json!({ "kind": kind, "payload": payload }),
+        )
         .await;
     r.expect(201)["id"].as_str().expect("an id").to_owned()
 }
@@ -50,7 +55,11 @@ async fn every_endpoint_answers_with_real_workers() {
     assert_eq!(dash.get("/readyz").await.expect(200)["status"], "ok");
     let doc = dash.get("/api/v1/openapi.json").await.expect(200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
-    for p in ["/api/v1/queues", "/api/v1/queues/{queue}/tasks/{id}", "/api/v1/queues/{queue}/dead-letters/replay"] {
+    for p in [
+        "/api/v1/queues",
+        "/api/v1/queues/{queue}/tasks/{id}",
+        "/api/v1/queues/{queue}/dead-letters/replay",
+    ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing from the document");
     }
 
@@ -70,9 +79,15 @@ async fn every_endpoint_answers_with_real_workers() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert!(events.contains(&"enqueued") && events.contains(&"succeeded"), "{events:?}");
+    assert!(
+        events.contains(&"enqueued") && events.contains(&"succeeded"),
+        "{events:?}"
+    );
     let list = dash.get("/api/v1/queues/api/tasks?state=succeeded").await.expect(200);
-    assert!(list["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{list}");
+    assert!(
+        list["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
+        "{list}"
+    );
 
     // A payload is shown while the task waits: pause, enqueue, look, cancel.
     let paused = dash.post_empty("/api/v1/queues/api/pause").await.expect(200);
@@ -80,15 +95,37 @@ async fn every_endpoint_answers_with_real_workers() {
     // Workers read the flag within their promote interval; let a fetch in flight settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = enqueue(&dash, "api", "ok", json!({"keep": "me"})).await;
-    let t = dash.get(&format!("/api/v1/queues/api/tasks/{waiting}")).await.expect(200);
+    let t = dash
+        .get(&format!("/api/v1/queues/api/tasks/{waiting}"))
+        .await
+        .expect(200);
     assert_eq!(t["state"], "queued", "{t}");
-    assert!(t["payload"]["text"].as_str().unwrap().contains("\"keep\": \"me\""), "{t}");
-    let queued = dash.get("/api/v1/queues/api/tasks?state=queued&limit=10").await.expect(200);
-    assert!(queued["tasks"].as_array().unwrap().iter().any(|t| t["id"] == waiting.as_str()), "{queued}");
-    let c = dash.post_empty(&format!("/api/v1/queues/api/tasks/{waiting}/cancel")).await.expect(200);
+    assert!(
+        t["payload"]["text"].as_str().unwrap().contains("\"keep\": \"me\""),
+        "{t}"
+    );
+    let queued = dash
+        .get("/api/v1/queues/api/tasks?state=queued&limit=10")
+        .await
+        .expect(200);
+    assert!(
+        queued["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == waiting.as_str()),
+        "{queued}"
+    );
+    let c = dash
+        .post_empty(&format!("/api/v1/queues/api/tasks/{waiting}/cancel"))
+        .await
+        .expect(200);
     assert_eq!(c["outcome"], "cancelled", "{c}");
     assert_eq!(task_state(&dash, "api", &waiting).await, "cancelled");
-    assert_eq!(dash.post_empty("/api/v1/queues/api/resume").await.expect(200)["paused"], false);
+    assert_eq!(
+        dash.post_empty("/api/v1/queues/api/resume").await.expect(200)["paused"],
+        false
+    );
 
     // A task that dies: its dead letter is listed, shown, replayed (it dies again) and purged.
     let dead = enqueue(&dash, "api", "boom", json!("x")).await;
@@ -102,13 +139,22 @@ async fn every_endpoint_answers_with_real_workers() {
     assert_eq!(letter["reason"], "fatal");
     let none = dash.get("/api/v1/queues/api/dead-letters?kind=other").await.expect(200);
     assert!(none["dead_letters"].as_array().unwrap().is_empty(), "{none}");
-    let none = dash.get("/api/v1/queues/api/dead-letters?reason=poison").await.expect(200);
+    let none = dash
+        .get("/api/v1/queues/api/dead-letters?reason=poison")
+        .await
+        .expect(200);
     assert!(none["dead_letters"].as_array().unwrap().is_empty(), "{none}");
     let lid = letter["id"].as_str().unwrap().replace('/', "%2F");
-    let one = dash.get(&format!("/api/v1/queues/api/dead-letters/{lid}")).await.expect(200);
+    let one = dash
+        .get(&format!("/api/v1/queues/api/dead-letters/{lid}"))
+        .await
+        .expect(200);
     assert_eq!(one["payload"]["text"], "\"x\"");
     let r = dash
-        .post("/api/v1/queues/api/dead-letters/replay", &json!({ "ids": [letter["id"]] }))
+        .post(
+            "/api/v1/queues/api/dead-letters/replay",
+            &json!({ "ids": [letter["id"]] }),
+        )
         .await;
     assert_eq!(r.expect(200)["count"], 1);
     assert!(
@@ -135,7 +181,9 @@ async fn every_endpoint_answers_with_real_workers() {
         })
         .await
     );
-    let r = dash.post("/api/v1/queues/api/dead-letters/purge", &json!({ "all": true })).await;
+    let r = dash
+        .post("/api/v1/queues/api/dead-letters/purge", &json!({ "all": true }))
+        .await;
     assert_eq!(r.expect(200)["count"], 1);
 
     // Queues, one queue, workers, autoscaler.
@@ -193,7 +241,13 @@ async fn every_endpoint_answers_with_real_workers() {
     // Server-sent events: an enqueue shows up on the stream.
     let addr = dash.addr;
     let reader = tokio::spawn(async move {
-        stream_for(addr, "/api/v1/queues/api/events", Duration::from_secs(15), "\"succeeded\"").await
+        stream_for(
+            addr,
+            "/api/v1/queues/api/events",
+            Duration::from_secs(15),
+            "\"succeeded\"",
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let streamed = enqueue(&dash, "api", "ok", json!(2)).await;
@@ -234,14 +288,22 @@ async fn the_token_guards_changes_and_beyond_loopback_every_read() {
 
     // Configured beyond loopback: every read needs it, the page and the probes do not.
     let wide = Dash::start_as(f.redis_client(), "192.0.2.10:8080".parse().unwrap()).await;
-    for path in ["/api/v1/queues", "/api/v1/workers", "/metrics", "/api/v1/openapi.json", "/api/v1/queues/guarded"] {
+    for path in [
+        "/api/v1/queues",
+        "/api/v1/workers",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/api/v1/queues/guarded",
+    ] {
         assert_eq!(wide.get(path).await.status, 401, "{path} without a token");
         assert_eq!(wide.get_with_token(path).await.status, 200, "{path} with the token");
     }
     for path in ["/", "/app.js", "/app.css", "/healthz", "/readyz"] {
         assert_eq!(wide.get(path).await.status, 200, "{path}");
     }
-    let r = wide.post("/api/v1/queues/guarded/tasks", &serde_json::json!({"kind": "ok"})).await;
+    let r = wide
+        .post("/api/v1/queues/guarded/tasks", &serde_json::json!({"kind": "ok"}))
+        .await;
     r.expect(201);
 }
 
@@ -273,7 +335,10 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
     ] {
         json_error(&dash.get(path).await, 404);
     }
-    json_error(&dash.post_empty("/api/v1/queues/bad/tasks/no-such-task/cancel").await, 404);
+    json_error(
+        &dash.post_empty("/api/v1/queues/bad/tasks/no-such-task/cancel").await,
+        404,
+    );
     json_error(&dash.post_empty("/api/v1/queues/nope/pause").await, 404);
     json_error(
         &dash.post("/api/v1/queues/nope/tasks", &json!({"kind": "ok"})).await,
@@ -282,16 +347,43 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
     // Malformed bodies and queries: 400.
     let auth = format!("Bearer {TOKEN}");
     let h = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    for body in [&b"{not json"[..], b"[]", br#"{"payload": 1}"#, br#"{"kind": "ok", "surprise": 1}"#] {
+    for body in [
+        &b"{not json"[..],
+        b"[]",
+        br#"{"payload": 1}"#,
+        br#"{"kind": "ok", "surprise": 1}"#,
+    ] {
         let r = request(dash.addr, "POST", "/api/v1/queues/bad/tasks", &h, body).await;
         json_error(&r, 400);
     }
-    let r = request(dash.addr, "POST", "/api/v1/queues/bad/tasks", &h[..1], br#"{"kind":"ok"}"#).await;
+    let r = request(
+        dash.addr,
+        "POST",
+        "/api/v1/queues/bad/tasks",
+        &h[..1],
+        br#"{"kind":"ok"}"#,
+    )
+    .await;
     json_error(&r, 400);
-    json_error(&dash.post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "codec": "xml"})).await, 400);
-    json_error(&dash.post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "priority": "urgent"})).await, 404);
+    json_error(
+        &dash
+            .post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "codec": "xml"}))
+            .await,
+        400,
+    );
+    json_error(
+        &dash
+            .post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "priority": "urgent"}))
+            .await,
+        404,
+    );
     json_error(&dash.post("/api/v1/queues/bad/tasks", &json!({"kind": ""})).await, 400);
-    for sel in [json!({}), json!({"ids": []}), json!({"kind": ""}), json!({"all": "yes"})] {
+    for sel in [
+        json!({}),
+        json!({"ids": []}),
+        json!({"kind": ""}),
+        json!({"all": "yes"}),
+    ] {
         json_error(&dash.post("/api/v1/queues/bad/dead-letters/replay", &sel).await, 400);
     }
     for path in [
@@ -304,7 +396,10 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
         json_error(&dash.get(path).await, 400);
     }
     // Oversized: 413, and nothing enqueued.
-    let big = format!(r#"{{"kind":"ok","payload":"{}"}}"#, "x".repeat(rivulet_dashboard::MAX_BODY_BYTES + 1));
+    let big = format!(
+        r#"{{"kind":"ok","payload":"{}"}}"#,
+        "x".repeat(rivulet_dashboard::MAX_BODY_BYTES + 1)
+    );
     let r = request(dash.addr, "POST", "/api/v1/queues/bad/tasks", &h, big.as_bytes()).await;
     json_error(&r, 413);
     assert_eq!(f.stats().await.counters.enqueued, 0);
@@ -323,12 +418,18 @@ async fn markup_in_tasks_is_data_in_the_api_and_the_page_runs_only_its_own_scrip
     assert_eq!(r.json()["kind"], kind, "the kind round-trips as data");
     let page = dash.get("/").await;
     let csp = page.header("content-security-policy").unwrap();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     // The page's script never writes markup from data.
     let script = dash.get("/app.js").await.text();
     assert!(!script.contains("innerHTML") && !script.contains("outerHTML") && !script.contains("insertAdjacentHTML"));
-    assert!(!script.contains("document.cookie"), "the token must not live in a cookie");
+    assert!(
+        !script.contains("document.cookie"),
+        "the token must not live in a cookie"
+    );
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -133,10 +133,12 @@ impl Session<'_> {
     /// The text of the first element matching `css`, or `None` when there is none.
     async fn text(&self, css: &str) -> Option<String> {
         let css = serde_json::to_string(css).unwrap();
-        self.js(&format!("const e = document.querySelector({css}); return e ? e.textContent : null;"))
-            .await
-            .as_str()
-            .map(str::to_owned)
+        self.js(&format!(
+            "const e = document.querySelector({css}); return e ? e.textContent : null;"
+        ))
+        .await
+        .as_str()
+        .map(str::to_owned)
     }
 
     async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) {
@@ -151,7 +153,11 @@ impl Session<'_> {
 
     async fn element(&self, css: &str) -> String {
         let v = self
-            .cmd("POST", "/element", Some(json!({ "using": "css selector", "value": css })))
+            .cmd(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
             .await;
         v[ELEMENT].as_str().expect("an element reference").to_owned()
     }
@@ -161,7 +167,14 @@ impl Session<'_> {
         for _ in 0..3 {
             let e = self.element(css).await;
             let path = format!("/session/{}/element/{e}/click", self.id);
-            let r = request(self.driver.addr, "POST", &path, &[("Content-Type", "application/json")], b"{}").await;
+            let r = request(
+                self.driver.addr,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                b"{}",
+            )
+            .await;
             if r.status == 200 {
                 return;
             }
@@ -231,7 +244,8 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
     s.wait_text(backlog, "the empty queue", |t| t.starts_with("0 ")).await;
     let tasks = (0..7).map(|i| Task::json("later", &json!({ "n": i })).unwrap());
     f.client.enqueue_many(&f.queue, tasks).await.unwrap();
-    s.wait_text(backlog, "the backlog after 7 enqueues", |t| t.starts_with("7 ")).await;
+    s.wait_text(backlog, "the backlog after 7 enqueues", |t| t.starts_with("7 "))
+        .await;
     s.screenshot("dashboard-overview").await;
 
     // A worker: `flaky` fails fatally on its first run only; the markup kind always fails.
@@ -253,19 +267,29 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
             Err::<(), _>(HandlerError::fatal("<img src=x onerror=\"window.__xss = 2\">"))
         });
     let worker = f.start_worker(router, fast_config());
-    let flaky = f.client.enqueue(&f.queue, Task::json("flaky", &json!({"try": 1})).unwrap()).await.unwrap();
+    let flaky = f
+        .client
+        .enqueue(&f.queue, Task::json("flaky", &json!({"try": 1})).unwrap())
+        .await
+        .unwrap();
     f.client
-        .enqueue(&f.queue, Task::json(XSS_KIND, &json!({"html": "<b onmouseover=alert(1)>x</b>"})).unwrap())
+        .enqueue(
+            &f.queue,
+            Task::json(XSS_KIND, &json!({"html": "<b onmouseover=alert(1)>x</b>"})).unwrap(),
+        )
         .await
         .unwrap();
     f.wait_dead_letters(2, T).await;
-    s.wait_text(backlog, "the drained backlog", |t| t.starts_with("0 ")).await;
+    s.wait_text(backlog, "the drained backlog", |t| t.starts_with("0 "))
+        .await;
 
     // The dead letters: markup shows as text and runs nothing.
     s.goto(&dash.url("/#/dlq/browser")).await;
     let flaky_row = "tr[data-dead-letter] a.open-dead-letter";
-    s.wait_text("#dead-letters", "two dead letters listed", |t| t.contains("flaky") && t.contains(XSS_KIND))
-        .await;
+    s.wait_text("#dead-letters", "two dead letters listed", |t| {
+        t.contains("flaky") && t.contains(XSS_KIND)
+    })
+    .await;
     let safe = s
         .js("return [typeof window.__xss, document.querySelectorAll('main script, main img, main b').length];")
         .await;
@@ -280,22 +304,38 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
         .await;
     let nth = link.as_i64().expect("an index") + 1;
     assert!(nth > 0, "the flaky task's row is listed");
-    s.click(&format!("tr[data-dead-letter]:nth-of-type({}) a.open-dead-letter", nth + 1)).await;
-    s.wait_text("#dead-letter", "the dead letter opens", |t| t.contains("the first run fails")).await;
+    s.click(&format!(
+        "tr[data-dead-letter]:nth-of-type({}) a.open-dead-letter",
+        nth + 1
+    ))
+    .await;
+    s.wait_text("#dead-letter", "the dead letter opens", |t| {
+        t.contains("the first run fails")
+    })
+    .await;
     s.screenshot("dashboard-dead-letter").await;
     s.click("#dead-letter button.replay-one").await;
-    s.wait_text("#confirm-text", "the confirmation", |t| t.starts_with("Replay dead letter")).await;
+    s.wait_text("#confirm-text", "the confirmation", |t| {
+        t.starts_with("Replay dead letter")
+    })
+    .await;
     s.click("#confirm-yes").await;
     // No token yet: the server says 401 and the page asks for it.
     assert!(
-        wait_until(T, async || s.js("return document.getElementById('token-dialog').open;").await == true).await,
+        wait_until(T, async || s
+            .js("return document.getElementById('token-dialog').open;")
+            .await
+            == true)
+        .await,
         "the page did not ask for the token"
     );
     s.type_into("#token-input", TOKEN).await;
     s.click("#token-save").await;
     let id = TaskId::from_string(flaky.to_string());
     assert!(
-        wait_until(T, async || f.client.status(&f.queue, &id).await.unwrap().state == TaskState::Succeeded).await,
+        wait_until(T, async || f.client.status(&f.queue, &id).await.unwrap().state
+            == TaskState::Succeeded)
+        .await,
         "the replayed task did not run"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
@@ -305,9 +345,12 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
 
     // The task page shows it succeeded, with its events.
     s.goto(&dash.url(&format!("/#/task/browser/{flaky}"))).await;
-    s.wait_text("#task-state", "the task page", |t| t.contains("succeeded")).await;
-    s.wait_text("#task-events", "the events timeline", |t| t.contains("replayed") && t.contains("dead"))
+    s.wait_text("#task-state", "the task page", |t| t.contains("succeeded"))
         .await;
+    s.wait_text("#task-events", "the events timeline", |t| {
+        t.contains("replayed") && t.contains("dead")
+    })
+    .await;
     s.screenshot("dashboard-task").await;
 
     // Workers.

@@ -44,14 +44,23 @@ async fn the_api_keeps_to_its_openapi_document() {
         Err::<(), _>(HandlerError::fatal("boom"))
     });
     let worker = f.start_worker(dead_router, fast_config());
-    f.client.enqueue(&f.queue, Task::json("boom", &json!(1)).unwrap()).await.unwrap();
+    f.client
+        .enqueue(&f.queue, Task::json("boom", &json!(1)).unwrap())
+        .await
+        .unwrap();
     f.wait_dead_letters(1, std::time::Duration::from_secs(20)).await;
     f.inspector.pause(&f.queue).await.unwrap();
     for i in 0..3 {
-        f.client.enqueue(&f.queue, Task::json("ok", &json!({ "i": i })).unwrap()).await.unwrap();
+        f.client
+            .enqueue(&f.queue, Task::json("ok", &json!({ "i": i })).unwrap())
+            .await
+            .unwrap();
     }
     f.inspector
-        .record_decision(&f.queue, r#"{"desired":2,"current":1,"reason":"backlog","detail":"d","at_ms":1}"#)
+        .record_decision(
+            &f.queue,
+            r#"{"desired":2,"current":1,"reason":"backlog","detail":"d","at_ms":1}"#,
+        )
         .await
         .unwrap();
     let dash = Dash::start(f.redis_client()).await;
@@ -63,8 +72,20 @@ async fn the_api_keeps_to_its_openapi_document() {
             .args(["run", &schema, "--url", &base, "-H", &auth])
             // The events endpoint is a stream that never ends: the API test reads it.
             .args(["--exclude-path", "/api/v1/queues/{queue}/events"])
-            .args(["--checks", "all", "--exclude-checks", "use_after_free,ensure_resource_availability"])
-            .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--seed", "20261201"])
+            .args([
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "use_after_free,ensure_resource_availability",
+            ])
+            .args([
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-examples",
+                "25",
+                "--seed",
+                "20261201",
+            ])
             .args(["--workers", "2", "--no-color", "--request-timeout", "10"])
             .env("SCHEMATHESIS_TELEMETRY", "false")
             .output()

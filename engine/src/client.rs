@@ -549,14 +549,30 @@ impl Client {
     /// from). Tasks of `succeeded` and `cancelled` are found through the recent events, as
     /// far back as the capped events streams reach.
     pub async fn tasks(&self, queue: &Queue, state: TaskState, limit: usize) -> Result<Vec<TaskStatus>> {
+        self.tasks_page(queue, state, 0, limit).await
+    }
+
+    /// [`tasks`](Self::tasks) after skipping the first `offset` listed (whose records are not
+    /// read): a page of a listing, costing the ids of the skipped ones and the records of the
+    /// page only.
+    pub async fn tasks_page(
+        &self,
+        queue: &Queue,
+        state: TaskState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<TaskStatus>> {
         let mut conn = self.conn.clone();
         let mut out = Vec::new();
+        let mut skip = offset;
         for shard in queue.all_shards() {
             if out.len() >= limit {
                 break;
             }
-            let ids = records::list_ids(&mut conn, &shard.keys, state, limit - out.len()).await?;
-            for id in ids {
+            let ids = records::list_ids(&mut conn, &shard.keys, state, skip + limit - out.len()).await?;
+            let skipped = ids.len().min(skip);
+            skip -= skipped;
+            for id in ids.into_iter().skip(skipped) {
                 let id = TaskId::from_string(id);
                 let fields = records::records(&mut conn, std::slice::from_ref(&shard.keys), id.as_str()).await?;
                 let fields = fields.into_iter().next().unwrap_or_default();

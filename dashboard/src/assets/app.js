@@ -339,7 +339,7 @@ function dlqPage(root, params, queue) {
         el('button', { class: 'danger purge-one', onclick: async () => { if (await confirmAction(`Purge dead letter ${d.id}?`)) act(root, 'purge', () => api('POST', `/api/v1/queues/${enc(queue)}/dead-letters/purge`, { ids: [d.id] })); } }, 'Purge')));
   };
   return async () => {
-    const qs = new URLSearchParams({ limit: '50' });
+    const qs = new URLSearchParams({ limit: '25' });
     if (kind) qs.set('kind', kind);
     if (reason) qs.set('reason', reason);
     const list = await api('GET', `/api/v1/queues/${enc(queue)}/dead-letters?${qs}`);

@@ -51,8 +51,9 @@ impl Dash {
             task,
         };
         assert!(
-            rivulet::testing::wait_until(Duration::from_secs(10), async || dash.get("/healthz").await.status == 200)
-                .await,
+            rivulet::testing::wait_until(Duration::from_secs(10), async || dash.get("/healthz").await.status
+                == 200)
+            .await,
             "the dashboard did not answer /healthz"
         );
         dash
@@ -67,7 +68,14 @@ impl Dash {
     }
 
     pub async fn get_with_token(&self, path: &str) -> Resp {
-        request(self.addr, "GET", path, &[("Authorization", &format!("Bearer {TOKEN}"))], b"").await
+        request(
+            self.addr,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .await
     }
 
     /// A POST with the token and a JSON body.
@@ -88,7 +96,14 @@ impl Dash {
 
     /// A POST with the token and no body.
     pub async fn post_empty(&self, path: &str) -> Resp {
-        request(self.addr, "POST", path, &[("Authorization", &format!("Bearer {TOKEN}"))], b"").await
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .await
     }
 }
 
@@ -136,7 +151,9 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("the dashboard accepts connections");
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("the dashboard accepts connections");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

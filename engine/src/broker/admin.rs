@@ -170,7 +170,11 @@ pub async fn delete_samples<C: ConnectionLike + Send>(conn: &mut C, queue: &Queu
 /// The newest `count` entries of a stream, newest first (`XREVRANGE + - COUNT n`): the
 /// dashboard's timeline of one task reads its shard's recent events this way, a bounded read
 /// however long the stream is.
-pub async fn newest_entries(conn: &mut ConnectionManager, stream: &str, count: usize) -> Result<Vec<super::StreamEntry>> {
+pub async fn newest_entries(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    count: usize,
+) -> Result<Vec<super::StreamEntry>> {
     let reply: redis::Value = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
