@@ -494,3 +494,42 @@ async fn the_redis_password_never_shows() {
     assert!(!seen.contains(password), "the password shows:\n{seen}");
     assert!(!seen.contains("hunter2"), "part of the password shows:\n{seen}");
 }
+
+#[tokio::test]
+async fn task_lists_are_paginated() {
+    let f = Fixture::with_queue(Queue::new("pages").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(enqueue(&dash, "pages", "ok", json!(i)).await);
+    }
+    let page = |offset: usize, limit: usize| {
+        let dash = &dash;
+        async move {
+            dash.get(&format!(
+                "/api/v1/queues/pages/tasks?state=queued&offset={offset}&limit={limit}"
+            ))
+            .await
+            .expect(200)
+        }
+    };
+    let ids_of = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = page(0, 100).await;
+    assert_eq!(ids_of(&all), ids, "queued in enqueue order");
+    assert_eq!(all["has_more"], false);
+    let second = page(3, 3).await;
+    assert_eq!(ids_of(&second), ids[3..6].to_vec());
+    assert_eq!(second["has_more"], true);
+    let last = page(6, 3).await;
+    assert_eq!(ids_of(&last), ids[6..].to_vec());
+    assert_eq!(last["has_more"], false);
+    assert!(ids_of(&page(7, 3).await).is_empty());
+}

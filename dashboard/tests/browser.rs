@@ -63,6 +63,7 @@ impl Driver {
             Command::new(driver)
                 .arg(format!("--port={port}"))
                 .arg("--allowed-ips=127.0.0.1")
+                .stdout(std::process::Stdio::null())
                 .process_group(0),
         )
         .kill_group_on_drop();
