@@ -17,6 +17,7 @@ pub const FILL_BATCH: usize = 1000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainResult {
+    pub shards: u16,
     pub workers: usize,
     pub concurrency: usize,
     pub payload_bytes: usize,
@@ -40,6 +41,8 @@ pub struct DrainResult {
 }
 
 pub struct DrainSpec {
+    /// Shards per priority of the queue.
+    pub shards: u16,
     pub workers: usize,
     pub concurrency: usize,
     pub payload_bytes: usize,
@@ -50,12 +53,14 @@ pub struct DrainSpec {
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}{}",
+        "drain-w{}-c{}-p{}-s{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
+        s.shards,
         if s.lifecycle { "" } else { "-off" }
-    ))?;
+    ))?
+    .shards(s.shards)?;
     if !s.lifecycle {
         queue = queue.retention(Duration::ZERO);
     }
@@ -85,6 +90,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let spec = Spec {
         redis_url: target.url.clone(),
         durability: target.durability.to_string(),
+        tls_ca_file: target.tls.ca_file.clone(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe: false,
@@ -128,6 +134,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let last = outputs.iter().map(|o| o.last_start_us).max().unwrap_or(0);
     let span_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-6);
     Ok(DrainResult {
+        shards: s.shards,
         workers: s.workers,
         concurrency: s.concurrency,
         payload_bytes: s.payload_bytes,

@@ -23,6 +23,8 @@ pub struct Spec {
     pub max_seconds: u64,
     /// The queue's record retention in ms (0 = lifecycle off; `None`: the default, on).
     pub retention_ms: Option<u64>,
+    /// The CA to verify a `rediss://` server against.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -52,6 +54,9 @@ impl Fleet {
             }
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());
+            }
+            if let Some(ca) = &spec.tls_ca_file {
+                cmd.arg("--tls-ca-file").arg(ca);
             }
             let child = cmd
                 .stdin(Stdio::piped())

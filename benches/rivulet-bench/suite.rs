@@ -28,6 +28,14 @@ pub struct RunArgs {
     /// keyspace notifications are switched on during latency runs and restored after.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Start a private Redis Cluster (3 masters, 3 replicas) instead of one server. On a
+    /// cluster (this or a `redis+cluster://` URL) only drain and enqueue run.
+    #[arg(long)]
+    cluster: bool,
+    /// Shards per priority of the drain queues, comma separated (each drain runs once per
+    /// value) [default: 1].
+    #[arg(long, value_delimiter = ',')]
+    shards: Option<Vec<u16>>,
     /// Repeat the whole suite this many times; the report gives medians with min–max.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -67,7 +75,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
-    /// lifecycle (the reference drain with task records off, then on).
+    /// lifecycle (the reference drain with task records off, then on), compare (not by
+    /// default: the reference drain and a batched enqueue on private setups started in turn,
+    /// one node, one node + replica with `replicated:1`, one node over TLS, a 3+3 cluster,
+    /// with `--shards` on the single node and the cluster; cost per task side by side).
     #[arg(
         long,
         value_delimiter = ',',
@@ -113,6 +124,7 @@ pub struct Plan {
     pub latency_concurrency: usize,
     pub payloads: Vec<usize>,
     pub done_probe: bool,
+    pub shards: Vec<u16>,
 }
 
 impl RunArgs {
@@ -133,6 +145,7 @@ impl RunArgs {
             latency_concurrency: self.latency_concurrency.unwrap_or(self.concurrency),
             payloads: vec![1024, 64 * 1024],
             done_probe: !self.no_done_probe,
+            shards: self.shards.clone().unwrap_or(vec![1]),
         }
     }
 
@@ -150,8 +163,18 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle)");
+        if ![
+            "drain",
+            "ceiling",
+            "enqueue",
+            "latency",
+            "payload",
+            "lifecycle",
+            "compare",
+        ]
+        .contains(&s.as_str())
+        {
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, compare)");
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -164,7 +187,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let durability: rivulet::Durability = args.durability.parse()?;
-    let target = Target::open(args.redis_url.as_deref(), durability).await?;
+    let target = Target::open(args.redis_url.as_deref(), args.cluster, durability).await?;
+    let mut args = args;
+    if target.cluster {
+        // The bare loop and the latency probes use one node's connection and keyspace events.
+        args.only.retain(|s| s == "drain" || s == "enqueue" || s == "compare");
+        progress("on a cluster: only drain and enqueue run; Redis CPU and commands are summed over every master");
+    }
     progress(format_args!(
         "redis {} at {} ({}); results in {}",
         target.version,
@@ -189,7 +218,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let summary = report::summarise(&metrics);
     let checks = report::targets(&summary, &reference);
 
-    let text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    let mut text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    for r in &runs {
+        text.push_str(&crate::compare::table(&r.compare));
+    }
     println!("{text}");
 
     let mut files = Vec::new();
@@ -263,7 +295,11 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         configs.extend(plan.sweep.iter().filter(|&&c| c != plan.concurrency).map(|&c| (1, c)));
     }
     let mut ceiling_done = !args.wants("ceiling");
-    for (i, (workers, concurrency)) in configs.into_iter().enumerate() {
+    let configs: Vec<(usize, usize, u16)> = configs
+        .into_iter()
+        .flat_map(|(w, c)| plan.shards.iter().map(move |&n| (w, c, n)))
+        .collect();
+    for (i, (workers, concurrency, shards)) in configs.into_iter().enumerate() {
         if i == 1 && !ceiling_done {
             (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
             ceiling_done = true;
@@ -277,11 +313,12 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             payload_bytes: BASE_PAYLOAD,
             tasks: plan.tasks,
             lifecycle: true,
+            shards,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
         progress(format_args!(
-            "drain   {workers} process(es) x {concurrency}: {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
+            "drain   {workers} process(es) x {concurrency}, {shards} shard(s): {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
             d.tasks_per_s, d.fill_tasks_per_s, life.cpu_us_per_task, life.commands_per_task, d.worker_cpu_us_per_task,
         ));
         r.drain.push(d);
@@ -300,6 +337,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: BASE_PAYLOAD,
                 tasks: plan.tasks,
                 lifecycle,
+                shards: 1,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -384,6 +422,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 payload_bytes: size,
                 tasks,
                 lifecycle: true,
+                shards: 1,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -402,6 +441,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             let l = run_latency(target, plan, "1000", 1000.0, size, seconds).await?;
             r.latency.push(l);
         }
+    }
+    if args.wants("compare") && !late("compare") {
+        r.compare = crate::compare::run(plan, args.quick).await?;
     }
     r.load_after = results::loadavg();
     Ok(r)

@@ -174,26 +174,24 @@ pub(crate) struct AppState {
     pub auth: auth::Auth,
     pub refresh: Duration,
     /// For `/readyz`: a connection of its own, so a probe never waits behind a slow query.
-    pub probe: redis::aio::ConnectionManager,
+    pub probe: rivulet::RedisConnection,
 }
 
-/// Serves the dashboard on `listener` until `shutdown` resolves. Connects to Redis through
-/// `redis` (its URL, password included, is never shown anywhere).
+/// Serves the dashboard on `listener` until `shutdown` resolves. Connects to Redis at
+/// `target` (a single node, a cluster or a Sentinel-managed master; its URL, password
+/// included, is never shown anywhere).
 pub async fn serve(
     listener: TcpListener,
-    redis: redis::Client,
+    target: impl Into<rivulet::RedisTarget>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
-    let client = rivulet::Client::new(&redis).await?;
-    let inspector = rivulet::Inspector::new(&redis).await?;
-    let probe_config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_connection_timeout(Some(Duration::from_secs(2)));
-    let probe = redis::aio::ConnectionManager::new_with_config(redis, probe_config)
-        .await
-        .map_err(rivulet::Error::from)?;
+    let target = target.into();
+    let client = rivulet::Client::new(&target).await?;
+    let inspector = rivulet::Inspector::new(&target).await?;
+    // The probe's `PING` is bounded by a timeout in the handler (2 s).
+    let probe = target.connect().await?;
     let state = Arc::new(AppState {
         sampler: sampler::Sampler::new(inspector.clone(), config.refresh, config.redis_budget),
         client,

@@ -24,13 +24,14 @@ pub struct Dash {
 
 impl Dash {
     /// A dashboard on loopback (reads need no token).
-    pub async fn start(redis: redis::Client) -> Self {
+    pub async fn start(redis: impl Into<rivulet::RedisTarget>) -> Self {
         Self::start_as(redis, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// A dashboard listening on loopback but configured as if it listened on `config_addr`
     /// (a non-loopback address makes reads need the token, without leaving loopback).
-    pub async fn start_as(redis: redis::Client, config_addr: SocketAddr) -> Self {
+    pub async fn start_as(redis: impl Into<rivulet::RedisTarget>, config_addr: SocketAddr) -> Self {
+        let redis = redis.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = rivulet_dashboard::Config::new(config_addr, TOKEN);
