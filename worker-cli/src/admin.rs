@@ -71,7 +71,9 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         | Command::Dashboard(_)
         | Command::Task(_)
         | Command::Tasks(_)
-        | Command::Events(_) => {
+        | Command::Events(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_) => {
             unreachable!("dispatched in lib.rs; not admin commands")
         }
     }
@@ -146,6 +148,8 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Queues(_)
         | Command::Workers(_)
         | Command::Work(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_)
         | Command::Demo(_)
         | Command::Dashboard(_)
         | Command::Task(_)

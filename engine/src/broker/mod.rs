@@ -20,6 +20,8 @@
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
+//! - [`schedules`]: the schedules' definitions, pause flags and last fire times in the
+//!   `{sched}` slot (`schedules_put.lua`, `schedules_fired.lua`, `schedules_pause.lua`);
 //! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
 //!   (`WAIT`, `WAITAOF`) after writes;
 //! - [`admin`]: inspection, dead-letter replay, pause flags, queue deletion, the autoscaler's
@@ -32,6 +34,7 @@ pub(crate) mod admin;
 pub(crate) mod lifecycle;
 pub(crate) mod queues;
 pub(crate) mod registry;
+pub(crate) mod schedules;
 pub(crate) mod server;
 pub(crate) mod settle;
 pub(crate) mod stream;
