@@ -49,6 +49,7 @@ pub async fn run(plan: &Plan, quick: bool) -> Result<Vec<CompareRow>> {
                 payload_bytes: BASE_PAYLOAD,
                 tasks: plan.tasks,
                 lifecycle: true,
+                metrics: false,
             };
             let d = drain::run(&target, &spec).await?;
             let life = d.fill_redis.plus(&d.drain_redis);

@@ -35,6 +35,8 @@ pub struct DrainResult {
     pub worker_cpu_us_per_task: f64,
     /// Whether task records (lifecycle tracking) were on.
     pub lifecycle: bool,
+    /// Whether the workers' metrics were on.
+    pub metrics: bool,
     /// Redis memory per retained finished task record, bytes (`MEMORY USAGE` of a sample of
     /// records; lifecycle on only).
     pub record_bytes: Option<f64>,
@@ -49,16 +51,19 @@ pub struct DrainSpec {
     pub tasks: u64,
     /// Task records kept (lifecycle tracking on, the engine's default) or not.
     pub lifecycle: bool,
+    /// Worker metrics on (`--metrics-addr`'s `WorkerMetrics`) or off.
+    pub metrics: bool,
 }
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}-s{}{}",
+        "drain-w{}-c{}-p{}-s{}{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
         s.shards,
-        if s.lifecycle { "" } else { "-off" }
+        if s.lifecycle { "" } else { "-off" },
+        if s.metrics { "-m" } else { "" }
     ))?
     .shards(s.shards)?;
     if !s.lifecycle {
@@ -96,6 +101,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         done_probe: false,
         max_seconds: 600,
         retention_ms: (!s.lifecycle).then_some(0),
+        metrics: s.metrics,
     };
     let t1 = Instant::now();
     let fleet = Fleet::spawn(&spec, s.workers)?;
@@ -147,6 +153,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         drain_redis: after_fill.usage(&after, s.tasks, Window::Consume, false),
         worker_cpu_us_per_task: outputs.iter().map(|o| o.cpu_s).sum::<f64>() * 1e6 / s.tasks as f64,
         lifecycle: s.lifecycle,
+        metrics: s.metrics,
         record_bytes,
     })
 }

@@ -25,6 +25,8 @@ pub struct Spec {
     pub retention_ms: Option<u64>,
     /// The CA to verify a `rediss://` server against.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Worker metrics on (`WorkerMetrics`, as `--metrics-addr` has them).
+    pub metrics: bool,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -51,6 +53,9 @@ impl Fleet {
                 .arg(&spec.durability);
             if spec.done_probe {
                 cmd.arg("--done-probe");
+            }
+            if spec.metrics {
+                cmd.arg("--metrics");
             }
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());

@@ -20,6 +20,8 @@ pub struct RunResult {
     pub drain: Vec<DrainResult>,
     /// The reference drain with lifecycle tracking off, then on (the `lifecycle` scenario).
     pub lifecycle: Vec<DrainResult>,
+    /// The reference drain with worker metrics off, then on (the `metrics` scenario).
+    pub metrics: Vec<DrainResult>,
     /// The bare loop with one consumer: what one worker process is compared with.
     pub ceiling: Option<CeilingResult>,
     /// The bare loop with several consumers in parallel: what Redis allows on this machine.

@@ -78,7 +78,8 @@ pub struct RunArgs {
     /// lifecycle (the reference drain with task records off, then on), compare (not by
     /// default: the reference drain and a batched enqueue on private setups started in turn,
     /// one node, one node + replica with `replicated:1`, one node over TLS, a 3+3 cluster,
-    /// with `--shards` on the single node and the cluster; cost per task side by side).
+    /// with `--shards` on the single node and the cluster; cost per task side by side),
+    /// metrics (not by default: the reference drain with worker metrics off, then on).
     #[arg(
         long,
         value_delimiter = ',',
@@ -171,10 +172,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "payload",
             "lifecycle",
             "compare",
+            "metrics",
         ]
         .contains(&s.as_str())
         {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, compare)");
+            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, compare, metrics)");
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -314,6 +316,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             tasks: plan.tasks,
             lifecycle: true,
             shards,
+            metrics: false,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
@@ -338,6 +341,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 tasks: plan.tasks,
                 lifecycle,
                 shards: 1,
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -361,6 +365,39 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             100.0 * pair[1].tasks_per_s / pair[0].tasks_per_s.max(1e-9)
         ));
         r.lifecycle = pair;
+    }
+
+    // Worker metrics off and on, back to back on the reference configuration: the cost per
+    // task in worker CPU (Redis commands must not change: the metrics live in the process).
+    if args.wants("metrics") && !late("metrics") {
+        let mut pair = Vec::new();
+        for metrics in [false, true] {
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: BASE_PAYLOAD,
+                tasks: plan.tasks,
+                lifecycle: true,
+                shards: 1,
+                metrics,
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "drain   metrics {}: {:>9.0} tasks/s (drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task)",
+                if metrics { "on " } else { "off" },
+                d.tasks_per_s,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+                d.worker_cpu_us_per_task,
+            ));
+            pair.push(d);
+        }
+        progress(format_args!(
+            "drain   metrics on - off: {:+.2} µs worker CPU/task, {:+.3} Redis cmds/task",
+            pair[1].worker_cpu_us_per_task - pair[0].worker_cpu_us_per_task,
+            pair[1].drain_redis.commands_per_task - pair[0].drain_redis.commands_per_task,
+        ));
+        r.metrics = pair;
     }
 
     if args.wants("enqueue") {
@@ -423,6 +460,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 tasks,
                 lifecycle: true,
                 shards: 1,
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
