@@ -54,8 +54,13 @@ pub(super) struct StartRequest {
     control: TaskControl,
 }
 
-/// Running tracked tasks by (lane, task id), with their handler's control.
-pub(super) type RunningTasks = std::sync::Mutex<HashMap<(usize, String), TaskControl>>;
+/// Running tracked tasks by (lane, task id), with their handler's control and whether their
+/// start record is written (progress is written only then: `progress.lua` updates `active`
+/// records only, so an earlier report would be dropped; it waits for the next round instead).
+pub(super) type RunningTasks = std::sync::Mutex<HashMap<(usize, String), (TaskControl, bool)>>;
+
+/// One running tracked task, as the monitor's rounds see it: (lane, task id) and its control.
+type RunningTask = ((usize, String), TaskControl);
 
 /// The record a task keeps, if it keeps one: its own retention, else its queue's.
 pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
@@ -147,7 +152,7 @@ pub(super) fn running(shared: &Shared, lane: usize, task_id: &TaskId, control: &
         .running
         .lock()
         .expect("never poisoned")
-        .insert((lane, task_id.as_str().to_owned()), control.clone());
+        .insert((lane, task_id.as_str().to_owned()), (control.clone(), false));
 }
 
 /// Forgets a task that finished running (a report not yet written is dropped: its final
@@ -254,8 +259,13 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
             }
         }
     };
+    let mut running = shared.running.lock().expect("never poisoned");
     for (req, code) in batch.drain(..).zip(codes) {
-        if code != StartCode::Run {
+        if code == StartCode::Run {
+            if let Some((_, recorded)) = running.get_mut(&(req.lane, req.task_id.clone())) {
+                *recorded = true;
+            }
+        } else {
             tracing::info!(task_id = %req.task_id, "task was cancelled before it started; stopping it");
             req.control.cancel();
         }
@@ -274,17 +284,24 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tick += 1;
         // Snapshot under the lock; no I/O while holding it.
-        let running: Vec<((usize, String), TaskControl)> = shared
+        let (running, recorded): (Vec<RunningTask>, Vec<bool>) = shared
             .running
             .lock()
             .expect("never poisoned")
             .iter()
-            .map(|(k, c)| (k.clone(), c.clone()))
-            .collect();
+            .map(|(k, (c, recorded))| ((k.clone(), c.clone()), *recorded))
+            .unzip();
         if running.is_empty() {
             continue;
         }
-        write_progress(&shared, &mut conn, &running).await;
+        // Progress of a task whose start record is not written yet waits for a later round.
+        let started: Vec<RunningTask> = running
+            .iter()
+            .zip(&recorded)
+            .filter(|(_, r)| **r)
+            .map(|(t, _)| t.clone())
+            .collect();
+        write_progress(&shared, &mut conn, &started).await;
         if tick.is_multiple_of(cancel_every) {
             poll_cancels(&shared, &mut conn, &running).await;
         }
