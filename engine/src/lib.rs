@@ -42,6 +42,8 @@
 //!   heartbeat).
 //! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
 //!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
+//! - [`limits`]: fleet-wide rate and concurrency limits ([`Limit`], [`Rate`]): specs, checks,
+//!   what a limit looks like now ([`LimitStatus`]).
 //! - [`inspector`]: queue statistics, pending entries, workers ([`WorkerRecord`]), dead-letter
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
@@ -65,6 +67,7 @@ pub mod handler;
 pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
+pub mod limits;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -84,6 +87,7 @@ pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
+pub use limits::{Limit, LimitStatus, Limits, Rate};
 pub use worker::{
     DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
 };

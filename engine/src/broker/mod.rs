@@ -18,6 +18,8 @@
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
+//! - [`limits`]: fleet-wide rate and concurrency limits (`limit_acquire.lua`,
+//!   `limit_release.lua`) in each limit's home slot, and the registry of their names;
 //! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
 //!   (`WAIT`, `WAITAOF`) after writes;
 //! - [`admin`]: inspection, dead-letter replay, pause flags, queue deletion, the autoscaler's
@@ -28,6 +30,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub(crate) mod queues;
 pub(crate) mod registry;
 pub(crate) mod server;

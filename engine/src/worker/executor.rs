@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Shared, WorkerCounters, tracker};
+use super::{Shared, WorkerCounters, limiter, tracker};
 use crate::backoff::RetryPolicy;
 use crate::broker::lifecycle::{Cancelled, Tracked};
 use crate::broker::{DeadReason, Settle, StreamEntry, StreamId};
@@ -46,7 +46,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         }
     };
     let Run {
-        fut,
+        start,
         policy,
         timeout,
         task_id,
@@ -54,10 +54,38 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         kind,
         track,
         control,
+        limit,
     } = run;
-    WorkerCounters::add(&shared.counters.started, 1);
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
+        // A limited task asks its limit first, holding its handler slot for that one call.
+        let hold = match &limit {
+            None => None,
+            Some(name) => match limiter::admit(&shared2, name, task_id.as_str(), entry_id).await {
+                limiter::Admit::Run(hold) => hold,
+                limiter::Admit::Wait(settle) => {
+                    drop(permit);
+                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
+                    return;
+                }
+            },
+        };
+        let fut = match start {
+            Start::Ready(fut) => fut,
+            Start::Deferred { route, ctx, payload } => match start_handler(&route, ctx, payload) {
+                Ok(fut) => fut,
+                Err(settle) => {
+                    if let Some(hold) = hold {
+                        limiter::release(&shared2, hold, Duration::ZERO).await;
+                    }
+                    drop(permit);
+                    WorkerCounters::add(&shared2.counters.buried, 1);
+                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
+                    return;
+                }
+            },
+        };
+        WorkerCounters::add(&shared2.counters.started, 1);
         if let Some(t) = &track {
             // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
@@ -69,10 +97,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
             () = shared2.abort.cancelled() => {
                 tracker::finished(&shared2, lane_idx, &task_id);
+                if let Some(hold) = hold {
+                    limiter::release(&shared2, hold, began.elapsed()).await;
+                }
                 return;
             }
             r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
+        if let Some(hold) = hold {
+            limiter::release(&shared2, hold, began.elapsed()).await;
+        }
         if track.is_some() {
             tracker::finished(&shared2, lane_idx, &task_id);
         }
@@ -164,9 +198,36 @@ impl NotRunnable {
     }
 }
 
+/// A handler future, or what builds it once the task's limit lets it start.
+enum Start {
+    Ready(HandlerFuture),
+    Deferred {
+        route: crate::handler::Route,
+        ctx: TaskContext,
+        payload: bytes::Bytes,
+    },
+}
+
+/// Builds a task's handler future; a payload that does not decode is buried as malformed.
+fn start_handler(
+    route: &crate::handler::Route,
+    ctx: TaskContext,
+    payload: bytes::Bytes,
+) -> Result<HandlerFuture, Settle> {
+    let task_id = ctx.id.clone();
+    route.start(ctx, payload).map_err(|m| {
+        tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
+        Settle::Bury {
+            reason: DeadReason::Malformed,
+            error: m.0,
+            attempt: None,
+        }
+    })
+}
+
 /// A task ready to run: its handler future and how to treat its failure.
 struct Run {
-    fut: HandlerFuture,
+    start: Start,
     policy: RetryPolicy,
     timeout: Option<Duration>,
     task_id: TaskId,
@@ -175,6 +236,8 @@ struct Run {
     /// The task's record, when it keeps one.
     track: Option<Tracked>,
     control: TaskControl,
+    /// The fleet-wide limit it counts against, when this worker enforces one by that name.
+    limit: Option<Arc<str>>,
 }
 
 /// Decodes an entry and starts its handler's future, or says what to do with an entry that
@@ -238,6 +301,10 @@ fn prepare(
             track: track.clone().map(Box::new),
         }
     })?;
+    let limit = shared
+        .limits
+        .get_key_value(env.limit_name())
+        .map(|(name, _)| Arc::from(name.as_str()));
     let timeout = env
         .timeout_ms
         .map(Duration::from_millis)
@@ -256,15 +323,22 @@ fn prepare(
         control: TaskControl::new(),
     };
     let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
-    let fut = route.start(ctx, env.payload).map_err(|m| {
-        tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-        NotRunnable {
-            settle: bury(DeadReason::Malformed, m.0),
-            track: track.clone().map(Box::new),
+    // A limited task's handler is built only once its limit lets it start: building it may
+    // run code of the handler's (a closure's body before its async block).
+    let start = if limit.is_some() {
+        Start::Deferred {
+            route: route.clone(),
+            ctx,
+            payload: env.payload,
         }
-    })?;
+    } else {
+        Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {
+            settle,
+            track: track.clone().map(Box::new),
+        })?)
+    };
     Ok(Run {
-        fut,
+        start,
         policy,
         timeout,
         task_id,
@@ -272,6 +346,7 @@ fn prepare(
         kind,
         track,
         control,
+        limit,
     })
 }
 
@@ -330,6 +405,7 @@ fn settle_name(s: &Settle) -> &str {
         Settle::Retry { .. } => "retry",
         Settle::Bury { reason, .. } => reason.as_str(),
         Settle::Requeue => "requeue",
+        Settle::Wait { .. } => "wait",
     }
 }
 

@@ -16,6 +16,8 @@
 --          op 'r' retry at due ms a with attempt b, error c
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
+--          op 'w' wait for limit b until due ms a: into the retry set unchanged (no attempt
+--             used, error kept), counted as `limited` (worker/limiter.rs)
 --
 -- Tracked outcomes (tasks with a lifecycle record) follow, only when KEYS has more than 4:
 -- KEYS[5]  events STREAM of the shard
@@ -30,6 +32,7 @@
 --          op 's' succeeded: result a ('' none), result codec b, run ms c
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
+--          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
@@ -98,6 +101,7 @@ end
 local stale = {}
 local acked = {}
 local done, retried, dead, requeued, failed = 0, 0, 0, 0, 0
+local limited = 0
 local dlq_before
 local n_acks = tonumber(ARGV[7])
 for i = 8, 7 + n_acks do
@@ -143,6 +147,11 @@ local function apply(id, op, a, b, c, deliveries)
   elseif op == 'q' then
     redis.call('XADD', stream, '*', unpack(fields))
     requeued = requeued + 1
+  elseif op == 'w' then
+    local member = cmsgpack.pack(fields)
+    redis.call('ZADD', retry, a, member)
+    limited = limited + 1
+    return member
   end
   return nil
 end
@@ -240,6 +249,11 @@ if tracked > 0 then
         redis.call('HSET', rec, 'state', 'queued', 'updated_at', now)
         redis.call('HDEL', rec, 'worker', 'started_at')
         event(task, 'requeued')
+      elseif op == 'w' then
+        local member = apply(id, op, a, b, c, deliveries)
+        redis.call('HSET', rec, 'state', 'scheduled', 'due_at', a, 'updated_at', now,
+          'member', member or '')
+        event(task, 'limited', 'limit', b, 'due_at', a)
       elseif op == 'x' then
         cancelled = cancelled + 1
         finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
@@ -287,5 +301,6 @@ if dead > 0 then
   if dropped > 0 then redis.call('HINCRBY', stats, 'dlq_trimmed', dropped) end
 end
 if requeued > 0 then redis.call('HINCRBY', stats, 'requeued', requeued) end
+if limited > 0 then redis.call('HINCRBY', stats, 'limited', limited) end
 if #stale > 0 then redis.call('HINCRBY', stats, 'fenced', #stale) end
 return stale

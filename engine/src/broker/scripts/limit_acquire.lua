@@ -1,0 +1,127 @@
+-- limit_acquire.lua: may this task start now under its limit? One call per limited start.
+--
+-- KEYS[1]  state HASH of the limit (rate bucket `tat`, settings, counters)
+-- KEYS[2]  reserved ZSET: task id -> the start time it reserved, ms (waiting for the rate)
+-- KEYS[3]  running ZSET: holder -> the end of its lease, ms
+-- KEYS[4]  waiting ZSET: task id -> when it is due back, ms (waiting for a running slot)
+-- ARGV[1]  task id
+-- ARGV[2]  holder (worker id and entry id: one per delivery)
+-- ARGV[3]  rate: ms between two starts at the steady rate, a decimal ('0' = no rate limit)
+-- ARGV[4]  rate: burst, the tasks the bucket holds (at least 1)
+-- ARGV[5]  cap: most holders at once ('0' = no concurrency limit)
+-- ARGV[6]  lease ms: a holder not renewed for this long is dropped (its worker died)
+-- ARGV[7]  the rate as configured (`10/s,burst=20`), kept for `worker-cli limits`
+-- Returns  {0, now} granted (the holder is in `running` when there is a cap); or
+--          {wait ms, now} not now: come back in `wait` ms. Nothing is held then.
+--
+-- Time is the server's (`TIME`), not the caller's: a bucket shared by every box needs one
+-- clock, and the caller only needs the wait as a duration. The effects replicate as written.
+--
+-- Rate (GCRA): the bucket is one timestamp, `tat`. A start at `now` conforms when
+-- max(tat, now) + interval - now <= burst * interval. A task that does not conform reserves
+-- the time it would (`tat` moves on as if it started then), is told to come back then, and
+-- when it does it starts on its reservation without touching the bucket: a waiting task
+-- costs one extra call, however long the queue of waiting tasks, and the starts follow the
+-- reserved schedule. A second bucket, `act`, counts the actual starts with the same rate and
+-- burst: a reservation that comes back late starts only when `act` lets it, so a stall never
+-- turns into more than a burst. Reservations older than an hour (tasks that never came back:
+-- cancelled, or their worker died) are dropped.
+--
+-- Concurrency: holders whose lease ran out are dropped first. A task that finds the cap full
+-- waits an estimate of when a slot frees (the mean hold time, `hold_ms`, written by
+-- `limit_release.lua`, times the line ahead of it over the cap), at least 20 ms, at most a
+-- lease; waiters that are not back a lease after they were due are dropped from `waiting`.
+-- A task under both limits takes the running slot only when the rate lets it start too.
+local state, reserved, running, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local task, holder = ARGV[1], ARGV[2]
+local interval, burst, cap, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function wait_for(ms)
+  redis.call('HINCRBY', state, 'waited', 1)
+  return { math.max(1, math.ceil(ms)), now }
+end
+
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now - lease)
+  if not redis.call('ZSCORE', running, holder) then
+    local n = redis.call('ZCARD', running)
+    if n >= cap then
+      local ahead = redis.call('ZCARD', waiting)
+      if redis.call('ZSCORE', waiting, task) then
+        ahead = ahead - 1
+      end
+      local hold = tonumber(redis.call('HGET', state, 'hold_ms') or '1000')
+      local ms = hold * (1 + math.floor(ahead / cap))
+      ms = math.min(math.max(ms, 20), lease)
+      redis.call('ZADD', waiting, now + ms, task)
+      redis.call('HSET', state, 'cap', cap)
+      return wait_for(ms)
+    end
+  end
+end
+
+if interval > 0 then
+  redis.call('HSET', state, 'rate', ARGV[7])
+  -- The actual starts' own bucket, `act`: a reservation that comes back late (its worker was
+  -- busy, its stream had a backlog) starts only when this bucket lets it, so late tasks never
+  -- catch up faster than the burst allows.
+  local act = tonumber(redis.call('HGET', state, 'act') or '0')
+  if act < now then
+    act = now
+  end
+  local act_at = act + interval - burst * interval
+  local at = redis.call('ZSCORE', reserved, task)
+  if at then
+    at = tonumber(at)
+    if at > now then
+      -- Back early (a promoter ahead of its time): wait out the rest of the reservation.
+      return wait_for(at - now)
+    end
+    if act_at > now then
+      -- Late, behind other late ones: spread them one interval apart, oldest first.
+      local ahead = redis.call('ZCOUNT', reserved, now - 60000, '(' .. string.format('%.3f', at))
+      return wait_for(act_at - now + ahead * interval)
+    end
+    redis.call('ZREM', reserved, task)
+  else
+    local tat = tonumber(redis.call('HGET', state, 'tat') or '0')
+    if tat < now then
+      tat = now
+    end
+    local next_tat = tat + interval
+    local conforms_at = math.max(next_tat - burst * interval, act_at)
+    redis.call('HSET', state, 'tat', tostring(next_tat))
+    if conforms_at > now then
+      redis.call('ZADD', reserved, conforms_at, task)
+      redis.call('ZREMRANGEBYSCORE', reserved, '-inf', now - 3600000)
+      if cap > 0 then
+        redis.call('ZREM', waiting, task)
+      end
+      return wait_for(conforms_at - now)
+    end
+  end
+  redis.call('HSET', state, 'act', tostring(act + interval))
+end
+
+if cap > 0 then
+  redis.call('ZADD', running, now + lease, holder)
+  redis.call('ZREM', waiting, task)
+  redis.call('HSET', state, 'cap', cap)
+end
+-- Starts per whole second, for `worker-cli limits`: the current second's count and the last.
+local sec = math.floor(now / 1000)
+local cur = redis.call('HMGET', state, 'sec', 'cur')
+if tonumber(cur[1] or '-1') == sec then
+  redis.call('HINCRBY', state, 'cur', 1)
+else
+  local last = 0
+  if tonumber(cur[1] or '-1') == sec - 1 then
+    last = tonumber(cur[2] or '0')
+  end
+  redis.call('HSET', state, 'sec', sec, 'cur', 1, 'last', last)
+end
+redis.call('HINCRBY', state, 'granted', 1)
+return { 0, now }
