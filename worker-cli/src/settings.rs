@@ -55,6 +55,22 @@ impl WorkerSettings {
                 return Err(UsageError::new(format!("--exec: kind {:?} is given twice", e.kind)));
             }
         }
+        for (i, l) in args.rate_limit.iter().enumerate() {
+            if args.rate_limit[..i].iter().any(|p| p.name == l.name) {
+                return Err(UsageError::new(format!(
+                    "--rate-limit: limit {:?} is given twice",
+                    l.name
+                )));
+            }
+        }
+        for (i, l) in args.max_running.iter().enumerate() {
+            if args.max_running[..i].iter().any(|p| p.name == l.name) {
+                return Err(UsageError::new(format!(
+                    "--max-running: limit {:?} is given twice",
+                    l.name
+                )));
+            }
+        }
         let config = worker_config(args);
         config
             .validate()
@@ -104,8 +120,21 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         allow_eviction: args.allow_eviction,
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
+        limits: worker_limits(args),
         ..WorkerConfig::default()
     }
+}
+
+/// The fleet-wide limits of `--rate-limit` and `--max-running`, by name.
+fn worker_limits(args: &WorkerArgs) -> rivulet::Limits {
+    let mut limits = rivulet::Limits::new();
+    for l in &args.rate_limit {
+        limits.entry(l.name.clone()).or_default().rate = Some(l.value);
+    }
+    for l in &args.max_running {
+        limits.entry(l.name.clone()).or_default().max_running = Some(l.value);
+    }
+    limits
 }
 
 /// Checks `--priority-mode weighted:...` against a queue's priorities: one weight per
@@ -164,6 +193,12 @@ impl WorkerArgs {
         a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
+        }
+        for l in &self.rate_limit {
+            a.push(format!("--rate-limit={}={}", l.name, l.value));
+        }
+        for l in &self.max_running {
+            a.push(format!("--max-running={}={}", l.name, l.value));
         }
         if self.demo_samples {
             a.push("--demo-samples".to_owned());
@@ -328,6 +363,12 @@ mod tests {
             "90s",
             "--dlq-maxlen",
             "500",
+            "--rate-limit",
+            "exchange.call=10/s,burst=20",
+            "--rate-limit",
+            "report=600/min",
+            "--max-running",
+            "train=2",
         ]);
         let mut argv = vec!["work".to_owned()];
         argv.extend(args.to_args());
@@ -336,6 +377,10 @@ mod tests {
         assert_eq!(again, args);
         assert_eq!(args.queues, ["a", "b", "c"]);
         assert_eq!(args.exec[0].command, "echo a=b; exit 1");
+        let limits = worker_config(&args).limits;
+        assert_eq!(limits["exchange.call"].rate.map(|r| (r.count, r.burst)), Some((10, 20)));
+        assert_eq!(limits["report"].rate.map(|r| r.burst), Some(10));
+        assert_eq!(limits["train"].max_running, Some(2));
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod limits;
 mod ops;
 mod queue;
 mod settings;
