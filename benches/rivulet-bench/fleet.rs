@@ -23,6 +23,8 @@ pub struct Spec {
     pub max_seconds: u64,
     /// The queue's record retention in ms (0 = lifecycle off; `None`: the default, on).
     pub retention_ms: Option<u64>,
+    /// Limit flags for the workers (`--rate-limit=...`, `--max-running=...`).
+    pub limits: Vec<String>,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -53,6 +55,7 @@ impl Fleet {
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());
             }
+            cmd.args(&spec.limits);
             let child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -111,6 +111,7 @@ async fn measure(
         done_probe,
         max_seconds: 600,
         retention_ms: None,
+        limits: Vec::new(),
     };
     let live = target.live_workers().await?;
     let fleet = Fleet::spawn(&spec, 1)?;

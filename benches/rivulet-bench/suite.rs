@@ -18,6 +18,23 @@ use crate::results::Output;
 use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
+/// Every scenario `--only` may name.
+const SCENARIOS: [&str; 7] = [
+    "drain",
+    "ceiling",
+    "enqueue",
+    "latency",
+    "payload",
+    "lifecycle",
+    "limits",
+];
+
+/// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
+/// few seconds under the rate and to make most tasks wait at least once.
+const LIMITS_TASKS: u64 = 10_000;
+const LIMITS_RATE: &str = "noop=5000/s,burst=100";
+const LIMITS_CAP: &str = "noop=16";
+
 /// The flags of a suite run.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct RunArgs {
@@ -67,11 +84,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
-    /// lifecycle (the reference drain with task records off, then on).
+    /// lifecycle (the reference drain with task records off, then on), limits (a drain with
+    /// no limit, then under a fleet-wide rate limit, then under a concurrency cap).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "drain,ceiling,enqueue,latency,payload,lifecycle"
+        default_value = "drain,ceiling,enqueue,latency,payload,lifecycle,limits"
     )]
     only: Vec<String>,
     /// Skip enqueue-to-done (it needs keyspace notifications).
@@ -150,8 +168,8 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if !["drain", "ceiling", "enqueue", "latency", "payload", "lifecycle"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle)");
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -271,13 +289,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         if late("drain") {
             break;
         }
-        let spec = DrainSpec {
-            workers,
-            concurrency,
-            payload_bytes: BASE_PAYLOAD,
-            tasks: plan.tasks,
-            lifecycle: true,
-        };
+        let spec = DrainSpec::plain(workers, concurrency, BASE_PAYLOAD, plan.tasks, true);
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
         progress(format_args!(
@@ -294,13 +306,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     if args.wants("lifecycle") && !late("lifecycle") {
         let mut pair = Vec::new();
         for lifecycle in [false, true] {
-            let spec = DrainSpec {
-                workers: 1,
-                concurrency: plan.concurrency,
-                payload_bytes: BASE_PAYLOAD,
-                tasks: plan.tasks,
-                lifecycle,
-            };
+            let spec = DrainSpec::plain(1, plan.concurrency, BASE_PAYLOAD, plan.tasks, lifecycle);
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
                 "drain   lifecycle {}: {:>9.0} tasks/s (fill {:.0}/s; fill redis {:.2} µs {:.2} cmds/task; drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task{})",
@@ -323,6 +329,36 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             100.0 * pair[1].tasks_per_s / pair[0].tasks_per_s.max(1e-9)
         ));
         r.lifecycle = pair;
+    }
+
+    // The same small drain three times, back to back: no limit, a rate limit, a cap. Two
+    // processes, so the limits are shared between them.
+    if args.wants("limits") && !late("limits") {
+        let tasks = LIMITS_TASKS.min(plan.tasks);
+        for (label, flags) in [
+            ("off", vec![]),
+            ("rate", vec![format!("--rate-limit={LIMITS_RATE}")]),
+            ("cap", vec![format!("--max-running={LIMITS_CAP}")]),
+        ] {
+            let spec = DrainSpec {
+                label: label.to_owned(),
+                limits: flags,
+                ..DrainSpec::plain(2, 64, BASE_PAYLOAD, tasks, false)
+            };
+            target.drop_limit(crate::payload::KIND_NOOP).await?;
+            let d = drain::run(target, &spec).await?;
+            let life = d.fill_redis.plus(&d.drain_redis);
+            progress(format_args!(
+                "limits  {label:<4} {}: {:>8.0} tasks/s; redis {:.2} µs, {:.2} cmds/task ({:.2} top-level); {:.2} waits/task",
+                d.limits.join(" "),
+                d.tasks_per_s,
+                life.cpu_us_per_task,
+                life.commands_per_task,
+                life.top_level_per_task,
+                d.waited as f64 / tasks as f64,
+            ));
+            r.limits.push(d);
+        }
     }
 
     if args.wants("enqueue") {
@@ -378,13 +414,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             }
             // Bound the backlog's memory: at most 64 MiB of payload (but at least 2,000 tasks).
             let tasks = plan.tasks.min(((64 << 20) / size as u64).max(2_000));
-            let spec = DrainSpec {
-                workers: 1,
-                concurrency: plan.concurrency,
-                payload_bytes: size,
-                tasks,
-                lifecycle: true,
-            };
+            let spec = DrainSpec::plain(1, plan.concurrency, size, tasks, true);
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
                 "drain   payload {size:>6} B: {:>9.0} tasks/s, {:.0} MiB/s",

@@ -258,6 +258,27 @@ pub fn parse_max_running(spec: &str) -> Result<(String, u32)> {
     Ok((name.to_owned(), n))
 }
 
+/// The limits of `--rate-limit NAME=RATE` and `--max-running NAME=N` specs, by name (a name
+/// may have both); a name given twice in one list is refused.
+pub fn from_specs<R: AsRef<str>, C: AsRef<str>>(rate_limits: &[R], max_running: &[C]) -> Result<Limits> {
+    let mut limits = Limits::new();
+    for spec in rate_limits {
+        let (name, rate) = parse_rate_limit(spec.as_ref())?;
+        let slot = &mut limits.entry(name).or_default().rate;
+        if slot.replace(rate).is_some() {
+            return Err(invalid(spec.as_ref(), "this limit's rate is given twice"));
+        }
+    }
+    for spec in max_running {
+        let (name, n) = parse_max_running(spec.as_ref())?;
+        let slot = &mut limits.entry(name).or_default().max_running;
+        if slot.replace(n).is_some() {
+            return Err(invalid(spec.as_ref(), "this limit's cap is given twice"));
+        }
+    }
+    Ok(limits)
+}
+
 /// What a limit looks like now, as `worker-cli limits` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitStatus {
@@ -343,6 +364,15 @@ mod tests {
         }
         let e = reason(parse_rate_limit("x=0/min").unwrap_err());
         assert!(e.starts_with("x=0/min") && e.contains("a rate of 0"), "{e}");
+    }
+
+    #[test]
+    fn specs_combine_by_name_and_a_name_twice_is_refused() {
+        let l = from_specs(&["x=10/s", "y=1/min"], &["x=2"]).unwrap();
+        assert_eq!((l["x"].rate.map(|r| r.count), l["x"].max_running), (Some(10), Some(2)));
+        assert_eq!(l["y"].max_running, None);
+        assert!(reason(from_specs(&["x=1/s", "x=2/s"], &[] as &[&str]).unwrap_err()).contains("twice"));
+        assert!(reason(from_specs(&[] as &[&str], &["t=1", "t=2"]).unwrap_err()).contains("twice"));
     }
 
     #[test]

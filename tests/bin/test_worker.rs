@@ -41,18 +41,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "usage: rivulet-test-worker URL QUEUE CONCURRENCY LEASE_MS [rate:NAME=SPEC|running:NAME=N ...]".into(),
         );
     };
-    let mut limits = limits::Limits::new();
+    let (mut rates, mut caps) = (Vec::new(), Vec::new());
     for spec in limit_args {
         if let Some(s) = spec.strip_prefix("rate:") {
-            let (name, rate) = limits::parse_rate_limit(s)?;
-            limits.entry(name).or_default().rate = Some(rate);
+            rates.push(s);
         } else if let Some(s) = spec.strip_prefix("running:") {
-            let (name, n) = limits::parse_max_running(s)?;
-            limits.entry(name).or_default().max_running = Some(n);
+            caps.push(s);
         } else {
             return Err(format!("unknown limit {spec:?}").into());
         }
     }
+    let limits = limits::from_specs(&rates, &caps)?;
     let client = redis::Client::open(url.as_str())?;
     let conn = client.get_multiplexed_async_connection().await?;
     let probe_conn = conn.clone();

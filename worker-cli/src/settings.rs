@@ -87,6 +87,17 @@ impl WorkerSettings {
     }
 }
 
+/// Refuses a repeatable flag that names one thing twice (`--exec: kind "x" is given twice`).
+fn given_once<'a>(flag: &str, what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), UsageError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(UsageError::new(format!("{flag}: {what} {name:?} is given twice")));
+        }
+    }
+    Ok(())
+}
+
 /// The concurrency of a worker without `--concurrency`: the engine's default for in-process
 /// handlers, the CPU count when `--exec` kinds are served (each of their tasks is a process, and
 /// 64 processes per worker times `--workers` is a fork bomb on a small box).

@@ -59,7 +59,7 @@ pub async fn acquire(
 }
 
 /// Gives back running slots whose handlers finished, `run_ms` their summed run time.
-pub async fn release(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[String], run_ms: u64) -> Result<u64> {
+pub async fn release(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[String], run_ms: f64) -> Result<u64> {
     Ok(RELEASE
         .key(&keys.state)
         .key(&keys.running)

@@ -86,7 +86,7 @@ pub(super) async fn release(shared: &Shared, hold: Hold, run: Duration) {
     }
     let (keys, _) = &shared.limits[hold.limit.as_ref()];
     let mut conn = shared.conn.clone();
-    if let Err(e) = limits::release(&mut conn, keys, &[hold.holder], crate::envelope::millis(run)).await {
+    if let Err(e) = limits::release(&mut conn, keys, &[hold.holder], run.as_secs_f64() * 1000.0).await {
         tracing::warn!(error = %e, limit = %hold.limit, "could not give a running slot back; its lease frees it");
     }
 }

@@ -23,20 +23,21 @@
 -- when it does it starts on its reservation without touching the bucket: a waiting task
 -- costs one extra call, however long the queue of waiting tasks, and the starts follow the
 -- reserved schedule. A second bucket, `act`, counts the actual starts with the same rate and
--- burst: a reservation that comes back late starts only when `act` lets it, so a stall never
--- turns into more than a burst. Reservations older than an hour (tasks that never came back:
+-- burst: a reservation that comes back late starts only when `act` lets it, or reserves the
+-- next start `act` allows (a negative score: already counted), so a stall never turns into
+-- more than a burst and late tasks come back once more, in order. Reservations older than an hour (tasks that never came back:
 -- cancelled, or their worker died) are dropped.
 --
 -- Concurrency: holders whose lease ran out are dropped first. A task that finds the cap full
 -- waits an estimate of when a slot frees (the mean hold time, `hold_ms`, written by
--- `limit_release.lua`, times the line ahead of it over the cap), at least 20 ms, at most a
+-- `limit_release.lua`, times the line ahead of it over the cap), at least 2 ms, at most a
 -- lease; waiters that are not back a lease after they were due are dropped from `waiting`.
 -- A task under both limits takes the running slot only when the rate lets it start too.
 local state, reserved, running, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local task, holder = ARGV[1], ARGV[2]
 local interval, burst, cap, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 
 local function wait_for(ms)
   redis.call('HINCRBY', state, 'waited', 1)
@@ -54,8 +55,8 @@ if cap > 0 then
         ahead = ahead - 1
       end
       local hold = tonumber(redis.call('HGET', state, 'hold_ms') or '1000')
-      local ms = hold * (1 + math.floor(ahead / cap))
-      ms = math.min(math.max(ms, 20), lease)
+      local ms = math.max(hold, 0.1) * (1 + math.floor(ahead / cap))
+      ms = math.min(math.max(ms, 2), lease)
       redis.call('ZADD', waiting, now + ms, task)
       redis.call('HSET', state, 'cap', cap)
       return wait_for(ms)
@@ -65,25 +66,30 @@ end
 
 if interval > 0 then
   redis.call('HSET', state, 'rate', ARGV[7])
-  -- The actual starts' own bucket, `act`: a reservation that comes back late (its worker was
-  -- busy, its stream had a backlog) starts only when this bucket lets it, so late tasks never
-  -- catch up faster than the burst allows.
+  -- The actual starts' own bucket, `act`: a reservation that comes back late (its stream had
+  -- a backlog, a worker stalled) starts only when this bucket lets it; otherwise it reserves
+  -- the next start `act` allows, as a negative score (a start already counted), so late
+  -- tasks never catch up faster than the burst allows and never poll.
   local act = tonumber(redis.call('HGET', state, 'act') or '0')
   if act < now then
     act = now
   end
   local act_at = act + interval - burst * interval
   local at = redis.call('ZSCORE', reserved, task)
+  local counted = false
   if at then
     at = tonumber(at)
+    if at < 0 then
+      at, counted = -at, true
+    end
     if at > now then
-      -- Back early (a promoter ahead of its time): wait out the rest of the reservation.
+      -- Back early (a clock or a promoter ahead of its time): wait out the rest.
       return wait_for(at - now)
     end
-    if act_at > now then
-      -- Late, behind other late ones: spread them one interval apart, oldest first.
-      local ahead = redis.call('ZCOUNT', reserved, now - 60000, '(' .. string.format('%.3f', at))
-      return wait_for(act_at - now + ahead * interval)
+    if not counted and act_at > now then
+      redis.call('ZADD', reserved, -act_at, task)
+      redis.call('HSET', state, 'act', tostring(act + interval))
+      return wait_for(act_at - now)
     end
     redis.call('ZREM', reserved, task)
   else
@@ -96,14 +102,18 @@ if interval > 0 then
     redis.call('HSET', state, 'tat', tostring(next_tat))
     if conforms_at > now then
       redis.call('ZADD', reserved, conforms_at, task)
-      redis.call('ZREMRANGEBYSCORE', reserved, '-inf', now - 3600000)
+      -- Reservations of tasks that never came back, older than an hour (both signs).
+      redis.call('ZREMRANGEBYSCORE', reserved, 0, now - 3600000)
+      redis.call('ZREMRANGEBYSCORE', reserved, '(' .. tostring(3600000 - now), '(0')
       if cap > 0 then
         redis.call('ZREM', waiting, task)
       end
       return wait_for(conforms_at - now)
     end
   end
-  redis.call('HSET', state, 'act', tostring(act + interval))
+  if not counted then
+    redis.call('HSET', state, 'act', tostring(act + interval))
+  end
 end
 
 if cap > 0 then

@@ -21,11 +21,11 @@ if op == 'r' then
   if count > 0 then
     local mean = tonumber(ARGV[2]) / count
     local old = tonumber(redis.call('HGET', state, 'hold_ms') or tostring(mean))
-    redis.call('HSET', state, 'hold_ms', tostring(math.floor(old * 0.8 + mean * 0.2 + 0.5)))
+    redis.call('HSET', state, 'hold_ms', tostring(old * 0.8 + mean * 0.2))
   end
 else
   local t = redis.call('TIME')
-  local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+  local until_ms = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[2])
   for i = 3, #ARGV do
     n = n + redis.call('ZADD', running, 'XX', 'CH', until_ms, ARGV[i])
   end
