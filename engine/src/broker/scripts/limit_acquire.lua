@@ -33,44 +33,47 @@
 -- `limit_release.lua`, times the line ahead of it over the cap), at least 2 ms, at most a
 -- lease; waiters that are not back a lease after they were due are dropped from `waiting`.
 -- A task under both limits takes the running slot only when the rate lets it start too.
+--
+-- Cost: one HMGET of the state, a few writes, and once per second per limit (on the first
+-- start of a second) the bookkeeping: the settings shown by `worker-cli limits`, the
+-- per-second counts and the cleanup of reservations and waiters that never came back.
 local state, reserved, running, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local task, holder = ARGV[1], ARGV[2]
 local interval, burst, cap, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local st = redis.call('HMGET', state, 'tat', 'act', 'sec', 'cur', 'hold_ms')
+local writes = {}
 
 local function wait_for(ms)
+  if #writes > 0 then
+    redis.call('HSET', state, unpack(writes))
+  end
   redis.call('HINCRBY', state, 'waited', 1)
   return { math.max(1, math.ceil(ms)), now }
 end
 
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now - lease)
-  if not redis.call('ZSCORE', running, holder) then
-    local n = redis.call('ZCARD', running)
-    if n >= cap then
-      local ahead = redis.call('ZCARD', waiting)
-      if redis.call('ZSCORE', waiting, task) then
-        ahead = ahead - 1
-      end
-      local hold = tonumber(redis.call('HGET', state, 'hold_ms') or '1000')
-      local ms = math.max(hold, 0.1) * (1 + math.floor(ahead / cap))
-      ms = math.min(math.max(ms, 2), lease)
-      redis.call('ZADD', waiting, now + ms, task)
-      redis.call('HSET', state, 'cap', cap)
-      return wait_for(ms)
+  if not redis.call('ZSCORE', running, holder) and redis.call('ZCARD', running) >= cap then
+    local ahead = redis.call('ZCARD', waiting)
+    if redis.call('ZSCORE', waiting, task) then
+      ahead = ahead - 1
     end
+    local hold = tonumber(st[5] or '1000')
+    local ms = math.max(hold, 0.1) * (1 + math.floor(ahead / cap))
+    ms = math.min(math.max(ms, 2), lease)
+    redis.call('ZADD', waiting, now + ms, task)
+    return wait_for(ms)
   end
 end
 
 if interval > 0 then
-  redis.call('HSET', state, 'rate', ARGV[7])
   -- The actual starts' own bucket, `act`: a reservation that comes back late (its stream had
   -- a backlog, a worker stalled) starts only when this bucket lets it; otherwise it reserves
   -- the next start `act` allows, as a negative score (a start already counted), so late
   -- tasks never catch up faster than the burst allows and never poll.
-  local act = tonumber(redis.call('HGET', state, 'act') or '0')
+  local act = tonumber(st[2] or '0')
   if act < now then
     act = now
   end
@@ -88,23 +91,20 @@ if interval > 0 then
     end
     if not counted and act_at > now then
       redis.call('ZADD', reserved, -act_at, task)
-      redis.call('HSET', state, 'act', tostring(act + interval))
+      writes = { 'act', tostring(act + interval) }
       return wait_for(act_at - now)
     end
     redis.call('ZREM', reserved, task)
   else
-    local tat = tonumber(redis.call('HGET', state, 'tat') or '0')
+    local tat = tonumber(st[1] or '0')
     if tat < now then
       tat = now
     end
     local next_tat = tat + interval
     local conforms_at = math.max(next_tat - burst * interval, act_at)
-    redis.call('HSET', state, 'tat', tostring(next_tat))
+    writes = { 'tat', tostring(next_tat) }
     if conforms_at > now then
       redis.call('ZADD', reserved, conforms_at, task)
-      -- Reservations of tasks that never came back, older than an hour (both signs).
-      redis.call('ZREMRANGEBYSCORE', reserved, 0, now - 3600000)
-      redis.call('ZREMRANGEBYSCORE', reserved, '(' .. tostring(3600000 - now), '(0')
       if cap > 0 then
         redis.call('ZREM', waiting, task)
       end
@@ -112,26 +112,42 @@ if interval > 0 then
     end
   end
   if not counted then
-    redis.call('HSET', state, 'act', tostring(act + interval))
+    writes[#writes + 1] = 'act'
+    writes[#writes + 1] = tostring(act + interval)
   end
 end
 
 if cap > 0 then
   redis.call('ZADD', running, now + lease, holder)
   redis.call('ZREM', waiting, task)
-  redis.call('HSET', state, 'cap', cap)
 end
--- Starts per whole second, for `worker-cli limits`: the current second's count and the last.
+-- Once per second (the first start of a second): starts of the last second, the settings,
+-- and the cleanup of reservations (both signs) and waiters that never came back.
 local sec = math.floor(now / 1000)
-local cur = redis.call('HMGET', state, 'sec', 'cur')
-if tonumber(cur[1] or '-1') == sec then
+if tonumber(st[3] or '-1') == sec then
   redis.call('HINCRBY', state, 'cur', 1)
 else
   local last = 0
-  if tonumber(cur[1] or '-1') == sec - 1 then
-    last = tonumber(cur[2] or '0')
+  if tonumber(st[3] or '-1') == sec - 1 then
+    last = tonumber(st[4] or '0')
   end
-  redis.call('HSET', state, 'sec', sec, 'cur', 1, 'last', last)
+  for _, v in ipairs({ 'sec', sec, 'cur', 1, 'last', last }) do
+    writes[#writes + 1] = v
+  end
+  if interval > 0 then
+    writes[#writes + 1] = 'rate'
+    writes[#writes + 1] = ARGV[7]
+    redis.call('ZREMRANGEBYSCORE', reserved, 0, now - 3600000)
+    redis.call('ZREMRANGEBYSCORE', reserved, '(' .. tostring(3600000 - now), '(0')
+  end
+  if cap > 0 then
+    writes[#writes + 1] = 'cap'
+    writes[#writes + 1] = cap
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now - lease)
+  end
+end
+if #writes > 0 then
+  redis.call('HSET', state, unpack(writes))
 end
 redis.call('HINCRBY', state, 'granted', 1)
 return { 0, now }
