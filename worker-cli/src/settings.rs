@@ -50,27 +50,13 @@ impl WorkerSettings {
         if queues.is_empty() {
             return Err(UsageError::new("--queue: name at least one queue"));
         }
-        for (i, e) in args.exec.iter().enumerate() {
-            if args.exec[..i].iter().any(|p| p.kind == e.kind) {
-                return Err(UsageError::new(format!("--exec: kind {:?} is given twice", e.kind)));
-            }
-        }
-        for (i, l) in args.rate_limit.iter().enumerate() {
-            if args.rate_limit[..i].iter().any(|p| p.name == l.name) {
-                return Err(UsageError::new(format!(
-                    "--rate-limit: limit {:?} is given twice",
-                    l.name
-                )));
-            }
-        }
-        for (i, l) in args.max_running.iter().enumerate() {
-            if args.max_running[..i].iter().any(|p| p.name == l.name) {
-                return Err(UsageError::new(format!(
-                    "--max-running: limit {:?} is given twice",
-                    l.name
-                )));
-            }
-        }
+        given_once("--exec", "kind", args.exec.iter().map(|e| e.kind.as_str()))?;
+        given_once("--rate-limit", "limit", args.rate_limit.iter().map(|l| l.name.as_str()))?;
+        given_once(
+            "--max-running",
+            "limit",
+            args.max_running.iter().map(|l| l.name.as_str()),
+        )?;
         let config = worker_config(args);
         config
             .validate()

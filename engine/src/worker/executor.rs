@@ -72,7 +72,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         };
         let fut = match start {
             Start::Ready(fut) => fut,
-            Start::Deferred { route, ctx, payload } => match start_handler(&route, ctx, payload) {
+            Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2) {
                 Ok(fut) => fut,
                 Err(settle) => {
                     if let Some(hold) = hold {
@@ -201,11 +201,8 @@ impl NotRunnable {
 /// A handler future, or what builds it once the task's limit lets it start.
 enum Start {
     Ready(HandlerFuture),
-    Deferred {
-        route: crate::handler::Route,
-        ctx: TaskContext,
-        payload: bytes::Bytes,
-    },
+    /// Boxed: only limited tasks take this path, and it keeps `Run` small.
+    Deferred(Box<(crate::handler::Route, TaskContext, bytes::Bytes)>),
 }
 
 /// Builds a task's handler future; a payload that does not decode is buried as malformed.
@@ -326,11 +323,7 @@ fn prepare(
     // A limited task's handler is built only once its limit lets it start: building it may
     // run code of the handler's (a closure's body before its async block).
     let start = if limit.is_some() {
-        Start::Deferred {
-            route: route.clone(),
-            ctx,
-            payload: env.payload,
-        }
+        Start::Deferred(Box::new((route.clone(), ctx, env.payload)))
     } else {
         Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {
             settle,
