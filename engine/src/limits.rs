@@ -162,7 +162,7 @@ impl FromStr for Rate {
         }
         let mut out = Rate::new(count, per);
         for part in parts {
-            let Some(("burst", n)) = part.trim().split_once('=') else {
+            let Some(("burst", n)) = part.split_once('=').map(|(k, v)| (k.trim(), v)) else {
                 return Err(invalid(
                     spec,
                     format!("unknown option {:?} (expected burst=N)", part.trim()),
