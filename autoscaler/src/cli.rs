@@ -36,7 +36,9 @@ enum ActuatorKind {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
-    /// Redis URL [env: REDIS_URL] [default: redis://127.0.0.1:6379]
+    /// Redis URL: redis:// or rediss:// (one node), redis+cluster://h1:7000,h2:7001 (a Redis
+    /// Cluster), redis+sentinel://s1:26379,s2:26379/master-name [env: REDIS_URL] [default:
+    /// redis://127.0.0.1:6379]
     #[arg(long)]
     redis_url: Option<String>,
     /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots. Workers

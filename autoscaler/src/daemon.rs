@@ -125,7 +125,7 @@ pub async fn run(
             "TLS certificate verification is off (--tls-insecure): encrypted, but anyone in the path can pose as Redis"
         );
     }
-    let inspector = match rivulet::connection::open(&settings.redis_url, &settings.tls) {
+    let inspector = match rivulet::RedisTarget::with_tls(&settings.redis_url, &settings.tls) {
         Ok(redis) => Inspector::new(&redis).await,
         Err(e) => Err(e),
     };
@@ -135,19 +135,12 @@ pub async fn run(
         Err(e @ rivulet::Error::InvalidConfig { .. }) => {
             return Err(usage(format!("{} {shown_url:?}: {e}", settings.redis_url_from)));
         }
-        Err(rivulet::Error::Redis(e)) if e.category() == "invalid client config" => {
-            let why = e.to_string();
-            let why = why.trim_end_matches(" - InvalidClientConfig");
+        Err(rivulet::Error::InvalidUrl { reason, .. }) => {
             let from = settings.redis_url_from;
-            return Err(usage(if why.contains("did not parse") {
-                format!(
-                    "{from} {shown_url:?} does not parse as a Redis URL; expected e.g. \
-                     redis://127.0.0.1:6379, redis://:PASSWORD@HOST:6379/0, rediss://HOST:6380 \
-                     or unix:///run/redis.sock"
-                )
-            } else {
-                format!("{from} {shown_url:?}: {why}")
-            }));
+            return Err(usage(format!(
+                "{from} {shown_url:?} does not parse as a Redis URL ({reason}); expected e.g. {}",
+                rivulet::URL_SHAPES
+            )));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!(

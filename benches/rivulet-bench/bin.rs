@@ -28,6 +28,7 @@
 //!   figures.
 
 mod ceiling;
+mod compare;
 mod drain;
 mod enqueue;
 mod fleet;

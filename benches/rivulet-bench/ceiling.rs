@@ -12,7 +12,7 @@ use rivulet::{Codec, Envelope};
 use serde::Serialize;
 
 use crate::payload::{self, KIND_NOOP};
-use crate::target::{Target, Usage, Window, conn_config};
+use crate::target::{Target, Usage, Window};
 
 const STREAM: &str = "rivulet-bench:{bare}:stream";
 const GROUP: &str = "bare";
@@ -77,10 +77,7 @@ pub async fn run(target: &Target, s: &CeilingSpec) -> Result<CeilingResult> {
     let t1 = Instant::now();
     let mut loops = tokio::task::JoinSet::new();
     for i in 0..s.consumers {
-        let conn = target
-            .client
-            .get_multiplexed_async_connection_with_config(&conn_config())
-            .await?;
+        let conn = target.node_connection().await?;
         loops.spawn(consume(conn, format!("c{i}"), s.batch, s.tasks));
     }
     let mut drained = 0;

@@ -17,6 +17,7 @@ pub const FILL_BATCH: usize = 1000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainResult {
+    pub shards: u16,
     pub workers: usize,
     pub concurrency: usize,
     pub payload_bytes: usize,
@@ -46,6 +47,8 @@ pub struct DrainResult {
 }
 
 pub struct DrainSpec {
+    /// Shards per priority of the queue.
+    pub shards: u16,
     pub workers: usize,
     pub concurrency: usize,
     pub payload_bytes: usize,
@@ -62,6 +65,7 @@ impl DrainSpec {
     /// A plain drain: no label, no limits.
     pub fn plain(workers: usize, concurrency: usize, payload_bytes: usize, tasks: u64, lifecycle: bool) -> Self {
         DrainSpec {
+            shards: 1,
             workers,
             concurrency,
             payload_bytes,
@@ -75,17 +79,19 @@ impl DrainSpec {
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}{}{}",
+        "drain-w{}-c{}-p{}-s{}{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
+        s.shards,
         if s.lifecycle { "" } else { "-off" },
         if s.label.is_empty() {
             String::new()
         } else {
             format!("-{}", s.label)
         }
-    ))?;
+    ))?
+    .shards(s.shards)?;
     if !s.lifecycle {
         queue = queue.retention(Duration::ZERO);
     }
@@ -115,6 +121,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let spec = Spec {
         redis_url: target.url.clone(),
         durability: target.durability.to_string(),
+        tls_ca_file: target.tls.ca_file.clone(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe: false,
@@ -161,6 +168,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let last = outputs.iter().map(|o| o.last_start_us).max().unwrap_or(0);
     let span_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-6);
     Ok(DrainResult {
+        shards: s.shards,
         workers: s.workers,
         concurrency: s.concurrency,
         payload_bytes: s.payload_bytes,

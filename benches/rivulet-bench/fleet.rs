@@ -25,6 +25,8 @@ pub struct Spec {
     pub retention_ms: Option<u64>,
     /// Limit flags for the workers (`--rate-limit=...`, `--max-running=...`).
     pub limits: Vec<String>,
+    /// The CA to verify a `rediss://` server against.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -56,6 +58,9 @@ impl Fleet {
                 cmd.arg("--retention-ms").arg(ms.to_string());
             }
             cmd.args(&spec.limits);
+            if let Some(ca) = &spec.tls_ca_file {
+                cmd.arg("--tls-ca-file").arg(ca);
+            }
             let child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -106,6 +106,7 @@ async fn measure(
     let spec = Spec {
         redis_url: target.url.clone(),
         durability: target.durability.to_string(),
+        tls_ca_file: target.tls.ca_file.clone(),
         queue: queue.name().to_string(),
         concurrency: s.concurrency,
         done_probe,

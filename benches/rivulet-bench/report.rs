@@ -28,6 +28,8 @@ pub struct RunResult {
     pub ceiling_wide: Option<CeilingResult>,
     pub enqueue: Vec<EnqueueResult>,
     pub latency: Vec<LatencyResult>,
+    /// `--only compare`: one node, with a replica, over TLS, a cluster (see `compare`).
+    pub compare: Vec<crate::compare::CompareRow>,
     /// `/proc/loadavg` before and after the pass: how busy the machine was.
     pub load_before: String,
     pub load_after: String,

@@ -19,7 +19,7 @@ use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
 /// Every scenario `--only` may name.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "drain",
     "ceiling",
     "enqueue",
@@ -27,6 +27,7 @@ const SCENARIOS: [&str; 7] = [
     "payload",
     "lifecycle",
     "limits",
+    "compare",
 ];
 
 /// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
@@ -45,6 +46,14 @@ pub struct RunArgs {
     /// keyspace notifications are switched on during latency runs and restored after.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Start a private Redis Cluster (3 masters, 3 replicas) instead of one server. On a
+    /// cluster (this or a `redis+cluster://` URL) only drain and enqueue run.
+    #[arg(long)]
+    cluster: bool,
+    /// Shards per priority of the drain queues, comma separated (each drain runs once per
+    /// value) [default: 1].
+    #[arg(long, value_delimiter = ',')]
+    shards: Option<Vec<u16>>,
     /// Repeat the whole suite this many times; the report gives medians with min–max.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -85,7 +94,11 @@ pub struct RunArgs {
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
     /// lifecycle (the reference drain with task records off, then on), limits (a drain with
-    /// no limit, then under a fleet-wide rate limit, then under a concurrency cap).
+    /// no limit, then under a fleet-wide rate limit, then under a concurrency cap), compare
+    /// (not by default: the reference drain and a batched enqueue on private setups started
+    /// in turn, one node, one node + replica with `replicated:1`, one node over TLS, a 3+3
+    /// cluster, with `--shards` on the single node and the cluster; cost per task side by
+    /// side).
     #[arg(
         long,
         value_delimiter = ',',
@@ -131,6 +144,7 @@ pub struct Plan {
     pub latency_concurrency: usize,
     pub payloads: Vec<usize>,
     pub done_probe: bool,
+    pub shards: Vec<u16>,
 }
 
 impl RunArgs {
@@ -151,6 +165,7 @@ impl RunArgs {
             latency_concurrency: self.latency_concurrency.unwrap_or(self.concurrency),
             payloads: vec![1024, 64 * 1024],
             done_probe: !self.no_done_probe,
+            shards: self.shards.clone().unwrap_or(vec![1]),
         }
     }
 
@@ -182,7 +197,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let durability: rivulet::Durability = args.durability.parse()?;
-    let target = Target::open(args.redis_url.as_deref(), durability).await?;
+    let target = Target::open(args.redis_url.as_deref(), args.cluster, durability).await?;
+    let mut args = args;
+    if target.cluster {
+        // The bare loop and the latency probes use one node's connection and keyspace events.
+        args.only.retain(|s| s == "drain" || s == "enqueue" || s == "compare");
+        progress("on a cluster: only drain and enqueue run; Redis CPU and commands are summed over every master");
+    }
     progress(format_args!(
         "redis {} at {} ({}); results in {}",
         target.version,
@@ -207,7 +228,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let summary = report::summarise(&metrics);
     let checks = report::targets(&summary, &reference);
 
-    let text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    let mut text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
+    for r in &runs {
+        text.push_str(&crate::compare::table(&r.compare));
+    }
     println!("{text}");
 
     let mut files = Vec::new();
@@ -281,7 +305,11 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         configs.extend(plan.sweep.iter().filter(|&&c| c != plan.concurrency).map(|&c| (1, c)));
     }
     let mut ceiling_done = !args.wants("ceiling");
-    for (i, (workers, concurrency)) in configs.into_iter().enumerate() {
+    let configs: Vec<(usize, usize, u16)> = configs
+        .into_iter()
+        .flat_map(|(w, c)| plan.shards.iter().map(move |&n| (w, c, n)))
+        .collect();
+    for (i, (workers, concurrency, shards)) in configs.into_iter().enumerate() {
         if i == 1 && !ceiling_done {
             (r.ceiling, r.ceiling_wide) = run_ceilings(target, args, plan).await?;
             ceiling_done = true;
@@ -289,11 +317,20 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         if late("drain") {
             break;
         }
-        let spec = DrainSpec::plain(workers, concurrency, BASE_PAYLOAD, plan.tasks, true);
+        let spec = DrainSpec {
+            workers,
+            concurrency,
+            payload_bytes: BASE_PAYLOAD,
+            tasks: plan.tasks,
+            lifecycle: true,
+            shards,
+            label: String::new(),
+            limits: Vec::new(),
+        };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
         progress(format_args!(
-            "drain   {workers} process(es) x {concurrency}: {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
+            "drain   {workers} process(es) x {concurrency}, {shards} shard(s): {:>9.0} tasks/s (fill {:.0}/s; redis {:.2} µs, {:.2} cmds/task; workers {:.2} µs CPU/task)",
             d.tasks_per_s, d.fill_tasks_per_s, life.cpu_us_per_task, life.commands_per_task, d.worker_cpu_us_per_task,
         ));
         r.drain.push(d);
@@ -306,7 +343,16 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     if args.wants("lifecycle") && !late("lifecycle") {
         let mut pair = Vec::new();
         for lifecycle in [false, true] {
-            let spec = DrainSpec::plain(1, plan.concurrency, BASE_PAYLOAD, plan.tasks, lifecycle);
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: BASE_PAYLOAD,
+                tasks: plan.tasks,
+                lifecycle,
+                shards: 1,
+                label: String::new(),
+                limits: Vec::new(),
+            };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
                 "drain   lifecycle {}: {:>9.0} tasks/s (fill {:.0}/s; fill redis {:.2} µs {:.2} cmds/task; drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task{})",
@@ -414,7 +460,16 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             }
             // Bound the backlog's memory: at most 64 MiB of payload (but at least 2,000 tasks).
             let tasks = plan.tasks.min(((64 << 20) / size as u64).max(2_000));
-            let spec = DrainSpec::plain(1, plan.concurrency, size, tasks, true);
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: size,
+                tasks,
+                lifecycle: true,
+                shards: 1,
+                label: String::new(),
+                limits: Vec::new(),
+            };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
                 "drain   payload {size:>6} B: {:>9.0} tasks/s, {:.0} MiB/s",
@@ -432,6 +487,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             let l = run_latency(target, plan, "1000", 1000.0, size, seconds).await?;
             r.latency.push(l);
         }
+    }
+    if args.wants("compare") && !late("compare") {
+        r.compare = crate::compare::run(plan, args.quick).await?;
     }
     r.load_after = results::loadavg();
     Ok(r)

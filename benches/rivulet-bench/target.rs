@@ -1,6 +1,8 @@
-//! The Redis under test: a private `redis-server` started for the run (the default) or one
-//! given with `--redis-url` (loopback only), plus the numbers read from it: `INFO cpu` and
-//! `INFO commandstats` snapshots, and the per-task usage computed from their deltas.
+//! The Redis under test: a private `redis-server` started for the run (the default), a private
+//! Redis Cluster (`--cluster`: 3 masters, 3 replicas) or one given with `--redis-url` (loopback
+//! only; `redis+cluster://` too), plus the numbers read from it: `INFO cpu` and
+//! `INFO commandstats` snapshots (summed over every master of a cluster), and the per-task
+//! usage computed from their deltas.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -9,8 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use rivulet::Queue;
 use rivulet::testing::RedisServer;
+use rivulet::testing::cluster::RedisCluster;
+use rivulet::testing::tls::TlsRedis;
+use rivulet::{Queue, RedisConnection, RedisTarget, TlsOptions};
 use serde::Serialize;
 
 /// A connection config for the harness's own connections: a response timeout well above any
@@ -25,31 +29,87 @@ pub fn conn_config() -> AsyncConnectionConfig {
 pub struct Target {
     /// Kept alive for the run (a master, and its replicas for `replicated:N`); killed on drop.
     _servers: Vec<RedisServer>,
+    _cluster: Option<RedisCluster>,
+    _tls_server: Option<TlsRedis>,
     /// What enqueues and settles wait for in every scenario.
     pub durability: rivulet::Durability,
+    /// TLS options of `rediss://` targets (the private TLS server's CA).
+    pub tls: TlsOptions,
     pub url: String,
-    pub client: redis::Client,
-    pub conn: MultiplexedConnection,
+    pub client: RedisTarget,
+    pub conn: RedisConnection,
+    /// A plain connection to each node whose CPU and commands count: the one node, or every
+    /// master of a cluster.
+    nodes: Vec<MultiplexedConnection>,
+    node_urls: Vec<String>,
+    /// Whether the target is a Redis Cluster (only drain and enqueue run there).
+    pub cluster: bool,
     pub version: String,
     /// Whether the harness started this server itself (so it may change its configuration).
     pub private: bool,
 }
 
+/// A private Redis the harness starts for a comparison in one run (`--only compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// One server, `fast`.
+    Single,
+    /// A master and one replica, every enqueue and settle `replicated:1`.
+    Replicated,
+    /// One TLS-only server (`rediss://`, verified against its CA), `fast`.
+    Tls,
+    /// 3 masters, 3 replicas, `fast`.
+    Cluster,
+}
+
+impl Setup {
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::Single => "one node, fast",
+            Setup::Replicated => "one node + replica, replicated:1",
+            Setup::Tls => "one node over TLS, fast",
+            Setup::Cluster => "cluster 3+3, fast",
+        }
+    }
+}
+
 impl Target {
-    /// Starts a private server, or connects to `url` after checking it is a loopback address.
-    /// A private server gets a replica when `durability` waits for one (`replicated:1`; more
-    /// replicas are refused: start them yourself and pass `--redis-url`).
-    pub async fn open(url: Option<&str>, durability: rivulet::Durability) -> Result<Self> {
-        let (servers, url) = match url {
+    /// Starts the private Redis `setup` names.
+    pub async fn start(setup: Setup) -> Result<Self> {
+        match setup {
+            Setup::Single => Self::open(None, false, rivulet::Durability::Fast).await,
+            Setup::Cluster => Self::open(None, true, rivulet::Durability::Fast).await,
+            Setup::Replicated => Self::open(None, false, "replicated:1".parse()?).await,
+            Setup::Tls => {
+                let server = TlsRedis::start();
+                let (url, tls) = (server.url(), server.tls());
+                let mut t =
+                    Self::connect(url, tls, rivulet::Durability::Fast, (Vec::new(), None, Some(server))).await?;
+                t.private = true;
+                Ok(t)
+            }
+        }
+    }
+
+    /// Starts a private server (or cluster), or connects to `url` after checking it is a
+    /// loopback address. A private server gets a replica when `durability` waits for one
+    /// (`replicated:1`; more replicas are refused: start them yourself and pass `--redis-url`).
+    pub async fn open(url: Option<&str>, cluster: bool, durability: rivulet::Durability) -> Result<Self> {
+        let (servers, private_cluster, url) = match url {
             Some(u) => {
                 check_loopback(u)?;
-                (Vec::new(), u.to_owned())
+                (Vec::new(), None, u.to_owned())
+            }
+            None if cluster => {
+                let c = RedisCluster::start();
+                let url = c.url();
+                (Vec::new(), Some(c), url)
             }
             None => match durability {
                 rivulet::Durability::Replicated { replicas: 1, .. } => {
                     let pair = rivulet::testing::replica::ReplicaPair::start();
                     let url = pair.master.url();
-                    (vec![pair.master, pair.replica], url)
+                    (vec![pair.master, pair.replica], None, url)
                 }
                 rivulet::Durability::Replicated { replicas, .. } => {
                     bail!(
@@ -59,56 +119,97 @@ impl Target {
                 _ => {
                     let server = RedisServer::start();
                     let url = server.url();
-                    (vec![server], url)
+                    (vec![server], None, url)
                 }
             },
         };
-        let client = redis::Client::open(url.as_str()).with_context(|| format!("bad redis url {url}"))?;
+        let private = !servers.is_empty() || private_cluster.is_some();
+        let mut t = Self::connect(url, TlsOptions::default(), durability, (servers, private_cluster, None)).await?;
+        t.private = private;
+        Ok(t)
+    }
+
+    async fn connect(
+        url: String,
+        tls: TlsOptions,
+        durability: rivulet::Durability,
+        (servers, private_cluster, tls_server): (Vec<RedisServer>, Option<RedisCluster>, Option<TlsRedis>),
+    ) -> Result<Self> {
+        let client = RedisTarget::with_tls(&url, &tls).with_context(|| format!("bad redis url {url}"))?;
         let mut conn = client
-            .get_multiplexed_async_connection_with_config(&conn_config())
+            .connect()
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
-        let server_info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let is_cluster = client.is_cluster();
+        let node_urls = if is_cluster {
+            // Every master, from the cluster's own view.
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
+            nodes
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|f| f.contains("master") && !f.contains("fail"))
+                })
+                .filter_map(|l| {
+                    let scheme = if url.starts_with("rediss") { "rediss" } else { "redis" };
+                    l.split_whitespace()
+                        .nth(1)?
+                        .split('@')
+                        .next()
+                        .map(|a| format!("{scheme}://{a}"))
+                })
+                .collect()
+        } else {
+            vec![url.clone()]
+        };
+        let mut nodes = Vec::new();
+        for u in &node_urls {
+            nodes.push(
+                rivulet::connection::open(u, &tls)?
+                    .get_multiplexed_async_connection_with_config(&conn_config())
+                    .await
+                    .with_context(|| format!("cannot connect to {u}"))?,
+            );
+        }
+        let server_info: String = redis::cmd("INFO").arg("server").query_async(&mut nodes[0]).await?;
         let version = field(&server_info, "redis_version").unwrap_or("unknown").to_owned();
         Ok(Target {
-            private: !servers.is_empty(),
+            private: false,
             _servers: servers,
+            _cluster: private_cluster,
+            _tls_server: tls_server,
             durability,
+            tls,
             url,
             client,
             conn,
+            nodes,
+            node_urls,
+            cluster: is_cluster,
             version,
         })
     }
 
+    /// A new plain connection to the (first) node: the bare loop runs on one node only.
+    pub async fn node_connection(&self) -> Result<MultiplexedConnection> {
+        Ok(rivulet::connection::open(&self.node_urls[0], &self.tls)?
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await?)
+    }
+
     /// The CPU Redis has used and the calls per command so far.
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        let mut conn = self.conn.clone();
-        let text: String = redis::cmd("INFO")
-            .arg("cpu")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await?;
-        let cpu = |name| field(&text, name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let mut cpu_s = 0.0;
         let mut calls = BTreeMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("cmdstat_") else {
-                continue;
-            };
-            let Some((name, stats)) = rest.split_once(':') else {
-                continue;
-            };
-            let n = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            calls.insert(name.to_owned(), n);
+        for conn in &self.nodes {
+            let (c, node_calls) = node_snapshot(&mut conn.clone()).await?;
+            cpu_s += c;
+            for (name, n) in node_calls {
+                *calls.entry(name).or_default() += n;
+            }
         }
-        Ok(Snapshot {
-            cpu_s: cpu("used_cpu_sys") + cpu("used_cpu_user"),
-            calls,
-        })
+        Ok(Snapshot { cpu_s, calls })
     }
 
     /// Deletes a fleet-wide limit's state, so each limited drain starts with a full bucket.
@@ -246,8 +347,43 @@ impl Target {
     }
 }
 
+/// One node's CPU seconds and calls per command so far.
+async fn node_snapshot(conn: &mut MultiplexedConnection) -> Result<(f64, BTreeMap<String, u64>)> {
+    let text: String = redis::cmd("INFO")
+        .arg("cpu")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    let cpu = |name| field(&text, name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let mut calls = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, stats)) = rest.split_once(':') else {
+            continue;
+        };
+        let n = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        calls.insert(name.to_owned(), n);
+    }
+    Ok((cpu("used_cpu_sys") + cpu("used_cpu_user"), calls))
+}
+
 /// Refuses anything but a loopback address: the benchmark sends heavy traffic.
 fn check_loopback(url: &str) -> Result<()> {
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        // Every seed must be loopback; the nodes they name are checked the same way by
+        // their addresses in CLUSTER NODES being the seeds' own machine.
+        let hosts = rest.rsplit('@').next().unwrap_or(rest).split('/').next().unwrap_or("");
+        for seed in hosts.split(',') {
+            check_loopback(&format!("redis://{seed}"))?;
+        }
+        return Ok(());
+    }
     let info = redis::Client::open(url)
         .with_context(|| format!("bad redis url {url}"))?
         .get_connection_info()

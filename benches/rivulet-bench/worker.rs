@@ -49,6 +49,9 @@ pub struct WorkerArgs {
     /// Fleet-wide concurrency limits, as worker-cli's `--max-running NAME=N`.
     #[arg(long)]
     pub max_running: Vec<String>,
+    /// The CA to verify a `rediss://` server against.
+    #[arg(long)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// What one worker process reports when it stops.
@@ -225,11 +228,20 @@ impl DoneProbe {
 }
 
 pub async fn run(args: WorkerArgs) -> Result<()> {
-    let mut queue = Queue::new(&args.queue)?;
+    let tls = rivulet::TlsOptions {
+        ca_file: args.tls_ca_file.clone(),
+        ..rivulet::TlsOptions::default()
+    };
+    let target = rivulet::RedisTarget::with_tls(&args.redis_url, &tls)?;
+    // The layout (shards) the harness declared before starting this process.
+    let mut queue = match rivulet::Inspector::new(&target).await?.queue(&args.queue).await {
+        Ok(q) => q,
+        Err(rivulet::Error::NotFound(_)) => Queue::new(&args.queue)?,
+        Err(e) => return Err(e.into()),
+    };
     if let Some(ms) = args.retention_ms {
         queue = queue.retention(Duration::from_millis(ms));
     }
-    let client = redis::Client::open(args.redis_url.as_str())?;
     let recorder = Arc::new(Recorder::new(args.done_probe));
     let noop = recorder.clone();
     let lat = recorder.clone();
@@ -254,6 +266,8 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let mut probe_task = None;
     if args.done_probe {
         let stats_key = queue.shard(queue.default_priority(), 0).stats;
+        // The probe subscribes to keyspace events of one node (the suite refuses it on a cluster).
+        let client = rivulet::connection::open(&args.redis_url, &tls)?;
         let probe = DoneProbe::start(&client, stats_key, &recorder)
             .await
             .context("starting the done probe")?;
@@ -281,7 +295,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         durability: args.durability.parse()?,
         ..rivulet::QueueOptions::default()
     };
-    Worker::new(client, router, config)
+    Worker::new(target, router, config)
         .queue_with(queue, options)
         .run(shutdown)
         .await?;

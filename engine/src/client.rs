@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::backoff::RetryPolicy;
-use crate::broker;
 use crate::broker::lifecycle::{self as records, EnqueueItem};
+use crate::broker::{self, RedisConnection, RedisTarget};
 use crate::clock::Clock;
 use crate::durability::Durability;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
@@ -164,10 +163,10 @@ impl Task {
 /// Enqueues tasks. Cheap to clone: clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Client {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     declared: Arc<Mutex<HashSet<QueueName>>>,
     /// For the dedicated connections of blocking waits.
-    redis: redis::Client,
+    redis: RedisTarget,
     /// Tells a delayed task that is already due (it goes straight to its stream) from one to
     /// park in the scheduled set.
     clock: Clock,
@@ -182,18 +181,20 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`).
+    /// Connects to `url`: `redis://127.0.0.1:6379`, `redis+cluster://h1:7000,h2:7001` or
+    /// `redis+sentinel://h1:26379,h2:26379/master` (see [`RedisTarget::parse`]).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::new(&redis::Client::open(url)?).await
+        Self::new(RedisTarget::parse(url)?).await
     }
 
-    /// Connects with an existing `redis::Client`.
-    pub async fn new(client: &redis::Client) -> Result<Self> {
-        let conn = broker::connect(client, Some(DEFAULT_RESPONSE_TIMEOUT)).await?;
+    /// Connects to a parsed target (or an existing `redis::Client`).
+    pub async fn new(target: impl Into<RedisTarget>) -> Result<Self> {
+        let target = target.into();
+        let conn = target.connect().await?;
         Ok(Client {
             conn,
             declared: Arc::default(),
-            redis: client.clone(),
+            redis: target,
             clock: Clock::System,
             durability: Durability::Fast,
         })
@@ -354,7 +355,8 @@ impl Client {
             }
         }
         if !wait_in_pipeline {
-            broker::wait_durable(&mut conn, self.durability).await?;
+            let streams: Vec<&str> = placed.iter().map(|k| k.stream.as_str()).collect();
+            broker::wait_durable(&mut conn, self.durability, &streams).await?;
         }
         Ok(out)
     }
@@ -557,11 +559,8 @@ impl Client {
     }
 
     /// A connection for one blocking call of up to `block`.
-    async fn blocking_connection(&self, block: Duration) -> Result<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(block + Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        Ok(self.redis.get_multiplexed_async_connection_with_config(&config).await?)
+    async fn blocking_connection(&self, block: Duration) -> Result<RedisConnection> {
+        self.redis.open(Some(block + Duration::from_secs(10))).await
     }
 }
 

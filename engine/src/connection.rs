@@ -3,8 +3,8 @@
 //! TLS is chosen by the URL's scheme (`rediss://`); the options add what a URL cannot carry: a
 //! CA file to trust instead of the system's roots, a client certificate and key for servers that
 //! require one (`tls-auth-clients yes`), and an explicit opt-out of verification. The options are
-//! one plain struct so that every kind of connection (single node today, cluster and sentinel
-//! seeds later) is built from the same settings. Files are read here, once, so a missing or
+//! one plain struct so that every kind of connection (a single node, the seeds of a Redis
+//! Cluster; see `RedisTarget`) is built from the same settings. Files are read here, once, so a missing or
 //! unreadable file is a configuration error at start, not a connection error at every retry.
 //! Nothing here logs or returns the URL's password: errors name files and fields only.
 
@@ -88,8 +88,16 @@ pub fn open(url: &str, tls: &TlsOptions) -> Result<redis::Client> {
         insecure: insecure || tls.insecure,
         tls_params: None,
     });
-    if tls.ca_file.is_none() && tls.client_cert.is_none() {
+    let Some(certs) = certificates(tls)? else {
         return Ok(redis::Client::open(info)?);
+    };
+    redis::Client::build_with_tls(info, certs).map_err(not_pem)
+}
+
+/// The CA and client certificate files `tls` names, read (`None` when it names none).
+pub(crate) fn certificates(tls: &TlsOptions) -> Result<Option<redis::TlsCertificates>> {
+    if tls.ca_file.is_none() && tls.client_cert.is_none() {
+        return Ok(None);
     }
     let read = |field: &'static str, path: &PathBuf| {
         std::fs::read(path).map_err(|e| Error::config(field, format!("cannot read {}: {e}", path.display())))
@@ -102,10 +110,12 @@ pub fn open(url: &str, tls: &TlsOptions) -> Result<redis::Client> {
         }),
         _ => None,
     };
-    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| {
-        // redis-rs reports a PEM file it cannot parse as an I/O error; say which setting.
-        Error::config("tls", format!("the CA, certificate or key file is not usable PEM: {e}"))
-    })
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+}
+
+/// redis-rs reports a PEM file it cannot parse as an I/O error; say which setting.
+pub(crate) fn not_pem(e: redis::RedisError) -> Error {
+    Error::config("tls", format!("the CA, certificate or key file is not usable PEM: {e}"))
 }
 
 /// Whether `e` is a failed TLS handshake that verification caused (an unknown issuer, a name

@@ -161,6 +161,8 @@ pub struct ServerInfo {
     pub aof_enabled: bool,
     /// `connected_slaves`: replicas attached to this master now.
     pub replicas: u32,
+    /// `cluster_enabled:1`: a node of a Redis Cluster.
+    pub cluster_enabled: bool,
 }
 
 impl ServerInfo {
@@ -183,6 +185,24 @@ impl ServerInfo {
             maxmemory_policy: field("maxmemory_policy").unwrap_or("noeviction").to_owned(),
             aof_enabled: field("aof_enabled") == Some("1"),
             replicas: field("connected_slaves").and_then(|n| n.parse().ok()).unwrap_or(0),
+            cluster_enabled: field("cluster_enabled") == Some("1"),
+        })
+    }
+
+    /// What a Redis Cluster can promise as a whole, from each master's `INFO`: the oldest
+    /// version, an evicting policy if any master has one, AOF only if every master has it, the
+    /// fewest replicas.
+    pub fn weakest(infos: impl IntoIterator<Item = ServerInfo>) -> Option<ServerInfo> {
+        infos.into_iter().reduce(|a, b| ServerInfo {
+            version: a.version.min(b.version),
+            maxmemory_policy: if a.maxmemory_policy.starts_with("allkeys-") {
+                a.maxmemory_policy
+            } else {
+                b.maxmemory_policy
+            },
+            aof_enabled: a.aof_enabled && b.aof_enabled,
+            replicas: a.replicas.min(b.replicas),
+            cluster_enabled: a.cluster_enabled || b.cluster_enabled,
         })
     }
 
@@ -228,9 +248,15 @@ mod tests {
                 version: (7, 0, 15),
                 maxmemory_policy: "allkeys-lru".into(),
                 aof_enabled: true,
-                replicas: 2
+                replicas: 2,
+                cluster_enabled: false,
             }
         );
+        let node = ServerInfo::parse("redis_version:7.2.4\r\ncluster_enabled:1\r\nconnected_slaves:1\r\n").unwrap();
+        assert!(node.cluster_enabled);
+        let all = ServerInfo::weakest([i.clone(), node]).unwrap();
+        assert_eq!((all.version, all.replicas, all.aof_enabled), ((7, 0, 15), 1, false));
+        assert_eq!(all.maxmemory_policy, "allkeys-lru");
         assert!(ServerInfo::parse("nothing").is_err());
     }
 

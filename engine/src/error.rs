@@ -146,6 +146,20 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// A Redis URL that does not parse (the password is never shown).
+    #[error("invalid Redis URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A plain `redis://` URL points at a node of a Redis Cluster (it answered `MOVED`, or its
+    /// `INFO` says `cluster_enabled:1`).
+    #[error(
+        "this Redis is a node of a Redis Cluster ({0}); a redis:// URL reaches one node only: use a redis+cluster:// URL naming one or more of its nodes, e.g. redis+cluster://host1:7000,host2:7001"
+    )]
+    ClusterNode(String),
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
     Redis(redis::RedisError),
@@ -153,15 +167,25 @@ pub enum Error {
 
 impl From<redis::RedisError> for Error {
     /// Redis's `OOM` reply gets its own variant, so a producer can tell a full Redis from an
-    /// unreachable one without reading the message.
+    /// unreachable one without reading the message; so does a `MOVED`/`ASK` redirection (a
+    /// cluster connection follows those itself, so one reaching here came through a single-node
+    /// connection to a cluster node, which cannot).
     fn from(e: redis::RedisError) -> Self {
-        // A pipeline's error lists each failed command; any `OOM` among them names the cause.
-        let oom = e.code() == Some("OOM")
-            || e.clone()
-                .into_server_errors()
-                .is_some_and(|items| items.iter().any(|(_, s)| s.code() == "OOM"));
-        if oom {
+        // A pipeline's error lists each failed command; any `OOM` (or `MOVED`) among them names
+        // the cause.
+        let codes: Vec<String> = match e.clone().into_server_errors() {
+            Some(items) => items.iter().map(|(_, s)| s.code().to_owned()).collect(),
+            None => e.code().map(str::to_owned).into_iter().collect(),
+        };
+        if codes.iter().any(|c| c == "OOM") {
             Error::OutOfMemory { source: e }
+        } else if codes.iter().any(|c| c == "MOVED" || c == "ASK")
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)
+            )
+        {
+            Error::ClusterNode(format!("it answered {}", e.to_string().trim_end_matches(" - Moved")))
         } else {
             Error::Redis(e)
         }

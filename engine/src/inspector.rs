@@ -11,10 +11,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::broker::{self, RangeStart, StreamEntry, StreamId};
+use crate::broker::{self, RangeStart, RedisConnection, RedisTarget, StreamEntry, StreamId};
 pub use crate::broker::{DeadReason, WorkerRecord};
 use crate::clock::Clock;
 use crate::envelope::Envelope;
@@ -375,7 +374,7 @@ pub struct PendingEntry {
 /// Read-only views and dead-letter operations.
 #[derive(Clone)]
 pub struct Inspector {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     clock: Clock,
 }
 
@@ -388,20 +387,20 @@ impl fmt::Debug for Inspector {
 const PAGE: usize = 500;
 
 impl Inspector {
-    /// Connects to `url`.
+    /// Connects to `url` (any URL [`RedisTarget::parse`] reads).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::new(&redis::Client::open(url)?).await
+        Self::new(RedisTarget::parse(url)?).await
     }
 
-    /// Connects with an existing `redis::Client`.
-    pub async fn new(client: &redis::Client) -> Result<Self> {
+    /// Connects to a parsed target (or an existing `redis::Client`).
+    pub async fn new(target: impl Into<RedisTarget>) -> Result<Self> {
         Ok(Inspector {
-            conn: broker::connect(client, Some(crate::client::DEFAULT_RESPONSE_TIMEOUT)).await?,
+            conn: target.into().connect().await?,
             clock: Clock::System,
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -583,7 +582,7 @@ impl Inspector {
         let mut conn = self.conn();
         let events_maxlen = queue.events_maxlen();
         let now_ms = self.clock.now_ms();
-        let apply = |conn: &mut ConnectionManager, keys: ShardKeys, ids: Vec<StreamId>| {
+        let apply = |conn: &mut RedisConnection, keys: ShardKeys, ids: Vec<StreamId>| {
             let mut conn = conn.clone();
             async move {
                 if replay {

@@ -11,6 +11,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The Redis Cluster hash slot of a key (CRC16/XMODEM of its hash tag, or of the whole key
+/// when it has none, modulo 16384): keys of one slot can share a script or a multi-key command.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+            // An empty tag `{}` does not count: the whole key is hashed.
+            (close > 0).then(|| &key[open + 1..open + 1 + close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// Prefix of every key.
 pub const PREFIX: &str = "rivulet";
 /// The consumer group every worker joins on every shard stream.
@@ -387,6 +413,56 @@ pub fn shard_for(task_id: &str, shards: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"123456789"), 12739);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(hash_slot(b"foo{}{bar}"), hash_slot(b"foo{}{bar}"));
+        assert_ne!(hash_slot(b"foo{}{bar}"), hash_slot(b"bar"));
+        let keys = Queue::new("q").unwrap().shard("high", 3);
+        assert_eq!(hash_slot(keys.stream.as_bytes()), hash_slot(keys.dlq.as_bytes()));
+    }
+
+    /// Every key a script or a multi-key command is given is one of a shard's keys (the
+    /// broker builds `KEYS` only from [`ShardKeys`]): all of them hash to the shard's slot, so
+    /// no call can span slots on a Redis Cluster (`CROSSSLOT`), whatever the task id or unique
+    /// key holds (braces included: only the first `{...}`, the shard's, is the hash tag).
+    #[test]
+    fn every_key_a_script_takes_hashes_to_its_shards_slot() {
+        let q = Queue::new("billing")
+            .unwrap()
+            .priorities(&["high", "low"])
+            .unwrap()
+            .shards(8)
+            .unwrap();
+        let mut slots = std::collections::HashSet::new();
+        for shard in q.all_shards() {
+            let k = &shard.keys;
+            let slot = hash_slot(k.stream.as_bytes());
+            slots.insert(slot);
+            let all = [
+                k.stream.clone(),
+                k.scheduled.clone(),
+                k.retry.clone(),
+                k.dlq.clone(),
+                k.stats.clone(),
+                k.events.clone(),
+                k.cancels.clone(),
+                k.waiting.clone(),
+                k.task("01J{other}x"),
+                k.done("id}{"),
+                k.unique("{user:42}"),
+            ];
+            for key in &all {
+                assert_eq!(hash_slot(key.as_bytes()), slot, "{key} is not in {}'s slot", k.stream);
+            }
+        }
+        // Different shards land in different slots (they can spread over masters).
+        assert_eq!(slots.len(), 16);
+    }
 
     #[test]
     fn shard_keys_share_one_hash_tag() {

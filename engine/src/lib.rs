@@ -74,6 +74,7 @@ pub mod testing;
 pub mod worker;
 
 pub use backoff::RetryPolicy;
+pub use broker::{RedisConnection, RedisTarget, URL_SHAPES};
 pub use client::{Client, EventCursor, Task, redact_url};
 pub use connection::TlsOptions;
 pub use durability::{Durability, ServerInfo};

@@ -15,6 +15,12 @@ pub async fn ping<C: ConnectionLike + Send>(conn: &mut C) -> RedisResult<()> {
     broker::ping(conn).await
 }
 
+/// Whether the node this (single-node) connection reaches is part of a Redis Cluster: then a
+/// `redis://` URL is the wrong kind, and `redis+cluster://` the one to use.
+pub async fn is_cluster_node<C: ConnectionLike + Send>(conn: &mut C) -> RedisResult<bool> {
+    broker::is_cluster_node(conn).await
+}
+
 /// Stores one worker's sample blob for a queue (one field per worker of
 /// [`demo_samples_key`](crate::keys::demo_samples_key)), replacing its previous one.
 pub async fn save_sample<C: ConnectionLike + Send>(

@@ -37,7 +37,7 @@ const NO_QUEUES: &str =
 /// What every admin command works with.
 struct Admin {
     url: String,
-    client: redis::Client,
+    client: rivulet::RedisTarget,
     inspector: Inspector,
 }
 

@@ -52,7 +52,9 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Redis to use, e.g. redis://127.0.0.1:6379, or rediss://user:pass@host:6380/0 for TLS
-    /// (see the --tls-* flags).
+    /// (see the --tls-* flags); a Redis Cluster as redis+cluster://h1:7000,h2:7001 (seed nodes;
+    /// rediss+cluster:// for TLS), a master behind Sentinel as
+    /// redis+sentinel://s1:26379,s2:26379/master-name.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true, hide_env_values = true, help_heading = "Global")]
     pub redis_url: String,
     /// TLS (rediss:// URLs): PEM file of the CA to trust instead of the system's roots.

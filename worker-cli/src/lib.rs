@@ -118,6 +118,14 @@ where
         Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(usage) => usage_error(&format!("error: {usage}\n"), &args),
+            // A URL of the wrong kind (a plain redis:// URL to a Redis Cluster node): bad usage.
+            None if matches!(
+                e.downcast_ref::<store::Unreachable>(),
+                Some(store::Unreachable::BadUrl(_))
+            ) =>
+            {
+                usage_error(&format!("error: {e}\n"), &args)
+            }
             // A supervised worker that could not reach Redis: its supervisor restarts it
             // without counting a crash.
             None if e.downcast_ref::<work::Outage>().is_some() => {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
-use rivulet::{Inspector, Queue, QueueName, TlsOptions};
+use rivulet::{Inspector, Queue, QueueName, RedisConnection, RedisTarget, TlsOptions};
 
 use crate::settings::redact_url;
 
@@ -47,17 +46,17 @@ impl std::fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// Opens `url` with `tls` and checks that Redis answers PING, within a few seconds. Warns once
-/// when TLS verification is off.
-pub async fn connect_checked(
-    url: &str,
-    tls: &TlsOptions,
-) -> Result<(redis::Client, MultiplexedConnection), Unreachable> {
+/// Opens `url` with `tls` and checks that Redis answers PING, within a few seconds; then opens
+/// the engine's connection to it (one node, a Cluster or a master behind Sentinel). Warns once
+/// when TLS verification is off. A `redis://` URL that reaches a node of a Redis Cluster is
+/// refused as a bad URL, naming `redis+cluster://`.
+pub async fn connect_checked(url: &str, tls: &TlsOptions) -> Result<(RedisTarget, RedisConnection), Unreachable> {
     let shown = redact_url(url);
-    let client = rivulet::connection::open(url, tls).map_err(|e| {
+    let target = RedisTarget::with_tls(url, tls).map_err(|e| {
         Unreachable::BadUrl(format!(
-            "invalid Redis URL {shown:?} or TLS settings: {e}\nhint: URLs look like redis://127.0.0.1:6379, \
-             redis://user:password@host:6379/0 or rediss://host:6380 (TLS, with --tls-ca-file for a private CA)"
+            "invalid Redis URL {shown:?} or TLS settings: {e}\nhint: URLs look like {} \
+             (rediss:// for TLS, with --tls-ca-file for a private CA)",
+            rivulet::URL_SHAPES
         ))
     })?;
     if tls.insecure || url.ends_with("#insecure") {
@@ -67,16 +66,34 @@ pub async fn connect_checked(
              anyone between here and Redis can pose as it"
         );
     }
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CHECK_TIMEOUT))
-        .set_response_timeout(Some(CHECK_TIMEOUT));
+    let single = !(target.is_cluster() || target.is_sentinel());
     let answer = async {
-        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        if single && let Ok(client) = rivulet::connection::open(url, tls) {
+            // One node: a plain connection answers (or fails) at once, where the engine's
+            // reconnecting one would retry first.
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CHECK_TIMEOUT))
+                .set_response_timeout(Some(CHECK_TIMEOUT));
+            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+            rivulet::store::ping(&mut conn).await?;
+            if rivulet::store::is_cluster_node(&mut conn).await? {
+                return Ok(None);
+            }
+        }
+        let mut conn = target.connect().await.map_err(|e| match e {
+            rivulet::Error::Redis(e) => e,
+            other => redis::RedisError::from((redis::ErrorKind::Io, "cannot connect", other.to_string())),
+        })?;
         rivulet::store::ping(&mut conn).await?;
-        Ok::<_, redis::RedisError>(conn)
+        Ok::<_, redis::RedisError>(Some(conn))
     };
     match tokio::time::timeout(CHECK_TIMEOUT * 2, answer).await {
-        Ok(Ok(conn)) => Ok((client, conn)),
+        Ok(Ok(Some(conn))) => Ok((target, conn)),
+        Ok(Ok(None)) => Err(Unreachable::BadUrl(format!(
+            "{shown} is a node of a Redis Cluster, and a redis:// URL reaches that one node only (its \
+             commands would fail with MOVED)\nhint: use a cluster URL naming one or more of its nodes: \
+             --redis-url redis+cluster://HOST1:PORT1,HOST2:PORT2 (rediss+cluster:// for TLS)"
+        ))),
         Ok(Err(e)) if rivulet::connection::is_certificate_error(&e) => Err(Unreachable::Refused(format!(
             "the TLS handshake with Redis at {shown} failed: {e}\nhint: the server's certificate is not \
              signed by a CA this host trusts: pass its CA with --tls-ca-file (or REDIS_TLS_CA_FILE)"
@@ -127,7 +144,7 @@ fn no_answer(shown: &str, cause: &str) -> Unreachable {
 
 /// The checks every worker makes at start, made once by a supervisor before it starts any:
 /// otherwise each child would fail the same way and the supervisor would crash-loop.
-pub async fn check_server(client: &redis::Client, url: &str, worker: &crate::cli::WorkerArgs) -> anyhow::Result<()> {
+pub async fn check_server(client: &RedisTarget, url: &str, worker: &crate::cli::WorkerArgs) -> anyhow::Result<()> {
     let inspector = Inspector::new(client).await.map_err(|e| engine_error(url, e))?;
     let info = inspector.server_info().await.map_err(|e| engine_error(url, e))?;
     if !worker.allow_eviction {
@@ -153,7 +170,7 @@ pub fn demo_latency_key(queue: &QueueName) -> String {
 
 /// Stores one worker's latency histogram (encoded) for the demo.
 pub async fn save_latency(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConnection,
     queue: &QueueName,
     worker: &str,
     encoded: &str,
@@ -162,7 +179,7 @@ pub async fn save_latency(
 }
 
 /// Every worker's latency histogram (encoded) for the demo queue.
-pub async fn load_latency(conn: &mut MultiplexedConnection, queue: &QueueName) -> anyhow::Result<Vec<String>> {
+pub async fn load_latency(conn: &mut RedisConnection, queue: &QueueName) -> anyhow::Result<Vec<String>> {
     rivulet::store::samples(conn, queue)
         .await
         .context("reading the demo's latency samples")
@@ -170,11 +187,7 @@ pub async fn load_latency(conn: &mut MultiplexedConnection, queue: &QueueName) -
 
 /// Deletes the demo's throwaway queue (everything [`Inspector::delete_queue`] removes) and its
 /// latency samples.
-pub async fn delete_demo_queue(
-    inspector: &Inspector,
-    conn: &mut MultiplexedConnection,
-    queue: &Queue,
-) -> anyhow::Result<()> {
+pub async fn delete_demo_queue(inspector: &Inspector, conn: &mut RedisConnection, queue: &Queue) -> anyhow::Result<()> {
     inspector
         .delete_queue(queue, true)
         .await

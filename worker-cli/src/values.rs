@@ -105,21 +105,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// not is a bad flag (exit 2), not an unreachable Redis. The message never shows a password.
 ///
 /// The TLS flags must fit it too (files readable, a certificate with its key, TLS flags only
-/// with `rediss://`).
+/// with `rediss://` or `rediss+cluster://`).
 pub fn check_redis_url(url: &str, tls: &TlsOptions) -> Result<(), UsageError> {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info().map(|_| ()).map_err(|e| {
-        UsageError::new(format!(
-            "--redis-url (or REDIS_URL) {:?} is not a valid Redis URL ({e}); URLs look like \
-             redis://127.0.0.1:6379, redis://user:password@host:6379/0 or rediss://host:6380 (TLS)",
+    rivulet::RedisTarget::with_tls(url, tls).map(drop).map_err(|e| match e {
+        rivulet::Error::InvalidUrl { reason, .. } => UsageError::new(format!(
+            "--redis-url (or REDIS_URL) {:?} is not a valid Redis URL ({reason}); URLs look like {}",
+            redact_url(url),
+            rivulet::URL_SHAPES
+        )),
+        other => UsageError::new(format!(
+            "{other} (--redis-url {:?} with --tls-ca-file, --tls-cert-file, --tls-key-file, --tls-insecure)",
             redact_url(url)
-        ))
-    })?;
-    rivulet::connection::open(url, tls).map(drop).map_err(|e| {
-        UsageError::new(format!(
-            "{e} (--redis-url {:?} with --tls-ca-file, --tls-cert-file, --tls-key-file, --tls-insecure)",
-            redact_url(url)
-        ))
+        )),
     })
 }
 

@@ -103,7 +103,7 @@ enum SetupError {
 }
 
 /// Connects and resolves the queues: the part of a worker's start that needs Redis.
-async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(redis::Client, Vec<Queue>), SetupError> {
+async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(rivulet::RedisTarget, Vec<Queue>), SetupError> {
     let engine = |e: rivulet::Error| {
         if e.is_transient() {
             SetupError::Transient(store::engine_error(url, e))
@@ -135,7 +135,7 @@ async fn set_up_waiting(
     settings: &WorkerSettings,
     wait: bool,
     stop: &Stop,
-) -> Result<Option<(redis::Client, Vec<Queue>)>> {
+) -> Result<Option<(rivulet::RedisTarget, Vec<Queue>)>> {
     let mut failures = 0u32;
     loop {
         match set_up(url, settings).await {

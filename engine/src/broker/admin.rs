@@ -6,8 +6,9 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+use super::RedisConnection;
 use redis::Script;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 
 use super::StreamId;
 use crate::error::Result;
@@ -42,7 +43,7 @@ pub struct ShardNumbers {
 type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>);
 
 /// Reads one shard's numbers in one round trip.
-pub async fn inspect(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<ShardNumbers> {
+pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<ShardNumbers> {
     let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply = INSPECT
         .key(&keys.stream)
         .key(&keys.scheduled)
@@ -69,7 +70,7 @@ pub async fn inspect(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<S
 
 /// Deletes a shard's keys if it holds no task or dead letter (checked in the same script), or
 /// whatever it holds with `force`. Returns whether it deleted them.
-pub async fn drop_shard(conn: &mut ConnectionManager, keys: &ShardKeys, force: bool) -> Result<bool> {
+pub async fn drop_shard(conn: &mut RedisConnection, keys: &ShardKeys, force: bool) -> Result<bool> {
     let dropped: i64 = DROP_SHARD
         .key(&keys.stream)
         .key(&keys.scheduled)
@@ -84,7 +85,7 @@ pub async fn drop_shard(conn: &mut ConnectionManager, keys: &ShardKeys, force: b
 
 /// Forgets a queue once its shards are gone: its entry in [`QUEUES_KEY`], its pause flag and
 /// the autoscaler's decision, in one round trip.
-pub async fn forget_queue(conn: &mut ConnectionManager, queue: &QueueName) -> Result<()> {
+pub async fn forget_queue(conn: &mut RedisConnection, queue: &QueueName) -> Result<()> {
     redis::pipe()
         .hdel(QUEUES_KEY, queue.as_str())
         .ignore()
@@ -98,7 +99,7 @@ pub async fn forget_queue(conn: &mut ConnectionManager, queue: &QueueName) -> Re
 }
 
 /// Sets or clears a queue's pause flag.
-pub async fn set_paused(conn: &mut ConnectionManager, queue: &QueueName, paused: bool) -> Result<()> {
+pub async fn set_paused(conn: &mut RedisConnection, queue: &QueueName, paused: bool) -> Result<()> {
     let cmd = if paused { "SADD" } else { "SREM" };
     redis::cmd(cmd)
         .arg(PAUSED_KEY)
@@ -109,7 +110,7 @@ pub async fn set_paused(conn: &mut ConnectionManager, queue: &QueueName, paused:
 }
 
 /// Whether a queue is paused.
-pub async fn is_paused(conn: &mut ConnectionManager, queue: &QueueName) -> Result<bool> {
+pub async fn is_paused(conn: &mut RedisConnection, queue: &QueueName) -> Result<bool> {
     Ok(redis::cmd("SISMEMBER")
         .arg(PAUSED_KEY)
         .arg(queue.as_str())
@@ -118,12 +119,12 @@ pub async fn is_paused(conn: &mut ConnectionManager, queue: &QueueName) -> Resul
 }
 
 /// Every paused queue's name.
-pub async fn paused_queues(conn: &mut ConnectionManager) -> Result<HashSet<String>> {
+pub async fn paused_queues(conn: &mut RedisConnection) -> Result<HashSet<String>> {
     Ok(redis::cmd("SMEMBERS").arg(PAUSED_KEY).query_async(conn).await?)
 }
 
 /// Stores the autoscaler's latest decision (JSON) for a queue.
-pub async fn store_decision(conn: &mut ConnectionManager, queue: &QueueName, json: &str) -> Result<()> {
+pub async fn store_decision(conn: &mut RedisConnection, queue: &QueueName, json: &str) -> Result<()> {
     redis::cmd("SET")
         .arg(autoscaler_key(queue))
         .arg(json)
@@ -133,13 +134,19 @@ pub async fn store_decision(conn: &mut ConnectionManager, queue: &QueueName, jso
 }
 
 /// The autoscaler's latest decision (JSON) for a queue, if any.
-pub async fn decision(conn: &mut ConnectionManager, queue: &QueueName) -> Result<Option<String>> {
+pub async fn decision(conn: &mut RedisConnection, queue: &QueueName) -> Result<Option<String>> {
     Ok(redis::cmd("GET").arg(autoscaler_key(queue)).query_async(conn).await?)
 }
 
 /// `PING`: whether Redis answers on this connection.
 pub async fn ping<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
     redis::cmd("PING").query_async::<String>(conn).await.map(drop)
+}
+
+/// Whether this node runs in cluster mode (`INFO cluster` says `cluster_enabled:1`).
+pub async fn is_cluster_node<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<bool> {
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
+    Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
 }
 
 /// Stores one worker's sample blob for a queue (the demo's start latencies).

@@ -10,8 +10,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::broker::RedisConnection;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::settle::settle_invocation;
@@ -46,7 +46,7 @@ pub struct EnqueueItem<'a> {
 
 /// Enqueues tasks through `enqueue.lua`, pipelined in one round trip. Per task: `None` when
 /// it was enqueued, `Some(holder id)` when its unique key was taken (nothing written).
-pub async fn enqueue(conn: &mut ConnectionManager, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
+pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -102,7 +102,7 @@ pub type StartItem<'a> = (&'a str, u32, &'a str, u64);
 
 /// Records that `worker` starts these tasks of one shard (`start.lua`).
 pub async fn start(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     worker: &str,
     events_maxlen: usize,
@@ -127,7 +127,7 @@ pub async fn start(
 
 /// Writes progress reports (task id, percent, message) of tasks `worker` runs in one shard.
 pub async fn progress(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     worker: &str,
     events_maxlen: usize,
@@ -143,7 +143,7 @@ pub async fn progress(
 }
 
 /// Ids of running tasks whose cancel was asked for, per shard, in one round trip.
-pub async fn cancel_marks(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Vec<String>>> {
+pub async fn cancel_marks(conn: &mut RedisConnection, shards: &[&ShardKeys]) -> Result<Vec<Vec<String>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("SMEMBERS").arg(&k.cancels);
@@ -180,7 +180,7 @@ pub enum Cancelled {
 
 /// [`super::settle`] with tracked outcomes too, in the same `settle.lua` call.
 pub async fn settle_tracked(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     ctx: SettleCtx<'_>,
     events_maxlen: usize,
     untracked: &[(StreamId, &Settle)],
@@ -239,7 +239,7 @@ pub async fn settle_tracked(
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
 /// in one round trip. Empty field lists for shards without one.
 pub async fn records(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     shards: &[ShardKeys],
     id: &str,
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
@@ -252,7 +252,7 @@ pub async fn records(
 
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
 pub async fn cancel(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
     unique_lock: Option<&str>,
@@ -283,7 +283,7 @@ pub async fn cancel(
 /// Reads a task's record and registers a waiter unless it is final (`wait.lua`): (registered,
 /// record fields).
 pub async fn register_waiter(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
 ) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
@@ -309,7 +309,7 @@ pub async fn register_waiter(
 /// call would stall a shared one). Whether it was woken. The token is put back so every other
 /// waiter wakes too (the list expires a minute after the task finished).
 pub async fn block_until_done(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
     timeout: Duration,
@@ -331,7 +331,7 @@ pub async fn block_until_done(
 
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
 /// settling pushes to the done list).
-pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, id: &str) -> Result<()> {
+pub async fn unregister_waiter(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
     // HINCRBY on a missing record would create a stray one: only when it still exists.
     let rec = keys.task(id);
     let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
@@ -348,7 +348,7 @@ pub async fn unregister_waiter(conn: &mut ConnectionManager, keys: &ShardKeys, i
 
 /// Events of one shard after `after` (exclusive; `None` for the oldest), at most `count`.
 pub async fn events(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     after: Option<StreamId>,
     count: usize,
@@ -358,7 +358,7 @@ pub async fn events(
 }
 
 /// The newest event id of each shard (`None` for an empty stream), in one round trip.
-pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys]) -> Result<Vec<Option<StreamId>>> {
+pub async fn last_event_ids(conn: &mut RedisConnection, shards: &[&ShardKeys]) -> Result<Vec<Option<StreamId>>> {
     let mut pipe = redis::pipe();
     for k in shards {
         pipe.cmd("XREVRANGE")
@@ -377,19 +377,55 @@ pub async fn last_event_ids(conn: &mut ConnectionManager, shards: &[&ShardKeys])
 
 /// Blocks up to `block` for events after `after[i]` on each shard's events stream (a
 /// connection of its own). Returns (shard index, entry) pairs.
+///
+/// On a Redis Cluster one `XREAD` may not name streams of several slots, and blocking reads
+/// of several shards on one node's connection would queue behind each other; there each
+/// shard is read without blocking, every 50 ms until an event comes or `block` passes.
 pub async fn follow_events(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConnection,
     shards: &[&ShardKeys],
     after: &[Option<StreamId>],
     block: Duration,
     count: usize,
 ) -> Result<Vec<(usize, StreamEntry)>> {
+    if !conn.is_cluster() || shards.len() < 2 {
+        return read_events(conn, shards, after, Some(block), count).await;
+    }
+    let deadline = tokio::time::Instant::now() + block;
+    loop {
+        let calls = shards.iter().zip(after).enumerate().map(|(i, (k, a))| {
+            let mut conn = conn.clone();
+            async move {
+                let got = read_events(&mut conn, &[*k], &[*a], None, count).await?;
+                Ok::<_, Error>(got.into_iter().map(move |(_, e)| (i, e)))
+            }
+        });
+        let out: Vec<(usize, StreamEntry)> = futures_util::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+    }
+}
+
+/// One `XREAD` over the shards' events streams, blocking up to `block` if given.
+async fn read_events(
+    conn: &mut RedisConnection,
+    shards: &[&ShardKeys],
+    after: &[Option<StreamId>],
+    block: Option<Duration>,
+    count: usize,
+) -> Result<Vec<(usize, StreamEntry)>> {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(block.as_millis().max(1) as u64)
-        .arg("STREAMS");
+    cmd.arg("COUNT").arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS");
     for k in shards {
         cmd.arg(&k.events);
     }
@@ -423,7 +459,7 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// from the dead-letter stream, `succeeded` and `cancelled` from the recent events (as far
 /// back as the capped events stream reaches; the caller checks each record still says so).
 pub async fn list_ids(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     state: crate::lifecycle::TaskState,
     limit: usize,
@@ -571,7 +607,7 @@ fn member_id(m: &[u8]) -> Option<String> {
 /// set, and the record, done list and unique lock of every task it still names (in its
 /// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
 /// finished before the events' cap reached back expire on their own after the retention.
-pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Result<()> {
+pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<()> {
     let mut ids: Vec<String> = Vec::new();
     for stream in [&keys.stream, &keys.dlq, &keys.events] {
         let mut after = RangeStart::First;
@@ -616,7 +652,7 @@ pub async fn drop_records(conn: &mut ConnectionManager, keys: &ShardKeys) -> Res
 /// task's record back to `queued` with a `replayed` event. Returns how many. The dead letters
 /// are read first for their task ids, so `replay.lua` receives every record key in `KEYS`.
 pub async fn replay(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     ids: &[StreamId],
     events_maxlen: usize,
@@ -655,7 +691,7 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{ReclaimArgs, connect, ensure_group, read_group, reclaim};
+    use crate::broker::{ReclaimArgs, RedisTarget, ensure_group, read_group, reclaim};
     use crate::envelope::Envelope;
     use crate::keys::Queue;
     use crate::testing::RedisServer;
@@ -663,7 +699,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_worker_cannot_overwrite_the_record_of_the_new_owner() {
         let server = RedisServer::start();
-        let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
         let queue = Queue::new("fenced").unwrap();
         let keys = queue.shard("normal", 0);
         ensure_group(&mut conn, &keys.stream).await.unwrap();

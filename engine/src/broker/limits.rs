@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use super::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::Result;
 use crate::keys::{LIMITS_KEY, LimitKeys};
@@ -29,7 +29,7 @@ pub enum Admission {
 
 /// May task `task` (delivered as `holder`) start under `limit` now?
 pub async fn acquire(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &LimitKeys,
     limit: &Limit,
     task: &str,
@@ -59,7 +59,7 @@ pub async fn acquire(
 }
 
 /// Gives back running slots whose handlers finished, `run_ms` their summed run time.
-pub async fn release(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[String], run_ms: f64) -> Result<u64> {
+pub async fn release(conn: &mut RedisConnection, keys: &LimitKeys, holders: &[String], run_ms: f64) -> Result<u64> {
     Ok(RELEASE
         .key(&keys.state)
         .key(&keys.running)
@@ -71,7 +71,7 @@ pub async fn release(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[
 }
 
 /// Renews the leases of running slots held by live handlers.
-pub async fn renew(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[String], lease: Duration) -> Result<u64> {
+pub async fn renew(conn: &mut RedisConnection, keys: &LimitKeys, holders: &[String], lease: Duration) -> Result<u64> {
     Ok(RELEASE
         .key(&keys.state)
         .key(&keys.running)
@@ -83,7 +83,7 @@ pub async fn renew(conn: &mut ConnectionManager, keys: &LimitKeys, holders: &[St
 }
 
 /// Records the names of the limits a worker enforces, so `worker-cli limits` finds them.
-pub async fn register_limits(conn: &mut ConnectionManager, names: &[&str]) -> Result<()> {
+pub async fn register_limits(conn: &mut RedisConnection, names: &[&str]) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
@@ -97,7 +97,7 @@ pub async fn register_limits(conn: &mut ConnectionManager, names: &[&str]) -> Re
 
 /// Every registered limit as it is now; `now_ms` is the reader's clock (it decides which
 /// leases and waits still count).
-pub async fn limit_statuses(conn: &mut ConnectionManager, now_ms: u64) -> Result<Vec<LimitStatus>> {
+pub async fn limit_statuses(conn: &mut RedisConnection, now_ms: u64) -> Result<Vec<LimitStatus>> {
     let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(LIMITS_KEY).query_async(conn).await?;
     names.sort();
     // One round trip per limit: an admin read of a handful of limits.

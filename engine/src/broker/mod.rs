@@ -7,7 +7,9 @@
 //! build otherwise.
 //!
 //! # Layout
-//! - this file: connections, [`StreamId`] and [`StreamEntry`] (parsed once, where entries are
+//! - [`target`]: where Redis is ([`RedisTarget`], parsed from the URL: one node, a Cluster, or
+//!   a master behind Sentinel) and the connection every call here takes ([`RedisConnection`]);
+//! - this file: [`StreamId`] and [`StreamEntry`] (parsed once, where entries are
 //!   read), and the reply decoding the other files share;
 //! - [`queues`]: the queue registry (layouts in `rivulet:queues`) and consumer groups;
 //! - [`stream`]: producing (`XADD`, `schedule.lua`), reading (`XREADGROUP`, `XRANGE`) and the
@@ -36,14 +38,13 @@ pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod settle;
 pub(crate) mod stream;
+pub(crate) mod target;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisWrite, ToRedisArgs, Value};
 
 pub(crate) use admin::*;
@@ -54,23 +55,9 @@ pub(crate) use server::*;
 pub use settle::DeadReason;
 pub(crate) use settle::*;
 pub(crate) use stream::*;
+pub use target::{RedisConnection, RedisTarget, URL_SHAPES};
 
 use crate::error::{Error, Result};
-
-/// Opens a connection that reconnects by itself after Redis restarts or the link drops.
-///
-/// `response_timeout` must exceed any `BLOCK` issued on the connection: redis-rs would
-/// otherwise time a blocking read out (its default is 500 ms).
-pub async fn connect(client: &redis::Client, response_timeout: Option<Duration>) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(response_timeout)
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_secs(2))
-        // Workers and bulk producers keep many requests in flight on one connection.
-        .set_pipeline_buffer_size(4096);
-    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
-}
 
 /// A stream entry id `ms-seq`, parsed once where entries are read. Ordered by number
 /// (`10-0` after `9-9`), copied without allocating, and written back to Redis as `ms-seq`.

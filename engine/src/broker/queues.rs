@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::{Script, Value};
 
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| Script::new(include_
 /// A Redis out of memory refuses the `HSETNX` even when the queue is recorded already; then
 /// the recorded layout alone is read, so a worker starts (and drains, freeing memory) on a
 /// full Redis for a queue that exists.
-pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Result<()> {
+pub async fn declare_queue(conn: &mut RedisConnection, queue: &Queue) -> Result<()> {
     let wanted = queue.layout_json();
     let declared: Result<(i64, String)> = redis::pipe()
         .hset_nx(QUEUES_KEY, queue.name().as_str(), &wanted)
@@ -51,7 +51,7 @@ pub async fn declare_queue(conn: &mut ConnectionManager, queue: &Queue) -> Resul
 }
 
 /// The layout recorded for a queue, if any.
-pub async fn load_queue(conn: &mut ConnectionManager, name: &str) -> Result<Option<Queue>> {
+pub async fn load_queue(conn: &mut RedisConnection, name: &str) -> Result<Option<Queue>> {
     let stored: Option<String> = redis::cmd("HGET").arg(QUEUES_KEY).arg(name).query_async(conn).await?;
     stored.map(|json| parse_layout(name, &json)).transpose()
 }
@@ -59,7 +59,7 @@ pub async fn load_queue(conn: &mut ConnectionManager, name: &str) -> Result<Opti
 /// Every recorded queue, by name. An entry that is not a valid queue (written by hand or by a
 /// producer that skipped validation) is left out with a warning, so one bad entry does not hide
 /// every other queue.
-pub async fn load_queues(conn: &mut ConnectionManager) -> Result<Vec<Queue>> {
+pub async fn load_queues(conn: &mut RedisConnection) -> Result<Vec<Queue>> {
     let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(QUEUES_KEY).query_async(conn).await?;
     let mut queues: Vec<Queue> = all
         .iter()
@@ -80,7 +80,7 @@ fn parse_layout(name: &str, json: &str) -> Result<Queue> {
 }
 
 /// Creates the consumer group on a stream (and the stream), unless it exists.
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> Result<()> {
+pub async fn ensure_group(conn: &mut RedisConnection, stream: &str) -> Result<()> {
     let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -116,7 +116,7 @@ pub fn is_nogroup(e: &Error) -> bool {
 /// Removes a consumer from a shard's group if it owns no entries (`forget_consumer.lua`: the
 /// check and the delete are one script, since deleting a consumer drops its pending entries).
 /// Returns whether it is gone; false when it still owns entries and was kept.
-pub async fn forget_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str) -> Result<bool> {
+pub async fn forget_consumer(conn: &mut RedisConnection, keys: &ShardKeys, consumer: &str) -> Result<bool> {
     let gone: i64 = FORGET_CONSUMER
         .key(&keys.stream)
         .arg(GROUP)
@@ -130,7 +130,7 @@ pub async fn forget_consumer(conn: &mut ConnectionManager, keys: &ShardKeys, con
 /// renewal) for at least `min_idle`, from one `XINFO CONSUMERS`: the candidates for removal
 /// once the registry says their worker is gone.
 pub async fn idle_empty_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     min_idle: Duration,
 ) -> Result<Vec<String>> {

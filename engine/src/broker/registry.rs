@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -105,7 +105,7 @@ impl WorkerRecord {
 
 /// Writes a worker's record and its place in [`WORKERS_KEY`] (scored by `last_beat`), in one
 /// round trip; the record expires after `ttl` unless written again.
-pub async fn register(conn: &mut ConnectionManager, record: &WorkerRecord, ttl: Duration) -> Result<()> {
+pub async fn register(conn: &mut RedisConnection, record: &WorkerRecord, ttl: Duration) -> Result<()> {
     let key = worker_key(&record.id);
     redis::pipe()
         .zadd(WORKERS_KEY, &record.id, record.last_beat)
@@ -120,7 +120,7 @@ pub async fn register(conn: &mut ConnectionManager, record: &WorkerRecord, ttl: 
 }
 
 /// Removes a worker's record and its place in [`WORKERS_KEY`].
-pub async fn deregister(conn: &mut ConnectionManager, worker_id: &str) -> Result<()> {
+pub async fn deregister(conn: &mut RedisConnection, worker_id: &str) -> Result<()> {
     redis::pipe()
         .zrem(WORKERS_KEY, worker_id)
         .ignore()
@@ -132,7 +132,7 @@ pub async fn deregister(conn: &mut ConnectionManager, worker_id: &str) -> Result
 }
 
 /// Whether a worker's record is live (written by a heartbeat within its time to live).
-pub async fn is_registered(conn: &mut ConnectionManager, worker_id: &str) -> Result<bool> {
+pub async fn is_registered(conn: &mut RedisConnection, worker_id: &str) -> Result<bool> {
     let n: i64 = redis::cmd("EXISTS")
         .arg(worker_key(worker_id))
         .query_async(conn)
@@ -142,7 +142,7 @@ pub async fn is_registered(conn: &mut ConnectionManager, worker_id: &str) -> Res
 
 /// Every live worker's record, in [`WORKERS_KEY`] order. Index entries whose record expired
 /// (the worker died without deregistering) are pruned on the way.
-pub async fn live_workers(conn: &mut ConnectionManager) -> Result<Vec<WorkerRecord>> {
+pub async fn live_workers(conn: &mut RedisConnection) -> Result<Vec<WorkerRecord>> {
     let ids: Vec<String> = redis::cmd("ZRANGE")
         .arg(WORKERS_KEY)
         .arg(0)

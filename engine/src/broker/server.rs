@@ -1,35 +1,54 @@
 //! What the server says about itself (`INFO`) and the durability waits (`WAIT`, `WAITAOF`)
 //! that follow a write on the same connection.
 
-use redis::aio::ConnectionManager;
-use redis::{Pipeline, Value};
+use crate::broker::RedisConnection;
+use redis::Value;
 
 use crate::durability::{Durability, ServerInfo};
 use crate::error::{Error, Result};
 
-/// `INFO server memory persistence replication`, parsed (one round trip, at start).
-pub async fn server_info(conn: &mut ConnectionManager) -> Result<ServerInfo> {
-    let text: String = redis::cmd("INFO")
+/// `INFO server memory persistence replication cluster`, parsed (one round trip, at start).
+/// On a Redis Cluster every master answers and the result is what all of them can promise
+/// ([`ServerInfo::weakest`]). A plain connection to a cluster node is refused here with
+/// [`Error::ClusterNode`]: its commands would fail with `MOVED` one by one.
+pub async fn server_info(conn: &mut RedisConnection) -> Result<ServerInfo> {
+    let reply: Value = redis::cmd("INFO")
         .arg("server")
         .arg("memory")
         .arg("persistence")
         .arg("replication")
+        .arg("cluster")
         .query_async(conn)
         .await?;
-    ServerInfo::parse(&text)
+    let texts: Vec<String> = match reply {
+        Value::Map(nodes) => nodes
+            .into_iter()
+            .map(|(_, v)| super::string(v))
+            .collect::<Result<_>>()?,
+        other => vec![super::string(other)?],
+    };
+    let infos = texts.iter().map(|t| ServerInfo::parse(t)).collect::<Result<Vec<_>>>()?;
+    let info = ServerInfo::weakest(infos).ok_or_else(|| Error::protocol("INFO answered by no node"))?;
+    if info.cluster_enabled && !conn.is_cluster() {
+        return Err(Error::ClusterNode("its INFO says cluster_enabled:1".into()));
+    }
+    Ok(info)
 }
 
-/// Appends the wait `durability` asks for (nothing for `Fast`) as the pipeline's last command,
-/// not ignored: [`check_wait`] reads its reply. On a multiplexed connection it covers every
-/// write this connection sent before it, the pipeline's included.
-pub fn push_wait(pipe: &mut Pipeline, durability: Durability) {
+/// The wait `durability` asks for (`None` for `Fast`). On a multiplexed connection it covers
+/// every write this connection sent before it; [`check_wait`] reads its reply.
+fn wait_command(durability: Durability) -> Option<redis::Cmd> {
     match durability {
-        Durability::Fast => {}
+        Durability::Fast => None,
         Durability::Replicated { replicas, timeout } => {
-            pipe.cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64);
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(replicas).arg(timeout.as_millis() as u64);
+            Some(cmd)
         }
         Durability::Fsync { timeout } => {
-            pipe.cmd("WAITAOF").arg(1).arg(0).arg(timeout.as_millis() as u64);
+            let mut cmd = redis::cmd("WAITAOF");
+            cmd.arg(1).arg(0).arg(timeout.as_millis() as u64);
+            Some(cmd)
         }
     }
 }
@@ -55,14 +74,15 @@ pub fn check_wait(durability: Durability, reply: &Value) -> Result<()> {
     })
 }
 
-/// Waits for `durability` on its own (after writes already sent on this connection): one
-/// round trip, none for `Fast`.
-pub async fn wait_durable(conn: &mut ConnectionManager, durability: Durability) -> Result<()> {
-    if !durability.waits() {
+/// Waits for `durability` after writes already sent on this connection to the shards whose
+/// keys include `keys` (on a Redis Cluster, on each of those shards' masters; elsewhere `keys`
+/// does not matter): one round trip, none for `Fast`.
+pub async fn wait_durable(conn: &mut RedisConnection, durability: Durability, keys: &[&str]) -> Result<()> {
+    let Some(cmd) = wait_command(durability) else {
         return Ok(());
+    };
+    for reply in conn.on_masters_of(&cmd, keys).await? {
+        check_wait(durability, &reply)?;
     }
-    let mut pipe = redis::pipe();
-    push_wait(&mut pipe, durability);
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    check_wait(durability, replies.first().unwrap_or(&Value::Nil))
+    Ok(())
 }

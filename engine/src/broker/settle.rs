@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::{Script, Value};
 use serde::Serialize;
 
@@ -141,7 +141,7 @@ pub struct SettleCtx<'a> {
 /// Applies outcomes for entries of one shard in one script call. Returns the ids this
 /// consumer no longer owned (fenced off: another worker reclaimed them).
 pub async fn settle(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     ctx: SettleCtx<'_>,
     batch: &[(StreamId, &Settle)],
 ) -> Result<Vec<StreamId>> {
@@ -193,7 +193,7 @@ pub(super) fn settle_invocation(
 /// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
 /// moved and the earliest due time still waiting.
 pub async fn promote(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     now_ms: u64,
     limit: usize,
@@ -247,7 +247,7 @@ pub struct ReclaimArgs<'a> {
 }
 
 /// `XAUTOCLAIM` past-lease entries of one shard for `consumer`, burying poison.
-pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result<Reclaimed> {
+pub async fn reclaim(conn: &mut RedisConnection, a: ReclaimArgs<'_>) -> Result<Reclaimed> {
     let reply: Value = RECLAIM
         .key(&a.keys.stream)
         .key(&a.keys.dlq)
@@ -283,7 +283,7 @@ pub async fn reclaim(conn: &mut ConnectionManager, a: ReclaimArgs<'_>) -> Result
 
 /// Renews the lease of the entries among `ids` that `consumer` still owns in a shard. Returns
 /// how many were renewed.
-pub async fn extend(conn: &mut ConnectionManager, keys: &ShardKeys, consumer: &str, ids: &[StreamId]) -> Result<u64> {
+pub async fn extend(conn: &mut RedisConnection, keys: &ShardKeys, consumer: &str, ids: &[StreamId]) -> Result<u64> {
     let mut renewed = 0;
     // Lua's unpack takes a few thousand values at most.
     for chunk in ids.chunks(1000) {

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::{Script, Value};
 
 use super::{StreamEntry, StreamId, bulk, entries, stream_ids};
@@ -17,16 +17,44 @@ static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("s
 static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
 /// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
-/// transaction (`MULTI`/`EXEC`): a connection cut in the middle leaves either the whole batch
-/// and its counts or nothing, so `enqueued` stays exact and a caller knows a failed batch
-/// was not half written (it may have been written whole if only the reply was lost). Then the
-/// wait `durability` asks for, if any (Redis refuses `WAIT` inside a transaction, so it is a
-/// second round trip, paid only by a queue that asks for it).
+/// transaction (`MULTI`/`EXEC`) per slot: a connection cut in the middle leaves either a
+/// shard's whole batch and its counts or nothing, so `enqueued` stays exact and a caller knows
+/// a failed batch was not half written (it may have been written whole if only the reply was
+/// lost). On one node every shard shares the one transaction; on a Redis Cluster a
+/// transaction cannot span slots, so each shard's part is its own, sent side by side. Then the
+/// wait `durability` asks for, if any, on each written shard's master (Redis refuses `WAIT`
+/// inside a transaction, so it is a second round trip, paid only by a queue that asks for it).
 pub async fn add_ready(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     batch: &[(&ShardKeys, &Envelope)],
     durability: Durability,
 ) -> Result<()> {
+    if conn.is_cluster() {
+        let mut groups: Vec<Vec<(&ShardKeys, &Envelope)>> = Vec::new();
+        for item in batch {
+            match groups.iter_mut().find(|g| g[0].0.stream == item.0.stream) {
+                Some(g) => g.push(*item),
+                None => groups.push(vec![*item]),
+            }
+        }
+        if groups.len() > 1 {
+            let calls = groups.iter().map(|g| {
+                let mut conn = conn.clone();
+                async move { add_ready_one_slot(&mut conn, g).await }
+            });
+            futures_util::future::try_join_all(calls).await?;
+        } else {
+            add_ready_one_slot(conn, batch).await?;
+        }
+    } else {
+        add_ready_one_slot(conn, batch).await?;
+    }
+    let streams: Vec<&str> = batch.iter().map(|(k, _)| k.stream.as_str()).collect();
+    super::wait_durable(conn, durability, &streams).await
+}
+
+/// [`add_ready`]'s transaction, for tasks whose keys share a node.
+async fn add_ready_one_slot(conn: &mut RedisConnection, batch: &[(&ShardKeys, &Envelope)]) -> Result<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (keys, env) in batch {
@@ -48,11 +76,11 @@ pub async fn add_ready(
         pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
     }
     pipe.query_async::<()>(conn).await?;
-    super::wait_durable(conn, durability).await
+    Ok(())
 }
 
 /// Parks a task in its shard's `scheduled` set until `due_ms`.
-pub async fn add_scheduled(conn: &mut ConnectionManager, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
+pub async fn add_scheduled(conn: &mut RedisConnection, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
     let mut inv = SCHEDULE.key(&keys.scheduled);
     inv.key(&keys.stats).arg(due_ms);
     for (name, value) in env.fields() {
@@ -65,7 +93,7 @@ pub async fn add_scheduled(conn: &mut ConnectionManager, keys: &ShardKeys, env: 
 /// `XREADGROUP ... COUNT count [BLOCK ms] STREAMS keys... > ...`: new entries for `consumer`.
 /// Returns (index into `streams`, entry) pairs; nothing when the block timed out.
 pub async fn read_group(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     consumer: &str,
     count: usize,
     block: Option<Duration>,
@@ -139,7 +167,7 @@ impl RangeStart {
 
 /// Entries of a stream from `start` to the newest, at most `count`.
 pub async fn range(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     stream: &str,
     start: RangeStart,
     count: usize,
@@ -159,7 +187,7 @@ pub async fn range(
 /// The entries with these ids, in one pipelined round trip (`XRANGE id id` each), in the order
 /// asked; `None` for an id whose entry is gone.
 pub async fn entries_by_id(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     stream: &str,
     ids: &[StreamId],
 ) -> Result<Vec<Option<StreamEntry>>> {
@@ -179,7 +207,7 @@ pub async fn entries_by_id(
 }
 
 /// Deletes entries of a stream. Returns how many existed.
-pub async fn delete_entries(conn: &mut ConnectionManager, stream: &str, ids: &[StreamId]) -> Result<u64> {
+pub async fn delete_entries(conn: &mut RedisConnection, stream: &str, ids: &[StreamId]) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -200,7 +228,7 @@ pub struct PendingRow {
 }
 
 /// Pending entries of a shard, oldest first, at most `count`.
-pub async fn pending(conn: &mut ConnectionManager, stream: &str, count: usize) -> Result<Vec<PendingRow>> {
+pub async fn pending(conn: &mut RedisConnection, stream: &str, count: usize) -> Result<Vec<PendingRow>> {
     let r: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(GROUP)
@@ -229,7 +257,7 @@ pub async fn pending(conn: &mut ConnectionManager, stream: &str, count: usize) -
 
 /// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
 pub async fn owned_ids(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &ShardKeys,
     consumer: &str,
     max: usize,
@@ -250,7 +278,7 @@ pub async fn owned_ids(
 /// (`heads.lua`): each entry comes with its whole payload's size in bytes (`None` when it has
 /// no payload field). The payloads stay in Redis.
 pub async fn range_heads(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     stream: &str,
     start: RangeStart,
     count: usize,

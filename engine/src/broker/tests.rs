@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use redis::ToRedisArgs;
-use redis::aio::ConnectionManager;
 
 use super::*;
 use crate::durability::Durability;
@@ -18,8 +17,11 @@ use crate::testing::{RedisServer, shared_server, unique_name};
 use bytes::Bytes;
 
 /// One entry read by consumer `stale`, on a queue of its own.
-async fn setup(server: &RedisServer) -> (ConnectionManager, ShardKeys, StreamId) {
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+async fn setup(server: &RedisServer) -> (RedisConnection, ShardKeys, StreamId) {
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let keys = Queue::new(&unique_name("fence")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
@@ -122,10 +124,13 @@ async fn stale_worker_ack_after_reclaim_is_rejected() {
 #[tokio::test]
 async fn a_shard_is_dropped_only_when_empty_unless_forced() {
     let server = shared_server();
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let keys = Queue::new(&unique_name("drop")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
-    let exists = |conn: &mut ConnectionManager| {
+    let exists = |conn: &mut RedisConnection| {
         let mut conn = conn.clone();
         let stream = keys.stream.clone();
         async move {
@@ -152,7 +157,10 @@ async fn a_shard_is_dropped_only_when_empty_unless_forced() {
 #[tokio::test]
 async fn settling_deletes_only_settled_entries() {
     let server = shared_server();
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let keys = Queue::new(&unique_name("trim")).unwrap().shard("normal", 0);
     ensure_group(&mut conn, &keys.stream).await.unwrap();
     let add = |n: usize| -> Vec<Envelope> {
@@ -265,7 +273,10 @@ async fn reclaim_counts_deleted_entries_as_lost() {
 #[tokio::test]
 async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
     let server = RedisServer::start();
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let record = WorkerRecord {
         id: "host-1-abc".into(),
         host: "host".into(),
@@ -302,7 +313,10 @@ async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
 #[tokio::test]
 async fn pause_flags_set_and_clear_per_queue() {
     let server = RedisServer::start();
-    let mut conn = connect(&server.client(), Some(Duration::from_secs(5))).await.unwrap();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let (a, b) = (
         crate::keys::QueueName::new("a").unwrap(),
         crate::keys::QueueName::new("b").unwrap(),
@@ -318,7 +332,7 @@ async fn pause_flags_set_and_clear_per_queue() {
 #[tokio::test]
 async fn samples_are_kept_per_worker_on_any_connection() {
     let server = shared_server();
-    // The CLI's plain multiplexed connection, not the engine's ConnectionManager.
+    // The CLI's plain multiplexed connection, not the engine's RedisConnection.
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     ping(&mut conn).await.unwrap();
     let q = crate::keys::QueueName::new(&unique_name("demo-q")).unwrap();

@@ -13,6 +13,11 @@
 //! - `tls`: [`tls::TlsRedis`], a TLS-only server with certificates the test makes
 //!   ([`tls::TestCerts`], rcgen).
 //! - `replica`: [`replica::ReplicaPair`], a master and a synced replica.
+//! - `cluster`: [`cluster::RedisCluster`], 3 masters and 3 replicas joined with
+//!   `redis-cli --cluster create`, one per binary ([`cluster::RedisCluster::shared`]) or one of
+//!   a test's own (to kill a master, say); `sentinel`: [`sentinel::SentinelSetup`], a master, a
+//!   replica and 3 sentinels; both built of `node`'s [`node::Node`]s, tethered so they die
+//!   with the test process.
 //! - here: [`wait_until`], the one way tests wait (no sleeps), and [`hostname`].
 //!
 //! # A server per test, or one per test binary
@@ -44,11 +49,14 @@
 //! queues, all workers, all keys). A static is never dropped, so the part must end with the
 //! process by itself: the server's watchdog kills it when the binary exits.
 
+pub mod cluster;
 pub mod decoders;
 mod fixture;
+pub mod node;
 mod process;
 mod recorder;
 pub mod replica;
+pub mod sentinel;
 mod server;
 pub mod tls;
 

@@ -9,6 +9,9 @@
 //! binary never drops its statics; a CI timeout SIGKILLs it), the pipe closes and the watchdog
 //! kills the server and removes its temp dir. That is what makes [`shared_server`] safe: a
 //! `static` server is never dropped, yet it never outlives its test binary.
+//!
+//! `RIVULET_REDIS_SERVER` names the `redis-server` binary to run (default: the one on `PATH`);
+//! CI runs the suite again against Redis 8 with it (`scripts/build-redis8.sh`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,7 +30,7 @@ use super::TempDir;
 /// server exits first, the watcher is stopped instead, so it never signals a reused pid.
 const WATCHDOG: &str = r#"dir=$1; shift
 exec 3<&0
-redis-server "$@" </dev/null >/dev/null 2>&1 3<&- &
+"${RIVULET_REDIS_SERVER:-redis-server}" "$@" </dev/null >/dev/null 2>&1 3<&- &
 pid=$!
 echo "$pid"
 ( if read -r _ <&3; then code=0; else code=1; fi; kill -9 "$pid" 2>/dev/null; exit "$code" ) &

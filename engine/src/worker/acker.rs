@@ -55,15 +55,22 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
 /// short is logged, not retried: the settles are applied on the master, and if it fails over
 /// before its replicas have them, those tasks run again (at-least-once), never get lost.
 async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
-    let mut waits: Vec<Durability> = Vec::new();
+    // Each durability asked for, with the streams of the shards it covers (on a Redis
+    // Cluster the wait goes to each of those shards' masters).
+    let mut waits: Vec<(Durability, Vec<&str>)> = Vec::new();
     for group in batch.chunk_by(|a, b| a.lane == b.lane) {
-        let d = shared.lanes[group[0].lane].options.durability;
-        if d.waits() && !waits.contains(&d) {
-            waits.push(d);
+        let lane = &shared.lanes[group[0].lane];
+        let d = lane.options.durability;
+        if !d.waits() {
+            continue;
+        }
+        match waits.iter_mut().find(|(w, _)| *w == d) {
+            Some((_, streams)) => streams.push(&lane.keys.stream),
+            None => waits.push((d, vec![&lane.keys.stream])),
         }
     }
-    for d in waits {
-        if let Err(e) = broker::wait_durable(&mut shared.conn.clone(), d).await {
+    for (d, streams) in waits {
+        if let Err(e) = broker::wait_durable(&mut shared.conn.clone(), d, &streams).await {
             tracing::warn!(error = %e, outcomes = batch.len(), durability = %d, "settled, but not confirmed as durable: after a failover these tasks may run again");
         }
     }

@@ -12,6 +12,11 @@
 //! If two blocked fetchers (or several shards) answer at once with more than the free slots,
 //! the extra entries wait here for a slot, leased to this worker and renewed.
 //!
+//! Each fetcher reads the lanes it is given: on one node every lane, on a Redis Cluster the
+//! lanes of one hash slot (in practice one shard), since one `XREADGROUP` may not name streams
+//! of several slots. Priority order then holds within a fetcher's lanes; across shards, their
+//! fetchers take free handler slots in turn.
+//!
 //! With `max_tasks`, a fetcher reserves a budget unit per slot too (see `budget`), and reads
 //! no more entries than it holds units for; an entry a multi-shard read returns beyond the
 //! budget stays held, unrun, and is requeued when the worker drains.
@@ -19,16 +24,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
 use super::{Outage, Shared, Units, executor};
-use crate::broker::{self, StreamEntry};
+use crate::broker::{self, RedisConnection, StreamEntry};
 use crate::error::Result;
 
-pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet: CancellationToken) {
+pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisConnection, quiet: CancellationToken) {
     let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
     let mut outage = Outage::default();
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
@@ -68,7 +72,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
         };
         // Not raced against `quiet`: dropping a read in flight would leave entries delivered
         // to this consumer that nothing runs. The read returns within `block`.
-        match read(&shared, &mut conn, ranks, &mut held, &mut units).await {
+        match read(&shared, &mine, &mut conn, ranks, &mut held, &mut units).await {
             Ok(mut batch) => {
                 if outage.recovered() {
                     tracing::info!("redis reachable again; fetching");
@@ -127,7 +131,8 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager, quiet:
 /// take slots as they arrive (see `run`).
 async fn read(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    mine: &[usize],
+    conn: &mut RedisConnection,
     ranks: usize,
     held: &mut OwnedSemaphorePermit,
     units: &mut Option<Units>,
@@ -135,7 +140,9 @@ async fn read(
     let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
     let mut all: Vec<usize> = Vec::new();
     for rank in order {
-        let lanes: Vec<usize> = (0..shared.lanes.len())
+        let lanes: Vec<usize> = mine
+            .iter()
+            .copied()
             .filter(|&i| shared.lanes[i].rank == rank && !shared.lanes[i].paused.load(Ordering::Relaxed))
             .collect();
         if lanes.is_empty() {
@@ -168,7 +175,7 @@ async fn read(
 
 async fn read_lanes(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     lanes: &[usize],
     want: usize,
     block: bool,

@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +53,7 @@ pub use config::{
 pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
 use self::budget::{Budget, Units};
-use crate::broker::{self, Settle, StreamId};
+use crate::broker::{self, RedisConnection, RedisTarget, Settle, StreamId};
 use crate::clock::Clock;
 use crate::durability::Durability;
 use crate::error::Result;
@@ -196,7 +195,7 @@ struct Outcome {
 /// (or only warned about, with `allow_eviction`), and so is a queue's durability the server
 /// cannot honour.
 async fn check_server(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     config: &WorkerConfig,
     queues: &[(Queue, QueueOptions)],
 ) -> Result<()> {
@@ -240,7 +239,7 @@ struct Shared {
     router: Router,
     config: WorkerConfig,
     /// Multiplexed connection for everything but the blocking read.
-    conn: ConnectionManager,
+    conn: RedisConnection,
     /// One permit per handler slot.
     permits: Arc<Semaphore>,
     /// Owns every running handler task.
@@ -349,7 +348,7 @@ impl Shared {
 /// # Ok(()) }
 /// ```
 pub struct Worker {
-    client: redis::Client,
+    target: RedisTarget,
     router: Router,
     config: WorkerConfig,
     queues: Vec<(Queue, QueueOptions)>,
@@ -369,10 +368,13 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A worker with no queues yet; add them with [`queue`](Self::queue).
-    pub fn new(client: redis::Client, router: Router, config: WorkerConfig) -> Self {
+    ///
+    /// `target` is where Redis is: a [`RedisTarget`] parsed from a URL (one node, a Cluster,
+    /// Sentinel) or a `redis::Client` for one node.
+    pub fn new(target: impl Into<RedisTarget>, router: Router, config: WorkerConfig) -> Self {
         let id = config.worker_id.clone().unwrap_or_else(generate_worker_id);
         Worker {
-            client,
+            target: target.into(),
             router,
             config,
             queues: Vec::new(),
@@ -423,7 +425,7 @@ impl Worker {
             return Err(crate::Error::config("queues", "a worker needs at least one queue"));
         }
         let Worker {
-            client,
+            target,
             router,
             config,
             queues,
@@ -444,15 +446,8 @@ impl Worker {
                 format!("{} weights for queues of at most {ranks} priorities", weights.len()),
             ));
         }
-        let mut conn = broker::connect(&client, Some(Duration::from_secs(10))).await?;
+        let mut conn = target.open(Some(Duration::from_secs(10))).await?;
         check_server(&mut conn, &config, &queues).await?;
-        // The blocking read gets its own connection, with a response timeout longer than BLOCK.
-        // Each fetcher blocks on its own connection: a blocking read would stall every other
-        // command on the shared multiplexed one.
-        let mut fetch_conns = Vec::new();
-        for _ in 0..config.fetchers.min(config.concurrency) {
-            fetch_conns.push(broker::connect(&client, Some(config.block + Duration::from_secs(10))).await?);
-        }
 
         let mut lanes = Vec::new();
         for (queue, options) in &queues {
@@ -471,6 +466,17 @@ impl Worker {
                     events_maxlen: queue.events_maxlen(),
                 });
             }
+        }
+
+        // The blocking reads get connections of their own, with a response timeout longer than
+        // BLOCK: a blocking read would stall every other command on the shared multiplexed
+        // one. On one node, `fetchers` loops read every lane side by side. On a cluster one
+        // XREADGROUP may only name streams of one slot, and every shard is its own slot: one
+        // fetcher per slot group, each on its own connection.
+        let mut fetch_conns = Vec::new();
+        let fetch_timeout = Some(config.block + Duration::from_secs(10));
+        for group in fetch_groups(&lanes, conn.is_cluster(), config.fetchers.min(config.concurrency)) {
+            fetch_conns.push((group, target.open(fetch_timeout).await?));
         }
 
         let limits: HashMap<_, _> = config
@@ -518,8 +524,8 @@ impl Worker {
         let quiet = CancellationToken::new();
         let stop = CancellationToken::new();
         let mut intake = JoinSet::new();
-        for conn in fetch_conns {
-            intake.spawn(fetcher::run(shared.clone(), conn, quiet.clone()));
+        for (group, conn) in fetch_conns {
+            intake.spawn(fetcher::run(shared.clone(), group, conn, quiet.clone()));
         }
         intake.spawn(reclaimer::run(shared.clone(), quiet.clone()));
         let mut upkeep = JoinSet::new();
@@ -638,6 +644,23 @@ impl Worker {
         );
         Ok(report)
     }
+}
+
+/// Which lanes each fetcher reads: on one node, every lane for each of `fetchers` loops; on a
+/// cluster, the lanes of one hash slot per loop (a multi-key XREADGROUP must not span slots).
+fn fetch_groups(lanes: &[Lane], cluster: bool, fetchers: usize) -> Vec<Vec<usize>> {
+    if !cluster {
+        return vec![(0..lanes.len()).collect(); fetchers];
+    }
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, lane) in lanes.iter().enumerate() {
+        let slot = crate::keys::hash_slot(lane.keys.stream.as_bytes());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// Handlers running now. Not `concurrency - free permits`: the fetcher holds a permit while

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::broker::RedisConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -23,7 +23,7 @@ const PROMOTE_LIMIT: usize = 1000;
 /// Reads which queues are paused into every lane's flag; logs each queue whose flag changed.
 /// Called once before the first fetch (a worker started on a paused queue must not run a task
 /// of it) and then on every promoter round.
-pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut ConnectionManager) -> Result<()> {
+pub(super) async fn refresh_pause_flags(shared: &Shared, conn: &mut RedisConnection) -> Result<()> {
     let paused = broker::paused_queues(conn).await?;
     let mut changed = BTreeSet::new();
     for lane in &shared.lanes {

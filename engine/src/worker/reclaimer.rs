@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::broker::RedisConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Shared, WorkerCounters, executor};
@@ -79,7 +79,7 @@ pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
 /// the worker went quiet.
 async fn reclaim_lane(
     shared: &Arc<Shared>,
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     i: usize,
     cursor: &mut broker::StreamId,
     interval: Duration,
@@ -162,7 +162,7 @@ async fn reclaim_lane(
 }
 
 /// Removes the consumers of one lane's group whose worker is gone and that own nothing.
-async fn reap_lane(shared: &Shared, conn: &mut ConnectionManager, lane: &Lane) -> Result<()> {
+async fn reap_lane(shared: &Shared, conn: &mut RedisConnection, lane: &Lane) -> Result<()> {
     let candidates = broker::idle_empty_consumers(conn, &lane.keys, shared.config.lease).await?;
     let mut removed = 0;
     for name in candidates.into_iter().filter(|n| *n != shared.id).take(REAP_BATCH) {

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Outage, Shared};
+use crate::broker::RedisConnection;
 use crate::broker::lifecycle::{self as records, StartCode, Tracked};
 use crate::envelope::{Envelope, TaskId};
 use crate::lifecycle::TaskControl;
@@ -234,11 +235,7 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn write_progress(
-    shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
-    running: &[((usize, String), TaskControl)],
-) {
+async fn write_progress(shared: &Shared, conn: &mut RedisConnection, running: &[((usize, String), TaskControl)]) {
     let mut by_lane: HashMap<usize, Vec<(String, u8, String)>> = HashMap::new();
     for ((lane, id), control) in running {
         if let Some(p) = control.take_report() {
@@ -266,11 +263,7 @@ async fn write_progress(
     }
 }
 
-async fn poll_cancels(
-    shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
-    running: &[((usize, String), TaskControl)],
-) {
+async fn poll_cancels(shared: &Shared, conn: &mut RedisConnection, running: &[((usize, String), TaskControl)]) {
     let mut lanes: Vec<usize> = running.iter().map(|((l, _), _)| *l).collect();
     lanes.sort_unstable();
     lanes.dedup();

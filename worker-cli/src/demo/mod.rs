@@ -16,7 +16,7 @@ pub mod samples;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use redis::aio::MultiplexedConnection;
+use rivulet::RedisConnection;
 use rivulet::{Client, Inspector, Queue, Task};
 use rivulet_fleet::{Fleet, Stop};
 use serde::Serialize;
@@ -127,7 +127,7 @@ async fn drive(
     queue: &Queue,
     producer: &Client,
     inspector: &Inspector,
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConnection,
 ) -> Result<Summary> {
     let name = queue.name().to_string();
     let worker = worker_args(&[

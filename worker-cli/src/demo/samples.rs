@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use redis::aio::MultiplexedConnection;
+use rivulet::RedisConnection;
 use rivulet::{HandlerError, QueueName, Router, TaskContext};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -137,7 +137,7 @@ pub fn decode_into(into: &mut Phases, encoded: &str) -> Result<()> {
 }
 
 /// Saves this process's new samples (no-op when there are none).
-pub async fn save_samples(conn: &mut MultiplexedConnection, worker_id: &str) {
+pub async fn save_samples(conn: &mut RedisConnection, worker_id: &str) {
     let dirty: Vec<(QueueName, String)> = {
         let mut all = SAMPLES.lock().expect("holders never panic while the map is locked");
         all.iter_mut()

@@ -15,6 +15,7 @@ mod common;
 
 mod acl;
 mod admin;
+mod cluster;
 mod compiled;
 mod demo;
 mod dlq;
