@@ -377,7 +377,7 @@ pub fn ms_since_epoch(t: SystemTime) -> u64 {
 }
 
 /// A duration in whole milliseconds, saturating.
-pub(crate) fn millis(d: Duration) -> u64 {
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

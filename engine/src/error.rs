@@ -53,6 +53,26 @@ pub enum Error {
         /// The codec's own message.
         reason: String,
     },
+    /// A schedule definition that cannot be used: a cron expression, time zone, interval,
+    /// payload or name that does not parse or is out of range.
+    #[error("schedule {name:?}: {field} {value:?}: {reason}")]
+    InvalidSchedule {
+        /// The schedule's name as given.
+        name: String,
+        /// The field at fault, as the CLI and the schedules file name it (`cron`, `timezone`,
+        /// `every`, `payload`, ...).
+        field: &'static str,
+        /// The offending text.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A schedule of this name exists already (add it with replace, or sync a file, to update).
+    #[error("schedule {name:?} exists already (replace it explicitly to update its definition)")]
+    ScheduleExists {
+        /// The name.
+        name: String,
+    },
     /// The thing asked for does not exist (a queue, a dead letter, ...).
     #[error("not found: {0}")]
     NotFound(String),

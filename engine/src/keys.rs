@@ -49,6 +49,20 @@ pub const WORKERS_KEY: &str = "rivulet:workers";
 pub const PAUSED_KEY: &str = "rivulet:paused";
 /// SET of the names of the rate and concurrency limits workers enforce (see [`LimitKeys`]).
 pub const LIMITS_KEY: &str = "rivulet:limits";
+/// The schedules' keys (`docs/schedules.md`): one home slot of their own, `{sched}`, so each
+/// change of a schedule is one script on one Cluster slot. A shard's tag always holds two `:`,
+/// so it can never be `{sched}`.
+///
+/// HASH of schedule name -> definition JSON.
+pub const SCHEDULES_KEY: &str = "rivulet:{sched}:defs";
+/// HASH of schedule name -> the last fire time handled (ms since the epoch): enqueued, or
+/// skipped as missed.
+pub const SCHEDULES_FIRED_KEY: &str = "rivulet:{sched}:fired";
+/// SET of paused schedule names.
+pub const SCHEDULES_PAUSED_KEY: &str = "rivulet:{sched}:paused";
+/// STRING counter raised by every change of a definition or pause flag: a scheduler re-reads
+/// the definitions only when it moved.
+pub const SCHEDULES_VERSION_KEY: &str = "rivulet:{sched}:version";
 /// Default priorities, highest first.
 pub const DEFAULT_PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 /// The priority a task gets when it names none (the middle one of the defaults).
@@ -62,7 +76,7 @@ pub const DEFAULT_EVENTS_KEPT: usize = 10_000;
 
 const MAX_NAME_LEN: usize = 64;
 
-fn check_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
     }

@@ -46,6 +46,9 @@
 //!   what a limit looks like now ([`LimitStatus`]).
 //! - [`inspector`]: queue statistics, pending entries, workers ([`WorkerRecord`]), dead-letter
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
+//! - [`schedule`]: periodic tasks: [`Schedule`] (cron with seconds and a time zone, or an
+//!   interval; jitter; missed-fire policy), [`Schedules`] (store, list, pause, sync) and the
+//!   leaderless [`Scheduler`] (exactly one task per fire time however many run).
 //! - [`store`]: the reachability check and the demo's samples, for the binaries.
 //! - `clock`: where the worker and the inspector read the time they pass to the broker.
 //! - `testing` (feature `test-util`): fixtures on a private `redis-server` (server, client,
@@ -68,6 +71,7 @@ pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
 pub mod limits;
+pub mod schedule;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -89,6 +93,7 @@ pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
 };
 pub use limits::{Limit, LimitStatus, Limits, Rate};
+pub use schedule::{Missed, Schedule, Scheduler, Schedules};
 pub use worker::{
     DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
 };

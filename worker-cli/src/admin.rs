@@ -67,7 +67,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
-        Command::Work(_) | Command::Demo(_) | Command::Task(_) | Command::Tasks(_) | Command::Events(_) => {
+        Command::Work(_)
+        | Command::Demo(_)
+        | Command::Task(_)
+        | Command::Tasks(_)
+        | Command::Events(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_) => {
             unreachable!("dispatched in lib.rs; not admin commands")
         }
     }
@@ -143,6 +149,8 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Workers(_)
         | Command::Limits(_)
         | Command::Work(_)
+        | Command::Schedule(_)
+        | Command::Scheduler(_)
         | Command::Demo(_)
         | Command::Task(_)
         | Command::Tasks(_)

@@ -124,6 +124,19 @@ pub struct RunArgs {
     /// Crash-loop guard window (see --crash-limit).
     #[arg(long, value_name = "DURATION", default_value = "60s", allow_hyphen_values = true, value_parser = parse_positive_duration, help_heading = "Supervisor")]
     pub crash_window: Duration,
+    /// Do not run a scheduler in this supervisor. By default every supervisor runs one: any
+    /// number may run, each fire time still enqueues exactly one task.
+    #[arg(long, help_heading = "Supervisor")]
+    pub no_scheduler: bool,
+    /// Make the stored schedules what FILE (TOML) lists at start, saying what changed (see
+    /// `worker-cli schedule sync --help`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "no_scheduler",
+        help_heading = "Supervisor"
+    )]
+    pub schedules: Option<PathBuf>,
 }
 
 /// What a worker process serves and how; the supervisor passes these to its children.
@@ -286,6 +299,166 @@ pub enum Command {
     /// a private redis-server from PATH and says so. The queue's keys are deleted afterwards
     /// unless --keep.
     Demo(DemoArgs),
+    /// Periodic tasks: add, list, show (the next fire times), remove, pause, resume, run-now,
+    /// and sync from a file.
+    ///
+    /// A schedule enqueues a task of KIND into a queue at the times of a cron expression (5
+    /// fields, or 6 with seconds first; in a time zone, DST handled) or every fixed interval.
+    /// Schedules live in Redis; every supervisor runs a scheduler (unless --no-scheduler), and
+    /// `worker-cli scheduler` runs one alone: however many run, each fire time enqueues exactly
+    /// one task. See docs/schedules.md.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Run a scheduler alone (no workers): fire the stored schedules until SIGTERM or Ctrl-C.
+    ///
+    /// Run as many as you like (on several machines, for availability): each fire time
+    /// enqueues exactly one task whichever scheduler gets there first.
+    Scheduler(SchedulerArgs),
+}
+
+/// `schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule (refused if the name exists, unless --replace).
+    #[command(after_help = "Examples:\n  \
+        worker-cli schedule add nightly --queue research --kind refresh --cron '0 30 2 * * *' --timezone Europe/Berlin --missed run-once\n  \
+        worker-cli schedule add stats --queue ops --kind record_stats --every 60s --payload '{\"scope\": \"all\"}'")]
+    Add(Box<ScheduleAddArgs>),
+    /// List the schedules with their next fire time.
+    List(OutputArgs),
+    /// Show a schedule and its next 5 fire times.
+    Show(ScheduleNameArgs),
+    /// Remove a schedule (the tasks it enqueued stay).
+    Remove(ScheduleNameArgs),
+    /// Pause a schedule: it fires nothing until resumed.
+    Pause(ScheduleNameArgs),
+    /// Resume a paused schedule: it fires from now on (what fell in the pause is not run).
+    Resume(ScheduleNameArgs),
+    /// Enqueue one task of a schedule now, outside its fire times.
+    RunNow(ScheduleNameArgs),
+    /// Make the stored schedules exactly what FILE lists: create or update each one listed,
+    /// remove each stored one it does not list; print what changed.
+    ///
+    /// FILE is TOML with one [[schedule]] table per schedule, fields as `schedule add` names
+    /// them: name, queue, kind, cron + timezone or every, payload (a string of JSON or a TOML
+    /// value), codec, priority, jitter, missed, misfire_grace. Every entry is checked before
+    /// anything changes. The file owns all schedules: one added by hand and not in the file is
+    /// removed.
+    Sync(ScheduleSyncArgs),
+}
+
+/// `schedule add`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("when").args(["cron", "every"]).required(true)))]
+#[command(group(ArgGroup::new("body").args(["payload", "payload_file"])))]
+pub struct ScheduleAddArgs {
+    /// The schedule's name ([A-Za-z0-9._-], up to 64).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Queue the tasks go to.
+    #[arg(long, short = 'q', value_name = "NAME")]
+    pub queue: String,
+    /// The tasks' kind.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: String,
+    /// Cron expression: `MIN HOUR DOM MON DOW`, or `SEC MIN HOUR DOM MON DOW`; `L`, `W` and
+    /// `#` as in croner (e.g. `0 9 * * MON#2`, the second Monday at 09:00).
+    #[arg(long, value_name = "EXPR", allow_hyphen_values = true)]
+    pub cron: Option<String>,
+    /// IANA time zone the cron expression is read in (DST handled: a time skipped by the
+    /// spring-forward runs right after the gap, a repeated one runs once).
+    #[arg(long, value_name = "ZONE", default_value = "UTC", requires = "cron")]
+    pub timezone: String,
+    /// Fixed interval instead of a cron expression (at least 1s): fires at its multiples since
+    /// the Unix epoch, so 60s fires on the minute.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub every: Option<Duration>,
+    /// The tasks' payload (JSON unless --codec bytes).
+    #[arg(long, allow_hyphen_values = true)]
+    pub payload: Option<String>,
+    /// Read the payload from a file.
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<PathBuf>,
+    /// Payload codec.
+    #[arg(long, value_enum, default_value_t = PayloadCodec::Json)]
+    pub codec: PayloadCodec,
+    /// The tasks' priority (the queue's default otherwise).
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Make each task due a random delay of up to this after its fire time (spreads a burst of
+    /// schedules that fire at the same time).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub jitter: Duration,
+    /// What to do with fire times found more than --misfire-grace late because no scheduler
+    /// ran: `skip` them, or `run-once` (one task for all of them).
+    #[arg(long, value_enum, default_value_t = MissedArg::Skip)]
+    pub missed: MissedArg,
+    /// How late a fire time may be found and still run as usual.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub misfire_grace: Duration,
+    /// Update the schedule if one has this name (its last fire time and pause are kept).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `--missed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MissedArg {
+    /// Skip missed fire times.
+    Skip,
+    /// Run once for all missed fire times.
+    RunOnce,
+}
+
+/// A schedule's name and `--json`.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleNameArgs {
+    /// The schedule's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `schedule sync`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example file:\n  \
+    [[schedule]]\n  \
+    name = \"nightly\"\n  \
+    queue = \"research\"\n  \
+    kind = \"refresh\"\n  \
+    cron = \"0 30 2 * * *\"\n  \
+    timezone = \"Europe/Berlin\"\n  \
+    payload = { universe = \"all\" }\n  \
+    missed = \"run-once\"\n\n  \
+    [[schedule]]\n  \
+    name = \"stats\"\n  \
+    queue = \"ops\"\n  \
+    kind = \"record_stats\"\n  \
+    every = \"60s\"")]
+pub struct ScheduleSyncArgs {
+    /// The schedules file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Say what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `scheduler`.
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    /// Make the stored schedules what FILE lists first (as `schedule sync FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub schedules: Option<PathBuf>,
+    /// Longest sleep between two looks at the schedules (it also wakes at every fire time):
+    /// how soon an added or changed schedule is seen.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub poll: Duration,
 }
 
 /// `queue ...`.

@@ -28,6 +28,8 @@
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`) and `--exec`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
+//! - `schedule`: `schedule add|list|show|remove|pause|resume|run-now|sync`, `scheduler`, and
+//!   the scheduler each supervisor runs (unless `--no-scheduler`).
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
 //!   served only by the demo's own workers (`work --demo-samples`).
 //! - `local_redis`: the private `redis-server` the demo starts when nothing answers.
@@ -52,6 +54,7 @@ mod cli;
 mod demo;
 mod handlers;
 mod local_redis;
+mod schedule;
 mod settings;
 mod store;
 mod task;
@@ -237,13 +240,33 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                     .await
                     .map_err(|e| store::engine_error(&global.redis_url, e))?;
                 work::resolve_queues(&inspector, &worker).await?;
+                if let Some(path) = &run.schedules {
+                    schedule::sync_at_start(&client, &global.redis_url, path).await?;
+                }
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;
                 // A fixed size: the handle that would move it is not needed.
                 let (fleet, _fixed) = Fleet::new(settings.fleet, settings.workers);
-                fleet.run(stop).await?;
-                Ok(())
+                // The scheduler stops when the fleet starts draining, or when it ends.
+                let scheduler_stop = stop.drain.child_token();
+                let scheduler = async {
+                    match run.no_scheduler {
+                        true => Ok(()),
+                        false => rivulet::Scheduler::new(client.clone())
+                            .run(scheduler_stop.cancelled())
+                            .await
+                            .map_err(|e| store::engine_error(&global.redis_url, e)),
+                    }
+                };
+                let workers = async {
+                    let done = fleet.run(stop).await;
+                    scheduler_stop.cancel();
+                    done
+                };
+                let (workers, scheduler) = tokio::join!(workers, scheduler);
+                workers?;
+                scheduler
             })
         }
         Some(Command::Work(args)) => {
@@ -263,6 +286,14 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             } else {
                 runtime.block_on(work::run(settings, router, |_, _| async {}))
             }
+        }
+        Some(Command::Schedule(command)) => {
+            logging::init(global.log_format, "warn");
+            current_thread()?.block_on(schedule::run(&global, command))
+        }
+        Some(Command::Scheduler(args)) => {
+            logging::init(global.log_format, "info");
+            current_thread()?.block_on(schedule::run_scheduler(&global, &args))
         }
         Some(Command::Demo(args)) => {
             logging::init(global.log_format, "warn");

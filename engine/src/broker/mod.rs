@@ -22,6 +22,8 @@
 //!   `settle.lua`, replayed records through `replay.lua`);
 //! - [`limits`]: fleet-wide rate and concurrency limits (`limit_acquire.lua`,
 //!   `limit_release.lua`) in each limit's home slot, and the registry of their names;
+//! - [`schedules`]: the schedules' definitions, pause flags and last fire times in the
+//!   `{sched}` slot (`schedules_put.lua`, `schedules_fired.lua`, `schedules_pause.lua`);
 //! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
 //!   (`WAIT`, `WAITAOF`) after writes;
 //! - [`admin`]: inspection, dead-letter replay, pause flags, queue deletion, the autoscaler's
@@ -35,6 +37,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod queues;
 pub(crate) mod registry;
+pub(crate) mod schedules;
 pub(crate) mod server;
 pub(crate) mod settle;
 pub(crate) mod stream;

@@ -743,13 +743,14 @@ pub(crate) fn hostname() -> String {
 }
 
 /// Exponential backoff for loops that wait out a Redis outage: 50 ms doubling to 5 s, jittered.
+/// (The scheduler's loop uses it too.)
 #[derive(Debug, Default)]
-struct Outage {
+pub(crate) struct Outage {
     failures: u32,
 }
 
 impl Outage {
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let policy = crate::backoff::RetryPolicy {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(5),
@@ -760,7 +761,7 @@ impl Outage {
         d
     }
 
-    fn recovered(&mut self) -> bool {
+    pub(crate) fn recovered(&mut self) -> bool {
         std::mem::take(&mut self.failures) > 0
     }
 }

@@ -144,7 +144,7 @@ async fn every_admin_command_runs_as_the_user(url: &str, inspector: &Inspector) 
 }
 
 /// Redis logs every denied command; only the client library's optional CLIENT SETINFO may be.
-async fn nothing_was_denied(admin: &mut MultiplexedConnection) {
+pub async fn nothing_was_denied(admin: &mut MultiplexedConnection) {
     let denied: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL").arg("LOG").query_async(admin).await.unwrap();
     let objects: Vec<String> = denied
         .iter()

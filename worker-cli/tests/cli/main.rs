@@ -8,7 +8,7 @@
 //! `compiled` (a kind compiled in through `main_with`, run in this process),
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
 //! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
-//! Redis), `demo`, `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
+//! Redis), `demo`, `schedule` (periodic tasks: racing schedulers, missed fires, the file), `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
 mod common;
@@ -26,6 +26,7 @@ mod faults;
 mod limits;
 mod ops;
 mod queue;
+mod schedule;
 mod settings;
 mod tls;
 mod usage;
