@@ -124,6 +124,10 @@ pub struct Cli {
     /// while it is 0.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Bearer token /metrics requires (Authorization: Bearer TOKEN); needed to serve beyond
+    /// loopback, which is refused without one. The probes stay open.
+    #[arg(long, env = rivulet_fleet::probes::TOKEN_ENV, hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Log format on stderr (filter with RUST_LOG, default info). Workers it starts log in the
     /// same format (it travels to them in RIVULET_LOG_FORMAT, which worker-cli reads).
     #[arg(long, value_enum, env = rivulet_fleet::logging::LOG_FORMAT_ENV, default_value = "text")]
@@ -217,6 +221,7 @@ pub fn settings(cli: Cli) -> anyhow::Result<Settings> {
         actuation,
         dry_run: cli.dry_run,
         metrics_addr: cli.metrics_addr,
+        metrics_token: cli.metrics_token,
     })
 }
 

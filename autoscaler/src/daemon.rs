@@ -51,6 +51,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// Where to serve `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires (needed beyond loopback).
+    pub metrics_token: Option<String>,
 }
 
 /// The decision as stored in Redis for `worker-cli stats`.
@@ -165,15 +167,18 @@ pub async fn run(
     let mut server = tokio::task::JoinSet::new();
     if let Some(addr) = settings.metrics_addr {
         // Bind before spawning, so a bad address fails at start rather than in the background.
-        let listener = metrics::bind(addr).await?;
+        let listener = rivulet_fleet::probes::bind(addr, settings.metrics_token.clone()).await?;
         // Ready while observations succeed; stale after three missed ticks (at least 10 s,
         // so a short Redis blip or a slow tick does not pull the pod out).
         let stale_after = (settings.interval * 3).max(std::time::Duration::from_secs(10));
-        server.spawn(metrics::serve(
+        let probe = Arc::new(metrics::Readiness {
+            metrics: metrics.clone(),
+            stale_after,
+        });
+        server.spawn(rivulet_fleet::probes::serve(
             listener,
             Arc::new(registry),
-            metrics.clone(),
-            stale_after,
+            probe,
             stop.clone(),
         ));
     }

@@ -10,7 +10,7 @@
 //!   workers from Redis each tick.
 //! - [`actuator`]: local worker processes (through `rivulet_fleet`'s supervisor, at a moving
 //!   target) or a scale command.
-//! - [`metrics`]: Prometheus metrics served with axum.
+//! - [`metrics`]: Prometheus metrics, served through `rivulet_fleet::probes`.
 //! - [`daemon`]: the observe -> decide -> act loop and its settings.
 //! - [`cli`]: the flags, their resolution into daemon settings, and the exit codes.
 

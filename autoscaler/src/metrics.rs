@@ -1,27 +1,21 @@
 //! Explain: Prometheus metrics of the autoscaler, served at `/metrics`, and the probes
 //! `/healthz` (the process answers) and `/readyz` (it observed the queue recently) on the same
-//! address.
+//! address, through the server both binaries share (`rivulet_fleet::probes`).
 //!
 //! When Redis is away the per-queue gauges keep their last values, so they are read together
 //! with `rivulet_autoscaler_up` (0 after a failed observation), the timestamp of the last
 //! successful observation and the error counters; `/readyz` answers 503 once the last
 //! successful observation is older than its staleness limit.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Decision, Observation};
 
@@ -171,64 +165,19 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` for [`serve`]; fails at once on a bad or busy address.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))
+/// What `/readyz` means for the autoscaler: observed successfully within `stale_after`.
+#[derive(Debug)]
+pub struct Readiness {
+    /// The metrics that keep the last successful observation.
+    pub metrics: Arc<Metrics>,
+    /// How old the last successful observation may be.
+    pub stale_after: Duration,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `stop` is cancelled. `/readyz` fails
-/// once the last successful observation is older than `stale_after`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    stale_after: Duration,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics at /metrics, probes at /healthz and /readyz");
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    match metrics.not_ready(SystemTime::now(), stale_after) {
-                        None => (axum::http::StatusCode::OK, "ready\n".to_owned()),
-                        Some(why) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}\n"),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => (
-                            [(
-                                CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        )
-                            .into_response(),
-                        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-    Ok(())
+impl rivulet_fleet::probes::Probe for Readiness {
+    async fn not_ready(&self) -> Option<String> {
+        self.metrics.not_ready(SystemTime::now(), self.stale_after)
+    }
 }
 
 #[cfg(test)]

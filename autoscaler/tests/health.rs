@@ -2,29 +2,19 @@
 //! drops to 0, the observation error counter moves, `/readyz` answers 503 while `/healthz`
 //! still answers 200.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rivulet::testing::{ChildGuard, RedisServer, wait_until};
+use rivulet::testing::{ChildGuard, RedisServer, has_metric, http_get, metric_sum, wait_until};
 
-/// `GET path` over plain HTTP/1.0: the status code and the body (`None` while nothing answers).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((status, body))
+    http_get(port, path, None)
 }
 
 /// The value of an unlabelled metric in a Prometheus text body.
 fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    has_metric(body, name).then(|| metric_sum(body, name, &[]))
 }
 
 #[tokio::test]

@@ -51,6 +51,7 @@ pub async fn run(plan: &Plan, quick: bool) -> Result<Vec<CompareRow>> {
                 lifecycle: true,
                 label: String::new(),
                 limits: Vec::new(),
+                metrics: false,
             };
             let d = drain::run(&target, &spec).await?;
             let life = d.fill_redis.plus(&d.drain_redis);

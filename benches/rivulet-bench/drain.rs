@@ -35,6 +35,8 @@ pub struct DrainResult {
     pub worker_cpu_us_per_task: f64,
     /// Whether task records (lifecycle tracking) were on.
     pub lifecycle: bool,
+    /// Whether the workers' metrics were on.
+    pub metrics: bool,
     /// Redis memory per retained finished task record, bytes (`MEMORY USAGE` of a sample of
     /// records; lifecycle on only).
     pub record_bytes: Option<f64>,
@@ -59,6 +61,8 @@ pub struct DrainSpec {
     pub label: String,
     /// The workers' limit flags.
     pub limits: Vec<String>,
+    /// Worker metrics on (`--metrics-addr`'s `WorkerMetrics`) or off.
+    pub metrics: bool,
 }
 
 impl DrainSpec {
@@ -73,13 +77,14 @@ impl DrainSpec {
             lifecycle,
             label: String::new(),
             limits: Vec::new(),
+            metrics: false,
         }
     }
 }
 
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}-s{}{}{}",
+        "drain-w{}-c{}-p{}-s{}{}{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
@@ -89,7 +94,8 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
             String::new()
         } else {
             format!("-{}", s.label)
-        }
+        },
+        if s.metrics { "-m" } else { "" }
     ))?
     .shards(s.shards)?;
     if !s.lifecycle {
@@ -128,6 +134,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         max_seconds: 600,
         retention_ms: (!s.lifecycle).then_some(0),
         limits: s.limits.clone(),
+        metrics: s.metrics,
     };
     let t1 = Instant::now();
     let fleet = Fleet::spawn(&spec, s.workers)?;
@@ -181,6 +188,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         drain_redis: after_fill.usage(&after, s.tasks, Window::Consume, false),
         worker_cpu_us_per_task: outputs.iter().map(|o| o.cpu_s).sum::<f64>() * 1e6 / s.tasks as f64,
         lifecycle: s.lifecycle,
+        metrics: s.metrics,
         record_bytes,
         label: s.label.clone(),
         limits: s.limits.clone(),

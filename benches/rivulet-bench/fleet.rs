@@ -27,6 +27,8 @@ pub struct Spec {
     pub limits: Vec<String>,
     /// The CA to verify a `rediss://` server against.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Worker metrics on (`WorkerMetrics`, as `--metrics-addr` has them).
+    pub metrics: bool,
 }
 
 /// Running worker processes; killed on drop if not stopped.
@@ -53,6 +55,9 @@ impl Fleet {
                 .arg(&spec.durability);
             if spec.done_probe {
                 cmd.arg("--done-probe");
+            }
+            if spec.metrics {
+                cmd.arg("--metrics");
             }
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());

@@ -113,6 +113,7 @@ async fn measure(
         max_seconds: 600,
         retention_ms: None,
         limits: Vec::new(),
+        metrics: false,
     };
     let live = target.live_workers().await?;
     let fleet = Fleet::spawn(&spec, 1)?;

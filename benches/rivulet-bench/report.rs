@@ -22,6 +22,8 @@ pub struct RunResult {
     pub lifecycle: Vec<DrainResult>,
     /// The same small drain with no limit, a rate limit and a cap (the `limits` scenario).
     pub limits: Vec<DrainResult>,
+    /// The reference drain with worker metrics off, then on (the `metrics` scenario).
+    pub metrics: Vec<DrainResult>,
     /// The bare loop with one consumer: what one worker process is compared with.
     pub ceiling: Option<CeilingResult>,
     /// The bare loop with several consumers in parallel: what Redis allows on this machine.

@@ -19,7 +19,7 @@ use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
 /// Every scenario `--only` may name.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "drain",
     "ceiling",
     "enqueue",
@@ -28,6 +28,7 @@ const SCENARIOS: [&str; 8] = [
     "lifecycle",
     "limits",
     "compare",
+    "metrics",
 ];
 
 /// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
@@ -98,7 +99,7 @@ pub struct RunArgs {
     /// (not by default: the reference drain and a batched enqueue on private setups started
     /// in turn, one node, one node + replica with `replicated:1`, one node over TLS, a 3+3
     /// cluster, with `--shards` on the single node and the cluster; cost per task side by
-    /// side).
+    /// side), metrics (not by default: the reference drain with worker metrics off, then on).
     #[arg(
         long,
         value_delimiter = ',',
@@ -326,6 +327,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             shards,
             label: String::new(),
             limits: Vec::new(),
+            metrics: false,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
@@ -352,6 +354,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 shards: 1,
                 label: String::new(),
                 limits: Vec::new(),
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -405,6 +408,41 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             ));
             r.limits.push(d);
         }
+    }
+
+    // Worker metrics off and on, back to back on the reference configuration: the cost per
+    // task in worker CPU (Redis commands must not change: the metrics live in the process).
+    if args.wants("metrics") && !late("metrics") {
+        let mut pair = Vec::new();
+        for metrics in [false, true] {
+            let spec = DrainSpec {
+                workers: 1,
+                concurrency: plan.concurrency,
+                payload_bytes: BASE_PAYLOAD,
+                tasks: plan.tasks,
+                lifecycle: true,
+                shards: 1,
+                metrics,
+                label: String::new(),
+                limits: Vec::new(),
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "drain   metrics {}: {:>9.0} tasks/s (drain redis {:.2} µs {:.2} cmds/task; workers {:.2} µs CPU/task)",
+                if metrics { "on " } else { "off" },
+                d.tasks_per_s,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+                d.worker_cpu_us_per_task,
+            ));
+            pair.push(d);
+        }
+        progress(format_args!(
+            "drain   metrics on - off: {:+.2} µs worker CPU/task, {:+.3} Redis cmds/task",
+            pair[1].worker_cpu_us_per_task - pair[0].worker_cpu_us_per_task,
+            pair[1].drain_redis.commands_per_task - pair[0].drain_redis.commands_per_task,
+        ));
+        r.metrics = pair;
     }
 
     if args.wants("enqueue") {
@@ -469,6 +507,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 shards: 1,
                 label: String::new(),
                 limits: Vec::new(),
+                metrics: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(

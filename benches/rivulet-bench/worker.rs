@@ -52,6 +52,10 @@ pub struct WorkerArgs {
     /// The CA to verify a `rediss://` server against.
     #[arg(long)]
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Count into the engine's `WorkerMetrics` (what `--metrics-addr` turns on), and read
+    /// and encode a snapshot every second as a scrape through the supervisor would.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// What one worker process reports when it stops.
@@ -295,10 +299,21 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         durability: args.durability.parse()?,
         ..rivulet::QueueOptions::default()
     };
-    Worker::new(target, router, config)
-        .queue_with(queue, options)
-        .run(shutdown)
-        .await?;
+    let mut worker = Worker::new(target, router, config).queue_with(queue, options);
+    let mut scrapes = tokio::task::JoinSet::new();
+    if args.metrics {
+        let metrics = Arc::new(rivulet::WorkerMetrics::new());
+        worker = worker.with_metrics(metrics.clone());
+        scrapes.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let line = serde_json::to_string(&metrics.snapshot()).expect("a snapshot is plain data");
+                std::hint::black_box(line);
+            }
+        });
+    }
+    worker.run(shutdown).await?;
+    scrapes.shutdown().await;
 
     if let Some(task) = probe_task {
         // Every outcome is settled now; give the probe a moment to see the last events.

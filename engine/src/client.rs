@@ -278,18 +278,19 @@ impl Client {
     /// [`enqueue_many`](Self::enqueue_many), saying per task whether it is new or a
     /// duplicate.
     ///
-    /// A task with a record (the queue's or its own retention above zero) or a unique key is
-    /// enqueued by `enqueue.lua` (record, event and lock in the same script); one with
-    /// neither by a plain `XADD` (delayed ones by `schedule.lua`). All of them go in one
-    /// pipelined round trip, delayed untracked ones one script call each.
+    /// A task with a record (the queue's or its own retention above zero), a unique key or a
+    /// due time is enqueued by `enqueue.lua` (the `rivulet_v1_enqueue` function other
+    /// languages call too: record, event, lock and scheduled set in the same script); a ready
+    /// one with neither by a plain `XADD`. All of them go in one pipelined round trip.
     pub async fn submit_many(&self, queue: &Queue, tasks: impl IntoIterator<Item = Task>) -> Result<Vec<Enqueued>> {
         let mut tasks: Vec<Task> = tasks.into_iter().collect();
         let shards = queue.layout().shards;
         let mut placed = Vec::with_capacity(tasks.len());
         for task in &mut tasks {
-            // The same check a worker makes before it runs the task (0 attempts, a cap below
-            // the base): refused here rather than dead-lettered there.
+            // The same check a worker makes before it runs the task (0 attempts, a 0 timeout, a
+            // cap below the base): refused here rather than dead-lettered there.
             crate::envelope::check_kind(&task.envelope.kind)
+                .and_then(|()| crate::envelope::check_timeout(task.envelope.timeout_ms))
                 .and_then(|()| task.envelope.retry_policy(RetryPolicy::default()).map(drop))
                 .map_err(|m| crate::Error::config("task", m.0))?;
             if let Some(key) = task.envelope.unique_key.clone() {
@@ -314,7 +315,7 @@ impl Client {
                 .unique_key
                 .as_ref()
                 .map(|k| (keys.unique(k), task.envelope.unique_ttl_ms.unwrap_or(0)));
-            if retention_ms > 0 || unique.is_some() {
+            if retention_ms > 0 || unique.is_some() || due.is_some() {
                 scripted.push((
                     i,
                     EnqueueItem {
@@ -328,10 +329,7 @@ impl Client {
                 ));
                 continue;
             }
-            match due {
-                Some(due) => broker::add_scheduled(&mut conn, keys, &task.envelope, due).await?,
-                None => ready.push((keys, &task.envelope)),
-            }
+            ready.push((keys, &task.envelope));
         }
         // The durability wait goes after every write of the batch, on the same connection: in
         // the ready tasks' pipeline when nothing else follows, else after the scripts.
@@ -422,12 +420,24 @@ impl Client {
             };
         }
         let mut blocking = self.blocking_connection(timeout).await?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let woken = records::block_until_done(&mut blocking, &keys, id.as_str(), left).await?;
-        if !woken {
-            records::unregister_waiter(&mut conn, &keys, id.as_str()).await?;
-        }
-        let st = self.status(queue, id).await?;
+        let st = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let woken = !left.is_zero() && records::block_until_done(&mut blocking, &keys, id.as_str(), left).await?;
+            if !woken {
+                records::unregister_waiter(&mut conn, &keys, id.as_str()).await?;
+                break self.status(queue, id).await?;
+            }
+            let st = self.status(queue, id).await?;
+            if st.state.is_final() {
+                records::wake_others(&mut conn, &keys, id.as_str()).await?;
+                break st;
+            }
+            // A token left by an earlier run (the task was replayed since it finished): it is
+            // consumed, the registration stands, block again for the time left.
+            if st.state == TaskState::Unknown {
+                break st;
+            }
+        };
         match st.state {
             s if s.is_final() => Ok(st),
             TaskState::Unknown => Err(self.unknown(queue, id)),

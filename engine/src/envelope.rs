@@ -164,6 +164,19 @@ pub(crate) fn check_kind(kind: &str) -> Result<(), Malformed> {
     }
 }
 
+/// The rule a task's own timeout obeys, checked at enqueue and again when an entry is read:
+/// `timeout_ms = 0` would time every attempt out before the handler ran, so the task would die
+/// `exhausted` without ever running.
+pub(crate) fn check_timeout(timeout_ms: Option<u64>) -> Result<(), Malformed> {
+    if timeout_ms == Some(0) {
+        Err(Malformed(
+            "field \"timeout_ms\" is 0: a task's timeout must be at least 1 ms (leave it out for the worker's)".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -316,6 +329,8 @@ impl Envelope {
                 ))
             })?,
         };
+        let timeout_ms = parse_num("timeout_ms", timeout_ms)?;
+        check_timeout(timeout_ms)?;
         Ok(Envelope {
             id: TaskId(id),
             kind,
@@ -324,7 +339,7 @@ impl Envelope {
             enqueued_at: parse_num("enqueued_at", enqueued_at)?.unwrap_or(0),
             attempt: parse_num("attempt", attempt)?.unwrap_or(0),
             max_attempts: parse_num("max_attempts", max_attempts)?,
-            timeout_ms: parse_num("timeout_ms", timeout_ms)?,
+            timeout_ms,
             backoff_base_ms: parse_num("backoff_base_ms", backoff_base_ms)?,
             backoff_factor: parse_factor(backoff_factor)?,
             backoff_cap_ms: parse_num("backoff_cap_ms", backoff_cap_ms)?,
@@ -445,6 +460,8 @@ mod tests {
             case(&[("id", ""), ("kind", "k"), ("payload", "1")]),
             "field \"id\" is empty"
         );
+        // Every attempt would time out before the handler ran: malformed, not `exhausted`.
+        assert!(case(&[("id", "1"), ("kind", "k"), ("payload", "1"), ("timeout_ms", "0")]).contains("timeout_ms"));
     }
 
     #[test]

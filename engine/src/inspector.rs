@@ -567,6 +567,13 @@ impl Inspector {
         }
     }
 
+    /// Loads (or replaces) the `rivulet_v1` function library ([`crate::functions`]) and
+    /// returns its revision. Workers do this at start; this is for producers in other
+    /// languages that run before any worker did (`worker-cli functions install`).
+    pub async fn install_functions(&self) -> Result<&'static str> {
+        broker::functions::install(&mut self.conn()).await
+    }
+
     /// Moves the selected dead letters back into their streams with attempts reset. Returns
     /// how many.
     pub async fn dlq_replay(&self, queue: &Queue, select: &DlqSelect) -> Result<u64> {

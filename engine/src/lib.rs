@@ -35,11 +35,12 @@
 //!   verification) become a `redis::Client`.
 //! - [`durability`]: [`Durability`] (fast, replicated:N, fsync) and the start-up checks of the
 //!   server's version and eviction policy ([`ServerInfo`]).
+//! - [`functions`]: the `rivulet_v1` Redis Functions library other languages call.
 //! - [`client`]: the producer ([`Client`], [`Task`]).
 //! - [`handler`]: [`Router`], [`TaskContext`] and [`HandlerError`] (retry / retry after / fatal).
 //! - [`backoff`]: [`RetryPolicy`], a pure exponential-with-full-jitter schedule.
 //! - [`worker`]: [`Worker`] and its loops (fetcher, executor, acker, promoter, reclaimer,
-//!   heartbeat).
+//!   heartbeat), and what they count for an exporter ([`WorkerMetrics`], opt in).
 //! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
 //!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
 //! - [`limits`]: fleet-wide rate and concurrency limits ([`Limit`], [`Rate`]): specs, checks,
@@ -66,6 +67,12 @@ pub mod connection;
 pub mod durability;
 pub mod envelope;
 mod error;
+/// The `rivulet_v1` Redis Functions library (see `docs/wire-format.md`): generated from the
+/// engine's own scripts, loaded by every worker at start and by
+/// [`Inspector::install_functions`], called by producers in any language with `FCALL`.
+pub mod functions {
+    pub use crate::broker::functions::{LIBRARY, name, revision, source};
+}
 pub mod handler;
 pub mod inspector;
 pub mod keys;
@@ -95,5 +102,6 @@ pub use lifecycle::{
 pub use limits::{Limit, LimitStatus, Limits, Rate};
 pub use schedule::{Missed, Schedule, Scheduler, Schedules};
 pub use worker::{
-    DRAIN_SETTLE_BUDGET, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig, WorkerCounters, WorkerReport,
+    DRAIN_SETTLE_BUDGET, MetricsSnapshot, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig,
+    WorkerCounters, WorkerMetrics, WorkerReport,
 };

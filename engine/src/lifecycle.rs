@@ -387,12 +387,26 @@ impl<T: Serialize> IntoTaskResult for Output<T> {
 pub struct TaskControl {
     cancel: CancellationToken,
     progress: Arc<Mutex<Option<Progress>>>,
+    /// When the run times out, if it has a timeout (for handlers in other processes, which
+    /// cannot see the worker's timer).
+    deadline: Option<std::time::Instant>,
 }
 
 impl TaskControl {
     /// A detached control (for contexts built by hand, e.g. in tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same control with a deadline (the worker sets it from the task's timeout).
+    pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// When the worker times the run out, if it has a timeout.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.deadline
     }
 
     /// Asks the handler to stop (what a cancel does).

@@ -7,6 +7,9 @@
 //!   pid (the parent may have died before the request), and keeps checking
 //!   ([`watch_parent`]). Not set for children meant to outlive the supervisor.
 //! - [`SLOT_ENV`]: the child's slot number, for its logs.
+//! - [`METRICS_SOCKET_ENV`]: set when the supervisor serves metrics for its box: a Unix socket
+//!   the child connects to and answers with its metrics whenever asked (`worker-cli`'s
+//!   `metrics` module holds both sides).
 //! - A child runs in its own process group: a terminal's Ctrl-C reaches only the supervisor,
 //!   which then drains its children itself (once; in the same group they would get the
 //!   group's signal and then the supervisor's, a second signal that stops them at once).
@@ -27,8 +30,10 @@ use nix::unistd::{Pid, getppid};
 pub const SUPERVISOR_PID_ENV: &str = "RIVULET_SUPERVISOR_PID";
 /// Set by a supervisor for its children: the child's slot number (for logs).
 pub const SLOT_ENV: &str = "RIVULET_WORKER_SLOT";
+/// Set by a supervisor that serves metrics: the Unix socket its children report to.
+pub const METRICS_SOCKET_ENV: &str = "RIVULET_METRICS_SOCKET";
 /// Every variable of the contract (to remove from what a child's own commands inherit).
-pub const CONTRACT_VARS: [&str; 2] = [SUPERVISOR_PID_ENV, SLOT_ENV];
+pub const CONTRACT_VARS: [&str; 3] = [SUPERVISOR_PID_ENV, SLOT_ENV, METRICS_SOCKET_ENV];
 /// Exit status of a child that stopped because Redis could not be reached (`EX_UNAVAILABLE`
 /// from sysexits.h): an outage, which the supervisor restarts without counting it as a crash.
 pub const EXIT_OUTAGE: i32 = 69;

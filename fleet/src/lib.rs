@@ -15,6 +15,8 @@
 //! - [`logging`]: tracing to stderr as text or JSON ([`LogFormat`]).
 //! - [`usage`]: [`UsageError`], bad input found after parsing (exit code 2).
 //! - [`memory`]: resident memory of a process, and sizes for people.
+//! - [`probes`]: the one HTTP server of `--metrics-addr` (`/metrics`, `/healthz`, `/readyz`),
+//!   loopback unless a token is set, which both binaries serve through.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,11 +25,12 @@ pub mod contract;
 pub mod logging;
 pub mod memory;
 pub mod policy;
+pub mod probes;
 pub mod signals;
 pub mod supervisor;
 pub mod usage;
 
-pub use contract::{SLOT_ENV, SUPERVISOR_PID_ENV};
+pub use contract::{METRICS_SOCKET_ENV, SLOT_ENV, SUPERVISOR_PID_ENV};
 pub use logging::LogFormat;
 pub use signals::Stop;
 pub use supervisor::{Fleet, FleetConfig, FleetError, FleetHandle, FleetReport, FleetStatus};

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rivulet::testing::{ChildGuard, Fixture, Recorder, RedisServer, fast_config, wait_until};
-use rivulet::{DlqSelect, HandlerError, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig};
+use rivulet::worker::{DEAD_REASONS, OTHER_KIND};
+use rivulet::{
+    DlqSelect, HandlerError, Queue, RetryPolicy, Router, Task, TaskContext, Worker, WorkerConfig, WorkerMetrics,
+};
 
 /// A `rivulet-test-worker` process serving `queue` (killed on drop, its stderr shown if the
 /// test fails) and the worker id it announced; `limits` are its limit arguments
@@ -422,6 +425,55 @@ async fn a_thousand_malformed_entries_reach_the_dlq_with_their_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_metrics_count_what_could_not_run_under_bounded_kinds() {
+    let f = Fixture::shared(Queue::new("counted").unwrap()).await;
+    let ok = Recorder::new();
+    let router = ok.route(Router::new(), "typed", |_ctx, _n: u64| async { Ok(()) });
+    let metrics = Arc::new(WorkerMetrics::new());
+    let config = fast_config();
+    let slots = config.concurrency as u64;
+    let worker = Worker::new(f.redis_client(), router, config)
+        .queue(f.queue.clone())
+        .with_metrics(metrics.clone());
+    let handle = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run(std::future::pending()));
+    f.wait_worker_registered(Duration::from_secs(10)).await;
+    let stream = f.queue.shard("normal", 0).stream;
+    add_malformed_entries(&f, &stream).await;
+    let counted = wait_until(Duration::from_secs(30), async || {
+        let s = metrics.snapshot();
+        s.tasks.iter().map(|t| t.dead.iter().sum::<u64>()).sum::<u64>() == 1000
+            && s.tasks.iter().map(|t| t.succeeded).sum::<u64>() == 1
+    })
+    .await;
+    let s = metrics.snapshot();
+    assert!(counted, "{s:#?}");
+    let row = |kind: &str| {
+        s.tasks
+            .iter()
+            .find(|t| t.priority == "normal" && t.kind == kind)
+            .unwrap()
+    };
+    let dead = |kind: &str, reason: &str| row(kind).dead[DEAD_REASONS.iter().position(|r| *r == reason).unwrap()];
+    // Entries without a usable envelope, or of a kind nobody serves, count under `_other`;
+    // a served kind whose payload does not decode counts under its kind.
+    assert_eq!(dead(OTHER_KIND, "malformed"), 600, "{s:#?}");
+    assert_eq!(dead(OTHER_KIND, "unknown_kind"), 200, "{s:#?}");
+    assert_eq!(dead("typed", "malformed"), 200, "{s:#?}");
+    assert_eq!((row("typed").started, row("typed").succeeded), (1, 1), "{s:#?}");
+    assert!(
+        s.tasks.iter().all(|t| t.kind == "typed" || t.kind == OTHER_KIND),
+        "{s:#?}"
+    );
+    let wait: u64 = s.wait.iter().map(|w| w.histogram.count()).sum();
+    assert_eq!(wait, s.started(), "one wait per start: {s:#?}");
+    assert_eq!((s.slots, s.in_flight, s.workers_running), (slots, 0, 1));
+    handle.quiet();
+    running.await.unwrap().unwrap();
+    assert_eq!(metrics.snapshot().workers_running, 0, "a stopped worker is not running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_and_timeouts_are_retried_and_the_worker_survives() {
     let f = Fixture::shared(Queue::new("unruly").unwrap()).await;
     let recorder = Recorder::new();
@@ -662,6 +714,13 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
             .await
             .is_err()
     );
+    // A zero timeout would time every attempt out before the handler ran.
+    let zero = f
+        .client
+        .enqueue(&f.queue, Task::json("k", &()).unwrap().timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(zero.to_string().contains("timeout_ms"), "{zero}");
     let mut conn = f.redis().await;
     let _: String = redis::cmd("XADD")
         .arg(f.queue.shard("normal", 0).stream)

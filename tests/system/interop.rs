@@ -1,4 +1,5 @@
-//! Cross-language: tasks produced by the Python example are processed by Rust handlers.
+//! Cross-language: tasks produced by the Python example (on the `rivulet` package in
+//! clients/python, through the engine's `rivulet_v1` functions) are processed by Rust handlers.
 
 use std::process::Command;
 use std::time::Duration;
@@ -33,8 +34,13 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     let f = Fixture::start().await;
     let server = &f.server;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_producer.py");
+    // The package from the source tree, whether or not it is installed.
+    let package = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
+    // Producers in other languages call the functions a worker (or this) loads.
+    f.inspector.install_functions().await.unwrap();
     for (priority, shards) in [("high", "2"), ("low", "2")] {
         let out = Command::new("python3")
+            .env("PYTHONPATH", package)
             .args([script, "--url", &server.url(), "--queue", "py", "--kind", "resize"])
             .args([
                 "--payload",
@@ -58,6 +64,7 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     // A shard count that disagrees with the recorded layout would strand tasks on streams no
     // worker reads: refused with exit 2, nothing written.
     let out = Command::new("python3")
+        .env("PYTHONPATH", package)
         .args([script, "--url", &server.url(), "--queue", "py", "--shards", "4"])
         .output()
         .expect("run the python producer");

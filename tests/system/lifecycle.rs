@@ -322,6 +322,46 @@ async fn wait_returns_at_completion_and_an_idle_wait_costs_a_bounded_number_of_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_after_a_replay_is_not_woken_by_the_first_runs_token() {
+    let server = RedisServer::start();
+    let queue = Queue::new("rewait").unwrap();
+    let client = Client::new(&server.client()).await.unwrap();
+    let id = client
+        .enqueue(&queue, Task::json("boom", &()).unwrap().max_attempts(1))
+        .await
+        .unwrap();
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(Arc::new(Notify::new())),
+        fast_config(),
+    );
+    let first = client.wait(&queue, &id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(first.state, TaskState::Dead);
+    w.stop().await;
+    // Replayed while no worker runs: the done list still holds the first run's token (it lives
+    // a minute), which must not end the next wait early.
+    let inspector = rivulet::Inspector::new(&server.client()).await.unwrap();
+    assert_eq!(inspector.dlq_replay(&queue, &rivulet::DlqSelect::All).await.unwrap(), 1);
+    let err = client.wait(&queue, &id, Duration::from_millis(800)).await.unwrap_err();
+    assert!(
+        matches!(err, rivulet::Error::WaitTimeout { state: TaskState::Queued, waited_ms, .. } if waited_ms >= 700),
+        "{err}"
+    );
+    // Run again: the wait returns the second run's end.
+    let w = RunningWorker::start(
+        &server,
+        std::slice::from_ref(&queue),
+        router(Arc::new(Notify::new())),
+        fast_config(),
+    );
+    let second = client.wait(&queue, &id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(second.state, TaskState::Dead);
+    assert_ne!(second.dlq_id, first.dlq_id, "{second:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_racing_producers_of_one_unique_key_make_exactly_one_task() {
     let server = RedisServer::start();
     let queue = Queue::new("unique").unwrap().shards(4).unwrap();

@@ -17,8 +17,8 @@ use rivulet::{Client, Codec, DeadLetter, DeadLetterId, DlqSelect, Inspector, Que
 use serde_json::{Value, json};
 
 use crate::cli::{
-    Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, GlobalArgs,
-    PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
+    Command, DeleteQueueArgs, DlqCommand, DlqListArgs, DlqSelectArgs, DlqShowArgs, EnqueueArgs, FunctionsCommand,
+    GlobalArgs, PayloadCodec, PendingArgs, QueueArgs, QueueCommand, StatsArgs,
 };
 use crate::output::{self, Table, clip, fmt_ago, fmt_duration};
 use crate::settings::UsageError;
@@ -67,6 +67,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pause(a) => admin.pause(a, true).await,
         Command::Resume(a) => admin.pause(a, false).await,
         Command::DeleteQueue(a) => admin.delete_queue(a).await,
+        Command::Functions(FunctionsCommand::Install(o)) => admin.install_functions(o.json).await,
+        Command::Functions(FunctionsCommand::Source) => unreachable!("dispatched in lib.rs: needs no Redis"),
         Command::Work(_)
         | Command::Demo(_)
         | Command::Task(_)
@@ -154,6 +156,7 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Demo(_)
         | Command::Task(_)
         | Command::Tasks(_)
+        | Command::Functions(_)
         | Command::Events(_) => {}
     }
     Ok(None)
@@ -757,6 +760,15 @@ impl Admin {
             );
         }
         output::text(&format!("{line}\n"))
+    }
+
+    async fn install_functions(&self, json: bool) -> Result<()> {
+        let revision = self.inspector.install_functions().await.map_err(|e| self.engine(e))?;
+        let library = rivulet::functions::LIBRARY;
+        if json {
+            return output::json(&json!({ "library": library, "revision": revision }));
+        }
+        output::text(&format!("loaded function library {library} (revision {revision})\n"))
     }
 
     async fn pause(&self, a: QueueArgs, pause: bool) -> Result<()> {

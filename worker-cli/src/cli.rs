@@ -2,6 +2,7 @@
 //! else. Turning flags into engine configuration is `settings`' job, so this file reads as the
 //! CLI's reference.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use rivulet::{Durability, PriorityMode};
 pub use rivulet_fleet::LogFormat;
 
 use crate::values::{
-    ExecSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease, parse_positive_duration,
-    parse_priority_mode, parse_size,
+    ExecSpec, ServeSpec, parse_durability, parse_duration, parse_exec, parse_kind, parse_lease,
+    parse_positive_duration, parse_priority_mode, parse_serve, parse_size,
 };
 
 /// The Redis URL used when neither `--redis-url` nor `REDIS_URL` is given.
@@ -188,6 +189,32 @@ pub struct WorkerArgs {
     /// is logged as a `task output` event with the task id. Repeatable.
     #[arg(long, value_name = "KIND=COMMAND", value_parser = parse_exec)]
     pub exec: Vec<ExecSpec>,
+    /// Serve KINDS (comma separated) with one long-lived handler process per worker process,
+    /// `sh -c COMMAND`, e.g. train='python -m myapp.tasks': it stays up and takes tasks as
+    /// JSON lines on its stdin, answering on its stdout (progress, result, error; a cancel is a
+    /// message in), the protocol of docs/serve-protocol.md (the Python package's
+    /// `rivulet.handlers.serve()` speaks it). A process that crashes has its tasks retried and
+    /// is restarted with backoff. Repeatable.
+    #[arg(long, value_name = "KINDS=COMMAND", value_parser = parse_serve)]
+    pub serve: Vec<ServeSpec>,
+    /// Tasks each --serve handler process runs at once (on threads or asyncio, as the process
+    /// chooses). The worker's default --concurrency with --serve is the sum of its handler
+    /// processes' slots.
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000).map(|n| n as usize))]
+    pub serve_concurrency: usize,
+    /// Recycle a --serve handler process after it has taken N tasks: it gets no more, finishes
+    /// what it runs, has its stdin closed (it exits) and is replaced. No limit by default.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as u64))]
+    pub serve_max_tasks: Option<u64>,
+    /// Recycle a --serve handler process (the whole process tree of its command) whose resident
+    /// memory exceeds SIZE, e.g. 2GiB, checked every second: as with --serve-max-tasks, it
+    /// finishes its running tasks first. No limit by default.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub serve_max_memory: Option<u64>,
+    /// Time a --serve handler process gets from its start to say it is ready (the protocol's
+    /// `ready` line: loading a model counts); past it, it is killed and restarted as a crash.
+    #[arg(long, value_name = "DURATION", default_value = "60s", allow_hyphen_values = true, value_parser = parse_positive_duration)]
+    pub serve_start_timeout: Duration,
     /// A task of a kind this worker does not serve is retried (every tenth of this or less, 50ms
     /// to 5s apart, without using up an attempt) until it is this old, so a newer worker can take
     /// it during a rolling deploy; then it is dead-lettered as `unknown_kind`. 0s = at once.
@@ -232,6 +259,19 @@ pub struct WorkerArgs {
     /// used) and is offered again about when a slot should free. Repeatable.
     #[arg(long, value_name = "NAME=N", value_parser = crate::values::parse_max_running, help_heading = "Limits")]
     pub max_running: Vec<crate::values::NamedLimit<u32>>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
+    /// answers) and /readyz (ready: the worker runs and reaches Redis), e.g. 127.0.0.1:9100.
+    /// Under the supervisor (--workers N) one address serves the whole box: the numbers of
+    /// every worker process added up, its restarts, and ready only while every worker process
+    /// is up and reaches Redis. Loopback only, unless --metrics-token is set. Every metric and
+    /// its labels: docs/metrics.md.
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Bearer token /metrics then requires (`Authorization: Bearer TOKEN`, Prometheus's
+    /// `authorization` scrape setting); needed to serve --metrics-addr beyond loopback. The
+    /// probes stay open.
+    #[arg(long, value_name = "TOKEN", env = rivulet_fleet::probes::TOKEN_ENV, hide_env_values = true, help_heading = "Metrics")]
+    pub metrics_token: Option<String>,
     /// Set by `worker-cli demo` for its workers: serve the `demo` kind and save its latency
     /// samples.
     #[arg(long, hide = true)]
@@ -288,6 +328,14 @@ pub enum Command {
     /// Print a queue's lifecycle events (enqueued, started, progress, retried, succeeded,
     /// dead, cancelled, ...), oldest first; --follow keeps printing new ones.
     Events(EventsArgs),
+    /// Load the `rivulet_v1` Redis Functions library, or print its source.
+    ///
+    /// Producers in other languages (the Python package) enqueue, cancel, wait and read stats
+    /// with `FCALL rivulet_v1_*`. Every worker loads the library at start; run `functions
+    /// install` when producers start before any worker did (a deploy step, like `queue
+    /// create`). The library is generated from the engine's own scripts (docs/wire-format.md).
+    #[command(subcommand)]
+    Functions(FunctionsCommand),
     /// Enqueue many tasks, run them with worker processes, and print throughput and latency.
     ///
     /// Two phases on a throwaway queue (demo-<pid>-<random>) of the built-in `demo` kind,
@@ -459,6 +507,15 @@ pub struct SchedulerArgs {
     /// how soon an added or changed schedule is seen.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub poll: Duration,
+}
+
+/// `functions ...`.
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCommand {
+    /// Load (or replace) the library on the server and print its name and revision.
+    Install(OutputArgs),
+    /// Print the library's Lua source (what `install` loads), e.g. to load it by other means.
+    Source,
 }
 
 /// `queue ...`.

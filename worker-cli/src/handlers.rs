@@ -104,7 +104,9 @@ pub fn with_exec(router: Router, specs: &[ExecSpec]) -> Router {
             tracing::info!(kind = %spec.kind, "--exec replaces the handler this binary has for the kind");
         }
         let command: Arc<str> = spec.command.as_str().into();
-        router = router.route_bytes(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
+        // A json or msgpack payload that does not parse is malformed, as the wire format says:
+        // checked before the command starts (one pass over the payload, next to a spawn).
+        router = router.route_encoded(&spec.kind, move |ctx: TaskContext, payload: Bytes| {
             let command = command.clone();
             async move { run_command(&command, &ctx, payload).await }
         });
@@ -219,6 +221,29 @@ pub fn guard_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
 }
 
+/// `sh -c command` under the guard (see the module docs), in a process group of its own,
+/// killed on drop, without the supervisor's contract variables: how `--exec` commands and
+/// `--serve` handler processes start.
+pub(crate) fn guarded_command(command: &str) -> tokio::process::Command {
+    let mut cmd = if GUARDED {
+        // This very binary, even if its file was replaced or deleted since it started.
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(GUARD_ARG).arg(std::process::id().to_string()).arg(command);
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(command);
+        cmd
+    };
+    cmd.process_group(0).kill_on_drop(true);
+    // Supervisor bookkeeping is not the command's business (and must not make a nested
+    // worker-cli think it is supervised).
+    for var in rivulet_fleet::contract::CONTRACT_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Runs one task through `sh -c command`, under the guard; its stdout is the result.
 async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result<Option<Bytes>, HandlerError> {
     // The progress pipe: the write end is inherited by the command (not close-on-exec), the
@@ -231,16 +256,7 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| HandlerError::retry(format!("cannot set up the progress pipe: {e}")))?;
-    let mut cmd = if GUARDED {
-        // This very binary, even if its file was replaced or deleted since it started.
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg(GUARD_ARG).arg(std::process::id().to_string()).arg(command);
-        cmd
-    } else {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg(command);
-        cmd
-    };
+    let mut cmd = guarded_command(command);
     cmd.env("RIVULET_TASK_ID", ctx.id.as_str())
         .env("RIVULET_KIND", &ctx.kind)
         .env("RIVULET_ATTEMPT", ctx.attempt.to_string())
@@ -250,25 +266,15 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
         .env(PROGRESS_FILE_ENV, format!("/proc/self/fd/{}", progress_tx.as_raw_fd()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // Supervisor bookkeeping is not the command's business (and must not make a nested
-    // worker-cli think it is supervised).
-    for var in rivulet_fleet::contract::CONTRACT_VARS {
-        cmd.env_remove(var);
-    }
+        .stderr(Stdio::piped());
     let spawned = cmd.spawn();
     drop(progress_tx);
     let mut child = spawned.map_err(|e| HandlerError::retry(format!("cannot start `sh -c {command}`: {e}")))?;
     let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let stdin = child.stdin.take();
-    let mut stderr = child.stderr.take();
-    let mut stdout = child.stdout.take();
+    let mut captured = Captured::new(ctx, child.stdout.take(), child.stderr.take());
     let mut progress = tokio::net::unix::pipe::Receiver::from_owned_fd(progress_rx).ok();
     let mut lines = Lines::default();
-    let mut out_log = LogLines::new(ctx, "stdout");
-    let mut err_log = LogLines::new(ctx, "stderr");
 
     // Feed stdin while reading stdout, stderr and progress and waiting, so no pipe can fill
     // up and stall the command. A command that never reads stdin makes the write fail
@@ -280,32 +286,13 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     };
     tokio::pin!(write);
     let mut write_done = false;
-    let mut tail = Tail::default();
-    let mut out = Output::default();
-    let mut buf = [0u8; 4096];
-    let mut obuf = [0u8; 8192];
-    let mut stderr_open = stderr.is_some();
-    let mut stdout_open = stdout.is_some();
     let mut cancelled = false;
     let kill_at = tokio::time::sleep(Duration::MAX);
     tokio::pin!(kill_at);
     let status = loop {
         tokio::select! {
             () = &mut write, if !write_done => write_done = true,
-            n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                Some(n) => {
-                    tail.push(&buf[..n]);
-                    err_log.push(&buf[..n]);
-                }
-                None => stderr_open = false,
-            },
-            n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
-                Some(n) => {
-                    out.push(&obuf[..n]);
-                    out_log.push(&obuf[..n]);
-                }
-                None => stdout_open = false,
-            },
+            () = captured.read_next(), if captured.open() => {}
             ready = readable(&progress), if progress.is_some() => {
                 if ready.is_err() || !lines.drain(progress.as_ref(), ctx) {
                     progress = None;
@@ -334,32 +321,13 @@ async fn run_command(command: &str, ctx: &TaskContext, payload: Bytes) -> Result
     // write end, so no end-of-file is coming).
     guard.0 = None;
     lines.drain(progress.as_ref(), ctx);
-    if stderr_open || stdout_open {
-        let _ = tokio::time::timeout(STDERR_LINGER, async {
-            loop {
-                tokio::select! {
-                    n = read_some(&mut stderr, &mut buf), if stderr_open => match n {
-                        Some(n) => {
-                            tail.push(&buf[..n]);
-                            err_log.push(&buf[..n]);
-                        }
-                        None => stderr_open = false,
-                    },
-                    n = read_out(&mut stdout, &mut obuf), if stdout_open => match n {
-                        Some(n) => {
-                            out.push(&obuf[..n]);
-                            out_log.push(&obuf[..n]);
-                        }
-                        None => stdout_open = false,
-                    },
-                    else => break,
-                }
-            }
-        })
-        .await;
-    }
-    out_log.finish();
-    err_log.finish();
+    let _ = tokio::time::timeout(STDERR_LINGER, async {
+        while captured.open() {
+            captured.read_next().await;
+        }
+    })
+    .await;
+    let (out, tail) = captured.finish();
     let status = status.map_err(|e| HandlerError::retry(format!("waiting for `sh -c {command}`: {e}")))?;
     if cancelled {
         return Err(HandlerError::retry(format!("cancelled ({})", describe_exit(status))));
@@ -445,8 +413,75 @@ impl Output {
     }
 }
 
-async fn read_out(stdout: &mut Option<tokio::process::ChildStdout>, buf: &mut [u8]) -> Option<usize> {
-    match stdout.as_mut()?.read(buf).await {
+/// A command's stdout (its result, logged too) and stderr (the tail is its error, logged),
+/// read as they come: by the loop that waits for the command and, after it exited, for as long
+/// as a leftover background process keeps a pipe open ([`STDERR_LINGER`]).
+struct Captured<'a> {
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    out: Output,
+    tail: Tail,
+    out_log: LogLines<'a>,
+    err_log: LogLines<'a>,
+    obuf: [u8; 8192],
+    ebuf: [u8; 4096],
+}
+
+impl<'a> Captured<'a> {
+    fn new(
+        ctx: &'a TaskContext,
+        stdout: Option<tokio::process::ChildStdout>,
+        stderr: Option<tokio::process::ChildStderr>,
+    ) -> Self {
+        Captured {
+            stdout,
+            stderr,
+            out: Output::default(),
+            tail: Tail::default(),
+            out_log: LogLines::new(ctx, "stdout"),
+            err_log: LogLines::new(ctx, "stderr"),
+            obuf: [0; 8192],
+            ebuf: [0; 4096],
+        }
+    }
+
+    /// Whether either pipe is still open.
+    fn open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// Waits for the next bytes on either pipe and keeps them; a pipe at end-of-file (or
+    /// broken) is closed. Cancel-safe: a read dropped unfinished loses nothing.
+    async fn read_next(&mut self) {
+        tokio::select! {
+            n = read_pipe(&mut self.stdout, &mut self.obuf), if self.stdout.is_some() => match n {
+                Some(n) => {
+                    self.out.push(&self.obuf[..n]);
+                    self.out_log.push(&self.obuf[..n]);
+                }
+                None => self.stdout = None,
+            },
+            n = read_pipe(&mut self.stderr, &mut self.ebuf), if self.stderr.is_some() => match n {
+                Some(n) => {
+                    self.tail.push(&self.ebuf[..n]);
+                    self.err_log.push(&self.ebuf[..n]);
+                }
+                None => self.stderr = None,
+            },
+            else => {}
+        }
+    }
+
+    /// Logs the last partial lines; the result and the stderr tail.
+    fn finish(mut self) -> (Output, Tail) {
+        self.out_log.finish();
+        self.err_log.finish();
+        (self.out, self.tail)
+    }
+}
+
+async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    match pipe.as_mut()?.read(buf).await {
         Ok(0) | Err(_) => None,
         Ok(n) => Some(n),
     }
@@ -516,18 +551,11 @@ pub fn parse_progress(line: &str) -> Option<(u8, &str)> {
     Some((value.min(100.0) as u8, message.trim()))
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "exited".to_owned(),
-    }
-}
-
-async fn read_some(stderr: &mut Option<tokio::process::ChildStderr>, buf: &mut [u8]) -> Option<usize> {
-    match stderr.as_mut()?.read(buf).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => Some(n),
     }
 }
 
@@ -571,13 +599,13 @@ pub fn retry_after(stderr_tail: &str) -> Option<Duration> {
 
 /// The last [`STDERR_TAIL`] bytes written to a pipe.
 #[derive(Debug, Default)]
-struct Tail {
+pub(crate) struct Tail {
     bytes: std::collections::VecDeque<u8>,
     dropped: bool,
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.bytes.extend(data);
         if self.bytes.len() > STDERR_TAIL {
             let excess = self.bytes.len() - STDERR_TAIL;
@@ -586,7 +614,7 @@ impl Tail {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let (a, b) = self.bytes.as_slices();
         let mut v = Vec::with_capacity(a.len() + b.len());
         v.extend_from_slice(a);

@@ -26,6 +26,8 @@
 //!   autoscaler start): its side of the parent/child contract, quiet on the first signal and
 //!   terminate on the second, `--max-tasks` as the engine's `max_tasks`.
 //! - `handlers`: the built-in kinds (`noop`, `sleep`, `fail`) and `--exec`.
+//! - `serve`: `--serve`, long-lived handler processes on the line protocol of
+//!   `docs/serve-protocol.md`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
 //! - `schedule`: `schedule add|list|show|remove|pause|resume|run-now|sync`, `scheduler`, and
@@ -33,6 +35,8 @@
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
 //!   served only by the demo's own workers (`work --demo-samples`).
 //! - `local_redis`: the private `redis-server` the demo starts when nothing answers.
+//! - `metrics`: `--metrics-addr`: a worker process's metrics and probes, or the supervisor's
+//!   for the whole box (its children report to it over a Unix socket).
 //! - `store`: the few Redis commands the CLI issues itself (reachability check, demo keys).
 //! - `output`: stdout as JSON or tables.
 //!
@@ -54,7 +58,9 @@ mod cli;
 mod demo;
 mod handlers;
 mod local_redis;
+mod metrics;
 mod schedule;
+mod serve;
 mod settings;
 mod store;
 mod task;
@@ -228,10 +234,25 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "info");
             // Validate what the children will run with before starting any.
             let worker = WorkerSettings::resolve(&global, &run.worker)?;
-            let settings = SupervisorSettings::resolve(&global, &run)?;
+            let mut settings = SupervisorSettings::resolve(&global, &run)?;
             // One thread: children must be spawned from a thread that lives as long as the
             // process (see `rivulet_fleet::supervisor`).
             current_thread()?.block_on(async {
+                // First: a bad --metrics-addr is a usage error whatever Redis does.
+                let exported = match run.worker.metrics_addr {
+                    None => None,
+                    Some(addr) => {
+                        let listener = rivulet_fleet::probes::bind(addr, run.worker.metrics_token.clone()).await?;
+                        let hub = std::sync::Arc::new(
+                            metrics::Hub::bind().context("creating the socket worker processes report metrics to")?,
+                        );
+                        settings
+                            .fleet
+                            .env
+                            .push((rivulet_fleet::METRICS_SOCKET_ENV.into(), hub.path().into()));
+                        Some((listener, hub))
+                    }
+                };
                 // Fail here, naming the URL, rather than in N crash-looping children; and
                 // check the weights against the queues' layouts for the same reason.
                 let (client, _) = store::connect_checked(&global.redis_url, &global.tls()).await?;
@@ -246,8 +267,14 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                 let stop = Stop::new();
                 let mut signals = tokio::task::JoinSet::new();
                 stop.on_signals(&mut signals)?;
-                // A fixed size: the handle that would move it is not needed.
-                let (fleet, _fixed) = Fleet::new(settings.fleet, settings.workers);
+                // A fixed size: the handle only reads the fleet's status for the metrics.
+                let (fleet, handle) = Fleet::new(settings.fleet, settings.workers);
+                let served = tokio_util::sync::CancellationToken::new();
+                let mut exporters = tokio::task::JoinSet::new();
+                if let Some((listener, hub)) = exported {
+                    exporters.spawn(hub.clone().run(served.clone()));
+                    exporters.spawn(metrics::serve_fleet(listener, hub, handle.into(), served.clone()));
+                }
                 // The scheduler stops when the fleet starts draining, or when it ends.
                 let scheduler_stop = stop.drain.child_token();
                 let scheduler = async {
@@ -265,6 +292,15 @@ fn run(cli: Cli, router: Router) -> Result<()> {
                     done
                 };
                 let (workers, scheduler) = tokio::join!(workers, scheduler);
+                // A scrape in flight finishes (its asks time out by then); nothing holds the exit.
+                served.cancel();
+                let drained = async { while exporters.join_next().await.is_some() {} };
+                if tokio::time::timeout(std::time::Duration::from_secs(2), drained)
+                    .await
+                    .is_err()
+                {
+                    exporters.shutdown().await;
+                }
                 workers?;
                 scheduler
             })
@@ -304,6 +340,7 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "warn");
             current_thread()?.block_on(task::run(&global, lifecycle))
         }
+        Some(Command::Functions(cli::FunctionsCommand::Source)) => output::text(rivulet::functions::source()),
         Some(admin) => {
             logging::init(global.log_format, "warn");
             current_thread()?.block_on(admin::run(&global, admin))

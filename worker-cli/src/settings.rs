@@ -30,10 +30,16 @@ pub struct WorkerSettings {
     pub config: WorkerConfig,
     /// Kinds served by external commands.
     pub exec: Vec<ExecSpec>,
+    /// Kinds served by long-lived handler processes.
+    pub serve: crate::serve::ServeSettings,
     /// A worker the demo started: it serves the `demo` kind and saves its latency samples.
     pub demo_samples: bool,
     /// What settles wait for, for every queue served.
     pub durability: Durability,
+    /// Where this process serves its metrics and probes (`work --metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bearer token its `/metrics` requires.
+    pub metrics_token: Option<String>,
 }
 
 impl WorkerSettings {
@@ -57,6 +63,15 @@ impl WorkerSettings {
             "limit",
             args.max_running.iter().map(|l| l.name.as_str()),
         )?;
+        for (i, spec) in args.serve.iter().enumerate() {
+            for kind in &spec.kinds {
+                if args.exec.iter().any(|e| &e.kind == kind) || args.serve[..i].iter().any(|p| p.kinds.contains(kind)) {
+                    return Err(UsageError::new(format!(
+                        "--serve: kind {kind:?} is already served by another --serve or --exec"
+                    )));
+                }
+            }
+        }
         let config = worker_config(args);
         config
             .validate()
@@ -67,8 +82,17 @@ impl WorkerSettings {
             queues,
             config,
             exec: args.exec.clone(),
+            serve: crate::serve::ServeSettings {
+                specs: args.serve.clone(),
+                concurrency: args.serve_concurrency,
+                max_tasks: args.serve_max_tasks,
+                max_memory: args.serve_max_memory,
+                start_timeout: args.serve_start_timeout,
+            },
             demo_samples: args.demo_samples,
             durability: args.durability,
+            metrics_addr: args.metrics_addr,
+            metrics_token: args.metrics_token.clone(),
         })
     }
 }
@@ -99,9 +123,16 @@ pub fn default_concurrency(serves_exec: bool) -> usize {
 pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     let default_retry = RetryPolicy::default();
     WorkerConfig {
-        concurrency: args
-            .concurrency
-            .unwrap_or_else(|| default_concurrency(!args.exec.is_empty())),
+        concurrency: args.concurrency.unwrap_or_else(|| {
+            // Each --serve handler process takes this many tasks at once: more would wait in
+            // the worker (holding their lease) while another worker process could run them.
+            let serve_slots = args.serve.len() * args.serve_concurrency;
+            match (args.exec.is_empty(), serve_slots) {
+                (true, 0) => default_concurrency(false),
+                (true, slots) => slots,
+                (false, slots) => default_concurrency(true) + slots,
+            }
+        }),
         lease: args.lease,
         priority: args.priority_mode.clone(),
         retry: RetryPolicy {
@@ -163,7 +194,9 @@ fn example_weights(n: usize) -> String {
 }
 
 impl WorkerArgs {
-    /// The flags that reproduce these arguments (what a supervisor passes to `work`).
+    /// The flags that reproduce these arguments (what a supervisor passes to `work`), but
+    /// `--metrics-*`: the supervisor serves its children's metrics itself (they report to it
+    /// over the contract's socket), so they bind nothing.
     pub fn to_args(&self) -> Vec<String> {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let mut a = Vec::new();
@@ -185,6 +218,17 @@ impl WorkerArgs {
             // `--exec=...` keeps a command starting with `-` from reading as a flag.
             a.push(format!("--exec={e}"));
         }
+        for p in &self.serve {
+            a.push(format!("--serve={p}"));
+        }
+        a.extend(["--serve-concurrency".to_owned(), self.serve_concurrency.to_string()]);
+        if let Some(m) = self.serve_max_tasks {
+            a.extend(["--serve-max-tasks".to_owned(), m.to_string()]);
+        }
+        if let Some(m) = self.serve_max_memory {
+            a.extend(["--serve-max-memory".to_owned(), m.to_string()]);
+        }
+        a.extend(["--serve-start-timeout".to_owned(), fmt(self.serve_start_timeout)]);
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
         a.extend(["--unknown-kind-grace".to_owned(), fmt(self.unknown_kind_grace)]);
         a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
@@ -366,6 +410,16 @@ mod tests {
             "report=600/min",
             "--max-running",
             "train=2",
+            "--serve",
+            "t,u=python -m app --x=1",
+            "--serve-concurrency",
+            "4",
+            "--serve-max-tasks",
+            "1000",
+            "--serve-max-memory",
+            "1GiB",
+            "--serve-start-timeout",
+            "2m",
         ]);
         let mut argv = vec!["work".to_owned()];
         argv.extend(args.to_args());
@@ -408,6 +462,22 @@ mod tests {
     }
 
     #[test]
+    fn serve_kinds_default_to_their_slots() {
+        let (g, a) = work_args(&[
+            "work",
+            "--serve",
+            "k=true",
+            "--serve",
+            "j=true",
+            "--serve-concurrency",
+            "3",
+        ]);
+        assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, 6);
+        let (g, a) = work_args(&["work", "--serve", "k=true", "-c", "9"]);
+        assert_eq!(WorkerSettings::resolve(&g, &a).unwrap().config.concurrency, 9);
+    }
+
+    #[test]
     fn exec_kinds_default_to_one_task_per_cpu() {
         let (g, a) = work_args(&["work", "--exec", "k=true"]);
         let cpus = std::thread::available_parallelism().unwrap().get();
@@ -427,5 +497,19 @@ mod tests {
         assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("--queue"));
         let (g, a) = work_args(&["work", "--exec", "k=true", "--exec", "k=false"]);
         assert!(WorkerSettings::resolve(&g, &a).unwrap_err().0.contains("given twice"));
+        let (g, a) = work_args(&["work", "--exec", "k=true", "--serve", "j,k=true"]);
+        assert!(
+            WorkerSettings::resolve(&g, &a)
+                .unwrap_err()
+                .0
+                .contains("already served")
+        );
+        let (g, a) = work_args(&["work", "--serve", "k=a", "--serve", "k=b"]);
+        assert!(
+            WorkerSettings::resolve(&g, &a)
+                .unwrap_err()
+                .0
+                .contains("already served")
+        );
     }
 }

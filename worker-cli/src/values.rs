@@ -62,6 +62,44 @@ pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     })
 }
 
+/// A `--serve KINDS=COMMAND` flag: one long-lived handler process (per worker process)
+/// serving these kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSpec {
+    /// The task kinds it serves (at least one, no duplicates).
+    pub kinds: Vec<String>,
+    /// The command, run with `sh -c`.
+    pub command: String,
+}
+
+impl fmt::Display for ServeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.kinds.join(","), self.command)
+    }
+}
+
+/// Parses `KIND[,KIND...]=COMMAND` (the first `=` separates them).
+pub fn parse_serve(s: &str) -> Result<ServeSpec, String> {
+    let Some((kinds, command)) = s.split_once('=') else {
+        return Err("expected KIND[,KIND...]=COMMAND, e.g. train='python -m myapp.tasks'".into());
+    };
+    let mut list: Vec<String> = Vec::new();
+    for kind in kinds.split(',') {
+        check_kind(kind)?;
+        if list.iter().any(|k| k == kind) {
+            return Err(format!("kind {kind:?} is listed twice"));
+        }
+        list.push(kind.to_owned());
+    }
+    if command.trim().is_empty() {
+        return Err(format!("the command for {kinds:?} is empty"));
+    }
+    Ok(ServeSpec {
+        kinds: list,
+        command: command.to_owned(),
+    })
+}
+
 /// The one rule for a task kind on the command line, for the producer's side (`enqueue
 /// --kind`) and the worker's (`--exec KIND=...`) alike, so nothing can be enqueued that no
 /// `--exec` could serve: not empty, no whitespace, no control characters.
@@ -253,6 +291,17 @@ mod tests {
         assert!(parse_exec("=cmd").is_err());
         assert!(parse_exec("a b=cmd").is_err());
         assert!(parse_exec("k=  ").is_err());
+    }
+
+    #[test]
+    fn serve_specs_name_kinds_and_a_command() {
+        let s = parse_serve("train,eval=python -m app --x=1").unwrap();
+        assert_eq!(s.kinds, ["train", "eval"]);
+        assert_eq!(s.command, "python -m app --x=1");
+        assert_eq!(parse_serve(&s.to_string()).unwrap(), s);
+        for bad in ["train", "=cmd", "a,=cmd", "a,a=cmd", "a b=cmd", "k= "] {
+            assert!(parse_serve(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

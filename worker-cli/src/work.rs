@@ -21,11 +21,12 @@
 //! `RIVULET_SUPERVISOR_PID` (run by hand) it is a plain standalone worker.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rivulet::backoff::RetryPolicy;
-use rivulet::{Inspector, Queue, QueueName, Router, Worker};
+use rivulet::{Inspector, Queue, QueueName, Router, Worker, WorkerMetrics};
 use rivulet_fleet::Stop;
 use rivulet_fleet::contract::{self, SLOT_ENV};
 use tokio::task::JoinSet;
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::settings::{WorkerSettings, check_weights};
-use crate::{handlers, store};
+use crate::{handlers, metrics, serve, store};
 
 /// Runs one worker process until it is told to stop. `beside` starts the companion that runs
 /// for as long as the worker does: it gets the worker's id and a token cancelled once the
@@ -51,6 +52,18 @@ where
     let stop = Stop::new();
     let mut loops = JoinSet::new();
     stop.on_signals(&mut loops).context("installing signal handlers")?;
+    // Metrics next: a bad --metrics-addr fails at once (exit 2), and the probes answer (not
+    // ready) while the worker still waits for Redis.
+    let metrics = Arc::new(WorkerMetrics::new());
+    let stopped = CancellationToken::new();
+    let mut exporters = JoinSet::new();
+    if let Some(addr) = settings.metrics_addr {
+        let listener = rivulet_fleet::probes::bind(addr, settings.metrics_token.clone()).await?;
+        exporters.spawn(metrics::serve_worker(listener, metrics.clone(), stopped.clone()));
+    }
+    if let Some(path) = metrics::supervisor_socket() {
+        exporters.spawn(metrics::report(path, metrics.clone(), stopped.clone()));
+    }
     let supervisor = contract::die_with_supervisor()?;
     if let Some(pid) = supervisor {
         let drain = stop.drain.clone();
@@ -63,9 +76,19 @@ where
     // Under a supervisor: one that the child dies with, or one it outlives (`autoscaler
     // --leave-workers`), which still sets the slot.
     let wait_for_redis = supervisor.is_some() || std::env::var_os(SLOT_ENV).is_some();
-    let result = serve(settings, router, &stop, wait_for_redis, beside)
+    let result = serve(settings, router, metrics, &stop, wait_for_redis, beside)
         .instrument(span)
         .await;
+    // The supervisor gets the last numbers; a scrape in flight finishes.
+    stopped.cancel();
+    if tokio::time::timeout(Duration::from_secs(2), async {
+        while exporters.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        exporters.shutdown().await;
+    }
     loops.shutdown().await;
     result
 }
@@ -164,6 +187,7 @@ async fn set_up_waiting(
 async fn serve<F>(
     settings: WorkerSettings,
     router: Router,
+    metrics: Arc<WorkerMetrics>,
     stop: &Stop,
     wait_for_redis: bool,
     beside: impl FnOnce(String, CancellationToken) -> F,
@@ -178,8 +202,10 @@ where
     };
 
     let router = handlers::with_exec(handlers::with_builtins(router), &settings.exec);
+    let (router, pools) = serve::Pools::start(router, &settings.serve);
+    let pools_failed = pools.failed();
     let max_tasks = settings.config.max_tasks;
-    let mut worker = Worker::new(client, router, settings.config);
+    let mut worker = Worker::new(client, router, settings.config).with_metrics(metrics);
     let options = rivulet::QueueOptions {
         durability: settings.durability,
         ..rivulet::QueueOptions::default()
@@ -200,7 +226,22 @@ where
             handle.terminate();
             running.await
         }
+        // A --serve handler process that cannot run: stop taking tasks (a signal still
+        // terminates).
+        () = pools_failed.cancelled() => {
+            handle.quiet();
+            tokio::select! {
+                r = &mut running => r,
+                () = stop.now.cancelled() => {
+                    handle.terminate();
+                    running.await
+                }
+            }
+        }
     };
+    // After the drain: nothing runs in the handler processes any more.
+    let serve_failure = pools.failure();
+    pools.shutdown().await;
     stopped.cancel();
     if let Err(e) = companion.await {
         tracing::warn!(error = %e, "the worker's companion task failed");
@@ -211,6 +252,9 @@ where
         Err(e) if wait_for_redis && e.is_transient() => return Err(Outage(store::engine_error(&url, e)).into()),
         Err(e) => return Err(store::engine_error(&url, e)),
     };
+    if let Some(why) = serve_failure {
+        bail!("{why}");
+    }
     if report.reached_max_tasks {
         tracing::info!(max_tasks, "reached --max-tasks: took that many tasks, drained; exiting");
     }

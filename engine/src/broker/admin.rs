@@ -1,5 +1,5 @@
 //! Commands behind the inspector and the programs around the engine: one shard's numbers
-//! (`inspect.lua`), dead-letter replay (`replay.lua`), queue deletion (`drop_shard.lua` and the
+//! (`inspect.lua`, through the `rivulet_v1` functions), dead-letter replay (`replay.lua`), queue deletion (`drop_shard.lua` and the
 //! registry entries), pause flags, the autoscaler's stored decision, the demo's per-worker
 //! samples and the reachability check.
 
@@ -14,8 +14,6 @@ use super::StreamId;
 use crate::error::Result;
 use crate::keys::{GROUP, PAUSED_KEY, QUEUES_KEY, QueueName, ShardKeys, autoscaler_key, demo_samples_key};
 
-pub(super) static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
-static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/inspect.lua")));
 static DROP_SHARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/drop_shard.lua")));
 
 /// One shard's numbers, raw from inspect.lua.
@@ -44,15 +42,13 @@ type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>);
 
 /// Reads one shard's numbers in one round trip.
 pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<ShardNumbers> {
-    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply = INSPECT
-        .key(&keys.stream)
-        .key(&keys.scheduled)
-        .key(&keys.retry)
-        .key(&keys.dlq)
-        .key(&keys.stats)
-        .arg(GROUP)
-        .invoke_async(conn)
-        .await?;
+    let mut cmd = super::functions::fcall(
+        "inspect",
+        &[&keys.stream, &keys.scheduled, &keys.retry, &keys.dlq, &keys.stats],
+    );
+    cmd.arg(GROUP);
+    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply =
+        super::functions::call(conn, &cmd).await?;
     Ok(ShardNumbers {
         length,
         lag: u64::try_from(lag).ok(),
@@ -65,7 +61,7 @@ pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<Sha
     })
 }
 
-// Replaying dead letters (`REPLAY` above) is `lifecycle::replay`: it passes the tasks'
+// Replaying dead letters (`replay.lua`) is `lifecycle::replay`: it passes the tasks'
 // records too, so a replayed task reads `queued` again.
 
 /// Deletes a shard's keys if it holds no task or dead letter (checked in the same script), or

@@ -14,6 +14,7 @@ use crate::broker::RedisConnection;
 use bytes::Bytes;
 use redis::{Script, Value};
 
+use super::functions;
 use super::settle::settle_invocation;
 use super::stream::stream_map;
 use super::{RangeStart, Settle, SettleCtx, StreamEntry, StreamId, bulk, entries, id_range, stream_ids};
@@ -21,11 +22,8 @@ use crate::envelope::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/enqueue.lua")));
 static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/start.lua")));
 static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
-static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/cancel.lua")));
-static WAIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/wait.lua")));
 
 /// One task for [`enqueue`].
 #[derive(Debug)]
@@ -44,46 +42,84 @@ pub struct EnqueueItem<'a> {
     pub unique: Option<(String, u64)>,
 }
 
-/// Enqueues tasks through `enqueue.lua`, pipelined in one round trip. Per task: `None` when
-/// it was enqueued, `Some(holder id)` when its unique key was taken (nothing written).
+/// Enqueues tasks through `enqueue.lua` (the `rivulet_v1_enqueue` function), pipelined in one
+/// round trip. Per task: `None` when it was enqueued, `Some(holder id)` when its unique key was
+/// taken (nothing written).
 pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now: u64) -> Result<Vec<Option<String>>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    // EVALSHA in a pipeline cannot load a missing script on the fly; SCRIPT LOAD of a cached
-    // script is a hash lookup, so loading it in front of every batch costs one cheap command.
-    let mut pipe = redis::pipe();
-    pipe.cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(include_str!("scripts/enqueue.lua"))
-        .ignore();
-    for it in items {
-        let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(ENQUEUE.get_hash())
-            .arg(6)
-            .arg(&it.keys.stream)
-            .arg(&it.keys.scheduled)
-            .arg(&it.keys.stats)
-            .arg(it.keys.task(it.env.id.as_str()))
-            .arg(&it.keys.events)
-            .arg(lock)
-            .arg(it.env.id.as_str())
-            .arg(now)
-            .arg(it.due_ms)
-            .arg(it.retention_ms)
-            .arg(it.events_maxlen)
-            .arg(it.unique.as_ref().map(|(_, ttl)| ttl.to_string()).unwrap_or_default());
-        for (name, value) in it.env.fields() {
-            cmd.arg(name).arg(value.as_ref());
+    let calls: Vec<redis::Cmd> = items.iter().map(|it| enqueue_call(it, now)).collect();
+    let all: Vec<usize> = (0..calls.len()).collect();
+    let mut replies = send_enqueues(conn, &calls, &all).await?;
+    // A library missing (a fresh or flushed server): load it and resend exactly the calls
+    // refused for it. A refused call ran nothing, so nothing is written twice.
+    let missing: Vec<usize> = (0..replies.len())
+        .filter(|&i| matches!(&replies[i], Err(e) if functions::is_missing(e)))
+        .collect();
+    if !missing.is_empty() {
+        functions::install(conn).await?;
+        let again = send_enqueues(conn, &calls, &missing).await?;
+        for (i, reply) in missing.into_iter().zip(again) {
+            replies[i] = reply;
         }
     }
-    let replies: Vec<(i64, String)> = pipe.query_async(conn).await?;
-    Ok(replies
+    replies
         .into_iter()
-        .map(|(added, id)| (added == 0).then_some(id))
-        .collect())
+        .map(|r| {
+            let (added, id) = r?;
+            Ok((added == 0).then_some(id))
+        })
+        .collect()
+}
+
+/// One task's `FCALL rivulet_v1_enqueue` (its contract: `scripts/enqueue.lua`).
+fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
+    let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
+    let record = it.keys.task(it.env.id.as_str());
+    let mut cmd = functions::fcall(
+        "enqueue",
+        &[
+            &it.keys.stream,
+            &it.keys.scheduled,
+            &it.keys.stats,
+            &record,
+            &it.keys.events,
+            lock,
+        ],
+    );
+    cmd.arg(it.env.id.as_str())
+        .arg(now)
+        .arg(it.due_ms)
+        .arg(it.retention_ms)
+        .arg(it.events_maxlen)
+        .arg(it.unique.as_ref().map(|(_, ttl)| ttl.to_string()).unwrap_or_default());
+    for (name, value) in it.env.fields() {
+        cmd.arg(name).arg(value.as_ref());
+    }
+    cmd
+}
+
+/// One enqueue reply per call: whether it was new, and the id.
+type EnqueueReply = redis::RedisResult<(i64, String)>;
+
+/// Sends the calls `which` (indexes into `calls`) in one round trip. One reply per call of
+/// `which`, in its order.
+///
+/// On one node the batch is one transaction (`MULTI`/`EXEC`, like [`super::add_ready`]): a
+/// connection cut in the middle leaves the whole batch or nothing, so a caller knows a failed
+/// batch was not half written. On a Redis Cluster it is a plain pipeline, each call atomic on
+/// its own: redis-rs follows a `MOVED` (a failover, a resharding) for a pipelined command but
+/// aborts a transaction on it, and a producer would then fail until its slot map is refreshed.
+async fn send_enqueues(conn: &mut RedisConnection, calls: &[redis::Cmd], which: &[usize]) -> Result<Vec<EnqueueReply>> {
+    let mut pipe = redis::pipe();
+    if !conn.is_cluster() {
+        pipe.atomic();
+    }
+    for &i in which {
+        pipe.add_command(calls[i].clone());
+    }
+    Ok(pipe.ignore_errors().query_async(conn).await?)
 }
 
 /// What [`start`] says about one task.
@@ -260,23 +296,24 @@ pub async fn cancel(
     now_ms: u64,
 ) -> Result<(String, String)> {
     let done = keys.done(id);
-    let reply: (String, String) = CANCEL
-        .key(keys.task(id))
-        .key(&keys.stream)
-        .key(&keys.scheduled)
-        .key(&keys.retry)
-        .key(&keys.stats)
-        .key(&keys.events)
-        .key(&keys.cancels)
-        .key(&done)
-        .key(unique_lock.unwrap_or(&done))
-        .key(&keys.waiting)
-        .arg(id)
-        .arg(now_ms)
-        .arg(events_maxlen)
-        .arg(GROUP)
-        .invoke_async(conn)
-        .await?;
+    let record = keys.task(id);
+    let mut cmd = functions::fcall(
+        "cancel",
+        &[
+            &record,
+            &keys.stream,
+            &keys.scheduled,
+            &keys.retry,
+            &keys.stats,
+            &keys.events,
+            &keys.cancels,
+            &done,
+            unique_lock.unwrap_or(&done),
+            &keys.waiting,
+        ],
+    );
+    cmd.arg(id).arg(now_ms).arg(events_maxlen).arg(GROUP);
+    let reply: (String, String) = functions::call(conn, &cmd).await?;
     Ok(reply)
 }
 
@@ -287,12 +324,10 @@ pub async fn register_waiter(
     keys: &ShardKeys,
     id: &str,
 ) -> Result<(bool, Vec<(String, Vec<u8>)>)> {
-    let reply: Value = WAIT
-        .key(keys.task(id))
-        .key(&keys.waiting)
-        .arg(id)
-        .invoke_async(conn)
-        .await?;
+    let record = keys.task(id);
+    let mut cmd = functions::fcall("wait", &[&record, &keys.waiting]);
+    cmd.arg(id);
+    let reply: Value = functions::call(conn, &cmd).await?;
     let Value::Array(items) = reply else {
         return Err(Error::protocol("wait.lua did not return an array"));
     };
@@ -306,27 +341,34 @@ pub async fn register_waiter(
 }
 
 /// Blocks on a task's done list for up to `timeout` (on a connection of its own: a blocking
-/// call would stall a shared one). Whether it was woken. The token is put back so every other
-/// waiter wakes too (the list expires a minute after the task finished).
+/// call would stall a shared one). Whether it was woken. The token it took stays taken: a
+/// waiter that finds the task final puts it back with [`wake_others`]; one woken by a token
+/// left from an earlier run (the task was replayed since) must not.
 pub async fn block_until_done(
     conn: &mut RedisConnection,
     keys: &ShardKeys,
     id: &str,
     timeout: Duration,
 ) -> Result<bool> {
-    let done = keys.done(id);
     // BLPOP takes seconds as a decimal; at least 1 ms so 0 never means "forever".
     let secs = timeout.as_secs_f64().max(0.001);
     let got: Option<(String, String)> = redis::cmd("BLPOP")
-        .arg(&done)
+        .arg(keys.done(id))
         .arg(format!("{secs:.3}"))
         .query_async(conn)
         .await?;
-    if got.is_some() {
-        redis::cmd("RPUSH").arg(&done).arg("1").query_async::<()>(conn).await?;
-        return Ok(true);
-    }
-    Ok(false)
+    Ok(got.is_some())
+}
+
+/// Puts the done token back so every other waiter of a finished task wakes too (the list
+/// expires a minute after the task finished).
+pub async fn wake_others(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
+    redis::cmd("RPUSH")
+        .arg(keys.done(id))
+        .arg("1")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
 }
 
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
@@ -679,13 +721,11 @@ pub async fn replay(
     if entry_ids.is_empty() {
         return Ok(0);
     }
-    let mut inv = super::admin::REPLAY.key(&keys.dlq);
-    inv.key(&keys.stream).key(&keys.stats).key(&keys.events);
-    for (id, rec) in entry_ids.iter().zip(&records) {
-        inv.arg(*id).key(rec);
-    }
-    inv.arg(now_ms).arg(events_maxlen);
-    Ok(inv.invoke_async(conn).await?)
+    let mut call_keys: Vec<&str> = vec![&keys.dlq, &keys.stream, &keys.stats, &keys.events];
+    call_keys.extend(records.iter().map(String::as_str));
+    let mut cmd = functions::fcall("replay", &call_keys);
+    cmd.arg(&entry_ids).arg(now_ms).arg(events_maxlen);
+    functions::call(conn, &cmd).await
 }
 
 #[cfg(test)]

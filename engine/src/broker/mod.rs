@@ -12,11 +12,14 @@
 //! - this file: [`StreamId`] and [`StreamEntry`] (parsed once, where entries are
 //!   read), and the reply decoding the other files share;
 //! - [`queues`]: the queue registry (layouts in `rivulet:queues`) and consumer groups;
-//! - [`stream`]: producing (`XADD`, `schedule.lua`), reading (`XREADGROUP`, `XRANGE`) and the
+//! - [`stream`]: producing (`XADD`), reading (`XREADGROUP`, `XRANGE`) and the
 //!   pending list (`XPENDING`);
 //! - [`settle`]: a task's state changes and their scripts (`settle.lua`, `promote.lua`,
 //!   `reclaim.lua`, `extend.lua`), and [`DeadReason`];
 //! - [`registry`]: the worker registry ([`WorkerRecord`], one codec for writer and readers);
+//! - [`functions`]: the `rivulet_v1` Redis Functions library generated from the scripts that
+//!   producers in any language call (enqueue, cancel, wait, inspect, replay), its install and
+//!   the `FCALL` path the engine uses for them too;
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
@@ -33,6 +36,7 @@
 //! reads the clock, its callers do (see `crate::clock`).
 
 pub(crate) mod admin;
+pub(crate) mod functions;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod queues;

@@ -1,4 +1,4 @@
-//! Producing into a shard (`XADD`, `schedule.lua`), reading from it (`XREADGROUP`, `XRANGE`)
+//! Producing into a shard (`XADD`; delayed tasks go through `enqueue.lua`), reading from it (`XREADGROUP`, `XRANGE`)
 //! and its pending list (`XPENDING`).
 
 use std::sync::LazyLock;
@@ -13,7 +13,6 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static SCHEDULE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/schedule.lua")));
 static HEADS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/heads.lua")));
 
 /// Adds ready tasks to their streams and counts them, in one pipelined round trip, as one
@@ -76,17 +75,6 @@ async fn add_ready_one_slot(conn: &mut RedisConnection, batch: &[(&ShardKeys, &E
         pipe.cmd("HINCRBY").arg(stats).arg("enqueued").arg(n).ignore();
     }
     pipe.query_async::<()>(conn).await?;
-    Ok(())
-}
-
-/// Parks a task in its shard's `scheduled` set until `due_ms`.
-pub async fn add_scheduled(conn: &mut RedisConnection, keys: &ShardKeys, env: &Envelope, due_ms: u64) -> Result<()> {
-    let mut inv = SCHEDULE.key(&keys.scheduled);
-    inv.key(&keys.stats).arg(due_ms);
-    for (name, value) in env.fields() {
-        inv.arg(name).arg(value.as_ref());
-    }
-    inv.invoke_async::<()>(conn).await?;
     Ok(())
 }
 

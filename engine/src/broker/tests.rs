@@ -369,3 +369,70 @@ fn stream_ids_parse_and_write_back_unchanged() {
         assert_eq!(StreamId::parse(bad), None, "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn a_missing_function_library_is_loaded_on_first_use_and_nothing_is_written_twice() {
+    // A server of its own: FUNCTION FLUSH spans the server.
+    let server = RedisServer::start();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let queue = Queue::new("fn").unwrap();
+    let keys = queue.shard("normal", 0);
+    let envs: Vec<Envelope> = (0..5)
+        .map(|_| Envelope::new("k", Bytes::from_static(b"1"), Codec::Json))
+        .collect();
+    let items: Vec<lifecycle::EnqueueItem<'_>> = envs
+        .iter()
+        .map(|env| lifecycle::EnqueueItem {
+            keys: &keys,
+            env,
+            due_ms: 0,
+            retention_ms: 60_000,
+            events_maxlen: 100,
+            unique: None,
+        })
+        .collect();
+    // Nothing loaded: the pipelined enqueue loads the library and resends what was refused.
+    assert_eq!(lifecycle::enqueue(&mut conn, &items, 1).await.unwrap(), vec![None; 5]);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&keys.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 5);
+    let loaded: String = functions::fcall("version", &[]).query_async(&mut conn).await.unwrap();
+    assert_eq!(loaded, functions::revision());
+    // Loaded and current: ensure does nothing; another revision (or none) is replaced.
+    assert!(!functions::ensure(&mut conn).await.unwrap());
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(functions::ensure(&mut conn).await.unwrap());
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg("#!lua name=rivulet_v1\nredis.register_function{function_name='rivulet_v1_version', callback=function() return 'old' end}")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(functions::ensure(&mut conn).await.unwrap());
+    // A single call (cancel) after a flush loads it too.
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let id = envs[0].id.as_str();
+    let (outcome, _) = lifecycle::cancel(&mut conn, &keys, id, None, 100, 2).await.unwrap();
+    assert_eq!(outcome, "cancelled");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&keys.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 4, "the cancel ran once");
+}

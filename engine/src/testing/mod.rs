@@ -52,6 +52,7 @@
 pub mod cluster;
 pub mod decoders;
 mod fixture;
+mod http;
 pub mod node;
 mod process;
 mod recorder;
@@ -63,6 +64,7 @@ pub mod tls;
 use std::time::Duration;
 
 pub use fixture::{Fixture, RunningWorker, Server, fast_config, outstanding, queue_names, unique_name};
+pub use http::{has_metric, http_get, metric_sum};
 pub use process::{ChildGuard, TempDir};
 pub use recorder::{Recorder, Run};
 pub use server::{RedisServer, shared_server};

@@ -81,7 +81,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
         return;
     }
     batch.sort_by_key(|o| o.lane);
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(shared);
     loop {
         let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
             let lane = &shared.lanes[group[0].lane];

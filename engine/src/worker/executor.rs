@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::metrics::Ended;
 use super::{Shared, WorkerCounters, limiter, tracker};
 use crate::backoff::RetryPolicy;
 use crate::broker::lifecycle::{Cancelled, Tracked};
@@ -37,9 +38,12 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     let StreamEntry { id: entry_id, fields } = entry;
     let run = match prepare(shared, lane_idx, entry_id, fields) {
         Ok(run) => run,
-        Err(NotRunnable { settle, track }) => {
+        Err(NotRunnable { settle, track, kind }) => {
             if matches!(settle, Settle::Bury { .. }) {
                 WorkerCounters::add(&shared.counters.buried, 1);
+            }
+            if let Some(m) = &shared.metrics {
+                m.not_run(lane_idx, kind, &settle);
             }
             shared.settle_tracked(lane_idx, entry_id, settle, track.map(|t| *t));
             return;
@@ -52,6 +56,8 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         task_id,
         attempt,
         kind,
+        kind_index,
+        enqueued_at,
         track,
         control,
         limit,
@@ -80,12 +86,19 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
                     }
                     drop(permit);
                     WorkerCounters::add(&shared2.counters.buried, 1);
+                    if let Some(m) = &shared2.metrics {
+                        m.not_run(lane_idx, Some(kind_index), &settle);
+                    }
                     shared2.settle_tracked(lane_idx, entry_id, settle, track);
                     return;
                 }
             },
         };
+        // Counted only once the limit let it start: a task parked by a limit has not started.
         WorkerCounters::add(&shared2.counters.started, 1);
+        if let Some(m) = &shared2.metrics {
+            m.started(lane_idx, kind_index, shared2.clock.now_ms().saturating_sub(enqueued_at));
+        }
         if let Some(t) = &track {
             // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
@@ -132,12 +145,18 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         let settle = match result {
             Ok(out) => {
                 WorkerCounters::add(&shared2.counters.succeeded, 1);
+                if let Some(m) = &shared2.metrics {
+                    m.finished(lane_idx, kind_index, run_time, Ended::Succeeded);
+                }
                 if let Some(t) = &mut track {
                     t.result = out;
                 }
                 Settle::Ack
             }
             Err(_) if cancelled => {
+                if let Some(m) = &shared2.metrics {
+                    m.finished(lane_idx, kind_index, run_time, Ended::Cancelled);
+                }
                 tracing::info!(task_id = %task_id, attempt, "task cancelled while running");
                 if let Some(t) = &mut track {
                     t.cancel = Some(Cancelled::WhileRunning);
@@ -158,6 +177,9 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
                 );
                 if matches!(settle, Settle::Bury { .. }) {
                     WorkerCounters::add(&shared2.counters.buried, 1);
+                }
+                if let Some(m) = &shared2.metrics {
+                    m.finished(lane_idx, kind_index, run_time, Ended::Failed(&settle));
                 }
                 settle
             }
@@ -190,11 +212,17 @@ struct NotRunnable {
     settle: Settle,
     // Boxed: the error path is rare, and keeps `prepare`'s result small.
     track: Option<Box<Tracked>>,
+    /// The route index of its kind, when the worker serves it (for the metrics).
+    kind: Option<usize>,
 }
 
 impl NotRunnable {
     fn untracked(settle: Settle) -> Self {
-        NotRunnable { settle, track: None }
+        NotRunnable {
+            settle,
+            track: None,
+            kind: None,
+        }
     }
 }
 
@@ -230,6 +258,10 @@ struct Run {
     task_id: TaskId,
     attempt: u32,
     kind: String,
+    /// Its route's index (the kind's row in the metrics).
+    kind_index: usize,
+    /// When the task was first enqueued, ms since the epoch.
+    enqueued_at: u64,
     /// The task's record, when it keeps one.
     track: Option<Tracked>,
     control: TaskControl,
@@ -284,8 +316,10 @@ fn prepare(
         return Err(NotRunnable {
             settle,
             track: track.map(Box::new),
+            kind: None,
         });
     };
+    let kind_index = route.index;
     let policy = route
         .options
         .retry
@@ -296,6 +330,7 @@ fn prepare(
         NotRunnable {
             settle: bury(DeadReason::Malformed, m.0),
             track: track.clone().map(Box::new),
+            kind: Some(kind_index),
         }
     })?;
     let limit = shared
@@ -317,8 +352,11 @@ fn prepare(
         enqueued_at: env.enqueued_at,
         last_error: env.error,
         codec: env.codec,
-        control: TaskControl::new(),
+        // The timer starts with the handler, a moment from now: the deadline is what a
+        // handler in another process sees of it.
+        control: TaskControl::new().with_deadline(timeout.map(|t| std::time::Instant::now() + t)),
     };
+    let enqueued_at = ctx.enqueued_at;
     let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
     // A limited task's handler is built only once its limit lets it start: building it may
     // run code of the handler's (a closure's body before its async block).
@@ -328,6 +366,7 @@ fn prepare(
         Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {
             settle,
             track: track.clone().map(Box::new),
+            kind: Some(kind_index),
         })?)
     };
     Ok(Run {
@@ -337,6 +376,8 @@ fn prepare(
         task_id,
         attempt,
         kind,
+        kind_index,
+        enqueued_at,
         track,
         control,
         limit,

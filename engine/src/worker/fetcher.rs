@@ -34,7 +34,7 @@ use crate::error::Result;
 
 pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisConnection, quiet: CancellationToken) {
     let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(&shared);
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
     let share = shared.config.concurrency.div_ceil(fetchers);
     loop {

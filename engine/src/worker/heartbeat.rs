@@ -33,6 +33,7 @@ pub(super) async fn beat(shared: &Shared) {
             continue;
         }
         if let Err(e) = broker::extend(&mut conn, &lane.keys, &shared.id, &ids).await {
+            shared.redis_failed();
             tracing::warn!(error = %e, stream = %lane.keys.stream, "could not renew leases");
         }
     }
@@ -54,6 +55,7 @@ pub(super) async fn beat(shared: &Shared) {
         last_beat: shared.clock.now_ms(),
     };
     if let Err(e) = broker::register(&mut conn, &record, ttl(shared)).await {
+        shared.redis_failed();
         tracing::warn!(error = %e, "heartbeat failed");
     }
 }

@@ -14,6 +14,8 @@
 //! - `budget`: what is left of `max_tasks`, reserved with the slots;
 //! - `limiter`: fleet-wide rate and concurrency limits: admits a limited task or parks it
 //!   until the limit lets it start, gives running slots back, renews them with the leases.
+//! - `metrics`: what the loops count for an exporter, in atomics ([`WorkerMetrics`], opt in
+//!   with [`Worker::with_metrics`]); every hook is called from the loop it counts.
 //!
 //! A worker stops in two steps, as asynq's and Sidekiq's do: *quiet* (stop taking tasks,
 //! finish the running ones within `drain_timeout`, requeue the rest, settle, deregister) and
@@ -29,6 +31,7 @@ mod executor;
 mod fetcher;
 mod heartbeat;
 mod limiter;
+mod metrics;
 mod promoter;
 mod reclaimer;
 mod tracker;
@@ -49,6 +52,10 @@ pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
     DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT,
     PriorityMode, QueueOptions, WorkerConfig,
+};
+pub use metrics::{
+    DEAD_REASONS, Histogram, KindHistogram, LaneHistogram, MetricsSnapshot, OTHER_KIND, RUN_TIME_BUCKETS, TaskCounts,
+    WAIT_BUCKETS, WorkerMetrics,
 };
 pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
 
@@ -200,6 +207,15 @@ async fn check_server(
     queues: &[(Queue, QueueOptions)],
 ) -> Result<()> {
     let info = broker::server_info(conn).await?;
+    // The function library producers in other languages call (and the engine's own
+    // enqueue, cancel, wait, inspect and replay): loaded unless this revision already is.
+    if broker::functions::ensure(conn).await? {
+        tracing::info!(
+            library = broker::functions::LIBRARY,
+            revision = broker::functions::revision(),
+            "loaded the Redis function library"
+        );
+    }
     if let Err(e) = info.check_eviction() {
         if !config.allow_eviction {
             return Err(e);
@@ -248,6 +264,8 @@ struct Shared {
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
+    /// What the loops count for an exporter, when the worker was given metrics.
+    metrics: Option<Arc<WorkerMetrics>>,
     /// Start records for the tracker's starter.
     starts: mpsc::UnboundedSender<tracker::StartRequest>,
     /// Tracked tasks running now.
@@ -271,6 +289,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// A Redis call of a loop failed (counted in the metrics, when on).
+    fn redis_failed(&self) {
+        if let Some(m) = &self.metrics {
+            m.redis_failed();
+        }
+    }
+
     /// Records entries read from a lane as held in process (see [`Lane::held`]).
     fn hold(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
@@ -354,6 +379,7 @@ pub struct Worker {
     queues: Vec<(Queue, QueueOptions)>,
     id: String,
     counters: Arc<WorkerCounters>,
+    metrics: Option<Arc<WorkerMetrics>>,
     handle: ShutdownHandle,
 }
 
@@ -380,8 +406,17 @@ impl Worker {
             queues: Vec::new(),
             id,
             counters: Arc::default(),
+            metrics: None,
             handle: ShutdownHandle::default(),
         }
+    }
+
+    /// Counts tasks, run and wait times, in flight, slots and Redis errors into `metrics` for
+    /// an exporter to read ([`WorkerMetrics::snapshot`]) while the worker runs. Off by
+    /// default; on, each task costs a few relaxed atomic adds.
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Serves `queue` with the worker's defaults.
@@ -431,6 +466,7 @@ impl Worker {
             queues,
             id,
             counters,
+            metrics,
             handle,
         } = self;
         let ranks = queues
@@ -488,6 +524,14 @@ impl Worker {
         broker::limits::register_limits(&mut conn, &names).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
+        let tracker = TaskTracker::new();
+        let metrics = metrics.filter(|m| {
+            let labels = lanes
+                .iter()
+                .map(|l| (l.queue.to_string(), l.priority.to_string()))
+                .collect();
+            m.start(labels, router.kinds_by_index(), config.concurrency, tracker.clone())
+        });
         let shared = Arc::new(Shared {
             starts,
             running: Default::default(),
@@ -498,10 +542,11 @@ impl Worker {
             budget: config.max_tasks.map(Budget::new),
             config,
             conn,
-            tracker: TaskTracker::new(),
+            tracker,
             outcomes: tx,
             abort: CancellationToken::new(),
             counters,
+            metrics,
             clock: Clock::System,
             drain_deadline: OnceLock::new(),
             limits,
@@ -519,6 +564,9 @@ impl Worker {
             kinds = %shared.router.kinds().collect::<Vec<_>>().join(","),
             "worker started"
         );
+        if let Some(m) = &shared.metrics {
+            m.set_running(true);
+        }
 
         // quiet: stop taking new work. stop: end the maintenance loops and the acker.
         let quiet = CancellationToken::new();
@@ -561,6 +609,9 @@ impl Worker {
         // this worker still holds; 5. stop promoter and heartbeat; 6. deregister.
         // The whole drain has one budget: handlers get `drain_timeout` from here, and steps
         // 3-6 end by `drain_timeout + DRAIN_SETTLE_BUDGET` from here whatever Redis does.
+        if let Some(m) = &shared.metrics {
+            m.set_running(false);
+        }
         let began = tokio::time::Instant::now();
         let handlers_by = began + shared.config.drain_timeout;
         let deadline = *shared.drain_deadline.get_or_init(|| handlers_by + DRAIN_SETTLE_BUDGET);
@@ -676,7 +727,7 @@ fn in_flight(shared: &Shared) -> usize {
 async fn requeue_held(shared: &Shared, deadline: tokio::time::Instant) -> u64 {
     let conn = shared.conn.clone();
     let mut requeued = 0;
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(shared);
     for lane in &shared.lanes {
         loop {
             let step = async {
@@ -743,14 +794,40 @@ pub(crate) fn hostname() -> String {
 }
 
 /// Exponential backoff for loops that wait out a Redis outage: 50 ms doubling to 5 s, jittered.
-/// (The scheduler's loop uses it too.)
+/// Each failure is a Redis error in the metrics, and a loop failing in a row is in an outage
+/// until it recovers (or gives up: dropped). (The scheduler's loop uses it too, without
+/// metrics.)
 #[derive(Debug, Default)]
 pub(crate) struct Outage {
     failures: u32,
+    metrics: Option<Arc<WorkerMetrics>>,
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if self.failures > 0
+            && let Some(m) = &self.metrics
+        {
+            m.outage_ended();
+        }
+    }
 }
 
 impl Outage {
+    fn new(shared: &Shared) -> Self {
+        Outage {
+            failures: 0,
+            metrics: shared.metrics.clone(),
+        }
+    }
+
     pub(crate) fn next_delay(&mut self) -> Duration {
+        if let Some(m) = &self.metrics {
+            m.redis_failed();
+            if self.failures == 0 {
+                m.outage_began();
+            }
+        }
         let policy = crate::backoff::RetryPolicy {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(5),
@@ -762,6 +839,10 @@ impl Outage {
     }
 
     pub(crate) fn recovered(&mut self) -> bool {
-        std::mem::take(&mut self.failures) > 0
+        let was = std::mem::take(&mut self.failures) > 0;
+        if was && let Some(m) = &self.metrics {
+            m.outage_ended();
+        }
+        was
     }
 }

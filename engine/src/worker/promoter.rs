@@ -60,7 +60,10 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                         (a, b) => a.or(b),
                     };
                 }
-                Err(e) => tracing::warn!(error = %e, stream = %lane.keys.stream, "promotion failed; retrying"),
+                Err(e) => {
+                    shared.redis_failed();
+                    tracing::warn!(error = %e, stream = %lane.keys.stream, "promotion failed; retrying")
+                }
             }
         }
         if let Err(e) = refresh_pause_flags(&shared, &mut conn).await {

@@ -126,6 +126,7 @@ async fn reclaim_lane(
         let got = match broker::reclaim(conn, args).await {
             Ok(got) => got,
             Err(e) => {
+                shared.redis_failed();
                 if broker::is_nogroup(&e) {
                     super::fetcher::recreate_groups(shared).await;
                 } else {
@@ -140,6 +141,9 @@ async fn reclaim_lane(
         if got.poisoned > 0 {
             tracing::warn!(stream = %lane.keys.stream, poisoned = got.poisoned, "poison tasks moved to the dead-letter stream");
             WorkerCounters::add(&shared.counters.buried, got.poisoned);
+            if let Some(m) = &shared.metrics {
+                m.poisoned(i, got.poisoned);
+            }
         }
         if !got.entries.is_empty() {
             tracing::info!(stream = %lane.keys.stream, count = got.entries.len(), "reclaimed tasks whose lease ran out");

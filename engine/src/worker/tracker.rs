@@ -160,7 +160,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
         return;
     }
     batch.sort_by_key(|r| r.lane);
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(shared);
     let codes = loop {
         let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
             let lane = &shared.lanes[group[0].lane];

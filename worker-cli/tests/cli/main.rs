@@ -5,9 +5,11 @@
 //! One test binary (linked once, its tests run in parallel) with a module per subject:
 //! `work` (the supervisor and its worker processes), `exec` (commands as handlers), `admin`
 //! (the admin commands, dead letters and queue deletion against the engine's own view),
-//! `compiled` (a kind compiled in through `main_with`, run in this process),
+//! `compiled` (a kind compiled in through `main_with`, run in this process), `serve`
+//! (long-lived handler processes on the `--serve` line protocol),
 //! `acl` (the documented Redis ACL), `tls` (rediss:// and the --tls-* flags), `settings`
-//! (eviction policy and durability checked at start), `usage` (bad flags, help, unreachable
+//! (eviction policy and durability checked at start), `metrics` (`--metrics-addr`: the box's
+//! numbers added up, the probes), `usage` (bad flags, help, unreachable
 //! Redis), `demo`, `schedule` (periodic tasks: racing schedulers, missed fires, the file), `ops` (what operators see: start-time checks, JSON logs, output shapes, tables);
 //! `common` holds the process helpers.
 
@@ -24,9 +26,11 @@ mod drills;
 mod exec;
 mod faults;
 mod limits;
+mod metrics;
 mod ops;
 mod queue;
 mod schedule;
+mod serve;
 mod settings;
 mod tls;
 mod usage;

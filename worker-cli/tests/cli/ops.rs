@@ -251,3 +251,26 @@ async fn pending_names_the_task_its_kind_and_attempt() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[..3], [id.as_str(), "sleep", "1"], "{table}");
 }
+
+#[tokio::test]
+async fn functions_install_loads_the_library_producers_call_and_source_prints_it() {
+    let f = Fixture::start().await;
+    let got = cli_json(&f.server, &["functions", "install", "--json"]).await;
+    assert_eq!(got["library"], "rivulet_v1", "{got}");
+    let revision = got["revision"].as_str().unwrap().to_owned();
+    let mut conn = f.redis().await;
+    let loaded: String = redis::cmd("FCALL")
+        .arg("rivulet_v1_version")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(loaded, revision);
+    // What `source` prints is what was loaded: the same revision, the engine's scripts inside.
+    let out = cli(&f.server, &["functions", "source"]).await;
+    assert!(out.status.success());
+    let source = String::from_utf8(out.stdout).unwrap();
+    assert!(source.starts_with("#!lua name=rivulet_v1\n"), "{source}");
+    assert!(source.contains(&format!("return '{revision}'")));
+    assert!(source.contains("-- enqueue.lua: enqueue one task"));
+}
