@@ -269,7 +269,8 @@ impl Target {
         Ok(())
     }
 
-    /// Mean `MEMORY USAGE` of up to `sample` task records of a queue, bytes.
+    /// Memory per retained finished task, bytes: the mean `MEMORY USAGE` of up to `sample`
+    /// task records of a queue, plus its share of the shards' `succeeded` indexes.
     pub async fn record_bytes(&self, queue: &Queue, sample: usize) -> Result<f64> {
         let mut conn = self.conn.clone();
         let mut keys: Vec<String> = Vec::new();
@@ -301,7 +302,26 @@ impl Target {
         }
         let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
         let sizes: Vec<u64> = sizes.into_iter().flatten().collect();
-        Ok(sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64)
+        let record = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64;
+        // Each finished task's id is also in its shard's succeeded index (one member per settle
+        // call): the index's bytes over the tasks it lists.
+        let (mut index_bytes, mut members) = (0u64, 0u64);
+        for shard in queue.all_shards() {
+            let (bytes, n): (Option<u64>, Option<u64>) = redis::pipe()
+                .cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&shard.keys.succeeded)
+                .arg("SAMPLES")
+                .arg(0)
+                .cmd("HGET")
+                .arg(&shard.keys.stats)
+                .arg("done")
+                .query_async(&mut conn)
+                .await?;
+            index_bytes += bytes.unwrap_or(0);
+            members += n.unwrap_or(0);
+        }
+        Ok(record + index_bytes as f64 / members.max(1) as f64)
     }
 
     /// Tasks settled as done in a queue so far (the `done` counters of its shards).

@@ -250,7 +250,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let noop = recorder.clone();
     let lat = recorder.clone();
     let router = Router::new()
-        .route_bytes(KIND_NOOP, move |_ctx: TaskContext, _body| {
+        .route_bytes_returning(KIND_NOOP, move |_ctx: TaskContext, _body| {
             let r = noop.clone();
             async move {
                 r.started();

@@ -16,7 +16,7 @@ use crate::durability::Durability;
 use crate::envelope::{Codec, Envelope, TaskId, ms_since_epoch, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{Queue, QueueName, ShardKeys, shard_for};
-use crate::lifecycle::{CancelOutcome, Enqueued, Event, TaskState, TaskStatus};
+use crate::lifecycle::{CancelOutcome, Enqueued, Event, TaskPage, TaskState, TaskStatus};
 
 /// How long a producer waits for Redis before a call fails with a timeout.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -518,39 +518,74 @@ impl Client {
 
     /// Up to `limit` tasks of `queue` in `state`, per shard in priority order, each read back
     /// from its record (see `broker::lifecycle::list_ids` for where each state is listed
-    /// from). Tasks of `succeeded` and `cancelled` are found through the recent events, as
-    /// far back as the capped events streams reach.
+    /// from). The first page of [`tasks_page`](Self::tasks_page).
     pub async fn tasks(&self, queue: &Queue, state: TaskState, limit: usize) -> Result<Vec<TaskStatus>> {
+        Ok(self.tasks_page(queue, state, None, limit).await?.tasks)
+    }
+
+    /// One page of [`tasks`](Self::tasks). `succeeded` and `cancelled` tasks are listed from
+    /// each shard's index of kept records, newest first, as far back as their retention
+    /// reaches; the page's [`next`](TaskPage::next) cursor (when the page is full) gives the
+    /// following page as `after`. The other states list the first `limit` of the structure
+    /// holding them and take no cursor.
+    pub async fn tasks_page(
+        &self,
+        queue: &Queue,
+        state: TaskState,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPage> {
+        let paged = matches!(state, TaskState::Succeeded | TaskState::Cancelled);
+        let (mut from, mut after_shard) = (0usize, None);
+        if let Some(cursor) = after {
+            let parsed = cursor
+                .split_once(':')
+                .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)))
+                .filter(|_| paged);
+            let Some((n, rest)) = parsed else {
+                return Err(Error::config(
+                    "after",
+                    format!("{cursor:?} is not a cursor of a succeeded or cancelled listing"),
+                ));
+            };
+            (from, after_shard) = (n, Some(rest.to_owned()));
+        }
         let mut conn = self.conn.clone();
+        let now = self.clock.now_ms();
         let mut out = Vec::new();
-        for shard in queue.all_shards() {
+        let mut next = None;
+        for (n, shard) in queue.all_shards().enumerate().skip(from) {
+            let mut cursor = if n == from { after_shard.take() } else { None };
+            while out.len() < limit {
+                let want = limit - out.len();
+                let (ids, more) =
+                    records::list_ids(&mut conn, &shard.keys, state, cursor.as_deref(), want, now).await?;
+                let found = records::records_of(&mut conn, &shard.keys, &ids).await?;
+                for (id, fields) in ids.into_iter().zip(found) {
+                    let id = TaskId::from_string(id);
+                    let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
+                    if st.state == TaskState::Unknown && !state.is_final() {
+                        // Listed by the structure that holds it, without a record (tracking off).
+                        st.state = state;
+                        st.priority = Some(shard.priority.to_owned());
+                    }
+                    // A record that expired since the listing read its id is left out.
+                    if st.state == state || !state.is_final() {
+                        out.push(st);
+                    }
+                }
+                cursor = more;
+                if cursor.is_none() {
+                    break;
+                }
+            }
             if out.len() >= limit {
+                next = cursor.map(|c| format!("{n}:{c}"));
                 break;
             }
-            let ids = records::list_ids(&mut conn, &shard.keys, state, limit - out.len()).await?;
-            for id in ids {
-                let id = TaskId::from_string(id);
-                let fields = records::records(&mut conn, std::slice::from_ref(&shard.keys), id.as_str()).await?;
-                let fields = fields.into_iter().next().unwrap_or_default();
-                let mut st = TaskStatus::from_record(
-                    id.clone(),
-                    queue.name().clone(),
-                    shard.priority,
-                    fields,
-                    self.clock.now_ms(),
-                );
-                if st.state == TaskState::Unknown {
-                    // Listed by the structure that holds it, without a record (tracking off).
-                    st.state = state;
-                    st.priority = Some(shard.priority.to_owned());
-                }
-                // A finished listing from events keeps only tasks still in that state.
-                if st.state == state || !state.is_final() {
-                    out.push(st);
-                }
-            }
         }
-        Ok(out)
+        // A full page on the last shard may be the end: the next page then reads empty.
+        Ok(TaskPage { tasks: out, next })
     }
 
     /// A cursor past every event `queue` has now (to follow only new ones).

@@ -136,6 +136,33 @@ pub(crate) type TaskOutput = Option<(Bytes, Codec)>;
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<TaskOutput, HandlerError>> + Send>>;
 
+/// What a handler without a result returns: `Result<(), HandlerError>` or nothing (`()`).
+///
+/// Only these two types implement it, so a closure whose every path returns `Err(...)`
+/// infers `Result<(), HandlerError>` and needs no annotation.
+pub trait HandlerReturn: sealed::Sealed {
+    /// The outcome as the worker reads it.
+    fn into_handler_result(self) -> Result<(), HandlerError>;
+}
+
+impl HandlerReturn for () {
+    fn into_handler_result(self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+impl HandlerReturn for Result<(), HandlerError> {
+    fn into_handler_result(self) -> Result<(), HandlerError> {
+        self
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl Sealed for Result<(), super::HandlerError> {}
+}
+
 /// Turns a handler's return value into its output; a result that cannot be encoded is fatal
 /// (retrying would produce the same value).
 async fn output<R: IntoTaskResult>(
@@ -253,8 +280,17 @@ impl Route {
 ///     .route_bytes("echo", |_ctx, bytes| async move {
 ///         let _ = bytes;
 ///         Ok(())
+///     })
+///     // Only an error, or nothing at all: no type annotations needed.
+///     .route("refuse", |_ctx: TaskContext, _job: Resize| async move {
+///         Err(HandlerError::fatal("not today"))
+///     })
+///     .route_bytes("ping", |_ctx, _bytes| async move {})
+///     // A result, kept in the task's record.
+///     .route_returning("area", |_ctx: TaskContext, job: Resize| async move {
+///         Ok(rivulet::Output(job.width * 2))
 ///     });
-/// assert_eq!(router.kinds().count(), 2);
+/// assert_eq!(router.kinds().count(), 5);
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
@@ -278,9 +314,26 @@ impl Router {
     /// Serves `kind` with a handler of a typed payload, decoded with the task's codec.
     /// A payload that does not decode goes to the dead-letter stream as `malformed`.
     ///
-    /// The handler returns `Ok(())` (no result), `Ok(Output(value))` (a result encoded with
-    /// the task's codec, kept in the task's record) or `Ok(bytes)` (raw bytes).
-    pub fn route<T, R, F, Fut>(self, kind: &str, f: F) -> Self
+    /// The handler returns `Result<(), HandlerError>` or nothing at all; a handler that
+    /// returns only `Err(...)` needs no type annotation. A handler with a result uses
+    /// [`route_returning`](Self::route_returning).
+    pub fn route<T, O, F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        O: HandlerReturn + Send + 'static,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+    {
+        self.route_returning(kind, move |ctx: TaskContext, payload: T| {
+            let fut = f(ctx, payload);
+            async move { fut.await.into_handler_result() }
+        })
+    }
+
+    /// Like [`route`](Self::route), for a handler with a result: it returns `Ok(())` (no
+    /// result), `Ok(Output(value))` (a result encoded with the task's codec, kept in the
+    /// task's record) or `Ok(bytes)` (raw bytes).
+    pub fn route_returning<T, R, F, Fut>(self, kind: &str, f: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
         R: IntoTaskResult + Send + 'static,
@@ -296,9 +349,23 @@ impl Router {
         )
     }
 
-    /// Serves `kind` with a handler of the raw payload bytes (results as for
+    /// Serves `kind` with a handler of the raw payload bytes (returns as for
     /// [`route`](Self::route)).
-    pub fn route_bytes<R, F, Fut>(self, kind: &str, f: F) -> Self
+    pub fn route_bytes<O, F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        O: HandlerReturn + Send + 'static,
+        F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+    {
+        self.route_bytes_returning(kind, move |ctx: TaskContext, payload: Bytes| {
+            let fut = f(ctx, payload);
+            async move { fut.await.into_handler_result() }
+        })
+    }
+
+    /// Serves `kind` with a handler of the raw payload bytes that has a result (as for
+    /// [`route_returning`](Self::route_returning)).
+    pub fn route_bytes_returning<R, F, Fut>(self, kind: &str, f: F) -> Self
     where
         R: IntoTaskResult + Send + 'static,
         F: Fn(TaskContext, Bytes) -> Fut + Send + Sync + 'static,

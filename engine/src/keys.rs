@@ -330,6 +330,11 @@ pub struct ShardKeys {
     /// Ids of tasks someone waits for (SET), so settling checks per task only when it is not
     /// empty.
     pub waiting: String,
+    /// Ids of succeeded tasks whose record is kept (ZSET, score = when the record expires,
+    /// ms), trimmed as they expire: `tasks --state succeeded` pages through it.
+    pub succeeded: String,
+    /// Ids of cancelled tasks whose record is kept, as [`succeeded`](Self::succeeded).
+    pub cancelled: String,
     /// Prefix of the per-task keys (`<base>:task:<id>` and friends), with the shard's tag.
     base: String,
 }
@@ -346,6 +351,8 @@ impl ShardKeys {
             events: format!("{base}:events"),
             cancels: format!("{base}:cancels"),
             waiting: format!("{base}:waiting"),
+            succeeded: format!("{base}:succeeded"),
+            cancelled: format!("{base}:cancelled"),
             base,
         }
     }

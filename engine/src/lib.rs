@@ -91,13 +91,13 @@ pub use connection::TlsOptions;
 pub use durability::{Durability, ServerInfo};
 pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
-pub use handler::{HandlerError, RouteOptions, Router, TaskContext};
+pub use handler::{HandlerError, HandlerReturn, RouteOptions, Router, TaskContext};
 pub use inspector::{
     DLQ_PREVIEW, DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
-    CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskState, TaskStatus,
+    CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskPage, TaskState, TaskStatus,
 };
 pub use limits::{Limit, LimitStatus, Limits, Rate};
 pub use schedule::{Missed, Schedule, Scheduler, Schedules};
@@ -105,3 +105,11 @@ pub use worker::{
     DRAIN_SETTLE_BUDGET, MetricsSnapshot, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig,
     WorkerCounters, WorkerMetrics, WorkerReport,
 };
+
+// The Rust snippets of the README and the task lifecycle guide compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoc;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/tasks.md")]
+struct TasksDoc;

@@ -335,6 +335,16 @@ impl Event {
     }
 }
 
+/// One page of a task listing ([`Client::tasks_page`](crate::Client::tasks_page)).
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskPage {
+    /// The tasks, in the listing's order.
+    pub tasks: Vec<TaskStatus>,
+    /// The cursor of the next page (`after`), when this one is full and the state is paged
+    /// (`succeeded`, `cancelled`). The next page may be empty.
+    pub next: Option<String>,
+}
+
 /// What a handler returns on success, turned into the task's result.
 ///
 /// Implemented for `()` (no result: every `Ok(())` handler), [`Output`] (a value encoded with

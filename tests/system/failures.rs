@@ -268,12 +268,8 @@ async fn exhausted_and_fatal_tasks_land_in_the_dlq_and_replay_runs_them() {
 async fn dlq_purge_by_id_kind_and_all() {
     let f = Fixture::shared(Queue::new("purge").unwrap()).await;
     let router = Router::new()
-        .route("a", |_ctx: TaskContext, _: ()| async {
-            Err::<(), _>(HandlerError::fatal("no"))
-        })
-        .route("b", |_ctx: TaskContext, _: ()| async {
-            Err::<(), _>(HandlerError::fatal("no"))
-        });
+        .route("a", |_ctx: TaskContext, _: ()| async { Err(HandlerError::fatal("no")) })
+        .route("b", |_ctx: TaskContext, _: ()| async { Err(HandlerError::fatal("no")) });
     let w = f.start_worker(router, fast_config());
     for kind in ["a", "a", "a", "b", "b"] {
         f.client
@@ -680,7 +676,7 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
     let f = Fixture::with_queue(Queue::new("own-retry").unwrap()).await;
     let recorder = Recorder::new();
     let router = recorder.route(Router::new(), "always-fails", |_ctx, _: ()| async {
-        Err::<(), _>(HandlerError::retry("no"))
+        Err(HandlerError::retry("no"))
     });
     // The worker's own policy would wait a minute between attempts and allow ten.
     let config = WorkerConfig {

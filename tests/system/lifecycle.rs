@@ -13,7 +13,7 @@ use rivulet::{
 };
 use tokio::sync::Notify;
 
-use rivulet::testing::{RunningWorker, fast_config};
+use rivulet::testing::{Fixture, RunningWorker, fast_config, unique_name};
 
 /// Waits for `check`, failing the test with `what` when it does not hold in time.
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -32,17 +32,13 @@ async fn status(client: &Client, queue: &Queue, id: &TaskId) -> TaskStatus {
 }
 
 async fn wait_state(client: &Client, queue: &Queue, id: &TaskId, want: TaskState) -> TaskStatus {
-    let last: Arc<std::sync::Mutex<Option<TaskStatus>>> = Arc::default();
-    let ok = rivulet::testing::wait_until(Duration::from_secs(20), async || {
-        let st = client.status(queue, id).await.expect("status");
-        let hit = st.state == want;
-        *last.lock().unwrap() = Some(st);
-        hit
-    })
-    .await;
-    let last = last.lock().unwrap().take().expect("at least one look");
-    assert!(ok, "task {id} never reached {want}; last seen: {last:#?}");
-    last
+    rivulet::testing::wait_for_value(
+        &format!("task {id} to read {want}"),
+        Duration::from_secs(20),
+        async || client.status(queue, id).await.expect("status"),
+        |st| st.state == want,
+    )
+    .await
 }
 
 /// Every command Redis has served so far.
@@ -63,7 +59,7 @@ async fn total_calls(server: &RedisServer) -> u64 {
 /// `boom` always fails; `big` returns a result of the payload's size.
 fn router(open: Arc<Notify>) -> Router {
     Router::new()
-        .route("gate", move |ctx: TaskContext, n: u32| {
+        .route_returning("gate", move |ctx: TaskContext, n: u32| {
             let open = open.clone();
             async move {
                 for i in 0..1000 {
@@ -78,10 +74,8 @@ fn router(open: Arc<Notify>) -> Router {
                 Ok(Output(serde_json::json!({ "doubled": n * 2 })))
             }
         })
-        .route_bytes("boom", |_ctx, _b| async move {
-            Err::<(), _>(HandlerError::retry("it broke"))
-        })
-        .route("big", |_ctx, size: usize| async move {
+        .route_bytes("boom", |_ctx, _b| async move { Err(HandlerError::retry("it broke")) })
+        .route_returning("big", |_ctx, size: usize| async move {
             Ok(bytes::Bytes::from(vec![b'x'; size]))
         })
 }
@@ -624,5 +618,221 @@ async fn a_worker_killed_mid_task_never_shows_succeeded_and_is_active_again_afte
     gate.notify_one();
     let st = client.wait(&queue, &id, Duration::from_secs(20)).await.unwrap();
     assert_eq!(st.state, TaskState::Succeeded);
+    w.stop().await;
+}
+
+/// The shard every task of a one-shard queue at the default priority goes to.
+fn normal_shard(queue: &Queue) -> rivulet::keys::ShardKeys {
+    queue.shard("normal", 0)
+}
+
+/// A size read straight from Redis (`XLEN`, `ZCARD`, ...) of one key.
+async fn size_of(f: &Fixture, command: &str, key: &str) -> u64 {
+    let mut conn = f.redis().await;
+    redis::cmd(command).arg(key).query_async(&mut conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_reads_dead_with_its_reason_and_dead_letter_id() {
+    let f = Fixture::shared(Queue::new(&unique_name("poison")).unwrap()).await;
+    let id = f.client.enqueue(&f.queue, Task::json("p", &1).unwrap()).await.unwrap();
+    // Delivered once to a consumer that never settles it (a worker that died reading it).
+    f.abandon_entries(&normal_shard(&f.queue).stream, "gone", 10).await;
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ran.clone();
+    let router = Router::new().route("p", move |_ctx: TaskContext, _n: u32| {
+        r.store(true, std::sync::atomic::Ordering::SeqCst);
+        async {}
+    });
+    let config = WorkerConfig {
+        lease: Duration::from_millis(200),
+        max_deliveries: 1,
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    let st = wait_state(&f.client, &f.queue, &id, TaskState::Dead).await;
+    assert_eq!(st.reason.as_deref(), Some("poison"), "{st:#?}");
+    assert!(
+        st.error.as_deref().unwrap_or("").contains("delivered 2 times"),
+        "{st:#?}"
+    );
+    let dlq_id = st.dlq_id.clone().expect("the dead letter's id");
+    let letters = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
+    assert!(
+        letters.iter().any(|d| d.id.entry == dlq_id),
+        "dlq_id {dlq_id} not among {letters:#?}"
+    );
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "a poison task is not run"
+    );
+    // Waiting on it answers at once with the final state.
+    let done = f.client.wait(&f.queue, &id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.state, TaskState::Dead);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_requeued_at_the_drain_deadline_reads_queued_again() {
+    let f = Fixture::shared(Queue::new(&unique_name("requeued")).unwrap()).await;
+    let router = Router::new().route("hold", |_ctx: TaskContext, _n: u32| async {
+        std::future::pending::<()>().await;
+    });
+    let config = WorkerConfig {
+        drain_timeout: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    let id = f
+        .client
+        .enqueue(&f.queue, Task::json("hold", &1).unwrap())
+        .await
+        .unwrap();
+    let st = wait_state(&f.client, &f.queue, &id, TaskState::Active).await;
+    assert_eq!(st.worker.as_deref(), Some(w.id.as_str()));
+    let report = w.stop().await;
+    assert_eq!(report.requeued, 1);
+    let st = status(&f.client, &f.queue, &id).await;
+    assert_eq!(st.state, TaskState::Queued, "{st:#?}");
+    assert_eq!(st.worker, None, "{st:#?}");
+    let mut cursor = EventCursor::start();
+    let names: Vec<String> = f
+        .client
+        .events(&f.queue, &mut cursor, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.task_id == id.as_str())
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(names.last().map(String::as_str), Some("requeued"), "{names:?}");
+    // Requeued under a new entry: a cancel now removes it before anyone runs it.
+    assert_eq!(f.client.cancel(&f.queue, &id).await.unwrap(), CancelOutcome::Cancelled);
+    let left = size_of(&f, "XLEN", &normal_shard(&f.queue).stream).await;
+    assert_eq!(left, 0, "the requeued entry is deleted by the cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_listed_by_state_page_by_page_past_the_events_cap() {
+    let f = Fixture::shared(Queue::new(&unique_name("listed")).unwrap()).await;
+    let router = Router::new().route("ok", |_ctx: TaskContext, _n: u32| async {}).route(
+        "slow",
+        |ctx: TaskContext, _n: u32| async move {
+            ctx.cancelled().await;
+            Err(HandlerError::retry("cancelled"))
+        },
+    );
+    let w = f.start_worker(router, fast_config());
+    // Enough tasks that their events overflow the shard's capped events stream (about 3,333
+    // kept per shard at this layout): the listing must not need them.
+    const N: usize = 2500;
+    let tasks = (0..N).map(|n| Task::json("ok", &n).unwrap());
+    let mut ids = f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let slow = f
+        .client
+        .enqueue(&f.queue, Task::json("slow", &0).unwrap())
+        .await
+        .unwrap();
+    f.wait_done(N as u64, Duration::from_secs(30)).await;
+    wait_state(&f.client, &f.queue, &slow, TaskState::Active).await;
+    f.client.cancel(&f.queue, &slow).await.unwrap();
+    wait_state(&f.client, &f.queue, &slow, TaskState::Cancelled).await;
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..N {
+        let page = f
+            .client
+            .tasks_page(&f.queue, TaskState::Succeeded, after.as_deref(), 500)
+            .await
+            .unwrap();
+        assert!(page.tasks.len() <= 500);
+        assert!(page.tasks.iter().all(|t| t.state == TaskState::Succeeded));
+        seen.extend(page.tasks.into_iter().map(|t| t.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a task listed twice: {seen:?}");
+    ids.sort();
+    assert_eq!(unique, ids, "every succeeded task, once");
+    let kept = size_of(&f, "XLEN", &normal_shard(&f.queue).events).await as usize;
+    assert!(
+        kept < 2 * N,
+        "the events stream was not capped ({kept} entries), so the test proves nothing"
+    );
+    let cancelled = f.client.tasks(&f.queue, TaskState::Cancelled, 10).await.unwrap();
+    assert_eq!(cancelled.iter().map(|t| &t.id).collect::<Vec<_>>(), vec![&slow]);
+    // A cursor is refused for a state that is not paged.
+    assert!(
+        f.client
+            .tasks_page(&f.queue, TaskState::Queued, Some("0:x"), 10)
+            .await
+            .is_err()
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_leave_the_finished_listing() {
+    let queue = Queue::new(&unique_name("expiring"))
+        .unwrap()
+        .retention(Duration::from_millis(300));
+    let f = Fixture::shared(queue).await;
+    let w = f.start_worker(
+        Router::new().route("ok", |_ctx: TaskContext, _n: u32| async {}),
+        fast_config(),
+    );
+    let id = f.client.enqueue(&f.queue, Task::json("ok", &1).unwrap()).await.unwrap();
+    f.wait_done(1, Duration::from_secs(20)).await;
+    let listed = f.client.tasks(&f.queue, TaskState::Succeeded, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|t| &t.id).collect::<Vec<_>>(), vec![&id]);
+    wait_state(&f.client, &f.queue, &id, TaskState::Unknown).await;
+    assert!(
+        f.client
+            .tasks(&f.queue, TaskState::Succeeded, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The next settle on the shard trims the expired id from the index.
+    f.client.enqueue(&f.queue, Task::json("ok", &2).unwrap()).await.unwrap();
+    f.wait_done(2, Duration::from_secs(20)).await;
+    let members = size_of(&f, "ZCARD", &normal_shard(&f.queue).succeeded).await;
+    assert_eq!(members, 1, "only the second task's settle is left in the index");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_after_delivery_that_runs_anyway_ends_cancelled_not_succeeded() {
+    let f = Fixture::shared(Queue::new(&unique_name("late-cancel")).unwrap()).await;
+    let id = f
+        .client
+        .enqueue(&f.queue, Task::json("quick", &1).unwrap())
+        .await
+        .unwrap();
+    // A worker read it (and died) before the cancel: cancel cannot take it out of the stream.
+    f.abandon_entries(&normal_shard(&f.queue).stream, "gone", 10).await;
+    assert_eq!(f.client.cancel(&f.queue, &id).await.unwrap(), CancelOutcome::Cancelled);
+    // The survivor reclaims it and its handler finishes before any start record is written.
+    let router = Router::new().route("quick", |_ctx: TaskContext, _n: u32| async {});
+    let config = WorkerConfig {
+        lease: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    let st = rivulet::testing::wait_for_value(
+        "the reclaimed run to be settled",
+        Duration::from_secs(20),
+        async || status(&f.client, &f.queue, &id).await,
+        |st| st.started == Some(true) || st.state != TaskState::Cancelled,
+    )
+    .await;
+    assert_eq!((st.state, st.started), (TaskState::Cancelled, Some(true)), "{st:#?}");
+    assert_eq!(f.outstanding().await, 0);
     w.stop().await;
 }

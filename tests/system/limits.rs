@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use rivulet::testing::{ChildGuard, Fixture, Recorder, fast_config, wait_until};
-use rivulet::{Limit, Queue, Rate, Router, Task, WorkerConfig};
+use rivulet::{CancelOutcome, Limit, Queue, Rate, Router, Task, TaskState, WorkerConfig};
 
 use crate::failures::spawn_test_worker;
 
@@ -317,5 +317,56 @@ async fn tasks_waiting_for_a_limit_do_not_hold_up_other_kinds_or_use_attempts() 
     // They wait in the retry set, at attempt 0; none came back early (a reservation each).
     let parked: u64 = stats.priorities.iter().map(|p| p.retry).sum();
     assert_eq!(parked, 29, "{stats:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_parked_by_a_limit_cancels_as_not_started_and_leaves_nothing_behind() {
+    let f = Fixture::shared(Queue::new("limit-cancel").unwrap()).await;
+    let limit = format!("slow.{}", f.queue.name());
+    let recorder = Recorder::new();
+    let router: Router = recorder.router(&["slow"]);
+    let mut config = fast_config();
+    config.limits.insert(
+        limit.clone(),
+        Limit {
+            rate: Some(Rate::new(1, Duration::from_secs(60))),
+            max_running: None,
+        },
+    );
+    let w = f.start_worker(router, config);
+    let first = f
+        .client
+        .enqueue(&f.queue, Task::json("slow", &()).unwrap().limit_key(limit.clone()))
+        .await
+        .unwrap();
+    f.wait_done(1, Duration::from_secs(20)).await;
+    let second = f
+        .client
+        .enqueue(&f.queue, Task::json("slow", &()).unwrap().limit_key(limit.clone()))
+        .await
+        .unwrap();
+    // Parked: its record is scheduled for the limit's reservation, the entry in the retry set.
+    let parked = wait_until(Duration::from_secs(10), async || {
+        f.client.status(&f.queue, &second).await.unwrap().state == TaskState::Scheduled
+    })
+    .await;
+    assert!(parked, "{:?}", f.client.status(&f.queue, &second).await.unwrap());
+    assert_eq!(
+        f.client.status(&f.queue, &first).await.unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(
+        f.client.cancel(&f.queue, &second).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let status = f.client.status(&f.queue, &second).await.unwrap();
+    assert_eq!(status.state, TaskState::Cancelled, "{status:?}");
+    let stats = f.stats().await;
+    let c = &stats.counters;
+    assert_eq!((c.limited, c.failed, c.retried, c.dead), (1, 0, 0, 0), "{c:?}");
+    let left: u64 = stats.priorities.iter().map(|p| p.retry).sum();
+    assert_eq!(left, 0, "the parked entry went with the cancel: {stats:?}");
+    assert_eq!(recorder.runs().len(), 1, "{}", recorder.summary(10));
     w.stop().await;
 }

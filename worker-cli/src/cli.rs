@@ -224,6 +224,16 @@ pub struct WorkerArgs {
     /// dead letters are dropped and counted in `stats` as `dlq_trimmed`.
     #[arg(long, value_name = "N", default_value_t = rivulet::worker::DEFAULT_DLQ_MAXLEN, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..).map(|n| n as usize))]
     pub dlq_maxlen: usize,
+    /// Keep a finished task's record (state, result, progress) this long, for tasks that do
+    /// not carry their own retention (`enqueue --retention`). 0s keeps no record: the tasks'
+    /// status reads `unknown` (set the producers' retention to 0 too, or the records they
+    /// write on enqueue stay until deleted).
+    #[arg(long, value_name = "DURATION", default_value = "1h", allow_hyphen_values = true, value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Largest result a task may store (an --exec command's stdout): a larger one fails the
+    /// task as `fatal` with an error naming both sizes, never truncated. E.g. 1MiB, 64K.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_result_size: u64,
     /// On shutdown, time running tasks get to finish; unfinished ones are put back to run
     /// again at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true, value_parser = parse_duration)]
@@ -744,6 +754,10 @@ pub struct TasksArgs {
     /// Most tasks listed (at least 1).
     #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=10_000).map(|n| n as usize))]
     pub limit: usize,
+    /// Continue a `succeeded` or `cancelled` listing after this cursor (the `next page:` line
+    /// a full page ends with on stderr).
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -86,7 +86,7 @@ pub fn with_builtins(router: Router) -> Router {
     }
     if !router.serves("fail") {
         router = router.route_bytes("fail", |ctx: TaskContext, _payload: Bytes| async move {
-            Err::<(), _>(HandlerError::retry(format!(
+            Err(HandlerError::retry(format!(
                 "the built-in `fail` kind always fails (attempt {})",
                 ctx.attempt + 1
             )))

@@ -40,6 +40,8 @@ pub struct WorkerSettings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The bearer token its `/metrics` requires.
     pub metrics_token: Option<String>,
+    /// How long finished tasks' records are kept (0 = none) when a task names no retention.
+    pub retention: Duration,
 }
 
 impl WorkerSettings {
@@ -72,6 +74,11 @@ impl WorkerSettings {
                 }
             }
         }
+        if args.max_result_size == 0 || args.max_result_size > 512 * 1024 * 1024 {
+            return Err(UsageError::new(
+                "--max-result-size: must be 1 byte to 512MiB (Redis' largest string)",
+            ));
+        }
         let config = worker_config(args);
         config
             .validate()
@@ -93,6 +100,7 @@ impl WorkerSettings {
             durability: args.durability,
             metrics_addr: args.metrics_addr,
             metrics_token: args.metrics_token.clone(),
+            retention: args.retention,
         })
     }
 }
@@ -149,6 +157,8 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
         limits: worker_limits(args),
+        // Out of range (0, or over the engine's limit) fails validate() with its name.
+        max_result_bytes: usize::try_from(args.max_result_size).unwrap_or(usize::MAX),
         ..WorkerConfig::default()
     }
 }
@@ -232,6 +242,8 @@ impl WorkerArgs {
         a.extend(["--drain-timeout".to_owned(), fmt(self.drain_timeout)]);
         a.extend(["--unknown-kind-grace".to_owned(), fmt(self.unknown_kind_grace)]);
         a.extend(["--dlq-maxlen".to_owned(), self.dlq_maxlen.to_string()]);
+        a.extend(["--retention".to_owned(), fmt(self.retention)]);
+        a.extend(["--max-result-size".to_owned(), self.max_result_size.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
         }

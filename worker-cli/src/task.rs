@@ -212,7 +212,15 @@ fn state_of(s: StateArg) -> TaskState {
 }
 
 async fn tasks(client: &Client, queue: &Queue, a: &TasksArgs) -> Result<()> {
-    let list = client.tasks(queue, state_of(a.state), a.limit).await?;
+    let state = state_of(a.state);
+    if a.after.is_some() && !matches!(state, TaskState::Succeeded | TaskState::Cancelled) {
+        return Err(UsageError::new("--after pages succeeded and cancelled listings only").into());
+    }
+    let page = client.tasks_page(queue, state, a.after.as_deref(), a.limit).await?;
+    if let Some(next) = &page.next {
+        note!("next page: --after {next}");
+    }
+    let list = page.tasks;
     if a.output.json {
         let rows: Vec<serde_json::Value> = list.iter().map(status_json).collect();
         return output::json(&rows);

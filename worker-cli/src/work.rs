@@ -146,7 +146,7 @@ async fn set_up(url: &str, settings: &WorkerSettings) -> Result<(rivulet::RedisT
     for name in &settings.queues {
         let queue = resolve_queue(&inspector, name).await.map_err(engine)?;
         check_weights(&settings.config.priority, &queue).map_err(|e| SetupError::Fatal(e.into()))?;
-        queues.push(queue);
+        queues.push(queue.retention(settings.retention));
     }
     Ok((client, queues))
 }
@@ -277,7 +277,7 @@ pub async fn resolve_queues(inspector: &Inspector, settings: &WorkerSettings) ->
             .await
             .map_err(|e| store::engine_error(&settings.redis_url, e))?;
         check_weights(&settings.config.priority, &queue)?;
-        queues.push(queue);
+        queues.push(queue.retention(settings.retention));
     }
     Ok(queues)
 }

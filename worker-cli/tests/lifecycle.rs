@@ -3,38 +3,14 @@
 //! `task wait`, `task cancel`, `tasks --state` and `events`.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rivulet::testing::{RedisServer, wait_until};
+use rivulet::testing::{RedisServer, TempDir, wait_until};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_worker-cli");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "wcli-life-{tag}-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A `worker-cli work` process, killed on drop (its log printed when the test fails).
 struct Worker {
@@ -116,20 +92,13 @@ async fn show(server: &RedisServer, queue: &str, id: &str) -> Value {
 }
 
 async fn wait_state(server: &RedisServer, queue: &str, id: &str, state: &str) -> Value {
-    let last = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
-    let ok = wait_until(Duration::from_secs(30), || {
-        let last = last.clone();
-        async move {
-            let v = show(server, queue, id).await;
-            let hit = v["state"] == state;
-            *last.lock().unwrap() = v;
-            hit
-        }
-    })
-    .await;
-    let last = last.lock().unwrap().clone();
-    assert!(ok, "task {id} never reached {state}; last: {last:#}");
-    last
+    rivulet::testing::wait_for_value(
+        &format!("task {id} to read {state}"),
+        Duration::from_secs(30),
+        async || show(server, queue, id).await,
+        |v| v["state"] == state,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,4 +300,38 @@ async fn enqueue_wait_prints_the_result_and_unique_keys_report_duplicates() {
     assert_eq!(second["duplicates"][0], first["ids"][0], "{second:#}");
     let out = cli(&server, &args[..args.len() - 1]).await;
     assert!(text(&out.stderr).contains("duplicate"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_retention_and_result_cap_come_from_its_flags() {
+    let server = RedisServer::start();
+    let _w = Worker::start(
+        &server,
+        &[
+            "--queue",
+            "flags",
+            "--retention",
+            "2s",
+            "--max-result-size",
+            "8",
+            "--exec",
+            "small=printf ok",
+            "--exec",
+            "big=printf 0123456789",
+        ],
+    );
+    let small = enqueue(&server, "flags", "small", &[]).await;
+    let big = enqueue(&server, "flags", "big", &[]).await;
+    let done = wait_state(&server, "flags", &small, "succeeded").await;
+    assert_eq!(done["result"], "ok", "{done:#}");
+    let dead = wait_state(&server, "flags", &big, "dead").await;
+    let error = dead["error"].as_str().unwrap_or_default();
+    assert!(error.contains("10 bytes, over the 8-byte cap"), "{dead:#}");
+    // Kept for the worker's --retention (2s), not the default hour.
+    wait_state(&server, "flags", &small, "unknown").await;
+
+    // Out of range is bad usage.
+    let out = cli(&server, &["work", "--queue", "flags", "--max-result-size", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--max-result-size"), "{}", text(&out.stderr));
 }

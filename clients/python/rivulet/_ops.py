@@ -480,7 +480,7 @@ def cancel(queue: str, lay: Layout, task_id: str) -> Plan[tuple[CancelOutcome, T
         "cancel",
         [
             keys.task(task_id), keys.stream, keys.scheduled, keys.retry, keys.stats, keys.events,
-            keys.cancels, done, lock.decode() if lock else done, keys.waiting,
+            keys.cancels, done, lock.decode() if lock else done, keys.waiting, keys.key("cancelled"),
         ],
         task_id, now_ms(), lay.events_maxlen, GROUP,
     )  # fmt: skip

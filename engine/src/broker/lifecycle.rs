@@ -24,6 +24,7 @@ use crate::keys::{GROUP, ShardKeys};
 
 static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/start.lua")));
 static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
+static FINISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
 
 /// One task for [`enqueue`].
 #[derive(Debug)]
@@ -233,7 +234,11 @@ pub async fn settle_tracked(
     )
     .expect("tracked is not empty");
     let mut inv = settle_invocation(ctx, untracked, range);
-    inv.key(&ctx.keys.events).key(&ctx.keys.cancels).key(&ctx.keys.waiting);
+    inv.key(&ctx.keys.events)
+        .key(&ctx.keys.cancels)
+        .key(&ctx.keys.waiting)
+        .key(&ctx.keys.succeeded)
+        .key(&ctx.keys.cancelled);
     for (entry, op, t) in tracked {
         let done = ctx.keys.done(&t.task_id);
         inv.key(ctx.keys.task(&t.task_id))
@@ -286,6 +291,23 @@ pub async fn records(
     Ok(pipe.query_async(conn).await?)
 }
 
+/// The records of tasks `ids` of one shard, in one round trip (empty field lists for those
+/// without one).
+pub async fn records_of(
+    conn: &mut RedisConnection,
+    keys: &ShardKeys,
+    ids: &[String],
+) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGETALL").arg(keys.task(id));
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
 pub async fn cancel(
     conn: &mut RedisConnection,
@@ -310,6 +332,7 @@ pub async fn cancel(
             &done,
             unique_lock.unwrap_or(&done),
             &keys.waiting,
+            &keys.cancelled,
         ],
     );
     cmd.arg(id).arg(now_ms).arg(events_maxlen).arg(GROUP);
@@ -498,14 +521,18 @@ pub fn lock_of(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// Up to `limit` task ids of one shard in one state, read from the structure that holds
 /// them (never a key scan): `scheduled` and `retrying` from their sets (earliest due first),
 /// `queued` from the stream past the group's last delivery, `active` from the PEL, `dead`
-/// from the dead-letter stream, `succeeded` and `cancelled` from the recent events (as far
-/// back as the capped events stream reaches; the caller checks each record still says so).
+/// from the dead-letter stream, `succeeded` and `cancelled` from the shard's index of kept
+/// records (`finished.lua`, newest first). For these two, `after` is the cursor a previous
+/// call returned, and the second value the cursor of the next page (`None` at the end); the
+/// other states take none and return none.
 pub async fn list_ids(
     conn: &mut RedisConnection,
     keys: &ShardKeys,
     state: crate::lifecycle::TaskState,
+    after: Option<&str>,
     limit: usize,
-) -> Result<Vec<String>> {
+    now_ms: u64,
+) -> Result<(Vec<String>, Option<String>)> {
     use crate::lifecycle::TaskState as S;
     let ids = match state {
         S::Scheduled | S::Retrying => {
@@ -569,32 +596,37 @@ pub async fn list_ids(
             rows.into_iter().filter_map(field_id).collect()
         }
         S::Succeeded | S::Cancelled => {
-            let reply: Value = redis::cmd("XREVRANGE")
-                .arg(&keys.events)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit.saturating_mul(20).min(10_000))
-                .query_async(conn)
-                .await?;
-            let name = state.as_str().as_bytes();
-            let mut out: Vec<String> = Vec::new();
-            for e in entries(reply)? {
-                let is = e.fields.iter().any(|(k, v)| k == b"event" && v == name);
-                if let Some(id) = is.then(|| field_id(e)).flatten()
-                    && !out.contains(&id)
-                {
-                    out.push(id);
-                    if out.len() == limit {
-                        break;
+            let index = if state == S::Succeeded {
+                &keys.succeeded
+            } else {
+                &keys.cancelled
+            };
+            // The cursor is `score:skip:first id` (the id last: it may hold colons).
+            let (score, skip, first) = match after {
+                None => ("", "0", ""),
+                Some(c) => {
+                    let mut parts = c.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(score), Some(skip), Some(first)) => (score, skip, first),
+                        _ => return Err(Error::config("after", format!("{c:?} is not a listing cursor"))),
                     }
                 }
-            }
-            out
+            };
+            let (ids, score, first, skip): (Vec<String>, String, String, u64) = FINISHED
+                .key(index)
+                .arg(now_ms)
+                .arg(score)
+                .arg(first)
+                .arg(skip)
+                .arg(limit)
+                .invoke_async(conn)
+                .await?;
+            let next = (!score.is_empty()).then(|| format!("{score}:{skip}:{first}"));
+            return Ok((ids, next));
         }
         S::Unknown => Vec::new(),
     };
-    Ok(ids)
+    Ok((ids, None))
 }
 
 fn field_id(e: StreamEntry) -> Option<String> {
@@ -604,40 +636,48 @@ fn field_id(e: StreamEntry) -> Option<String> {
         .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
-/// names and values, as Lua's `cmsgpack.pack` writes strings (str or bin types).
-fn member_id(m: &[u8]) -> Option<String> {
-    fn len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
-        let b = m.get(*at..*at + n)?;
-        *at += n;
-        Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
-    }
-    fn string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-        let tag = *m.get(*at)?;
-        *at += 1;
-        let n = match tag {
-            0xa0..=0xbf => usize::from(tag & 0x1f),
-            0xd9 | 0xc4 => len(m, at, 1)?,
-            0xda | 0xc5 => len(m, at, 2)?,
-            0xdb | 0xc6 => len(m, at, 4)?,
-            _ => return None,
-        };
-        let s = m.get(*at..*at + n)?;
-        *at += n;
-        Some(s)
-    }
-    let mut at = 0;
-    let tag = *m.first()?;
-    at += 1;
-    let count = match tag {
-        0x90..=0x9f => usize::from(tag & 0x0f),
-        0xdc => len(m, &mut at, 2)?,
-        0xdd => len(m, &mut at, 4)?,
+/// A MessagePack length of `n` bytes, big-endian, at `at`.
+fn msgpack_len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
+    let b = m.get(*at..*at + n)?;
+    *at += n;
+    Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
+}
+
+/// A MessagePack string (str or bin types, as Lua's `cmsgpack.pack` writes strings) at `at`.
+fn msgpack_string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let tag = *m.get(*at)?;
+    *at += 1;
+    let n = match tag {
+        0xa0..=0xbf => usize::from(tag & 0x1f),
+        0xd9 | 0xc4 => msgpack_len(m, at, 1)?,
+        0xda | 0xc5 => msgpack_len(m, at, 2)?,
+        0xdb | 0xc6 => msgpack_len(m, at, 4)?,
         _ => return None,
     };
+    let s = m.get(*at..*at + n)?;
+    *at += n;
+    Some(s)
+}
+
+/// The length of the MessagePack array that starts `m`, and where its items start.
+fn msgpack_array(m: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 1;
+    let count = match *m.first()? {
+        tag @ 0x90..=0x9f => usize::from(tag & 0x0f),
+        0xdc => msgpack_len(m, &mut at, 2)?,
+        0xdd => msgpack_len(m, &mut at, 4)?,
+        _ => return None,
+    };
+    Some((count, at))
+}
+
+/// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
+/// names and values.
+fn member_id(m: &[u8]) -> Option<String> {
+    let (count, mut at) = msgpack_array(m)?;
     for _ in 0..count / 2 {
-        let k = string(m, &mut at)?;
-        let v = string(m, &mut at)?;
+        let k = msgpack_string(m, &mut at)?;
+        let v = msgpack_string(m, &mut at)?;
         if k == b"id" {
             return Some(String::from_utf8_lossy(v).into_owned());
         }
@@ -645,10 +685,18 @@ fn member_id(m: &[u8]) -> Option<String> {
     None
 }
 
+/// The task ids of a finished index's member: a MessagePack array of strings.
+fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
+    let (count, mut at) = msgpack_array(m)?;
+    (0..count)
+        .map(|_| msgpack_string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
+        .collect()
+}
+
 /// Deletes the lifecycle keys of one shard that is being dropped: its events stream and cancel
 /// set, and the record, done list and unique lock of every task it still names (in its
-/// stream, scheduled and retry sets, dead-letter stream and events). Records of tasks that
-/// finished before the events' cap reached back expire on their own after the retention.
+/// stream, scheduled and retry sets, dead-letter stream, events and finished indexes). Records
+/// of dead tasks whose dead letter was purged expire on their own after the retention.
 pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<()> {
     let mut ids: Vec<String> = Vec::new();
     for stream in [&keys.stream, &keys.dlq, &keys.events] {
@@ -663,6 +711,10 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
     for set in [&keys.scheduled, &keys.retry] {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
         ids.extend(members.iter().filter_map(|m| member_id(m)));
+    }
+    for index in [&keys.succeeded, &keys.cancelled] {
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(index).arg(0).arg(-1).query_async(conn).await?;
+        ids.extend(members.iter().flat_map(|m| packed_ids(m).unwrap_or_default()));
     }
     ids.sort_unstable();
     ids.dedup();
@@ -685,6 +737,8 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
         .arg(&keys.events)
         .arg(&keys.cancels)
         .arg(&keys.waiting)
+        .arg(&keys.succeeded)
+        .arg(&keys.cancelled)
         .query_async::<()>(conn)
         .await?;
     Ok(())
@@ -771,8 +825,6 @@ mod tests {
             cursor: crate::broker::SCAN_START,
             count: 10,
             max_deliveries: 5,
-            dlq_maxlen: 100,
-            now_ms: 3,
         };
         assert_eq!(reclaim(&mut conn, args).await.unwrap().entries.len(), 1);
         start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)], 2)
@@ -840,5 +892,14 @@ mod tests {
         assert_eq!(member_id(&m).as_deref(), Some("abc"));
         assert_eq!(member_id(&[0x90]), None);
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
+    }
+
+    #[test]
+    fn finished_index_members_unpack_to_their_ids() {
+        // ["ab", "c"] as cmsgpack writes it.
+        let m = [0x92, 0xa2, b'a', b'b', 0xa1, b'c'];
+        assert_eq!(packed_ids(&m), Some(vec!["ab".to_owned(), "c".to_owned()]));
+        assert_eq!(packed_ids(&[0x90]), Some(vec![]));
+        assert_eq!(packed_ids(&[0x92, 0xa1, b'a']), None, "truncated");
     }
 }

@@ -218,8 +218,10 @@ pub struct Reclaimed {
     pub entries: Vec<StreamEntry>,
     /// Pending ids whose entries were deleted (counted as `lost`).
     pub lost: u64,
-    /// Entries buried as [`DeadReason::Poison`].
-    pub poisoned: u64,
+    /// Entries now owned by the caller that were delivered more often than
+    /// `max_deliveries`, with their delivery count: not to run, but to bury as
+    /// [`DeadReason::Poison`] (with [`poison_outcome`]) through the settle every outcome takes.
+    pub poison: Vec<(StreamEntry, u64)>,
 }
 
 /// The cursor that starts a [`reclaim`] scan, and that a finished scan returns.
@@ -238,19 +240,14 @@ pub struct ReclaimArgs<'a> {
     pub cursor: StreamId,
     /// The most entries to take.
     pub count: usize,
-    /// An entry delivered more often than this goes to the DLQ as poison.
+    /// An entry delivered more often than this is poison (returned apart, not to run).
     pub max_deliveries: u32,
-    /// Approximate cap of the dead-letter stream.
-    pub dlq_maxlen: usize,
-    /// Now, ms since the epoch: a poison dead letter's `dead_at`.
-    pub now_ms: u64,
 }
 
-/// `XAUTOCLAIM` past-lease entries of one shard for `consumer`, burying poison.
+/// `XAUTOCLAIM` past-lease entries of one shard for `consumer`, setting poison apart.
 pub async fn reclaim(conn: &mut RedisConnection, a: ReclaimArgs<'_>) -> Result<Reclaimed> {
     let reply: Value = RECLAIM
         .key(&a.keys.stream)
-        .key(&a.keys.dlq)
         .key(&a.keys.stats)
         .arg(GROUP)
         .arg(a.consumer)
@@ -258,9 +255,6 @@ pub async fn reclaim(conn: &mut RedisConnection, a: ReclaimArgs<'_>) -> Result<R
         .arg(a.cursor)
         .arg(a.count)
         .arg(a.max_deliveries)
-        .arg(a.dlq_maxlen)
-        .arg(a.now_ms)
-        .arg(DeadReason::Poison.as_str())
         .invoke_async(conn)
         .await?;
     let Value::Array(mut parts) = reply else {
@@ -269,7 +263,7 @@ pub async fn reclaim(conn: &mut RedisConnection, a: ReclaimArgs<'_>) -> Result<R
     if parts.len() != 4 {
         return Err(Error::protocol("reclaim.lua returned the wrong number of values"));
     }
-    let poisoned = int(parts.pop().expect("length checked: 4"))?;
+    let poison = poison_entries(parts.pop().expect("length checked: 4"))?;
     let lost = int(parts.pop().expect("length checked: 4"))?;
     let entries = entries(parts.pop().expect("length checked: 4"))?;
     let next = string(parts.pop().expect("length checked: 4"))?.parse()?;
@@ -277,8 +271,43 @@ pub async fn reclaim(conn: &mut RedisConnection, a: ReclaimArgs<'_>) -> Result<R
         next,
         entries,
         lost: lost as u64,
-        poisoned: poisoned as u64,
+        poison,
     })
+}
+
+/// The poison part of reclaim.lua's reply: `{ id, fields, deliveries }` triples.
+fn poison_entries(v: Value) -> Result<Vec<(StreamEntry, u64)>> {
+    let Value::Array(items) = v else {
+        return Err(Error::protocol("reclaim.lua: poison is not an array"));
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(mut parts) = item else {
+                return Err(Error::protocol("reclaim.lua: a poison entry is not an array"));
+            };
+            if parts.len() != 3 {
+                return Err(Error::protocol(
+                    "reclaim.lua: a poison entry is not id, fields, deliveries",
+                ));
+            }
+            let deliveries = int(parts.pop().expect("length checked: 3"))? as u64;
+            let entry = entries(Value::Array(vec![Value::Array(parts)]))?
+                .pop()
+                .ok_or_else(|| Error::protocol("reclaim.lua: a poison entry without fields"))?;
+            Ok((entry, deliveries))
+        })
+        .collect()
+}
+
+/// How a poison entry is settled: buried as [`DeadReason::Poison`], keeping its attempt,
+/// with an error naming its deliveries and the limit.
+pub fn poison_outcome(deliveries: u64, max_deliveries: u32) -> Settle {
+    Settle::Bury {
+        reason: DeadReason::Poison,
+        error: format!("delivered {deliveries} times without an outcome (limit {max_deliveries})"),
+        attempt: None,
+    }
 }
 
 /// Renews the lease of the entries among `ids` that `consumer` still owns in a shard. Returns

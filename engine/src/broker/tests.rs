@@ -42,8 +42,6 @@ fn reclaim_args<'a>(keys: &'a ShardKeys, consumer: &'a str) -> ReclaimArgs<'a> {
         cursor: SCAN_START,
         count: 10,
         max_deliveries: 5,
-        dlq_maxlen: 100,
-        now_ms: 1,
     }
 }
 
@@ -241,7 +239,19 @@ async fn entries_delivered_past_the_limit_are_buried_as_poison() {
         ..reclaim_args(&keys, "fresh")
     };
     let got = reclaim(&mut conn, args).await.unwrap();
-    assert_eq!((got.entries.len(), got.poisoned), (0, 1));
+    assert_eq!((got.entries.len(), got.poison.len()), (0, 1));
+    let (entry, deliveries) = &got.poison[0];
+    assert_eq!(*deliveries, 2);
+    // Set apart, owned by the reclaimer, not yet buried: the settle every outcome takes does.
+    assert_eq!(pending(&mut conn, &keys.stream, 10).await.unwrap().len(), 1);
+    let bury = poison_outcome(*deliveries, 1);
+    let ctx = SettleCtx {
+        keys: &keys,
+        consumer: "fresh",
+        dlq_maxlen: 100,
+        now_ms: 1,
+    };
+    assert!(settle(&mut conn, ctx, &[(entry.id, &bury)]).await.unwrap().is_empty());
     let dlq = range(&mut conn, &keys.dlq, RangeStart::First, 10).await.unwrap();
     let fields: std::collections::HashMap<String, String> = dlq[0]
         .fields
@@ -250,6 +260,7 @@ async fn entries_delivered_past_the_limit_are_buried_as_poison() {
         .collect();
     assert_eq!(fields["reason"], "poison");
     assert_eq!(fields["deliveries"], "2");
+    assert_eq!(fields["error"], "delivered 2 times without an outcome (limit 1)");
     assert!(pending(&mut conn, &keys.stream, 10).await.unwrap().is_empty());
 }
 

@@ -80,12 +80,13 @@ impl Fixture {
         Self::connect(Server::Owned(server), queue).await
     }
 
-    /// The binary's shared server and a queue of `queue`'s layout whose name is made unique
+    /// The binary's shared server and a queue of `queue`'s layout and retention whose name is made unique
     /// (`name-N`), so tests sharing the server never see each other's tasks. For tests that
     /// keep to their queue: see [`shared_server`] for what a sharing test must not do.
     pub async fn shared(queue: Queue) -> Self {
         let queue = Queue::with_layout(&unique_name(queue.name().as_str()), queue.layout().clone())
-            .expect("a suffixed valid name stays valid");
+            .expect("a suffixed valid name stays valid")
+            .retention(queue.retention_period());
         Self::connect(Server::Shared(shared_server()), queue).await
     }
 

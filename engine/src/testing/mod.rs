@@ -89,6 +89,28 @@ pub async fn wait_until(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
     }
 }
 
+/// Reads a value with `get` until `done` holds for it (every 10 ms) and returns it; panics
+/// naming `what` and the last value read when it does not within `timeout`. The one poll of
+/// "wait until the task (or queue) reads so" that tests of the API and of the CLI share.
+pub async fn wait_for_value<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut get: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let v = get().await;
+        if done(&v) {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last read: {v:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The machine's host name as the kernel reports it, read independently of the engine so a
 /// test compares what workers register against the machine, not against the code under test.
 pub fn hostname() -> String {

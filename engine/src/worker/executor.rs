@@ -188,6 +188,22 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     });
 }
 
+/// Buries an entry the reclaimer found delivered too often without an outcome (poison),
+/// through the acker like every outcome: its record, when it keeps one, reads `dead`.
+pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, deliveries: u64) {
+    let lane = &shared.lanes[lane_idx];
+    let track = match Envelope::from_fields(entry.fields.clone()) {
+        Ok(env) => tracker::tracked(lane, &env),
+        Err(_) => tracker::RawTrack::of(&entry.fields).tracked(lane),
+    };
+    WorkerCounters::add(&shared.counters.buried, 1);
+    if let Some(m) = &shared.metrics {
+        m.poisoned(lane_idx, 1);
+    }
+    let settle = crate::broker::poison_outcome(deliveries, shared.config.max_deliveries);
+    shared.settle_tracked(lane_idx, entry.id, settle, track);
+}
+
 /// Runs a handler; once it is cancelled, gives it `grace` to stop before dropping it.
 async fn run_cancellable(
     fut: HandlerFuture,
@@ -214,16 +230,6 @@ struct NotRunnable {
     track: Option<Box<Tracked>>,
     /// The route index of its kind, when the worker serves it (for the metrics).
     kind: Option<usize>,
-}
-
-impl NotRunnable {
-    fn untracked(settle: Settle) -> Self {
-        NotRunnable {
-            settle,
-            track: None,
-            kind: None,
-        }
-    }
 }
 
 /// A handler future, or what builds it once the task's limit lets it start.
@@ -285,9 +291,16 @@ fn prepare(
         attempt: None,
     };
     let lane = &shared.lanes[lane_idx];
+    // A malformed entry's record (when its id can be read) says why it is dead: the id and
+    // retention fields are kept aside (two small copies) for that case.
+    let raw = tracker::RawTrack::of(&fields);
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
-        NotRunnable::untracked(bury(DeadReason::Malformed, m.0))
+        NotRunnable {
+            settle: bury(DeadReason::Malformed, m.0),
+            track: raw.tracked(lane).map(Box::new),
+            kind: None,
+        }
     })?;
     let track = tracker::tracked(lane, &env);
     let Some(route) = shared.router.get(&env.kind) else {

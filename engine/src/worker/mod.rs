@@ -57,12 +57,13 @@ pub use metrics::{
     DEAD_REASONS, Histogram, KindHistogram, LaneHistogram, MetricsSnapshot, OTHER_KIND, RUN_TIME_BUCKETS, TaskCounts,
     WAIT_BUCKETS, WorkerMetrics,
 };
-pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL};
+pub use tracker::{CANCEL_POLL, PROGRESS_INTERVAL, START_RECORD_DELAY};
 
 use self::budget::{Budget, Units};
 use crate::broker::{self, RedisConnection, RedisTarget, Settle, StreamId};
 use crate::clock::Clock;
 use crate::durability::Durability;
+use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::handler::Router;
 use crate::keys::{Queue, QueueName, ShardKeys};
@@ -735,14 +736,35 @@ async fn requeue_held(shared: &Shared, deadline: tokio::time::Instant) -> u64 {
                 if ids.is_empty() {
                     return Ok(None);
                 }
-                let batch: Vec<(StreamId, &Settle)> = ids.iter().map(|id| (*id, &Settle::Requeue)).collect();
+                // Tracked tasks' records read `queued` again: their entries say which they are.
+                let found = broker::entries_by_id(&mut conn.clone(), &lane.keys.stream, &ids).await?;
+                let tracks: Vec<Option<broker::lifecycle::Tracked>> = found
+                    .into_iter()
+                    .map(|e| match e.map(|e| Envelope::from_fields(e.fields)) {
+                        Some(Ok(env)) => tracker::tracked(lane, &env),
+                        _ => None,
+                    })
+                    .collect();
+                let untracked: Vec<(StreamId, &Settle)> = ids
+                    .iter()
+                    .zip(&tracks)
+                    .filter(|(_, t)| t.is_none())
+                    .map(|(id, _)| (*id, &Settle::Requeue))
+                    .collect();
+                let tracked: Vec<(StreamId, &Settle, &broker::lifecycle::Tracked)> = ids
+                    .iter()
+                    .zip(&tracks)
+                    .filter_map(|(id, t)| t.as_ref().map(|t| (*id, &Settle::Requeue, t)))
+                    .collect();
                 let ctx = broker::SettleCtx {
                     keys: &lane.keys,
                     consumer: &shared.id,
                     dlq_maxlen: shared.config.dlq_maxlen,
                     now_ms: shared.clock.now_ms(),
                 };
-                let stale = broker::settle(&mut conn.clone(), ctx, &batch).await?;
+                let stale =
+                    broker::lifecycle::settle_tracked(&mut conn.clone(), ctx, lane.events_maxlen, &untracked, &tracked)
+                        .await?;
                 Ok::<_, crate::Error>(Some((ids.len() - stale.len()) as u64))
             };
             let error = match tokio::time::timeout_at(deadline, step).await {

@@ -4,7 +4,8 @@
 //! **Reclaim.** `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` within a
 //! round. Live workers renew their leases every `min(lease / 3, 2 s)`, so only orphans are ever
 //! idle that long. Entries delivered more than `max_deliveries` times are poison and go to the
-//! DLQ inside the same script. The reclaimer claims into the handler slots free now; while a
+//! DLQ: the script sets them apart and the worker buries them through the acker (one settle path,
+//! which also marks a tracked task's record `dead`). The reclaimer claims into the handler slots free now; while a
 //! scan is unfinished and no slot is free, it waits for the next slot to free (at most one
 //! round) rather than leaving the rest of the orphans for a later round. The fetchers keep no
 //! slot while they wait in a blocking read, so a free slot is always the reclaimer's to take.
@@ -120,8 +121,6 @@ async fn reclaim_lane(
             cursor: *cursor,
             count,
             max_deliveries: shared.config.max_deliveries,
-            dlq_maxlen: shared.config.dlq_maxlen,
-            now_ms: shared.clock.now_ms(),
         };
         let got = match broker::reclaim(conn, args).await {
             Ok(got) => got,
@@ -138,11 +137,11 @@ async fn reclaim_lane(
         if got.lost > 0 {
             tracing::error!(stream = %lane.keys.stream, lost = got.lost, "pending entries pointed at deleted stream entries (counted as lost)");
         }
-        if got.poisoned > 0 {
-            tracing::warn!(stream = %lane.keys.stream, poisoned = got.poisoned, "poison tasks moved to the dead-letter stream");
-            WorkerCounters::add(&shared.counters.buried, got.poisoned);
-            if let Some(m) = &shared.metrics {
-                m.poisoned(i, got.poisoned);
+        if !got.poison.is_empty() {
+            tracing::warn!(stream = %lane.keys.stream, poisoned = got.poison.len(), "poison tasks (delivered too often without an outcome); moving them to the dead-letter stream");
+            shared.hold(i, got.poison.iter().map(|(e, _)| e.id));
+            for (entry, deliveries) in got.poison {
+                executor::bury_poison(shared, i, entry, deliveries);
             }
         }
         if !got.entries.is_empty() {

@@ -1,8 +1,9 @@
 //! The tracker: keeps the records of the tasks this worker runs.
 //!
 //! Two loops, both owned by the worker:
-//! - the starter batches start records: every start waiting at that moment goes in one
-//!   `start.lua` call per shard, as the acker batches outcomes. The handler does not wait for
+//! - the starter batches start records: a start waits [`START_RECORD_DELAY`], then every
+//!   start waiting at that moment goes in one `start.lua` call per shard, as the acker batches
+//!   outcomes. The handler does not wait for
 //!   it (a round trip per batch on the critical path cost most of the drain rate): the script
 //!   leaves a record that is already final or at a later attempt alone, so it may land after
 //!   the settle; and when it says the task was cancelled before it started (a cancel that
@@ -36,6 +37,11 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 pub const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// Most starts per `start.lua` call.
 const MAX_BATCH: usize = 500;
+/// How long a start waits before it is recorded: a task that finished by then needs no start
+/// record (its settle writes the final state and the worker), which spares short tasks, most
+/// of a busy queue, three writes each. A cancel that raced the task's delivery stops its
+/// handler this much later (plus a round trip).
+pub const START_RECORD_DELAY: Duration = Duration::from_millis(20);
 
 /// One tracked task starting, whose record is to say so.
 pub(super) struct StartRequest {
@@ -73,6 +79,43 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
         // A retried task was parked with its fields as a member, copied into its record.
         may_hold_member: env.attempt > 0,
     })
+}
+
+/// The id and retention fields of an entry that may not parse as an [`Envelope`] (malformed,
+/// or poison set apart before it is decoded), for the record of its burial.
+pub(super) struct RawTrack {
+    id: Option<Vec<u8>>,
+    retention: Option<Vec<u8>>,
+}
+
+impl RawTrack {
+    pub(super) fn of(fields: &[(Vec<u8>, Vec<u8>)]) -> Self {
+        let get = |name: &[u8]| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        RawTrack {
+            id: get(b"id"),
+            retention: get(b"retention_ms"),
+        }
+    }
+
+    /// The record to mark: `None` without a readable id or when the task keeps no record. A
+    /// unique lock is not released here (the key cannot be trusted): it frees when its window
+    /// ends, or by hand (docs/tasks.md).
+    pub(super) fn tracked(self, lane: &Lane) -> Option<Tracked> {
+        let id = String::from_utf8(self.id?).ok().filter(|id| !id.is_empty())?;
+        let retention_ms = self
+            .retention
+            .and_then(|r| std::str::from_utf8(&r).ok()?.parse::<u64>().ok())
+            .unwrap_or(lane.retention_ms);
+        (retention_ms > 0).then(|| Tracked {
+            task_id: id,
+            retention_ms,
+            unique_lock: None,
+            result: None,
+            run_ms: 0,
+            cancel: None,
+            may_hold_member: true,
+        })
+    }
 }
 
 /// Asks for the start of a tracked task to be recorded (without waiting for it).
@@ -138,14 +181,27 @@ pub(super) async fn run_starter(
             flush(&shared, &mut batch, &stop).await;
             return;
         };
+        // Every start that comes in meanwhile joins this batch (none waits longer than the
+        // delay plus a flush); stopping cuts the wait short.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(START_RECORD_DELAY) => {}
+        }
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let full = batch.len() == MAX_BATCH;
+            flush(&shared, &mut batch, &stop).await;
+            if !full {
+                break;
             }
         }
-        flush(&shared, &mut batch, &stop).await;
     }
 }
 

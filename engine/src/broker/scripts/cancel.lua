@@ -10,6 +10,8 @@
 -- KEYS[8]  the task's done list (its waiters block on it)
 -- KEYS[9]  the task's unique-key lock, or KEYS[8] again when it has none
 -- KEYS[10] waiting SET of the shard
+-- KEYS[11] cancelled ZSET of the shard (members: MessagePack arrays of ids of kept cancelled
+--          records, score = when they expire, ms)
 -- ARGV[1]  task id
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  approximate MAXLEN of the events stream
@@ -42,22 +44,28 @@ if state == 'active' then
 end
 
 -- Not started: scheduled, retrying or queued.
+local removed = false
 if member then
-  if redis.call('ZREM', scheduled, member) == 0 then
-    redis.call('ZREM', retry, member)
-  end
+  removed = redis.call('ZREM', scheduled, member) == 1 or redis.call('ZREM', retry, member) == 1
 end
-if state == 'queued' and entry then
+if not removed and state == 'queued' and entry then
   -- No group yet (no worker ever read the stream): not delivered.
   local delivered = redis.pcall('XPENDING', stream, group, entry, entry, 1)
   if type(delivered) ~= 'table' or delivered.err or #delivered == 0 then
-    redis.call('XDEL', stream, entry)
+    removed = redis.call('XDEL', stream, entry) == 1
   end
+end
+if not removed then
+  -- A worker may hold it already (read, or promoted just before): its id in `cancels` makes
+  -- the worker stop it, and its settle record it cancelled whatever the handler returned.
+  redis.call('SADD', cancels, id)
 end
 redis.call('HSET', rec, 'state', 'cancelled', 'started', '0', 'finished_at', now, 'updated_at', now)
 redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'waiters')
 if retention and tonumber(retention) > 0 then
   redis.call('PEXPIRE', rec, retention)
+  redis.call('ZADD', KEYS[11], now + retention, cmsgpack.pack({ id }))
+  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now)
 end
 if lock ~= done and redis.call('GET', lock) == id then
   redis.call('DEL', lock)

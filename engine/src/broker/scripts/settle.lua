@@ -23,16 +23,21 @@
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  cancels SET of the shard
 -- KEYS[7]  waiting SET of the shard (tasks with waiters)
--- KEYS[8..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
+-- KEYS[8]  succeeded ZSET of the shard: one member per settle call, the MessagePack array of
+--          the ids of the kept records it finished succeeded, score = when the last of them
+--          expires (ms)
+-- KEYS[9]  cancelled ZSET of the shard (the same for cancelled records)
+-- KEYS[10..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
 --          done list again when the task holds no lock to release)
--- ARGV (the last 1 + 10 * T values, T = (#KEYS - 7) / 3): per tracked outcome ten values:
+-- ARGV (the last 1 + 10 * T values, T = (#KEYS - 9) / 3): per tracked outcome ten values:
 --          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
 --          the unique lock if this task holds it), drop member ('1' = the record may still hold a
 --          retry member to drop); then the events stream's approximate MAXLEN.
 --          op 's' succeeded: result a ('' none), result codec b, run ms c
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
---          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`
+--          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`; a
+--             record a cancel already finished stays as it is and the entry is dropped
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
@@ -50,7 +55,7 @@ local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tracked = 0
 if #KEYS > 4 then
-  tracked = (#KEYS - 7) / 3
+  tracked = (#KEYS - 9) / 3
 end
 local untracked_end = #ARGV
 if tracked > 0 then
@@ -114,7 +119,8 @@ for i = 8, 7 + n_acks do
     stale[#stale + 1] = id
   end
 end
--- Applies op 'r', 'b' or 'q' to an owned entry; returns the retry member or the dlq id.
+-- Applies op 'r', 'b' or 'q' to an owned entry; returns the retry member, the dlq id or the
+-- requeued entry's new id.
 local function apply(id, op, a, b, c, deliveries)
   local fields = entry_fields(id)
   if not fields then
@@ -145,8 +151,8 @@ local function apply(id, op, a, b, c, deliveries)
     end
     return dlq_id
   elseif op == 'q' then
-    redis.call('XADD', stream, '*', unpack(fields))
     requeued = requeued + 1
+    return redis.call('XADD', stream, '*', unpack(fields))
   elseif op == 'w' then
     local member = cmsgpack.pack(fields)
     redis.call('ZADD', retry, a, member)
@@ -170,6 +176,10 @@ end
 
 if tracked > 0 then
   local events, cancels, waiting = KEYS[5], KEYS[6], KEYS[7]
+  -- Finished ids by state for the listing: one member per state for the whole batch (a
+  -- member per task would cost about as much as another command per task).
+  local index = { succeeded = { key = KEYS[8], ids = {}, until_ms = 0 },
+    cancelled = { key = KEYS[9], ids = {}, until_ms = 0 } }
   local events_maxlen = ARGV[#ARGV]
   local cancelled = 0
   -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
@@ -197,6 +207,11 @@ if tracked > 0 then
     end
     if tonumber(retention) > 0 then
       redis.call('PEXPIRE', rec, retention)
+      local ix = index[extra[2]]
+      if ix then
+        ix.ids[#ix.ids + 1] = task
+        ix.until_ms = math.max(ix.until_ms, now + retention)
+      end
     end
     if release == '1' and redis.call('GET', lock) == task then
       redis.call('DEL', lock)
@@ -206,9 +221,18 @@ if tracked > 0 then
     local i = untracked_end + 1 + (t - 1) * 10
     local id, op, a, b, c, d = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
     local task, retention, release, drop_member = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-    local k = 8 + (t - 1) * 3
+    local k = 10 + (t - 1) * 3
     local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local deliveries = owned[id]
+    -- A task cancelled before it started (cancel.lua marked the record and put its id in
+    -- `cancels`) that ran anyway, in the window before its worker read the mark, ends
+    -- cancelled (started), whatever its handler did: never succeeded over the cancel the caller
+    -- was told of, never retried. Looked up only while the shard has cancels pending.
+    local precancelled = false
+    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and op ~= 'w' and redis.call('HGET', rec, 'state') == 'cancelled' then
+      if op == 's' then a = c elseif op == 'b' then a = d else a = '' end
+      op, precancelled = 'x', true
+    end
     if not deliveries then
       stale[#stale + 1] = id
     else
@@ -245,23 +269,44 @@ if tracked > 0 then
         finish(rec, done_list, lock, task, retention, release, drop_member, extra)
         event(task, 'dead', 'reason', a, 'error', b)
       elseif op == 'q' then
-        apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'queued', 'updated_at', now)
-        redis.call('HDEL', rec, 'worker', 'started_at')
-        event(task, 'requeued')
+        local entry = apply(id, op, a, b, c, deliveries)
+        -- Back in the stream under a new entry id (what cancel deletes while it is queued). A
+        -- record cancelled meanwhile stays cancelled: the next worker skips the task.
+        local state = redis.call('HGET', rec, 'state')
+        if state ~= 'cancelled' and state ~= 'succeeded' and state ~= 'dead' then
+          redis.call('HSET', rec, 'state', 'queued', 'updated_at', now, 'entry', entry or '')
+          redis.call('HDEL', rec, 'worker', 'started_at', 'progress', 'progress_message')
+          event(task, 'requeued')
+        end
       elseif op == 'w' then
-        local member = apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'scheduled', 'due_at', a, 'updated_at', now,
-          'member', member or '')
-        event(task, 'limited', 'limit', b, 'due_at', a)
+        -- Parked by a limit before its handler was built. A cancel that raced the delivery has
+        -- already finished the record (cancel.lua: cancelled, not started): the entry is only
+        -- dropped, never parked, and its cancel mark goes.
+        local state = redis.call('HGET', rec, 'state')
+        if state == 'cancelled' or state == 'succeeded' or state == 'dead' then
+          if any_cancels then redis.call('SREM', cancels, task) end
+        else
+          local member = apply(id, op, a, b, c, deliveries)
+          redis.call('HSET', rec, 'state', 'scheduled', 'due_at', a, 'updated_at', now,
+            'member', member or '')
+          event(task, 'limited', 'limit', b, 'due_at', a)
+        end
       elseif op == 'x' then
-        cancelled = cancelled + 1
+        -- (cancel.lua counted one cancelled before it started.)
+        if not precancelled then cancelled = cancelled + 1 end
         finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
         event(task, 'cancelled', 'started', '1')
       end
     end
   end
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
+  -- Ids whose records have expired leave the index (O(log n) when none has).
+  for _, ix in pairs(index) do
+    if #ix.ids > 0 then
+      redis.call('ZADD', ix.key, ix.until_ms, cmsgpack.pack(ix.ids))
+      redis.call('ZREMRANGEBYSCORE', ix.key, '-inf', now)
+    end
+  end
 end
 
 if #acked > 0 then
