@@ -393,6 +393,54 @@ impl Client {
         })
     }
 
+    /// Task `id`'s payload and codec, from where the task is now: its stream entry while it
+    /// is queued or active (the record's `entry`), its dead letter when it is dead. `None`
+    /// when the task is unknown or its payload is no longer kept (a finished task's entry is
+    /// deleted when it settles; a scheduled or retrying task's payload sits in its sorted-set
+    /// member, which this does not decode). For the dashboard's task page.
+    pub async fn payload(&self, queue: &Queue, id: &TaskId) -> Result<Option<(Bytes, Codec)>> {
+        let Some((_, keys, fields)) = self.find(queue, id.as_str()).await? else {
+            return Ok(None);
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .and_then(broker::StreamId::parse)
+        };
+        let (stream, entry) = match (field("dlq_id"), field("entry")) {
+            (Some(dead), _) => (&keys.dlq, dead),
+            (None, Some(entry)) => (&keys.stream, entry),
+            (None, None) => return Ok(None),
+        };
+        let found = broker::entries_by_id(&mut self.conn.clone(), stream, &[entry]).await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Envelope::from_fields(e.fields).ok())
+            .find(|env| env.id == *id)
+            .map(|env| (env.payload, env.codec)))
+    }
+
+    /// Task `id`'s events among the newest `scan` events of its shard, oldest first (empty
+    /// when it has no record). A bounded read (`XREVRANGE ... COUNT scan` on one shard's
+    /// capped events stream), for the dashboard's timeline of one task.
+    pub async fn task_events(&self, queue: &Queue, id: &TaskId, scan: usize) -> Result<Vec<Event>> {
+        let Some((priority, keys, _)) = self.find(queue, id.as_str()).await? else {
+            return Ok(Vec::new());
+        };
+        let shard = shard_for(id.as_str(), queue.layout().shards);
+        let newest = broker::newest_entries(&mut self.conn.clone(), &keys.events, scan).await?;
+        let mut out: Vec<Event> = newest
+            .into_iter()
+            .map(|e| Event::from_entry(&priority, shard, e))
+            .filter(|e| e.task_id == id.as_str())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
     /// Waits up to `timeout` for task `id` to reach a final state and returns its status.
     ///
     /// Driven by a notification: the wait registers on the task's record, then blocks (on a
@@ -586,6 +634,56 @@ impl Client {
         }
         // A full page on the last shard may be the end: the next page then reads empty.
         Ok(TaskPage { tasks: out, next })
+    }
+
+    /// [`tasks`](Self::tasks) after skipping the first `offset` listed (whose records are not
+    /// read): a page of a listing by position (the dashboard's), costing the ids of the skipped
+    /// ones and the records of the page only. [`tasks_page`](Self::tasks_page) pages
+    /// `succeeded` and `cancelled` listings with a cursor instead.
+    pub async fn tasks_at_offset(
+        &self,
+        queue: &Queue,
+        state: TaskState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<TaskStatus>> {
+        let mut conn = self.conn.clone();
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        let mut skip = offset;
+        for shard in queue.all_shards() {
+            let mut cursor: Option<String> = None;
+            loop {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let want = skip + limit - out.len();
+                let (ids, more) =
+                    records::list_ids(&mut conn, &shard.keys, state, cursor.as_deref(), want, now).await?;
+                let skipped = ids.len().min(skip);
+                skip -= skipped;
+                let ids: Vec<String> = ids.into_iter().skip(skipped).collect();
+                let found = records::records_of(&mut conn, &shard.keys, &ids).await?;
+                for (id, fields) in ids.into_iter().zip(found) {
+                    let id = TaskId::from_string(id);
+                    let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
+                    if st.state == TaskState::Unknown && !state.is_final() {
+                        // Listed by the structure that holds it, without a record (tracking off).
+                        st.state = state;
+                        st.priority = Some(shard.priority.to_owned());
+                    }
+                    // A record that expired since the listing read its id is left out.
+                    if st.state == state || !state.is_final() {
+                        out.push(st);
+                    }
+                }
+                cursor = more;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A cursor past every event `queue` has now (to follow only new ones).

@@ -71,6 +71,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Functions(FunctionsCommand::Source) => unreachable!("dispatched in lib.rs: needs no Redis"),
         Command::Work(_)
         | Command::Demo(_)
+        | Command::Dashboard(_)
         | Command::Task(_)
         | Command::Tasks(_)
         | Command::Events(_)
@@ -154,6 +155,7 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Schedule(_)
         | Command::Scheduler(_)
         | Command::Demo(_)
+        | Command::Dashboard(_)
         | Command::Task(_)
         | Command::Tasks(_)
         | Command::Functions(_)

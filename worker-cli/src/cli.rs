@@ -338,6 +338,14 @@ pub enum Command {
     /// Print a queue's lifecycle events (enqueued, started, progress, retried, succeeded,
     /// dead, cancelled, ...), oldest first; --follow keeps printing new ones.
     Events(EventsArgs),
+    /// Serve the web dashboard, the JSON API (/api/v1, OpenAPI at /api/v1/openapi.json),
+    /// Prometheus /metrics for the queues and the /healthz and /readyz probes.
+    ///
+    /// Listens on loopback by default. Every change (enqueue, cancel, replay, purge, pause)
+    /// needs the token as `Authorization: Bearer <token>`; beyond loopback every read needs it
+    /// too, and starting there without a token is refused. Without --token on loopback, a
+    /// random token is made and printed once to stderr.
+    Dashboard(DashboardArgs),
     /// Load the `rivulet_v1` Redis Functions library, or print its source.
     ///
     /// Producers in other languages (the Python package) enqueue, cancel, wait and read stats
@@ -517,6 +525,25 @@ pub struct SchedulerArgs {
     /// how soon an added or changed schedule is seen.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub poll: Duration,
+}
+
+/// `dashboard`.
+#[derive(Debug, Clone, Args)]
+pub struct DashboardArgs {
+    /// Address to listen on (IP:PORT). Beyond loopback, --token is required.
+    #[arg(long, value_name = "IP:PORT", default_value = rivulet_dashboard::DEFAULT_ADDR)]
+    pub addr: std::net::SocketAddr,
+    /// The bearer token for changes (and for every read beyond loopback); at least 8 visible
+    /// characters.
+    #[arg(long, value_name = "TOKEN", env = "RIVULET_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How often pages refresh and the numbers of a watched queue are read again.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive_duration)]
+    pub refresh: Duration,
+    /// Redis commands per second the dashboard allows itself for queue numbers, however many
+    /// pages are open.
+    #[arg(long, value_name = "N", default_value_t = rivulet_dashboard::DEFAULT_REDIS_BUDGET)]
+    pub redis_budget: f64,
 }
 
 /// `functions ...`.

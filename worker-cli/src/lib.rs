@@ -30,6 +30,8 @@
 //!   `docs/serve-protocol.md`.
 //! - `admin`: `enqueue`, `queues`, `stats`, `pending`, `workers`, `dlq ...`, `pause`, `resume`.
 //! - `task`: `task show|wait|cancel`, `tasks --state`, `events`, and `enqueue --wait`.
+//! - `dashboard`: the `dashboard` command (flags to `rivulet_dashboard::Config`, the token
+//!   rule checked before Redis is touched).
 //! - `schedule`: `schedule add|list|show|remove|pause|resume|run-now|sync`, `scheduler`, and
 //!   the scheduler each supervisor runs (unless `--no-scheduler`).
 //! - `demo`: the `demo` command; `demo::samples`: the `demo` kind and its latency samples,
@@ -55,6 +57,7 @@
 mod output;
 mod admin;
 mod cli;
+mod dashboard;
 mod demo;
 mod handlers;
 mod local_redis;
@@ -335,6 +338,14 @@ fn run(cli: Cli, router: Router) -> Result<()> {
             logging::init(global.log_format, "warn");
             // One thread: the demo supervises worker processes too.
             current_thread()?.block_on(demo::run(&global, &args))
+        }
+        Some(Command::Dashboard(args)) => {
+            logging::init(global.log_format, "info");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(dashboard::run(&global, &args))
         }
         Some(lifecycle @ (Command::Task(_) | Command::Tasks(_) | Command::Events(_))) => {
             logging::init(global.log_format, "warn");

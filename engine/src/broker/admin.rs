@@ -169,3 +169,18 @@ pub async fn samples<C: ConnectionLike + Send>(conn: &mut C, queue: &QueueName) 
 pub async fn delete_samples<C: ConnectionLike + Send>(conn: &mut C, queue: &QueueName) -> redis::RedisResult<()> {
     redis::cmd("DEL").arg(demo_samples_key(queue)).query_async(conn).await
 }
+
+/// The newest `count` entries of a stream, newest first (`XREVRANGE + - COUNT n`): the
+/// dashboard's timeline of one task reads its shard's recent events this way, a bounded read
+/// however long the stream is.
+pub async fn newest_entries(conn: &mut RedisConnection, stream: &str, count: usize) -> Result<Vec<super::StreamEntry>> {
+    let reply: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    super::entries(reply)
+}

@@ -19,6 +19,7 @@ mod acl;
 mod admin;
 mod cluster;
 mod compiled;
+mod dashboard;
 mod demo;
 mod dlq;
 mod docs;

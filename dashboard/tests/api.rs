@@ -1,0 +1,535 @@
+//! The JSON API, `/metrics` and the probes against a real `redis-server` and a real worker:
+//! every endpoint, the token rules, bad input (404 / 400 / 413 with a JSON error), escaping
+//! and the Redis password kept out of every answer.
+
+mod support;
+
+use std::time::Duration;
+
+use rivulet::testing::{Fixture, fast_config, wait_until};
+use rivulet::{HandlerError, Output, Queue, Router, TaskContext};
+use serde_json::{Value, json};
+
+use support::{Dash, TOKEN, request, stream_for};
+
+const T: Duration = Duration::from_secs(20);
+
+/// `ok` returns its payload wrapped; `boom` always fails fatally, with markup in its error.
+fn router() -> Router {
+    Router::new()
+        .route_returning("ok", |_ctx: TaskContext, v: Value| async move {
+            Ok(Output(json!({ "got": v })))
+        })
+        .route("boom", |_ctx: TaskContext, _v: Value| async move {
+            Err(HandlerError::fatal("<script>window.__xss = 1</script> went wrong"))
+        })
+}
+
+async fn enqueue(dash: &Dash, queue: &str, kind: &str, payload: Value) -> String {
+    let r = dash
+        .post(
+            &format!("/api/v1/queues/{queue}/tasks"),
+            &json!({ "kind": kind, "payload": payload }),
+        )
+        .await;
+    r.expect(201)["id"].as_str().expect("an id").to_owned()
+}
+
+async fn task_state(dash: &Dash, queue: &str, id: &str) -> String {
+    dash.get(&format!("/api/v1/queues/{queue}/tasks/{id}")).await.json()["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_with_real_workers() {
+    let f = Fixture::with_queue(Queue::new("api").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let worker = f.start_worker(router(), fast_config());
+    f.wait_worker_registered(T).await;
+
+    // Probes and the document.
+    assert_eq!(dash.get("/healthz").await.expect(200)["status"], "ok");
+    assert_eq!(dash.get("/readyz").await.expect(200)["status"], "ok");
+    let doc = dash.get("/api/v1/openapi.json").await.expect(200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for p in [
+        "/api/v1/queues",
+        "/api/v1/queues/{queue}/tasks/{id}",
+        "/api/v1/queues/{queue}/dead-letters/replay",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the document");
+    }
+
+    // Enqueue through the API; the worker runs it; the task shows its result and events.
+    let id = enqueue(&dash, "api", "ok", json!({"n": 1})).await;
+    assert!(
+        wait_until(T, async || task_state(&dash, "api", &id).await == "succeeded").await,
+        "the task did not succeed: {}",
+        dash.get(&format!("/api/v1/queues/api/tasks/{id}")).await.text()
+    );
+    let task = dash.get(&format!("/api/v1/queues/api/tasks/{id}")).await.expect(200);
+    assert_eq!(task["kind"], "ok");
+    assert!(task["result"]["text"].as_str().unwrap().contains("\"got\""), "{task}");
+    let events: Vec<&str> = task["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events.contains(&"enqueued") && events.contains(&"succeeded"),
+        "{events:?}"
+    );
+    let list = dash.get("/api/v1/queues/api/tasks?state=succeeded").await.expect(200);
+    assert!(
+        list["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
+        "{list}"
+    );
+
+    // A payload is shown while the task waits: pause, enqueue, look, cancel.
+    let paused = dash.post_empty("/api/v1/queues/api/pause").await.expect(200);
+    assert_eq!(paused["paused"], true);
+    // Workers read the flag within their promote interval; let a fetch in flight settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = enqueue(&dash, "api", "ok", json!({"keep": "me"})).await;
+    let t = dash
+        .get(&format!("/api/v1/queues/api/tasks/{waiting}"))
+        .await
+        .expect(200);
+    assert_eq!(t["state"], "queued", "{t}");
+    assert!(
+        t["payload"]["text"].as_str().unwrap().contains("\"keep\": \"me\""),
+        "{t}"
+    );
+    let queued = dash
+        .get("/api/v1/queues/api/tasks?state=queued&limit=10")
+        .await
+        .expect(200);
+    assert!(
+        queued["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == waiting.as_str()),
+        "{queued}"
+    );
+    let c = dash
+        .post_empty(&format!("/api/v1/queues/api/tasks/{waiting}/cancel"))
+        .await
+        .expect(200);
+    assert_eq!(c["outcome"], "cancelled", "{c}");
+    assert_eq!(task_state(&dash, "api", &waiting).await, "cancelled");
+    assert_eq!(
+        dash.post_empty("/api/v1/queues/api/resume").await.expect(200)["paused"],
+        false
+    );
+
+    // A task that dies: its dead letter is listed, shown, replayed (it dies again) and purged.
+    let dead = enqueue(&dash, "api", "boom", json!("x")).await;
+    assert!(
+        wait_until(T, async || task_state(&dash, "api", &dead).await == "dead").await,
+        "the task did not die"
+    );
+    let letters = dash.get("/api/v1/queues/api/dead-letters?kind=boom").await.expect(200);
+    let letter = letters["dead_letters"][0].clone();
+    assert_eq!(letter["task_id"], dead.as_str(), "{letters}");
+    assert_eq!(letter["reason"], "fatal");
+    let none = dash.get("/api/v1/queues/api/dead-letters?kind=other").await.expect(200);
+    assert!(none["dead_letters"].as_array().unwrap().is_empty(), "{none}");
+    let none = dash
+        .get("/api/v1/queues/api/dead-letters?reason=poison")
+        .await
+        .expect(200);
+    assert!(none["dead_letters"].as_array().unwrap().is_empty(), "{none}");
+    let lid = letter["id"].as_str().unwrap().replace('/', "%2F");
+    let one = dash
+        .get(&format!("/api/v1/queues/api/dead-letters/{lid}"))
+        .await
+        .expect(200);
+    assert_eq!(one["payload"]["text"], "\"x\"");
+    let r = dash
+        .post(
+            "/api/v1/queues/api/dead-letters/replay",
+            &json!({ "ids": [letter["id"]] }),
+        )
+        .await;
+    assert_eq!(r.expect(200)["count"], 1);
+    assert!(
+        wait_until(T, async || {
+            dash.get("/api/v1/queues/api/dead-letters").await.json()["dead_letters"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["id"] != letter["id"])
+        })
+        .await,
+        "the replayed task did not run and die again"
+    );
+    // Retry from the task page is the same replay.
+    let r = dash.post_empty(&format!("/api/v1/queues/api/tasks/{dead}/retry")).await;
+    assert_eq!(r.expect(200)["count"], 1);
+    assert!(
+        wait_until(T, async || task_state(&dash, "api", &dead).await == "dead").await,
+        "the retried task did not die again"
+    );
+    assert!(
+        wait_until(T, async || {
+            dash.get("/api/v1/queues/api/dead-letters").await.json()["dead_letters"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        })
+        .await
+    );
+    let r = dash
+        .post("/api/v1/queues/api/dead-letters/purge", &json!({ "all": true }))
+        .await;
+    assert_eq!(r.expect(200)["count"], 1);
+
+    // Queues, one queue, workers, autoscaler.
+    let ok_runs = 1;
+    assert!(
+        wait_until(T, async || {
+            let q = dash.get("/api/v1/queues/api").await.json();
+            q["counters"]["done"] == ok_runs && q["dead_letters"] == 0
+        })
+        .await,
+        "{}",
+        dash.get("/api/v1/queues/api").await.text()
+    );
+    let queues = dash.get("/api/v1/queues").await.expect(200);
+    assert_eq!(queues["total"], 1);
+    assert_eq!(queues["queues"][0]["name"], "api");
+    assert_eq!(queues["queues"][0]["priorities"].as_array().unwrap().len(), 3);
+    assert_eq!(queues["throughput"].as_array().unwrap().len(), 30);
+    let workers = dash.get("/api/v1/workers").await.expect(200);
+    assert_eq!(workers[0]["id"], worker.id.as_str(), "{workers}");
+    assert_eq!(workers[0]["queues"], json!(["api"]));
+    assert!(workers[0]["slots"].as_u64().unwrap() > 0);
+    let none = dash.get("/api/v1/queues/api/autoscaler").await.expect(200);
+    assert!(none["latest"].is_null(), "{none}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let decision = format!(r#"{{"desired":3,"current":1,"reason":"backlog","detail":"12 waiting","at_ms":{now_ms}}}"#);
+    f.inspector.record_decision(&f.queue, &decision).await.unwrap();
+    assert!(
+        wait_until(T, async || {
+            let a = dash.get("/api/v1/queues/api/autoscaler").await.json();
+            a["latest"]["desired"] == 3 && a["history"][0]["reason"] == "backlog"
+        })
+        .await,
+        "{}",
+        dash.get("/api/v1/queues/api/autoscaler").await.text()
+    );
+
+    // /metrics: the queue's counters against what ran (one success, three deaths of `boom`).
+    assert!(
+        wait_until(T, async || {
+            let m = dash.get("/metrics").await.text();
+            m.contains(r#"rivulet_queue_tasks_total{queue="api",outcome="succeeded"} 1"#)
+                && m.contains(r#"rivulet_queue_tasks_total{queue="api",outcome="dead"} 3"#)
+                && m.contains(r#"rivulet_queue_dead_letters{queue="api",priority="normal"} 0"#)
+                && m.contains("rivulet_workers_live 1")
+        })
+        .await,
+        "{}",
+        dash.get("/metrics").await.text()
+    );
+
+    // Server-sent events: an enqueue shows up on the stream.
+    let addr = dash.addr;
+    let reader = tokio::spawn(async move {
+        stream_for(
+            addr,
+            "/api/v1/queues/api/events",
+            Duration::from_secs(15),
+            "\"succeeded\"",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let streamed = enqueue(&dash, "api", "ok", json!(2)).await;
+    let got = reader.await.unwrap();
+    assert!(got.contains("text/event-stream"), "{got}");
+    assert!(got.contains("event: task") && got.contains(&streamed), "{got}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_guards_changes_and_beyond_loopback_every_read() {
+    let f = Fixture::with_queue(Queue::new("guarded").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let body = br#"{"kind":"ok"}"#;
+    for (headers, want) in [
+        (vec![], 401),
+        (vec![("Authorization", "Bearer wrong-token-000000")], 401),
+        (vec![("Authorization", "Basic dGVzdA==")], 401),
+        (vec![("Authorization", "Bearer test-token-012345678")], 401),
+    ] {
+        let mut h = headers.clone();
+        h.push(("Content-Type", "application/json"));
+        let r = request(dash.addr, "POST", "/api/v1/queues/guarded/tasks", &h, body).await;
+        assert_eq!(r.status, want, "{headers:?}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("token"));
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    for path in ["/pause", "/resume", "/dead-letters/purge", "/tasks/x/cancel"] {
+        let r = request(dash.addr, "POST", &format!("/api/v1/queues/guarded{path}"), &[], b"{}").await;
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+    }
+    // Nothing was enqueued by the refused requests.
+    assert_eq!(f.stats().await.counters.enqueued, 0);
+    // On loopback, reads need no token.
+    dash.get("/api/v1/queues").await.expect(200);
+    assert_eq!(dash.get("/metrics").await.status, 200);
+
+    // Configured beyond loopback: every read needs it, the page and the probes do not.
+    let wide = Dash::start_as(f.redis_client(), "192.0.2.10:8080".parse().unwrap()).await;
+    for path in [
+        "/api/v1/queues",
+        "/api/v1/workers",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/api/v1/queues/guarded",
+    ] {
+        assert_eq!(wide.get(path).await.status, 401, "{path} without a token");
+        assert_eq!(wide.get_with_token(path).await.status, 200, "{path} with the token");
+    }
+    for path in ["/", "/app.js", "/app.css", "/healthz", "/readyz"] {
+        assert_eq!(wide.get(path).await.status, 200, "{path}");
+    }
+    let r = wide
+        .post("/api/v1/queues/guarded/tasks", &serde_json::json!({"kind": "ok"}))
+        .await;
+    r.expect(201);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_with_the_right_status() {
+    let f = Fixture::with_queue(Queue::new("bad").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let json_error = |r: &support::Resp, status: u16| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert!(
+            r.header("content-type").unwrap_or("").starts_with("application/json"),
+            "{:?}",
+            r.headers
+        );
+        assert!(!r.json()["error"].as_str().unwrap().is_empty());
+    };
+    for path in [
+        "/api/v1/queues/nope",
+        "/api/v1/queues/nope/tasks",
+        "/api/v1/queues/nope/dead-letters",
+        "/api/v1/queues/nope/autoscaler",
+        "/api/v1/queues/nope/events",
+        "/api/v1/queues/bad/tasks/no-such-task",
+        "/api/v1/queues/bad/dead-letters/normal%2F0%2F1-0",
+        "/api/v1/queues/bad/dead-letters/garbage",
+        "/api/v1/queues/bad/dead-letters/nopriority%2F0%2F1-0",
+        "/api/v1/nothing-here",
+    ] {
+        json_error(&dash.get(path).await, 404);
+    }
+    json_error(
+        &dash.post_empty("/api/v1/queues/bad/tasks/no-such-task/cancel").await,
+        404,
+    );
+    json_error(&dash.post_empty("/api/v1/queues/nope/pause").await, 404);
+    json_error(
+        &dash.post("/api/v1/queues/nope/tasks", &json!({"kind": "ok"})).await,
+        404,
+    );
+    // Malformed bodies and queries: 400.
+    let auth = format!("Bearer {TOKEN}");
+    let h = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    for body in [
+        &b"{not json"[..],
+        b"[]",
+        br#"{"payload": 1}"#,
+        br#"{"kind": "ok", "surprise": 1}"#,
+    ] {
+        let r = request(dash.addr, "POST", "/api/v1/queues/bad/tasks", &h, body).await;
+        json_error(&r, 400);
+    }
+    let r = request(
+        dash.addr,
+        "POST",
+        "/api/v1/queues/bad/tasks",
+        &h[..1],
+        br#"{"kind":"ok"}"#,
+    )
+    .await;
+    json_error(&r, 400);
+    json_error(
+        &dash
+            .post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "codec": "xml"}))
+            .await,
+        400,
+    );
+    json_error(
+        &dash
+            .post("/api/v1/queues/bad/tasks", &json!({"kind": "ok", "priority": "urgent"}))
+            .await,
+        404,
+    );
+    json_error(&dash.post("/api/v1/queues/bad/tasks", &json!({"kind": ""})).await, 400);
+    for sel in [
+        json!({}),
+        json!({"ids": []}),
+        json!({"kind": ""}),
+        json!({"all": "yes"}),
+    ] {
+        json_error(&dash.post("/api/v1/queues/bad/dead-letters/replay", &sel).await, 400);
+    }
+    for path in [
+        "/api/v1/queues/bad/tasks?state=sleeping",
+        "/api/v1/queues/bad/tasks?limit=0",
+        "/api/v1/queues/bad/tasks?limit=many",
+        "/api/v1/queues?limit=101",
+        "/api/v1/queues/bad/dead-letters?after=yesterday",
+    ] {
+        json_error(&dash.get(path).await, 400);
+    }
+    // Oversized: 413, and nothing enqueued.
+    let big = format!(
+        r#"{{"kind":"ok","payload":"{}"}}"#,
+        "x".repeat(rivulet_dashboard::MAX_BODY_BYTES + 1)
+    );
+    let r = request(dash.addr, "POST", "/api/v1/queues/bad/tasks", &h, big.as_bytes()).await;
+    json_error(&r, 413);
+    assert_eq!(f.stats().await.counters.enqueued, 0);
+}
+
+#[tokio::test]
+async fn markup_in_tasks_is_data_in_the_api_and_the_page_runs_only_its_own_script() {
+    let f = Fixture::with_queue(Queue::new("xss").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let kind = "<script>alert(1)</script>";
+    let id = enqueue(&dash, "xss", kind, json!({"html": "<img src=x onerror=alert(1)>"})).await;
+    let r = dash.get(&format!("/api/v1/queues/xss/tasks/{id}")).await;
+    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.json()["kind"], kind, "the kind round-trips as data");
+    let page = dash.get("/").await;
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    // The page's script never writes markup from data.
+    let script = dash.get("/app.js").await.text();
+    assert!(!script.contains("innerHTML") && !script.contains("outerHTML") && !script.contains("insertAdjacentHTML"));
+    assert!(
+        !script.contains("document.cookie"),
+        "the token must not live in a cookie"
+    );
+}
+
+#[tokio::test]
+async fn the_redis_password_never_shows() {
+    let f = Fixture::with_queue(Queue::new("secret").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let password = "hunter2-very-secret-pw";
+    let mut raw = f.redis().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("dash")
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let url = format!("redis://dash:{password}@127.0.0.1:{}", f.server.port());
+    let dash = Dash::start(redis::Client::open(url.as_str()).unwrap()).await;
+    enqueue(&dash, "secret", "ok", json!(1)).await;
+    let mut seen = String::new();
+    for path in [
+        "/",
+        "/app.js",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/api/v1/queues",
+        "/api/v1/queues/secret",
+        "/api/v1/queues/secret/tasks?state=queued",
+        "/api/v1/queues/secret/dead-letters",
+        "/api/v1/queues/secret/autoscaler",
+        "/api/v1/workers",
+        "/api/v1/queues/nope",
+    ] {
+        let r = dash.get(path).await;
+        seen.push_str(&format!("{path} {} {:?} {}\n", r.status, r.headers, r.text()));
+    }
+    // Redis away: the answers say so, still without the password.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("dash")
+        .arg("off")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("dash")
+        .query_async(&mut raw)
+        .await
+        .unwrap_or(());
+    for path in ["/readyz", "/api/v1/queues/secret/tasks", "/api/v1/workers"] {
+        let r = dash.get(path).await;
+        seen.push_str(&format!("{path} {} {}\n", r.status, r.text()));
+    }
+    assert!(seen.contains("/api/v1/queues/secret 200"), "{seen}");
+    assert!(!seen.contains(password), "the password shows:\n{seen}");
+    assert!(!seen.contains("hunter2"), "part of the password shows:\n{seen}");
+}
+
+#[tokio::test]
+async fn task_lists_are_paginated() {
+    let f = Fixture::with_queue(Queue::new("pages").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(enqueue(&dash, "pages", "ok", json!(i)).await);
+    }
+    let page = |offset: usize, limit: usize| {
+        let dash = &dash;
+        async move {
+            dash.get(&format!(
+                "/api/v1/queues/pages/tasks?state=queued&offset={offset}&limit={limit}"
+            ))
+            .await
+            .expect(200)
+        }
+    };
+    let ids_of = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = page(0, 100).await;
+    assert_eq!(ids_of(&all), ids, "queued in enqueue order");
+    assert_eq!(all["has_more"], false);
+    let second = page(3, 3).await;
+    assert_eq!(ids_of(&second), ids[3..6].to_vec());
+    assert_eq!(second["has_more"], true);
+    let last = page(6, 3).await;
+    assert_eq!(ids_of(&last), ids[6..].to_vec());
+    assert_eq!(last["has_more"], false);
+    assert!(ids_of(&page(7, 3).await).is_empty());
+}
