@@ -49,6 +49,8 @@ pub async fn run(plan: &Plan, quick: bool) -> Result<Vec<CompareRow>> {
                 payload_bytes: BASE_PAYLOAD,
                 tasks: plan.tasks,
                 lifecycle: true,
+                label: String::new(),
+                limits: Vec::new(),
                 metrics: false,
             };
             let d = drain::run(&target, &spec).await?;

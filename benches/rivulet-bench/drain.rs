@@ -40,6 +40,12 @@ pub struct DrainResult {
     /// Redis memory per retained finished task record, bytes (`MEMORY USAGE` of a sample of
     /// records; lifecycle on only).
     pub record_bytes: Option<f64>,
+    /// The scenario's label (`limits` runs: `off`, `rate`, `cap`), empty for plain drains.
+    pub label: String,
+    /// The workers' limit flags (`--rate-limit=...`, `--max-running=...`).
+    pub limits: Vec<String>,
+    /// Times a task was sent to wait for a limit (the shards' `limited` counter).
+    pub waited: u64,
 }
 
 pub struct DrainSpec {
@@ -51,18 +57,44 @@ pub struct DrainSpec {
     pub tasks: u64,
     /// Task records kept (lifecycle tracking on, the engine's default) or not.
     pub lifecycle: bool,
+    /// A label for the queue name and the report (empty for plain drains).
+    pub label: String,
+    /// The workers' limit flags.
+    pub limits: Vec<String>,
     /// Worker metrics on (`--metrics-addr`'s `WorkerMetrics`) or off.
     pub metrics: bool,
 }
 
+impl DrainSpec {
+    /// A plain drain: no label, no limits.
+    pub fn plain(workers: usize, concurrency: usize, payload_bytes: usize, tasks: u64, lifecycle: bool) -> Self {
+        DrainSpec {
+            shards: 1,
+            workers,
+            concurrency,
+            payload_bytes,
+            tasks,
+            lifecycle,
+            label: String::new(),
+            limits: Vec::new(),
+            metrics: false,
+        }
+    }
+}
+
 pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let mut queue = Queue::new(&format!(
-        "drain-w{}-c{}-p{}-s{}{}{}",
+        "drain-w{}-c{}-p{}-s{}{}{}{}",
         s.workers,
         s.concurrency,
         s.payload_bytes,
         s.shards,
         if s.lifecycle { "" } else { "-off" },
+        if s.label.is_empty() {
+            String::new()
+        } else {
+            format!("-{}", s.label)
+        },
         if s.metrics { "-m" } else { "" }
     ))?
     .shards(s.shards)?;
@@ -101,11 +133,13 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         done_probe: false,
         max_seconds: 600,
         retention_ms: (!s.lifecycle).then_some(0),
+        limits: s.limits.clone(),
         metrics: s.metrics,
     };
     let t1 = Instant::now();
     let fleet = Fleet::spawn(&spec, s.workers)?;
-    // Bounded: even 2,000 tasks/s would finish well within this.
+    // Bounded: even 2,000 tasks/s would finish well within this (limited runs are sized to
+    // take a few seconds).
     let limit = Duration::from_secs(30) + Duration::from_secs_f64(s.tasks as f64 / 2_000.0);
     loop {
         if target.done(&queue).await? >= s.tasks {
@@ -120,6 +154,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     let wall_s = t1.elapsed().as_secs_f64();
     let after = target.snapshot().await?;
     let outputs = fleet.stop(Duration::from_secs(60)).await?;
+    let waited = target.counter(&queue, "limited").await?;
     let record_bytes = if s.lifecycle {
         Some(target.record_bytes(&queue, 200).await?)
     } else {
@@ -155,5 +190,8 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
         lifecycle: s.lifecycle,
         metrics: s.metrics,
         record_bytes,
+        label: s.label.clone(),
+        limits: s.limits.clone(),
+        waited,
     })
 }

@@ -23,6 +23,8 @@ pub struct Spec {
     pub max_seconds: u64,
     /// The queue's record retention in ms (0 = lifecycle off; `None`: the default, on).
     pub retention_ms: Option<u64>,
+    /// Limit flags for the workers (`--rate-limit=...`, `--max-running=...`).
+    pub limits: Vec<String>,
     /// The CA to verify a `rediss://` server against.
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// Worker metrics on (`WorkerMetrics`, as `--metrics-addr` has them).
@@ -60,6 +62,7 @@ impl Fleet {
             if let Some(ms) = spec.retention_ms {
                 cmd.arg("--retention-ms").arg(ms.to_string());
             }
+            cmd.args(&spec.limits);
             if let Some(ca) = &spec.tls_ca_file {
                 cmd.arg("--tls-ca-file").arg(ca);
             }

@@ -112,6 +112,7 @@ async fn measure(
         done_probe,
         max_seconds: 600,
         retention_ms: None,
+        limits: Vec::new(),
         metrics: false,
     };
     let live = target.live_workers().await?;

@@ -20,6 +20,8 @@ pub struct RunResult {
     pub drain: Vec<DrainResult>,
     /// The reference drain with lifecycle tracking off, then on (the `lifecycle` scenario).
     pub lifecycle: Vec<DrainResult>,
+    /// The same small drain with no limit, a rate limit and a cap (the `limits` scenario).
+    pub limits: Vec<DrainResult>,
     /// The reference drain with worker metrics off, then on (the `metrics` scenario).
     pub metrics: Vec<DrainResult>,
     /// The bare loop with one consumer: what one worker process is compared with.
@@ -70,6 +72,15 @@ impl RunResult {
             put(format!("{k}.life_cpu_us"), life.cpu_us_per_task);
             put(format!("{k}.life_cmds"), life.commands_per_task);
             put(format!("{k}.life_top"), life.top_level_per_task);
+        }
+        for d in &self.limits {
+            let k = format!("limits.{}", d.label);
+            let life = d.fill_redis.plus(&d.drain_redis);
+            put(format!("{k}.tasks_per_s"), d.tasks_per_s);
+            put(format!("{k}.life_cpu_us"), life.cpu_us_per_task);
+            put(format!("{k}.life_cmds"), life.commands_per_task);
+            put(format!("{k}.life_top"), life.top_level_per_task);
+            put(format!("{k}.waits_per_task"), d.waited as f64 / d.tasks.max(1) as f64);
         }
         if let Some(c) = &self.ceiling {
             put("ceiling.consumers".into(), c.consumers as f64);
@@ -443,6 +454,35 @@ pub fn tables(latency_concurrency: usize, s: &BTreeMap<String, Spread>, checks: 
             g(format!("{k}.drain_top"), Unit::Count),
             g(format!("{k}.worker_cpu_us"), Unit::Us),
             g(format!("{k}.fill_tasks_per_s"), Unit::Rate),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Limits (2 processes x 64, no-op tasks, records off): the same drain with no limit, a rate limit, a cap",
+        &[
+            "limit",
+            "tasks/s",
+            "Redis µs/task",
+            "cmds/task",
+            "top-level/task",
+            "waits/task",
+        ],
+    );
+    for label in ["off", "rate", "cap"] {
+        let k = format!("limits.{label}");
+        if !s.contains_key(&format!("{k}.tasks_per_s")) {
+            continue;
+        }
+        t.row(vec![
+            label.to_owned(),
+            g(format!("{k}.tasks_per_s"), Unit::Rate),
+            g(format!("{k}.life_cpu_us"), Unit::Us),
+            g(format!("{k}.life_cmds"), Unit::Count),
+            g(format!("{k}.life_top"), Unit::Count),
+            g(format!("{k}.waits_per_task"), Unit::Count),
         ]);
     }
     if !t.is_empty() {

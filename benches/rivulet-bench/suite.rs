@@ -18,6 +18,25 @@ use crate::results::Output;
 use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
+/// Every scenario `--only` may name.
+const SCENARIOS: [&str; 9] = [
+    "drain",
+    "ceiling",
+    "enqueue",
+    "latency",
+    "payload",
+    "lifecycle",
+    "limits",
+    "compare",
+    "metrics",
+];
+
+/// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
+/// few seconds under the rate and to make most tasks wait at least once.
+const LIMITS_TASKS: u64 = 10_000;
+const LIMITS_RATE: &str = "noop=5000/s,burst=100";
+const LIMITS_CAP: &str = "noop=16";
+
 /// The flags of a suite run.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct RunArgs {
@@ -75,15 +94,16 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     bare_consumers_wide: usize,
     /// Scenarios to run, comma separated: drain, ceiling, enqueue, latency, payload,
-    /// lifecycle (the reference drain with task records off, then on), compare (not by
-    /// default: the reference drain and a batched enqueue on private setups started in turn,
-    /// one node, one node + replica with `replicated:1`, one node over TLS, a 3+3 cluster,
-    /// with `--shards` on the single node and the cluster; cost per task side by side),
-    /// metrics (not by default: the reference drain with worker metrics off, then on).
+    /// lifecycle (the reference drain with task records off, then on), limits (a drain with
+    /// no limit, then under a fleet-wide rate limit, then under a concurrency cap), compare
+    /// (not by default: the reference drain and a batched enqueue on private setups started
+    /// in turn, one node, one node + replica with `replicated:1`, one node over TLS, a 3+3
+    /// cluster, with `--shards` on the single node and the cluster; cost per task side by
+    /// side), metrics (not by default: the reference drain with worker metrics off, then on).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "drain,ceiling,enqueue,latency,payload,lifecycle"
+        default_value = "drain,ceiling,enqueue,latency,payload,lifecycle,limits"
     )]
     only: Vec<String>,
     /// Skip enqueue-to-done (it needs keyspace notifications).
@@ -164,19 +184,8 @@ pub fn progress(msg: impl std::fmt::Display) {
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
     for s in &args.only {
-        if ![
-            "drain",
-            "ceiling",
-            "enqueue",
-            "latency",
-            "payload",
-            "lifecycle",
-            "compare",
-            "metrics",
-        ]
-        .contains(&s.as_str())
-        {
-            bail!("unknown scenario {s:?} (drain, ceiling, enqueue, latency, payload, lifecycle, compare, metrics)");
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
         }
     }
     if args.runs == 0 || args.runs > 20 {
@@ -316,6 +325,8 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             tasks: plan.tasks,
             lifecycle: true,
             shards,
+            label: String::new(),
+            limits: Vec::new(),
             metrics: false,
         };
         let d = drain::run(target, &spec).await?;
@@ -341,6 +352,8 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 tasks: plan.tasks,
                 lifecycle,
                 shards: 1,
+                label: String::new(),
+                limits: Vec::new(),
                 metrics: false,
             };
             let d = drain::run(target, &spec).await?;
@@ -367,6 +380,36 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
         r.lifecycle = pair;
     }
 
+    // The same small drain three times, back to back: no limit, a rate limit, a cap. Two
+    // processes, so the limits are shared between them.
+    if args.wants("limits") && !late("limits") {
+        let tasks = LIMITS_TASKS.min(plan.tasks);
+        for (label, flags) in [
+            ("off", vec![]),
+            ("rate", vec![format!("--rate-limit={LIMITS_RATE}")]),
+            ("cap", vec![format!("--max-running={LIMITS_CAP}")]),
+        ] {
+            let spec = DrainSpec {
+                label: label.to_owned(),
+                limits: flags,
+                ..DrainSpec::plain(2, 64, BASE_PAYLOAD, tasks, false)
+            };
+            target.drop_limit(crate::payload::KIND_NOOP).await?;
+            let d = drain::run(target, &spec).await?;
+            let life = d.fill_redis.plus(&d.drain_redis);
+            progress(format_args!(
+                "limits  {label:<4} {}: {:>8.0} tasks/s; redis {:.2} µs, {:.2} cmds/task ({:.2} top-level); {:.2} waits/task",
+                d.limits.join(" "),
+                d.tasks_per_s,
+                life.cpu_us_per_task,
+                life.commands_per_task,
+                life.top_level_per_task,
+                d.waited as f64 / tasks as f64,
+            ));
+            r.limits.push(d);
+        }
+    }
+
     // Worker metrics off and on, back to back on the reference configuration: the cost per
     // task in worker CPU (Redis commands must not change: the metrics live in the process).
     if args.wants("metrics") && !late("metrics") {
@@ -380,6 +423,8 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 lifecycle: true,
                 shards: 1,
                 metrics,
+                label: String::new(),
+                limits: Vec::new(),
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -460,6 +505,8 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 tasks,
                 lifecycle: true,
                 shards: 1,
+                label: String::new(),
+                limits: Vec::new(),
                 metrics: false,
             };
             let d = drain::run(target, &spec).await?;

@@ -212,6 +212,18 @@ impl Target {
         Ok(Snapshot { cpu_s, calls })
     }
 
+    /// Deletes a fleet-wide limit's state, so each limited drain starts with a full bucket.
+    pub async fn drop_limit(&self, name: &str) -> Result<()> {
+        let k = rivulet::keys::LimitKeys::new(name);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .del(&[&k.state, &k.reserved, &k.running, &k.waiting])
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes every key of a queue and its entry in the queue registry.
     pub async fn drop_queue(&self, queue: &Queue) -> Result<()> {
         let mut conn = self.conn.clone();
@@ -314,10 +326,15 @@ impl Target {
 
     /// Tasks settled as done in a queue so far (the `done` counters of its shards).
     pub async fn done(&self, queue: &Queue) -> Result<u64> {
+        self.counter(queue, "done").await
+    }
+
+    /// A stats counter of a queue, summed over its shards.
+    pub async fn counter(&self, queue: &Queue, name: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for shard in queue.all_shards() {
-            pipe.hget(&shard.keys.stats, "done");
+            pipe.hget(&shard.keys.stats, name);
         }
         let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
         Ok(counts.into_iter().flatten().sum())

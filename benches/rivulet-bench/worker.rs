@@ -43,6 +43,12 @@ pub struct WorkerArgs {
     /// What settles wait for (`fast`, `replicated:N`, `fsync`).
     #[arg(long, default_value = "fast")]
     pub durability: String,
+    /// Fleet-wide rate limits, as worker-cli's `--rate-limit NAME=RATE`.
+    #[arg(long)]
+    pub rate_limit: Vec<String>,
+    /// Fleet-wide concurrency limits, as worker-cli's `--max-running NAME=N`.
+    #[arg(long)]
+    pub max_running: Vec<String>,
     /// The CA to verify a `rediss://` server against.
     #[arg(long)]
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -272,8 +278,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         probe_task = Some(tokio::spawn(probe.run(recorder.clone(), probe_events.clone())));
     }
 
+    let limits = rivulet::limits::from_specs(&args.rate_limit, &args.max_running)?;
     let config = WorkerConfig {
         concurrency: args.concurrency,
+        limits,
         ..WorkerConfig::default()
     };
     let max = Duration::from_secs(args.max_seconds);

@@ -146,6 +146,14 @@ impl Task {
         self
     }
 
+    /// Counts this task against the fleet-wide limit `name` (a rate key shared by several
+    /// kinds, e.g. one exchange's API) instead of the limit named by its kind. Workers
+    /// enforce the limits they are configured with ([`WorkerConfig::limits`](crate::WorkerConfig::limits)).
+    pub fn limit_key(mut self, name: impl Into<String>) -> Self {
+        self.envelope.limit_key = Some(name.into());
+        self
+    }
+
     /// The task's id.
     pub fn task_id(&self) -> &TaskId {
         &self.envelope.id

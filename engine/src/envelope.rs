@@ -145,6 +145,9 @@ pub struct Envelope {
     /// How long the unique key is held from enqueue, in ms; absent or 0 = until the task
     /// reaches a final state.
     pub unique_ttl_ms: Option<u64>,
+    /// The fleet-wide limit this task counts against (see [`crate::limits`]); its kind when
+    /// absent.
+    pub limit_key: Option<String>,
 }
 
 /// Why an entry is not a valid task. The text goes into the dead letter's `error` field.
@@ -199,7 +202,13 @@ impl Envelope {
             retention_ms: None,
             unique_key: None,
             unique_ttl_ms: None,
+            limit_key: None,
         }
+    }
+
+    /// The name of the limit this task counts against: its `limit_key`, else its kind.
+    pub fn limit_name(&self) -> &str {
+        self.limit_key.as_deref().unwrap_or(&self.kind)
     }
 
     /// The retry policy for this task: `policy` (the worker's, queue's or kind's) with the
@@ -255,6 +264,9 @@ impl Envelope {
         if let Some(ms) = self.unique_ttl_ms {
             f.push(("unique_ttl_ms", Bytes::from(ms.to_string())));
         }
+        if let Some(k) = &self.limit_key {
+            f.push(("limit_key", Bytes::copy_from_slice(k.as_bytes())));
+        }
         f
     }
 
@@ -271,6 +283,7 @@ impl Envelope {
             (None, None, None, None, None);
         let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
         let (mut retention_ms, mut unique_key, mut unique_ttl_ms) = (None, None, None);
+        let mut limit_key = None;
         for (name, value) in fields {
             match name.as_ref() {
                 b"id" => id = Some(value),
@@ -288,6 +301,7 @@ impl Envelope {
                 b"retention_ms" => retention_ms = Some(value),
                 b"unique_key" => unique_key = Some(value),
                 b"unique_ttl_ms" => unique_ttl_ms = Some(value),
+                b"limit_key" => limit_key = Some(value),
                 _ => {}
             }
         }
@@ -333,6 +347,7 @@ impl Envelope {
             retention_ms: parse_num("retention_ms", retention_ms)?,
             unique_key: unique_key.map(|k| text("unique_key", k)).transpose()?,
             unique_ttl_ms: parse_num("unique_ttl_ms", unique_ttl_ms)?,
+            limit_key: limit_key.map(|k| text("limit_key", k)).transpose()?,
         })
     }
 }

@@ -145,6 +145,15 @@ pub enum Error {
         /// What to change.
         fix: &'static str,
     },
+    /// A rate or concurrency limit spec that does not parse or makes no sense (see
+    /// [`crate::limits`]).
+    #[error("invalid limit {spec:?}: {reason}")]
+    InvalidLimit {
+        /// The text as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Redis answered with something the engine does not understand.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),

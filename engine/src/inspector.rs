@@ -47,6 +47,9 @@ pub struct Counters {
     /// Dead letters dropped by the dead-letter stream's cap (`WorkerConfig::dlq_maxlen`,
     /// `MAXLEN ~`): the oldest go first. Above 0 means dead letters were lost to the cap.
     pub dlq_trimmed: u64,
+    /// Times a task was parked to wait for a fleet-wide rate or concurrency limit (no
+    /// attempt used; see [`crate::limits`]).
+    pub limited: u64,
 }
 
 impl Counters {
@@ -65,6 +68,7 @@ impl Counters {
                 "replayed" => &mut c.replayed,
                 "requeued" => &mut c.requeued,
                 "dlq_trimmed" => &mut c.dlq_trimmed,
+                "limited" => &mut c.limited,
                 _ => continue,
             };
             *slot = *v;
@@ -84,6 +88,7 @@ impl Counters {
         self.replayed += o.replayed;
         self.requeued += o.requeued;
         self.dlq_trimmed += o.dlq_trimmed;
+        self.limited += o.limited;
     }
 }
 
@@ -519,6 +524,12 @@ impl Inspector {
     /// pruned on the way.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         broker::live_workers(&mut self.conn()).await
+    }
+
+    /// Every fleet-wide limit a worker has enforced (see [`crate::limits`]), by name: its
+    /// settings, starts in the last whole second, running slots held, tasks waiting.
+    pub async fn limits(&self) -> Result<Vec<crate::limits::LimitStatus>> {
+        broker::limits::limit_statuses(&mut self.conn(), self.clock.now_ms()).await
     }
 
     /// Dead letters of a queue in time order, after entry id `after` (exclusive), at most

@@ -47,6 +47,8 @@ pub const QUEUES_KEY: &str = "rivulet:queues";
 pub const WORKERS_KEY: &str = "rivulet:workers";
 /// SET of paused queue names.
 pub const PAUSED_KEY: &str = "rivulet:paused";
+/// SET of the names of the rate and concurrency limits workers enforce (see [`LimitKeys`]).
+pub const LIMITS_KEY: &str = "rivulet:limits";
 /// The schedules' keys (`docs/schedules.md`): one home slot of their own, `{sched}`, so each
 /// change of a schedule is one script on one Cluster slot. A shard's tag always holds two `:`,
 /// so it can never be `{sched}`.
@@ -368,6 +370,35 @@ impl ShardKeys {
     /// The lock of a unique key (STRING: the id of the task holding it).
     pub fn unique(&self, key: &str) -> String {
         format!("{}:unique:{key}", self.base)
+    }
+}
+
+/// The keys of one fleet-wide limit, in a home slot of their own (`{limit:<name>}`): a limit
+/// spans every shard, so it cannot live in one, and a task waiting on it never holds its
+/// shard's other work (it waits in its shard's retry set). The name is checked by
+/// [`crate::limits::check_limit_name`], so it never holds `{` or `}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKeys {
+    /// HASH: the rate bucket (`tat`), the settings last enforced, counters.
+    pub state: String,
+    /// ZSET: task id -> the start time it reserved (ms), while it waits for the rate.
+    pub reserved: String,
+    /// ZSET: holder -> its lease's end (ms), one per task holding a running slot.
+    pub running: String,
+    /// ZSET: task id -> when it is due back (ms), while it waits for a running slot.
+    pub waiting: String,
+}
+
+impl LimitKeys {
+    /// The keys of limit `name`.
+    pub fn new(name: &str) -> Self {
+        let base = format!("{PREFIX}:{{limit:{name}}}");
+        LimitKeys {
+            state: base.clone(),
+            reserved: format!("{base}:reserved"),
+            running: format!("{base}:running"),
+            waiting: format!("{base}:waiting"),
+        }
     }
 }
 

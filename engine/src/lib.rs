@@ -43,6 +43,8 @@
 //!   heartbeat), and what they count for an exporter ([`WorkerMetrics`], opt in).
 //! - [`lifecycle`]: task states, the status read from a task's record ([`TaskStatus`]),
 //!   results ([`Output`]), progress and cancel ([`TaskControl`]), events.
+//! - [`limits`]: fleet-wide rate and concurrency limits ([`Limit`], [`Rate`]): specs, checks,
+//!   what a limit looks like now ([`LimitStatus`]).
 //! - [`inspector`]: queue statistics, pending entries, workers ([`WorkerRecord`]), dead-letter
 //!   operations ([`DeadLetter`], [`DeadReason`]), pause flags, queue deletion.
 //! - [`schedule`]: periodic tasks: [`Schedule`] (cron with seconds and a time zone, or an
@@ -75,6 +77,7 @@ pub mod handler;
 pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
+pub mod limits;
 pub mod schedule;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
@@ -96,6 +99,7 @@ pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
     CancelOutcome, Enqueued, Event, IntoTaskResult, Output, Progress, TaskControl, TaskPage, TaskState, TaskStatus,
 };
+pub use limits::{Limit, LimitStatus, Limits, Rate};
 pub use schedule::{Missed, Schedule, Scheduler, Schedules};
 pub use worker::{
     DRAIN_SETTLE_BUDGET, MetricsSnapshot, PriorityMode, QueueOptions, ShutdownHandle, Worker, WorkerConfig,

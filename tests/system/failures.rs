@@ -15,8 +15,15 @@ use rivulet::{
 };
 
 /// A `rivulet-test-worker` process serving `queue` (killed on drop, its stderr shown if the
-/// test fails) and the worker id it announced.
-fn spawn_test_worker(server: &RedisServer, queue: &str, concurrency: usize, lease_ms: u64) -> (ChildGuard, String) {
+/// test fails) and the worker id it announced; `limits` are its limit arguments
+/// (`rate:NAME=SPEC`, `running:NAME=N`).
+pub(crate) fn spawn_test_worker(
+    server: &RedisServer,
+    queue: &str,
+    concurrency: usize,
+    lease_ms: u64,
+    limits: &[String],
+) -> (ChildGuard, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rivulet-test-worker"));
     cmd.args([
         server.url(),
@@ -24,6 +31,7 @@ fn spawn_test_worker(server: &RedisServer, queue: &str, concurrency: usize, leas
         concurrency.to_string(),
         lease_ms.to_string(),
     ])
+    .args(limits)
     .stdout(Stdio::piped());
     let mut child = ChildGuard::spawn("rivulet-test-worker", &mut cmd);
     let mut line = String::new();
@@ -46,7 +54,7 @@ fn hold_router(recorder: &Recorder) -> Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_process_tasks_complete_elsewhere_after_the_lease() {
     let f = Fixture::with_queue(Queue::new("crash").unwrap()).await;
-    let (mut child, child_id) = spawn_test_worker(&f.server, "crash", 50, 1000);
+    let (mut child, child_id) = spawn_test_worker(&f.server, "crash", 50, 1000, &[]);
     // Tasks that would run for a minute: the process will die holding them.
     let tasks = (0..50u64).map(|n| Task::json("hold", &serde_json::json!({"n": n, "ms": 60_000})).unwrap());
     f.client.enqueue_many(&f.queue, tasks).await.unwrap();

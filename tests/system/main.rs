@@ -10,6 +10,7 @@ mod durability;
 mod failures;
 mod interop;
 mod lifecycle;
+mod limits;
 mod reliability;
 mod shutdown;
 mod tls;

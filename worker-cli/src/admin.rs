@@ -59,6 +59,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Stats(a) => admin.stats(a).await,
         Command::Pending(a) => admin.pending(a).await,
         Command::Workers(o) => admin.workers(o.json).await,
+        Command::Limits(o) => admin.limits(o.json).await,
         Command::Dlq(DlqCommand::List(a)) => admin.dlq_list(a).await,
         Command::Dlq(DlqCommand::Show(a)) => admin.dlq_show(a).await,
         Command::Dlq(DlqCommand::Replay(a)) => admin.dlq_apply(a, true).await,
@@ -149,6 +150,7 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         Command::Stats(_)
         | Command::Queues(_)
         | Command::Workers(_)
+        | Command::Limits(_)
         | Command::Work(_)
         | Command::Schedule(_)
         | Command::Scheduler(_)
@@ -568,6 +570,44 @@ impl Admin {
         }
         if t.is_empty() {
             note!("no live workers");
+            return Ok(());
+        }
+        output::text(&t.render())
+    }
+
+    async fn limits(&self, json: bool) -> Result<()> {
+        let limits = self.inspector.limits().await.map_err(|e| self.engine(e))?;
+        if json {
+            return output::json(&limits);
+        }
+        let mut t = Table::new(&[
+            "LIMIT",
+            "RATE",
+            "CURRENT/S",
+            "RUNNING",
+            "WAITING_RATE",
+            "WAITING_SLOT",
+            "GRANTED",
+            "WAITED",
+        ]);
+        let dash = || "-".to_owned();
+        for l in &limits {
+            t.row(vec![
+                l.name.clone(),
+                l.rate.map_or_else(dash, |r| r.to_string()),
+                l.current_rate.to_string(),
+                match l.max_running {
+                    Some(cap) => format!("{}/{cap}", l.running),
+                    None => dash(),
+                },
+                l.waiting_for_rate.to_string(),
+                l.waiting_for_slot.to_string(),
+                l.granted.to_string(),
+                l.waited.to_string(),
+            ]);
+        }
+        if t.is_empty() {
+            note!("no limits yet (workers record theirs when they start with --rate-limit or --max-running)");
             return Ok(());
         }
         output::text(&t.render())

@@ -254,6 +254,21 @@ pub struct WorkerArgs {
     /// pressure. Use noeviction (or volatile-*, which evicts only keys with a TTL).
     #[arg(long)]
     pub allow_eviction: bool,
+    /// Fleet-wide rate limit: at most COUNT task starts per UNIT (s, min or h) over every
+    /// worker process on every host, for tasks whose limit key (their `limit_key` field, else
+    /// their kind) is NAME, e.g. `exchange.call=10/s,burst=20` or `report=600/min`. burst (the
+    /// starts allowed at once after a quiet spell) defaults to one second's worth, at least 1.
+    /// A task over the rate waits for its reserved start time in its shard's retry set: no
+    /// attempt used, no polling, other kinds not held up. Give every worker the same limits.
+    /// Repeatable; `worker-cli limits` shows them.
+    #[arg(long, value_name = "NAME=RATE", value_parser = crate::values::parse_rate_limit, help_heading = "Limits")]
+    pub rate_limit: Vec<crate::values::NamedLimit<rivulet::Rate>>,
+    /// Fleet-wide concurrency limit: at most N tasks with limit key NAME running at once over
+    /// the whole fleet, e.g. `train=2`. Each running slot is held under the task's lease, so a
+    /// dead worker's slot comes back within --lease. A task over the cap waits (no attempt
+    /// used) and is offered again about when a slot should free. Repeatable.
+    #[arg(long, value_name = "NAME=N", value_parser = crate::values::parse_max_running, help_heading = "Limits")]
+    pub max_running: Vec<crate::values::NamedLimit<u32>>,
     /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
     /// answers) and /readyz (ready: the worker runs and reaches Redis), e.g. 127.0.0.1:9100.
     /// Under the supervisor (--workers N) one address serves the whole box: the numbers of
@@ -296,6 +311,10 @@ pub enum Command {
     Pending(PendingArgs),
     /// List live worker processes.
     Workers(OutputArgs),
+    /// List the fleet-wide limits workers enforce (--rate-limit, --max-running): the rate and
+    /// cap last enforced, starts in the last whole second, running slots held against the cap,
+    /// tasks waiting for the rate or for a slot, and totals granted and sent to wait.
+    Limits(OutputArgs),
     /// Inspect, replay or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),

@@ -58,11 +58,13 @@ impl WorkerSettings {
         if queues.is_empty() {
             return Err(UsageError::new("--queue: name at least one queue"));
         }
-        for (i, e) in args.exec.iter().enumerate() {
-            if args.exec[..i].iter().any(|p| p.kind == e.kind) {
-                return Err(UsageError::new(format!("--exec: kind {:?} is given twice", e.kind)));
-            }
-        }
+        given_once("--exec", "kind", args.exec.iter().map(|e| e.kind.as_str()))?;
+        given_once("--rate-limit", "limit", args.rate_limit.iter().map(|l| l.name.as_str()))?;
+        given_once(
+            "--max-running",
+            "limit",
+            args.max_running.iter().map(|l| l.name.as_str()),
+        )?;
         for (i, spec) in args.serve.iter().enumerate() {
             for kind in &spec.kinds {
                 if args.exec.iter().any(|e| &e.kind == kind) || args.serve[..i].iter().any(|p| p.kinds.contains(kind)) {
@@ -101,6 +103,17 @@ impl WorkerSettings {
             retention: args.retention,
         })
     }
+}
+
+/// Refuses a repeatable flag that names one thing twice (`--exec: kind "x" is given twice`).
+fn given_once<'a>(flag: &str, what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), UsageError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(UsageError::new(format!("{flag}: {what} {name:?} is given twice")));
+        }
+    }
+    Ok(())
 }
 
 /// The concurrency of a worker without `--concurrency`: the engine's default for in-process
@@ -143,10 +156,23 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         allow_eviction: args.allow_eviction,
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
+        limits: worker_limits(args),
         // Out of range (0, or over the engine's limit) fails validate() with its name.
         max_result_bytes: usize::try_from(args.max_result_size).unwrap_or(usize::MAX),
         ..WorkerConfig::default()
     }
+}
+
+/// The fleet-wide limits of `--rate-limit` and `--max-running`, by name.
+fn worker_limits(args: &WorkerArgs) -> rivulet::Limits {
+    let mut limits = rivulet::Limits::new();
+    for l in &args.rate_limit {
+        limits.entry(l.name.clone()).or_default().rate = Some(l.value);
+    }
+    for l in &args.max_running {
+        limits.entry(l.name.clone()).or_default().max_running = Some(l.value);
+    }
+    limits
 }
 
 /// Checks `--priority-mode weighted:...` against a queue's priorities: one weight per
@@ -220,6 +246,12 @@ impl WorkerArgs {
         a.extend(["--max-result-size".to_owned(), self.max_result_size.to_string()]);
         if let Some(m) = self.max_tasks {
             a.extend(["--max-tasks".to_owned(), m.to_string()]);
+        }
+        for l in &self.rate_limit {
+            a.push(format!("--rate-limit={}={}", l.name, l.value));
+        }
+        for l in &self.max_running {
+            a.push(format!("--max-running={}={}", l.name, l.value));
         }
         if self.demo_samples {
             a.push("--demo-samples".to_owned());
@@ -384,6 +416,12 @@ mod tests {
             "90s",
             "--dlq-maxlen",
             "500",
+            "--rate-limit",
+            "exchange.call=10/s,burst=20",
+            "--rate-limit",
+            "report=600/min",
+            "--max-running",
+            "train=2",
             "--serve",
             "t,u=python -m app --x=1",
             "--serve-concurrency",
@@ -402,6 +440,10 @@ mod tests {
         assert_eq!(again, args);
         assert_eq!(args.queues, ["a", "b", "c"]);
         assert_eq!(args.exec[0].command, "echo a=b; exit 1");
+        let limits = worker_config(&args).limits;
+        assert_eq!(limits["exchange.call"].rate.map(|r| (r.count, r.burst)), Some((10, 20)));
+        assert_eq!(limits["report"].rate.map(|r| r.burst), Some(10));
+        assert_eq!(limits["train"].max_running, Some(2));
     }
 
     #[test]

@@ -23,6 +23,30 @@ impl fmt::Display for ExecSpec {
     }
 }
 
+/// One `--rate-limit NAME=RATE` or `--max-running NAME=N`, parsed by the engine's one parser
+/// (`rivulet::limits`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedLimit<T> {
+    /// The limit's name: a task's `limit_key`, or a kind.
+    pub name: String,
+    /// The rate, or the cap.
+    pub value: T,
+}
+
+/// Parses `--rate-limit NAME=COUNT/UNIT[,burst=N]`.
+pub fn parse_rate_limit(s: &str) -> Result<NamedLimit<rivulet::Rate>, String> {
+    rivulet::limits::parse_rate_limit(s)
+        .map(|(name, value)| NamedLimit { name, value })
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `--max-running NAME=N`.
+pub fn parse_max_running(s: &str) -> Result<NamedLimit<u32>, String> {
+    rivulet::limits::parse_max_running(s)
+        .map(|(name, value)| NamedLimit { name, value })
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `KIND=COMMAND` (the first `=` separates them).
 pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     let Some((kind, command)) = s.split_once('=') else {

@@ -266,6 +266,7 @@ pub async fn settle_tracked(
                     .arg(t.run_ms)
             }
             (None, Settle::Requeue) => inv.arg("q").arg("").arg("").arg("").arg(""),
+            (None, Settle::Wait { due_ms, limit }) => inv.arg("w").arg(*due_ms).arg(limit.as_str()).arg("").arg(""),
         };
         inv.arg(t.task_id.as_str())
             .arg(t.retention_ms)

@@ -23,6 +23,8 @@
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
+//! - [`limits`]: fleet-wide rate and concurrency limits (`limit_acquire.lua`,
+//!   `limit_release.lua`) in each limit's home slot, and the registry of their names;
 //! - [`schedules`]: the schedules' definitions, pause flags and last fire times in the
 //!   `{sched}` slot (`schedules_put.lua`, `schedules_fired.lua`, `schedules_pause.lua`);
 //! - [`server`]: `INFO` at start ([`ServerInfo`](crate::ServerInfo)) and the durability waits
@@ -36,6 +38,7 @@
 pub(crate) mod admin;
 pub(crate) mod functions;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub(crate) mod queues;
 pub(crate) mod registry;
 pub(crate) mod schedules;

@@ -115,6 +115,14 @@ pub enum Settle {
     },
     /// Put back at the end of the stream, unchanged, to run again at once.
     Requeue,
+    /// Over a fleet-wide limit: park in the retry set until `due_ms`, unchanged (no attempt
+    /// used, the last error kept), counted as `limited`.
+    Wait {
+        /// When to offer it again, ms since the epoch.
+        due_ms: u64,
+        /// The limit it waits for.
+        limit: String,
+    },
 }
 
 /// Parameters of a [`settle`] call that do not change per outcome.
@@ -176,6 +184,7 @@ pub(super) fn settle_invocation(
                 inv.arg("b").arg(reason.as_str()).arg(error.as_str()).arg(attempt)
             }
             Settle::Requeue => inv.arg("q").arg("").arg("").arg(""),
+            Settle::Wait { due_ms, limit } => inv.arg("w").arg(*due_ms).arg(limit.as_str()).arg(""),
         };
     }
     inv

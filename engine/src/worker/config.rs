@@ -120,6 +120,12 @@ pub struct WorkerConfig {
     /// counts also when it never reaches its handler (a payload that does not decode, a kind
     /// not served): it is buried, not run.
     pub max_tasks: Option<u64>,
+    /// Fleet-wide rate and concurrency limits this worker enforces, by name (none by
+    /// default). A task counts against the limit its `limit_key` names, else the one its
+    /// kind names; over it, the task waits in its shard's retry set without using an
+    /// attempt (see [`crate::limits`]). Give every worker serving those tasks the same
+    /// limits: the state is shared in Redis, the settings are each worker's.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for WorkerConfig {
@@ -142,6 +148,7 @@ impl Default for WorkerConfig {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             allow_eviction: false,
             max_tasks: None,
+            limits: crate::limits::Limits::new(),
         }
     }
 }
@@ -194,6 +201,7 @@ impl WorkerConfig {
         {
             return Err(Error::config("worker_id", "must be 1..=200 characters without spaces"));
         }
+        crate::limits::check_limits(&self.limits)?;
         self.retry.validate()
     }
 

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::metrics::Ended;
-use super::{Shared, WorkerCounters, tracker};
+use super::{Shared, WorkerCounters, limiter, tracker};
 use crate::backoff::RetryPolicy;
 use crate::broker::lifecycle::{Cancelled, Tracked};
 use crate::broker::{DeadReason, Settle, StreamEntry, StreamId};
@@ -50,7 +50,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         }
     };
     let Run {
-        fut,
+        start,
         policy,
         timeout,
         task_id,
@@ -60,13 +60,45 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         enqueued_at,
         track,
         control,
+        limit,
     } = run;
-    WorkerCounters::add(&shared.counters.started, 1);
-    if let Some(m) = &shared.metrics {
-        m.started(lane_idx, kind_index, shared.clock.now_ms().saturating_sub(enqueued_at));
-    }
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
+        // A limited task asks its limit first, holding its handler slot for that one call.
+        let hold = match &limit {
+            None => None,
+            Some(name) => match limiter::admit(&shared2, name, task_id.as_str(), entry_id).await {
+                limiter::Admit::Run(hold) => hold,
+                limiter::Admit::Wait(settle) => {
+                    drop(permit);
+                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
+                    return;
+                }
+            },
+        };
+        let fut = match start {
+            Start::Ready(fut) => fut,
+            Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2) {
+                Ok(fut) => fut,
+                Err(settle) => {
+                    if let Some(hold) = hold {
+                        limiter::release(&shared2, hold, Duration::ZERO).await;
+                    }
+                    drop(permit);
+                    WorkerCounters::add(&shared2.counters.buried, 1);
+                    if let Some(m) = &shared2.metrics {
+                        m.not_run(lane_idx, Some(kind_index), &settle);
+                    }
+                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
+                    return;
+                }
+            },
+        };
+        // Counted only once the limit let it start: a task parked by a limit has not started.
+        WorkerCounters::add(&shared2.counters.started, 1);
+        if let Some(m) = &shared2.metrics {
+            m.started(lane_idx, kind_index, shared2.clock.now_ms().saturating_sub(enqueued_at));
+        }
         if let Some(t) = &track {
             // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
@@ -78,10 +110,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
             () = shared2.abort.cancelled() => {
                 tracker::finished(&shared2, lane_idx, &task_id);
+                if let Some(hold) = hold {
+                    limiter::release(&shared2, hold, began.elapsed()).await;
+                }
                 return;
             }
             r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
+        if let Some(hold) = hold {
+            limiter::release(&shared2, hold, began.elapsed()).await;
+        }
         if track.is_some() {
             tracker::finished(&shared2, lane_idx, &task_id);
         }
@@ -194,9 +232,33 @@ struct NotRunnable {
     kind: Option<usize>,
 }
 
+/// A handler future, or what builds it once the task's limit lets it start.
+enum Start {
+    Ready(HandlerFuture),
+    /// Boxed: only limited tasks take this path, and it keeps `Run` small.
+    Deferred(Box<(crate::handler::Route, TaskContext, bytes::Bytes)>),
+}
+
+/// Builds a task's handler future; a payload that does not decode is buried as malformed.
+fn start_handler(
+    route: &crate::handler::Route,
+    ctx: TaskContext,
+    payload: bytes::Bytes,
+) -> Result<HandlerFuture, Settle> {
+    let task_id = ctx.id.clone();
+    route.start(ctx, payload).map_err(|m| {
+        tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
+        Settle::Bury {
+            reason: DeadReason::Malformed,
+            error: m.0,
+            attempt: None,
+        }
+    })
+}
+
 /// A task ready to run: its handler future and how to treat its failure.
 struct Run {
-    fut: HandlerFuture,
+    start: Start,
     policy: RetryPolicy,
     timeout: Option<Duration>,
     task_id: TaskId,
@@ -209,6 +271,8 @@ struct Run {
     /// The task's record, when it keeps one.
     track: Option<Tracked>,
     control: TaskControl,
+    /// The fleet-wide limit it counts against, when this worker enforces one by that name.
+    limit: Option<Arc<str>>,
 }
 
 /// Decodes an entry and starts its handler's future, or says what to do with an entry that
@@ -282,6 +346,10 @@ fn prepare(
             kind: Some(kind_index),
         }
     })?;
+    let limit = shared
+        .limits
+        .get_key_value(env.limit_name())
+        .map(|(name, _)| Arc::from(name.as_str()));
     let timeout = env
         .timeout_ms
         .map(Duration::from_millis)
@@ -303,16 +371,19 @@ fn prepare(
     };
     let enqueued_at = ctx.enqueued_at;
     let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
-    let fut = route.start(ctx, env.payload).map_err(|m| {
-        tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
-        NotRunnable {
-            settle: bury(DeadReason::Malformed, m.0),
+    // A limited task's handler is built only once its limit lets it start: building it may
+    // run code of the handler's (a closure's body before its async block).
+    let start = if limit.is_some() {
+        Start::Deferred(Box::new((route.clone(), ctx, env.payload)))
+    } else {
+        Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {
+            settle,
             track: track.clone().map(Box::new),
             kind: Some(kind_index),
-        }
-    })?;
+        })?)
+    };
     Ok(Run {
-        fut,
+        start,
         policy,
         timeout,
         task_id,
@@ -322,6 +393,7 @@ fn prepare(
         enqueued_at,
         track,
         control,
+        limit,
     })
 }
 
@@ -380,6 +452,7 @@ fn settle_name(s: &Settle) -> &str {
         Settle::Retry { .. } => "retry",
         Settle::Bury { reason, .. } => reason.as_str(),
         Settle::Requeue => "requeue",
+        Settle::Wait { .. } => "wait",
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) async fn beat(shared: &Shared) {
             tracing::warn!(error = %e, stream = %lane.keys.stream, "could not renew leases");
         }
     }
+    super::limiter::renew(shared).await;
     let mut queues: Vec<String> = shared.lanes.iter().map(|l| l.queue.to_string()).collect();
     queues.dedup();
     let c = &shared.counters;

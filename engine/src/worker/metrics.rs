@@ -223,7 +223,8 @@ impl WorkerMetrics {
                     self.add(t, lane, kind, DEAD + r, n);
                 }
             }
-            Settle::Ack | Settle::Requeue => {}
+            // A wait for a limit is no outcome (the worker's `limited` counter has it).
+            Settle::Ack | Settle::Requeue | Settle::Wait { .. } => {}
         }
     }
 

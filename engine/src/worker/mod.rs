@@ -12,6 +12,8 @@
 //! - `tracker`: records of tracked tasks: batched start records, coalesced progress, cancel
 //!   marks read for running tasks;
 //! - `budget`: what is left of `max_tasks`, reserved with the slots;
+//! - `limiter`: fleet-wide rate and concurrency limits: admits a limited task or parks it
+//!   until the limit lets it start, gives running slots back, renews them with the leases.
 //! - `metrics`: what the loops count for an exporter, in atomics ([`WorkerMetrics`], opt in
 //!   with [`Worker::with_metrics`]); every hook is called from the loop it counts.
 //!
@@ -28,12 +30,13 @@ mod config;
 mod executor;
 mod fetcher;
 mod heartbeat;
+mod limiter;
 mod metrics;
 mod promoter;
 mod reclaimer;
 mod tracker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -83,6 +86,8 @@ pub struct WorkerCounters {
     /// How long the handlers that finished (`succeeded + failed`) ran, in µs: with them, the
     /// mean handler time, which the autoscaler sizes the fleet with.
     pub busy_us: AtomicU64,
+    /// Times a task was sent to wait for a fleet-wide limit (it did not start).
+    pub limited: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -274,6 +279,14 @@ struct Shared {
     /// [`DRAIN_SETTLE_BUDGET`] from then). Writes still failing at this instant are given up:
     /// their tasks stay pending and are reclaimed a lease later.
     drain_deadline: OnceLock<tokio::time::Instant>,
+    /// The limits this worker enforces, with their keys.
+    limits: HashMap<String, (crate::keys::LimitKeys, crate::limits::Limit)>,
+    /// Running slots this worker's handlers hold, by limit (renewed by the heartbeat).
+    limit_holds: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    /// When the promoter plans to look next, ms since the epoch: a task parked for a limit
+    /// until earlier wakes it (`promoter_wake`).
+    promoter_due: AtomicU64,
+    promoter_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -503,6 +516,13 @@ impl Worker {
             fetch_conns.push((group, target.open(fetch_timeout).await?));
         }
 
+        let limits: HashMap<_, _> = config
+            .limits
+            .iter()
+            .map(|(name, limit)| (name.clone(), (crate::keys::LimitKeys::new(name), *limit)))
+            .collect();
+        let names: Vec<&str> = limits.keys().map(String::as_str).collect();
+        broker::limits::register_limits(&mut conn, &names).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
         let tracker = TaskTracker::new();
@@ -530,6 +550,10 @@ impl Worker {
             metrics,
             clock: Clock::System,
             drain_deadline: OnceLock::new(),
+            limits,
+            limit_holds: Mutex::default(),
+            promoter_due: AtomicU64::new(u64::MAX),
+            promoter_wake: tokio::sync::Notify::new(),
         });
         // Before the first read: a worker started on a paused queue must not run its tasks.
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;

@@ -77,9 +77,14 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         if more {
             wait = Duration::ZERO;
         }
+        // A task parked for a limit until before then wakes this loop (worker/limiter.rs).
+        shared
+            .promoter_due
+            .store(shared.clock.now_ms() + crate::envelope::millis(wait), Ordering::Relaxed);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            () = shared.promoter_wake.notified() => {}
         }
     }
 }

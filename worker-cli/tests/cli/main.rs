@@ -26,6 +26,7 @@ mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod limits;
 mod metrics;
 mod ops;
 mod queue;

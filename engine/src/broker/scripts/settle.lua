@@ -16,6 +16,8 @@
 --          op 'r' retry at due ms a with attempt b, error c
 --          op 'b' bury in the dlq with reason a, error b, attempt c ('' keeps the entry's)
 --          op 'q' requeue now, unchanged (graceful drain)     a, b, c unused
+--          op 'w' wait for limit b until due ms a: into the retry set unchanged (no attempt
+--             used, error kept), counted as `limited` (worker/limiter.rs)
 --
 -- Tracked outcomes (tasks with a lifecycle record) follow, only when KEYS has more than 4:
 -- KEYS[5]  events STREAM of the shard
@@ -34,6 +36,8 @@
 --          op 's' succeeded: result a ('' none), result codec b, run ms c
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
+--          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`; a
+--             record a cancel already finished stays as it is and the entry is dropped
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
@@ -102,6 +106,7 @@ end
 local stale = {}
 local acked = {}
 local done, retried, dead, requeued, failed = 0, 0, 0, 0, 0
+local limited = 0
 local dlq_before
 local n_acks = tonumber(ARGV[7])
 for i = 8, 7 + n_acks do
@@ -148,6 +153,11 @@ local function apply(id, op, a, b, c, deliveries)
   elseif op == 'q' then
     requeued = requeued + 1
     return redis.call('XADD', stream, '*', unpack(fields))
+  elseif op == 'w' then
+    local member = cmsgpack.pack(fields)
+    redis.call('ZADD', retry, a, member)
+    limited = limited + 1
+    return member
   end
   return nil
 end
@@ -219,7 +229,7 @@ if tracked > 0 then
     -- cancelled (started), whatever its handler did: never succeeded over the cancel the caller
     -- was told of, never retried. Looked up only while the shard has cancels pending.
     local precancelled = false
-    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and redis.call('HGET', rec, 'state') == 'cancelled' then
+    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and op ~= 'w' and redis.call('HGET', rec, 'state') == 'cancelled' then
       if op == 's' then a = c elseif op == 'b' then a = d else a = '' end
       op, precancelled = 'x', true
     end
@@ -267,6 +277,19 @@ if tracked > 0 then
           redis.call('HSET', rec, 'state', 'queued', 'updated_at', now, 'entry', entry or '')
           redis.call('HDEL', rec, 'worker', 'started_at', 'progress', 'progress_message')
           event(task, 'requeued')
+        end
+      elseif op == 'w' then
+        -- Parked by a limit before its handler was built. A cancel that raced the delivery has
+        -- already finished the record (cancel.lua: cancelled, not started): the entry is only
+        -- dropped, never parked, and its cancel mark goes.
+        local state = redis.call('HGET', rec, 'state')
+        if state == 'cancelled' or state == 'succeeded' or state == 'dead' then
+          if any_cancels then redis.call('SREM', cancels, task) end
+        else
+          local member = apply(id, op, a, b, c, deliveries)
+          redis.call('HSET', rec, 'state', 'scheduled', 'due_at', a, 'updated_at', now,
+            'member', member or '')
+          event(task, 'limited', 'limit', b, 'due_at', a)
         end
       elseif op == 'x' then
         -- (cancel.lua counted one cancelled before it started.)
@@ -323,5 +346,6 @@ if dead > 0 then
   if dropped > 0 then redis.call('HINCRBY', stats, 'dlq_trimmed', dropped) end
 end
 if requeued > 0 then redis.call('HINCRBY', stats, 'requeued', requeued) end
+if limited > 0 then redis.call('HINCRBY', stats, 'limited', limited) end
 if #stale > 0 then redis.call('HINCRBY', stats, 'fenced', #stale) end
 return stale

@@ -1,0 +1,111 @@
+//! The limiter: admits a limited task to its handler, or parks it until the limit lets it
+//! start; gives running slots back when handlers finish and renews them while they run.
+//!
+//! A task whose limit name (its `limit_key`, else its kind) is one of
+//! `WorkerConfig::limits` asks the limit's home slot (`broker::limits::acquire`) before its
+//! handler starts, holding its handler slot for that one call. Over the limit, it is settled
+//! as [`Settle::Wait`]: into its shard's retry set until the time the limit named, with its
+//! attempt and last error unchanged, so it neither counts as a failure nor holds up the
+//! tasks behind it in the stream. The promoter is woken for that time (it may be sleeping
+//! past it), so the task is back in its stream when its reserved start comes.
+//!
+//! Running slots are held under a lease as entries are: the heartbeat renews every slot a
+//! live handler holds (`renew`), so a dead worker's slots come back when their lease runs out.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Shared, WorkerCounters};
+use crate::broker::limits::{self, Admission};
+use crate::broker::{Settle, StreamId};
+
+/// How long a task waits when its limit could not be asked (Redis away): about an outage
+/// backoff's step, so the task is not lost and not spinning.
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// A running slot this worker holds for a handler.
+#[derive(Debug)]
+pub(super) struct Hold {
+    limit: Arc<str>,
+    holder: String,
+}
+
+/// What to do with a limited task.
+pub(super) enum Admit {
+    /// Run it; give the slot back (`release`) when it finishes, if it holds one.
+    Run(Option<Hold>),
+    /// Park it: settle this outcome.
+    Wait(Settle),
+}
+
+/// Asks the task's limit whether it may start now.
+pub(super) async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entry_id: StreamId) -> Admit {
+    let (keys, spec) = &shared.limits[limit.as_ref()];
+    let holder = format!("{}/{entry_id}", shared.id);
+    let mut conn = shared.conn.clone();
+    let wait = match limits::acquire(&mut conn, keys, spec, task_id, &holder, shared.config.lease).await {
+        Ok(Admission::Granted) => {
+            if spec.max_running.is_none() {
+                return Admit::Run(None);
+            }
+            let mut holds = shared.limit_holds.lock().expect("never poisoned");
+            holds.entry(limit.clone()).or_default().insert(holder.clone());
+            return Admit::Run(Some(Hold {
+                limit: limit.clone(),
+                holder,
+            }));
+        }
+        Ok(Admission::Wait(d)) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, limit = %limit, task_id, "could not ask the limit; the task waits and is offered again");
+            UNREACHABLE_WAIT
+        }
+    };
+    WorkerCounters::add(&shared.counters.limited, 1);
+    let due_ms = shared.clock.now_ms() + crate::envelope::millis(wait);
+    // Wake the promoter when it plans to sleep past this task's time.
+    if shared.promoter_due.fetch_min(due_ms, Ordering::Relaxed) > due_ms {
+        shared.promoter_wake.notify_one();
+    }
+    tracing::debug!(task_id, limit = %limit, wait_ms = wait.as_millis() as u64, "over its limit; waiting");
+    Admit::Wait(Settle::Wait {
+        due_ms,
+        limit: limit.to_string(),
+    })
+}
+
+/// Gives a running slot back once its handler finished (or was dropped). A failure is only
+/// logged: the slot's lease, no longer renewed, runs out and frees it.
+pub(super) async fn release(shared: &Shared, hold: Hold, run: Duration) {
+    {
+        let mut holds = shared.limit_holds.lock().expect("never poisoned");
+        if let Some(set) = holds.get_mut(&hold.limit) {
+            set.remove(&hold.holder);
+        }
+    }
+    let (keys, _) = &shared.limits[hold.limit.as_ref()];
+    let mut conn = shared.conn.clone();
+    if let Err(e) = limits::release(&mut conn, keys, &[hold.holder], run.as_secs_f64() * 1000.0).await {
+        tracing::warn!(error = %e, limit = %hold.limit, "could not give a running slot back; its lease frees it");
+    }
+}
+
+/// Renews the lease of every running slot this worker's handlers hold (from the heartbeat).
+pub(super) async fn renew(shared: &Shared) {
+    let held: Vec<(Arc<str>, Vec<String>)> = {
+        let holds = shared.limit_holds.lock().expect("never poisoned");
+        holds
+            .iter()
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(name, set)| (name.clone(), set.iter().cloned().collect()))
+            .collect()
+    };
+    let mut conn = shared.conn.clone();
+    for (name, holders) in held {
+        let (keys, _) = &shared.limits[name.as_ref()];
+        if let Err(e) = limits::renew(&mut conn, keys, &holders, shared.config.lease).await {
+            tracing::warn!(error = %e, limit = %name, "could not renew running slots");
+        }
+    }
+}
