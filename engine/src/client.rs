@@ -608,20 +608,7 @@ impl Client {
                 let want = limit - out.len();
                 let (ids, more) =
                     records::list_ids(&mut conn, &shard.keys, state, cursor.as_deref(), want, now).await?;
-                let found = records::records_of(&mut conn, &shard.keys, &ids).await?;
-                for (id, fields) in ids.into_iter().zip(found) {
-                    let id = TaskId::from_string(id);
-                    let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
-                    if st.state == TaskState::Unknown && !state.is_final() {
-                        // Listed by the structure that holds it, without a record (tracking off).
-                        st.state = state;
-                        st.priority = Some(shard.priority.to_owned());
-                    }
-                    // A record that expired since the listing read its id is left out.
-                    if st.state == state || !state.is_final() {
-                        out.push(st);
-                    }
-                }
+                listed(&mut conn, queue, &shard, state, ids, now, &mut out).await?;
                 cursor = more;
                 if cursor.is_none() {
                     break;
@@ -663,20 +650,7 @@ impl Client {
                 let skipped = ids.len().min(skip);
                 skip -= skipped;
                 let ids: Vec<String> = ids.into_iter().skip(skipped).collect();
-                let found = records::records_of(&mut conn, &shard.keys, &ids).await?;
-                for (id, fields) in ids.into_iter().zip(found) {
-                    let id = TaskId::from_string(id);
-                    let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
-                    if st.state == TaskState::Unknown && !state.is_final() {
-                        // Listed by the structure that holds it, without a record (tracking off).
-                        st.state = state;
-                        st.priority = Some(shard.priority.to_owned());
-                    }
-                    // A record that expired since the listing read its id is left out.
-                    if st.state == state || !state.is_final() {
-                        out.push(st);
-                    }
-                }
+                listed(&mut conn, queue, &shard, state, ids, now, &mut out).await?;
                 cursor = more;
                 if cursor.is_none() {
                     break;
@@ -794,6 +768,33 @@ pub fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// Reads the records of `ids`, listed for `state` in `shard`, into `out`: a record gone since
+/// the listing read its id is left out; an id listed by the structure holding it but without
+/// a record (tracking off) reads as that state.
+async fn listed(
+    conn: &mut RedisConnection,
+    queue: &Queue,
+    shard: &crate::keys::Shard<'_>,
+    state: TaskState,
+    ids: Vec<String>,
+    now: u64,
+    out: &mut Vec<TaskStatus>,
+) -> Result<()> {
+    let found = records::records_of(conn, &shard.keys, &ids).await?;
+    for (id, fields) in ids.into_iter().zip(found) {
+        let id = TaskId::from_string(id);
+        let mut st = TaskStatus::from_record(id, queue.name().clone(), shard.priority, fields, now);
+        if st.state == TaskState::Unknown && !state.is_final() {
+            st.state = state;
+            st.priority = Some(shard.priority.to_owned());
+        }
+        if st.state == state || !state.is_final() {
+            out.push(st);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
