@@ -93,6 +93,10 @@ async fn the_api_keeps_to_its_openapi_document() {
                 "20261201",
             ])
             .args(["--workers", "2", "--no-color", "--request-timeout", "10"])
+            // A check of the generator, not of the API: for the two free-text path parameters
+            // of `dead-letters/{id}` it now and then filters out too many generated values (1
+            // run in 6 failed so on main, with every answer checked passing).
+            .args(["--suppress-health-check", "filter_too_much"])
             .env("SCHEMATHESIS_TELEMETRY", "false")
             // Its example cache goes to a temp dir, not into the checkout.
             .current_dir(std::env::temp_dir())
