@@ -1,8 +1,8 @@
 //! The JSON API under `/api/v1`, `/metrics` and the probes, each handler annotated for the
 //! OpenAPI document (`utoipa`), which `/api/v1/openapi.json` serves.
 //!
-//! Errors are JSON (`{"error": "..."}`): 404 for an unknown queue, task or dead letter, 400
-//! for a malformed body, path or query, 413 for a body over [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES),
+//! Errors are JSON (`{"error": "..."}`): 404 for an unknown queue, task, dead letter or
+//! schedule, 400 for a malformed body, path or query, 413 for a body over [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES),
 //! 401 without the token where it is needed, 503 when Redis does not answer.
 
 use std::convert::Infallible;
@@ -143,6 +143,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/queues/{queue}/autoscaler", get(autoscaler))
         .route("/api/v1/queues/{queue}/events", get(events))
         .route("/api/v1/workers", get(workers))
+        .route("/api/v1/schedules", get(list_schedules))
+        .route("/api/v1/schedules/{name}", get(get_schedule))
+        .route("/api/v1/schedules/{name}/pause", post(pause_schedule))
+        .route("/api/v1/schedules/{name}/resume", post(resume_schedule))
+        .route("/api/v1/schedules/{name}/run-now", post(run_schedule_now))
         .fallback(fallback)
 }
 
@@ -154,12 +159,13 @@ async fn fallback(req: Request) -> ApiErr {
 #[openapi(
     info(
         title = "Rivulet dashboard API",
-        description = "Queues, tasks, dead letters, workers and autoscaler decisions of a Rivulet installation. Mutations (POST) need `Authorization: Bearer <token>`; reads need it too when the server listens beyond loopback.",
+        description = "Queues, tasks, dead letters, workers, schedules and autoscaler decisions of a Rivulet installation. Mutations (POST) need `Authorization: Bearer <token>`; reads need it too when the server listens beyond loopback.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
         healthz, readyz, list_queues, get_queue, pause, resume, list_tasks, enqueue, get_task, cancel, retry,
-        list_dead_letters, get_dead_letter, replay, purge, autoscaler, events, workers
+        list_dead_letters, get_dead_letter, replay, purge, autoscaler, events, workers, list_schedules,
+        get_schedule, pause_schedule, resume_schedule, run_schedule_now
     ),
     modifiers(&BearerScheme),
     security(("bearer" = []))
@@ -761,4 +767,80 @@ async fn events(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn schedule_view(state: &AppState, name: &str) -> Result<ScheduleView, ApiErr> {
+    match state.schedules.get(name).await? {
+        Some(info) => Ok(ScheduleView::from(info)),
+        None => Err(not_found(format!("schedule {name:?}"))),
+    }
+}
+
+/// Every schedule, by name: its cadence, state, last and next fire times.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules",
+    responses((status = 200, body = ScheduleList)))]
+async fn list_schedules(State(state): S) -> Result<Json<ScheduleList>, ApiErr> {
+    let schedules = state.schedules.list().await?;
+    Ok(Json(ScheduleList {
+        schedules: schedules.into_iter().map(ScheduleView::from).collect(),
+    }))
+}
+
+/// One schedule, with its next 5 fire times.
+#[utoipa::path(get, path = "/api/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = ScheduleView), (status = 404, body = ApiError)))]
+async fn get_schedule(State(state): S, p: Result<Path<String>, PathRejection>) -> Result<Json<ScheduleView>, ApiErr> {
+    Ok(Json(schedule_view(&state, &path(p)?).await?))
+}
+
+/// Pauses a schedule: it fires nothing until resumed.
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = ScheduleView), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn pause_schedule(State(state): S, p: Result<Path<String>, PathRejection>) -> Result<Json<ScheduleView>, ApiErr> {
+    set_schedule_paused(state, p, true).await
+}
+
+/// Resumes a paused schedule: it fires from now on (fire times in the pause are not run).
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = ScheduleView), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn resume_schedule(
+    State(state): S,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<ScheduleView>, ApiErr> {
+    set_schedule_paused(state, p, false).await
+}
+
+async fn set_schedule_paused(
+    state: Arc<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    paused: bool,
+) -> Result<Json<ScheduleView>, ApiErr> {
+    let name = path(p)?;
+    if paused {
+        state.schedules.pause(&name).await?;
+    } else {
+        state.schedules.resume(&name).await?;
+    }
+    tracing::info!(schedule = %name, paused, "schedule pause flag set from the dashboard");
+    Ok(Json(schedule_view(&state, &name).await?))
+}
+
+/// Enqueues one task of the schedule now, outside its fire times (its next fire is kept).
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/run-now", tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 201, body = RunNowReply), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn run_schedule_now(State(state): S, p: Result<Path<String>, PathRejection>) -> Result<Response, ApiErr> {
+    let name = path(p)?;
+    let view = schedule_view(&state, &name).await?;
+    let id = state.schedules.run_now(&name).await?;
+    tracing::info!(schedule = %name, task_id = %id, "schedule run now from the dashboard");
+    state.sampler.invalidate(&view.queue);
+    let reply = RunNowReply {
+        queue: view.queue,
+        id: id.to_string(),
+    };
+    Ok((StatusCode::CREATED, Json(reply)).into_response())
 }

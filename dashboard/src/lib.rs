@@ -16,7 +16,8 @@
 //! - `metrics`: `/metrics`, from the sampler's cache (no Redis command of its own).
 //! - `assets`: the page, its script and style, embedded with `include_str!`.
 //!
-//! Every Redis command goes through the engine (`Client`, `Inspector`, `rivulet::store`).
+//! Every Redis command goes through the engine (`Client`, `Inspector`, `Schedules`,
+//! `rivulet::store`).
 
 #![forbid(unsafe_code)]
 
@@ -170,6 +171,7 @@ pub enum ServeError {
 pub(crate) struct AppState {
     pub client: rivulet::Client,
     pub inspector: rivulet::Inspector,
+    pub schedules: rivulet::Schedules,
     pub sampler: sampler::Sampler,
     pub auth: auth::Auth,
     pub refresh: Duration,
@@ -190,12 +192,14 @@ pub async fn serve(
     let target = target.into();
     let client = rivulet::Client::new(&target).await?;
     let inspector = rivulet::Inspector::new(&target).await?;
+    let schedules = rivulet::Schedules::new(&target).await?;
     // The probe's `PING` is bounded by a timeout in the handler (2 s).
     let probe = target.connect().await?;
     let state = Arc::new(AppState {
         sampler: sampler::Sampler::new(inspector.clone(), config.refresh, config.redis_budget),
         client,
         inspector,
+        schedules,
         auth: auth::Auth::new(config.token.clone(), config.reads_need_token()),
         refresh: config.refresh,
         probe,

@@ -715,3 +715,74 @@ pub struct EventsQuery {
     /// Only this task's events.
     pub task: Option<String>,
 }
+
+/// A schedule: what it enqueues, when, and its state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleView {
+    /// Its name.
+    pub name: String,
+    /// The queue its tasks go to.
+    pub queue: String,
+    /// The tasks' kind.
+    pub kind: String,
+    /// The tasks' priority (none: the queue's default).
+    pub priority: Option<String>,
+    /// The cron expression (none for an interval schedule).
+    pub cron: Option<String>,
+    /// The interval in ms (none for a cron schedule).
+    pub every_ms: Option<u64>,
+    /// The IANA time zone the cron expression is read in.
+    pub timezone: String,
+    /// When it fires, for people: `cron <expr> (<zone>)` or `every <interval>`.
+    pub cadence: String,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// The last fire time handled, ms since the epoch.
+    pub last_fired_ms: Option<u64>,
+    /// The next fire time, ms since the epoch (none while paused).
+    pub next_fire_ms: Option<u64>,
+    /// The next fire times (up to 5; none while paused), ms since the epoch.
+    pub next_fires_ms: Vec<u64>,
+    /// The same as RFC 3339 times in the schedule's time zone.
+    pub next_fires: Vec<String>,
+    /// Why the stored definition cannot be used (such a schedule does not fire).
+    pub error: Option<String>,
+}
+
+impl From<rivulet::schedule::ScheduleInfo> for ScheduleView {
+    fn from(i: rivulet::schedule::ScheduleInfo) -> Self {
+        let s = &i.schedule;
+        ScheduleView {
+            cadence: s.cadence_text(),
+            name: s.name.clone(),
+            queue: s.queue.clone(),
+            kind: s.kind.clone(),
+            priority: s.priority.clone(),
+            cron: s.cron.clone(),
+            every_ms: s.every_ms,
+            timezone: s.timezone.clone(),
+            paused: i.paused,
+            last_fired_ms: i.last_fired_ms,
+            next_fire_ms: i.next_fires_ms.first().copied(),
+            next_fires_ms: i.next_fires_ms,
+            next_fires: i.next_fires,
+            error: i.error,
+        }
+    }
+}
+
+/// Every schedule, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    /// The schedules.
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// The task a manual run enqueued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunNowReply {
+    /// The schedule's queue.
+    pub queue: String,
+    /// The new task's id.
+    pub id: String,
+}

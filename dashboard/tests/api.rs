@@ -533,3 +533,121 @@ async fn task_lists_are_paginated() {
     assert_eq!(last["has_more"], false);
     assert!(ids_of(&page(7, 3).await).is_empty());
 }
+
+#[tokio::test]
+async fn schedules_are_listed_shown_paused_and_run_now() {
+    let f = Fixture::with_queue(Queue::new("timed").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let schedules = rivulet::Schedules::new(f.redis_client()).await.unwrap();
+    schedules
+        .add(
+            &rivulet::Schedule::cron("nightly", "timed", "report", "0 3 * * *")
+                .timezone("Europe/Paris")
+                .priority("high")
+                .payload(json!({"n": 1})),
+        )
+        .await
+        .unwrap();
+    schedules
+        .add(&rivulet::Schedule::every(
+            "tick",
+            "timed",
+            "ping",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    let doc = dash.get("/api/v1/openapi.json").await.expect(200);
+    for p in ["/api/v1/schedules", "/api/v1/schedules/{name}/run-now"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the document");
+    }
+
+    // The list: both, by name, with cadence, zone and next fire time.
+    let list = dash.get("/api/v1/schedules").await.expect(200);
+    let names: Vec<&str> = list["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nightly", "tick"], "{list}");
+    let nightly = &list["schedules"][0];
+    assert_eq!(nightly["queue"], "timed");
+    assert_eq!(nightly["kind"], "report");
+    assert_eq!(nightly["priority"], "high");
+    assert_eq!(nightly["cron"], "0 3 * * *");
+    assert_eq!(nightly["timezone"], "Europe/Paris");
+    assert_eq!(nightly["paused"], false);
+    assert!(nightly["last_fired_ms"].as_u64().is_some(), "{nightly}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(nightly["next_fire_ms"].as_u64().unwrap() > now, "{nightly}");
+    assert_eq!(list["schedules"][1]["every_ms"], 60_000);
+
+    // Show: the next 5 fire times, rising, a minute apart for the interval one.
+    let tick = dash.get("/api/v1/schedules/tick").await.expect(200);
+    let fires: Vec<u64> = tick["next_fires_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(fires.len(), 5, "{tick}");
+    assert!(fires.windows(2).all(|w| w[1] - w[0] == 60_000), "{tick}");
+    assert_eq!(tick["next_fires"].as_array().unwrap().len(), 5);
+    let nightly = dash.get("/api/v1/schedules/nightly").await.expect(200);
+    // 03:00 in Paris is 01:00 or 02:00 UTC: the local rendering says +01:00 or +02:00.
+    let first = nightly["next_fires"][0].as_str().unwrap();
+    assert!(first.contains("T03:00:00") && first.contains("+0"), "{first}");
+
+    // Pause, then resume: the flag and the next fire times follow.
+    let paused = dash.post_empty("/api/v1/schedules/tick/pause").await.expect(200);
+    assert_eq!(paused["paused"], true, "{paused}");
+    assert!(schedules.get("tick").await.unwrap().unwrap().paused);
+    assert_eq!(dash.get("/api/v1/schedules/tick").await.expect(200)["paused"], true);
+    let resumed = dash.post_empty("/api/v1/schedules/tick/resume").await.expect(200);
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    assert_eq!(resumed["next_fires_ms"].as_array().unwrap().len(), 5);
+
+    // Run now: one task of the schedule's kind, priority and payload in its queue.
+    let run = dash.post_empty("/api/v1/schedules/nightly/run-now").await.expect(201);
+    assert_eq!(run["queue"], "timed");
+    let id = run["id"].as_str().unwrap();
+    let task = dash.get(&format!("/api/v1/queues/timed/tasks/{id}")).await.expect(200);
+    assert_eq!(task["state"], "queued", "{task}");
+    assert_eq!(task["kind"], "report");
+    assert_eq!(task["priority"], "high");
+    assert!(task["payload"]["text"].as_str().unwrap().contains("\"n\""), "{task}");
+    assert_eq!(f.stats().await.counters.enqueued, 1);
+
+    // Unknown names: 404 with a JSON error, for reads and changes alike.
+    for (method, path) in [
+        ("GET", "/api/v1/schedules/nope"),
+        ("POST", "/api/v1/schedules/nope/pause"),
+        ("POST", "/api/v1/schedules/nope/resume"),
+        ("POST", "/api/v1/schedules/nope/run-now"),
+    ] {
+        let auth = format!("Bearer {TOKEN}");
+        let r = request(dash.addr, method, path, &[("Authorization", &auth)], b"").await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("nope"), "{}", r.text());
+    }
+
+    // Without the token every change is refused and changes nothing.
+    for what in ["pause", "resume", "run-now"] {
+        let r = request(
+            dash.addr,
+            "POST",
+            &format!("/api/v1/schedules/nightly/{what}"),
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+    }
+    assert!(!schedules.get("nightly").await.unwrap().unwrap().paused);
+    assert_eq!(f.stats().await.counters.enqueued, 1);
+}

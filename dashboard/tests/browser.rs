@@ -358,6 +358,52 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
     s.goto(&dash.url("/#/workers")).await;
     s.wait_text("#workers", "the worker", |t| t.contains("browser")).await;
     s.screenshot("dashboard-workers").await;
+
+    // Schedules: listed with their next fire times; pause and run now from the page (the
+    // token is kept from above). The markup in the payload never reaches the page.
+    let schedules = rivulet::Schedules::new(f.redis_client()).await.unwrap();
+    schedules
+        .add(
+            &rivulet::Schedule::cron("browser-nightly", "browser", "later", "30 2 * * *")
+                .timezone("America/New_York")
+                .payload(json!({"html": "<img src=x onerror=\"window.__xss = 3\">"})),
+        )
+        .await
+        .unwrap();
+    s.goto(&dash.url("/#/schedules")).await;
+    let row = r#"tr[data-schedule="browser-nightly"]"#;
+    s.wait_text(row, "the schedule listed", |t| {
+        t.contains("cron 30 2 * * * (America/New_York)") && t.contains("running")
+    })
+    .await;
+    let fires = s
+        .js(r#"return document.querySelectorAll('tr[data-schedule="browser-nightly"] td.next-fires div').length;"#)
+        .await;
+    assert_eq!(fires, json!(5), "5 next fire times");
+    s.screenshot("dashboard-schedules").await;
+    s.click(&format!("{row} button.pause-schedule")).await;
+    s.wait_text(&format!("{row} td.schedule-state"), "the schedule paused", |t| {
+        t == "paused"
+    })
+    .await;
+    assert!(schedules.get("browser-nightly").await.unwrap().unwrap().paused);
+    let before = f.stats().await.counters.enqueued;
+    s.click(&format!("{row} button.run-schedule")).await;
+    s.wait_text("#confirm-text", "the run-now confirmation", |t| {
+        t.contains("browser-nightly")
+    })
+    .await;
+    s.click("#confirm-yes").await;
+    assert!(
+        wait_until(T, async || f.stats().await.counters.enqueued == before + 1).await,
+        "run now enqueued no task"
+    );
+    s.click(&format!("{row} button.resume-schedule")).await;
+    s.wait_text(&format!("{row} td.schedule-state"), "the schedule resumed", |t| {
+        t == "running"
+    })
+    .await;
+    assert_eq!(s.js("return typeof window.__xss;").await, json!("undefined"));
     s.close().await;
     worker.stop().await;
 }

@@ -39,7 +39,7 @@ async fn the_api_keeps_to_its_openapi_document() {
     let st = schemathesis();
     let f = Fixture::with_queue(Queue::new("schema").unwrap()).await;
     // Some of everything for the generated requests to find: waiting tasks, a dead letter, a
-    // worker, an autoscaler decision.
+    // worker, an autoscaler decision, a schedule.
     let dead_router = Router::new().route("boom", |_ctx: TaskContext, _v: Value| async move {
         Err(HandlerError::fatal("boom"))
     });
@@ -61,6 +61,12 @@ async fn the_api_keeps_to_its_openapi_document() {
             &f.queue,
             r#"{"desired":2,"current":1,"reason":"backlog","detail":"d","at_ms":1}"#,
         )
+        .await
+        .unwrap();
+    rivulet::Schedules::new(f.redis_client())
+        .await
+        .unwrap()
+        .add(&rivulet::Schedule::cron("hourly", "schema", "ok", "0 * * * *"))
         .await
         .unwrap();
     let dash = Dash::start(f.redis_client()).await;
@@ -87,6 +93,10 @@ async fn the_api_keeps_to_its_openapi_document() {
                 "20261201",
             ])
             .args(["--workers", "2", "--no-color", "--request-timeout", "10"])
+            // A check of the generator, not of the API: for the two free-text path parameters
+            // of `dead-letters/{id}` it now and then filters out too many generated values (1
+            // run in 6 failed so on main, with every answer checked passing).
+            .args(["--suppress-health-check", "filter_too_much"])
             .env("SCHEMATHESIS_TELEMETRY", "false")
             // Its example cache goes to a temp dir, not into the checkout.
             .current_dir(std::env::temp_dir())

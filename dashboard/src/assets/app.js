@@ -395,6 +395,32 @@ function autoscalerPage(root, params, queue) {
   };
 }
 
+function schedulesPage(root) {
+  root.append(el('h1', {}, 'Schedules'));
+  const table = el('table', { id: 'schedules' });
+  root.append(table);
+  const post = (name, what) => act(root, `${what} ${name}`, () => api('POST', `/api/v1/schedules/${enc(name)}/${what}`));
+  return async () => {
+    const list = await api('GET', '/api/v1/schedules');
+    table.replaceChildren(el('tr', {}, ['name', 'state', 'queue', 'kind', 'priority', 'when', 'last fire', 'next fires', ''].map((t) => el('th', {}, t))),
+      ...list.schedules.map((s) => el('tr', { 'data-schedule': s.name },
+        el('td', {}, s.name),
+        el('td', { class: 'schedule-state' }, s.error ? pill('unusable') : s.paused ? pill('paused') : pill('running')),
+        el('td', {}, el('a', { href: `#/queue/${enc(s.queue)}` }, s.queue)),
+        el('td', { class: 'kind' }, s.kind), el('td', {}, s.priority || '–'),
+        el('td', {}, s.cadence, s.error ? el('div', { class: 'bad' }, s.error) : null),
+        el('td', {}, fmtTime(s.last_fired_ms)),
+        el('td', { class: 'next-fires', title: s.next_fires.join('\n') }, s.next_fires_ms.length ? s.next_fires_ms.map((ms) => el('div', {}, fmtTime(ms))) : '–'),
+        el('td', {},
+          s.paused
+            ? el('button', { class: 'resume-schedule', onclick: () => post(s.name, 'resume') }, 'Resume')
+            : el('button', { class: 'pause-schedule', onclick: () => post(s.name, 'pause') }, 'Pause'),
+          ' ',
+          el('button', { class: 'run-schedule', onclick: async () => { if (await confirmAction(`Enqueue one task of schedule ${s.name} now?`)) post(s.name, 'run-now'); } }, 'Run now')))));
+    if (list.schedules.length === 0) table.append(el('tr', {}, el('td', { colspan: 9, class: 'muted' }, 'No schedules: add them with worker-cli schedule add or sync.')));
+  };
+}
+
 // ---- routing ----------------------------------------------------------------------------
 let update = null;
 async function tick() {
@@ -422,6 +448,7 @@ function route() {
   else if (parts[0] === 'task' && parts[1] && parts[2]) update = taskPage(root, params, parts[1], parts.slice(2).join('/'));
   else if (parts[0] === 'dlq' && parts[1]) update = dlqPage(root, params, parts[1]);
   else if (parts[0] === 'workers') { update = workersPage(root); document.getElementById('nav-workers').classList.add('active'); }
+  else if (parts[0] === 'schedules') { update = schedulesPage(root); document.getElementById('nav-schedules').classList.add('active'); }
   else if (parts[0] === 'autoscaler') { update = autoscalerPage(root, params, parts[1]); document.getElementById('nav-autoscaler').classList.add('active'); }
   else { update = overviewPage(root, params); document.getElementById('nav-overview').classList.add('active'); }
   tick();
