@@ -210,8 +210,16 @@ async fn graceful_stop_drill_lets_running_tasks_finish() {
     );
     enqueue_sleeps(&f.server, "drain-all", 2_000, 4).await;
     let q = f.inspector.queue("drain-all").await.unwrap();
+    // Running, not only delivered: a task read but not started yet is requeued at a stop, by
+    // design. A start record (`active`) is written only for a handler that runs.
+    let client = rivulet::Client::new(&f.server.client()).await.unwrap();
     let running = wait_until(Duration::from_secs(60), async || {
-        f.inspector.pending(&q, 10).await.map(|p| p.len()).unwrap_or(0) == 4
+        client
+            .tasks(&q, rivulet::TaskState::Active, 10)
+            .await
+            .map(|t| t.len())
+            .unwrap_or(0)
+            == 4
     })
     .await;
     assert!(running, "the 4 tasks never ran at once:\n{}", sup.log());
