@@ -24,7 +24,7 @@ use rivulet::keys::shard_for;
 use rivulet::testing::cluster::RedisCluster;
 use rivulet::{Client, Durability, Inspector, Queue, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, Runs, fast_config, outstanding, wait_for};
+use crate::support::{RunningWorker, Runs, fast_config, outstanding, wait_for, wait_nothing_outstanding};
 
 const TASKS: u32 = 20_000;
 const BATCH: u32 = 250;
@@ -178,11 +178,7 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
     .await;
     let all_done = killed_at.elapsed();
     // Reruns of what the new master never heard settled finish too: nothing stays pending.
-    wait_for("nothing outstanding", Duration::from_secs(30), || {
-        let (inspector, queue) = (inspector.clone(), queue.clone());
-        async move { outstanding(&inspector, &queue).await == 0 }
-    })
-    .await;
+    wait_nothing_outstanding(&inspector, &queue).await;
     w.stop().await;
     let runs = runs.lock().unwrap();
     let acked = acked.lock().unwrap();

@@ -9,7 +9,7 @@ use rivulet::keys::hash_slot;
 use rivulet::testing::cluster::RedisCluster;
 use rivulet::{Client, Inspector, Queue, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, outstanding, wait_for};
+use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_busy_shards_slot_loses_nothing_and_leaves_nothing_pending() {
@@ -74,17 +74,8 @@ async fn moving_a_busy_shards_slot_loses_nothing_and_leaves_nothing_pending() {
     assert_eq!(cluster.master_for(&keys.stream).port, to.port, "slot {slot} moved");
     let producer_retries = producer.await.unwrap();
 
-    wait_for("every task to run", Duration::from_secs(90), || {
-        let n = runs.lock().unwrap().len();
-        async move { n as u32 == FIRST + MORE }
-    })
-    .await;
     let inspector = Inspector::new(&target).await.unwrap();
-    wait_for("nothing outstanding", Duration::from_secs(30), || {
-        let (inspector, queue) = (inspector.clone(), queue.clone());
-        async move { outstanding(&inspector, &queue).await == 0 }
-    })
-    .await;
+    wait_drained(&runs, &inspector, &queue, FIRST + MORE, Duration::from_secs(90)).await;
     w.stop().await;
     let (lost, twice) = lost_and_twice(&runs, FIRST + MORE);
     println!(

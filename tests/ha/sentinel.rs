@@ -10,7 +10,7 @@ use rivulet::testing::node::caught_up;
 use rivulet::testing::sentinel::SentinelSetup;
 use rivulet::{Client, Inspector, Queue, RedisTarget, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, outstanding, wait_for};
+use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_for};
 
 const TASKS: u32 = 3000;
 const AFTER: u32 = 200;
@@ -76,17 +76,8 @@ async fn a_worker_and_a_producer_follow_the_master_sentinel_promotes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    wait_for("every task to run", Duration::from_secs(90), || {
-        let n = runs.lock().unwrap().len();
-        async move { n as u32 == TASKS + AFTER }
-    })
-    .await;
     let inspector = Inspector::new(&target).await.unwrap();
-    wait_for("nothing outstanding", Duration::from_secs(30), || {
-        let (inspector, queue) = (inspector.clone(), queue.clone());
-        async move { outstanding(&inspector, &queue).await == 0 }
-    })
-    .await;
+    wait_drained(&runs, &inspector, &queue, TASKS + AFTER, Duration::from_secs(90)).await;
     w.stop().await;
     let (lost, twice) = lost_and_twice(&runs, TASKS + AFTER);
     println!(

@@ -87,3 +87,22 @@ pub async fn outstanding(inspector: &rivulet::Inspector, queue: &Queue) -> u64 {
         .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
         .sum()
 }
+
+/// Waits until nothing of `queue` is outstanding (waiting, pending, scheduled or retrying).
+pub async fn wait_nothing_outstanding(inspector: &rivulet::Inspector, queue: &Queue) {
+    wait_for("nothing outstanding", Duration::from_secs(30), || {
+        let (inspector, queue) = (inspector.clone(), queue.clone());
+        async move { outstanding(&inspector, &queue).await == 0 }
+    })
+    .await;
+}
+
+/// Waits until each of the `n` tasks in `runs` ran, then until nothing is outstanding.
+pub async fn wait_drained(runs: &Runs, inspector: &rivulet::Inspector, queue: &Queue, n: u32, timeout: Duration) {
+    wait_for("every task to run", timeout, || {
+        let ran = runs.lock().unwrap().len();
+        async move { ran as u32 == n }
+    })
+    .await;
+    wait_nothing_outstanding(inspector, queue).await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rivulet::testing::cluster::RedisCluster;
 use rivulet::{Client, Inspector, Queue, RedisTarget, Task, TlsOptions};
 
-use crate::support::{RunningWorker, Runs, counting_router, fast_config, lost_and_twice, outstanding, wait_for};
+use crate::support::{RunningWorker, Runs, counting_router, fast_config, lost_and_twice, wait_drained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_runs_tasks_on_every_master_and_refuses_a_wrong_ca() {
@@ -28,16 +28,7 @@ async fn a_tls_cluster_runs_tasks_on_every_master_and_refuses_a_wrong_ca() {
         fast_config(),
     );
     let inspector = Inspector::new(&target).await.unwrap();
-    wait_for("every task to run", Duration::from_secs(60), || {
-        let n = runs.lock().unwrap().len();
-        async move { n == 300 }
-    })
-    .await;
-    wait_for("nothing outstanding", Duration::from_secs(30), || {
-        let (inspector, queue) = (inspector.clone(), queue.clone());
-        async move { outstanding(&inspector, &queue).await == 0 }
-    })
-    .await;
+    wait_drained(&runs, &inspector, &queue, 300, Duration::from_secs(60)).await;
     w.stop().await;
     let (lost, twice) = lost_and_twice(&runs, 300);
     assert!(lost.is_empty() && twice == 0, "lost {lost:?}, twice {twice}");

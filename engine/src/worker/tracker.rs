@@ -284,23 +284,17 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tick += 1;
         // Snapshot under the lock; no I/O while holding it.
-        let (running, recorded): (Vec<RunningTask>, Vec<bool>) = shared
-            .running
-            .lock()
-            .expect("never poisoned")
-            .iter()
-            .map(|(k, (c, recorded))| ((k.clone(), c.clone()), *recorded))
-            .unzip();
+        // Progress of a task whose start record is not written yet waits for a later round.
+        let (mut running, mut started): (Vec<RunningTask>, Vec<RunningTask>) = (Vec::new(), Vec::new());
+        for (k, (c, recorded)) in shared.running.lock().expect("never poisoned").iter() {
+            if *recorded {
+                started.push((k.clone(), c.clone()));
+            }
+            running.push((k.clone(), c.clone()));
+        }
         if running.is_empty() {
             continue;
         }
-        // Progress of a task whose start record is not written yet waits for a later round.
-        let started: Vec<RunningTask> = running
-            .iter()
-            .zip(&recorded)
-            .filter(|(_, r)| **r)
-            .map(|(t, _)| t.clone())
-            .collect();
         write_progress(&shared, &mut conn, &started).await;
         if tick.is_multiple_of(cancel_every) {
             poll_cancels(&shared, &mut conn, &running).await;
