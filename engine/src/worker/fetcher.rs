@@ -83,10 +83,9 @@ pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisCo
                     shared.hold(group[0].0, group.iter().map(|(_, e)| e.id));
                 }
                 for (lane, entry) in batch {
-                    if !shared.spend(&mut units) {
-                        tracing::debug!(entry = %entry.id, "max_tasks spent: the entry waits for the drain's requeue");
-                        continue;
-                    }
+                    // The slot first, then the budget unit: spending the last unit quiets
+                    // the worker, so a unit spent before its slot was taken could be lost
+                    // to the quiet it fires, leaving the worker one task short.
                     let permit = match held.split(1) {
                         Some(p) => p,
                         // More entries than reserved slots (a blocking read, which reserves
@@ -98,6 +97,10 @@ pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisCo
                             p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
                         },
                     };
+                    if !shared.spend(&mut units) {
+                        tracing::debug!(entry = %entry.id, "max_tasks spent: the entry waits for the drain's requeue");
+                        continue;
+                    }
                     executor::dispatch(&shared, lane, entry, permit);
                 }
                 // Slots and units reserved but not filled go back as they drop here.
