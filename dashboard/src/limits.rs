@@ -220,7 +220,10 @@ async fn get_limit(State(state): S, p: Result<Path<String>, PathRejection>) -> R
             "limit {name:?}: no worker registered it (workers register theirs when they start with --rate-limit or --max-running)"
         )));
     }
-    let mut found = state.limits.statuses(&state.inspector, std::slice::from_ref(&name)).await?;
+    let mut found = state
+        .limits
+        .statuses(&state.inspector, std::slice::from_ref(&name))
+        .await?;
     found
         .pop()
         .map(Json)

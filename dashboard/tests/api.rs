@@ -773,8 +773,14 @@ async fn limits_show_the_configured_settings_running_slots_and_waiting_tasks() {
 
     // Pages, and bad input.
     let second = dash.get("/api/v1/limits?offset=1&limit=1").await.expect(200);
-    assert_eq!((second["total"].clone(), second["limits"][0]["name"].clone()), (json!(2), json!("train")));
-    assert_eq!(dash.get("/api/v1/limits?offset=2").await.expect(200)["limits"], json!([]));
+    assert_eq!(
+        (second["total"].clone(), second["limits"][0]["name"].clone()),
+        (json!(2), json!("train"))
+    );
+    assert_eq!(
+        dash.get("/api/v1/limits?offset=2").await.expect(200)["limits"],
+        json!([])
+    );
     let r = dash.get("/api/v1/limits/nope").await.expect(404);
     assert!(r["error"].as_str().unwrap().contains("nope"), "{r}");
     dash.get("/api/v1/limits?limit=0").await.expect(400);

@@ -451,13 +451,17 @@ async fn visit() {
         t.contains("train") && t.contains("2/2")
     })
     .await;
-    s.wait_text(&format!("{row} td.waiting-slot"), "a train task waiting for a slot", |t| {
-        t == "1"
-    })
+    s.wait_text(
+        &format!("{row} td.waiting-slot"),
+        "a train task waiting for a slot",
+        |t| t == "1",
+    )
     .await;
-    s.wait_text(r#"tr[data-limit="exchange.call"] td.rate-spec"#, "the rate limit's spec", |t| {
-        t == "10/s,burst=20"
-    })
+    s.wait_text(
+        r#"tr[data-limit="exchange.call"] td.rate-spec"#,
+        "the rate limit's spec",
+        |t| t == "10/s,burst=20",
+    )
     .await;
     assert_eq!(
         s.text(&format!("{row} td.running")).await.as_deref(),

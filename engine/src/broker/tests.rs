@@ -461,19 +461,23 @@ async fn a_workers_limit_settings_are_published_where_the_limits_keys_live() {
         rate: Some("10/s,burst=20".parse().unwrap()),
         max_running: Some(2),
     };
-    limits::register_limits(&mut conn, [(name.as_str(), &both)]).await.unwrap();
+    limits::register_limits(&mut conn, [(name.as_str(), &both)])
+        .await
+        .unwrap();
     assert!(limits::limit_names(&mut conn).await.unwrap().contains(&name));
     // Nothing has started under it: the settings show all the same, from Redis alone.
     let s = limits::limit_status(&mut conn, &name, 1).await.unwrap();
     assert_eq!((s.rate, s.max_running, s.granted), (both.rate, Some(2), 0), "{s:?}");
     let all = limits::limit_statuses(&mut conn, 1).await.unwrap();
-    assert!(all.iter().any(|l| *l == s), "{all:?}");
+    assert!(all.contains(&s), "{all:?}");
     // A worker started later with only a cap: the rate it does not have is no longer shown.
     let cap_only = Limit {
         rate: None,
         max_running: Some(3),
     };
-    limits::register_limits(&mut conn, [(name.as_str(), &cap_only)]).await.unwrap();
+    limits::register_limits(&mut conn, [(name.as_str(), &cap_only)])
+        .await
+        .unwrap();
     let s = limits::limit_status(&mut conn, &name, 1).await.unwrap();
     assert_eq!((s.rate, s.max_running), (None, Some(3)), "{s:?}");
     let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
