@@ -1,11 +1,13 @@
 //! The dashboard under a big installation: `--queues` queues holding `--tasks` tasks in all
 //! (100 and 1,000,000 by default) on a private `redis-server`, the dashboard with its default
 //! refresh and Redis budget, then
-//! 1. five open pages (overview, a queue with its task list, a task, dead letters, workers),
-//!    each polling what the page polls every 2 s, for `--seconds`: the dashboard's own Redis
+//! 1. six open pages (overview, a queue with its task list, a task, dead letters, workers,
+//!    limits), each polling what the page polls every 2 s, for `--seconds`: the dashboard's own Redis
 //!    commands per second (`INFO` `total_commands_processed`, inner script commands
 //!    included, the benchmark's own `INFO` calls taken out) and each call's latency;
-//! 2. every page's API call `--calls` times back to back: p50 / p99 / max latency.
+//! 2. every page's API call `--calls` times back to back: p50 / p99 / max latency;
+//! 3. the Redis commands of one view of the limits page with 5 and 25 limits (on a Redis of
+//!    its own, so no queue numbers are read in the window).
 //!
 //! Printed beside a bare `PING` round trip of the same run (the floor any call stands on).
 //!
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rivulet::testing::{RedisServer, fast_config, wait_until};
-use rivulet::{Client, HandlerError, Inspector, Queue, Router, Task, TaskContext, Worker};
+use rivulet::{Client, HandlerError, Inspector, Limit, Queue, Router, Task, TaskContext, Worker};
 use serde_json::{Value, json};
 
 #[path = "../tests/support/mod.rs"]
@@ -134,9 +136,19 @@ async fn main() {
         )
         .await
         .unwrap();
+    // The worker registers 5 limits (what the limits page lists); `boom` goes through one.
+    let mut config = fast_config();
+    config.limits = bench_limits(5);
+    config.limits.insert(
+        "boom".into(),
+        Limit {
+            rate: Some("1000/s".parse().unwrap()),
+            max_running: Some(8),
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
-        Worker::new(redis.clone(), boom, fast_config())
+        Worker::new(redis.clone(), boom, config)
             .queue(second.clone())
             .run(async move {
                 let _ = stop_rx.await;
@@ -201,9 +213,10 @@ async fn main() {
             vec![format!("/api/v1/queues/{}/dead-letters?limit=25", second.name())],
         ),
         ("workers", vec!["/api/v1/workers".into()]),
+        ("limits", vec!["/api/v1/limits?limit=25".into()]),
     ];
 
-    // 1. Five open pages for a while.
+    // 1. Six open pages for a while.
     let latencies: Arc<Mutex<BTreeMap<String, Histogram<u64>>>> = Arc::default();
     // Warm up: every page once (first reads of never-sampled queues), then let the budget refill.
     for (_, calls) in &page_calls {
@@ -246,7 +259,8 @@ async fn main() {
     let spent = commands(&mut raw).await - before - 1;
     let after = per_command(&mut raw).await;
     println!(
-        "\n5 open pages for {elapsed:.0}s: the dashboard made {:.1} Redis commands/s (inner script commands counted)",
+        "\n{} open pages for {elapsed:.0}s: the dashboard made {:.1} Redis commands/s (inner script commands counted)",
+        page_calls.len(),
         spent as f64 / elapsed
     );
     let mut split: Vec<(String, f64)> = after
@@ -315,6 +329,100 @@ async fn main() {
             h.max() as f64 / 1000.0
         );
     }
+    let _ = dash_tx.send(());
+    let _ = dash.await;
+
+    // 3. What one view of the limits page costs Redis.
+    for n in [5, 25] {
+        limits_page_cost(n).await;
+    }
+}
+
+/// `n` limits: a rate on the even ones, a cap on the odd ones.
+fn bench_limits(n: usize) -> rivulet::Limits {
+    (0..n)
+        .map(|i| {
+            let limit = if i % 2 == 0 {
+                Limit {
+                    rate: Some("50/s,burst=10".parse().unwrap()),
+                    max_running: None,
+                }
+            } else {
+                Limit {
+                    rate: None,
+                    max_running: Some(4),
+                }
+            };
+            (format!("limit-{i:02}"), limit)
+        })
+        .collect()
+}
+
+/// The Redis commands of one view of the limits page (`GET /api/v1/limits?limit=25`) with `n`
+/// limits registered, on a Redis of its own (no queue numbers for the sampler to read in the
+/// window): a view whose numbers are older than the refresh, and views within it.
+async fn limits_page_cost(n: usize) {
+    let server = RedisServer::start();
+    let redis = server.client();
+    let mut raw = redis.get_multiplexed_async_connection().await.unwrap();
+    // A worker registers the limits at its start (on a queue of its own), then stops.
+    let mut config = fast_config();
+    config.limits = bench_limits(n);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(
+            redis.clone(),
+            Router::new().route("noop", |_ctx: TaskContext, _v: Value| async move { Ok(()) }),
+            config,
+        )
+        .queue(Queue::new("limits-bench").unwrap())
+        .run(async move {
+            let _ = stop_rx.await;
+        }),
+    );
+    let inspector = Inspector::new(&redis).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), async || inspector
+            .limit_names()
+            .await
+            .unwrap()
+            .len()
+            == n)
+        .await
+    );
+    let _ = stop_tx.send(());
+    let _ = worker.await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = rivulet_dashboard::Config::new(addr, support::TOKEN);
+    let refresh = config.refresh;
+    let (dash_tx, dash_rx) = tokio::sync::oneshot::channel::<()>();
+    let dash = tokio::spawn(rivulet_dashboard::serve(listener, redis.clone(), config, async move {
+        let _ = dash_rx.await;
+    }));
+    // Let the sampler read the one queue's numbers first (then nothing until its next sweep,
+    // a minute on).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let view = async || {
+        let r = support::request(addr, "GET", "/api/v1/limits?limit=25", &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        tokio::time::sleep(refresh + Duration::from_millis(100)).await;
+        let before = commands(&mut raw).await;
+        view().await;
+        // The INFO call itself is the benchmark's.
+        cold.push(commands(&mut raw).await - before - 1);
+        let before = commands(&mut raw).await;
+        for _ in 0..10 {
+            view().await;
+        }
+        warm.push(commands(&mut raw).await - before - 1);
+    }
+    println!(
+        "\nlimits page with {n} limits: a view older than the refresh {cold:?} Redis commands (runs), then 10 views within it {warm:?} (the sampler's registry read, 1 command every 5 s, may fall in a window)"
+    );
     let _ = dash_tx.send(());
     let _ = dash.await;
 }

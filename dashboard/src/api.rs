@@ -61,11 +61,11 @@ impl From<rivulet::Error> for ApiErr {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiErr {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn not_found(msg: impl Into<String>) -> ApiErr {
+pub(crate) fn not_found(msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::NOT_FOUND, msg.into())
 }
 
@@ -80,16 +80,16 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiErr> {
     }
 }
 
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiErr> {
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiErr> {
     p.map(|Path(v)| v).map_err(|e| bad(e.body_text()))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErr> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErr> {
     q.map(|Query(v)| v)
         .map_err(|e| bad(format!("malformed query: {}", e.body_text())))
 }
 
-fn page_size(limit: Option<u32>) -> Result<usize, ApiErr> {
+pub(crate) fn page_size(limit: Option<u32>) -> Result<usize, ApiErr> {
     match limit.unwrap_or(25) {
         n @ 1..=100 => Ok(n as usize),
         n => Err(bad(format!("limit {n} is out of range: 1 to 100"))),
@@ -159,7 +159,7 @@ async fn fallback(req: Request) -> ApiErr {
 #[openapi(
     info(
         title = "Rivulet dashboard API",
-        description = "Queues, tasks, dead letters, workers, schedules and autoscaler decisions of a Rivulet installation. Mutations (POST) need `Authorization: Bearer <token>`; reads need it too when the server listens beyond loopback.",
+        description = "Queues, tasks, dead letters, workers, schedules, fleet-wide limits and autoscaler decisions of a Rivulet installation. Mutations (POST) need `Authorization: Bearer <token>`; reads need it too when the server listens beyond loopback.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -189,6 +189,7 @@ impl utoipa::Modify for BearerScheme {
 /// the running server does).
 pub fn openapi_json(reads_need_token: bool) -> String {
     let mut doc = ApiDoc::openapi();
+    doc.merge(crate::limits::LimitsDoc::openapi());
     if !reads_need_token {
         for item in doc.paths.paths.values_mut() {
             if let Some(get) = item.get.as_mut()

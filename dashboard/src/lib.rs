@@ -13,6 +13,8 @@
 //! - `api`: the `/api/v1` handlers, their OpenAPI annotations and the error type.
 //! - `model`: what the API answers (typed, with schemas), built from the engine's views;
 //!   payload and result decoding (JSON pretty-printed, MessagePack decoded, bytes as hex).
+//! - `limits`: `/api/v1/limits` (the fleet-wide limits, cached for `refresh`), its types and
+//!   OpenAPI operations.
 //! - `metrics`: `/metrics`, from the sampler's cache (no Redis command of its own).
 //! - `assets`: the page, its script and style, embedded with `include_str!`.
 //!
@@ -24,6 +26,7 @@
 mod api;
 mod assets;
 mod auth;
+mod limits;
 mod metrics;
 mod model;
 mod sampler;
@@ -173,6 +176,7 @@ pub(crate) struct AppState {
     pub inspector: rivulet::Inspector,
     pub schedules: rivulet::Schedules,
     pub sampler: sampler::Sampler,
+    pub limits: limits::Cache,
     pub auth: auth::Auth,
     pub refresh: Duration,
     /// For `/readyz`: a connection of its own, so a probe never waits behind a slow query.
@@ -197,6 +201,7 @@ pub async fn serve(
     let probe = target.connect().await?;
     let state = Arc::new(AppState {
         sampler: sampler::Sampler::new(inspector.clone(), config.refresh, config.redis_budget),
+        limits: limits::Cache::new(config.refresh),
         client,
         inspector,
         schedules,
@@ -232,6 +237,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(assets::routes())
         .merge(api::routes())
+        .merge(limits::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token))
         .layer(axum::middleware::from_fn(security_headers))

@@ -294,6 +294,7 @@ async fn the_token_guards_changes_and_beyond_loopback_every_read() {
         "/metrics",
         "/api/v1/openapi.json",
         "/api/v1/queues/guarded",
+        "/api/v1/limits",
     ] {
         assert_eq!(wide.get(path).await.status, 401, "{path} without a token");
         assert_eq!(wide.get_with_token(path).await.status, 200, "{path} with the token");
@@ -466,6 +467,7 @@ async fn the_redis_password_never_shows() {
         "/api/v1/queues/secret/dead-letters",
         "/api/v1/queues/secret/autoscaler",
         "/api/v1/workers",
+        "/api/v1/limits",
         "/api/v1/queues/nope",
     ] {
         let r = dash.get(path).await;
@@ -486,7 +488,12 @@ async fn the_redis_password_never_shows() {
         .query_async(&mut raw)
         .await
         .unwrap_or(());
-    for path in ["/readyz", "/api/v1/queues/secret/tasks", "/api/v1/workers"] {
+    for path in [
+        "/readyz",
+        "/api/v1/queues/secret/tasks",
+        "/api/v1/workers",
+        "/api/v1/limits",
+    ] {
         let r = dash.get(path).await;
         seen.push_str(&format!("{path} {} {}\n", r.status, r.text()));
     }
@@ -650,4 +657,164 @@ async fn schedules_are_listed_shown_paused_and_run_now() {
     }
     assert!(!schedules.get("nightly").await.unwrap().unwrap().paused);
     assert_eq!(f.stats().await.counters.enqueued, 1);
+}
+
+// ---- limits ------------------------------------------------------------------------------
+
+/// The limit `name` as `GET /api/v1/limits/{name}` answers it.
+async fn limit(dash: &Dash, name: &str) -> Value {
+    dash.get(&format!("/api/v1/limits/{name}")).await.expect(200)
+}
+
+#[tokio::test]
+async fn limits_show_the_configured_settings_running_slots_and_waiting_tasks() {
+    let f = Fixture::with_queue(Queue::new("limited").unwrap()).await;
+    f.client.declare(&f.queue).await.unwrap();
+    let dash = Dash::start(f.redis_client()).await;
+    assert_eq!(
+        dash.get("/api/v1/limits").await.expect(200),
+        json!({"limits": [], "total": 0, "offset": 0, "limit": 25})
+    );
+
+    // `train` holds its slot until told; `exchange.call` returns at once.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let router = Router::new()
+        .route("train", move |_ctx: TaskContext, _v: Value| {
+            let mut held = held.clone();
+            async move {
+                let _ = held.wait_for(|go| *go).await;
+                Ok(())
+            }
+        })
+        .route("exchange.call", |_ctx: TaskContext, _v: Value| async move { Ok(()) });
+    let mut config = fast_config();
+    config.limits.insert(
+        "train".into(),
+        rivulet::Limit {
+            rate: None,
+            max_running: Some(1),
+        },
+    );
+    config.limits.insert(
+        "exchange.call".into(),
+        rivulet::Limit {
+            rate: Some("1/min,burst=1".parse().unwrap()),
+            max_running: None,
+        },
+    );
+    let worker = f.start_worker(router, config);
+    f.wait_worker_registered(T).await;
+
+    // Before any task: the settings the worker was started with, read from Redis alone
+    // (the empty list above is cached for the refresh interval).
+    let mut list = Value::Null;
+    assert!(
+        wait_until(T, async || {
+            list = dash.get("/api/v1/limits").await.expect(200);
+            list["total"] == 2
+        })
+        .await,
+        "the worker's limits are not listed: {list}"
+    );
+    let names: Vec<&str> = list["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["exchange.call", "train"], "{list}");
+    let ex = &list["limits"][0];
+    assert_eq!(ex["rate"], json!({"count": 1, "per": 60_000, "burst": 1}), "{ex}");
+    assert_eq!(ex["rate_spec"], "1/min,burst=1");
+    assert_eq!(ex["max_running"], Value::Null);
+    assert_eq!(ex["granted"], 0);
+    let train = &list["limits"][1];
+    assert_eq!(train["rate"], Value::Null, "{train}");
+    assert_eq!(train["max_running"], 1);
+    assert_eq!(train["running"], 0);
+
+    // Two `train` tasks (cap 1: one runs, one waits for the slot); three `exchange.call`
+    // (1/min: one starts, two wait for their reserved start).
+    let a = enqueue(&dash, "limited", "train", json!(1)).await;
+    let b = enqueue(&dash, "limited", "train", json!(2)).await;
+    for i in 0..3 {
+        enqueue(&dash, "limited", "exchange.call", json!(i)).await;
+    }
+    let mut last = Value::Null;
+    let settled = wait_until(T, async || {
+        let (t, e) = (limit(&dash, "train").await, limit(&dash, "exchange.call").await);
+        let ok = t["running"] == 1
+            && t["waiting_for_slot"] == 1
+            && t["granted"] == 1
+            && t["waited"].as_u64().unwrap() >= 1
+            && e["granted"] == 1
+            && e["waiting_for_rate"] == 2
+            && e["waited"] == 2;
+        last = json!([t, e]);
+        ok
+    })
+    .await;
+    assert!(settled, "the limits did not show a held slot and waiting tasks: {last}");
+    // Either may have taken the slot: one runs, the other waits as `scheduled` (or is
+    // `queued` for the moment it is back to look).
+    let mut states = [
+        task_state(&dash, "limited", &a).await,
+        task_state(&dash, "limited", &b).await,
+    ];
+    states.sort();
+    assert_eq!(states[0], "active", "{states:?}");
+    assert!(["scheduled", "queued"].contains(&states[1].as_str()), "{states:?}");
+
+    // The same fields as `worker-cli limits --json` (`Inspector::limits`), plus the spec text
+    // and the age. Past the cache's refresh (300 ms in tests), the API reads them again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let cli = serde_json::to_value(f.inspector.limits().await.unwrap()).unwrap();
+    let api = dash.get("/api/v1/limits").await.expect(200);
+    for (c, a) in cli.as_array().unwrap().iter().zip(api["limits"].as_array().unwrap()) {
+        for (k, v) in c.as_object().unwrap() {
+            // `waited` of the waiting `train` task grows each time it comes back to look.
+            if k != "waited" && k != "current_rate" {
+                assert_eq!(&a[k], v, "{k}: api {a} against cli {c}");
+            }
+        }
+        let extra: Vec<&String> = a
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| c.get(k.as_str()).is_none())
+            .collect();
+        assert_eq!(extra, ["age_ms", "rate_spec"], "{a}");
+    }
+
+    // Pages, and bad input.
+    let second = dash.get("/api/v1/limits?offset=1&limit=1").await.expect(200);
+    assert_eq!(
+        (second["total"].clone(), second["limits"][0]["name"].clone()),
+        (json!(2), json!("train"))
+    );
+    assert_eq!(
+        dash.get("/api/v1/limits?offset=2").await.expect(200)["limits"],
+        json!([])
+    );
+    let r = dash.get("/api/v1/limits/nope").await.expect(404);
+    assert!(r["error"].as_str().unwrap().contains("nope"), "{r}");
+    dash.get("/api/v1/limits?limit=0").await.expect(400);
+    dash.get("/api/v1/limits?offset=x").await.expect(400);
+    let doc = dash.get("/api/v1/openapi.json").await.expect(200);
+    for p in ["/api/v1/limits", "/api/v1/limits/{name}"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the document");
+    }
+
+    // The slot's holder ends: the waiting task takes the slot.
+    release.send(true).unwrap();
+    assert!(
+        wait_until(T, async || {
+            let t = limit(&dash, "train").await;
+            t["granted"] == 2 && t["waiting_for_slot"] == 0
+        })
+        .await,
+        "the waiting task did not take the freed slot: {}",
+        limit(&dash, "train").await
+    );
+    worker.stop().await;
 }

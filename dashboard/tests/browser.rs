@@ -2,7 +2,8 @@
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them when missing): the
 //! overview shows a queue's backlog change as tasks are enqueued, a dead letter is opened and
 //! replayed with the token (asked for once, sent in a header) and its task runs; markup in a
-//! task's kind, payload and error shows as text. Screenshots go to `docs/img/`, where
+//! task's kind, payload and error shows as text; the schedules page pauses and runs a
+//! schedule; the limits page shows a held slot against its cap. Screenshots go to `docs/img/`, where
 //! `docs/dashboard.md` shows them.
 //!
 //! WebDriver is JSON over HTTP: the handful of commands used here (new session, navigate,
@@ -233,6 +234,12 @@ fn base64_decodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with_the_token() {
+    // On the heap: the whole visit is one large future (a debug build's overflowed the test
+    // thread's stack).
+    Box::pin(visit()).await;
+}
+
+async fn visit() {
     let f = Fixture::with_queue(Queue::new("browser").unwrap()).await;
     f.client.declare(&f.queue).await.unwrap();
     let dash = Dash::start(f.redis_client()).await;
@@ -267,7 +274,31 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
         .route(XSS_KIND, |_ctx: TaskContext, _v: Value| async move {
             Err(HandlerError::fatal("<img src=x onerror=\"window.__xss = 2\">"))
         });
-    let worker = f.start_worker(router, fast_config());
+    // Limits: `train` (a cap of 2) holds its slot until released, for the Limits page.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let router = router.route("train", move |_ctx: TaskContext, _v: Value| {
+        let mut held = held.clone();
+        async move {
+            let _ = held.wait_for(|go| *go).await;
+            Ok(())
+        }
+    });
+    let mut config = fast_config();
+    config.limits.insert(
+        "train".into(),
+        rivulet::Limit {
+            rate: None,
+            max_running: Some(2),
+        },
+    );
+    config.limits.insert(
+        "exchange.call".into(),
+        rivulet::Limit {
+            rate: Some("10/s,burst=20".parse().unwrap()),
+            max_running: None,
+        },
+    );
+    let worker = f.start_worker(router, config);
     let flaky = f
         .client
         .enqueue(&f.queue, Task::json("flaky", &json!({"try": 1})).unwrap())
@@ -404,6 +435,52 @@ async fn the_dashboard_in_a_browser_shows_backlog_and_replays_a_dead_letter_with
     })
     .await;
     assert_eq!(s.js("return typeof window.__xss;").await, json!("undefined"));
+
+    // Limits: linked in the nav; 3 `train` tasks: 2 hold its 2 slots, 1 waits for one.
+    let trains = f
+        .client
+        .enqueue_many(
+            &f.queue,
+            (0..3).map(|i| Task::json("train", &json!({"epochs": i})).unwrap()),
+        )
+        .await
+        .unwrap();
+    s.click("#nav-limits").await;
+    let row = r#"tr[data-limit="train"]"#;
+    s.wait_text(row, "the train limit with 2 of 2 slots held", |t| {
+        t.contains("train") && t.contains("2/2")
+    })
+    .await;
+    s.wait_text(
+        &format!("{row} td.waiting-slot"),
+        "a train task waiting for a slot",
+        |t| t == "1",
+    )
+    .await;
+    s.wait_text(
+        r#"tr[data-limit="exchange.call"] td.rate-spec"#,
+        "the rate limit's spec",
+        |t| t == "10/s,burst=20",
+    )
+    .await;
+    assert_eq!(
+        s.text(&format!("{row} td.running")).await.as_deref(),
+        Some("2/2"),
+        "running/cap"
+    );
+    s.screenshot("dashboard-limits").await;
+    release.send(true).unwrap();
+    for train in trains {
+        let train = TaskId::from_string(train.to_string());
+        assert!(
+            wait_until(T, async || f.client.status(&f.queue, &train).await.unwrap().state
+                == TaskState::Succeeded)
+            .await,
+            "a train task did not finish"
+        );
+    }
+    s.wait_text(&format!("{row} td.running"), "the slot given back", |t| t == "0/2")
+        .await;
     s.close().await;
     worker.stop().await;
 }

@@ -39,11 +39,20 @@ async fn the_api_keeps_to_its_openapi_document() {
     let st = schemathesis();
     let f = Fixture::with_queue(Queue::new("schema").unwrap()).await;
     // Some of everything for the generated requests to find: waiting tasks, a dead letter, a
-    // worker, an autoscaler decision, a schedule.
+    // worker, an autoscaler decision, a schedule, a limit.
     let dead_router = Router::new().route("boom", |_ctx: TaskContext, _v: Value| async move {
         Err(HandlerError::fatal("boom"))
     });
-    let worker = f.start_worker(dead_router, fast_config());
+    // Limits on `boom` (registered at the worker's start), for `/api/v1/limits`.
+    let mut config = fast_config();
+    config.limits.insert(
+        "boom".into(),
+        rivulet::Limit {
+            rate: Some("100/s".parse().unwrap()),
+            max_running: Some(4),
+        },
+    );
+    let worker = f.start_worker(dead_router, config);
     f.client
         .enqueue(&f.queue, Task::json("boom", &json!(1)).unwrap())
         .await

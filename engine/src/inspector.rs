@@ -532,6 +532,21 @@ impl Inspector {
         broker::limits::limit_statuses(&mut self.conn(), self.clock.now_ms()).await
     }
 
+    /// The names of the limits workers registered (what [`Inspector::limits`] lists), sorted:
+    /// one command, for a caller that shows a page of them.
+    pub async fn limit_names(&self) -> Result<Vec<String>> {
+        broker::limits::limit_names(&mut self.conn()).await
+    }
+
+    /// One limit as [`Inspector::limits`] shows it (one round trip in the limit's slot).
+    /// A name no worker registered reads as zeros with no settings: check
+    /// [`Inspector::limit_names`] first to tell it apart. A name that cannot be a limit's is
+    /// refused ([`Error::InvalidLimit`]).
+    pub async fn limit(&self, name: &str) -> Result<crate::limits::LimitStatus> {
+        crate::limits::check_limit_name(name)?;
+        broker::limits::limit_status(&mut self.conn(), name, self.clock.now_ms()).await
+    }
+
     /// Dead letters of a queue in time order, after entry id `after` (exclusive), at most
     /// `limit`. Page by passing the last id's `entry` as `after`.
     pub async fn dlq_list(&self, queue: &Queue, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {

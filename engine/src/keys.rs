@@ -379,7 +379,8 @@ impl ShardKeys {
 /// [`crate::limits::check_limit_name`], so it never holds `{` or `}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitKeys {
-    /// HASH: the rate bucket (`tat`), the settings last enforced, counters.
+    /// HASH: the rate bucket (`tat`), the settings (published by workers at start, refreshed
+    /// while in use), counters.
     pub state: String,
     /// ZSET: task id -> the start time it reserved (ms), while it waits for the rate.
     pub reserved: String,

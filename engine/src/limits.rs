@@ -284,9 +284,10 @@ pub fn from_specs<R: AsRef<str>, C: AsRef<str>>(rate_limits: &[R], max_running: 
 pub struct LimitStatus {
     /// The limit's name.
     pub name: String,
-    /// The rate last enforced (as the last worker that used it was configured).
+    /// The rate, as the last worker to start or to use the limit was configured (workers
+    /// publish their settings at start).
     pub rate: Option<Rate>,
-    /// The cap last enforced.
+    /// The cap, as the last worker to start or to use the limit was configured.
     pub max_running: Option<u32>,
     /// Starts in the last whole second.
     pub current_rate: u64,

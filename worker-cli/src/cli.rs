@@ -312,7 +312,7 @@ pub enum Command {
     /// List live worker processes.
     Workers(OutputArgs),
     /// List the fleet-wide limits workers enforce (--rate-limit, --max-running): the rate and
-    /// cap last enforced, starts in the last whole second, running slots held against the cap,
+    /// cap workers publish (the last to start or use the limit), starts in the last whole second, running slots held against the cap,
     /// tasks waiting for the rate or for a slot, and totals granted and sent to wait.
     Limits(OutputArgs),
     /// Inspect, replay or purge dead letters.

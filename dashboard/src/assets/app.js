@@ -421,6 +421,36 @@ function schedulesPage(root) {
   };
 }
 
+// ---- limits ------------------------------------------------------------------------------
+function limitsPage(root, params) {
+  const offset = Number(params.get('offset') || 0);
+  root.append(el('h1', {}, 'Limits'));
+  const table = el('table', { id: 'limits' });
+  const pager = el('div', { class: 'toolbar' });
+  root.append(table, pager);
+  return async () => {
+    const data = await api('GET', `/api/v1/limits?offset=${offset}&limit=25`);
+    table.replaceChildren(el('tr', {}, el('th', {}, 'limit'), el('th', {}, 'rate'),
+      ['current/s', 'running/cap', 'waiting for rate', 'waiting for slot', 'granted', 'waited', 'age'].map((t) => el('th', { class: 'num' }, t))),
+      ...data.limits.map((l) => el('tr', { 'data-limit': l.name },
+        el('td', { class: 'limit-name' }, l.name),
+        el('td', { class: 'rate-spec' }, l.rate_spec || '–'),
+        el('td', { class: 'num current-rate' }, l.current_rate),
+        el('td', { class: 'num running', title: l.max_running ? `${l.running} running of at most ${l.max_running}` : 'no concurrency cap' },
+          l.max_running ? `${l.running}/${l.max_running}` : '–'),
+        el('td', { class: 'num waiting-rate' }, l.waiting_for_rate),
+        el('td', { class: 'num waiting-slot' }, l.waiting_for_slot),
+        el('td', { class: 'num granted' }, l.granted),
+        el('td', { class: 'num waited' }, l.waited),
+        el('td', { class: 'num muted' }, fmtAge(l.age_ms)))));
+    if (data.limits.length === 0) table.append(el('tr', {}, el('td', { colspan: 9, class: 'muted' }, 'No limits: workers register theirs when they start with --rate-limit or --max-running.')));
+    pager.replaceChildren(...[
+      el('span', { class: 'muted' }, `${data.total} limit(s)`),
+      offset > 0 ? el('a', { href: `#/limits?offset=${Math.max(0, offset - 25)}` }, '← previous') : null,
+      offset + 25 < data.total ? el('a', { href: `#/limits?offset=${offset + 25}` }, 'next →') : null].filter(Boolean));
+  };
+}
+
 // ---- routing ----------------------------------------------------------------------------
 let update = null;
 async function tick() {
@@ -448,6 +478,7 @@ function route() {
   else if (parts[0] === 'task' && parts[1] && parts[2]) update = taskPage(root, params, parts[1], parts.slice(2).join('/'));
   else if (parts[0] === 'dlq' && parts[1]) update = dlqPage(root, params, parts[1]);
   else if (parts[0] === 'workers') { update = workersPage(root); document.getElementById('nav-workers').classList.add('active'); }
+  else if (parts[0] === 'limits') { update = limitsPage(root, params); document.getElementById('nav-limits').classList.add('active'); }
   else if (parts[0] === 'schedules') { update = schedulesPage(root); document.getElementById('nav-schedules').classList.add('active'); }
   else if (parts[0] === 'autoscaler') { update = autoscalerPage(root, params, parts[1]); document.getElementById('nav-autoscaler').classList.add('active'); }
   else { update = overviewPage(root, params); document.getElementById('nav-overview').classList.add('active'); }

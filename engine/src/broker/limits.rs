@@ -82,42 +82,86 @@ pub async fn renew(conn: &mut RedisConnection, keys: &LimitKeys, holders: &[Stri
         .await?)
 }
 
-/// Records the names of the limits a worker enforces, so `worker-cli limits` finds them.
-pub async fn register_limits(conn: &mut RedisConnection, names: &[&str]) -> Result<()> {
-    if names.is_empty() {
+/// Records the limits a worker enforces: their names in the registry (`rivulet:limits`), so
+/// `worker-cli limits` and the dashboard find them, and their settings (`rate`, `cap`) in each
+/// limit's state hash, so what a worker is configured with shows before its first start (the
+/// check refreshes them once per second while the limit is in use). A setting the worker does
+/// not have for that name is removed: the settings shown are the last worker's to start or to
+/// use the limit.
+pub async fn register_limits<'a>(
+    conn: &mut RedisConnection,
+    limits: impl IntoIterator<Item = (&'a str, &'a Limit)>,
+) -> Result<()> {
+    let limits: Vec<(&str, &Limit)> = limits.into_iter().collect();
+    if limits.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = limits.iter().map(|(n, _)| *n).collect();
     redis::cmd("SADD")
         .arg(LIMITS_KEY)
-        .arg(names)
+        .arg(&names)
         .query_async::<()>(conn)
         .await?;
+    // One round trip per limit (its own slot), once at a worker's start.
+    for (name, limit) in limits {
+        let k = LimitKeys::new(name);
+        let mut set: Vec<(&str, String)> = Vec::new();
+        let mut unset: Vec<&str> = Vec::new();
+        match limit.rate {
+            Some(r) => set.push(("rate", r.to_string())),
+            None => unset.push("rate"),
+        }
+        match limit.max_running {
+            Some(c) => set.push(("cap", c.to_string())),
+            None => unset.push("cap"),
+        }
+        let mut pipe = redis::pipe();
+        if !set.is_empty() {
+            pipe.cmd("HSET").arg(&k.state).arg(&set).ignore();
+        }
+        if !unset.is_empty() {
+            pipe.cmd("HDEL").arg(&k.state).arg(&unset).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
     Ok(())
 }
 
-/// Every registered limit as it is now; `now_ms` is the reader's clock (it decides which
-/// leases and waits still count).
-pub async fn limit_statuses(conn: &mut RedisConnection, now_ms: u64) -> Result<Vec<LimitStatus>> {
+/// The names of the registered limits, sorted (one `SMEMBERS`).
+pub async fn limit_names(conn: &mut RedisConnection) -> Result<Vec<String>> {
     let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(LIMITS_KEY).query_async(conn).await?;
     names.sort();
+    Ok(names)
+}
+
+/// One limit as it is now (one round trip of 4 commands in its slot); `now_ms` is the
+/// reader's clock (it decides which leases and waits still count). A name never used reads
+/// as zeros.
+pub async fn limit_status(conn: &mut RedisConnection, name: &str, now_ms: u64) -> Result<LimitStatus> {
+    let k = LimitKeys::new(name);
+    let (state, reserved, running, waiting): (HashMap<String, String>, u64, u64, u64) = redis::pipe()
+        .cmd("HGETALL")
+        .arg(&k.state)
+        .cmd("ZCARD")
+        .arg(&k.reserved)
+        .cmd("ZCOUNT")
+        .arg(&k.running)
+        .arg(format!("({now_ms}"))
+        .arg("+inf")
+        .cmd("ZCARD")
+        .arg(&k.waiting)
+        .query_async(conn)
+        .await?;
+    Ok(status(name.to_owned(), &state, reserved, running, waiting, now_ms))
+}
+
+/// Every registered limit as it is now; `now_ms` is the reader's clock.
+pub async fn limit_statuses(conn: &mut RedisConnection, now_ms: u64) -> Result<Vec<LimitStatus>> {
+    let names = limit_names(conn).await?;
     // One round trip per limit: an admin read of a handful of limits.
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let k = LimitKeys::new(&name);
-        let (state, reserved, running, waiting): (HashMap<String, String>, u64, u64, u64) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(&k.state)
-            .cmd("ZCARD")
-            .arg(&k.reserved)
-            .cmd("ZCOUNT")
-            .arg(&k.running)
-            .arg(format!("({now_ms}"))
-            .arg("+inf")
-            .cmd("ZCARD")
-            .arg(&k.waiting)
-            .query_async(conn)
-            .await?;
-        out.push(status(name, &state, reserved, running, waiting, now_ms));
+        out.push(limit_status(conn, &name, now_ms).await?);
     }
     Ok(out)
 }

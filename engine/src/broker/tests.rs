@@ -447,3 +447,44 @@ async fn a_missing_function_library_is_loaded_on_first_use_and_nothing_is_writte
         .unwrap();
     assert_eq!(len, 4, "the cancel ran once");
 }
+
+#[tokio::test]
+async fn a_workers_limit_settings_are_published_where_the_limits_keys_live() {
+    use crate::limits::Limit;
+    let server = shared_server();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let name = unique_name("lim");
+    let both = Limit {
+        rate: Some("10/s,burst=20".parse().unwrap()),
+        max_running: Some(2),
+    };
+    limits::register_limits(&mut conn, [(name.as_str(), &both)])
+        .await
+        .unwrap();
+    assert!(limits::limit_names(&mut conn).await.unwrap().contains(&name));
+    // Nothing has started under it: the settings show all the same, from Redis alone.
+    let s = limits::limit_status(&mut conn, &name, 1).await.unwrap();
+    assert_eq!((s.rate, s.max_running, s.granted), (both.rate, Some(2), 0), "{s:?}");
+    let all = limits::limit_statuses(&mut conn, 1).await.unwrap();
+    assert!(all.contains(&s), "{all:?}");
+    // A worker started later with only a cap: the rate it does not have is no longer shown.
+    let cap_only = Limit {
+        rate: None,
+        max_running: Some(3),
+    };
+    limits::register_limits(&mut conn, [(name.as_str(), &cap_only)])
+        .await
+        .unwrap();
+    let s = limits::limit_status(&mut conn, &name, 1).await.unwrap();
+    assert_eq!((s.rate, s.max_running), (None, Some(3)), "{s:?}");
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(crate::keys::LimitKeys::new(&name).state)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(h.get("cap").map(String::as_str), Some("3"), "{h:?}");
+    assert!(!h.contains_key("rate"), "{h:?}");
+}

@@ -521,8 +521,7 @@ impl Worker {
             .iter()
             .map(|(name, limit)| (name.clone(), (crate::keys::LimitKeys::new(name), *limit)))
             .collect();
-        let names: Vec<&str> = limits.keys().map(String::as_str).collect();
-        broker::limits::register_limits(&mut conn, &names).await?;
+        broker::limits::register_limits(&mut conn, limits.iter().map(|(name, (_, l))| (name.as_str(), l))).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
         let tracker = TaskTracker::new();
