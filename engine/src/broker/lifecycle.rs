@@ -22,8 +22,8 @@ use crate::envelope::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/start.lua")));
-static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
+static START: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/start.lua")));
+static PROGRESS: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/progress.lua")));
 static FINISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
 
 /// One task for [`enqueue`].
@@ -203,9 +203,21 @@ pub struct Tracked {
     pub run_ms: u64,
     /// `Some` when the task ends cancelled instead of with its [`Settle`].
     pub cancel: Option<Cancelled>,
-    /// Its record may still hold the sorted-set member it was parked with (a retried task
-    /// whose start record was skipped), to drop once final.
-    pub may_hold_member: bool,
+    /// The task's kind, attempt and enqueue time (from its envelope), from which a success
+    /// writes its final record without reading the live one; `None` when the entry did not
+    /// parse (a final record is then written over the live record's fields).
+    pub envelope: Option<TrackedEnvelope>,
+}
+
+/// The fields of a task's envelope its final record repeats ([`Tracked::envelope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedEnvelope {
+    /// The task's kind.
+    pub kind: String,
+    /// The attempt that ran.
+    pub attempt: u32,
+    /// When it was enqueued, ms since the epoch.
+    pub enqueued_at: u64,
 }
 
 /// How a tracked task ends cancelled.
@@ -270,8 +282,11 @@ pub async fn settle_tracked(
         };
         inv.arg(t.task_id.as_str())
             .arg(t.retention_ms)
-            .arg(if t.unique_lock.is_some() { "1" } else { "0" })
-            .arg(if t.may_hold_member { "1" } else { "0" });
+            .arg(if t.unique_lock.is_some() { "1" } else { "0" });
+        match &t.envelope {
+            Some(e) => inv.arg(e.kind.as_str()).arg(e.attempt).arg(e.enqueued_at),
+            None => inv.arg("").arg("").arg(""),
+        };
     }
     inv.arg(events_maxlen);
     stream_ids(inv.invoke_async(conn).await?)
@@ -284,11 +299,8 @@ pub async fn records(
     shards: &[ShardKeys],
     id: &str,
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
-    let mut pipe = redis::pipe();
-    for k in shards {
-        pipe.cmd("HGETALL").arg(k.task(id));
-    }
-    Ok(pipe.query_async(conn).await?)
+    let keys: Vec<String> = shards.iter().map(|k| k.task(id)).collect();
+    read_records(conn, &keys).await
 }
 
 /// The records of tasks `ids` of one shard, in one round trip (empty field lists for those
@@ -298,14 +310,16 @@ pub async fn records_of(
     keys: &ShardKeys,
     ids: &[String],
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("HGETALL").arg(keys.task(id));
-    }
-    Ok(pipe.query_async(conn).await?)
+    let keys: Vec<String> = ids.iter().map(|id| keys.task(id)).collect();
+    read_records(conn, &keys).await
+}
+
+/// Reads records (their full keys) whatever their type, through `rivulet_v1_record`
+/// (`scripts/record.lua` holds the rule: a HASH while live, a MessagePack STRING once final),
+/// one call per record in one round trip.
+async fn read_records(conn: &mut RedisConnection, records: &[String]) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+    let calls: Vec<redis::Cmd> = records.iter().map(|r| functions::fcall("record", &[r])).collect();
+    functions::call_all(conn, &calls).await
 }
 
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
@@ -397,18 +411,12 @@ pub async fn wake_others(conn: &mut RedisConnection, keys: &ShardKeys, id: &str)
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
 /// settling pushes to the done list).
 pub async fn unregister_waiter(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
-    // HINCRBY on a missing record would create a stray one: only when it still exists.
-    let rec = keys.task(id);
-    let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
-    if exists {
-        redis::cmd("HINCRBY")
-            .arg(&rec)
-            .arg("waiters")
-            .arg(-1)
-            .query_async::<()>(conn)
-            .await?;
-    }
-    Ok(())
+    // wait.lua's unregister mode: only a live record with waiters is touched (an HINCRBY on
+    // a missing record would create a stray one, one on a final record is refused).
+    let record = keys.task(id);
+    let mut cmd = functions::fcall("wait", &[&record, &keys.waiting]);
+    cmd.arg(id).arg("unregister");
+    functions::call::<()>(conn, &cmd).await
 }
 
 /// Events of one shard after `after` (exclusive; `None` for the oldest), at most `count`.
@@ -685,8 +693,9 @@ fn member_id(m: &[u8]) -> Option<String> {
     None
 }
 
-/// The task ids of a finished index's member: a MessagePack array of strings.
-fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
+/// The task ids of a finished index's member, or the per-task values of a batched event: a
+/// MessagePack array of strings.
+pub(crate) fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
     let (count, mut at) = msgpack_array(m)?;
     (0..count)
         .map(|_| msgpack_string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
@@ -719,13 +728,9 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
     ids.sort_unstable();
     ids.dedup();
     for chunk in ids.chunks(500) {
+        let found = records_of(conn, keys, chunk).await?;
         let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HGET").arg(keys.task(id)).arg("unique_key");
-        }
-        let locks: Vec<Option<String>> = pipe.query_async(conn).await?;
-        let mut pipe = redis::pipe();
-        for (id, lock) in chunk.iter().zip(locks) {
+        for (id, lock) in chunk.iter().zip(found.iter().map(|f| lock_of(f))) {
             pipe.cmd("DEL").arg(keys.task(id)).arg(keys.done(id)).ignore();
             if let Some(lock) = lock {
                 pipe.cmd("DEL").arg(lock).ignore();
@@ -837,7 +842,11 @@ mod tests {
             result: Some((Bytes::from_static(b"stale"), Codec::Bytes)),
             run_ms: 1,
             cancel: None,
-            may_hold_member: false,
+            envelope: Some(TrackedEnvelope {
+                kind: "k".to_owned(),
+                attempt: 0,
+                enqueued_at: 1,
+            }),
         };
         let ctx = |consumer| SettleCtx {
             keys: &keys,

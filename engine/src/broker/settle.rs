@@ -15,7 +15,7 @@ use super::{StreamEntry, StreamId, entries, id_range, int, stream_ids, string};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| super::functions::with_records(include_str!("scripts/settle.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
 static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));

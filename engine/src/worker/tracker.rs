@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Outage, Shared};
 use crate::broker::RedisConnection;
-use crate::broker::lifecycle::{self as records, StartCode, Tracked};
+use crate::broker::lifecycle::{self as records, StartCode, Tracked, TrackedEnvelope};
 use crate::envelope::{Envelope, TaskId};
 use crate::lifecycle::TaskControl;
 
@@ -81,8 +81,11 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
         result: None,
         run_ms: 0,
         cancel: None,
-        // A retried task was parked with its fields as a member, copied into its record.
-        may_hold_member: env.attempt > 0,
+        envelope: Some(TrackedEnvelope {
+            kind: env.kind.clone(),
+            attempt: env.attempt,
+            enqueued_at: env.enqueued_at,
+        }),
     })
 }
 
@@ -118,7 +121,7 @@ impl RawTrack {
             result: None,
             run_ms: 0,
             cancel: None,
-            may_hold_member: true,
+            envelope: None,
         })
     }
 }
