@@ -892,6 +892,259 @@ mod tests {
         assert!(rec.iter().any(|(k, v)| k == "state" && v == b"succeeded"), "{rec:?}");
     }
 
+    /// A tracked enqueue of `env` (unique key `unique`, held until final), read by worker `w`:
+    /// its entry id (`None` when the unique key was taken).
+    async fn enqueued_and_read(
+        conn: &mut RedisConnection,
+        keys: &ShardKeys,
+        env: &Envelope,
+        unique: Option<&str>,
+    ) -> Option<StreamId> {
+        let item = EnqueueItem {
+            keys,
+            env,
+            due_ms: 0,
+            retention_ms: 60_000,
+            events_maxlen: 100,
+            unique: unique.map(|k| (keys.unique(k), 0)),
+        };
+        if enqueue(conn, &[item], 1).await.unwrap() != [None] {
+            return None;
+        }
+        let got = read_group(conn, "w", 10, None, &[keys.stream.as_str()]).await.unwrap();
+        got.into_iter().map(|(_, e)| e.id).next()
+    }
+
+    fn tracked_of(env: &Envelope, unique_lock: Option<String>, result: Option<&'static [u8]>) -> Tracked {
+        Tracked {
+            task_id: env.id.as_str().to_owned(),
+            retention_ms: 60_000,
+            unique_lock,
+            result: result.map(|r| (Bytes::from_static(r), Codec::Bytes)),
+            run_ms: 3,
+            cancel: None,
+            envelope: Some(TrackedEnvelope {
+                kind: env.kind.clone(),
+                attempt: env.attempt,
+                enqueued_at: env.enqueued_at,
+            }),
+        }
+    }
+
+    fn field<'a>(rec: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+        rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    async fn key_type(conn: &mut RedisConnection, key: &str) -> String {
+        redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_final_record_is_one_string_and_every_script_reads_it() {
+        let server = RedisServer::start();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
+        let queue = Queue::new("final").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let a = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let b = Envelope::new("k", Bytes::from_static(b"2"), Codec::Json);
+        let ea = enqueued_and_read(&mut conn, &keys, &a, Some("u")).await.unwrap();
+        let eb = enqueued_and_read(&mut conn, &keys, &b, None).await.unwrap();
+        // While the unique key is held (until final), a second enqueue is a duplicate.
+        let dup = Envelope::new("k", Bytes::from_static(b"3"), Codec::Json);
+        assert_eq!(enqueued_and_read(&mut conn, &keys, &dup, Some("u")).await, None);
+        let (ta, tb) = (tracked_of(&a, Some(keys.unique("u")), Some(b"ra")), tracked_of(&b, None, None));
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "w",
+            dlq_maxlen: 100,
+            now_ms: 10,
+        };
+        let stale = settle_tracked(
+            &mut conn,
+            ctx,
+            100,
+            &[],
+            &[(ea, &Settle::Ack, &ta), (eb, &Settle::Ack, &tb)],
+        )
+        .await
+        .unwrap();
+        assert!(stale.is_empty());
+
+        // One string each, with its expiry, read back whole through the one reader.
+        let (ka, kb) = (keys.task(a.id.as_str()), keys.task(b.id.as_str()));
+        for k in [&ka, &kb] {
+            assert_eq!(key_type(&mut conn, k).await, "string");
+            let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+        }
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        assert_eq!(field(&rec, "state"), Some(&b"succeeded"[..]));
+        assert_eq!(field(&rec, "result"), Some(&b"ra"[..]));
+        assert_eq!(field(&rec, "result_codec"), Some(&b"bytes"[..]));
+        assert_eq!(field(&rec, "kind"), Some(&b"k"[..]));
+        assert_eq!(field(&rec, "runs"), Some(&b"1"[..]));
+        assert_eq!(field(&rec, "run_ms"), Some(&b"3"[..]));
+        assert_eq!(field(&rec, "worker"), Some(&b"w"[..]));
+        assert_eq!(field(&rec, "started_at"), Some(&b"7"[..]));
+        let both = records_of(&mut conn, &keys, &[a.id.to_string(), b.id.to_string()]).await.unwrap();
+        assert_eq!(field(&both[1], "state"), Some(&b"succeeded"[..]));
+        assert_eq!(field(&both[1], "result"), None);
+
+        // A late start and a late progress report are no-ops, never a WRONGTYPE error.
+        let codes = start(&mut conn, &keys, "w", 100, &[(a.id.as_str(), 0, "k", 60_000)], 20)
+            .await
+            .unwrap();
+        assert_eq!(codes, [StartCode::Run]);
+        let written = progress(&mut conn, &keys, "w", 100, &[(a.id.as_str(), 50, "late")], 20)
+            .await
+            .unwrap();
+        assert_eq!(written, 0);
+        let again = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        assert_eq!(again, rec, "the final record is unchanged");
+        assert_eq!(key_type(&mut conn, &ka).await, "string");
+
+        // Cancel answers the final state; a wait on it does not register, and an unregister
+        // leaves it alone.
+        assert_eq!(
+            cancel(&mut conn, &keys, a.id.as_str(), None, 100, 30).await.unwrap(),
+            ("final".to_owned(), "succeeded".to_owned())
+        );
+        let (registered, fields) = register_waiter(&mut conn, &keys, a.id.as_str()).await.unwrap();
+        assert!(!registered);
+        assert_eq!(field(&fields, "state"), Some(&b"succeeded"[..]));
+        unregister_waiter(&mut conn, &keys, a.id.as_str()).await.unwrap();
+        assert_eq!(key_type(&mut conn, &ka).await, "string");
+
+        // The unique key was freed at the final state: the key enqueues anew. The same id
+        // enqueued again starts a live record of its own over the final one.
+        let fresh = Envelope::new("k", Bytes::from_static(b"4"), Codec::Json);
+        assert!(enqueued_and_read(&mut conn, &keys, &fresh, Some("u")).await.is_some());
+        let mut same = Envelope::new("k2", Bytes::from_static(b"5"), Codec::Json);
+        same.id = a.id.clone();
+        assert!(enqueued_and_read(&mut conn, &keys, &same, None).await.is_some());
+        assert_eq!(key_type(&mut conn, &ka).await, "hash");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "kind"), field(&rec, "result")),
+            (Some(&b"queued"[..]), Some(&b"k2"[..]), None)
+        );
+
+        // The two successes share one event entry; the reader gives one event per task.
+        let entries = events(&mut conn, &keys, None, 100).await.unwrap();
+        let batched: Vec<_> = entries
+            .iter()
+            .filter(|e| e.fields.iter().any(|(k, v)| k == b"event" && v == b"succeeded"))
+            .collect();
+        assert_eq!(batched.len(), 1, "{entries:?}");
+        let read: Vec<crate::lifecycle::Event> = entries
+            .into_iter()
+            .flat_map(|e| crate::lifecycle::Event::from_entry("normal", 0, e))
+            .filter(|e| e.event == "succeeded")
+            .collect();
+        let seen: Vec<(&str, &[(String, String)])> =
+            read.iter().map(|e| (e.task_id.as_str(), e.fields.as_slice())).collect();
+        let want = |id: &Envelope| {
+            (
+                id.id.as_str().to_owned(),
+                vec![("run_ms".to_owned(), "3".to_owned()), ("worker".to_owned(), "w".to_owned())],
+            )
+        };
+        let (wa, wb) = (want(&a), want(&b));
+        assert_eq!(
+            seen,
+            [(wa.0.as_str(), wa.1.as_slice()), (wb.0.as_str(), wb.1.as_slice())]
+        );
+        assert!(read.iter().all(|e| e.at == 10 && e.stream_id == read[0].stream_id));
+    }
+
+    #[tokio::test]
+    async fn a_dead_final_record_replays_into_a_live_one() {
+        let server = RedisServer::start();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
+        let queue = Queue::new("replayed").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let d = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let entry = enqueued_and_read(&mut conn, &keys, &d, None).await.unwrap();
+        let bury = Settle::Bury {
+            reason: super::super::DeadReason::Fatal,
+            error: "no".to_owned(),
+            attempt: Some(1),
+        };
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "w",
+            dlq_maxlen: 100,
+            now_ms: 10,
+        };
+        let t = tracked_of(&d, None, None);
+        settle_tracked(&mut conn, ctx, 100, &[], &[(entry, &bury, &t)]).await.unwrap();
+        let k = keys.task(d.id.as_str());
+        assert_eq!(key_type(&mut conn, &k).await, "string");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str()).await.unwrap().remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "reason"), field(&rec, "kind")),
+            (Some(&b"dead"[..]), Some(&b"fatal"[..]), Some(&b"k"[..]))
+        );
+        assert_eq!(field(&rec, "entry"), None, "live-only fields go at the final state");
+        let dlq_id = StreamId::parse(std::str::from_utf8(field(&rec, "dlq_id").unwrap()).unwrap()).unwrap();
+        assert_eq!(replay(&mut conn, &keys, &[dlq_id], 100, 20).await.unwrap(), 1);
+        assert_eq!(key_type(&mut conn, &k).await, "hash");
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
+        assert_eq!(ttl, -1, "a replayed record lives again, without expiry");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str()).await.unwrap().remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "attempt"), field(&rec, "kind"), field(&rec, "reason")),
+            (Some(&b"queued"[..]), Some(&b"0"[..]), Some(&b"k"[..]), None)
+        );
+        assert!(field(&rec, "entry").is_some());
+    }
+
+    #[test]
+    fn batched_event_entries_read_as_one_event_per_task() {
+        let entry = |fields: Vec<(&str, Vec<u8>)>| StreamEntry {
+            id: StreamId { ms: 5, seq: 0 },
+            fields: fields.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect(),
+        };
+        // ids ["a", "bc"], attempt ["0", "2"], as cmsgpack writes them.
+        let ids = vec![0x92, 0xa1, b'a', 0xa2, b'b', b'c'];
+        let attempts = vec![0x92, 0xa1, b'0', 0xa1, b'2'];
+        let e = entry(vec![
+            ("event", b"started".to_vec()),
+            ("at", b"9".to_vec()),
+            ("ids", ids.clone()),
+            ("per_id", b"attempt".to_vec()),
+            ("worker", b"w1".to_vec()),
+            ("attempt", attempts),
+        ]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, e);
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].task_id.as_str(), got[0].event.as_str(), got[0].at), ("a", "started", 9));
+        assert_eq!(got[0].fields, pairs(&[("worker", "w1"), ("attempt", "0")]));
+        assert_eq!(got[1].task_id, "bc");
+        assert_eq!(got[1].fields, pairs(&[("worker", "w1"), ("attempt", "2")]));
+        assert!(got.iter().all(|e| e.priority == "high" && e.shard == 2 && e.stream_id == "5-0"));
+        // A per-task column of the wrong length: one event as it is, not a silent drop.
+        let bad = entry(vec![
+            ("event", b"started".to_vec()),
+            ("ids", ids),
+            ("per_id", b"attempt".to_vec()),
+            ("attempt", vec![0x91, 0xa1, b'0']),
+        ]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, bad);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task_id, "");
+        // A plain entry is one event.
+        let plain = entry(vec![("id", b"x".to_vec()), ("event", b"dead".to_vec()), ("reason", b"fatal".to_vec())]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, plain);
+        assert_eq!((got.len(), got[0].task_id.as_str()), (1, "x"));
+        assert_eq!(got[0].fields, pairs(&[("reason", "fatal")]));
+    }
+
     #[test]
     fn member_ids_are_read_from_msgpack_arrays() {
         // ["kind", "k", "id", "abc"] as cmsgpack writes it.
