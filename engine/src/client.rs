@@ -370,7 +370,7 @@ impl Client {
             .collect()
     }
 
-    /// Finds task `id`'s record: one `HGETALL` per priority, in one round trip (a task's
+    /// Finds task `id`'s record: one `rivulet_v1_record` call per priority, in one round trip (a task's
     /// shard number follows from its id; its priority does not, so each is looked in).
     async fn find(&self, queue: &Queue, id: &str) -> Result<Option<(String, ShardKeys, Vec<(String, Vec<u8>)>)>> {
         let shards = Self::candidates(queue, id);

@@ -2,10 +2,11 @@
 //! its record, results a handler returns, progress and the cancel signal a handler sees, and
 //! lifecycle events.
 //!
-//! The record is one HASH per task under its shard's tag (`rivulet:{q:p:n}:task:<id>`, see
-//! `keys.rs`), written by the same scripts that move the task (`broker/scripts/enqueue.lua`,
-//! `start.lua`, `settle.lua`, `cancel.lua`, `progress.lua`); its fields are the wire contract in
-//! `docs/wire-format.md`. Redis I/O lives in `broker/lifecycle.rs`; this file only parses.
+//! The record is one key per task under its shard's tag (`rivulet:{q:p:n}:task:<id>`, see
+//! `keys.rs`): a HASH while the task lives, a MessagePack STRING once final (one `SET ... PX`),
+//! written by the same scripts that move the task (`broker/scripts/enqueue.lua`, `start.lua`,
+//! `settle.lua`, `cancel.lua`, `progress.lua`) and read through `rivulet_v1_record` (the rule is
+//! `broker/scripts/record.lua`); its fields are the wire contract in `docs/wire-format.md`. Redis I/O lives in `broker/lifecycle.rs`; this file only parses.
 
 use std::sync::{Arc, Mutex};
 
@@ -188,7 +189,7 @@ impl TaskStatus {
         }
     }
 
-    /// Parses a record's fields (HGETALL) as read at `now_ms`. An empty record is `unknown`.
+    /// Parses a record's fields (`rivulet_v1_record`'s flat list) as read at `now_ms`. An empty record is `unknown`.
     pub fn from_record(
         id: TaskId,
         queue: QueueName,
