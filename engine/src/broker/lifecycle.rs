@@ -253,7 +253,7 @@ pub async fn settle_tracked(
         .key(&ctx.keys.cancelled);
     for (entry, op, t) in tracked {
         let done = ctx.keys.done(&t.task_id);
-        inv.key(ctx.keys.task(&t.task_id))
+        inv.key(&ctx.keys.task(&t.task_id))
             .key(&done)
             .key(t.unique_lock.as_deref().unwrap_or(&done));
         inv.arg(*entry);
@@ -289,7 +289,7 @@ pub async fn settle_tracked(
         };
     }
     inv.arg(events_maxlen);
-    stream_ids(inv.invoke_async(conn).await?)
+    stream_ids(inv.invoke(conn).await?)
 }
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),

@@ -50,8 +50,6 @@ pub(super) struct StartRequest {
     attempt: u32,
     kind: String,
     retention_ms: u64,
-    /// Cancelled when the record says the task was cancelled before it started.
-    control: TaskControl,
 }
 
 /// Running tracked tasks by (lane, task id), with their handler's control and whether their
@@ -126,23 +124,17 @@ impl RawTrack {
     }
 }
 
-/// Asks for the start of a tracked task to be recorded (without waiting for it).
-pub(super) fn begin(
-    shared: &Shared,
-    lane: usize,
-    task_id: &TaskId,
-    attempt: u32,
-    kind: &str,
-    retention_ms: u64,
-    control: &TaskControl,
-) {
+/// Asks for the start of a tracked task to be recorded (without waiting for it). A record
+/// that says it was cancelled stops it through its control in [`RunningTasks`] (registered
+/// with [`running`] first), so the request carries no clone of it (each clone of a
+/// cancellation token locks its tree node, and most requests are dropped unsent).
+pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: &str, retention_ms: u64) {
     let req = StartRequest {
         lane,
         task_id: task_id.as_str().to_owned(),
         attempt,
         kind: kind.to_owned(),
         retention_ms,
-        control: control.clone(),
     };
     // The starter stops only after every handler has finished: a send cannot fail while one
     // runs. Were it to, the record would only miss its `active` step.
@@ -264,13 +256,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
     };
     let mut running = shared.running.lock().expect("never poisoned");
     for (req, code) in batch.drain(..).zip(codes) {
+        let Some((control, recorded)) = running.get_mut(&(req.lane, req.task_id.clone())) else {
+            // Finished meanwhile: nothing to mark or stop.
+            continue;
+        };
         if code == StartCode::Run {
-            if let Some((_, recorded)) = running.get_mut(&(req.lane, req.task_id.clone())) {
-                *recorded = true;
-            }
+            *recorded = true;
         } else {
             tracing::info!(task_id = %req.task_id, "task was cancelled before it started; stopping it");
-            req.control.cancel();
+            control.cancel();
         }
     }
 }

@@ -196,6 +196,7 @@ if tracked > 0 then
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
   end
   local succeeded_ids, succeeded_ms = {}, {}
+  local now_n = tonumber(now)
   -- A final state: the record written whole with its expiry, its waiters woken, its lock freed.
   -- `fields` is the final record ({ name = value }).
   local function finish(rec, done_list, lock, task, retention, release, fields)
@@ -260,9 +261,11 @@ if tracked > 0 then
         if kind ~= '' then
           -- Everything the record says is known here: no read of the live record. The runs
           -- are the attempts before this one plus this entry's deliveries.
-          fields = { kind = kind, attempt = attempt, enqueued_at = enqueued_at,
-            runs = tostring((tonumber(attempt) or 0) + deliveries),
-            started_at = tostring(tonumber(now) - (tonumber(c) or 0)) }
+          -- (One constructor with every field finish() sets too: the table is sized once.)
+          fields = { state = 'succeeded', kind = kind, attempt = attempt, enqueued_at = enqueued_at,
+            runs = tostring((tonumber(attempt) or 0) + deliveries), run_ms = c,
+            started_at = tostring(now_n - (tonumber(c) or 0)), finished_at = now, updated_at = now,
+            worker = consumer, retention_ms = retention }
           if release == '1' then fields.unique_key = lock end
         else
           fields = final_over_live(rec)
