@@ -264,7 +264,12 @@ pub async fn settle_tracked(
                     Some((b, c)) => (b.as_ref(), c.as_str()),
                     None => (&b""[..], ""),
                 };
-                inv.arg("s").arg(result).arg(codec).arg(t.run_ms).arg("")
+                // (The start time from the call's clock: Lua's number conversions cost more.)
+                inv.arg("s")
+                    .arg(result)
+                    .arg(codec)
+                    .arg(t.run_ms)
+                    .arg(ctx.now_ms.saturating_sub(t.run_ms))
             }
             (None, Settle::Retry { due_ms, attempt, error }) => {
                 inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()).arg("")

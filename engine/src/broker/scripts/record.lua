@@ -52,10 +52,12 @@ local function record_map(rec)
 end
 
 -- Writes record `rec` final: `fields` ({ name = value }, strings) replace whatever it held, with
--- an expiry of `retention` ms ('0' or '': none).
-local function record_finish(rec, fields, retention)
+-- an expiry of `retention` ms ('0' or '': none). `retention_n`, when given, is it as a number
+-- (a caller finishing many records converts each distinct value once: tonumber is slow).
+local function record_finish(rec, fields, retention, retention_n)
   local packed = cmsgpack.pack(fields)
-  if retention and tonumber(retention) and tonumber(retention) > 0 then
+  retention_n = retention_n or tonumber(retention) or 0
+  if retention_n > 0 then
     redis.call('SET', rec, packed, 'PX', retention)
   else
     redis.call('SET', rec, packed)

@@ -34,7 +34,7 @@
 --          the unique lock if this task holds it), kind, attempt, enqueued_at (the task's, for
 --          the final record of a success; kind '' = unknown: the record's own fields are read);
 --          then the events stream's approximate MAXLEN.
---          op 's' succeeded: result a ('' none), result codec b, run ms c
+--          op 's' succeeded: result a ('' none), result codec b, run ms c, started at ms d
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
 --          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`; a
@@ -197,6 +197,17 @@ if tracked > 0 then
   end
   local succeeded_ids, succeeded_ms = {}, {}
   local now_n = tonumber(now)
+  -- Retention strings as numbers, each distinct value converted once (a batch has one or two:
+  -- Lua's tonumber and tostring are a large share of the per-task cost).
+  local retention_n = {}
+  local function ms(s)
+    local n = retention_n[s]
+    if not n then
+      n = tonumber(s) or 0
+      retention_n[s] = n
+    end
+    return n
+  end
   -- A final state: the record written whole with its expiry, its waiters woken, its lock freed.
   -- `fields` is the final record ({ name = value }).
   local function finish(rec, done_list, lock, task, retention, release, fields)
@@ -204,7 +215,8 @@ if tracked > 0 then
     -- The worker too: a short task may reach here without a start record (worker/tracker.rs).
     fields.worker = consumer
     fields.retention_ms = retention
-    record_finish(rec, fields, retention)
+    local ret = ms(retention)
+    record_finish(rec, fields, retention, ret)
     if any_waiting and redis.call('SREM', waiting, task) == 1 then
       redis.call('RPUSH', done_list, '1')
       redis.call('PEXPIRE', done_list, 60000)
@@ -212,11 +224,11 @@ if tracked > 0 then
     if any_cancels then
       redis.call('SREM', cancels, task)
     end
-    if tonumber(retention) > 0 then
+    if ret > 0 then
       local ix = index[fields.state]
       if ix then
         ix.ids[#ix.ids + 1] = task
-        ix.until_ms = math.max(ix.until_ms, now + retention)
+        if now_n + ret > ix.until_ms then ix.until_ms = now_n + ret end
       end
     end
     if release == '1' and redis.call('GET', lock) == task then
@@ -260,11 +272,15 @@ if tracked > 0 then
         local fields
         if kind ~= '' then
           -- Everything the record says is known here: no read of the live record. The runs
-          -- are the attempts before this one plus this entry's deliveries.
+          -- are the attempts before this one plus this entry's deliveries (no conversion in
+          -- the common case of a first run).
+          local runs = '1'
+          if attempt ~= '0' or deliveries ~= 1 then
+            runs = tostring((tonumber(attempt) or 0) + deliveries)
+          end
           -- (One constructor with every field finish() sets too: the table is sized once.)
           fields = { state = 'succeeded', kind = kind, attempt = attempt, enqueued_at = enqueued_at,
-            runs = tostring((tonumber(attempt) or 0) + deliveries), run_ms = c,
-            started_at = tostring(now_n - (tonumber(c) or 0)), finished_at = now, updated_at = now,
+            runs = runs, run_ms = c, started_at = d, finished_at = now, updated_at = now,
             worker = consumer, retention_ms = retention }
           if release == '1' then fields.unique_key = lock end
         else
