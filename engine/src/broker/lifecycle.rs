@@ -958,7 +958,10 @@ mod tests {
         // While the unique key is held (until final), a second enqueue is a duplicate.
         let dup = Envelope::new("k", Bytes::from_static(b"3"), Codec::Json);
         assert_eq!(enqueued_and_read(&mut conn, &keys, &dup, Some("u")).await, None);
-        let (ta, tb) = (tracked_of(&a, Some(keys.unique("u")), Some(b"ra")), tracked_of(&b, None, None));
+        let (ta, tb) = (
+            tracked_of(&a, Some(keys.unique("u")), Some(b"ra")),
+            tracked_of(&b, None, None),
+        );
         let ctx = SettleCtx {
             keys: &keys,
             consumer: "w",
@@ -983,7 +986,10 @@ mod tests {
             let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
             assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
         }
-        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(field(&rec, "state"), Some(&b"succeeded"[..]));
         assert_eq!(field(&rec, "result"), Some(&b"ra"[..]));
         assert_eq!(field(&rec, "result_codec"), Some(&b"bytes"[..]));
@@ -992,7 +998,9 @@ mod tests {
         assert_eq!(field(&rec, "run_ms"), Some(&b"3"[..]));
         assert_eq!(field(&rec, "worker"), Some(&b"w"[..]));
         assert_eq!(field(&rec, "started_at"), Some(&b"7"[..]));
-        let both = records_of(&mut conn, &keys, &[a.id.to_string(), b.id.to_string()]).await.unwrap();
+        let both = records_of(&mut conn, &keys, &[a.id.to_string(), b.id.to_string()])
+            .await
+            .unwrap();
         assert_eq!(field(&both[1], "state"), Some(&b"succeeded"[..]));
         assert_eq!(field(&both[1], "result"), None);
 
@@ -1005,7 +1013,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(written, 0);
-        let again = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        let again = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(again, rec, "the final record is unchanged");
         assert_eq!(key_type(&mut conn, &ka).await, "string");
 
@@ -1029,7 +1040,10 @@ mod tests {
         same.id = a.id.clone();
         assert!(enqueued_and_read(&mut conn, &keys, &same, None).await.is_some());
         assert_eq!(key_type(&mut conn, &ka).await, "hash");
-        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str()).await.unwrap().remove(0);
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(
             (field(&rec, "state"), field(&rec, "kind"), field(&rec, "result")),
             (Some(&b"queued"[..]), Some(&b"k2"[..]), None)
@@ -1052,7 +1066,10 @@ mod tests {
         let want = |id: &Envelope| {
             (
                 id.id.as_str().to_owned(),
-                vec![("run_ms".to_owned(), "3".to_owned()), ("worker".to_owned(), "w".to_owned())],
+                vec![
+                    ("run_ms".to_owned(), "3".to_owned()),
+                    ("worker".to_owned(), "w".to_owned()),
+                ],
             )
         };
         let (wa, wb) = (want(&a), want(&b));
@@ -1084,10 +1101,15 @@ mod tests {
             now_ms: 10,
         };
         let t = tracked_of(&d, None, None);
-        settle_tracked(&mut conn, ctx, 100, &[], &[(entry, &bury, &t)]).await.unwrap();
+        settle_tracked(&mut conn, ctx, 100, &[], &[(entry, &bury, &t)])
+            .await
+            .unwrap();
         let k = keys.task(d.id.as_str());
         assert_eq!(key_type(&mut conn, &k).await, "string");
-        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str()).await.unwrap().remove(0);
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(
             (field(&rec, "state"), field(&rec, "reason"), field(&rec, "kind")),
             (Some(&b"dead"[..]), Some(&b"fatal"[..]), Some(&b"k"[..]))
@@ -1098,9 +1120,17 @@ mod tests {
         assert_eq!(key_type(&mut conn, &k).await, "hash");
         let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
         assert_eq!(ttl, -1, "a replayed record lives again, without expiry");
-        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str()).await.unwrap().remove(0);
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(
-            (field(&rec, "state"), field(&rec, "attempt"), field(&rec, "kind"), field(&rec, "reason")),
+            (
+                field(&rec, "state"),
+                field(&rec, "attempt"),
+                field(&rec, "kind"),
+                field(&rec, "reason")
+            ),
             (Some(&b"queued"[..]), Some(&b"0"[..]), Some(&b"k"[..]), None)
         );
         assert!(field(&rec, "entry").is_some());
@@ -1128,11 +1158,17 @@ mod tests {
             v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
         };
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].task_id.as_str(), got[0].event.as_str(), got[0].at), ("a", "started", 9));
+        assert_eq!(
+            (got[0].task_id.as_str(), got[0].event.as_str(), got[0].at),
+            ("a", "started", 9)
+        );
         assert_eq!(got[0].fields, pairs(&[("worker", "w1"), ("attempt", "0")]));
         assert_eq!(got[1].task_id, "bc");
         assert_eq!(got[1].fields, pairs(&[("worker", "w1"), ("attempt", "2")]));
-        assert!(got.iter().all(|e| e.priority == "high" && e.shard == 2 && e.stream_id == "5-0"));
+        assert!(
+            got.iter()
+                .all(|e| e.priority == "high" && e.shard == 2 && e.stream_id == "5-0")
+        );
         // A per-task column of the wrong length: one event as it is, not a silent drop.
         let bad = entry(vec![
             ("event", b"started".to_vec()),
@@ -1144,7 +1180,11 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].task_id, "");
         // A plain entry is one event.
-        let plain = entry(vec![("id", b"x".to_vec()), ("event", b"dead".to_vec()), ("reason", b"fatal".to_vec())]);
+        let plain = entry(vec![
+            ("id", b"x".to_vec()),
+            ("event", b"dead".to_vec()),
+            ("reason", b"fatal".to_vec()),
+        ]);
         let got = crate::lifecycle::Event::from_entry("high", 2, plain);
         assert_eq!((got.len(), got[0].task_id.as_str()), (1, "x"));
         assert_eq!(got[0].fields, pairs(&[("reason", "fatal")]));
