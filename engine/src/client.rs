@@ -370,7 +370,7 @@ impl Client {
             .collect()
     }
 
-    /// Finds task `id`'s record: one `HGETALL` per priority, in one round trip (a task's
+    /// Finds task `id`'s record: one `rivulet_v1_record` call per priority, in one round trip (a task's
     /// shard number follows from its id; its priority does not, so each is looked in).
     async fn find(&self, queue: &Queue, id: &str) -> Result<Option<(String, ShardKeys, Vec<(String, Vec<u8>)>)>> {
         let shards = Self::candidates(queue, id);
@@ -434,7 +434,7 @@ impl Client {
         let newest = broker::newest_entries(&mut self.conn.clone(), &keys.events, scan).await?;
         let mut out: Vec<Event> = newest
             .into_iter()
-            .map(|e| Event::from_entry(&priority, shard, e))
+            .flat_map(|e| Event::from_entry(&priority, shard, e))
             .filter(|e| e.task_id == id.as_str())
             .collect();
         out.reverse();
@@ -541,7 +541,7 @@ impl Client {
             if let Some(last) = got.last() {
                 cursor.after[i] = Some(last.id);
             }
-            out.extend(got.into_iter().map(|e| Event::from_entry(s.priority, s.number, e)));
+            out.extend(got.into_iter().flat_map(|e| Event::from_entry(s.priority, s.number, e)));
         }
         sort_events(&mut out);
         Ok(out)
@@ -558,7 +558,7 @@ impl Client {
         let mut out = Vec::with_capacity(got.len());
         for (i, e) in got {
             cursor.after[i] = Some(e.id);
-            out.push(Event::from_entry(shards[i].priority, shards[i].number, e));
+            out.extend(Event::from_entry(shards[i].priority, shards[i].number, e));
         }
         sort_events(&mut out);
         Ok(out)

@@ -2,10 +2,11 @@
 //! its record, results a handler returns, progress and the cancel signal a handler sees, and
 //! lifecycle events.
 //!
-//! The record is one HASH per task under its shard's tag (`rivulet:{q:p:n}:task:<id>`, see
-//! `keys.rs`), written by the same scripts that move the task (`broker/scripts/enqueue.lua`,
-//! `start.lua`, `settle.lua`, `cancel.lua`, `progress.lua`); its fields are the wire contract in
-//! `docs/wire-format.md`. Redis I/O lives in `broker/lifecycle.rs`; this file only parses.
+//! The record is one key per task under its shard's tag (`rivulet:{q:p:n}:task:<id>`, see
+//! `keys.rs`): a HASH while the task lives, a MessagePack STRING once final (one `SET ... PX`),
+//! written by the same scripts that move the task (`broker/scripts/enqueue.lua`, `start.lua`,
+//! `settle.lua`, `cancel.lua`, `progress.lua`) and read through `rivulet_v1_record` (the rule is
+//! `broker/scripts/record.lua`); its fields are the wire contract in `docs/wire-format.md`. Redis I/O lives in `broker/lifecycle.rs`; this file only parses.
 
 use std::sync::{Arc, Mutex};
 
@@ -188,7 +189,7 @@ impl TaskStatus {
         }
     }
 
-    /// Parses a record's fields (HGETALL) as read at `now_ms`. An empty record is `unknown`.
+    /// Parses a record's fields (`rivulet_v1_record`'s flat list) as read at `now_ms`. An empty record is `unknown`.
     pub fn from_record(
         id: TaskId,
         queue: QueueName,
@@ -310,8 +311,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// Parses a stream entry of an events stream.
-    pub(crate) fn from_entry(priority: &str, shard: u16, e: crate::broker::StreamEntry) -> Self {
+    /// Parses a stream entry of an events stream: one event, or one per task of a batched
+    /// entry (docs/wire-format.md "Events": `ids` holds a MessagePack array of task ids, the
+    /// fields named in `per_id` one MessagePack array each of their values, in the same order;
+    /// the other fields are every task's). A batched entry whose arrays do not parse gives one
+    /// event with the fields as they are (task id empty), never a silent drop.
+    pub(crate) fn from_entry(priority: &str, shard: u16, e: crate::broker::StreamEntry) -> Vec<Self> {
         let mut ev = Event {
             stream_id: e.id.to_string(),
             priority: priority.to_owned(),
@@ -321,17 +326,64 @@ impl Event {
             at: 0,
             fields: Vec::new(),
         };
+        let mut ids: Option<Vec<u8>> = None;
+        let mut per_id: Vec<String> = Vec::new();
+        let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, v) in e.fields {
             let k = String::from_utf8_lossy(&k).into_owned();
-            let v = String::from_utf8_lossy(&v).into_owned();
             match k.as_str() {
-                "id" => ev.task_id = v,
-                "event" => ev.event = v,
-                "at" => ev.at = v.parse().unwrap_or(0),
-                _ => ev.fields.push((k, v)),
+                "id" => ev.task_id = String::from_utf8_lossy(&v).into_owned(),
+                "event" => ev.event = String::from_utf8_lossy(&v).into_owned(),
+                "at" => ev.at = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                "ids" => ids = Some(v),
+                "per_id" => per_id = String::from_utf8_lossy(&v).split(' ').map(str::to_owned).collect(),
+                _ => raw.push((k, v)),
             }
         }
-        ev
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let Some(packed) = ids else {
+            ev.fields = raw.into_iter().map(|(k, v)| (k, text(&v))).collect();
+            return vec![ev];
+        };
+        let batch = crate::broker::lifecycle::packed_ids(&packed).and_then(|ids| {
+            // Every per-task field: its values, one per id.
+            let columns: Option<Vec<Option<Vec<String>>>> = raw
+                .iter()
+                .map(|(k, v)| {
+                    if per_id.iter().any(|p| p == k) {
+                        crate::broker::lifecycle::packed_ids(v)
+                            .filter(|vals| vals.len() == ids.len())
+                            .map(Some)
+                    } else {
+                        Some(None)
+                    }
+                })
+                .collect();
+            Some((ids, columns?))
+        });
+        let Some((ids, columns)) = batch else {
+            ev.fields = raw.into_iter().map(|(k, v)| (k, text(&v))).collect();
+            ev.fields.push(("ids".to_owned(), text(&packed)));
+            return vec![ev];
+        };
+        ids.into_iter()
+            .enumerate()
+            .map(|(i, id)| Event {
+                task_id: id,
+                fields: raw
+                    .iter()
+                    .zip(&columns)
+                    .map(|((k, v), col)| {
+                        let value = match col {
+                            Some(vals) => vals[i].clone(),
+                            None => text(v),
+                        };
+                        (k.clone(), value)
+                    })
+                    .collect(),
+                ..ev.clone()
+            })
+            .collect()
     }
 }
 

@@ -404,8 +404,10 @@ def candidates(queue: str, lay: Layout, task_id: str) -> list[ShardKeys]:
 
 
 def find(queue: str, lay: Layout, task_id: str) -> Plan[Optional[tuple[ShardKeys, dict[str, bytes]]]]:
+    # ``rivulet_v1_record`` reads a record of either type (a hash while the task lives, a
+    # MessagePack string once final: docs/wire-format.md), so the rule lives in one place.
     shards = candidates(queue, lay, task_id)
-    replies = yield Batch([("HGETALL", k.task(task_id)) for k in shards])
+    replies = yield Batch([fcall("record", [k.task(task_id)]) for k in shards])
     for k, r in zip(shards, replies):
         rec = check(r)
         fields = pairs(rec)
@@ -448,9 +450,7 @@ def wait(queue: str, lay: Layout, task_id: str, timeout: float) -> Plan[TaskStat
         woken = left > 0 and check((yield Batch([("BLPOP", done, "%.3f" % max(left, 0.001))]))[0]) is not None
         if not woken:
             # Drop the registration (best effort: the count only decides whether settling pushes).
-            rec = keys.task(task_id)
-            if check((yield Batch([("HEXISTS", rec, "waiters")]))[0]):
-                check((yield Batch([("HINCRBY", rec, "waiters", -1)]))[0])
+            check((yield Batch([fcall("wait", [keys.task(task_id), keys.waiting], task_id, "unregister")]))[0])
             break
         st = yield from status(queue, lay, task_id)
         if st.is_final:

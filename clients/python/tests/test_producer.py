@@ -54,12 +54,21 @@ def test_every_option_is_written_in_wire_format_and_honoured_by_the_worker(
         backoff=Backoff(base=0.05, factor=1.5, cap=0.1), retention=120, unique_key="fail-1", unique_for=60,
     )  # fmt: skip
     # The fields on the wire, as a foreign reader sees them (docs/wire-format.md).
-    rec = client.redis.hgetall("rivulet:{%s:bulk:%d}:task:%s" % (queue, __import__("rivulet").shard_for("fail-1", 2), h.id))
+    key = "rivulet:{%s:bulk:%d}:task:%s" % (queue, __import__("rivulet").shard_for("fail-1", 2), h.id)
+    rec = client.redis.hgetall(key)
     assert rec[b"state"] == b"queued" and rec[b"retention_ms"] == b"120000", rec
     start_worker(queue, extra=["--max-attempts", "9"])
     st = h.wait(timeout=30)
     # The built-in `fail` kind always fails: its own max_attempts (2), not the worker's (9).
     assert st.state == TaskState.DEAD and st.reason == "exhausted" and st.attempt == 2, st.fields
+    # Final, the record is a string: a MessagePack map of the same fields, expiring with the
+    # retention.
+    import msgpack
+
+    assert client.redis.type(key) == b"string"
+    final = msgpack.unpackb(client.redis.get(key), raw=True)
+    assert final[b"state"] == b"dead" and final[b"reason"] == b"exhausted" and final[b"kind"] == b"fail", final
+    assert 0 < client.redis.pttl(key) <= 120_000
     assert st.priority == "bulk"
     dead = client.dlq.list(queue)
     assert len(dead) == 1

@@ -41,11 +41,22 @@ const FUNCTIONS: &[(&str, &str, bool)] = &[
     ("wait", include_str!("scripts/wait.lua"), false),
     ("inspect", include_str!("scripts/inspect.lua"), true),
     ("replay", include_str!("scripts/replay.lua"), false),
+    ("record", include_str!("scripts/read_record.lua"), true),
 ];
+
+/// `scripts/record.lua`: the helpers that read and finish a task record of either type (a
+/// HASH while live, a MessagePack STRING once final). The library carries them once, before
+/// its functions; an `EVALSHA` script that touches records starts with them ([`with_records`]).
+pub(super) const RECORD_PRELUDE: &str = include_str!("scripts/record.lua");
+
+/// A script that touches task records: [`RECORD_PRELUDE`], then the script.
+pub(super) fn with_records(script: &str) -> redis::Script {
+    redis::Script::new(&format!("{RECORD_PRELUDE}\n{script}"))
+}
 
 /// The library's source and its revision.
 static SOURCE: LazyLock<(String, String)> = LazyLock::new(|| {
-    let mut body = String::new();
+    let mut body = format!("{RECORD_PRELUDE}\n");
     for (name, script, read_only) in FUNCTIONS {
         let flags = if *read_only { "{'no-writes'}" } else { "{}" };
         body.push_str(&format!(
@@ -89,6 +100,26 @@ pub(super) fn fcall(function: &str, keys: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(name(function)).arg(keys.len()).arg(keys);
     cmd
+}
+
+/// Sends `cmds` (each an [`fcall`] of a function that only reads) in one pipeline; when the
+/// library is missing, loads it and sends them again. One reply per call.
+pub(super) async fn call_all<T: FromRedisValue>(conn: &mut RedisConnection, cmds: &[redis::Cmd]) -> Result<Vec<T>> {
+    if cmds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for cmd in cmds {
+        pipe.add_command(cmd.clone());
+    }
+    match pipe.query_async::<Vec<T>>(conn).await {
+        Ok(v) => Ok(v),
+        Err(e) if is_missing(&e) => {
+            install(conn).await?;
+            Ok(pipe.query_async(conn).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether an error says the library is not loaded.

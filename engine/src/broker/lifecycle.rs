@@ -22,8 +22,8 @@ use crate::envelope::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
-static START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/start.lua")));
-static PROGRESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/progress.lua")));
+static START: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/start.lua")));
+static PROGRESS: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/progress.lua")));
 static FINISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
 
 /// One task for [`enqueue`].
@@ -203,9 +203,21 @@ pub struct Tracked {
     pub run_ms: u64,
     /// `Some` when the task ends cancelled instead of with its [`Settle`].
     pub cancel: Option<Cancelled>,
-    /// Its record may still hold the sorted-set member it was parked with (a retried task
-    /// whose start record was skipped), to drop once final.
-    pub may_hold_member: bool,
+    /// The task's kind, attempt and enqueue time (from its envelope), from which a success
+    /// writes its final record without reading the live one; `None` when the entry did not
+    /// parse (a final record is then written over the live record's fields).
+    pub envelope: Option<TrackedEnvelope>,
+}
+
+/// The fields of a task's envelope its final record repeats ([`Tracked::envelope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedEnvelope {
+    /// The task's kind.
+    pub kind: String,
+    /// The attempt that ran.
+    pub attempt: u32,
+    /// When it was enqueued, ms since the epoch.
+    pub enqueued_at: u64,
 }
 
 /// How a tracked task ends cancelled.
@@ -241,7 +253,7 @@ pub async fn settle_tracked(
         .key(&ctx.keys.cancelled);
     for (entry, op, t) in tracked {
         let done = ctx.keys.done(&t.task_id);
-        inv.key(ctx.keys.task(&t.task_id))
+        inv.key(&ctx.keys.task(&t.task_id))
             .key(&done)
             .key(t.unique_lock.as_deref().unwrap_or(&done));
         inv.arg(*entry);
@@ -252,7 +264,12 @@ pub async fn settle_tracked(
                     Some((b, c)) => (b.as_ref(), c.as_str()),
                     None => (&b""[..], ""),
                 };
-                inv.arg("s").arg(result).arg(codec).arg(t.run_ms).arg("")
+                // (The start time from the call's clock: Lua's number conversions cost more.)
+                inv.arg("s")
+                    .arg(result)
+                    .arg(codec)
+                    .arg(t.run_ms)
+                    .arg(ctx.now_ms.saturating_sub(t.run_ms))
             }
             (None, Settle::Retry { due_ms, attempt, error }) => {
                 inv.arg("r").arg(*due_ms).arg(*attempt).arg(error.as_str()).arg("")
@@ -270,11 +287,14 @@ pub async fn settle_tracked(
         };
         inv.arg(t.task_id.as_str())
             .arg(t.retention_ms)
-            .arg(if t.unique_lock.is_some() { "1" } else { "0" })
-            .arg(if t.may_hold_member { "1" } else { "0" });
+            .arg(if t.unique_lock.is_some() { "1" } else { "0" });
+        match &t.envelope {
+            Some(e) => inv.arg(e.kind.as_str()).arg(e.attempt).arg(e.enqueued_at),
+            None => inv.arg("").arg("").arg(""),
+        };
     }
     inv.arg(events_maxlen);
-    stream_ids(inv.invoke_async(conn).await?)
+    stream_ids(inv.invoke(conn).await?)
 }
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
@@ -284,11 +304,8 @@ pub async fn records(
     shards: &[ShardKeys],
     id: &str,
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
-    let mut pipe = redis::pipe();
-    for k in shards {
-        pipe.cmd("HGETALL").arg(k.task(id));
-    }
-    Ok(pipe.query_async(conn).await?)
+    let keys: Vec<String> = shards.iter().map(|k| k.task(id)).collect();
+    read_records(conn, &keys).await
 }
 
 /// The records of tasks `ids` of one shard, in one round trip (empty field lists for those
@@ -298,14 +315,16 @@ pub async fn records_of(
     keys: &ShardKeys,
     ids: &[String],
 ) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("HGETALL").arg(keys.task(id));
-    }
-    Ok(pipe.query_async(conn).await?)
+    let keys: Vec<String> = ids.iter().map(|id| keys.task(id)).collect();
+    read_records(conn, &keys).await
+}
+
+/// Reads records (their full keys) whatever their type, through `rivulet_v1_record`
+/// (`scripts/record.lua` holds the rule: a HASH while live, a MessagePack STRING once final),
+/// one call per record in one round trip.
+async fn read_records(conn: &mut RedisConnection, records: &[String]) -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+    let calls: Vec<redis::Cmd> = records.iter().map(|r| functions::fcall("record", &[r])).collect();
+    functions::call_all(conn, &calls).await
 }
 
 /// Cancels task `id` of one shard (`cancel.lua`): (outcome, state) as the script names them.
@@ -397,18 +416,12 @@ pub async fn wake_others(conn: &mut RedisConnection, keys: &ShardKeys, id: &str)
 /// Drops a waiter registration that timed out (best effort: the count only decides whether
 /// settling pushes to the done list).
 pub async fn unregister_waiter(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> Result<()> {
-    // HINCRBY on a missing record would create a stray one: only when it still exists.
-    let rec = keys.task(id);
-    let exists: bool = redis::cmd("HEXISTS").arg(&rec).arg("waiters").query_async(conn).await?;
-    if exists {
-        redis::cmd("HINCRBY")
-            .arg(&rec)
-            .arg("waiters")
-            .arg(-1)
-            .query_async::<()>(conn)
-            .await?;
-    }
-    Ok(())
+    // wait.lua's unregister mode: only a live record with waiters is touched (an HINCRBY on
+    // a missing record would create a stray one, one on a final record is refused).
+    let record = keys.task(id);
+    let mut cmd = functions::fcall("wait", &[&record, &keys.waiting]);
+    cmd.arg(id).arg("unregister");
+    functions::call::<()>(conn, &cmd).await
 }
 
 /// Events of one shard after `after` (exclusive; `None` for the oldest), at most `count`.
@@ -685,8 +698,9 @@ fn member_id(m: &[u8]) -> Option<String> {
     None
 }
 
-/// The task ids of a finished index's member: a MessagePack array of strings.
-fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
+/// The task ids of a finished index's member, or the per-task values of a batched event: a
+/// MessagePack array of strings.
+pub(crate) fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
     let (count, mut at) = msgpack_array(m)?;
     (0..count)
         .map(|_| msgpack_string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
@@ -719,13 +733,9 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
     ids.sort_unstable();
     ids.dedup();
     for chunk in ids.chunks(500) {
+        let found = records_of(conn, keys, chunk).await?;
         let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HGET").arg(keys.task(id)).arg("unique_key");
-        }
-        let locks: Vec<Option<String>> = pipe.query_async(conn).await?;
-        let mut pipe = redis::pipe();
-        for (id, lock) in chunk.iter().zip(locks) {
+        for (id, lock) in chunk.iter().zip(found.iter().map(|f| lock_of(f))) {
             pipe.cmd("DEL").arg(keys.task(id)).arg(keys.done(id)).ignore();
             if let Some(lock) = lock {
                 pipe.cmd("DEL").arg(lock).ignore();
@@ -837,7 +847,11 @@ mod tests {
             result: Some((Bytes::from_static(b"stale"), Codec::Bytes)),
             run_ms: 1,
             cancel: None,
-            may_hold_member: false,
+            envelope: Some(TrackedEnvelope {
+                kind: "k".to_owned(),
+                attempt: 0,
+                enqueued_at: 1,
+            }),
         };
         let ctx = |consumer| SettleCtx {
             keys: &keys,
@@ -881,6 +895,299 @@ mod tests {
             .unwrap();
         let rec = &records(&mut conn, std::slice::from_ref(&keys), id).await.unwrap()[0];
         assert!(rec.iter().any(|(k, v)| k == "state" && v == b"succeeded"), "{rec:?}");
+    }
+
+    /// A tracked enqueue of `env` (unique key `unique`, held until final), read by worker `w`:
+    /// its entry id (`None` when the unique key was taken).
+    async fn enqueued_and_read(
+        conn: &mut RedisConnection,
+        keys: &ShardKeys,
+        env: &Envelope,
+        unique: Option<&str>,
+    ) -> Option<StreamId> {
+        let item = EnqueueItem {
+            keys,
+            env,
+            due_ms: 0,
+            retention_ms: 60_000,
+            events_maxlen: 100,
+            unique: unique.map(|k| (keys.unique(k), 0)),
+        };
+        if enqueue(conn, &[item], 1).await.unwrap() != [None] {
+            return None;
+        }
+        let got = read_group(conn, "w", 10, None, &[keys.stream.as_str()]).await.unwrap();
+        got.into_iter().map(|(_, e)| e.id).next()
+    }
+
+    fn tracked_of(env: &Envelope, unique_lock: Option<String>, result: Option<&'static [u8]>) -> Tracked {
+        Tracked {
+            task_id: env.id.as_str().to_owned(),
+            retention_ms: 60_000,
+            unique_lock,
+            result: result.map(|r| (Bytes::from_static(r), Codec::Bytes)),
+            run_ms: 3,
+            cancel: None,
+            envelope: Some(TrackedEnvelope {
+                kind: env.kind.clone(),
+                attempt: env.attempt,
+                enqueued_at: env.enqueued_at,
+            }),
+        }
+    }
+
+    fn field<'a>(rec: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+        rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    async fn key_type(conn: &mut RedisConnection, key: &str) -> String {
+        redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_final_record_is_one_string_and_every_script_reads_it() {
+        let server = RedisServer::start();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
+        let queue = Queue::new("final").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let a = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let b = Envelope::new("k", Bytes::from_static(b"2"), Codec::Json);
+        let ea = enqueued_and_read(&mut conn, &keys, &a, Some("u")).await.unwrap();
+        let eb = enqueued_and_read(&mut conn, &keys, &b, None).await.unwrap();
+        // While the unique key is held (until final), a second enqueue is a duplicate.
+        let dup = Envelope::new("k", Bytes::from_static(b"3"), Codec::Json);
+        assert_eq!(enqueued_and_read(&mut conn, &keys, &dup, Some("u")).await, None);
+        let (ta, tb) = (
+            tracked_of(&a, Some(keys.unique("u")), Some(b"ra")),
+            tracked_of(&b, None, None),
+        );
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "w",
+            dlq_maxlen: 100,
+            now_ms: 10,
+        };
+        let stale = settle_tracked(
+            &mut conn,
+            ctx,
+            100,
+            &[],
+            &[(ea, &Settle::Ack, &ta), (eb, &Settle::Ack, &tb)],
+        )
+        .await
+        .unwrap();
+        assert!(stale.is_empty());
+
+        // One string each, with its expiry, read back whole through the one reader.
+        let (ka, kb) = (keys.task(a.id.as_str()), keys.task(b.id.as_str()));
+        for k in [&ka, &kb] {
+            assert_eq!(key_type(&mut conn, k).await, "string");
+            let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+        }
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(field(&rec, "state"), Some(&b"succeeded"[..]));
+        assert_eq!(field(&rec, "result"), Some(&b"ra"[..]));
+        assert_eq!(field(&rec, "result_codec"), Some(&b"bytes"[..]));
+        assert_eq!(field(&rec, "kind"), Some(&b"k"[..]));
+        assert_eq!(field(&rec, "runs"), Some(&b"1"[..]));
+        assert_eq!(field(&rec, "run_ms"), Some(&b"3"[..]));
+        assert_eq!(field(&rec, "worker"), Some(&b"w"[..]));
+        assert_eq!(field(&rec, "started_at"), Some(&b"7"[..]));
+        let both = records_of(&mut conn, &keys, &[a.id.to_string(), b.id.to_string()])
+            .await
+            .unwrap();
+        assert_eq!(field(&both[1], "state"), Some(&b"succeeded"[..]));
+        assert_eq!(field(&both[1], "result"), None);
+
+        // A late start and a late progress report are no-ops, never a WRONGTYPE error.
+        let codes = start(&mut conn, &keys, "w", 100, &[(a.id.as_str(), 0, "k", 60_000)], 20)
+            .await
+            .unwrap();
+        assert_eq!(codes, [StartCode::Run]);
+        let written = progress(&mut conn, &keys, "w", 100, &[(a.id.as_str(), 50, "late")], 20)
+            .await
+            .unwrap();
+        assert_eq!(written, 0);
+        let again = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(again, rec, "the final record is unchanged");
+        assert_eq!(key_type(&mut conn, &ka).await, "string");
+
+        // Cancel answers the final state; a wait on it does not register, and an unregister
+        // leaves it alone.
+        assert_eq!(
+            cancel(&mut conn, &keys, a.id.as_str(), None, 100, 30).await.unwrap(),
+            ("final".to_owned(), "succeeded".to_owned())
+        );
+        let (registered, fields) = register_waiter(&mut conn, &keys, a.id.as_str()).await.unwrap();
+        assert!(!registered);
+        assert_eq!(field(&fields, "state"), Some(&b"succeeded"[..]));
+        unregister_waiter(&mut conn, &keys, a.id.as_str()).await.unwrap();
+        assert_eq!(key_type(&mut conn, &ka).await, "string");
+
+        // The unique key was freed at the final state: the key enqueues anew. The same id
+        // enqueued again starts a live record of its own over the final one.
+        let fresh = Envelope::new("k", Bytes::from_static(b"4"), Codec::Json);
+        assert!(enqueued_and_read(&mut conn, &keys, &fresh, Some("u")).await.is_some());
+        let mut same = Envelope::new("k2", Bytes::from_static(b"5"), Codec::Json);
+        same.id = a.id.clone();
+        assert!(enqueued_and_read(&mut conn, &keys, &same, None).await.is_some());
+        assert_eq!(key_type(&mut conn, &ka).await, "hash");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "kind"), field(&rec, "result")),
+            (Some(&b"queued"[..]), Some(&b"k2"[..]), None)
+        );
+
+        // The two successes share one event entry; the reader gives one event per task.
+        let entries = events(&mut conn, &keys, None, 100).await.unwrap();
+        let batched: Vec<_> = entries
+            .iter()
+            .filter(|e| e.fields.iter().any(|(k, v)| k == b"event" && v == b"succeeded"))
+            .collect();
+        assert_eq!(batched.len(), 1, "{entries:?}");
+        let read: Vec<crate::lifecycle::Event> = entries
+            .into_iter()
+            .flat_map(|e| crate::lifecycle::Event::from_entry("normal", 0, e))
+            .filter(|e| e.event == "succeeded")
+            .collect();
+        let seen: Vec<(&str, &[(String, String)])> =
+            read.iter().map(|e| (e.task_id.as_str(), e.fields.as_slice())).collect();
+        let want = |id: &Envelope| {
+            (
+                id.id.as_str().to_owned(),
+                vec![
+                    ("run_ms".to_owned(), "3".to_owned()),
+                    ("worker".to_owned(), "w".to_owned()),
+                ],
+            )
+        };
+        let (wa, wb) = (want(&a), want(&b));
+        assert_eq!(
+            seen,
+            [(wa.0.as_str(), wa.1.as_slice()), (wb.0.as_str(), wb.1.as_slice())]
+        );
+        assert!(read.iter().all(|e| e.at == 10 && e.stream_id == read[0].stream_id));
+    }
+
+    #[tokio::test]
+    async fn a_dead_final_record_replays_into_a_live_one() {
+        let server = RedisServer::start();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
+        let queue = Queue::new("replayed").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let d = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let entry = enqueued_and_read(&mut conn, &keys, &d, None).await.unwrap();
+        let bury = Settle::Bury {
+            reason: super::super::DeadReason::Fatal,
+            error: "no".to_owned(),
+            attempt: Some(1),
+        };
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "w",
+            dlq_maxlen: 100,
+            now_ms: 10,
+        };
+        let t = tracked_of(&d, None, None);
+        settle_tracked(&mut conn, ctx, 100, &[], &[(entry, &bury, &t)])
+            .await
+            .unwrap();
+        let k = keys.task(d.id.as_str());
+        assert_eq!(key_type(&mut conn, &k).await, "string");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "reason"), field(&rec, "kind")),
+            (Some(&b"dead"[..]), Some(&b"fatal"[..]), Some(&b"k"[..]))
+        );
+        assert_eq!(field(&rec, "entry"), None, "live-only fields go at the final state");
+        let dlq_id = StreamId::parse(std::str::from_utf8(field(&rec, "dlq_id").unwrap()).unwrap()).unwrap();
+        assert_eq!(replay(&mut conn, &keys, &[dlq_id], 100, 20).await.unwrap(), 1);
+        assert_eq!(key_type(&mut conn, &k).await, "hash");
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
+        assert_eq!(ttl, -1, "a replayed record lives again, without expiry");
+        let rec = records(&mut conn, std::slice::from_ref(&keys), d.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (
+                field(&rec, "state"),
+                field(&rec, "attempt"),
+                field(&rec, "kind"),
+                field(&rec, "reason")
+            ),
+            (Some(&b"queued"[..]), Some(&b"0"[..]), Some(&b"k"[..]), None)
+        );
+        assert!(field(&rec, "entry").is_some());
+    }
+
+    #[test]
+    fn batched_event_entries_read_as_one_event_per_task() {
+        let entry = |fields: Vec<(&str, Vec<u8>)>| StreamEntry {
+            id: StreamId { ms: 5, seq: 0 },
+            fields: fields.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect(),
+        };
+        // ids ["a", "bc"], attempt ["0", "2"], as cmsgpack writes them.
+        let ids = vec![0x92, 0xa1, b'a', 0xa2, b'b', b'c'];
+        let attempts = vec![0x92, 0xa1, b'0', 0xa1, b'2'];
+        let e = entry(vec![
+            ("event", b"started".to_vec()),
+            ("at", b"9".to_vec()),
+            ("ids", ids.clone()),
+            ("per_id", b"attempt".to_vec()),
+            ("worker", b"w1".to_vec()),
+            ("attempt", attempts),
+        ]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, e);
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].task_id.as_str(), got[0].event.as_str(), got[0].at),
+            ("a", "started", 9)
+        );
+        assert_eq!(got[0].fields, pairs(&[("worker", "w1"), ("attempt", "0")]));
+        assert_eq!(got[1].task_id, "bc");
+        assert_eq!(got[1].fields, pairs(&[("worker", "w1"), ("attempt", "2")]));
+        assert!(
+            got.iter()
+                .all(|e| e.priority == "high" && e.shard == 2 && e.stream_id == "5-0")
+        );
+        // A per-task column of the wrong length: one event as it is, not a silent drop.
+        let bad = entry(vec![
+            ("event", b"started".to_vec()),
+            ("ids", ids),
+            ("per_id", b"attempt".to_vec()),
+            ("attempt", vec![0x91, 0xa1, b'0']),
+        ]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, bad);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task_id, "");
+        // A plain entry is one event.
+        let plain = entry(vec![
+            ("id", b"x".to_vec()),
+            ("event", b"dead".to_vec()),
+            ("reason", b"fatal".to_vec()),
+        ]);
+        let got = crate::lifecycle::Event::from_entry("high", 2, plain);
+        assert_eq!((got.len(), got[0].task_id.as_str()), (1, "x"));
+        assert_eq!(got[0].fields, pairs(&[("reason", "fatal")]));
     }
 
     #[test]

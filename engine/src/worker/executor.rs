@@ -102,7 +102,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         if let Some(t) = &track {
             // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
-            tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms, &control);
+            tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms);
         }
         let began = std::time::Instant::now();
         let result = tokio::select! {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Lane, Outage, Shared};
 use crate::broker::RedisConnection;
-use crate::broker::lifecycle::{self as records, StartCode, Tracked};
+use crate::broker::lifecycle::{self as records, StartCode, Tracked, TrackedEnvelope};
 use crate::envelope::{Envelope, TaskId};
 use crate::lifecycle::TaskControl;
 
@@ -50,8 +50,6 @@ pub(super) struct StartRequest {
     attempt: u32,
     kind: String,
     retention_ms: u64,
-    /// Cancelled when the record says the task was cancelled before it started.
-    control: TaskControl,
 }
 
 /// Running tracked tasks by (lane, task id), with their handler's control and whether their
@@ -81,8 +79,11 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
         result: None,
         run_ms: 0,
         cancel: None,
-        // A retried task was parked with its fields as a member, copied into its record.
-        may_hold_member: env.attempt > 0,
+        envelope: Some(TrackedEnvelope {
+            kind: env.kind.clone(),
+            attempt: env.attempt,
+            enqueued_at: env.enqueued_at,
+        }),
     })
 }
 
@@ -118,28 +119,22 @@ impl RawTrack {
             result: None,
             run_ms: 0,
             cancel: None,
-            may_hold_member: true,
+            envelope: None,
         })
     }
 }
 
-/// Asks for the start of a tracked task to be recorded (without waiting for it).
-pub(super) fn begin(
-    shared: &Shared,
-    lane: usize,
-    task_id: &TaskId,
-    attempt: u32,
-    kind: &str,
-    retention_ms: u64,
-    control: &TaskControl,
-) {
+/// Asks for the start of a tracked task to be recorded (without waiting for it). A record
+/// that says it was cancelled stops it through its control in [`RunningTasks`] (registered
+/// with [`running`] first), so the request carries no clone of it (each clone of a
+/// cancellation token locks its tree node, and most requests are dropped unsent).
+pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: &str, retention_ms: u64) {
     let req = StartRequest {
         lane,
         task_id: task_id.as_str().to_owned(),
         attempt,
         kind: kind.to_owned(),
         retention_ms,
-        control: control.clone(),
     };
     // The starter stops only after every handler has finished: a send cannot fail while one
     // runs. Were it to, the record would only miss its `active` step.
@@ -261,13 +256,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<StartRequest>, stop: &Cancellati
     };
     let mut running = shared.running.lock().expect("never poisoned");
     for (req, code) in batch.drain(..).zip(codes) {
+        let Some((control, recorded)) = running.get_mut(&(req.lane, req.task_id.clone())) else {
+            // Finished meanwhile: nothing to mark or stop.
+            continue;
+        };
         if code == StartCode::Run {
-            if let Some((_, recorded)) = running.get_mut(&(req.lane, req.task_id.clone())) {
-                *recorded = true;
-            }
+            *recorded = true;
         } else {
             tracing::info!(task_id = %req.task_id, "task was cancelled before it started; stopping it");
-            req.control.cancel();
+            control.cancel();
         }
     }
 }

@@ -1,6 +1,6 @@
 -- cancel.lua: cancel one task, atomically, whatever state it is in.
 --
--- KEYS[1]  task record HASH
+-- KEYS[1]  task record (record.lua: a HASH while live, a STRING once final)
 -- KEYS[2]  stream of the shard
 -- KEYS[3]  scheduled ZSET of the shard
 -- KEYS[4]  retry ZSET of the shard
@@ -29,12 +29,12 @@
 local rec, stream, scheduled, retry, stats, events, cancels, done, lock =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local id, now, maxlen, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local state, member, entry, retention, waiters = unpack(redis.call('HMGET', rec, 'state', 'member', 'entry',
-  'retention_ms', 'waiters'))
+local got, final = record_get(rec, { 'state', 'member', 'entry', 'retention_ms', 'waiters' })
+local state, member, entry, retention, waiters = unpack(got)
 if not state then
   return { 'unknown', '' }
 end
-if state == 'succeeded' or state == 'dead' or state == 'cancelled' then
+if final or record_final_states[state] then
   return { 'final', state }
 end
 if state == 'active' then
@@ -60,10 +60,14 @@ if not removed then
   -- the worker stop it, and its settle record it cancelled whatever the handler returned.
   redis.call('SADD', cancels, id)
 end
-redis.call('HSET', rec, 'state', 'cancelled', 'started', '0', 'finished_at', now, 'updated_at', now)
-redis.call('HDEL', rec, 'member', 'entry', 'due_at', 'waiters')
+-- The record is final now: written whole (record.lua), with its expiry.
+local fields = record_map(rec)
+for name in pairs(record_live_only) do
+  fields[name] = nil
+end
+fields.state, fields.started, fields.finished_at, fields.updated_at = 'cancelled', '0', now, now
+record_finish(rec, fields, retention)
 if retention and tonumber(retention) > 0 then
-  redis.call('PEXPIRE', rec, retention)
   redis.call('ZADD', KEYS[11], now + retention, cmsgpack.pack({ id }))
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now)
 end

@@ -6,7 +6,8 @@
 -- KEYS[1]  stream of the shard
 -- KEYS[2]  scheduled ZSET of the shard
 -- KEYS[3]  stats HASH of the shard
--- KEYS[4]  task record HASH (rivulet:{q:p:n}:task:<id>)
+-- KEYS[4]  task record (rivulet:{q:p:n}:task:<id>; record.lua): written as a live HASH; a
+--          final record an earlier task of the same id left is replaced
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  unique-key lock (rivulet:{q:p:n}:unique:<key>), only when ARGV[6] is not ''
 -- ARGV[1]  task id
@@ -41,17 +42,26 @@ for i = 7, #ARGV, 2 do
 end
 
 local tracked = retention ~= '0'
+-- The record's first write: a final record (a STRING) of an earlier task with this id answers
+-- WRONGTYPE and is replaced, so this task starts a record of its own.
+local function write_record(...)
+  local r = redis.pcall('HSET', KEYS[4], ...)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[4])
+    redis.call('HSET', KEYS[4], ...)
+  end
+end
 if due > 0 then
   local member = cmsgpack.pack(fields)
   redis.call('ZADD', KEYS[2], due, member)
   if tracked then
-    redis.call('HSET', KEYS[4], 'state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
+    write_record('state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'due_at', due, 'member', member, 'retention_ms', retention, 'updated_at', now)
   end
 else
   local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
   if tracked then
-    redis.call('HSET', KEYS[4], 'state', 'queued', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
+    write_record('state', 'queued', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'entry', entry, 'retention_ms', retention, 'updated_at', now)
   end
 end

@@ -13,7 +13,8 @@ local written = 0
 for i = 2, #KEYS do
   local rec = KEYS[i]
   local a = 4 + (i - 2) * 3
-  local state, owner = unpack(redis.call('HMGET', rec, 'state', 'worker'))
+  -- (A final record, a late report's, reads not active: nothing is written.)
+  local state, owner = unpack((record_get(rec, { 'state', 'worker' })))
   if state == 'active' and owner == worker then
     redis.call('HSET', rec, 'progress', ARGV[a + 1], 'progress_message', ARGV[a + 2], 'updated_at', now)
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'id', ARGV[a], 'event', 'progress', 'at', now,

@@ -38,11 +38,22 @@ for i = 1, last do
     replayed = replayed + 1
     if tracked then
       local rec = KEYS[4 + i]
-      if redis.call('HEXISTS', rec, 'state') == 1 then
+      local fields = record_map(rec)
+      if fields.state then
+        -- Live again: a HASH of the record's fields (record.lua), without the dead ones and
+        -- without expiry.
         local now = ARGV[#ARGV - 1]
-        redis.call('HSET', rec, 'state', 'queued', 'attempt', '0', 'entry', entry, 'updated_at', now)
-        redis.call('HDEL', rec, 'reason', 'error', 'dlq_id', 'finished_at', 'run_ms', 'result', 'result_codec')
-        redis.call('PERSIST', rec)
+        for _, name in ipairs({ 'reason', 'error', 'dlq_id', 'finished_at', 'run_ms', 'result', 'result_codec' }) do
+          fields[name] = nil
+        end
+        fields.state, fields.attempt, fields.entry, fields.updated_at = 'queued', '0', entry, now
+        local flat = {}
+        for k, v in pairs(fields) do
+          flat[#flat + 1] = k
+          flat[#flat + 1] = v
+        end
+        redis.call('DEL', rec)
+        redis.call('HSET', rec, unpack(flat))
         local id = ''
         for j = 1, #out, 2 do
           if out[j] == 'id' then id = out[j + 1] end

@@ -27,17 +27,22 @@
 --          the ids of the kept records it finished succeeded, score = when the last of them
 --          expires (ms)
 -- KEYS[9]  cancelled ZSET of the shard (the same for cancelled records)
--- KEYS[10..] three keys per tracked outcome, in order: record HASH, done list, unique lock (the
+-- KEYS[10..] three keys per tracked outcome, in order: record, done list, unique lock (the
 --          done list again when the task holds no lock to release)
--- ARGV (the last 1 + 10 * T values, T = (#KEYS - 9) / 3): per tracked outcome ten values:
+-- ARGV (the last 1 + 12 * T values, T = (#KEYS - 9) / 3): per tracked outcome twelve values:
 --          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
---          the unique lock if this task holds it), drop member ('1' = the record may still hold a
---          retry member to drop); then the events stream's approximate MAXLEN.
---          op 's' succeeded: result a ('' none), result codec b, run ms c
+--          the unique lock if this task holds it), kind, attempt, enqueued_at (the task's, for
+--          the final record of a success; kind '' = unknown: the record's own fields are read);
+--          then the events stream's approximate MAXLEN.
+--          op 's' succeeded: result a ('' none), result codec b, run ms c, started at ms d
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
 --          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`; a
 --             record a cancel already finished stays as it is and the entry is dropped
+-- A final record is written whole with one SET ... PX (record.lua): a success's from the
+-- arguments alone (no read of the live record), the rarer final states over the live record's
+-- fields. The successes of one call share one `succeeded` event entry (their ids in `ids`,
+-- docs/wire-format.md "Events").
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
 -- Returns  the entry ids that were not settled because this consumer no longer owns them
@@ -59,7 +64,7 @@ if #KEYS > 4 then
 end
 local untracked_end = #ARGV
 if tracked > 0 then
-  untracked_end = #ARGV - 10 * tracked - 1
+  untracked_end = #ARGV - 12 * tracked - 1
 end
 
 -- Ownership and delivery counts for the batch, in one range read of this consumer's PEL.
@@ -183,53 +188,77 @@ if tracked > 0 then
   local events_maxlen = ARGV[#ARGV]
   local cancelled = 0
   -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
-  -- always it has none, and a finished task then costs one HSET, one PEXPIRE and its event.
+  -- always it has none, and a succeeded task then costs one SET (and a share of the batch's
+  -- event).
   local any_waiting = redis.call('SCARD', waiting) > 0
   local any_cancels = redis.call('SCARD', cancels) > 0
   local function event(task, name, ...)
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
   end
-  -- A final state: expire the record after its retention, wake its waiters, free its lock.
-  -- `extra` is the state's own fields, written in the same HSET.
-  local function finish(rec, done_list, lock, task, retention, release, drop_member, extra)
+  local succeeded_ids, succeeded_ms = {}, {}
+  local now_n = tonumber(now)
+  -- Retention strings as numbers, each distinct value converted once (a batch has one or two:
+  -- Lua's tonumber and tostring are a large share of the per-task cost).
+  local retention_n = {}
+  local function ms(s)
+    local n = retention_n[s]
+    if not n then
+      n = tonumber(s) or 0
+      retention_n[s] = n
+    end
+    return n
+  end
+  -- A final state: the record written whole with its expiry, its waiters woken, its lock freed.
+  -- `fields` is the final record ({ name = value }).
+  local function finish(rec, done_list, lock, task, retention, release, fields)
+    fields.finished_at, fields.updated_at = now, now
     -- The worker too: a short task may reach here without a start record (worker/tracker.rs).
-    redis.call('HSET', rec, 'finished_at', now, 'updated_at', now, 'worker', consumer, unpack(extra))
+    fields.worker = consumer
+    fields.retention_ms = retention
+    local ret = ms(retention)
+    record_finish(rec, fields, retention, ret)
     if any_waiting and redis.call('SREM', waiting, task) == 1 then
-      redis.call('HDEL', rec, 'waiters')
       redis.call('RPUSH', done_list, '1')
       redis.call('PEXPIRE', done_list, 60000)
     end
-    if any_cancels and redis.call('SREM', cancels, task) == 1 then
-      redis.call('HDEL', rec, 'cancel_requested')
+    if any_cancels then
+      redis.call('SREM', cancels, task)
     end
-    if drop_member == '1' then
-      redis.call('HDEL', rec, 'member', 'due_at')
-    end
-    if tonumber(retention) > 0 then
-      redis.call('PEXPIRE', rec, retention)
-      local ix = index[extra[2]]
+    if ret > 0 then
+      local ix = index[fields.state]
       if ix then
         ix.ids[#ix.ids + 1] = task
-        ix.until_ms = math.max(ix.until_ms, now + retention)
+        if now_n + ret > ix.until_ms then ix.until_ms = now_n + ret end
       end
     end
     if release == '1' and redis.call('GET', lock) == task then
       redis.call('DEL', lock)
     end
   end
+  -- The live record's fields without those that end with it, for a final state other than a
+  -- plain success (rare: one read more).
+  local function final_over_live(rec)
+    local fields = record_map(rec)
+    for name in pairs(record_live_only) do
+      fields[name] = nil
+    end
+    return fields
+  end
   for t = 1, tracked do
-    local i = untracked_end + 1 + (t - 1) * 10
+    local i = untracked_end + 1 + (t - 1) * 12
     local id, op, a, b, c, d = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local task, retention, release, drop_member = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+    local task, retention, release = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+    local kind, attempt, enqueued_at = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
     local k = 10 + (t - 1) * 3
     local rec, done_list, lock = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local deliveries = owned[id]
-    -- A task cancelled before it started (cancel.lua marked the record and put its id in
+    -- A task cancelled before it started (cancel.lua finished the record and put its id in
     -- `cancels`) that ran anyway, in the window before its worker read the mark, ends
     -- cancelled (started), whatever its handler did: never succeeded over the cancel the caller
     -- was told of, never retried. Looked up only while the shard has cancels pending.
     local precancelled = false
-    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and op ~= 'w' and redis.call('HGET', rec, 'state') == 'cancelled' then
+    if deliveries and any_cancels and op ~= 'q' and op ~= 'x' and op ~= 'w'
+      and record_get(rec, { 'state' })[1] == 'cancelled' then
       if op == 's' then a = c elseif op == 'b' then a = d else a = '' end
       op, precancelled = 'x', true
     end
@@ -240,40 +269,55 @@ if tracked > 0 then
       acked[#acked + 1] = id
       if op == 's' then
         done = done + 1
-        if a ~= '' then
-          finish(rec, done_list, lock, task, retention, release, drop_member,
-            { 'state', 'succeeded', 'run_ms', c, 'result', a, 'result_codec', b })
+        local fields
+        if kind ~= '' then
+          -- Everything the record says is known here: no read of the live record. The runs
+          -- are the attempts before this one plus this entry's deliveries (no conversion in
+          -- the common case of a first run).
+          local runs = '1'
+          if attempt ~= '0' or deliveries ~= 1 then
+            runs = tostring((tonumber(attempt) or 0) + deliveries)
+          end
+          -- (One constructor with every field finish() sets too: the table is sized once.)
+          fields = { state = 'succeeded', kind = kind, attempt = attempt, enqueued_at = enqueued_at,
+            runs = runs, run_ms = c, started_at = d, finished_at = now, updated_at = now,
+            worker = consumer, retention_ms = retention }
+          if release == '1' then fields.unique_key = lock end
         else
-          finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'succeeded', 'run_ms', c })
+          fields = final_over_live(rec)
         end
-        event(task, 'succeeded', 'run_ms', c, 'worker', consumer)
+        fields.state, fields.run_ms = 'succeeded', c
+        if a ~= '' then
+          fields.result, fields.result_codec = a, b
+        end
+        finish(rec, done_list, lock, task, retention, release, fields)
+        succeeded_ids[#succeeded_ids + 1] = task
+        succeeded_ms[#succeeded_ms + 1] = c
       elseif op == 'r' then
         local member = apply(id, op, a, b, c, deliveries)
-        redis.call('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now,
+        -- A record already final (only a cancel finishes one under a running task, and that
+        -- case went to 'x' above) answers WRONGTYPE and is left as it is.
+        redis.pcall('HSET', rec, 'state', 'retrying', 'due_at', a, 'attempt', b, 'error', c, 'updated_at', now,
           'member', member or '')
         if any_cancels and redis.call('SREM', cancels, task) == 1 then
-          redis.call('HDEL', rec, 'cancel_requested')
+          redis.pcall('HDEL', rec, 'cancel_requested')
         end
         event(task, 'retried', 'attempt', b, 'due_at', a, 'error', c)
       elseif op == 'b' then
         local dlq_id = apply(id, op, a, b, c, deliveries)
-        local extra = { 'state', 'dead', 'reason', a, 'error', b, 'dlq_id', dlq_id or '' }
-        if c ~= '' then
-          extra[#extra + 1] = 'attempt'
-          extra[#extra + 1] = c
-        end
-        if d ~= '' then
-          extra[#extra + 1] = 'run_ms'
-          extra[#extra + 1] = d
-        end
-        finish(rec, done_list, lock, task, retention, release, drop_member, extra)
+        local fields = final_over_live(rec)
+        fields.state, fields.reason, fields.error, fields.dlq_id = 'dead', a, b, dlq_id or ''
+        if c ~= '' then fields.attempt = c end
+        if d ~= '' then fields.run_ms = d end
+        finish(rec, done_list, lock, task, retention, release, fields)
         event(task, 'dead', 'reason', a, 'error', b)
       elseif op == 'q' then
         local entry = apply(id, op, a, b, c, deliveries)
         -- Back in the stream under a new entry id (what cancel deletes while it is queued). A
-        -- record cancelled meanwhile stays cancelled: the next worker skips the task.
-        local state = redis.call('HGET', rec, 'state')
-        if state ~= 'cancelled' and state ~= 'succeeded' and state ~= 'dead' then
+        -- record finished meanwhile (cancelled) stays as it is: the next worker skips the task.
+        local got, final = record_get(rec, { 'state' })
+        final = final or record_final_states[got[1]]
+        if not final then
           redis.call('HSET', rec, 'state', 'queued', 'updated_at', now, 'entry', entry or '')
           redis.call('HDEL', rec, 'worker', 'started_at', 'progress', 'progress_message')
           event(task, 'requeued')
@@ -282,8 +326,9 @@ if tracked > 0 then
         -- Parked by a limit before its handler was built. A cancel that raced the delivery has
         -- already finished the record (cancel.lua: cancelled, not started): the entry is only
         -- dropped, never parked, and its cancel mark goes.
-        local state = redis.call('HGET', rec, 'state')
-        if state == 'cancelled' or state == 'succeeded' or state == 'dead' then
+        local got, final = record_get(rec, { 'state' })
+        final = final or record_final_states[got[1]]
+        if final then
           if any_cancels then redis.call('SREM', cancels, task) end
         else
           local member = apply(id, op, a, b, c, deliveries)
@@ -294,10 +339,19 @@ if tracked > 0 then
       elseif op == 'x' then
         -- (cancel.lua counted one cancelled before it started.)
         if not precancelled then cancelled = cancelled + 1 end
-        finish(rec, done_list, lock, task, retention, release, drop_member, { 'state', 'cancelled', 'started', '1', 'run_ms', a })
+        local fields = final_over_live(rec)
+        fields.state, fields.started, fields.run_ms = 'cancelled', '1', a
+        finish(rec, done_list, lock, task, retention, release, fields)
         event(task, 'cancelled', 'started', '1')
       end
     end
+  end
+  if #succeeded_ids > 0 then
+    -- One entry for the call's successes: shared fields plain, per-task ones (named in
+    -- `per_id`) MessagePack arrays in the order of `ids`.
+    redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'event', 'succeeded', 'at', now,
+      'ids', cmsgpack.pack(succeeded_ids), 'per_id', 'run_ms', 'run_ms', cmsgpack.pack(succeeded_ms),
+      'worker', consumer)
   end
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
   -- Ids whose records have expired leave the index (O(log n) when none has).

@@ -16,17 +16,21 @@
 --
 -- A record that is missing (a producer that writes none, or one whose queue has tracking
 -- off) is created here, so a task's status is known from its start on.
+--
+-- The started tasks of one call share one `started` event entry (their ids in `ids`, their
+-- attempts in `attempt`: docs/wire-format.md "Events").
 local events, worker, now, maxlen = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local codes = {}
+local started_ids, started_attempts = {}, {}
 for i = 2, #KEYS do
   local rec = KEYS[i]
   local a = 4 + (i - 2) * 4
   local id, attempt, kind, retention = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local state, cancel, runs, member, progress, seen =
-    unpack(redis.call('HMGET', rec, 'state', 'cancel_requested', 'runs', 'member', 'progress', 'attempt'))
+  local got, final = record_get(rec, { 'state', 'cancel_requested', 'runs', 'member', 'progress', 'attempt' })
+  local state, cancel, runs, member, progress, seen = unpack(got)
   if state == 'cancelled' then
     codes[#codes + 1] = 1
-  elseif state == 'succeeded' or state == 'dead' or (seen and tonumber(seen) > tonumber(attempt)) then
+  elseif final or record_final_states[state] or (seen and tonumber(seen) > tonumber(attempt)) then
     codes[#codes + 1] = 0
   elseif cancel == '1' then
     codes[#codes + 1] = 2
@@ -43,9 +47,14 @@ for i = 2, #KEYS do
     if member or progress then
       redis.call('HDEL', rec, 'due_at', 'member', 'progress', 'progress_message')
     end
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', 'started', 'at', now,
-      'worker', worker, 'attempt', attempt)
+    started_ids[#started_ids + 1] = id
+    started_attempts[#started_attempts + 1] = attempt
     codes[#codes + 1] = 0
   end
+end
+if #started_ids > 0 then
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'event', 'started', 'at', now,
+    'ids', cmsgpack.pack(started_ids), 'per_id', 'attempt', 'worker', worker,
+    'attempt', cmsgpack.pack(started_attempts))
 end
 return codes
