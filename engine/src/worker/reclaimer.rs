@@ -1,29 +1,39 @@
 //! The reclaimer: takes over entries whose lease ran out because their worker died, and
 //! removes dead workers' consumers from the groups once they hold nothing.
 //!
-//! **Reclaim.** `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` within a
-//! round. Live workers renew their leases every `min(lease / 3, 2 s)`, so only orphans are ever
-//! idle that long. Entries delivered more than `max_deliveries` times are poison and go to the
-//! DLQ: the script sets them apart and the worker buries them through the acker (one settle path,
-//! which also marks a tracked task's record `dead`). The reclaimer claims into the handler slots free now; while a
-//! scan is unfinished and no slot is free, it waits for the next slot to free (at most one
-//! round) rather than leaving the rest of the orphans for a later round. The fetchers keep no
-//! slot while they wait in a blocking read, so a free slot is always the reclaimer's to take.
+//! **Reclaim.** `XAUTOCLAIM` with min-idle = lease, following the cursor to `0-0` (a *sweep*
+//! of a lane). Live workers renew their leases every `min(lease / 3, 2 s)`, so only orphans are
+//! ever idle that long. Entries delivered more than `max_deliveries` times are poison and go to
+//! the DLQ: the script sets them apart and the worker buries them through the acker (one settle
+//! path, which also marks a tracked task's record `dead`). The reclaimer claims into the handler
+//! slots free now; while a sweep is unfinished and no slot is free, it waits for the next slot
+//! to free (at most one round) rather than leaving the rest of the orphans for a later round.
+//! The fetchers keep no slot while they wait in a blocking read, so a free slot is always the
+//! reclaimer's to take.
 //!
-//! **When.** A round every `reclaim_interval()` (`lease / 8`, 50 ms to 2 s), jittered to
-//! between three quarters and all of it, never more. An entry's idle time starts at its last
-//! delivery or renewal, which is no later than its worker's death, so a dead worker's tasks
-//! start again elsewhere at most `lease + reclaim_interval()` after it died (plus a round trip
-//! and the wait for a free slot when every slot of every live worker is busy): 32 s with the
-//! default 30 s lease, 2.25 s with a 2 s one.
+//! **When.** Orphans only exist where a worker stopped beating (or a read lost its reply).
+//! Every worker's registry writes put one member per queue it serves in [`ALIVE_KEY`](crate::keys::ALIVE_KEY), scored
+//! with the time by which all it holds is past its lease were it to die now (see
+//! `heartbeat`). A round every `reclaim_interval()` (`lease / 8`, 50 ms to 2 s, jittered to
+//! between three quarters and all of it) is one `ZRANGEBYSCORE` of the members whose time
+//! passed: for each of those of a queue this worker serves, it sweeps that queue's lanes, and
+//! once they are all swept, reaps their dead consumers and removes the member. Lanes are also
+//! swept when the worker starts, a lease after a read of this worker failed (its reply, and
+//! the entries delivered with it, may be lost), and every `safety_sweep_interval()` (ten
+//! leases, 1 to 10 minutes) in case a death went unrecorded (a worker of an older version). A
+//! dead worker's tasks start again elsewhere at most `lease + heartbeat_interval() + 1 s +
+//! reclaim_interval()` after it died when it held them at its last beat (35 s with the default
+//! 30 s lease), `lease + registry_interval() + 1 s + reclaim_interval()` when it had been idle
+//! (43 s), plus a round trip and the wait for a free slot when every slot of every live worker
+//! is busy. An idle worker's reclaimer costs one command per round.
 //!
-//! **Dead consumers.** Every `reap_interval()` (`2 * lease`, 1 s to 60 s) the reclaimer looks
-//! at each group's consumers (`XINFO CONSUMERS`, one call per shard) and removes those that
-//! own nothing, have been idle for a lease and whose worker is not in the registry (one
-//! `EXISTS` per such candidate). The removal is `forget_consumer.lua`, which keeps a consumer
-//! that owns entries after all (deleting it would drop them): one that died holding tasks
-//! leaves once they are reclaimed. `XINFO CONSUMERS` then lists live workers and the dead
-//! ones whose tasks still wait for their lease.
+//! **Dead consumers.** After a dead worker's queue is swept, and at each safety sweep, the
+//! reclaimer looks at those lanes' consumers (`XINFO CONSUMERS`, one call per shard) and
+//! removes those that own nothing, have been idle for a lease and whose worker is not in the
+//! registry (one `EXISTS` per such candidate). The removal is `forget_consumer.lua`, which
+//! keeps a consumer that owns entries after all (deleting it would drop them): one that died
+//! holding tasks leaves once they are reclaimed. `XINFO CONSUMERS` then lists live workers and
+//! the dead ones whose tasks still wait for their lease.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,41 +53,100 @@ const RECLAIM_BATCH: usize = 100;
 const REAP_BATCH: usize = 100;
 
 pub(super) async fn run(shared: Arc<Shared>, quiet: CancellationToken) {
-    let mut cursors = vec![SCAN_START; shared.lanes.len()];
+    let lanes = shared.lanes.len();
+    let mut cursors = vec![SCAN_START; lanes];
+    // Lanes to sweep (to the end of their scan), and lanes to reap once swept.
+    let mut sweep = vec![true; lanes];
+    let mut reap = vec![false; lanes];
+    // Dead workers' ALIVE_KEY members to remove once their queue's lanes are swept.
+    let mut dead: Vec<(String, String)> = Vec::new();
     let mut conn = shared.conn.clone();
     let interval = shared.config.reclaim_interval();
-    let reap_every = shared.config.reap_interval();
-    let mut next_reap = tokio::time::Instant::now() + reap_every;
+    let safety_every = shared.config.safety_sweep_interval();
+    let mut next_safety = tokio::time::Instant::now() + safety_every;
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = quiet.cancelled() => return,
-            () = tokio::time::sleep(interval.mul_f64(0.75 + 0.25 * fastrand::f64())) => {}
+        if !first {
+            tokio::select! {
+                () = quiet.cancelled() => return,
+                () = tokio::time::sleep(interval.mul_f64(0.75 + 0.25 * fastrand::f64())) => {}
+            }
         }
-        for (i, lane) in shared.lanes.iter().enumerate() {
+        first = false;
+        let now = shared.clock.now_ms();
+        match broker::expired_alive(&mut conn, now).await {
+            Ok(expired) => {
+                for (queue, worker) in expired {
+                    if worker == shared.id || dead.iter().any(|(q, w)| *q == queue && *w == worker) {
+                        continue;
+                    }
+                    let of_queue: Vec<usize> = (0..lanes)
+                        .filter(|&i| shared.lanes[i].queue.as_str() == queue)
+                        .collect();
+                    if of_queue.is_empty() {
+                        continue; // another queue's workers sweep for it
+                    }
+                    tracing::info!(%queue, %worker, "a worker stopped beating; sweeping its queue for orphans");
+                    for i in of_queue {
+                        sweep[i] = true;
+                        reap[i] = true;
+                    }
+                    dead.push((queue, worker));
+                }
+            }
+            Err(e) => {
+                shared.redis_failed();
+                tracing::debug!(error = %e, "could not look for dead workers; next round");
+            }
+        }
+        let lost = shared.lost_replies_at.load(Ordering::Relaxed);
+        if lost != 0 && now >= lost + crate::envelope::millis(shared.config.lease + interval) {
+            let _ = shared
+                .lost_replies_at
+                .compare_exchange(lost, 0, Ordering::Relaxed, Ordering::Relaxed);
+            sweep.fill(true);
+        }
+        if tokio::time::Instant::now() >= next_safety {
+            next_safety = tokio::time::Instant::now() + safety_every;
+            sweep.fill(true);
+            reap.fill(true);
+        }
+        for i in 0..lanes {
             // A paused queue takes nothing new, its orphans included: they wait for `resume`.
-            if lane.paused.load(Ordering::Relaxed) {
+            if !(sweep[i] || cursors[i] != SCAN_START) || shared.lanes[i].paused.load(Ordering::Relaxed) {
                 continue;
             }
-            if !reclaim_lane(&shared, &mut conn, i, &mut cursors[i], interval, &quiet).await {
-                return;
+            match reclaim_lane(&shared, &mut conn, i, &mut cursors[i], interval, &quiet).await {
+                None => return,
+                Some(done) => sweep[i] &= !done,
             }
         }
-        if tokio::time::Instant::now() >= next_reap {
-            next_reap = tokio::time::Instant::now() + reap_every;
-            for lane in &shared.lanes {
-                if quiet.is_cancelled() {
-                    return;
-                }
-                if let Err(e) = reap_lane(&shared, &mut conn, lane).await {
-                    tracing::debug!(error = %e, stream = %lane.keys.stream, "could not look for dead consumers; next pass");
-                }
+        for i in 0..lanes {
+            if !reap[i] || sweep[i] {
+                continue;
             }
+            if quiet.is_cancelled() {
+                return;
+            }
+            reap[i] = false;
+            let lane = &shared.lanes[i];
+            if let Err(e) = reap_lane(&shared, &mut conn, lane).await {
+                tracing::debug!(error = %e, stream = %lane.keys.stream, "could not look for dead consumers; next pass");
+            }
+        }
+        // A dead worker's members go once every lane of their queue is swept.
+        let (swept, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut dead)
+            .into_iter()
+            .partition(|(q, _)| (0..lanes).all(|i| shared.lanes[i].queue.as_str() != q || !sweep[i]));
+        dead = waiting;
+        if let Err(e) = broker::forget_alive(&mut conn, &swept).await {
+            tracing::debug!(error = %e, "could not forget swept workers; they are swept again");
         }
     }
 }
 
-/// One round of reclaiming on one lane: claims until the scan is complete. Returns false when
-/// the worker went quiet.
+/// One round of reclaiming on one lane: claims until the scan is complete. Returns whether
+/// it completed (`None` when the worker went quiet); an unfinished scan goes on next round.
 async fn reclaim_lane(
     shared: &Arc<Shared>,
     conn: &mut RedisConnection,
@@ -85,22 +154,22 @@ async fn reclaim_lane(
     cursor: &mut broker::StreamId,
     interval: Duration,
     quiet: &CancellationToken,
-) -> bool {
+) -> Option<bool> {
     let lane = &shared.lanes[i];
     loop {
         if quiet.is_cancelled() {
-            return false;
+            return None;
         }
         // The slots to claim into: those free now; none free and the scan unfinished, the next
         // one to free (within a round), since orphans may be waiting further on.
         let mut held = match shared.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) if *cursor != SCAN_START => tokio::select! {
-                () = quiet.cancelled() => return false,
-                () = tokio::time::sleep(interval) => return true,
+                () = quiet.cancelled() => return None,
+                () = tokio::time::sleep(interval) => return Some(false),
                 p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             },
-            Err(_) => return true,
+            Err(_) => return Some(false),
         };
         let more = shared.permits.available_permits().min(RECLAIM_BATCH - 1);
         if more > 0
@@ -112,7 +181,7 @@ async fn reclaim_lane(
         let mut units = shared.try_units(held.num_permits());
         let count = Shared::entries_allowed(&units, held.num_permits());
         if count == 0 {
-            return true;
+            return Some(false);
         }
         let args = ReclaimArgs {
             keys: &lane.keys,
@@ -131,7 +200,7 @@ async fn reclaim_lane(
                 } else {
                     tracing::warn!(error = %e, stream = %lane.keys.stream, "reclaim failed; retrying next round");
                 }
-                return true;
+                return Some(false);
             }
         };
         if got.lost > 0 {
@@ -159,7 +228,7 @@ async fn reclaim_lane(
         }
         *cursor = got.next;
         if *cursor == SCAN_START {
-            return true;
+            return Some(true);
         }
     }
 }

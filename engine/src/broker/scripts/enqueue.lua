@@ -44,6 +44,9 @@ local tracked = retention ~= '0'
 if due > 0 then
   local member = cmsgpack.pack(fields)
   redis.call('ZADD', KEYS[2], due, member)
+  -- Wakes the promoters of idle workers, which sleep until the earliest due time they know of
+  -- (channel 'rivulet:wake', message '<due ms> <stream>'; see docs/wire-format.md).
+  redis.call('PUBLISH', 'rivulet:wake', ARGV[3] .. ' ' .. KEYS[1])
   if tracked then
     redis.call('HSET', KEYS[4], 'state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'due_at', due, 'member', member, 'retention_ms', retention, 'updated_at', now)
