@@ -167,6 +167,17 @@ pub async fn expired_alive(conn: &mut RedisConnection, now_ms: u64) -> Result<Ve
         .collect())
 }
 
+/// Removes the [`ALIVE_KEY`] members whose time passed before `before_ms`: dead workers of
+/// queues no live worker serves any more, which nobody sweeps (and forgets) otherwise.
+pub async fn prune_alive(conn: &mut RedisConnection, before_ms: u64) -> Result<u64> {
+    Ok(redis::cmd("ZREMRANGEBYSCORE")
+        .arg(ALIVE_KEY)
+        .arg("-inf")
+        .arg(format!("({before_ms}"))
+        .query_async(conn)
+        .await?)
+}
+
 /// Removes [`ALIVE_KEY`] members (queue, worker id) whose queue's lanes were swept.
 pub async fn forget_alive(conn: &mut RedisConnection, members: &[(String, String)]) -> Result<()> {
     if members.is_empty() {

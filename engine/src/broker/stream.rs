@@ -261,6 +261,26 @@ pub async fn pending(conn: &mut RedisConnection, stream: &str, count: usize) -> 
     }
 }
 
+/// How many entries each consumer of a shard's group owns (`XPENDING` summary form: one
+/// command whatever the count); empty when nothing is pending or the group does not exist.
+pub async fn pending_by_consumer(conn: &mut RedisConnection, stream: &str) -> Result<Vec<(String, u64)>> {
+    let r: redis::RedisResult<Value> = redis::cmd("XPENDING").arg(stream).arg(GROUP).query_async(conn).await;
+    let reply = match r {
+        Ok(v) => v,
+        Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let Value::Array(mut parts) = reply else {
+        return Err(Error::protocol(format!("XPENDING summary {reply:?}")));
+    };
+    let consumers = match parts.pop() {
+        Some(Value::Nil) | None => return Ok(Vec::new()),
+        Some(v) => v,
+    };
+    redis::from_redis_value::<Vec<(String, u64)>>(consumers)
+        .map_err(|e| Error::protocol(format!("XPENDING summary consumers: {e}")))
+}
+
 /// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.
 pub async fn owned_ids(
     conn: &mut RedisConnection,

@@ -227,6 +227,12 @@ impl WorkerConfig {
         (self.lease / 8).clamp(Duration::from_millis(50), Duration::from_secs(2))
     }
 
+    /// How often a worker looks for dead workers' consumers to remove from a group it still
+    /// watches (see `worker/reclaimer.rs`): twice the lease, 1 s to 60 s.
+    pub fn reap_interval(&self) -> Duration {
+        (self.lease * 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
     /// How often a worker sweeps all its lanes for orphans (and reaps dead consumers) whether
     /// or not a worker was seen to die: ten leases, 1 to 10 minutes (see `worker/reclaimer.rs`).
     pub fn safety_sweep_interval(&self) -> Duration {

@@ -286,6 +286,8 @@ struct Shared {
     /// When the promoter plans to look next, ms since the epoch: a task parked for a limit
     /// until earlier wakes it (`promoter_wake`).
     promoter_due: AtomicU64,
+    /// The earliest due time wakers asked for since the promoter last planned its sleep.
+    promoter_wanted: AtomicU64,
     promoter_wake: tokio::sync::Notify,
     /// Each fetcher's connection, for ending its blocking read early (`CLIENT UNBLOCK`).
     fetch_clients: Vec<FetchClient>,
@@ -321,9 +323,11 @@ impl Shared {
     }
 
     /// Wakes the promoter when it plans to sleep past `due_ms` (a task due then was just
-    /// scheduled, retried or parked).
+    /// scheduled, retried or parked). A call while the promoter is in a round is kept in
+    /// `promoter_wanted`, which the promoter reads once it has planned its next sleep.
     fn wake_promoter_by(&self, due_ms: u64) {
-        if self.promoter_due.fetch_min(due_ms, Ordering::Relaxed) > due_ms {
+        self.promoter_wanted.fetch_min(due_ms, Ordering::SeqCst);
+        if self.promoter_due.load(Ordering::SeqCst) > due_ms {
             self.promoter_wake.notify_one();
         }
     }
@@ -394,9 +398,6 @@ impl Shared {
         settle: Settle,
         track: Option<broker::lifecycle::Tracked>,
     ) {
-        if let Settle::Retry { due_ms, .. } | Settle::Wait { due_ms, .. } = &settle {
-            self.wake_promoter_by(*due_ms);
-        }
         // The acker only stops after every handler has finished, so the receiver is alive
         // whenever a handler sends; an error here would mean a bug in the shutdown order.
         let outcome = Outcome {
@@ -611,6 +612,7 @@ impl Worker {
             limits,
             limit_holds: Mutex::default(),
             promoter_due: AtomicU64::new(u64::MAX),
+            promoter_wanted: AtomicU64::new(u64::MAX),
             promoter_wake: tokio::sync::Notify::new(),
             fetch_clients,
             lanes_changed: tokio::sync::Notify::new(),

@@ -94,10 +94,17 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             wait = Duration::ZERO;
         }
         // A task due before then (a delayed enqueue, a retry, a task parked for a limit) or a
-        // pause flag change wakes this loop early (`Shared::wake_promoter_by`).
+        // pause flag change wakes this loop early (`Shared::wake_promoter_by`); one asked for
+        // during the round shortens the sleep here.
+        let now = shared.clock.now_ms();
         shared
             .promoter_due
-            .store(shared.clock.now_ms() + crate::envelope::millis(wait), Ordering::Relaxed);
+            .store(now + crate::envelope::millis(wait), Ordering::SeqCst);
+        let wanted = shared.promoter_wanted.swap(u64::MAX, Ordering::SeqCst);
+        if wanted != u64::MAX {
+            wait = wait.min(Duration::from_millis(wanted.saturating_sub(now)));
+            shared.promoter_due.fetch_min(wanted, Ordering::SeqCst);
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
