@@ -88,7 +88,8 @@ pub(super) async fn run(
             }
         };
         // Not raced against `quiet`: dropping a read in flight would leave entries delivered
-        // to this consumer that nothing runs. The read returns within `block`.
+        // to this consumer that nothing runs. The read returns within `block`, or at once when
+        // a quiet or a pause flag change sends `CLIENT UNBLOCK` (`Shared::unblock_fetchers`).
         match read(
             &shared, me, &mine, &mut conn, ranks, drained, &mut held, &mut units, &quiet,
         )
