@@ -45,8 +45,17 @@ pub const GROUP: &str = "rivulet";
 pub const QUEUES_KEY: &str = "rivulet:queues";
 /// ZSET of worker id -> last heartbeat (ms since the epoch).
 pub const WORKERS_KEY: &str = "rivulet:workers";
+/// ZSET of `<queue> <worker id>` -> the time (ms since the epoch) by which every task that
+/// worker holds of that queue is past its lease if the worker stopped beating: written with
+/// the registry record, removed at deregistration. A member whose time passed names a worker
+/// that died: the workers serving that queue sweep its lanes for orphans (worker/reclaimer.rs).
+pub const ALIVE_KEY: &str = "rivulet:alive";
 /// SET of paused queue names.
 pub const PAUSED_KEY: &str = "rivulet:paused";
+/// Pub/sub channel that wakes idle workers' promoters: `<due ms> <stream>` when a delayed task
+/// is enqueued (`enqueue.lua`), `pause` when a pause flag changed. A signal only: workers that
+/// miss one find the task (or the flag) on their next slow round.
+pub const WAKE_CHANNEL: &str = "rivulet:wake";
 /// SET of the names of the rate and concurrency limits workers enforce (see [`LimitKeys`]).
 pub const LIMITS_KEY: &str = "rivulet:limits";
 /// The schedules' keys (`docs/schedules.md`): one home slot of their own, `{sched}`, so each

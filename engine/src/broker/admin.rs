@@ -97,9 +97,16 @@ pub async fn forget_queue(conn: &mut RedisConnection, queue: &QueueName) -> Resu
 /// Sets or clears a queue's pause flag.
 pub async fn set_paused(conn: &mut RedisConnection, queue: &QueueName, paused: bool) -> Result<()> {
     let cmd = if paused { "SADD" } else { "SREM" };
-    redis::cmd(cmd)
+    // The PUBLISH wakes idle workers, which otherwise read the flags on a slow round.
+    redis::pipe()
+        .cmd(cmd)
         .arg(PAUSED_KEY)
         .arg(queue.as_str())
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(crate::keys::WAKE_CHANNEL)
+        .arg("pause")
+        .ignore()
         .query_async::<()>(conn)
         .await?;
     Ok(())

@@ -57,7 +57,9 @@ use redis::{RedisWrite, ToRedisArgs, Value};
 pub(crate) use admin::*;
 pub(crate) use queues::*;
 pub use registry::WorkerRecord;
-pub(crate) use registry::{deregister, is_registered, live_workers, register};
+pub(crate) use registry::{
+    deregister, expired_alive, forget_alive, is_registered, live_workers, prune_alive, register,
+};
 pub(crate) use server::*;
 pub use settle::DeadReason;
 pub(crate) use settle::*;

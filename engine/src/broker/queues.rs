@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use super::RedisConnection;
 use redis::{Script, Value};
@@ -126,21 +125,16 @@ pub async fn forget_consumer(conn: &mut RedisConnection, keys: &ShardKeys, consu
     Ok(gone == 1)
 }
 
-/// Consumers of a shard's group that own no entries and have been idle (no read, claim or
-/// renewal) for at least `min_idle`, from one `XINFO CONSUMERS`: the candidates for removal
-/// once the registry says their worker is gone.
-pub async fn idle_empty_consumers(
-    conn: &mut RedisConnection,
-    keys: &ShardKeys,
-    min_idle: Duration,
-) -> Result<Vec<String>> {
+/// Every consumer of a shard's group as (name, entries it owns, ms since it was last seen),
+/// from one `XINFO CONSUMERS`: the reaper's candidates are those that own none, have been
+/// idle for a lease and whose worker the registry does not know.
+pub async fn group_consumers(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<Vec<(String, u64, u64)>> {
     let rows: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(&keys.stream)
         .arg(GROUP)
         .query_async(conn)
         .await?;
-    let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
     let mut out = Vec::new();
     for row in rows {
         fn field<T: redis::FromRedisValue>(row: &HashMap<String, Value>, name: &str) -> Result<T> {
@@ -150,12 +144,7 @@ pub async fn idle_empty_consumers(
                 .ok_or_else(|| Error::protocol(format!("XINFO CONSUMERS without {name}")))?;
             redis::from_redis_value(value).map_err(|e| Error::protocol(format!("XINFO CONSUMERS {name}: {e}")))
         }
-        let name: String = field(&row, "name")?;
-        let pending: u64 = field(&row, "pending")?;
-        let idle: u64 = field(&row, "idle")?;
-        if pending == 0 && idle >= min_idle {
-            out.push(name);
-        }
+        out.push((field(&row, "name")?, field(&row, "pending")?, field(&row, "idle")?));
     }
     Ok(out)
 }

@@ -13,7 +13,7 @@ use super::RedisConnection;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::keys::{WORKERS_KEY, worker_key};
+use crate::keys::{ALIVE_KEY, WORKERS_KEY, worker_key};
 
 /// A live worker, as its last heartbeat described it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,29 +103,90 @@ impl WorkerRecord {
     }
 }
 
-/// Writes a worker's record and its place in [`WORKERS_KEY`] (scored by `last_beat`), in one
-/// round trip; the record expires after `ttl` unless written again.
-pub async fn register(conn: &mut RedisConnection, record: &WorkerRecord, ttl: Duration) -> Result<()> {
+/// Writes a worker's record, its place in [`WORKERS_KEY`] (scored by `last_beat`) and its
+/// [`ALIVE_KEY`] members (one per queue it serves, scored `alive_until`), in one round trip;
+/// the record expires after `ttl` unless written again.
+pub async fn register(
+    conn: &mut RedisConnection,
+    record: &WorkerRecord,
+    ttl: Duration,
+    alive_until: u64,
+) -> Result<()> {
     let key = worker_key(&record.id);
-    redis::pipe()
-        .zadd(WORKERS_KEY, &record.id, record.last_beat)
+    let mut pipe = redis::pipe();
+    pipe.zadd(WORKERS_KEY, &record.id, record.last_beat)
         .ignore()
         .hset_multiple(&key, &record.fields())
         .ignore()
         .pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
+        .ignore();
+    if !record.queues.is_empty() {
+        let members: Vec<(u64, String)> = record
+            .queues
+            .iter()
+            .map(|q| (alive_until, alive_member(q, &record.id)))
+            .collect();
+        pipe.zadd_multiple(ALIVE_KEY, &members).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
     Ok(())
 }
 
-/// Removes a worker's record and its place in [`WORKERS_KEY`].
-pub async fn deregister(conn: &mut RedisConnection, worker_id: &str) -> Result<()> {
-    redis::pipe()
-        .zrem(WORKERS_KEY, worker_id)
+/// Removes a worker's record, its place in [`WORKERS_KEY`] and its [`ALIVE_KEY`] members.
+pub async fn deregister(conn: &mut RedisConnection, worker_id: &str, queues: &[String]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.zrem(WORKERS_KEY, worker_id)
         .ignore()
         .del(worker_key(worker_id))
-        .ignore()
+        .ignore();
+    if !queues.is_empty() {
+        let members: Vec<String> = queues.iter().map(|q| alive_member(q, worker_id)).collect();
+        pipe.zrem(ALIVE_KEY, members).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// An [`ALIVE_KEY`] member: queue names and worker ids have no spaces.
+fn alive_member(queue: &str, worker_id: &str) -> String {
+    format!("{queue} {worker_id}")
+}
+
+/// The [`ALIVE_KEY`] members whose time passed, as (queue, worker id): workers that stopped
+/// beating (died) while serving those queues. One command; empty in a healthy fleet.
+pub async fn expired_alive(conn: &mut RedisConnection, now_ms: u64) -> Result<Vec<(String, String)>> {
+    let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(ALIVE_KEY)
+        .arg("-inf")
+        .arg(now_ms)
+        .query_async(conn)
+        .await?;
+    Ok(members
+        .into_iter()
+        .filter_map(|m| m.split_once(' ').map(|(q, w)| (q.to_owned(), w.to_owned())))
+        .collect())
+}
+
+/// Removes the [`ALIVE_KEY`] members whose time passed before `before_ms`: dead workers of
+/// queues no live worker serves any more, which nobody sweeps (and forgets) otherwise.
+pub async fn prune_alive(conn: &mut RedisConnection, before_ms: u64) -> Result<u64> {
+    Ok(redis::cmd("ZREMRANGEBYSCORE")
+        .arg(ALIVE_KEY)
+        .arg("-inf")
+        .arg(format!("({before_ms}"))
+        .query_async(conn)
+        .await?)
+}
+
+/// Removes [`ALIVE_KEY`] members (queue, worker id) whose queue's lanes were swept.
+pub async fn forget_alive(conn: &mut RedisConnection, members: &[(String, String)]) -> Result<()> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let members: Vec<String> = members.iter().map(|(q, w)| alive_member(q, w)).collect();
+    redis::cmd("ZREM")
+        .arg(ALIVE_KEY)
+        .arg(members)
         .query_async::<()>(conn)
         .await?;
     Ok(())

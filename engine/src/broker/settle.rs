@@ -246,22 +246,20 @@ pub(super) fn settle_invocation(
     inv
 }
 
-/// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
-/// moved and the earliest due time still waiting.
+/// Moves due tasks of some shards (on a cluster, of one slot) from `scheduled`/`retry` into
+/// their streams, in one script call. Returns how many moved and the earliest due time still
+/// waiting in any of their sets.
 pub async fn promote(
     conn: &mut RedisConnection,
-    keys: &ShardKeys,
+    shards: &[&ShardKeys],
     now_ms: u64,
     limit: usize,
 ) -> Result<(u64, Option<u64>)> {
-    let (moved, next): (u64, i64) = PROMOTE
-        .key(&keys.stream)
-        .key(&keys.scheduled)
-        .key(&keys.retry)
-        .arg(now_ms)
-        .arg(limit)
-        .invoke_async(conn)
-        .await?;
+    let mut inv = PROMOTE.prepare_invoke();
+    for keys in shards {
+        inv.key(&keys.stream).key(&keys.scheduled).key(&keys.retry);
+    }
+    let (moved, next): (u64, i64) = inv.arg(now_ms).arg(limit).invoke_async(conn).await?;
     Ok((moved, u64::try_from(next).ok()))
 }
 

@@ -110,6 +110,24 @@ pub async fn read_group(
     Ok(out)
 }
 
+/// The `CLIENT ID` of `conn`'s link to the node serving `stream` (a fetcher's, for
+/// [`unblock_client`]).
+pub async fn client_id(conn: &mut RedisConnection, stream: &str) -> Result<i64> {
+    let v = conn.on_node_of(redis::cmd("CLIENT").arg("ID"), stream).await?;
+    redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT ID: {e}")))
+}
+
+/// `CLIENT UNBLOCK id` on the node serving `stream`: a blocking read of that client returns
+/// at once as if it had timed out (nothing is delivered by the unblocked call). True when
+/// the client was blocked.
+pub async fn unblock_client(conn: &mut RedisConnection, stream: &str, id: i64) -> Result<bool> {
+    let v = conn
+        .on_node_of(redis::cmd("CLIENT").arg("UNBLOCK").arg(id), stream)
+        .await?;
+    let n: i64 = redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT UNBLOCK: {e}")))?;
+    Ok(n == 1)
+}
+
 /// Splits an XREAD/XREADGROUP reply (RESP2 array or RESP3 map) into (key, entries).
 pub(super) fn stream_map(reply: Value) -> Result<Vec<(Vec<u8>, Vec<StreamEntry>)>> {
     let pairs: Vec<(Value, Value)> = match reply {
@@ -241,6 +259,26 @@ pub async fn pending(conn: &mut RedisConnection, stream: &str, count: usize) -> 
         Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// How many entries each consumer of a shard's group owns (`XPENDING` summary form: one
+/// command whatever the count); empty when nothing is pending or the group does not exist.
+pub async fn pending_by_consumer(conn: &mut RedisConnection, stream: &str) -> Result<Vec<(String, u64)>> {
+    let r: redis::RedisResult<Value> = redis::cmd("XPENDING").arg(stream).arg(GROUP).query_async(conn).await;
+    let reply = match r {
+        Ok(v) => v,
+        Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let Value::Array(mut parts) = reply else {
+        return Err(Error::protocol(format!("XPENDING summary {reply:?}")));
+    };
+    let consumers = match parts.pop() {
+        Some(Value::Nil) | None => return Ok(Vec::new()),
+        Some(v) => v,
+    };
+    redis::from_redis_value::<Vec<(String, u64)>>(consumers)
+        .map_err(|e| Error::protocol(format!("XPENDING summary consumers: {e}")))
 }
 
 /// Ids `consumer` holds in a shard's PEL (oldest first), at most `max`.

@@ -193,6 +193,15 @@ impl RedisTarget {
         matches!(self.kind, Kind::Cluster(_))
     }
 
+    /// The client of a single node (none on a cluster or behind Sentinel): what a pub/sub
+    /// subscription is opened with.
+    pub(crate) fn single_client(&self) -> Option<&redis::Client> {
+        match &self.kind {
+            Kind::Single(client) => Some(client),
+            _ => None,
+        }
+    }
+
     /// Whether the master is found through Sentinel.
     pub fn is_sentinel(&self) -> bool {
         matches!(self.kind, Kind::Sentinel(_))
@@ -315,6 +324,23 @@ impl RedisConnection {
             async move { conn.route_command(cmd.clone(), route).await }
         });
         futures_util::future::try_join_all(calls).await
+    }
+}
+
+impl RedisConnection {
+    /// Runs a keyless command about a connection (`CLIENT ID`, `CLIENT UNBLOCK`) on the node
+    /// that serves `key`: on one node or behind Sentinel, the node; on a cluster, the master of
+    /// `key`'s slot, over this connection's link to it (the one a command on `key` uses).
+    pub(crate) async fn on_node_of(&mut self, cmd: &Cmd, key: &str) -> RedisResult<Value> {
+        match &mut self.inner {
+            Inner::Cluster(c) => {
+                let slot = hash_slot(key.as_bytes());
+                let route =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+                c.route_command(cmd.clone(), route).await
+            }
+            _ => self.req_packed_command(cmd).await,
+        }
     }
 }
 

@@ -301,7 +301,9 @@ async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
         busy_us: Some(5_000),
         last_beat: 1_700_000_000_000,
     };
-    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
+    register(&mut conn, &record, Duration::from_secs(60), 5_000)
+        .await
+        .unwrap();
     assert_eq!(live_workers(&mut conn).await.unwrap(), std::slice::from_ref(&record));
     // The record expired (its worker died without deregistering): the index entry goes too.
     redis::cmd("DEL")
@@ -316,9 +318,26 @@ async fn a_registered_worker_reads_back_whole_and_an_expired_one_is_pruned() {
         .await
         .unwrap();
     assert_eq!(indexed, 0);
-    register(&mut conn, &record, Duration::from_secs(60)).await.unwrap();
-    deregister(&mut conn, &record.id).await.unwrap();
+    // Its alive members (one per queue) expire at the time given: then they read as a dead
+    // worker of each queue, until forgotten.
+    assert_eq!(
+        expired_alive(&mut conn, 5_000).await.unwrap(),
+        [("a".to_owned(), record.id.clone()), ("b".to_owned(), record.id.clone())]
+    );
+    assert!(expired_alive(&mut conn, 4_999).await.unwrap().is_empty());
+    forget_alive(&mut conn, &[("a".to_owned(), record.id.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        expired_alive(&mut conn, 5_000).await.unwrap(),
+        [("b".to_owned(), record.id.clone())]
+    );
+    register(&mut conn, &record, Duration::from_secs(60), 9_000)
+        .await
+        .unwrap();
+    deregister(&mut conn, &record.id, &record.queues).await.unwrap();
     assert!(live_workers(&mut conn).await.unwrap().is_empty());
+    assert!(expired_alive(&mut conn, u64::MAX).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -123,6 +123,12 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
             match r {
                 Ok(stale) => {
                     shared.release(group[0].lane, group.iter().map(|o| o.entry_id));
+                    // Now in the retry set: the promoter sleeping past one's time wakes for it.
+                    for o in group {
+                        if let Settle::Retry { due_ms, .. } | Settle::Wait { due_ms, .. } = &o.settle {
+                            shared.wake_promoter_by(*due_ms);
+                        }
+                    }
                     if !stale.is_empty() {
                         WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
                         tracing::warn!(entries = %stale.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "outcomes dropped: these tasks are no longer this worker's (reclaimed by another, or settled by an earlier try of this batch)");

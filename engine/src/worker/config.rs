@@ -11,9 +11,9 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Default lease (visibility timeout): how long an entry may sit without a heartbeat before
 /// another worker may take it over.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-/// Default longest blocking read. It bounds how long a quiet worker takes to notice shutdown;
-/// new tasks wake it at once.
-pub const DEFAULT_BLOCK: Duration = Duration::from_millis(500);
+/// Default longest blocking read: an idle worker makes one read per fetcher per `block`. New
+/// tasks wake it at once, and a quiet or a pause flag change ends it early (`CLIENT UNBLOCK`).
+pub const DEFAULT_BLOCK: Duration = Duration::from_secs(10);
 /// Default time in-flight tasks get to finish on shutdown before they are requeued.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a drain may spend, after its handlers are done or cut off at `drain_timeout`,
@@ -211,6 +211,15 @@ impl WorkerConfig {
         (self.lease / 3).min(Duration::from_secs(2))
     }
 
+    /// How often an idle worker (holding nothing, its counters still) rewrites its registry
+    /// record: a third of the lease, at least every 10 s (and never more often than the
+    /// heartbeat). The record lives three of these plus a second.
+    pub fn registry_interval(&self) -> Duration {
+        (self.lease / 3)
+            .min(Duration::from_secs(10))
+            .max(self.heartbeat_interval())
+    }
+
     /// The longest wait between a worker's looks for entries whose lease ran out: an eighth
     /// of the lease, 50 ms to 2 s. A dead worker's tasks start again elsewhere at most
     /// `lease + reclaim_interval()` after it died, when a live worker has a free slot.
@@ -218,10 +227,16 @@ impl WorkerConfig {
         (self.lease / 8).clamp(Duration::from_millis(50), Duration::from_secs(2))
     }
 
-    /// How often a worker looks for dead workers' consumers to remove from its groups: twice
-    /// the lease, 1 s to 60 s.
+    /// How often a worker looks for dead workers' consumers to remove from a group it still
+    /// watches (see `worker/reclaimer.rs`): twice the lease, 1 s to 60 s.
     pub fn reap_interval(&self) -> Duration {
         (self.lease * 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// How often a worker sweeps all its lanes for orphans (and reaps dead consumers) whether
+    /// or not a worker was seen to die: ten leases, 1 to 10 minutes (see `worker/reclaimer.rs`).
+    pub fn safety_sweep_interval(&self) -> Duration {
+        (self.lease * 10).clamp(Duration::from_secs(60), Duration::from_secs(600))
     }
 }
 

@@ -17,6 +17,15 @@
 //! of several slots. Priority order then holds within a fetcher's lanes; across shards, their
 //! fetchers take free handler slots in turn.
 //!
+//! **Idle.** When its last read found every lane drained (each stream gave back fewer entries
+//! than asked for, or nothing), a fetcher skips the non-blocking pass and goes straight to one
+//! blocking read across all its lanes: at a trickle a task costs one read, and an idle worker
+//! makes one read per fetcher per `block` (10 s by default). Priority order is kept by the
+//! non-blocking pass, which runs whenever the last read may have left a backlog. A long read is
+//! never dropped (that would leave entries delivered to this consumer that nothing runs): a
+//! quiet, or a pause flag that changed, ends it from the shared connection with `CLIENT
+//! UNBLOCK` (the fetcher's `CLIENT ID` is asked for once per connection), and it returns empty.
+//!
 //! With `max_tasks`, a fetcher reserves a budget unit per slot too (see `budget`), and reads
 //! no more entries than it holds units for; an entry a multi-shard read returns beyond the
 //! budget stays held, unrun, and is requeued when the worker drains.
@@ -32,7 +41,15 @@ use super::{Outage, Shared, Units, executor};
 use crate::broker::{self, RedisConnection, StreamEntry};
 use crate::error::Result;
 
-pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisConnection, quiet: CancellationToken) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    me: usize,
+    mine: Vec<usize>,
+    mut conn: RedisConnection,
+    quiet: CancellationToken,
+) {
+    // Whether the last read found every lane drained: the next one then blocks at once.
+    let mut drained = false;
     let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
     let mut outage = Outage::new(&shared);
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
@@ -71,9 +88,15 @@ pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisCo
             }
         };
         // Not raced against `quiet`: dropping a read in flight would leave entries delivered
-        // to this consumer that nothing runs. The read returns within `block`.
-        match read(&shared, &mine, &mut conn, ranks, &mut held, &mut units).await {
-            Ok(mut batch) => {
+        // to this consumer that nothing runs. The read returns within `block`, or at once when
+        // a quiet or a pause flag change sends `CLIENT UNBLOCK` (`Shared::unblock_fetchers`).
+        match read(
+            &shared, me, &mine, &mut conn, ranks, drained, &mut held, &mut units, &quiet,
+        )
+        .await
+        {
+            Ok((mut batch, now_drained)) => {
+                drained = now_drained;
                 if outage.recovered() {
                     tracing::info!("redis reachable again; fetching");
                 }
@@ -108,6 +131,10 @@ pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisCo
             Err(e) => {
                 drop(held);
                 drop(units);
+                drained = false;
+                // The connection may be a new one now: ask for its id again before blocking.
+                *shared.fetch_clients[me].id.lock().expect("never poisoned") = None;
+                shared.suspect_lost_replies();
                 if broker::is_nogroup(&e) {
                     // The stream or group vanished (e.g. Redis restarted without data).
                     tracing::warn!(error = %e, "consumer group missing; recreating");
@@ -125,46 +152,68 @@ pub(super) async fn run(shared: Arc<Shared>, mine: Vec<usize>, mut conn: RedisCo
     }
 }
 
-/// One fetch: a non-blocking read per priority in order, then one blocking read over all.
+/// One fetch: a non-blocking read per priority in order, then one blocking read over all;
+/// after a read that found every lane drained (`drained`), the blocking read alone. Returns
+/// the entries and whether this read found every lane drained.
 ///
 /// The non-blocking reads take as many entries as `held` has slots. Before blocking, `held`
 /// gives back every slot (and `units` every budget unit), so while this worker waits for work
 /// its slots stay free for the reclaimer and the other fetchers; the blocking read asks for as
 /// many entries as there are free slots (and budget units) when it starts, and its entries
 /// take slots as they arrive (see `run`).
+#[allow(clippy::too_many_arguments)]
 async fn read(
     shared: &Shared,
+    me: usize,
     mine: &[usize],
     conn: &mut RedisConnection,
     ranks: usize,
+    drained: bool,
     held: &mut OwnedSemaphorePermit,
     units: &mut Option<Units>,
-) -> Result<Vec<(usize, StreamEntry)>> {
-    let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
+    quiet: &CancellationToken,
+) -> Result<(Vec<(usize, StreamEntry)>, bool)> {
+    let unpaused = |i: &usize| !shared.lanes[*i].paused.load(Ordering::Relaxed);
     let mut all: Vec<usize> = Vec::new();
-    for rank in order {
-        let lanes: Vec<usize> = mine
+    if drained {
+        all.extend(mine.iter().copied().filter(unpaused));
+    } else {
+        let order = rank_order(&shared.config.priority, ranks, fastrand::f64);
+        let last = order
             .iter()
-            .copied()
-            .filter(|&i| shared.lanes[i].rank == rank && !shared.lanes[i].paused.load(Ordering::Relaxed))
-            .collect();
-        if lanes.is_empty() {
-            continue;
+            .rposition(|&r| mine.iter().any(|i| shared.lanes[*i].rank == r && unpaused(i)));
+        for (n, rank) in order.iter().copied().enumerate() {
+            let lanes: Vec<usize> = mine
+                .iter()
+                .copied()
+                .filter(|&i| shared.lanes[i].rank == rank && unpaused(&i))
+                .collect();
+            if lanes.is_empty() {
+                continue;
+            }
+            let asked = held.num_permits();
+            let got = read_lanes(shared, conn, &lanes, asked, false).await?;
+            if !got.is_empty() {
+                // Drained when this was the last priority and no stream filled the read.
+                let drained = Some(n) == last && !filled(&got, asked);
+                return Ok((got, drained));
+            }
+            all.extend(lanes);
         }
-        let got = read_lanes(shared, conn, &lanes, held.num_permits(), false).await?;
-        if !got.is_empty() {
-            return Ok(got);
-        }
-        all.extend(lanes);
     }
     drop(held.split(held.num_permits()));
     if let Some(u) = units {
         u.keep(0);
     }
     if all.is_empty() {
-        // Everything is paused: wait, then look at the flags again.
-        tokio::time::sleep(shared.config.block).await;
-        return Ok(Vec::new());
+        // Everything is paused: wait for a flag to change (or the block), then look again.
+        let changed = shared.lanes_changed.notified();
+        tokio::select! {
+            () = quiet.cancelled() => {}
+            () = changed => {}
+            () = tokio::time::sleep(shared.config.block) => {}
+        }
+        return Ok((Vec::new(), false));
     }
     // At least one: this fetcher just had a slot, so one is free or about to be.
     let mut want = shared.permits.available_permits().max(1);
@@ -173,7 +222,27 @@ async fn read(
         // stays unrun and is requeued when the worker drains.
         want = want.min(budget.available().max(1));
     }
-    read_lanes(shared, conn, &all, want, true).await
+    // The id `CLIENT UNBLOCK` needs to end this read early (asked once per connection).
+    let client = &shared.fetch_clients[me];
+    let known = *client.id.lock().expect("never poisoned");
+    if known.is_none() {
+        match broker::client_id(conn, &client.route).await {
+            Ok(id) => *client.id.lock().expect("never poisoned") = Some(id),
+            // Without it the read still ends within `block`.
+            Err(e) => tracing::debug!(error = %e, "CLIENT ID failed; a quiet waits for the read's block"),
+        }
+    }
+    if quiet.is_cancelled() {
+        return Ok((Vec::new(), false));
+    }
+    let got = read_lanes(shared, conn, &all, want, true).await?;
+    let drained = !filled(&got, want);
+    Ok((got, drained))
+}
+
+/// Whether some stream gave a read all the `asked` entries it could (so it may hold more).
+fn filled(got: &[(usize, StreamEntry)], asked: usize) -> bool {
+    got.chunk_by(|a, b| a.0 == b.0).any(|g| g.len() >= asked)
 }
 
 async fn read_lanes(

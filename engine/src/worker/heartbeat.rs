@@ -5,6 +5,12 @@
 //! another worker reclaimed is touched. An entry the consumer owns in Redis without holding it
 //! (Redis died after a read but before its reply arrived) is not renewed: it ages past the
 //! lease and the reclaimer brings it back.
+//!
+//! The registry entry is written on every beat (`heartbeat_interval`) while the worker holds
+//! tasks or its counters moved, so the autoscaler's in-flight counts stay fresh; an idle
+//! worker whose record would read the same writes it every `registry_interval` only (a third
+//! of the lease, at most 10 s): three commands per 10 s by default. Its time to live is
+//! three of those plus a second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +21,22 @@ use super::{Shared, WorkerCounters, in_flight};
 use crate::broker::{self, WorkerRecord};
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(shared.config.heartbeat_interval()) => {}
         }
-        beat(&shared).await;
+        last = beat(&shared, last).await;
     }
 }
 
-/// Renews leases and the registry entry once.
-pub(super) async fn beat(shared: &Shared) {
+/// What the last registry write said (but its time), and when it was made.
+pub(super) type Written = Option<(WorkerRecord, tokio::time::Instant)>;
+
+/// Renews leases, and the registry entry unless `last` wrote the same record recently and
+/// nothing is held. Returns what the registry now holds.
+pub(super) async fn beat(shared: &Shared, last: Written) -> Written {
     let mut conn = shared.conn.clone();
     for (i, lane) in shared.lanes.iter().enumerate() {
         let ids = shared.held_ids(i);
@@ -52,17 +63,44 @@ pub(super) async fn beat(shared: &Shared) {
         succeeded: WorkerCounters::get(&c.succeeded),
         failed: WorkerCounters::get(&c.failed),
         busy_us: Some(WorkerCounters::get(&c.busy_us)),
-        last_beat: shared.clock.now_ms(),
+        last_beat: 0,
     };
-    if let Err(e) = broker::register(&mut conn, &record, ttl(shared)).await {
+    let holding = shared
+        .lanes
+        .iter()
+        .any(|l| !l.held.lock().expect("never poisoned").is_empty());
+    if let Some((written, at)) = &last
+        && !holding
+        && *written == record
+        && at.elapsed() < shared.config.registry_interval()
+    {
+        return last;
+    }
+    let stamped = WorkerRecord {
+        last_beat: shared.clock.now_ms(),
+        ..record.clone()
+    };
+    // Were this worker to die now, the tasks it holds (and any it reads before the next write,
+    // a beat away when it holds some, else up to `registry_interval`) are past their lease by
+    // then: the reclaimers of its queues sweep for them (see `reclaimer`).
+    let next_write = if holding {
+        shared.config.heartbeat_interval()
+    } else {
+        shared.config.registry_interval()
+    };
+    let alive_until =
+        stamped.last_beat + crate::envelope::millis(shared.config.lease + next_write + Duration::from_secs(1));
+    if let Err(e) = broker::register(&mut conn, &stamped, ttl(shared), alive_until).await {
         shared.redis_failed();
         tracing::warn!(error = %e, "heartbeat failed");
+        return None;
     }
+    Some((record, tokio::time::Instant::now()))
 }
 
-/// How long a registry entry outlives its last beat.
+/// How long a registry entry outlives its last write.
 fn ttl(shared: &Shared) -> Duration {
-    shared.config.heartbeat_interval() * 3 + Duration::from_secs(1)
+    shared.config.registry_interval() * 3 + Duration::from_secs(1)
 }
 
 /// Removes the worker from the registry and its consumer from every group it no longer
@@ -79,7 +117,9 @@ pub(super) async fn deregister(shared: &Shared) {
             Err(e) => tracing::debug!(error = %e, "could not delete consumer"),
         }
     }
-    if let Err(e) = broker::deregister(&mut conn, &shared.id).await {
+    let mut queues: Vec<String> = shared.lanes.iter().map(|l| l.queue.to_string()).collect();
+    queues.dedup();
+    if let Err(e) = broker::deregister(&mut conn, &shared.id, &queues).await {
         tracing::warn!(error = %e, "could not deregister");
     }
 }

@@ -13,7 +13,6 @@
 //! live handler holds (`renew`), so a dead worker's slots come back when their lease runs out.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Shared, WorkerCounters};
@@ -64,10 +63,7 @@ pub(super) async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entr
     };
     WorkerCounters::add(&shared.counters.limited, 1);
     let due_ms = shared.clock.now_ms() + crate::envelope::millis(wait);
-    // Wake the promoter when it plans to sleep past this task's time.
-    if shared.promoter_due.fetch_min(due_ms, Ordering::Relaxed) > due_ms {
-        shared.promoter_wake.notify_one();
-    }
+    // The promoter is woken for it when the outcome goes to the acker (`settle_tracked`).
     tracing::debug!(task_id, limit = %limit, wait_ms = wait.as_millis() as u64, "over its limit; waiting");
     Admit::Wait(Settle::Wait {
         due_ms,

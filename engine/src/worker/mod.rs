@@ -286,7 +286,32 @@ struct Shared {
     /// When the promoter plans to look next, ms since the epoch: a task parked for a limit
     /// until earlier wakes it (`promoter_wake`).
     promoter_due: AtomicU64,
+    /// The earliest due time wakers asked for since the promoter last planned its sleep.
+    promoter_wanted: AtomicU64,
     promoter_wake: tokio::sync::Notify,
+    /// Each fetcher's connection, for ending its blocking read early (`CLIENT UNBLOCK`).
+    fetch_clients: Vec<FetchClient>,
+    /// Told when a pause flag changed (a fetcher waiting with every lane paused looks again).
+    lanes_changed: tokio::sync::Notify,
+    /// When a read may have lost its reply (ms since the epoch; 0: never): entries delivered
+    /// to this consumer that it does not hold age out, and the reclaimer sweeps for them.
+    lost_replies_at: AtomicU64,
+    /// The single node's client, for the promoter's wake subscription (none on a cluster or
+    /// behind Sentinel: the promoter polls).
+    wake_client: Option<redis::Client>,
+    /// Whether the promoter's wake subscription is up (it then sleeps long between rounds).
+    subscribed: AtomicBool,
+    /// A pause flag changed (signalled): the promoter reads the flags on its next round.
+    pause_signal: AtomicBool,
+}
+
+/// A fetcher's connection as `CLIENT UNBLOCK` needs it.
+#[derive(Debug)]
+struct FetchClient {
+    /// Its `CLIENT ID`, once asked (again after an error: the connection may be new).
+    id: Mutex<Option<i64>>,
+    /// A stream it reads, which routes a command to its node.
+    route: String,
 }
 
 impl Shared {
@@ -294,6 +319,35 @@ impl Shared {
     fn redis_failed(&self) {
         if let Some(m) = &self.metrics {
             m.redis_failed();
+        }
+    }
+
+    /// Wakes the promoter when it plans to sleep past `due_ms` (a task due then was just
+    /// scheduled, retried or parked). A call while the promoter is in a round is kept in
+    /// `promoter_wanted`, which the promoter reads once it has planned its next sleep.
+    fn wake_promoter_by(&self, due_ms: u64) {
+        self.promoter_wanted.fetch_min(due_ms, Ordering::SeqCst);
+        if self.promoter_due.load(Ordering::SeqCst) > due_ms {
+            self.promoter_wake.notify_one();
+        }
+    }
+
+    /// A read failed: its reply (entries delivered to this consumer) may be lost.
+    fn suspect_lost_replies(&self) {
+        self.lost_replies_at.store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Ends every fetcher's blocking read now (it returns empty and the fetcher loops: on a
+    /// quiet it stops, on a pause flag change it reads the lanes still served).
+    async fn unblock_fetchers(&self) {
+        let mut conn = self.conn.clone();
+        for client in &self.fetch_clients {
+            let id = *client.id.lock().expect("never poisoned");
+            if let Some(id) = id
+                && let Err(e) = broker::unblock_client(&mut conn, &client.route, id).await
+            {
+                tracing::debug!(error = %e, "CLIENT UNBLOCK failed; the read ends within its block");
+            }
         }
     }
 
@@ -511,8 +565,13 @@ impl Worker {
         // XREADGROUP may only name streams of one slot, and every shard is its own slot: one
         // fetcher per slot group, each on its own connection.
         let mut fetch_conns = Vec::new();
+        let mut fetch_clients = Vec::new();
         let fetch_timeout = Some(config.block + Duration::from_secs(10));
         for group in fetch_groups(&lanes, conn.is_cluster(), config.fetchers.min(config.concurrency)) {
+            fetch_clients.push(FetchClient {
+                id: Mutex::new(None),
+                route: lanes[group[0]].keys.stream.clone(),
+            });
             fetch_conns.push((group, target.open(fetch_timeout).await?));
         }
 
@@ -552,11 +611,18 @@ impl Worker {
             limits,
             limit_holds: Mutex::default(),
             promoter_due: AtomicU64::new(u64::MAX),
+            promoter_wanted: AtomicU64::new(u64::MAX),
             promoter_wake: tokio::sync::Notify::new(),
+            fetch_clients,
+            lanes_changed: tokio::sync::Notify::new(),
+            lost_replies_at: AtomicU64::new(0),
+            wake_client: target.single_client().cloned(),
+            subscribed: AtomicBool::new(false),
+            pause_signal: AtomicBool::new(false),
         });
         // Before the first read: a worker started on a paused queue must not run its tasks.
         promoter::refresh_pause_flags(&shared, &mut shared.conn.clone()).await?;
-        heartbeat::beat(&shared).await;
+        heartbeat::beat(&shared, None).await;
         tracing::info!(
             // Lists as comma-separated text: a log field is a plain value, never Rust's debug form.
             queues = %queues.iter().map(|(q, _)| q.name().as_str()).collect::<Vec<_>>().join(","),
@@ -572,8 +638,8 @@ impl Worker {
         let quiet = CancellationToken::new();
         let stop = CancellationToken::new();
         let mut intake = JoinSet::new();
-        for (group, conn) in fetch_conns {
-            intake.spawn(fetcher::run(shared.clone(), group, conn, quiet.clone()));
+        for (me, (group, conn)) in fetch_conns.into_iter().enumerate() {
+            intake.spawn(fetcher::run(shared.clone(), me, group, conn, quiet.clone()));
         }
         intake.spawn(reclaimer::run(shared.clone(), quiet.clone()));
         let mut upkeep = JoinSet::new();
@@ -622,10 +688,21 @@ impl Worker {
         // A fetcher's read is not raced against quiet (see `fetcher`), but a Redis that
         // stopped answering must not hold the drain past its budget: a read cut off here
         // leaves its entries pending, reclaimed after the lease.
-        if tokio::time::timeout_at(handlers_by, async { while intake.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
+        // A fetcher blocked in a long read is ended with CLIENT UNBLOCK, sent again until the
+        // intake is down (a fetcher may have been about to block when the first one went).
+        let unblock = async {
+            loop {
+                shared.unblock_fetchers().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let joined = async {
+            tokio::select! {
+                () = async { while intake.join_next().await.is_some() {} } => {}
+                () = unblock => {}
+            }
+        };
+        if tokio::time::timeout_at(handlers_by, joined).await.is_err() {
             tracing::warn!("intake did not stop by the drain deadline; cutting its Redis calls off");
             intake.abort_all();
             while intake.join_next().await.is_some() {}

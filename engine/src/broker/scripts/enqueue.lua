@@ -54,6 +54,9 @@ end
 if due > 0 then
   local member = cmsgpack.pack(fields)
   redis.call('ZADD', KEYS[2], due, member)
+  -- Wakes the promoters of idle workers, which sleep until the earliest due time they know of
+  -- (channel 'rivulet:wake', message '<due ms> <stream>'; see docs/wire-format.md).
+  redis.call('PUBLISH', 'rivulet:wake', ARGV[3] .. ' ' .. KEYS[1])
   if tracked then
     write_record('state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'due_at', due, 'member', member, 'retention_ms', retention, 'updated_at', now)
