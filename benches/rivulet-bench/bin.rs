@@ -13,6 +13,13 @@
 //! - `latency`: an open-loop producer at fixed rates, enqueue-to-start and enqueue-to-done
 //!   percentiles from HdrHistogram;
 //! - `payload`: drain, enqueue and latency with 1 KiB and 64 KiB payloads (64 B elsewhere);
+//! - `idle` (not by default): idle `worker-cli work` processes serving 1 to 200 queues, Redis
+//!   commands per second per process;
+//! - `rate-sweep` (not by default): one worker process at 10/s to 10,000/s, then saturation:
+//!   Redis commands, Redis CPU and worker CPU per task, latency, against the rate (plotted);
+//! - `many-queues`, `many-workers` (not by default): one worker process serving 200 queues x
+//!   3 priorities against the same on one queue; 4, 16, 64 worker processes on one backlog,
+//!   with the spread of the tasks over the processes;
 //! - Redis CPU (`INFO cpu`) and commands (`INFO commandstats`) per task in every window.
 //!
 //! Output: tables on stdout, JSON and plots (SVG, PNG) in `bench-results/<timestamp>/`.
@@ -21,7 +28,8 @@
 //! # Layout
 //! - `target`: the Redis under test, INFO snapshots and per-task usage;
 //! - `fleet` / `worker`: worker processes, parent side and child side;
-//! - `drain`, `ceiling`, `enqueue`, `latency`: the scenarios;
+//! - `drain`, `ceiling`, `enqueue`, `latency`, `idle`, `sweep`: the scenarios (`drain` also
+//!   serves many-queues and many-workers);
 //! - `payload`: the timestamped task payload; `stats`: histograms and medians;
 //! - `suite`: the flags, the plan, the scenarios in order (what `main` runs);
 //! - `report`: metrics, targets and tables; `results`: the files a run writes; `plot`: the
@@ -32,6 +40,7 @@ mod compare;
 mod drain;
 mod enqueue;
 mod fleet;
+mod idle;
 mod latency;
 mod payload;
 mod plot;
@@ -39,6 +48,7 @@ mod report;
 mod results;
 mod stats;
 mod suite;
+mod sweep;
 mod target;
 mod worker;
 
