@@ -338,6 +338,9 @@ pub fn rate_sweep(dir: &Path, dots: &[SweepDot], cmds_target: f64, cpu_target: f
     )
 }
 
+/// A panel of the sweep figure: title, y axis, target, the value drawn.
+type Panel = (&'static str, &'static str, f64, fn(&SweepDot) -> f64);
+
 struct SweepFigure<'a> {
     dots: &'a [SweepDot],
     cmds_target: f64,
@@ -352,7 +355,7 @@ impl Figure for SweepFigure<'_> {
         let x_range = (lo / 2.0)..(hi * 2.0);
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, 2));
-        let metrics: [(&str, &str, f64, fn(&SweepDot) -> f64); 2] = [
+        let metrics: [Panel; 2] = [
             (
                 "Redis commands per task",
                 "commands/task (log)",
