@@ -75,6 +75,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_none()
+        && let Err(e) = cli.run.validate()
+    {
+        eprintln!("rivulet-bench: {e:#}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -107,6 +113,19 @@ mod tests {
         assert_eq!(plan.tasks, 50_000);
         assert_eq!(plan.workers, [1, 2]);
         assert!(cli.run.wants("latency") && !cli.run.wants("ceiling"));
+        // The scale scenarios' quick plan: small, bounded, each scenario still meaningful.
+        assert_eq!(plan.idle_queues, [1, 200]);
+        assert_eq!(plan.many_workers, [2, 4]);
+        assert_eq!(plan.many_queues, 200);
+        assert_eq!(plan.sweep_rates, [10, 100, 1_000, 2_000, 10_000]);
+        let full = Cli::try_parse_from(["rivulet-bench", "--only", "idle,many-workers"]).unwrap();
+        let plan = full.run.plan();
+        assert_eq!(plan.idle_queues, [1, 10, 50, 200]);
+        assert_eq!(
+            (plan.idle_processes, plan.many_workers.as_slice()),
+            (4, &[4, 16, 64][..])
+        );
+        assert_eq!(plan.many_tasks, 100_000);
         let w = Cli::try_parse_from([
             "rivulet-bench",
             "worker",

@@ -244,6 +244,35 @@ impl RunArgs {
         }
     }
 
+    /// Refuses flags no run can honour (bad usage: `main` exits 2).
+    pub fn validate(&self) -> Result<()> {
+        for s in &self.only {
+            if !SCENARIOS.contains(&s.as_str()) {
+                bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
+            }
+        }
+        if self.runs == 0 || self.runs > 20 {
+            bail!("--runs must be 1..=20");
+        }
+        let plan = self.plan();
+        if !(1..=64).contains(&plan.idle_processes) || plan.idle_queues.iter().any(|&q| !(1..=1000).contains(&q)) {
+            bail!("--idle-processes must be 1..=64 and every --idle-queues 1..=1000");
+        }
+        if !(1..=1000).contains(&plan.many_queues)
+            || plan.many_workers.iter().any(|&w| !(1..=128).contains(&w))
+            || plan.many_concurrency == 0
+            || plan.many_tasks == 0
+        {
+            bail!(
+                "--many-queues must be 1..=1000, every --many-workers 1..=128, --many-concurrency and --many-tasks at least 1"
+            );
+        }
+        if plan.sweep_rates.contains(&0) || !(plan.sweep_seconds > 0.0 && plan.idle_seconds > 0.0) {
+            bail!("--rate-sweep-rates must be positive, --rate-sweep-seconds and --idle-seconds above 0");
+        }
+        Ok(())
+    }
+
     /// Whether `--only` selects `scenario`.
     pub fn wants(&self, scenario: &str) -> bool {
         self.only.iter().any(|s| s == scenario)
@@ -257,30 +286,8 @@ pub fn progress(msg: impl std::fmt::Display) {
 
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
-    for s in &args.only {
-        if !SCENARIOS.contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
-        }
-    }
-    if args.runs == 0 || args.runs > 20 {
-        bail!("--runs must be 1..=20");
-    }
+    args.validate()?;
     let plan = args.plan();
-    if !(1..=64).contains(&plan.idle_processes) || plan.idle_queues.iter().any(|&q| !(1..=1000).contains(&q)) {
-        bail!("--idle-processes must be 1..=64 and every --idle-queues 1..=1000");
-    }
-    if !(1..=1000).contains(&plan.many_queues)
-        || plan.many_workers.iter().any(|&w| !(1..=128).contains(&w))
-        || plan.many_concurrency == 0
-        || plan.many_tasks == 0
-    {
-        bail!(
-            "--many-queues must be 1..=1000, every --many-workers 1..=128, --many-concurrency and --many-tasks at least 1"
-        );
-    }
-    if plan.sweep_rates.contains(&0) || !(plan.sweep_seconds > 0.0 && plan.idle_seconds > 0.0) {
-        bail!("--rate-sweep-rates must be positive, --rate-sweep-seconds and --idle-seconds above 0");
-    }
     let started = Instant::now();
     let stamp = results::utc_stamp(SystemTime::now());
     let dir = args.out.join(&stamp);

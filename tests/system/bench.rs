@@ -184,3 +184,26 @@ fn bench_scale_scenarios_run_and_report() {
         assert!(summary[key]["median"].as_f64().is_some(), "no {key} in the summary");
     }
 }
+
+/// Flags no run can honour are bad usage: exit 2 before any server starts, naming the flag.
+#[test]
+fn bench_refuses_bad_scale_flags() {
+    for (flag, value) in [
+        ("--many-workers", "0"),
+        ("--idle-queues", "0"),
+        ("--rate-sweep-rates", "0"),
+        ("--only", "nothing"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rivulet-bench"))
+            .args([flag, value])
+            .output()
+            .expect("rivulet-bench runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        let name = flag.trim_start_matches("--");
+        assert!(
+            stderr.contains(name) || stderr.contains("unknown scenario"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
