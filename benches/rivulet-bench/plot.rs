@@ -352,7 +352,8 @@ impl Figure for SweepFigure<'_> {
         let dots = self.dots;
         let lo = dots.iter().map(|d| d.rate).fold(f64::INFINITY, f64::min).max(1.0);
         let hi = dots.iter().map(|d| d.rate).fold(1.0, f64::max).max(lo * 10.0);
-        let x_range = (lo / 2.0)..(hi * 2.0);
+        // Room on the right for the last label.
+        let x_range = (lo / 2.0)..(hi * 5.0);
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, 2));
         let metrics: [Panel; 2] = [

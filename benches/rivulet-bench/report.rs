@@ -799,7 +799,9 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
             .collect();
         t.row(vec![
             q.to_string(),
-            g(format!("{k}.lanes"), Unit::Rate),
+            // A count fixed by the plan: the median alone.
+            s.get(&format!("{k}.lanes"))
+                .map_or("-".into(), |v| fmt_value(v.median, Unit::Rate)),
             g(format!("{k}.cmds_per_s"), Unit::Count),
             g(format!("{k}.redis_cpu_us_per_s"), Unit::Rate),
             g(format!("{k}.worker_cpu_us_per_s"), Unit::Rate),
@@ -837,7 +839,8 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
             if label == "saturation" {
                 "saturation (backlog)".into()
             } else {
-                g(format!("{k}.offered"), Unit::Rate)
+                s.get(&format!("{k}.offered"))
+                    .map_or("-".into(), |v| fmt_value(v.median, Unit::Rate))
             },
             g(format!("{k}.rate"), Unit::Rate),
             g(format!("{k}.cmds"), Unit::Count),
