@@ -203,17 +203,21 @@ impl RunResult {
             put("sweep.max_cpu_us".into(), u);
         }
         for d in &self.many_queues {
-            let k = format!("many_queues.q{}", d.queues);
+            let k = if d.spread {
+                format!("many_queues.q{}", d.queues)
+            } else {
+                "many_queues.default".to_owned()
+            };
             put(format!("{k}.tasks_per_s"), d.tasks_per_s);
             put(format!("{k}.drain_cmds"), d.drain_redis.commands_per_task);
             put(format!("{k}.drain_cpu_us"), d.drain_redis.cpu_us_per_task);
             put(format!("{k}.worker_cpu_us"), d.worker_cpu_us_per_task);
         }
         if let (Some(one), Some(many)) = (
-            self.many_queues.iter().find(|d| d.queues == 1),
+            self.many_queues.iter().find(|d| d.queues == 1 && d.spread),
             self.many_queues
                 .iter()
-                .filter(|d| d.queues > 1)
+                .filter(|d| d.queues > 1 && d.spread)
                 .max_by_key(|d| d.queues),
         ) {
             put("many_queues.ratio".into(), many.tasks_per_s / one.tasks_per_s.max(1e-9));
@@ -855,7 +859,7 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
     }
 
     let mut t = Table::new(
-        "Many queues: one worker process, the backlog spread over every queue x 3 priorities",
+        "Many queues: one worker process, the backlog spread over every queue x 3 priorities (first row: one queue, all at its default priority)",
         &[
             "queues",
             "tasks/s",
@@ -865,15 +869,29 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
             "worker CPU µs/task",
         ],
     );
-    for q in numbered(s, "many_queues.q", ".tasks_per_s") {
-        let k = format!("many_queues.q{q}");
+    let rows = s
+        .contains_key("many_queues.default.tasks_per_s")
+        .then(|| {
+            (
+                "1, default priority".to_owned(),
+                "many_queues.default".to_owned(),
+                false,
+            )
+        })
+        .into_iter()
+        .chain(
+            numbered(s, "many_queues.q", ".tasks_per_s")
+                .into_iter()
+                .map(|q| (q.to_string(), format!("many_queues.q{q}"), q > 1)),
+        );
+    for (name, k, many) in rows {
         t.row(vec![
-            q.to_string(),
+            name,
             g(format!("{k}.tasks_per_s"), Unit::Rate),
-            if q == 1 {
-                String::new()
-            } else {
+            if many {
                 g("many_queues.ratio".into(), Unit::Pct)
+            } else {
+                String::new()
             },
             g(format!("{k}.drain_cmds"), Unit::Count),
             g(format!("{k}.drain_cpu_us"), Unit::Us),

@@ -682,16 +682,23 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
     }
 
     if args.wants("many-queues") && !late("many-queues") {
-        for queues in [1, plan.many_queues] {
+        // One queue with every task at its default priority (the reference drain's shape), then
+        // the backlog spread over one queue's priorities, then over many queues' (the ratio).
+        for (queues, spread) in [(1, false), (1, true), (plan.many_queues, true)] {
             let spec = DrainSpec {
                 label: "mq".into(),
                 queues,
-                spread: true,
+                spread,
                 ..DrainSpec::plain(1, plan.concurrency, BASE_PAYLOAD, plan.many_tasks, true)
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
-                "many-q  {queues:>4} queue(s) x 3 priorities, 1 process x {}: {:>9.0} tasks/s (drain redis {:.2} µs, {:.2} cmds/task; worker {:.2} µs CPU/task)",
+                "many-q  {queues:>4} queue(s), {}, 1 process x {}: {:>9.0} tasks/s (drain redis {:.2} µs, {:.2} cmds/task; worker {:.2} µs CPU/task)",
+                if spread {
+                    "spread over 3 priorities"
+                } else {
+                    "default priority"
+                },
                 plan.concurrency,
                 d.tasks_per_s,
                 d.drain_redis.cpu_us_per_task,
@@ -700,7 +707,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             ));
             r.many_queues.push(d);
         }
-        if let [one, many] = &r.many_queues[..] {
+        if let [_, one, many] = &r.many_queues[..] {
             progress(format_args!(
                 "many-q  {} queues / 1 queue: {:.0} %",
                 many.queues,
