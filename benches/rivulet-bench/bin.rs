@@ -13,6 +13,13 @@
 //! - `latency`: an open-loop producer at fixed rates, enqueue-to-start and enqueue-to-done
 //!   percentiles from HdrHistogram;
 //! - `payload`: drain, enqueue and latency with 1 KiB and 64 KiB payloads (64 B elsewhere);
+//! - `idle` (not by default): idle `worker-cli work` processes serving 1 to 200 queues, Redis
+//!   commands per second per process;
+//! - `rate-sweep` (not by default): one worker process at 10/s to 10,000/s, then saturation:
+//!   Redis commands, Redis CPU and worker CPU per task, latency, against the rate (plotted);
+//! - `many-queues`, `many-workers` (not by default): one worker process serving 200 queues x
+//!   3 priorities against the same on one queue; 4, 16, 64 worker processes on one backlog,
+//!   with the spread of the tasks over the processes;
 //! - Redis CPU (`INFO cpu`) and commands (`INFO commandstats`) per task in every window.
 //!
 //! Output: tables on stdout, JSON and plots (SVG, PNG) in `bench-results/<timestamp>/`.
@@ -21,7 +28,8 @@
 //! # Layout
 //! - `target`: the Redis under test, INFO snapshots and per-task usage;
 //! - `fleet` / `worker`: worker processes, parent side and child side;
-//! - `drain`, `ceiling`, `enqueue`, `latency`: the scenarios;
+//! - `drain`, `ceiling`, `enqueue`, `latency`, `idle`, `sweep`: the scenarios (`drain` also
+//!   serves many-queues and many-workers);
 //! - `payload`: the timestamped task payload; `stats`: histograms and medians;
 //! - `suite`: the flags, the plan, the scenarios in order (what `main` runs);
 //! - `report`: metrics, targets and tables; `results`: the files a run writes; `plot`: the
@@ -32,6 +40,7 @@ mod compare;
 mod drain;
 mod enqueue;
 mod fleet;
+mod idle;
 mod latency;
 mod payload;
 mod plot;
@@ -39,6 +48,7 @@ mod report;
 mod results;
 mod stats;
 mod suite;
+mod sweep;
 mod target;
 mod worker;
 
@@ -65,6 +75,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_none()
+        && let Err(e) = cli.run.validate()
+    {
+        eprintln!("rivulet-bench: {e:#}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -97,6 +113,19 @@ mod tests {
         assert_eq!(plan.tasks, 50_000);
         assert_eq!(plan.workers, [1, 2]);
         assert!(cli.run.wants("latency") && !cli.run.wants("ceiling"));
+        // The scale scenarios' quick plan: small, bounded, each scenario still meaningful.
+        assert_eq!(plan.idle_queues, [1, 200]);
+        assert_eq!(plan.many_workers, [2, 4]);
+        assert_eq!(plan.many_queues, 200);
+        assert_eq!(plan.sweep_rates, [10, 100, 1_000, 2_000, 10_000]);
+        let full = Cli::try_parse_from(["rivulet-bench", "--only", "idle,many-workers"]).unwrap();
+        let plan = full.run.plan();
+        assert_eq!(plan.idle_queues, [1, 10, 50, 200]);
+        assert_eq!(
+            (plan.idle_processes, plan.many_workers.as_slice()),
+            (4, &[4, 16, 64][..])
+        );
+        assert_eq!(plan.many_tasks, 100_000);
         let w = Cli::try_parse_from([
             "rivulet-bench",
             "worker",

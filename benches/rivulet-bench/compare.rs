@@ -52,6 +52,9 @@ pub async fn run(plan: &Plan, quick: bool) -> Result<Vec<CompareRow>> {
                 label: String::new(),
                 limits: Vec::new(),
                 metrics: false,
+                queues: 1,
+                spread: false,
+                pause_first: false,
             };
             let d = drain::run(&target, &spec).await?;
             let life = d.fill_redis.plus(&d.drain_redis);

@@ -78,6 +78,16 @@ impl Fleet {
         Ok(Fleet { children })
     }
 
+    /// CPU time (user + system) the worker processes have used so far, seconds (read from
+    /// `/proc/<pid>/stat`, so a window's CPU is the difference of two reads).
+    pub fn cpu_s(&self) -> f64 {
+        self.children
+            .iter()
+            .filter_map(Child::id)
+            .map(crate::worker::pid_cpu_s)
+            .sum()
+    }
+
     /// Closes every worker's stdin (they drain and stop), then reads their reports. A worker
     /// that has not exited within `timeout` is killed and the run fails.
     pub async fn stop(mut self, timeout: Duration) -> Result<Vec<WorkerOutput>> {

@@ -64,6 +64,10 @@ pub struct LatencyResult {
     pub redis: Usage,
     /// CPU of the worker process per task sent (start-up and shutdown included).
     pub worker_cpu_us_per_task: f64,
+    /// CPU of the worker process over the measured window only (the same window as `redis`,
+    /// from `/proc/<pid>/stat`), per task sent.
+    pub worker_window_cpu_us_per_task: f64,
+
     /// CPU of this (producer) process per task sent during the producing window.
     pub producer_cpu_us_per_task: f64,
 }
@@ -126,6 +130,7 @@ async fn measure(
     }
 
     let before = target.snapshot().await?;
+    let worker_cpu = fleet.cpu_s();
     let producer_cpu = crate::worker::process_cpu_s();
     let total = s.warmup + s.seconds;
     let mut calls = stats::histogram();
@@ -185,8 +190,12 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let after = target.snapshot().await?;
+    let worker_cpu = fleet.cpu_s() - worker_cpu;
     let mut outputs = fleet.stop(Duration::from_secs(60)).await?;
     let out = outputs.pop().context("one worker report")?;
+    // The done probe's reads (one HGET per event it handled) are the harness's too.
+    let mut redis = before.usage(&after, sent, Window::Mixed { pipelines }, false);
+    redis.discount("hget", out.probe_events, sent);
     Ok(LatencyResult {
         label: s.label.clone(),
         rate_target: s.rate,
@@ -202,8 +211,10 @@ async fn measure(
         enqueue_call: HistSummary::of(&calls),
         producer_stalls: stalls,
         backlog_at_end,
-        redis: before.usage(&after, sent, Window::Mixed { pipelines }, false),
+        redis,
         worker_cpu_us_per_task: out.cpu_s * 1e6 / sent.max(1) as f64,
+        worker_window_cpu_us_per_task: worker_cpu * 1e6 / sent.max(1) as f64,
+
         producer_cpu_us_per_task: producer_cpu * 1e6 / sent.max(1) as f64,
     })
 }

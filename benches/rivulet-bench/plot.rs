@@ -1,5 +1,6 @@
-//! Plots, each as SVG and PNG: latency CDFs per rate (enqueue-to-start and enqueue-to-done)
-//! and drain throughput against worker processes, with the bare-loop ceiling.
+//! Plots, each as SVG and PNG: latency CDFs per rate (enqueue-to-start and enqueue-to-done),
+//! drain throughput against worker processes, with the bare-loop ceiling, and the rate
+//! sweep's Redis commands and Redis CPU per task against the rate, with their targets.
 //!
 //! Text needs a TrueType font (plotters' pure-Rust `ab_glyph` rasteriser, no system font
 //! library): the first of a few common paths, or `--font`. Without one, no plots are drawn and
@@ -313,6 +314,137 @@ impl Figure for ThroughputFigure<'_> {
     }
 }
 
+/// One point of the rate sweep: achieved tasks/s, commands per task, Redis µs per task.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepDot {
+    pub rate: f64,
+    pub cmds: f64,
+    pub cpu_us: f64,
+    pub saturation: bool,
+}
+
+/// Commands per task and Redis µs per task against the rate (log-log), one panel each,
+/// the target of each as a dashed line.
+pub fn rate_sweep(dir: &Path, dots: &[SweepDot], cmds_target: f64, cpu_target: f64) -> Result<Vec<PathBuf>> {
+    both(
+        dir,
+        "rate-sweep",
+        (1200, 520),
+        &SweepFigure {
+            dots,
+            cmds_target,
+            cpu_target,
+        },
+    )
+}
+
+/// A panel of the sweep figure: title, y axis, target, the value drawn.
+type Panel = (&'static str, &'static str, f64, fn(&SweepDot) -> f64);
+
+struct SweepFigure<'a> {
+    dots: &'a [SweepDot],
+    cmds_target: f64,
+    cpu_target: f64,
+}
+
+impl Figure for SweepFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let dots = self.dots;
+        let lo = dots.iter().map(|d| d.rate).fold(f64::INFINITY, f64::min).max(1.0);
+        let hi = dots.iter().map(|d| d.rate).fold(1.0, f64::max).max(lo * 10.0);
+        // Room on the right for the last label.
+        let x_range = (lo / 2.0)..(hi * 5.0);
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let panels = root.split_evenly((1, 2));
+        let metrics: [Panel; 2] = [
+            (
+                "Redis commands per task",
+                "commands/task (log)",
+                self.cmds_target,
+                |d| d.cmds,
+            ),
+            ("Redis CPU per task", "µs/task (log)", self.cpu_target, |d| d.cpu_us),
+        ];
+        for (panel, (title, y_desc, target, value)) in panels.iter().zip(metrics) {
+            let ys = || dots.iter().map(value).chain([target]).filter(|v| *v > 0.0);
+            let y_lo = ys().fold(f64::INFINITY, f64::min).max(1e-3) / 2.0;
+            let y_hi = ys().fold(0.0, f64::max) * 2.0;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{title} against the offered rate"), (FONT, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range.clone().log_scale(), (y_lo..y_hi).log_scale())
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("tasks/s (log scale)")
+                .y_desc(y_desc)
+                .x_label_formatter(&|x| fmt_value(*x, Unit::Rate))
+                .y_label_formatter(&|y| {
+                    if *y >= 10.0 {
+                        format!("{y:.0}")
+                    } else {
+                        format!("{y:.2}")
+                    }
+                })
+                .label_style((FONT, 13))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let grey = RGBColor(120, 120, 120);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [x_range.start, x_range.end].into_iter().map(|x| (x, target)),
+                    6,
+                    4,
+                    grey.stroke_width(1),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(format!("target ≤ {target}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1)));
+            let color = COLORS[0];
+            chart
+                .draw_series(LineSeries::new(
+                    dots.iter().map(|d| (d.rate, value(d).max(y_lo))),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label("rivulet, 1 worker process (median)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart
+                .draw_series(dots.iter().map(|d| {
+                    let style = if d.saturation {
+                        COLORS[1].filled()
+                    } else {
+                        color.filled()
+                    };
+                    Circle::new((d.rate, value(d).max(y_lo)), 4, style)
+                }))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(dots.iter().map(|d| {
+                    let v = value(d);
+                    let text = if d.saturation {
+                        format!("{v:.2} (saturation)")
+                    } else {
+                        format!("{v:.2}")
+                    };
+                    Text::new(text, (d.rate * 1.08, v.max(y_lo)), (FONT, 12))
+                }))
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FONT, 13))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// Plots from the medians (throughput) and, per rate, from the run whose p99 is the median.
 pub fn figures(
     dir: &Path,
@@ -380,6 +512,24 @@ pub fn figures(
                 .copied(),
             DRAIN_TARGET,
         )?);
+    }
+
+    let mut dots: Vec<SweepDot> = summary
+        .keys()
+        .filter_map(|k| k.strip_prefix("sweep.")?.strip_suffix(".cmds"))
+        .filter_map(|label| {
+            let m = |x: &str| summary.get(&format!("sweep.{label}.{x}")).map(|s| s.median);
+            Some(SweepDot {
+                rate: m("rate")?,
+                cmds: m("cmds")?,
+                cpu_us: m("cpu_us")?,
+                saturation: label == "saturation",
+            })
+        })
+        .collect();
+    dots.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    if !dots.is_empty() {
+        files.extend(rate_sweep(dir, &dots, 2.0, 25.0)?);
     }
     Ok(files)
 }

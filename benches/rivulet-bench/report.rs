@@ -32,6 +32,14 @@ pub struct RunResult {
     pub latency: Vec<LatencyResult>,
     /// `--only compare`: one node, with a replica, over TLS, a cluster (see `compare`).
     pub compare: Vec<crate::compare::CompareRow>,
+    /// `--only idle`: idle worker-cli processes, one entry per queue count.
+    pub idle: Vec<crate::idle::IdleResult>,
+    /// `--only rate-sweep`: one point per offered rate, then saturation.
+    pub rate_sweep: Vec<crate::sweep::SweepPoint>,
+    /// `--only many-queues`: one worker process on 1 queue, then on `--many-queues` queues.
+    pub many_queues: Vec<DrainResult>,
+    /// `--only many-workers`: one drain per worker process count.
+    pub many_workers: Vec<DrainResult>,
     /// `/proc/loadavg` before and after the pass: how busy the machine was.
     pub load_before: String,
     pub load_after: String,
@@ -149,8 +157,105 @@ impl RunResult {
             put(format!("{k}.worker_cpu_us"), l.worker_cpu_us_per_task);
             put(format!("{k}.producer_cpu_us"), l.producer_cpu_us_per_task);
         }
+        self.scale_metrics(&mut m);
         m
     }
+
+    /// The idle, rate-sweep, many-queues and many-workers metrics.
+    fn scale_metrics(&self, m: &mut BTreeMap<String, f64>) {
+        let mut put = |k: String, v: f64| {
+            m.insert(k, v);
+        };
+        let mut worst = None::<f64>;
+        for i in &self.idle {
+            let k = format!("idle.q{}", i.queues);
+            put(format!("{k}.cmds_per_s"), i.commands_per_s_per_process);
+            put("idle.processes".into(), i.processes as f64);
+            put(format!("{k}.lanes"), (i.queues * i.priorities) as f64);
+            put(format!("{k}.redis_cpu_us_per_s"), i.redis_cpu_us_per_s);
+            put(format!("{k}.worker_cpu_us_per_s"), i.worker_cpu_us_per_s_per_process);
+            for (c, n) in &i.per_command {
+                put(format!("{k}.cmd.{c}"), *n);
+            }
+            worst = Some(worst.map_or(i.commands_per_s_per_process, |w| w.max(i.commands_per_s_per_process)));
+        }
+        if let Some(w) = worst {
+            put("idle.max_cmds_per_s".into(), w);
+        }
+        let (mut cmds, mut cpu) = (None::<f64>, None::<f64>);
+        for p in &self.rate_sweep {
+            let k = format!("sweep.{}", p.label);
+            put(format!("{k}.offered"), p.offered);
+            put(format!("{k}.rate"), p.achieved);
+            put(format!("{k}.cmds"), p.commands_per_task);
+            put(format!("{k}.cpu_us"), p.redis_cpu_us_per_task);
+            put(format!("{k}.worker_cpu_us"), p.worker_cpu_us_per_task);
+            put(format!("{k}.backlog"), p.backlog_at_end as f64);
+            if let (Some(a), Some(b)) = (p.p50_us, p.p99_us) {
+                put(format!("{k}.p50"), a as f64);
+                put(format!("{k}.p99"), b as f64);
+            }
+            cmds = Some(cmds.map_or(p.commands_per_task, |c| c.max(p.commands_per_task)));
+            cpu = Some(cpu.map_or(p.redis_cpu_us_per_task, |c| c.max(p.redis_cpu_us_per_task)));
+        }
+        if let (Some(c), Some(u)) = (cmds, cpu) {
+            put("sweep.max_cmds".into(), c);
+            put("sweep.max_cpu_us".into(), u);
+        }
+        for d in &self.many_queues {
+            let k = if d.spread {
+                format!("many_queues.q{}", d.queues)
+            } else {
+                "many_queues.default".to_owned()
+            };
+            put(format!("{k}.tasks_per_s"), d.tasks_per_s);
+            put(format!("{k}.drain_cmds"), d.drain_redis.commands_per_task);
+            put(format!("{k}.drain_cpu_us"), d.drain_redis.cpu_us_per_task);
+            put(format!("{k}.worker_cpu_us"), d.worker_cpu_us_per_task);
+        }
+        if let (Some(one), Some(many)) = (
+            self.many_queues.iter().find(|d| d.queues == 1 && d.spread),
+            self.many_queues
+                .iter()
+                .filter(|d| d.queues > 1 && d.spread)
+                .max_by_key(|d| d.queues),
+        ) {
+            put("many_queues.ratio".into(), many.tasks_per_s / one.tasks_per_s.max(1e-9));
+        }
+        for d in &self.many_workers {
+            let k = format!("many_workers.w{}", d.workers);
+            let spread = spread_of(&d.per_process_started);
+            put(format!("{k}.tasks_per_s"), d.tasks_per_s);
+            put(format!("{k}.slots"), d.concurrency as f64);
+            put(format!("{k}.per_process_min"), spread.min);
+            put(format!("{k}.per_process_median"), spread.median);
+            put(format!("{k}.per_process_max"), spread.max);
+            put(format!("{k}.drain_cmds"), d.drain_redis.commands_per_task);
+            put(format!("{k}.drain_cpu_us"), d.drain_redis.cpu_us_per_task);
+            put(format!("{k}.worker_cpu_us"), d.worker_cpu_us_per_task);
+        }
+        if let (Some(few), Some(most)) = (
+            self.many_workers.iter().min_by_key(|d| d.workers),
+            self.many_workers.iter().max_by_key(|d| d.workers),
+        ) && most.workers > few.workers
+        {
+            put(
+                "many_workers.ratio".into(),
+                most.tasks_per_s / few.tasks_per_s.max(1e-9),
+            );
+        }
+    }
+}
+
+/// Minimum, median and maximum of handlers started per process (all 0 for none).
+pub fn spread_of(started: &[u64]) -> Spread {
+    let v: Vec<f64> = started.iter().map(|&n| n as f64).collect();
+    Spread::of(&v).unwrap_or(Spread {
+        median: 0.0,
+        min: 0.0,
+        max: 0.0,
+        runs: 0,
+    })
 }
 
 /// Median, min and max of every metric over the runs.
@@ -636,6 +741,8 @@ pub fn tables(latency_concurrency: usize, s: &BTreeMap<String, Spread>, checks: 
         out.push_str(&t.render());
     }
 
+    out.push_str(&scale_tables(s));
+
     let mut t = Table::new(
         &format!("Targets (reference drain: {reference})"),
         &["target", "measured", "met", "note"],
@@ -650,6 +757,262 @@ pub fn tables(latency_concurrency: usize, s: &BTreeMap<String, Spread>, checks: 
     }
     out.push_str(&t.render());
     out
+}
+
+/// The numbers after `prefix` in keys `<prefix><N><suffix>`, sorted.
+fn numbered(s: &BTreeMap<String, Spread>, prefix: &str, suffix: &str) -> Vec<usize> {
+    let mut v: Vec<usize> = s
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The idle, rate-sweep, many-queues and many-workers tables (empty when none ran).
+pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
+    let g = |k: String, u: Unit| fmt_spread(s.get(&k), u);
+    let mut out = String::new();
+
+    let processes = s.get("idle.processes").map_or(0.0, |p| p.median);
+    let mut t = Table::new(
+        &format!(
+            "Idle: {processes:.0} worker-cli work process(es), nothing to do (every command counted, Lua's included)"
+        ),
+        &[
+            "queues served",
+            "lanes",
+            "commands/s per process",
+            "Redis CPU µs/s",
+            "worker CPU µs/s per process",
+            "largest shares (per process)",
+        ],
+    );
+    for q in numbered(s, "idle.q", ".cmds_per_s") {
+        let k = format!("idle.q{q}");
+        let mut shares: Vec<(&str, f64)> = s
+            .iter()
+            .filter_map(|(key, v)| Some((key.strip_prefix(&format!("{k}.cmd."))?, v.median)))
+            .collect();
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = shares
+            .iter()
+            .take(4)
+            .map(|(c, n)| format!("{} {n:.1}/s", c.to_uppercase()))
+            .collect();
+        t.row(vec![
+            q.to_string(),
+            // A count fixed by the plan: the median alone.
+            s.get(&format!("{k}.lanes"))
+                .map_or("-".into(), |v| fmt_value(v.median, Unit::Rate)),
+            g(format!("{k}.cmds_per_s"), Unit::Count),
+            g(format!("{k}.redis_cpu_us_per_s"), Unit::Rate),
+            g(format!("{k}.worker_cpu_us_per_s"), Unit::Rate),
+            top.join(", "),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Rate sweep: one worker process, open-loop producer; cost per task over the whole window (idle polling included)",
+        &[
+            "offered/s",
+            "achieved/s",
+            "cmds/task",
+            "Redis µs/task",
+            "worker CPU µs/task",
+            "p50 ms",
+            "p99 ms",
+        ],
+    );
+    let mut labels: Vec<(f64, String)> = s
+        .iter()
+        .filter_map(|(k, v)| Some((v.median, k.strip_prefix("sweep.")?.strip_suffix(".offered")?.to_owned())))
+        .collect();
+    labels.sort_by(|a, b| {
+        (a.1 == "saturation")
+            .cmp(&(b.1 == "saturation"))
+            .then(a.0.total_cmp(&b.0))
+    });
+    for (_, label) in labels {
+        let k = format!("sweep.{label}");
+        t.row(vec![
+            if label == "saturation" {
+                "saturation (backlog)".into()
+            } else {
+                s.get(&format!("{k}.offered"))
+                    .map_or("-".into(), |v| fmt_value(v.median, Unit::Rate))
+            },
+            g(format!("{k}.rate"), Unit::Rate),
+            g(format!("{k}.cmds"), Unit::Count),
+            g(format!("{k}.cpu_us"), Unit::Us),
+            g(format!("{k}.worker_cpu_us"), Unit::Us),
+            g(format!("{k}.p50"), Unit::Ms),
+            g(format!("{k}.p99"), Unit::Ms),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Many queues: one worker process, the backlog spread over every queue x 3 priorities (first row: one queue, all at its default priority)",
+        &[
+            "queues",
+            "tasks/s",
+            "vs 1 queue",
+            "drain cmds/task",
+            "drain Redis µs/task",
+            "worker CPU µs/task",
+        ],
+    );
+    let rows = s
+        .contains_key("many_queues.default.tasks_per_s")
+        .then(|| {
+            (
+                "1, default priority".to_owned(),
+                "many_queues.default".to_owned(),
+                false,
+            )
+        })
+        .into_iter()
+        .chain(
+            numbered(s, "many_queues.q", ".tasks_per_s")
+                .into_iter()
+                .map(|q| (q.to_string(), format!("many_queues.q{q}"), q > 1)),
+        );
+    for (name, k, many) in rows {
+        t.row(vec![
+            name,
+            g(format!("{k}.tasks_per_s"), Unit::Rate),
+            if many {
+                g("many_queues.ratio".into(), Unit::Pct)
+            } else {
+                String::new()
+            },
+            g(format!("{k}.drain_cmds"), Unit::Count),
+            g(format!("{k}.drain_cpu_us"), Unit::Us),
+            g(format!("{k}.worker_cpu_us"), Unit::Us),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Many workers: one backlog, the queue paused until every process registered",
+        &[
+            "processes x slots",
+            "tasks/s",
+            "vs fewest",
+            "tasks per process min / median / max",
+            "drain cmds/task",
+            "drain Redis µs/task",
+            "worker CPU µs/task",
+        ],
+    );
+    let counts = numbered(s, "many_workers.w", ".tasks_per_s");
+    for &w in &counts {
+        let k = format!("many_workers.w{w}");
+        let m = |x: &str| s.get(&format!("{k}.{x}")).map_or(0.0, |v| v.median);
+        t.row(vec![
+            format!("{w} x {:.0}", m("slots")),
+            g(format!("{k}.tasks_per_s"), Unit::Rate),
+            if Some(&w) == counts.last() && counts.len() > 1 {
+                g("many_workers.ratio".into(), Unit::Pct)
+            } else {
+                String::new()
+            },
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                m("per_process_min"),
+                m("per_process_median"),
+                m("per_process_max")
+            ),
+            g(format!("{k}.drain_cmds"), Unit::Count),
+            g(format!("{k}.drain_cpu_us"), Unit::Us),
+            g(format!("{k}.worker_cpu_us"), Unit::Us),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+    out
+}
+
+/// The targets of the idle, rate-sweep, many-queues and many-workers scenarios (issue 18).
+pub fn scale_targets(summary: &BTreeMap<String, Spread>) -> Vec<Check> {
+    let queues = numbered(summary, "many_queues.q", ".tasks_per_s");
+    let workers = numbered(summary, "many_workers.w", ".tasks_per_s");
+    let sweep = |what: &str| format!("sweep.2000.{what}");
+    vec![
+        check(
+            summary,
+            "idle: ≤ 2 Redis commands/s per idle worker process, whatever it serves (worst queue count)",
+            "idle.max_cmds_per_s",
+            2.0,
+            false,
+            Unit::Count,
+        ),
+        check(
+            summary,
+            "trickle: ≤ 2 Redis commands per task at every rate to saturation (worst rate)",
+            "sweep.max_cmds",
+            2.0,
+            false,
+            Unit::Count,
+        ),
+        check(
+            summary,
+            "trickle: ≤ 25 µs Redis CPU per task at every rate to saturation (worst rate)",
+            "sweep.max_cpu_us",
+            25.0,
+            false,
+            Unit::Us,
+        ),
+        check(
+            summary,
+            "trickle: enqueue-to-start p50 < 0.3 ms at 2,000/s",
+            &sweep("p50"),
+            300.0,
+            false,
+            Unit::Ms,
+        ),
+        check(
+            summary,
+            "trickle: enqueue-to-start p99 < 1 ms at 2,000/s",
+            &sweep("p99"),
+            1_000.0,
+            false,
+            Unit::Ms,
+        ),
+        check(
+            summary,
+            &format!(
+                "many queues: 1 worker serving {} queues x 3 priorities ≥ 50 % of its 1-queue rate",
+                queues.last().copied().unwrap_or(200)
+            ),
+            "many_queues.ratio",
+            0.50,
+            true,
+            Unit::Pct,
+        ),
+        check(
+            summary,
+            &format!(
+                "many workers: {} processes drain ≥ 90 % of what {} do",
+                workers.last().copied().unwrap_or(64),
+                workers.first().copied().unwrap_or(4)
+            ),
+            "many_workers.ratio",
+            0.90,
+            true,
+            Unit::Pct,
+        ),
+    ]
 }
 
 /// `Some(50)` for the rate label `auto50` (a share of the measured drain rate).

@@ -19,7 +19,7 @@ use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
 /// Every scenario `--only` may name.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 13] = [
     "drain",
     "ceiling",
     "enqueue",
@@ -29,6 +29,10 @@ const SCENARIOS: [&str; 9] = [
     "limits",
     "compare",
     "metrics",
+    "idle",
+    "rate-sweep",
+    "many-queues",
+    "many-workers",
 ];
 
 /// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
@@ -99,7 +103,14 @@ pub struct RunArgs {
     /// (not by default: the reference drain and a batched enqueue on private setups started
     /// in turn, one node, one node + replica with `replicated:1`, one node over TLS, a 3+3
     /// cluster, with `--shards` on the single node and the cluster; cost per task side by
-    /// side), metrics (not by default: the reference drain with worker metrics off, then on).
+    /// side), metrics (not by default: the reference drain with worker metrics off, then on),
+    /// and, not by default either: idle (idle `worker-cli work` processes serving
+    /// --idle-queues queues: Redis commands per second per process), rate-sweep (one worker
+    /// at --rate-sweep-rates, then saturation: commands and Redis µs per task against the
+    /// rate, plotted), many-queues (one worker process draining a backlog spread over
+    /// --many-queues queues x 3 priorities, against the same on 1 queue), many-workers
+    /// (--many-workers processes of --many-concurrency slots draining one backlog: rate and
+    /// spread of tasks over processes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -125,6 +136,38 @@ pub struct RunArgs {
     /// a run can gate a change. Targets the run did not measure do not count.
     #[arg(long)]
     check: bool,
+    /// The `worker-cli` binary the idle scenario runs [default: next to this binary].
+    #[arg(long, env = "RIVULET_WORKER_CLI")]
+    worker_cli: Option<PathBuf>,
+    /// Queue counts of the idle scenario, comma separated [default: 1,10,50,200; quick: 1,200].
+    #[arg(long, value_delimiter = ',')]
+    idle_queues: Option<Vec<usize>>,
+    /// Idle worker processes per queue count [default: 4, quick: 2].
+    #[arg(long)]
+    idle_processes: Option<usize>,
+    /// Measured seconds per idle queue count [default: 10, quick: 2].
+    #[arg(long)]
+    idle_seconds: Option<f64>,
+    /// Offered rates (tasks/s) of the rate sweep, comma separated; saturation (a drain of
+    /// --tasks / 4) follows [default: 10,100,1000,2000,10000].
+    #[arg(long, value_delimiter = ',')]
+    rate_sweep_rates: Option<Vec<u64>>,
+    /// Measured seconds per rate of the rate sweep [default: 5, quick: 1.5].
+    #[arg(long)]
+    rate_sweep_seconds: Option<f64>,
+    /// Queues of the many-queues scenario (each with 3 priorities) [default: 200].
+    #[arg(long, default_value_t = 200)]
+    many_queues: usize,
+    /// Worker process counts of the many-workers scenario, comma separated [default:
+    /// 4,16,64; quick: 2,4].
+    #[arg(long, value_delimiter = ',')]
+    many_workers: Option<Vec<usize>>,
+    /// Handler slots of each many-workers process.
+    #[arg(long, default_value_t = 16)]
+    many_concurrency: usize,
+    /// Backlog of each many-queues and many-workers drain [default: 100000, quick: 6000].
+    #[arg(long)]
+    many_tasks: Option<u64>,
     /// What enqueues and settles wait for: `fast`, `replicated:N` (the private server then
     /// gets N replicas, so the cost includes replication) or `fsync` (Redis 7.2+). Run the
     /// suite once per setting to compare their drain and enqueue cost.
@@ -146,6 +189,17 @@ pub struct Plan {
     pub payloads: Vec<usize>,
     pub done_probe: bool,
     pub shards: Vec<u16>,
+    pub idle_queues: Vec<usize>,
+    pub idle_processes: usize,
+    pub idle_seconds: f64,
+    pub idle_warmup: f64,
+    pub sweep_rates: Vec<u64>,
+    pub sweep_seconds: f64,
+    pub sweep_saturation_tasks: u64,
+    pub many_queues: usize,
+    pub many_workers: Vec<usize>,
+    pub many_concurrency: usize,
+    pub many_tasks: u64,
 }
 
 impl RunArgs {
@@ -167,7 +221,56 @@ impl RunArgs {
             payloads: vec![1024, 64 * 1024],
             done_probe: !self.no_done_probe,
             shards: self.shards.clone().unwrap_or(vec![1]),
+            idle_queues: self
+                .idle_queues
+                .clone()
+                .unwrap_or(if q { vec![1, 200] } else { vec![1, 10, 50, 200] }),
+            idle_processes: self.idle_processes.unwrap_or(if q { 2 } else { 4 }),
+            idle_seconds: self.idle_seconds.unwrap_or(if q { 2.0 } else { 10.0 }),
+            idle_warmup: if q { 1.0 } else { 3.0 },
+            sweep_rates: self
+                .rate_sweep_rates
+                .clone()
+                .unwrap_or(vec![10, 100, 1_000, 2_000, 10_000]),
+            sweep_seconds: self.rate_sweep_seconds.unwrap_or(if q { 1.5 } else { 5.0 }),
+            sweep_saturation_tasks: self.tasks.unwrap_or(if q { 50_000 } else { 200_000 }) / 4,
+            many_queues: self.many_queues,
+            many_workers: self
+                .many_workers
+                .clone()
+                .unwrap_or(if q { vec![2, 4] } else { vec![4, 16, 64] }),
+            many_concurrency: self.many_concurrency,
+            many_tasks: self.many_tasks.unwrap_or(if q { 6_000 } else { 100_000 }),
         }
+    }
+
+    /// Refuses flags no run can honour (bad usage: `main` exits 2).
+    pub fn validate(&self) -> Result<()> {
+        for s in &self.only {
+            if !SCENARIOS.contains(&s.as_str()) {
+                bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
+            }
+        }
+        if self.runs == 0 || self.runs > 20 {
+            bail!("--runs must be 1..=20");
+        }
+        let plan = self.plan();
+        if !(1..=64).contains(&plan.idle_processes) || plan.idle_queues.iter().any(|&q| !(1..=1000).contains(&q)) {
+            bail!("--idle-processes must be 1..=64 and every --idle-queues 1..=1000");
+        }
+        if !(1..=1000).contains(&plan.many_queues)
+            || plan.many_workers.iter().any(|&w| !(1..=128).contains(&w))
+            || plan.many_concurrency == 0
+            || plan.many_tasks == 0
+        {
+            bail!(
+                "--many-queues must be 1..=1000, every --many-workers 1..=128, --many-concurrency and --many-tasks at least 1"
+            );
+        }
+        if plan.sweep_rates.contains(&0) || !(plan.sweep_seconds > 0.0 && plan.idle_seconds > 0.0) {
+            bail!("--rate-sweep-rates must be positive, --rate-sweep-seconds and --idle-seconds above 0");
+        }
+        Ok(())
     }
 
     /// Whether `--only` selects `scenario`.
@@ -183,14 +286,7 @@ pub fn progress(msg: impl std::fmt::Display) {
 
 /// Runs the suite `args.runs` times, prints the tables and writes results, report and plots.
 pub async fn run(args: RunArgs) -> Result<()> {
-    for s in &args.only {
-        if !SCENARIOS.contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
-        }
-    }
-    if args.runs == 0 || args.runs > 20 {
-        bail!("--runs must be 1..=20");
-    }
+    args.validate()?;
     let plan = args.plan();
     let started = Instant::now();
     let stamp = results::utc_stamp(SystemTime::now());
@@ -227,7 +323,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| r.metrics(&reference)).collect();
     let summary = report::summarise(&metrics);
-    let checks = report::targets(&summary, &reference);
+    let mut checks = report::targets(&summary, &reference);
+    // The scale targets only when their scenarios ran (they are not in the default set).
+    checks.extend(report::scale_targets(&summary).into_iter().filter(|c| c.met.is_some()));
 
     let mut text = report::tables(plan.latency_concurrency, &summary, &checks, &reference);
     for r in &runs {
@@ -328,6 +426,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             label: String::new(),
             limits: Vec::new(),
             metrics: false,
+            queues: 1,
+            spread: false,
+            pause_first: false,
         };
         let d = drain::run(target, &spec).await?;
         let life = d.fill_redis.plus(&d.drain_redis);
@@ -355,6 +456,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 label: String::new(),
                 limits: Vec::new(),
                 metrics: false,
+                queues: 1,
+                spread: false,
+                pause_first: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -425,6 +529,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 metrics,
                 label: String::new(),
                 limits: Vec::new(),
+                queues: 1,
+                spread: false,
+                pause_first: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -508,6 +615,9 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 label: String::new(),
                 limits: Vec::new(),
                 metrics: false,
+                queues: 1,
+                spread: false,
+                pause_first: false,
             };
             let d = drain::run(target, &spec).await?;
             progress(format_args!(
@@ -527,6 +637,111 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             r.latency.push(l);
         }
     }
+    if args.wants("idle") {
+        let worker_cli = crate::idle::locate_worker_cli(args.worker_cli.as_deref())?;
+        for &queues in &plan.idle_queues {
+            if late("idle") {
+                break;
+            }
+            let spec = crate::idle::IdleSpec {
+                queues,
+                processes: plan.idle_processes,
+                warmup: plan.idle_warmup,
+                seconds: plan.idle_seconds,
+                worker_cli: worker_cli.clone(),
+            };
+            let i = crate::idle::run(target, &spec).await?;
+            let mut top: Vec<(&String, &f64)> = i.per_command.iter().collect();
+            top.sort_by(|a, b| b.1.total_cmp(a.1));
+            progress(format_args!(
+                "idle    {queues:>4} queue(s) x {} priorities, {} process(es): {:.1} commands/s per process ({}); redis {:.0} µs/s, worker {:.0} µs/s per process",
+                i.priorities,
+                i.processes,
+                i.commands_per_s_per_process,
+                top.iter()
+                    .take(4)
+                    .map(|(c, n)| format!("{c} {n:.1}/s"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                i.redis_cpu_us_per_s,
+                i.worker_cpu_us_per_s_per_process,
+            ));
+            r.idle.push(i);
+        }
+    }
+
+    if args.wants("rate-sweep") && !late("rate-sweep") {
+        let spec = crate::sweep::SweepSpec {
+            rates: plan.sweep_rates.clone(),
+            seconds: plan.sweep_seconds,
+            warmup: plan.warmup,
+            concurrency: plan.latency_concurrency,
+            saturation_tasks: plan.sweep_saturation_tasks,
+        };
+        r.rate_sweep = crate::sweep::run(target, &spec, late).await?;
+    }
+
+    if args.wants("many-queues") && !late("many-queues") {
+        // One queue with every task at its default priority (the reference drain's shape), then
+        // the backlog spread over one queue's priorities, then over many queues' (the ratio).
+        for (queues, spread) in [(1, false), (1, true), (plan.many_queues, true)] {
+            let spec = DrainSpec {
+                label: "mq".into(),
+                queues,
+                spread,
+                ..DrainSpec::plain(1, plan.concurrency, BASE_PAYLOAD, plan.many_tasks, true)
+            };
+            let d = drain::run(target, &spec).await?;
+            progress(format_args!(
+                "many-q  {queues:>4} queue(s), {}, 1 process x {}: {:>9.0} tasks/s (drain redis {:.2} µs, {:.2} cmds/task; worker {:.2} µs CPU/task)",
+                if spread {
+                    "spread over 3 priorities"
+                } else {
+                    "default priority"
+                },
+                plan.concurrency,
+                d.tasks_per_s,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+                d.worker_cpu_us_per_task,
+            ));
+            r.many_queues.push(d);
+        }
+        if let [_, one, many] = &r.many_queues[..] {
+            progress(format_args!(
+                "many-q  {} queues / 1 queue: {:.0} %",
+                many.queues,
+                100.0 * many.tasks_per_s / one.tasks_per_s.max(1e-9)
+            ));
+        }
+    }
+
+    if args.wants("many-workers") {
+        for &workers in &plan.many_workers {
+            if late("many-workers") {
+                break;
+            }
+            let spec = DrainSpec {
+                label: "mw".into(),
+                pause_first: true,
+                ..DrainSpec::plain(workers, plan.many_concurrency, BASE_PAYLOAD, plan.many_tasks, true)
+            };
+            let d = drain::run(target, &spec).await?;
+            let spread = crate::report::spread_of(&d.per_process_started);
+            progress(format_args!(
+                "many-w  {workers:>3} processes x {}: {:>9.0} tasks/s; tasks per process min {:.0} median {:.0} max {:.0}; drain redis {:.2} µs, {:.2} cmds/task",
+                plan.many_concurrency,
+                d.tasks_per_s,
+                spread.min,
+                spread.median,
+                spread.max,
+                d.drain_redis.cpu_us_per_task,
+                d.drain_redis.commands_per_task,
+            ));
+            r.many_workers.push(d);
+        }
+    }
+
     if args.wants("compare") && !late("compare") {
         r.compare = crate::compare::run(plan, args.quick).await?;
     }

@@ -47,6 +47,11 @@ pub struct Target {
     pub version: String,
     /// Whether the harness started this server itself (so it may change its configuration).
     pub private: bool,
+    /// Commands the harness itself has sent that can fall inside a measured window (its
+    /// snapshots, progress polls, registry counts, configuration), by name as
+    /// `INFO commandstats` names them: windows leave these out by count, so an engine command
+    /// of the same name still counts.
+    sent: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A private Redis the harness starts for a comparison in one run (`--only compare`).
@@ -188,6 +193,7 @@ impl Target {
             node_urls,
             cluster: is_cluster,
             version,
+            sent: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -196,6 +202,16 @@ impl Target {
         Ok(rivulet::connection::open(&self.node_urls[0], &self.tls)?
             .get_multiplexed_async_connection_with_config(&conn_config())
             .await?)
+    }
+
+    /// Counts `n` calls of `command` sent by the harness.
+    fn note(&self, command: &'static str, n: u64) {
+        *self
+            .sent
+            .lock()
+            .expect("no code panics while holding this lock")
+            .entry(command)
+            .or_default() += n;
     }
 
     /// The CPU Redis has used and the calls per command so far.
@@ -209,7 +225,17 @@ impl Target {
                 *calls.entry(name).or_default() += n;
             }
         }
-        Ok(Snapshot { cpu_s, calls })
+        // A command shows in `commandstats` after it ran: this snapshot's INFOs show in the
+        // next one, which the count taken after them matches.
+        self.note("info", self.nodes.len() as u64);
+        let harness = self
+            .sent
+            .lock()
+            .expect("no code panics while holding this lock")
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        Ok(Snapshot { cpu_s, calls, harness })
     }
 
     /// Deletes a fleet-wide limit's state, so each limited drain starts with a full bucket.
@@ -226,27 +252,50 @@ impl Target {
 
     /// Deletes every key of a queue and its entry in the queue registry.
     pub async fn drop_queue(&self, queue: &Queue) -> Result<()> {
+        self.drop_queues(std::slice::from_ref(queue)).await
+    }
+
+    /// Deletes every key of these queues and their entries in the queue registry.
+    pub async fn drop_queues(&self, queues: &[Queue]) -> Result<()> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        for shard in queue.all_shards() {
-            let k = &shard.keys;
-            pipe.del(&[
-                &k.stream,
-                &k.scheduled,
-                &k.retry,
-                &k.dlq,
-                &k.stats,
-                &k.events,
-                &k.cancels,
-            ])
-            .ignore();
+        for queue in queues {
+            for shard in queue.all_shards() {
+                let k = &shard.keys;
+                pipe.del(&[
+                    &k.stream,
+                    &k.scheduled,
+                    &k.retry,
+                    &k.dlq,
+                    &k.stats,
+                    &k.events,
+                    &k.cancels,
+                    &k.succeeded,
+                    &k.cancelled,
+                    &k.waiting,
+                ])
+                .ignore();
+            }
+            pipe.hdel(rivulet::keys::QUEUES_KEY, queue.name().as_str()).ignore();
         }
-        pipe.hdel(rivulet::keys::QUEUES_KEY, queue.name().as_str()).ignore();
         pipe.query_async::<()>(&mut conn).await?;
         // Task records (kept for the retention) would pile up over a run's drains. The harness
-        // may scan; the engine never does.
-        for shard in queue.all_shards() {
-            let pattern = shard.keys.task("*");
+        // may scan; the engine never does. One queue: a pattern per shard; many: one pass over
+        // the keyspace for the names' common prefix (a pass per shard would be quadratic).
+        let patterns: Vec<String> = match queues {
+            [] => Vec::new(),
+            [queue] => queue.all_shards().map(|s| s.keys.task("*")).collect(),
+            [first, rest @ ..] => {
+                let mut prefix = first.name().as_str();
+                for q in rest {
+                    let name = q.name().as_str();
+                    let common = prefix.bytes().zip(name.bytes()).take_while(|(a, b)| a == b).count();
+                    prefix = &prefix[..common];
+                }
+                vec![format!("{}:{{{prefix}*:task:*", rivulet::keys::PREFIX)]
+            }
+        };
+        for pattern in patterns {
             let mut cursor = 0u64;
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -329,6 +378,20 @@ impl Target {
         self.counter(queue, "done").await
     }
 
+    /// Tasks settled as done in these queues so far, in one round trip.
+    pub async fn done_all(&self, queues: &[Queue]) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for queue in queues {
+            for shard in queue.all_shards() {
+                pipe.hget(&shard.keys.stats, "done");
+            }
+        }
+        let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        self.note("hget", counts.len() as u64);
+        Ok(counts.into_iter().flatten().sum())
+    }
+
     /// A stats counter of a queue, summed over its shards.
     pub async fn counter(&self, queue: &Queue, name: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
@@ -337,12 +400,14 @@ impl Target {
             pipe.hget(&shard.keys.stats, name);
         }
         let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        self.note("hget", counts.len() as u64);
         Ok(counts.into_iter().flatten().sum())
     }
 
     /// Live workers in the registry.
     pub async fn live_workers(&self) -> Result<u64> {
         let mut conn = self.conn.clone();
+        self.note("zcard", 1);
         Ok(redis::cmd("ZCARD")
             .arg(rivulet::keys::WORKERS_KEY)
             .query_async(&mut conn)
@@ -352,6 +417,8 @@ impl Target {
     /// Sets `notify-keyspace-events` and returns the previous value.
     pub async fn set_notify(&self, flags: &str) -> Result<String> {
         let mut conn = self.conn.clone();
+        self.note("config|get", 1);
+        self.note("config|set", 1);
         let old: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
@@ -433,6 +500,8 @@ fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 pub struct Snapshot {
     cpu_s: f64,
     calls: BTreeMap<String, u64>,
+    /// The harness's own commands sent so far (see `Target::note`).
+    harness: BTreeMap<String, u64>,
 }
 
 /// What kind of traffic a measured window held, which decides which commands came from
@@ -448,21 +517,9 @@ pub enum Window {
     Mixed { pipelines: u64 },
 }
 
-/// Commands the harness itself sends (snapshots, progress polls, the done probe, setup),
-/// left out of the per-task counts.
-const HARNESS: &[&str] = &[
-    "info",
-    "hget",
-    "config|get",
-    "config|set",
-    "subscribe",
-    "zcard",
-    "del",
-    "hdel",
-    "client|setinfo",
-    "hello",
-    "ping",
-];
+/// Commands only the harness's worker processes send, never the engine: the done probe's
+/// subscription (its `HGET`s are left out by count, see `Usage::discount`).
+const HARNESS: &[&str] = &["subscribe"];
 
 /// Commands the engine (and the bare loop) issues only from inside its Lua scripts in the
 /// windows measured here.
@@ -492,6 +549,23 @@ pub struct Usage {
 }
 
 impl Snapshot {
+    /// Redis CPU seconds and calls per command between `self` (before) and `after`, the
+    /// harness's own commands left out by count.
+    pub fn delta(&self, after: &Snapshot) -> (f64, BTreeMap<String, u64>) {
+        let calls = after
+            .calls
+            .iter()
+            .map(|(name, &n)| {
+                let own = |s: &Snapshot| s.harness.get(name).copied().unwrap_or(0);
+                let n = n
+                    .saturating_sub(self.calls.get(name).copied().unwrap_or(0))
+                    .saturating_sub(own(after).saturating_sub(own(self)));
+                (name.clone(), n)
+            })
+            .collect();
+        ((after.cpu_s - self.cpu_s).max(0.0), calls)
+    }
+
     /// The usage per task between `self` (before) and `after`. The bare loop issues XACK and
     /// XDEL itself, so `bare` makes every command top-level.
     pub fn usage(&self, after: &Snapshot, tasks: u64, window: Window, bare: bool) -> Usage {
@@ -499,11 +573,11 @@ impl Snapshot {
         let mut total = 0u64;
         let mut inner = 0u64;
         let mut per = BTreeMap::new();
-        for (name, &calls) in &after.calls {
+        let (cpu_s, calls) = self.delta(after);
+        for (name, d) in calls {
             if HARNESS.contains(&name.as_str()) {
                 continue;
             }
-            let d = calls.saturating_sub(self.calls.get(name).copied().unwrap_or(0));
             if d == 0 {
                 continue;
             }
@@ -522,7 +596,7 @@ impl Snapshot {
             inner += scripted;
         }
         Usage {
-            cpu_us_per_task: (after.cpu_s - self.cpu_s).max(0.0) * 1e6 / n,
+            cpu_us_per_task: cpu_s * 1e6 / n,
             commands_per_task: total as f64 / n,
             top_level_per_task: (total - inner) as f64 / n,
             calls_per_task: per,
@@ -531,6 +605,18 @@ impl Snapshot {
 }
 
 impl Usage {
+    /// Leaves out `calls` top-level calls of `command` over `tasks` tasks that the harness's
+    /// worker processes sent (the done probe's `HGET`s).
+    pub fn discount(&mut self, command: &str, calls: u64, tasks: u64) {
+        let Some(per) = self.calls_per_task.get_mut(command) else {
+            return;
+        };
+        let d = (calls as f64 / tasks.max(1) as f64).min(*per);
+        *per -= d;
+        self.commands_per_task -= d;
+        self.top_level_per_task -= d;
+    }
+
     /// The usage of two windows over the same tasks (e.g. enqueue, then drain).
     pub fn plus(&self, other: &Usage) -> Usage {
         let mut per = self.calls_per_task.clone();
@@ -550,16 +636,18 @@ impl Usage {
 mod tests {
     use super::*;
 
-    fn snap(cpu_s: f64, calls: &[(&str, u64)]) -> Snapshot {
+    fn snap(cpu_s: f64, calls: &[(&str, u64)], harness: &[(&str, u64)]) -> Snapshot {
+        let map = |v: &[(&str, u64)]| v.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         Snapshot {
             cpu_s,
-            calls: calls.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            calls: map(calls),
+            harness: map(harness),
         }
     }
 
     #[test]
     fn usage_splits_script_calls_from_top_level_ones() {
-        let before = snap(1.0, &[("xreadgroup", 10), ("info", 3)]);
+        let before = snap(1.0, &[("xreadgroup", 10), ("info", 3)], &[("info", 3)]);
         let after = snap(
             1.5,
             &[
@@ -571,6 +659,7 @@ mod tests {
                 ("hincrby", 10),
                 ("info", 9),
             ],
+            &[("info", 9)],
         );
         let u = before.usage(&after, 1000, Window::Consume, false);
         assert!((u.cpu_us_per_task - 500.0).abs() < 1e-6, "{u:?}");
@@ -581,6 +670,25 @@ mod tests {
         assert!((mixed.top_level_per_task - 0.024).abs() < 1e-9, "{mixed:?}");
         let bare = before.usage(&after, 1000, Window::Consume, true);
         assert_eq!(bare.top_level_per_task, bare.commands_per_task);
+    }
+
+    /// The harness's own calls are left out by count, not by name: an engine command that
+    /// shares a name with one of the harness's (an `HGET`, an `HDEL` in a script) still counts.
+    #[test]
+    fn harness_calls_are_left_out_by_count() {
+        let before = snap(0.0, &[("hget", 100), ("hdel", 5)], &[("hget", 40)]);
+        let after = snap(0.0, &[("hget", 190), ("hdel", 25)], &[("hget", 70)]);
+        let u = before.usage(&after, 10, Window::Consume, false);
+        // 90 HGETs ran, 30 of them the harness's; every HDEL is the engine's.
+        assert_eq!(u.calls_per_task["hget"], 6.0);
+        assert_eq!(u.calls_per_task["hdel"], 2.0);
+        assert_eq!(u.commands_per_task, 8.0);
+        let (_, calls) = before.delta(&after);
+        assert_eq!(calls["hget"], 60);
+        let mut probe = u.clone();
+        probe.discount("hget", 20, 10);
+        assert_eq!(probe.calls_per_task["hget"], 4.0);
+        assert_eq!(probe.commands_per_task, 6.0);
     }
 
     #[test]

@@ -26,8 +26,9 @@ use crate::stats::HistSummary;
 pub struct WorkerArgs {
     #[arg(long)]
     pub redis_url: String,
-    #[arg(long)]
-    pub queue: String,
+    /// Queues to serve, comma separated (the first one is the done probe's).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub queue: Vec<String>,
     #[arg(long)]
     pub concurrency: usize,
     /// Measure enqueue-to-done through keyspace notifications of the shard's stats hash.
@@ -81,7 +82,17 @@ pub struct WorkerOutput {
 /// CPU time (user + system) of this process so far, in seconds, from `/proc/self/stat`
 /// (0 where that file does not exist).
 pub fn process_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_s("/proc/self/stat")
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds (0 once it has exited, or
+/// where `/proc` does not exist).
+pub fn pid_cpu_s(pid: u32) -> f64 {
+    stat_cpu_s(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu_s(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start at the state, field 3;
     // utime and stime are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -237,15 +248,21 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         ..rivulet::TlsOptions::default()
     };
     let target = rivulet::RedisTarget::with_tls(&args.redis_url, &tls)?;
-    // The layout (shards) the harness declared before starting this process.
-    let mut queue = match rivulet::Inspector::new(&target).await?.queue(&args.queue).await {
-        Ok(q) => q,
-        Err(rivulet::Error::NotFound(_)) => Queue::new(&args.queue)?,
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(ms) = args.retention_ms {
-        queue = queue.retention(Duration::from_millis(ms));
+    // The layouts (shards) the harness declared before starting this process.
+    let inspector = rivulet::Inspector::new(&target).await?;
+    let mut queues = Vec::with_capacity(args.queue.len());
+    for name in &args.queue {
+        let mut queue = match inspector.queue(name).await {
+            Ok(q) => q,
+            Err(rivulet::Error::NotFound(_)) => Queue::new(name)?,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(ms) = args.retention_ms {
+            queue = queue.retention(Duration::from_millis(ms));
+        }
+        queues.push(queue);
     }
+    let queue = queues.first().context("at least one --queue")?.clone();
     let recorder = Arc::new(Recorder::new(args.done_probe));
     let noop = recorder.clone();
     let lat = recorder.clone();
@@ -299,7 +316,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         durability: args.durability.parse()?,
         ..rivulet::QueueOptions::default()
     };
-    let mut worker = Worker::new(target, router, config).queue_with(queue, options);
+    let mut worker = Worker::new(target, router, config);
+    for q in queues {
+        worker = worker.queue_with(q, options);
+    }
     let mut scrapes = tokio::task::JoinSet::new();
     if args.metrics {
         let metrics = Arc::new(rivulet::WorkerMetrics::new());
