@@ -16,7 +16,16 @@ use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
+/// Fair groups' shared Lua (`scripts/fair.lua`), prepended to each script that uses it.
+macro_rules! with_fair {
+    ($script:literal) => {
+        concat!(include_str!("scripts/fair.lua"), include_str!($script))
+    };
+}
+/// `enqueue.lua` as it runs (in the function library): with the fair groups' part.
+pub(super) const ENQUEUE_SOURCE: &str = with_fair!("scripts/enqueue.lua");
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(with_fair!("scripts/promote.lua")));
+static FEED: LazyLock<Script> = LazyLock::new(|| Script::new(with_fair!("scripts/feed.lua")));
 static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
 
@@ -190,23 +199,48 @@ pub(super) fn settle_invocation(
     inv
 }
 
-/// Moves due tasks of one shard from `scheduled`/`retry` into its stream. Returns how many
-/// moved and the earliest due time still waiting.
-pub async fn promote(
-    conn: &mut RedisConnection,
-    keys: &ShardKeys,
-    now_ms: u64,
-    limit: usize,
-) -> Result<(u64, Option<u64>)> {
-    let (moved, next): (u64, i64) = PROMOTE
+/// What one [`promote`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// Due tasks moved (into the stream, or a grouped one into the fair set).
+    pub moved: u64,
+    /// The earliest due time still waiting in the scheduled or retry set.
+    pub next_due: Option<u64>,
+    /// Grouped tasks still waiting for their turn in the fair set, after this call fed the
+    /// stream from it.
+    pub fair: u64,
+}
+
+/// Moves due tasks of one shard from `scheduled`/`retry` into its stream (a grouped one into
+/// its fair set), then feeds the stream from the fair set when it holds tasks (the fallback for
+/// what no settle fed: `docs/groups.md`).
+pub async fn promote(conn: &mut RedisConnection, keys: &ShardKeys, now_ms: u64, limit: usize) -> Result<Promoted> {
+    let (moved, next, fair): (u64, i64, u64) = PROMOTE
         .key(&keys.stream)
         .key(&keys.scheduled)
         .key(&keys.retry)
+        .key(&keys.fair)
+        .key(&keys.groups)
         .arg(now_ms)
         .arg(limit)
         .invoke_async(conn)
         .await?;
-    Ok((moved, u64::try_from(next).ok()))
+    Ok(Promoted {
+        moved,
+        next_due: u64::try_from(next).ok(),
+        fair,
+    })
+}
+
+/// Feeds a shard's stream from its fair set (`feed.lua`) until it holds a window of unread
+/// entries. Returns (tasks fed, tasks still waiting).
+pub async fn feed(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<(u64, u64)> {
+    Ok(FEED
+        .key(&keys.stream)
+        .key(&keys.fair)
+        .key(&keys.groups)
+        .invoke_async(conn)
+        .await?)
 }
 
 /// What one [`reclaim`] call took over.
