@@ -814,7 +814,7 @@ impl Inspector {
             tasks: stats
                 .priorities
                 .iter()
-                .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+                .map(|p| p.waiting + p.pending + p.scheduled + p.retry + p.fair_waiting)
                 .sum(),
             dead_letters: stats.priorities.iter().map(|p| p.dead_letters).sum(),
         })

@@ -8,6 +8,7 @@ mod bench;
 mod core;
 mod durability;
 mod failures;
+mod groups;
 mod interop;
 mod lifecycle;
 mod limits;

@@ -76,6 +76,8 @@ pub async fn drop_shard(conn: &mut RedisConnection, keys: &ShardKeys, force: boo
         .key(&keys.retry)
         .key(&keys.dlq)
         .key(&keys.stats)
+        .key(&keys.fair)
+        .key(&keys.groups)
         .arg(if force { "1" } else { "0" })
         .invoke_async(conn)
         .await?;

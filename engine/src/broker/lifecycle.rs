@@ -711,7 +711,7 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
             ids.extend(page.into_iter().filter_map(field_id));
         }
     }
-    for set in [&keys.scheduled, &keys.retry] {
+    for set in [&keys.scheduled, &keys.retry, &keys.fair] {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
         ids.extend(members.iter().filter_map(|m| member_id(m)));
     }
