@@ -32,6 +32,7 @@ mod compare;
 mod drain;
 mod enqueue;
 mod fleet;
+mod groups;
 mod latency;
 mod payload;
 mod plot;

@@ -19,7 +19,7 @@ use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
 /// Every scenario `--only` may name.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "drain",
     "ceiling",
     "enqueue",
@@ -29,7 +29,12 @@ const SCENARIOS: [&str; 9] = [
     "limits",
     "compare",
     "metrics",
+    "groups",
 ];
+
+/// The groups scenario: tenant A's backlog, then tenant B's tasks (issue 13: 20,000 then 100).
+const GROUPS_A: u64 = 20_000;
+const GROUPS_B: u64 = 100;
 
 /// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
 /// few seconds under the rate and to make most tasks wait at least once.
@@ -99,7 +104,9 @@ pub struct RunArgs {
     /// (not by default: the reference drain and a batched enqueue on private setups started
     /// in turn, one node, one node + replica with `replicated:1`, one node over TLS, a 3+3
     /// cluster, with `--shards` on the single node and the cluster; cost per task side by
-    /// side), metrics (not by default: the reference drain with worker metrics off, then on).
+    /// side), metrics (not by default: the reference drain with worker metrics off, then on),
+    /// groups (not by default: 20,000 tasks of tenant A then 100 of tenant B, with fair groups
+    /// on and off: B's wait p50/p99 and the cost per task).
     #[arg(
         long,
         value_delimiter = ',',
@@ -407,6 +414,26 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 d.waited as f64 / tasks as f64,
             ));
             r.limits.push(d);
+        }
+    }
+
+    // Fair groups on and off, back to back: B's wait behind A's backlog, and the cost.
+    if args.wants("groups") && !late("groups") {
+        let a = GROUPS_A.min(plan.tasks.max(GROUPS_B));
+        for grouped in [true, false] {
+            let g = crate::groups::run(target, grouped, a, GROUPS_B, plan.concurrency).await?;
+            progress(format_args!(
+                "groups  {:<3}: B's wait p50 {:.1} ms, p99 {:.1} ms ({:.0} task starts) behind A's {a}; {:>8.0} tasks/s; redis {:.2} µs, {:.2} cmds/task ({:.2} top-level)",
+                if grouped { "on" } else { "off" },
+                g.b_wait_p50_us / 1e3,
+                g.b_wait_p99_us / 1e3,
+                g.b_wait_p99_starts,
+                g.tasks_per_s,
+                g.redis.cpu_us_per_task,
+                g.redis.commands_per_task,
+                g.redis.top_level_per_task,
+            ));
+            r.groups.push(g);
         }
     }
 
