@@ -22,8 +22,9 @@
 -- Returns  { 1, id } when enqueued; { 0, holder id } when the unique key is held by another
 --          task (nothing was written).
 --
--- A ready task with a `group` field waits its group's turn in the fair set (fair.lua) and
--- the stream is fed from it at once; its record reads `queued` meanwhile. A delayed one goes
+-- A ready task with a `group` field waits its group's turn in the fair set (fair.lua); when
+-- no other task waits there the stream is fed from it at once (else the settles that make
+-- room in the stream feed it). Its record reads `queued` meanwhile. A delayed one goes
 -- to the scheduled set like any other and through the fair set when it is promoted.
 local id, now, due, retention, maxlen, unique = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 if unique ~= '' then
@@ -62,12 +63,14 @@ if due > 0 then
   end
 elseif group then
   local member = cmsgpack.pack(fields)
-  fair_add(KEYS[7], KEYS[8], member, group)
+  local alone = fair_add(KEYS[7], KEYS[8], member, group)
   if tracked then
     redis.call('HSET', KEYS[4], 'state', 'queued', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'member', member, 'retention_ms', retention, 'updated_at', now)
   end
-  fair_feed(KEYS[1], KEYS[7], KEYS[8])
+  if alone then
+    fair_feed(KEYS[1], KEYS[7], KEYS[8])
+  end
 else
   local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
   if tracked then

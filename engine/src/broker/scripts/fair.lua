@@ -29,9 +29,11 @@ local function fair_group_of(fields)
   return nil
 end
 
--- Adds a packed task of group g to the fair set.
+-- Adds a packed task of group g to the fair set. Returns whether it is the only task waiting
+-- there (then the caller feeds the stream at once; with others waiting, the stream was full
+-- when they came and the settles that make room feed it).
 local function fair_add(fair, groups, member, g)
-  local floor, last, weight = unpack(redis.call('HMGET', groups, 'floor', 'l:' .. g, 'w:' .. g))
+  local floor, last, weight, n = unpack(redis.call('HMGET', groups, 'floor', 'l:' .. g, 'w:' .. g, 'n:' .. g))
   floor = tonumber(floor) or 0
   local start = tonumber(last) or floor
   if start < floor then
@@ -43,8 +45,8 @@ local function fair_add(fair, groups, member, g)
   end
   local tag = start + 1 / weight
   redis.call('ZADD', fair, tag, member)
-  redis.call('HSET', groups, 'l:' .. g, tag)
-  redis.call('HINCRBY', groups, 'n:' .. g, 1)
+  redis.call('HSET', groups, 'l:' .. g, tag, 'n:' .. g, (tonumber(n) or 0) + 1)
+  return redis.call('ZCARD', fair) == 1
 end
 
 -- Entries of the stream no worker has read yet (its length less the consumer group's pending).
