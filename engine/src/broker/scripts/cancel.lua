@@ -31,7 +31,7 @@
 local rec, stream, scheduled, retry, stats, events, cancels, done, lock =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local id, now, maxlen, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local state, member, entry, retention, waiters, group = unpack(redis.call('HMGET', rec, 'state', 'member',
+local state, member, entry, retention, waiters, fair_group = unpack(redis.call('HMGET', rec, 'state', 'member',
   'entry', 'retention_ms', 'waiters', 'group'))
 if not state then
   return { 'unknown', '' }
@@ -49,10 +49,10 @@ end
 local removed = false
 if member then
   removed = redis.call('ZREM', scheduled, member) == 1 or redis.call('ZREM', retry, member) == 1
-  if not removed and group and KEYS[13] and redis.call('ZREM', KEYS[12], member) == 1 then
+  if not removed and fair_group and KEYS[13] and redis.call('ZREM', KEYS[12], member) == 1 then
     removed = true
-    if redis.call('HINCRBY', KEYS[13], 'n:' .. group, -1) <= 0 then
-      redis.call('HDEL', KEYS[13], 'n:' .. group, 'l:' .. group)
+    if redis.call('HINCRBY', KEYS[13], 'n:' .. fair_group, -1) <= 0 then
+      redis.call('HDEL', KEYS[13], 'n:' .. fair_group, 'l:' .. fair_group)
     end
   end
 end
