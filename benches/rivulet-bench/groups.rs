@@ -32,7 +32,13 @@ pub struct GroupsResult {
     pub redis: Usage,
 }
 
-pub async fn run(target: &Target, grouped: bool, a_tasks: u64, b_tasks: u64, concurrency: usize) -> Result<GroupsResult> {
+pub async fn run(
+    target: &Target,
+    grouped: bool,
+    a_tasks: u64,
+    b_tasks: u64,
+    concurrency: usize,
+) -> Result<GroupsResult> {
     let queue = Queue::new(if grouped { "groups-on" } else { "groups-off" })?.retention(Duration::ZERO);
     target.drop_queue(&queue).await?;
     let client = Client::new(&target.client).await?;

@@ -315,19 +315,25 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
     // Fair groups: a queue no worker serves holds a window of grouped tasks in its stream
     // and the rest waits its turn, shown per group and counted on the queue.
     let fair = f.other_queue("api-groups");
-    let tasks = (0..105).map(|n| rivulet::Task::json("k", &n).unwrap().group(if n % 3 == 0 { "b" } else { "a" }));
+    let tasks = (0..105).map(|n| {
+        rivulet::Task::json("k", &n)
+            .unwrap()
+            .group(if n % 3 == 0 { "b" } else { "a" })
+    });
     f.client.enqueue_many(&fair, tasks).await.unwrap();
     let base = format!("/api/v1/queues/{}", fair.name());
     let r = dash
-        .post(
-            &format!("{base}/tasks"),
-            &json!({ "kind": "k", "group": "tenant-c" }),
-        )
+        .post(&format!("{base}/tasks"), &json!({ "kind": "k", "group": "tenant-c" }))
         .await;
     r.expect(201);
     let g = dash.get(&format!("{base}/groups")).await.expect(200);
     assert_eq!(g["waiting"], 6, "{g}");
-    let names: Vec<&str> = g["groups"].as_array().unwrap().iter().map(|r| r["group"].as_str().unwrap()).collect();
+    let names: Vec<&str> = g["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["group"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a", "b", "tenant-c"], "{g}");
     assert!(
         wait_until(T, async || {

@@ -302,7 +302,12 @@ impl Client {
             crate::envelope::check_kind(&task.envelope.kind)
                 .and_then(|()| crate::envelope::check_timeout(task.envelope.timeout_ms))
                 .and_then(|()| task.envelope.retry_policy(RetryPolicy::default()).map(drop))
-                .and_then(|()| task.envelope.group.as_deref().map_or(Ok(()), crate::envelope::check_group))
+                .and_then(|()| {
+                    task.envelope
+                        .group
+                        .as_deref()
+                        .map_or(Ok(()), crate::envelope::check_group)
+                })
                 .map_err(|m| crate::Error::config("task", m.0))?;
             if let Some(key) = task.envelope.unique_key.clone() {
                 place_unique(task, key, shards)?;

@@ -45,7 +45,11 @@ async fn a_then_b(f: &Fixture, grouped: bool) -> Vec<String> {
         let g = f.inspector.groups(&f.queue).await.unwrap();
         // No worker has set a window yet: the shards' default went to the stream.
         let window = rivulet::inspector::DEFAULT_FAIR_WINDOW as usize;
-        assert_eq!(g.waiting as usize, A_TASKS + B_TASKS - window, "a window went to the stream: {g:?}");
+        assert_eq!(
+            g.waiting as usize,
+            A_TASKS + B_TASKS - window,
+            "a window went to the stream: {g:?}"
+        );
     }
     let _workers = workers(f, 2, SLOTS / 2, 5_000, &[format!("fair-window:{WINDOW}")]);
     f.wait_done((A_TASKS + B_TASKS) as u64, Duration::from_secs(240)).await;
@@ -110,7 +114,10 @@ async fn tenant_b_waits_about_a_turn_behind_tenant_as_backlog_with_groups_and_al
         // Two processes of 8 slots start what they read side by side: neighbours swap, no task
         // is more than a few reads away from its place.
         let off = mine.iter().enumerate().map(|(i, &n)| i.abs_diff(n)).max().unwrap();
-        assert!(off <= 4 * SLOTS, "{g}: a task started {off} places from its place in its group");
+        assert!(
+            off <= 4 * SLOTS,
+            "{g}: a task started {off} places from its place in its group"
+        );
     }
     let g = f.inspector.groups(&f.queue).await.unwrap();
     assert_eq!(g.waiting, 0);
@@ -143,11 +150,18 @@ async fn a_per_group_cap_holds_for_each_group_over_two_processes() {
     for key in &keys {
         let log = probe_log(&f, key).await;
         let (seen, swept) = most_running(&log);
-        assert_eq!(seen, 2, "{key}: the handlers saw {seen} of one group running at most (cap 2, reached)");
+        assert_eq!(
+            seen, 2,
+            "{key}: the handlers saw {seen} of one group running at most (cap 2, reached)"
+        );
         assert!(swept <= 2, "{key}: {swept} ran at once by the log");
     }
     let c = f.stats().await.counters;
-    assert_eq!((c.failed, c.retried, c.dead), (0, 0, 0), "waiting for the cap is no failure: {c:?}");
+    assert_eq!(
+        (c.failed, c.retried, c.dead),
+        (0, 0, 0),
+        "waiting for the cap is no failure: {c:?}"
+    );
     assert!(c.limited > 0, "tasks waited for their group's slot: {c:?}");
 }
 
@@ -189,7 +203,10 @@ async fn grouped_tasks_retry_go_dead_and_run_delayed_like_any_other() {
         .client
         .enqueue(
             &f.queue,
-            Task::json("later", &()).unwrap().group("t2").delay(Duration::from_millis(300)),
+            Task::json("later", &())
+                .unwrap()
+                .group("t2")
+                .delay(Duration::from_millis(300)),
         )
         .await
         .unwrap();
@@ -205,7 +222,11 @@ async fn grouped_tasks_retry_go_dead_and_run_delayed_like_any_other() {
     };
     let st = status(flaky.clone()).await;
     assert_eq!((st.state, st.attempt), (TaskState::Succeeded, 1), "{st:?}");
-    assert_eq!(recorder.runs_of(flaky.as_str()).len(), 2, "ran twice: failed, then retried through its group's turn");
+    assert_eq!(
+        recorder.runs_of(flaky.as_str()).len(),
+        2,
+        "ran twice: failed, then retried through its group's turn"
+    );
     let st = status(doomed.clone()).await;
     assert_eq!(st.state, TaskState::Dead, "{st:?}");
     let dead = f.inspector.dlq_list(&f.queue, None, 10).await.unwrap();
@@ -216,7 +237,10 @@ async fn grouped_tasks_retry_go_dead_and_run_delayed_like_any_other() {
     let g = f.inspector.groups(&f.queue).await.unwrap();
     assert_eq!(g.waiting, 0, "{g:?}");
     let normal = g.shards.iter().find(|s| s.priority == "normal").unwrap();
-    assert_eq!(normal.floor, 5.0, "5 runs went through the fair set (3 tasks, a retry, a promotion): {g:?}");
+    assert_eq!(
+        normal.floor, 5.0,
+        "5 runs went through the fair set (3 tasks, a retry, a promotion): {g:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,10 +303,17 @@ async fn a_grouped_task_cancelled_while_it_waits_its_turn_never_starts() {
     let fed = &ids[50];
     let st = f.client.status(&f.queue, waiting).await.unwrap();
     assert_eq!(st.state, TaskState::Queued, "queued while it waits its turn: {st:?}");
-    assert_eq!(f.client.cancel(&f.queue, waiting).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(
+        f.client.cancel(&f.queue, waiting).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(f.client.cancel(&f.queue, fed).await.unwrap(), CancelOutcome::Cancelled);
     let g = f.inspector.groups(&f.queue).await.unwrap();
-    assert_eq!((g.waiting, g.groups[0].waiting), (2, 2), "taken out of the fair set: {g:?}");
+    assert_eq!(
+        (g.waiting, g.groups[0].waiting),
+        (2, 2),
+        "taken out of the fair set: {g:?}"
+    );
 
     let recorder = Recorder::new();
     let w = f.start_worker(recorder.router(&["k"]), fast_config());

@@ -81,7 +81,13 @@ fn probes(n: usize, key: &str, ms: u64, limit: &str) -> impl Iterator<Item = Tas
     })
 }
 
-pub(crate) fn workers(f: &Fixture, n: usize, concurrency: usize, lease_ms: u64, limits: &[String]) -> Vec<(ChildGuard, String)> {
+pub(crate) fn workers(
+    f: &Fixture,
+    n: usize,
+    concurrency: usize,
+    lease_ms: u64,
+    limits: &[String],
+) -> Vec<(ChildGuard, String)> {
     (0..n)
         .map(|_| spawn_test_worker(&f.server, f.queue.name().as_str(), concurrency, lease_ms, limits))
         .collect()

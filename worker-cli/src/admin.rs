@@ -649,7 +649,10 @@ impl Admin {
             ]);
         }
         if t.is_empty() && s.is_empty() {
-            note!("no grouped tasks in queue {} (enqueue with --group to use fair groups)", queue.name());
+            note!(
+                "no grouped tasks in queue {} (enqueue with --group to use fair groups)",
+                queue.name()
+            );
             return Ok(());
         }
         let mut text = String::new();

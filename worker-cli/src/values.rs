@@ -66,7 +66,9 @@ pub fn parse_group_weight(s: &str) -> Result<NamedLimit<u32>, String> {
             name: group.to_owned(),
             value: w,
         }),
-        _ => Err(format!("{s:?}: the weight {weight:?} is not a whole number from 1 to {max}")),
+        _ => Err(format!(
+            "{s:?}: the weight {weight:?} is not a whole number from 1 to {max}"
+        )),
     }
 }
 

@@ -46,7 +46,14 @@ type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>, u
 pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<ShardNumbers> {
     let mut cmd = super::functions::fcall(
         "inspect",
-        &[&keys.stream, &keys.scheduled, &keys.retry, &keys.dlq, &keys.stats, &keys.fair],
+        &[
+            &keys.stream,
+            &keys.scheduled,
+            &keys.retry,
+            &keys.dlq,
+            &keys.stats,
+            &keys.fair,
+        ],
     );
     cmd.arg(GROUP);
     let (length, lag, pending, oldest, scheduled, retry, dlq, stats, fair): InspectReply =

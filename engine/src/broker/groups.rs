@@ -235,7 +235,11 @@ mod tests {
         let p = promote(&mut conn, &keys, 999, 100).await.unwrap();
         assert_eq!((p.moved, p.next_due, p.fair), (0, Some(1_000), 48));
         let p = promote(&mut conn, &keys, 1_000, 100).await.unwrap();
-        assert_eq!((p.moved, p.next_due, p.fair), (1, None, 49), "into the fair set, not the stream");
+        assert_eq!(
+            (p.moved, p.next_due, p.fair),
+            (1, None, 49),
+            "into the fair set, not the stream"
+        );
         let order = drain(&mut conn, &keys, 100).await;
         assert_eq!(order.len(), 51);
         let at = order.iter().position(|p| p == "late-0").unwrap();
@@ -250,7 +254,9 @@ mod tests {
         enqueue(&mut conn, &keys, &a, 0, 0).await;
         // Read and settled without a feed (a worker that died after its settle, say).
         for _ in 0..3 {
-            let got = read_group(&mut conn, "w", 1, None, &[keys.stream.as_str()]).await.unwrap();
+            let got = read_group(&mut conn, "w", 1, None, &[keys.stream.as_str()])
+                .await
+                .unwrap();
             let ctx = SettleCtx {
                 keys: &keys,
                 consumer: "w",

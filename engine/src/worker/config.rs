@@ -237,7 +237,10 @@ impl WorkerConfig {
             return Err(Error::config("fair_window", format!("must be 1..={MAX_FAIR_WINDOW}")));
         }
         if self.max_running_per_group == Some(0) {
-            return Err(Error::config("max_running_per_group", "must be at least 1 (leave it out for no cap)"));
+            return Err(Error::config(
+                "max_running_per_group",
+                "must be at least 1 (leave it out for no cap)",
+            ));
         }
         self.retry.validate()
     }

@@ -50,7 +50,11 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let mut more = false;
         for (lane, r) in shared.lanes.iter().zip(futures_util::future::join_all(calls).await) {
             match r {
-                Ok(broker::Promoted { moved, next_due: due, fair }) => {
+                Ok(broker::Promoted {
+                    moved,
+                    next_due: due,
+                    fair,
+                }) => {
                     // Fair groups (docs/groups.md): a shard with tasks waiting for their turn
                     // is fed by the acker after each settle from now on.
                     if fair > 0 {
