@@ -114,3 +114,6 @@ struct ReadmeDoc;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/tasks.md")]
 struct TasksDoc;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/groups.md")]
+struct GroupsDoc;
