@@ -101,7 +101,8 @@ impl Observer {
             .map(|((p, sla), (arrival, completion))| PriorityObservation {
                 priority: p.priority.clone(),
                 sla: *sla,
-                backlog: p.waiting,
+                // Grouped tasks waiting their turn in the fair set are backlog too.
+                backlog: p.waiting + p.fair_waiting,
                 backlog_estimated: p.waiting_estimated,
                 in_flight: p.pending,
                 oldest_age: p.oldest_waiting_age,

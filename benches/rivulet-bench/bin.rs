@@ -40,6 +40,7 @@ mod compare;
 mod drain;
 mod enqueue;
 mod fleet;
+mod groups;
 mod idle;
 mod latency;
 mod payload;

@@ -24,6 +24,8 @@ pub struct RunResult {
     pub limits: Vec<DrainResult>,
     /// The reference drain with worker metrics off, then on (the `metrics` scenario).
     pub metrics: Vec<DrainResult>,
+    /// Tenant A's backlog then tenant B's tasks, with fair groups on and off (`groups`).
+    pub groups: Vec<crate::groups::GroupsResult>,
     /// The bare loop with one consumer: what one worker process is compared with.
     pub ceiling: Option<CeilingResult>,
     /// The bare loop with several consumers in parallel: what Redis allows on this machine.
@@ -89,6 +91,16 @@ impl RunResult {
             put(format!("{k}.life_cmds"), life.commands_per_task);
             put(format!("{k}.life_top"), life.top_level_per_task);
             put(format!("{k}.waits_per_task"), d.waited as f64 / d.tasks.max(1) as f64);
+        }
+        for g in &self.groups {
+            let k = format!("groups.{}", if g.grouped { "on" } else { "off" });
+            put(format!("{k}.tasks_per_s"), g.tasks_per_s);
+            put(format!("{k}.b_wait_p50_us"), g.b_wait_p50_us);
+            put(format!("{k}.b_wait_p99_us"), g.b_wait_p99_us);
+            put(format!("{k}.b_wait_p99_starts"), g.b_wait_p99_starts);
+            put(format!("{k}.life_cpu_us"), g.redis.cpu_us_per_task);
+            put(format!("{k}.life_cmds"), g.redis.commands_per_task);
+            put(format!("{k}.life_top"), g.redis.top_level_per_task);
         }
         if let Some(c) = &self.ceiling {
             put("ceiling.consumers".into(), c.consumers as f64);
@@ -588,6 +600,39 @@ pub fn tables(latency_concurrency: usize, s: &BTreeMap<String, Spread>, checks: 
             g(format!("{k}.life_cmds"), Unit::Count),
             g(format!("{k}.life_top"), Unit::Count),
             g(format!("{k}.waits_per_task"), Unit::Count),
+        ]);
+    }
+    if !t.is_empty() {
+        out.push_str(&t.render());
+    }
+
+    let mut t = Table::new(
+        "Fair groups (1 process, no-op tasks, records off): A's backlog, then B's 100 tasks; B's wait from the first start",
+        &[
+            "groups",
+            "tasks/s",
+            "B wait p50",
+            "B wait p99",
+            "B p99 in starts",
+            "Redis µs/task",
+            "cmds/task",
+            "top-level/task",
+        ],
+    );
+    for label in ["on", "off"] {
+        let k = format!("groups.{label}");
+        if !s.contains_key(&format!("{k}.tasks_per_s")) {
+            continue;
+        }
+        t.row(vec![
+            label.to_owned(),
+            g(format!("{k}.tasks_per_s"), Unit::Rate),
+            g(format!("{k}.b_wait_p50_us"), Unit::Us),
+            g(format!("{k}.b_wait_p99_us"), Unit::Us),
+            g(format!("{k}.b_wait_p99_starts"), Unit::Count),
+            g(format!("{k}.life_cpu_us"), Unit::Us),
+            g(format!("{k}.life_cmds"), Unit::Count),
+            g(format!("{k}.life_top"), Unit::Count),
         ]);
     }
     if !t.is_empty() {

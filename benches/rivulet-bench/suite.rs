@@ -19,7 +19,7 @@ use crate::target::Target;
 use crate::{ceiling, drain, enqueue, latency, plot, report, results};
 
 /// Every scenario `--only` may name.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "drain",
     "ceiling",
     "enqueue",
@@ -33,7 +33,12 @@ const SCENARIOS: [&str; 13] = [
     "rate-sweep",
     "many-queues",
     "many-workers",
+    "groups",
 ];
+
+/// The groups scenario: tenant A's backlog, then tenant B's tasks (issue 13: 20,000 then 100).
+const GROUPS_A: u64 = 20_000;
+const GROUPS_B: u64 = 100;
 
 /// The limits scenario: tasks per run, the rate limit, the concurrency cap. Sized to take a
 /// few seconds under the rate and to make most tasks wait at least once.
@@ -111,6 +116,8 @@ pub struct RunArgs {
     /// --many-queues queues x 3 priorities, against the same on 1 queue), many-workers
     /// (--many-workers processes of --many-concurrency slots draining one backlog: rate and
     /// spread of tasks over processes).
+    /// groups (not by default: 20,000 tasks of tenant A then 100 of tenant B, with fair groups
+    /// on and off: B's wait p50/p99 and the cost per task).
     #[arg(
         long,
         value_delimiter = ',',
@@ -511,6 +518,26 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 d.waited as f64 / tasks as f64,
             ));
             r.limits.push(d);
+        }
+    }
+
+    // Fair groups on and off, back to back: B's wait behind A's backlog, and the cost.
+    if args.wants("groups") && !late("groups") {
+        let a = GROUPS_A.min(plan.tasks.max(GROUPS_B));
+        for grouped in [true, false] {
+            let g = crate::groups::run(target, grouped, a, GROUPS_B, plan.concurrency).await?;
+            progress(format_args!(
+                "groups  {:<3}: B's wait p50 {:.1} ms, p99 {:.1} ms ({:.0} task starts) behind A's {a}; {:>8.0} tasks/s; redis {:.2} µs, {:.2} cmds/task ({:.2} top-level)",
+                if grouped { "on" } else { "off" },
+                g.b_wait_p50_us / 1e3,
+                g.b_wait_p99_us / 1e3,
+                g.b_wait_p99_starts,
+                g.tasks_per_s,
+                g.redis.cpu_us_per_task,
+                g.redis.commands_per_task,
+                g.redis.top_level_per_task,
+            ));
+            r.groups.push(g);
         }
     }
 

@@ -141,6 +141,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/queues/{queue}/dead-letters/purge", post(purge))
         .route("/api/v1/queues/{queue}/dead-letters/{id}", get(get_dead_letter))
         .route("/api/v1/queues/{queue}/autoscaler", get(autoscaler))
+        .route("/api/v1/queues/{queue}/groups", get(groups))
         .route("/api/v1/queues/{queue}/events", get(events))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/schedules", get(list_schedules))
@@ -164,7 +165,7 @@ async fn fallback(req: Request) -> ApiErr {
     ),
     paths(
         healthz, readyz, list_queues, get_queue, pause, resume, list_tasks, enqueue, get_task, cancel, retry,
-        list_dead_letters, get_dead_letter, replay, purge, autoscaler, events, workers, list_schedules,
+        list_dead_letters, get_dead_letter, replay, purge, autoscaler, groups, events, workers, list_schedules,
         get_schedule, pause_schedule, resume_schedule, run_schedule_now
     ),
     modifiers(&BearerScheme),
@@ -424,6 +425,10 @@ async fn enqueue(
             return Err(bad("unique_key must not be empty"));
         }
         task = task.unique_key(k);
+    }
+    if let Some(g) = req.group {
+        rivulet::envelope::check_group(&g).map_err(|m| bad(m.0))?;
+        task = task.group(g);
     }
     let done = state.client.submit(&queue, task).await?;
     state.sampler.invalidate(queue.name().as_str());
@@ -712,6 +717,16 @@ async fn autoscaler(State(state): S, p: Result<Path<String>, PathRejection>) -> 
             .map(DecisionView::from)
             .collect(),
     }))
+}
+
+/// The queue's fair groups: each group with tasks waiting for its turn (count, weight, turns
+/// away, running against a per-group cap) and each shard's virtual clock (docs/groups.md).
+#[utoipa::path(get, path = "/api/v1/queues/{queue}/groups", tag = "queues",
+    params(("queue" = String, Path, description = "Queue name")),
+    responses((status = 200, body = GroupsView), (status = 404, body = ApiError)))]
+async fn groups(State(state): S, p: Result<Path<String>, PathRejection>) -> Result<Json<GroupsView>, ApiErr> {
+    let queue = queue_of(&state, &path(p)?).await?;
+    Ok(Json(state.inspector.groups(&queue).await?.into()))
 }
 
 /// Live worker processes.

@@ -50,6 +50,8 @@ pub struct PriorityView {
     pub retrying: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Grouped tasks waiting for their group's turn (not in `waiting` yet).
+    pub fair_waiting: u64,
     /// Age of the oldest waiting task, ms.
     pub oldest_waiting_age_ms: Option<f64>,
 }
@@ -117,6 +119,7 @@ impl QueueView {
                 scheduled: p.scheduled,
                 retrying: p.retry,
                 dead_letters: p.dead_letters,
+                fair_waiting: p.fair_waiting,
                 oldest_waiting_age_ms: p.oldest_waiting_age.map(|d| d.as_secs_f64() * 1000.0),
             })
             .collect();
@@ -469,6 +472,10 @@ pub struct EnqueueRequest {
     /// While a task holding this key is not final, another enqueue returns its id.
     #[schema(min_length = 1)]
     pub unique_key: Option<String>,
+    /// Fair group (a tenant id, say): within a priority, groups are served in turn
+    /// (docs/groups.md).
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,64}$")]
+    pub group: Option<String>,
 }
 
 /// How an enqueued payload is encoded.
@@ -692,6 +699,89 @@ impl From<DecisionPoint> for DecisionView {
             current: d.current,
             reason: d.reason,
             detail: d.detail,
+        }
+    }
+}
+
+/// One group with tasks waiting for its turn, in one priority.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupView {
+    /// Priority.
+    pub priority: String,
+    /// Group.
+    pub group: String,
+    /// Its tasks waiting in the fair sets.
+    pub waiting: u64,
+    /// Its weight (1 unless a worker set one with `--group-weight`).
+    pub weight: u64,
+    /// How many turns away its newest waiting task is (in the shard where it is furthest).
+    pub turns: f64,
+    /// Its tasks running against `--max-running-per-group` (0 without a cap).
+    pub running: u64,
+}
+
+/// One shard's fair state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FairShardView {
+    /// Priority.
+    pub priority: String,
+    /// Shard number.
+    pub shard: u16,
+    /// Grouped tasks in its fair set.
+    pub waiting: u64,
+    /// Groups with tasks waiting.
+    pub groups: u64,
+    /// Its virtual clock: the tag of the last task fed into the stream.
+    pub floor: f64,
+    /// The tag of the next task to be fed, when any waits.
+    pub next_tag: Option<f64>,
+    /// The most unread entries its stream holds before grouped tasks wait.
+    pub window: u64,
+}
+
+/// A queue's fair groups (docs/groups.md).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupsView {
+    /// Queue.
+    pub queue: String,
+    /// Grouped tasks waiting for their turn, over every shard.
+    pub waiting: u64,
+    /// The groups with tasks waiting, highest priority first, then by name.
+    pub groups: Vec<GroupView>,
+    /// Per shard.
+    pub shards: Vec<FairShardView>,
+}
+
+impl From<rivulet::QueueGroups> for GroupsView {
+    fn from(g: rivulet::QueueGroups) -> Self {
+        GroupsView {
+            queue: g.queue,
+            waiting: g.waiting,
+            groups: g
+                .groups
+                .into_iter()
+                .map(|r| GroupView {
+                    priority: r.priority,
+                    group: r.group,
+                    waiting: r.waiting,
+                    weight: r.weight,
+                    turns: r.turns,
+                    running: r.running,
+                })
+                .collect(),
+            shards: g
+                .shards
+                .into_iter()
+                .map(|s| FairShardView {
+                    priority: s.priority,
+                    shard: s.shard,
+                    waiting: s.waiting,
+                    groups: s.groups,
+                    floor: s.floor,
+                    next_tag: s.next_tag,
+                    window: s.window,
+                })
+                .collect(),
         }
     }
 }

@@ -313,6 +313,43 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
     let f = Fixture::with_queue(Queue::new("bad").unwrap()).await;
     f.client.declare(&f.queue).await.unwrap();
     let dash = Dash::start(f.redis_client()).await;
+    // Fair groups: a queue no worker serves holds a window of grouped tasks in its stream
+    // and the rest waits its turn, shown per group and counted on the queue.
+    let fair = f.other_queue("api-groups");
+    let tasks = (0..105).map(|n| {
+        rivulet::Task::json("k", &n)
+            .unwrap()
+            .group(if n % 3 == 0 { "b" } else { "a" })
+    });
+    f.client.enqueue_many(&fair, tasks).await.unwrap();
+    let base = format!("/api/v1/queues/{}", fair.name());
+    let r = dash
+        .post(&format!("{base}/tasks"), &json!({ "kind": "k", "group": "tenant-c" }))
+        .await;
+    r.expect(201);
+    let g = dash.get(&format!("{base}/groups")).await.expect(200);
+    assert_eq!(g["waiting"], 6, "{g}");
+    let names: Vec<&str> = g["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "tenant-c"], "{g}");
+    assert!(
+        wait_until(T, async || {
+            let q = dash.get(&base).await.json();
+            q["priorities"][1]["fair_waiting"] == 6
+        })
+        .await,
+        "{}",
+        dash.get(&base).await.text()
+    );
+    let r = dash
+        .post(&format!("{base}/tasks"), &json!({ "kind": "k", "group": "a b" }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
     let json_error = |r: &support::Resp, status: u16| {
         assert_eq!(r.status, status, "{}", r.text());
         assert!(
@@ -327,6 +364,7 @@ async fn bad_input_gets_a_json_error_with_the_right_status() {
         "/api/v1/queues/nope/tasks",
         "/api/v1/queues/nope/dead-letters",
         "/api/v1/queues/nope/autoscaler",
+        "/api/v1/queues/nope/groups",
         "/api/v1/queues/nope/events",
         "/api/v1/queues/bad/tasks/no-such-task",
         "/api/v1/queues/bad/dead-letters/normal%2F0%2F1-0",

@@ -154,6 +154,16 @@ impl Task {
         self
     }
 
+    /// Puts the task in fair group `group` (a tenant id, say): within its priority, the
+    /// groups with tasks waiting are served in turn (weighted by the workers'
+    /// `WorkerConfig::group_weights`), so one group's backlog delays another's task by about
+    /// one turn, not by the backlog (`docs/groups.md`). 1 to 64 characters of
+    /// `A-Z a-z 0-9 . _ - : /`, checked when the task is enqueued.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.envelope.group = Some(group.into());
+        self
+    }
+
     /// The task's id.
     pub fn task_id(&self) -> &TaskId {
         &self.envelope.id
@@ -278,8 +288,8 @@ impl Client {
     /// [`enqueue_many`](Self::enqueue_many), saying per task whether it is new or a
     /// duplicate.
     ///
-    /// A task with a record (the queue's or its own retention above zero), a unique key or a
-    /// due time is enqueued by `enqueue.lua` (the `rivulet_v1_enqueue` function other
+    /// A task with a record (the queue's or its own retention above zero), a unique key, a
+    /// group or a due time is enqueued by `enqueue.lua` (the `rivulet_v1_enqueue` function other
     /// languages call too: record, event, lock and scheduled set in the same script); a ready
     /// one with neither by a plain `XADD`. All of them go in one pipelined round trip.
     pub async fn submit_many(&self, queue: &Queue, tasks: impl IntoIterator<Item = Task>) -> Result<Vec<Enqueued>> {
@@ -292,6 +302,12 @@ impl Client {
             crate::envelope::check_kind(&task.envelope.kind)
                 .and_then(|()| crate::envelope::check_timeout(task.envelope.timeout_ms))
                 .and_then(|()| task.envelope.retry_policy(RetryPolicy::default()).map(drop))
+                .and_then(|()| {
+                    task.envelope
+                        .group
+                        .as_deref()
+                        .map_or(Ok(()), crate::envelope::check_group)
+                })
                 .map_err(|m| crate::Error::config("task", m.0))?;
             if let Some(key) = task.envelope.unique_key.clone() {
                 place_unique(task, key, shards)?;
@@ -315,7 +331,7 @@ impl Client {
                 .unique_key
                 .as_ref()
                 .map(|k| (keys.unique(k), task.envelope.unique_ttl_ms.unwrap_or(0)));
-            if retention_ms > 0 || unique.is_some() || due.is_some() {
+            if retention_ms > 0 || unique.is_some() || due.is_some() || task.envelope.group.is_some() {
                 scripted.push((
                     i,
                     EnqueueItem {

@@ -148,6 +148,9 @@ pub struct Envelope {
     /// The fleet-wide limit this task counts against (see [`crate::limits`]); its kind when
     /// absent.
     pub limit_key: Option<String>,
+    /// The fair group this task belongs to (a tenant, say: see `docs/groups.md`): within its
+    /// priority, groups with waiting tasks are served in turn.
+    pub group: Option<String>,
 }
 
 /// Why an entry is not a valid task. The text goes into the dead letter's `error` field.
@@ -177,6 +180,32 @@ pub(crate) fn check_timeout(timeout_ms: Option<u64>) -> Result<(), Malformed> {
     }
 }
 
+/// Most characters of a group's name.
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// The rule a task's group obeys, checked at enqueue and again when an entry is read: 1 to
+/// [`MAX_GROUP_LEN`] characters of `A-Z a-z 0-9 . _ - : /`, so `group:<name>` is always a valid
+/// limit name (a per-group cap is a limit of that name) and the name never holds a hash tag.
+pub fn check_group(group: &str) -> Result<(), Malformed> {
+    if group.is_empty() {
+        return Err(Malformed("field \"group\" is empty".into()));
+    }
+    if group.len() > MAX_GROUP_LEN {
+        return Err(Malformed(format!(
+            "field \"group\" is longer than {MAX_GROUP_LEN} characters: {group:?}"
+        )));
+    }
+    if let Some(c) = group
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
+    {
+        return Err(Malformed(format!(
+            "field \"group\" {group:?} has {c:?}; a group may only contain A-Z, a-z, 0-9, '.', '_', '-', ':' and '/'"
+        )));
+    }
+    Ok(())
+}
+
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -203,7 +232,14 @@ impl Envelope {
             unique_key: None,
             unique_ttl_ms: None,
             limit_key: None,
+            group: None,
         }
+    }
+
+    /// The name of the per-group cap's limit for this task's group (`group:<group>`), when it
+    /// has one.
+    pub fn group_limit_name(&self) -> Option<String> {
+        self.group.as_ref().map(|g| format!("group:{g}"))
     }
 
     /// The name of the limit this task counts against: its `limit_key`, else its kind.
@@ -267,6 +303,9 @@ impl Envelope {
         if let Some(k) = &self.limit_key {
             f.push(("limit_key", Bytes::copy_from_slice(k.as_bytes())));
         }
+        if let Some(g) = &self.group {
+            f.push(("group", Bytes::copy_from_slice(g.as_bytes())));
+        }
         f
     }
 
@@ -283,7 +322,7 @@ impl Envelope {
             (None, None, None, None, None);
         let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
         let (mut retention_ms, mut unique_key, mut unique_ttl_ms) = (None, None, None);
-        let mut limit_key = None;
+        let (mut limit_key, mut group) = (None, None);
         for (name, value) in fields {
             match name.as_ref() {
                 b"id" => id = Some(value),
@@ -302,6 +341,7 @@ impl Envelope {
                 b"unique_key" => unique_key = Some(value),
                 b"unique_ttl_ms" => unique_ttl_ms = Some(value),
                 b"limit_key" => limit_key = Some(value),
+                b"group" => group = Some(value),
                 _ => {}
             }
         }
@@ -331,6 +371,10 @@ impl Envelope {
         };
         let timeout_ms = parse_num("timeout_ms", timeout_ms)?;
         check_timeout(timeout_ms)?;
+        let group = group.map(|g| text("group", g)).transpose()?;
+        if let Some(g) = &group {
+            check_group(g)?;
+        }
         Ok(Envelope {
             id: TaskId(id),
             kind,
@@ -348,6 +392,7 @@ impl Envelope {
             unique_key: unique_key.map(|k| text("unique_key", k)).transpose()?,
             unique_ttl_ms: parse_num("unique_ttl_ms", unique_ttl_ms)?,
             limit_key: limit_key.map(|k| text("limit_key", k)).transpose()?,
+            group,
         })
     }
 }
@@ -418,6 +463,24 @@ mod tests {
         e.attempt = 2;
         e.codec = Codec::MsgPack;
         assert_eq!(roundtrip(&e), e);
+        e.group = Some("tenant-a".into());
+        assert_eq!(roundtrip(&e), e);
+        assert_eq!(e.group_limit_name().as_deref(), Some("group:tenant-a"));
+    }
+
+    #[test]
+    fn groups_are_checked_when_read() {
+        assert!(check_group("tenant-a:eu/1.x_y").is_ok());
+        assert!(check_group(&"g".repeat(MAX_GROUP_LEN)).is_ok());
+        for bad in ["", "a b", "a{b}", "ü", &"g".repeat(MAX_GROUP_LEN + 1)] {
+            let err = check_group(bad).unwrap_err();
+            assert!(err.0.contains("group"), "{bad:?}: {err}");
+        }
+        let mut e = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        e.group = Some("a{b}".into());
+        let fields = e.fields();
+        let err = Envelope::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))).unwrap_err();
+        assert!(err.0.contains("'/'"), "{err}");
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct ShardStats {
     pub retry: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Grouped tasks waiting for their group's turn in the fair set (`docs/groups.md`): not
+    /// in the stream yet, so not in `waiting`.
+    pub fair_waiting: u64,
     /// Age of the oldest task waiting to be delivered (in JSON `oldest_waiting_age_ms`).
     #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
@@ -138,6 +141,8 @@ pub struct PriorityStats {
     pub retry: u64,
     /// Sum of the shards' dead letters.
     pub dead_letters: u64,
+    /// Sum of the shards' `fair_waiting`.
+    pub fair_waiting: u64,
     /// The oldest waiting task over all shards (in JSON `oldest_waiting_age_ms`).
     #[serde(rename = "oldest_waiting_age_ms", serialize_with = "ser_opt_ms")]
     pub oldest_waiting_age: Option<Duration>,
@@ -158,6 +163,59 @@ pub struct QueueStats {
     pub priorities: Vec<PriorityStats>,
     /// Summed counters.
     pub counters: Counters,
+}
+
+/// The fair window of a shard no worker set one for (`FAIR_WINDOW` in `scripts/fair.lua`).
+pub const DEFAULT_FAIR_WINDOW: u64 = 100;
+
+/// One group with tasks waiting for their turn, in one priority (over its shards).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// The priority.
+    pub priority: String,
+    /// The group.
+    pub group: String,
+    /// Its tasks waiting in the fair sets.
+    pub waiting: u64,
+    /// Its weight (1 unless a worker set one).
+    pub weight: u64,
+    /// How many turns (of weight 1) away its newest waiting task is, in the shard where it is
+    /// furthest: its backlog as the other groups see it.
+    pub turns: f64,
+    /// Its tasks running against the per-group cap (`group:<group>` limit; 0 without a cap).
+    pub running: u64,
+}
+
+/// One shard's fair state.
+#[derive(Debug, Clone, Serialize)]
+pub struct FairShardStatus {
+    /// The priority.
+    pub priority: String,
+    /// The shard.
+    pub shard: u16,
+    /// Grouped tasks in its fair set.
+    pub waiting: u64,
+    /// Groups with tasks waiting.
+    pub groups: u64,
+    /// Its virtual clock: the tag of the last task fed into the stream.
+    pub floor: f64,
+    /// The tag of the next task to be fed (the lowest waiting), when any.
+    pub next_tag: Option<f64>,
+    /// The most unread entries its stream holds before grouped tasks wait.
+    pub window: u64,
+}
+
+/// A queue's fair groups ([`Inspector::groups`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueGroups {
+    /// The queue.
+    pub queue: String,
+    /// Grouped tasks waiting for their turn, over every shard.
+    pub waiting: u64,
+    /// The groups with tasks waiting, by priority (highest first) then name.
+    pub groups: Vec<GroupStatus>,
+    /// Per shard.
+    pub shards: Vec<FairShardStatus>,
 }
 
 fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -455,6 +513,7 @@ impl Inspector {
                     scheduled: raw.scheduled,
                     retry: raw.retry,
                     dead_letters: raw.dlq,
+                    fair_waiting: raw.fair,
                     oldest_waiting_age: age,
                     counters: Counters::from_pairs(&raw.stats),
                 });
@@ -470,6 +529,7 @@ impl Inspector {
                 scheduled: shards.iter().map(|s| s.scheduled).sum(),
                 retry: shards.iter().map(|s| s.retry).sum(),
                 dead_letters: shards.iter().map(|s| s.dead_letters).sum(),
+                fair_waiting: shards.iter().map(|s| s.fair_waiting).sum(),
                 oldest_waiting_age: shards.iter().filter_map(|s| s.oldest_waiting_age).max(),
                 counters,
                 shards,
@@ -545,6 +605,55 @@ impl Inspector {
     pub async fn limit(&self, name: &str) -> Result<crate::limits::LimitStatus> {
         crate::limits::check_limit_name(name)?;
         broker::limits::limit_status(&mut self.conn(), name, self.clock.now_ms()).await
+    }
+
+    /// A queue's fair groups (`docs/groups.md`): per priority, each group with tasks waiting
+    /// for its turn (count, weight, how many turns its newest task is away, running tasks
+    /// against a per-group cap), and each shard's virtual clock. One pipelined read of every
+    /// shard's groups hash and fair set, and one of the groups' running slots.
+    pub async fn groups(&self, queue: &Queue) -> Result<QueueGroups> {
+        let mut conn = self.conn();
+        let shards: Vec<_> = queue.all_shards().collect();
+        let keys: Vec<&crate::keys::ShardKeys> = shards.iter().map(|s| &s.keys).collect();
+        let states = broker::fair_shards(&mut conn, &keys).await?;
+        let mut rows: std::collections::BTreeMap<(usize, String), GroupStatus> = Default::default();
+        let mut out_shards = Vec::new();
+        for (shard, st) in shards.iter().zip(&states) {
+            for (g, &(waiting, last)) in &st.groups {
+                let row = rows.entry((shard.rank, g.clone())).or_insert_with(|| GroupStatus {
+                    priority: shard.priority.to_owned(),
+                    group: g.clone(),
+                    waiting: 0,
+                    weight: 1,
+                    turns: 0.0,
+                    running: 0,
+                });
+                row.waiting += waiting;
+                row.weight = row.weight.max(st.weights.get(g).copied().unwrap_or(1));
+                row.turns = row.turns.max(last - st.floor);
+            }
+            out_shards.push(FairShardStatus {
+                priority: shard.priority.to_owned(),
+                shard: shard.number,
+                waiting: st.waiting,
+                groups: st.groups.len() as u64,
+                floor: st.floor,
+                next_tag: st.head,
+                window: st.window.unwrap_or(DEFAULT_FAIR_WINDOW),
+            });
+        }
+        let mut groups: Vec<GroupStatus> = rows.into_values().collect();
+        let names: Vec<String> = groups.iter().map(|g| format!("group:{}", g.group)).collect();
+        let running = broker::limits::running_counts(&mut conn, &names, self.clock.now_ms()).await?;
+        for (g, n) in groups.iter_mut().zip(running) {
+            g.running = n;
+        }
+        Ok(QueueGroups {
+            queue: queue.name().to_string(),
+            waiting: states.iter().map(|s| s.waiting).sum(),
+            groups,
+            shards: out_shards,
+        })
     }
 
     /// Dead letters of a queue in time order, after entry id `after` (exclusive), at most
@@ -720,7 +829,7 @@ impl Inspector {
             tasks: stats
                 .priorities
                 .iter()
-                .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+                .map(|p| p.waiting + p.pending + p.scheduled + p.retry + p.fair_waiting)
                 .sum(),
             dead_letters: stats.priorities.iter().map(|p| p.dead_letters).sum(),
         })

@@ -344,6 +344,13 @@ pub struct ShardKeys {
     pub succeeded: String,
     /// Ids of cancelled tasks whose record is kept, as [`succeeded`](Self::succeeded).
     pub cancelled: String,
+    /// Grouped tasks waiting for their turn (ZSET: member = the packed wire fields, score =
+    /// the task's virtual start tag), fed into the stream a window at a time
+    /// (`docs/groups.md`).
+    pub fair: String,
+    /// The fair groups' state (HASH: `floor`, `window`, and per group `w:<g>` weight,
+    /// `l:<g>` newest tag, `n:<g>` waiting count).
+    pub groups: String,
     /// Prefix of the per-task keys (`<base>:task:<id>` and friends), with the shard's tag.
     base: String,
 }
@@ -362,6 +369,8 @@ impl ShardKeys {
             waiting: format!("{base}:waiting"),
             succeeded: format!("{base}:succeeded"),
             cancelled: format!("{base}:cancelled"),
+            fair: format!("{base}:fair"),
+            groups: format!("{base}:groups"),
             base,
         }
     }
@@ -483,6 +492,8 @@ mod tests {
                 k.events.clone(),
                 k.cancels.clone(),
                 k.waiting.clone(),
+                k.fair.clone(),
+                k.groups.clone(),
                 k.task("01J{other}x"),
                 k.done("id}{"),
                 k.unique("{user:42}"),
@@ -506,6 +517,8 @@ mod tests {
         assert_eq!(k.stats, "rivulet:{emails:high:3}:stats");
         assert_eq!(k.events, "rivulet:{emails:high:3}:events");
         assert_eq!(k.cancels, "rivulet:{emails:high:3}:cancels");
+        assert_eq!(k.fair, "rivulet:{emails:high:3}:fair");
+        assert_eq!(k.groups, "rivulet:{emails:high:3}:groups");
         assert_eq!(k.task("t1"), "rivulet:{emails:high:3}:task:t1");
         assert_eq!(k.done("t1"), "rivulet:{emails:high:3}:done:t1");
         assert_eq!(k.unique("u"), "rivulet:{emails:high:3}:unique:u");

@@ -93,7 +93,8 @@ pub use envelope::{Codec, Envelope, TaskId};
 pub use error::{Error, Result};
 pub use handler::{HandlerError, HandlerReturn, RouteOptions, Router, TaskContext};
 pub use inspector::{
-    DLQ_PREVIEW, DeadLetter, DeadLetterId, DeadReason, DlqSelect, Inspector, QueueDeletion, QueueStats, WorkerRecord,
+    DLQ_PREVIEW, DeadLetter, DeadLetterId, DeadReason, DlqSelect, FairShardStatus, GroupStatus, Inspector,
+    QueueDeletion, QueueGroups, QueueStats, WorkerRecord,
 };
 pub use keys::{Layout, Queue, QueueName};
 pub use lifecycle::{
@@ -113,3 +114,6 @@ struct ReadmeDoc;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/tasks.md")]
 struct TasksDoc;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/groups.md")]
+struct GroupsDoc;

@@ -4,7 +4,8 @@
 //! (sleeps the payload's `ms`, then adds the payload's `n` to the set `test:done`) and kind
 //! `probe` (see below) until SIGTERM/SIGINT. It prints `ready <worker id>` on stdout once it
 //! runs. Each LIMIT is `rate:NAME=SPEC` (as `--rate-limit`) or `running:NAME=N` (as
-//! `--max-running`).
+//! `--max-running`); fair groups' settings are `group-cap:N` (as `--max-running-per-group`),
+//! `fair-window:N` (as `--fair-window`) and `group-weight:GROUP=W` (as `--group-weight`).
 //!
 //! `probe` checks limits from inside the handler: it `INCR`s `test:running:<key>` and
 //! `RPUSH`es `start <ms since epoch> <running count it saw> <pid> <task id>` to
@@ -42,11 +43,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     };
     let (mut rates, mut caps) = (Vec::new(), Vec::new());
+    let (mut group_cap, mut fair_window, mut group_weights) = (None, None, std::collections::BTreeMap::new());
     for spec in limit_args {
         if let Some(s) = spec.strip_prefix("rate:") {
             rates.push(s);
         } else if let Some(s) = spec.strip_prefix("running:") {
             caps.push(s);
+        } else if let Some(s) = spec.strip_prefix("group-cap:") {
+            group_cap = Some(s.parse()?);
+        } else if let Some(s) = spec.strip_prefix("fair-window:") {
+            fair_window = Some(s.parse()?);
+        } else if let Some((g, w)) = spec.strip_prefix("group-weight:").and_then(|s| s.split_once('=')) {
+            group_weights.insert(g.to_owned(), w.parse()?);
         } else {
             return Err(format!("unknown limit {spec:?}").into());
         }
@@ -94,6 +102,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lease: Duration::from_millis(lease_ms.parse()?),
         block: Duration::from_millis(100),
         limits,
+        max_running_per_group: group_cap,
+        fair_window,
+        group_weights,
         ..WorkerConfig::default()
     };
     let worker = Worker::new(client, router, config).queue(Queue::new(queue)?);

@@ -15,7 +15,7 @@ use crate::failures::spawn_test_worker;
 
 /// One line of a probe log.
 #[derive(Debug, Clone, PartialEq)]
-enum Line {
+pub(crate) enum Line {
     Start {
         at: u64,
         running: i64,
@@ -29,7 +29,7 @@ enum Line {
     },
 }
 
-async fn probe_log(f: &Fixture, key: &str) -> Vec<Line> {
+pub(crate) async fn probe_log(f: &Fixture, key: &str) -> Vec<Line> {
     let mut conn = f.redis().await;
     let lines: Vec<String> = redis::cmd("LRANGE")
         .arg(format!("test:log:{key}"))
@@ -81,7 +81,13 @@ fn probes(n: usize, key: &str, ms: u64, limit: &str) -> impl Iterator<Item = Tas
     })
 }
 
-fn workers(f: &Fixture, n: usize, concurrency: usize, lease_ms: u64, limits: &[String]) -> Vec<(ChildGuard, String)> {
+pub(crate) fn workers(
+    f: &Fixture,
+    n: usize,
+    concurrency: usize,
+    lease_ms: u64,
+    limits: &[String],
+) -> Vec<(ChildGuard, String)> {
     (0..n)
         .map(|_| spawn_test_worker(&f.server, f.queue.name().as_str(), concurrency, lease_ms, limits))
         .collect()
@@ -160,7 +166,7 @@ async fn a_rate_limit_is_shared_by_four_processes_within_five_percent_and_never_
 
 /// The most probes the handlers saw running at once, and whether every start stayed under
 /// `cap` by the log's own sweep (starts and ends in time order).
-fn most_running(log: &[Line]) -> (i64, i64) {
+pub(crate) fn most_running(log: &[Line]) -> (i64, i64) {
     let seen = log
         .iter()
         .filter_map(|l| match l {

@@ -8,6 +8,7 @@ mod bench;
 mod core;
 mod durability;
 mod failures;
+mod groups;
 mod idle;
 mod interop;
 mod lifecycle;

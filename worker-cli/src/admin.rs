@@ -60,6 +60,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<()> {
         Command::Pending(a) => admin.pending(a).await,
         Command::Workers(o) => admin.workers(o.json).await,
         Command::Limits(o) => admin.limits(o.json).await,
+        Command::Groups(a) => admin.groups(a).await,
         Command::Dlq(DlqCommand::List(a)) => admin.dlq_list(a).await,
         Command::Dlq(DlqCommand::Show(a)) => admin.dlq_show(a).await,
         Command::Dlq(DlqCommand::Replay(a)) => admin.dlq_apply(a, true).await,
@@ -128,6 +129,7 @@ fn check_flags(command: &Command) -> Result<Option<Body>> {
         | Command::Dlq(DlqCommand::List(DlqListArgs { queue: q, .. }))
         | Command::Pause(QueueArgs { queue: q, .. })
         | Command::Resume(QueueArgs { queue: q, .. })
+        | Command::Groups(QueueArgs { queue: q, .. })
         | Command::DeleteQueue(DeleteQueueArgs { queue: q, .. }) => {
             queue_name(q)?;
         }
@@ -209,6 +211,9 @@ impl Admin {
             }
             if let Some(k) = &a.unique_key {
                 t = t.unique_key(k.clone());
+            }
+            if let Some(g) = &a.group {
+                t = t.group(g.clone());
             }
             if let Some(d) = a.unique_for {
                 t = t.unique_for(d);
@@ -613,6 +618,56 @@ impl Admin {
         output::text(&t.render())
     }
 
+    async fn groups(&self, a: QueueArgs) -> Result<()> {
+        let queue = self.known_queue(&a.queue).await?;
+        let g = self.inspector.groups(&queue).await.map_err(|e| self.engine(e))?;
+        if a.output.json {
+            return output::json(&g);
+        }
+        let mut t = Table::new(&["PRIORITY", "GROUP", "WAITING", "WEIGHT", "TURNS", "RUNNING"]);
+        for r in &g.groups {
+            t.row(vec![
+                r.priority.clone(),
+                r.group.clone(),
+                r.waiting.to_string(),
+                r.weight.to_string(),
+                format!("{:.0}", r.turns.ceil()),
+                r.running.to_string(),
+            ]);
+        }
+        let mut s = Table::new(&["PRIORITY", "SHARD", "WAITING", "GROUPS", "FLOOR", "NEXT", "WINDOW"]);
+        let tag = |x: f64| format!("{x:.2}");
+        for sh in g.shards.iter().filter(|sh| sh.waiting > 0 || sh.floor > 0.0) {
+            s.row(vec![
+                sh.priority.clone(),
+                sh.shard.to_string(),
+                sh.waiting.to_string(),
+                sh.groups.to_string(),
+                tag(sh.floor),
+                sh.next_tag.map_or_else(|| "-".to_owned(), tag),
+                sh.window.to_string(),
+            ]);
+        }
+        if t.is_empty() && s.is_empty() {
+            note!(
+                "no grouped tasks in queue {} (enqueue with --group to use fair groups)",
+                queue.name()
+            );
+            return Ok(());
+        }
+        let mut text = String::new();
+        if t.is_empty() {
+            text.push_str("no group has tasks waiting for its turn\n");
+        } else {
+            text.push_str(&t.render());
+        }
+        if !s.is_empty() {
+            text.push('\n');
+            text.push_str(&s.render());
+        }
+        output::text(&text)
+    }
+
     async fn dlq_list(&self, a: DlqListArgs) -> Result<()> {
         let queue = self.known_queue(&a.queue).await?;
         let mut found: Vec<DeadLetter> = Vec::new();
@@ -948,6 +1003,7 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         "SCHEDULED",
         "RETRY",
         "DEAD",
+        "FAIR",
         "OLDEST",
         "ENQUEUED",
         "DONE",
@@ -969,6 +1025,7 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
             p.scheduled.to_string(),
             p.retry.to_string(),
             p.dead_letters.to_string(),
+            p.fair_waiting.to_string(),
             age(p.oldest_waiting_age),
             c.enqueued.to_string(),
             c.done.to_string(),
@@ -990,6 +1047,7 @@ fn stats_table(s: &QueueStats, decision: &Value) -> String {
         sum(|p| p.scheduled),
         sum(|p| p.retry),
         sum(|p| p.dead_letters),
+        sum(|p| p.fair_waiting),
         age(s.priorities.iter().filter_map(|p| p.oldest_waiting_age).max()),
         c.enqueued.to_string(),
         c.done.to_string(),

@@ -269,6 +269,23 @@ pub struct WorkerArgs {
     /// used) and is offered again about when a slot should free. Repeatable.
     #[arg(long, value_name = "NAME=N", value_parser = crate::values::parse_max_running, help_heading = "Limits")]
     pub max_running: Vec<crate::values::NamedLimit<u32>>,
+    /// Fair groups (tasks enqueued with a group, e.g. a tenant id, are served in turn within
+    /// their priority: docs/groups.md): group GROUP gets W turns to another group's one, e.g.
+    /// `tenant-a=3` (1 to 1000; groups not listed weigh 1). Written into the queues' shards at
+    /// start, where the producers' enqueue reads it. Repeatable.
+    #[arg(long, value_name = "GROUP=W", value_parser = crate::values::parse_group_weight, help_heading = "Fair groups")]
+    pub group_weight: Vec<crate::values::NamedLimit<u32>>,
+    /// Fair groups: the most entries no worker has read that a shard's stream holds before
+    /// grouped tasks wait for their turn in the fair set (1 to 100000; the shards' default is
+    /// 100). Smaller: a new group's task waits less behind the stream; too small leaves
+    /// handler slots idle. Written into the queues' shards at start.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Fair groups")]
+    pub fair_window: Option<u32>,
+    /// Fair groups: at most N tasks of one group running at once over the fleet (a
+    /// --max-running limit named `group:GROUP` for each group, held under the lease). A task
+    /// over its group's cap waits without using an attempt, like any limited task.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Fair groups")]
+    pub max_running_per_group: Option<u32>,
     /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz (the process
     /// answers) and /readyz (ready: the worker runs and reaches Redis), e.g. 127.0.0.1:9100.
     /// Under the supervisor (--workers N) one address serves the whole box: the numbers of
@@ -315,6 +332,11 @@ pub enum Command {
     /// cap workers publish (the last to start or use the limit), starts in the last whole second, running slots held against the cap,
     /// tasks waiting for the rate or for a slot, and totals granted and sent to wait.
     Limits(OutputArgs),
+    /// List a queue's fair groups with tasks waiting for their turn: per priority and group
+    /// the tasks waiting, the weight, how many turns its newest task is away and its running
+    /// tasks against --max-running-per-group; per shard the tasks waiting, the virtual clock
+    /// (floor), the next turn's tag and the window.
+    Groups(QueueArgs),
     /// Inspect, replay or purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -684,6 +706,11 @@ pub struct EnqueueArgs {
     /// and says it is a duplicate.
     #[arg(long, value_name = "KEY")]
     pub unique_key: Option<String>,
+    /// Put the task(s) in fair group GROUP (a tenant id, say): within a priority the groups
+    /// with tasks waiting are served in turn, so one group's backlog delays another's task by
+    /// about one turn (docs/groups.md). 1 to 64 characters of A-Z a-z 0-9 . _ - : /.
+    #[arg(long, value_name = "GROUP", value_parser = crate::values::parse_group)]
+    pub group: Option<String>,
     /// Hold the unique key for this long from enqueue, even after the task finished.
     #[arg(long, value_name = "DURATION", requires = "unique_key", allow_hyphen_values = true, value_parser = parse_positive_duration)]
     pub unique_for: Option<Duration>,

@@ -65,6 +65,11 @@ impl WorkerSettings {
             "limit",
             args.max_running.iter().map(|l| l.name.as_str()),
         )?;
+        given_once(
+            "--group-weight",
+            "group",
+            args.group_weight.iter().map(|l| l.name.as_str()),
+        )?;
         for (i, spec) in args.serve.iter().enumerate() {
             for kind in &spec.kinds {
                 if args.exec.iter().any(|e| &e.kind == kind) || args.serve[..i].iter().any(|p| p.kinds.contains(kind)) {
@@ -157,6 +162,9 @@ pub fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         unknown_kind_grace: args.unknown_kind_grace,
         dlq_maxlen: args.dlq_maxlen,
         limits: worker_limits(args),
+        group_weights: args.group_weight.iter().map(|l| (l.name.clone(), l.value)).collect(),
+        fair_window: args.fair_window,
+        max_running_per_group: args.max_running_per_group,
         // Out of range (0, or over the engine's limit) fails validate() with its name.
         max_result_bytes: usize::try_from(args.max_result_size).unwrap_or(usize::MAX),
         ..WorkerConfig::default()
@@ -252,6 +260,15 @@ impl WorkerArgs {
         }
         for l in &self.max_running {
             a.push(format!("--max-running={}={}", l.name, l.value));
+        }
+        for l in &self.group_weight {
+            a.push(format!("--group-weight={}={}", l.name, l.value));
+        }
+        if let Some(w) = self.fair_window {
+            a.extend(["--fair-window".to_owned(), w.to_string()]);
+        }
+        if let Some(n) = self.max_running_per_group {
+            a.extend(["--max-running-per-group".to_owned(), n.to_string()]);
         }
         if self.demo_samples {
             a.push("--demo-samples".to_owned());

@@ -47,6 +47,31 @@ pub fn parse_max_running(s: &str) -> Result<NamedLimit<u32>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Parses `--group GROUP` by the engine's rule for group names.
+pub fn parse_group(s: &str) -> Result<String, String> {
+    rivulet::envelope::check_group(s).map_err(|m| m.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// Parses `--group-weight GROUP=W`: a valid group name (the engine's rule) and a weight of
+/// 1 to `rivulet::worker::MAX_GROUP_WEIGHT`.
+pub fn parse_group_weight(s: &str) -> Result<NamedLimit<u32>, String> {
+    let Some((group, weight)) = s.split_once('=') else {
+        return Err(format!("{s:?}: expected GROUP=WEIGHT, e.g. tenant-a=3"));
+    };
+    rivulet::envelope::check_group(group).map_err(|m| format!("{s:?}: {m}"))?;
+    let max = rivulet::worker::MAX_GROUP_WEIGHT;
+    match weight.parse::<u32>() {
+        Ok(w) if (1..=max).contains(&w) => Ok(NamedLimit {
+            name: group.to_owned(),
+            value: w,
+        }),
+        _ => Err(format!(
+            "{s:?}: the weight {weight:?} is not a whole number from 1 to {max}"
+        )),
+    }
+}
+
 /// Parses `KIND=COMMAND` (the first `=` separates them).
 pub fn parse_exec(s: &str) -> Result<ExecSpec, String> {
     let Some((kind, command)) = s.split_once('=') else {

@@ -233,6 +233,8 @@ class ShardNumbers:
     retry: int
     dlq: int
     counters: dict[str, int]
+    #: Grouped tasks waiting for their group's turn (docs/groups.md).
+    fair: int = 0
 
 
 @dataclass
@@ -264,6 +266,11 @@ class QueueStats:
     @property
     def dlq(self) -> int:
         return self._sum("dlq")
+
+    @property
+    def fair(self) -> int:
+        """Grouped tasks waiting for their group's turn in the fair sets."""
+        return self._sum("fair")
 
     @property
     def counters(self) -> dict[str, int]:
@@ -481,6 +488,7 @@ def cancel(queue: str, lay: Layout, task_id: str) -> Plan[tuple[CancelOutcome, T
         [
             keys.task(task_id), keys.stream, keys.scheduled, keys.retry, keys.stats, keys.events,
             keys.cancels, done, lock.decode() if lock else done, keys.waiting, keys.key("cancelled"),
+            keys.key("fair"), keys.key("groups"),
         ],
         task_id, now_ms(), lay.events_maxlen, GROUP,
     )  # fmt: skip
@@ -497,15 +505,15 @@ def cancel(queue: str, lay: Layout, task_id: str) -> Plan[tuple[CancelOutcome, T
 
 def stats(queue: str, lay: Layout) -> Plan[QueueStats]:
     shards = all_shards(queue, lay)
-    calls = [fcall("inspect", [k.stream, k.scheduled, k.retry, k.dlq, k.stats], GROUP) for k in shards]
+    calls = [fcall("inspect", [k.stream, k.scheduled, k.retry, k.dlq, k.stats, k.key("fair")], GROUP) for k in shards]
     replies = yield Batch(calls)
     out = []
     for k, r in zip(shards, replies):
-        length, lag, pending, _oldest, scheduled, retry, dlq, counters = check(r)
+        length, lag, pending, _oldest, scheduled, retry, dlq, counters, fair = check(r)
         c = {a: int(b) for a, b in pairs(counters).items()}
         out.append(
             ShardNumbers(k.priority, k.shard, int(length), None if int(lag) < 0 else int(lag), int(pending),
-                         int(scheduled), int(retry), int(dlq), c)
+                         int(scheduled), int(retry), int(dlq), c, int(fair))
         )  # fmt: skip
     return QueueStats(queue, lay, out)
 

@@ -36,10 +36,12 @@ Seconds = Union[int, float]
 #: Field names the wire format uses: task fields and the ones dead letters add.
 RESERVED_FIELDS = frozenset(
     "id kind payload codec enqueued_at attempt max_attempts timeout_ms backoff_base_ms backoff_factor "
-    "backoff_cap_ms error retention_ms unique_key unique_ttl_ms reason dead_at origin deliveries".split()
+    "backoff_cap_ms error retention_ms unique_key unique_ttl_ms group reason dead_at origin deliveries".split()
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: A fair group's name (the engine's ``envelope::check_group``).
+_GROUP = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 
 
 class RivuletError(Exception):
@@ -232,7 +234,9 @@ class Task:
     ``delay`` (seconds) or ``run_at`` (seconds since the epoch) park it until due;
     ``unique_key`` makes it unique among live tasks of its queue and priority (for
     ``unique_for`` seconds from enqueue instead, when given); ``retention`` (seconds, 0 = no
-    record) overrides how long its status is kept once final.
+    record) overrides how long its status is kept once final; ``group`` (a tenant id, say:
+    ``[A-Za-z0-9._:/-]{1,64}``) puts it in a fair group, served in turn with the other groups
+    of its priority (docs/groups.md).
     """
 
     kind: str
@@ -247,6 +251,7 @@ class Task:
     timeout: Optional[Seconds] = None
     backoff: Optional[Backoff] = None
     retention: Optional[Seconds] = None
+    group: Optional[str] = None
     id: Optional[str] = None
     extra: dict[str, Union[str, bytes]] = field(default_factory=dict)
 
@@ -285,6 +290,8 @@ def prepare(queue: str, layout: Layout, task: Task, now: int) -> Prepared:
         raise ConfigError(f"backoff.factor {b.factor!r}: must be a number >= 1")
     if base_ms is not None and cap_ms is not None and cap_ms < base_ms:
         raise ConfigError(f"backoff.cap ({cap_ms} ms) is below backoff.base ({base_ms} ms)")
+    if task.group is not None and (not isinstance(task.group, str) or not _GROUP.match(task.group)):
+        raise ConfigError(f"group {task.group!r}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - : /")
     if task.delay is not None and task.run_at is not None:
         raise ConfigError("give delay or run_at, not both")
     due = 0
@@ -330,6 +337,7 @@ def prepare(queue: str, layout: Layout, task: Task, now: int) -> Prepared:
         ("retention_ms", retention_ms),
         ("unique_key", task.unique_key),
         ("unique_ttl_ms", unique_ttl_ms),
+        ("group", task.group),
     )
     for name, value in optional:
         if value is not None:
@@ -341,9 +349,13 @@ def prepare(queue: str, layout: Layout, task: Task, now: int) -> Prepared:
     lock = keys.unique(task.unique_key) if task.unique_key is not None else keys.stream
     retention = DEFAULT_RETENTION_MS if retention_ms is None else retention_ms
     unique_arg = "" if task.unique_key is None else str(unique_ttl_ms or 0)
+    keys_of_call: tuple[str, ...] = (keys.stream, keys.scheduled, keys.stats, keys.task(task_id), keys.events, lock)
+    if task.group is not None:
+        # A grouped task waits its turn in the shard's fair set (fair.lua).
+        keys_of_call += (keys.key("fair"), keys.key("groups"))
     return Prepared(
         id=task_id,
         keys=keys,
-        keys_of_call=(keys.stream, keys.scheduled, keys.stats, keys.task(task_id), keys.events, lock),
+        keys_of_call=keys_of_call,
         args=(task_id, now, due, retention, layout.events_maxlen, unique_arg, *fields),
     )

@@ -133,6 +133,24 @@ def test_a_cancelled_delayed_task_never_runs(client: Client, queue: str, start_w
     assert client.stats(queue).counters.get("done", 0) == 0
 
 
+def test_grouped_tasks_wait_their_turn_are_cancelled_there_and_run(client: Client, queue: str, start_worker) -> None:
+    # No worker yet: the shard's default window (100) goes to the stream, 5 wait their turn.
+    handles = [client.enqueue(queue, "echo", n, group="tenant-a") for n in range(105)]
+    assert client.stats(queue).fair == 5
+    last = handles[-1]
+    assert last.status().state == TaskState.QUEUED
+    assert last.status().fields.get("group") == b"tenant-a"
+    assert last.cancel() == CancelOutcome.CANCELLED
+    assert client.stats(queue).fair == 4
+    delayed = client.enqueue(queue, "echo", "late", group="tenant-b", delay=0.3)
+    start_worker(queue, ECHO)
+    for h in handles[:-1] + [delayed]:
+        assert h.wait(timeout=60).state == TaskState.SUCCEEDED
+    st = last.status()
+    assert st.state == TaskState.CANCELLED and st.fields.get("started") == b"0"
+    assert client.stats(queue).fair == 0
+
+
 def test_wait_times_out_with_the_state_and_unknown_ids_are_named(client: Client, queue: str) -> None:
     h = client.enqueue(queue, "echo", {})
     with pytest.raises(WaitTimeout) as e:
@@ -169,7 +187,8 @@ def test_bad_input_is_refused_before_anything_is_sent(client: Client, queue: str
     for bad in [
         dict(timeout=0), dict(max_attempts=0), dict(priority="nope"), dict(codec="xml"),
         dict(backoff=Backoff(base=2, cap=1)), dict(backoff=Backoff(factor=0.5)), dict(unique_for=5),
-        dict(delay=1, run_at=5), dict(extra={"reason": "x"}),
+        dict(delay=1, run_at=5), dict(extra={"reason": "x"}), dict(group=""), dict(group="a b"),
+        dict(group="x" * 65), dict(extra={"group": "g"}),
     ]:  # fmt: skip
         with pytest.raises(ConfigError):
             client.enqueue(queue, "echo", {}, **bad)

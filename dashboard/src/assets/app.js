@@ -193,15 +193,27 @@ function queuePage(root, params, name) {
   const table = el('table', { id: 'tasks' });
   const pager = el('div', { class: 'toolbar' });
   const feed = el('ul', { id: 'events' });
-  root.append(summary, tools, tabs, table, pager, el('h2', {}, 'Live events'), feed);
+  const groups = el('div', { id: 'groups' });
+  root.append(summary, tools, tabs, table, pager, groups, el('h2', {}, 'Live events'), feed);
   followEvents(name, null, feed);
   return async () => {
-    const [q, list] = await Promise.all([
+    const [q, list, g] = await Promise.all([
       api('GET', `/api/v1/queues/${enc(name)}`),
       api('GET', `/api/v1/queues/${enc(name)}/tasks?state=${state}&offset=${offset}&limit=25`),
+      api('GET', `/api/v1/queues/${enc(name)}/groups`),
     ]);
+    const fair = q.priorities.reduce((n, p) => n + (p.fair_waiting || 0), 0);
     summary.replaceChildren(el('p', {}, q.paused ? pill('paused') : pill('running'), ' ',
-      `waiting ${q.waiting} · in flight ${q.in_flight} · scheduled ${q.scheduled} · retrying ${q.retrying} · dead letters ${q.dead_letters} · oldest waiting ${fmtAge(q.oldest_waiting_age_ms)}`));
+      `waiting ${q.waiting} · waiting their group's turn ${fair} · in flight ${q.in_flight} · scheduled ${q.scheduled} · retrying ${q.retrying} · dead letters ${q.dead_letters} · oldest waiting ${fmtAge(q.oldest_waiting_age_ms)}`));
+    // Fair groups (docs/groups.md): shown once the queue has grouped tasks waiting.
+    groups.replaceChildren(...(g.groups.length === 0 ? [] : [
+      el('h2', {}, 'Fair groups waiting their turn'),
+      el('table', { id: 'groups-table' },
+        el('tr', {}, ['priority', 'group', 'waiting', 'weight', 'turns away', 'running'].map((t) => el('th', {}, t))),
+        ...g.groups.map((r) => el('tr', { 'data-group': r.group },
+          el('td', {}, r.priority), el('td', {}, r.group), el('td', { class: 'num' }, r.waiting),
+          el('td', { class: 'num' }, r.weight), el('td', { class: 'num' }, Math.ceil(r.turns)),
+          el('td', { class: 'num' }, r.running))))]));
     table.replaceChildren(el('tr', {}, ['id', 'kind', 'state', 'priority', 'attempt', 'enqueued', 'worker', 'error'].map((t) => el('th', {}, t))),
       ...list.tasks.map((t) => el('tr', { 'data-task': t.id },
         el('td', {}, el('a', { href: `#/task/${enc(name)}/${enc(t.id)}` }, t.id)),

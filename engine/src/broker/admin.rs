@@ -35,19 +35,28 @@ pub struct ShardNumbers {
     pub dlq: u64,
     /// Counters.
     pub stats: Vec<(String, u64)>,
+    /// Grouped tasks waiting for their turn in the fair set (`docs/groups.md`).
+    pub fair: u64,
 }
 
 /// inspect.lua's reply, in its order.
-type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>);
+type InspectReply = (u64, i64, u64, String, u64, u64, u64, Vec<(String, u64)>, u64);
 
 /// Reads one shard's numbers in one round trip.
 pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<ShardNumbers> {
     let mut cmd = super::functions::fcall(
         "inspect",
-        &[&keys.stream, &keys.scheduled, &keys.retry, &keys.dlq, &keys.stats],
+        &[
+            &keys.stream,
+            &keys.scheduled,
+            &keys.retry,
+            &keys.dlq,
+            &keys.stats,
+            &keys.fair,
+        ],
     );
     cmd.arg(GROUP);
-    let (length, lag, pending, oldest, scheduled, retry, dlq, stats): InspectReply =
+    let (length, lag, pending, oldest, scheduled, retry, dlq, stats, fair): InspectReply =
         super::functions::call(conn, &cmd).await?;
     Ok(ShardNumbers {
         length,
@@ -58,6 +67,7 @@ pub async fn inspect(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<Sha
         retry,
         dlq,
         stats,
+        fair,
     })
 }
 
@@ -73,6 +83,8 @@ pub async fn drop_shard(conn: &mut RedisConnection, keys: &ShardKeys, force: boo
         .key(&keys.retry)
         .key(&keys.dlq)
         .key(&keys.stats)
+        .key(&keys.fair)
+        .key(&keys.groups)
         .arg(if force { "1" } else { "0" })
         .invoke_async(conn)
         .await?;

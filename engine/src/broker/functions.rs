@@ -36,7 +36,7 @@ const NAME_PREFIX: &str = "rivulet_v1_";
 
 /// The functions: name (after the prefix), script source, whether it only reads.
 const FUNCTIONS: &[(&str, &str, bool)] = &[
-    ("enqueue", include_str!("scripts/enqueue.lua"), false),
+    ("enqueue", super::settle::ENQUEUE_SOURCE, false),
     ("cancel", include_str!("scripts/cancel.lua"), false),
     ("wait", include_str!("scripts/wait.lua"), false),
     ("inspect", include_str!("scripts/inspect.lua"), true),

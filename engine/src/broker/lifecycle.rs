@@ -78,17 +78,18 @@ pub async fn enqueue(conn: &mut RedisConnection, items: &[EnqueueItem<'_>], now:
 fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
     let lock = it.unique.as_ref().map(|(k, _)| k.as_str()).unwrap_or(&it.keys.stream);
     let record = it.keys.task(it.env.id.as_str());
-    let mut cmd = functions::fcall(
-        "enqueue",
-        &[
-            &it.keys.stream,
-            &it.keys.scheduled,
-            &it.keys.stats,
-            &record,
-            &it.keys.events,
-            lock,
-        ],
-    );
+    let mut keys = vec![
+        it.keys.stream.as_str(),
+        &it.keys.scheduled,
+        &it.keys.stats,
+        &record,
+        &it.keys.events,
+        lock,
+    ];
+    if it.env.group.is_some() {
+        keys.extend([it.keys.fair.as_str(), &it.keys.groups]);
+    }
+    let mut cmd = functions::fcall("enqueue", &keys);
     cmd.arg(it.env.id.as_str())
         .arg(now)
         .arg(it.due_ms)
@@ -352,6 +353,8 @@ pub async fn cancel(
             unique_lock.unwrap_or(&done),
             &keys.waiting,
             &keys.cancelled,
+            &keys.fair,
+            &keys.groups,
         ],
     );
     cmd.arg(id).arg(now_ms).arg(events_maxlen).arg(GROUP);
@@ -722,7 +725,7 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
             ids.extend(page.into_iter().filter_map(field_id));
         }
     }
-    for set in [&keys.scheduled, &keys.retry] {
+    for set in [&keys.scheduled, &keys.retry, &keys.fair] {
         let members: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(set).arg(0).arg(-1).query_async(conn).await?;
         ids.extend(members.iter().filter_map(|m| member_id(m)));
     }

@@ -166,6 +166,23 @@ pub async fn limit_statuses(conn: &mut RedisConnection, now_ms: u64) -> Result<V
     Ok(out)
 }
 
+/// The running slots (leases not run out at `now_ms`) of each of these limits, in one
+/// pipelined round trip (one `ZCOUNT` per limit, each in its own slot): a group's cap for
+/// `worker-cli groups`. A limit never used counts 0.
+pub async fn running_counts(conn: &mut RedisConnection, names: &[String], now_ms: u64) -> Result<Vec<u64>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for name in names {
+        pipe.cmd("ZCOUNT")
+            .arg(LimitKeys::new(name).running)
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
 /// Shapes one limit's state HASH and counts into its status (pure).
 fn status(
     name: String,

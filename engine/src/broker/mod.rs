@@ -23,6 +23,8 @@
 //! - [`lifecycle`]: task records, events, unique keys, cancel and wait (`enqueue.lua`,
 //!   `start.lua`, `progress.lua`, `cancel.lua`, `wait.lua`; tracked outcomes through
 //!   `settle.lua`, replayed records through `replay.lua`);
+//! - [`groups`]: fair groups' settings and state (each shard's `groups` hash and `fair` set;
+//!   the moves are `enqueue.lua`, `promote.lua` and `feed.lua`, sharing `fair.lua`);
 //! - [`limits`]: fleet-wide rate and concurrency limits (`limit_acquire.lua`,
 //!   `limit_release.lua`) in each limit's home slot, and the registry of their names;
 //! - [`schedules`]: the schedules' definitions, pause flags and last fire times in the
@@ -37,6 +39,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod functions;
+pub(crate) mod groups;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod queues;
@@ -55,6 +58,7 @@ use std::str::FromStr;
 use redis::{RedisWrite, ToRedisArgs, Value};
 
 pub(crate) use admin::*;
+pub(crate) use groups::*;
 pub(crate) use queues::*;
 pub use registry::WorkerRecord;
 pub(crate) use registry::{

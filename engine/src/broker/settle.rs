@@ -16,7 +16,16 @@ use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| super::functions::with_records(include_str!("scripts/settle.lua")));
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/promote.lua")));
+/// Fair groups' shared Lua (`scripts/fair.lua`), prepended to each script that uses it.
+macro_rules! with_fair {
+    ($script:literal) => {
+        concat!(include_str!("scripts/fair.lua"), include_str!($script))
+    };
+}
+/// `enqueue.lua` as it runs (in the function library): with the fair groups' part.
+pub(super) const ENQUEUE_SOURCE: &str = with_fair!("scripts/enqueue.lua");
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(with_fair!("scripts/promote.lua")));
+static FEED: LazyLock<Script> = LazyLock::new(|| Script::new(with_fair!("scripts/feed.lua")));
 static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reclaim.lua")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
 
@@ -246,21 +255,55 @@ pub(super) fn settle_invocation(
     inv
 }
 
+/// What one [`promote`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promoted {
+    /// Due tasks moved (into the stream, or a grouped one into the fair set), over every shard.
+    pub moved: u64,
+    /// The earliest due time still waiting in any shard's scheduled or retry set.
+    pub next_due: Option<u64>,
+    /// Per shard, in the order given: grouped tasks still waiting for their turn in its fair
+    /// set after this call fed the stream from it (empty when every set was empty).
+    pub fair: Vec<u64>,
+}
+
+impl Promoted {
+    /// Grouped tasks still waiting in shard `i`'s fair set.
+    pub fn fair_waiting(&self, i: usize) -> u64 {
+        self.fair.get(i).copied().unwrap_or(0)
+    }
+}
+
 /// Moves due tasks of some shards (on a cluster, of one slot) from `scheduled`/`retry` into
-/// their streams, in one script call. Returns how many moved and the earliest due time still
-/// waiting in any of their sets.
-pub async fn promote(
-    conn: &mut RedisConnection,
-    shards: &[&ShardKeys],
-    now_ms: u64,
-    limit: usize,
-) -> Result<(u64, Option<u64>)> {
+/// their streams (a grouped one into its fair set), then feeds each stream from its fair set
+/// when it holds tasks (the fallback for what no settle fed: `docs/groups.md`), in one script
+/// call.
+pub async fn promote(conn: &mut RedisConnection, shards: &[&ShardKeys], now_ms: u64, limit: usize) -> Result<Promoted> {
     let mut inv = PROMOTE.prepare_invoke();
     for keys in shards {
-        inv.key(&keys.stream).key(&keys.scheduled).key(&keys.retry);
+        inv.key(&keys.stream)
+            .key(&keys.scheduled)
+            .key(&keys.retry)
+            .key(&keys.fair)
+            .key(&keys.groups);
     }
-    let (moved, next): (u64, i64) = inv.arg(now_ms).arg(limit).invoke_async(conn).await?;
-    Ok((moved, u64::try_from(next).ok()))
+    let (moved, next, fair): (u64, i64, Vec<u64>) = inv.arg(now_ms).arg(limit).invoke_async(conn).await?;
+    Ok(Promoted {
+        moved,
+        next_due: u64::try_from(next).ok(),
+        fair,
+    })
+}
+
+/// Feeds a shard's stream from its fair set (`feed.lua`) until it holds a window of unread
+/// entries. Returns (tasks fed, tasks still waiting).
+pub async fn feed(conn: &mut RedisConnection, keys: &ShardKeys) -> Result<(u64, u64)> {
+    Ok(FEED
+        .key(&keys.stream)
+        .key(&keys.fair)
+        .key(&keys.groups)
+        .invoke_async(conn)
+        .await?)
 }
 
 /// What one [`reclaim`] call took over.

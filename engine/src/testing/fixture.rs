@@ -259,12 +259,12 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Sum of waiting + pending + scheduled + retry over every shard of a queue.
+/// Sum of waiting + pending + scheduled + retry + fair-waiting over every shard of a queue.
 pub async fn outstanding(inspector: &Inspector, queue: &Queue) -> u64 {
     let s = inspector.stats(queue).await.expect("stats");
     s.priorities
         .iter()
-        .map(|p| p.waiting + p.pending + p.scheduled + p.retry)
+        .map(|p| p.waiting + p.pending + p.scheduled + p.retry + p.fair_waiting)
         .sum()
 }
 

@@ -102,7 +102,17 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
                     dlq_maxlen: shared.config.dlq_maxlen,
                     now_ms: shared.clock.now_ms(),
                 };
-                broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await
+                let stale = broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await?;
+                // Fair groups (docs/groups.md): the settled tasks made room in the stream, so
+                // it is refilled from the fair set, right after the settle on the same
+                // connection. Only for shards seen holding grouped tasks; a failed feed is
+                // left to the promoter's round.
+                if lane.grouped.load(std::sync::atomic::Ordering::Relaxed)
+                    && let Err(e) = broker::feed(&mut conn, &lane.keys).await
+                {
+                    tracing::debug!(error = %e, stream = %lane.keys.stream, "could not feed the stream from the fair set; the promoter will");
+                }
+                Ok::<_, crate::Error>(stale)
             }
         });
         let all = futures_util::future::join_all(calls);

@@ -22,6 +22,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `drain_timeout` + 10 s, is never reached). What is not written by then stays pending under
 /// the worker's consumer and is reclaimed by a live worker one lease later.
 pub const DRAIN_SETTLE_BUDGET: Duration = Duration::from_secs(5);
+/// Largest weight of a fair group.
+pub const MAX_GROUP_WEIGHT: u32 = 1000;
+/// Largest fair window.
+pub const MAX_FAIR_WINDOW: u32 = 100_000;
 /// Default longest wait between promotion passes over `scheduled` and `retry` sets.
 pub const DEFAULT_PROMOTE_INTERVAL: Duration = Duration::from_millis(250);
 /// Default deliveries (first read plus reclaims) after which a task that never reported an
@@ -126,6 +130,19 @@ pub struct WorkerConfig {
     /// attempt (see [`crate::limits`]). Give every worker serving those tasks the same
     /// limits: the state is shared in Redis, the settings are each worker's.
     pub limits: crate::limits::Limits,
+    /// Fair groups' weights, by group (`docs/groups.md`): a group of weight 3 gets three turns
+    /// to another's one. Groups not listed weigh 1. Written into each of the worker's shards at
+    /// start (the producer's enqueue reads them there), so the last worker started sets them.
+    pub group_weights: std::collections::BTreeMap<String, u32>,
+    /// The most unread entries a shard's stream holds before its grouped tasks wait in the
+    /// fair set (`None`: leave what the shards hold, by default 100). A smaller window makes a
+    /// new group's task wait less behind the stream; too small leaves handler slots idle.
+    /// Written into each of the worker's shards at start, as the weights are.
+    pub fair_window: Option<u32>,
+    /// Most tasks of one group running at once over the fleet (`None`: no cap): a
+    /// `max_running` limit named `group:<group>` (see [`crate::limits`]), taken before the
+    /// task's own limit.
+    pub max_running_per_group: Option<u32>,
 }
 
 impl Default for WorkerConfig {
@@ -149,6 +166,9 @@ impl Default for WorkerConfig {
             allow_eviction: false,
             max_tasks: None,
             limits: crate::limits::Limits::new(),
+            group_weights: std::collections::BTreeMap::new(),
+            fair_window: None,
+            max_running_per_group: None,
         }
     }
 }
@@ -202,6 +222,26 @@ impl WorkerConfig {
             return Err(Error::config("worker_id", "must be 1..=200 characters without spaces"));
         }
         crate::limits::check_limits(&self.limits)?;
+        for (group, &weight) in &self.group_weights {
+            crate::envelope::check_group(group).map_err(|m| Error::config("group_weights", m.0))?;
+            if weight == 0 || weight > MAX_GROUP_WEIGHT {
+                return Err(Error::config(
+                    "group_weights",
+                    format!("the weight of {group:?} is {weight}; it must be 1..={MAX_GROUP_WEIGHT}"),
+                ));
+            }
+        }
+        if let Some(w) = self.fair_window
+            && (w == 0 || w > MAX_FAIR_WINDOW)
+        {
+            return Err(Error::config("fair_window", format!("must be 1..={MAX_FAIR_WINDOW}")));
+        }
+        if self.max_running_per_group == Some(0) {
+            return Err(Error::config(
+                "max_running_per_group",
+                "must be at least 1 (leave it out for no cap)",
+            ));
+        }
         self.retry.validate()
     }
 

@@ -65,25 +65,24 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
     let shared2 = shared.clone();
     shared.tracker.spawn(async move {
         // A limited task asks its limit first, holding its handler slot for that one call.
-        let hold = match &limit {
-            None => None,
-            Some(name) => match limiter::admit(&shared2, name, task_id.as_str(), entry_id).await {
+        let hold = if limit.is_empty() {
+            Vec::new()
+        } else {
+            match limiter::admit_all(&shared2, &limit, task_id.as_str(), entry_id).await {
                 limiter::Admit::Run(hold) => hold,
                 limiter::Admit::Wait(settle) => {
                     drop(permit);
                     shared2.settle_tracked(lane_idx, entry_id, settle, track);
                     return;
                 }
-            },
+            }
         };
         let fut = match start {
             Start::Ready(fut) => fut,
             Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2) {
                 Ok(fut) => fut,
                 Err(settle) => {
-                    if let Some(hold) = hold {
-                        limiter::release(&shared2, hold, Duration::ZERO).await;
-                    }
+                    limiter::release(&shared2, hold, Duration::ZERO).await;
                     drop(permit);
                     WorkerCounters::add(&shared2.counters.buried, 1);
                     if let Some(m) = &shared2.metrics {
@@ -110,16 +109,12 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
             () = shared2.abort.cancelled() => {
                 tracker::finished(&shared2, lane_idx, &task_id);
-                if let Some(hold) = hold {
-                    limiter::release(&shared2, hold, began.elapsed()).await;
-                }
+                limiter::release(&shared2, hold, began.elapsed()).await;
                 return;
             }
             r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
-        if let Some(hold) = hold {
-            limiter::release(&shared2, hold, began.elapsed()).await;
-        }
+        limiter::release(&shared2, hold, began.elapsed()).await;
         if track.is_some() {
             tracker::finished(&shared2, lane_idx, &task_id);
         }
@@ -271,8 +266,9 @@ struct Run {
     /// The task's record, when it keeps one.
     track: Option<Tracked>,
     control: TaskControl,
-    /// The fleet-wide limit it counts against, when this worker enforces one by that name.
-    limit: Option<Arc<str>>,
+    /// The fleet-wide limits it counts against, of those this worker enforces: its group's
+    /// cap, then the limit of its name.
+    limit: Vec<Arc<str>>,
 }
 
 /// Decodes an entry and starts its handler's future, or says what to do with an entry that
@@ -346,10 +342,22 @@ fn prepare(
             kind: Some(kind_index),
         }
     })?;
-    let limit = shared
-        .limits
-        .get_key_value(env.limit_name())
-        .map(|(name, _)| Arc::from(name.as_str()));
+    // A grouped task's cap first (when the worker caps groups), then its own limit.
+    if env.group.is_some() && !lane.grouped.load(std::sync::atomic::Ordering::Relaxed) {
+        lane.grouped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let limit: Vec<Arc<str>> = env
+        .group_limit_name()
+        .filter(|_| shared.config.max_running_per_group.is_some())
+        .map(Arc::from)
+        .into_iter()
+        .chain(
+            shared
+                .limits
+                .get_key_value(env.limit_name())
+                .map(|(name, _)| Arc::from(name.as_str())),
+        )
+        .collect();
     let timeout = env
         .timeout_ms
         .map(Duration::from_millis)
@@ -373,7 +381,7 @@ fn prepare(
     let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
     // A limited task's handler is built only once its limit lets it start: building it may
     // run code of the handler's (a closure's body before its async block).
-    let start = if limit.is_some() {
+    let start = if !limit.is_empty() {
         Start::Deferred(Box::new((route.clone(), ctx, env.payload)))
     } else {
         Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {

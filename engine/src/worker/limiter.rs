@@ -32,28 +32,48 @@ pub(super) struct Hold {
 
 /// What to do with a limited task.
 pub(super) enum Admit {
-    /// Run it; give the slot back (`release`) when it finishes, if it holds one.
-    Run(Option<Hold>),
+    /// Run it; give the slots back (`release`) when it finishes.
+    Run(Vec<Hold>),
     /// Park it: settle this outcome.
     Wait(Settle),
 }
 
-/// Asks the task's limit whether it may start now.
-pub(super) async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entry_id: StreamId) -> Admit {
-    let (keys, spec) = &shared.limits[limit.as_ref()];
+/// Asks each of the task's limits, in order, whether it may start now (its group's cap, then
+/// its own limit): it starts only when every one lets it, and a slot taken from an earlier one
+/// is given back at once when a later one says wait.
+pub(super) async fn admit_all(shared: &Shared, limits: &[Arc<str>], task_id: &str, entry_id: StreamId) -> Admit {
+    let mut holds = Vec::new();
+    for limit in limits {
+        match admit(shared, limit, task_id, entry_id).await {
+            Admit::Run(h) => holds.extend(h),
+            Admit::Wait(settle) => {
+                release(shared, holds, Duration::ZERO).await;
+                return Admit::Wait(settle);
+            }
+        }
+    }
+    Admit::Run(holds)
+}
+
+/// Asks one limit whether the task may start now.
+async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entry_id: StreamId) -> Admit {
+    let Some((keys, spec)) = shared.limit_spec(limit) else {
+        return Admit::Run(Vec::new());
+    };
+    let (keys, spec) = (&keys, &spec);
     let holder = format!("{}/{entry_id}", shared.id);
     let mut conn = shared.conn.clone();
     let wait = match limits::acquire(&mut conn, keys, spec, task_id, &holder, shared.config.lease).await {
         Ok(Admission::Granted) => {
             if spec.max_running.is_none() {
-                return Admit::Run(None);
+                return Admit::Run(Vec::new());
             }
             let mut holds = shared.limit_holds.lock().expect("never poisoned");
             holds.entry(limit.clone()).or_default().insert(holder.clone());
-            return Admit::Run(Some(Hold {
+            return Admit::Run(vec![Hold {
                 limit: limit.clone(),
                 holder,
-            }));
+            }]);
         }
         Ok(Admission::Wait(d)) => d,
         Err(e) => {
@@ -71,16 +91,25 @@ pub(super) async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entr
     })
 }
 
-/// Gives a running slot back once its handler finished (or was dropped). A failure is only
+/// Gives running slots back once their handler finished (or was dropped). A failure is only
 /// logged: the slot's lease, no longer renewed, runs out and frees it.
-pub(super) async fn release(shared: &Shared, hold: Hold, run: Duration) {
+pub(super) async fn release(shared: &Shared, holds: Vec<Hold>, run: Duration) {
+    for hold in holds {
+        release_one(shared, hold, run).await;
+    }
+}
+
+async fn release_one(shared: &Shared, hold: Hold, run: Duration) {
     {
         let mut holds = shared.limit_holds.lock().expect("never poisoned");
         if let Some(set) = holds.get_mut(&hold.limit) {
             set.remove(&hold.holder);
         }
     }
-    let (keys, _) = &shared.limits[hold.limit.as_ref()];
+    let Some((keys, _)) = shared.limit_spec(&hold.limit) else {
+        return;
+    };
+    let keys = &keys;
     let mut conn = shared.conn.clone();
     if let Err(e) = limits::release(&mut conn, keys, &[hold.holder], run.as_secs_f64() * 1000.0).await {
         tracing::warn!(error = %e, limit = %hold.limit, "could not give a running slot back; its lease frees it");
@@ -99,8 +128,10 @@ pub(super) async fn renew(shared: &Shared) {
     };
     let mut conn = shared.conn.clone();
     for (name, holders) in held {
-        let (keys, _) = &shared.limits[name.as_ref()];
-        if let Err(e) = limits::renew(&mut conn, keys, &holders, shared.config.lease).await {
+        let Some((keys, _)) = shared.limit_spec(&name) else {
+            continue;
+        };
+        if let Err(e) = limits::renew(&mut conn, &keys, &holders, shared.config.lease).await {
             tracing::warn!(error = %e, limit = %name, "could not renew running slots");
         }
     }

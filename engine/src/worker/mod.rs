@@ -50,8 +50,8 @@ use tokio_util::task::TaskTracker;
 pub use config::DEFAULT_CANCEL_GRACE;
 pub use config::{
     DEFAULT_BLOCK, DEFAULT_CONCURRENCY, DEFAULT_DLQ_MAXLEN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE,
-    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_TASKS_LIMIT,
-    PriorityMode, QueueOptions, WorkerConfig,
+    DEFAULT_MAX_DELIVERIES, DEFAULT_PROMOTE_INTERVAL, DEFAULT_UNKNOWN_KIND_GRACE, DRAIN_SETTLE_BUDGET, MAX_FAIR_WINDOW,
+    MAX_GROUP_WEIGHT, MAX_TASKS_LIMIT, PriorityMode, QueueOptions, WorkerConfig,
 };
 pub use metrics::{
     DEAD_REASONS, Histogram, KindHistogram, LaneHistogram, MetricsSnapshot, OTHER_KIND, RUN_TIME_BUCKETS, TaskCounts,
@@ -186,6 +186,9 @@ struct Lane {
     retention_ms: u64,
     /// Approximate cap of the shard's events stream.
     events_maxlen: usize,
+    /// Whether the shard was seen holding grouped tasks (one read, or the fair set not empty
+    /// at a promotion): the acker then feeds its stream from the fair set after each settle.
+    grouped: AtomicBool,
 }
 
 /// One settled task on its way to the acker.
@@ -349,6 +352,24 @@ impl Shared {
                 tracing::debug!(error = %e, "CLIENT UNBLOCK failed; the read ends within its block");
             }
         }
+    }
+
+    /// The limit `name` this worker enforces, with its keys: one of its configured limits, or
+    /// a group's cap (`group:<g>`, when it caps groups).
+    fn limit_spec(&self, name: &str) -> Option<(crate::keys::LimitKeys, crate::limits::Limit)> {
+        if let Some((keys, limit)) = self.limits.get(name) {
+            return Some((keys.clone(), *limit));
+        }
+        let cap = self.config.max_running_per_group?;
+        name.starts_with("group:").then(|| {
+            (
+                crate::keys::LimitKeys::new(name),
+                crate::limits::Limit {
+                    rate: None,
+                    max_running: Some(cap),
+                },
+            )
+        })
     }
 
     /// Records entries read from a lane as held in process (see [`Lane::held`]).
@@ -555,6 +576,7 @@ impl Worker {
                     held: Mutex::default(),
                     retention_ms: crate::envelope::millis(queue.retention_period()),
                     events_maxlen: queue.events_maxlen(),
+                    grouped: AtomicBool::new(false),
                 });
             }
         }
@@ -581,6 +603,11 @@ impl Worker {
             .map(|(name, limit)| (name.clone(), (crate::keys::LimitKeys::new(name), *limit)))
             .collect();
         broker::limits::register_limits(&mut conn, limits.iter().map(|(name, (_, l))| (name.as_str(), l))).await?;
+        // Fair groups' weights and window live in each shard (the enqueue script reads them).
+        if !config.group_weights.is_empty() || config.fair_window.is_some() {
+            let keys: Vec<&ShardKeys> = lanes.iter().map(|l| &l.keys).collect();
+            broker::set_fair_settings(&mut conn, &keys, config.fair_window, &config.group_weights).await?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
         let tracker = TaskTracker::new();

@@ -73,7 +73,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
     let mut flags_read = tokio::time::Instant::now();
     loop {
-        let (next_due, more) = round(&shared, &groups).await;
+        let (next_due, more, fair_waiting) = round(&shared, &groups).await;
         let subscribed = shared.subscribed.load(Ordering::Relaxed);
         if !subscribed || shared.pause_signal.swap(false, Ordering::Relaxed) || flags_read.elapsed() >= IDLE_ROUND {
             flags_read = tokio::time::Instant::now();
@@ -89,6 +89,12 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let mut wait = cap.mul_f64(0.8 + 0.2 * fastrand::f64());
         if let Some(due) = next_due {
             wait = wait.min(Duration::from_millis(due.saturating_sub(shared.clock.now_ms())));
+        }
+        if fair_waiting {
+            // Grouped tasks wait for their turn (docs/groups.md): settles feed them, and this
+            // round is the fallback for what no settle fed, so it keeps the short interval
+            // while any wait (cost proportional to work: nothing extra once they are fed).
+            wait = wait.min(shared.config.promote_interval);
         }
         if more {
             wait = Duration::ZERO;
@@ -113,9 +119,10 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// One promotion round over every group. Returns the earliest due time still waiting and
-/// whether some set had more due members than one call moves.
-async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool) {
+/// One promotion round over every group. Returns the earliest due time still waiting,
+/// whether some set had more due members than one call moves, and whether grouped tasks still
+/// wait in some fair set after the round fed the streams.
+async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool, bool) {
     let now = shared.clock.now_ms();
     let calls = groups.iter().map(|group| {
         let mut conn = shared.conn.clone();
@@ -124,15 +131,24 @@ async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool) {
     });
     let mut next_due: Option<u64> = None;
     let mut more = false;
+    let mut fair_waiting = false;
     for (group, r) in groups.iter().zip(futures_util::future::join_all(calls).await) {
         match r {
-            Ok((moved, due)) => {
-                if moved > 0 {
-                    tracing::debug!(lanes = group.len(), moved, "promoted due tasks");
+            Ok(promoted) => {
+                if promoted.moved > 0 {
+                    tracing::debug!(lanes = group.len(), moved = promoted.moved, "promoted due tasks");
+                }
+                // Fair groups (docs/groups.md): a shard with tasks waiting for their turn is
+                // fed by the acker after each settle from now on.
+                for (k, &i) in group.iter().enumerate() {
+                    if promoted.fair_waiting(k) > 0 {
+                        shared.lanes[i].grouped.store(true, Ordering::Relaxed);
+                        fair_waiting = true;
+                    }
                 }
                 // Conservative: a call moving `PROMOTE_LIMIT` in all may have left some due.
-                more |= moved >= PROMOTE_LIMIT as u64;
-                next_due = match (next_due, due) {
+                more |= promoted.moved >= PROMOTE_LIMIT as u64;
+                next_due = match (next_due, promoted.next_due) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -143,7 +159,7 @@ async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool) {
             }
         }
     }
-    (next_due, more)
+    (next_due, more, fair_waiting)
 }
 
 /// Listens on [`WAKE_CHANNEL`] while the worker runs, waking the promoter for a delayed task

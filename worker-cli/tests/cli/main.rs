@@ -26,6 +26,7 @@ mod docs;
 mod drills;
 mod exec;
 mod faults;
+mod groups;
 mod limits;
 mod metrics;
 mod ops;

@@ -12,6 +12,8 @@
 -- KEYS[10] waiting SET of the shard
 -- KEYS[11] cancelled ZSET of the shard (members: MessagePack arrays of ids of kept cancelled
 --          records, score = when they expire, ms)
+-- KEYS[12] fair ZSET of the shard (optional, with KEYS[13])
+-- KEYS[13] groups HASH of the shard: a grouped task waiting in the fair set is taken out of it
 -- ARGV[1]  task id
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  approximate MAXLEN of the events stream
@@ -29,8 +31,8 @@
 local rec, stream, scheduled, retry, stats, events, cancels, done, lock =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local id, now, maxlen, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local got, final = record_get(rec, { 'state', 'member', 'entry', 'retention_ms', 'waiters' })
-local state, member, entry, retention, waiters = unpack(got)
+local got, final = record_get(rec, { 'state', 'member', 'entry', 'retention_ms', 'waiters', 'group' })
+local state, member, entry, retention, waiters, fair_group = unpack(got)
 if not state then
   return { 'unknown', '' }
 end
@@ -47,6 +49,12 @@ end
 local removed = false
 if member then
   removed = redis.call('ZREM', scheduled, member) == 1 or redis.call('ZREM', retry, member) == 1
+  if not removed and fair_group and KEYS[13] and redis.call('ZREM', KEYS[12], member) == 1 then
+    removed = true
+    if redis.call('HINCRBY', KEYS[13], 'n:' .. fair_group, -1) <= 0 then
+      redis.call('HDEL', KEYS[13], 'n:' .. fair_group, 'l:' .. fair_group)
+    end
+  end
 end
 if not removed and state == 'queued' and entry then
   -- No group yet (no worker ever read the stream): not delivered.

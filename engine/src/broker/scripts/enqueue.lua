@@ -10,6 +10,9 @@
 --          final record an earlier task of the same id left is replaced
 -- KEYS[5]  events STREAM of the shard
 -- KEYS[6]  unique-key lock (rivulet:{q:p:n}:unique:<key>), only when ARGV[6] is not ''
+--          (any key of the shard otherwise: it is not touched)
+-- KEYS[7]  fair ZSET of the shard, only for a task with a `group` field
+-- KEYS[8]  groups HASH of the shard, only for a task with a `group` field
 -- ARGV[1]  task id
 -- ARGV[2]  now, ms since the epoch
 -- ARGV[3]  due time, ms since the epoch; '0' = ready now
@@ -19,6 +22,11 @@
 -- ARGV[7..] the task's wire fields as name, value, name, value, ...
 -- Returns  { 1, id } when enqueued; { 0, holder id } when the unique key is held by another
 --          task (nothing was written).
+--
+-- A ready task with a `group` field waits its group's turn in the fair set (fair.lua); when
+-- no other task waits there the stream is fed from it at once (else the settles that make
+-- room in the stream feed it). Its record reads `queued` meanwhile. A delayed one goes
+-- to the scheduled set like any other and through the fair set when it is promoted.
 local id, now, due, retention, maxlen, unique = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 if unique ~= '' then
   local ok
@@ -32,13 +40,18 @@ if unique ~= '' then
   end
 end
 
-local fields, kind = {}, ''
+local fields, kind, group = {}, '', nil
 for i = 7, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == 'kind' then
     kind = ARGV[i + 1]
+  elseif ARGV[i] == 'group' then
+    group = ARGV[i + 1]
   end
+end
+if group and not KEYS[8] then
+  return redis.error_reply('ERR a task with a group needs KEYS[7] (the fair set) and KEYS[8] (the groups hash)')
 end
 
 local tracked = retention ~= '0'
@@ -61,6 +74,16 @@ if due > 0 then
     write_record('state', 'scheduled', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
       'due_at', due, 'member', member, 'retention_ms', retention, 'updated_at', now)
   end
+elseif group then
+  local member = cmsgpack.pack(fields)
+  local alone = fair_add(KEYS[7], KEYS[8], member, group)
+  if tracked then
+    redis.call('HSET', KEYS[4], 'state', 'queued', 'kind', kind, 'enqueued_at', now, 'attempt', '0',
+      'member', member, 'retention_ms', retention, 'updated_at', now)
+  end
+  if alone then
+    fair_feed(KEYS[1], KEYS[7], KEYS[8])
+  end
 else
   local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
   if tracked then
@@ -71,6 +94,9 @@ end
 if tracked then
   if unique ~= '' then
     redis.call('HSET', KEYS[4], 'unique_key', KEYS[6])
+  end
+  if group then
+    redis.call('HSET', KEYS[4], 'group', group)
   end
   local event = (due > 0) and 'scheduled' or 'enqueued'
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'id', id, 'event', event, 'at', now, 'kind', kind)
