@@ -10,7 +10,9 @@ use rivulet::{
     Client, DlqSelect, Error, HandlerError, Inspector, Queue, RetryPolicy, Router, Task, TaskContext, WorkerConfig,
 };
 
-use crate::support::{RunningWorker, Runs, counting_router, fast_config, lost_and_twice, outstanding, wait_for};
+use crate::support::{
+    RunningWorker, Runs, counting_router, fast_config, lost_and_twice, outstanding, wait_for, wait_runs,
+};
 
 /// A queue name no other test (or earlier run) of this binary uses.
 fn fresh(name: &str) -> String {
@@ -51,11 +53,7 @@ async fn tasks_over_priorities_and_shards_spread_over_masters_and_run_once() {
         counting_router(&runs),
         fast_config(),
     );
-    wait_for("3,000 tasks to run", Duration::from_secs(120), || {
-        let n = runs.lock().unwrap().len();
-        async move { n == 3000 }
-    })
-    .await;
+    wait_runs(&runs, "3,000 tasks to run", Duration::from_secs(120), |n| n == 3000).await;
     let (r1, r2) = (w1.stop().await, w2.stop().await);
     let (lost, twice) = lost_and_twice(&runs, 3000);
     assert!(lost.is_empty() && twice == 0, "lost {lost:?}, run twice {twice}");
@@ -199,11 +197,7 @@ async fn a_dead_workers_tasks_are_reclaimed_on_a_cluster() {
         ..fast_config()
     };
     let w = RunningWorker::start(&target, std::slice::from_ref(&queue), counting_router(&runs), config);
-    wait_for("60 reclaimed tasks to run", Duration::from_secs(30), || {
-        let n = runs.lock().unwrap().len();
-        async move { n == 60 }
-    })
-    .await;
+    wait_runs(&runs, "60 reclaimed tasks to run", Duration::from_secs(30), |n| n == 60).await;
     let report = w.stop().await;
     let (lost, twice) = lost_and_twice(&runs, 60);
     assert!(lost.is_empty() && twice == 0, "lost {lost:?}, run twice {twice}");
@@ -301,11 +295,7 @@ async fn delayed_tasks_and_pending_listings_work_across_masters() {
         counting_router(&runs),
         fast_config(),
     );
-    wait_for("30 delayed tasks to run", Duration::from_secs(30), || {
-        let n = runs.lock().unwrap().len();
-        async move { n == 30 }
-    })
-    .await;
+    wait_runs(&runs, "30 delayed tasks to run", Duration::from_secs(30), |n| n == 30).await;
     // The worker is listed (its record lives on one master, the queue's shards on others).
     assert!(!inspector.workers().await.unwrap().is_empty());
     assert!(inspector.pending(&queue, 100).await.unwrap().is_empty());
@@ -446,11 +436,7 @@ async fn the_autoscaler_observes_a_queue_spread_over_masters() {
         counting_router(&runs),
         fast_config(),
     );
-    wait_for("the tasks to run", Duration::from_secs(30), || {
-        let n = runs.lock().unwrap().len();
-        async move { n == 50 }
-    })
-    .await;
+    wait_runs(&runs, "the tasks to run", Duration::from_secs(30), |n| n == 50).await;
     let seen = observer.observe().await.unwrap();
     assert_eq!(seen.priorities.iter().map(|p| p.backlog).sum::<u64>(), 0, "{seen:?}");
     assert!(seen.live_workers >= 1, "{seen:?}");

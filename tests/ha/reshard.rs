@@ -9,7 +9,7 @@ use rivulet::keys::hash_slot;
 use rivulet::testing::cluster::RedisCluster;
 use rivulet::{Client, Inspector, Queue, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_for};
+use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_runs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_busy_shards_slot_loses_nothing_and_leaves_nothing_pending() {
@@ -41,11 +41,7 @@ async fn moving_a_busy_shards_slot_loses_nothing_and_leaves_nothing_pending() {
         ..fast_config()
     };
     let w = RunningWorker::start(&target, std::slice::from_ref(&queue), router, config);
-    wait_for("the drain to start", Duration::from_secs(30), || {
-        let n = runs.lock().unwrap().len();
-        async move { n >= 200 }
-    })
-    .await;
+    wait_runs(&runs, "the drain to start", Duration::from_secs(30), |n| n >= 200).await;
 
     // Enqueue more while the slot moves; an enqueue that fails is retried (at least once).
     let producer = tokio::spawn({

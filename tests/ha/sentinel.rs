@@ -10,7 +10,7 @@ use rivulet::testing::node::caught_up;
 use rivulet::testing::sentinel::SentinelSetup;
 use rivulet::{Client, Inspector, Queue, RedisTarget, Router, Task, TaskContext, WorkerConfig};
 
-use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_for};
+use crate::support::{RunningWorker, Runs, fast_config, lost_and_twice, wait_drained, wait_runs};
 
 const TASKS: u32 = 3000;
 const AFTER: u32 = 200;
@@ -48,9 +48,8 @@ async fn a_worker_and_a_producer_follow_the_master_sentinel_promotes() {
         ..fast_config()
     };
     let w = RunningWorker::start(&target, std::slice::from_ref(&queue), router, config);
-    wait_for("a fifth of the tasks to run", Duration::from_secs(60), || {
-        let n = runs.lock().unwrap().len();
-        async move { n as u32 >= TASKS / 5 }
+    wait_runs(&runs, "a fifth of the tasks to run", Duration::from_secs(60), |n| {
+        n as u32 >= TASKS / 5
     })
     .await;
     let killed_at = Instant::now();
@@ -60,10 +59,9 @@ async fn a_worker_and_a_producer_follow_the_master_sentinel_promotes() {
         s.master_port() == Some(replica)
     });
     let promoted = killed_at.elapsed();
-    wait_for("the worker to run tasks again", Duration::from_secs(30), || {
-        let n = runs.lock().unwrap().len();
-        // More than the worker could have held when the master died (slots plus read-ahead).
-        async move { n > done_at_kill + 2 * CONCURRENCY }
+    // More than the worker could have held when the master died (slots plus read-ahead).
+    wait_runs(&runs, "the worker to run tasks again", Duration::from_secs(30), |n| {
+        n > done_at_kill + 2 * CONCURRENCY
     })
     .await;
     let resumed = killed_at.elapsed();

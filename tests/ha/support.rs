@@ -71,6 +71,16 @@ pub fn counting_router(runs: &Runs) -> Router {
     })
 }
 
+/// Waits until the number of distinct tasks in `runs` satisfies `done`.
+pub async fn wait_runs(runs: &Runs, what: &str, timeout: Duration, done: impl Fn(usize) -> bool) {
+    wait_for(what, timeout, || {
+        let ran = runs.lock().unwrap().len();
+        let done = done(ran);
+        async move { done }
+    })
+    .await;
+}
+
 /// (tasks never run, tasks run more than once) among `0..n`.
 pub fn lost_and_twice(runs: &Runs, n: u32) -> (Vec<u32>, usize) {
     let runs = runs.lock().unwrap();
@@ -99,10 +109,6 @@ pub async fn wait_nothing_outstanding(inspector: &rivulet::Inspector, queue: &Qu
 
 /// Waits until each of the `n` tasks in `runs` ran, then until nothing is outstanding.
 pub async fn wait_drained(runs: &Runs, inspector: &rivulet::Inspector, queue: &Queue, n: u32, timeout: Duration) {
-    wait_for("every task to run", timeout, || {
-        let ran = runs.lock().unwrap().len();
-        async move { ran as u32 == n }
-    })
-    .await;
+    wait_runs(runs, "every task to run", timeout, |ran| ran as u32 == n).await;
     wait_nothing_outstanding(inspector, queue).await;
 }

@@ -214,9 +214,7 @@ impl RedisServer {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail_of_log(self.dir.path(), lines)
     }
 }
 
@@ -265,4 +263,11 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 7];
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// The last `lines` lines of `redis.log` in a server's directory (empty when there is none).
+pub(crate) fn tail_of_log(dir: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
