@@ -60,7 +60,7 @@ async fn admit(shared: &Shared, limit: &Arc<str>, task_id: &str, entry_id: Strea
     let Some((keys, spec)) = shared.limit_spec(limit) else {
         return Admit::Run(Vec::new());
     };
-    let (keys, spec) = (&keys, &spec);
+    let (keys, spec) = (keys.as_ref(), &spec);
     let holder = format!("{}/{entry_id}", shared.id);
     let mut conn = shared.conn.clone();
     let wait = match limits::acquire(&mut conn, keys, spec, task_id, &holder, shared.config.lease).await {
@@ -109,7 +109,7 @@ async fn release_one(shared: &Shared, hold: Hold, run: Duration) {
     let Some((keys, _)) = shared.limit_spec(&hold.limit) else {
         return;
     };
-    let keys = &keys;
+    let keys = keys.as_ref();
     let mut conn = shared.conn.clone();
     if let Err(e) = limits::release(&mut conn, keys, &[hold.holder], run.as_secs_f64() * 1000.0).await {
         tracing::warn!(error = %e, limit = %hold.limit, "could not give a running slot back; its lease frees it");

@@ -354,16 +354,17 @@ impl Shared {
         }
     }
 
-    /// The limit `name` this worker enforces, with its keys: one of its configured limits, or
-    /// a group's cap (`group:<g>`, when it caps groups).
-    fn limit_spec(&self, name: &str) -> Option<(crate::keys::LimitKeys, crate::limits::Limit)> {
+    /// The limit `name` this worker enforces, with its keys: one of its configured limits
+    /// (borrowed: nothing is built per task), or a group's cap (`group:<g>`, when it caps
+    /// groups; its keys are named after the group).
+    fn limit_spec(&self, name: &str) -> Option<(std::borrow::Cow<'_, crate::keys::LimitKeys>, crate::limits::Limit)> {
         if let Some((keys, limit)) = self.limits.get(name) {
-            return Some((keys.clone(), *limit));
+            return Some((std::borrow::Cow::Borrowed(keys), *limit));
         }
         let cap = self.config.max_running_per_group?;
         name.starts_with("group:").then(|| {
             (
-                crate::keys::LimitKeys::new(name),
+                std::borrow::Cow::Owned(crate::keys::LimitKeys::new(name)),
                 crate::limits::Limit {
                     rate: None,
                     max_running: Some(cap),
