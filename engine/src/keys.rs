@@ -344,6 +344,10 @@ pub struct ShardKeys {
     pub succeeded: String,
     /// Ids of cancelled tasks whose record is kept, as [`succeeded`](Self::succeeded).
     pub cancelled: String,
+    /// The final records of succeeded tasks (HASH: field = task id, value = when it expires,
+    /// ms, a space and the MessagePack record; `scripts/record.lua`), read only through the
+    /// record scripts.
+    pub finished: String,
     /// Grouped tasks waiting for their turn (ZSET: member = the packed wire fields, score =
     /// the task's virtual start tag), fed into the stream a window at a time
     /// (`docs/groups.md`).
@@ -369,6 +373,7 @@ impl ShardKeys {
             waiting: format!("{base}:waiting"),
             succeeded: format!("{base}:succeeded"),
             cancelled: format!("{base}:cancelled"),
+            finished: format!("{base}:finished"),
             fair: format!("{base}:fair"),
             groups: format!("{base}:groups"),
             base,

@@ -25,6 +25,21 @@ use crate::keys::{GROUP, ShardKeys};
 static START: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/start.lua")));
 static PROGRESS: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/progress.lua")));
 static FINISHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
+static SWEEP: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/sweep.lua")));
+
+/// Drops expired succeeded records of shards whose settles stopped (`sweep.lua`): at most
+/// `limit` index members per shard, one call (on a Redis Cluster, the shards of one slot).
+/// Returns how many members went.
+pub async fn sweep_finished(conn: &mut RedisConnection, shards: &[&ShardKeys], limit: usize) -> Result<u64> {
+    if shards.is_empty() {
+        return Ok(0);
+    }
+    let mut inv = SWEEP.prepare_invoke();
+    for k in shards {
+        inv.key(&k.succeeded);
+    }
+    Ok(inv.arg(limit).invoke_async(conn).await?)
+}
 
 /// One task for [`enqueue`].
 #[derive(Debug)]
@@ -752,6 +767,7 @@ pub async fn drop_records(conn: &mut RedisConnection, keys: &ShardKeys) -> Resul
         .arg(&keys.waiting)
         .arg(&keys.succeeded)
         .arg(&keys.cancelled)
+        .arg(&keys.finished)
         .query_async::<()>(conn)
         .await?;
     Ok(())
@@ -886,11 +902,7 @@ mod tests {
         let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         assert_eq!(field("state").as_deref(), Some(&b"succeeded"[..]));
         assert_eq!(field("result").as_deref(), Some(&b"fresh"[..]));
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(keys.task(id))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl = finished_ttl(&mut conn, &keys, id).await;
         assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
         // A start record arriving late (after the settle) leaves the final state alone.
         start(&mut conn, &keys, "fresh", 100, &[(id, 0, "k", 60_000)], 2)
@@ -947,8 +959,23 @@ mod tests {
         redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap()
     }
 
+    /// How long the succeeded record of task `id` (its field of the shard's `finished` hash,
+    /// `scripts/record.lua`) is kept still, ms by the server's clock; panics without one.
+    async fn finished_ttl(conn: &mut RedisConnection, keys: &ShardKeys, id: &str) -> i64 {
+        let v: Vec<u8> = redis::cmd("HGET")
+            .arg(&keys.finished)
+            .arg(id)
+            .query_async(conn)
+            .await
+            .unwrap();
+        let sp = v.iter().position(|&b| b == b' ').expect("expiry, a space, the record");
+        let expires: i64 = std::str::from_utf8(&v[..sp]).unwrap().parse().unwrap();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+        expires - (secs * 1000 + micros / 1000)
+    }
+
     #[tokio::test]
-    async fn a_final_record_is_one_string_and_every_script_reads_it() {
+    async fn a_final_record_is_one_finished_field_and_every_script_reads_it() {
         let server = RedisServer::start();
         let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
         let queue = Queue::new("final").unwrap();
@@ -982,11 +1009,12 @@ mod tests {
         .unwrap();
         assert!(stale.is_empty());
 
-        // One string each, with its expiry, read back whole through the one reader.
+        // One field each of the shard's finished hash, with its expiry, the live hashes gone;
+        // read back whole through the one reader.
         let (ka, kb) = (keys.task(a.id.as_str()), keys.task(b.id.as_str()));
-        for k in [&ka, &kb] {
-            assert_eq!(key_type(&mut conn, k).await, "string");
-            let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
+        for (k, id) in [(&ka, a.id.as_str()), (&kb, b.id.as_str())] {
+            assert_eq!(key_type(&mut conn, k).await, "none");
+            let ttl = finished_ttl(&mut conn, &keys, id).await;
             assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
         }
         let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
@@ -1021,7 +1049,7 @@ mod tests {
             .unwrap()
             .remove(0);
         assert_eq!(again, rec, "the final record is unchanged");
-        assert_eq!(key_type(&mut conn, &ka).await, "string");
+        assert_eq!(key_type(&mut conn, &ka).await, "none", "no live record beside the final one");
 
         // Cancel answers the final state; a wait on it does not register, and an unregister
         // leaves it alone.
@@ -1033,7 +1061,7 @@ mod tests {
         assert!(!registered);
         assert_eq!(field(&fields, "state"), Some(&b"succeeded"[..]));
         unregister_waiter(&mut conn, &keys, a.id.as_str()).await.unwrap();
-        assert_eq!(key_type(&mut conn, &ka).await, "string");
+        assert_eq!(key_type(&mut conn, &ka).await, "none");
 
         // The unique key was freed at the final state: the key enqueues anew. The same id
         // enqueued again starts a live record of its own over the final one.
@@ -1137,6 +1165,92 @@ mod tests {
             (Some(&b"queued"[..]), Some(&b"0"[..]), Some(&b"k"[..]), None)
         );
         assert!(field(&rec, "entry").is_some());
+    }
+
+    #[tokio::test]
+    async fn expired_succeeded_records_read_unknown_and_are_swept() {
+        let server = RedisServer::start();
+        let mut conn = RedisTarget::from(server.client()).connect().await.unwrap();
+        let queue = Queue::new("swept").unwrap();
+        let keys = queue.shard("normal", 0);
+        ensure_group(&mut conn, &keys.stream).await.unwrap();
+        let ctx = SettleCtx {
+            keys: &keys,
+            consumer: "w",
+            dlq_maxlen: 100,
+            now_ms: 10,
+        };
+        let hlen = |conn: &mut RedisConnection| {
+            let mut c = conn.clone();
+            let k = keys.finished.clone();
+            async move { redis::cmd("HLEN").arg(k).query_async::<u64>(&mut c).await.unwrap() }
+        };
+        // Two tasks kept 1 ms, one of them (`a`) then enqueued again under its id and kept
+        // a minute: the older index member's sweep must leave the newer record.
+        let a = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        let b = Envelope::new("k", Bytes::from_static(b"2"), Codec::Json);
+        let ea = enqueued_and_read(&mut conn, &keys, &a, None).await.unwrap();
+        let eb = enqueued_and_read(&mut conn, &keys, &b, None).await.unwrap();
+        let short = |env: &Envelope| Tracked {
+            retention_ms: 1,
+            ..tracked_of(env, None, None)
+        };
+        let (ta, tb) = (short(&a), short(&b));
+        settle_tracked(&mut conn, ctx, 100, &[], &[(ea, &Settle::Ack, &ta), (eb, &Settle::Ack, &tb)])
+            .await
+            .unwrap();
+        let expired = |conn: &mut RedisConnection, id: String| {
+            let mut c = conn.clone();
+            let k = keys.clone();
+            async move { records(&mut c, std::slice::from_ref(&k), &id).await.unwrap()[0].is_empty() }
+        };
+        // (The server's clock decides: 1 ms passes within a few reads.)
+        let mut reads = 0;
+        while !expired(&mut conn, b.id.to_string()).await {
+            reads += 1;
+            assert!(reads < 10_000, "a record kept 1 ms never expired");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(hlen(&mut conn).await, 2, "expired fields stay until swept, reading unknown");
+        let mut again = Envelope::new("k", Bytes::from_static(b"3"), Codec::Json);
+        again.id = a.id.clone();
+        let e2 = enqueued_and_read(&mut conn, &keys, &again, None).await.unwrap();
+        let t2 = tracked_of(&again, None, Some(b"second"));
+        // This settle's own sweep drops the first member: b's field goes, a's newer one stays.
+        settle_tracked(&mut conn, ctx, 100, &[], &[(e2, &Settle::Ack, &t2)])
+            .await
+            .unwrap();
+        assert_eq!(hlen(&mut conn).await, 1);
+        let rec = records(&mut conn, std::slice::from_ref(&keys), a.id.as_str())
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (field(&rec, "state"), field(&rec, "result")),
+            (Some(&b"succeeded"[..]), Some(&b"second"[..]))
+        );
+        let members: u64 = redis::cmd("ZCARD").arg(&keys.succeeded).query_async(&mut conn).await.unwrap();
+        assert_eq!(members, 1, "the swept member left the index");
+        // An idle shard's sweep (the promoter's) finds nothing expired now.
+        assert_eq!(sweep_finished(&mut conn, &[&keys], 16).await.unwrap(), 0);
+        assert_eq!(hlen(&mut conn).await, 1);
+
+        // With no settle after it, a short record goes by the idle sweep alone.
+        let c = Envelope::new("k", Bytes::from_static(b"4"), Codec::Json);
+        let ec = enqueued_and_read(&mut conn, &keys, &c, None).await.unwrap();
+        let tc = short(&c);
+        settle_tracked(&mut conn, ctx, 100, &[], &[(ec, &Settle::Ack, &tc)])
+            .await
+            .unwrap();
+        assert_eq!(hlen(&mut conn).await, 2);
+        let mut rounds = 0;
+        while sweep_finished(&mut conn, &[&keys], 16).await.unwrap() == 0 {
+            rounds += 1;
+            assert!(rounds < 10_000, "the sweep never found the expired record");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(hlen(&mut conn).await, 1);
+        assert!(expired(&mut conn, c.id.to_string()).await);
     }
 
     #[test]

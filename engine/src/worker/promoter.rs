@@ -16,7 +16,9 @@
 //! subscription (Cluster, Sentinel, or while it reconnects) rounds come every
 //! `promote_interval` and read the pause flags each time, as before.
 //!
-//! A round is also the place for other per-round upkeep of the lanes (`round` below).
+//! A round is also the place for other per-round upkeep of the lanes (`round` below). With
+//! the pause flags (at most every [`IDLE_ROUND`]) it sweeps the lanes' expired succeeded
+//! records (`sweep.lua`), for shards whose settles, which sweep as they go, have stopped.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -80,6 +82,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             if let Err(e) = refresh_pause_flags(&shared, &mut conn).await {
                 tracing::debug!(error = %e, "could not read pause flags");
             }
+            sweep(&shared, &groups).await;
         }
         let cap = if subscribed {
             IDLE_ROUND
@@ -160,6 +163,26 @@ async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool, bo
         }
     }
     (next_due, more, fair_waiting)
+}
+
+/// Most members of a shard's `succeeded` index one [`sweep`] drops (each names the records
+/// one settle call finished).
+const SWEEP_LIMIT: usize = 16;
+
+/// Drops expired succeeded records of every lane (`sweep.lua`): settles sweep their own
+/// shard as they go, this round the shards whose settles stopped. One call per group, with
+/// the pause flags' cadence (at most every [`IDLE_ROUND`]).
+async fn sweep(shared: &Shared, groups: &[Vec<usize>]) {
+    let calls = groups.iter().map(|group| {
+        let mut conn = shared.conn.clone();
+        let keys: Vec<_> = group.iter().map(|&i| &shared.lanes[i].keys).collect();
+        async move { broker::lifecycle::sweep_finished(&mut conn, &keys, SWEEP_LIMIT).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not sweep expired task records; next round");
+        }
+    }
 }
 
 /// Listens on [`WAKE_CHANNEL`] while the worker runs, waking the promoter for a delayed task

@@ -2,21 +2,77 @@
 -- that touches records (the Functions library carries it once, at its top; the scripts the
 -- engine runs with EVALSHA start with it).
 --
--- A live record (scheduled, queued, active, retrying) is a HASH of fields. A final record
--- (succeeded, dead, cancelled) is a STRING: a MessagePack map of the same field names to
--- string values, written once with its expiry (`SET ... PX retention`, one command where a
--- hash needed HSET and PEXPIRE) and never changed after. Readers go through these helpers,
--- never through HGET/HGETALL, so both types read alike.
+-- A live record (scheduled, queued, active, retrying) is a HASH of fields at the task's record
+-- key (`rivulet:{q:p:n}:task:<id>`). A final record is a MessagePack map of the same field
+-- names to string values, written once and never changed after:
+-- - a success's is the field `<id>` of the shard's `finished` HASH (`rivulet:{q:p:n}:finished`,
+--   the shard's tag, so in its slot; derived here from the record key, never declared), its
+--   value `<expires at, ms since the epoch>` `' '` `<the map>` ('0' = never expires). A settle
+--   writes all of its successes with one HSET and drops their live hashes with one DEL; the
+--   shard's `succeeded` index says when they expire, and record_sweep drops expired fields;
+-- - a dead or cancelled one (rare) is a STRING at the record key, `SET ... PX retention`.
+-- The record key comes first: a finished field is read only when that key does not exist (a
+-- task of the same id enqueued again shadows an earlier success until it is final itself). A
+-- finished field whose expiry has passed reads as missing (the time is the server's, TIME).
+-- Readers go through these helpers, never through HGET/HGETALL, so every layout reads alike.
+
+-- The shard's `finished` HASH for any key of the shard (`rivulet:{q:p:n}:...`).
+local function record_finished_key(k)
+  return string.sub(k, 1, string.find(k, '}', 1, true)) .. ':finished'
+end
+
+-- Record `rec`'s `finished` HASH and its field (the task id).
+local function record_finished_of(rec)
+  local close = string.find(rec, '}:task:', 1, true)
+  return string.sub(rec, 1, close) .. ':finished', string.sub(rec, close + 7)
+end
+
+-- The server's clock, ms since the epoch.
+local function record_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- When a finished field's value expires (ms; 0 = never) and where its map starts.
+local function record_expiry(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), sp + 1
+end
+
+-- Record `rec`'s finished map ({ name = value }), or nil when there is none (or it expired).
+local function record_finished_map(rec)
+  local fin, id = record_finished_of(rec)
+  local v = redis.call('HGET', fin, id)
+  if not v then
+    return nil
+  end
+  local expires, from = record_expiry(v)
+  if expires > 0 and expires <= record_now() then
+    return nil
+  end
+  return cmsgpack.unpack(string.sub(v, from))
+end
 
 -- The values of fields `names` of record `rec` (false for a missing field or record), and
--- whether the record is final (a string). One HMGET for a live or missing record; a final one
--- answers it WRONGTYPE and is read with one GET.
+-- whether the record is final. `names` includes 'state' (a live record always has it). One
+-- HMGET for a live record; a final STRING answers it WRONGTYPE and is read with one GET; no
+-- record at the key, the finished field is read (one HGET, and TIME when there is one).
 local function record_get(rec, names)
   local r = redis.pcall('HMGET', rec, unpack(names))
+  local m
   if r.err == nil then
-    return r, false
+    for i = 1, #names do
+      if r[i] then
+        return r, false
+      end
+    end
+    m = record_finished_map(rec)
+    if not m then
+      return r, false
+    end
+  else
+    m = cmsgpack.unpack(redis.call('GET', rec))
   end
-  local m = cmsgpack.unpack(redis.call('GET', rec))
   local out = {}
   for i = 1, #names do
     local v = m[names[i]]
@@ -30,11 +86,20 @@ end
 -- there is no record), and whether it is final.
 local function record_all(rec)
   local r = redis.pcall('HGETALL', rec)
+  local m
   if r.err == nil then
-    return r, false
+    if #r > 0 then
+      return r, false
+    end
+    m = record_finished_map(rec)
+    if not m then
+      return r, false
+    end
+  else
+    m = cmsgpack.unpack(redis.call('GET', rec))
   end
   local out = {}
-  for k, v in pairs(cmsgpack.unpack(redis.call('GET', rec))) do
+  for k, v in pairs(m) do
     out[#out + 1] = k
     out[#out + 1] = v
   end
@@ -62,6 +127,39 @@ local function record_finish(rec, fields, retention, retention_n)
   else
     redis.call('SET', rec, packed)
   end
+end
+
+-- Drops the expired fields of a shard's `finished` HASH that its `succeeded` index names: at
+-- most `limit` of the index's members whose score (when the last of their records expires)
+-- has passed `now` (the server's clock, ms). A field whose expiry has not passed stays (a task
+-- of the same id finished again since: a newer member names it). Returns how many members went.
+local function record_sweep(index, now, limit)
+  local members = redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
+  if #members == 0 then
+    return 0
+  end
+  local fin = record_finished_key(index)
+  for _, m in ipairs(members) do
+    local ids = cmsgpack.unpack(m)
+    if #ids > 0 then
+      local vals = redis.call('HMGET', fin, unpack(ids))
+      local gone = {}
+      for j = 1, #ids do
+        local v = vals[j]
+        if v then
+          local expires = record_expiry(v)
+          if expires > 0 and expires <= now then
+            gone[#gone + 1] = ids[j]
+          end
+        end
+      end
+      if #gone > 0 then
+        redis.call('HDEL', fin, unpack(gone))
+      end
+    end
+  end
+  redis.call('ZREM', index, unpack(members))
+  return #members
 end
 
 -- The fields of a live record that mean nothing once it is final (waiter count, cancel mark,

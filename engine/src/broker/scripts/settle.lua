@@ -39,9 +39,11 @@
 --          op 'x' cancelled while running: run ms a
 --          op 'w' as above; the record becomes `scheduled` (due_at a), event `limited`; a
 --             record a cancel already finished stays as it is and the entry is dropped
--- A final record is written whole with one SET ... PX (record.lua): a success's from the
--- arguments alone (no read of the live record), the rarer final states over the live record's
--- fields. The successes of one call share one `succeeded` event entry (their ids in `ids`,
+-- A success's final record (record.lua) is built from the arguments alone (no read of the
+-- live record) and becomes a field of the shard's `finished` HASH: the call's successes go in
+-- one HSET, their live hashes in one DEL, and the index sweep drops a few expired members'
+-- fields. The rarer final states are written over the live record's fields, one SET ... PX
+-- each. The successes of one call share one `succeeded` event entry (their ids in `ids`,
 -- docs/wire-format.md "Events").
 -- The record write sits behind the same ownership check as the outcome itself, so a worker
 -- fenced off by a reclaim can never overwrite what the new owner records.
@@ -197,6 +199,9 @@ if tracked > 0 then
   end
   local succeeded_ids, succeeded_ms = {}, {}
   local now_n = tonumber(now)
+  -- The successes' finished fields (id, value, ...) and live hashes, written at the end; their
+  -- expiry is on the server's clock, as the readers' (record.lua).
+  local fin_fields, fin_live, srv_now = {}, {}, nil
   -- Retention strings as numbers, each distinct value converted once (a batch has one or two:
   -- Lua's tonumber and tostring are a large share of the per-task cost).
   local retention_n = {}
@@ -216,7 +221,16 @@ if tracked > 0 then
     fields.worker = consumer
     fields.retention_ms = retention
     local ret = ms(retention)
-    record_finish(rec, fields, retention, ret)
+    local until_ms = now_n + ret
+    if fields.state == 'succeeded' and ret > 0 then
+      srv_now = srv_now or record_now()
+      until_ms = srv_now + ret
+      fin_fields[#fin_fields + 1] = task
+      fin_fields[#fin_fields + 1] = until_ms .. ' ' .. cmsgpack.pack(fields)
+      fin_live[#fin_live + 1] = rec
+    else
+      record_finish(rec, fields, retention, ret)
+    end
     if any_waiting and redis.call('SREM', waiting, task) == 1 then
       redis.call('RPUSH', done_list, '1')
       redis.call('PEXPIRE', done_list, 60000)
@@ -228,7 +242,7 @@ if tracked > 0 then
       local ix = index[fields.state]
       if ix then
         ix.ids[#ix.ids + 1] = task
-        if now_n + ret > ix.until_ms then ix.until_ms = now_n + ret end
+        if until_ms > ix.until_ms then ix.until_ms = until_ms end
       end
     end
     if release == '1' and redis.call('GET', lock) == task then
@@ -354,12 +368,26 @@ if tracked > 0 then
       'worker', consumer)
   end
   if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
-  -- Ids whose records have expired leave the index (O(log n) when none has).
-  for _, ix in pairs(index) do
-    if #ix.ids > 0 then
-      redis.call('ZADD', ix.key, ix.until_ms, cmsgpack.pack(ix.ids))
-      redis.call('ZREMRANGEBYSCORE', ix.key, '-inf', now)
+  if #fin_fields > 0 then
+    local fin = record_finished_key(index.succeeded.key)
+    for from = 1, #fin_fields, 2000 do
+      redis.call('HSET', fin, unpack(fin_fields, from, math.min(from + 1999, #fin_fields)))
     end
+    for from = 1, #fin_live, 1000 do
+      redis.call('DEL', unpack(fin_live, from, math.min(from + 999, #fin_live)))
+    end
+  end
+  -- Ids whose records have expired leave the index (O(log n) when none has); the succeeded
+  -- records' finished fields with them, two members a call (each call adds at most one).
+  local sx = index.succeeded
+  if #sx.ids > 0 then
+    redis.call('ZADD', sx.key, sx.until_ms, cmsgpack.pack(sx.ids))
+    record_sweep(sx.key, srv_now, 2)
+  end
+  local cx = index.cancelled
+  if #cx.ids > 0 then
+    redis.call('ZADD', cx.key, cx.until_ms, cmsgpack.pack(cx.ids))
+    redis.call('ZREMRANGEBYSCORE', cx.key, '-inf', now)
   end
 end
 

@@ -1,0 +1,11 @@
+-- sweep.lua: drop expired succeeded records of shards (record.lua: record_sweep), for a shard
+-- whose settles have stopped (each settle sweeps a little of its own shard too).
+--
+-- KEYS     the `succeeded` index ZSET of each shard (on a Redis Cluster, of one slot)
+-- ARGV[1]  the most index members to sweep per shard
+-- Returns  how many index members went, over every shard
+local now, limit, swept = record_now(), tonumber(ARGV[1]), 0
+for i = 1, #KEYS do
+  swept = swept + record_sweep(KEYS[i], now, limit)
+end
+return swept
