@@ -318,59 +318,33 @@ impl Target {
         Ok(())
     }
 
-    /// Memory per retained finished task, bytes: the mean `MEMORY USAGE` of up to `sample`
-    /// task records of a queue, plus its share of the shards' `succeeded` indexes.
+    /// Memory per retained finished task, bytes: the `MEMORY USAGE` of the shards' `finished`
+    /// hashes (where succeeded records live: engine/src/broker/scripts/record.lua) and
+    /// `succeeded` indexes (one member per settle call), over the tasks they hold. `sample`
+    /// bounds the fields `MEMORY USAGE` looks at per hash (0 = all of them).
     pub async fn record_bytes(&self, queue: &Queue, sample: usize) -> Result<f64> {
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
+        let (mut bytes, mut records) = (0u64, 0u64);
         for shard in queue.all_shards() {
-            let mut cursor = 0u64;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(shard.keys.task("*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                keys.extend(found);
-                if next == 0 || keys.len() >= sample {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        keys.truncate(sample);
-        if keys.is_empty() {
-            return Ok(0.0);
-        }
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
-        }
-        let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
-        let sizes: Vec<u64> = sizes.into_iter().flatten().collect();
-        let record = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64;
-        // Each finished task's id is also in its shard's succeeded index (one member per settle
-        // call): the index's bytes over the tasks it lists.
-        let (mut index_bytes, mut members) = (0u64, 0u64);
-        for shard in queue.all_shards() {
-            let (bytes, n): (Option<u64>, Option<u64>) = redis::pipe()
+            let (hash, index, n): (Option<u64>, Option<u64>, u64) = redis::pipe()
+                .cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&shard.keys.finished)
+                .arg("SAMPLES")
+                .arg(sample)
                 .cmd("MEMORY")
                 .arg("USAGE")
                 .arg(&shard.keys.succeeded)
                 .arg("SAMPLES")
                 .arg(0)
-                .cmd("HGET")
-                .arg(&shard.keys.stats)
-                .arg("done")
+                .cmd("HLEN")
+                .arg(&shard.keys.finished)
                 .query_async(&mut conn)
                 .await?;
-            index_bytes += bytes.unwrap_or(0);
-            members += n.unwrap_or(0);
+            bytes += hash.unwrap_or(0) + index.unwrap_or(0);
+            records += n;
         }
-        Ok(record + index_bytes as f64 / members.max(1) as f64)
+        Ok(bytes as f64 / records.max(1) as f64)
     }
 
     /// Tasks settled as done in a queue so far (the `done` counters of its shards).

@@ -262,12 +262,23 @@ pub async fn settle_tracked(
     )
     .expect("tracked is not empty");
     let mut inv = settle_invocation(ctx, untracked, range);
+    // A plain success of a task with an envelope and no unique lock (almost every tracked
+    // outcome under load) goes in settle.lua's short form: its record key, and five values
+    // with the final record packed here.
+    let short = |op: &Settle, t: &Tracked| {
+        t.cancel.is_none()
+            && matches!(op, Settle::Ack)
+            && t.envelope.is_some()
+            && t.unique_lock.is_none()
+            && t.retention_ms > 0
+    };
+    let (fast, tracked): (Vec<_>, Vec<_>) = tracked.iter().partition(|(_, op, t)| short(op, t));
     inv.key(&ctx.keys.events)
         .key(&ctx.keys.cancels)
         .key(&ctx.keys.waiting)
         .key(&ctx.keys.succeeded)
         .key(&ctx.keys.cancelled);
-    for (entry, op, t) in tracked {
+    for (entry, op, t) in &tracked {
         let done = ctx.keys.done(&t.task_id);
         inv.key(&ctx.keys.task(&t.task_id))
             .key(&done)
@@ -309,8 +320,83 @@ pub async fn settle_tracked(
             None => inv.arg("").arg("").arg(""),
         };
     }
-    inv.arg(events_maxlen);
+    let mut packed = Vec::new();
+    for (entry, _, t) in &fast {
+        inv.key(&ctx.keys.task(&t.task_id));
+        let Some(env) = &t.envelope else {
+            unreachable!("a short success has its envelope")
+        };
+        packed.clear();
+        pack_success(&mut packed, ctx, t, env);
+        inv.arg(*entry)
+            .arg(t.task_id.as_str())
+            .arg(t.retention_ms)
+            .arg(t.run_ms)
+            .arg(packed.as_slice());
+    }
+    inv.arg(fast.len()).arg(events_maxlen);
     stream_ids(inv.invoke(conn).await?)
+}
+
+/// The final record of a plain success as `settle.lua` stores it (scripts/record.lua): the
+/// MessagePack map of its fields, every key and value a string, what the script would pack
+/// itself for a first delivery (it re-packs `runs` when the entry was delivered more often).
+fn pack_success(out: &mut Vec<u8>, ctx: SettleCtx<'_>, t: &Tracked, env: &TrackedEnvelope) {
+    let result = t.result.as_ref().filter(|(b, _)| !b.is_empty());
+    let n: u8 = if result.is_some() { 13 } else { 11 };
+    out.push(0x80 | n);
+    let num = |out: &mut Vec<u8>, name: &str, v: u64| {
+        mp_str(out, name.as_bytes());
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut v = v;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        mp_str(out, &digits[at..]);
+    };
+    let text = |out: &mut Vec<u8>, name: &str, v: &[u8]| {
+        mp_str(out, name.as_bytes());
+        mp_str(out, v);
+    };
+    text(out, "state", b"succeeded");
+    text(out, "kind", env.kind.as_bytes());
+    num(out, "attempt", u64::from(env.attempt));
+    num(out, "enqueued_at", env.enqueued_at);
+    num(out, "runs", u64::from(env.attempt) + 1);
+    num(out, "run_ms", t.run_ms);
+    num(out, "started_at", ctx.now_ms.saturating_sub(t.run_ms));
+    num(out, "finished_at", ctx.now_ms);
+    num(out, "updated_at", ctx.now_ms);
+    text(out, "worker", ctx.consumer.as_bytes());
+    num(out, "retention_ms", t.retention_ms);
+    if let Some((b, codec)) = result {
+        text(out, "result", b);
+        text(out, "result_codec", codec.as_str().as_bytes());
+    }
+}
+
+/// A MessagePack string (str format: Lua's cmsgpack reads any bytes back as a Lua string).
+fn mp_str(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n < 256 {
+        out.push(0xd9);
+        out.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(0xda);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s);
 }
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
@@ -902,6 +988,9 @@ mod tests {
         let field = |name: &str| rec.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         assert_eq!(field("state").as_deref(), Some(&b"succeeded"[..]));
         assert_eq!(field("result").as_deref(), Some(&b"fresh"[..]));
+        // (Packed by the caller for a first delivery; this is the entry's second: re-counted.)
+        assert_eq!(field("runs").as_deref(), Some(&b"2"[..]));
+        assert_eq!(field("worker").as_deref(), Some(&b"fresh"[..]));
         let ttl = finished_ttl(&mut conn, &keys, id).await;
         assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
         // A start record arriving late (after the settle) leaves the final state alone.
@@ -1049,7 +1138,11 @@ mod tests {
             .unwrap()
             .remove(0);
         assert_eq!(again, rec, "the final record is unchanged");
-        assert_eq!(key_type(&mut conn, &ka).await, "none", "no live record beside the final one");
+        assert_eq!(
+            key_type(&mut conn, &ka).await,
+            "none",
+            "no live record beside the final one"
+        );
 
         // Cancel answers the final state; a wait on it does not register, and an unregister
         // leaves it alone.
@@ -1196,9 +1289,15 @@ mod tests {
             ..tracked_of(env, None, None)
         };
         let (ta, tb) = (short(&a), short(&b));
-        settle_tracked(&mut conn, ctx, 100, &[], &[(ea, &Settle::Ack, &ta), (eb, &Settle::Ack, &tb)])
-            .await
-            .unwrap();
+        settle_tracked(
+            &mut conn,
+            ctx,
+            100,
+            &[],
+            &[(ea, &Settle::Ack, &ta), (eb, &Settle::Ack, &tb)],
+        )
+        .await
+        .unwrap();
         let expired = |conn: &mut RedisConnection, id: String| {
             let mut c = conn.clone();
             let k = keys.clone();
@@ -1211,7 +1310,11 @@ mod tests {
             assert!(reads < 10_000, "a record kept 1 ms never expired");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(hlen(&mut conn).await, 2, "expired fields stay until swept, reading unknown");
+        assert_eq!(
+            hlen(&mut conn).await,
+            2,
+            "expired fields stay until swept, reading unknown"
+        );
         let mut again = Envelope::new("k", Bytes::from_static(b"3"), Codec::Json);
         again.id = a.id.clone();
         let e2 = enqueued_and_read(&mut conn, &keys, &again, None).await.unwrap();
@@ -1229,7 +1332,11 @@ mod tests {
             (field(&rec, "state"), field(&rec, "result")),
             (Some(&b"succeeded"[..]), Some(&b"second"[..]))
         );
-        let members: u64 = redis::cmd("ZCARD").arg(&keys.succeeded).query_async(&mut conn).await.unwrap();
+        let members: u64 = redis::cmd("ZCARD")
+            .arg(&keys.succeeded)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(members, 1, "the swept member left the index");
         // An idle shard's sweep (the promoter's) finds nothing expired now.
         assert_eq!(sweep_finished(&mut conn, &[&keys], 16).await.unwrap(), 0);

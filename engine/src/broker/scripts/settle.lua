@@ -29,11 +29,18 @@
 -- KEYS[9]  cancelled ZSET of the shard (the same for cancelled records)
 -- KEYS[10..] three keys per tracked outcome, in order: record, done list, unique lock (the
 --          done list again when the task holds no lock to release)
--- ARGV (the last 1 + 12 * T values, T = (#KEYS - 9) / 3): per tracked outcome twelve values:
+-- KEYS[10+3T..] then the record of each short success (below), one key each (F keys)
+-- ARGV (the last 2 + 12 * T + 5 * F values, T = (#KEYS - 9 - F) / 3): per tracked outcome
+--          twelve values:
 --          entry id, op, a, b, c, d, task id, record retention ms, release ('1' = release
 --          the unique lock if this task holds it), kind, attempt, enqueued_at (the task's, for
 --          the final record of a success; kind '' = unknown: the record's own fields are read);
---          then the events stream's approximate MAXLEN.
+--          then per short success five values: entry id, task id, record retention ms (> 0),
+--          run ms, and its final record packed by the caller (the MessagePack map a success
+--          writes, with `runs` for a first delivery: re-packed here otherwise); then F, then
+--          the events stream's approximate MAXLEN. A short success is a plain success with the
+--          task's envelope known and no unique lock to release (most tracked outcomes: their
+--          record costs one key and five values, not three and twelve).
 --          op 's' succeeded: result a ('' none), result codec b, run ms c, started at ms d
 --          op 'r', 'b', 'q' as above (d unused; 'b' d = run ms)
 --          op 'x' cancelled while running: run ms a
@@ -60,13 +67,12 @@
 -- entry nor a stream entry behind.
 local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local tracked = 0
-if #KEYS > 4 then
-  tracked = (#KEYS - 9) / 3
-end
+local tracked, short = 0, 0
 local untracked_end = #ARGV
-if tracked > 0 then
-  untracked_end = #ARGV - 12 * tracked - 1
+if #KEYS > 4 then
+  short = tonumber(ARGV[#ARGV - 1])
+  tracked = (#KEYS - 9 - short) / 3
+  untracked_end = #ARGV - 12 * tracked - 5 * short - 2
 end
 
 -- Ownership and delivery counts for the batch, in one range read of this consumer's PEL.
@@ -181,7 +187,7 @@ for i = 8 + n_acks, untracked_end, 5 do
   end
 end
 
-if tracked > 0 then
+if #KEYS > 4 then
   local events, cancels, waiting = KEYS[5], KEYS[6], KEYS[7]
   -- Finished ids by state for the listing: one member per state for the whole batch (a
   -- member per task would cost about as much as another command per task).
@@ -360,6 +366,59 @@ if tracked > 0 then
       end
     end
   end
+  -- The short successes: the record as packed by the caller, unless the entry was delivered
+  -- more than once (its runs re-counted) or a cancel finished the record meanwhile.
+  local short_from, short_key = untracked_end + 1 + 12 * tracked, 9 + 3 * tracked
+  local sx = index.succeeded
+  -- The done list of a task (`rivulet:{q:p:n}:done:<id>`, keys.rs), in its record's slot: a
+  -- short success's is derived, only when someone waits or a cancel finished it.
+  local function done_of(rec, task)
+    return string.sub(rec, 1, string.find(rec, '}:task:', 1, true)) .. ':done:' .. task
+  end
+  for f = 1, short do
+    local i = short_from + (f - 1) * 5
+    local id, task, retention, run_ms, packed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local rec = KEYS[short_key + f]
+    local deliveries = owned[id]
+    if not deliveries then
+      stale[#stale + 1] = id
+    else
+      owned[id] = nil
+      acked[#acked + 1] = id
+      if any_cancels and record_get(rec, { 'state' })[1] == 'cancelled' then
+        -- As the long form's precancelled: ends cancelled (started), counted by cancel.lua.
+        local fields = final_over_live(rec)
+        fields.state, fields.started, fields.run_ms = 'cancelled', '1', run_ms
+        local done_list = done_of(rec, task)
+        finish(rec, done_list, done_list, task, retention, '0', fields)
+        event(task, 'cancelled', 'started', '1')
+      else
+        done = done + 1
+        if deliveries ~= 1 then
+          local m = cmsgpack.unpack(packed)
+          m.runs = tostring((tonumber(m.attempt) or 0) + deliveries)
+          packed = cmsgpack.pack(m)
+        end
+        srv_now = srv_now or record_now()
+        local until_ms = srv_now + ms(retention)
+        fin_fields[#fin_fields + 1] = task
+        fin_fields[#fin_fields + 1] = until_ms .. ' ' .. packed
+        fin_live[#fin_live + 1] = rec
+        if any_waiting and redis.call('SREM', waiting, task) == 1 then
+          local done_list = done_of(rec, task)
+          redis.call('RPUSH', done_list, '1')
+          redis.call('PEXPIRE', done_list, 60000)
+        end
+        if any_cancels then
+          redis.call('SREM', cancels, task)
+        end
+        sx.ids[#sx.ids + 1] = task
+        if until_ms > sx.until_ms then sx.until_ms = until_ms end
+        succeeded_ids[#succeeded_ids + 1] = task
+        succeeded_ms[#succeeded_ms + 1] = run_ms
+      end
+    end
+  end
   if #succeeded_ids > 0 then
     -- One entry for the call's successes: shared fields plain, per-task ones (named in
     -- `per_id`) MessagePack arrays in the order of `ids`.
@@ -379,7 +438,6 @@ if tracked > 0 then
   end
   -- Ids whose records have expired leave the index (O(log n) when none has); the succeeded
   -- records' finished fields with them, two members a call (each call adds at most one).
-  local sx = index.succeeded
   if #sx.ids > 0 then
     redis.call('ZADD', sx.key, sx.until_ms, cmsgpack.pack(sx.ids))
     record_sweep(sx.key, srv_now, 2)
