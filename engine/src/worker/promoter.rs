@@ -16,9 +16,9 @@
 //! subscription (Cluster, Sentinel, or while it reconnects) rounds come every
 //! `promote_interval` and read the pause flags each time, as before.
 //!
-//! A round is also the place for other per-round upkeep of the lanes (`round` below). With
-//! the pause flags (at most every [`IDLE_ROUND`]) it sweeps the lanes' expired succeeded
-//! records (`sweep.lua`), for shards whose settles, which sweep as they go, have stopped.
+//! A round is also the place for other per-round upkeep of the lanes (`round` below). Every
+//! 30 s a round also sweeps the lanes' expired succeeded records (`sweep.lua`), for shards
+//! whose settles, which sweep as they go, have stopped.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -74,6 +74,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         subscriber.spawn(subscribe(shared.clone(), client, stop.clone()));
     }
     let mut flags_read = tokio::time::Instant::now();
+    let mut swept = tokio::time::Instant::now();
     loop {
         let (next_due, more, fair_waiting) = round(&shared, &groups).await;
         let subscribed = shared.subscribed.load(Ordering::Relaxed);
@@ -82,6 +83,9 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             if let Err(e) = refresh_pause_flags(&shared, &mut conn).await {
                 tracing::debug!(error = %e, "could not read pause flags");
             }
+        }
+        if swept.elapsed() >= SWEEP_EVERY {
+            swept = tokio::time::Instant::now();
             sweep(&shared, &groups).await;
         }
         let cap = if subscribed {
@@ -169,9 +173,13 @@ async fn round(shared: &Shared, groups: &[Vec<usize>]) -> (Option<u64>, bool, bo
 /// one settle call finished).
 const SWEEP_LIMIT: usize = 16;
 
+/// How often the promoter sweeps its lanes' expired succeeded records.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Drops expired succeeded records of every lane (`sweep.lua`): settles sweep their own
-/// shard as they go, this round the shards whose settles stopped. One call per group, with
-/// the pause flags' cadence (at most every [`IDLE_ROUND`]).
+/// shard as they go, this the shards whose settles stopped. One call per group every
+/// [`SWEEP_EVERY`] (on a round: an idle worker's rounds are at most [`IDLE_ROUND`] apart),
+/// one `EXISTS` inside it when no lane keeps a succeeded record.
 async fn sweep(shared: &Shared, groups: &[Vec<usize>]) {
     let calls = groups.iter().map(|group| {
         let mut conn = shared.conn.clone();

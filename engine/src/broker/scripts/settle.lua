@@ -370,6 +370,8 @@ if #KEYS > 4 then
   -- more than once (its runs re-counted) or a cancel finished the record meanwhile.
   local short_from, short_key = untracked_end + 1 + 12 * tracked, 9 + 3 * tracked
   local sx = index.succeeded
+  -- Per distinct retention: { expiry, the value's prefix } (one number-to-string a call).
+  local prefix = {}
   -- The done list of a task (`rivulet:{q:p:n}:done:<id>`, keys.rs), in its record's slot: a
   -- short success's is derived, only when someone waits or a cancel finished it.
   local function done_of(rec, task)
@@ -399,10 +401,16 @@ if #KEYS > 4 then
           m.runs = tostring((tonumber(m.attempt) or 0) + deliveries)
           packed = cmsgpack.pack(m)
         end
-        srv_now = srv_now or record_now()
-        local until_ms = srv_now + ms(retention)
+        local p = prefix[retention]
+        if not p then
+          srv_now = srv_now or record_now()
+          p = { srv_now + ms(retention) }
+          p[2] = p[1] .. ' '
+          prefix[retention] = p
+        end
+        local until_ms = p[1]
         fin_fields[#fin_fields + 1] = task
-        fin_fields[#fin_fields + 1] = until_ms .. ' ' .. packed
+        fin_fields[#fin_fields + 1] = p[2] .. packed
         fin_live[#fin_live + 1] = rec
         if any_waiting and redis.call('SREM', waiting, task) == 1 then
           local done_list = done_of(rec, task)
