@@ -80,6 +80,25 @@ def test_every_option_is_written_in_wire_format_and_honoured_by_the_worker(
     assert again.duplicate and again.id == h.id
 
 
+def test_a_succeeded_record_is_a_field_of_the_shards_finished_hash(client: Client, queue: str, start_worker) -> None:
+    client.declare(queue, priorities=["normal"], shards=1)
+    start_worker(queue, ECHO)
+    h = client.enqueue(queue, "echo", {"n": 1}, retention=120)
+    assert h.wait(timeout=30).state == TaskState.SUCCEEDED
+    # As a foreign reader finds it (docs/wire-format.md "Task records"): no record key, a
+    # field of the shard's finished hash, "<expires at ms> <MessagePack map>".
+    base = "rivulet:{%s:normal:0}" % queue
+    assert client.redis.exists(base + ":task:" + h.id) == 0
+    value = client.redis.hget(base + ":finished", h.id)
+    assert value is not None
+    expires, packed = value.split(b" ", 1)
+    secs, micros = client.redis.time()
+    assert 0 < int(expires) - (secs * 1000 + micros // 1000) <= 120_000
+    final = msgpack.unpackb(packed, raw=True)
+    assert final[b"state"] == b"succeeded" and final[b"kind"] == b"echo", final
+    assert json.loads(final[b"result"]) == {"n": 1} and final[b"runs"] == b"1", final
+
+
 def test_a_task_timeout_kills_the_command_and_counts_as_a_failed_attempt(client: Client, queue: str, start_worker) -> None:
     start_worker(queue, "slow=sleep 20")
     st = client.enqueue(queue, "slow", {}, timeout=0.3, max_attempts=1).wait(timeout=30)
