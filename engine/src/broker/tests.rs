@@ -594,7 +594,8 @@ async fn a_large_settle_trims_below_the_oldest_pending_entry_and_deletes_only_se
         let rows = range(conn, stream, RangeStart::First, 100).await.unwrap();
         rows.into_iter().map(|e| e.id).collect()
     }
-    let acks = |ids: &[StreamId]| -> Vec<(StreamId, &'static Settle)> { ids.iter().map(|id| (*id, &Settle::Ack)).collect() };
+    let acks =
+        |ids: &[StreamId]| -> Vec<(StreamId, &'static Settle)> { ids.iter().map(|id| (*id, &Settle::Ack)).collect() };
     // Batches above SMALL_BATCH in settle.lua: XTRIM MINID below the oldest pending entry,
     // XDEL of the settled ones above it. b settles its six while a's eight, older, are
     // pending: those stay, b's go.
@@ -611,6 +612,16 @@ async fn a_large_settle_trims_below_the_oldest_pending_entry_and_deletes_only_se
     let mut last = acks(&ids[6..]);
     last.extend(acks(&ids[..3]));
     assert_eq!(settle(&mut conn, ctx("a"), &last).await.unwrap(), ids[..3]);
-    assert_eq!(left(&mut conn, &keys.stream).await.len(), 1, "only the undelivered entry is left");
-    assert_eq!(read_group(&mut conn, "a", 10, None, &[keys.stream.as_str()]).await.unwrap().len(), 1);
+    assert_eq!(
+        left(&mut conn, &keys.stream).await.len(),
+        1,
+        "only the undelivered entry is left"
+    );
+    assert_eq!(
+        read_group(&mut conn, "a", 10, None, &[keys.stream.as_str()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
