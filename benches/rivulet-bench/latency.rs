@@ -37,6 +37,9 @@ pub struct LatencySpec {
     pub warmup: f64,
     pub concurrency: usize,
     pub done_probe: bool,
+    /// Task records on (the default: the engine's retention); off = retention 0 on the
+    /// producer's queue and the worker's.
+    pub records: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,7 +76,10 @@ pub struct LatencyResult {
 }
 
 pub async fn run(target: &Target, s: &LatencySpec) -> Result<LatencyResult> {
-    let queue = Queue::new(&format!("latency-{}-p{}", s.label, s.payload_bytes))?;
+    let mut queue = Queue::new(&format!("latency-{}-p{}", s.label, s.payload_bytes))?;
+    if !s.records {
+        queue = queue.retention(Duration::ZERO);
+    }
     target.drop_queue(&queue).await?;
     let client = Client::new(&target.client)
         .await?
@@ -115,7 +121,7 @@ async fn measure(
         concurrency: s.concurrency,
         done_probe,
         max_seconds: 600,
-        retention_ms: None,
+        retention_ms: (!s.records).then_some(0),
         limits: Vec::new(),
         metrics: false,
     };

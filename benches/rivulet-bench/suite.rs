@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// Measured seconds per rate of the rate sweep [default: 5, quick: 1.5].
     #[arg(long)]
     rate_sweep_seconds: Option<f64>,
+    /// Run the rate sweep (its rates and its saturation drain) with task records off
+    /// (retention 0 on the producer and the worker) instead of on, the default.
+    #[arg(long)]
+    rate_sweep_records_off: bool,
     /// Queues of the many-queues scenario (each with 3 priorities) [default: 200].
     #[arg(long, default_value_t = 200)]
     many_queues: usize,
@@ -704,6 +708,7 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             warmup: plan.warmup,
             concurrency: plan.latency_concurrency,
             saturation_tasks: plan.sweep_saturation_tasks,
+            records: !args.rate_sweep_records_off,
         };
         r.rate_sweep = crate::sweep::run(target, &spec, late).await?;
     }
@@ -824,6 +829,7 @@ async fn run_latency(
         warmup: plan.warmup,
         concurrency: plan.latency_concurrency,
         done_probe: plan.done_probe,
+        records: true,
     };
     let l = latency::run(target, &spec).await?;
     let done = l

@@ -10,6 +10,8 @@
 //! Then saturation: a pre-filled backlog drained by the same one worker process, the cost
 //! per task of the fill and the drain together, at the rate it drains.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -30,6 +32,12 @@ pub struct SweepPoint {
     pub achieved: f64,
     pub tasks: u64,
     pub commands_per_task: f64,
+    /// Every command by name, per task (inner calls of scripts and functions included: the
+    /// top-level ones are `fcall`, `evalsha`, `xreadgroup`, `multi`/`exec` and the registry's
+    /// writes; with records off also the producer's `xadd` and one `hincrby` per pipeline).
+    pub calls_per_task: BTreeMap<String, f64>,
+    /// Task records on (the default) or off (`--rate-sweep-records-off`).
+    pub records: bool,
     pub redis_cpu_us_per_task: f64,
     pub worker_cpu_us_per_task: f64,
     /// Enqueue-to-start, µs (none at saturation: there the backlog decides it).
@@ -48,6 +56,8 @@ pub struct SweepSpec {
     pub concurrency: usize,
     /// Backlog of the saturation drain (0 skips it).
     pub saturation_tasks: u64,
+    /// Task records on (the default) or off.
+    pub records: bool,
 }
 
 pub async fn run(target: &Target, s: &SweepSpec, late: impl Fn(&str) -> bool) -> Result<Vec<SweepPoint>> {
@@ -64,6 +74,7 @@ pub async fn run(target: &Target, s: &SweepSpec, late: impl Fn(&str) -> bool) ->
             warmup: s.warmup,
             concurrency: s.concurrency,
             done_probe: false,
+            records: s.records,
         };
         let l = latency::run(target, &spec).await?;
         let p = SweepPoint {
@@ -72,6 +83,8 @@ pub async fn run(target: &Target, s: &SweepSpec, late: impl Fn(&str) -> bool) ->
             achieved: l.rate_achieved,
             tasks: l.sent,
             commands_per_task: l.redis.commands_per_task,
+            calls_per_task: l.redis.calls_per_task.clone(),
+            records: s.records,
             redis_cpu_us_per_task: l.redis.cpu_us_per_task,
             worker_cpu_us_per_task: l.worker_window_cpu_us_per_task,
             p50_us: Some(l.start.p50),
@@ -86,7 +99,7 @@ pub async fn run(target: &Target, s: &SweepSpec, late: impl Fn(&str) -> bool) ->
             target,
             &DrainSpec {
                 label: "sweep".into(),
-                ..DrainSpec::plain(1, s.concurrency, BASE_PAYLOAD, s.saturation_tasks, true)
+                ..DrainSpec::plain(1, s.concurrency, BASE_PAYLOAD, s.saturation_tasks, s.records)
             },
         )
         .await?;
@@ -97,6 +110,8 @@ pub async fn run(target: &Target, s: &SweepSpec, late: impl Fn(&str) -> bool) ->
             achieved: d.tasks_per_s,
             tasks: d.tasks,
             commands_per_task: life.commands_per_task,
+            calls_per_task: life.calls_per_task.clone(),
+            records: s.records,
             redis_cpu_us_per_task: life.cpu_us_per_task,
             worker_cpu_us_per_task: d.worker_cpu_us_per_task,
             p50_us: None,
@@ -114,8 +129,17 @@ fn log(p: &SweepPoint) {
         (Some(a), Some(b)) => format!("; to start p50 {:.3} p99 {:.3} ms", a as f64 / 1e3, b as f64 / 1e3),
         _ => String::new(),
     };
+    let mut top: Vec<(&String, &f64)> = p.calls_per_task.iter().filter(|(_, n)| **n >= 0.005).collect();
+    top.sort_by(|a, b| b.1.total_cmp(a.1));
+    let top: Vec<String> = top.iter().map(|(c, n)| format!("{c} {n:.2}")).collect();
     progress(format_args!(
-        "sweep   {:>10} {:>9.0} tasks/s: {:.2} cmds/task, redis {:.2} µs/task, worker {:.2} µs/task{lat}",
-        p.label, p.achieved, p.commands_per_task, p.redis_cpu_us_per_task, p.worker_cpu_us_per_task
+        "sweep   {:>10} {:>9.0} tasks/s: {:.2} cmds/task, redis {:.2} µs/task, worker {:.2} µs/task{lat}; records {}: {}",
+        p.label,
+        p.achieved,
+        p.commands_per_task,
+        p.redis_cpu_us_per_task,
+        p.worker_cpu_us_per_task,
+        if p.records { "on" } else { "off" },
+        top.join(", ")
     ));
 }

@@ -145,6 +145,17 @@ fn bench_scale_scenarios_run_and_report() {
         assert!(p["tasks"].as_u64().unwrap() > 0, "{p}");
         assert!(p["commands_per_task"].as_f64().unwrap() > 0.0, "{p}");
         assert!(p["redis_cpu_us_per_task"].as_f64().unwrap() > 0.0, "{p}");
+        // The commands by name add up to the total; records are on by default.
+        let by_name: f64 = p["calls_per_task"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let total = p["commands_per_task"].as_f64().unwrap();
+        assert!((by_name - total).abs() < 1e-6 * total.max(1.0), "{p}");
+        assert!(p["calls_per_task"]["xreadgroup"].as_f64().unwrap() > 0.0, "{p}");
+        assert_eq!(p["records"], true, "{p}");
     }
     assert!(sweep[0]["p99_us"].as_u64().unwrap() > 0);
 

@@ -123,14 +123,17 @@ type EnqueueReply = redis::RedisResult<(i64, String)>;
 /// Sends the calls `which` (indexes into `calls`) in one round trip. One reply per call of
 /// `which`, in its order.
 ///
-/// On one node the batch is one transaction (`MULTI`/`EXEC`, like [`super::add_ready`]): a
-/// connection cut in the middle leaves the whole batch or nothing, so a caller knows a failed
-/// batch was not half written. On a Redis Cluster it is a plain pipeline, each call atomic on
-/// its own: redis-rs follows a `MOVED` (a failover, a resharding) for a pipelined command but
-/// aborts a transaction on it, and a producer would then fail until its slot map is refreshed.
+/// On one node a batch of several is one transaction (`MULTI`/`EXEC`, like
+/// [`super::add_ready`]): a connection cut in the middle leaves the whole batch or nothing, so
+/// a caller knows a failed batch was not half written. A single call is atomic on its own (a
+/// function runs whole), so it goes without the transaction: two commands fewer per task for a
+/// producer that enqueues one at a time. On a Redis Cluster it is a plain pipeline, each call
+/// atomic on its own: redis-rs follows a `MOVED` (a failover, a resharding) for a pipelined
+/// command but aborts a transaction on it, and a producer would then fail until its slot map
+/// is refreshed.
 async fn send_enqueues(conn: &mut RedisConnection, calls: &[redis::Cmd], which: &[usize]) -> Result<Vec<EnqueueReply>> {
     let mut pipe = redis::pipe();
-    if !conn.is_cluster() {
+    if !conn.is_cluster() && which.len() > 1 {
         pipe.atomic();
     }
     for &i in which {

@@ -507,3 +507,121 @@ async fn a_workers_limit_settings_are_published_where_the_limits_keys_live() {
     assert_eq!(h.get("cap").map(String::as_str), Some("3"), "{h:?}");
     assert!(!h.contains_key("rate"), "{h:?}");
 }
+
+/// `n` entries on a queue of their own, all read by consumer `a`.
+async fn read_by_a(conn: &mut RedisConnection, name: &str, n: usize) -> (ShardKeys, Vec<StreamId>) {
+    let keys = Queue::new(&unique_name(name)).unwrap().shard("normal", 0);
+    ensure_group(conn, &keys.stream).await.unwrap();
+    let envs: Vec<Envelope> = (0..n)
+        .map(|_| Envelope::new("k", Bytes::from_static(b"1"), Codec::Json))
+        .collect();
+    let batch: Vec<(&ShardKeys, &Envelope)> = envs.iter().map(|e| (&keys, e)).collect();
+    add_ready(conn, &batch, Durability::Fast).await.unwrap();
+    let got = read_group(conn, "a", n, None, &[keys.stream.as_str()]).await.unwrap();
+    let ids: Vec<StreamId> = got.into_iter().map(|(_, e)| e.id).collect();
+    assert_eq!(ids.len(), n);
+    (keys, ids)
+}
+
+#[tokio::test]
+async fn a_reclaim_skips_live_entries_to_the_first_past_its_lease_in_one_call() {
+    let server = shared_server();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let (keys, ids) = read_by_a(&mut conn, "skip", 30).await;
+    let args = |count| ReclaimArgs {
+        lease: Duration::from_secs(30),
+        count,
+        ..reclaim_args(&keys, "fresh")
+    };
+    // Every entry within its lease: the sweep ends in one call, however long the PEL.
+    let got = reclaim(&mut conn, args(1)).await.unwrap();
+    assert!(got.entries.is_empty());
+    assert_eq!(got.next, SCAN_START, "a sweep with no orphan ends at once");
+    // Entries 20..30 idle for a minute (their worker died); the 20 before them are live. One
+    // call with one free slot takes the first orphan (XAUTOCLAIM alone would have spent its
+    // ten attempts on live entries and taken none).
+    let mut idle = redis::cmd("XCLAIM");
+    idle.arg(&keys.stream).arg(crate::keys::GROUP).arg("a").arg(0);
+    for id in &ids[20..] {
+        idle.arg(id.to_string());
+    }
+    idle.arg("IDLE").arg(60_000).arg("JUSTID");
+    let _: Vec<String> = idle.query_async(&mut conn).await.unwrap();
+    let got = reclaim(&mut conn, args(1)).await.unwrap();
+    assert_eq!(got.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[20]]);
+    // The sweep goes on from its cursor and takes the other nine, then ends.
+    let mut taken = vec![ids[20]];
+    let mut cursor = got.next;
+    while cursor != SCAN_START {
+        let got = reclaim(&mut conn, ReclaimArgs { cursor, ..args(4) }).await.unwrap();
+        taken.extend(got.entries.iter().map(|e| e.id));
+        cursor = got.next;
+    }
+    assert_eq!(taken, ids[20..]);
+    assert_eq!(owned_ids(&mut conn, &keys, "a", 100).await.unwrap(), ids[..20]);
+}
+
+#[tokio::test]
+async fn a_large_settle_trims_below_the_oldest_pending_entry_and_deletes_only_settled_ones() {
+    let server = shared_server();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let (keys, ids) = read_by_a(&mut conn, "trim-large", 8).await;
+    // b reads six more, and one more stays undelivered.
+    let envs: Vec<Envelope> = (0..7)
+        .map(|_| Envelope::new("k", Bytes::from_static(b"1"), Codec::Json))
+        .collect();
+    let batch: Vec<(&ShardKeys, &Envelope)> = envs.iter().map(|e| (&keys, e)).collect();
+    add_ready(&mut conn, &batch, Durability::Fast).await.unwrap();
+    let b: Vec<StreamId> = read_group(&mut conn, "b", 6, None, &[keys.stream.as_str()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.id)
+        .collect();
+    let ctx = |consumer| SettleCtx {
+        keys: &keys,
+        consumer,
+        dlq_maxlen: 100,
+        now_ms: 1,
+    };
+    async fn left(conn: &mut RedisConnection, stream: &str) -> Vec<StreamId> {
+        let rows = range(conn, stream, RangeStart::First, 100).await.unwrap();
+        rows.into_iter().map(|e| e.id).collect()
+    }
+    let acks =
+        |ids: &[StreamId]| -> Vec<(StreamId, &'static Settle)> { ids.iter().map(|id| (*id, &Settle::Ack)).collect() };
+    // Batches above SMALL_BATCH in settle.lua: XTRIM MINID below the oldest pending entry,
+    // XDEL of the settled ones above it. b settles its six while a's eight, older, are
+    // pending: those stay, b's go.
+    assert!(settle(&mut conn, ctx("b"), &acks(&b)).await.unwrap().is_empty());
+    let now = left(&mut conn, &keys.stream).await;
+    assert_eq!(now[..8], ids[..]);
+    assert_eq!(now.len(), 9, "a's eight and the undelivered entry stay");
+    // a settles its six oldest: they are trimmed, its two newer ones stay pending.
+    assert!(settle(&mut conn, ctx("a"), &acks(&ids[..6])).await.unwrap().is_empty());
+    let now = left(&mut conn, &keys.stream).await;
+    assert_eq!(now[..2], ids[6..]);
+    assert_eq!(now.len(), 3);
+    // A small batch (two owned, three stale): XDEL alone.
+    let mut last = acks(&ids[6..]);
+    last.extend(acks(&ids[..3]));
+    assert_eq!(settle(&mut conn, ctx("a"), &last).await.unwrap(), ids[..3]);
+    assert_eq!(
+        left(&mut conn, &keys.stream).await.len(),
+        1,
+        "only the undelivered entry is left"
+    );
+    assert_eq!(
+        read_group(&mut conn, "a", 10, None, &[keys.stream.as_str()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

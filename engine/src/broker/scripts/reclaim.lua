@@ -16,9 +16,20 @@
 -- Poison entries are claimed (the caller owns them) but not run: the caller buries them with
 -- settle.lua, like any other outcome, so a tracked task's record reads `dead` with its dlq id
 -- and its waiters, cancel mark and unique lock are dealt with in the one place that does so.
+--
+-- The scan starts at the first pending entry from the cursor on that is idle for the lease
+-- (`XPENDING ... IDLE`, the same test XAUTOCLAIM applies), and a sweep that finds none ends at
+-- once: a busy shard's PEL holds hundreds of live entries, which XAUTOCLAIM would walk ten per
+-- entry asked for (COUNT is the free handler slots: often one), a call each, in every worker
+-- of the fleet every round. Entries it skips are not idle enough to be claimed (nor reported
+-- lost: XAUTOCLAIM only looks up the stream entries of those that are).
 local stream, stats = KEYS[1], KEYS[2]
 local group, consumer = ARGV[1], ARGV[2]
-local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local first_idle = redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], ARGV[4], '+', 1)[1]
+if not first_idle then
+  return { '0-0', {}, 0, {} }
+end
+local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], first_idle[1], 'COUNT', ARGV[5])
 local next_cursor, claimed, deleted = reply[1], reply[2], reply[3] or {}
 
 local lost = #deleted

@@ -66,6 +66,8 @@
 -- group's oldest pending entry and XDEL of the rest), so a settled task leaves neither a pending
 -- entry nor a stream entry behind.
 local stream, retry, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Up to this many settled ids are deleted with XDEL alone (see the end of the script).
+local SMALL_BATCH = 4
 local group, consumer, now, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tracked, short = 0, 0
 local untracked_end = #ARGV
@@ -197,9 +199,13 @@ if #KEYS > 4 then
   local cancelled = 0
   -- Per task, waiters and cancel marks are looked up only when the shard has any: almost
   -- always it has none, and a succeeded task then costs one SET (and a share of the batch's
-  -- event).
-  local any_waiting = redis.call('SCARD', waiting) > 0
-  local any_cancels = redis.call('SCARD', cancels) > 0
+  -- event). One EXISTS over both sets says so (an empty set does not exist); only when one
+  -- exists do the SCARDs say which.
+  local any_waiting, any_cancels = false, false
+  if redis.call('EXISTS', waiting, cancels) > 0 then
+    any_waiting = redis.call('SCARD', waiting) > 0
+    any_cancels = redis.call('SCARD', cancels) > 0
+  end
   local function event(task, name, ...)
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'id', task, 'event', name, 'at', now, ...)
   end
@@ -466,8 +472,10 @@ if #acked > 0 then
   -- (this consumer's, or one another worker reclaimed) nor one not yet delivered. Only settled
   -- ids not older than the oldest pending one need XDEL. The acked ids lie within
   -- [ARGV[5], ARGV[6]] (the XPENDING range above), so when ARGV[6] is older, none does.
-  -- An ACL without XTRIM (older setups) falls back to XDEL of every id.
-  local oldest = redis.call('XPENDING', stream, group, '-', '+', 1)[1]
+  -- An ACL without XTRIM (older setups) falls back to XDEL of every id. A small batch (at a
+  -- trickle, usually one id) is deleted with XDEL alone: seeking a few ids costs less than the
+  -- XPENDING and XTRIM, and saves those two commands per call.
+  local oldest = #acked > SMALL_BATCH and redis.call('XPENDING', stream, group, '-', '+', 1)[1]
   local trimmed = oldest and redis.pcall('XTRIM', stream, 'MINID', oldest[1])
   if type(trimmed) == 'number' then
     local floor = oldest[1]
