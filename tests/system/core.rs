@@ -512,3 +512,39 @@ async fn deleting_a_queue_is_refused_while_it_holds_work_and_removes_every_key_w
     );
     w.stop().await;
 }
+
+/// `calls` of `cmd` in an `INFO commandstats` reply (0 when never called).
+fn command_calls(info: &str, cmd: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Successes of tasks without a record settled at once skip the fenced script
+/// (worker/acker.rs): on Redis 8.2+ they go out as `XACKDEL` (before, as `XACK` + `XDEL`, which
+/// `settle.lua` calls too, so only the counts are checked there), and `done` counts each task
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
+    let f = Fixture::with_queue(Queue::new("fastack").unwrap()).await;
+    let tasks: Vec<Task> = (0..500u32).map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO)).collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let mut conn = f.redis().await;
+    let recorder = Recorder::new();
+    let w = f.start_worker(recorder.router(&["count"]), fast_config());
+    f.wait_done(500, Duration::from_secs(30)).await;
+    w.stop().await;
+    let stats = f.stats().await;
+    assert_eq!((stats.counters.done, stats.counters.fenced), (500, 0));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(recorder.runs_per_task().len(), 500);
+    let server: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
+    let version = rivulet::ServerInfo::parse(&server).unwrap().version;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    if version >= (8, 2, 0) {
+        assert!(command_calls(&info, "xackdel") >= 1, "no XACKDEL on {version:?}:\n{info}");
+    } else {
+        eprintln!("XACKDEL not checked: this server is {version:?}, XACKDEL needs Redis 8.2");
+    }
+}
