@@ -528,7 +528,9 @@ fn command_calls(info: &str, cmd: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
     let f = Fixture::with_queue(Queue::new("fastack").unwrap()).await;
-    let tasks: Vec<Task> = (0..500u32).map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO)).collect();
+    let tasks: Vec<Task> = (0..500u32)
+        .map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO))
+        .collect();
     f.client.enqueue_many(&f.queue, tasks).await.unwrap();
     let mut conn = f.redis().await;
     let recorder = Recorder::new();
@@ -541,9 +543,16 @@ async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
     assert_eq!(recorder.runs_per_task().len(), 500);
     let server: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
     let version = rivulet::ServerInfo::parse(&server).unwrap().version;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     if version >= (8, 2, 0) {
-        assert!(command_calls(&info, "xackdel") >= 1, "no XACKDEL on {version:?}:\n{info}");
+        assert!(
+            command_calls(&info, "xackdel") >= 1,
+            "no XACKDEL on {version:?}:\n{info}"
+        );
     } else {
         eprintln!("XACKDEL not checked: this server is {version:?}, XACKDEL needs Redis 8.2");
     }

@@ -798,20 +798,31 @@ async fn a_success_settled_after_a_freeze_past_the_lease_is_fenced_and_the_new_o
         )
         .await
         .unwrap();
-    let started = wait_until(Duration::from_secs(20), async || probe_starts(&f, key, pid_a).await == 1).await;
+    let started = wait_until(Duration::from_secs(20), async || {
+        probe_starts(&f, key, pid_a).await == 1
+    })
+    .await;
     assert!(started, "A never started the task:\n{}", a.log());
     signal(&mut a, nix::sys::signal::Signal::SIGSTOP);
 
     let (mut b, b_id) = spawn_test_worker(&f.server, "frozen", 4, lease_ms, &[]);
     let pid_b = b.child().id();
-    let started = wait_until(Duration::from_secs(30), async || probe_starts(&f, key, pid_b).await == 1).await;
+    let started = wait_until(Duration::from_secs(30), async || {
+        probe_starts(&f, key, pid_b).await == 1
+    })
+    .await;
     assert!(started, "B never reclaimed and started the task:\n{}", b.log());
     signal(&mut b, nix::sys::signal::Signal::SIGSTOP);
     signal(&mut a, nix::sys::signal::Signal::SIGCONT);
 
     // A's handler ends (its sleep is long over) and A settles: fenced off.
     let fenced = wait_until(Duration::from_secs(20), async || f.stats().await.counters.fenced == 1).await;
-    assert!(fenced, "A's late success was not fenced: {:#?}\n{}", f.stats().await, a.log());
+    assert!(
+        fenced,
+        "A's late success was not fenced: {:#?}\n{}",
+        f.stats().await,
+        a.log()
+    );
     assert_eq!(f.stats().await.counters.done, 0, "A's late success was counted");
     let pending = f.inspector.pending(&f.queue, 10).await.unwrap();
     assert_eq!(pending.len(), 1, "the entry is still pending: {pending:?}");
