@@ -557,3 +557,42 @@ async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
         eprintln!("XACKDEL not checked: this server is {version:?}, XACKDEL needs Redis 8.2");
     }
 }
+
+/// A server that refuses the plain acks (an ACL without `XACKDEL` and `MULTI`) still gets
+/// every outcome: the worker falls back to `settle.lua` for good, and nothing is lost or
+/// counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_the_plain_acks_gets_every_success_through_the_script() {
+    let f = Fixture::with_queue(Queue::new("noplain").unwrap()).await;
+    let mut conn = f.redis().await;
+    redis::cmd("ACL")
+        .arg([
+            "SETUSER", "noplain", "on", ">pw", "~*", "&*", "+@all", "-xackdel", "-multi",
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let tasks: Vec<Task> = (0..300u32)
+        .map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO))
+        .collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let recorder = Recorder::new();
+    let url = format!("redis://noplain:pw@127.0.0.1:{}", f.server.port());
+    let worker = rivulet::Worker::new(
+        redis::Client::open(url).unwrap(),
+        recorder.router(&["count"]),
+        fast_config(),
+    )
+    .queue(f.queue.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    f.wait_done(300, Duration::from_secs(30)).await;
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    let stats = f.stats().await;
+    assert_eq!((stats.counters.done, stats.counters.fenced), (300, 0));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(recorder.runs_per_task().len(), 300);
+}

@@ -96,7 +96,11 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
     loop {
         // Decided again on every try: a batch retried after an outage may be past the window.
         let now = std::time::Instant::now();
-        let window = shared.config.fast_ack_window();
+        let window = if shared.fast_acks.load(std::sync::atomic::Ordering::Relaxed) {
+            shared.config.fast_ack_window()
+        } else {
+            std::time::Duration::ZERO
+        };
         let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
             let lane = &shared.lanes[group[0].lane];
             let mut conn = shared.conn.clone();
@@ -108,8 +112,17 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
                 .map(|(o, _)| o.entry_id)
                 .collect();
             async move {
-                let stale_fresh =
-                    broker::ack_fresh(&mut conn, &lane.keys, &fresh, shared.ack_command).await?;
+                let stale_fresh = match broker::ack_fresh(&mut conn, &lane.keys, &fresh, shared.ack_command).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Refused, not failed (an ACL without XACKDEL, MULTI or EXEC): the
+                        // batch's retry and every later one take the script instead.
+                        if refused(&e) && shared.fast_acks.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "the server refuses the plain acks; settling every outcome with settle.lua from now on");
+                        }
+                        return Err(e);
+                    }
+                };
                 let items: Vec<(StreamId, &Settle)> = group
                     .iter()
                     .zip(&is_fresh)
@@ -225,6 +238,21 @@ fn fresh_acks(
                     .is_some_and(|read| now.saturating_duration_since(*read) < window)
         })
         .collect()
+}
+
+/// Whether Redis refused a fast ack's commands for good (permission, unknown command, or the
+/// transaction discarded for either), as opposed to failing for now (connection, OOM,
+/// loading, a failover).
+fn refused(e: &crate::Error) -> bool {
+    let crate::Error::Redis(r) = e else {
+        return false;
+    };
+    match r.code() {
+        Some("NOPERM") => true,
+        Some("EXECABORT") => !r.to_string().contains("OOM"),
+        Some("ERR") => r.to_string().contains("unknown command"),
+        _ => false,
+    }
 }
 
 /// Drops a batch the drain has no time left to write: its tasks stay pending under this

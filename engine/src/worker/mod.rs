@@ -298,6 +298,9 @@ struct Shared {
     /// How the acker writes a plain success settled within the fast window (`acker.rs`):
     /// `XACKDEL` on Redis 8.2 and later, `XACK` + `XDEL` before.
     ack_command: broker::AckCommand,
+    /// Whether the fast acks are on: turned off for good when the server refuses them (an ACL
+    /// without `XACKDEL` or `MULTI`), and every outcome then takes the script.
+    fast_acks: AtomicBool,
     /// Told when a pause flag changed (a fetcher waiting with every lane paused looks again).
     lanes_changed: tokio::sync::Notify,
     /// When a read may have lost its reply (ms since the epoch; 0: never): entries delivered
@@ -648,6 +651,7 @@ impl Worker {
             promoter_wake: tokio::sync::Notify::new(),
             fetch_clients,
             ack_command: broker::AckCommand::for_version(server.version),
+            fast_acks: AtomicBool::new(true),
             lanes_changed: tokio::sync::Notify::new(),
             lost_replies_at: AtomicU64::new(0),
             wake_client: target.single_client().cloned(),
