@@ -558,17 +558,24 @@ async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
     }
 }
 
-/// A server that refuses the plain acks (an ACL without `XACKDEL` and `MULTI`) still gets
+/// A server that refuses the plain acks (an ACL without `XACKDEL`, Redis 8.2+) still gets
 /// every outcome: the worker falls back to `settle.lua` for good, and nothing is lost or
 /// counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_the_plain_acks_gets_every_success_through_the_script() {
     let f = Fixture::with_queue(Queue::new("noplain").unwrap()).await;
     let mut conn = f.redis().await;
+    let server: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
+    let version = rivulet::ServerInfo::parse(&server).unwrap().version;
+    if version < (8, 2, 0) {
+        // Before 8.2 the plain acks are XACK + XDEL in a MULTI, which settle.lua and enqueues
+        // need as well; an ACL without MULTI is not supported (and redis-rs 1.8 panics on a
+        // refused MULTI in a pipeline).
+        eprintln!("not run: this server is {version:?}; there is no XACKDEL to refuse before Redis 8.2");
+        return;
+    }
     redis::cmd("ACL")
-        .arg([
-            "SETUSER", "noplain", "on", ">pw", "~*", "&*", "+@all", "-xackdel", "-multi",
-        ])
+        .arg(&["SETUSER", "noplain", "on", ">pw", "~*", "&*", "+@all", "-xackdel"][..])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();

@@ -115,8 +115,8 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
                 let stale_fresh = match broker::ack_fresh(&mut conn, &lane.keys, &fresh, shared.ack_command).await {
                     Ok(n) => n,
                     Err(e) => {
-                        // Refused, not failed (an ACL without XACKDEL, MULTI or EXEC): the
-                        // batch's retry and every later one take the script instead.
+                        // Refused, not failed (an ACL without XACKDEL): the batch's retry and
+                        // every later one take the script instead.
                         if refused(&e) && shared.fast_acks.swap(false, std::sync::atomic::Ordering::Relaxed) {
                             tracing::warn!(error = %e, "the server refuses the plain acks; settling every outcome with settle.lua from now on");
                         }

@@ -299,7 +299,7 @@ struct Shared {
     /// `XACKDEL` on Redis 8.2 and later, `XACK` + `XDEL` before.
     ack_command: broker::AckCommand,
     /// Whether the fast acks are on: turned off for good when the server refuses them (an ACL
-    /// without `XACKDEL` or `MULTI`), and every outcome then takes the script.
+    /// without `XACKDEL`), and every outcome then takes the script.
     fast_acks: AtomicBool,
     /// Told when a pause flag changed (a fetcher waiting with every lane paused looks again).
     lanes_changed: tokio::sync::Notify,
