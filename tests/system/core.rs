@@ -512,3 +512,94 @@ async fn deleting_a_queue_is_refused_while_it_holds_work_and_removes_every_key_w
     );
     w.stop().await;
 }
+
+/// `calls` of `cmd` in an `INFO commandstats` reply (0 when never called).
+fn command_calls(info: &str, cmd: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Successes of tasks without a record settled at once skip the fenced script
+/// (worker/acker.rs): on Redis 8.2+ they go out as `XACKDEL` (before, as `XACK` + `XDEL`, which
+/// `settle.lua` calls too, so only the counts are checked there), and `done` counts each task
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
+    let f = Fixture::with_queue(Queue::new("fastack").unwrap()).await;
+    let tasks: Vec<Task> = (0..500u32)
+        .map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO))
+        .collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let mut conn = f.redis().await;
+    let recorder = Recorder::new();
+    let w = f.start_worker(recorder.router(&["count"]), fast_config());
+    f.wait_done(500, Duration::from_secs(30)).await;
+    w.stop().await;
+    let stats = f.stats().await;
+    assert_eq!((stats.counters.done, stats.counters.fenced), (500, 0));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(recorder.runs_per_task().len(), 500);
+    let server: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
+    let version = rivulet::ServerInfo::parse(&server).unwrap().version;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if version >= (8, 2, 0) {
+        assert!(
+            command_calls(&info, "xackdel") >= 1,
+            "no XACKDEL on {version:?}:\n{info}"
+        );
+    } else {
+        eprintln!("XACKDEL not checked: this server is {version:?}, XACKDEL needs Redis 8.2");
+    }
+}
+
+/// A server that refuses the plain acks (an ACL without `XACKDEL`, Redis 8.2+) still gets
+/// every outcome: the worker falls back to `settle.lua` for good, and nothing is lost or
+/// counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_the_plain_acks_gets_every_success_through_the_script() {
+    let f = Fixture::with_queue(Queue::new("noplain").unwrap()).await;
+    let mut conn = f.redis().await;
+    let server: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.unwrap();
+    let version = rivulet::ServerInfo::parse(&server).unwrap().version;
+    if version < (8, 2, 0) {
+        // Before 8.2 the plain acks are XACK + XDEL in a MULTI, which settle.lua and enqueues
+        // need as well; an ACL without MULTI is not supported (and redis-rs 1.8 panics on a
+        // refused MULTI in a pipeline).
+        eprintln!("not run: this server is {version:?}; there is no XACKDEL to refuse before Redis 8.2");
+        return;
+    }
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "noplain", "on", ">pw", "~*", "&*", "+@all", "-xackdel"][..])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let tasks: Vec<Task> = (0..300u32)
+        .map(|i| Task::json("count", &i).unwrap().retention(Duration::ZERO))
+        .collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let recorder = Recorder::new();
+    let url = format!("redis://noplain:pw@127.0.0.1:{}", f.server.port());
+    let worker = rivulet::Worker::new(
+        redis::Client::open(url).unwrap(),
+        recorder.router(&["count"]),
+        fast_config(),
+    )
+    .queue(f.queue.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    f.wait_done(300, Duration::from_secs(30)).await;
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    let stats = f.stats().await;
+    assert_eq!((stats.counters.done, stats.counters.fenced), (300, 0));
+    assert_eq!(f.outstanding().await, 0);
+    assert_eq!(recorder.runs_per_task().len(), 300);
+}

@@ -759,3 +759,81 @@ async fn a_task_brings_its_own_attempts_and_backoff() {
         );
     }
 }
+
+/// How many `start` lines process `pid` wrote to the probe log `key`.
+async fn probe_starts(f: &Fixture, key: &str, pid: u32) -> usize {
+    crate::limits::probe_log(f, key)
+        .await
+        .iter()
+        .filter(|l| matches!(l, crate::limits::Line::Start { pid: p, .. } if *p == pid))
+        .count()
+}
+
+fn signal(child: &mut ChildGuard, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.child().id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("the test worker is running");
+}
+
+/// A plain success settled within `fast_ack_window` of its read skips the fence (acker.rs):
+/// one settled after its worker was frozen past the lease must not. Worker A is frozen
+/// (SIGSTOP) while it runs a task; B reclaims it once the lease is over and is frozen in turn
+/// while it runs it; A thaws and settles its success: fenced off, and the entry stays B's, not
+/// counted done. B thaws: its outcome is the one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_settled_after_a_freeze_past_the_lease_is_fenced_and_the_new_owner_keeps_the_task() {
+    let f = Fixture::with_queue(Queue::new("frozen").unwrap()).await;
+    // Lease 6 s: the fast window is 1 s, longer than the 600 ms the probe runs, so without
+    // the freeze A's success would skip the fence.
+    let lease_ms = 6000;
+    let key = "frozen";
+    let (mut a, _a_id) = spawn_test_worker(&f.server, "frozen", 4, lease_ms, &[]);
+    let pid_a = a.child().id();
+    f.client
+        .enqueue(
+            &f.queue,
+            // No task record: a tracked success always takes the fenced script.
+            Task::json("probe", &serde_json::json!({"key": key, "ms": 600}))
+                .unwrap()
+                .retention(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let started = wait_until(Duration::from_secs(20), async || {
+        probe_starts(&f, key, pid_a).await == 1
+    })
+    .await;
+    assert!(started, "A never started the task:\n{}", a.log());
+    signal(&mut a, nix::sys::signal::Signal::SIGSTOP);
+
+    let (mut b, b_id) = spawn_test_worker(&f.server, "frozen", 4, lease_ms, &[]);
+    let pid_b = b.child().id();
+    let started = wait_until(Duration::from_secs(30), async || {
+        probe_starts(&f, key, pid_b).await == 1
+    })
+    .await;
+    assert!(started, "B never reclaimed and started the task:\n{}", b.log());
+    signal(&mut b, nix::sys::signal::Signal::SIGSTOP);
+    signal(&mut a, nix::sys::signal::Signal::SIGCONT);
+
+    // A's handler ends (its sleep is long over) and A settles: fenced off.
+    let fenced = wait_until(Duration::from_secs(20), async || f.stats().await.counters.fenced == 1).await;
+    assert!(
+        fenced,
+        "A's late success was not fenced: {:#?}\n{}",
+        f.stats().await,
+        a.log()
+    );
+    assert_eq!(f.stats().await.counters.done, 0, "A's late success was counted");
+    let pending = f.inspector.pending(&f.queue, 10).await.unwrap();
+    assert_eq!(pending.len(), 1, "the entry is still pending: {pending:?}");
+    assert_eq!(pending[0].consumer, b_id, "and still B's");
+
+    signal(&mut b, nix::sys::signal::Signal::SIGCONT);
+    f.wait_done(1, Duration::from_secs(20)).await;
+    let stats = f.stats().await;
+    assert_eq!(
+        (stats.counters.done, stats.counters.fenced, stats.counters.reclaimed),
+        (1, 1, 1)
+    );
+    assert_eq!(f.outstanding().await, 0);
+}

@@ -215,6 +215,79 @@ impl SettleCall {
     }
 }
 
+/// How [`ack_fresh`] acknowledges and deletes: chosen once at start from the server's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCommand {
+    /// `XACKDEL key group IDS n id...` (Redis 8.2 and later): one command, a status per id.
+    AckDel,
+    /// `XACK` then `XDEL` of the same ids (older servers).
+    AckThenDel,
+}
+
+impl AckCommand {
+    /// The command a server of this version takes.
+    pub fn for_version(version: (u32, u32, u32)) -> Self {
+        if version >= (8, 2, 0) {
+            AckCommand::AckDel
+        } else {
+            AckCommand::AckThenDel
+        }
+    }
+}
+
+/// Acknowledges and deletes plain successes of one shard without `settle.lua`'s fence, and
+/// counts them as `done`: only for entries settled well within their lease, which no other
+/// worker can have claimed (`worker/acker.rs` says when; docs/architecture.md "Settling").
+/// One transaction on one node (a pipeline on a Redis Cluster, as enqueues): `XACKDEL` (or
+/// `XACK` + `XDEL`) and `HINCRBY done`. Neither command touches an entry the group no longer
+/// has pending (`XACKDEL` answers -1 for it and deletes nothing; `XDEL` of an entry already
+/// settled finds nothing): those (settled by an earlier try of the same batch whose reply was
+/// lost) are taken back from `done` and counted as `fenced`, as the script counts them.
+/// Returns how many there were.
+pub async fn ack_fresh(conn: &mut RedisConnection, keys: &ShardKeys, ids: &[StreamId], how: AckCommand) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    if !conn.is_cluster() {
+        pipe.atomic();
+    }
+    match how {
+        AckCommand::AckDel => {
+            pipe.cmd("XACKDEL")
+                .arg(&keys.stream)
+                .arg(GROUP)
+                .arg("IDS")
+                .arg(ids.len())
+                .arg(ids);
+        }
+        AckCommand::AckThenDel => {
+            pipe.cmd("XACK").arg(&keys.stream).arg(GROUP).arg(ids);
+            pipe.cmd("XDEL").arg(&keys.stream).arg(ids).ignore();
+        }
+    }
+    pipe.cmd("HINCRBY").arg(&keys.stats).arg("done").arg(ids.len()).ignore();
+    let (reply,): (Value,) = pipe.query_async(conn).await?;
+    let acked = match reply {
+        // One status per id: 1 acknowledged and deleted, -1 not pending in the group.
+        Value::Array(codes) => codes.iter().filter(|c| matches!(c, Value::Int(1 | 2))).count() as u64,
+        Value::Int(n) => n as u64,
+        other => return Err(Error::protocol(format!("XACKDEL / XACK reply {other:?}"))),
+    };
+    let stale = (ids.len() as u64).saturating_sub(acked);
+    if stale > 0 {
+        let mut fix = redis::pipe();
+        fix.cmd("HINCRBY")
+            .arg(&keys.stats)
+            .arg("done")
+            .arg(-(stale as i64))
+            .ignore();
+        fix.cmd("HINCRBY").arg(&keys.stats).arg("fenced").arg(stale).ignore();
+        fix.query_async::<()>(conn).await?;
+    }
+    Ok(stale)
+}
+
 /// settle.lua's invocation for untracked outcomes; `(lo, hi)` spans every entry id of the
 /// call (tracked ones included, which `lifecycle::settle_tracked` appends).
 pub(super) fn settle_invocation(

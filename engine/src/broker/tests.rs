@@ -119,6 +119,75 @@ async fn stale_worker_ack_after_reclaim_is_rejected() {
     assert_eq!(done, 1);
 }
 
+/// The shard's stats counter `name` (0 when unset).
+async fn counter(conn: &mut RedisConnection, keys: &ShardKeys, name: &str) -> u64 {
+    let v: Option<u64> = redis::cmd("HGET")
+        .arg(&keys.stats)
+        .arg(name)
+        .query_async(conn)
+        .await
+        .unwrap();
+    v.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn fresh_acks_delete_count_done_and_count_a_second_try_as_fenced_with_either_command() {
+    let server = shared_server();
+    let mut probe = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let version = server_info(&mut probe).await.unwrap().version;
+    let mut commands = vec![AckCommand::AckThenDel];
+    if version >= (8, 2, 0) {
+        commands.push(AckCommand::AckDel);
+    } else {
+        eprintln!("XACKDEL not tested: this server is {version:?}, XACKDEL needs Redis 8.2");
+    }
+    assert_eq!(AckCommand::for_version(version), *commands.last().unwrap());
+    for how in commands {
+        let (mut conn, keys, first) = setup(server).await;
+        // Three more entries delivered to the same consumer, one left pending.
+        let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
+        for _ in 0..3 {
+            add_ready(&mut conn, &[(&keys, &env)], Durability::Fast).await.unwrap();
+        }
+        let got = read_group(&mut conn, "stale", 10, None, &[keys.stream.as_str()])
+            .await
+            .unwrap();
+        let ids: Vec<StreamId> = std::iter::once(first)
+            .chain(got.into_iter().map(|(_, e)| e.id))
+            .collect();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ack_fresh(&mut conn, &keys, &ids[..3], how).await.unwrap(), 0, "{how:?}");
+        assert_eq!(counter(&mut conn, &keys, "done").await, 3, "{how:?}");
+        // Only the entry not acked is left, in the stream and pending.
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 1, "{how:?}");
+        assert_eq!(
+            owned_ids(&mut conn, &keys, "stale", 10).await.unwrap(),
+            [ids[3]],
+            "{how:?}"
+        );
+        // A second try of the same acks (its reply was lost) changes nothing but `fenced`:
+        // `done` stays exact.
+        assert_eq!(ack_fresh(&mut conn, &keys, &ids[1..], how).await.unwrap(), 2, "{how:?}");
+        assert_eq!(counter(&mut conn, &keys, "done").await, 4, "{how:?}");
+        assert_eq!(counter(&mut conn, &keys, "fenced").await, 2, "{how:?}");
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&keys.stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "{how:?}");
+        assert!(owned_ids(&mut conn, &keys, "stale", 10).await.unwrap().is_empty());
+    }
+}
+
 #[tokio::test]
 async fn a_shard_is_dropped_only_when_empty_unless_forced() {
     let server = shared_server();

@@ -1,4 +1,15 @@
-//! The acker: settles outcomes in batches, one `settle.lua` call per shard per batch.
+//! The acker: settles outcomes in batches, per shard per batch one `XACKDEL` (or `XACK` +
+//! `XDEL`) for the fresh plain successes and one `settle.lua` call for the rest.
+//!
+//! **Two paths.** A plain success (no task record) settled within
+//! `WorkerConfig::fast_ack_window` of its read's reply cannot have been claimed by another
+//! worker, so it is acknowledged and deleted with plain commands and counted `done` in the same
+//! transaction (`broker::ack_fresh`: `XACKDEL` on Redis 8.2+, `XACK` + `XDEL` before, both
+//! measured cheaper than the script; docs/benchmarks.md "What limits the drain"). Everything
+//! else goes through `settle.lua`, which checks that this consumer still owns each entry
+//! (fencing): failures, buries, requeues, tracked tasks, and any success settled later (a long
+//! handler, a frozen process, a batch retried after an outage: the choice is made again on
+//! every try).
 //!
 //! It takes whatever outcomes are waiting (up to `MAX_BATCH`), so under load one round trip
 //! settles many tasks and when idle a single outcome goes out at once. A batch that fails
@@ -83,14 +94,40 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
     batch.sort_by_key(|o| o.lane);
     let mut outage = Outage::new(shared);
     loop {
+        // Decided again on every try: a batch retried after an outage may be past the window.
+        let now = std::time::Instant::now();
+        let window = if shared.fast_acks.load(std::sync::atomic::Ordering::Relaxed) {
+            shared.config.fast_ack_window()
+        } else {
+            std::time::Duration::ZERO
+        };
         let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
             let lane = &shared.lanes[group[0].lane];
             let mut conn = shared.conn.clone();
+            let is_fresh = fresh_acks(lane, group, now, window);
+            let fresh: Vec<StreamId> = group
+                .iter()
+                .zip(&is_fresh)
+                .filter(|(_, f)| **f)
+                .map(|(o, _)| o.entry_id)
+                .collect();
             async move {
+                let stale_fresh = match broker::ack_fresh(&mut conn, &lane.keys, &fresh, shared.ack_command).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Refused, not failed (an ACL without XACKDEL): the batch's retry and
+                        // every later one take the script instead.
+                        if refused(&e) && shared.fast_acks.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "the server refuses the plain acks; settling every outcome with settle.lua from now on");
+                        }
+                        return Err(e);
+                    }
+                };
                 let items: Vec<(StreamId, &Settle)> = group
                     .iter()
-                    .filter(|o| o.track.is_none())
-                    .map(|o| (o.entry_id, &o.settle))
+                    .zip(&is_fresh)
+                    .filter(|(o, f)| o.track.is_none() && !**f)
+                    .map(|(o, _)| (o.entry_id, &o.settle))
                     .collect();
                 let tracked: Vec<(StreamId, &Settle, &Tracked)> = group
                     .iter()
@@ -102,7 +139,11 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
                     dlq_maxlen: shared.config.dlq_maxlen,
                     now_ms: shared.clock.now_ms(),
                 };
-                let stale = broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await?;
+                let stale = if items.is_empty() && tracked.is_empty() {
+                    Vec::new()
+                } else {
+                    broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await?
+                };
                 // Fair groups (docs/groups.md): the settled tasks made room in the stream, so
                 // it is refilled from the fair set, right after the settle on the same
                 // connection. Only for shards seen holding grouped tasks; a failed feed is
@@ -112,7 +153,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
                 {
                     tracing::debug!(error = %e, stream = %lane.keys.stream, "could not feed the stream from the fair set; the promoter will");
                 }
-                Ok::<_, crate::Error>(stale)
+                Ok::<_, crate::Error>((stale, stale_fresh))
             }
         });
         let all = futures_util::future::join_all(calls);
@@ -131,13 +172,20 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
         let mut failed = None;
         for (group, r) in batch.chunk_by(|a, b| a.lane == b.lane).zip(results) {
             match r {
-                Ok(stale) => {
+                Ok((stale, stale_fresh)) => {
                     shared.release(group[0].lane, group.iter().map(|o| o.entry_id));
                     // Now in the retry set: the promoter sleeping past one's time wakes for it.
                     for o in group {
                         if let Settle::Retry { due_ms, .. } | Settle::Wait { due_ms, .. } = &o.settle {
                             shared.wake_promoter_by(*due_ms);
                         }
+                    }
+                    if stale_fresh > 0 {
+                        WorkerCounters::add(&shared.counters.fenced, stale_fresh);
+                        tracing::warn!(
+                            entries = stale_fresh,
+                            "acks dropped: these tasks were no longer pending (settled by an earlier try of this batch)"
+                        );
                     }
                     if !stale.is_empty() {
                         WorkerCounters::add(&shared.counters.fenced, stale.len() as u64);
@@ -166,6 +214,44 @@ async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
         }
         tracing::warn!(error = %e, outcomes = batch.len(), retry_in_ms = delay.as_millis() as u64, "settling failed; retrying");
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Which of one lane's outcomes are plain successes whose read's reply came in less than
+/// `window` ago: acknowledged without `settle.lua`'s fence (`broker::ack_fresh`), since nobody can have
+/// claimed them yet (`WorkerConfig::fast_ack_window`). Everything else (failures, buries,
+/// requeues, tracked tasks, and successes settled later) takes the fenced script.
+fn fresh_acks(
+    lane: &super::Lane,
+    group: &[Outcome],
+    now: std::time::Instant,
+    window: std::time::Duration,
+) -> Vec<bool> {
+    let held = lane.held.lock().expect("never poisoned");
+    group
+        .iter()
+        .map(|o| {
+            o.track.is_none()
+                && matches!(o.settle, Settle::Ack)
+                && held
+                    .get(&o.entry_id)
+                    .is_some_and(|read| now.saturating_duration_since(*read) < window)
+        })
+        .collect()
+}
+
+/// Whether Redis refused a fast ack's commands for good (permission, unknown command, or the
+/// transaction discarded for either), as opposed to failing for now (connection, OOM,
+/// loading, a failover).
+fn refused(e: &crate::Error) -> bool {
+    let crate::Error::Redis(r) = e else {
+        return false;
+    };
+    match r.code() {
+        Some("NOPERM") => true,
+        Some("EXECABORT") => !r.to_string().contains("OOM"),
+        Some("ERR") => r.to_string().contains("unknown command"),
+        _ => false,
     }
 }
 

@@ -251,6 +251,15 @@ impl WorkerConfig {
         (self.lease / 3).min(Duration::from_secs(2))
     }
 
+    /// How long after its read's reply a plain success is acknowledged without the fence
+    /// (`worker/acker.rs`): half a heartbeat interval (a sixth of the lease, at most 1 s).
+    /// Within it nobody can have claimed the entry: a peer would need a lease shorter than
+    /// this, and such a peer could claim a renewed entry (idle up to a heartbeat interval)
+    /// anyway; the other half covers the trip of the read's reply and of the ack.
+    pub fn fast_ack_window(&self) -> Duration {
+        self.heartbeat_interval() / 2
+    }
+
     /// How often an idle worker (holding nothing, its counters still) rewrites its registry
     /// record: a third of the lease, at least every 10 s (and never more often than the
     /// heartbeat). The record lives three of these plus a second.

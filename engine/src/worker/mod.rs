@@ -180,8 +180,9 @@ struct Lane {
     paused: AtomicBool,
     /// Entries of this shard the worker has in process, from the read until their outcome is
     /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
-    /// but not here (a read whose reply was lost) age out and are reclaimed.
-    held: Mutex<HashSet<StreamId>>,
+    /// but not here (a read whose reply was lost) age out and are reclaimed. Each with when its
+    /// read's reply came in: the acker acks one still young without the fence (`acker.rs`).
+    held: Mutex<HashMap<StreamId, std::time::Instant>>,
     /// The queue's record retention in ms (0: its tasks keep none unless they ask).
     retention_ms: u64,
     /// Approximate cap of the shard's events stream.
@@ -209,7 +210,7 @@ async fn check_server(
     conn: &mut RedisConnection,
     config: &WorkerConfig,
     queues: &[(Queue, QueueOptions)],
-) -> Result<()> {
+) -> Result<crate::durability::ServerInfo> {
     let info = broker::server_info(conn).await?;
     // The function library producers in other languages call (and the engine's own
     // enqueue, cancel, wait, inspect and replay): loaded unless this revision already is.
@@ -250,7 +251,7 @@ async fn check_server(
             );
         }
     }
-    Ok(())
+    Ok(info)
 }
 
 struct Shared {
@@ -294,6 +295,12 @@ struct Shared {
     promoter_wake: tokio::sync::Notify,
     /// Each fetcher's connection, for ending its blocking read early (`CLIENT UNBLOCK`).
     fetch_clients: Vec<FetchClient>,
+    /// How the acker writes a plain success settled within the fast window (`acker.rs`):
+    /// `XACKDEL` on Redis 8.2 and later, `XACK` + `XDEL` before.
+    ack_command: broker::AckCommand,
+    /// Whether the fast acks are on: turned off for good when the server refuses them (an ACL
+    /// without `XACKDEL`), and every outcome then takes the script.
+    fast_acks: AtomicBool,
     /// Told when a pause flag changed (a fetcher waiting with every lane paused looks again).
     lanes_changed: tokio::sync::Notify,
     /// When a read may have lost its reply (ms since the epoch; 0: never): entries delivered
@@ -375,8 +382,9 @@ impl Shared {
 
     /// Records entries read from a lane as held in process (see [`Lane::held`]).
     fn hold(&self, lane: usize, ids: impl Iterator<Item = StreamId>) {
+        let now = std::time::Instant::now();
         let mut held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.extend(ids);
+        held.extend(ids.map(|id| (id, now)));
     }
 
     /// Forgets entries whose outcome is settled (or fenced off).
@@ -390,7 +398,7 @@ impl Shared {
     /// The ids held in a lane now, for renewing their leases.
     fn held_ids(&self, lane: usize) -> Vec<StreamId> {
         let held = self.lanes[lane].held.lock().expect("never poisoned");
-        held.iter().copied().collect()
+        held.keys().copied().collect()
     }
 
     /// Budget units for up to `want` entries a loop is about to ask Redis for, taken now
@@ -560,7 +568,7 @@ impl Worker {
             ));
         }
         let mut conn = target.open(Some(Duration::from_secs(10))).await?;
-        check_server(&mut conn, &config, &queues).await?;
+        let server = check_server(&mut conn, &config, &queues).await?;
 
         let mut lanes = Vec::new();
         for (queue, options) in &queues {
@@ -642,6 +650,8 @@ impl Worker {
             promoter_wanted: AtomicU64::new(u64::MAX),
             promoter_wake: tokio::sync::Notify::new(),
             fetch_clients,
+            ack_command: broker::AckCommand::for_version(server.version),
+            fast_acks: AtomicBool::new(true),
             lanes_changed: tokio::sync::Notify::new(),
             lost_replies_at: AtomicU64::new(0),
             wake_client: target.single_client().cloned(),
