@@ -275,11 +275,13 @@ async fn wait_returns_at_completion_and_an_idle_wait_costs_a_bounded_number_of_c
     // (The first wait also loads wait.lua: NOSCRIPT, SCRIPT LOAD.)
     assert!(used[1] <= used[0], "a longer idle wait issued more commands: {used:?}");
     // Per wait: a lookup and a final read (one `rivulet_v1_record` call per priority each,
-    // which runs one HGETALL: two commands), the register script, BLPOP, the unregister
-    // script (3), the blocking connection's handshake, the INFO read. Redis 8 also counts the
-    // CLIENT SETINFO calls of the handshakes (the blocking connection's and the one this test
-    // opens to read INFO): 22 on Redis 7.0, 26 on Redis 8.6.
-    assert!(used[1] <= 26, "an idle wait issued {} commands", used[1]);
+    // which runs one HGETALL, and on a priority without a live record one HGET of its
+    // shard's `finished` hash: two or three commands), the register script, BLPOP, the
+    // unregister script (3), the blocking connection's handshake, the INFO read. Redis 8 also
+    // counts the CLIENT SETINFO calls of the handshakes (the blocking connection's and the one
+    // this test opens to read INFO): 26 on Redis 7.0, 30 on Redis 8.6.
+    eprintln!("commands per idle wait: {used:?}");
+    assert!(used[1] <= 30, "an idle wait issued {} commands", used[1]);
 
     // A waiter blocked before the task finishes is woken by the finish.
     let open = Arc::new(Notify::new());
