@@ -346,8 +346,9 @@ pub async fn settle_tracked(
 /// itself for a first delivery (it re-packs `runs` when the entry was delivered more often).
 fn pack_success(out: &mut Vec<u8>, ctx: SettleCtx<'_>, t: &Tracked, env: &TrackedEnvelope) {
     let result = t.result.as_ref().filter(|(b, _)| !b.is_empty());
-    let n: u8 = if result.is_some() { 13 } else { 11 };
-    out.push(0x80 | n);
+    let n = if result.is_some() { 13 } else { 11 };
+    // (Writing into a Vec cannot fail.)
+    let _ = rmp::encode::write_map_len(out, n);
     let num = |out: &mut Vec<u8>, name: &str, v: u64| {
         mp_str(out, name.as_bytes());
         let mut digits = [0u8; 20];
@@ -386,19 +387,8 @@ fn pack_success(out: &mut Vec<u8>, ctx: SettleCtx<'_>, t: &Tracked, env: &Tracke
 
 /// A MessagePack string (str format: Lua's cmsgpack reads any bytes back as a Lua string).
 fn mp_str(out: &mut Vec<u8>, s: &[u8]) {
-    let n = s.len();
-    if n < 32 {
-        out.push(0xa0 | n as u8);
-    } else if n < 256 {
-        out.push(0xd9);
-        out.push(n as u8);
-    } else if let Ok(n) = u16::try_from(n) {
-        out.push(0xda);
-        out.extend_from_slice(&n.to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    }
+    // (Writing into a Vec cannot fail; no field comes near 4 GiB: results are capped.)
+    let _ = rmp::encode::write_str_len(out, u32::try_from(s.len()).unwrap_or(u32::MAX));
     out.extend_from_slice(s);
 }
 
