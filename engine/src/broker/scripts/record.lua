@@ -53,25 +53,37 @@ local function record_finished_map(rec)
   return cmsgpack.unpack(string.sub(v, from))
 end
 
+-- Record `rec`'s final map given `r`, what a read of its key answered through pcall, and whether
+-- that read found a live HASH: the STRING at the key (a WRONGTYPE answer), else the finished
+-- field; nil when the record is live or there is none.
+local function record_final_map(rec, r, live)
+  if r.err ~= nil then
+    return cmsgpack.unpack(redis.call('GET', rec))
+  end
+  if live then
+    return nil
+  end
+  return record_finished_map(rec)
+end
+
 -- The values of fields `names` of record `rec` (false for a missing field or record), and
 -- whether the record is final. `names` includes 'state' (a live record always has it). One
 -- HMGET for a live record; a final STRING answers it WRONGTYPE and is read with one GET; no
 -- record at the key, the finished field is read (one HGET, and TIME when there is one).
 local function record_get(rec, names)
   local r = redis.pcall('HMGET', rec, unpack(names))
-  local m
+  local live = false
   if r.err == nil then
     for i = 1, #names do
       if r[i] then
-        return r, false
+        live = true
+        break
       end
     end
-    m = record_finished_map(rec)
-    if not m then
-      return r, false
-    end
-  else
-    m = cmsgpack.unpack(redis.call('GET', rec))
+  end
+  local m = record_final_map(rec, r, live)
+  if not m then
+    return r, false
   end
   local out = {}
   for i = 1, #names do
@@ -86,17 +98,9 @@ end
 -- there is no record), and whether it is final.
 local function record_all(rec)
   local r = redis.pcall('HGETALL', rec)
-  local m
-  if r.err == nil then
-    if #r > 0 then
-      return r, false
-    end
-    m = record_finished_map(rec)
-    if not m then
-      return r, false
-    end
-  else
-    m = cmsgpack.unpack(redis.call('GET', rec))
+  local m = record_final_map(rec, r, r.err == nil and #r > 0)
+  if not m then
+    return r, false
   end
   local out = {}
   for k, v in pairs(m) do

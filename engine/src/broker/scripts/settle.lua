@@ -225,6 +225,24 @@ if #KEYS > 4 then
     end
     return n
   end
+  -- The done list of a task (`rivulet:{q:p:n}:done:<id>`, keys.rs), in its record's slot: a
+  -- short success's is derived, only when someone waits or a cancel finished it.
+  local function done_of(rec, task)
+    return string.sub(rec, 1, string.find(rec, '}:task:', 1, true)) .. ':done:' .. task
+  end
+  -- A task now final: its waiters woken (through `done_list`, or the one derived from `rec`
+  -- when that is nil) and its cancel mark dropped; nothing to look up while the shard has
+  -- neither.
+  local function final_marks(task, rec, done_list)
+    if any_waiting and redis.call('SREM', waiting, task) == 1 then
+      done_list = done_list or done_of(rec, task)
+      redis.call('RPUSH', done_list, '1')
+      redis.call('PEXPIRE', done_list, 60000)
+    end
+    if any_cancels then
+      redis.call('SREM', cancels, task)
+    end
+  end
   -- A final state: the record written whole with its expiry, its waiters woken, its lock freed.
   -- `fields` is the final record ({ name = value }).
   local function finish(rec, done_list, lock, task, retention, release, fields)
@@ -243,13 +261,7 @@ if #KEYS > 4 then
     else
       record_finish(rec, fields, retention, ret)
     end
-    if any_waiting and redis.call('SREM', waiting, task) == 1 then
-      redis.call('RPUSH', done_list, '1')
-      redis.call('PEXPIRE', done_list, 60000)
-    end
-    if any_cancels then
-      redis.call('SREM', cancels, task)
-    end
+    final_marks(task, rec, done_list)
     if ret > 0 then
       local ix = index[fields.state]
       if ix then
@@ -378,11 +390,6 @@ if #KEYS > 4 then
   local sx = index.succeeded
   -- Per distinct retention: { expiry, the value's prefix } (one number-to-string a call).
   local prefix = {}
-  -- The done list of a task (`rivulet:{q:p:n}:done:<id>`, keys.rs), in its record's slot: a
-  -- short success's is derived, only when someone waits or a cancel finished it.
-  local function done_of(rec, task)
-    return string.sub(rec, 1, string.find(rec, '}:task:', 1, true)) .. ':done:' .. task
-  end
   for f = 1, short do
     local i = short_from + (f - 1) * 5
     local id, task, retention, run_ms, packed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -418,14 +425,7 @@ if #KEYS > 4 then
         fin_fields[#fin_fields + 1] = task
         fin_fields[#fin_fields + 1] = p[2] .. packed
         fin_live[#fin_live + 1] = rec
-        if any_waiting and redis.call('SREM', waiting, task) == 1 then
-          local done_list = done_of(rec, task)
-          redis.call('RPUSH', done_list, '1')
-          redis.call('PEXPIRE', done_list, 60000)
-        end
-        if any_cancels then
-          redis.call('SREM', cancels, task)
-        end
+        final_marks(task, rec, nil)
         sx.ids[#sx.ids + 1] = task
         if until_ms > sx.until_ms then sx.until_ms = until_ms end
         succeeded_ids[#succeeded_ids + 1] = task
