@@ -38,19 +38,9 @@ fn bench_check_exits_1_when_a_target_is_missed() {
     assert_eq!(runs.len(), 1, "one results directory");
 }
 
-/// worker-cli is built next to this package's binaries by `cargo test --workspace`; build it
-/// when a narrower run did not.
+/// worker-cli, next to this package's binaries (built when a narrower run did not).
 fn worker_cli() -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_rivulet-bench")).with_file_name("worker-cli");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "worker-cli", "--bin", "worker-cli"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "could not build worker-cli");
-    }
-    assert!(path.exists(), "worker-cli not found at {}", path.display());
-    path
+    rivulet::testing::workspace_binary(env!("CARGO_BIN_EXE_rivulet-bench"), "worker-cli", "worker-cli")
 }
 
 /// Processes whose command line names `needle` (the private server's URL: every worker process

@@ -896,7 +896,7 @@ mod tests {
     use crate::broker::{ReclaimArgs, RedisTarget, ensure_group, read_group, reclaim};
     use crate::envelope::Envelope;
     use crate::keys::Queue;
-    use crate::testing::RedisServer;
+    use crate::testing::{RedisServer, wait_until};
 
     #[tokio::test]
     async fn a_fenced_worker_cannot_overwrite_the_record_of_the_new_owner() {
@@ -1297,12 +1297,12 @@ mod tests {
             async move { records(&mut c, std::slice::from_ref(&k), &id).await.unwrap()[0].is_empty() }
         };
         // (The server's clock decides: 1 ms passes within a few reads.)
-        let mut reads = 0;
-        while !expired(&mut conn, b.id.to_string()).await {
-            reads += 1;
-            assert!(reads < 10_000, "a record kept 1 ms never expired");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        assert!(
+            wait_until(Duration::from_secs(10), async || expired(&mut conn, b.id.to_string())
+                .await)
+            .await,
+            "a record kept 1 ms never expired"
+        );
         assert_eq!(
             hlen(&mut conn).await,
             2,
@@ -1343,12 +1343,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(hlen(&mut conn).await, 2);
-        let mut rounds = 0;
-        while sweep_finished(&mut conn, &[&keys], 16).await.unwrap() == 0 {
-            rounds += 1;
-            assert!(rounds < 10_000, "the sweep never found the expired record");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        assert!(
+            wait_until(Duration::from_secs(10), async || sweep_finished(
+                &mut conn,
+                &[&keys],
+                16
+            )
+            .await
+            .unwrap()
+                > 0)
+            .await,
+            "the sweep never found the expired record"
+        );
         assert_eq!(hlen(&mut conn).await, 1);
         assert!(expired(&mut conn, c.id.to_string()).await);
     }

@@ -65,7 +65,7 @@ use std::time::Duration;
 
 pub use fixture::{Fixture, RunningWorker, Server, fast_config, outstanding, queue_names, unique_name};
 pub use http::{has_metric, http_get, metric_sum};
-pub use process::{ChildGuard, TempDir};
+pub use process::{ChildGuard, TempDir, workspace_binary};
 pub use recorder::{Recorder, Run};
 pub use server::{RedisServer, shared_server};
 

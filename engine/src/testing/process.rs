@@ -12,6 +12,22 @@ use nix::unistd::Pid;
 
 use super::wait_until;
 
+/// Binary `bin` of workspace package `package`, in the directory of `next_to` (a binary of the
+/// test's own run, `env!("CARGO_BIN_EXE_<name>")`): `cargo test --workspace` builds them all
+/// there; a narrower run builds this one first, with the cargo that runs the test.
+pub fn workspace_binary(next_to: &str, package: &str, bin: &str) -> PathBuf {
+    let path = Path::new(next_to).with_file_name(bin);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", package, "--bin", bin])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "could not build {bin}");
+    }
+    assert!(path.exists(), "{bin} not found at {}", path.display());
+    path
+}
+
 /// A fresh directory under the system temp dir, removed (with its contents) on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

@@ -193,15 +193,7 @@ fn all_documented() -> Vec<Documented> {
 
 /// The autoscaler binary, next to worker-cli's (built when a narrower run did not).
 fn autoscaler_bin() -> std::path::PathBuf {
-    let path = Path::new(BIN).with_file_name("autoscaler");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "autoscaler", "--bin", "autoscaler"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "could not build the autoscaler");
-    }
-    path
+    rivulet::testing::workspace_binary(BIN, "autoscaler", "autoscaler")
 }
 
 /// A word that stands for something the reader fills in (`ID`, `Q`, `K`, `...`).
