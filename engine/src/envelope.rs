@@ -264,15 +264,21 @@ impl Envelope {
         Ok(p)
     }
 
-    /// The entry's fields, in wire order, ready for `XADD`.
+    /// The entry's fields, in wire order, ready for `XADD`. A field at its documented default
+    /// (`codec` json, `attempt` 0) is left out: every field is a string the worker's RESP
+    /// parser allocates per task, the larger part of its CPU while draining.
     pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
         let mut f = Vec::with_capacity(12);
         f.push(("id", Bytes::copy_from_slice(self.id.as_str().as_bytes())));
         f.push(("kind", Bytes::copy_from_slice(self.kind.as_bytes())));
         f.push(("payload", self.payload.clone()));
-        f.push(("codec", Bytes::from_static(self.codec.as_str().as_bytes())));
+        if self.codec != Codec::Json {
+            f.push(("codec", Bytes::from_static(self.codec.as_str().as_bytes())));
+        }
         f.push(("enqueued_at", Bytes::from(self.enqueued_at.to_string())));
-        f.push(("attempt", Bytes::from(self.attempt.to_string())));
+        if self.attempt != 0 {
+            f.push(("attempt", Bytes::from(self.attempt.to_string())));
+        }
         if let Some(n) = self.max_attempts {
             f.push(("max_attempts", Bytes::from(n.to_string())));
         }
@@ -466,6 +472,19 @@ mod tests {
         e.group = Some("tenant-a".into());
         assert_eq!(roundtrip(&e), e);
         assert_eq!(e.group_limit_name().as_deref(), Some("group:tenant-a"));
+    }
+
+    #[test]
+    fn defaults_stay_off_the_wire() {
+        // A JSON task on its first run: four fields, the fewest a worker parses.
+        let mut e = Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json);
+        let names = |e: &Envelope| e.fields().iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(names(&e), ["id", "kind", "payload", "enqueued_at"]);
+        // Any other codec, and a retried attempt, are written.
+        e.codec = Codec::Bytes;
+        e.attempt = 1;
+        assert_eq!(names(&e), ["id", "kind", "payload", "codec", "enqueued_at", "attempt"]);
+        assert_eq!(roundtrip(&e), e);
     }
 
     #[test]

@@ -72,6 +72,31 @@ pub use target::{RedisConnection, RedisTarget, URL_SHAPES};
 
 use crate::error::{Error, Result};
 
+/// A map keyed by entry id with a cheap hash (FxHash's multiply-rotate) instead of SipHash:
+/// ids come from Redis, not from people, so there is no flooding to defend against, and the
+/// worker inserts and removes one per task (`Lane::held`).
+pub(crate) type IdMap<V> = std::collections::HashMap<StreamId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`] (for the two `u64`s of a [`StreamId`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 /// A stream entry id `ms-seq`, parsed once where entries are read. Ordered by number
 /// (`10-0` after `9-9`), copied without allocating, and written back to Redis as `ms-seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

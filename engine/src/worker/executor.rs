@@ -189,7 +189,7 @@ pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEn
     let lane = &shared.lanes[lane_idx];
     let track = match Envelope::from_fields(entry.fields.clone()) {
         Ok(env) => tracker::tracked(lane, &env),
-        Err(_) => tracker::RawTrack::of(&entry.fields).tracked(lane),
+        Err(_) => tracker::RawTrack::of(&entry.fields, lane).tracked(lane),
     };
     WorkerCounters::add(&shared.counters.buried, 1);
     if let Some(m) = &shared.metrics {
@@ -289,7 +289,7 @@ fn prepare(
     let lane = &shared.lanes[lane_idx];
     // A malformed entry's record (when its id can be read) says why it is dead: the id and
     // retention fields are kept aside (two small copies) for that case.
-    let raw = tracker::RawTrack::of(&fields);
+    let raw = tracker::RawTrack::of(&fields, lane);
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
         NotRunnable {

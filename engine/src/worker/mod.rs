@@ -182,7 +182,7 @@ struct Lane {
     /// settled: the ones whose lease the heartbeat renews. Entries the consumer owns in Redis
     /// but not here (a read whose reply was lost) age out and are reclaimed. Each with when its
     /// read's reply came in: the acker acks one still young without the fence (`acker.rs`).
-    held: Mutex<HashMap<StreamId, std::time::Instant>>,
+    held: Mutex<crate::broker::IdMap<std::time::Instant>>,
     /// The queue's record retention in ms (0: its tasks keep none unless they ask).
     retention_ms: u64,
     /// Approximate cap of the shard's events stream.

@@ -95,11 +95,18 @@ pub(super) struct RawTrack {
 }
 
 impl RawTrack {
-    pub(super) fn of(fields: &[(Vec<u8>, Vec<u8>)]) -> Self {
+    /// What [`RawTrack::tracked`] needs of `fields`, read from `lane`'s entry. Nothing is
+    /// copied for a task that can keep no record (the lane keeps none and the entry asks for
+    /// none): the common case of a queue with records off pays no allocation for it.
+    pub(super) fn of(fields: &[(Vec<u8>, Vec<u8>)], lane: &Lane) -> Self {
         let get = |name: &[u8]| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let retention = get(b"retention_ms");
+        if retention.is_none() && lane.retention_ms == 0 {
+            return RawTrack { id: None, retention };
+        }
         RawTrack {
             id: get(b"id"),
-            retention: get(b"retention_ms"),
+            retention,
         }
     }
 
