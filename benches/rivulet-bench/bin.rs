@@ -74,10 +74,6 @@ enum Command {
     Worker(worker::WorkerArgs),
 }
 
-/// worker-cli's allocator (mimalloc), so a run measures the worker the binary ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.command.is_none()
