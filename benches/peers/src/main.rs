@@ -124,10 +124,6 @@ struct Run {
     worker_us_per_task: f64,
 }
 
-/// One allocator for every engine (worker-cli's, mimalloc), so none is faster for its allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
