@@ -265,8 +265,8 @@ impl Envelope {
     }
 
     /// The entry's fields, in wire order, ready for `XADD`. A field at its documented default
-    /// (`codec` json, `attempt` 0) is left out: every field is a string the worker's RESP
-    /// parser allocates per task, the larger part of its CPU while draining.
+    /// (`codec` json, `attempt` 0) is left out: every field is two strings the worker's RESP
+    /// parser allocates per task, and parsing is about two fifths of its CPU while draining.
     pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
         let mut f = Vec::with_capacity(12);
         f.push(("id", Bytes::copy_from_slice(self.id.as_str().as_bytes())));

@@ -288,7 +288,8 @@ fn prepare(
     };
     let lane = &shared.lanes[lane_idx];
     // A malformed entry's record (when its id can be read) says why it is dead: the id and
-    // retention fields are kept aside (two small copies) for that case.
+    // retention fields are kept aside for that case (small copies, and none when the task can
+    // keep no record).
     let raw = tracker::RawTrack::of(&fields, lane);
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
