@@ -321,8 +321,8 @@ impl DeadLetter {
         let payload = e
             .fields
             .iter()
-            .position(|(k, _)| k == b"payload")
-            .map(|i| e.fields.remove(i).1)
+            .position(|(k, _)| &k[..] == b"payload")
+            .map(|i| Vec::from(e.fields.remove(i).1))
             .unwrap_or_default();
         let payload_size = size.unwrap_or(payload.len() as u64);
         let payload_truncated = payload_size > payload.len() as u64;
@@ -330,7 +330,7 @@ impl DeadLetter {
             Ok(text) => text,
             Err(bytes) => String::from_utf8_lossy(bytes.as_bytes()).into_owned(),
         };
-        let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let map: HashMap<&[u8], &[u8]> = e.fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         let text = |k: &str| {
             map.get(k.as_bytes())
                 .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -360,7 +360,7 @@ impl DeadLetter {
             fields: e
                 .fields
                 .into_iter()
-                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), Vec::from(v)))
                 .collect(),
         }
     }
@@ -742,7 +742,7 @@ impl Inspector {
                 let ids: Vec<StreamId> = page
                     .into_iter()
                     .filter(|e| match select {
-                        DlqSelect::Kind(k) => e.fields.iter().any(|(n, v)| n == b"kind" && v == k.as_bytes()),
+                        DlqSelect::Kind(k) => e.fields.iter().any(|(n, v)| &n[..] == b"kind" && &v[..] == k.as_bytes()),
                         _ => true,
                     })
                     .map(|e| e.id)
@@ -861,7 +861,7 @@ mod tests {
 
     #[test]
     fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
-        let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let field = |k: &str, v: &str| (bytes::Bytes::copy_from_slice(k.as_bytes()), bytes::Bytes::copy_from_slice(v.as_bytes()));
         let entry = || StreamEntry {
             id: StreamId { ms: 5, seq: 0 },
             fields: vec![

@@ -335,9 +335,9 @@ impl Event {
                 "id" => ev.task_id = String::from_utf8_lossy(&v).into_owned(),
                 "event" => ev.event = String::from_utf8_lossy(&v).into_owned(),
                 "at" => ev.at = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                "ids" => ids = Some(v),
+                "ids" => ids = Some(Vec::from(v)),
                 "per_id" => per_id = String::from_utf8_lossy(&v).split(' ').map(str::to_owned).collect(),
-                _ => raw.push((k, v)),
+                _ => raw.push((k, Vec::from(v))),
             }
         }
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();

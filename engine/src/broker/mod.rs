@@ -43,6 +43,7 @@ pub(crate) mod groups;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod queues;
+pub(crate) mod reader;
 pub(crate) mod registry;
 pub(crate) mod schedules;
 pub(crate) mod server;
@@ -158,8 +159,9 @@ impl ToRedisArgs for StreamId {
 pub struct StreamEntry {
     /// The stream entry id.
     pub id: StreamId,
-    /// The entry's fields in order.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The entry's fields in order. `Bytes`, so that the fetchers' reader can hand out slices
+    /// of one copy of the entry (`reader`), and a redis-rs reply's buffers move in uncopied.
+    pub fields: Vec<(bytes::Bytes, bytes::Bytes)>,
 }
 
 /// The lowest and highest of some stream ids (`None` for none).
@@ -195,7 +197,7 @@ fn entries(v: Value) -> Result<Vec<StreamEntry>> {
         let mut pairs = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            pairs.push((bulk(k)?, bulk(v)?));
+            pairs.push((bulk(k)?.into(), bulk(v)?.into()));
         }
         out.push(StreamEntry { id, fields: pairs });
     }

@@ -229,6 +229,19 @@ impl RedisTarget {
         };
         Ok(RedisConnection { inner })
     }
+
+    /// Opens a fetcher's connection (for blocking reads; see `reader`): on one node over TCP
+    /// or a Unix socket the engine's own reader, connected now; otherwise a connection as
+    /// [`open`](Self::open) makes. `response_timeout` must exceed any `BLOCK` issued on it.
+    pub(crate) async fn open_fetch(&self, response_timeout: Duration) -> Result<super::reader::FetchConnection> {
+        if let Kind::Single(client) = &self.kind
+            && let Some(mut conn) = super::reader::FetchConnection::raw(client.get_connection_info(), response_timeout)
+        {
+            conn.connect().await?;
+            return Ok(conn);
+        }
+        Ok(self.open(Some(response_timeout)).await?.into())
+    }
 }
 
 /// Splits `userinfo@h1:p1,h2:p2/tail` into its parts (userinfo up to the last '@').

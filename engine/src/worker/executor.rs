@@ -278,7 +278,7 @@ fn prepare(
     shared: &Shared,
     lane_idx: usize,
     entry_id: StreamId,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    fields: Vec<(bytes::Bytes, bytes::Bytes)>,
 ) -> Result<Run, NotRunnable> {
     // It never ran, so a dead letter keeps the entry's attempt.
     let bury = |reason: DeadReason, error: String| Settle::Bury {
@@ -288,8 +288,7 @@ fn prepare(
     };
     let lane = &shared.lanes[lane_idx];
     // A malformed entry's record (when its id can be read) says why it is dead: the id and
-    // retention fields are kept aside for that case (small copies, and none when the task can
-    // keep no record).
+    // retention fields are kept aside for that case (shared, not copied).
     let raw = tracker::RawTrack::of(&fields, lane);
     let env = Envelope::from_fields(fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");

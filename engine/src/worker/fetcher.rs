@@ -38,14 +38,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
 use super::{Outage, Shared, Units, executor};
-use crate::broker::{self, RedisConnection, StreamEntry};
+use crate::broker::reader::FetchConnection;
+use crate::broker::{self, StreamEntry};
 use crate::error::Result;
 
 pub(super) async fn run(
     shared: Arc<Shared>,
     me: usize,
     mine: Vec<usize>,
-    mut conn: RedisConnection,
+    mut conn: FetchConnection,
     quiet: CancellationToken,
 ) {
     // Whether the last read found every lane drained: the next one then blocks at once.
@@ -166,7 +167,7 @@ async fn read(
     shared: &Shared,
     me: usize,
     mine: &[usize],
-    conn: &mut RedisConnection,
+    conn: &mut FetchConnection,
     ranks: usize,
     drained: bool,
     held: &mut OwnedSemaphorePermit,
@@ -226,7 +227,7 @@ async fn read(
     let client = &shared.fetch_clients[me];
     let known = *client.id.lock().expect("never poisoned");
     if known.is_none() {
-        match broker::client_id(conn, &client.route).await {
+        match conn.client_id(&client.route).await {
             Ok(id) => *client.id.lock().expect("never poisoned") = Some(id),
             // Without it the read still ends within `block`.
             Err(e) => tracing::debug!(error = %e, "CLIENT ID failed; a quiet waits for the read's block"),
@@ -247,14 +248,14 @@ fn filled(got: &[(usize, StreamEntry)], asked: usize) -> bool {
 
 async fn read_lanes(
     shared: &Shared,
-    conn: &mut RedisConnection,
+    conn: &mut FetchConnection,
     lanes: &[usize],
     want: usize,
     block: bool,
 ) -> Result<Vec<(usize, StreamEntry)>> {
     let streams: Vec<&str> = lanes.iter().map(|&i| shared.lanes[i].keys.stream.as_str()).collect();
     let block = block.then_some(shared.config.block);
-    let got = broker::read_group(conn, &shared.id, want, block, &streams).await?;
+    let got = conn.read_group(&shared.id, want, block, &streams).await?;
     Ok(got.into_iter().map(|(idx, e)| (lanes[idx], e)).collect())
 }
 

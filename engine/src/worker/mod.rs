@@ -597,13 +597,13 @@ impl Worker {
         // fetcher per slot group, each on its own connection.
         let mut fetch_conns = Vec::new();
         let mut fetch_clients = Vec::new();
-        let fetch_timeout = Some(config.block + Duration::from_secs(10));
+        let fetch_timeout = config.block + Duration::from_secs(10);
         for group in fetch_groups(&lanes, conn.is_cluster(), config.fetchers.min(config.concurrency)) {
             fetch_clients.push(FetchClient {
                 id: Mutex::new(None),
                 route: lanes[group[0]].keys.stream.clone(),
             });
-            fetch_conns.push((group, target.open(fetch_timeout).await?));
+            fetch_conns.push((group, target.open_fetch(fetch_timeout).await?));
         }
 
         let limits: HashMap<_, _> = config

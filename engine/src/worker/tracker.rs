@@ -90,15 +90,15 @@ pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
 /// The id and retention fields of an entry that may not parse as an [`Envelope`] (malformed,
 /// or poison set apart before it is decoded), for the record of its burial.
 pub(super) struct RawTrack {
-    id: Option<Vec<u8>>,
-    retention: Option<Vec<u8>>,
+    id: Option<bytes::Bytes>,
+    retention: Option<bytes::Bytes>,
 }
 
 impl RawTrack {
-    /// What [`RawTrack::tracked`] needs of `fields`, read from `lane`'s entry. Nothing is
-    /// copied for a task that can keep no record (the lane keeps none and the entry asks for
-    /// none): the common case of a queue with records off pays no allocation for it.
-    pub(super) fn of(fields: &[(Vec<u8>, Vec<u8>)], lane: &Lane) -> Self {
+    /// What [`RawTrack::tracked`] needs of `fields`, read from `lane`'s entry: shared, not
+    /// copied (the fields are `Bytes`), and not even looked up for a task that can keep no
+    /// record (the lane keeps none and the entry asks for none).
+    pub(super) fn of(fields: &[(bytes::Bytes, bytes::Bytes)], lane: &Lane) -> Self {
         let get = |name: &[u8]| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let retention = get(b"retention_ms");
         if retention.is_none() && lane.retention_ms == 0 {
@@ -114,7 +114,7 @@ impl RawTrack {
     /// unique lock is not released here (the key cannot be trusted): it frees when its window
     /// ends, or by hand (docs/tasks.md).
     pub(super) fn tracked(self, lane: &Lane) -> Option<Tracked> {
-        let id = String::from_utf8(self.id?).ok().filter(|id| !id.is_empty())?;
+        let id = String::from_utf8(self.id?.to_vec()).ok().filter(|id| !id.is_empty())?;
         let retention_ms = self
             .retention
             .and_then(|r| std::str::from_utf8(&r).ok()?.parse::<u64>().ok())

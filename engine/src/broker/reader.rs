@@ -1,0 +1,679 @@
+//! The fetchers' connection ([`FetchConnection`]): on one node reached over TCP or a Unix
+//! socket, a link of its own that sends `XREADGROUP` and decodes the reply straight into
+//! [`StreamEntry`]s; on a Cluster, behind Sentinel or over TLS, a redis-rs connection like
+//! every other.
+//!
+//! **Why a reader of its own.** Draining, about two fifths of a worker's CPU went to redis-rs
+//! decoding the reads' replies: its parser builds a `Value` tree (an allocation for each field
+//! name, each value and each list), which `entries` then takes apart again
+//! (docs/benchmarks.md, "What limits the drain"). Here a reply is first scanned for its end
+//! (resumably, so a large reply arriving in pieces is not rescanned), then decoded in one pass
+//! from the read buffer: each entry is copied once into a buffer of its own, and its field
+//! names and values are slices of that copy. Three allocations an entry (that buffer, its
+//! shared header, the list of fields), however many fields it has; and since an entry's buffer
+//! holds only that entry, a task that runs for an hour keeps nothing else alive.
+//!
+//! **What it keeps of a redis-rs connection.** The same address, user, password and database
+//! (from the URL, parsed once by redis-rs), RESP2 (the server's default; no `HELLO`), a 5 s
+//! connect timeout and the same response timeout (longer than any `BLOCK`). A link that fails
+//! (an I/O error, a timeout, a reply that does not parse) is dropped, and the next call
+//! connects again: a reply that comes late can never be taken for the next call's. A server's
+//! error reply (`NOGROUP`, `NOPERM`) is a [`redis::RedisError`] with the server's code, as
+//! redis-rs would give it, and leaves the link up. The fetcher's retry with backoff, its
+//! `CLIENT ID` and the lost-reply bookkeeping are the same on both kinds.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::target::RedisConnection;
+use super::{StreamEntry, StreamId, stream};
+use crate::error::{Error, Result};
+
+/// A fetcher's connection: its own reader on one node over TCP or a Unix socket, a redis-rs
+/// connection otherwise (see the module docs).
+pub struct FetchConnection {
+    inner: Inner,
+}
+
+enum Inner {
+    Raw(Box<RawReader>),
+    Shared(RedisConnection),
+}
+
+impl std::fmt::Debug for FetchConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.inner {
+            Inner::Raw(_) => "FetchConnection::Raw",
+            Inner::Shared(_) => "FetchConnection::Shared",
+        })
+    }
+}
+
+impl From<RedisConnection> for FetchConnection {
+    fn from(conn: RedisConnection) -> Self {
+        FetchConnection {
+            inner: Inner::Shared(conn),
+        }
+    }
+}
+
+impl FetchConnection {
+    /// The engine's own reader for `info`'s node, when it can reach it (plain TCP or a Unix
+    /// socket); `None` for TLS, which takes a redis-rs connection. Connects lazily, at the
+    /// first call.
+    pub(crate) fn raw(info: &redis::ConnectionInfo, response_timeout: Duration) -> Option<Self> {
+        let addr = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+            redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+            _ => return None,
+        };
+        let s = info.redis_settings();
+        Some(FetchConnection {
+            inner: Inner::Raw(Box::new(RawReader {
+                addr,
+                username: s.username().map(str::to_owned),
+                password: s.password().map(str::to_owned),
+                db: s.db(),
+                response_timeout,
+                io: None,
+            })),
+        })
+    }
+
+    /// Connects now (the engine's own reader connects lazily otherwise), so that a wrong
+    /// address or password fails the worker's start as a redis-rs connection would.
+    pub(crate) async fn connect(&mut self) -> Result<()> {
+        if let Inner::Raw(raw) = &mut self.inner
+            && raw.io.is_none()
+        {
+            raw.io = Some(raw.connect().await?);
+        }
+        Ok(())
+    }
+
+    /// Whether this is the engine's own reader (not a redis-rs connection).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn is_raw(&self) -> bool {
+        matches!(self.inner, Inner::Raw(_))
+    }
+
+    /// `XREADGROUP ... COUNT count [BLOCK ms] STREAMS keys... > ...`, as
+    /// [`stream::read_group`]: (index into `streams`, entry) pairs; nothing when the block
+    /// timed out.
+    pub async fn read_group(
+        &mut self,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+        streams: &[&str],
+    ) -> Result<Vec<(usize, StreamEntry)>> {
+        let raw = match &mut self.inner {
+            Inner::Shared(conn) => return stream::read_group(conn, consumer, count, block, streams).await,
+            Inner::Raw(raw) => raw,
+        };
+        let count = count.to_string();
+        let block = block.map(|b| crate::envelope::millis(b).max(1).to_string());
+        let mut args: Vec<&[u8]> = Vec::with_capacity(8 + 2 * streams.len());
+        args.extend([&b"XREADGROUP"[..], b"GROUP", crate::keys::GROUP.as_bytes(), consumer.as_bytes()]);
+        args.extend([&b"COUNT"[..], count.as_bytes()]);
+        if let Some(b) = &block {
+            args.extend([&b"BLOCK"[..], b.as_bytes()]);
+        }
+        args.push(b"STREAMS");
+        args.extend(streams.iter().map(|s| s.as_bytes()));
+        args.extend(streams.iter().map(|_| &b">"[..]));
+        raw.call(&args, |frame| decode_read(frame, streams)).await
+    }
+
+    /// `CLIENT ID` of this connection (of its link to the node serving `stream`), for
+    /// [`stream::unblock_client`].
+    pub async fn client_id(&mut self, stream: &str) -> Result<i64> {
+        let raw = match &mut self.inner {
+            Inner::Shared(conn) => return stream::client_id(conn, stream).await,
+            Inner::Raw(raw) => raw,
+        };
+        let v = raw.call(&[b"CLIENT", b"ID"], value).await?;
+        redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT ID: {e}")))
+    }
+}
+
+enum Addr {
+    Tcp(String, u16),
+    Unix(PathBuf),
+}
+
+trait Duplex: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Duplex for T {}
+
+struct RawReader {
+    addr: Addr,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    response_timeout: Duration,
+    /// The link, once connected; dropped on any failure.
+    io: Option<Io>,
+}
+
+struct Io {
+    sock: Pin<Box<dyn Duplex>>,
+    /// Bytes read and not yet decoded: empty between calls (one call in flight at a time).
+    buf: BytesMut,
+    out: Vec<u8>,
+    /// A call is between its write and the end of its reply.
+    busy: bool,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RawReader {
+    /// Sends one command and decodes its reply with `decode`; connects first if needed. Any
+    /// failure but a server's error reply drops the link.
+    async fn call<T>(&mut self, args: &[&[u8]], decode: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        // A call dropped before its reply was read leaves that reply on the way: never read it
+        // as this call's.
+        if self.io.as_ref().is_some_and(|io| io.busy) {
+            self.io = None;
+        }
+        if self.io.is_none() {
+            self.io = Some(self.connect().await?);
+        }
+        let io = self.io.as_mut().expect("connected just above");
+        io.busy = true;
+        let sent = tokio::time::timeout(self.response_timeout, io.request(args)).await;
+        let end = match sent {
+            Ok(Ok(end)) => end,
+            Ok(Err(e)) => {
+                self.io = None;
+                return Err(e);
+            }
+            Err(_) => {
+                self.io = None;
+                return Err(io_error(std::io::ErrorKind::TimedOut, "no reply within the response timeout"));
+            }
+        };
+        io.busy = false;
+        let decoded = decode(&io.buf[..end]);
+        consume(&mut io.buf, end);
+        match decoded {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !matches!(e, Error::Redis(_)) {
+                    // The reply was whole but not what was asked for: do not trust the link.
+                    self.io = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Io> {
+        let sock: Pin<Box<dyn Duplex>> = match &self.addr {
+            Addr::Tcp(host, port) => {
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| io_error(std::io::ErrorKind::TimedOut, "connect timed out"))?
+                    .map_err(redis::RedisError::from)?;
+                s.set_nodelay(true).map_err(redis::RedisError::from)?;
+                Box::pin(s)
+            }
+            Addr::Unix(path) => {
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                    .await
+                    .map_err(|_| io_error(std::io::ErrorKind::TimedOut, "connect timed out"))?
+                    .map_err(redis::RedisError::from)?;
+                Box::pin(s)
+            }
+        };
+        let mut io = Io {
+            sock,
+            buf: BytesMut::with_capacity(64 * 1024),
+            out: Vec::with_capacity(256),
+            busy: false,
+        };
+        let setup = async {
+            if let Some(password) = &self.password {
+                let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+                auth.extend(self.username.as_deref().map(str::as_bytes));
+                auth.push(password.as_bytes());
+                io.expect_ok(&auth).await?;
+            }
+            if self.db != 0 {
+                let db = self.db.to_string();
+                io.expect_ok(&[b"SELECT", db.as_bytes()]).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, setup)
+            .await
+            .map_err(|_| io_error(std::io::ErrorKind::TimedOut, "AUTH/SELECT timed out"))??;
+        Ok(io)
+    }
+}
+
+impl Io {
+    /// Writes one command and reads until its reply is whole; returns the reply's length
+    /// (the reply is `buf[..len]`).
+    async fn request(&mut self, args: &[&[u8]]) -> Result<usize> {
+        if !self.buf.is_empty() {
+            return Err(Error::protocol("bytes from the server that no command asked for"));
+        }
+        self.out.clear();
+        encode(&mut self.out, args);
+        self.sock.write_all(&self.out).await.map_err(redis::RedisError::from)?;
+        let mut scan = Scan::default();
+        loop {
+            if let Some(end) = scan.advance(&self.buf)? {
+                return Ok(end);
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(self.buf.len().max(64 * 1024));
+            }
+            if self.sock.read_buf(&mut self.buf).await.map_err(redis::RedisError::from)? == 0 {
+                return Err(io_error(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            }
+        }
+    }
+
+    /// One setup command (`AUTH`, `SELECT`) that answers `+OK`.
+    async fn expect_ok(&mut self, args: &[&[u8]]) -> Result<()> {
+        let end = self.request(args).await?;
+        let v = value(&self.buf[..end]);
+        consume(&mut self.buf, end);
+        v.map(drop)
+    }
+}
+
+/// Drops a decoded reply from the read buffer, keeping its allocation for the next one.
+fn consume(buf: &mut BytesMut, end: usize) {
+    if end == buf.len() {
+        buf.clear();
+    } else {
+        bytes::Buf::advance(buf, end);
+    }
+}
+
+fn io_error(kind: std::io::ErrorKind, what: &'static str) -> Error {
+    Error::Redis(std::io::Error::new(kind, what).into())
+}
+
+/// A command as RESP: an array of bulk strings.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    use std::io::Write;
+    write!(out, "*{}\r\n", args.len()).expect("a Vec takes every write");
+    for a in args {
+        write!(out, "${}\r\n", a.len()).expect("a Vec takes every write");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A whole small reply through redis-rs's parser, a server error as its `RedisError`.
+fn value(frame: &[u8]) -> Result<redis::Value> {
+    Ok(redis::parse_redis_value(frame)?.extract_error()?)
+}
+
+/// Finds where one RESP2 reply ends, resumably: a reply arriving in pieces is scanned once.
+#[derive(Default)]
+struct Scan {
+    /// Where the next element starts.
+    pos: usize,
+    /// Elements still to come in each array being scanned, innermost last.
+    open: Vec<i64>,
+}
+
+impl Scan {
+    /// The reply's length once `buf` holds all of it; `None` while more is to come.
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        loop {
+            let Some(nl) = buf[self.pos..].iter().position(|&b| b == b'\n') else {
+                return Ok(None);
+            };
+            let line = &buf[self.pos..self.pos + nl];
+            let Some((&kind, rest)) = line.strip_suffix(b"\r").and_then(<[u8]>::split_first) else {
+                return Err(Error::protocol("malformed reply line"));
+            };
+            let next = self.pos + nl + 1;
+            match kind {
+                b'+' | b'-' | b':' => self.pos = next,
+                b'$' => {
+                    let len = number(rest)?;
+                    if len >= 0 {
+                        let end = next + len as usize + 2;
+                        if buf.len() < end {
+                            return Ok(None);
+                        }
+                        if &buf[end - 2..end] != b"\r\n" {
+                            return Err(Error::protocol("bulk string without its CRLF"));
+                        }
+                        self.pos = end;
+                    } else {
+                        self.pos = next;
+                    }
+                }
+                b'*' => {
+                    self.pos = next;
+                    let n = number(rest)?;
+                    if n > 0 {
+                        self.open.push(n);
+                        continue;
+                    }
+                }
+                other => return Err(Error::protocol(format!("unexpected reply type {:?}", other as char))),
+            }
+            // One element done: it may close the arrays it ends.
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(self.pos)),
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn number(digits: &[u8]) -> Result<i64> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::protocol("malformed length in reply"))
+}
+
+/// Reads a whole reply, already scanned (so every length is in bounds).
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn line(&mut self) -> Result<(u8, &'a [u8])> {
+        let nl = self.buf[self.pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| Error::protocol("truncated reply"))?;
+        let line = &self.buf[self.pos..self.pos + nl - 1];
+        self.pos += nl + 1;
+        line.split_first()
+            .map(|(k, rest)| (*k, rest))
+            .ok_or_else(|| Error::protocol("empty reply line"))
+    }
+
+    /// An array's length; `None` for a nil array.
+    fn array(&mut self) -> Result<Option<usize>> {
+        match self.line()? {
+            (b'*', n) => {
+                let n = number(n)?;
+                Ok((n >= 0).then_some(n as usize))
+            }
+            (k, _) => Err(Error::protocol(format!("expected an array, got {:?}", k as char))),
+        }
+    }
+
+    /// A bulk string's span in `buf`.
+    fn bulk(&mut self) -> Result<std::ops::Range<usize>> {
+        match self.line()? {
+            (b'$', n) => {
+                let n = usize::try_from(number(n)?).map_err(|_| Error::protocol("nil where a string was expected"))?;
+                let span = self.pos..self.pos + n;
+                self.pos += n + 2;
+                Ok(span)
+            }
+            (k, _) => Err(Error::protocol(format!("expected a string, got {:?}", k as char))),
+        }
+    }
+}
+
+/// An `XREADGROUP` reply (RESP2: nil, or `[[stream, [[id, [field, value, ...]], ...]], ...]`)
+/// as (index into `streams`, entry) pairs.
+fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry)>> {
+    if frame.first() == Some(&b'-') {
+        return value(frame).map(|_| Vec::new());
+    }
+    let mut c = Cursor { buf: frame, pos: 0 };
+    let mut out = Vec::new();
+    for _ in 0..c.array()?.unwrap_or(0) {
+        if c.array()? != Some(2) {
+            return Err(Error::protocol("stream reply item is not [key, entries]"));
+        }
+        let key = &frame[c.bulk()?];
+        let idx = streams
+            .iter()
+            .position(|s| s.as_bytes() == key)
+            .ok_or_else(|| Error::protocol("XREADGROUP answered for a stream not asked for"))?;
+        let n = c.array()?.unwrap_or(0);
+        out.reserve(n);
+        for _ in 0..n {
+            if c.array()? != Some(2) {
+                return Err(Error::protocol("stream entry is not [id, fields]"));
+            }
+            let id = StreamId::parse_bytes(&frame[c.bulk()?])?;
+            // A deleted entry still in a PEL reads as nil fields.
+            let pairs = c.array()?.unwrap_or(0) / 2;
+            let start = c.pos;
+            let mut spans = Vec::with_capacity(pairs);
+            for _ in 0..pairs {
+                spans.push((c.bulk()?, c.bulk()?));
+            }
+            // The entry's own copy: its fields are slices of it.
+            let own = Bytes::copy_from_slice(&frame[start..c.pos]);
+            let fields = spans
+                .into_iter()
+                .map(|(k, v)| (own.slice(k.start - start..k.end - start), own.slice(v.start - start..v.end - start)))
+                .collect();
+            out.push((idx, StreamEntry { id, fields }));
+        }
+    }
+    if c.pos != frame.len() {
+        return Err(Error::protocol("XREADGROUP reply longer than its contents"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_whole(reply: &[u8]) -> Option<usize> {
+        Scan::default().advance(reply).unwrap()
+    }
+
+    #[test]
+    fn a_reply_is_whole_only_with_its_last_byte_and_in_any_pieces() {
+        let reply: &[u8] = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$2\r\nid\r\n$0\r\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
+        assert_eq!(scan_whole(reply), Some(reply.len()));
+        for cut in 0..reply.len() {
+            assert_eq!(scan_whole(&reply[..cut]), None, "cut at {cut}");
+            // Resumed after a piece, it finds the same end.
+            let mut s = Scan::default();
+            assert_eq!(s.advance(&reply[..cut]).unwrap(), None);
+            assert_eq!(s.advance(reply).unwrap(), Some(reply.len()), "resumed at {cut}");
+        }
+        for whole in [&b"*-1\r\n"[..], b"*0\r\n", b"-NOGROUP no group\r\n", b":7\r\n", b"+OK\r\n", b"$-1\r\n"] {
+            assert_eq!(scan_whole(whole), Some(whole.len()));
+        }
+        // What follows the reply is not part of it.
+        assert_eq!(scan_whole(b":1\r\n:2\r\n"), Some(4));
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors() {
+        for bad in [&b"?\r\n"[..], b"*x\r\n", b"$3\r\nabcd\r\n", b"+OK\n"] {
+            assert!(Scan::default().advance(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let streams = ["s"];
+        // Another stream than the one asked for, and a string where the entries should be.
+        for bad in [
+            &b"*1\r\n*2\r\n$1\r\nt\r\n*0\r\n"[..],
+            b"*1\r\n*2\r\n$1\r\ns\r\n$1\r\nx\r\n",
+        ] {
+            assert!(decode_read(bad, &streams).is_err());
+        }
+    }
+
+    #[test]
+    fn entries_decode_into_slices_of_their_own_copy() {
+        let reply: &[u8] = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-5\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$7\r\npayload\r\n$3\r\n{}\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
+        let got = decode_read(reply, &["x", "s"]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 1);
+        assert_eq!(got[0].1.id, StreamId { ms: 1, seq: 5 });
+        let f: Vec<(&[u8], &[u8])> = got[0].1.fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(f, [(&b"id"[..], &b"a"[..]), (b"payload", b"{}\n")]);
+        assert!(got[1].1.fields.is_empty(), "a deleted entry has no fields");
+        assert!(decode_read(b"*-1\r\n", &["s"]).unwrap().is_empty(), "a block that timed out");
+        let e = decode_read(b"-NOGROUP No such key\r\n", &["s"]).unwrap_err();
+        assert!(super::super::is_nogroup(&e), "{e}");
+    }
+
+    use crate::keys::Queue;
+    use crate::testing::{RedisServer, shared_server, unique_name};
+
+    async fn redis_rs(url: &str) -> RedisConnection {
+        super::super::RedisTarget::parse(url)
+            .unwrap()
+            .open(Some(Duration::from_secs(5)))
+            .await
+            .unwrap()
+    }
+
+    async fn own(url: &str) -> FetchConnection {
+        let conn = super::super::RedisTarget::parse(url)
+            .unwrap()
+            .open_fetch(Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(conn.is_raw(), "a plain single-node URL gets the engine's own reader");
+        conn
+    }
+
+    /// `n` entries with awkward fields (empty, binary with CRLF inside, one of 1 MiB so the
+    /// reply arrives in many pieces) on a fresh stream with its group.
+    async fn fill(conn: &mut RedisConnection, stream: &str, n: usize) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        super::super::ensure_group(conn, stream).await.unwrap();
+        let mut all = Vec::new();
+        for i in 0..n {
+            let mut fields = vec![
+                (b"id".to_vec(), format!("t{i}").into_bytes()),
+                (b"empty".to_vec(), Vec::new()),
+                (b"bin".to_vec(), vec![b'\r', b'\n', 0, 255, b'$', b'*', b'\r', b'\n']),
+            ];
+            if i == 1 {
+                fields.push((b"big".to_vec(), (0..1 << 20).map(|j| (j % 251) as u8).collect()));
+            }
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(stream).arg("*");
+            for (k, v) in &fields {
+                cmd.arg(k).arg(v);
+            }
+            let _: String = cmd.query_async(conn).await.unwrap();
+            all.push(fields);
+        }
+        all
+    }
+
+    fn plain(e: &StreamEntry) -> Vec<(Vec<u8>, Vec<u8>)> {
+        e.fields.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    #[tokio::test]
+    async fn the_own_reader_reads_what_was_written_across_streams_and_in_pieces() {
+        let server = shared_server();
+        let mut conn = redis_rs(&server.url()).await;
+        let q = Queue::new(&unique_name("reader")).unwrap();
+        let (a, b) = (q.shard("high", 0).stream, q.shard("low", 0).stream);
+        let wrote_a = fill(&mut conn, &a, 3).await;
+        let wrote_b = fill(&mut conn, &b, 2).await;
+        let mut fetch = own(&server.url()).await;
+        let got = fetch.read_group("c1", 10, None, &[&a, &b]).await.unwrap();
+        let read_a: Vec<_> = got.iter().filter(|(i, _)| *i == 0).map(|(_, e)| plain(e)).collect();
+        let read_b: Vec<_> = got.iter().filter(|(i, _)| *i == 1).map(|(_, e)| plain(e)).collect();
+        assert_eq!(read_a, wrote_a);
+        assert_eq!(read_b, wrote_b);
+        // The ids are the stream's, as redis-rs reads them.
+        let ids: Vec<StreamId> = got.iter().filter(|(i, _)| *i == 0).map(|(_, e)| e.id).collect();
+        let listed = stream::range(&mut conn, &a, stream::RangeStart::First, 10).await.unwrap();
+        assert_eq!(ids, listed.iter().map(|e| e.id).collect::<Vec<_>>());
+        // COUNT is honoured, and a drained stream blocks, then times out with nothing.
+        fill(&mut conn, &a, 3).await;
+        assert_eq!(fetch.read_group("c1", 2, None, &[&a]).await.unwrap().len(), 2);
+        assert_eq!(fetch.read_group("c1", 2, None, &[&a]).await.unwrap().len(), 1);
+        let none = fetch.read_group("c1", 5, Some(Duration::from_millis(20)), &[&a, &b]).await.unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_server_error_keeps_the_link_and_a_broken_link_is_made_again() {
+        let server = shared_server();
+        let mut conn = redis_rs(&server.url()).await;
+        let stream = Queue::new(&unique_name("reader")).unwrap().shard("normal", 0).stream;
+        let mut fetch = own(&server.url()).await;
+        let id = fetch.client_id(&stream).await.unwrap();
+        // No group yet: the server's NOGROUP, as redis-rs gives it, on the same link.
+        let e = fetch.read_group("c1", 1, None, &[&stream]).await.unwrap_err();
+        assert!(super::super::is_nogroup(&e), "{e}");
+        assert_eq!(fetch.client_id(&stream).await.unwrap(), id);
+        fill(&mut conn, &stream, 1).await;
+        // The server drops the link: that call fails, the next one connects again.
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        assert!(fetch.read_group("c1", 1, None, &[&stream]).await.is_err());
+        let got = fetch.read_group("c1", 1, None, &[&stream]).await.unwrap();
+        assert_eq!(got.len(), 1, "nothing was lost with the link");
+        assert_ne!(fetch.client_id(&stream).await.unwrap(), id, "a new link");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_never_hands_its_late_reply_to_the_next() {
+        let server = shared_server();
+        let mut conn = redis_rs(&server.url()).await;
+        let q = Queue::new(&unique_name("reader")).unwrap();
+        let (empty, full) = (q.shard("high", 0).stream, q.shard("low", 0).stream);
+        super::super::ensure_group(&mut conn, &empty).await.unwrap();
+        fill(&mut conn, &full, 1).await;
+        let mut fetch = own(&server.url()).await;
+        // A blocking read given up half way: its reply (nil, after the block) is still due.
+        let lanes = [empty.as_str()];
+        let blocked = fetch.read_group("c1", 1, Some(Duration::from_millis(300)), &lanes);
+        assert!(tokio::time::timeout(Duration::from_millis(50), blocked).await.is_err());
+        let got = fetch.read_group("c1", 1, None, &[&full]).await.unwrap();
+        assert_eq!(got.len(), 1, "the late nil was not taken for this read's reply");
+    }
+
+    #[tokio::test]
+    async fn the_own_reader_logs_in_as_the_urls_user_and_selects_its_database() {
+        let mut server = RedisServer::start_with(&["--user", "fetcher", "on", ">s3cret", "~*", "&*", "+@all"]);
+        let url = format!("redis://fetcher:s3cret@127.0.0.1:{}/3", server.port());
+        let mut conn = redis_rs(&url).await;
+        let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
+        let wrote = fill(&mut conn, &stream, 2).await;
+        let mut fetch = own(&url).await;
+        let got = fetch.read_group("c1", 10, None, &[&stream]).await.unwrap();
+        assert_eq!(got.iter().map(|(_, e)| plain(e)).collect::<Vec<_>>(), wrote);
+        // A wrong password fails at the start, with the server's reason and without the password.
+        let bad = format!("redis://fetcher:wrong@127.0.0.1:{}/3", server.port());
+        let e = super::super::RedisTarget::parse(&bad)
+            .unwrap()
+            .open_fetch(Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(!e.to_string().contains("wrong"), "{e}");
+        server.kill();
+        assert!(fetch.read_group("c1", 10, None, &[&stream]).await.is_err(), "the server is gone");
+    }
+}
