@@ -742,7 +742,10 @@ impl Inspector {
                 let ids: Vec<StreamId> = page
                     .into_iter()
                     .filter(|e| match select {
-                        DlqSelect::Kind(k) => e.fields.iter().any(|(n, v)| &n[..] == b"kind" && &v[..] == k.as_bytes()),
+                        DlqSelect::Kind(k) => e
+                            .fields
+                            .iter()
+                            .any(|(n, v)| &n[..] == b"kind" && &v[..] == k.as_bytes()),
                         _ => true,
                     })
                     .map(|e| e.id)
@@ -861,7 +864,12 @@ mod tests {
 
     #[test]
     fn a_dead_letter_shows_every_field_and_the_codec_a_worker_would_use() {
-        let field = |k: &str, v: &str| (bytes::Bytes::copy_from_slice(k.as_bytes()), bytes::Bytes::copy_from_slice(v.as_bytes()));
+        let field = |k: &str, v: &str| {
+            (
+                bytes::Bytes::copy_from_slice(k.as_bytes()),
+                bytes::Bytes::copy_from_slice(v.as_bytes()),
+            )
+        };
         let entry = || StreamEntry {
             id: StreamId { ms: 5, seq: 0 },
             fields: vec![

@@ -1170,7 +1170,11 @@ mod tests {
         let entries = events(&mut conn, &keys, None, 100).await.unwrap();
         let batched: Vec<_> = entries
             .iter()
-            .filter(|e| e.fields.iter().any(|(k, v)| &k[..] == b"event" && &v[..] == b"succeeded"))
+            .filter(|e| {
+                e.fields
+                    .iter()
+                    .any(|(k, v)| &k[..] == b"event" && &v[..] == b"succeeded")
+            })
             .collect();
         assert_eq!(batched.len(), 1, "{entries:?}");
         let read: Vec<crate::lifecycle::Event> = entries
@@ -1363,7 +1367,10 @@ mod tests {
     fn batched_event_entries_read_as_one_event_per_task() {
         let entry = |fields: Vec<(&str, Vec<u8>)>| StreamEntry {
             id: StreamId { ms: 5, seq: 0 },
-            fields: fields.into_iter().map(|(k, v)| (bytes::Bytes::copy_from_slice(k.as_bytes()), v.into())).collect(),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (bytes::Bytes::copy_from_slice(k.as_bytes()), v.into()))
+                .collect(),
         };
         // ids ["a", "bc"], attempt ["0", "2"], as cmsgpack writes them.
         let ids = vec![0x92, 0xa1, b'a', 0xa2, b'b', b'c'];

@@ -118,7 +118,12 @@ impl FetchConnection {
         let count = count.to_string();
         let block = block.map(|b| crate::envelope::millis(b).max(1).to_string());
         let mut args: Vec<&[u8]> = Vec::with_capacity(8 + 2 * streams.len());
-        args.extend([&b"XREADGROUP"[..], b"GROUP", crate::keys::GROUP.as_bytes(), consumer.as_bytes()]);
+        args.extend([
+            &b"XREADGROUP"[..],
+            b"GROUP",
+            crate::keys::GROUP.as_bytes(),
+            consumer.as_bytes(),
+        ]);
         args.extend([&b"COUNT"[..], count.as_bytes()]);
         if let Some(b) = &block {
             args.extend([&b"BLOCK"[..], b.as_bytes()]);
@@ -193,7 +198,10 @@ impl RawReader {
             }
             Err(_) => {
                 self.io = None;
-                return Err(io_error(std::io::ErrorKind::TimedOut, "no reply within the response timeout"));
+                return Err(io_error(
+                    std::io::ErrorKind::TimedOut,
+                    "no reply within the response timeout",
+                ));
             }
         };
         io.busy = false;
@@ -273,8 +281,17 @@ impl Io {
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(self.buf.len().max(64 * 1024));
             }
-            if self.sock.read_buf(&mut self.buf).await.map_err(redis::RedisError::from)? == 0 {
-                return Err(io_error(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            if self
+                .sock
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(redis::RedisError::from)?
+                == 0
+            {
+                return Err(io_error(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
             }
         }
     }
@@ -468,7 +485,12 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
             let own = Bytes::copy_from_slice(&frame[start..c.pos]);
             let fields = spans
                 .into_iter()
-                .map(|(k, v)| (own.slice(k.start - start..k.end - start), own.slice(v.start - start..v.end - start)))
+                .map(|(k, v)| {
+                    (
+                        own.slice(k.start - start..k.end - start),
+                        own.slice(v.start - start..v.end - start),
+                    )
+                })
                 .collect();
             out.push((idx, StreamEntry { id, fields }));
         }
@@ -489,7 +511,8 @@ mod tests {
 
     #[test]
     fn a_reply_is_whole_only_with_its_last_byte_and_in_any_pieces() {
-        let reply: &[u8] = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$2\r\nid\r\n$0\r\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
+        let reply: &[u8] =
+            b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$2\r\nid\r\n$0\r\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
         assert_eq!(scan_whole(reply), Some(reply.len()));
         for cut in 0..reply.len() {
             assert_eq!(scan_whole(&reply[..cut]), None, "cut at {cut}");
@@ -498,7 +521,14 @@ mod tests {
             assert_eq!(s.advance(&reply[..cut]).unwrap(), None);
             assert_eq!(s.advance(reply).unwrap(), Some(reply.len()), "resumed at {cut}");
         }
-        for whole in [&b"*-1\r\n"[..], b"*0\r\n", b"-NOGROUP no group\r\n", b":7\r\n", b"+OK\r\n", b"$-1\r\n"] {
+        for whole in [
+            &b"*-1\r\n"[..],
+            b"*0\r\n",
+            b"-NOGROUP no group\r\n",
+            b":7\r\n",
+            b"+OK\r\n",
+            b"$-1\r\n",
+        ] {
             assert_eq!(scan_whole(whole), Some(whole.len()));
         }
         // What follows the reply is not part of it.
@@ -508,7 +538,11 @@ mod tests {
     #[test]
     fn malformed_replies_are_protocol_errors() {
         for bad in [&b"?\r\n"[..], b"*x\r\n", b"$3\r\nabcd\r\n", b"+OK\n"] {
-            assert!(Scan::default().advance(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                Scan::default().advance(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let streams = ["s"];
         // Another stream than the one asked for, and a string where the entries should be.
@@ -530,7 +564,10 @@ mod tests {
         let f: Vec<(&[u8], &[u8])> = got[0].1.fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         assert_eq!(f, [(&b"id"[..], &b"a"[..]), (b"payload", b"{}\n")]);
         assert!(got[1].1.fields.is_empty(), "a deleted entry has no fields");
-        assert!(decode_read(b"*-1\r\n", &["s"]).unwrap().is_empty(), "a block that timed out");
+        assert!(
+            decode_read(b"*-1\r\n", &["s"]).unwrap().is_empty(),
+            "a block that timed out"
+        );
         let e = decode_read(b"-NOGROUP No such key\r\n", &["s"]).unwrap_err();
         assert!(super::super::is_nogroup(&e), "{e}");
     }
@@ -601,13 +638,18 @@ mod tests {
         assert_eq!(read_b, wrote_b);
         // The ids are the stream's, as redis-rs reads them.
         let ids: Vec<StreamId> = got.iter().filter(|(i, _)| *i == 0).map(|(_, e)| e.id).collect();
-        let listed = stream::range(&mut conn, &a, stream::RangeStart::First, 10).await.unwrap();
+        let listed = stream::range(&mut conn, &a, stream::RangeStart::First, 10)
+            .await
+            .unwrap();
         assert_eq!(ids, listed.iter().map(|e| e.id).collect::<Vec<_>>());
         // COUNT is honoured, and a drained stream blocks, then times out with nothing.
         fill(&mut conn, &a, 3).await;
         assert_eq!(fetch.read_group("c1", 2, None, &[&a]).await.unwrap().len(), 2);
         assert_eq!(fetch.read_group("c1", 2, None, &[&a]).await.unwrap().len(), 1);
-        let none = fetch.read_group("c1", 5, Some(Duration::from_millis(20)), &[&a, &b]).await.unwrap();
+        let none = fetch
+            .read_group("c1", 5, Some(Duration::from_millis(20)), &[&a, &b])
+            .await
+            .unwrap();
         assert!(none.is_empty());
     }
 
@@ -674,6 +716,9 @@ mod tests {
             .unwrap_err();
         assert!(!e.to_string().contains("wrong"), "{e}");
         server.kill();
-        assert!(fetch.read_group("c1", 10, None, &[&stream]).await.is_err(), "the server is gone");
+        assert!(
+            fetch.read_group("c1", 10, None, &[&stream]).await.is_err(),
+            "the server is gone"
+        );
     }
 }
