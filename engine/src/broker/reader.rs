@@ -399,11 +399,24 @@ impl Scan {
     }
 }
 
-fn number(digits: &[u8]) -> Result<i64> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::protocol("malformed length in reply"))
+/// A reply's length or integer (`-1`, `0`, `1024`): digits only, at most 18 of them, so it
+/// cannot overflow. (Two of these an entry field: `str::parse` was measurable.)
+fn number(line: &[u8]) -> Result<i64> {
+    let (negative, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return Err(Error::protocol("malformed length in reply"));
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(Error::protocol("malformed length in reply"));
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Ok(if negative { -n } else { n })
 }
 
 /// Reads a whole reply, already scanned (so every length is in bounds).
@@ -537,7 +550,16 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_protocol_errors() {
-        for bad in [&b"?\r\n"[..], b"*x\r\n", b"$3\r\nabcd\r\n", b"+OK\n"] {
+        for bad in [
+            &b"?\r\n"[..],
+            b"*x\r\n",
+            b"*\r\n",
+            b"*-\r\n",
+            b"$1x\r\n",
+            b"$9999999999999999999\r\n",
+            b"$3\r\nabcd\r\n",
+            b"+OK\n",
+        ] {
             assert!(
                 Scan::default().advance(bad).is_err(),
                 "{:?}",
@@ -720,5 +742,20 @@ mod tests {
             fetch.read_group("c1", 10, None, &[&stream]).await.is_err(),
             "the server is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn the_own_reader_reaches_a_server_on_a_unix_socket() {
+        let dir = crate::testing::TempDir::new("reader-unix");
+        let sock = dir.path().join("redis.sock");
+        let server = RedisServer::start_with(&["--unixsocket", sock.to_str().unwrap(), "--unixsocketperm", "700"]);
+        let url = format!("redis+unix://{}", sock.display());
+        let mut conn = redis_rs(&url).await;
+        let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
+        let wrote = fill(&mut conn, &stream, 2).await;
+        let mut fetch = own(&url).await;
+        let got = fetch.read_group("c1", 10, None, &[&stream]).await.unwrap();
+        assert_eq!(got.iter().map(|(_, e)| plain(e)).collect::<Vec<_>>(), wrote);
+        drop(server);
     }
 }

@@ -68,7 +68,10 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         let hold = if limit.is_empty() {
             Vec::new()
         } else {
-            match limiter::admit_all(&shared2, &limit, task_id.as_str(), entry_id).await {
+            // Boxed, as every limiter call here: the task's future is moved into its tokio
+            // task at the spawn, and unboxed these calls' states made it several times larger
+            // for every task, limited or not.
+            match Box::pin(limiter::admit_all(&shared2, &limit, task_id.as_str(), entry_id)).await {
                 limiter::Admit::Run(hold) => hold,
                 limiter::Admit::Wait(settle) => {
                     drop(permit);
@@ -82,7 +85,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2) {
                 Ok(fut) => fut,
                 Err(settle) => {
-                    limiter::release(&shared2, hold, Duration::ZERO).await;
+                    release(&shared2, hold, Duration::ZERO).await;
                     drop(permit);
                     WorkerCounters::add(&shared2.counters.buried, 1);
                     if let Some(m) = &shared2.metrics {
@@ -109,12 +112,12 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             // Past the drain deadline: drop the handler; the entry stays held and is requeued.
             () = shared2.abort.cancelled() => {
                 tracker::finished(&shared2, lane_idx, &task_id);
-                limiter::release(&shared2, hold, began.elapsed()).await;
+                release(&shared2, hold, began.elapsed()).await;
                 return;
             }
             r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
-        limiter::release(&shared2, hold, began.elapsed()).await;
+        release(&shared2, hold, began.elapsed()).await;
         if track.is_some() {
             tracker::finished(&shared2, lane_idx, &task_id);
         }
@@ -181,6 +184,14 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         };
         shared2.settle_tracked(lane_idx, entry_id, settle, track);
     });
+}
+
+/// Gives a task's limit holds back; nothing to await (and nothing in its future) for a task
+/// under no limit.
+async fn release(shared: &Shared, hold: Vec<limiter::Hold>, run: Duration) {
+    if !hold.is_empty() {
+        Box::pin(limiter::release(shared, hold, run)).await;
+    }
 }
 
 /// Buries an entry the reclaimer found delivered too often without an outcome (poison),
