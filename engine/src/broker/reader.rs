@@ -719,16 +719,23 @@ mod tests {
         assert_eq!(got.len(), 1, "the late nil was not taken for this read's reply");
     }
 
+    /// Writes two entries through redis-rs at `url` and reads them back through the engine's
+    /// own reader: the reader and the stream, for more.
+    async fn reads_back(url: &str) -> (FetchConnection, String) {
+        let mut conn = redis_rs(url).await;
+        let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
+        let wrote = fill(&mut conn, &stream, 2).await;
+        let mut fetch = own(url).await;
+        let got = fetch.read_group("c1", 10, None, &[&stream]).await.unwrap();
+        assert_eq!(got.iter().map(|(_, e)| plain(e)).collect::<Vec<_>>(), wrote);
+        (fetch, stream)
+    }
+
     #[tokio::test]
     async fn the_own_reader_logs_in_as_the_urls_user_and_selects_its_database() {
         let mut server = RedisServer::start_with(&["--user", "fetcher", "on", ">s3cret", "~*", "&*", "+@all"]);
         let url = format!("redis://fetcher:s3cret@127.0.0.1:{}/3", server.port());
-        let mut conn = redis_rs(&url).await;
-        let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
-        let wrote = fill(&mut conn, &stream, 2).await;
-        let mut fetch = own(&url).await;
-        let got = fetch.read_group("c1", 10, None, &[&stream]).await.unwrap();
-        assert_eq!(got.iter().map(|(_, e)| plain(e)).collect::<Vec<_>>(), wrote);
+        let (mut fetch, stream) = reads_back(&url).await;
         // A wrong password fails at the start, with the server's reason and without the password.
         let bad = format!("redis://fetcher:wrong@127.0.0.1:{}/3", server.port());
         let e = super::super::RedisTarget::parse(&bad)
@@ -750,12 +757,7 @@ mod tests {
         let sock = dir.path().join("redis.sock");
         let server = RedisServer::start_with(&["--unixsocket", sock.to_str().unwrap(), "--unixsocketperm", "700"]);
         let url = format!("redis+unix://{}", sock.display());
-        let mut conn = redis_rs(&url).await;
-        let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
-        let wrote = fill(&mut conn, &stream, 2).await;
-        let mut fetch = own(&url).await;
-        let got = fetch.read_group("c1", 10, None, &[&stream]).await.unwrap();
-        assert_eq!(got.iter().map(|(_, e)| plain(e)).collect::<Vec<_>>(), wrote);
+        reads_back(&url).await;
         drop(server);
     }
 }
