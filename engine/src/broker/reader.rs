@@ -431,11 +431,12 @@ impl<'a> Cursor<'a> {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| Error::protocol("truncated reply"))?;
-        let line = &self.buf[self.pos..self.pos + nl - 1];
+        let line = &self.buf[self.pos..self.pos + nl];
         self.pos += nl + 1;
-        line.split_first()
+        line.strip_suffix(b"\r")
+            .and_then(<[u8]>::split_first)
             .map(|(k, rest)| (*k, rest))
-            .ok_or_else(|| Error::protocol("empty reply line"))
+            .ok_or_else(|| Error::protocol("malformed reply line"))
     }
 
     /// An array's length; `None` for a nil array.
@@ -455,6 +456,9 @@ impl<'a> Cursor<'a> {
             (b'$', n) => {
                 let n = usize::try_from(number(n)?).map_err(|_| Error::protocol("nil where a string was expected"))?;
                 let span = self.pos..self.pos + n;
+                if span.end + 2 > self.buf.len() {
+                    return Err(Error::protocol("truncated reply"));
+                }
                 self.pos += n + 2;
                 Ok(span)
             }
@@ -481,7 +485,8 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
             .position(|s| s.as_bytes() == key)
             .ok_or_else(|| Error::protocol("XREADGROUP answered for a stream not asked for"))?;
         let n = c.array()?.unwrap_or(0);
-        out.reserve(n);
+        // Never more than the reply can hold (a scanned reply has them all; this is for any other).
+        out.reserve(n.min(frame.len() / 16));
         for _ in 0..n {
             if c.array()? != Some(2) {
                 return Err(Error::protocol("stream entry is not [id, fields]"));
@@ -490,7 +495,7 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
             // A deleted entry still in a PEL reads as nil fields.
             let pairs = c.array()?.unwrap_or(0) / 2;
             let start = c.pos;
-            let mut spans = Vec::with_capacity(pairs);
+            let mut spans = Vec::with_capacity(pairs.min(frame.len() / 8));
             for _ in 0..pairs {
                 spans.push((c.bulk()?, c.bulk()?));
             }
@@ -573,6 +578,32 @@ mod tests {
             b"*1\r\n*2\r\n$1\r\ns\r\n$1\r\nx\r\n",
         ] {
             assert!(decode_read(bad, &streams).is_err());
+        }
+    }
+
+    #[test]
+    fn mutated_replies_never_panic() {
+        let reply: &[u8] = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-5\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$7\r\npayload\r\n$3\r\n{}\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
+        let mut rng = fastrand::Rng::with_seed(18);
+        for _ in 0..20_000 {
+            let mut m = reply.to_vec();
+            if rng.u8(..8) == 0 {
+                // A count far beyond what follows.
+                m.splice(0..2, b"*999999999999999".iter().copied());
+            }
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..m.len());
+                match rng.u8(..3) {
+                    0 => m[at] = rng.u8(..),
+                    1 => drop(m.remove(at)),
+                    _ => m.insert(at, *rng.choice(b"\r\n*$-:+0123456789".iter()).unwrap()),
+                }
+            }
+            // Decoded as a read would be: whatever the scan takes as one whole reply.
+            let _ = decode_read(&m, &["s"]);
+            if let Ok(Some(end)) = Scan::default().advance(&m) {
+                let _ = decode_read(&m[..end], &["s"]);
+            }
         }
     }
 
