@@ -15,7 +15,9 @@
 //!
 //! **What it keeps of a redis-rs connection.** The same address, user, password and database
 //! (from the URL, parsed once by redis-rs), RESP2 (the server's default; no `HELLO`), a 5 s
-//! connect timeout and the same response timeout (longer than any `BLOCK`). A link that fails
+//! connect timeout and the same response timeout (longer than any `BLOCK`). Commands are built
+//! as `redis::Cmd`s, `XREADGROUP`'s by the same function as on the redis-rs path
+//! (`stream::read_group_cmd`), and packed by redis-rs. A link that fails
 //! (an I/O error, a timeout, a reply that does not parse) is dropped, and the next call
 //! connects again: a reply that comes late can never be taken for the next call's. A server's
 //! error reply (`NOGROUP`, `NOPERM`) is a [`redis::RedisError`] with the server's code, as
@@ -96,7 +98,7 @@ impl FetchConnection {
     }
 
     /// Whether this is the engine's own reader (not a redis-rs connection).
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub fn is_raw(&self) -> bool {
         matches!(self.inner, Inner::Raw(_))
     }
@@ -115,23 +117,8 @@ impl FetchConnection {
             Inner::Shared(conn) => return stream::read_group(conn, consumer, count, block, streams).await,
             Inner::Raw(raw) => raw,
         };
-        let count = count.to_string();
-        let block = block.map(|b| crate::envelope::millis(b).max(1).to_string());
-        let mut args: Vec<&[u8]> = Vec::with_capacity(8 + 2 * streams.len());
-        args.extend([
-            &b"XREADGROUP"[..],
-            b"GROUP",
-            crate::keys::GROUP.as_bytes(),
-            consumer.as_bytes(),
-        ]);
-        args.extend([&b"COUNT"[..], count.as_bytes()]);
-        if let Some(b) = &block {
-            args.extend([&b"BLOCK"[..], b.as_bytes()]);
-        }
-        args.push(b"STREAMS");
-        args.extend(streams.iter().map(|s| s.as_bytes()));
-        args.extend(streams.iter().map(|_| &b">"[..]));
-        raw.call(&args, |frame| decode_read(frame, streams)).await
+        let cmd = stream::read_group_cmd(consumer, count, block, streams);
+        raw.call(&cmd, |frame| decode_read(frame, streams)).await
     }
 
     /// `CLIENT ID` of this connection (of its link to the node serving `stream`), for
@@ -141,7 +128,7 @@ impl FetchConnection {
             Inner::Shared(conn) => return stream::client_id(conn, stream).await,
             Inner::Raw(raw) => raw,
         };
-        let v = raw.call(&[b"CLIENT", b"ID"], value).await?;
+        let v = raw.call(redis::cmd("CLIENT").arg("ID"), value).await?;
         redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT ID: {e}")))
     }
 }
@@ -169,54 +156,37 @@ struct Io {
     /// Bytes read and not yet decoded: empty between calls (one call in flight at a time).
     buf: BytesMut,
     out: Vec<u8>,
-    /// A call is between its write and the end of its reply.
-    busy: bool,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RawReader {
     /// Sends one command and decodes its reply with `decode`; connects first if needed. Any
-    /// failure but a server's error reply drops the link.
-    async fn call<T>(&mut self, args: &[&[u8]], decode: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
-        // A call dropped before its reply was read leaves that reply on the way: never read it
-        // as this call's.
-        if self.io.as_ref().is_some_and(|io| io.busy) {
-            self.io = None;
-        }
-        if self.io.is_none() {
-            self.io = Some(self.connect().await?);
-        }
-        let io = self.io.as_mut().expect("connected just above");
-        io.busy = true;
-        let sent = tokio::time::timeout(self.response_timeout, io.request(args)).await;
-        let end = match sent {
-            Ok(Ok(end)) => end,
-            Ok(Err(e)) => {
-                self.io = None;
-                return Err(e);
-            }
+    /// failure but a server's error reply drops the link. The link is out of `io` while the
+    /// call is in flight, so a call dropped before its reply was read leaves no link behind
+    /// whose next reply would be that late one.
+    async fn call<T>(&mut self, cmd: &redis::Cmd, decode: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let mut io = match self.io.take() {
+            Some(io) => io,
+            None => self.connect().await?,
+        };
+        let end = match tokio::time::timeout(self.response_timeout, io.request(cmd)).await {
+            Ok(end) => end?,
             Err(_) => {
-                self.io = None;
                 return Err(io_error(
                     std::io::ErrorKind::TimedOut,
                     "no reply within the response timeout",
                 ));
             }
         };
-        io.busy = false;
         let decoded = decode(&io.buf[..end]);
         consume(&mut io.buf, end);
-        match decoded {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if !matches!(e, Error::Redis(_)) {
-                    // The reply was whole but not what was asked for: do not trust the link.
-                    self.io = None;
-                }
-                Err(e)
-            }
+        // A server's error reply leaves the link up; a reply that was whole but not what was
+        // asked for does not.
+        if decoded.is_ok() || matches!(decoded, Err(Error::Redis(_))) {
+            self.io = Some(io);
         }
+        decoded
     }
 
     async fn connect(&self) -> Result<Io> {
@@ -241,18 +211,15 @@ impl RawReader {
             sock,
             buf: BytesMut::with_capacity(64 * 1024),
             out: Vec::with_capacity(256),
-            busy: false,
         };
         let setup = async {
             if let Some(password) = &self.password {
-                let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-                auth.extend(self.username.as_deref().map(str::as_bytes));
-                auth.push(password.as_bytes());
+                let mut auth = redis::cmd("AUTH");
+                auth.arg(self.username.as_deref()).arg(password);
                 io.expect_ok(&auth).await?;
             }
             if self.db != 0 {
-                let db = self.db.to_string();
-                io.expect_ok(&[b"SELECT", db.as_bytes()]).await?;
+                io.expect_ok(redis::cmd("SELECT").arg(self.db)).await?;
             }
             Ok::<_, Error>(())
         };
@@ -266,12 +233,12 @@ impl RawReader {
 impl Io {
     /// Writes one command and reads until its reply is whole; returns the reply's length
     /// (the reply is `buf[..len]`).
-    async fn request(&mut self, args: &[&[u8]]) -> Result<usize> {
+    async fn request(&mut self, cmd: &redis::Cmd) -> Result<usize> {
         if !self.buf.is_empty() {
             return Err(Error::protocol("bytes from the server that no command asked for"));
         }
         self.out.clear();
-        encode(&mut self.out, args);
+        cmd.write_packed_command(&mut self.out);
         self.sock.write_all(&self.out).await.map_err(redis::RedisError::from)?;
         let mut scan = Scan::default();
         loop {
@@ -297,8 +264,8 @@ impl Io {
     }
 
     /// One setup command (`AUTH`, `SELECT`) that answers `+OK`.
-    async fn expect_ok(&mut self, args: &[&[u8]]) -> Result<()> {
-        let end = self.request(args).await?;
+    async fn expect_ok(&mut self, cmd: &redis::Cmd) -> Result<()> {
+        let end = self.request(cmd).await?;
         let v = value(&self.buf[..end]);
         consume(&mut self.buf, end);
         v.map(drop)
@@ -316,17 +283,6 @@ fn consume(buf: &mut BytesMut, end: usize) {
 
 fn io_error(kind: std::io::ErrorKind, what: &'static str) -> Error {
     Error::Redis(std::io::Error::new(kind, what).into())
-}
-
-/// A command as RESP: an array of bulk strings.
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    use std::io::Write;
-    write!(out, "*{}\r\n", args.len()).expect("a Vec takes every write");
-    for a in args {
-        write!(out, "${}\r\n", a.len()).expect("a Vec takes every write");
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// A whole small reply through redis-rs's parser, a server error as its `RedisError`.
@@ -475,6 +431,8 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
     }
     let mut c = Cursor { buf: frame, pos: 0 };
     let mut out = Vec::new();
+    // Where each field of the entry being decoded lies, reused from entry to entry.
+    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
     for _ in 0..c.array()?.unwrap_or(0) {
         if c.array()? != Some(2) {
             return Err(Error::protocol("stream reply item is not [key, entries]"));
@@ -495,14 +453,14 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
             // A deleted entry still in a PEL reads as nil fields.
             let pairs = c.array()?.unwrap_or(0) / 2;
             let start = c.pos;
-            let mut spans = Vec::with_capacity(pairs.min(frame.len() / 8));
+            spans.clear();
             for _ in 0..pairs {
                 spans.push((c.bulk()?, c.bulk()?));
             }
             // The entry's own copy: its fields are slices of it.
             let own = Bytes::copy_from_slice(&frame[start..c.pos]);
             let fields = spans
-                .into_iter()
+                .drain(..)
                 .map(|(k, v)| {
                     (
                         own.slice(k.start - start..k.end - start),

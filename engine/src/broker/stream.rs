@@ -87,16 +87,9 @@ pub async fn read_group(
     block: Option<Duration>,
     streams: &[&str],
 ) -> Result<Vec<(usize, StreamEntry)>> {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
-    if let Some(b) = block {
-        cmd.arg("BLOCK").arg(crate::envelope::millis(b).max(1));
-    }
-    cmd.arg("STREAMS").arg(streams);
-    for _ in streams {
-        cmd.arg(">");
-    }
-    let reply: Value = cmd.query_async(conn).await?;
+    let reply: Value = read_group_cmd(consumer, count, block, streams)
+        .query_async(conn)
+        .await?;
     let mut out = Vec::new();
     for (key, entries) in stream_map(reply)? {
         let idx = streams
@@ -108,6 +101,20 @@ pub async fn read_group(
         }
     }
     Ok(out)
+}
+
+/// The `XREADGROUP` of [`read_group`], for either kind of fetch connection (`reader`).
+pub(super) fn read_group_cmd(consumer: &str, count: usize, block: Option<Duration>, streams: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+    if let Some(b) = block {
+        cmd.arg("BLOCK").arg(crate::envelope::millis(b).max(1));
+    }
+    cmd.arg("STREAMS").arg(streams);
+    for _ in streams {
+        cmd.arg(">");
+    }
+    cmd
 }
 
 /// The `CLIENT ID` of `conn`'s link to the node serving `stream` (a fetcher's, for
