@@ -52,7 +52,8 @@ pub async fn run(target: &Target, s: &CeilingSpec) -> Result<CeilingResult> {
         .query_async::<()>(&mut conn)
         .await?;
     let env = Envelope::new(KIND_NOOP, payload::make(s.payload_bytes, 0, false), Codec::Bytes);
-    let fields: Vec<(&str, Bytes)> = env.fields();
+    // The entries a Rust producer writes (compact), so the loop moves what the workers do.
+    let fields: Vec<(&str, Bytes)> = env.stream_fields();
 
     let before = target.snapshot().await?;
     let t0 = Instant::now();

@@ -1,7 +1,10 @@
-//! Wire format v1: a task is one stream entry of flat string fields (see `docs/wire-format.md`).
+//! Wire format v1: a task is one stream entry of flat string fields (see `docs/wire-format.md`),
+//! or, as Rust producers write a task's first entry, a compact one whose five common fields are
+//! packed into one (`task`).
 //!
-//! `Envelope::fields` writes an entry, `Envelope::from_fields` reads one back and says exactly
-//! which field is missing or malformed, so a bad entry can be buried with a useful reason.
+//! `Envelope::fields` writes an entry flat, `Envelope::stream_fields` compact,
+//! `Envelope::from_fields` reads either back and says exactly which field is missing or
+//! malformed, so a bad entry can be buried with a useful reason.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +42,47 @@ impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The field a compact entry packs its five common fields into: a MessagePack array of five
+/// strings, `[id, kind, codec, enqueued_at, payload]` (docs/wire-format.md, "Compact entries").
+pub const TASK_FIELD: &str = "task";
+
+/// The five fields [`TASK_FIELD`] packs, in its order.
+const PACKED: [&str; 5] = ["id", "kind", "codec", "enqueued_at", "payload"];
+
+/// A compact entry's `task` value as its five strings, each sharing `task`'s buffer.
+fn unpack_task(task: &Bytes) -> Result<[Bytes; 5], Malformed> {
+    let bad = || {
+        Malformed(format!(
+            "field {TASK_FIELD:?} is not a MessagePack array of 5 strings (id, kind, codec, enqueued_at, payload)"
+        ))
+    };
+    let (count, mut at) = crate::msgpack::array(task).ok_or_else(bad)?;
+    if count != PACKED.len() {
+        return Err(bad());
+    }
+    let mut next = || {
+        crate::msgpack::string(task, &mut at)
+            .map(|s| if s.is_empty() { Bytes::new() } else { task.slice_ref(s) })
+            .ok_or_else(bad)
+    };
+    let parts = [next()?, next()?, next()?, next()?, next()?];
+    if at != task.len() {
+        return Err(bad());
+    }
+    Ok(parts)
+}
+
+/// Field `name` of an entry as read from a stream, flat or inside its [`TASK_FIELD`]: for
+/// code that needs one field of an entry that may not decode (a malformed entry's id).
+pub fn entry_field(fields: &[(Bytes, Bytes)], name: &str) -> Option<Bytes> {
+    if let Some((_, v)) = fields.iter().find(|(k, _)| k == name.as_bytes()) {
+        return Some(v.clone());
+    }
+    let at = PACKED.iter().position(|n| *n == name)?;
+    let (_, task) = fields.iter().find(|(k, _)| k == TASK_FIELD.as_bytes())?;
+    unpack_task(task).ok().map(|parts| parts[at].clone())
 }
 
 /// How a payload's bytes are encoded.
@@ -264,9 +308,9 @@ impl Envelope {
         Ok(p)
     }
 
-    /// The entry's fields, in wire order, ready for `XADD`. A field at its documented default
-    /// (`codec` json, `attempt` 0) is left out: every field is two strings the worker's RESP
-    /// parser allocates per task, and parsing is about two fifths of its CPU while draining.
+    /// The entry's fields, in wire order, ready for `XADD`: every field flat (the form any
+    /// producer can write and every moved entry takes: retries, dead letters, requeues). A field
+    /// at its documented default (`codec` json, `attempt` 0) is left out.
     pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
         let mut f = Vec::with_capacity(12);
         f.push(("id", Bytes::copy_from_slice(self.id.as_str().as_bytes())));
@@ -276,6 +320,40 @@ impl Envelope {
             f.push(("codec", Bytes::from_static(self.codec.as_str().as_bytes())));
         }
         f.push(("enqueued_at", Bytes::from(self.enqueued_at.to_string())));
+        self.push_rare_fields(&mut f);
+        f
+    }
+
+    /// The fields of a task's first entry in its stream as Rust producers write it: the five
+    /// fields every task has (`id`, `kind`, `codec`, `enqueued_at`, `payload`) packed into one
+    /// [`TASK_FIELD`], the rest flat as in [`fields`](Self::fields) (docs/wire-format.md,
+    /// "Compact entries"). Redis's work per entry (storing, reading, acknowledging) and the
+    /// worker's grow with the number of fields: one instead of four or five is what this is
+    /// for (docs/benchmarks.md).
+    pub fn stream_fields(&self) -> Vec<(&'static str, Bytes)> {
+        let enqueued_at = self.enqueued_at.to_string();
+        let parts: [&[u8]; 5] = [
+            self.id.as_str().as_bytes(),
+            self.kind.as_bytes(),
+            self.codec.as_str().as_bytes(),
+            enqueued_at.as_bytes(),
+            &self.payload,
+        ];
+        let mut packed = Vec::with_capacity(parts.iter().map(|p| p.len() + 5).sum::<usize>() + 1);
+        rmp::encode::write_array_len(&mut packed, parts.len() as u32).expect("writing to a Vec");
+        for part in parts {
+            // A str, whatever the bytes: Lua's cmsgpack (settle.lua) decodes no bin type.
+            rmp::encode::write_str_len(&mut packed, part.len() as u32).expect("writing to a Vec");
+            packed.extend_from_slice(part);
+        }
+        let mut f = Vec::with_capacity(4);
+        f.push((TASK_FIELD, Bytes::from(packed)));
+        self.push_rare_fields(&mut f);
+        f
+    }
+
+    /// The optional fields that are not at their default, flat, in wire order.
+    fn push_rare_fields(&self, f: &mut Vec<(&'static str, Bytes)>) {
         if self.attempt != 0 {
             f.push(("attempt", Bytes::from(self.attempt.to_string())));
         }
@@ -312,7 +390,6 @@ impl Envelope {
         if let Some(g) = &self.group {
             f.push(("group", Bytes::copy_from_slice(g.as_bytes())));
         }
-        f
     }
 
     /// Reads an entry's fields (name, value pairs). Unknown fields are ignored, so newer
@@ -323,19 +400,21 @@ impl Envelope {
         V: AsRef<[u8]> + Into<Bytes>,
         I: IntoIterator<Item = (K, V)>,
     {
-        let (mut id, mut kind, mut payload, mut codec) = (None, None, None, None);
-        let (mut enqueued_at, mut attempt, mut max_attempts, mut timeout_ms, mut error) =
-            (None, None, None, None, None);
+        // The five a compact entry packs (`task`): `Bytes` either way.
+        let [mut id, mut kind, mut payload, mut codec, mut enqueued_at]: [Option<Bytes>; 5] = Default::default();
+        let (mut attempt, mut max_attempts, mut timeout_ms, mut error) = (None, None, None, None);
         let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
         let (mut retention_ms, mut unique_key, mut unique_ttl_ms) = (None, None, None);
         let (mut limit_key, mut group) = (None, None);
+        let mut task: Option<Bytes> = None;
         for (name, value) in fields {
             match name.as_ref() {
-                b"id" => id = Some(value),
-                b"kind" => kind = Some(value),
-                b"payload" => payload = Some(value),
-                b"codec" => codec = Some(value),
-                b"enqueued_at" => enqueued_at = Some(value),
+                b"task" => task = Some(value.into()),
+                b"id" => id = Some(value.into()),
+                b"kind" => kind = Some(value.into()),
+                b"payload" => payload = Some(value.into()),
+                b"codec" => codec = Some(value.into()),
+                b"enqueued_at" => enqueued_at = Some(value.into()),
                 b"attempt" => attempt = Some(value),
                 b"max_attempts" => max_attempts = Some(value),
                 b"timeout_ms" => timeout_ms = Some(value),
@@ -351,6 +430,15 @@ impl Envelope {
                 _ => {}
             }
         }
+        if let Some(task) = task {
+            if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
+                return Err(Malformed(format!(
+                    "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
+                )));
+            }
+            let [i, k, c, e, p] = unpack_task(&task)?;
+            (id, kind, payload, codec, enqueued_at) = (Some(i), Some(k), Some(p), Some(c), Some(e));
+        }
         fn text<V: Into<Bytes>>(field: &str, v: V) -> Result<String, Malformed> {
             // An owned reply buffer goes Vec -> Bytes -> Vec without a copy.
             String::from_utf8(Vec::from(v.into())).map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
@@ -365,7 +453,7 @@ impl Envelope {
         let kind = text("kind", required("kind", kind)?)?;
         check_kind(&kind)?;
         // Moving the reply's buffer into `Bytes` avoids copying large payloads.
-        let payload: Bytes = required("payload", payload)?.into();
+        let payload: Bytes = required("payload", payload)?;
         let codec = match codec {
             None => Codec::Json,
             Some(c) => Codec::parse(c.as_ref()).ok_or_else(|| {
@@ -485,6 +573,96 @@ mod tests {
         e.attempt = 1;
         assert_eq!(names(&e), ["id", "kind", "payload", "codec", "enqueued_at", "attempt"]);
         assert_eq!(roundtrip(&e), e);
+    }
+
+    fn roundtrip_compact(e: &Envelope) -> Envelope {
+        let fields = e.stream_fields();
+        Envelope::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))).unwrap()
+    }
+
+    #[test]
+    fn compact_entries_roundtrip_and_share_one_buffer() {
+        let mut e = Envelope::new("resize", Bytes::from_static(b"{\"w\":3}"), Codec::Json);
+        // A task on its first run is one field, whatever its codec.
+        let names = |e: &Envelope| e.stream_fields().iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(names(&e), [TASK_FIELD]);
+        assert_eq!(roundtrip_compact(&e), e);
+        e.codec = Codec::Bytes;
+        assert_eq!(names(&e), [TASK_FIELD]);
+        assert_eq!(roundtrip_compact(&e), e);
+        // The rest stay flat beside it, and read back the same.
+        e.max_attempts = Some(7);
+        e.attempt = 2;
+        e.error = Some("boom".into());
+        e.retention_ms = Some(0);
+        assert_eq!(
+            names(&e),
+            [TASK_FIELD, "attempt", "max_attempts", "error", "retention_ms"]
+        );
+        assert_eq!(roundtrip_compact(&e), e);
+        // Payloads of every length class of a MessagePack str (fixstr, str8, str16, str32),
+        // binary included, and empty strings.
+        for n in [0usize, 31, 32, 255, 256, 65_535, 65_536, 100_000] {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let mut e = Envelope::new("k", Bytes::from(payload), Codec::Bytes);
+            e.id = TaskId::from_string("i".repeat(n.clamp(1, 300)).as_str());
+            assert_eq!(roundtrip_compact(&e), e, "payload of {n} B");
+        }
+        // The payload is a slice of the field's value, not a copy of it.
+        let fields = e.stream_fields();
+        let packed = fields[0].1.clone();
+        let back = Envelope::from_fields(fields).unwrap();
+        let range = packed.as_ptr() as usize..packed.as_ptr() as usize + packed.len();
+        assert!(range.contains(&(back.payload.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn one_field_of_an_entry_is_found_flat_or_packed() {
+        let e = Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json);
+        let as_read = |f: Vec<(&str, Bytes)>| {
+            f.into_iter()
+                .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
+                .collect::<Vec<_>>()
+        };
+        for fields in [as_read(e.fields()), as_read(e.stream_fields())] {
+            assert_eq!(entry_field(&fields, "id").as_deref(), Some(e.id.as_str().as_bytes()));
+            assert_eq!(entry_field(&fields, "kind").as_deref(), Some(&b"resize"[..]));
+            assert_eq!(entry_field(&fields, "retention_ms"), None);
+        }
+        // A `task` that does not unpack gives nothing, rather than a wrong value.
+        let broken = vec![(Bytes::from_static(b"task"), Bytes::from_static(b"\x95\xa1i"))];
+        assert_eq!(entry_field(&broken, "id"), None);
+    }
+
+    #[test]
+    fn malformed_compact_entries_say_what_is_wrong() {
+        let e = Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json);
+        let packed = e.stream_fields().remove(0).1;
+        let read = |fields: Vec<(&str, Bytes)>| Envelope::from_fields(fields).unwrap_err().0;
+        // Cut anywhere, or with bytes after the array: never a panic, always the field named.
+        for cut in 0..packed.len() {
+            let err = read(vec![(TASK_FIELD, packed.slice(..cut))]);
+            assert!(
+                err.contains("\"task\" is not a MessagePack array of 5 strings"),
+                "{cut}: {err}"
+            );
+        }
+        let mut longer = packed.to_vec();
+        longer.push(0xa0);
+        assert!(read(vec![(TASK_FIELD, Bytes::from(longer))]).contains("5 strings"));
+        // Four strings, or a number among them.
+        let four = Bytes::from_static(b"\x94\xa1i\xa1k\xa4json\xa11");
+        assert!(read(vec![(TASK_FIELD, four)]).contains("5 strings"));
+        let number = Bytes::from_static(b"\x95\xa1i\xa1k\xa4json\x01\xa0");
+        assert!(read(vec![(TASK_FIELD, number)]).contains("5 strings"));
+        // Packed and flat at once is ambiguous: refused, not resolved either way.
+        let both = vec![(TASK_FIELD, packed), ("id", Bytes::from_static(b"other"))];
+        assert!(read(both).contains("side by side"));
+        // What it packs is checked as the flat fields are.
+        let mut bad_kind = e.clone();
+        bad_kind.kind = String::new();
+        let err = Envelope::from_fields(bad_kind.stream_fields()).unwrap_err().0;
+        assert!(err.contains("kind"), "{err}");
     }
 
     #[test]

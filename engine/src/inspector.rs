@@ -742,10 +742,9 @@ impl Inspector {
                 let ids: Vec<StreamId> = page
                     .into_iter()
                     .filter(|e| match select {
-                        DlqSelect::Kind(k) => e
-                            .fields
-                            .iter()
-                            .any(|(n, v)| &n[..] == b"kind" && &v[..] == k.as_bytes()),
+                        DlqSelect::Kind(k) => {
+                            crate::envelope::entry_field(&e.fields, "kind").is_some_and(|v| v == k.as_bytes())
+                        }
                         _ => true,
                     })
                     .map(|e| e.id)

@@ -78,6 +78,7 @@ pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
 pub mod limits;
+mod msgpack;
 pub mod schedule;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]

@@ -740,54 +740,16 @@ pub async fn list_ids(
 }
 
 fn field_id(e: StreamEntry) -> Option<String> {
-    e.fields
-        .into_iter()
-        .find(|(k, _)| &k[..] == b"id")
-        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
-}
-
-/// A MessagePack length of `n` bytes, big-endian, at `at`.
-fn msgpack_len(m: &[u8], at: &mut usize, n: usize) -> Option<usize> {
-    let b = m.get(*at..*at + n)?;
-    *at += n;
-    Some(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
-}
-
-/// A MessagePack string (str or bin types, as Lua's `cmsgpack.pack` writes strings) at `at`.
-fn msgpack_string<'a>(m: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let tag = *m.get(*at)?;
-    *at += 1;
-    let n = match tag {
-        0xa0..=0xbf => usize::from(tag & 0x1f),
-        0xd9 | 0xc4 => msgpack_len(m, at, 1)?,
-        0xda | 0xc5 => msgpack_len(m, at, 2)?,
-        0xdb | 0xc6 => msgpack_len(m, at, 4)?,
-        _ => return None,
-    };
-    let s = m.get(*at..*at + n)?;
-    *at += n;
-    Some(s)
-}
-
-/// The length of the MessagePack array that starts `m`, and where its items start.
-fn msgpack_array(m: &[u8]) -> Option<(usize, usize)> {
-    let mut at = 1;
-    let count = match *m.first()? {
-        tag @ 0x90..=0x9f => usize::from(tag & 0x0f),
-        0xdc => msgpack_len(m, &mut at, 2)?,
-        0xdd => msgpack_len(m, &mut at, 4)?,
-        _ => return None,
-    };
-    Some((count, at))
+    crate::envelope::entry_field(&e.fields, "id").map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
 /// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
 /// names and values.
 fn member_id(m: &[u8]) -> Option<String> {
-    let (count, mut at) = msgpack_array(m)?;
+    let (count, mut at) = crate::msgpack::array(m)?;
     for _ in 0..count / 2 {
-        let k = msgpack_string(m, &mut at)?;
-        let v = msgpack_string(m, &mut at)?;
+        let k = crate::msgpack::string(m, &mut at)?;
+        let v = crate::msgpack::string(m, &mut at)?;
         if k == b"id" {
             return Some(String::from_utf8_lossy(v).into_owned());
         }
@@ -798,9 +760,9 @@ fn member_id(m: &[u8]) -> Option<String> {
 /// The task ids of a finished index's member, or the per-task values of a batched event: a
 /// MessagePack array of strings.
 pub(crate) fn packed_ids(m: &[u8]) -> Option<Vec<String>> {
-    let (count, mut at) = msgpack_array(m)?;
+    let (count, mut at) = crate::msgpack::array(m)?;
     (0..count)
-        .map(|_| msgpack_string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
+        .map(|_| crate::msgpack::string(m, &mut at).map(|s| String::from_utf8_lossy(s).into_owned()))
         .collect()
 }
 

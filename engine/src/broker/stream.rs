@@ -58,7 +58,7 @@ async fn add_ready_one_slot(conn: &mut RedisConnection, batch: &[(&ShardKeys, &E
     pipe.atomic();
     for (keys, env) in batch {
         let xadd = pipe.cmd("XADD").arg(&keys.stream).arg("*");
-        for (name, value) in env.fields() {
+        for (name, value) in env.stream_fields() {
             xadd.arg(name).arg(value.as_ref());
         }
         xadd.ignore();

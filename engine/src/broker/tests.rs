@@ -694,3 +694,89 @@ async fn a_large_settle_trims_below_the_oldest_pending_entry_and_deletes_only_se
         1
     );
 }
+
+/// A task's first entry is compact (one `task` field); whatever settle.lua moves out of the
+/// stream (a retry, a dead letter, a requeue) is written flat, the form every reader knows,
+/// and decodes to the same task.
+#[tokio::test]
+async fn compact_entries_move_out_of_the_stream_flat() {
+    let server = shared_server();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let keys = Queue::new(&unique_name("compact")).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let mut envs = Vec::new();
+    for i in 0..3u8 {
+        let mut env = Envelope::new("k", Bytes::from(vec![0, 0xff, i]), Codec::Bytes);
+        env.max_attempts = Some(9);
+        envs.push(env);
+    }
+    let batch: Vec<_> = envs.iter().map(|e| (&keys, e)).collect();
+    add_ready(&mut conn, &batch, Durability::Fast).await.unwrap();
+    let got = read_group(&mut conn, "c", 10, None, &[keys.stream.as_str()])
+        .await
+        .unwrap();
+    let names: Vec<&[u8]> = got[0].1.fields.iter().map(|(k, _)| &k[..]).collect();
+    assert_eq!(names, [&b"task"[..], b"max_attempts"], "a first entry is compact");
+    let ids: Vec<StreamId> = got.iter().map(|(_, e)| e.id).collect();
+    let ctx = SettleCtx {
+        keys: &keys,
+        consumer: "c",
+        dlq_maxlen: 100,
+        now_ms: 1,
+    };
+    let retry = Settle::Retry {
+        due_ms: 5,
+        attempt: 1,
+        error: "x".into(),
+    };
+    let bury = Settle::Bury {
+        reason: DeadReason::Fatal,
+        error: "y".into(),
+        attempt: Some(2),
+    };
+    let stale = settle(
+        &mut conn,
+        ctx,
+        &[(ids[0], &retry), (ids[1], &bury), (ids[2], &Settle::Requeue)],
+    )
+    .await
+    .unwrap();
+    assert!(stale.is_empty());
+    let flat = |fields: &[(Bytes, Bytes)]| {
+        assert!(fields.iter().all(|(k, _)| &k[..] != b"task"), "{fields:?}");
+        Envelope::from_fields(fields.iter().cloned()).unwrap()
+    };
+    // The retry member: a MessagePack array of flat fields.
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(&keys.retry)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let m = &members[0];
+    let (count, mut at) = crate::msgpack::array(m).unwrap();
+    let strings: Vec<Bytes> = (0..count)
+        .map(|_| Bytes::copy_from_slice(crate::msgpack::string(m, &mut at).unwrap()))
+        .collect();
+    let pairs: Vec<(Bytes, Bytes)> = strings.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+    let retried = flat(&pairs);
+    assert_eq!(
+        (retried.id.clone(), retried.attempt, retried.max_attempts),
+        (envs[0].id.clone(), 1, Some(9))
+    );
+    // The dead letter and the requeued entry, payload bytes intact.
+    let dead = range(&mut conn, &keys.dlq, RangeStart::First, 10).await.unwrap();
+    let buried = flat(&dead[0].fields);
+    assert_eq!(
+        (buried.id.clone(), buried.payload.clone(), buried.attempt),
+        (envs[1].id.clone(), envs[1].payload.clone(), 2)
+    );
+    let left = range(&mut conn, &keys.stream, RangeStart::First, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    let requeued = flat(&left[0].fields);
+    assert_eq!(requeued, envs[2]);
+}

@@ -99,13 +99,13 @@ impl RawTrack {
     /// copied (the fields are `Bytes`), and not even looked up for a task that can keep no
     /// record (the lane keeps none and the entry asks for none).
     pub(super) fn of(fields: &[(bytes::Bytes, bytes::Bytes)], lane: &Lane) -> Self {
-        let get = |name: &[u8]| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let retention = get(b"retention_ms");
+        let get = |name: &str| crate::envelope::entry_field(fields, name);
+        let retention = get("retention_ms");
         if retention.is_none() && lane.retention_ms == 0 {
             return RawTrack { id: None, retention };
         }
         RawTrack {
-            id: get(b"id"),
+            id: get("id"),
             retention,
         }
     }

@@ -99,12 +99,36 @@ local function id_lt(a, b)
   return a < b
 end
 
+-- An entry's fields, flat: a compact entry's `task` field (docs/wire-format.md, "Compact
+-- entries": a MessagePack array of id, kind, codec, enqueued_at, payload) is unpacked, so a
+-- retry, a dead letter or a requeue is written in the form every reader knows. A `task` that
+-- does not unpack is kept as it is (the dead letter shows it).
 local function entry_fields(id)
   local rows = redis.call('XRANGE', stream, id, id)
-  if rows[1] then
-    return rows[1][2]
+  if not rows[1] then
+    return nil
   end
-  return nil
+  local fields = rows[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'task' then
+      local ok, t = pcall(cmsgpack.unpack, fields[i + 1])
+      ok = ok and type(t) == 'table' and #t == 5
+      for k = 1, ok and 5 or 0 do
+        ok = ok and type(t[k]) == 'string'
+      end
+      if ok then
+        local flat = { 'id', t[1], 'kind', t[2], 'payload', t[5], 'codec', t[3], 'enqueued_at', t[4] }
+        for j = 1, #fields, 2 do
+          if j ~= i then
+            flat[#flat + 1] = fields[j]
+            flat[#flat + 1] = fields[j + 1]
+          end
+        end
+        return flat
+      end
+    end
+  end
+  return fields
 end
 
 local function set_field(fields, name, value)
