@@ -163,7 +163,10 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
         while !cluster.topology().iter().any(|n| {
             n.master && !n.failed && n.port != victim.port && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
         }) {
-            assert!(Instant::now() < deadline, "no replica took over slot {slot} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over slot {slot} within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster.restart(victim.port);

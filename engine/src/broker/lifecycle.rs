@@ -111,7 +111,14 @@ fn enqueue_call(it: &EnqueueItem<'_>, now: u64) -> redis::Cmd {
         .arg(it.retention_ms)
         .arg(it.events_maxlen)
         .arg(it.unique.as_ref().map(|(_, ttl)| ttl.to_string()).unwrap_or_default());
-    for (name, value) in it.env.fields() {
+    // A ready task goes into the stream as it is sent, so it is sent compact (one field);
+    // a delayed or grouped one waits as a set member first and stays flat.
+    let fields = if it.due_ms == 0 && it.env.group.is_none() {
+        it.env.stream_fields()
+    } else {
+        it.env.fields()
+    };
+    for (name, value) in fields {
         cmd.arg(name).arg(value.as_ref());
     }
     cmd
@@ -752,6 +759,12 @@ fn member_id(m: &[u8]) -> Option<String> {
         let v = crate::msgpack::string(m, &mut at)?;
         if k == b"id" {
             return Some(String::from_utf8_lossy(v).into_owned());
+        }
+        // A compact entry's `task` (docs/wire-format.md): the id is its first string.
+        if k == b"task"
+            && let Some((_, mut at)) = crate::msgpack::array(v)
+        {
+            return crate::msgpack::string(v, &mut at).map(|id| String::from_utf8_lossy(id).into_owned());
         }
     }
     None

@@ -256,14 +256,22 @@ mod tests {
         let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
         let q = crate::keys::Queue::new(queue).unwrap();
         let keys = q.shard("normal", 0);
-        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(&keys.stream)
             .arg("-")
             .arg("+")
             .query_async(&mut conn)
             .await
             .unwrap();
-        let mut ids: Vec<String> = entries.into_iter().map(|(_, f)| f["id"].clone()).collect();
+        // Flat or compact: the id wherever the entry keeps it.
+        let mut ids: Vec<String> = entries
+            .into_iter()
+            .map(|(_, f)| {
+                let f: Vec<(bytes::Bytes, bytes::Bytes)> = f.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+                let id = crate::envelope::entry_field(&f, "id").expect("an id");
+                String::from_utf8(id.to_vec()).unwrap()
+            })
+            .collect();
         ids.sort();
         ids
     }

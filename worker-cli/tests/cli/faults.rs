@@ -302,6 +302,18 @@ async fn stream_ids(f: &Fixture) -> Vec<String> {
         };
         let Some(last) = page.ids.last() else { return ids };
         start = format!("({}", last.id);
-        ids.extend(page.ids.iter().map(|e| e.get::<String>("id").expect("an id field")));
+        // Flat or compact (docs/wire-format.md): the id wherever the entry keeps it.
+        ids.extend(page.ids.iter().map(|e| {
+            let fields: Vec<(bytes::Bytes, bytes::Bytes)> = e
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let v: Vec<u8> = redis::FromRedisValue::from_redis_value(v.clone()).expect("a string");
+                    (bytes::Bytes::copy_from_slice(k.as_bytes()), bytes::Bytes::from(v))
+                })
+                .collect();
+            let id = rivulet::envelope::entry_field(&fields, "id").expect("an id field");
+            String::from_utf8(id.to_vec()).expect("a UTF-8 id")
+        }));
     }
 }

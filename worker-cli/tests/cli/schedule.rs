@@ -16,7 +16,7 @@ use crate::common::{Supervisor, cli, cli_fails, cli_json};
 async fn fires(server: &RedisServer, queue: &str) -> BTreeMap<u64, (usize, u64)> {
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     let stream = format!("rivulet:{{{queue}:normal:0}}:stream");
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+    let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
         .arg(&stream)
         .arg("-")
         .arg("+")
@@ -25,12 +25,16 @@ async fn fires(server: &RedisServer, queue: &str) -> BTreeMap<u64, (usize, u64)>
         .unwrap();
     let mut out = BTreeMap::new();
     for (_, fields) in entries {
+        // Flat or compact (docs/wire-format.md): read as a worker reads it.
+        let task =
+            rivulet::envelope::Envelope::from_fields(fields.into_iter().map(|(k, v)| (k, bytes::Bytes::from(v))))
+                .expect("a task entry");
         // A manual run (`run-now`) has an id of its own, not a fire time's.
-        let Some((_, fire)) = fields["id"].rsplit_once('@') else {
+        let Some((_, fire)) = task.id.as_str().rsplit_once('@') else {
             continue;
         };
         let fire: u64 = fire.parse().unwrap();
-        let at: u64 = fields["enqueued_at"].parse().unwrap();
+        let at = task.enqueued_at;
         out.entry(fire).or_insert((0, at)).0 += 1;
     }
     out

@@ -19,7 +19,8 @@
 -- ARGV[4]  retention of the record in ms; '0' = write no record and no event
 -- ARGV[5]  approximate MAXLEN of the events stream
 -- ARGV[6]  '' = no unique key; else the lock's lifetime in ms, '0' = until the task is final
--- ARGV[7..] the task's wire fields as name, value, name, value, ...
+-- ARGV[7..] the task's wire fields as name, value, name, value, ..., flat or compact (a `task`
+--          field, docs/wire-format.md; the Rust client sends a ready, ungrouped task so)
 -- Returns  { 1, id } when enqueued; { 0, holder id } when the unique key is held by another
 --          task (nothing was written).
 --
@@ -46,6 +47,13 @@ for i = 7, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == 'kind' then
     kind = ARGV[i + 1]
+  elseif ARGV[i] == 'task' then
+    -- A compact entry (docs/wire-format.md "Compact entries"): the kind is its second string.
+    local ok, t = pcall(cmsgpack.unpack, ARGV[i + 1])
+    if not ok or type(t) ~= 'table' or type(t[2]) ~= 'string' then
+      return redis.error_reply('ERR field task is not a MessagePack array of 5 strings (id, kind, codec, enqueued_at, payload)')
+    end
+    kind = t[2]
   elseif ARGV[i] == 'group' then
     group = ARGV[i + 1]
   end
