@@ -752,7 +752,7 @@ fn field_id(e: StreamEntry) -> Option<String> {
 
 /// The `id` field of a `scheduled`/`retry` member: a MessagePack array of alternating field
 /// names and values.
-fn member_id(m: &[u8]) -> Option<String> {
+pub(super) fn member_id(m: &[u8]) -> Option<String> {
     let (count, mut at) = crate::msgpack::array(m)?;
     for _ in 0..count / 2 {
         let k = crate::msgpack::string(m, &mut at)?;

@@ -780,3 +780,91 @@ async fn compact_entries_move_out_of_the_stream_flat() {
     let requeued = flat(&left[0].fields);
     assert_eq!(requeued, envs[2]);
 }
+
+/// A tracked ready task goes through `enqueue.lua` compact: one `task` field in the stream, the
+/// record's kind read out of it; a delayed one waits flat in the scheduled set; a `task` that is
+/// not the documented array is refused with the reason, nothing written.
+#[tokio::test]
+async fn tracked_enqueues_are_compact_when_ready_and_a_bad_task_field_is_refused() {
+    let server = shared_server();
+    let mut conn = RedisTarget::from(server.client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let keys = Queue::new(&unique_name("compact-tracked")).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let (ready, later) = (
+        Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json),
+        Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json),
+    );
+    let item = |env, due_ms| lifecycle::EnqueueItem {
+        keys: &keys,
+        env,
+        due_ms,
+        retention_ms: 60_000,
+        events_maxlen: 100,
+        unique: None,
+    };
+    let now = 1_000;
+    let out = lifecycle::enqueue(&mut conn, &[item(&ready, 0), item(&later, u64::MAX / 2)], now)
+        .await
+        .unwrap();
+    assert_eq!(out, [None, None]);
+    let entries = range(&mut conn, &keys.stream, RangeStart::First, 10).await.unwrap();
+    let names: Vec<&[u8]> = entries[0].fields.iter().map(|(k, _)| &k[..]).collect();
+    assert_eq!(names, [&b"task"[..]]);
+    assert_eq!(Envelope::from_fields(entries[0].fields.iter().cloned()).unwrap(), ready);
+    let kind: String = redis::cmd("HGET")
+        .arg(keys.task(ready.id.as_str()))
+        .arg("kind")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "resize");
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(&keys.scheduled)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lifecycle::member_id(&members[0]).as_deref(), Some(later.id.as_str()));
+    assert!(
+        !members[0].windows(4).any(|w| w == b"task"),
+        "a delayed task waits flat"
+    );
+    // By hand, as another language could call it: a `task` of four strings.
+    let record = keys.task("bad");
+    let err = functions::fcall(
+        "enqueue",
+        &[
+            keys.stream.as_str(),
+            &keys.scheduled,
+            &keys.stats,
+            &record,
+            &keys.events,
+            &keys.stream,
+        ],
+    )
+    .arg("bad")
+    .arg(now)
+    .arg(0)
+    .arg(60_000)
+    .arg(100)
+    .arg("")
+    .arg("task")
+    .arg(&b"\x94\xa1i\xa1k\xa4json\xa11"[..])
+    .query_async::<redis::Value>(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not a MessagePack array of 5 strings"),
+        "{err}"
+    );
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&keys.stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "nothing written for the refused call");
+}

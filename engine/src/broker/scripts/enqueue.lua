@@ -49,8 +49,8 @@ for i = 7, #ARGV, 2 do
     kind = ARGV[i + 1]
   elseif ARGV[i] == 'task' then
     -- A compact entry (docs/wire-format.md "Compact entries"): the kind is its second string.
-    local ok, t = pcall(cmsgpack.unpack, ARGV[i + 1])
-    if not ok or type(t) ~= 'table' or type(t[2]) ~= 'string' then
+    local t = task_unpack(ARGV[i + 1])
+    if not t then
       return redis.error_reply('ERR field task is not a MessagePack array of 5 strings (id, kind, codec, enqueued_at, payload)')
     end
     kind = t[2]

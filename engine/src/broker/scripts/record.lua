@@ -16,6 +16,22 @@
 -- finished field whose expiry has passed reads as missing (the time is the server's, TIME).
 -- Readers go through these helpers, never through HGET/HGETALL, so every layout reads alike.
 
+-- A compact entry's `task` field (docs/wire-format.md "Compact entries") as its five strings,
+-- id, kind, codec, enqueued_at, payload; nil when it is not exactly that. Here, in the prelude
+-- both settle.lua and the library carry, so the one check serves both.
+local function task_unpack(v)
+  local ok, t = pcall(cmsgpack.unpack, v)
+  if not ok or type(t) ~= 'table' or #t ~= 5 then
+    return nil
+  end
+  for k = 1, 5 do
+    if type(t[k]) ~= 'string' then
+      return nil
+    end
+  end
+  return t
+end
+
 -- The shard's `finished` HASH for any key of the shard (`rivulet:{q:p:n}:...`).
 local function record_finished_key(k)
   return string.sub(k, 1, string.find(k, '}', 1, true)) .. ':finished'

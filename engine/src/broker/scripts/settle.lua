@@ -111,12 +111,8 @@ local function entry_fields(id)
   local fields = rows[1][2]
   for i = 1, #fields, 2 do
     if fields[i] == 'task' then
-      local ok, t = pcall(cmsgpack.unpack, fields[i + 1])
-      ok = ok and type(t) == 'table' and #t == 5
-      for k = 1, ok and 5 or 0 do
-        ok = ok and type(t[k]) == 'string'
-      end
-      if ok then
+      local t = task_unpack(fields[i + 1])
+      if t then
         local flat = { 'id', t[1], 'kind', t[2], 'payload', t[5], 'codec', t[3], 'enqueued_at', t[4] }
         for j = 1, #fields, 2 do
           if j ~= i then
