@@ -540,8 +540,7 @@ mod tests {
     use super::*;
 
     fn roundtrip(e: &Envelope) -> Envelope {
-        let fields = e.fields();
-        Envelope::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))).unwrap()
+        Envelope::from_fields(e.fields()).unwrap()
     }
 
     #[test]
@@ -576,8 +575,7 @@ mod tests {
     }
 
     fn roundtrip_compact(e: &Envelope) -> Envelope {
-        let fields = e.stream_fields();
-        Envelope::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))).unwrap()
+        Envelope::from_fields(e.stream_fields()).unwrap()
     }
 
     #[test]

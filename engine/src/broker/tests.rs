@@ -695,18 +695,24 @@ async fn a_large_settle_trims_below_the_oldest_pending_entry_and_deletes_only_se
     );
 }
 
+/// A connection to the binary's shared server and the normal shard of a new queue, its group
+/// created.
+async fn queue_of_its_own(prefix: &str) -> (RedisConnection, ShardKeys) {
+    let mut conn = RedisTarget::from(shared_server().client())
+        .open(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let keys = Queue::new(&unique_name(prefix)).unwrap().shard("normal", 0);
+    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    (conn, keys)
+}
+
 /// A task's first entry is compact (one `task` field); whatever settle.lua moves out of the
 /// stream (a retry, a dead letter, a requeue) is written flat, the form every reader knows,
 /// and decodes to the same task.
 #[tokio::test]
 async fn compact_entries_move_out_of_the_stream_flat() {
-    let server = shared_server();
-    let mut conn = RedisTarget::from(server.client())
-        .open(Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    let keys = Queue::new(&unique_name("compact")).unwrap().shard("normal", 0);
-    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let (mut conn, keys) = queue_of_its_own("compact").await;
     let mut envs = Vec::new();
     for i in 0..3u8 {
         let mut env = Envelope::new("k", Bytes::from(vec![0, 0xff, i]), Codec::Bytes);
@@ -786,13 +792,7 @@ async fn compact_entries_move_out_of_the_stream_flat() {
 /// not the documented array is refused with the reason, nothing written.
 #[tokio::test]
 async fn tracked_enqueues_are_compact_when_ready_and_a_bad_task_field_is_refused() {
-    let server = shared_server();
-    let mut conn = RedisTarget::from(server.client())
-        .open(Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    let keys = Queue::new(&unique_name("compact-tracked")).unwrap().shard("normal", 0);
-    ensure_group(&mut conn, &keys.stream).await.unwrap();
+    let (mut conn, keys) = queue_of_its_own("compact-tracked").await;
     let (ready, later) = (
         Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json),
         Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json),
