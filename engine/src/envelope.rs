@@ -339,6 +339,10 @@ impl Envelope {
             enqueued_at.as_bytes(),
             &self.payload,
         ];
+        if parts.iter().any(|p| u32::try_from(p.len()).is_err()) {
+            // Past what a MessagePack string holds (4 GiB, far past Redis's own limit): flat.
+            return self.fields();
+        }
         let mut packed = Vec::with_capacity(parts.iter().map(|p| p.len() + 5).sum::<usize>() + 1);
         rmp::encode::write_array_len(&mut packed, parts.len() as u32).expect("writing to a Vec");
         for part in parts {

@@ -714,8 +714,10 @@ async fn queue_of_its_own(prefix: &str) -> (RedisConnection, ShardKeys) {
 async fn compact_entries_move_out_of_the_stream_flat() {
     let (mut conn, keys) = queue_of_its_own("compact").await;
     let mut envs = Vec::new();
-    for i in 0..3u8 {
-        let mut env = Envelope::new("k", Bytes::from(vec![0, 0xff, i]), Codec::Bytes);
+    // Binary payloads whose lengths take each MessagePack string size (str8, str16, str32).
+    for n in [200usize, 3_000, 70_000] {
+        let payload: Vec<u8> = (0..n).map(|i| (i % 256) as u8).collect();
+        let mut env = Envelope::new("k", Bytes::from(payload), Codec::Bytes);
         env.max_attempts = Some(9);
         envs.push(env);
     }
@@ -774,6 +776,7 @@ async fn compact_entries_move_out_of_the_stream_flat() {
         (retried.id.clone(), retried.attempt, retried.max_attempts),
         (envs[0].id.clone(), 1, Some(9))
     );
+    assert_eq!(retried.payload, envs[0].payload);
     // The dead letter and the requeued entry, payload bytes intact.
     let dead = range(&mut conn, &keys.dlq, RangeStart::First, 10).await.unwrap();
     let buried = flat(&dead[0].fields);
