@@ -157,20 +157,18 @@ async fn drain_through_a_kill(cluster: &mut RedisCluster, name: &str, durability
     // handlers can finish what the worker held before the failover is through (on a loaded
     // machine), and a master restarted empty before then would rejoin as the master and hand
     // its replica an empty data set, losing what the test checks is kept.
-    let slot = rivulet::keys::hash_slot(queue.shard("normal", 0).stream.as_bytes());
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !cluster.topology().iter().any(|n| {
-            n.master && !n.failed && n.port != victim.port && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "no replica took over slot {slot} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        cluster.restart(victim.port);
-    });
+    let stream = queue.shard("normal", 0).stream;
+    wait_for(
+        "the killed master's replica to take over",
+        Duration::from_secs(60),
+        || {
+            let took_over =
+                tokio::task::block_in_place(|| cluster.serving(&stream)).is_some_and(|n| n.port != victim.port);
+            async move { took_over }
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| cluster.restart(victim.port));
     tokio::time::timeout(Duration::from_secs(120), producer)
         .await
         .expect("the producer finishes")

@@ -1404,6 +1404,15 @@ mod tests {
         assert_eq!(member_id(&m).as_deref(), Some("abc"));
         assert_eq!(member_id(&[0x90]), None);
         assert_eq!(member_id(&[0x92, 0xa2]), None, "truncated");
+        // A member another language wrote with a compact `task` field: the id is its first string.
+        let env = crate::envelope::Envelope::new("k", bytes::Bytes::from_static(b"{}"), crate::envelope::Codec::Json);
+        let mut m = vec![0x92, 0xa4];
+        m.extend_from_slice(b"task");
+        let packed = env.stream_fields().remove(0).1;
+        m.push(0xd9);
+        m.push(packed.len() as u8);
+        m.extend_from_slice(&packed);
+        assert_eq!(member_id(&m).as_deref(), Some(env.id.as_str()));
     }
 
     #[test]

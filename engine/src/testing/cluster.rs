@@ -249,11 +249,20 @@ impl RedisCluster {
 
     /// The master serving `key` now.
     pub fn master_for(&self, key: &str) -> ClusterNode {
+        self.serving(key).unwrap_or_else(|| {
+            panic!(
+                "no master serves slot {} of {key}",
+                crate::keys::hash_slot(key.as_bytes())
+            )
+        })
+    }
+
+    /// The live master serving `key` now, if one does (none in the middle of a failover).
+    pub fn serving(&self, key: &str) -> Option<ClusterNode> {
         let slot = crate::keys::hash_slot(key.as_bytes());
         self.topology()
             .into_iter()
             .find(|n| n.master && !n.failed && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-            .unwrap_or_else(|| panic!("no master serves slot {slot} of {key}"))
     }
 
     /// Waits until every replica of the master on `port` has all of its writes so far.

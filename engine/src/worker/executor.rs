@@ -198,7 +198,7 @@ async fn release(shared: &Shared, hold: Vec<limiter::Hold>, run: Duration) {
 /// through the acker like every outcome: its record, when it keeps one, reads `dead`.
 pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, deliveries: u64) {
     let lane = &shared.lanes[lane_idx];
-    let track = match Envelope::from_fields(entry.fields.clone()) {
+    let track = match Envelope::from_fields(entry.fields.iter().cloned()) {
         Ok(env) => tracker::tracked(lane, &env),
         Err(_) => tracker::RawTrack::of(&entry.fields, lane).tracked(lane),
     };
@@ -298,17 +298,18 @@ fn prepare(
         attempt: None,
     };
     let lane = &shared.lanes[lane_idx];
-    // A malformed entry's record (when its id can be read) says why it is dead: the id and
-    // retention fields are kept aside for that case (shared, not copied).
-    let raw = tracker::RawTrack::of(&fields, lane);
-    let env = Envelope::from_fields(fields).map_err(|m| {
+    // Decoded from shared handles (`Bytes` clones, no copies), so a malformed entry's fields
+    // are still there for its record (when its id can be read) to say why it is dead; only
+    // then are they looked through (a compact entry's `task` unpacked a second time).
+    let env = Envelope::from_fields(fields.iter().cloned()).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
         NotRunnable {
             settle: bury(DeadReason::Malformed, m.0),
-            track: raw.tracked(lane).map(Box::new),
+            track: tracker::RawTrack::of(&fields, lane).tracked(lane).map(Box::new),
             kind: None,
         }
     })?;
+    drop(fields);
     let track = tracker::tracked(lane, &env);
     let Some(route) = shared.router.get(&env.kind) else {
         let mut kinds: Vec<&str> = shared.router.kinds().collect();
