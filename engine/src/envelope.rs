@@ -17,19 +17,27 @@ use crate::backoff::RetryPolicy;
 use crate::error::{Error, Result};
 
 /// A task's unique id: stable across retries, replays and requeues.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct TaskId(String);
+///
+/// Shared, not copied, when cloned: a worker hands it to the handler, its logs and its record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(std::sync::Arc<str>);
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl TaskId {
     /// A new id: 12 hex digits of milliseconds then 16 random hex digits, so ids sort by
     /// creation time and collide with negligible probability.
     pub fn generate() -> Self {
-        TaskId(format!("{:012x}{:016x}", now_ms(), fastrand::u64(..)))
+        TaskId(format!("{:012x}{:016x}", now_ms(), fastrand::u64(..)).into())
     }
 
     /// Wraps an id chosen by the caller (for example an idempotency key).
     pub fn from_string(id: impl Into<String>) -> Self {
-        TaskId(id.into())
+        TaskId(id.into().into())
     }
 
     /// The id as a string.
@@ -450,7 +458,11 @@ impl Envelope {
         fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
             v.ok_or_else(|| Malformed(format!("missing field {field:?}")))
         }
-        let id = text("id", required("id", id)?)?;
+        // Straight into the shared string (one allocation, no `String` on the way).
+        let id = required("id", id)?;
+        let id: std::sync::Arc<str> = std::str::from_utf8(&id)
+            .map_err(|_| Malformed("field \"id\" is not UTF-8".into()))?
+            .into();
         if id.is_empty() {
             return Err(Malformed("field \"id\" is empty".into()));
         }

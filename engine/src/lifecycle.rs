@@ -8,12 +8,12 @@
 //! `settle.lua`, `cancel.lua`, `progress.lua`) and read through `rivulet_v1_record` (the rule is
 //! `broker/scripts/record.lua`); its fields are the wire contract in `docs/wire-format.md`. Redis I/O lives in `broker/lifecycle.rs`; this file only parses.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{Codec, TaskId};
 use crate::error::Result;
@@ -447,11 +447,19 @@ impl<T: Serialize> IntoTaskResult for Output<T> {
 /// progress kept only in memory.
 #[derive(Debug, Clone, Default)]
 pub struct TaskControl {
-    cancel: CancellationToken,
-    progress: Arc<Mutex<Option<Progress>>>,
+    // One allocation a task: the cancel flag, its waiters and the progress share it.
+    inner: Arc<ControlInner>,
     /// When the run times out, if it has a timeout (for handlers in other processes, which
     /// cannot see the worker's timer).
     deadline: Option<std::time::Instant>,
+}
+
+#[derive(Debug, Default)]
+struct ControlInner {
+    cancelled: AtomicBool,
+    /// Wakes `cancelled()`'s waiters; its waiter list lives in their futures (no allocation).
+    woken: tokio::sync::Notify,
+    progress: Mutex<Option<Progress>>,
 }
 
 impl TaskControl {
@@ -473,17 +481,26 @@ impl TaskControl {
 
     /// Asks the handler to stop (what a cancel does).
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.inner.cancelled.store(true, Ordering::Release);
+        self.inner.woken.notify_waiters();
     }
 
     /// Whether a cancel was asked for.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.inner.cancelled.load(Ordering::Acquire)
     }
 
     /// Resolves once a cancel is asked for.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        let woken = self.inner.woken.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read: a cancel between the two still wakes it
+        // (`notify_waiters` wakes only the waiters registered when it runs).
+        woken.as_mut().enable();
+        if self.is_cancelled() {
+            return;
+        }
+        woken.await;
     }
 
     /// Records a progress report; the worker writes the latest one at most every
@@ -493,23 +510,52 @@ impl TaskControl {
             percent: percent.min(100),
             message: message.into(),
         };
-        *self.progress.lock().expect("never poisoned: a plain store") = Some(p);
+        *self.inner.progress.lock().expect("never poisoned: a plain store") = Some(p);
     }
 
     /// The latest report not yet written, if any (without taking it).
     pub fn latest(&self) -> Option<Progress> {
-        self.progress.lock().expect("never poisoned: a plain store").clone()
+        self.inner
+            .progress
+            .lock()
+            .expect("never poisoned: a plain store")
+            .clone()
     }
 
     /// Takes the report written since the last call, if any.
     pub(crate) fn take_report(&self) -> Option<Progress> {
-        self.progress.lock().expect("never poisoned: a plain store").take()
+        self.inner
+            .progress
+            .lock()
+            .expect("never poisoned: a plain store")
+            .take()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancel_reaches_every_clone_and_waiters_before_and_after_it() {
+        let control = TaskControl::new();
+        let (a, b) = (control.clone(), control.clone());
+        let waiting = tokio::spawn(async move { a.cancelled().await });
+        // The waiter is parked before the cancel (it cannot finish until then).
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished() && !b.is_cancelled());
+        b.report(150, "half");
+        control.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the parked waiter wakes")
+            .unwrap();
+        assert!(b.is_cancelled());
+        // After it, at once; and the progress is the clones' too.
+        b.cancelled().await;
+        assert_eq!(control.latest().map(|p| p.percent), Some(100));
+        assert!(!TaskControl::new().is_cancelled(), "a new control is its own");
+    }
 
     fn rec(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs

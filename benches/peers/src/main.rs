@@ -80,6 +80,18 @@ enum Cmd {
         #[arg(long)]
         tasks: u64,
     },
+    /// Fills a queue as a run does, for profiling one worker process on its own
+    /// (`fill`, then `worker` under `perf` or `heaptrack`).
+    #[command(hide = true)]
+    Fill {
+        engine: Engine,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        tasks: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +145,12 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&out)?);
             Ok(())
         }
+        Some(Cmd::Fill {
+            engine,
+            url,
+            tasks,
+            payload,
+        }) => rt.block_on(fill(engine, Path::new(env!("CARGO_MANIFEST_DIR")), &url, tasks, payload)),
         None => rt.block_on(run(cli.run)),
     }
 }

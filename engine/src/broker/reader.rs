@@ -9,9 +9,10 @@
 //! (docs/benchmarks.md, "What limits the drain"). Here a reply is first scanned for its end
 //! (resumably, so a large reply arriving in pieces is not rescanned), then decoded in one pass
 //! from the read buffer: each entry is copied once into a buffer of its own, and its field
-//! names and values are slices of that copy. Three allocations an entry (that buffer, its
-//! shared header, the list of fields), however many fields it has; and since an entry's buffer
-//! holds only that entry, a task that runs for an hour keeps nothing else alive.
+//! names and values are slices of that copy. A small entry's copy shares a chunk of a few
+//! kilobytes with its neighbours (`Arena`), so it costs one allocation, the list of its fields,
+//! however many fields it has; a task that runs for an hour keeps at most that chunk alive
+//! besides itself, never a whole reply. A large entry gets a buffer of its own.
 //!
 //! **What it keeps of a redis-rs connection.** The same address, user, password and database
 //! (from the URL, parsed once by redis-rs), RESP2 (the server's default; no `HELLO`), a 5 s
@@ -118,7 +119,7 @@ impl FetchConnection {
             Inner::Raw(raw) => raw,
         };
         let cmd = stream::read_group_cmd(consumer, count, block, streams);
-        raw.call(&cmd, |frame| decode_read(frame, streams)).await
+        raw.call(&cmd, |frame, arena| decode_read(frame, streams, arena)).await
     }
 
     /// `CLIENT ID` of this connection (of its link to the node serving `stream`), for
@@ -128,7 +129,9 @@ impl FetchConnection {
             Inner::Shared(conn) => return stream::client_id(conn, stream).await,
             Inner::Raw(raw) => raw,
         };
-        let v = raw.call(redis::cmd("CLIENT").arg("ID"), value).await?;
+        let v = raw
+            .call(redis::cmd("CLIENT").arg("ID"), |frame, _| value(frame))
+            .await?;
         redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT ID: {e}")))
     }
 }
@@ -156,6 +159,36 @@ struct Io {
     /// Bytes read and not yet decoded: empty between calls (one call in flight at a time).
     buf: BytesMut,
     out: Vec<u8>,
+    arena: Arena,
+}
+
+/// The copies of small entries, packed side by side into shared chunks of [`Arena::CHUNK`]
+/// bytes: such an entry costs no allocation of its own (a chunk's two, its buffer and its
+/// shared header, are spread over the few dozen entries it holds). An entry over
+/// [`Arena::SMALL`] gets a buffer of its own. So a task that runs for an hour keeps at most one
+/// chunk alive besides itself, never a whole reply.
+#[derive(Default)]
+struct Arena {
+    chunk: BytesMut,
+}
+
+impl Arena {
+    const CHUNK: usize = 8 * 1024;
+    const SMALL: usize = 1024;
+
+    /// A shared copy of `bytes`.
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.len() > Self::SMALL {
+            return Bytes::copy_from_slice(bytes);
+        }
+        // `capacity` is what is left of the chunk after the copies split off it: a chunk too
+        // full is left to the entries holding it, never grown (that would copy it).
+        if self.chunk.capacity() < bytes.len() {
+            self.chunk = BytesMut::with_capacity(Self::CHUNK);
+        }
+        self.chunk.extend_from_slice(bytes);
+        self.chunk.split().freeze()
+    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,7 +198,7 @@ impl RawReader {
     /// failure but a server's error reply drops the link. The link is out of `io` while the
     /// call is in flight, so a call dropped before its reply was read leaves no link behind
     /// whose next reply would be that late one.
-    async fn call<T>(&mut self, cmd: &redis::Cmd, decode: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+    async fn call<T>(&mut self, cmd: &redis::Cmd, decode: impl FnOnce(&[u8], &mut Arena) -> Result<T>) -> Result<T> {
         let mut io = match self.io.take() {
             Some(io) => io,
             None => self.connect().await?,
@@ -179,7 +212,7 @@ impl RawReader {
                 ));
             }
         };
-        let decoded = decode(&io.buf[..end]);
+        let decoded = decode(&io.buf[..end], &mut io.arena);
         consume(&mut io.buf, end);
         // A server's error reply leaves the link up; a reply that was whole but not what was
         // asked for does not.
@@ -211,6 +244,7 @@ impl RawReader {
             sock,
             buf: BytesMut::with_capacity(64 * 1024),
             out: Vec::with_capacity(256),
+            arena: Arena::default(),
         };
         let setup = async {
             if let Some(password) = &self.password {
@@ -425,7 +459,7 @@ impl<'a> Cursor<'a> {
 
 /// An `XREADGROUP` reply (RESP2: nil, or `[[stream, [[id, [field, value, ...]], ...]], ...]`)
 /// as (index into `streams`, entry) pairs.
-fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry)>> {
+fn decode_read(frame: &[u8], streams: &[&str], arena: &mut Arena) -> Result<Vec<(usize, StreamEntry)>> {
     if frame.first() == Some(&b'-') {
         return value(frame).map(|_| Vec::new());
     }
@@ -457,8 +491,8 @@ fn decode_read(frame: &[u8], streams: &[&str]) -> Result<Vec<(usize, StreamEntry
             for _ in 0..pairs {
                 spans.push((c.bulk()?, c.bulk()?));
             }
-            // The entry's own copy: its fields are slices of it.
-            let own = Bytes::copy_from_slice(&frame[start..c.pos]);
+            // The entry's copy: its fields are slices of it.
+            let own = arena.copy(&frame[start..c.pos]);
             let fields = spans
                 .drain(..)
                 .map(|(k, v)| {
@@ -535,7 +569,7 @@ mod tests {
             &b"*1\r\n*2\r\n$1\r\nt\r\n*0\r\n"[..],
             b"*1\r\n*2\r\n$1\r\ns\r\n$1\r\nx\r\n",
         ] {
-            assert!(decode_read(bad, &streams).is_err());
+            assert!(decode_read(bad, &streams, &mut Arena::default()).is_err());
         }
     }
 
@@ -558,9 +592,9 @@ mod tests {
                 }
             }
             // Decoded as a read would be: whatever the scan takes as one whole reply.
-            let _ = decode_read(&m, &["s"]);
+            let _ = decode_read(&m, &["s"], &mut Arena::default());
             if let Ok(Some(end)) = Scan::default().advance(&m) {
-                let _ = decode_read(&m[..end], &["s"]);
+                let _ = decode_read(&m[..end], &["s"], &mut Arena::default());
             }
         }
     }
@@ -568,7 +602,7 @@ mod tests {
     #[test]
     fn entries_decode_into_slices_of_their_own_copy() {
         let reply: &[u8] = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-5\r\n*4\r\n$2\r\nid\r\n$1\r\na\r\n$7\r\npayload\r\n$3\r\n{}\n\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n";
-        let got = decode_read(reply, &["x", "s"]).unwrap();
+        let got = decode_read(reply, &["x", "s"], &mut Arena::default()).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0, 1);
         assert_eq!(got[0].1.id, StreamId { ms: 1, seq: 5 });
@@ -576,10 +610,12 @@ mod tests {
         assert_eq!(f, [(&b"id"[..], &b"a"[..]), (b"payload", b"{}\n")]);
         assert!(got[1].1.fields.is_empty(), "a deleted entry has no fields");
         assert!(
-            decode_read(b"*-1\r\n", &["s"]).unwrap().is_empty(),
+            decode_read(b"*-1\r\n", &["s"], &mut Arena::default())
+                .unwrap()
+                .is_empty(),
             "a block that timed out"
         );
-        let e = decode_read(b"-NOGROUP No such key\r\n", &["s"]).unwrap_err();
+        let e = decode_read(b"-NOGROUP No such key\r\n", &["s"], &mut Arena::default()).unwrap_err();
         assert!(super::super::is_nogroup(&e), "{e}");
     }
 
@@ -627,6 +663,39 @@ mod tests {
             all.push(fields);
         }
         all
+    }
+
+    #[test]
+    fn small_copies_share_chunks_and_large_ones_stand_alone() {
+        let mut arena = Arena::default();
+        // Sizes that end chunks at every offset, with the edges: empty, exactly SMALL, past it.
+        let sizes = (0..600)
+            .map(|i| (i * 37) % (Arena::SMALL + 1))
+            .chain([0, Arena::SMALL, Arena::SMALL + 1, 1 << 20]);
+        let wrote: Vec<Vec<u8>> = sizes
+            .enumerate()
+            .map(|(i, n)| (0..n).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        let copies: Vec<Bytes> = wrote.iter().map(|w| arena.copy(w)).collect();
+        // Every copy reads back whole after the later ones were packed beside it, and slices
+        // of it (a field) are its bytes.
+        for (w, c) in wrote.iter().zip(&copies) {
+            assert_eq!(&c[..], &w[..]);
+            if c.len() > 2 {
+                assert_eq!(&c.slice(1..c.len() - 1)[..], &w[1..w.len() - 1]);
+            }
+        }
+        // Neighbours share a chunk: consecutive small copies sit back to back in memory.
+        let (a, b) = (&copies[1], &copies[2]);
+        assert_eq!(
+            a.as_ptr() as usize + a.len(),
+            b.as_ptr() as usize,
+            "packed side by side"
+        );
+        // A copy past SMALL is a buffer of its own, not cut out of the chunk.
+        let big = &copies[copies.len() - 2];
+        let before = &copies[copies.len() - 3];
+        assert_ne!(before.as_ptr() as usize + before.len(), big.as_ptr() as usize);
     }
 
     fn plain(e: &StreamEntry) -> Vec<(Vec<u8>, Vec<u8>)> {

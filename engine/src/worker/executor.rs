@@ -82,7 +82,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         };
         let fut = match start {
             Start::Ready(fut) => fut,
-            Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2) {
+            Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2, &task_id) {
                 Ok(fut) => fut,
                 Err(settle) => {
                     release(&shared2, hold, Duration::ZERO).await;
@@ -104,7 +104,14 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         if let Some(t) = &track {
             // Registered first, so a cancel the start record reports finds the handler.
             tracker::running(&shared2, lane_idx, &task_id, &control);
-            tracker::begin(&shared2, lane_idx, &task_id, attempt, &kind, t.retention_ms);
+            tracker::begin(
+                &shared2,
+                lane_idx,
+                &task_id,
+                attempt,
+                kind.as_deref().unwrap_or_default(),
+                t.retention_ms,
+            );
         }
         let began = std::time::Instant::now();
         let result = tokio::select! {
@@ -117,12 +124,13 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             }
             r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
         };
-        release(&shared2, hold, began.elapsed()).await;
+        // Read once (the clock is a measurable share of a no-op task's cost).
+        let run_time = began.elapsed();
+        release(&shared2, hold, run_time).await;
         if track.is_some() {
             tracker::finished(&shared2, lane_idx, &task_id);
         }
         drop(permit);
-        let run_time = began.elapsed();
         WorkerCounters::add(&shared2.counters.busy_us, run_time.as_micros() as u64);
         // A result over the cap is the handler's failure, recorded as such (never truncated).
         let result = result.and_then(|out| match out {
@@ -250,8 +258,8 @@ fn start_handler(
     route: &crate::handler::Route,
     ctx: TaskContext,
     payload: bytes::Bytes,
+    task_id: &TaskId,
 ) -> Result<HandlerFuture, Settle> {
-    let task_id = ctx.id.clone();
     route.start(ctx, payload).map_err(|m| {
         tracing::warn!(task_id = %task_id, reason = %m, "payload does not decode; burying");
         Settle::Bury {
@@ -269,7 +277,8 @@ struct Run {
     timeout: Option<Duration>,
     task_id: TaskId,
     attempt: u32,
-    kind: String,
+    /// The kind, for a tracked task's start record (copied only for those).
+    kind: Option<String>,
     /// Its route's index (the kind's row in the metrics).
     kind_index: usize,
     /// When the task was first enqueued, ms since the epoch.
@@ -390,17 +399,20 @@ fn prepare(
         control: TaskControl::new().with_deadline(timeout.map(|t| std::time::Instant::now() + t)),
     };
     let enqueued_at = ctx.enqueued_at;
-    let (task_id, attempt, kind, control) = (ctx.id.clone(), ctx.attempt, ctx.kind.clone(), ctx.control.clone());
+    let (task_id, attempt, control) = (ctx.id.clone(), ctx.attempt, ctx.control.clone());
+    let kind = track.as_ref().map(|_| ctx.kind.clone());
     // A limited task's handler is built only once its limit lets it start: building it may
     // run code of the handler's (a closure's body before its async block).
     let start = if !limit.is_empty() {
         Start::Deferred(Box::new((route.clone(), ctx, env.payload)))
     } else {
-        Start::Ready(start_handler(route, ctx, env.payload).map_err(|settle| NotRunnable {
-            settle,
-            track: track.clone().map(Box::new),
-            kind: Some(kind_index),
-        })?)
+        Start::Ready(
+            start_handler(route, ctx, env.payload, &task_id).map_err(|settle| NotRunnable {
+                settle,
+                track: track.clone().map(Box::new),
+                kind: Some(kind_index),
+            })?,
+        )
     };
     Ok(Run {
         start,
