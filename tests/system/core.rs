@@ -387,6 +387,44 @@ async fn several_fetchers_never_read_more_tasks_than_free_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_on_at_most_concurrency_long_lived_runners() {
+    let f = Fixture::shared(Queue::new("runners").unwrap()).await;
+    let tasks: Vec<Task> = (0..400u32).map(|i| Task::json("noted", &i).unwrap()).collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    // Each run notes the tokio task it runs on and how many run at once.
+    let seen: Arc<Mutex<HashMap<tokio::task::Id, u32>>> = Arc::default();
+    let (running, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (seen2, running2, most2) = (seen.clone(), running.clone(), most.clone());
+    let router = Router::new().route("noted", move |_ctx: TaskContext, _i: u32| {
+        let (seen, running, most) = (seen2.clone(), running2.clone(), most2.clone());
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            *seen.lock().unwrap().entry(tokio::task::id()).or_default() += 1;
+            // Awaits, so runs overlap and a runner is parked mid-task.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        concurrency: 5,
+        ..fast_config()
+    };
+    let w = f.start_worker(router, config);
+    f.wait_done(400, Duration::from_secs(60)).await;
+    let report = w.stop().await;
+    assert_eq!(report.succeeded, 400, "{report:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.values().sum::<u32>(), 400);
+    // Never more runners than slots, each running many tasks in turn (not a task each).
+    assert!(seen.len() <= 5, "{} tokio tasks ran handlers with 5 slots", seen.len());
+    assert!(most.load(Ordering::SeqCst) <= 5);
+    assert!(most.load(Ordering::SeqCst) >= 2, "runs overlapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_on_a_paused_queue_takes_nothing_until_resumed_not_even_orphans() {
     let f = Fixture::shared(Queue::new("paused").unwrap()).await;
     let tasks: Vec<Task> = (0..3u32).map(|i| Task::json("count", &i).unwrap()).collect();

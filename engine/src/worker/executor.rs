@@ -49,6 +49,29 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
             return;
         }
     };
+    shared.runners.start(
+        shared,
+        Job {
+            lane_idx,
+            entry_id,
+            run,
+            permit,
+        },
+    );
+}
+
+/// A task handed to a runner (`runners`): its prepared run and its handler slot.
+pub(super) struct Job {
+    pub(super) lane_idx: usize,
+    pub(super) entry_id: StreamId,
+    pub(super) run: Run,
+    /// Given back by the runner once it is idle again, so there are never more runners busy
+    /// or about to be than there are slots.
+    pub(super) permit: OwnedSemaphorePermit,
+}
+
+/// Runs a task's handler and sends its outcome to the acker (the runner gives the slot back).
+pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: StreamId, run: Run) {
     let Run {
         start,
         policy,
@@ -62,136 +85,130 @@ pub(super) fn dispatch(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry
         control,
         limit,
     } = run;
-    let shared2 = shared.clone();
-    shared.tracker.spawn(async move {
-        // A limited task asks its limit first, holding its handler slot for that one call.
-        let hold = if limit.is_empty() {
-            Vec::new()
-        } else {
-            // Boxed, as every limiter call here: the task's future is moved into its tokio
-            // task at the spawn, and unboxed these calls' states made it several times larger
-            // for every task, limited or not.
-            match Box::pin(limiter::admit_all(&shared2, &limit, task_id.as_str(), entry_id)).await {
-                limiter::Admit::Run(hold) => hold,
-                limiter::Admit::Wait(settle) => {
-                    drop(permit);
-                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
-                    return;
-                }
-            }
-        };
-        let fut = match start {
-            Start::Ready(fut) => fut,
-            Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2, &task_id) {
-                Ok(fut) => fut,
-                Err(settle) => {
-                    release(&shared2, hold, Duration::ZERO).await;
-                    drop(permit);
-                    WorkerCounters::add(&shared2.counters.buried, 1);
-                    if let Some(m) = &shared2.metrics {
-                        m.not_run(lane_idx, Some(kind_index), &settle);
-                    }
-                    shared2.settle_tracked(lane_idx, entry_id, settle, track);
-                    return;
-                }
-            },
-        };
-        // Counted only once the limit let it start: a task parked by a limit has not started.
-        WorkerCounters::add(&shared2.counters.started, 1);
-        if let Some(m) = &shared2.metrics {
-            m.started(lane_idx, kind_index, shared2.clock.now_ms().saturating_sub(enqueued_at));
-        }
-        if let Some(t) = &track {
-            // Registered first, so a cancel the start record reports finds the handler.
-            tracker::running(&shared2, lane_idx, &task_id, &control);
-            tracker::begin(
-                &shared2,
-                lane_idx,
-                &task_id,
-                attempt,
-                kind.as_deref().unwrap_or_default(),
-                t.retention_ms,
-            );
-        }
-        let began = std::time::Instant::now();
-        let result = tokio::select! {
-            biased;
-            // Past the drain deadline: drop the handler; the entry stays held and is requeued.
-            () = shared2.abort.cancelled() => {
-                tracker::finished(&shared2, lane_idx, &task_id);
-                release(&shared2, hold, began.elapsed()).await;
+    // A limited task asks its limit first, holding its handler slot for that one call.
+    let hold = if limit.is_empty() {
+        Vec::new()
+    } else {
+        // Boxed, as every limiter call here: the task's future is moved into its tokio
+        // task at the spawn, and unboxed these calls' states made it several times larger
+        // for every task, limited or not.
+        match Box::pin(limiter::admit_all(&shared, &limit, task_id.as_str(), entry_id)).await {
+            limiter::Admit::Run(hold) => hold,
+            limiter::Admit::Wait(settle) => {
+                shared.settle_tracked(lane_idx, entry_id, settle, track);
                 return;
             }
-            r = run_cancellable(fut, timeout, &control, shared2.config.cancel_grace) => r,
-        };
-        // Read once (the clock is a measurable share of a no-op task's cost).
-        let run_time = began.elapsed();
-        release(&shared2, hold, run_time).await;
-        if track.is_some() {
-            tracker::finished(&shared2, lane_idx, &task_id);
         }
-        drop(permit);
-        WorkerCounters::add(&shared2.counters.busy_us, run_time.as_micros() as u64);
-        // A result over the cap is the handler's failure, recorded as such (never truncated).
-        let result = result.and_then(|out| match out {
-            Some((bytes, _)) if bytes.len() > shared2.config.max_result_bytes => {
-                Err(Failure::Handler(HandlerError::fatal(format!(
-                    "the result is {} bytes, over the {}-byte cap (max_result_bytes); it was not stored",
-                    bytes.len(),
-                    shared2.config.max_result_bytes
-                ))))
+    };
+    let fut = match start {
+        Start::Ready(fut) => fut,
+        Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2, &task_id) {
+            Ok(fut) => fut,
+            Err(settle) => {
+                release(&shared, hold, Duration::ZERO).await;
+                WorkerCounters::add(&shared.counters.buried, 1);
+                if let Some(m) = &shared.metrics {
+                    m.not_run(lane_idx, Some(kind_index), &settle);
+                }
+                shared.settle_tracked(lane_idx, entry_id, settle, track);
+                return;
             }
-            out => Ok(out),
-        });
-        let cancelled = control.is_cancelled() && result.is_err();
-        let mut track = track.map(|t| Tracked {
-            run_ms: run_time.as_millis() as u64,
-            ..t
-        });
-        let settle = match result {
-            Ok(out) => {
-                WorkerCounters::add(&shared2.counters.succeeded, 1);
-                if let Some(m) = &shared2.metrics {
-                    m.finished(lane_idx, kind_index, run_time, Ended::Succeeded);
-                }
-                if let Some(t) = &mut track {
-                    t.result = out;
-                }
-                Settle::Ack
-            }
-            Err(_) if cancelled => {
-                if let Some(m) = &shared2.metrics {
-                    m.finished(lane_idx, kind_index, run_time, Ended::Cancelled);
-                }
-                tracing::info!(task_id = %task_id, attempt, "task cancelled while running");
-                if let Some(t) = &mut track {
-                    t.cancel = Some(Cancelled::WhileRunning);
-                }
-                Settle::Ack
-            }
-            Err(failure) => {
-                WorkerCounters::add(&shared2.counters.failed, 1);
-                let settle = failure_outcome(&failure, attempt, &policy, shared2.clock.now_ms(), fastrand::f64());
-                // `attempt` counts earlier failures; the log names the run that failed, counted
-                // from 1 as handlers and messages count it ("attempt 1" is the first run).
-                tracing::warn!(
-                    task_id = %task_id,
-                    attempt = attempt + 1,
-                    failure = %describe(&failure),
-                    next = settle_name(&settle),
-                    "task failed"
-                );
-                if matches!(settle, Settle::Bury { .. }) {
-                    WorkerCounters::add(&shared2.counters.buried, 1);
-                }
-                if let Some(m) = &shared2.metrics {
-                    m.finished(lane_idx, kind_index, run_time, Ended::Failed(&settle));
-                }
-                settle
-            }
-        };
-        shared2.settle_tracked(lane_idx, entry_id, settle, track);
+        },
+    };
+    // Counted only once the limit let it start: a task parked by a limit has not started.
+    WorkerCounters::add(&shared.counters.started, 1);
+    if let Some(m) = &shared.metrics {
+        m.started(lane_idx, kind_index, shared.clock.now_ms().saturating_sub(enqueued_at));
+    }
+    if let Some(t) = &track {
+        // Registered first, so a cancel the start record reports finds the handler.
+        tracker::running(&shared, lane_idx, &task_id, &control);
+        tracker::begin(
+            &shared,
+            lane_idx,
+            &task_id,
+            attempt,
+            kind.as_deref().unwrap_or_default(),
+            t.retention_ms,
+        );
+    }
+    let began = std::time::Instant::now();
+    let result = tokio::select! {
+        biased;
+        // Past the drain deadline: drop the handler; the entry stays held and is requeued.
+        () = shared.abort.cancelled() => {
+            tracker::finished(&shared, lane_idx, &task_id);
+            release(&shared, hold, began.elapsed()).await;
+            return;
+        }
+        r = run_cancellable(fut, timeout, &control, shared.config.cancel_grace) => r,
+    };
+    // Read once (the clock is a measurable share of a no-op task's cost).
+    let run_time = began.elapsed();
+    release(&shared, hold, run_time).await;
+    if track.is_some() {
+        tracker::finished(&shared, lane_idx, &task_id);
+    }
+    WorkerCounters::add(&shared.counters.busy_us, run_time.as_micros() as u64);
+    // A result over the cap is the handler's failure, recorded as such (never truncated).
+    let result = result.and_then(|out| match out {
+        Some((bytes, _)) if bytes.len() > shared.config.max_result_bytes => {
+            Err(Failure::Handler(HandlerError::fatal(format!(
+                "the result is {} bytes, over the {}-byte cap (max_result_bytes); it was not stored",
+                bytes.len(),
+                shared.config.max_result_bytes
+            ))))
+        }
+        out => Ok(out),
     });
+    let cancelled = control.is_cancelled() && result.is_err();
+    let mut track = track.map(|t| Tracked {
+        run_ms: run_time.as_millis() as u64,
+        ..t
+    });
+    let settle = match result {
+        Ok(out) => {
+            WorkerCounters::add(&shared.counters.succeeded, 1);
+            if let Some(m) = &shared.metrics {
+                m.finished(lane_idx, kind_index, run_time, Ended::Succeeded);
+            }
+            if let Some(t) = &mut track {
+                t.result = out;
+            }
+            Settle::Ack
+        }
+        Err(_) if cancelled => {
+            if let Some(m) = &shared.metrics {
+                m.finished(lane_idx, kind_index, run_time, Ended::Cancelled);
+            }
+            tracing::info!(task_id = %task_id, attempt, "task cancelled while running");
+            if let Some(t) = &mut track {
+                t.cancel = Some(Cancelled::WhileRunning);
+            }
+            Settle::Ack
+        }
+        Err(failure) => {
+            WorkerCounters::add(&shared.counters.failed, 1);
+            let settle = failure_outcome(&failure, attempt, &policy, shared.clock.now_ms(), fastrand::f64());
+            // `attempt` counts earlier failures; the log names the run that failed, counted
+            // from 1 as handlers and messages count it ("attempt 1" is the first run).
+            tracing::warn!(
+                task_id = %task_id,
+                attempt = attempt + 1,
+                failure = %describe(&failure),
+                next = settle_name(&settle),
+                "task failed"
+            );
+            if matches!(settle, Settle::Bury { .. }) {
+                WorkerCounters::add(&shared.counters.buried, 1);
+            }
+            if let Some(m) = &shared.metrics {
+                m.finished(lane_idx, kind_index, run_time, Ended::Failed(&settle));
+            }
+            settle
+        }
+    };
+    shared.settle_tracked(lane_idx, entry_id, settle, track);
 }
 
 /// Gives a task's limit holds back; nothing to await (and nothing in its future) for a task
@@ -271,7 +288,7 @@ fn start_handler(
 }
 
 /// A task ready to run: its handler future and how to treat its failure.
-struct Run {
+pub(super) struct Run {
     start: Start,
     policy: RetryPolicy,
     timeout: Option<Duration>,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio_util::task::TaskTracker;
+use std::sync::Arc;
 
 use crate::broker::{DeadReason, Settle};
 
@@ -100,7 +100,7 @@ struct Table {
     wait: Box<[Hist]>,
     slots: u64,
     /// The worker's handler tasks: its length is the number in flight.
-    in_flight: TaskTracker,
+    in_flight: Arc<super::runners::Runners>,
 }
 
 #[derive(Debug)]
@@ -151,7 +151,7 @@ impl WorkerMetrics {
         lanes: Vec<(String, String)>,
         kinds: Vec<String>,
         slots: usize,
-        in_flight: TaskTracker,
+        in_flight: Arc<super::runners::Runners>,
     ) -> bool {
         let rows = lanes.len() * (kinds.len() + 1);
         let table = Table {
@@ -284,7 +284,7 @@ impl WorkerMetrics {
         };
         let Some(t) = self.table.get() else { return s };
         s.slots = t.slots;
-        s.in_flight = t.in_flight.len() as u64;
+        s.in_flight = t.in_flight.busy() as u64;
         let kinds = t.kinds.iter().map(String::as_str).chain([OTHER_KIND]);
         let mut rows = MetricsSnapshot::default();
         for (lane, (queue, priority)) in t.lanes.iter().enumerate() {
@@ -493,7 +493,12 @@ mod tests {
             ("q".to_owned(), "high".to_owned()),
             ("q".to_owned(), "low".to_owned()),
         ];
-        m.start(lanes, vec!["a".into(), "b".into()], 8, TaskTracker::new());
+        m.start(
+            lanes,
+            vec!["a".into(), "b".into()],
+            8,
+            crate::worker::runners::Runners::new(),
+        );
         m
     }
 

@@ -34,6 +34,7 @@ mod limiter;
 mod metrics;
 mod promoter;
 mod reclaimer;
+mod runners;
 mod tracker;
 
 use std::collections::{HashMap, HashSet};
@@ -45,7 +46,6 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::DEFAULT_CANCEL_GRACE;
 pub use config::{
@@ -263,8 +263,8 @@ struct Shared {
     conn: RedisConnection,
     /// One permit per handler slot.
     permits: Arc<Semaphore>,
-    /// Owns every running handler task.
-    tracker: TaskTracker,
+    /// The long-lived tasks handlers run on.
+    runners: Arc<runners::Runners>,
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
@@ -619,13 +619,13 @@ impl Worker {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
-        let tracker = TaskTracker::new();
+        let runners = runners::Runners::new();
         let metrics = metrics.filter(|m| {
             let labels = lanes
                 .iter()
                 .map(|l| (l.queue.to_string(), l.priority.to_string()))
                 .collect();
-            m.start(labels, router.kinds_by_index(), config.concurrency, tracker.clone())
+            m.start(labels, router.kinds_by_index(), config.concurrency, runners.clone())
         });
         let shared = Arc::new(Shared {
             starts,
@@ -637,7 +637,7 @@ impl Worker {
             budget: config.max_tasks.map(Budget::new),
             config,
             conn,
-            tracker,
+            runners,
             outcomes: tx,
             abort: CancellationToken::new(),
             counters,
@@ -684,6 +684,7 @@ impl Worker {
         upkeep.spawn(promoter::run(shared.clone(), stop.clone()));
         upkeep.spawn(heartbeat::run(shared.clone(), stop.clone()));
         upkeep.spawn(tracker::run_monitor(shared.clone(), stop.clone()));
+        upkeep.spawn(runners::reap_idle(shared.clone(), stop.clone()));
         // The starter lives as long as the acker: handlers wait on both until they finish.
         let mut acker = JoinSet::new();
         acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
@@ -745,10 +746,10 @@ impl Worker {
             intake.abort_all();
             while intake.join_next().await.is_some() {}
         }
-        shared.tracker.close();
+        shared.runners.close();
         let drained = tokio::select! {
             biased;
-            r = tokio::time::timeout_at(handlers_by, shared.tracker.wait()) => r.is_ok(),
+            r = tokio::time::timeout_at(handlers_by, shared.runners.wait()) => r.is_ok(),
             () = handle.terminate.cancelled() => false,
         };
         if !drained {
@@ -765,7 +766,7 @@ impl Worker {
                 );
             }
             shared.abort.cancel();
-            shared.tracker.wait().await;
+            shared.runners.wait().await;
         }
         stop.cancel();
         while acker.join_next().await.is_some() {}
@@ -832,7 +833,7 @@ fn fetch_groups(lanes: &[Lane], cluster: bool, fetchers: usize) -> Vec<Vec<usize
 /// Handlers running now. Not `concurrency - free permits`: the fetcher holds a permit while
 /// it waits for entries, and an idle worker would then look busy.
 fn in_flight(shared: &Shared) -> usize {
-    shared.tracker.len()
+    shared.runners.busy()
 }
 
 /// Puts back every entry this worker still holds (unfinished at the drain deadline, or read
