@@ -92,7 +92,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
         // Boxed, as every limiter call here: the task's future is moved into its tokio
         // task at the spawn, and unboxed these calls' states made it several times larger
         // for every task, limited or not.
-        match Box::pin(limiter::admit_all(&shared, &limit, task_id.as_str(), entry_id)).await {
+        match Box::pin(limiter::admit_all(shared, &limit, task_id.as_str(), entry_id)).await {
             limiter::Admit::Run(hold) => hold,
             limiter::Admit::Wait(settle) => {
                 shared.settle_tracked(lane_idx, entry_id, settle, track);
@@ -105,7 +105,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
         Start::Deferred(deferred) => match start_handler(&deferred.0, deferred.1, deferred.2, &task_id) {
             Ok(fut) => fut,
             Err(settle) => {
-                release(&shared, hold, Duration::ZERO).await;
+                release(shared, hold, Duration::ZERO).await;
                 WorkerCounters::add(&shared.counters.buried, 1);
                 if let Some(m) = &shared.metrics {
                     m.not_run(lane_idx, Some(kind_index), &settle);
@@ -122,9 +122,9 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
     }
     if let Some(t) = &track {
         // Registered first, so a cancel the start record reports finds the handler.
-        tracker::running(&shared, lane_idx, &task_id, &control);
+        tracker::running(shared, lane_idx, &task_id, &control);
         tracker::begin(
-            &shared,
+            shared,
             lane_idx,
             &task_id,
             attempt,
@@ -137,17 +137,17 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
         biased;
         // Past the drain deadline: drop the handler; the entry stays held and is requeued.
         () = shared.abort.cancelled() => {
-            tracker::finished(&shared, lane_idx, &task_id);
-            release(&shared, hold, began.elapsed()).await;
+            tracker::finished(shared, lane_idx, &task_id);
+            release(shared, hold, began.elapsed()).await;
             return;
         }
         r = run_cancellable(fut, timeout, &control, shared.config.cancel_grace) => r,
     };
     // Read once (the clock is a measurable share of a no-op task's cost).
     let run_time = began.elapsed();
-    release(&shared, hold, run_time).await;
+    release(shared, hold, run_time).await;
     if track.is_some() {
-        tracker::finished(&shared, lane_idx, &task_id);
+        tracker::finished(shared, lane_idx, &task_id);
     }
     WorkerCounters::add(&shared.counters.busy_us, run_time.as_micros() as u64);
     // A result over the cap is the handler's failure, recorded as such (never truncated).
