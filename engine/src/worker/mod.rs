@@ -5,6 +5,8 @@
 //!   free handler slots, dispatching to the `executor`;
 //! - `executor`: decodes each entry, runs its handler with a timeout and panic guard, and turns
 //!   the result into an outcome;
+//! - `runners`: the long-lived tasks the handlers run on, one task after another (at most
+//!   `concurrency`; idle ones exit after a while);
 //! - `acker`: batches outcomes per shard into one `settle.lua` call each;
 //! - `promoter`: moves due delayed and retry tasks into their streams, and reads pause flags;
 //! - `reclaimer`: takes over entries whose lease ran out (their worker died);

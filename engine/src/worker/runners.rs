@@ -173,6 +173,9 @@ async fn run(shared: Arc<Shared>, me: Arc<Runner>) {
                 if !parked {
                     return;
                 }
+                // Tasks handed over back to back run in one poll of this runner: its coop
+                // budget makes it yield now and then, as tasks of their own would.
+                tokio::task::coop::consume_budget().await;
             }
             None if me.exit.load(Ordering::Relaxed) => return,
             // Woken by a permit left from a task it took before the notify came: wait again.
