@@ -89,9 +89,9 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
     let hold = if limit.is_empty() {
         Vec::new()
     } else {
-        // Boxed, as every limiter call here: the task's future is moved into its tokio
-        // task at the spawn, and unboxed these calls' states made it several times larger
-        // for every task, limited or not.
+        // Boxed, as every limiter call here: unboxed, these calls' states would make every
+        // runner's future (this function's state, inline in it) several times larger, limited
+        // task or not.
         match Box::pin(limiter::admit_all(shared, &limit, task_id.as_str(), entry_id)).await {
             limiter::Admit::Run(hold) => hold,
             limiter::Admit::Wait(settle) => {
