@@ -15,11 +15,11 @@
 //! exited counted, without its gauges.
 
 use std::sync::OnceLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 use crate::broker::{DeadReason, Settle};
 
@@ -99,7 +99,7 @@ struct Table {
     /// Enqueue-to-start wait per lane.
     wait: Box<[Hist]>,
     slots: u64,
-    /// The worker's handler tasks: its length is the number in flight.
+    /// The worker's runners: their busy count is the number of handlers in flight.
     in_flight: Arc<super::runners::Runners>,
 }
 
