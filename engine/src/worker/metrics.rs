@@ -14,8 +14,8 @@
 //! serving one `/metrics` for its box); [`MetricsSnapshot::retired`] keeps what a process that
 //! exited counted, without its gauges.
 
-use std::sync::OnceLock;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
