@@ -95,7 +95,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
         match Box::pin(limiter::admit_all(shared, &limit, task_id.as_str(), entry_id)).await {
             limiter::Admit::Run(hold) => hold,
             limiter::Admit::Wait(settle) => {
-                shared.settle_tracked(lane_idx, entry_id, settle, track);
+                shared.settle_tracked(lane_idx, entry_id, settle, track.map(|t| *t));
                 return;
             }
         }
@@ -110,7 +110,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
                 if let Some(m) = &shared.metrics {
                     m.not_run(lane_idx, Some(kind_index), &settle);
                 }
-                shared.settle_tracked(lane_idx, entry_id, settle, track);
+                shared.settle_tracked(lane_idx, entry_id, settle, track.map(|t| *t));
                 return;
             }
         },
@@ -164,7 +164,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
     let cancelled = control.is_cancelled() && result.is_err();
     let mut track = track.map(|t| Tracked {
         run_ms: run_time.as_millis() as u64,
-        ..t
+        ..*t
     });
     let settle = match result {
         Ok(out) => {
@@ -300,8 +300,9 @@ pub(super) struct Run {
     kind_index: usize,
     /// When the task was first enqueued, ms since the epoch.
     enqueued_at: u64,
-    /// The task's record, when it keeps one.
-    track: Option<Tracked>,
+    /// The task's record, when it keeps one (boxed: a task is moved several times on its way
+    /// into a runner, and most keep none).
+    track: Option<Box<Tracked>>,
     control: TaskControl,
     /// The fleet-wide limits it counts against, of those this worker enforces: its group's
     /// cap, then the limit of its name.
@@ -440,7 +441,7 @@ fn prepare(
         kind,
         kind_index,
         enqueued_at,
-        track,
+        track: track.map(Box::new),
         control,
         limit,
     })
