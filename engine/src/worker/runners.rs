@@ -178,7 +178,8 @@ async fn run(shared: Arc<Shared>, me: Arc<Runner>) {
                 tokio::task::coop::consume_budget().await;
             }
             None if me.exit.load(Ordering::Relaxed) => return,
-            // Woken by a permit left from a task it took before the notify came: wait again.
+            // Idle: wait for a task or the word to exit. A wake with neither (the notify of a
+            // task it already took) comes back here and waits again.
             None => me.wake.notified().await,
         }
     }
