@@ -451,18 +451,19 @@ impl Envelope {
             let [i, k, c, e, p] = unpack_task(&task)?;
             (id, kind, payload, codec, enqueued_at) = (Some(i), Some(k), Some(p), Some(c), Some(e));
         }
+        fn not_utf8(field: &str) -> Malformed {
+            Malformed(format!("field {field:?} is not UTF-8"))
+        }
         fn text<V: Into<Bytes>>(field: &str, v: V) -> Result<String, Malformed> {
             // An owned reply buffer goes Vec -> Bytes -> Vec without a copy.
-            String::from_utf8(Vec::from(v.into())).map_err(|_| Malformed(format!("field {field:?} is not UTF-8")))
+            String::from_utf8(Vec::from(v.into())).map_err(|_| not_utf8(field))
         }
         fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
             v.ok_or_else(|| Malformed(format!("missing field {field:?}")))
         }
         // Straight into the shared string (one allocation, no `String` on the way).
         let id = required("id", id)?;
-        let id: std::sync::Arc<str> = std::str::from_utf8(&id)
-            .map_err(|_| Malformed("field \"id\" is not UTF-8".into()))?
-            .into();
+        let id: std::sync::Arc<str> = std::str::from_utf8(&id).map_err(|_| not_utf8("id"))?.into();
         if id.is_empty() {
             return Err(Malformed("field \"id\" is empty".into()));
         }

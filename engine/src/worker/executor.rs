@@ -128,7 +128,7 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
             lane_idx,
             &task_id,
             attempt,
-            kind.as_deref().unwrap_or_default(),
+            kind.unwrap_or_default(),
             t.retention_ms,
         );
     }

@@ -45,7 +45,6 @@ struct Idle {
     stack: Vec<(Arc<Runner>, u64)>,
     /// Rounds of [`Runners::reap`] so far.
     round: u64,
-    closed: bool,
 }
 
 #[derive(Default)]
@@ -102,13 +101,14 @@ impl Runners {
 
     /// Tells every runner to exit: the idle ones now, the busy ones after their task.
     pub(super) fn close(&self) {
+        // Under the idle lock, which `park` reads the closing under: a runner finishing its
+        // task now either sees it or is on the stack drained here.
         let mut idle = self.idle.lock().expect("never poisoned");
-        idle.closed = true;
+        self.tasks.close();
         for (runner, _) in idle.stack.drain(..) {
             runner.exit.store(true, Ordering::Relaxed);
             runner.wake.notify_one();
         }
-        self.tasks.close();
     }
 
     /// Returns once every runner has exited (after [`close`](Self::close)).
@@ -133,7 +133,7 @@ impl Runners {
     /// Puts a runner that finished its task on the idle stack; false once closed (it exits).
     fn park(&self, runner: &Arc<Runner>) -> bool {
         let mut idle = self.idle.lock().expect("never poisoned");
-        if idle.closed {
+        if self.tasks.is_closed() {
             return false;
         }
         let round = idle.round;

@@ -46,7 +46,7 @@ pub const START_RECORD_DELAY: Duration = Duration::from_millis(20);
 /// One tracked task starting, whose record is to say so.
 pub(super) struct StartRequest {
     lane: usize,
-    task_id: String,
+    task_id: TaskId,
     attempt: u32,
     kind: String,
     retention_ms: u64,
@@ -55,10 +55,10 @@ pub(super) struct StartRequest {
 /// Running tracked tasks by (lane, task id), with their handler's control and whether their
 /// start record is written (progress is written only then: `progress.lua` updates `active`
 /// records only, so an earlier report would be dropped; it waits for the next round instead).
-pub(super) type RunningTasks = std::sync::Mutex<HashMap<(usize, String), (TaskControl, bool)>>;
+pub(super) type RunningTasks = std::sync::Mutex<HashMap<(usize, TaskId), (TaskControl, bool)>>;
 
 /// One running tracked task, as the monitor's rounds see it: (lane, task id) and its control.
-type RunningTask = ((usize, String), TaskControl);
+type RunningTask = ((usize, TaskId), TaskControl);
 
 /// The record a task keeps, if it keeps one: its own retention, else its queue's.
 pub(super) fn tracked(lane: &Lane, env: &Envelope) -> Option<Tracked> {
@@ -133,14 +133,14 @@ impl RawTrack {
 
 /// Asks for the start of a tracked task to be recorded (without waiting for it). A record
 /// that says it was cancelled stops it through its control in [`RunningTasks`] (registered
-/// with [`running`] first), so the request carries no clone of it (each clone of a
-/// cancellation token locks its tree node, and most requests are dropped unsent).
-pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: &str, retention_ms: u64) {
+/// with [`running`] first), so the request carries no clone of it (most requests are dropped
+/// unsent). The kind is the task's own copy, moved in.
+pub(super) fn begin(shared: &Shared, lane: usize, task_id: &TaskId, attempt: u32, kind: String, retention_ms: u64) {
     let req = StartRequest {
         lane,
-        task_id: task_id.as_str().to_owned(),
+        task_id: task_id.clone(),
         attempt,
-        kind: kind.to_owned(),
+        kind,
         retention_ms,
     };
     // The starter stops only after every handler has finished: a send cannot fail while one
@@ -154,7 +154,7 @@ pub(super) fn running(shared: &Shared, lane: usize, task_id: &TaskId, control: &
         .running
         .lock()
         .expect("never poisoned")
-        .insert((lane, task_id.as_str().to_owned()), (control.clone(), false));
+        .insert((lane, task_id.clone()), (control.clone(), false));
 }
 
 /// Forgets a task that finished running (a report not yet written is dropped: its final
@@ -164,7 +164,7 @@ pub(super) fn finished(shared: &Shared, lane: usize, task_id: &TaskId) {
         .running
         .lock()
         .expect("never poisoned")
-        .remove(&(lane, task_id.as_str().to_owned()));
+        .remove(&(lane, task_id.clone()));
 }
 
 /// The starter loop (see the module docs). Stops once `stop` is cancelled and every request
@@ -306,8 +306,8 @@ pub(super) async fn run_monitor(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn write_progress(shared: &Shared, conn: &mut RedisConnection, running: &[((usize, String), TaskControl)]) {
-    let mut by_lane: HashMap<usize, Vec<(String, u8, String)>> = HashMap::new();
+async fn write_progress(shared: &Shared, conn: &mut RedisConnection, running: &[RunningTask]) {
+    let mut by_lane: HashMap<usize, Vec<(TaskId, u8, String)>> = HashMap::new();
     for ((lane, id), control) in running {
         if let Some(p) = control.take_report() {
             by_lane
@@ -334,7 +334,7 @@ async fn write_progress(shared: &Shared, conn: &mut RedisConnection, running: &[
     }
 }
 
-async fn poll_cancels(shared: &Shared, conn: &mut RedisConnection, running: &[((usize, String), TaskControl)]) {
+async fn poll_cancels(shared: &Shared, conn: &mut RedisConnection, running: &[RunningTask]) {
     let mut lanes: Vec<usize> = running.iter().map(|((l, _), _)| *l).collect();
     lanes.sort_unstable();
     lanes.dedup();
@@ -348,7 +348,7 @@ async fn poll_cancels(shared: &Shared, conn: &mut RedisConnection, running: &[((
     };
     for (lane, ids) in lanes.into_iter().zip(marks) {
         for id in ids {
-            if let Some((_, control)) = running.iter().find(|((l, i), _)| *l == lane && *i == id)
+            if let Some((_, control)) = running.iter().find(|((l, i), _)| *l == lane && i.as_str() == id)
                 && !control.is_cancelled()
             {
                 tracing::info!(task_id = %id, "cancel asked for; stopping the handler");
