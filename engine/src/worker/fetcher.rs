@@ -26,6 +26,15 @@
 //! quiet, or a pause flag that changed, ends it from the shared connection with `CLIENT
 //! UNBLOCK` (the fetcher's `CLIENT ID` is asked for once per connection), and it returns empty.
 //!
+//! **Empty priorities fold into the next read.** A priority whose streams the last read that
+//! named them found empty is not read on its own again: it is named in the same `XREADGROUP`
+//! as the next priority, so draining a `normal` backlog costs one read per batch, not an empty
+//! read of `high` before each. `COUNT` applies per stream, so such a read may return up to the
+//! reserved slots from each priority; the higher ones are dispatched first and the rest wait
+//! here for slots, leased and renewed, as a blocking read's extras do. Strict priority then
+//! holds per read: a high task that arrives while a lower backlog drains is dispatched ahead
+//! of every lower entry of the read that found it, with at most one lower batch run beside it.
+//!
 //! With `max_tasks`, a fetcher reserves a budget unit per slot too (see `budget`), and reads
 //! no more entries than it holds units for; an entry a multi-shard read returns beyond the
 //! budget stays held, unrun, and is requeued when the worker drains.
@@ -37,7 +46,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
-use super::{Outage, Shared, Units, executor};
+use super::{Outage, Shared, Units, acker, executor};
 use crate::broker::reader::FetchConnection;
 use crate::broker::{self, StreamEntry};
 use crate::error::Result;
@@ -52,10 +61,26 @@ pub(super) async fn run(
     // Whether the last read found every lane drained: the next one then blocks at once.
     let mut drained = false;
     let ranks = shared.lanes.iter().map(|l| l.rank).max().map_or(0, |r| r + 1);
+    // By priority: whether the last read that named it found it empty (see `read`).
+    let mut empty = vec![false; ranks];
     let mut outage = Outage::new(&shared);
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
     let share = shared.config.concurrency.div_ceil(fetchers);
     loop {
+        // While a whole settle batch waits for the acker, reading more would only lengthen
+        // its queue: wait for it to write one (`Shared::unsettled`).
+        loop {
+            let settled = shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if shared.unsettled.load(Ordering::Relaxed) < acker::MAX_BATCH {
+                break;
+            }
+            tokio::select! {
+                () = quiet.cancelled() => return,
+                () = settled => {}
+            }
+        }
         // Wait for a free slot first: reading without one would park tasks in this process.
         let mut held = tokio::select! {
             () = quiet.cancelled() => return,
@@ -92,7 +117,7 @@ pub(super) async fn run(
         // to this consumer that nothing runs. The read returns within `block`, or at once when
         // a quiet or a pause flag change sends `CLIENT UNBLOCK` (`Shared::unblock_fetchers`).
         match read(
-            &shared, me, &mine, &mut conn, ranks, drained, &mut held, &mut units, &quiet,
+            &shared, me, &mine, &mut conn, ranks, drained, &mut empty, &mut held, &mut units, &quiet,
         )
         .await
         {
@@ -170,6 +195,7 @@ async fn read(
     conn: &mut FetchConnection,
     ranks: usize,
     drained: bool,
+    empty: &mut [bool],
     held: &mut OwnedSemaphorePermit,
     units: &mut Option<Units>,
     quiet: &CancellationToken,
@@ -183,23 +209,23 @@ async fn read(
         let last = order
             .iter()
             .rposition(|&r| mine.iter().any(|i| shared.lanes[*i].rank == r && unpaused(i)));
+        // Lanes of priorities found empty last time, read with the next priority's lanes.
+        let mut lanes: Vec<usize> = Vec::new();
         for (n, rank) in order.iter().copied().enumerate() {
-            let lanes: Vec<usize> = mine
-                .iter()
-                .copied()
-                .filter(|&i| shared.lanes[i].rank == rank && unpaused(&i))
-                .collect();
-            if lanes.is_empty() {
+            let before = lanes.len();
+            lanes.extend(mine.iter().copied().filter(|&i| shared.lanes[i].rank == rank && unpaused(&i)));
+            if lanes.len() == before || (empty[rank] && Some(n) != last) {
                 continue;
             }
             let asked = held.num_permits();
             let got = read_lanes(shared, conn, &lanes, asked, false).await?;
+            note_empty(shared, empty, &lanes, &got);
             if !got.is_empty() {
                 // Drained when this was the last priority and no stream filled the read.
                 let drained = Some(n) == last && !filled(&got, asked);
                 return Ok((got, drained));
             }
-            all.extend(lanes);
+            all.append(&mut lanes);
         }
     }
     drop(held.split(held.num_permits()));
@@ -237,8 +263,20 @@ async fn read(
         return Ok((Vec::new(), false));
     }
     let got = read_lanes(shared, conn, &all, want, true).await?;
+    note_empty(shared, empty, &all, &got);
     let drained = !filled(&got, want);
     Ok((got, drained))
+}
+
+/// Notes, for each priority a read named, whether it gave back nothing: the next
+/// non-blocking pass then reads it together with the priority after it (see `read`).
+fn note_empty(shared: &Shared, empty: &mut [bool], lanes: &[usize], got: &[(usize, StreamEntry)]) {
+    for &lane in lanes {
+        empty[shared.lanes[lane].rank] = true;
+    }
+    for (lane, _) in got {
+        empty[shared.lanes[*lane].rank] = false;
+    }
 }
 
 /// Whether some stream gave a read all the `asked` entries it could (so it may hold more).
