@@ -12,11 +12,7 @@
 //! every try).
 //!
 //! It takes whatever outcomes are waiting (up to `MAX_BATCH`), so under load one round trip
-//! settles many tasks and when idle a single outcome goes out at once. While a whole batch's
-//! worth waits unsettled, the fetchers read nothing more (`Shared::unsettled`): handlers
-//! faster than the settles would otherwise grow its queue without bound, and a batch at
-//! `MAX_BATCH` settles dearer (`settle.lua` trims the stream only below its oldest pending
-//! entry, and deletes the entries above it one by one). A batch that fails
+//! settles many tasks and when idle a single outcome goes out at once. A batch that fails
 //! (Redis away) is retried with backoff: outcomes are never dropped while the worker runs.
 //! Once the worker drains, every call and every wait is bounded by the drain's one deadline
 //! (`Shared::drain_deadline`): an outcome not written by then is given up, and its task stays
@@ -33,7 +29,7 @@ use crate::broker::{self, Settle, SettleCtx, StreamId};
 use crate::durability::Durability;
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
-pub(super) const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = 1000;
 
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>, stop: CancellationToken) {
     let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
@@ -91,19 +87,10 @@ async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
     }
 }
 
-/// Settles (or, past the drain's deadline, gives up) a batch, then lets fetchers waiting for
-/// the acker to catch up read again (`Shared::unsettled`).
 async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
     if batch.is_empty() {
         return;
     }
-    let n = batch.len();
-    settle(shared, batch).await;
-    shared.unsettled.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
-    shared.settled.notify_waiters();
-}
-
-async fn settle(shared: &Shared, batch: &mut Vec<Outcome>) {
     batch.sort_by_key(|o| o.lane);
     let mut outage = Outage::new(shared);
     loop {

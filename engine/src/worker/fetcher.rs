@@ -46,7 +46,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
-use super::{Outage, Shared, Units, acker, executor};
+use super::{Outage, Shared, Units, executor};
 use crate::broker::reader::FetchConnection;
 use crate::broker::{self, StreamEntry};
 use crate::error::Result;
@@ -67,20 +67,6 @@ pub(super) async fn run(
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
     let share = shared.config.concurrency.div_ceil(fetchers);
     loop {
-        // While a whole settle batch waits for the acker, reading more would only lengthen
-        // its queue: wait for it to write one (`Shared::unsettled`).
-        loop {
-            let settled = shared.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            if shared.unsettled.load(Ordering::Relaxed) < acker::MAX_BATCH {
-                break;
-            }
-            tokio::select! {
-                () = quiet.cancelled() => return,
-                () = settled => {}
-            }
-        }
         // Wait for a free slot first: reading without one would park tasks in this process.
         let mut held = tokio::select! {
             () = quiet.cancelled() => return,

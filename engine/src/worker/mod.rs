@@ -41,7 +41,7 @@ mod tracker;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -268,12 +268,6 @@ struct Shared {
     /// The long-lived tasks handlers run on.
     runners: Arc<runners::Runners>,
     outcomes: mpsc::UnboundedSender<Outcome>,
-    /// Outcomes sent to the acker and not yet settled (or given up). While they fill a whole
-    /// settle batch the fetchers wait (`fetcher::run`): reading more would only lengthen the
-    /// acker's queue, and its batches would reach `acker::MAX_BATCH` and settle dearer.
-    unsettled: AtomicUsize,
-    /// Told each time the acker has written a batch.
-    settled: tokio::sync::Notify,
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
@@ -444,9 +438,7 @@ impl Shared {
             settle,
             track,
         };
-        self.unsettled.fetch_add(1, Ordering::Relaxed);
         if self.outcomes.send(outcome).is_err() {
-            self.unsettled.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(worker = %self.id, "outcome after the acker stopped; the task stays pending and will be reclaimed");
         }
     }
@@ -649,8 +641,6 @@ impl Worker {
             conn,
             runners,
             outcomes: tx,
-            unsettled: AtomicUsize::new(0),
-            settled: tokio::sync::Notify::new(),
             abort: CancellationToken::new(),
             counters,
             metrics,
