@@ -595,6 +595,44 @@ async fn quick_successes_are_acked_with_plain_commands_and_counted_done_once() {
     }
 }
 
+/// A priority found empty is read together with the next one (worker/fetcher.rs): draining a
+/// `normal` backlog one task at a time costs one `XREADGROUP` per task, not an empty read of
+/// `high` before each (two per task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_higher_priority_costs_no_read_of_its_own_per_batch() {
+    let f = Fixture::with_queue(Queue::new("fold").unwrap()).await;
+    let tasks: Vec<Task> = (0..200u32)
+        .map(|i| Task::json("count", &i).unwrap().priority("normal"))
+        .collect();
+    f.client.enqueue_many(&f.queue, tasks).await.unwrap();
+    let mut conn = f.redis().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..fast_config()
+    };
+    let w = f.start_worker(recorder.router(&["count"]), config);
+    f.wait_done(200, Duration::from_secs(30)).await;
+    w.stop().await;
+    assert_eq!(recorder.runs_per_task().len(), 200);
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reads = command_calls(&info, "xreadgroup");
+    // One read per task, plus the first pass's empty read of high and a few blocking reads
+    // (while the enqueue's wake, the drain's end and the stop happen); without the fold, two
+    // per task.
+    eprintln!("{reads} XREADGROUP for 200 tasks");
+    assert!(reads < 300, "{reads} reads for 200 tasks taken one at a time");
+}
+
 /// A server that refuses the plain acks (an ACL without `XACKDEL`, Redis 8.2+) still gets
 /// every outcome: the worker falls back to `settle.lua` for good, and nothing is lost or
 /// counted twice.

@@ -199,7 +199,11 @@ async fn read(
         let mut lanes: Vec<usize> = Vec::new();
         for (n, rank) in order.iter().copied().enumerate() {
             let before = lanes.len();
-            lanes.extend(mine.iter().copied().filter(|&i| shared.lanes[i].rank == rank && unpaused(&i)));
+            lanes.extend(
+                mine.iter()
+                    .copied()
+                    .filter(|&i| shared.lanes[i].rank == rank && unpaused(&i)),
+            );
             if lanes.len() == before || (empty[rank] && Some(n) != last) {
                 continue;
             }
