@@ -19,7 +19,8 @@
 //!   Redis commands, Redis CPU and worker CPU per task, latency, against the rate (plotted);
 //! - `many-queues`, `many-workers` (not by default): one worker process serving 200 queues x
 //!   3 priorities against the same on one queue; 4, 16, 64 worker processes on one backlog,
-//!   with the spread of the tasks over the processes;
+//!   with the spread of the tasks over the processes, each beside a fleet of as many bare-loop
+//!   processes (hidden `bare-worker` subcommand) on the same backlog size;
 //! - Redis CPU (`INFO cpu`) and commands (`INFO commandstats`) per task in every window.
 //!
 //! Output: tables on stdout, JSON and plots (SVG, PNG) in `bench-results/<timestamp>/`.
@@ -27,7 +28,8 @@
 //!
 //! # Layout
 //! - `target`: the Redis under test, INFO snapshots and per-task usage;
-//! - `fleet` / `worker`: worker processes, parent side and child side;
+//! - `fleet` / `worker`: worker processes, parent side and child side; `bare_fleet`: the
+//!   bare-loop processes of many-workers, both sides;
 //! - `drain`, `ceiling`, `enqueue`, `latency`, `idle`, `sweep`: the scenarios (`drain` also
 //!   serves many-queues and many-workers);
 //! - `payload`: the timestamped task payload; `stats`: histograms and medians;
@@ -35,6 +37,7 @@
 //! - `report`: metrics, targets and tables; `results`: the files a run writes; `plot`: the
 //!   figures.
 
+mod bare_fleet;
 mod ceiling;
 mod compare;
 mod drain;
@@ -72,6 +75,9 @@ enum Command {
     /// One worker process of a run (started by the harness itself).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// One bare-loop process of a many-workers run (started by the harness itself).
+    #[command(hide = true)]
+    BareWorker(bare_fleet::BareWorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Worker(args)) => runtime.block_on(worker::run(args)),
+        Some(Command::BareWorker(args)) => runtime.block_on(bare_fleet::worker(args)),
         None => runtime.block_on(suite::run(cli.run)),
     };
     match result {

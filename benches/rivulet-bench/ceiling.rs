@@ -42,35 +42,10 @@ pub struct CeilingSpec {
 
 pub async fn run(target: &Target, s: &CeilingSpec) -> Result<CeilingResult> {
     let mut conn = target.conn.clone();
-    redis::cmd("DEL").arg(STREAM).query_async::<()>(&mut conn).await?;
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut conn)
-        .await?;
-    let env = Envelope::new(KIND_NOOP, payload::make(s.payload_bytes, 0, false), Codec::Bytes);
-    // The entries a Rust producer writes (compact), so the loop moves what the workers do.
-    let fields: Vec<(&str, Bytes)> = env.stream_fields();
-
+    create(&mut conn, STREAM, GROUP).await?;
     let before = target.snapshot().await?;
     let t0 = Instant::now();
-    let mut left = s.tasks;
-    while left > 0 {
-        let n = left.min(s.batch as u64);
-        let mut pipe = redis::pipe();
-        for _ in 0..n {
-            let xadd = pipe.cmd("XADD").arg(STREAM).arg("*");
-            for (k, v) in &fields {
-                xadd.arg(*k).arg(v.as_ref());
-            }
-            xadd.ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        left -= n;
-    }
+    fill(&mut conn, STREAM, s.tasks, s.batch, s.payload_bytes).await?;
     let fill_s = t0.elapsed().as_secs_f64();
     let after_fill = target.snapshot().await?;
 
@@ -115,27 +90,84 @@ async fn consume(mut conn: redis::aio::MultiplexedConnection, consumer: String, 
         if Instant::now() > deadline {
             bail!("bare consumer {consumer} ran past its time limit");
         }
-        let mut pipe = redis::pipe();
-        if !prev.is_empty() {
-            pipe.cmd("XACK").arg(STREAM).arg(GROUP).arg(&prev).ignore();
-            pipe.cmd("XDEL").arg(STREAM).arg(&prev).ignore();
-            acked += prev.len() as u64;
-        }
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&consumer)
-            .arg("COUNT")
-            .arg(batch)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">");
-        let (reply,): (Value,) = pipe.query_async(&mut conn).await?;
-        prev = entry_ids(reply);
+        acked += prev.len() as u64;
+        prev = ack_and_read(&mut conn, STREAM, GROUP, &consumer, &prev, batch).await?;
         if prev.is_empty() || acked >= max {
             return Ok(acked);
         }
     }
+}
+
+/// A new empty `stream` (deleted first) with consumer group `group`.
+pub async fn create(conn: &mut impl redis::aio::ConnectionLike, stream: &str, group: &str) -> Result<()> {
+    redis::cmd("DEL").arg(stream).query_async::<()>(conn).await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Fills `stream` with `tasks` entries shaped like a Rust producer's (compact) no-op tasks of
+/// `payload_bytes`, so the bare loops move what the workers do: pipelined `XADD`s, `batch` per
+/// round trip.
+pub async fn fill(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    tasks: u64,
+    batch: usize,
+    payload_bytes: usize,
+) -> Result<()> {
+    let env = Envelope::new(KIND_NOOP, payload::make(payload_bytes, 0, false), Codec::Bytes);
+    let fields: Vec<(&str, Bytes)> = env.stream_fields();
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(batch as u64);
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            let xadd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in &fields {
+                xadd.arg(*k).arg(v.as_ref());
+            }
+            xadd.ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// One round trip of a bare consumer: `XACK` + `XDEL` of the entries it read last (`prev`,
+/// none on the first call) and `XREADGROUP COUNT batch` of the next, pipelined. Returns the
+/// ids it read (none: the stream is drained).
+pub async fn ack_and_read(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    prev: &[Vec<u8>],
+    batch: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let mut pipe = redis::pipe();
+    if !prev.is_empty() {
+        pipe.cmd("XACK").arg(stream).arg(group).arg(prev).ignore();
+        pipe.cmd("XDEL").arg(stream).arg(prev).ignore();
+    }
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(batch)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">");
+    let (reply,): (Value,) = pipe.query_async(conn).await?;
+    Ok(entry_ids(reply))
 }
 
 /// The entry ids of an XREADGROUP reply (RESP2 or RESP3).

@@ -249,14 +249,7 @@ pub async fn run(target: &Target, s: &DrainSpec) -> Result<DrainResult> {
     if started < s.tasks {
         bail!("workers started {started} handlers for {} tasks", s.tasks);
     }
-    let first = outputs
-        .iter()
-        .filter(|o| o.started > 0)
-        .map(|o| o.first_start_us)
-        .min()
-        .unwrap_or(0);
-    let last = outputs.iter().map(|o| o.last_start_us).max().unwrap_or(0);
-    let span_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-6);
+    let span_s = crate::worker::span_s(&outputs);
     Ok(DrainResult {
         shards: s.shards,
         workers: s.workers,

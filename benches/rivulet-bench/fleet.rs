@@ -38,35 +38,43 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn spawn(spec: &Spec, processes: usize) -> Result<Fleet> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "worker".into(),
+            "--redis-url".into(),
+            spec.redis_url.clone().into(),
+            "--queue".into(),
+            spec.queue.clone().into(),
+            "--concurrency".into(),
+            spec.concurrency.to_string().into(),
+            "--max-seconds".into(),
+            spec.max_seconds.to_string().into(),
+            "--durability".into(),
+            spec.durability.clone().into(),
+        ];
+        if spec.done_probe {
+            args.push("--done-probe".into());
+        }
+        if spec.metrics {
+            args.push("--metrics".into());
+        }
+        if let Some(ms) = spec.retention_ms {
+            args.extend(["--retention-ms".into(), ms.to_string().into()]);
+        }
+        args.extend(spec.limits.iter().map(Into::into));
+        if let Some(ca) = &spec.tls_ca_file {
+            args.extend(["--tls-ca-file".into(), ca.clone().into()]);
+        }
+        Fleet::start(&args, processes)
+    }
+
+    /// `processes` copies of this binary with `args` (a hidden subcommand and its flags),
+    /// each reporting one [`WorkerOutput`] line on stdout when it stops.
+    pub fn start(args: &[std::ffi::OsString], processes: usize) -> Result<Fleet> {
         let exe = std::env::current_exe().context("locating this binary to start worker processes")?;
         let mut children = Vec::with_capacity(processes);
         for _ in 0..processes {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("worker")
-                .arg("--redis-url")
-                .arg(&spec.redis_url)
-                .arg("--queue")
-                .arg(&spec.queue)
-                .arg("--concurrency")
-                .arg(spec.concurrency.to_string())
-                .arg("--max-seconds")
-                .arg(spec.max_seconds.to_string())
-                .arg("--durability")
-                .arg(&spec.durability);
-            if spec.done_probe {
-                cmd.arg("--done-probe");
-            }
-            if spec.metrics {
-                cmd.arg("--metrics");
-            }
-            if let Some(ms) = spec.retention_ms {
-                cmd.arg("--retention-ms").arg(ms.to_string());
-            }
-            cmd.args(&spec.limits);
-            if let Some(ca) = &spec.tls_ca_file {
-                cmd.arg("--tls-ca-file").arg(ca);
-            }
-            let child = cmd
+            let child = Command::new(&exe)
+                .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -42,6 +42,8 @@ pub struct RunResult {
     pub many_queues: Vec<DrainResult>,
     /// `--only many-workers`: one drain per worker process count.
     pub many_workers: Vec<DrainResult>,
+    /// Beside each many-workers drain: as many bare-loop processes on the same backlog size.
+    pub many_workers_bare: Vec<crate::bare_fleet::BareFleetResult>,
     /// `/proc/loadavg` before and after the pass: how busy the machine was.
     pub load_before: String,
     pub load_after: String,
@@ -245,6 +247,11 @@ impl RunResult {
             put(format!("{k}.drain_cmds"), d.drain_redis.commands_per_task);
             put(format!("{k}.drain_cpu_us"), d.drain_redis.cpu_us_per_task);
             put(format!("{k}.worker_cpu_us"), d.worker_cpu_us_per_task);
+            if let Some(b) = self.many_workers_bare.iter().find(|b| b.processes == d.workers) {
+                put(format!("{k}.bare_per_s"), b.drain_per_s);
+                put(format!("{k}.vs_bare"), d.tasks_per_s / b.drain_per_s.max(1e-9));
+                put(format!("{k}.bare_client_cpu_us"), b.client_cpu_us_per_entry);
+            }
         }
         if let (Some(few), Some(most)) = (
             self.many_workers.iter().min_by_key(|d| d.workers),
@@ -254,6 +261,16 @@ impl RunResult {
             put(
                 "many_workers.ratio".into(),
                 most.tasks_per_s / few.tasks_per_s.max(1e-9),
+            );
+        }
+        if let (Some(few), Some(most)) = (
+            self.many_workers_bare.iter().min_by_key(|b| b.processes),
+            self.many_workers_bare.iter().max_by_key(|b| b.processes),
+        ) && most.processes > few.processes
+        {
+            put(
+                "many_workers.bare_ratio".into(),
+                most.drain_per_s / few.drain_per_s.max(1e-9),
             );
         }
     }
@@ -957,6 +974,9 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
             "drain cmds/task",
             "drain Redis µs/task",
             "worker CPU µs/task",
+            "bare fleet entries/s",
+            "bare vs fewest",
+            "vs bare",
         ],
     );
     let counts = numbered(s, "many_workers.w", ".tasks_per_s");
@@ -980,6 +1000,13 @@ pub fn scale_tables(s: &BTreeMap<String, Spread>) -> String {
             g(format!("{k}.drain_cmds"), Unit::Count),
             g(format!("{k}.drain_cpu_us"), Unit::Us),
             g(format!("{k}.worker_cpu_us"), Unit::Us),
+            g(format!("{k}.bare_per_s"), Unit::Rate),
+            if Some(&w) == counts.last() && counts.len() > 1 {
+                g("many_workers.bare_ratio".into(), Unit::Pct)
+            } else {
+                String::new()
+            },
+            g(format!("{k}.vs_bare"), Unit::Pct),
         ]);
     }
     if !t.is_empty() {

@@ -115,7 +115,8 @@ pub struct RunArgs {
     /// rate, plotted), many-queues (one worker process draining a backlog spread over
     /// --many-queues queues x 3 priorities, against the same on 1 queue), many-workers
     /// (--many-workers processes of --many-concurrency slots draining one backlog: rate and
-    /// spread of tasks over processes).
+    /// spread of tasks over processes, each beside as many bare-loop processes reading as
+    /// many entries at a time, which shows what this machine allows that many processes).
     /// groups (not by default: 20,000 tasks of tenant A then 100 of tenant B, with fair groups
     /// on and off: B's wait p50/p99 and the cost per task).
     #[arg(
@@ -770,7 +771,19 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
                 d.drain_redis.cpu_us_per_task,
                 d.drain_redis.commands_per_task,
             ));
+            let rivulet_per_s = d.tasks_per_s;
             r.many_workers.push(d);
+            // The same backlog through as many bare-loop processes: what this machine allows
+            // that many processes, so the ratio above can be read against it.
+            let b = crate::bare_fleet::run(target, workers, plan.many_concurrency, plan.many_tasks, BASE_PAYLOAD).await?;
+            progress(format_args!(
+                "many-w  {workers:>3} bare processes x {}: {:>9.0} entries/s (Rivulet {:.0} % of it); client {:.2} µs CPU/entry",
+                b.count,
+                b.drain_per_s,
+                100.0 * rivulet_per_s / b.drain_per_s.max(1e-9),
+                b.client_cpu_us_per_entry,
+            ));
+            r.many_workers_bare.push(b);
         }
     }
 

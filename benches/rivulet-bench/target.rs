@@ -41,7 +41,7 @@ pub struct Target {
     /// A plain connection to each node whose CPU and commands count: the one node, or every
     /// master of a cluster.
     nodes: Vec<MultiplexedConnection>,
-    node_urls: Vec<String>,
+    pub node_urls: Vec<String>,
     /// Whether the target is a Redis Cluster (only drain and enqueue run there).
     pub cluster: bool,
     pub version: String,

@@ -79,6 +79,19 @@ pub struct WorkerOutput {
     pub cpu_s: f64,
 }
 
+/// The span of a fleet's work, seconds: from the first handler start in any process's report
+/// to the last (at least 1 µs, so a rate over it is finite).
+pub fn span_s(outputs: &[WorkerOutput]) -> f64 {
+    let first = outputs
+        .iter()
+        .filter(|o| o.started > 0)
+        .map(|o| o.first_start_us)
+        .min()
+        .unwrap_or(0);
+    let last = outputs.iter().map(|o| o.last_start_us).max().unwrap_or(0);
+    (last.saturating_sub(first) as f64 / 1e6).max(1e-6)
+}
+
 /// CPU time (user + system) of this process so far, in seconds, from `/proc/self/stat`
 /// (0 where that file does not exist).
 pub fn process_cpu_s() -> f64 {

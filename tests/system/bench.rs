@@ -177,12 +177,30 @@ fn bench_scale_scenarios_run_and_report() {
         assert_eq!(per.iter().sum::<u64>(), 1200, "{d}");
     }
     assert_eq!(many_workers.len(), 2);
+    // Beside each, the bare fleet: as many bare-loop processes, every entry drained once.
+    let bare = run["many_workers_bare"].as_array().unwrap();
+    for (b, processes) in bare.iter().zip([1, 3]) {
+        assert_eq!(b["processes"], processes, "{b}");
+        let per: Vec<u64> = b["per_process"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!((per.len(), per.iter().sum::<u64>()), (processes, 1200), "{b}");
+        assert!(b["drain_per_s"].as_f64().unwrap() > 0.0, "{b}");
+        assert!(b["client_cpu_us_per_entry"].as_f64().unwrap() > 0.0, "{b}");
+    }
+    assert_eq!(bare.len(), 2);
+    assert!(stdout.contains("bare fleet entries/s"), "stdout:\n{stdout}");
     let summary = &json["summary"];
     for key in [
         "idle.max_cmds_per_s",
         "sweep.max_cmds",
         "many_queues.ratio",
         "many_workers.ratio",
+        "many_workers.bare_ratio",
+        "many_workers.w3.vs_bare",
     ] {
         assert!(summary[key]["median"].as_f64().is_some(), "no {key} in the summary");
     }
