@@ -58,10 +58,20 @@ pub struct BareFleetResult {
 
 /// Fills the stream with `tasks` entries shaped like the workers' tasks, then drains it with
 /// `processes` bare workers reading `count` at a time.
-pub async fn run(target: &Target, processes: usize, count: usize, tasks: u64, payload_bytes: usize) -> Result<BareFleetResult> {
+pub async fn run(
+    target: &Target,
+    processes: usize,
+    count: usize,
+    tasks: u64,
+    payload_bytes: usize,
+) -> Result<BareFleetResult> {
     let mut conn = target.conn.clone();
     crate::ceiling::create(&mut conn, STREAM, GROUP).await?;
-    redis::cmd("DEL").arg(READY).arg(GO).query_async::<()>(&mut conn).await?;
+    redis::cmd("DEL")
+        .arg(READY)
+        .arg(GO)
+        .query_async::<()>(&mut conn)
+        .await?;
     crate::ceiling::fill(&mut conn, STREAM, tasks, 1000, payload_bytes).await?;
     let mut args: Vec<std::ffi::OsString> = vec![
         "bare-worker".into(),
@@ -96,7 +106,12 @@ pub async fn run(target: &Target, processes: usize, count: usize, tasks: u64, pa
     let outputs = fleet.stop(Duration::from_secs(120)).await?;
     // The processes have exited: their CPU is in the reports, not in /proc any more.
     let cpu = outputs.iter().map(|o| o.cpu_s).sum::<f64>() - cpu;
-    redis::cmd("DEL").arg(STREAM).arg(READY).arg(GO).query_async::<()>(&mut conn).await?;
+    redis::cmd("DEL")
+        .arg(STREAM)
+        .arg(READY)
+        .arg(GO)
+        .query_async::<()>(&mut conn)
+        .await?;
     let drained: u64 = outputs.iter().map(|o| o.started).sum();
     if drained != tasks {
         bail!("the bare fleet drained {drained} of {tasks} entries");

@@ -775,7 +775,8 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             r.many_workers.push(d);
             // The same backlog through as many bare-loop processes: what this machine allows
             // that many processes, so the ratio above can be read against it.
-            let b = crate::bare_fleet::run(target, workers, plan.many_concurrency, plan.many_tasks, BASE_PAYLOAD).await?;
+            let b =
+                crate::bare_fleet::run(target, workers, plan.many_concurrency, plan.many_tasks, BASE_PAYLOAD).await?;
             progress(format_args!(
                 "many-w  {workers:>3} bare processes x {}: {:>9.0} entries/s (Rivulet {:.0} % of it); client {:.2} µs CPU/entry",
                 b.count,

@@ -12,7 +12,10 @@
 //! every try).
 //!
 //! It takes whatever outcomes are waiting (up to `MAX_BATCH`), so under load one round trip
-//! settles many tasks and when idle a single outcome goes out at once. A batch that fails
+//! settles many tasks and when idle a single outcome goes out at once. While a batch is in
+//! flight and a whole next one waits, the fetchers read nothing more ([`Unsettled`]): handlers
+//! faster than the settles would otherwise grow its queue without bound, and a long queue
+//! makes every batch dearer. A batch that fails
 //! (Redis away) is retried with backoff: outcomes are never dropped while the worker runs.
 //! Once the worker drains, every call and every wait is bounded by the drain's one deadline
 //! (`Shared::drain_deadline`): an outcome not written by then is given up, and its task stays
@@ -20,7 +23,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outage, Outcome, Shared, WorkerCounters};
@@ -30,6 +35,47 @@ use crate::durability::Durability;
 
 /// Most outcomes per script call: Lua's `unpack` takes at most a few thousand values.
 const MAX_BATCH: usize = 1000;
+
+/// Outcomes sent to the acker and not yet settled (or given up), and the wait of fetchers for
+/// the acker to catch up: while one batch is in flight and a whole next one waits
+/// ([`Unsettled::CAP`]), reading more would only lengthen its queue, and with it the stretch
+/// of the pending list each batch's `XPENDING` fence scans and the entries `settle.lua` must
+/// `XDEL` one by one (docs/benchmarks.md, "The fold and the acker's queue").
+#[derive(Debug, Default)]
+pub(super) struct Unsettled {
+    count: AtomicUsize,
+    settled: Notify,
+}
+
+impl Unsettled {
+    /// One batch in flight, one waiting.
+    pub(super) const CAP: usize = 2 * MAX_BATCH;
+
+    /// An outcome is on its way to the acker.
+    pub(super) fn sent(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` outcomes are settled, given up or never arrived: fetchers waiting may read again.
+    pub(super) fn done(&self, n: usize) {
+        self.count.fetch_sub(n, Ordering::Relaxed);
+        self.settled.notify_waiters();
+    }
+
+    /// Returns once fewer than [`Self::CAP`] outcomes wait for the acker.
+    pub(super) async fn below_cap(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a `done` between the two is not missed.
+            settled.as_mut().enable();
+            if self.count.load(Ordering::Relaxed) < Self::CAP {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
 
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>, stop: CancellationToken) {
     let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
@@ -87,10 +133,18 @@ async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
     }
 }
 
+/// Settles (or, past the drain's deadline, gives up) a batch, then lets fetchers waiting for
+/// the acker to catch up read again (`Shared::unsettled`).
 async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
     if batch.is_empty() {
         return;
     }
+    let n = batch.len();
+    settle(shared, batch).await;
+    shared.unsettled.done(n);
+}
+
+async fn settle(shared: &Shared, batch: &mut Vec<Outcome>) {
     batch.sort_by_key(|o| o.lane);
     let mut outage = Outage::new(shared);
     loop {
@@ -265,4 +319,38 @@ fn give_up(batch: &mut Vec<Outcome>, error: &str) {
         "giving up settling within the drain budget; these tasks stay pending and will be reclaimed after the lease"
     );
     batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn fetchers_wait_while_two_batches_are_unsettled_and_go_on_when_one_is_written() {
+        let u = std::sync::Arc::new(Unsettled::default());
+        for _ in 0..Unsettled::CAP - 1 {
+            u.sent();
+        }
+        // Below the cap: no wait.
+        tokio::time::timeout(Duration::from_secs(5), u.below_cap())
+            .await
+            .unwrap();
+        u.sent();
+        let waiter = tokio::spawn({
+            let u = u.clone();
+            async move { u.below_cap().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a fetcher read on with two whole batches unsettled"
+        );
+        u.done(MAX_BATCH);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -67,6 +67,11 @@ pub(super) async fn run(
     let fetchers = shared.config.fetchers.min(shared.config.concurrency);
     let share = shared.config.concurrency.div_ceil(fetchers);
     loop {
+        // While the acker is behind, reading more would only lengthen its queue.
+        tokio::select! {
+            () = quiet.cancelled() => return,
+            () = shared.unsettled.below_cap() => {}
+        }
         // Wait for a free slot first: reading without one would park tasks in this process.
         let mut held = tokio::select! {
             () = quiet.cancelled() => return,

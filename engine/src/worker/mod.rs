@@ -268,6 +268,8 @@ struct Shared {
     /// The long-lived tasks handlers run on.
     runners: Arc<runners::Runners>,
     outcomes: mpsc::UnboundedSender<Outcome>,
+    /// Outcomes on their way to the acker: fetchers wait while it is behind.
+    unsettled: acker::Unsettled,
     /// Cancels handlers still running when the drain deadline passes.
     abort: CancellationToken,
     counters: Arc<WorkerCounters>,
@@ -438,7 +440,9 @@ impl Shared {
             settle,
             track,
         };
+        self.unsettled.sent();
         if self.outcomes.send(outcome).is_err() {
+            self.unsettled.done(1);
             tracing::error!(worker = %self.id, "outcome after the acker stopped; the task stays pending and will be reclaimed");
         }
     }
@@ -641,6 +645,7 @@ impl Worker {
             conn,
             runners,
             outcomes: tx,
+            unsettled: acker::Unsettled::default(),
             abort: CancellationToken::new(),
             counters,
             metrics,
