@@ -253,27 +253,23 @@ impl RunResult {
                 put(format!("{k}.bare_client_cpu_us"), b.client_cpu_us_per_entry);
             }
         }
-        if let (Some(few), Some(most)) = (
-            self.many_workers.iter().min_by_key(|d| d.workers),
-            self.many_workers.iter().max_by_key(|d| d.workers),
-        ) && most.workers > few.workers
-        {
-            put(
-                "many_workers.ratio".into(),
-                most.tasks_per_s / few.tasks_per_s.max(1e-9),
-            );
+        let rates = self.many_workers.iter().map(|d| (d.workers, d.tasks_per_s));
+        if let Some(r) = most_over_fewest(rates) {
+            put("many_workers.ratio".into(), r);
         }
-        if let (Some(few), Some(most)) = (
-            self.many_workers_bare.iter().min_by_key(|b| b.processes),
-            self.many_workers_bare.iter().max_by_key(|b| b.processes),
-        ) && most.processes > few.processes
-        {
-            put(
-                "many_workers.bare_ratio".into(),
-                most.drain_per_s / few.drain_per_s.max(1e-9),
-            );
+        let bare = self.many_workers_bare.iter().map(|b| (b.processes, b.drain_per_s));
+        if let Some(r) = most_over_fewest(bare) {
+            put("many_workers.bare_ratio".into(), r);
         }
     }
+}
+
+/// The rate of the most processes over that of the fewest, of `(processes, rate)` pairs
+/// (none unless at least two counts ran).
+fn most_over_fewest(rates: impl Iterator<Item = (usize, f64)> + Clone) -> Option<f64> {
+    let few = rates.clone().min_by_key(|(n, _)| *n)?;
+    let most = rates.max_by_key(|(n, _)| *n)?;
+    (most.0 > few.0).then(|| most.1 / few.1.max(1e-9))
 }
 
 /// Minimum, median and maximum of handlers started per process (all 0 for none).

@@ -156,23 +156,12 @@ fn bench_scale_scenarios_run_and_report() {
         .collect();
     assert_eq!(counts, [(1, false), (1, true), (20, true)]);
     for d in many_queues {
-        let started: u64 = d["per_process_started"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .sum();
-        assert_eq!(started, 1200, "{d}");
+        assert_eq!(u64s(&d["per_process_started"]).iter().sum::<u64>(), 1200, "{d}");
     }
 
     let many_workers = run["many_workers"].as_array().unwrap();
     for (d, workers) in many_workers.iter().zip([1, 3]) {
-        let per: Vec<u64> = d["per_process_started"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect();
+        let per = u64s(&d["per_process_started"]);
         assert_eq!(per.len(), workers, "{d}");
         assert_eq!(per.iter().sum::<u64>(), 1200, "{d}");
     }
@@ -181,12 +170,7 @@ fn bench_scale_scenarios_run_and_report() {
     let bare = run["many_workers_bare"].as_array().unwrap();
     for (b, processes) in bare.iter().zip([1, 3]) {
         assert_eq!(b["processes"], processes, "{b}");
-        let per: Vec<u64> = b["per_process"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect();
+        let per = u64s(&b["per_process"]);
         assert_eq!((per.len(), per.iter().sum::<u64>()), (processes, 1200), "{b}");
         assert!(b["drain_per_s"].as_f64().unwrap() > 0.0, "{b}");
         assert!(b["client_cpu_us_per_entry"].as_f64().unwrap() > 0.0, "{b}");
@@ -204,6 +188,11 @@ fn bench_scale_scenarios_run_and_report() {
     ] {
         assert!(summary[key]["median"].as_f64().is_some(), "no {key} in the summary");
     }
+}
+
+/// A JSON array of counts.
+fn u64s(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect()
 }
 
 /// Flags no run can honour are bad usage: exit 2 before any server starts, naming the flag.
