@@ -3,8 +3,8 @@
 //! subcommand) loop over the bare ceiling's round trip on one stream (`XACK` + `XDEL` of the
 //! last batch and `XREADGROUP COUNT <slots>` of the next, pipelined: `ceiling::ack_and_read`)
 //! with a worker's batch, and stop at their first empty read. They start together: each
-//! `INCR`s a ready counter and waits on `BLPOP` of a go list that the parent fills once all
-//! are ready, as the many-workers drain resumes its paused queues only once every worker has
+//! pushes to a ready list and waits on `BLPOP` of a go list that the parent fills once it has
+//! popped every ready, as the many-workers drain resumes its paused queues only once every worker has
 //! registered, so neither measures the processes' start-up.
 //!
 //! If 64 bare processes drain less than 4 do, so does anything on this machine: what the
@@ -84,18 +84,16 @@ pub async fn run(
         args.extend(["--tls-ca-file".into(), ca.clone().into()]);
     }
     let fleet = Fleet::start(&args, processes)?;
+    // Each process pushes once to the ready list when connected: wait for all of them, on a
+    // connection of its own (a blocking pop would hold up anything else on the shared one).
     let limit = Duration::from_secs(30) + Duration::from_millis(500) * processes as u32;
-    let t0 = Instant::now();
-    loop {
-        let ready: Option<u64> = redis::cmd("GET").arg(READY).query_async(&mut conn).await?;
-        if ready.unwrap_or(0) >= processes as u64 {
-            break;
-        }
-        if t0.elapsed() > limit {
+    let mut ready = target.node_connection().await?;
+    let deadline = Instant::now() + limit;
+    for _ in 0..processes {
+        if !pop(&mut ready, READY, deadline).await? {
             drop(fleet);
             bail!("{processes} bare workers were not all ready within {limit:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = fleet.cpu_s();
     redis::cmd("RPUSH")
@@ -126,6 +124,22 @@ pub async fn run(
     })
 }
 
+/// Pops one element of `list`, blocking until `deadline`; false if none came by then. Each
+/// `BLPOP` waits at most 10 s, well within the connection's response timeout.
+async fn pop(conn: &mut impl redis::aio::ConnectionLike, list: &str, deadline: Instant) -> Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let wait = left.min(Duration::from_secs(10)).as_secs_f64().max(0.01);
+        let got: Option<(String, String)> = redis::cmd("BLPOP").arg(list).arg(wait).query_async(conn).await?;
+        if got.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
 /// One bare worker process: waits for the go, drains until a read comes back empty, then
 /// prints its [`WorkerOutput`] (`started`: entries acknowledged; first and last start: the
 /// first and last non-empty read).
@@ -139,13 +153,12 @@ pub async fn worker(args: BareWorkerArgs) -> Result<()> {
         .await
         .context("connecting the bare worker")?;
     let consumer = format!("bare-{}", std::process::id());
-    let _: u64 = redis::cmd("INCR").arg(READY).query_async(&mut conn).await?;
-    let go: Option<(String, String)> = redis::cmd("BLPOP")
-        .arg(GO)
-        .arg(START_WAIT.as_secs_f64())
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(READY)
+        .arg("ready")
         .query_async(&mut conn)
         .await?;
-    if go.is_none() {
+    if !pop(&mut conn, GO, Instant::now() + START_WAIT).await? {
         bail!("no go within {START_WAIT:?}");
     }
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);

@@ -269,8 +269,8 @@ fn note_empty(shared: &Shared, empty: &mut [bool], lanes: &[usize], got: &[(usiz
     for &lane in lanes {
         empty[shared.lanes[lane].rank] = true;
     }
-    for (lane, _) in got {
-        empty[shared.lanes[*lane].rank] = false;
+    for group in got.chunk_by(|a, b| a.0 == b.0) {
+        empty[shared.lanes[group[0].0].rank] = false;
     }
 }
 
