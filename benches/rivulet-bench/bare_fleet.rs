@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::fleet::Fleet;
-use crate::target::{Target, conn_config};
+use crate::target::{Target, Usage, Window, conn_config};
 use crate::worker::WorkerOutput;
 
 const STREAM: &str = "rivulet-bench:{barefleet}:stream";
@@ -50,6 +50,8 @@ pub struct BareFleetResult {
     pub tasks: u64,
     /// Entries / (last non-empty read - first), over every process.
     pub drain_per_s: f64,
+    /// Redis CPU and commands per entry from the go to the last process's exit.
+    pub drain_redis: Usage,
     /// CPU (user + system) of the bare processes per entry.
     pub client_cpu_us_per_entry: f64,
     /// Entries each process acknowledged, in start order.
@@ -96,12 +98,14 @@ pub async fn run(
         }
     }
     let cpu = fleet.cpu_s();
+    let before = target.snapshot().await?;
     redis::cmd("RPUSH")
         .arg(GO)
         .arg(vec!["go"; processes])
         .query_async::<()>(&mut conn)
         .await?;
     let outputs = fleet.stop(Duration::from_secs(120)).await?;
+    let after = target.snapshot().await?;
     // The processes have exited: their CPU is in the reports, not in /proc any more.
     let cpu = outputs.iter().map(|o| o.cpu_s).sum::<f64>() - cpu;
     redis::cmd("DEL")
@@ -119,6 +123,7 @@ pub async fn run(
         count,
         tasks,
         drain_per_s: tasks as f64 / crate::worker::span_s(&outputs),
+        drain_redis: before.usage(&after, tasks, Window::Consume, true),
         client_cpu_us_per_entry: cpu.max(0.0) * 1e6 / tasks.max(1) as f64,
         per_process: outputs.iter().map(|o| o.started).collect(),
     })

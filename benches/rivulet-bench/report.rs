@@ -251,6 +251,8 @@ impl RunResult {
                 put(format!("{k}.bare_per_s"), b.drain_per_s);
                 put(format!("{k}.vs_bare"), d.tasks_per_s / b.drain_per_s.max(1e-9));
                 put(format!("{k}.bare_client_cpu_us"), b.client_cpu_us_per_entry);
+                put(format!("{k}.bare_redis_cpu_us"), b.drain_redis.cpu_us_per_task);
+                put(format!("{k}.bare_cmds"), b.drain_redis.commands_per_task);
             }
         }
         let rates = self.many_workers.iter().map(|d| (d.workers, d.tasks_per_s));

@@ -778,10 +778,12 @@ async fn one_run(target: &Target, args: &RunArgs, plan: &Plan, deadline: Instant
             let b =
                 crate::bare_fleet::run(target, workers, plan.many_concurrency, plan.many_tasks, BASE_PAYLOAD).await?;
             progress(format_args!(
-                "many-w  {workers:>3} bare processes x {}: {:>9.0} entries/s (Rivulet {:.0} % of it); client {:.2} µs CPU/entry",
+                "many-w  {workers:>3} bare processes x {}: {:>9.0} entries/s (Rivulet {:.0} % of it); redis {:.2} µs, {:.3} cmds/entry; client {:.2} µs CPU/entry",
                 b.count,
                 b.drain_per_s,
                 100.0 * rivulet_per_s / b.drain_per_s.max(1e-9),
+                b.drain_redis.cpu_us_per_task,
+                b.drain_redis.commands_per_task,
                 b.client_cpu_us_per_entry,
             ));
             r.many_workers_bare.push(b);

@@ -174,6 +174,8 @@ fn bench_scale_scenarios_run_and_report() {
         assert_eq!((per.len(), per.iter().sum::<u64>()), (processes, 1200), "{b}");
         assert!(b["drain_per_s"].as_f64().unwrap() > 0.0, "{b}");
         assert!(b["client_cpu_us_per_entry"].as_f64().unwrap() > 0.0, "{b}");
+        // Its Redis cost: at least the read, ack and delete of each batch.
+        assert!(b["drain_redis"]["commands_per_task"].as_f64().unwrap() > 0.0, "{b}");
     }
     assert_eq!(bare.len(), 2);
     assert!(stdout.contains("bare fleet entries/s"), "stdout:\n{stdout}");
