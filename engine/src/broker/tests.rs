@@ -459,12 +459,12 @@ fn stream_ids_order_by_number_not_text() {
 
 #[test]
 fn stream_ids_parse_and_write_back_unchanged() {
-    for text in ["0-0", "1700000000000-3", "18446744073709551615-18446744073709551615"] {
+    for text in ["0-0", "9-10", "1700000000000-3", "18446744073709551615-18446744073709551615"] {
         let parsed = StreamId::parse(text).unwrap();
         assert_eq!(parsed.to_string(), text);
         assert_eq!(parsed.to_redis_args(), vec![text.as_bytes().to_vec()]);
     }
-    for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "18446744073709551616-0"] {
+    for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "18446744073709551616-0", "+1-2", "1-+2", " 1-2"] {
         assert_eq!(StreamId::parse(bad), None, "{bad:?}");
     }
 }

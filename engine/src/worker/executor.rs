@@ -9,7 +9,9 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -133,15 +135,19 @@ pub(super) async fn execute(shared: &Arc<Shared>, lane_idx: usize, entry_id: Str
         );
     }
     let began = std::time::Instant::now();
-    let result = tokio::select! {
-        biased;
-        // Past the drain deadline: drop the handler; the entry stays held and is requeued.
-        () = shared.abort.cancelled() => {
-            tracker::finished(shared, lane_idx, &task_id);
-            release(shared, hold, began.elapsed()).await;
-            return;
-        }
-        r = run_cancellable(fut, timeout, &control, shared.config.cancel_grace) => r,
+    let mut run = std::pin::pin!(guarded(fut, timeout));
+    let result = match first_poll(shared, run.as_mut()).await {
+        Some(r) => r,
+        None => tokio::select! {
+            biased;
+            // Past the drain deadline: drop the handler; the entry stays held and is requeued.
+            () = shared.abort.cancelled() => {
+                tracker::finished(shared, lane_idx, &task_id);
+                release(shared, hold, began.elapsed()).await;
+                return;
+            }
+            r = run_cancellable(run, &control, shared.config.cancel_grace) => r,
+        },
     };
     // Read once (the clock is a measurable share of a no-op task's cost).
     let run_time = began.elapsed();
@@ -235,18 +241,36 @@ pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEn
     shared.settle_tracked(lane_idx, entry.id, settle, track);
 }
 
-/// Runs a handler; once it is cancelled, gives it `grace` to stop before dropping it.
-async fn run_cancellable(
-    fut: HandlerFuture,
-    timeout: Option<Duration>,
+/// The handler's first poll, before any waiting is set up: a handler done in it (most short
+/// tasks are) never joins the waiter lists of the drain's abort token and of its own cancel,
+/// each a lock to join and another to leave, the abort's shared by every task of the worker.
+/// `None` when it is not done yet, or when the drain's abort came first (the handler is then
+/// not polled at all, as before: the caller's biased `select!` takes the abort).
+async fn first_poll<F: Future>(shared: &Shared, run: Pin<&mut F>) -> Option<F::Output> {
+    if shared.abort.is_cancelled() {
+        return None;
+    }
+    let mut run = Some(run);
+    std::future::poll_fn(|cx| {
+        let run = run.take().expect("polled once");
+        Poll::Ready(match run.poll(cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Runs a handler (polled once already); once it is cancelled, gives it `grace` to stop
+/// before dropping it.
+async fn run_cancellable<F: Future<Output = Result<TaskOutput, Failure>>>(
+    mut run: Pin<&mut F>,
     control: &TaskControl,
     grace: Duration,
 ) -> Result<TaskOutput, Failure> {
-    let run = guarded(fut, timeout);
-    tokio::pin!(run);
     tokio::select! {
-        r = &mut run => r,
-        () = control.cancelled() => match tokio::time::timeout(grace, &mut run).await {
+        r = run.as_mut() => r,
+        () = control.cancelled() => match tokio::time::timeout(grace, run).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Cancelled),
         },
