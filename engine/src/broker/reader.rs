@@ -1,4 +1,4 @@
-//! The fetchers' connection ([`FetchConnection`]): on one node reached over TCP or a Unix
+//! The fetchers' connection ([`DedicatedConnection`]): on one node reached over TCP or a Unix
 //! socket, a link of its own that sends `XREADGROUP` and decodes the reply straight into
 //! [`StreamEntry`]s; on a Cluster, behind Sentinel or over TLS, a redis-rs connection like
 //! every other.
@@ -32,13 +32,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::settle::{self, AckCommand};
 use super::target::RedisConnection;
 use super::{StreamEntry, StreamId, stream};
 use crate::error::{Error, Result};
+use crate::keys::ShardKeys;
 
 /// A fetcher's connection: its own reader on one node over TCP or a Unix socket, a redis-rs
 /// connection otherwise (see the module docs).
-pub struct FetchConnection {
+pub struct DedicatedConnection {
     inner: Inner,
 }
 
@@ -47,24 +49,24 @@ enum Inner {
     Shared(RedisConnection),
 }
 
-impl std::fmt::Debug for FetchConnection {
+impl std::fmt::Debug for DedicatedConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.inner {
-            Inner::Raw(_) => "FetchConnection::Raw",
-            Inner::Shared(_) => "FetchConnection::Shared",
+            Inner::Raw(_) => "DedicatedConnection::Raw",
+            Inner::Shared(_) => "DedicatedConnection::Shared",
         })
     }
 }
 
-impl From<RedisConnection> for FetchConnection {
+impl From<RedisConnection> for DedicatedConnection {
     fn from(conn: RedisConnection) -> Self {
-        FetchConnection {
+        DedicatedConnection {
             inner: Inner::Shared(conn),
         }
     }
 }
 
-impl FetchConnection {
+impl DedicatedConnection {
     /// The engine's own reader for `info`'s node, when it can reach it (plain TCP or a Unix
     /// socket); `None` for TLS, which takes a redis-rs connection. Connects lazily, at the
     /// first call.
@@ -75,7 +77,7 @@ impl FetchConnection {
             _ => return None,
         };
         let s = info.redis_settings();
-        Some(FetchConnection {
+        Some(DedicatedConnection {
             inner: Inner::Raw(Box::new(RawReader {
                 addr,
                 username: s.username().map(str::to_owned),
@@ -133,6 +135,155 @@ impl FetchConnection {
             .call(redis::cmd("CLIENT").arg("ID"), |frame, _| value(frame))
             .await?;
         redis::from_redis_value(v).map_err(|e| Error::protocol(format!("CLIENT ID: {e}")))
+    }
+}
+
+impl DedicatedConnection {
+    /// [`settle::ack_fresh`] for several shards (ids of one shard each; none may be empty),
+    /// in one round trip: the shards' transactions side by side, then one more for the stale
+    /// acks' counters when there are any. Returns each shard's stale acks, in order. Every
+    /// transaction is applied or the first error is returned; a batch retried after one is
+    /// idempotent (its second acks count as stale, as on the redis-rs path).
+    ///
+    /// On the engine's own link the replies are read without redis-rs: `XACKDEL` answers a
+    /// status per id, and redis-rs's parser built a `Value` for each, about a tenth of a
+    /// draining worker's CPU (docs/benchmarks.md). On a redis-rs connection the shards'
+    /// transactions go out side by side through [`settle::ack_fresh`].
+    pub(crate) async fn ack_fresh(
+        &mut self,
+        shards: &[(&ShardKeys, &[StreamId])],
+        how: AckCommand,
+    ) -> Result<Vec<u64>> {
+        debug_assert!(shards.iter().all(|(_, ids)| !ids.is_empty()));
+        let raw = match &mut self.inner {
+            Inner::Shared(conn) => {
+                let calls = shards.iter().map(|(keys, ids)| {
+                    let mut conn = conn.clone();
+                    async move { settle::ack_fresh(&mut conn, keys, ids, how).await }
+                });
+                return futures_util::future::join_all(calls).await.into_iter().collect();
+            }
+            Inner::Raw(raw) => raw,
+        };
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipes: Vec<redis::Pipeline> = shards
+            .iter()
+            .map(|(keys, ids)| settle::ack_fresh_pipe(keys, ids, how, true))
+            .collect();
+        // MULTI, each command's QUEUED, and EXEC's array: the reply to each transaction.
+        let replies = pipes.iter().map(|p| p.len() + 2).sum();
+        let acked = raw
+            .call_with(
+                |out| {
+                    pipes
+                        .iter()
+                        .for_each(|p| out.extend_from_slice(&p.get_packed_pipeline()))
+                },
+                replies,
+                |frame, _| decode_acks(frame, &pipes),
+            )
+            .await?;
+        let stale: Vec<u64> = shards
+            .iter()
+            .zip(acked)
+            .map(|((_, ids), acked)| (ids.len() as u64).saturating_sub(acked))
+            .collect();
+        let fixes: Vec<redis::Pipeline> = shards
+            .iter()
+            .zip(&stale)
+            .filter(|(_, n)| **n > 0)
+            .map(|((keys, _), n)| settle::stale_acks_pipe(keys, *n))
+            .collect();
+        if !fixes.is_empty() {
+            let replies = fixes.iter().map(redis::Pipeline::len).sum();
+            raw.call_with(
+                |out| {
+                    fixes
+                        .iter()
+                        .for_each(|p| out.extend_from_slice(&p.get_packed_pipeline()))
+                },
+                replies,
+                |frame, _| {
+                    let mut c = Cursor { buf: frame, pos: 0 };
+                    for _ in 0..replies {
+                        c.simple()?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(stale)
+    }
+}
+
+/// The replies to [`settle::ack_fresh_pipe`]'s transactions, one per pipe: how many ids each
+/// acknowledged (`XACKDEL`'s statuses 1 and 2, or `XACK`'s count). A server error anywhere
+/// (a command refused when queued, one failing in `EXEC`) is returned as redis-rs would give
+/// it, the first one first.
+fn decode_acks(frame: &[u8], pipes: &[redis::Pipeline]) -> Result<Vec<u64>> {
+    let mut c = Cursor { buf: frame, pos: 0 };
+    let mut acked = Vec::with_capacity(pipes.len());
+    let mut failed = None;
+    for pipe in pipes {
+        // MULTI's OK, then QUEUED or the refusal of each command.
+        for _ in 0..=pipe.len() {
+            if let Err(e) = c.simple() {
+                failed.get_or_insert(e);
+            }
+        }
+        let start = c.pos;
+        let (kind, n) = c.line()?;
+        match kind {
+            b'*' if number(n)? == pipe.len() as i64 => {}
+            b'-' => {
+                failed.get_or_insert(
+                    value(&frame[start..c.pos])
+                        .err()
+                        .unwrap_or_else(|| Error::protocol("error reply")),
+                );
+                continue;
+            }
+            _ => return Err(Error::protocol("EXEC reply is not one reply per command")),
+        }
+        // The first command's reply: XACKDEL's statuses or XACK's count.
+        let start = c.pos;
+        let n = match c.line()? {
+            (b'*', len) => {
+                let mut n = 0;
+                for _ in 0..number(len)? {
+                    if matches!(c.simple()?, 1 | 2) {
+                        n += 1;
+                    }
+                }
+                n
+            }
+            (b':', n) => u64::try_from(number(n)?).map_err(|_| Error::protocol("negative XACK count"))?,
+            (b'-', _) => {
+                failed.get_or_insert(
+                    value(&frame[start..c.pos])
+                        .err()
+                        .unwrap_or_else(|| Error::protocol("error reply")),
+                );
+                0
+            }
+            _ => return Err(Error::protocol("unexpected XACKDEL / XACK reply")),
+        };
+        for _ in 1..pipe.len() {
+            if let Err(e) = c.simple() {
+                failed.get_or_insert(e);
+            }
+        }
+        acked.push(n);
+    }
+    if c.pos != frame.len() {
+        return Err(Error::protocol("acks' replies longer than their contents"));
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(acked),
     }
 }
 
@@ -199,11 +350,22 @@ impl RawReader {
     /// call is in flight, so a call dropped before its reply was read leaves no link behind
     /// whose next reply would be that late one.
     async fn call<T>(&mut self, cmd: &redis::Cmd, decode: impl FnOnce(&[u8], &mut Arena) -> Result<T>) -> Result<T> {
+        self.call_with(|out| cmd.write_packed_command(out), 1, decode).await
+    }
+
+    /// [`call`](Self::call) for what `pack` writes, which `replies` replies answer: `decode`
+    /// gets them side by side.
+    async fn call_with<T>(
+        &mut self,
+        pack: impl FnOnce(&mut Vec<u8>),
+        replies: usize,
+        decode: impl FnOnce(&[u8], &mut Arena) -> Result<T>,
+    ) -> Result<T> {
         let mut io = match self.io.take() {
             Some(io) => io,
             None => self.connect().await?,
         };
-        let end = match tokio::time::timeout(self.response_timeout, io.request(cmd)).await {
+        let end = match tokio::time::timeout(self.response_timeout, io.request(pack, replies)).await {
             Ok(end) => end?,
             Err(_) => {
                 return Err(io_error(
@@ -265,19 +427,27 @@ impl RawReader {
 }
 
 impl Io {
-    /// Writes one command and reads until its reply is whole; returns the reply's length
-    /// (the reply is `buf[..len]`).
-    async fn request(&mut self, cmd: &redis::Cmd) -> Result<usize> {
+    /// Writes what `pack` packs and reads until its `replies` replies are whole; returns their
+    /// length (the replies are `buf[..len]`).
+    async fn request(&mut self, pack: impl FnOnce(&mut Vec<u8>), replies: usize) -> Result<usize> {
         if !self.buf.is_empty() {
             return Err(Error::protocol("bytes from the server that no command asked for"));
         }
         self.out.clear();
-        cmd.write_packed_command(&mut self.out);
+        pack(&mut self.out);
         self.sock.write_all(&self.out).await.map_err(redis::RedisError::from)?;
         let mut scan = Scan::default();
+        let mut left = replies;
         loop {
-            if let Some(end) = scan.advance(&self.buf)? {
-                return Ok(end);
+            while let Some(end) = scan.advance(&self.buf)? {
+                left -= 1;
+                if left == 0 {
+                    return Ok(end);
+                }
+                scan = Scan {
+                    pos: end,
+                    ..Scan::default()
+                };
             }
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(self.buf.len().max(64 * 1024));
@@ -299,7 +469,7 @@ impl Io {
 
     /// One setup command (`AUTH`, `SELECT`) that answers `+OK`.
     async fn expect_ok(&mut self, cmd: &redis::Cmd) -> Result<()> {
-        let end = self.request(cmd).await?;
+        let end = self.request(|out| cmd.write_packed_command(out), 1).await?;
         let v = value(&self.buf[..end]);
         consume(&mut self.buf, end);
         v.map(drop)
@@ -429,6 +599,23 @@ impl<'a> Cursor<'a> {
             .ok_or_else(|| Error::protocol("malformed reply line"))
     }
 
+    /// A status or an integer reply (`+OK`, `+QUEUED`, `:1`): the integer, 0 for a status; a
+    /// server's error reply as its `RedisError`.
+    fn simple(&mut self) -> Result<i64> {
+        let start = self.pos;
+        match self.line()? {
+            (b'+', _) => Ok(0),
+            (b':', n) => number(n),
+            (b'-', _) => Err(value(&self.buf[start..self.pos])
+                .err()
+                .unwrap_or_else(|| Error::protocol("error reply"))),
+            (k, _) => Err(Error::protocol(format!(
+                "expected a status or an integer, got {:?}",
+                k as char
+            ))),
+        }
+    }
+
     /// An array's length; `None` for a nil array.
     fn array(&mut self) -> Result<Option<usize>> {
         match self.line()? {
@@ -546,6 +733,41 @@ mod tests {
     }
 
     #[test]
+    fn ack_transactions_count_acked_ids_and_give_the_first_server_error() {
+        let keys = crate::keys::Queue::new("q").unwrap().shard("normal", 0);
+        let ids = [
+            StreamId { ms: 1, seq: 0 },
+            StreamId { ms: 2, seq: 0 },
+            StreamId { ms: 3, seq: 0 },
+        ];
+        let pipe = |how| settle::ack_fresh_pipe(&keys, &ids, how, true);
+        let (del, then) = (pipe(AckCommand::AckDel), pipe(AckCommand::AckThenDel));
+        // XACKDEL: 1 and 2 acked (2: deleted elsewhere), -1 not pending; XACK: a count.
+        let frame = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*3\r\n:1\r\n:-1\r\n:2\r\n:5\r\n\
+                      +OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n:3\r\n:3\r\n:8\r\n";
+        assert_eq!(decode_acks(frame, &[del.clone(), then.clone()]).unwrap(), [2, 3]);
+        // Refused when queued (an ACL without XACKDEL): that error, not EXECABORT's.
+        let frame = b"+OK\r\n-NOPERM User has no permissions to run the 'xackdel' command\r\n+QUEUED\r\n\
+                      -EXECABORT Transaction discarded because of previous errors.\r\n";
+        let e = decode_acks(frame, std::slice::from_ref(&del)).unwrap_err();
+        assert!(matches!(&e, Error::Redis(r) if r.code() == Some("NOPERM")), "{e}");
+        // Failing inside EXEC.
+        let frame = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:1\r\n";
+        let e = decode_acks(frame, std::slice::from_ref(&del)).unwrap_err();
+        assert!(matches!(&e, Error::Redis(r) if r.code() == Some("WRONGTYPE")), "{e}");
+        // Not what the transaction answers.
+        for bad in [
+            &b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n:1\r\n:1\r\n:1\r\n"[..],
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nx\r\n:1\r\n",
+        ] {
+            assert!(matches!(
+                decode_acks(bad, std::slice::from_ref(&del)),
+                Err(Error::Protocol(_))
+            ));
+        }
+    }
+
+    #[test]
     fn malformed_replies_are_protocol_errors() {
         for bad in [
             &b"?\r\n"[..],
@@ -630,10 +852,10 @@ mod tests {
             .unwrap()
     }
 
-    async fn own(url: &str) -> FetchConnection {
+    async fn own(url: &str) -> DedicatedConnection {
         let conn = super::super::RedisTarget::parse(url)
             .unwrap()
-            .open_fetch(Duration::from_secs(5))
+            .open_dedicated(Duration::from_secs(5))
             .await
             .unwrap();
         assert!(conn.is_raw(), "a plain single-node URL gets the engine's own reader");
@@ -779,7 +1001,7 @@ mod tests {
 
     /// Writes two entries through redis-rs at `url` and reads them back through the engine's
     /// own reader: the reader and the stream, for more.
-    async fn reads_back(url: &str) -> (FetchConnection, String) {
+    async fn reads_back(url: &str) -> (DedicatedConnection, String) {
         let mut conn = redis_rs(url).await;
         let stream = Queue::new("reader").unwrap().shard("normal", 0).stream;
         let wrote = fill(&mut conn, &stream, 2).await;
@@ -798,7 +1020,7 @@ mod tests {
         let bad = format!("redis://fetcher:wrong@127.0.0.1:{}/3", server.port());
         let e = super::super::RedisTarget::parse(&bad)
             .unwrap()
-            .open_fetch(Duration::from_secs(5))
+            .open_dedicated(Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(!e.to_string().contains("wrong"), "{e}");

@@ -248,8 +248,29 @@ pub async fn ack_fresh(conn: &mut RedisConnection, keys: &ShardKeys, ids: &[Stre
     if ids.is_empty() {
         return Ok(0);
     }
+    let (reply,): (Value,) = ack_fresh_pipe(keys, ids, how, !conn.is_cluster())
+        .query_async(conn)
+        .await?;
+    let acked = match reply {
+        // One status per id: 1 acknowledged and deleted, -1 not pending in the group.
+        Value::Array(codes) => codes.iter().filter(|c| matches!(c, Value::Int(1 | 2))).count() as u64,
+        Value::Int(n) => n as u64,
+        other => return Err(Error::protocol(format!("XACKDEL / XACK reply {other:?}"))),
+    };
+    let stale = (ids.len() as u64).saturating_sub(acked);
+    if stale > 0 {
+        stale_acks_pipe(keys, stale).query_async::<()>(conn).await?;
+    }
+    Ok(stale)
+}
+
+/// [`ack_fresh`]'s transaction (a plain pipeline when not `atomic`, on a Redis Cluster): its
+/// one reply not ignored is `XACKDEL`'s (a status per id: 1 or 2 acknowledged and deleted, -1
+/// not pending) or `XACK`'s (how many it acknowledged). The engine's own connection sends the
+/// same transaction and reads that reply without redis-rs (`reader::DedicatedConnection`).
+pub(crate) fn ack_fresh_pipe(keys: &ShardKeys, ids: &[StreamId], how: AckCommand, atomic: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    if !conn.is_cluster() {
+    if atomic {
         pipe.atomic();
     }
     match how {
@@ -267,25 +288,19 @@ pub async fn ack_fresh(conn: &mut RedisConnection, keys: &ShardKeys, ids: &[Stre
         }
     }
     pipe.cmd("HINCRBY").arg(&keys.stats).arg("done").arg(ids.len()).ignore();
-    let (reply,): (Value,) = pipe.query_async(conn).await?;
-    let acked = match reply {
-        // One status per id: 1 acknowledged and deleted, -1 not pending in the group.
-        Value::Array(codes) => codes.iter().filter(|c| matches!(c, Value::Int(1 | 2))).count() as u64,
-        Value::Int(n) => n as u64,
-        other => return Err(Error::protocol(format!("XACKDEL / XACK reply {other:?}"))),
-    };
-    let stale = (ids.len() as u64).saturating_sub(acked);
-    if stale > 0 {
-        let mut fix = redis::pipe();
-        fix.cmd("HINCRBY")
-            .arg(&keys.stats)
-            .arg("done")
-            .arg(-(stale as i64))
-            .ignore();
-        fix.cmd("HINCRBY").arg(&keys.stats).arg("fenced").arg(stale).ignore();
-        fix.query_async::<()>(conn).await?;
-    }
-    Ok(stale)
+    pipe
+}
+
+/// Moves `stale` acks of [`ack_fresh`] (entries no longer pending) from `done` to `fenced`.
+pub(crate) fn stale_acks_pipe(keys: &ShardKeys, stale: u64) -> redis::Pipeline {
+    let mut fix = redis::pipe();
+    fix.cmd("HINCRBY")
+        .arg(&keys.stats)
+        .arg("done")
+        .arg(-(stale as i64))
+        .ignore();
+    fix.cmd("HINCRBY").arg(&keys.stats).arg("fenced").arg(stale).ignore();
+    fix
 }
 
 /// settle.lua's invocation for untracked outcomes; `(lo, hi)` spans every entry id of the

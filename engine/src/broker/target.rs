@@ -233,14 +233,31 @@ impl RedisTarget {
     /// Opens a fetcher's connection (for blocking reads; see `reader`): on one node over TCP
     /// or a Unix socket the engine's own reader, connected now; otherwise a connection as
     /// [`open`](Self::open) makes. `response_timeout` must exceed any `BLOCK` issued on it.
-    pub(crate) async fn open_fetch(&self, response_timeout: Duration) -> Result<super::reader::FetchConnection> {
-        if let Kind::Single(client) = &self.kind
-            && let Some(mut conn) = super::reader::FetchConnection::raw(client.get_connection_info(), response_timeout)
-        {
-            conn.connect().await?;
-            return Ok(conn);
+    pub(crate) async fn open_dedicated(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<super::reader::DedicatedConnection> {
+        match self.open_raw(response_timeout).await? {
+            Some(conn) => Ok(conn),
+            None => Ok(self.open(Some(response_timeout)).await?.into()),
         }
-        Ok(self.open(Some(response_timeout)).await?.into())
+    }
+
+    /// The engine's own link (see `reader`), connected now: on one node over TCP or a Unix
+    /// socket; `None` on a Cluster, behind Sentinel or over TLS.
+    pub(crate) async fn open_raw(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<Option<super::reader::DedicatedConnection>> {
+        let Kind::Single(client) = &self.kind else {
+            return Ok(None);
+        };
+        let Some(mut conn) = super::reader::DedicatedConnection::raw(client.get_connection_info(), response_timeout)
+        else {
+            return Ok(None);
+        };
+        conn.connect().await?;
+        Ok(Some(conn))
     }
 }
 

@@ -145,7 +145,18 @@ async fn fresh_acks_delete_count_done_and_count_a_second_try_as_fenced_with_eith
         eprintln!("XACKDEL not tested: this server is {version:?}, XACKDEL needs Redis 8.2");
     }
     assert_eq!(AckCommand::for_version(version), *commands.last().unwrap());
-    for how in commands {
+    // Both ways of sending them: redis-rs's connection, and the engine's own link (the
+    // acker's on one node), whose replies are decoded by hand.
+    for (how, raw) in commands.into_iter().flat_map(|how| [(how, false), (how, true)]) {
+        let mut link = if raw {
+            let link = RedisTarget::from(server.client())
+                .open_raw(Duration::from_secs(5))
+                .await
+                .unwrap();
+            Some(link.expect("a plain single-node URL gets the engine's own link"))
+        } else {
+            None
+        };
         let (mut conn, keys, first) = setup(server).await;
         // Three more entries delivered to the same consumer, one left pending.
         let env = Envelope::new("k", Bytes::from_static(b"1"), Codec::Json);
@@ -159,33 +170,63 @@ async fn fresh_acks_delete_count_done_and_count_a_second_try_as_fenced_with_eith
             .chain(got.into_iter().map(|(_, e)| e.id))
             .collect();
         assert_eq!(ids.len(), 4);
-        assert_eq!(ack_fresh(&mut conn, &keys, &ids[..3], how).await.unwrap(), 0, "{how:?}");
-        assert_eq!(counter(&mut conn, &keys, "done").await, 3, "{how:?}");
+        assert_eq!(
+            ack(&mut conn, link.as_mut(), &keys, &ids[..3], how).await,
+            0,
+            "{how:?} raw {raw}"
+        );
+        assert_eq!(counter(&mut conn, &keys, "done").await, 3, "{how:?} raw {raw}");
         // Only the entry not acked is left, in the stream and pending.
         let len: u64 = redis::cmd("XLEN")
             .arg(&keys.stream)
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(len, 1, "{how:?}");
+        assert_eq!(len, 1, "{how:?} raw {raw}");
         assert_eq!(
             owned_ids(&mut conn, &keys, "stale", 10).await.unwrap(),
             [ids[3]],
-            "{how:?}"
+            "{how:?} raw {raw}"
         );
         // A second try of the same acks (its reply was lost) changes nothing but `fenced`:
         // `done` stays exact.
-        assert_eq!(ack_fresh(&mut conn, &keys, &ids[1..], how).await.unwrap(), 2, "{how:?}");
-        assert_eq!(counter(&mut conn, &keys, "done").await, 4, "{how:?}");
-        assert_eq!(counter(&mut conn, &keys, "fenced").await, 2, "{how:?}");
+        assert_eq!(
+            ack(&mut conn, link.as_mut(), &keys, &ids[1..], how).await,
+            2,
+            "{how:?} raw {raw}"
+        );
+        assert_eq!(counter(&mut conn, &keys, "done").await, 4, "{how:?} raw {raw}");
+        assert_eq!(counter(&mut conn, &keys, "fenced").await, 2, "{how:?} raw {raw}");
         let len: u64 = redis::cmd("XLEN")
             .arg(&keys.stream)
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(len, 0, "{how:?}");
+        assert_eq!(len, 0, "{how:?} raw {raw}");
         assert!(owned_ids(&mut conn, &keys, "stale", 10).await.unwrap().is_empty());
     }
+}
+
+/// `ack_fresh` of one shard: on redis-rs's connection, or on `link` with another shard's
+/// acks beside it in the same round trip (an entry that was never there: stale).
+async fn ack(
+    conn: &mut RedisConnection,
+    link: Option<&mut reader::DedicatedConnection>,
+    keys: &ShardKeys,
+    ids: &[StreamId],
+    how: AckCommand,
+) -> u64 {
+    let Some(link) = link else {
+        return ack_fresh(conn, keys, ids, how).await.unwrap();
+    };
+    let other = Queue::new(&unique_name("ack-other")).unwrap().shard("normal", 0);
+    ensure_group(conn, &other.stream).await.unwrap();
+    let none = [StreamId { ms: 1, seq: 1 }];
+    let stale = link.ack_fresh(&[(keys, ids), (&other, &none)], how).await.unwrap();
+    assert_eq!(stale[1], 1, "the other shard's one ack is stale");
+    assert_eq!(counter(conn, &other, "fenced").await, 1);
+    assert_eq!(counter(conn, &other, "done").await, 0);
+    stale[0]
 }
 
 #[tokio::test]
@@ -459,12 +500,29 @@ fn stream_ids_order_by_number_not_text() {
 
 #[test]
 fn stream_ids_parse_and_write_back_unchanged() {
-    for text in ["0-0", "9-10", "1700000000000-3", "18446744073709551615-18446744073709551615"] {
+    for text in [
+        "0-0",
+        "9-10",
+        "1700000000000-3",
+        "18446744073709551615-18446744073709551615",
+    ] {
         let parsed = StreamId::parse(text).unwrap();
         assert_eq!(parsed.to_string(), text);
         assert_eq!(parsed.to_redis_args(), vec![text.as_bytes().to_vec()]);
     }
-    for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "18446744073709551616-0", "+1-2", "1-+2", " 1-2"] {
+    for bad in [
+        "",
+        "5",
+        "5-",
+        "-5",
+        "a-1",
+        "1-b",
+        "1-2-3",
+        "18446744073709551616-0",
+        "+1-2",
+        "1-+2",
+        " 1-2",
+    ] {
         assert_eq!(StreamId::parse(bad), None, "{bad:?}");
     }
 }

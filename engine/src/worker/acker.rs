@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outage, Outcome, Shared, WorkerCounters};
 use crate::broker::lifecycle::Tracked;
+use crate::broker::reader::DedicatedConnection;
 use crate::broker::{self, Settle, SettleCtx, StreamId};
 use crate::durability::Durability;
 
@@ -82,7 +83,12 @@ impl Unsettled {
     }
 }
 
-pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>, stop: CancellationToken) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    mut link: DedicatedConnection,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -95,10 +101,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
             while let Ok(o) = rx.try_recv() {
                 batch.push(o);
                 if batch.len() == MAX_BATCH {
-                    flush(&shared, &mut batch).await;
+                    flush(&shared, &mut link, &mut batch).await;
                 }
             }
-            flush(&shared, &mut batch).await;
+            flush(&shared, &mut link, &mut batch).await;
             return;
         };
         batch.push(first);
@@ -108,7 +114,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut batch).await;
+        flush(&shared, &mut link, &mut batch).await;
     }
 }
 
@@ -140,16 +146,16 @@ async fn wait_durable(shared: &Shared, batch: &[Outcome]) {
 
 /// Settles (or, past the drain's deadline, gives up) a batch, then lets fetchers waiting for
 /// the acker to catch up read again (`Shared::unsettled`).
-async fn flush(shared: &Shared, batch: &mut Vec<Outcome>) {
+async fn flush(shared: &Shared, link: &mut DedicatedConnection, batch: &mut Vec<Outcome>) {
     if batch.is_empty() {
         return;
     }
     let n = batch.len();
-    settle(shared, batch).await;
+    settle(shared, link, batch).await;
     shared.unsettled.done(n);
 }
 
-async fn settle(shared: &Shared, batch: &mut Vec<Outcome>) {
+async fn settle(shared: &Shared, link: &mut DedicatedConnection, batch: &mut Vec<Outcome>) {
     batch.sort_by_key(|o| o.lane);
     let mut outage = Outage::new(shared);
     loop {
@@ -160,62 +166,84 @@ async fn settle(shared: &Shared, batch: &mut Vec<Outcome>) {
         } else {
             std::time::Duration::ZERO
         };
-        let calls = batch.chunk_by(|a, b| a.lane == b.lane).map(|group| {
-            let lane = &shared.lanes[group[0].lane];
-            let mut conn = shared.conn.clone();
-            let is_fresh = fresh_acks(lane, group, now, window);
-            let fresh: Vec<StreamId> = group
-                .iter()
-                .zip(&is_fresh)
-                .filter(|(_, f)| **f)
-                .map(|(o, _)| o.entry_id)
-                .collect();
-            async move {
-                let stale_fresh = match broker::ack_fresh(&mut conn, &lane.keys, &fresh, shared.ack_command).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        // Refused, not failed (an ACL without XACKDEL): the batch's retry and
-                        // every later one take the script instead.
-                        if refused(&e) && shared.fast_acks.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "the server refuses the plain acks; settling every outcome with settle.lua from now on");
-                        }
-                        return Err(e);
+        let groups: Vec<&[Outcome]> = batch.chunk_by(|a, b| a.lane == b.lane).collect();
+        let is_fresh: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|group| fresh_acks(&shared.lanes[group[0].lane], group, now, window))
+            .collect();
+        let fresh: Vec<Vec<StreamId>> = groups
+            .iter()
+            .zip(&is_fresh)
+            .map(|(group, f)| {
+                group
+                    .iter()
+                    .zip(f)
+                    .filter(|(_, f)| **f)
+                    .map(|(o, _)| o.entry_id)
+                    .collect()
+            })
+            .collect();
+        // Every shard's plain acks in one round trip on the acker's link, then each shard's
+        // script (its rest), side by side on the shared connection.
+        let acks: Vec<(&crate::keys::ShardKeys, &[StreamId])> = groups
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(group, ids)| (&shared.lanes[group[0].lane].keys, ids.as_slice()))
+            .collect();
+        let all = async {
+            let stale_fresh = match link.ack_fresh(&acks, shared.ack_command).await {
+                Ok(stale) => stale,
+                Err(e) => {
+                    // Refused, not failed (an ACL without XACKDEL): the batch's retry and
+                    // every later one take the script instead.
+                    if refused(&e) && shared.fast_acks.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "the server refuses the plain acks; settling every outcome with settle.lua from now on");
                     }
-                };
-                let items: Vec<(StreamId, &Settle)> = group
-                    .iter()
-                    .zip(&is_fresh)
-                    .filter(|(o, f)| o.track.is_none() && !**f)
-                    .map(|(o, _)| (o.entry_id, &o.settle))
-                    .collect();
-                let tracked: Vec<(StreamId, &Settle, &Tracked)> = group
-                    .iter()
-                    .filter_map(|o| o.track.as_ref().map(|t| (o.entry_id, &o.settle, t)))
-                    .collect();
-                let ctx = SettleCtx {
-                    keys: &lane.keys,
-                    consumer: &shared.id,
-                    dlq_maxlen: shared.config.dlq_maxlen,
-                    now_ms: shared.clock.now_ms(),
-                };
-                let stale = if items.is_empty() && tracked.is_empty() {
-                    Vec::new()
-                } else {
-                    broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await?
-                };
-                // Fair groups (docs/groups.md): the settled tasks made room in the stream, so
-                // it is refilled from the fair set, right after the settle on the same
-                // connection. Only for shards seen holding grouped tasks; a failed feed is
-                // left to the promoter's round.
-                if lane.grouped.load(std::sync::atomic::Ordering::Relaxed)
-                    && let Err(e) = broker::feed(&mut conn, &lane.keys).await
-                {
-                    tracing::debug!(error = %e, stream = %lane.keys.stream, "could not feed the stream from the fair set; the promoter will");
+                    return vec![Err(e)];
                 }
-                Ok::<_, crate::Error>((stale, stale_fresh))
-            }
-        });
-        let all = futures_util::future::join_all(calls);
+            };
+            let mut stale_fresh = stale_fresh.into_iter();
+            let calls = groups.iter().zip(&is_fresh).zip(&fresh).map(|((group, is_fresh), fresh)| {
+                let lane = &shared.lanes[group[0].lane];
+                let mut conn = shared.conn.clone();
+                let stale_fresh = if fresh.is_empty() { 0 } else { stale_fresh.next().unwrap_or(0) };
+                async move {
+                        let items: Vec<(StreamId, &Settle)> = group
+                            .iter()
+                            .zip(is_fresh.iter())
+                            .filter(|(o, f)| o.track.is_none() && !**f)
+                            .map(|(o, _)| (o.entry_id, &o.settle))
+                            .collect();
+                        let tracked: Vec<(StreamId, &Settle, &Tracked)> = group
+                            .iter()
+                            .filter_map(|o| o.track.as_ref().map(|t| (o.entry_id, &o.settle, t)))
+                            .collect();
+                        let ctx = SettleCtx {
+                            keys: &lane.keys,
+                            consumer: &shared.id,
+                            dlq_maxlen: shared.config.dlq_maxlen,
+                            now_ms: shared.clock.now_ms(),
+                        };
+                        let stale = if items.is_empty() && tracked.is_empty() {
+                            Vec::new()
+                        } else {
+                            broker::lifecycle::settle_tracked(&mut conn, ctx, lane.events_maxlen, &items, &tracked).await?
+                        };
+                        // Fair groups (docs/groups.md): the settled tasks made room in the stream, so
+                        // it is refilled from the fair set, right after the settle on the same
+                        // connection. Only for shards seen holding grouped tasks; a failed feed is
+                        // left to the promoter's round.
+                        if lane.grouped.load(std::sync::atomic::Ordering::Relaxed)
+                            && let Err(e) = broker::feed(&mut conn, &lane.keys).await
+                        {
+                            tracing::debug!(error = %e, stream = %lane.keys.stream, "could not feed the stream from the fair set; the promoter will");
+                        }
+                        Ok::<_, crate::Error>((stale, stale_fresh))
+                    }
+                });
+            futures_util::future::join_all(calls).await
+        };
         // While the worker runs, a call waits as long as Redis takes; once it drains, no
         // longer than the drain's deadline.
         let results = match shared.drain_deadline.get() {

@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::rank_order;
 use super::{Outage, Shared, Units, executor};
-use crate::broker::reader::FetchConnection;
+use crate::broker::reader::DedicatedConnection;
 use crate::broker::{self, StreamEntry};
 use crate::error::Result;
 
@@ -55,7 +55,7 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     me: usize,
     mine: Vec<usize>,
-    mut conn: FetchConnection,
+    mut conn: DedicatedConnection,
     quiet: CancellationToken,
 ) {
     // Whether the last read found every lane drained: the next one then blocks at once.
@@ -183,7 +183,7 @@ async fn read(
     shared: &Shared,
     me: usize,
     mine: &[usize],
-    conn: &mut FetchConnection,
+    conn: &mut DedicatedConnection,
     ranks: usize,
     drained: bool,
     empty: &mut [bool],
@@ -281,7 +281,7 @@ fn filled(got: &[(usize, StreamEntry)], asked: usize) -> bool {
 
 async fn read_lanes(
     shared: &Shared,
-    conn: &mut FetchConnection,
+    conn: &mut DedicatedConnection,
     lanes: &[usize],
     want: usize,
     block: bool,

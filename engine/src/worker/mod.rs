@@ -609,8 +609,12 @@ impl Worker {
                 id: Mutex::new(None),
                 route: lanes[group[0]].keys.stream.clone(),
             });
-            fetch_conns.push((group, target.open_fetch(fetch_timeout).await?));
+            fetch_conns.push((group, target.open_dedicated(fetch_timeout).await?));
         }
+        // The acker's plain acks go out on a link of its own where the engine can have one
+        // (their replies, a status per id, are read without redis-rs: `broker::reader`), on
+        // the shared connection elsewhere.
+        let ack_link = target.open_raw(Duration::from_secs(10)).await?;
 
         let limits: HashMap<_, _> = config
             .limits
@@ -694,7 +698,8 @@ impl Worker {
         upkeep.spawn(runners::reap_idle(shared.clone(), stop.clone()));
         // The starter lives as long as the acker: handlers wait on both until they finish.
         let mut acker = JoinSet::new();
-        acker.spawn(acker::run(shared.clone(), rx, stop.clone()));
+        let ack_link = ack_link.unwrap_or_else(|| shared.conn.clone().into());
+        acker.spawn(acker::run(shared.clone(), rx, ack_link, stop.clone()));
         acker.spawn(tracker::run_starter(shared.clone(), starts_rx, stop.clone()));
 
         let exhausted = match &shared.budget {
