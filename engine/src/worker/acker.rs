@@ -314,6 +314,8 @@ fn fresh_acks(
     now: std::time::Instant,
     window: std::time::Duration,
 ) -> Vec<bool> {
+    // Read after this, an entry is fresh (`now - read < window`, without a `Duration` each).
+    let since = now.checked_sub(window);
     let held = lane.held.lock().expect("never poisoned");
     group
         .iter()
@@ -322,7 +324,7 @@ fn fresh_acks(
                 && matches!(o.settle, Settle::Ack)
                 && held
                     .get(&o.entry_id)
-                    .is_some_and(|read| now.saturating_duration_since(*read) < window)
+                    .is_some_and(|read| since.is_none_or(|since| *read > since))
         })
         .collect()
 }
