@@ -61,6 +61,11 @@ const PACKED: [&str; 5] = ["id", "kind", "codec", "enqueued_at", "payload"];
 
 /// A compact entry's `task` value as its five strings, each sharing `task`'s buffer.
 fn unpack_task(task: &Bytes) -> Result<[Bytes; 5], Malformed> {
+    Ok(unpack_task_slices(task)?.map(|s| if s.is_empty() { Bytes::new() } else { task.slice_ref(s) }))
+}
+
+/// A compact entry's `task` value as its five strings, in place.
+fn unpack_task_slices(task: &[u8]) -> Result<[&[u8]; 5], Malformed> {
     let bad = || {
         Malformed(format!(
             "field {TASK_FIELD:?} is not a MessagePack array of 5 strings (id, kind, codec, enqueued_at, payload)"
@@ -70,11 +75,7 @@ fn unpack_task(task: &Bytes) -> Result<[Bytes; 5], Malformed> {
     if count != PACKED.len() {
         return Err(bad());
     }
-    let mut next = || {
-        crate::msgpack::string(task, &mut at)
-            .map(|s| if s.is_empty() { Bytes::new() } else { task.slice_ref(s) })
-            .ok_or_else(bad)
-    };
+    let mut next = || crate::msgpack::string(task, &mut at).ok_or_else(bad);
     let parts = [next()?, next()?, next()?, next()?, next()?];
     if at != task.len() {
         return Err(bad());
@@ -442,15 +443,28 @@ impl Envelope {
                 _ => {}
             }
         }
-        if let Some(task) = task {
-            if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
-                return Err(Malformed(format!(
-                    "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
-                )));
-            }
-            let [i, k, c, e, p] = unpack_task(&task)?;
-            (id, kind, payload, codec, enqueued_at) = (Some(i), Some(k), Some(p), Some(c), Some(e));
-        }
+        // A compact entry's five are read in place from its `task` (only the payload shares
+        // its buffer; the rest are copied or parsed from it as they are from flat fields).
+        let (id, kind, codec, enqueued_at, payload): (Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, _) =
+            match &task {
+                Some(task) => {
+                    if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
+                        return Err(Malformed(format!(
+                            "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
+                        )));
+                    }
+                    let [i, k, c, e, p] = unpack_task_slices(task)?;
+                    let p = if p.is_empty() { Bytes::new() } else { task.slice_ref(p) };
+                    (Some(i), Some(k), Some(c), Some(e), Some(p))
+                }
+                None => (
+                    id.as_deref(),
+                    kind.as_deref(),
+                    codec.as_deref(),
+                    enqueued_at.as_deref(),
+                    payload,
+                ),
+            };
         fn not_utf8(field: &str) -> Malformed {
             Malformed(format!("field {field:?} is not UTF-8"))
         }
@@ -463,20 +477,22 @@ impl Envelope {
         }
         // Straight into the shared string (one allocation, no `String` on the way).
         let id = required("id", id)?;
-        let id: std::sync::Arc<str> = std::str::from_utf8(&id).map_err(|_| not_utf8("id"))?.into();
+        let id: std::sync::Arc<str> = std::str::from_utf8(id).map_err(|_| not_utf8("id"))?.into();
         if id.is_empty() {
             return Err(Malformed("field \"id\" is empty".into()));
         }
-        let kind = text("kind", required("kind", kind)?)?;
+        let kind = std::str::from_utf8(required("kind", kind)?)
+            .map_err(|_| not_utf8("kind"))?
+            .to_owned();
         check_kind(&kind)?;
         // Moving the reply's buffer into `Bytes` avoids copying large payloads.
         let payload: Bytes = required("payload", payload)?;
         let codec = match codec {
             None => Codec::Json,
-            Some(c) => Codec::parse(c.as_ref()).ok_or_else(|| {
+            Some(c) => Codec::parse(c).ok_or_else(|| {
                 Malformed(format!(
                     "unknown codec {:?} (expected json, msgpack or bytes)",
-                    String::from_utf8_lossy(c.as_ref())
+                    String::from_utf8_lossy(c)
                 ))
             })?,
         };
@@ -521,12 +537,13 @@ fn parse_factor<V: AsRef<[u8]>>(v: Option<V>) -> Result<Option<f64>, Malformed> 
     }
 }
 
-fn parse_num<T: std::str::FromStr, V: AsRef<[u8]>>(field: &str, v: Option<V>) -> Result<Option<T>, Malformed> {
+/// A non-negative integer field, as `str::parse` reads one (ASCII digits, an optional `+`, no
+/// overflow of `T`), by hand: it is read for every task.
+fn parse_num<T: TryFrom<u64>, V: AsRef<[u8]>>(field: &str, v: Option<V>) -> Result<Option<T>, Malformed> {
     match v {
         None => Ok(None),
-        Some(v) => std::str::from_utf8(v.as_ref())
-            .ok()
-            .and_then(|s| s.parse().ok())
+        Some(v) => crate::ascii::decimal(v.as_ref().strip_prefix(b"+").unwrap_or(v.as_ref()))
+            .and_then(|n| T::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
                 Malformed(format!(

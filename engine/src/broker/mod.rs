@@ -118,22 +118,10 @@ impl StreamId {
     /// `u64` (no sign, no spaces). By hand, as every entry read and every id settled pays it:
     /// through `str::parse` it was a tenth of decoding an entry (docs/benchmarks.md).
     fn parse_ascii(id: &[u8]) -> Option<Self> {
-        fn digits(s: &[u8]) -> Option<u64> {
-            if s.is_empty() {
-                return None;
-            }
-            s.iter().try_fold(0u64, |n, &d| {
-                if d.is_ascii_digit() {
-                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                } else {
-                    None
-                }
-            })
-        }
         let dash = id.iter().position(|&b| b == b'-')?;
         Some(StreamId {
-            ms: digits(&id[..dash])?,
-            seq: digits(&id[dash + 1..])?,
+            ms: crate::ascii::decimal(&id[..dash])?,
+            seq: crate::ascii::decimal(&id[dash + 1..])?,
         })
     }
 

@@ -559,23 +559,16 @@ impl Scan {
     }
 }
 
-/// A reply's length or integer (`-1`, `0`, `1024`): digits only, at most 18 of them, so it
-/// cannot overflow. (Two of these an entry field: `str::parse` was measurable.)
+/// A reply's length or integer (`-1`, `0`, `1024`): an optional minus, then digits only (two
+/// of these an entry field: `str::parse` was measurable).
 fn number(line: &[u8]) -> Result<i64> {
     let (negative, digits) = match line.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, line),
     };
-    if digits.is_empty() || digits.len() > 18 {
-        return Err(Error::protocol("malformed length in reply"));
-    }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return Err(Error::protocol("malformed length in reply"));
-        }
-        n = n * 10 + i64::from(d - b'0');
-    }
+    let n = crate::ascii::decimal(digits)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| Error::protocol("malformed length in reply"))?;
     Ok(if negative { -n } else { n })
 }
 
