@@ -445,26 +445,25 @@ impl Envelope {
         }
         // A compact entry's five are read in place from its `task` (only the payload shares
         // its buffer; the rest are copied or parsed from it as they are from flat fields).
-        let (id, kind, codec, enqueued_at, payload): (Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, _) =
-            match &task {
-                Some(task) => {
-                    if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
-                        return Err(Malformed(format!(
-                            "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
-                        )));
-                    }
-                    let [i, k, c, e, p] = unpack_task_slices(task)?;
-                    let p = if p.is_empty() { Bytes::new() } else { task.slice_ref(p) };
-                    (Some(i), Some(k), Some(c), Some(e), Some(p))
+        let (id, kind, codec, enqueued_at, payload) = match &task {
+            Some(task) => {
+                if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
+                    return Err(Malformed(format!(
+                        "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
+                    )));
                 }
-                None => (
-                    id.as_deref(),
-                    kind.as_deref(),
-                    codec.as_deref(),
-                    enqueued_at.as_deref(),
-                    payload,
-                ),
-            };
+                let [i, k, c, e, p] = unpack_task_slices(task)?;
+                let p = if p.is_empty() { Bytes::new() } else { task.slice_ref(p) };
+                (Some(i), Some(k), Some(c), Some(e), Some(p))
+            }
+            None => (
+                id.as_deref(),
+                kind.as_deref(),
+                codec.as_deref(),
+                enqueued_at.as_deref(),
+                payload,
+            ),
+        };
         fn not_utf8(field: &str) -> Malformed {
             Malformed(format!("field {field:?} is not UTF-8"))
         }
