@@ -413,21 +413,39 @@ impl Envelope {
         V: AsRef<[u8]> + Into<Bytes>,
         I: IntoIterator<Item = (K, V)>,
     {
-        // The five a compact entry packs (`task`): `Bytes` either way.
-        let [mut id, mut kind, mut payload, mut codec, mut enqueued_at]: [Option<Bytes>; 5] = Default::default();
+        Self::decode(fields, Into::into)
+    }
+
+    /// [`from_fields`](Self::from_fields) of an entry as read, borrowed: of its buffers only
+    /// the payload's is shared with the envelope (one reference count), where cloning every
+    /// field to decode it counted each up and down again, across threads once the task ran
+    /// on a runner.
+    pub(crate) fn from_entry(fields: &[(Bytes, Bytes)]) -> Result<Self, Malformed> {
+        Self::decode(fields.iter().map(|(k, v)| (k, v)), Bytes::clone)
+    }
+
+    /// Decodes fields whose values are read in place; `bytes` turns the one value the
+    /// envelope keeps (the payload, or the packed `task` it is cut from) into its `Bytes`.
+    fn decode<K, V, I>(fields: I, bytes: impl Fn(V) -> Bytes) -> Result<Self, Malformed>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        I: IntoIterator<Item = (K, V)>,
+    {
+        let (mut id, mut kind, mut payload, mut codec, mut enqueued_at) = (None, None, None, None, None);
         let (mut attempt, mut max_attempts, mut timeout_ms, mut error) = (None, None, None, None);
         let (mut backoff_base_ms, mut backoff_factor, mut backoff_cap_ms) = (None, None, None);
         let (mut retention_ms, mut unique_key, mut unique_ttl_ms) = (None, None, None);
         let (mut limit_key, mut group) = (None, None);
-        let mut task: Option<Bytes> = None;
+        let mut task = None;
         for (name, value) in fields {
             match name.as_ref() {
-                b"task" => task = Some(value.into()),
-                b"id" => id = Some(value.into()),
-                b"kind" => kind = Some(value.into()),
-                b"payload" => payload = Some(value.into()),
-                b"codec" => codec = Some(value.into()),
-                b"enqueued_at" => enqueued_at = Some(value.into()),
+                b"task" => task = Some(value),
+                b"id" => id = Some(value),
+                b"kind" => kind = Some(value),
+                b"payload" => payload = Some(value),
+                b"codec" => codec = Some(value),
+                b"enqueued_at" => enqueued_at = Some(value),
                 b"attempt" => attempt = Some(value),
                 b"max_attempts" => max_attempts = Some(value),
                 b"timeout_ms" => timeout_ms = Some(value),
@@ -443,33 +461,31 @@ impl Envelope {
                 _ => {}
             }
         }
-        // A compact entry's five are read in place from its `task` (only the payload shares
-        // its buffer; the rest are copied or parsed from it as they are from flat fields).
-        let (id, kind, codec, enqueued_at, payload) = match &task {
+        // A compact entry's five are read in place from its `task` (the payload is cut from
+        // it below; the rest are copied or parsed as flat fields are).
+        fn flat<V: AsRef<[u8]>>(v: &Option<V>) -> Option<&[u8]> {
+            v.as_ref().map(AsRef::as_ref)
+        }
+        let (id, kind, codec, enqueued_at, packed) = match &task {
             Some(task) => {
                 if id.is_some() || kind.is_some() || payload.is_some() || codec.is_some() || enqueued_at.is_some() {
                     return Err(Malformed(format!(
                         "field {TASK_FIELD:?} and one of the fields it packs (id, kind, codec, enqueued_at, payload) side by side"
                     )));
                 }
+                let task = task.as_ref();
                 let [i, k, c, e, p] = unpack_task_slices(task)?;
-                let p = if p.is_empty() { Bytes::new() } else { task.slice_ref(p) };
-                (Some(i), Some(k), Some(c), Some(e), Some(p))
+                // Where the payload lies in `task`.
+                let at = p.as_ptr() as usize - task.as_ptr() as usize;
+                (Some(i), Some(k), Some(c), Some(e), Some(at..at + p.len()))
             }
-            None => (
-                id.as_deref(),
-                kind.as_deref(),
-                codec.as_deref(),
-                enqueued_at.as_deref(),
-                payload,
-            ),
+            None => (flat(&id), flat(&kind), flat(&codec), flat(&enqueued_at), None),
         };
         fn not_utf8(field: &str) -> Malformed {
             Malformed(format!("field {field:?} is not UTF-8"))
         }
-        fn text<V: Into<Bytes>>(field: &str, v: V) -> Result<String, Malformed> {
-            // An owned reply buffer goes Vec -> Bytes -> Vec without a copy.
-            String::from_utf8(Vec::from(v.into())).map_err(|_| not_utf8(field))
+        fn text(field: &str, v: &[u8]) -> Result<String, Malformed> {
+            std::str::from_utf8(v).map(str::to_owned).map_err(|_| not_utf8(field))
         }
         fn required<V>(field: &str, v: Option<V>) -> Result<V, Malformed> {
             v.ok_or_else(|| Malformed(format!("missing field {field:?}")))
@@ -480,12 +496,11 @@ impl Envelope {
         if id.is_empty() {
             return Err(Malformed("field \"id\" is empty".into()));
         }
-        let kind = std::str::from_utf8(required("kind", kind)?)
-            .map_err(|_| not_utf8("kind"))?
-            .to_owned();
+        let kind = text("kind", required("kind", kind)?)?;
         check_kind(&kind)?;
-        // Moving the reply's buffer into `Bytes` avoids copying large payloads.
-        let payload: Bytes = required("payload", payload)?;
+        if packed.is_none() && payload.is_none() {
+            return Err(Malformed("missing field \"payload\"".into()));
+        }
         let codec = match codec {
             None => Codec::Json,
             Some(c) => Codec::parse(c).ok_or_else(|| {
@@ -497,16 +512,29 @@ impl Envelope {
         };
         let timeout_ms = parse_num("timeout_ms", timeout_ms)?;
         check_timeout(timeout_ms)?;
-        let group = group.map(|g| text("group", g)).transpose()?;
+        let group = group.map(|g| text("group", g.as_ref())).transpose()?;
         if let Some(g) = &group {
             check_group(g)?;
         }
+        let enqueued_at = parse_num("enqueued_at", enqueued_at)?.unwrap_or(0);
+        // The payload last, once nothing borrows `task` any more: moved (or, borrowed, shared)
+        // into `Bytes` as it is, never copied, whatever its size.
+        let payload = match (packed, task, payload) {
+            (Some(span), _, _) if span.is_empty() => Bytes::new(),
+            (Some(span), Some(task), _) => {
+                let mut task = bytes(task);
+                task.truncate(span.end);
+                bytes::Buf::advance(&mut task, span.start);
+                task
+            }
+            (_, _, payload) => bytes(required("payload", payload)?),
+        };
         Ok(Envelope {
             id: TaskId(id),
             kind,
             payload,
             codec,
-            enqueued_at: parse_num("enqueued_at", enqueued_at)?.unwrap_or(0),
+            enqueued_at,
             attempt: parse_num("attempt", attempt)?.unwrap_or(0),
             max_attempts: parse_num("max_attempts", max_attempts)?,
             timeout_ms,
@@ -515,9 +543,9 @@ impl Envelope {
             backoff_cap_ms: parse_num("backoff_cap_ms", backoff_cap_ms)?,
             error: error.map(|e| String::from_utf8_lossy(e.as_ref()).into_owned()),
             retention_ms: parse_num("retention_ms", retention_ms)?,
-            unique_key: unique_key.map(|k| text("unique_key", k)).transpose()?,
+            unique_key: unique_key.map(|k| text("unique_key", k.as_ref())).transpose()?,
             unique_ttl_ms: parse_num("unique_ttl_ms", unique_ttl_ms)?,
-            limit_key: limit_key.map(|k| text("limit_key", k)).transpose()?,
+            limit_key: limit_key.map(|k| text("limit_key", k.as_ref())).transpose()?,
             group,
         })
     }
@@ -607,8 +635,19 @@ mod tests {
         assert_eq!(roundtrip(&e), e);
     }
 
+    /// An envelope's stream fields read back both ways: owned, and borrowed as the worker
+    /// reads an entry (`from_entry`), which must agree.
     fn roundtrip_compact(e: &Envelope) -> Envelope {
-        Envelope::from_fields(e.stream_fields()).unwrap()
+        let owned = Envelope::from_fields(e.stream_fields()).unwrap();
+        assert_eq!(Envelope::from_entry(&as_read(e.stream_fields())).unwrap(), owned);
+        owned
+    }
+
+    fn as_read(fields: Vec<(&str, Bytes)>) -> Vec<(Bytes, Bytes)> {
+        fields
+            .into_iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
+            .collect()
     }
 
     #[test]
@@ -642,19 +681,24 @@ mod tests {
         // The payload is a slice of the field's value, not a copy of it.
         let fields = e.stream_fields();
         let packed = fields[0].1.clone();
-        let back = Envelope::from_fields(fields).unwrap();
+        let read = as_read(fields.clone());
         let range = packed.as_ptr() as usize..packed.as_ptr() as usize + packed.len();
-        assert!(range.contains(&(back.payload.as_ptr() as usize)));
+        for back in [
+            Envelope::from_fields(fields).unwrap(),
+            Envelope::from_entry(&read).unwrap(),
+        ] {
+            assert!(range.contains(&(back.payload.as_ptr() as usize)));
+            assert_eq!(back.payload, e.payload);
+        }
+        // Flat, the payload is the field's buffer itself.
+        let flat = as_read(e.fields());
+        let payload = &flat.iter().find(|(k, _)| k == "payload").unwrap().1;
+        assert_eq!(Envelope::from_entry(&flat).unwrap().payload.as_ptr(), payload.as_ptr());
     }
 
     #[test]
     fn one_field_of_an_entry_is_found_flat_or_packed() {
         let e = Envelope::new("resize", Bytes::from_static(b"{}"), Codec::Json);
-        let as_read = |f: Vec<(&str, Bytes)>| {
-            f.into_iter()
-                .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
-                .collect::<Vec<_>>()
-        };
         for fields in [as_read(e.fields()), as_read(e.stream_fields())] {
             assert_eq!(entry_field(&fields, "id").as_deref(), Some(e.id.as_str().as_bytes()));
             assert_eq!(entry_field(&fields, "kind").as_deref(), Some(&b"resize"[..]));
@@ -738,9 +782,13 @@ mod tests {
     #[test]
     fn malformed_entries_say_which_field() {
         let case = |fields: &[(&str, &str)]| {
-            Envelope::from_fields(fields.iter().map(|(k, v)| (*k, Bytes::copy_from_slice(v.as_bytes()))))
-                .unwrap_err()
-                .0
+            let fields: Vec<(&str, Bytes)> = fields
+                .iter()
+                .map(|(k, v)| (*k, Bytes::copy_from_slice(v.as_bytes())))
+                .collect();
+            let owned = Envelope::from_fields(fields.clone()).unwrap_err().0;
+            assert_eq!(Envelope::from_entry(&as_read(fields)).unwrap_err().0, owned);
+            owned
         };
         assert_eq!(case(&[("kind", "k"), ("payload", "1")]), "missing field \"id\"");
         assert_eq!(case(&[("id", "1"), ("payload", "1")]), "missing field \"kind\"");

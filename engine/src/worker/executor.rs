@@ -229,7 +229,7 @@ async fn release(shared: &Shared, hold: Vec<limiter::Hold>, run: Duration) {
 /// through the acker like every outcome: its record, when it keeps one, reads `dead`.
 pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEntry, deliveries: u64) {
     let lane = &shared.lanes[lane_idx];
-    let track = match Envelope::from_fields(entry.fields.iter().cloned()) {
+    let track = match Envelope::from_entry(&entry.fields) {
         Ok(env) => tracker::tracked(lane, &env),
         Err(_) => tracker::RawTrack::of(&entry.fields, lane).tracked(lane),
     };
@@ -349,10 +349,10 @@ fn prepare(
         attempt: None,
     };
     let lane = &shared.lanes[lane_idx];
-    // Decoded from shared handles (`Bytes` clones, no copies), so a malformed entry's fields
-    // are still there for its record (when its id can be read) to say why it is dead; only
-    // then are they looked through (a compact entry's `task` unpacked a second time).
-    let env = Envelope::from_fields(fields.iter().cloned()).map_err(|m| {
+    // Decoded in place (only the payload is shared with the envelope), so a malformed entry's
+    // fields are still there for its record (when its id can be read) to say why it is dead;
+    // only then are they looked through (a compact entry's `task` unpacked a second time).
+    let env = Envelope::from_entry(&fields).map_err(|m| {
         tracing::warn!(stream = %lane.keys.stream, entry = %entry_id, reason = %m, "malformed entry; burying");
         NotRunnable {
             settle: bury(DeadReason::Malformed, m.0),
