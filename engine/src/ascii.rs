@@ -2,19 +2,28 @@
 //! integer fields are read for every task, and `str::parse` (a UTF-8 check, then a generic
 //! parser) was a measurable share of decoding one (docs/benchmarks.md).
 
-/// A run of ASCII digits as a `u64`: at least one digit, nothing else (no sign, no spaces),
-/// `None` on overflow.
+/// A run of ASCII digits as a `u64`: one to 20 digits (a `u64`'s most), nothing else (no sign,
+/// no spaces), `None` on overflow.
 pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
+    // Up to 19 digits cannot overflow a `u64`: only a 20-digit run needs the checks.
+    const SAFE: usize = 19;
+    if s.is_empty() || s.len() > SAFE + 1 {
         return None;
     }
-    s.iter().try_fold(0u64, |n, &d| {
-        if d.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        } else {
-            None
+    let (head, tail) = s.split_at(s.len().min(SAFE));
+    let mut n = 0u64;
+    for &d in head {
+        let v = d.wrapping_sub(b'0');
+        if v > 9 {
+            return None;
         }
-    })
+        n = n * 10 + u64::from(v);
+    }
+    match tail {
+        [] => Some(n),
+        [d] if d.is_ascii_digit() => n.checked_mul(10)?.checked_add(u64::from(d - b'0')),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -130,23 +130,17 @@ impl StreamId {
     }
 
     /// The id in Redis's text form, without allocating: `u64::MAX-u64::MAX` is 41 bytes.
-    /// Written by hand from the last digit back (the formatting machinery of `write!` cost
-    /// as much as the rest of packing a batch of acks).
+    /// Written with `itoa` (the formatting machinery of `write!` cost as much as the rest of
+    /// packing a batch of acks).
     fn write(self, buf: &mut [u8; 41]) -> &[u8] {
-        fn back(buf: &mut [u8], mut end: usize, mut n: u64) -> usize {
-            loop {
-                end -= 1;
-                buf[end] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    return end;
-                }
-            }
-        }
-        let start = back(buf, 41, self.seq) - 1;
-        buf[start] = b'-';
-        let start = back(buf, start, self.ms);
-        &buf[start..]
+        let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (ms, seq) = (ms.format(self.ms).as_bytes(), seq.format(self.seq).as_bytes());
+        let dash = ms.len();
+        let end = dash + 1 + seq.len();
+        buf[..dash].copy_from_slice(ms);
+        buf[dash] = b'-';
+        buf[dash + 1..end].copy_from_slice(seq);
+        &buf[..end]
     }
 }
 
