@@ -168,22 +168,17 @@ impl DedicatedConnection {
         if shards.is_empty() {
             return Ok(Vec::new());
         }
-        let pipes: Vec<redis::Pipeline> = shards
-            .iter()
-            .map(|(keys, ids)| settle::ack_fresh_pipe(keys, ids, how, true))
-            .collect();
-        // MULTI, each command's QUEUED, and EXEC's array: the reply to each transaction.
-        let replies = pipes.iter().map(|p| p.len() + 2).sum();
+        // Each shard's transaction, packed straight into the link's buffer.
+        let pack = |out: &mut Vec<u8>| {
+            for (keys, ids) in shards {
+                settle::pack_ack_fresh(out, keys, ids, how);
+            }
+        };
+        // MULTI, each command's QUEUED, and EXEC's array: the replies to each transaction.
+        let commands = vec![how.commands(); shards.len()];
+        let replies = shards.len() * (how.commands() + 2);
         let acked = raw
-            .call_with(
-                |out| {
-                    pipes
-                        .iter()
-                        .for_each(|p| out.extend_from_slice(&p.get_packed_pipeline()))
-                },
-                replies,
-                |frame, _| decode_acks(frame, &pipes),
-            )
+            .call_with(pack, replies, |frame, _| decode_acks(frame, &commands))
             .await?;
         let stale: Vec<u64> = shards
             .iter()
@@ -219,17 +214,17 @@ impl DedicatedConnection {
     }
 }
 
-/// The replies to [`settle::ack_fresh_pipe`]'s transactions, one per pipe: how many ids each
-/// acknowledged (`XACKDEL`'s statuses 1 and 2, or `XACK`'s count). A server error anywhere
-/// (a command refused when queued, one failing in `EXEC`) is returned as redis-rs would give
-/// it, the first one first.
-fn decode_acks(frame: &[u8], pipes: &[redis::Pipeline]) -> Result<Vec<u64>> {
+/// The replies to [`settle::pack_ack_fresh`]'s transactions, of `commands` commands each: how
+/// many ids each acknowledged (`XACKDEL`'s statuses 1 and 2, or `XACK`'s count). A server
+/// error anywhere (a command refused when queued, one failing in `EXEC`) is returned as
+/// redis-rs would give it, the first one first.
+fn decode_acks(frame: &[u8], commands: &[usize]) -> Result<Vec<u64>> {
     let mut c = Cursor { buf: frame, pos: 0 };
-    let mut acked = Vec::with_capacity(pipes.len());
+    let mut acked = Vec::with_capacity(commands.len());
     let mut failed = None;
-    for pipe in pipes {
+    for &len in commands {
         // MULTI's OK, then QUEUED or the refusal of each command.
-        for _ in 0..=pipe.len() {
+        for _ in 0..=len {
             if let Err(e) = c.simple() {
                 failed.get_or_insert(e);
             }
@@ -237,7 +232,7 @@ fn decode_acks(frame: &[u8], pipes: &[redis::Pipeline]) -> Result<Vec<u64>> {
         let start = c.pos;
         let (kind, n) = c.line()?;
         match kind {
-            b'*' if number(n)? == pipe.len() as i64 => {}
+            b'*' if number(n)? == len as i64 => {}
             b'-' => {
                 failed.get_or_insert(
                     value(&frame[start..c.pos])
@@ -271,7 +266,7 @@ fn decode_acks(frame: &[u8], pipes: &[redis::Pipeline]) -> Result<Vec<u64>> {
             }
             _ => return Err(Error::protocol("unexpected XACKDEL / XACK reply")),
         };
-        for _ in 1..pipe.len() {
+        for _ in 1..len {
             if let Err(e) = c.simple() {
                 failed.get_or_insert(e);
             }
@@ -733,30 +728,38 @@ mod tests {
             StreamId { ms: 2, seq: 0 },
             StreamId { ms: 3, seq: 0 },
         ];
-        let pipe = |how| settle::ack_fresh_pipe(&keys, &ids, how, true);
-        let (del, then) = (pipe(AckCommand::AckDel), pipe(AckCommand::AckThenDel));
+        // Packed by hand exactly as redis-rs packs the transaction `ack_fresh` sends.
+        for how in [AckCommand::AckDel, AckCommand::AckThenDel] {
+            let pipe = settle::ack_fresh_pipe(&keys, &ids, how, true);
+            let mut packed = Vec::new();
+            settle::pack_ack_fresh(&mut packed, &keys, &ids, how);
+            assert_eq!(
+                String::from_utf8_lossy(&packed),
+                String::from_utf8_lossy(&pipe.get_packed_pipeline()),
+                "{how:?}"
+            );
+            assert_eq!(how.commands(), pipe.len(), "{how:?}");
+        }
+        let (del, then) = (AckCommand::AckDel.commands(), AckCommand::AckThenDel.commands());
         // XACKDEL: 1 and 2 acked (2: deleted elsewhere), -1 not pending; XACK: a count.
         let frame = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*3\r\n:1\r\n:-1\r\n:2\r\n:5\r\n\
                       +OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n:3\r\n:3\r\n:8\r\n";
-        assert_eq!(decode_acks(frame, &[del.clone(), then.clone()]).unwrap(), [2, 3]);
+        assert_eq!(decode_acks(frame, &[del, then]).unwrap(), [2, 3]);
         // Refused when queued (an ACL without XACKDEL): that error, not EXECABORT's.
         let frame = b"+OK\r\n-NOPERM User has no permissions to run the 'xackdel' command\r\n+QUEUED\r\n\
                       -EXECABORT Transaction discarded because of previous errors.\r\n";
-        let e = decode_acks(frame, std::slice::from_ref(&del)).unwrap_err();
+        let e = decode_acks(frame, &[del]).unwrap_err();
         assert!(matches!(&e, Error::Redis(r) if r.code() == Some("NOPERM")), "{e}");
         // Failing inside EXEC.
         let frame = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:1\r\n";
-        let e = decode_acks(frame, std::slice::from_ref(&del)).unwrap_err();
+        let e = decode_acks(frame, &[del]).unwrap_err();
         assert!(matches!(&e, Error::Redis(r) if r.code() == Some("WRONGTYPE")), "{e}");
         // Not what the transaction answers.
         for bad in [
             &b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n:1\r\n:1\r\n:1\r\n"[..],
             b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nx\r\n:1\r\n",
         ] {
-            assert!(matches!(
-                decode_acks(bad, std::slice::from_ref(&del)),
-                Err(Error::Protocol(_))
-            ));
+            assert!(matches!(decode_acks(bad, &[del]), Err(Error::Protocol(_))));
         }
     }
 
