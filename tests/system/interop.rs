@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rivulet::testing::{Fixture, Recorder, fast_config, outstanding};
-use rivulet::{Queue, Router};
+use rivulet::{Queue, Router, WorkerConfig};
 
 fn python_with_redis() -> Result<(), String> {
     match Command::new("python3").args(["-c", "import redis"]).output() {
@@ -76,7 +76,14 @@ async fn python_producer_tasks_are_processed_by_a_rust_handler() {
     assert_eq!(queue, Queue::new("py").unwrap().shards(2).unwrap());
     let recorder = Recorder::new();
     let router = recorder.route(Router::new(), "resize", |_ctx, _r: Resize| async { Ok(()) });
-    let w = f.start_worker_on(&queue, router, fast_config());
+    // One slot, so one fetcher: strict priority holds per read (docs/architecture.md, "fetch"),
+    // and with two fetchers the one that found `high` already taken could read and start
+    // `low` while the other's `high` batch waits for a busy thread (seen under load in CI).
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..fast_config()
+    };
+    let w = f.start_worker_on(&queue, router, config);
     recorder.wait_for_runs(6, Duration::from_secs(10)).await;
     w.stop().await;
     let got: Vec<(String, Resize)> = recorder
