@@ -35,9 +35,15 @@ mod tests {
         assert_eq!(decimal(b"0"), Some(0));
         assert_eq!(decimal(b"1700000000000"), Some(1_700_000_000_000));
         assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        // Nineteen digits take the unchecked loop, a twentieth the checked step.
+        assert_eq!(decimal(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        assert_eq!(decimal(b"00000000000000000001"), Some(1));
         for bad in [
             &b""[..],
             b"18446744073709551616",
+            b"99999999999999999999",
+            b"000000000000000000001",
+            b"1111111111111111111a",
             b"+1",
             b"-1",
             b" 1",
