@@ -356,8 +356,7 @@ impl Envelope {
         rmp::encode::write_array_len(&mut packed, parts.len() as u32).expect("writing to a Vec");
         for part in parts {
             // A str, whatever the bytes: Lua's cmsgpack (settle.lua) decodes no bin type.
-            rmp::encode::write_str_len(&mut packed, part.len() as u32).expect("writing to a Vec");
-            packed.extend_from_slice(part);
+            crate::msgpack::put_str(&mut packed, part);
         }
         let mut f = Vec::with_capacity(4);
         f.push((TASK_FIELD, Bytes::from(packed)));

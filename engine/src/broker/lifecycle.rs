@@ -21,6 +21,7 @@ use super::{RangeStart, Settle, SettleCtx, StreamEntry, StreamId, bulk, entries,
 use crate::envelope::{Codec, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GROUP, ShardKeys};
+use crate::msgpack::put_str;
 
 static START: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/start.lua")));
 static PROGRESS: LazyLock<Script> = LazyLock::new(|| functions::with_records(include_str!("scripts/progress.lua")));
@@ -357,23 +358,12 @@ fn pack_success(out: &mut Vec<u8>, ctx: SettleCtx<'_>, t: &Tracked, env: &Tracke
     // (Writing into a Vec cannot fail.)
     let _ = rmp::encode::write_map_len(out, n);
     let num = |out: &mut Vec<u8>, name: &str, v: u64| {
-        mp_str(out, name.as_bytes());
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut v = v;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        mp_str(out, &digits[at..]);
+        put_str(out, name.as_bytes());
+        put_str(out, itoa::Buffer::new().format(v).as_bytes());
     };
     let text = |out: &mut Vec<u8>, name: &str, v: &[u8]| {
-        mp_str(out, name.as_bytes());
-        mp_str(out, v);
+        put_str(out, name.as_bytes());
+        put_str(out, v);
     };
     text(out, "state", b"succeeded");
     text(out, "kind", env.kind.as_bytes());
@@ -390,13 +380,6 @@ fn pack_success(out: &mut Vec<u8>, ctx: SettleCtx<'_>, t: &Tracked, env: &Tracke
         text(out, "result", b);
         text(out, "result_codec", codec.as_str().as_bytes());
     }
-}
-
-/// A MessagePack string (str format: Lua's cmsgpack reads any bytes back as a Lua string).
-fn mp_str(out: &mut Vec<u8>, s: &[u8]) {
-    // (Writing into a Vec cannot fail; no field comes near 4 GiB: results are capped.)
-    let _ = rmp::encode::write_str_len(out, u32::try_from(s.len()).unwrap_or(u32::MAX));
-    out.extend_from_slice(s);
 }
 
 /// Every priority's record of task `id` (the shards are the candidates: one per priority),
