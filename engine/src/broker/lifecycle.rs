@@ -272,7 +272,7 @@ pub async fn settle_tracked(
             .chain(tracked.iter().map(|(id, _, _)| *id)),
     )
     .expect("tracked is not empty");
-    let mut inv = settle_invocation(ctx, untracked, range);
+    let mut inv = settle_invocation(ctx, untracked, range, tracked.len());
     // A plain success of a task with an envelope and no unique lock (almost every tracked
     // outcome under load) goes in settle.lua's short form: its record key, and five values
     // with the final record packed here.

@@ -157,7 +157,7 @@ pub async fn settle(
     let Some(range) = id_range(batch.iter().map(|(id, _)| *id)) else {
         return Ok(Vec::new());
     };
-    stream_ids(settle_invocation(ctx, batch, range).invoke(conn).await?)
+    stream_ids(settle_invocation(ctx, batch, range, 0).invoke(conn).await?)
 }
 
 /// One `settle.lua` call being built: its keys and its arguments each in one buffer (a
@@ -171,11 +171,14 @@ pub(super) struct SettleCall {
 }
 
 impl SettleCall {
-    fn new() -> Self {
+    /// Room for `keys` keys and `args` arguments of `bytes` bytes in all, so that a call of a
+    /// thousand outcomes is not copied over and over as its buffers grow (with task records,
+    /// those copies were a twentieth of a draining worker's instructions).
+    fn with_capacity(keys: usize, args: usize, bytes: usize) -> Self {
         SettleCall {
-            keys: redis::Cmd::new(),
+            keys: redis::Cmd::with_capacity(keys, keys * 40),
             key_count: 0,
-            args: redis::Cmd::new(),
+            args: redis::Cmd::with_capacity(args, bytes),
         }
     }
 
@@ -195,9 +198,16 @@ impl SettleCall {
     /// Sends it (`EVALSHA`; on `NOSCRIPT`, loads the script and sends it again, as
     /// `ScriptInvocation` does).
     pub(super) async fn invoke<T: redis::FromRedisValue>(self, conn: &mut RedisConnection) -> Result<T> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(SETTLE.get_hash()).arg(self.key_count);
-        for part in [&self.keys, &self.args] {
+        let parts = [&self.keys, &self.args];
+        let simple = |a: redis::Arg<&[u8]>| match a {
+            redis::Arg::Simple(b) => b.len(),
+            _ => 0,
+        };
+        let n: usize = parts.iter().map(|p| p.args_iter().len()).sum();
+        let bytes: usize = parts.iter().flat_map(|p| p.args_iter()).map(simple).sum();
+        let mut cmd = redis::Cmd::with_capacity(n + 3, bytes + 64);
+        cmd.arg("EVALSHA").arg(SETTLE.get_hash()).arg(self.key_count);
+        for part in parts {
             for a in part.args_iter() {
                 if let redis::Arg::Simple(b) = a {
                     cmd.arg(b);
@@ -370,13 +380,21 @@ pub(crate) fn stale_acks_pipe(keys: &ShardKeys, stale: u64) -> redis::Pipeline {
 }
 
 /// settle.lua's invocation for untracked outcomes; `(lo, hi)` spans every entry id of the
-/// call (tracked ones included, which `lifecycle::settle_tracked` appends).
+/// call (tracked ones included, which `lifecycle::settle_tracked` appends: `tracked` of them,
+/// for the call's room).
 pub(super) fn settle_invocation(
     ctx: SettleCtx<'_>,
     batch: &[(StreamId, &Settle)],
     (lo, hi): (StreamId, StreamId),
+    tracked: usize,
 ) -> SettleCall {
-    let mut inv = SettleCall::new();
+    // About what a tracked outcome takes (its record's key, its packed final record and a few
+    // numbers), and an untracked one (an id, and an op's values for the rarer ones).
+    let mut inv = SettleCall::with_capacity(
+        9 + 3 * tracked,
+        8 + 2 * batch.len() + 12 * tracked,
+        128 + 32 * batch.len() + 384 * tracked,
+    );
     inv.key(&ctx.keys.stream)
         .key(&ctx.keys.retry)
         .key(&ctx.keys.dlq)
