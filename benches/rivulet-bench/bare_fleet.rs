@@ -97,7 +97,6 @@ pub async fn run(
             bail!("{processes} bare workers were not all ready within {limit:?}");
         }
     }
-    let cpu = fleet.cpu_s();
     let before = target.snapshot().await?;
     redis::cmd("RPUSH")
         .arg(GO)
@@ -106,8 +105,9 @@ pub async fn run(
         .await?;
     let outputs = fleet.stop(Duration::from_secs(120)).await?;
     let after = target.snapshot().await?;
-    // The processes have exited: their CPU is in the reports, not in /proc any more.
-    let cpu = outputs.iter().map(|o| o.cpu_s).sum::<f64>() - cpu;
+    // Each measured its own CPU from the go to its last read (`getrusage`: a bare process's
+    // share of a small drain is well under `/proc`'s 10 ms ticks).
+    let cpu = outputs.iter().map(|o| o.cpu_s).sum::<f64>();
     redis::cmd("DEL")
         .arg(STREAM)
         .arg(READY)
@@ -147,7 +147,7 @@ async fn pop(conn: &mut impl redis::aio::ConnectionLike, list: &str, deadline: I
 
 /// One bare worker process: waits for the go, drains until a read comes back empty, then
 /// prints its [`WorkerOutput`] (`started`: entries acknowledged; first and last start: the
-/// first and last non-empty read).
+/// first and last non-empty read; `cpu_s`: its CPU from the go on).
 pub async fn worker(args: BareWorkerArgs) -> Result<()> {
     let tls = rivulet::connection::TlsOptions {
         ca_file: args.tls_ca_file.clone(),
@@ -166,6 +166,7 @@ pub async fn worker(args: BareWorkerArgs) -> Result<()> {
     if !pop(&mut conn, GO, Instant::now() + START_WAIT).await? {
         bail!("no go within {START_WAIT:?}");
     }
+    let cpu_at_go = crate::worker::rusage_cpu_s();
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let mut out = WorkerOutput::default();
     let mut prev: Vec<Vec<u8>> = Vec::new();
@@ -184,7 +185,7 @@ pub async fn worker(args: BareWorkerArgs) -> Result<()> {
         }
         out.last_start_us = now;
     }
-    out.cpu_s = crate::worker::process_cpu_s();
+    out.cpu_s = crate::worker::rusage_cpu_s() - cpu_at_go;
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
