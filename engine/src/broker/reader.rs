@@ -141,13 +141,13 @@ impl DedicatedConnection {
 impl DedicatedConnection {
     /// [`settle::ack_fresh`] for several shards (ids of one shard each; none may be empty),
     /// in one round trip: the shards' transactions side by side, then one more for the stale
-    /// acks' counters when there are any. Returns each shard's stale acks, in order. Every
-    /// transaction is applied or the first error is returned; a batch retried after one is
-    /// idempotent (its second acks count as stale, as on the redis-rs path).
+    /// acks' counters when there are any. Returns each shard's stale acks, in order, or the
+    /// first error (the other shards' transactions may have been applied: a batch retried
+    /// after one is idempotent, its second acks counted as stale, as on the redis-rs path).
     ///
     /// On the engine's own link the replies are read without redis-rs: `XACKDEL` answers a
-    /// status per id, and redis-rs's parser built a `Value` for each, about a tenth of a
-    /// draining worker's CPU (docs/benchmarks.md). On a redis-rs connection the shards'
+    /// status per id, and redis-rs's parser built a `Value` for each, 7 % of a draining
+    /// worker's instructions (docs/benchmarks.md). On a redis-rs connection the shards'
     /// transactions go out side by side through [`settle::ack_fresh`].
     pub(crate) async fn ack_fresh(
         &mut self,
