@@ -1,7 +1,8 @@
-//! The fetchers' connection ([`DedicatedConnection`]): on one node reached over TCP or a Unix
-//! socket, a link of its own that sends `XREADGROUP` and decodes the reply straight into
-//! [`StreamEntry`]s; on a Cluster, behind Sentinel or over TLS, a redis-rs connection like
-//! every other.
+//! The fetchers' and the acker's connections ([`DedicatedConnection`]): on one node reached
+//! over TCP or a Unix socket, a link of its own that sends `XREADGROUP` and decodes the reply
+//! straight into [`StreamEntry`]s, or sends the acker's plain acks and counts their statuses
+//! in place ([`DedicatedConnection::ack_fresh`]); on a Cluster, behind Sentinel or over TLS, a
+//! redis-rs connection like every other.
 //!
 //! **Why a reader of its own.** Draining, about two fifths of a worker's CPU went to redis-rs
 //! decoding the reads' replies: its parser builds a `Value` tree (an allocation for each field
@@ -38,8 +39,8 @@ use super::{StreamEntry, StreamId, stream};
 use crate::error::{Error, Result};
 use crate::keys::ShardKeys;
 
-/// A fetcher's connection: its own reader on one node over TCP or a Unix socket, a redis-rs
-/// connection otherwise (see the module docs).
+/// A fetcher's (or the acker's) connection: the engine's own link on one node over TCP or a
+/// Unix socket, a redis-rs connection otherwise (see the module docs).
 pub struct DedicatedConnection {
     inner: Inner,
 }

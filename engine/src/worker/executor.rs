@@ -246,14 +246,14 @@ pub(super) fn bury_poison(shared: &Arc<Shared>, lane_idx: usize, entry: StreamEn
 /// each a lock to join and another to leave, the abort's shared by every task of the worker.
 /// `None` when it is not done yet, or when the drain's abort came first (the handler is then
 /// not polled at all, as before: the caller's biased `select!` takes the abort).
-async fn first_poll<F: Future>(shared: &Shared, run: Pin<&mut F>) -> Option<F::Output> {
+async fn first_poll<F: Future>(shared: &Shared, mut run: Pin<&mut F>) -> Option<F::Output> {
     if shared.abort.is_cancelled() {
         return None;
     }
-    let mut run = Some(run);
+    // Polled with this task's own context (not a no-op waker, as `now_or_never` would): a
+    // handler that yields or registers a wake in that poll keeps it.
     std::future::poll_fn(|cx| {
-        let run = run.take().expect("polled once");
-        Poll::Ready(match run.poll(cx) {
+        Poll::Ready(match run.as_mut().poll(cx) {
             Poll::Ready(out) => Some(out),
             Poll::Pending => None,
         })
